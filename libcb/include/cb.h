@@ -1,0 +1,320 @@
+/*
+ * cb.h - libcb, the worker side of cbd's shared-memory circuit breakers.
+ *
+ * A daemon (cbd) owns every circuit of a host in a POSIX shared-memory
+ * segment. A worker process opens a client (which maps that segment
+ * read-only), gets a handle per downstream, and asks the handle before each
+ * call:
+ *
+ *     cb_client *cl;  cb_circuit *payments;
+ *     cb_client_open(&cl, NULL);
+ *     cb_circuit_get(cl, "payments", NULL, &payments);
+ *     ...
+ *     cb_ticket t = cb_allow(payments);
+ *     if (!cb_permitted(t)) return fallback();
+ *     int rc = call_payments();
+ *     cb_record(payments, t, rc < 0 ? CB_FAILURE : CB_SUCCESS);
+ *
+ * cb_allow() is inline: on a CLOSED circuit it is one acquire load of the
+ * circuit's state word and a branch - no call, no syscall, no clock, no
+ * write. cb_record() appends one 16-byte event to the calling thread's own
+ * single-producer lane; the daemon drains lanes, runs the policy and
+ * publishes the next state word. Only the daemon changes a circuit's state:
+ * the kernel enforces it (the state region is mapped PROT_READ).
+ *
+ * Errors are negative errno values (or the cb-specific codes below);
+ * cb_strerror() names them. libcb never sets or reads errno for its callers.
+ * Only symbols starting with cb_ are exported; cb__ names are internal and
+ * may change with any release.
+ */
+#ifndef CB_H
+#define CB_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CB_VERSION_MAJOR 0
+#define CB_VERSION_MINOR 1
+#define CB_VERSION_PATCH 0
+#define CB_VERSION_STRING "0.1.0"
+
+#if defined(__GNUC__)
+#define CB_EXPORT __attribute__((visibility("default")))
+#define CB__LIKELY(x) __builtin_expect(!!(x), 1)
+#else
+#define CB_EXPORT
+#define CB__LIKELY(x) (x)
+#endif
+
+/* ---- errors beyond errno ------------------------------------------------ */
+
+/* cb_call() without an on_open fallback returns this when the circuit rejects. */
+#define CB_EOPEN (-20001)
+/* The daemon answered a request with an error it did not map to an errno. */
+#define CB_EPROTO_DAEMON (-20002)
+
+/* ---- states and outcomes ------------------------------------------------ */
+
+typedef enum cb_state {
+    CB_CLOSED = 0,    /* calls flow; counted failures build a streak */
+    CB_OPEN = 1,      /* calls are rejected until the recovery timeout passes */
+    CB_HALF_OPEN = 2, /* a bounded number of probes decide: close or reopen */
+} cb_state;
+
+typedef enum cb_outcome {
+    CB_SUCCESS = 0, /* resets the failure streak; counts towards closing a probe */
+    CB_FAILURE = 1, /* counts towards a trip; one probe failure reopens */
+    CB_IGNORED = 2, /* an uncounted error: leaves the streak alone */
+} cb_outcome;
+
+/* ---- configuration -------------------------------------------------------- */
+
+/* Per-circuit policy. Defaults equal Powertools' CircuitBreakerConfig. */
+typedef struct cb_config {
+    uint32_t failure_threshold;   /* consecutive counted failures that trip (default 5, 1..1000000) */
+    uint32_t success_threshold;   /* consecutive probe successes that close (default 3, 1..1000000) */
+    uint32_t half_open_max_probes;/* probes admitted at once in HALF_OPEN (default 1, 1..1024) */
+    uint32_t recovery_timeout_ms; /* how long OPEN lasts (default 30000, 1..604800000 = 7 days) */
+    uint32_t probe_lease_ms;      /* a probe silent this long is reclaimed (default 0 = recovery_timeout_ms) */
+    uint32_t reserved[3];         /* zero */
+} cb_config;
+
+/*
+ * cb_config_init - fill *cfg with the defaults above.
+ * Thread safety: touches only *cfg.
+ */
+CB_EXPORT void cb_config_init(cb_config *cfg);
+
+/* ---- client --------------------------------------------------------------- */
+
+typedef struct cb_client cb_client;
+typedef struct cb_circuit cb_circuit;
+
+/*
+ * cb_client_open - map instance's segment and connect the client.
+ *
+ * instance: NULL means $CB_INSTANCE, else "default". Names are 1..32 of
+ * [A-Za-z0-9_-]. The daemon's control socket is found through the segment.
+ *
+ * If $CB_DISABLED (or Powertools' $POWERTOOLS_CIRCUIT_BREAKER_DISABLED) is a
+ * true boolean (1, true, yes, on; any case) the client is a bypass: nothing is
+ * mapped, every circuit permits every call, and a one-time warning goes to
+ * stderr. A value that is not a boolean fails with -EINVAL and a message on
+ * stderr naming the variable.
+ *
+ * Returns 0 and sets *out, or:
+ *   -ENOENT   no segment for this instance (cbd is not running)
+ *   -EPROTO   the segment is not a cbd segment or its layout major differs
+ *   -ETIMEDOUT the segment never became ready (daemon still starting)
+ *   -EINVAL   bad instance name or bad $CB_DISABLED
+ *   -EACCES   no permission to map the segment (join the daemon's group)
+ *   -ENOMEM
+ * Thread safety: the returned client may be used from any number of threads
+ * and is inherited across fork(): a prefork master opens it, children use it
+ * (each child gets its own lanes on first use).
+ */
+CB_EXPORT int cb_client_open(cb_client **out, const char *instance);
+
+/*
+ * cb_client_close - release lanes, unmap, free every circuit handle.
+ * No cb_circuit from this client may be used afterwards. NULL is a no-op.
+ */
+CB_EXPORT void cb_client_close(cb_client *client);
+
+/*
+ * cb_circuit_get - find the circuit called name, registering it with the
+ * daemon (with cfg, or the daemon's defaults when cfg is NULL) if it does not
+ * exist. Handles are cached: asking twice for a name returns the same handle.
+ * An existing circuit keeps the configuration it has (the daemon's config
+ * file and operators decide); read it back with cb_info_get().
+ *
+ * Names are 1..127 bytes of [A-Za-z0-9._:/@+=-].
+ * Returns 0 and sets *out, or:
+ *   -EINVAL   bad name or a cfg value out of bounds (the daemon logs which)
+ *   -ENOSPC   the segment is full (raise the daemon's `capacity` option)
+ *   -ECONNREFUSED / -ENOENT  the daemon's socket does not answer
+ *   -ETIMEDOUT the daemon did not answer within 2 s
+ *   -EPERM    the daemon refused this peer
+ *   -ENOMEM
+ * Thread safety: safe from any thread; registration is serialised per client.
+ */
+CB_EXPORT int cb_circuit_get(cb_client *client, const char *name, const cb_config *cfg,
+                             cb_circuit **out);
+
+/* ---- the hot path --------------------------------------------------------- */
+
+/*
+ * A ticket says whether a call may go ahead and, for cb_record(), which
+ * epoch of the circuit it belongs to. Bits 0-7: kind (below); bits 32-63:
+ * the circuit's epoch when the ticket was issued.
+ */
+typedef struct cb_ticket {
+    uint64_t word;
+} cb_ticket;
+
+#define CB_TICKET_REJECTED 0u /* do not call; the circuit is open */
+#define CB_TICKET_ALLOWED 1u  /* call; CLOSED circuit */
+#define CB_TICKET_PROBE 2u    /* call; this is a HALF_OPEN probe - report it! */
+#define CB_TICKET_BYPASS 3u   /* call; breaker bypassed (disabled, stale daemon); nothing is counted */
+
+/* Internal layout knowledge needed by the inline fast path. */
+struct cb__circuit_head {
+    const uint64_t *state_word; /* in the read-only state region */
+};
+#define CB__STATE_SLOW_MASK 0xffffffffull /* state, flags: all zero means plain CLOSED */
+#define CB__EPOCH_SHIFT 32
+
+CB_EXPORT cb_ticket cb__allow_slow(cb_circuit *c, uint64_t state_word);
+
+/*
+ * cb_allow - may a call to this circuit's downstream go ahead now?
+ *
+ * CLOSED: one acquire load and a branch. OPEN: rejected (the same load plus,
+ * off the fast path, a coarse vDSO clock read to notice a dead daemon).
+ * HALF_OPEN: one CAS on the circuit's permit word; the winner gets a PROBE
+ * ticket, the rest are rejected. If the daemon's heartbeat is stale past its
+ * limit, non-CLOSED circuits fail open (BYPASS tickets; see cb_status()).
+ * Never blocks, allocates or makes a syscall. Thread safety: any thread.
+ */
+static inline cb_ticket cb_allow(cb_circuit *c)
+{
+    /* Acquire pairs with the daemon's release store of the state word
+     * (segment publish), so a ticket's epoch is never older than the
+     * record fields the daemon wrote before it. */
+    uint64_t w = __atomic_load_n(((const struct cb__circuit_head *)c)->state_word, __ATOMIC_ACQUIRE);
+    if (CB__LIKELY((w & CB__STATE_SLOW_MASK) == 0)) {
+        cb_ticket t = {(w & ~CB__STATE_SLOW_MASK) | CB_TICKET_ALLOWED};
+        return t;
+    }
+    return cb__allow_slow(c, w);
+}
+
+/* cb_permitted - true when the ticket allows the call (ALLOWED, PROBE, BYPASS). */
+static inline bool cb_permitted(cb_ticket t)
+{
+    return (t.word & 0xff) != CB_TICKET_REJECTED;
+}
+
+/* cb_ticket_is_probe - true when the ticket is a HALF_OPEN probe. */
+static inline bool cb_ticket_is_probe(cb_ticket t)
+{
+    return (t.word & 0xff) == CB_TICKET_PROBE;
+}
+
+/*
+ * cb_record - report the outcome of a permitted call.
+ *
+ * Appends one event to the calling thread's lane (a thread gets a lane on
+ * its first record). Results of a ticket from an older epoch are ignored by
+ * the daemon. A failure or a probe result wakes the daemon if it sleeps, so a
+ * trip never waits for a tick. If the lane is full the event is dropped and
+ * counted (visible in cbd's stats): a worker never waits for the daemon.
+ * Recording a REJECTED or BYPASS ticket does nothing. Thread safety: any
+ * thread; never blocks or allocates after the thread's first call.
+ */
+CB_EXPORT void cb_record(cb_circuit *c, cb_ticket ticket, cb_outcome outcome);
+
+/* ---- calls the Powertools way --------------------------------------------- */
+
+typedef struct cb_info {
+    char name[128];
+    cb_state state;
+    bool forced;            /* an operator forced this state */
+    bool disabled;          /* breaker bypassed for this circuit */
+    uint32_t failure_count; /* CLOSED: the current streak; OPEN/HALF_OPEN: failures at trip */
+    int64_t opened_at;      /* epoch seconds of the last opening; 0 when CLOSED */
+    uint32_t epoch;         /* increases on every transition */
+    cb_config config;       /* the policy in force */
+    uint64_t total_successes, total_failures, total_ignored;
+} cb_info;
+
+typedef int (*cb_fn)(void *arg);
+/* Decides what a result of fn counts as. Default: < 0 is CB_FAILURE, else CB_SUCCESS. */
+typedef cb_outcome (*cb_classify_fn)(int result, void *arg);
+/* Called instead of fn when the circuit rejects; its return value becomes cb_call's. */
+typedef int (*cb_on_open_fn)(const cb_info *info, void *arg);
+
+typedef struct cb_call_opts {
+    cb_classify_fn classify; /* NULL: the default above */
+    cb_on_open_fn on_open;   /* NULL: cb_call returns CB_EOPEN when rejected */
+    void *arg;               /* passed to classify and on_open */
+} cb_call_opts;
+
+/*
+ * cb_call - run fn(fn_arg) through the breaker, as Powertools' decorator does.
+ * Returns fn's result when the call was permitted (and records its outcome
+ * as classify says), else on_open's result, else CB_EOPEN.
+ * Thread safety: any thread.
+ */
+CB_EXPORT int cb_call(cb_circuit *c, cb_fn fn, void *fn_arg, const cb_call_opts *opts);
+
+/*
+ * cb_info_get - a consistent snapshot of the circuit (seqlock read).
+ * Returns 0, or -EAGAIN if the daemon kept rewriting the record for ~1 ms.
+ */
+CB_EXPORT int cb_info_get(cb_circuit *c, cb_info *info);
+
+/* ---- observing transitions ------------------------------------------------ */
+
+typedef enum cb_source {
+    CB_SOURCE_LOCAL = 0,    /* this host's outcomes */
+    CB_SOURCE_REMOTE = 1,   /* another host, through the store */
+    CB_SOURCE_OPERATOR = 2, /* cbctl / control socket */
+    CB_SOURCE_TIMER = 3,    /* recovery timeout or probe lease */
+    CB_SOURCE_RESTORE = 4,  /* restored at daemon start */
+} cb_source;
+
+typedef struct cb_transition {
+    uint64_t seq; /* position in the history; consecutive unless overrun */
+    char name[128];
+    cb_state from, to;
+    cb_source source;
+    uint32_t epoch;
+    uint32_t failure_count;
+    int64_t opened_at; /* epoch seconds; 0 when closed */
+    int64_t time_ns;   /* CLOCK_REALTIME of the transition */
+} cb_transition;
+
+/*
+ * cb_next_transition - read the next transition from the segment's history
+ * ring, in order. Each client keeps its own cursor, which starts at the
+ * newest entry when the client is opened: a fresh client sees only what
+ * happens after it opened.
+ *
+ * Returns 1 and fills *out; 0 when there is nothing new; -EOVERFLOW when the
+ * reader fell behind and entries were overwritten (the cursor jumps to the
+ * oldest entry still present, so the next call goes on from there).
+ * Thread safety: one reader per client at a time.
+ */
+CB_EXPORT int cb_next_transition(cb_client *client, cb_transition *out);
+
+/* ---- status and versions -------------------------------------------------- */
+
+#define CB_STATUS_RUNNING 0x1u   /* a daemon is publishing heartbeats */
+#define CB_STATUS_RESTARTED 0x2u /* the daemon restarted since the last cb_status() */
+#define CB_STATUS_STALE 0x4u     /* heartbeat older than the staleness limit: failing open */
+#define CB_STATUS_DISABLED 0x8u  /* $CB_DISABLED bypass */
+#define CB_STATUS_REMAPPED 0x10u /* the segment was replaced and remapped */
+
+/*
+ * cb_status - what the client knows about its daemon. Checks the heartbeat
+ * and generation, and remaps if the daemon replaced the segment (layout
+ * change). Thread safety: any thread.
+ */
+CB_EXPORT unsigned cb_status(cb_client *client);
+
+/* cb_strerror - a static, human-readable name for a libcb error code. */
+CB_EXPORT const char *cb_strerror(int err);
+
+/* cb_version - the runtime library's version as CB_VERSION_STRING. */
+CB_EXPORT const char *cb_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CB_H */

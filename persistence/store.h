@@ -1,0 +1,99 @@
+/*
+ * store.h - where circuits outlive the daemon, and how a fleet shares them.
+ *
+ * A store is a table of functions (struct cbd_store_ops) over the daemon's
+ * libuv loop. Three backends implement it:
+ *
+ *   local     the embedded default: one state file, written atomically
+ *             (temp, fsync, rename, fsync dir) after transitions, read at
+ *             start. Host-local: the fleet calls below grant at once.
+ *   redis     hiredis async on the loop; Lua compare-and-write scripts,
+ *             fleet probe election with a server-timed lease, pub/sub.
+ *   dynamodb  libcurl multi on the loop, SigV4, Powertools' item layout.
+ *
+ * Contract, the same for every backend:
+ *  - Nothing here blocks the loop. Every call returns at once; results come
+ *    back through the callbacks in struct cbd_store_hooks, on the loop.
+ *  - The request path never waits for a store: the daemon publishes a
+ *    transition to the segment first, then tells the store (write-through).
+ *  - A store never overwrites a newer transition: each write carries the
+ *    opened_at/state it supersedes and compares before it writes.
+ *  - While a store is unreachable the daemon runs host-local; the store
+ *    retries with backoff and, once back, reconciles (reports what it holds
+ *    through hooks->remote) so an OPEN is never lost.
+ *  - Store traffic depends on transitions and on circuits / sync interval,
+ *    never on the request rate: only transitions and periodic syncs call it.
+ */
+#ifndef CBD_STORE_H
+#define CBD_STORE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "cb.h"
+
+struct cbd_store;
+
+/* A circuit's shared state as the fleet sees it (Powertools' item). */
+struct cbd_store_state {
+    char name[128];
+    cb_state state;
+    uint32_t failure_count; /* failures at trip time, else 0 */
+    int64_t opened_at;      /* epoch seconds; 0 when closed */
+    char probe_owner[96];   /* HALF_OPEN: the probe holder's id, "" otherwise */
+    int64_t lease_expiry;   /* HALF_OPEN: epoch seconds; 0 otherwise */
+    /* local store only: the policy, so registrations survive a reboot */
+    bool has_config;
+    cb_config config;
+};
+
+/* What the daemon gives a store: its loop and the callbacks it answers to.
+ * All callbacks run on the loop thread. */
+struct cbd_store_hooks {
+    uv_loop_t *loop;
+    void *arg;
+    /* The fleet changed a circuit (another host, or reconcile after an
+     * outage). The daemon applies it if it is newer than what it has. */
+    void (*remote)(void *arg, const struct cbd_store_state *st);
+    /* Answer to try_probe: granted = this host holds the fleet's probe
+     * lease for (name, opened_at) until lease_expiry (epoch seconds). */
+    void (*probe_result)(void *arg, const char *name, int64_t opened_at, bool granted, int64_t lease_expiry);
+    /* The store's health changed: online = writes are reaching it. The
+     * daemon mirrors this into each record's sync_state/synced_at. */
+    void (*health)(void *arg, bool online, const char *why);
+};
+
+struct cbd_store_ops {
+    const char *scheme; /* "local", "redis", "dynamodb" */
+    /* Parse uri and prepare; no I/O yet. 0 or -EINVAL with *err set to a
+     * static message naming what is wrong with the URI. */
+    int (*create)(struct cbd_store **out, const char *uri, const struct cbd_store_hooks *hooks,
+                  const char **err);
+    /* Load everything the store holds, calling hooks->remote for each
+     * circuit, then done(arg, rc). Called once before READY. rc < 0 means
+     * the store could not be read (the daemon logs it and starts host-local). */
+    void (*restore)(struct cbd_store *s, void (*done)(void *arg, int rc), void *arg);
+    /* A circuit exists (registration or config change): the local store
+     * keeps it; fleet stores start syncing it. */
+    void (*track)(struct cbd_store *s, const char *name, const cb_config *cfg);
+    /* Write-through of a local transition; st is the state after it and
+     * prev_opened_at the opening it supersedes (for compare-and-write). */
+    void (*transition)(struct cbd_store *s, const struct cbd_store_state *st, int64_t prev_opened_at);
+    /* Ask the fleet for the probe lease of an OPEN circuit whose recovery
+     * timeout passed on this host; answered by hooks->probe_result. The
+     * local store grants at once (on the next loop turn). */
+    void (*try_probe)(struct cbd_store *s, const char *name, int64_t opened_at, uint32_t lease_s);
+    /* Periodic reconcile (every sync interval): read the fleet's view of
+     * every tracked circuit, report differences through hooks->remote. */
+    void (*sync)(struct cbd_store *s);
+    /* Flush what is pending, stop timers and I/O, then done(arg). */
+    void (*close)(struct cbd_store *s, void (*done)(void *arg), void *arg);
+};
+
+/* Backend lookup by URI scheme ("local:PATH", "redis://...", "dynamodb://..."). */
+const struct cbd_store_ops *cbd_store_find(const char *uri);
+
+extern const struct cbd_store_ops cbd_store_local_ops;
+
+#endif /* CBD_STORE_H */
