@@ -183,10 +183,13 @@ CB_EXPORT cb_ticket cb__allow_slow(cb_circuit *c, uint64_t state_word);
  */
 static inline cb_ticket cb_allow(cb_circuit *c)
 {
-    /* Acquire pairs with the daemon's release store of the state word
-     * (segment publish), so a ticket's epoch is never older than the
-     * record fields the daemon wrote before it. */
-    uint64_t w = __atomic_load_n(((const struct cb__circuit_head *)c)->state_word, __ATOMIC_ACQUIRE);
+    /* The handle's pointer is swapped (release) when libcb remaps a
+     * replaced segment; loading it atomically costs the same single mov.
+     * The state word's acquire pairs with the daemon's release store when
+     * it publishes a transition, so the record fields it wrote before are
+     * visible to a slow path that reads them. */
+    const uint64_t *word = __atomic_load_n(&((const struct cb__circuit_head *)c)->state_word, __ATOMIC_ACQUIRE);
+    uint64_t w = __atomic_load_n(word, __ATOMIC_ACQUIRE);
     if (CB__LIKELY((w & CB__STATE_SLOW_MASK) == 0)) {
         cb_ticket t = {(w & ~CB__STATE_SLOW_MASK) | CB_TICKET_ALLOWED};
         return t;
@@ -255,7 +258,9 @@ CB_EXPORT int cb_call(cb_circuit *c, cb_fn fn, void *fn_arg, const cb_call_opts 
 
 /*
  * cb_info_get - a consistent snapshot of the circuit (seqlock read).
- * Returns 0, or -EAGAIN if the daemon kept rewriting the record for ~1 ms.
+ * Returns 0, -EAGAIN if the daemon kept rewriting the record for ~1 ms,
+ * -ENOENT if the handle's slot is not in use (segment replaced and not yet
+ * remapped), or -EBADMSG if the record is corrupt.
  */
 CB_EXPORT int cb_info_get(cb_circuit *c, cb_info *info);
 

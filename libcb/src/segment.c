@@ -202,3 +202,41 @@ void cb_config_init(cb_config *cfg)
     cfg->recovery_timeout_ms = 30000;
     cfg->probe_lease_ms = 0;
 }
+
+int cb__seg_snapshot(const struct cb_seg_header *h, uint32_t slot, cb_info *out)
+{
+    if (slot >= atomic_load_explicit((_Atomic uint32_t *)&h->circuit_count, memory_order_acquire))
+        return -ENOENT;
+    const struct cb_seg_record *r = CB_SEG_RECORD(h, slot);
+    for (int attempt = 0; attempt < 100000; attempt++) {
+        uint32_t begin = cb_seg_read_begin(r);
+        memset(out, 0, sizeof *out);
+        uint64_t w = atomic_load_explicit((_Atomic uint64_t *)&r->state_word, memory_order_acquire);
+        unsigned flags = cb_seg_word_flags(w);
+        out->state = (cb_state)cb_seg_word_state(w);
+        out->forced = (flags & CB_SEG_F_FORCED) != 0;
+        out->disabled = (flags & CB_SEG_F_DISABLED) != 0;
+        out->epoch = cb_seg_word_epoch(w);
+        out->opened_at = atomic_load_explicit(&r->opened_at, memory_order_relaxed);
+        out->failure_count = out->state == CB_CLOSED ? atomic_load_explicit(&r->failure_streak, memory_order_relaxed)
+                                                     : atomic_load_explicit(&r->trip_failure_count, memory_order_relaxed);
+        out->config.failure_threshold = atomic_load_explicit(&r->failure_threshold, memory_order_relaxed);
+        out->config.success_threshold = atomic_load_explicit(&r->success_threshold, memory_order_relaxed);
+        out->config.half_open_max_probes = atomic_load_explicit(&r->half_open_max_probes, memory_order_relaxed);
+        out->config.recovery_timeout_ms = atomic_load_explicit(&r->recovery_timeout_ms, memory_order_relaxed);
+        out->config.probe_lease_ms = atomic_load_explicit(&r->probe_lease_ms, memory_order_relaxed);
+        out->total_successes = atomic_load_explicit(&r->total_successes, memory_order_relaxed);
+        out->total_failures = atomic_load_explicit(&r->total_failures, memory_order_relaxed);
+        out->total_ignored = atomic_load_explicit(&r->total_ignored, memory_order_relaxed);
+        /* The name is written once before the slot is published and never
+         * changes, so it needs no retry; bound it anyway. */
+        uint16_t len = atomic_load_explicit(&r->name_len, memory_order_relaxed);
+        if (len > CB_NAME_MAX)
+            return -EBADMSG;
+        memcpy(out->name, r->name, len);
+        out->name[len] = '\0';
+        if (!cb_seg_read_retry(r, begin))
+            return 0;
+    }
+    return -EAGAIN;
+}

@@ -95,6 +95,14 @@ static inline uint32_t cb_seg_word_epoch(uint64_t w) { return (uint32_t)(w >> CB
 
 /* ---- state region --------------------------------------------------------- */
 
+/*
+ * Frozen across layout majors: the header prefix from magic to
+ * records_offset, record_size and capacity, and the state word at offset 0
+ * of each record. A cbd that replaces a segment of another major relies on
+ * exactly these to set CB_SEG_F_RETIRED in every old record, which sends
+ * workers still mapping it to the slow path, where they remap.
+ */
+
 struct cb_seg_header {
     char magic[16];                 /* CB_SEG_MAGIC, NUL padded */
     uint32_t major, minor;
@@ -157,7 +165,9 @@ struct cb_seg_record {
 #define CB_SYNC_OFFLINE 3u  /* the store is unreachable; running host-local */
 
 struct cb_seg_history {
-    _Atomic uint64_t seq;   /* sequence + 1 once written (0: never written); stored last, release */
+    _Atomic uint64_t seq;   /* sequence + 1 once written; 0 while never written or being
+                             * rewritten (the daemon zeroes it, then writes the fields,
+                             * then stores the new value with release) */
     _Atomic uint32_t slot;
     _Atomic uint32_t epoch;
     _Atomic uint8_t from, to, source, reserved;
@@ -273,6 +283,10 @@ int cb__seg_header_check(const struct cb_seg_header *h, uint64_t mapped_size);
 int cb__lanes_header_check(const struct cb_lanes_header *h, uint64_t mapped_size);
 /* Lock-free lookup: slot of name, or -ENOENT. */
 int cb__seg_lookup(const struct cb_seg_header *h, const char *name, size_t len, uint64_t hash);
+/* A consistent snapshot of record slot (seqlock read, retried for a bounded
+ * time): 0, -ENOENT (slot not in use), -EAGAIN (writer kept busy),
+ * -EBADMSG (corrupt record). Used by cb_info_get and cbctl. */
+int cb__seg_snapshot(const struct cb_seg_header *h, uint32_t slot, cb_info *out);
 /* Bounds of cb_config fields; 0 or -EINVAL with *field set to the bad field's name. */
 int cb__config_check(const struct cb_config *cfg, const char **field);
 /* The shared 'is this a boolean' parser for env vars and config values:

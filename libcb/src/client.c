@@ -1,0 +1,412 @@
+/*
+ * client.c - opening and closing a client, mapping the segment, noticing a
+ * restarted or replaced daemon, and the $CB_DISABLED bypass.
+ *
+ * Mapping. The state region is opened O_RDONLY and mapped PROT_READ, so the
+ * kernel, not libcb, guarantees a worker never changes a circuit. Open
+ * waits (1 ms steps, 2 s at most) for the daemon's release store of
+ * header.ready, then validates every size and offset the header claims
+ * against the mapped size before anything behind it is read. The lanes
+ * region is mapped read-write and must carry the same generation; a daemon
+ * that is adopting a segment writes the two generations one after the other,
+ * so a mismatch is retried within the same deadline.
+ *
+ * Restart vs. replacement. A daemon restart that adopts the segment changes
+ * only the generation: mappings, handles and lanes stay valid, and
+ * cb_status() reports RESTARTED once. A daemon that cannot adopt (another
+ * layout) marks every old record CB_SEG_F_RETIRED, unlinks the objects and
+ * creates new ones. We notice through the retired flag (cb_allow's slow
+ * path) or through st_nlink == 0 on the fd we kept (cb_status), map the new
+ * segment, publish it as the client's current mapping and rebind each handle
+ * by name. Old mappings stay mapped until cb_client_close(): a thread that
+ * loaded a pointer into one just reads a retired word. The trade-off is
+ * address space (one extra mapping per replacement, a rare operator event)
+ * for a hot path that never needs a reference count.
+ *
+ * Remaps are serialised by the client's lock. From the hot path they are
+ * attempted with trylock and without waiting for a new segment to become
+ * ready; a failure is retried at most every 100 ms and those calls are
+ * bypassed (the daemon that owned the old segment is gone: fail open).
+ *
+ * Fork. A prefork master opens the client and forks; the fork handlers hold
+ * every client's lock across fork() so a child never inherits one held
+ * mid-remap. Lanes (lanes.c) have their own fork rule.
+ */
+#define _GNU_SOURCE
+#include "client.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+const uint64_t cb__bypass_word = (uint64_t)CB_SEG_F_DISABLED << CB_SEG_FLAGS_SHIFT;
+
+static pthread_mutex_t clients_lock = PTHREAD_MUTEX_INITIALIZER;
+static cb_client *clients; /* every open client, for the fork handlers */
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static _Atomic uint64_t next_map_id = 1;
+
+static void fork_prepare(void)
+{
+    pthread_mutex_lock(&clients_lock);
+    for (cb_client *cl = clients; cl != NULL; cl = cl->next)
+        pthread_mutex_lock(&cl->lock);
+}
+
+static void fork_after(void)
+{
+    for (cb_client *cl = clients; cl != NULL; cl = cl->next)
+        pthread_mutex_unlock(&cl->lock);
+    pthread_mutex_unlock(&clients_lock);
+}
+
+static void fork_handlers_install(void)
+{
+    /* Registered after lanes.c's handlers, so (prepare handlers run in
+     * reverse order) client locks are taken before the lanes registry's,
+     * as the lock order in client.h says. */
+    pthread_atfork(fork_prepare, fork_after, fork_after);
+}
+
+/* 1 if a disable variable is true, 0 if none is set, -EINVAL if one is not
+ * a boolean. A variable set to the empty string reads as unset, as
+ * container and compose files often leave them. */
+static int env_disabled(void)
+{
+    static const char *const vars[] = {"CB_DISABLED", "POWERTOOLS_CIRCUIT_BREAKER_DISABLED"};
+    static atomic_flag warned = ATOMIC_FLAG_INIT;
+    const char *set_by = NULL;
+    for (size_t i = 0; i < 2; i++) {
+        const char *v = getenv(vars[i]);
+        if (v == NULL || v[0] == '\0')
+            continue;
+        int b = cb__parse_bool(v);
+        if (b < 0) {
+            fprintf(stderr, "cbd: %s='%s' is not a boolean (use 1/0, true/false, yes/no, on/off)\n", vars[i], v);
+            return -EINVAL;
+        }
+        if (b && set_by == NULL)
+            set_by = vars[i];
+    }
+    if (set_by != NULL && !atomic_flag_test_and_set(&warned))
+        fprintf(stderr, "cbd: %s is set: circuit breakers are bypassed (all calls allowed)\n", set_by);
+    return set_by != NULL;
+}
+
+static void sleep_1ms(void)
+{
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+}
+
+/* One attempt at mapping a ready state region: 0, -EAGAIN (not sized or not
+ * ready yet), -EPROTO (not a cbd segment of our layout) or -errno. */
+static int state_try_map(struct cb__map *m)
+{
+    struct stat st;
+    if (fstat(m->state_fd, &st) < 0)
+        return -errno;
+    if ((uint64_t)st.st_size < CB_SEG_HEADER_SIZE)
+        return -EAGAIN; /* created, not yet sized by the daemon */
+    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, m->state_fd, 0);
+    if (p == MAP_FAILED)
+        return -errno;
+    const struct cb_seg_header *h = p;
+    /* Acquire pairs with the daemon's release store of ready, made after
+     * every other header field: the checks below read a complete header. */
+    int rc = atomic_load_explicit(&h->ready, memory_order_acquire) == 1 ? 0 : -EAGAIN;
+    if (rc == 0 && cb__seg_header_check(h, (uint64_t)st.st_size) < 0)
+        rc = -EPROTO; /* foreign, other major, or inconsistent: not ours to read */
+    if (rc < 0) {
+        munmap(p, (size_t)st.st_size);
+        return rc;
+    }
+    m->hdr = h;
+    m->state_size = (size_t)st.st_size;
+    m->capacity = h->capacity;
+    m->records = (uintptr_t)h + h->records_offset;
+    m->records_bytes = (uint64_t)h->capacity * CB_SEG_RECORD_SIZE;
+    memcpy(m->socket_path, h->socket_path, sizeof m->socket_path);
+    return 0;
+}
+
+/* One attempt at mapping the lanes region that belongs to m's state region:
+ * 0, -EAGAIN (not matching yet), -EPROTO or -errno. */
+static int lanes_try_map(struct cb__map *m)
+{
+    struct stat st;
+    if (fstat(m->lanes_fd, &st) < 0)
+        return -errno;
+    if ((uint64_t)st.st_size < CB_LANES_HEADER_SIZE)
+        return -EAGAIN;
+    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, m->lanes_fd, 0);
+    if (p == MAP_FAILED)
+        return -errno;
+    struct cb_lanes_header *lh = p;
+    int rc = cb__lanes_header_check(lh, (uint64_t)st.st_size) < 0 ? -EPROTO : 0;
+    if (rc == 0 && lh->capacity != m->capacity)
+        rc = -EPROTO;
+    /* Acquire pairs with the daemon's store of the generations; the state
+     * header's was read after its ready flag. */
+    if (rc == 0 && atomic_load_explicit(&lh->generation, memory_order_acquire) !=
+                       atomic_load_explicit(&m->hdr->generation, memory_order_acquire))
+        rc = -EAGAIN; /* an adopting daemon has not stamped the lanes yet */
+    if (rc < 0) {
+        munmap(p, (size_t)st.st_size);
+        return rc;
+    }
+    m->lanes = lh;
+    m->lanes_size = (size_t)st.st_size;
+    return 0;
+}
+
+/* Retries try(m) in 1 ms steps until deadline; a lasting -EAGAIN becomes
+ * timeout_err. */
+static int retry_until(int (*try)(struct cb__map *), struct cb__map *m, int64_t deadline, int timeout_err)
+{
+    for (;;) {
+        int rc = try(m);
+        if (rc != -EAGAIN)
+            return rc;
+        if (cb__clock_ns(CLOCK_MONOTONIC) >= deadline)
+            return timeout_err;
+        sleep_1ms();
+    }
+}
+
+static void map_free(struct cb__map *m)
+{
+    if (m->hdr != NULL)
+        munmap((void *)m->hdr, m->state_size);
+    if (m->lanes != NULL)
+        munmap(m->lanes, m->lanes_size);
+    if (m->state_fd >= 0)
+        close(m->state_fd);
+    if (m->lanes_fd >= 0)
+        close(m->lanes_fd);
+    free(m);
+}
+
+static bool same_object(int fd_a, int fd_b)
+{
+    struct stat a, b;
+    return fstat(fd_a, &a) == 0 && fstat(fd_b, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+/* Maps instance's segment, waiting up to wait_ms for it to become ready.
+ * With `old`, a segment that is still old's object is -EAGAIN. */
+static int map_open(const char *instance, int wait_ms, const struct cb__map *old, struct cb__map **out)
+{
+    char state_name[CB_SHM_NAME_MAX], lanes_name[CB_SHM_NAME_MAX];
+    cb__shm_names(instance, state_name, lanes_name);
+    struct cb__map *m = calloc(1, sizeof *m);
+    if (m == NULL)
+        return -ENOMEM;
+    m->lanes_fd = -1;
+    m->id = atomic_fetch_add_explicit(&next_map_id, 1, memory_order_relaxed);
+    int64_t deadline = cb__clock_ns(CLOCK_MONOTONIC) + (int64_t)wait_ms * 1000000;
+    int rc = 0;
+    m->state_fd = shm_open(state_name, O_RDONLY | O_CLOEXEC, 0);
+    if (m->state_fd < 0)
+        rc = -errno;
+    else if (old != NULL && same_object(m->state_fd, old->state_fd))
+        rc = -EAGAIN; /* retired but not yet unlinked: the new daemon is still starting */
+    if (rc == 0)
+        rc = retry_until(state_try_map, m, deadline, -ETIMEDOUT);
+    if (rc == 0 && (m->lanes_fd = shm_open(lanes_name, O_RDWR | O_CLOEXEC, 0)) < 0)
+        rc = -errno;
+    if (rc == 0)
+        rc = retry_until(lanes_try_map, m, deadline, -ETIMEDOUT);
+    if (rc < 0) {
+        map_free(m);
+        return rc;
+    }
+    *out = m;
+    return 0;
+}
+
+static void clients_add(cb_client *cl)
+{
+    pthread_mutex_lock(&clients_lock);
+    cl->next = clients;
+    clients = cl;
+    pthread_mutex_unlock(&clients_lock);
+}
+
+static void clients_remove(cb_client *cl)
+{
+    pthread_mutex_lock(&clients_lock);
+    for (cb_client **pp = &clients; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == cl) {
+            *pp = cl->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&clients_lock);
+}
+
+/* Maps the segment into a fresh client (not yet visible to other threads). */
+static int client_map(cb_client *cl)
+{
+    struct cb__map *m;
+    int rc = map_open(cl->instance, CB__WAIT_READY_MS, NULL, &m);
+    if (rc == 0 && (rc = cb__lanes_attach(m)) < 0)
+        map_free(m);
+    if (rc < 0)
+        return rc;
+    atomic_store_explicit(&cl->map, m, memory_order_relaxed); /* published by cb_client_open's return */
+    /* Acquire pairs with the daemon's release stores of the generation and
+     * of history_head. */
+    cl->seen_generation = atomic_load_explicit(&m->hdr->generation, memory_order_acquire);
+    cl->history_cursor = atomic_load_explicit(&m->hdr->history_head, memory_order_acquire);
+    return 0;
+}
+
+int cb_client_open(cb_client **out, const char *instance)
+{
+    if (out == NULL)
+        return -EINVAL;
+    if (instance == NULL) {
+        const char *env = getenv("CB_INSTANCE");
+        instance = (env != NULL && env[0] != '\0') ? env : "default";
+    }
+    if (cb__instance_check(instance) < 0)
+        return -EINVAL;
+    int disabled = env_disabled();
+    if (disabled < 0)
+        return disabled;
+    /* lanes.c's fork handlers first, then ours: see fork_handlers_install. */
+    int rc = cb__lanes_init();
+    if (rc < 0)
+        return rc;
+    pthread_once(&fork_once, fork_handlers_install);
+    cb_client *cl = calloc(1, sizeof *cl);
+    if (cl == NULL)
+        return -ENOMEM;
+    pthread_mutex_init(&cl->lock, NULL);
+    cl->ctl_fd = -1;
+    cl->bypass = disabled;
+    strcpy(cl->instance, instance);
+    rc = disabled ? 0 : client_map(cl);
+    if (rc < 0) {
+        pthread_mutex_destroy(&cl->lock);
+        free(cl);
+        return rc;
+    }
+    clients_add(cl);
+    *out = cl;
+    return 0;
+}
+
+void cb_client_close(cb_client *cl)
+{
+    if (cl == NULL)
+        return;
+    clients_remove(cl);
+    pthread_mutex_lock(&cl->lock);
+    struct cb__map *m = atomic_load_explicit(&cl->map, memory_order_relaxed);
+    while (m != NULL) {
+        struct cb__map *older = m->older;
+        cb__lanes_detach(m);
+        map_free(m);
+        m = older;
+    }
+    cb__circuits_free(cl);
+    if (cl->ctl_fd >= 0)
+        close(cl->ctl_fd);
+    pthread_mutex_unlock(&cl->lock);
+    pthread_mutex_destroy(&cl->lock);
+    free(cl);
+}
+
+/* Maps the segment that replaced the current one and makes it current. */
+static int remap_locked(cb_client *cl, int wait_ms)
+{
+    struct cb__map *old = atomic_load_explicit(&cl->map, memory_order_relaxed);
+    struct cb__map *m;
+    int rc = map_open(cl->instance, wait_ms, old, &m);
+    if (rc == 0 && (rc = cb__lanes_attach(m)) < 0)
+        map_free(m);
+    if (rc < 0)
+        return rc;
+    m->older = old;
+    /* Release pairs with the acquire load in cb__map_of() and cb_record():
+     * whoever sees the new mapping sees its fields initialised. */
+    atomic_store_explicit(&cl->map, m, memory_order_release);
+    if (cl->ctl_fd >= 0) {
+        close(cl->ctl_fd); /* the new daemon may listen elsewhere */
+        cl->ctl_fd = -1;
+    }
+    cl->history_cursor = 0; /* a new segment's history all happened while we were open */
+    cl->remapped = true;
+    return 0;
+}
+
+static bool replaced(cb_client *cl, const struct cb__map *m)
+{
+    struct stat st;
+    return (fstat(m->state_fd, &st) == 0 && st.st_nlink == 0) || cb__circuits_retired(cl, m);
+}
+
+int cb__client_refresh_locked(cb_client *cl, int wait_ms)
+{
+    if (replaced(cl, atomic_load_explicit(&cl->map, memory_order_relaxed))) {
+        int rc = remap_locked(cl, wait_ms);
+        if (rc < 0)
+            return rc;
+    }
+    return cb__circuits_rebind(cl);
+}
+
+int cb__client_refresh(cb_client *cl)
+{
+    if (cb__clock_ns(CLOCK_MONOTONIC_COARSE) < atomic_load_explicit(&cl->retry_after_ns, memory_order_relaxed))
+        return -EAGAIN;
+    if (pthread_mutex_trylock(&cl->lock) != 0)
+        return -EBUSY;
+    int rc = cb__client_refresh_locked(cl, 0);
+    if (rc < 0)
+        atomic_store_explicit(&cl->retry_after_ns, cb__clock_ns(CLOCK_MONOTONIC_COARSE) + CB__RETRY_NS,
+                              memory_order_relaxed);
+    pthread_mutex_unlock(&cl->lock);
+    return rc;
+}
+
+static bool daemon_alive(const struct cb_seg_header *h)
+{
+    /* Acquire pairs with the daemon's release store of 0 when it stops. */
+    return atomic_load_explicit(&h->daemon_pid, memory_order_acquire) != 0;
+}
+
+unsigned cb_status(cb_client *cl)
+{
+    if (cl == NULL)
+        return 0;
+    if (cl->bypass)
+        return CB_STATUS_DISABLED;
+    unsigned st = 0;
+    pthread_mutex_lock(&cl->lock);
+    cb__client_refresh_locked(cl, CB__WAIT_READY_MS); /* on failure we report on the mapping we have */
+    if (cl->remapped)
+        st |= CB_STATUS_REMAPPED;
+    cl->remapped = false;
+    const struct cb_seg_header *h = atomic_load_explicit(&cl->map, memory_order_relaxed)->hdr;
+    /* Acquire pairs with the release store of a restarted daemon's generation. */
+    uint64_t gen = atomic_load_explicit(&h->generation, memory_order_acquire);
+    if (gen != cl->seen_generation)
+        st |= CB_STATUS_RESTARTED;
+    cl->seen_generation = gen;
+    int64_t age = cb__clock_ns(CLOCK_MONOTONIC) -
+                  (int64_t)atomic_load_explicit(&h->heartbeat_ns, memory_order_relaxed);
+    if (age > (int64_t)h->stale_limit_ms * 1000000)
+        st |= CB_STATUS_STALE;
+    else if (daemon_alive(h))
+        st |= CB_STATUS_RUNNING;
+    pthread_mutex_unlock(&cl->lock);
+    return st;
+}

@@ -1,0 +1,358 @@
+/*
+ * lanes.c - the worker's half of the hot path: cb_record() into per-thread
+ * outcome lanes, and cb_allow()'s slow path (flags, staleness, probe
+ * permits).
+ *
+ * Lanes. Every thread writes its own single-producer/single-consumer ring
+ * in the lanes region, so cb_record() needs no lock and no RMW: a few plain
+ * stores of the 16-byte event and one release store of the tail. A thread
+ * claims a lane on its first record through a mapping (CAS of the owner
+ * word from 0) and caches it in initial-exec TLS keyed by the mapping's
+ * id and the fork generation; the steady state costs a TLS load, two
+ * compares, and the append. The producer keeps a private copy of the
+ * daemon's head and reloads the shared one only when the copy says the
+ * lane is full, so the consumer's cache line is not touched per event.
+ * A full lane, or no free lane at all, drops the event and counts it: a
+ * worker never waits for the daemon.
+ *
+ * Ownership ends three ways: the thread exits (a pthread key destructor
+ * marks its lanes RELEASED), the client is closed (every lane this process
+ * claimed through the mapping is RELEASED), or the process dies (the
+ * daemon sees the pid gone). The daemon drains a released lane before it
+ * frees it, and head/tail never reset, so nothing is lost or replayed.
+ * A thread-exit destructor may run after its client was closed and
+ * unmapped; it touches a lane only if the mapping is still in the registry
+ * below, checked under the registry lock that close also takes.
+ *
+ * Fork. A child inherits its parent's TLS and its copy of the lanes
+ * mapping, but the lanes still belong to the parent's threads. The atfork
+ * child handler bumps a fork generation; every cached lane of an older
+ * generation is then a miss, so the child claims lanes of its own and
+ * never releases (or writes) the parent's.
+ *
+ * Doorbell. A failure or probe result may be what trips or closes a
+ * circuit, so it wakes the daemon at once instead of waiting for its
+ * drain tick: a relaxed peek first (a burst of failures costs one load
+ * each while the bell is rung), then exchange and FUTEX_WAKE on the shared
+ * (not private) futex word.
+ */
+#define _GNU_SOURCE
+#include "client.h"
+
+#include <errno.h>
+#include <linux/futex.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define TLS_IE __attribute__((tls_model("initial-exec")))
+#define CLAIM_RETRY_EVERY 1024u /* records without a lane between two claim attempts */
+
+/* A thread's lane in one mapping (lane NULL: none was free). */
+struct lane_node {
+    uint64_t map_id;
+    unsigned fork_gen;
+    struct cb__map *map;           /* dereferenced only while it is in the registry */
+    struct cb_lane *lane;
+    struct cb_lane_event *events;
+    uint64_t mask;                 /* lane_capacity - 1 */
+    uint64_t head_cache;           /* producer-private copy of lane->head */
+    uint32_t misses;               /* records dropped for want of a lane */
+    struct lane_node *next;        /* this thread's nodes */
+};
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct cb__map *registry;   /* mappings not yet detached */
+static _Atomic unsigned fork_gen;  /* bumped in every child */
+static pthread_key_t thread_key;   /* value: the thread's node list, for the exit destructor */
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+static int init_err;
+
+static __thread struct lane_node *tls_cur TLS_IE;   /* last node used: the hot-path cache */
+static __thread struct lane_node *tls_nodes TLS_IE; /* all of this thread's nodes */
+
+static bool map_live(const struct cb__map *m, uint64_t id)
+{
+    for (const struct cb__map *x = registry; x != NULL; x = x->live_next) {
+        if (x == m && x->id == id)
+            return true;
+    }
+    return false;
+}
+
+static void lane_release(struct cb_lane *l, uint32_t pid)
+{
+    uint64_t owned = cb_lane_owner_word(pid, CB_LANE_OWNED);
+    /* Release pairs with the daemon's acquire load of owner before its last
+     * drain; every event was already published by a release of the tail.
+     * The CAS leaves alone a lane that is no longer this process's. */
+    atomic_compare_exchange_strong_explicit(&l->owner, &owned, cb_lane_owner_word(pid, CB_LANE_RELEASED),
+                                            memory_order_release, memory_order_relaxed);
+}
+
+static void thread_exit(void *list)
+{
+    uint32_t pid = (uint32_t)getpid();
+    unsigned gen = atomic_load_explicit(&fork_gen, memory_order_relaxed);
+    pthread_mutex_lock(&registry_lock);
+    for (struct lane_node *n = list, *next; n != NULL; n = next) {
+        next = n->next;
+        if (n->lane != NULL && n->fork_gen == gen && map_live(n->map, n->map_id))
+            lane_release(n->lane, pid);
+        free(n);
+    }
+    pthread_mutex_unlock(&registry_lock);
+    tls_cur = tls_nodes = NULL;
+}
+
+static void fork_prepare(void) { pthread_mutex_lock(&registry_lock); }
+static void fork_parent(void) { pthread_mutex_unlock(&registry_lock); }
+static void fork_child(void)
+{
+    atomic_fetch_add_explicit(&fork_gen, 1, memory_order_relaxed);
+    pthread_mutex_unlock(&registry_lock);
+}
+
+static void init(void)
+{
+    init_err = -pthread_key_create(&thread_key, thread_exit);
+    if (init_err == 0)
+        init_err = -pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+int cb__lanes_init(void)
+{
+    pthread_once(&init_once, init);
+    return init_err;
+}
+
+int cb__lanes_attach(struct cb__map *m)
+{
+    m->mine = calloc(m->lanes->lane_count, sizeof *m->mine);
+    if (m->mine == NULL)
+        return -ENOMEM;
+    pthread_mutex_lock(&registry_lock);
+    m->live_next = registry;
+    registry = m;
+    pthread_mutex_unlock(&registry_lock);
+    return 0;
+}
+
+void cb__lanes_detach(struct cb__map *m)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (struct cb__map **pp = &registry; *pp != NULL; pp = &(*pp)->live_next) {
+        if (*pp == m) {
+            *pp = m->live_next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&registry_lock);
+    /* Out of the registry: no thread-exit destructor touches m any more. */
+    uint32_t pid = (uint32_t)getpid();
+    for (uint32_t i = 0; i < m->lanes->lane_count; i++) {
+        if (atomic_load_explicit(&m->mine[i], memory_order_relaxed))
+            lane_release(CB_LANES_LANE(m->lanes, i), pid);
+    }
+    free(m->mine);
+    m->mine = NULL;
+}
+
+/* Claims a free lane of m for node n; leaves n->lane NULL if none is free. */
+static void lane_claim(struct cb__map *m, struct lane_node *n)
+{
+    struct cb_lanes_header *lh = m->lanes;
+    uint32_t count = lh->lane_count, start = (uint32_t)gettid() % count;
+    uint64_t want = cb_lane_owner_word((uint32_t)getpid(), CB_LANE_OWNED);
+    for (uint32_t i = 0; i < count; i++) {
+        uint32_t idx = (start + i) % count; /* threads start apart: fewer lost CAS races */
+        struct cb_lane *l = CB_LANES_LANE(lh, idx);
+        uint64_t expect = 0;
+        /* Acquire pairs with the daemon's release store of owner = 0 after
+         * its last drain: the head and tail we go on from are final. */
+        if (atomic_load_explicit(&l->owner, memory_order_relaxed) != 0 ||
+            !atomic_compare_exchange_strong_explicit(&l->owner, &expect, want, memory_order_acquire,
+                                                     memory_order_relaxed))
+            continue;
+        atomic_fetch_add_explicit(&l->claims, 1, memory_order_relaxed);
+        atomic_store_explicit(&m->mine[idx], 1, memory_order_relaxed);
+        n->lane = l;
+        n->events = CB_LANES_EVENTS(l);
+        n->mask = lh->lane_capacity - 1;
+        /* Acquire pairs with the daemon's release store of head. */
+        n->head_cache = atomic_load_explicit(&l->head, memory_order_acquire);
+        return;
+    }
+}
+
+/* Frees nodes of a parent process (the lanes are the parent's) and of
+ * closed clients. */
+static void nodes_prune(unsigned gen)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (struct lane_node **pp = &tls_nodes; *pp != NULL;) {
+        struct lane_node *n = *pp;
+        if (n->fork_gen != gen || !map_live(n->map, n->map_id)) {
+            *pp = n->next;
+            free(n);
+        } else {
+            pp = &n->next;
+        }
+    }
+    pthread_mutex_unlock(&registry_lock);
+}
+
+/* The hot-path cache missed: find or make this thread's node for m. */
+static __attribute__((noinline, cold)) struct lane_node *node_get(struct cb__map *m, unsigned gen)
+{
+    for (struct lane_node *n = tls_nodes; n != NULL; n = n->next) {
+        if (n->map_id == m->id && n->fork_gen == gen)
+            return tls_cur = n;
+    }
+    nodes_prune(gen);
+    tls_cur = NULL;
+    struct lane_node *n = calloc(1, sizeof *n);
+    if (n == NULL)
+        return NULL;
+    n->map_id = m->id;
+    n->fork_gen = gen;
+    n->map = m;
+    lane_claim(m, n);
+    n->next = tls_nodes;
+    tls_nodes = n;
+    pthread_setspecific(thread_key, tls_nodes); /* on failure the daemon reclaims at process exit */
+    return tls_cur = n;
+}
+
+static __attribute__((noinline, cold)) void no_lane(struct cb__map *m, struct lane_node *n)
+{
+    atomic_fetch_add_explicit(&m->lanes->no_lane_drops, 1, memory_order_relaxed);
+    if (++n->misses % CLAIM_RETRY_EVERY == 0)
+        lane_claim(m, n);
+}
+
+/* Appends one event; false if it was dropped. */
+static inline bool lane_append(struct lane_node *n, uint32_t slot, uint32_t epoch, unsigned outcome,
+                               unsigned kind)
+{
+    struct cb_lane *l = n->lane;
+    uint64_t tail = atomic_load_explicit(&l->tail, memory_order_relaxed); /* we are its only writer */
+    if (tail - n->head_cache > n->mask) {
+        /* Acquire pairs with the daemon's release store of head, made after
+         * it read the events: the slots we reuse are free. */
+        n->head_cache = atomic_load_explicit(&l->head, memory_order_acquire);
+        if (tail - n->head_cache > n->mask) {
+            atomic_fetch_add_explicit(&l->dropped, 1, memory_order_relaxed);
+            return false;
+        }
+    }
+    n->events[tail & n->mask] = (struct cb_lane_event){
+        .slot = slot,
+        .epoch = epoch,
+        .outcome = (uint8_t)outcome,
+        .kind = (uint8_t)kind,
+        .check = (uint16_t)(CB_EVENT_CHECK ^ (slot & 0xffff)),
+        .latency_us = 0,
+    };
+    /* Release pairs with the daemon's acquire load of tail: the event's
+     * plain stores above are visible before the new tail is. */
+    atomic_store_explicit(&l->tail, tail + 1, memory_order_release);
+    return true;
+}
+
+static void doorbell_ring(struct cb_lanes_header *lh)
+{
+    /* Full fence: our tail store must be visible before we look at the bell,
+     * or a daemon that clears the bell and drains between the two could
+     * miss the event until its next tick (it fences the other way). */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&lh->doorbell, memory_order_relaxed) == 0 &&
+        atomic_exchange_explicit(&lh->doorbell, 1, memory_order_seq_cst) == 0)
+        syscall(SYS_futex, (uint32_t *)&lh->doorbell, FUTEX_WAKE, 1, NULL, NULL, 0);
+}
+
+void cb_record(cb_circuit *c, cb_ticket t, cb_outcome outcome)
+{
+    unsigned kind = (unsigned)(t.word & 0xff);
+    if ((kind != CB_TICKET_ALLOWED && kind != CB_TICKET_PROBE) || (unsigned)outcome > CB_IGNORED)
+        return;
+    const uint64_t *p = cb__word_ptr(c);
+    /* Acquire pairs with the release store that published the mapping. */
+    struct cb__map *m = atomic_load_explicit(&c->client->map, memory_order_acquire);
+    uint32_t slot;
+    if (m == NULL || !cb__map_holds(m, p, &slot))
+        return; /* a bypass handle, or one still bound to a retired segment */
+    unsigned gen = atomic_load_explicit(&fork_gen, memory_order_relaxed);
+    struct lane_node *n = tls_cur;
+    if (__builtin_expect(n == NULL || n->map_id != m->id || n->fork_gen != gen, 0) && (n = node_get(m, gen)) == NULL)
+        return;
+    if (n->lane == NULL) {
+        no_lane(m, n);
+        return;
+    }
+    if (lane_append(n, slot, (uint32_t)(t.word >> CB__EPOCH_SHIFT), (unsigned)outcome, kind) &&
+        (outcome == CB_FAILURE || kind == CB_TICKET_PROBE))
+        doorbell_ring(m->lanes);
+}
+
+static cb_ticket ticket(uint64_t w, unsigned kind)
+{
+    cb_ticket t = {(w & ~CB__STATE_SLOW_MASK) | kind};
+    return t;
+}
+
+/* True when the daemon's heartbeat is older than its limit and its policy
+ * says to fail open. */
+static bool fail_open(const struct cb_seg_header *h)
+{
+    /* CLOCK_MONOTONIC_COARSE is read in the vDSO without a syscall; it lags
+     * the daemon's CLOCK_MONOTONIC by at most a tick, which can only make us
+     * later to call the daemon stale. Relaxed: the heartbeat is a lone
+     * timestamp that publishes nothing else. */
+    int64_t age = cb__clock_ns(CLOCK_MONOTONIC_COARSE) -
+                  (int64_t)atomic_load_explicit(&h->heartbeat_ns, memory_order_relaxed);
+    return age > (int64_t)h->stale_limit_ms * 1000000 && h->stale_policy == CB_STALE_FAIL_OPEN;
+}
+
+/* HALF_OPEN: one probe permit of the word's epoch, or a rejection. */
+static cb_ticket take_permit(const struct cb__map *m, uint32_t slot, uint64_t w)
+{
+    _Atomic uint64_t *pw = CB_LANES_PERMIT(m->lanes, slot);
+    uint32_t epoch = cb_seg_word_epoch(w);
+    /* Relaxed throughout: the daemon stores a fresh permit word before its
+     * release store of the HALF_OPEN state word, which cb_allow() loaded with
+     * acquire; and the permit guards no other data - the RMWs on this one
+     * word are totally ordered, which is all the probe bound needs. */
+    uint64_t p = atomic_load_explicit(pw, memory_order_relaxed);
+    while ((uint32_t)(p >> 32) == epoch && (uint32_t)p > 0) {
+        if (atomic_compare_exchange_weak_explicit(pw, &p, p - 1, memory_order_relaxed, memory_order_relaxed))
+            return ticket(w, CB_TICKET_PROBE);
+    }
+    return ticket(w, CB_TICKET_REJECTED);
+}
+
+cb_ticket cb__allow_slow(cb_circuit *c, uint64_t w)
+{
+    if (cb_seg_word_flags(w) & CB_SEG_F_RETIRED) {
+        /* The daemon that owned this record replaced the segment. Rebind
+         * and decide on the new word; until that works, fail open. */
+        if (cb__client_refresh(c->client) < 0)
+            return ticket(w, CB_TICKET_BYPASS);
+        /* Acquire pairs with the daemon's release store of the state word. */
+        w = __atomic_load_n(cb__word_ptr(c), __ATOMIC_ACQUIRE);
+        if (cb_seg_word_flags(w) & CB_SEG_F_RETIRED)
+            return ticket(w, CB_TICKET_BYPASS);
+    }
+    unsigned state = cb_seg_word_state(w);
+    if (cb_seg_word_flags(w) & CB_SEG_F_DISABLED)
+        return ticket(w, CB_TICKET_BYPASS);
+    if (state == CB_CLOSED) /* forced closed, or flags a newer daemon added */
+        return ticket(w, CB_TICKET_ALLOWED);
+    uint32_t slot;
+    const struct cb__map *m = cb__map_of(c->client, cb__word_ptr(c), &slot);
+    if (m == NULL || (state != CB_OPEN && state != CB_HALF_OPEN) || fail_open(m->hdr))
+        return ticket(w, CB_TICKET_BYPASS); /* a state we do not know is let through, uncounted */
+    if (state == CB_OPEN)
+        return ticket(w, CB_TICKET_REJECTED);
+    return take_permit(m, slot, w);
+}
