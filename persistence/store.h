@@ -23,11 +23,14 @@
  *    through hooks->remote) so an OPEN is never lost.
  *  - Store traffic depends on transitions and on circuits / sync interval,
  *    never on the request rate: only transitions and periodic syncs call it.
+ *  - Stores are part of the daemon and may log through daemon/log.h
+ *    (cbd_log); the daemon also logs every text given to hooks->health.
  */
 #ifndef CBD_STORE_H
 #define CBD_STORE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -59,8 +62,9 @@ struct cbd_store_hooks {
     /* Answer to try_probe: granted = this host holds the fleet's probe
      * lease for (name, opened_at) until lease_expiry (epoch seconds). */
     void (*probe_result)(void *arg, const char *name, int64_t opened_at, bool granted, int64_t lease_expiry);
-    /* The store's health changed: online = writes are reaching it. The
-     * daemon mirrors this into each record's sync_state/synced_at. */
+    /* The store's health, with news for the operator: online = writes are
+     * reaching it. The daemon logs why (a warning when offline) and mirrors
+     * online into each record's sync_state/synced_at. */
     void (*health)(void *arg, bool online, const char *why);
 };
 
@@ -93,6 +97,14 @@ struct cbd_store_ops {
 
 /* Backend lookup by URI scheme ("local:PATH", "redis://...", "dynamodb://..."). */
 const struct cbd_store_ops *cbd_store_find(const char *uri);
+
+/*
+ * cbd_store_uri_error - why cbd_store_find(uri) found no backend.
+ * Returns NULL when uri names a backend this cbd has; else writes a message
+ * such as "unknown store 'foo://x' (expected local:PATH)" into buf (size
+ * bytes, always NUL terminated) and returns buf. uri may be NULL.
+ */
+const char *cbd_store_uri_error(const char *uri, char *buf, size_t size);
 
 extern const struct cbd_store_ops cbd_store_local_ops;
 

@@ -1,0 +1,227 @@
+/*
+ * drain.c - consume the outcome lanes.
+ *
+ * Each lane is a single-producer (one worker thread) / single-consumer (this
+ * loop) ring; head and tail count events forever. The loop drains every
+ * owned lane when the doorbell rings (a failure or probe result), every
+ * drain_interval_ms (successes do not ring), and once more at shutdown.
+ *
+ * Nothing in the lanes region is trusted: workers map it writable, so a
+ * buggy one can write anything anywhere in it. Hence:
+ *  - a lane whose tail is more than lane_capacity ahead of its head (or
+ *    behind it) is garbage: count an overrun, skip to the tail;
+ *  - every event is copied out of shared memory once and then validated:
+ *    slot < circuits registered, check == CB_EVENT_CHECK ^ (slot & 0xffff),
+ *    outcome <= CB_IGNORED, kind ALLOWED or PROBE; anything else is counted
+ *    as invalid, warned about (rate-limited, naming lane and owner pid) and
+ *    dropped. The policy then ignores valid events of an older epoch.
+ *
+ * Counters reach each circuit's record once per batch: the policy gathers
+ * them, and the dirty list names the circuits to flush after the batch.
+ *
+ * Reclaim (every reclaim_interval_ms): a lane whose owner marked it
+ * CB_LANE_RELEASED (thread exit, client close), whose owner process is gone
+ * (kill(pid, 0) fails with ESRCH), or whose owner word is nonsense, is
+ * drained one last time and freed. Limitation: pids are those of the
+ * daemon's pid namespace; workers in another namespace need the daemon in
+ * theirs.
+ */
+#include "drain.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cbd.h"
+
+static void flush_dirty(struct cbd *d)
+{
+    struct cbd_drain *dr = &d->drain;
+    for (uint32_t i = 0; i < dr->ndirty; i++)
+        cbd_policy_flush(&d->circuits[dr->dirty[i]]);
+    dr->ndirty = 0;
+}
+
+/* Lists c for flush_dirty before its first event of the batch. */
+static void mark_dirty(struct cbd *d, struct cbd_circuit *c)
+{
+    struct cbd_drain *dr = &d->drain;
+    if (c->dirty)
+        return; /* already listed (the policy clears it when it publishes) */
+    if (dr->ndirty == dr->dirty_cap) {
+        uint32_t *p = realloc(dr->dirty, (size_t)dr->dirty_cap * 2 * sizeof *p);
+        if (p == NULL) /* out of memory: publish what is listed now, reuse the list */
+            flush_dirty(d);
+        else {
+            dr->dirty = p;
+            dr->dirty_cap *= 2;
+        }
+    }
+    dr->dirty[dr->ndirty++] = c->slot;
+}
+
+static int event_valid(const struct cbd *d, const struct cb_lane_event *e)
+{
+    return e->slot < d->ncircuits && e->check == (uint16_t)(CB_EVENT_CHECK ^ (e->slot & 0xffff)) &&
+           e->outcome <= CB_IGNORED && (e->kind == CB_TICKET_ALLOWED || e->kind == CB_TICKET_PROBE);
+}
+
+static void warn_invalid(struct cbd *d, uint32_t lane_no, uint64_t owner, const struct cb_lane_event *e)
+{
+    uint64_t suppressed;
+    if (!cbd_ratelimit_pass(&d->drain.invalid_warn, &suppressed))
+        return;
+    cbd_log(CBD_LOG_WARN,
+            "lane %u (owner pid %u): invalid event ignored (slot %u, outcome %u, kind %u, check 0x%04x): "
+            "a worker wrote garbage into the lanes region; %llu more since the last warning",
+            lane_no, (uint32_t)(owner >> 32), e->slot, e->outcome, e->kind, e->check,
+            (unsigned long long)suppressed);
+}
+
+/* Drains one lane completely. */
+static void drain_lane(struct cbd *d, uint32_t lane_no, uint64_t owner, const struct cbd_now *now)
+{
+    struct cb_lanes_header *l = d->seg.lanes;
+    struct cb_lane *lane = CB_LANES_LANE(l, lane_no);
+    uint32_t cap = l->lane_capacity;
+    /* Acquire pairs with the producer's release store of tail: the events
+     * before it are written. */
+    uint64_t tail = atomic_load_explicit(&lane->tail, memory_order_acquire);
+    uint64_t head = atomic_load_explicit(&lane->head, memory_order_relaxed); /* we are its only writer */
+    if (tail == head)
+        return;
+    if (tail - head > cap) {
+        d->drain.lane_overruns++;
+        cbd_log(CBD_LOG_DEBUG, "lane %u (owner pid %u): tail %llu is %s head %llu: skipped", lane_no,
+                (uint32_t)(owner >> 32), (unsigned long long)tail, tail > head ? "a lane ahead of" : "behind",
+                (unsigned long long)head);
+    } else {
+        const struct cb_lane_event *events = CB_LANES_EVENTS(lane);
+        for (; head != tail; head++) {
+            struct cb_lane_event e;
+            memcpy(&e, &events[head & (cap - 1)], sizeof e); /* one read of shared bytes, then checks */
+            if (!event_valid(d, &e)) {
+                d->drain.events_invalid++;
+                warn_invalid(d, lane_no, owner, &e);
+                continue;
+            }
+            struct cbd_circuit *c = &d->circuits[e.slot];
+            mark_dirty(d, c);
+            d->drain.events_drained++;
+            if (cbd_policy_on_event(&d->env, c, &e, now) == CBD_EVENT_STALE)
+                d->drain.events_stale++;
+        }
+    }
+    /* Release pairs with the producer's acquire load of head: the slots
+     * read above may be overwritten now. */
+    atomic_store_explicit(&lane->head, tail, memory_order_release);
+}
+
+void cbd_drain_all(struct cbd *d)
+{
+    struct cb_lanes_header *l = d->seg.lanes;
+    struct cbd_now now;
+    cbd_now(&now);
+    for (uint32_t i = 0; i < l->lane_count; i++) {
+        uint64_t owner = atomic_load_explicit(&CB_LANES_LANE(l, i)->owner, memory_order_relaxed);
+        if (owner != 0) /* a free lane has been drained when it was freed */
+            drain_lane(d, i, owner, &now);
+    }
+    flush_dirty(d);
+}
+
+/* Why a lane's owner is gone, or NULL if it is alive. */
+static const char *owner_gone(uint64_t owner)
+{
+    uint32_t pid = (uint32_t)(owner >> 32), state = (uint32_t)owner;
+    if (state == CB_LANE_RELEASED)
+        return "released";
+    if (state != CB_LANE_OWNED || pid == 0 || pid > 0x7fffffffu)
+        return "owner word corrupt";
+    if (kill((pid_t)pid, 0) < 0 && errno == ESRCH)
+        return "process exited";
+    return NULL;
+}
+
+static void reclaim(uv_timer_t *t)
+{
+    struct cbd *d = t->data;
+    struct cb_lanes_header *l = d->seg.lanes;
+    struct cbd_now now;
+    cbd_now(&now);
+    for (uint32_t i = 0; i < l->lane_count; i++) {
+        struct cb_lane *lane = CB_LANES_LANE(l, i);
+        /* Acquire pairs with the worker's release store of CB_LANE_RELEASED:
+         * every event it appended before letting go is drained below. */
+        uint64_t owner = atomic_load_explicit(&lane->owner, memory_order_acquire);
+        const char *why = owner != 0 ? owner_gone(owner) : NULL;
+        if (why == NULL)
+            continue;
+        drain_lane(d, i, owner, &now);
+        /* Release pairs with the next claimer's CAS (acquire): it sees the
+         * head stored by the final drain above, so the lane starts empty.
+         * A CAS, not a store: if the word changed meanwhile, look again
+         * next round. */
+        if (atomic_compare_exchange_strong_explicit(&lane->owner, &owner, 0, memory_order_release,
+                                                    memory_order_relaxed)) {
+            d->drain.lanes_reclaimed++;
+            cbd_log(CBD_LOG_DEBUG, "reclaimed lane %u of pid %u (%s)", i, (uint32_t)(owner >> 32), why);
+        }
+    }
+    flush_dirty(d);
+}
+
+static void tick(uv_timer_t *t)
+{
+    cbd_drain_all(t->data);
+}
+
+int cbd_drain_start(struct cbd *d)
+{
+    struct cbd_drain *dr = &d->drain;
+    dr->dirty_cap = 256;
+    if ((dr->dirty = malloc(dr->dirty_cap * sizeof *dr->dirty)) == NULL)
+        return UV_ENOMEM;
+    int rc = uv_timer_init(&d->loop, &dr->tick);
+    if (rc == 0)
+        rc = uv_timer_init(&d->loop, &dr->reclaim);
+    if (rc < 0)
+        return rc;
+    dr->tick.data = dr->reclaim.data = d;
+    dr->started = 1;
+    uv_timer_start(&dr->tick, tick, d->cfg.drain_interval_ms, d->cfg.drain_interval_ms);
+    uv_timer_start(&dr->reclaim, reclaim, d->cfg.reclaim_interval_ms, d->cfg.reclaim_interval_ms);
+    return 0;
+}
+
+void cbd_drain_stop(struct cbd *d)
+{
+    struct cbd_drain *dr = &d->drain;
+    if (dr->started) {
+        uv_close((uv_handle_t *)&dr->tick, NULL);
+        uv_close((uv_handle_t *)&dr->reclaim, NULL);
+    }
+    dr->started = 0;
+    free(dr->dirty);
+    dr->dirty = NULL;
+    dr->ndirty = dr->dirty_cap = 0;
+}
+
+uint64_t cbd_drain_lanes_in_use(const struct cbd *d)
+{
+    const struct cb_lanes_header *l = d->seg.lanes;
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < l->lane_count; i++)
+        n += atomic_load_explicit(&CB_LANES_LANE(l, i)->owner, memory_order_relaxed) != 0;
+    return n;
+}
+
+uint64_t cbd_drain_lane_drops(const struct cbd *d)
+{
+    const struct cb_lanes_header *l = d->seg.lanes;
+    uint64_t n = atomic_load_explicit(&((struct cb_lanes_header *)l)->no_lane_drops, memory_order_relaxed);
+    for (uint32_t i = 0; i < l->lane_count; i++)
+        n += atomic_load_explicit(&CB_LANES_LANE(l, i)->dropped, memory_order_relaxed);
+    return n;
+}

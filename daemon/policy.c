@@ -1,0 +1,334 @@
+/*
+ * policy.c - the per-circuit state machine, Powertools' rules host-wide.
+ *
+ *   CLOSED    a counted FAILURE grows the streak, a SUCCESS resets it, an
+ *             IGNORED outcome leaves it alone. The event that brings the
+ *             streak to failure_threshold trips the circuit: exactly one
+ *             trip, because the trip bumps the epoch and every later event
+ *             of the old epoch is stale.
+ *   OPEN      nothing counts. When recovery_timeout_ms has passed the daemon
+ *             (never a worker) asks the store for the probe lease; granted ->
+ *             HALF_OPEN, refused -> ask again when the holder's lease ends.
+ *   HALF_OPEN the permit word holds half_open_max_probes permits for this
+ *             epoch; workers take them with a CAS. Only PROBE results of this
+ *             epoch count: success_threshold consecutive successes close the
+ *             circuit, one failure reopens it, a success short of the
+ *             threshold or an IGNORED result gives the permit back. Probers
+ *             silent for the lease (probe_lease_ms, 0 = recovery_timeout_ms,
+ *             counted from entering HALF_OPEN or the last probe report) lose
+ *             their permits: a HALF_OPEN -> HALF_OPEN transition with a new
+ *             epoch and a fresh permit word, so their late reports are stale.
+ *
+ * Publication (every transition): the snapshot fields go inside the record's
+ * seqlock; the permit word of a new HALF_OPEN epoch is stored before the
+ * state word; the state word is stored last with release, so a worker that
+ * sees the new epoch also sees everything the daemon wrote for it. Counters
+ * are folded into the record once per drain batch (cbd_policy_flush), not
+ * per event, to keep seqlock sections few.
+ *
+ * Deadlines: each circuit has at most one live timer entry, identified by
+ * (epoch, armed_ns). A transition bumps the epoch, which lazily deletes the
+ * old entry; a later deadline in the same epoch (a probe report extends the
+ * lease) is noticed when the entry fires and re-armed then, so the timer
+ * heap holds one entry per waiting circuit, not one per event.
+ *
+ * Trade-off: FORCED/DISABLED flags travel through cbd_policy_apply and the
+ * published state word, but no rule here reads them yet.
+ */
+#include "policy.h"
+
+#include <string.h>
+
+#define NS_PER_MS 1000000ull
+#define NS_PER_S 1000000000ll
+
+const char *cbd_state_name(cb_state s)
+{
+    switch (s) {
+    case CB_CLOSED: return "CLOSED";
+    case CB_OPEN: return "OPEN";
+    case CB_HALF_OPEN: return "HALF_OPEN";
+    }
+    return "?";
+}
+
+const char *cbd_source_name(cb_source s)
+{
+    static const char *const names[] = {"local", "remote", "operator", "timer", "restore"};
+    return (unsigned)s < 5 ? names[s] : "?";
+}
+
+uint32_t cbd_policy_lease_ms(const struct cbd_circuit *c)
+{
+    return c->cfg.probe_lease_ms ? c->cfg.probe_lease_ms : c->cfg.recovery_timeout_ms;
+}
+
+/* Monotonic deadline of an opening at opened_at (realtime epoch seconds). */
+static uint64_t recovery_deadline(const struct cbd_circuit *c, int64_t opened_at, const struct cbd_now *now)
+{
+    int64_t left = opened_at * NS_PER_S + (int64_t)c->cfg.recovery_timeout_ms * (int64_t)NS_PER_MS - now->real_ns;
+    return now->mono_ns + (left > 0 ? (uint64_t)left : 0);
+}
+
+/* Keeps exactly one live timer entry per circuit: arm only when there is
+ * none, or the new deadline comes first. */
+static void schedule(const struct cbd_policy_env *env, struct cbd_circuit *c)
+{
+    if (c->deadline_ns == 0 || (c->armed_ns != 0 && c->armed_ns <= c->deadline_ns))
+        return;
+    c->armed_ns = c->deadline_ns;
+    env->arm(env->arg, c->slot, c->epoch, c->deadline_ns);
+}
+
+void cbd_policy_load(const struct cbd_policy_env *env, struct cbd_circuit *c, uint32_t slot,
+                     struct cb_seg_record *rec, _Atomic uint64_t *permit, const struct cbd_now *now)
+{
+    memset(c, 0, sizeof *c);
+    c->rec = rec;
+    c->permit = permit;
+    c->slot = slot;
+    /* Relaxed: the daemon is the only writer of the record; these are its
+     * own earlier stores (or a previous daemon's, made visible by mmap). */
+    c->cfg.failure_threshold = atomic_load_explicit(&rec->failure_threshold, memory_order_relaxed);
+    c->cfg.success_threshold = atomic_load_explicit(&rec->success_threshold, memory_order_relaxed);
+    c->cfg.half_open_max_probes = atomic_load_explicit(&rec->half_open_max_probes, memory_order_relaxed);
+    c->cfg.recovery_timeout_ms = atomic_load_explicit(&rec->recovery_timeout_ms, memory_order_relaxed);
+    c->cfg.probe_lease_ms = atomic_load_explicit(&rec->probe_lease_ms, memory_order_relaxed);
+    uint64_t w = atomic_load_explicit(&rec->state_word, memory_order_relaxed);
+    c->state = (cb_state)cb_seg_word_state(w);
+    c->flags = cb_seg_word_flags(w);
+    c->epoch = cb_seg_word_epoch(w);
+    c->streak = atomic_load_explicit(&rec->failure_streak, memory_order_relaxed);
+    c->probe_successes = atomic_load_explicit(&rec->probe_successes, memory_order_relaxed);
+    c->trip_failure_count = atomic_load_explicit(&rec->trip_failure_count, memory_order_relaxed);
+    c->opened_at = atomic_load_explicit(&rec->opened_at, memory_order_relaxed);
+    if (c->state == CB_OPEN)
+        c->deadline_ns = recovery_deadline(c, c->opened_at, now);
+    else if (c->state == CB_HALF_OPEN) /* probers in flight keep their permits for one more lease */
+        c->deadline_ns = now->mono_ns + cbd_policy_lease_ms(c) * NS_PER_MS;
+    schedule(env, c);
+}
+
+/* Writes the snapshot fields and pending counters inside one seqlock section. */
+static void publish_snapshot(struct cbd_circuit *c, const struct cbd_now *now, int transition)
+{
+    struct cb_seg_record *r = c->rec;
+    cb_seg_seq_begin(r);
+    if (transition) {
+        atomic_store_explicit(&r->opened_at, c->opened_at, memory_order_relaxed);
+        atomic_store_explicit(&r->last_transition_ns, now->real_ns, memory_order_relaxed);
+        atomic_store_explicit(&r->trip_failure_count, c->trip_failure_count, memory_order_relaxed);
+    }
+    atomic_store_explicit(&r->failure_streak, c->streak, memory_order_relaxed);
+    atomic_store_explicit(&r->probe_successes, c->probe_successes, memory_order_relaxed);
+    /* Single writer: load-add-store needs no read-modify-write atomics. */
+    atomic_store_explicit(&r->total_successes,
+                          atomic_load_explicit(&r->total_successes, memory_order_relaxed) + c->d_successes,
+                          memory_order_relaxed);
+    atomic_store_explicit(&r->total_failures,
+                          atomic_load_explicit(&r->total_failures, memory_order_relaxed) + c->d_failures,
+                          memory_order_relaxed);
+    atomic_store_explicit(&r->total_ignored,
+                          atomic_load_explicit(&r->total_ignored, memory_order_relaxed) + c->d_ignored,
+                          memory_order_relaxed);
+    atomic_store_explicit(&r->total_stale_events,
+                          atomic_load_explicit(&r->total_stale_events, memory_order_relaxed) + c->d_stale,
+                          memory_order_relaxed);
+    cb_seg_seq_end(r);
+    c->d_successes = c->d_failures = c->d_ignored = c->d_stale = 0;
+    c->dirty = 0;
+}
+
+void cbd_policy_flush(struct cbd_circuit *c)
+{
+    if (c->dirty)
+        publish_snapshot(c, NULL, 0);
+}
+
+/*
+ * The one transition function. The caller has set opened_at and
+ * trip_failure_count for an opening; deadline_ns is the OPEN deadline
+ * (ignored for other states).
+ */
+static void transition(const struct cbd_policy_env *env, struct cbd_circuit *c, cb_state to, unsigned flags,
+                       cb_source source, uint64_t deadline_ns, const struct cbd_now *now)
+{
+    cb_state from = c->state;
+    /* The record still holds the opening this transition supersedes. */
+    int64_t prev_opened_at = atomic_load_explicit(&c->rec->opened_at, memory_order_relaxed);
+    c->state = to;
+    c->flags = flags;
+    c->epoch++;
+    c->streak = 0;
+    c->probe_successes = 0;
+    c->probe_asked = 0;
+    c->armed_ns = 0; /* the old epoch's timer entry is dead */
+    c->deadline_ns = 0;
+    if (to == CB_CLOSED) {
+        c->opened_at = 0;
+        c->trip_failure_count = 0;
+    } else if (to == CB_OPEN) {
+        c->deadline_ns = deadline_ns;
+    } else {
+        c->deadline_ns = now->mono_ns + cbd_policy_lease_ms(c) * NS_PER_MS;
+    }
+    publish_snapshot(c, now, 1);
+    if (to == CB_HALF_OPEN) /* relaxed: published by the state word's release store below */
+        atomic_store_explicit(c->permit, cb_permit_word(c->epoch, c->cfg.half_open_max_probes),
+                              memory_order_relaxed);
+    /* Release pairs with cb_allow's acquire load of the state word: a worker
+     * that sees this epoch sees the record fields and permit word above. */
+    atomic_store_explicit(&c->rec->state_word, cb_seg_state_word(to, flags, c->epoch), memory_order_release);
+    env->transitioned(env->arg, c, from, prev_opened_at, source, now);
+    schedule(env, c);
+}
+
+static void trip(const struct cbd_policy_env *env, struct cbd_circuit *c, uint32_t failures,
+                 const struct cbd_now *now)
+{
+    c->opened_at = now->real_ns / NS_PER_S;
+    c->trip_failure_count = failures;
+    /* From now, not from the truncated opened_at: a 200 ms timeout stays 200 ms. */
+    transition(env, c, CB_OPEN, c->flags, CB_SOURCE_LOCAL,
+               now->mono_ns + (uint64_t)c->cfg.recovery_timeout_ms * NS_PER_MS, now);
+}
+
+/* A probe reported without closing or reopening: its permit goes back,
+ * unless the epoch moved on or the word is already full. */
+static void permit_back(struct cbd_circuit *c)
+{
+    uint64_t w = atomic_load_explicit(c->permit, memory_order_relaxed);
+    for (;;) {
+        if ((uint32_t)(w >> 32) != c->epoch || (uint32_t)w >= c->cfg.half_open_max_probes)
+            return;
+        /* Relaxed is enough: the permit word carries no other data; workers
+         * CAS it and only compare its epoch with the state word's. */
+        if (atomic_compare_exchange_weak_explicit(c->permit, &w, w + 1, memory_order_relaxed,
+                                                  memory_order_relaxed))
+            return;
+    }
+}
+
+static enum cbd_event_result on_closed(const struct cbd_policy_env *env, struct cbd_circuit *c, unsigned outcome,
+                                       const struct cbd_now *now)
+{
+    if (outcome == CB_SUCCESS) {
+        c->d_successes++;
+        c->streak = 0;
+    } else if (outcome == CB_FAILURE) {
+        c->d_failures++;
+        if (++c->streak >= c->cfg.failure_threshold)
+            trip(env, c, c->streak, now);
+    } else {
+        c->d_ignored++;
+    }
+    return CBD_EVENT_COUNTED;
+}
+
+static enum cbd_event_result on_half_open(const struct cbd_policy_env *env, struct cbd_circuit *c,
+                                          unsigned outcome, const struct cbd_now *now)
+{
+    /* A report proves the probers are alive: the lease runs from here. */
+    c->deadline_ns = now->mono_ns + cbd_policy_lease_ms(c) * NS_PER_MS;
+    if (outcome == CB_SUCCESS) {
+        c->d_successes++;
+        if (++c->probe_successes >= c->cfg.success_threshold)
+            transition(env, c, CB_CLOSED, c->flags, CB_SOURCE_LOCAL, 0, now);
+        else
+            permit_back(c);
+    } else if (outcome == CB_FAILURE) {
+        c->d_failures++;
+        c->opened_at = now->real_ns / NS_PER_S;
+        c->trip_failure_count = 1; /* the probe's failure reopened it */
+        transition(env, c, CB_OPEN, c->flags, CB_SOURCE_LOCAL,
+                   now->mono_ns + (uint64_t)c->cfg.recovery_timeout_ms * NS_PER_MS, now);
+    } else {
+        c->d_ignored++;
+        permit_back(c);
+    }
+    return CBD_EVENT_COUNTED;
+}
+
+enum cbd_event_result cbd_policy_on_event(const struct cbd_policy_env *env, struct cbd_circuit *c,
+                                          const struct cb_lane_event *ev, const struct cbd_now *now)
+{
+    c->dirty = 1;
+    /* A ticket of this epoch was issued by this state: ALLOWED only while
+     * CLOSED, PROBE only while HALF_OPEN, nothing while OPEN. Anything else
+     * is from an older epoch (or made up) and must not count. */
+    if (ev->epoch == c->epoch && c->state == CB_CLOSED && ev->kind == CB_TICKET_ALLOWED)
+        return on_closed(env, c, ev->outcome, now);
+    if (ev->epoch == c->epoch && c->state == CB_HALF_OPEN && ev->kind == CB_TICKET_PROBE)
+        return on_half_open(env, c, ev->outcome, now);
+    c->d_stale++;
+    return CBD_EVENT_STALE;
+}
+
+/* Permits taken and not yet reported. A word of another epoch or above
+ * the maximum was scribbled on by a worker: treat every permit as taken so
+ * the lease reclaims it. */
+static uint32_t outstanding(const struct cbd_circuit *c)
+{
+    uint64_t w = atomic_load_explicit(c->permit, memory_order_relaxed);
+    uint32_t left = (uint32_t)w, max = c->cfg.half_open_max_probes;
+    if ((uint32_t)(w >> 32) != c->epoch || left > max)
+        return max;
+    return max - left;
+}
+
+void cbd_policy_on_deadline(const struct cbd_policy_env *env, struct cbd_circuit *c, uint32_t epoch,
+                            uint64_t at_ns, const struct cbd_now *now)
+{
+    if (epoch != c->epoch || at_ns != c->armed_ns)
+        return; /* lazily deleted entry */
+    c->armed_ns = 0;
+    if (c->deadline_ns > now->mono_ns) { /* moved later since it was armed */
+        schedule(env, c);
+        return;
+    }
+    uint32_t lease_ms = cbd_policy_lease_ms(c);
+    if (c->state == CB_OPEN) {
+        /* Ask again after a lease if the store never answers. */
+        c->probe_asked = 1;
+        c->deadline_ns = now->mono_ns + lease_ms * NS_PER_MS;
+        schedule(env, c);
+        env->try_probe(env->arg, c, (lease_ms + 999) / 1000);
+    } else if (c->state == CB_HALF_OPEN && outstanding(c) > 0) {
+        transition(env, c, CB_HALF_OPEN, c->flags, CB_SOURCE_TIMER, 0, now);
+    } else if (c->state == CB_HALF_OPEN) { /* nobody holds a probe: nothing to reclaim yet */
+        c->deadline_ns = now->mono_ns + lease_ms * NS_PER_MS;
+        schedule(env, c);
+    }
+}
+
+void cbd_policy_on_probe_result(const struct cbd_policy_env *env, struct cbd_circuit *c, int64_t opened_at,
+                                int granted, int64_t lease_expiry, const struct cbd_now *now)
+{
+    if (c->state != CB_OPEN || !c->probe_asked || opened_at != c->opened_at)
+        return; /* an answer to a question this circuit no longer asks */
+    c->probe_asked = 0;
+    if (granted) {
+        transition(env, c, CB_HALF_OPEN, c->flags, CB_SOURCE_TIMER, 0, now);
+        return;
+    }
+    /* Another holder probes; ask again when its lease ends (at least 100 ms
+     * from now, so a clock skew cannot make this spin). */
+    int64_t left = lease_expiry * NS_PER_S - now->real_ns;
+    c->deadline_ns = now->mono_ns + (left > (int64_t)(100 * NS_PER_MS) ? (uint64_t)left : 100 * NS_PER_MS);
+    schedule(env, c);
+}
+
+void cbd_policy_apply(const struct cbd_policy_env *env, struct cbd_circuit *c, cb_state state, unsigned flags,
+                      int64_t opened_at, uint32_t failure_count, cb_source source, const struct cbd_now *now)
+{
+    cb_state to = state == CB_CLOSED ? CB_CLOSED : CB_OPEN;
+    if (to == c->state && flags == c->flags && (to == CB_CLOSED || opened_at == c->opened_at))
+        return;
+    if (to == CB_CLOSED) {
+        transition(env, c, CB_CLOSED, flags, source, 0, now);
+        return;
+    }
+    c->opened_at = opened_at > 0 ? opened_at : now->real_ns / NS_PER_S;
+    c->trip_failure_count = failure_count;
+    transition(env, c, CB_OPEN, flags, source, recovery_deadline(c, c->opened_at, now), now);
+}

@@ -1,0 +1,451 @@
+/*
+ * segment_owner.c - create, adopt and publish the two shm regions.
+ *
+ * Adopt or create. At start the daemon first tries to adopt what a
+ * previous daemon left (after a crash, SIGKILL or a clean stop, which keeps
+ * the objects on purpose): the state object must pass cb__seg_header_check,
+ * the lanes object cb__lanes_header_check, their geometry must equal the
+ * configured one (capacity, history_capacity, lanes, lane_capacity) and
+ * every record in use must be sane. Then records, index, history, lanes
+ * (heads and tails) and permit words are kept, so workers that have the
+ * segment mapped keep going as if nothing happened; only the generation,
+ * daemon_pid and heartbeat change (which libcb reports as RESTARTED).
+ *
+ * Otherwise (missing, foreign, another layout major, another geometry) the
+ * old objects are replaced: if the old state object still looks like a cbd
+ * segment of any major (magic prefix "CBD-SEGMENT-v" and sane capacity,
+ * records_offset and record_size - the header prefix and the state word at
+ * record offset 0 are frozen across layout majors for exactly this), every
+ * old record's state word gets CB_SEG_F_RETIRED, which sends workers still
+ * using it to the slow path and from there to remap. Then both names are
+ * unlinked and fresh objects created; mappings held by workers stay valid
+ * until they let go.
+ *
+ * A segment whose daemon_pid is a live process named cbd belongs to another
+ * daemon of the same instance: refuse to start rather than steal it.
+ *
+ * Modes: the state region is 0644 (workers map it read-only: the kernel
+ * keeps them from writing it); the lanes region is 0666 because every
+ * worker writes its lanes. Group-based access control comes later.
+ *
+ * Writes by the daemon into its own records use relaxed stores; what
+ * publishes them is the release store named at each site.
+ */
+#define _GNU_SOURCE /* SEEK_DATA, SEEK_HOLE */
+#include "segment_owner.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Maps an existing object RW: 0, or -errno. *size is its size. */
+static int map_existing(const char *name, void **addr, size_t *size)
+{
+    int fd = shm_open(name, O_RDWR | O_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    int rc = 0;
+    if (fstat(fd, &st) < 0)
+        rc = -errno;
+    else if (st.st_size < (off_t)CB_SEG_HEADER_SIZE)
+        rc = -EBADMSG;
+    else if ((*addr = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) == MAP_FAILED)
+        rc = -errno;
+    *size = (size_t)st.st_size;
+    close(fd);
+    return rc;
+}
+
+/* Is pid a live (not zombie) process whose command is cbd? A daemon killed
+ * with SIGKILL stays a zombie until its parent reaps it; that one is dead. */
+static int live_cbd(uint32_t pid)
+{
+    char path[64], stat[128] = "";
+    if (pid == 0 || pid > 0x7fffffffu || pid == (uint32_t)getpid() || kill((pid_t)pid, 0) < 0)
+        return 0;
+    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return 0;
+    /* "PID (COMM) STATE ..." */
+    int is = fgets(stat, sizeof stat, f) != NULL && strstr(stat, " (cbd) ") != NULL &&
+             strstr(stat, " (cbd) Z") == NULL;
+    fclose(f);
+    return is;
+}
+
+/* Every record in use names a valid circuit with a valid policy. */
+static int records_sane(const struct cb_seg_header *h, char *why, size_t whysize)
+{
+    /* Relaxed: the writer was a daemon that has exited; its stores are in the object. */
+    uint32_t count = atomic_load_explicit(&((struct cb_seg_header *)h)->circuit_count, memory_order_relaxed);
+    if (count > h->capacity) {
+        snprintf(why, whysize, "circuit_count %u exceeds capacity %u", count, h->capacity);
+        return 0;
+    }
+    for (uint32_t i = 0; i < count; i++) {
+        struct cb_seg_record *r = CB_SEG_RECORD(h, i);
+        cb_config cfg = {
+            .failure_threshold = atomic_load_explicit(&r->failure_threshold, memory_order_relaxed),
+            .success_threshold = atomic_load_explicit(&r->success_threshold, memory_order_relaxed),
+            .half_open_max_probes = atomic_load_explicit(&r->half_open_max_probes, memory_order_relaxed),
+            .recovery_timeout_ms = atomic_load_explicit(&r->recovery_timeout_ms, memory_order_relaxed),
+            .probe_lease_ms = atomic_load_explicit(&r->probe_lease_ms, memory_order_relaxed),
+        };
+        uint64_t w = atomic_load_explicit(&r->state_word, memory_order_relaxed);
+        if (memchr(r->name, '\0', sizeof r->name) == NULL || cb__name_check(r->name) < 0 ||
+            cb__config_check(&cfg, NULL) < 0 || cb_seg_word_state(w) > CB_HALF_OPEN) {
+            snprintf(why, whysize, "record %u is corrupt", i);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Why the existing regions cannot be adopted (into why), or "" if they can. */
+static void adopt_check(const struct cbd_segment *s, const struct cbd_config *cfg, char *why, size_t whysize)
+{
+    const struct cb_seg_header *h = s->hdr;
+    const struct cb_lanes_header *l = s->lanes;
+    int rc = cb__seg_header_check(h, s->state_size);
+    why[0] = '\0';
+    if (rc == -EPROTO)
+        snprintf(why, whysize, "it is not a cbd segment of layout major %u (magic '%.15s', major %u)", CB_SEG_MAJOR,
+                 h->magic, h->major);
+    else if (rc < 0)
+        snprintf(why, whysize, "its header is inconsistent with its size");
+    else if (h->capacity != cfg->capacity || h->history_capacity != cfg->history_capacity)
+        snprintf(why, whysize, "its capacity %u / history_capacity %u differ from the configured %u / %u",
+                 h->capacity, h->history_capacity, cfg->capacity, cfg->history_capacity);
+    else if (l == NULL || cb__lanes_header_check(l, s->lanes_size) < 0)
+        snprintf(why, whysize, "its lanes region %s is missing or invalid", s->lanes_name);
+    else if (l->lane_count != cfg->lanes || l->lane_capacity != cfg->lane_capacity || l->capacity != h->capacity)
+        snprintf(why, whysize, "its lanes %u x %u differ from the configured %u x %u", l->lane_count,
+                 l->lane_capacity, cfg->lanes, cfg->lane_capacity);
+    else
+        records_sane(h, why, whysize);
+}
+
+/* Takes over adopted regions: new generation, pid, heartbeat; the header's
+ * tunables follow the current configuration. */
+static void adopt(struct cbd_segment *s, const struct cbd_config *cfg)
+{
+    struct cb_seg_header *h = s->hdr;
+    uint64_t gen = ((uint64_t)getpid() << 32) ^ mono_ns();
+    h->stale_policy = cfg->stale_policy;
+    h->stale_limit_ms = cfg->stale_limit_ms;
+    h->heartbeat_interval_ms = cfg->heartbeat_ms;
+    if (strcmp(h->socket_path, cfg->socket) != 0)
+        snprintf(h->socket_path, sizeof h->socket_path, "%s", cfg->socket);
+    /* The previous daemon's doorbell state means nothing to this one. */
+    atomic_store_explicit(&s->lanes->doorbell, 0, memory_order_relaxed);
+    atomic_store_explicit(&h->heartbeat_ns, mono_ns(), memory_order_release); /* pairs with cb_status' acquire */
+    /* Release pairs with cb_status' acquire load of daemon_pid. */
+    atomic_store_explicit(&h->daemon_pid, (uint32_t)getpid(), memory_order_release);
+    /* Lanes first: libcb accepts the pair once the lanes generation equals
+     * the state generation it read (acquire on its side). */
+    atomic_store_explicit(&s->lanes->generation, gen, memory_order_release);
+    atomic_store_explicit(&h->generation, gen, memory_order_release);
+    s->adopted = 1;
+    cbd_log(CBD_LOG_INFO, "adopted segment %s with %u circuits", s->state_name,
+            atomic_load_explicit(&h->circuit_count, memory_order_relaxed));
+}
+
+/* Sets RETIRED in the state word (record offset 0) of every record that
+ * starts in [from, to) of the mapped object. Returns how many. */
+static uint64_t retire_range(char *base, uint64_t first, uint64_t rs, uint64_t from, uint64_t to)
+{
+    uint64_t n = 0;
+    for (uint64_t off = first + (from - first + rs - 1) / rs * rs; off < to; off += rs, n++)
+        /* Release pairs with cb_allow's acquire load: a worker that sees
+         * RETIRED goes to remap. */
+        atomic_fetch_or_explicit((_Atomic uint64_t *)(base + off), (uint64_t)CB_SEG_F_RETIRED << CB_SEG_FLAGS_SHIFT,
+                                 memory_order_release);
+    return n;
+}
+
+/* Marks every record of a segment about to be replaced RETIRED. Only the
+ * frozen prefix of the header is trusted (magic prefix, record_size,
+ * capacity, records_offset), and only after checking it against the size.
+ * Holes in the object (records never written) are skipped with SEEK_DATA,
+ * so a large sparse segment is not paged in just to be thrown away. */
+static void retire_records(const char *name)
+{
+    int fd = shm_open(name, O_RDWR | O_CLOEXEC, 0);
+    struct stat st;
+    char *base = MAP_FAILED;
+    if (fd >= 0 && fstat(fd, &st) == 0 && st.st_size >= (off_t)CB_SEG_HEADER_SIZE)
+        base = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    const struct cb_seg_header *h = (const void *)base;
+    uint64_t rs = 0, first = 0, end = 0, marked = 0;
+    if (base != MAP_FAILED) {
+        rs = h->record_size;
+        first = h->records_offset;
+        end = first + (uint64_t)h->capacity * rs;
+    }
+    if (base != MAP_FAILED && memcmp(h->magic, "CBD-SEGMENT-v", 13) == 0 && rs >= 8 && rs % 8 == 0 && first >= 64 &&
+        first % 8 == 0 && h->capacity > 0 && end <= (uint64_t)st.st_size) {
+        for (off_t pos = (off_t)first, data, hole; (uint64_t)pos < end; pos = hole) {
+            if ((data = lseek(fd, pos, SEEK_DATA)) < 0 && errno == ENXIO)
+                break; /* nothing but holes from here */
+            if (data < 0) /* no SEEK_DATA on this filesystem: walk everything */
+                data = pos, hole = (off_t)end;
+            else if ((hole = lseek(fd, data, SEEK_HOLE)) < 0 || (uint64_t)hole > end)
+                hole = (off_t)end;
+            marked += retire_range(base, first, rs, (uint64_t)data, (uint64_t)hole);
+        }
+        cbd_log(CBD_LOG_INFO, "retired %llu records of the old segment %s", (unsigned long long)marked, name);
+    }
+    if (base != MAP_FAILED)
+        munmap(base, (size_t)st.st_size);
+    if (fd >= 0)
+        close(fd);
+}
+
+/* Creates one object of size bytes with mode, mapped RW into *addr. */
+static int create_object(const char *name, uint64_t size, mode_t mode, void **addr)
+{
+    int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+    if (fd < 0)
+        return -errno;
+    int rc = 0;
+    if (fchmod(fd, mode) < 0 || ftruncate(fd, (off_t)size) < 0)
+        rc = -errno;
+    else if ((*addr = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) == MAP_FAILED)
+        rc = -errno;
+    close(fd);
+    if (rc < 0)
+        shm_unlink(name);
+    return rc;
+}
+
+static void fill_headers(struct cbd_segment *s, const struct cbd_config *cfg, const struct cb_seg_geometry *g)
+{
+    struct cb_seg_header *h = s->hdr;
+    struct cb_lanes_header *l = s->lanes;
+    uint64_t gen = ((uint64_t)getpid() << 32) ^ mono_ns();
+    memcpy(h->magic, CB_SEG_MAGIC, sizeof CB_SEG_MAGIC);
+    h->major = CB_SEG_MAJOR;
+    h->minor = CB_SEG_MINOR;
+    h->header_size = CB_SEG_HEADER_SIZE;
+    h->record_size = CB_SEG_RECORD_SIZE;
+    h->capacity = g->capacity;
+    h->index_slots = g->index_slots;
+    h->history_capacity = g->history_capacity;
+    h->stale_policy = cfg->stale_policy;
+    h->features = CB_SEG_FEATURE_HISTORY | CB_SEG_FEATURE_PERMITS;
+    h->total_size = g->state_size;
+    h->index_offset = g->index_offset;
+    h->records_offset = g->records_offset;
+    h->history_offset = g->history_offset;
+    h->stale_limit_ms = cfg->stale_limit_ms;
+    h->heartbeat_interval_ms = cfg->heartbeat_ms;
+    snprintf(h->instance, sizeof h->instance, "%s", cfg->instance);
+    snprintf(h->socket_path, sizeof h->socket_path, "%s", cfg->socket);
+    atomic_store_explicit(&h->daemon_pid, (uint32_t)getpid(), memory_order_relaxed);
+    atomic_store_explicit(&h->generation, gen, memory_order_relaxed);
+    atomic_store_explicit(&h->heartbeat_ns, mono_ns(), memory_order_relaxed);
+    memcpy(l->magic, CB_LANES_MAGIC, sizeof CB_LANES_MAGIC);
+    l->major = CB_SEG_MAJOR;
+    l->minor = CB_SEG_MINOR;
+    l->header_size = CB_LANES_HEADER_SIZE;
+    l->lane_count = g->lane_count;
+    l->lane_capacity = g->lane_capacity;
+    l->lane_stride = g->lane_stride;
+    l->capacity = g->capacity;
+    l->total_size = g->lanes_size;
+    l->permits_offset = g->permits_offset;
+    l->lanes_offset = g->lanes_offset;
+    /* Release: the lanes header above is complete before a client that
+     * matched generations (acquire) reads it; ready in the state region is
+     * the final publication. */
+    atomic_store_explicit(&l->generation, gen, memory_order_release);
+}
+
+static int create_fresh(struct cbd_segment *s, const struct cbd_config *cfg, const struct cb_seg_geometry *g)
+{
+    void *state = NULL, *lanes = NULL;
+    int rc = create_object(s->state_name, g->state_size, 0644, &state);
+    if (rc == 0 && (rc = create_object(s->lanes_name, g->lanes_size, 0666, &lanes)) < 0) {
+        munmap(state, g->state_size);
+        shm_unlink(s->state_name);
+    }
+    if (rc < 0) {
+        cbd_log(CBD_LOG_ERROR, "cannot create segment %s (%llu bytes) / %s (%llu bytes): %s", s->state_name,
+                (unsigned long long)g->state_size, s->lanes_name, (unsigned long long)g->lanes_size, strerror(-rc));
+        return rc;
+    }
+    s->hdr = state;
+    s->lanes = lanes;
+    s->state_size = g->state_size;
+    s->lanes_size = g->lanes_size;
+    fill_headers(s, cfg, g);
+    return 0;
+}
+
+static void unmap_all(struct cbd_segment *s)
+{
+    if (s->hdr != NULL)
+        munmap(s->hdr, s->state_size);
+    if (s->lanes != NULL)
+        munmap(s->lanes, s->lanes_size);
+    s->hdr = NULL;
+    s->lanes = NULL;
+}
+
+int cbd_segment_open(struct cbd_segment *s, const struct cbd_config *cfg)
+{
+    struct cb_seg_geometry g;
+    char why[256];
+    memset(s, 0, sizeof *s);
+    cb__shm_names(cfg->instance, s->state_name, s->lanes_name);
+    if (cb__seg_geometry(cfg->capacity, cfg->lanes, cfg->lane_capacity, cfg->history_capacity, &g) < 0)
+        return -EINVAL; /* config.c keeps the options within these bounds */
+    int rc = map_existing(s->state_name, (void **)&s->hdr, &s->state_size);
+    if (rc == -ENOENT) {
+        cbd_log(CBD_LOG_INFO, "creating segment %s: none exists yet", s->state_name);
+        shm_unlink(s->lanes_name); /* an orphan lanes object has nothing to keep */
+        return create_fresh(s, cfg, &g);
+    }
+    if (rc == 0 && live_cbd(atomic_load_explicit(&s->hdr->daemon_pid, memory_order_relaxed))) {
+        cbd_log(CBD_LOG_ERROR, "segment %s belongs to cbd pid %u, which is running: one daemon per instance",
+                s->state_name, atomic_load_explicit(&s->hdr->daemon_pid, memory_order_relaxed));
+        unmap_all(s);
+        return -EBUSY;
+    }
+    if (rc == 0) {
+        if (map_existing(s->lanes_name, (void **)&s->lanes, &s->lanes_size) < 0)
+            s->lanes = NULL;
+        adopt_check(s, cfg, why, sizeof why);
+        if (why[0] == '\0') {
+            adopt(s, cfg);
+            return 0;
+        }
+    } else {
+        snprintf(why, sizeof why, "it cannot be mapped (%s)", strerror(-rc));
+    }
+    unmap_all(s);
+    cbd_log(CBD_LOG_WARN, "replacing segment %s: %s; workers will remap", s->state_name, why);
+    retire_records(s->state_name);
+    shm_unlink(s->state_name);
+    shm_unlink(s->lanes_name);
+    return create_fresh(s, cfg, &g);
+}
+
+void cbd_segment_publish(struct cbd_segment *s)
+{
+    /* Release pairs with cb_client_open's acquire load of ready: every
+     * header field, record and index slot written so far is visible. */
+    atomic_store_explicit(&s->hdr->ready, 1, memory_order_release);
+}
+
+static void beat(uv_timer_t *t)
+{
+    struct cbd_segment *s = t->data;
+    /* Release pairs with libcb's acquire load in its staleness check. */
+    atomic_store_explicit(&s->hdr->heartbeat_ns, mono_ns(), memory_order_release);
+}
+
+int cbd_segment_heartbeat_start(struct cbd_segment *s, uv_loop_t *loop, uint32_t interval_ms)
+{
+    int rc = uv_timer_init(loop, &s->heartbeat);
+    if (rc < 0)
+        return rc;
+    s->heartbeat.data = s;
+    s->heartbeat_started = 1;
+    beat(&s->heartbeat);
+    return uv_timer_start(&s->heartbeat, beat, interval_ms, interval_ms);
+}
+
+void cbd_segment_stop_heartbeat(struct cbd_segment *s)
+{
+    if (s->heartbeat_started)
+        uv_close((uv_handle_t *)&s->heartbeat, NULL);
+    s->heartbeat_started = 0;
+}
+
+int cbd_segment_add(struct cbd_segment *s, const char *name, const cb_config *cfg, uint32_t *slot)
+{
+    struct cb_seg_header *h = s->hdr;
+    uint32_t n = atomic_load_explicit(&h->circuit_count, memory_order_relaxed); /* we are the only writer */
+    if (n >= h->capacity)
+        return -ENOSPC;
+    struct cb_seg_record *r = CB_SEG_RECORD(h, n);
+    size_t len = strlen(name);
+    uint64_t hash = cb__name_hash(name, len);
+    /* Slot n is unpublished (circuit_count says so), but a daemon killed
+     * mid-registration may have left bytes in it: start from zero. */
+    memset(r, 0, sizeof *r);
+    memcpy(r->name, name, len + 1);
+    atomic_store_explicit(&r->name_hash, hash, memory_order_relaxed);
+    atomic_store_explicit(&r->name_len, (uint16_t)len, memory_order_relaxed);
+    atomic_store_explicit(&r->failure_threshold, cfg->failure_threshold, memory_order_relaxed);
+    atomic_store_explicit(&r->success_threshold, cfg->success_threshold, memory_order_relaxed);
+    atomic_store_explicit(&r->half_open_max_probes, cfg->half_open_max_probes, memory_order_relaxed);
+    atomic_store_explicit(&r->recovery_timeout_ms, cfg->recovery_timeout_ms, memory_order_relaxed);
+    atomic_store_explicit(&r->probe_lease_ms, cfg->probe_lease_ms, memory_order_relaxed);
+    atomic_store_explicit(CB_LANES_PERMIT(s->lanes, n), 0, memory_order_relaxed);
+    _Atomic uint32_t *index = CB_SEG_INDEX(h);
+    uint32_t mask = h->index_slots - 1;
+    for (uint32_t p = 0; p <= mask; p++) {
+        _Atomic uint32_t *e = &index[(hash + p) & mask];
+        if (atomic_load_explicit(e, memory_order_relaxed) == 0) {
+            /* Release pairs with cb__seg_lookup's acquire load of the slot:
+             * the record above is complete before a reader follows it. */
+            atomic_store_explicit(e, n + 1, memory_order_release);
+            break;
+        }
+    }
+    /* Release pairs with readers' acquire load of circuit_count (cbctl
+     * listings): records [0, n] are complete. */
+    atomic_store_explicit(&h->circuit_count, n + 1, memory_order_release);
+    *slot = n;
+    return 0;
+}
+
+void cbd_segment_history_append(struct cbd_segment *s, const struct cbd_history_entry *e)
+{
+    struct cb_seg_header *h = s->hdr;
+    uint64_t seq = atomic_load_explicit(&h->history_head, memory_order_relaxed); /* only writer */
+    struct cb_seg_history *x = CB_SEG_HISTORY(h, seq);
+    /* Invalidate first: a reader still on the entry this one overwrites
+     * sees its seq change and retries (release fence pairs with the
+     * reader's acquire fence before it re-checks seq). */
+    atomic_store_explicit(&x->seq, 0, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    atomic_store_explicit(&x->slot, e->slot, memory_order_relaxed);
+    atomic_store_explicit(&x->epoch, e->epoch, memory_order_relaxed);
+    atomic_store_explicit(&x->from, e->from, memory_order_relaxed);
+    atomic_store_explicit(&x->to, e->to, memory_order_relaxed);
+    atomic_store_explicit(&x->source, e->source, memory_order_relaxed);
+    atomic_store_explicit(&x->failure_count, e->failure_count, memory_order_relaxed);
+    atomic_store_explicit(&x->opened_at, e->opened_at, memory_order_relaxed);
+    atomic_store_explicit(&x->time_ns, e->time_ns, memory_order_relaxed);
+    /* Release pairs with cb_next_transition's acquire load of seq. */
+    atomic_store_explicit(&x->seq, seq + 1, memory_order_release);
+    /* Release pairs with the reader's acquire load of history_head. */
+    atomic_store_explicit(&h->history_head, seq + 1, memory_order_release);
+}
+
+void cbd_segment_close(struct cbd_segment *s)
+{
+    if (s->hdr != NULL) /* release pairs with cb_status' acquire load: no daemon now */
+        atomic_store_explicit(&s->hdr->daemon_pid, 0, memory_order_release);
+    unmap_all(s);
+}

@@ -1,0 +1,54 @@
+/*
+ * segment_owner.h - the daemon's side of the two shm regions: create or
+ * adopt them, add circuit records, append history, beat the heart.
+ */
+#ifndef CBD_SEGMENT_OWNER_H
+#define CBD_SEGMENT_OWNER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "config.h"
+#include "segment.h"
+
+struct cbd_segment {
+    struct cb_seg_header *hdr;      /* state region, mapped RW */
+    struct cb_lanes_header *lanes;  /* lanes region, mapped RW */
+    size_t state_size, lanes_size;
+    char state_name[CB_SHM_NAME_MAX], lanes_name[CB_SHM_NAME_MAX];
+    int adopted;                    /* 1: records came from a previous daemon */
+    uv_timer_t heartbeat;
+    int heartbeat_started;
+};
+
+/* Creates the regions, or adopts existing compatible ones (records, index,
+ * history, lanes and permits kept; new generation). Not ready yet when
+ * fresh: cbd_segment_publish does that. 0 or -errno (logged). */
+int cbd_segment_open(struct cbd_segment *s, const struct cbd_config *cfg);
+
+/* Stores ready = 1 (release) once state has been restored. */
+void cbd_segment_publish(struct cbd_segment *s);
+
+/* Starts the heartbeat timer (CLOCK_MONOTONIC ns every interval_ms). */
+int cbd_segment_heartbeat_start(struct cbd_segment *s, uv_loop_t *loop, uint32_t interval_ms);
+
+/* Fills a new record for name and publishes it through the index and
+ * circuit_count. 0 and *slot, or -ENOSPC when every record is used. */
+int cbd_segment_add(struct cbd_segment *s, const char *name, const cb_config *cfg, uint32_t *slot);
+
+/* One transition into the history ring. */
+struct cbd_history_entry {
+    uint32_t slot, epoch, failure_count;
+    uint8_t from, to, source;
+    int64_t opened_at, time_ns;
+};
+void cbd_segment_history_append(struct cbd_segment *s, const struct cbd_history_entry *e);
+
+/* Clean shutdown: daemon_pid = 0, unmap. The shm objects stay so that the
+ * next daemon adopts them. Stops the heartbeat first (close callback on
+ * the loop: call before the loop's last run). */
+void cbd_segment_stop_heartbeat(struct cbd_segment *s);
+void cbd_segment_close(struct cbd_segment *s);
+
+#endif /* CBD_SEGMENT_OWNER_H */

@@ -1,0 +1,786 @@
+/*
+ * store_local.c - the embedded default store: one JSON state file per
+ * instance, so registrations and open circuits survive a daemon restart and
+ * a host reboot with no external service.
+ *
+ * URI "local:PATH", PATH absolute. The file:
+ *
+ *   {"format":"cbd-state","version":1,"written_at":<epoch s>,"circuits":[
+ *   {"name":"payments","state":"OPEN","failure_count":5,"opened_at":1764240000,"config":{...}},
+ *   {"name":"search","state":"CLOSED","failure_count":0,"opened_at":0,"config":{...}}
+ *   ]}
+ *
+ * One circuit per line, so an operator can grep and diff it; "config" holds
+ * failure_threshold, success_threshold, half_open_max_probes,
+ * recovery_timeout_ms and probe_lease_ms, as in cb_config.
+ *
+ * The model. Every tracked circuit lives in one jansson object (name ->
+ * circuit object, in file format, in insertion order), updated by track()
+ * and transition() on the loop. A call that changes nothing (the daemon
+ * re-registering a restored circuit, say) does not write.
+ *
+ * Writes are atomic and off the loop. A change marks the store dirty and
+ * arms a 0 ms timer, so a burst of transitions in one drain costs one write.
+ * The timer serialises the model to text on the loop (O(circuits): tens of
+ * microseconds for hundreds of circuits, a few ms for tens of thousands - the
+ * price of never sharing the model with a thread) and hands the text to
+ * uv_queue_work, which writes PATH.tmp.<pid>, fsyncs it, renames it over
+ * PATH and fsyncs the directory: a crash leaves the old file or the new one,
+ * never a mix. At most one write is in flight; changes during a write leave
+ * the store dirty and exactly one more write follows with the newest state,
+ * so writes grow with fsync latency, never with the transition rate. A failed
+ * write reports hooks->health(online = false) with the step and errno, keeps
+ * the store dirty and retries every second; the first success reports
+ * online again. Temporary files of dead earlier daemons are removed at
+ * restore.
+ *
+ * restore() reads the file synchronously and calls done() before it
+ * returns: it runs once, before READY, and reading one small file at start
+ * costs less than a thread hand-off would save. It creates PATH's directory
+ * (0750, not its parents) if missing. A missing file is an empty store
+ * (rc 0). Every field is checked (names by cb__name_check, configs by
+ * cb__config_check, states, ranges); an invalid entry is skipped, counted and
+ * named (file, index, circuit, field); each valid one goes to hooks->remote.
+ * A file that is not a cbd state file (or of another version, or too big)
+ * gives rc -EBADMSG and an empty start. Nothing read is lost: when restore
+ * skipped anything, the file stays untouched until cbd next writes, and that
+ * write first moves it to PATH.bad.<epoch s>.
+ *
+ * Messages. The store contract carries no log hook, so restore's findings
+ * (a bad file, skipped entries) reach the daemon's log through
+ * hooks->health with online = true: the store works, the text is the news.
+ *
+ * The fleet calls are trivial on one host: try_probe() grants the lease
+ * (now + lease_s) from a 0 ms timer, so the answer never runs inside the
+ * call that asked for it; sync() has nothing to reconcile; transition() has
+ * no one to compare against (this daemon is the file's only writer).
+ *
+ * close() drops unanswered probe requests, waits for a write in flight,
+ * makes one last write if anything is dirty (a failure is reported, not
+ * retried: the daemon is stopping), closes its timers, frees the store and
+ * then calls done(). The store must not be used after close().
+ */
+#include "segment.h"
+#include "store.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define STATE_FORMAT "cbd-state"
+#define STATE_VERSION 1
+#define RETRY_MS 1000                /* between attempts after a failed write ("every second") */
+#define STATE_FILE_MAX (64u << 20)   /* bytes restore() parses: ~200k circuits */
+#define OPENED_AT_MAX 253402300799LL /* 9999-12-31T23:59:59Z */
+#define NOTICES_MAX 16               /* named skipped entries per restore; the rest are counted */
+#define PATH_ROOM 64                 /* bytes kept free in PATH_MAX for ".tmp.<pid>", ".bad.<time>" */
+
+/* A probe lease waiting for the next loop turn. */
+struct grant {
+    struct grant *next;
+    int64_t opened_at;
+    uint32_t lease_s;
+    char name[CB_NAME_MAX + 1];
+};
+
+/* One write, owned by the thread pool between queue and after_work. libuv's
+ * queue lock orders the loop's stores to the job before write_work and
+ * write_work's stores before write_after: no other synchronisation needed. */
+struct write_job {
+    uv_work_t req;
+    struct cbd_store *s;       /* off the loop only its paths are read; they never change */
+    char *text;                /* the snapshot, serialised on the loop */
+    size_t len;
+    bool keep_bad;             /* move the file restore skipped data of aside first */
+    bool moved_bad;            /* it did (even if a later step failed) */
+    int err;                   /* 0, or errno of the step that failed */
+    const char *step;
+};
+
+struct cbd_store {
+    struct cbd_store_hooks hooks;
+    json_t *circuits;          /* name -> circuit object as in the file */
+    char path[PATH_MAX - PATH_ROOM], dir_path[PATH_MAX - PATH_ROOM];
+    char tmp_path[PATH_MAX], bad_path[PATH_MAX]; /* PATH.tmp.<pid>, PATH.bad.<time> */
+    const char *base_name;     /* PATH's last component, inside path[] */
+    uv_timer_t write_timer;    /* 0 ms: coalesce a burst; RETRY_MS: after a failure */
+    uv_timer_t grant_timer;    /* 0 ms: answer try_probe on a later turn */
+    struct grant *grants, **grants_tail;
+    bool restored;             /* restore() ran: the file may be replaced */
+    bool dirty;                /* the model differs from the file */
+    bool writing;              /* a write_job is in flight */
+    bool keep_bad;             /* the next write first renames PATH to bad_path */
+    bool online;               /* the last write reached the disk */
+    int last_err;              /* errno of the last reported failure */
+    bool closing, final_write, handles_closing;
+    int open_handles;
+    void (*close_done)(void *arg);
+    void *close_arg;
+};
+
+static const char *const state_names[] = {[CB_CLOSED] = "CLOSED", [CB_OPEN] = "OPEN", [CB_HALF_OPEN] = "HALF_OPEN"};
+
+/* The config's fields in the file, in file order. */
+static const struct {
+    const char *key;
+    size_t offset;
+} config_fields[] = {
+    {"failure_threshold", offsetof(cb_config, failure_threshold)},
+    {"success_threshold", offsetof(cb_config, success_threshold)},
+    {"half_open_max_probes", offsetof(cb_config, half_open_max_probes)},
+    {"recovery_timeout_ms", offsetof(cb_config, recovery_timeout_ms)},
+    {"probe_lease_ms", offsetof(cb_config, probe_lease_ms)},
+};
+#define CONFIG_FIELDS (sizeof config_fields / sizeof config_fields[0])
+
+static uint32_t *config_field(cb_config *cfg, size_t i) { return (uint32_t *)((char *)cfg + config_fields[i].offset); }
+
+/* A message for the daemon's log; see "Messages" above. */
+__attribute__((format(printf, 2, 3))) static void notice(struct cbd_store *s, const char *fmt, ...)
+{
+    char msg[PATH_MAX * 2 + 256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    s->hooks.health(s->hooks.arg, s->online, msg);
+}
+
+/* ---- the model ------------------------------------------------------------ */
+
+static json_t *config_json(const cb_config *cfg)
+{
+    json_t *o = json_object();
+    for (size_t i = 0; o != NULL && i < CONFIG_FIELDS; i++)
+        json_object_set_new(o, config_fields[i].key, json_integer(*config_field((cb_config *)cfg, i)));
+    return o;
+}
+
+/* A circuit object in file format; config (may be NULL) is stolen. */
+static json_t *circuit_json(const char *name, cb_state state, uint32_t failure_count, int64_t opened_at,
+                            json_t *config)
+{
+    json_t *c = json_pack("{s:s, s:s, s:I, s:I}", "name", name, "state", state_names[state], "failure_count",
+                          (json_int_t)failure_count, "opened_at", (json_int_t)opened_at);
+    if (config != NULL && c != NULL)
+        json_object_set_new(c, "config", config);
+    else
+        json_decref(config);
+    return c;
+}
+
+static void schedule_write(struct cbd_store *s);
+
+/* Make entry (stolen) the model's view of name; a real change schedules a write. */
+static void model_put(struct cbd_store *s, const char *name, json_t *entry)
+{
+    if (entry == NULL) {
+        notice(s, "out of memory: circuit '%s' not saved to state file %s", name, s->path);
+        return;
+    }
+    json_t *old = json_object_get(s->circuits, name);
+    if (old != NULL && json_equal(old, entry)) {
+        json_decref(entry);
+        return;
+    }
+    json_object_set_new(s->circuits, name, entry);
+    s->dirty = true;
+    schedule_write(s);
+}
+
+static void local_track(struct cbd_store *s, const char *name, const cb_config *cfg)
+{
+    /* The daemon validated both; checking again keeps the file restorable. */
+    if (cb__name_check(name) != 0 || cb__config_check(cfg, NULL) != 0)
+        return;
+    json_t *old = json_object_get(s->circuits, name);
+    json_t *entry = old ? json_copy(old) : circuit_json(name, CB_CLOSED, 0, 0, NULL);
+    if (entry != NULL)
+        json_object_set_new(entry, "config", config_json(cfg));
+    model_put(s, name, entry);
+}
+
+static void local_transition(struct cbd_store *s, const struct cbd_store_state *st, int64_t prev_opened_at)
+{
+    (void)prev_opened_at; /* this daemon is the file's only writer: nothing to compare */
+    if (cb__name_check(st->name) != 0 || (unsigned)st->state > CB_HALF_OPEN)
+        return;
+    json_t *old = json_object_get(s->circuits, st->name);
+    json_t *config = st->has_config ? config_json(&st->config) : json_incref(json_object_get(old, "config"));
+    model_put(s, st->name, circuit_json(st->name, st->state, st->failure_count, st->opened_at, config));
+}
+
+/* A growing text buffer; a failed allocation sticks in oom. */
+struct text {
+    char *p;
+    size_t len, cap;
+    bool oom;
+};
+
+static int text_add(const char *data, size_t n, void *arg)
+{
+    struct text *t = arg;
+    if (!t->oom && t->len + n + 1 > t->cap) {
+        size_t cap = (t->len + n + 1) * 2;
+        char *p = realloc(t->p, cap);
+        t->oom = p == NULL;
+        t->p = p ? p : t->p;
+        t->cap = p ? cap : t->cap;
+    }
+    if (t->oom)
+        return -1;
+    memcpy(t->p + t->len, data, n);
+    t->len += n;
+    t->p[t->len] = '\0';
+    return 0;
+}
+
+/* The whole file's text, one circuit per line (greppable, diffable), or
+ * NULL when out of memory. */
+static char *snapshot_text(const struct cbd_store *s)
+{
+    struct text t = {0};
+    char head[160];
+    const char *name;
+    json_t *c;
+    bool first = true;
+    snprintf(head, sizeof head, "{\"format\":\"%s\",\"version\":%d,\"written_at\":%lld,\"circuits\":[", STATE_FORMAT,
+             STATE_VERSION, (long long)time(NULL));
+    text_add(head, strlen(head), &t);
+    json_object_foreach(s->circuits, name, c) {
+        text_add(first ? "\n" : ",\n", first ? 1 : 2, &t);
+        json_dump_callback(c, text_add, &t, JSON_COMPACT);
+        first = false;
+    }
+    text_add("\n]}\n", 4, &t);
+    if (t.oom) {
+        free(t.p);
+        return NULL;
+    }
+    return t.p;
+}
+
+/* ---- writing, on the thread pool ------------------------------------------ */
+
+static int write_all(int fd, const char *p, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return errno;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static int fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return errno;
+    int err = fsync(fd) == 0 ? 0 : errno;
+    close(fd);
+    return err;
+}
+
+/* Sets j->step and returns errno of the first step that fails, else 0. */
+static int write_steps(struct write_job *j)
+{
+    const struct cbd_store *s = j->s;
+    j->step = "creating the temporary file";
+    int fd = open(s->tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    if (fd < 0)
+        return errno;
+    j->step = "writing the temporary file";
+    int err = write_all(fd, j->text, j->len);
+    if (err == 0) {
+        j->step = "syncing the temporary file";
+        err = fsync(fd) == 0 ? 0 : errno;
+    }
+    if (close(fd) != 0 && err == 0)
+        err = errno;
+    if (err != 0)
+        return err;
+    j->step = "moving the previous state file aside";
+    if (j->keep_bad && rename(s->path, s->bad_path) != 0 && errno != ENOENT)
+        return errno;
+    j->moved_bad = j->keep_bad; /* done (or gone already): never again, it would clobber bad_path */
+    j->step = "renaming the temporary file over it";
+    if (rename(s->tmp_path, s->path) != 0)
+        return errno;
+    j->step = "syncing its directory";
+    return fsync_dir(s->dir_path);
+}
+
+static void write_work(uv_work_t *req)
+{
+    struct write_job *j = req->data;
+    j->err = write_steps(j);
+    if (j->err != 0)
+        unlink(j->s->tmp_path); /* a failed write leaves nothing behind */
+}
+
+/* ---- writing, on the loop --------------------------------------------------- */
+
+static void close_step(struct cbd_store *s);
+static void on_write_timer(uv_timer_t *t);
+
+/* Account for the end of a write (err 0: done) and decide what comes next. */
+static void write_done(struct cbd_store *s, int err, const char *step, bool moved_bad)
+{
+    if (err != 0) {
+        s->dirty = true;
+        if (s->online || err != s->last_err) {
+            s->online = false;
+            s->last_err = err;
+            notice(s, "writing state file %s failed while %s: %s; %s", s->path, step, strerror(err),
+                   s->closing ? "giving up, cbd is stopping" : "retrying every second");
+        }
+    }
+    if (moved_bad) {
+        s->keep_bad = false;
+        notice(s, "kept the previous state file %s as %s", s->path, s->bad_path);
+    }
+    if (err == 0 && !s->online) {
+        s->online = true;
+        s->last_err = 0;
+        notice(s, "writing state file %s works again", s->path);
+    }
+    if (s->closing)
+        close_step(s);
+    else if (err != 0)
+        uv_timer_start(&s->write_timer, on_write_timer, RETRY_MS, 0);
+    else
+        schedule_write(s);
+}
+
+static void write_after(uv_work_t *req, int status)
+{
+    struct write_job *j = req->data;
+    struct cbd_store *s = j->s;
+    int err = status < 0 ? -status : j->err; /* status: UV_ECANCELED only */
+    const char *step = status < 0 ? "waiting for a worker thread" : j->step;
+    bool moved_bad = j->moved_bad;
+    free(j->text);
+    free(j);
+    s->writing = false;
+    write_done(s, err, step, moved_bad);
+}
+
+static void start_write(struct cbd_store *s)
+{
+    struct write_job *j = calloc(1, sizeof *j);
+    char *text = snapshot_text(s);
+    if (j == NULL || text == NULL) {
+        free(j);
+        free(text);
+        write_done(s, ENOMEM, "serialising the circuits", false);
+        return;
+    }
+    *j = (struct write_job){.req.data = j, .s = s, .text = text, .len = strlen(text), .keep_bad = s->keep_bad};
+    s->dirty = false;
+    s->writing = true;
+    uv_queue_work(s->hooks.loop, &j->req, write_work, write_after); /* fails only without a work_cb */
+}
+
+static void on_write_timer(uv_timer_t *t)
+{
+    start_write(t->data);
+}
+
+/* Write soon, unless a write or a retry is already on its way (it will see
+ * dirty) or the file has not been read yet (it would be lost). */
+static void schedule_write(struct cbd_store *s)
+{
+    if (!s->dirty || !s->restored || s->writing || s->closing || uv_is_active((uv_handle_t *)&s->write_timer))
+        return;
+    uv_timer_start(&s->write_timer, on_write_timer, 0, 0);
+}
+
+/* ---- restore ---------------------------------------------------------------- */
+
+static int ensure_dir(struct cbd_store *s)
+{
+    struct stat st;
+    if (mkdir(s->dir_path, 0750) == 0 || (errno == EEXIST && stat(s->dir_path, &st) == 0 && S_ISDIR(st.st_mode)))
+        return 0;
+    int err = errno == EEXIST ? ENOTDIR : errno;
+    notice(s, "cannot create state directory %s: %s", s->dir_path, strerror(err));
+    return -err;
+}
+
+/* Remove PATH.tmp.<pid> files that daemons killed mid-write left behind. */
+static void remove_stale_tmp(const struct cbd_store *s)
+{
+    DIR *d = opendir(s->dir_path);
+    size_t base_len = strlen(s->base_name);
+    struct dirent *e;
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, s->base_name, base_len) != 0 || strncmp(e->d_name + base_len, ".tmp.", 5) != 0)
+            continue;
+        char *end;
+        long pid = strtol(e->d_name + base_len + 5, &end, 10);
+        if (*end == '\0' && pid > 0 && pid != getpid() && kill((pid_t)pid, 0) != 0 && errno == ESRCH)
+            unlinkat(dirfd(d), e->d_name, 0);
+    }
+    if (d != NULL)
+        closedir(d);
+}
+
+/* Fill why for the operator; returns -EINVAL for the caller to pass on. */
+__attribute__((format(printf, 3, 4))) static int invalid(char *why, size_t n, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, n, fmt, ap);
+    va_end(ap);
+    return -EINVAL;
+}
+
+/* obj[key] as an integer in [min, max], else -EINVAL with why filled. */
+static int int_field(const json_t *obj, const char *prefix, const char *key, long long min, long long max,
+                     long long *out, char *why, size_t n)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max)
+        return invalid(why, n, "%s%s must be an integer in %lld..%lld", prefix, key, min, max);
+    *out = json_integer_value(v);
+    return 0;
+}
+
+static int parse_config(const json_t *c, cb_config *cfg, char *why, size_t n)
+{
+    const char *bad;
+    long long v;
+    memset(cfg, 0, sizeof *cfg);
+    if (!json_is_object(c))
+        return invalid(why, n, "config must be an object");
+    for (size_t i = 0; i < CONFIG_FIELDS; i++) {
+        if (int_field(c, "config.", config_fields[i].key, 0, UINT32_MAX, &v, why, n) != 0)
+            return -EINVAL;
+        *config_field(cfg, i) = (uint32_t)v;
+    }
+    if (cb__config_check(cfg, &bad) != 0)
+        return invalid(why, n, "config.%s is out of range", bad);
+    return 0;
+}
+
+static int parse_state(const char *s, cb_state *out)
+{
+    for (unsigned k = CB_CLOSED; s != NULL && k <= CB_HALF_OPEN; k++) {
+        if (strcmp(s, state_names[k]) == 0) {
+            *out = (cb_state)k;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+/* One entry of "circuits" into *st; -EINVAL with why naming the field. st->name
+ * is filled as soon as it is known valid, so the caller can name the circuit. */
+static int parse_circuit(const json_t *e, struct cbd_store_state *st, char *why, size_t n)
+{
+    const char *name = json_string_value(json_object_get(e, "name"));
+    long long failures, opened;
+    memset(st, 0, sizeof *st);
+    if (!json_is_object(e))
+        return invalid(why, n, "entry must be an object");
+    if (cb__name_check(name) != 0)
+        return invalid(why, n, "name must be a string of 1..%u bytes of [A-Za-z0-9._:/@+=-]", CB_NAME_MAX);
+    snprintf(st->name, sizeof st->name, "%s", name);
+    if (parse_state(json_string_value(json_object_get(e, "state")), &st->state) != 0)
+        return invalid(why, n, "state must be \"CLOSED\", \"OPEN\" or \"HALF_OPEN\"");
+    if (int_field(e, "", "failure_count", 0, UINT32_MAX, &failures, why, n) != 0 ||
+        int_field(e, "", "opened_at", 0, OPENED_AT_MAX, &opened, why, n) != 0)
+        return -EINVAL;
+    if (st->state != CB_CLOSED && opened == 0)
+        return invalid(why, n, "opened_at must be set (> 0) when state is %s", state_names[st->state]);
+    st->failure_count = (uint32_t)failures;
+    st->opened_at = opened;
+    st->has_config = json_object_get(e, "config") != NULL;
+    return st->has_config ? parse_config(json_object_get(e, "config"), &st->config, why, n) : 0;
+}
+
+/* The file's data is to survive the next write: name where it will go. */
+static void keep_file(struct cbd_store *s)
+{
+    s->keep_bad = true;
+    snprintf(s->bad_path, sizeof s->bad_path, "%s.bad.%lld", s->path, (long long)time(NULL));
+}
+
+/* Load the valid entries into the model and tell the daemon; returns how many were skipped. */
+static size_t restore_circuits(struct cbd_store *s, const json_t *list)
+{
+    json_t *seen = json_object();
+    size_t skipped = 0, i;
+    json_t *e;
+    json_array_foreach(list, i, e) {
+        struct cbd_store_state st;
+        char why[256];
+        int rc = parse_circuit(e, &st, why, sizeof why);
+        if (rc == 0 && json_object_get(seen, st.name) != NULL)
+            rc = invalid(why, sizeof why, "a circuit of this name came earlier in the file");
+        if (rc != 0) {
+            if (++skipped <= NOTICES_MAX)
+                notice(s, "state file %s: circuits[%zu]%s%s%s: %s; entry skipped", s->path, i,
+                       st.name[0] ? " '" : "", st.name, st.name[0] ? "'" : "", why);
+            continue;
+        }
+        json_object_set_new(seen, st.name, json_true());
+        json_t *entry = circuit_json(st.name, st.state, st.failure_count, st.opened_at,
+                                     st.has_config ? config_json(&st.config) : NULL);
+        /* What the file holds does not need writing back; only a circuit
+         * tracked before the restore can make a difference here. */
+        if (json_object_get(s->circuits, st.name) == NULL)
+            json_object_set_new(s->circuits, st.name, entry);
+        else
+            model_put(s, st.name, entry);
+        s->hooks.remote(s->hooks.arg, &st);
+    }
+    json_decref(seen);
+    return skipped;
+}
+
+/* Check the envelope; -EINVAL with why filled if this is not our file. */
+static int check_envelope(const json_t *root, char *why, size_t n)
+{
+    const char *format = json_string_value(json_object_get(root, "format"));
+    json_t *version = json_object_get(root, "version");
+    long long v;
+    if (format == NULL || strcmp(format, STATE_FORMAT) != 0)
+        return invalid(why, n, "it is not a cbd state file: no \"format\": \"%s\"", STATE_FORMAT);
+    if (!json_is_integer(version) || json_integer_value(version) != STATE_VERSION)
+        return invalid(why, n, "its version is not %d, the one this cbd reads", STATE_VERSION);
+    if (int_field(root, "", "written_at", 0, OPENED_AT_MAX, &v, why, n) != 0)
+        return -EINVAL;
+    if (!json_is_array(json_object_get(root, "circuits")))
+        return invalid(why, n, "\"circuits\" must be an array");
+    return 0;
+}
+
+/* Parse the open state file; the circuits go to the model and hooks->remote. */
+static int restore_fd(struct cbd_store *s, int fd)
+{
+    struct stat sb;
+    json_error_t jerr;
+    char why[300];
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        notice(s, "state file %s is not a regular file; cbd will not read it", s->path);
+        return -EBADMSG;
+    }
+    if (sb.st_size > STATE_FILE_MAX) {
+        keep_file(s);
+        notice(s, "state file %s is %lld bytes, more than the %u cbd reads; starting with no stored circuits (the "
+                  "file will be kept as %s)", s->path, (long long)sb.st_size, STATE_FILE_MAX, s->bad_path);
+        return -EBADMSG;
+    }
+    json_t *root = json_loadfd(fd, JSON_REJECT_DUPLICATES, &jerr);
+    int rc = root == NULL || check_envelope(root, why, sizeof why) != 0 ? -EBADMSG : 0;
+    if (root == NULL)
+        snprintf(why, sizeof why, "line %d column %d: %s", jerr.line, jerr.column, jerr.text);
+    size_t skipped = rc == 0 ? restore_circuits(s, json_object_get(root, "circuits")) : 0;
+    json_decref(root);
+    if (rc != 0 || skipped > 0)
+        keep_file(s);
+    if (rc != 0)
+        notice(s, "state file %s is unusable (%s); starting with no stored circuits (the file will be kept as %s)",
+               s->path, why, s->bad_path);
+    else if (skipped > 0)
+        notice(s, "state file %s: skipped %zu invalid entries (the file will be kept as %s)", s->path, skipped,
+               s->bad_path);
+    return rc;
+}
+
+static int restore_file(struct cbd_store *s)
+{
+    int rc = ensure_dir(s);
+    if (rc != 0)
+        return rc;
+    remove_stale_tmp(s);
+    int fd = open(s->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO there must not hang the start */
+    if (fd < 0 && errno == ENOENT)
+        return 0; /* first start: nothing stored yet */
+    if (fd < 0) {
+        rc = -errno;
+        notice(s, "cannot read state file %s: %s", s->path, strerror(-rc));
+        return rc;
+    }
+    rc = restore_fd(s, fd);
+    close(fd);
+    return rc;
+}
+
+/* Synchronous: done() runs before restore() returns (see the top). */
+static void local_restore(struct cbd_store *s, void (*done)(void *arg, int rc), void *arg)
+{
+    int rc = restore_file(s);
+    s->restored = true;
+    schedule_write(s); /* anything tracked during the restore */
+    done(arg, rc);
+}
+
+/* ---- fleet calls: trivial on one host ---------------------------------------- */
+
+static void on_grant_timer(uv_timer_t *t)
+{
+    struct cbd_store *s = t->data;
+    struct grant *g = s->grants; /* detached: a request made by a callback waits for the next turn */
+    s->grants = NULL;
+    s->grants_tail = &s->grants;
+    int64_t now = time(NULL);
+    while (g != NULL) {
+        struct grant *next = g->next;
+        if (!s->closing)
+            s->hooks.probe_result(s->hooks.arg, g->name, g->opened_at, true, now + g->lease_s);
+        free(g);
+        g = next;
+    }
+}
+
+static void local_try_probe(struct cbd_store *s, const char *name, int64_t opened_at, uint32_t lease_s)
+{
+    if (s->closing)
+        return; /* the daemon is stopping: nobody waits for the answer */
+    struct grant *g = malloc(sizeof *g);
+    if (g == NULL) {
+        notice(s, "out of memory: probe lease for circuit '%s' not granted", name);
+        return;
+    }
+    *g = (struct grant){.opened_at = opened_at, .lease_s = lease_s};
+    snprintf(g->name, sizeof g->name, "%s", name);
+    *s->grants_tail = g;
+    s->grants_tail = &g->next;
+    if (!uv_is_active((uv_handle_t *)&s->grant_timer))
+        uv_timer_start(&s->grant_timer, on_grant_timer, 0, 0);
+}
+
+static void local_sync(struct cbd_store *s)
+{
+    (void)s; /* one host, one writer: the daemon's view is the store's */
+}
+
+/* ---- lifecycle ---------------------------------------------------------------- */
+
+static void free_grants(struct cbd_store *s)
+{
+    while (s->grants != NULL) {
+        struct grant *next = s->grants->next;
+        free(s->grants);
+        s->grants = next;
+    }
+    s->grants_tail = &s->grants;
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct cbd_store *s = h->data;
+    if (--s->open_handles > 0)
+        return;
+    void (*done)(void *) = s->close_done;
+    void *arg = s->close_arg;
+    json_decref(s->circuits);
+    free(s);
+    if (done != NULL)
+        done(arg);
+}
+
+/* Advance a close: wait for the write in flight, make the last write, close. */
+static void close_step(struct cbd_store *s)
+{
+    if (s->writing || s->handles_closing)
+        return;
+    if (s->dirty && s->restored && !s->final_write) {
+        s->final_write = true;
+        start_write(s);
+        return;
+    }
+    s->handles_closing = true;
+    uv_close((uv_handle_t *)&s->write_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&s->grant_timer, on_handle_closed);
+}
+
+static void local_close(struct cbd_store *s, void (*done)(void *arg), void *arg)
+{
+    s->closing = true;
+    s->close_done = done;
+    s->close_arg = arg;
+    uv_timer_stop(&s->write_timer);
+    uv_timer_stop(&s->grant_timer);
+    free_grants(s);
+    close_step(s);
+}
+
+/* Split "local:PATH" into the paths the store uses; a static message on error. */
+static const char *parse_uri(struct cbd_store *s, const char *uri)
+{
+    const char *path = uri + strlen("local:");
+    size_t len = strlen(path);
+    if (path[0] == '\0')
+        return "the local store needs a file: local:/var/lib/cbd/default.state";
+    if (path[0] != '/')
+        return "the local store's path must be absolute, e.g. local:/var/lib/cbd/default.state";
+    if (path[len - 1] == '/')
+        return "the local store's path names a directory; name a file, e.g. local:/var/lib/cbd/default.state";
+    if (len >= sizeof s->path)
+        return "the local store's path is too long";
+    memcpy(s->path, path, len + 1);
+    snprintf(s->tmp_path, sizeof s->tmp_path, "%s.tmp.%ld", path, (long)getpid());
+    size_t dir_len = (size_t)(strrchr(path, '/') - path);
+    memcpy(s->dir_path, path, dir_len ? dir_len : 1);
+    s->base_name = s->path + dir_len + 1;
+    return NULL;
+}
+
+static int local_create(struct cbd_store **out, const char *uri, const struct cbd_store_hooks *hooks,
+                        const char **err)
+{
+    if (strncasecmp(uri, "local:", strlen("local:")) != 0) {
+        *err = "not a local store URI (expected local:PATH)";
+        return -EINVAL;
+    }
+    struct cbd_store *s = calloc(1, sizeof *s);
+    if (s == NULL || (s->circuits = json_object()) == NULL) {
+        free(s);
+        *err = "out of memory";
+        return -ENOMEM;
+    }
+    if ((*err = parse_uri(s, uri)) != NULL) {
+        json_decref(s->circuits);
+        free(s);
+        return -EINVAL;
+    }
+    s->hooks = *hooks;
+    s->online = true;
+    s->grants_tail = &s->grants;
+    uv_timer_init(hooks->loop, &s->write_timer);
+    uv_timer_init(hooks->loop, &s->grant_timer);
+    s->write_timer.data = s->grant_timer.data = s;
+    s->open_handles = 2;
+    *out = s;
+    return 0;
+}
+
+const struct cbd_store_ops cbd_store_local_ops = {
+    .scheme = "local",
+    .create = local_create,
+    .restore = local_restore,
+    .track = local_track,
+    .transition = local_transition,
+    .try_probe = local_try_probe,
+    .sync = local_sync,
+    .close = local_close,
+};
