@@ -293,7 +293,8 @@ typedef struct cb_transition {
  *
  * Returns 1 and fills *out; 0 when there is nothing new; -EOVERFLOW when the
  * reader fell behind and entries were overwritten (the cursor jumps to the
- * oldest entry still present, so the next call goes on from there).
+ * oldest entry that cannot be overwritten while it is read, head -
+ * capacity + 1, so the next call goes on from there).
  * Thread safety: one reader per client at a time.
  */
 CB_EXPORT int cb_next_transition(cb_client *client, cb_transition *out);

@@ -401,12 +401,22 @@ unsigned cb_status(cb_client *cl)
     if (gen != cl->seen_generation)
         st |= CB_STATUS_RESTARTED;
     cl->seen_generation = gen;
-    int64_t age = cb__clock_ns(CLOCK_MONOTONIC) -
-                  (int64_t)atomic_load_explicit(&h->heartbeat_ns, memory_order_relaxed);
-    if (age > (int64_t)h->stale_limit_ms * 1000000)
+    if (cb__heartbeat_stale(h))
         st |= CB_STATUS_STALE;
     else if (daemon_alive(h))
         st |= CB_STATUS_RUNNING;
     pthread_mutex_unlock(&cl->lock);
     return st;
+}
+
+bool cb__heartbeat_stale(const struct cb_seg_header *h)
+{
+    /* CLOCK_MONOTONIC_COARSE is read in the vDSO without a syscall; it lags
+     * the daemon's CLOCK_MONOTONIC by at most a tick, which can only make us
+     * later to call the daemon stale. cb_status and the hot path's fail-open
+     * both ask here, so STALE always means calls are let through. Relaxed:
+     * the heartbeat is a lone timestamp that publishes nothing else. */
+    int64_t age = cb__clock_ns(CLOCK_MONOTONIC_COARSE) -
+                  (int64_t)atomic_load_explicit(&h->heartbeat_ns, memory_order_relaxed);
+    return age > (int64_t)h->stale_limit_ms * 1000000;
 }

@@ -79,6 +79,10 @@ static inline int64_t cb__clock_ns(clockid_t clk)
     return (int64_t)ts.tv_sec * 1000000000ll + ts.tv_nsec;
 }
 
+/* True when the daemon's heartbeat is older than the segment's stale limit
+ * (by the coarse vDSO clock: no syscall). */
+bool cb__heartbeat_stale(const struct cb_seg_header *h);
+
 /* The state word every handle of a bypass client points at. */
 extern const uint64_t cb__bypass_word;
 

@@ -305,13 +305,7 @@ static cb_ticket ticket(uint64_t w, unsigned kind)
  * says to fail open. */
 static bool fail_open(const struct cb_seg_header *h)
 {
-    /* CLOCK_MONOTONIC_COARSE is read in the vDSO without a syscall; it lags
-     * the daemon's CLOCK_MONOTONIC by at most a tick, which can only make us
-     * later to call the daemon stale. Relaxed: the heartbeat is a lone
-     * timestamp that publishes nothing else. */
-    int64_t age = cb__clock_ns(CLOCK_MONOTONIC_COARSE) -
-                  (int64_t)atomic_load_explicit(&h->heartbeat_ns, memory_order_relaxed);
-    return age > (int64_t)h->stale_limit_ms * 1000000 && h->stale_policy == CB_STALE_FAIL_OPEN;
+    return cb__heartbeat_stale(h) && h->stale_policy == CB_STALE_FAIL_OPEN;
 }
 
 /* HALF_OPEN: one probe permit of the word's epoch, or a rejection. */
