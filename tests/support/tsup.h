@@ -1,0 +1,195 @@
+/*
+ * tsup.h - test support for cbd: fixtures that run the real daemon, unique
+ * names, per-test directories, liveness waits, raw control-socket frames.
+ *
+ * Criterion runs every test in its own process and several at once, so
+ * everything a test creates is named after the test process: shm instances,
+ * sockets and directories carry the pid, the test's name and a counter
+ * (tsup_unique). Each test gets one directory (tsup_tmpdir) holding the
+ * daemons' logs, sockets and state files.
+ *
+ * Nothing a test starts may outlive it, even when an assertion aborts the
+ * test half-way: every child (cbd now; redis-server and dynalite later, on
+ * free loopback ports) is started through tsup_spawn/tsup_fork, which set
+ * PR_SET_PDEATHSIG so the kernel kills the child with its test, and record
+ * it so an exit handler of the test process kills what is still running,
+ * unlinks the shm objects of every daemon it started and removes the
+ * directory (kept when $TSUP_KEEP is set, to read cbd.log after a failure).
+ * What a crashed or timed-out test leaves is swept by the next test process.
+ *
+ * Timing: tests never assert how fast something happens. They wait for a
+ * condition with a generous liveness bound (TSUP_LIVENESS_MS) and fail only
+ * when it never holds.
+ */
+#ifndef TSUP_H
+#define TSUP_H
+
+#include <msgpack.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "cb.h"
+#include "segment.h"
+
+/* How long a test waits for anything that must happen "soon". */
+#define TSUP_LIVENESS_MS 5000
+
+/* ---- names, directories, children (tsup_env.c) ---------------------------- */
+
+/* "<tag>-<test>-<pid>-<n>": unique across parallel tests and within one,
+ * at most CB_INSTANCE_MAX bytes of [A-Za-z0-9_-] so it is a valid instance
+ * and circuit name. The string lives until the test process exits. */
+const char *tsup_unique(const char *tag);
+
+/* This test's private directory (created on first use). */
+const char *tsup_tmpdir(void);
+
+/* fork() for children that run test code (workers): the child dies with the
+ * test (PDEATHSIG) and is SIGKILLed at exit if still tracked. A child must
+ * leave with _exit(), never return into criterion. */
+pid_t tsup_fork(void);
+
+/* Starts argv[0] with stdout/stderr appended to log_path: pid or -errno. */
+pid_t tsup_spawn(char *const argv[], const char *log_path);
+
+/* Forget a child that the test reaped itself. */
+void tsup_untrack(pid_t pid);
+
+/* Support-internal: remember an instance so its shm objects are unlinked
+ * when the test process exits. */
+void tsup__track_instance(const char *instance);
+
+/* Unlink an instance's shm objects (what a reboot does to /dev/shm). */
+void tsup_shm_unlink(const char *instance);
+
+/* Map an instance's state region (or, with TSUP_MAP_LANES, its lanes
+ * region) whole: PROT_READ as libcb maps the state region, or read-write
+ * with TSUP_MAP_RW (tests run as root). NULL on failure; *size gets the
+ * length (for munmap). */
+#define TSUP_MAP_LANES 0x1u
+#define TSUP_MAP_RW 0x2u
+void *tsup_seg_map(const char *instance, unsigned flags, size_t *size);
+
+/* Milliseconds on CLOCK_MONOTONIC. */
+int64_t tsup_now_ms(void);
+
+/* Polling support for tsup_wait_until. */
+struct tsup_deadline {
+    int64_t end_ms;
+};
+struct tsup_deadline tsup_deadline_in(int64_t timeout_ms);
+/* Sleeps a little; false once the deadline has passed. */
+bool tsup_deadline_wait(struct tsup_deadline *dl);
+
+/* Evaluates cond until it is true or timeout_ms passed; the last value. */
+#define tsup_wait_until(cond, timeout_ms)                                   \
+    ({                                                                      \
+        struct tsup_deadline tsup__dl = tsup_deadline_in(timeout_ms);       \
+        bool tsup__ok;                                                      \
+        while (!(tsup__ok = (cond)) && tsup_deadline_wait(&tsup__dl)) {     \
+        }                                                                   \
+        tsup__ok;                                                           \
+    })
+
+/* ---- the daemon (tsup_daemon.c) ------------------------------------------- */
+
+/* What to start cbd with; zero/NULL fields leave cbd's default. */
+struct tsup_daemon_opts {
+    const char *tag;          /* names the instance (tsup_unique(tag)); NULL = "cbd" */
+    uint32_t capacity, lanes, lane_capacity, history_capacity;
+    uint32_t heartbeat_ms, stale_limit_ms, drain_interval_ms, reclaim_interval_ms;
+    const char *stale_policy; /* "fail-open" or "keep-state" */
+    const char *store;        /* store URI; NULL = local:<dir>/state */
+    const char *extra[9];     /* more arguments, NULL terminated */
+};
+
+#define TSUP_ARGV_MAX 48
+struct tsup_daemon {
+    pid_t pid;                /* 0 when not running */
+    char instance[CB_INSTANCE_MAX + 1];
+    char dir[192];            /* <tmpdir>/<instance>: log, socket, state */
+    char socket[CB_SOCKET_PATH_MAX];
+    char log[256];
+    char store[256];
+    char *argv[TSUP_ARGV_MAX]; /* kept for restart */
+    char args[4096];
+};
+
+/* Start cbd and wait until it is ready: its segment is published by this
+ * pid and it answers ping. 0, or -errno after printing the log's tail. */
+int tsup_daemon_start(struct tsup_daemon *d, const struct tsup_daemon_opts *opts);
+/* SIGTERM (and SIGCONT, in case it is stopped) and reap: its exit status
+ * as from waitpid, or -ETIMEDOUT (then it was SIGKILLed). */
+int tsup_daemon_stop(struct tsup_daemon *d);
+/* SIGKILL and reap: a crash, leaving segment and socket file behind. */
+void tsup_daemon_kill9(struct tsup_daemon *d);
+/* Start a stopped or killed daemon again with the same arguments. */
+int tsup_daemon_restart(struct tsup_daemon *d);
+/* Lines of cbd.log containing needle. */
+int tsup_log_count(const struct tsup_daemon *d, const char *needle);
+
+/* ---- the control socket (tsup_ctl.c) -------------------------------------- */
+
+struct tsup_reply {
+    char *buf;
+    msgpack_unpacked result;
+    msgpack_object *map;
+};
+
+/* Connected, blocking socket to the daemon: fd or -errno. */
+int tsup_ctl_connect(const struct tsup_daemon *d);
+/* Send bytes as they are (no framing): 0 or -errno. */
+int tsup_ctl_send_raw(int fd, const void *buf, size_t len);
+/* Read one reply frame: 1 (fill *r; tsup_reply_free it), 0 when the daemon
+ * closed the connection, -ETIMEDOUT, or -EBADMSG for a malformed reply. */
+int tsup_ctl_read(int fd, struct tsup_reply *r);
+/* Frame and send a packed request, then read its reply (as tsup_ctl_read). */
+int tsup_ctl_call(int fd, const msgpack_sbuffer *req, struct tsup_reply *r);
+/* One-shot {"op": op} on a fresh connection (as tsup_ctl_read). */
+int tsup_ctl_op(const struct tsup_daemon *d, const char *op, struct tsup_reply *r);
+void tsup_reply_free(struct tsup_reply *r);
+/* true when the reply says "ok": true. */
+bool tsup_reply_ok(const struct tsup_reply *r);
+/* The reply's "error" (a negative errno), or 0 if it has none. */
+int64_t tsup_reply_error(const struct tsup_reply *r);
+
+/* true when the daemon answers ping on a fresh connection. */
+bool tsup_ping(const struct tsup_daemon *d);
+/* A counter from the stats op; fails the test if the op or field is missing. */
+uint64_t tsup_stat(const struct tsup_daemon *d, const char *field);
+
+/* Start a request map of n entries with "op": op (n counts it). */
+void tsup_req_begin(msgpack_sbuffer *sb, msgpack_packer *pk, const char *op, uint32_t n);
+
+/* ---- libcb conveniences (tsup_cb.c) --------------------------------------- */
+
+/* cb_client_open on d's instance / cb_circuit_get, failing the test on error. */
+cb_client *tsup_client(const struct tsup_daemon *d);
+cb_circuit *tsup_circuit(cb_client *cl, const char *name, const cb_config *cfg);
+/* cb_info_get, failing the test on error. */
+cb_info tsup_info(cb_circuit *c);
+/* A config with Powertools' defaults but these thresholds/timeouts, and a
+ * probe lease of a minute, so no test sees a lease expire unless it sets a
+ * shorter one itself. */
+cb_config tsup_config(uint32_t failure_threshold, uint32_t success_threshold, uint32_t max_probes,
+                      uint32_t recovery_timeout_ms);
+/* n times: cb_allow and, if permitted, cb_record(outcome); the number recorded. */
+int tsup_record_n(cb_circuit *c, cb_outcome outcome, int n);
+/* The ticket's kind (CB_TICKET_*) and epoch. */
+unsigned tsup_ticket_kind(cb_ticket t);
+uint32_t tsup_ticket_epoch(cb_ticket t);
+/* Waits until the circuit is in state; false after TSUP_LIVENESS_MS. */
+bool tsup_wait_state(cb_circuit *c, cb_state state);
+/* Waits until cb_allow hands out a PROBE ticket; fails the test if it hands
+ * out another permitting kind, or none within TSUP_LIVENESS_MS. */
+cb_ticket tsup_probe(cb_circuit *c);
+/* The next transition of circuit name in cl's history (others skipped),
+ * waiting up to TSUP_LIVENESS_MS; fails the test on overrun or timeout. */
+cb_transition tsup_next_transition(cb_client *cl, const char *name);
+/* Waits until the daemon has drained n events of this circuit in total
+ * (successes + failures + ignored); false after TSUP_LIVENESS_MS. */
+bool tsup_wait_drained(cb_circuit *c, uint64_t n);
+
+#endif /* TSUP_H */
