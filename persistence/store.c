@@ -22,8 +22,8 @@ static const struct backend {
     const struct cbd_store_ops *ops; /* NULL: known scheme, not in this build */
 } backends[] = {
     {"local:", "local:PATH", "local", &cbd_store_local_ops},
-    {"redis://", "redis://HOST:PORT", "redis", NULL},
-    {"unix://", "unix:///PATH/redis.sock", "redis", NULL},
+    {"redis://", "redis://HOST:PORT", "redis", &cbd_store_redis_ops},
+    {"unix://", "unix:///PATH/redis.sock", "redis", &cbd_store_redis_ops},
     {"dynamodb://", "dynamodb://TABLE", "dynamodb", NULL},
 };
 #define BACKENDS (sizeof backends / sizeof backends[0])

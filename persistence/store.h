@@ -56,11 +56,14 @@ struct cbd_store_state {
 struct cbd_store_hooks {
     uv_loop_t *loop;
     void *arg;
+    const char *instance; /* the daemon's instance (part of a fleet owner id); may be NULL */
     /* The fleet changed a circuit (another host, or reconcile after an
      * outage). The daemon applies it if it is newer than what it has. */
     void (*remote)(void *arg, const struct cbd_store_state *st);
     /* Answer to try_probe: granted = this host holds the fleet's probe
-     * lease for (name, opened_at) until lease_expiry (epoch seconds). */
+     * lease for (name, opened_at) until lease_expiry (epoch seconds).
+     * Refused: lease_expiry is when the current holder's lease ends (when
+     * to ask again), 0 if unknown. */
     void (*probe_result)(void *arg, const char *name, int64_t opened_at, bool granted, int64_t lease_expiry);
     /* The store's health, with news for the operator: online = writes are
      * reaching it. The daemon logs why (a warning when offline) and mirrors
@@ -93,6 +96,10 @@ struct cbd_store_ops {
     void (*sync)(struct cbd_store *s);
     /* Flush what is pending, stop timers and I/O, then done(arg). */
     void (*close)(struct cbd_store *s, void (*done)(void *arg), void *arg);
+    /* Optional (may be NULL): report the store's counters, one emit per
+     * counter (name without prefix, e.g. "commands_sent"); the daemon shows
+     * them in `stats` as store_<name>. */
+    void (*stats)(const struct cbd_store *s, void (*emit)(void *arg, const char *name, uint64_t value), void *arg);
 };
 
 /* Backend lookup by URI scheme ("local:PATH", "redis://...", "dynamodb://..."). */
@@ -107,5 +114,6 @@ const struct cbd_store_ops *cbd_store_find(const char *uri);
 const char *cbd_store_uri_error(const char *uri, char *buf, size_t size);
 
 extern const struct cbd_store_ops cbd_store_local_ops;
+extern const struct cbd_store_ops cbd_store_redis_ops;
 
 #endif /* CBD_STORE_H */

@@ -1,0 +1,1635 @@
+/*
+ * store_redis.c - the fleet store on redis (docs/store-redis.md).
+ *
+ * Layout: one hash per circuit, <prefix>c:<name>, with Powertools' fields
+ * (state, failure_count, opened_at, half_open_owner, probe_lease_expiry)
+ * plus updated_ms (server TIME of the last write) and version (+1 per
+ * write). Every write publishes the circuit's name on <prefix>transitions.
+ *
+ * Writes are three Lua scripts that read the hash and the server's TIME,
+ * decide, and write-and-publish only if the comparison holds; each returns
+ * its verdict and the hash as stored afterwards, so a refused write tells
+ * this host at once what the fleet holds:
+ *   open   (trip or a prober's reopen) never clobbers an equal or newer
+ *          opening nor a live probe lease held by another host;
+ *   close  only by the lease holder (or, for a close decided host-local
+ *          during an outage, while the fleet still holds the same opening
+ *          with no prober);
+ *   probe  the election: granted iff OPEN with the caller's opened_at and
+ *          no owner, or HALF_OPEN with an expired lease (or our own), and
+ *          then HALF_OPEN + owner + lease from the server's clock.
+ * Scripts go as EVALSHA (loaded with SCRIPT LOAD at connect); a NOSCRIPT
+ * answer (SCRIPT FLUSH, failover) resends that call as EVAL.
+ *
+ * Per circuit the store keeps two views: `cur`, what the daemon holds as
+ * far as the store knows (its transitions and our reports), and `known`,
+ * what redis held when last read or written. hooks->remote fires when the
+ * fleet's state differs from `cur` in a way that matters (an OPEN the
+ * daemon is already probing, or a HALF_OPEN held by another host while the
+ * daemon is OPEN on that same opening, are not news) and no write or
+ * election of ours for the circuit is pending, whose answer will tell.
+ *
+ * Two connections: commands (writes, elections, reads) and a subscriber.
+ * Both must be up (AUTH, SELECT, SCRIPT LOAD, SUBSCRIBE) for the store to
+ * be online; either going down takes both down, reports health(false),
+ * and reconnects with exponential backoff and full jitter (cap 5 s). While
+ * offline the daemon runs host-local: transitions are queued, latest state
+ * per circuit (memory is bounded by the circuits), and elections are
+ * granted host-local on the next loop turn - the fleet-wide probe bound
+ * cannot hold without the store, and a circuit must not stay OPEN forever
+ * because redis is down. Once back: queued writes first, then a reconcile.
+ *
+ * Traffic: transitions, elections, one read per pub/sub message about a
+ * tracked circuit, one read at registration, and the reconcile every
+ * sync_ms (pipelined HGETALL, at most RS_WINDOW in flight). Never per
+ * request. Data under the prefix that is not ours (other types, garbage
+ * fields, bad names) is counted as malformed, logged (rate-limited) and
+ * ignored: the circuit keeps its last good state.
+ */
+#include "store_redis.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "redis_glue.h"
+#include "segment.h"
+
+#define RS_PREFIX_MAX 64
+#define RS_WINDOW 128         /* reconcile and restore reads in flight */
+#define RS_WRITES_MAX 256     /* transition writes in flight */
+#define RS_SCAN_COUNT "256"
+#define RS_BACKOFF_BASE_MS 100u
+#define RS_BACKOFF_CAP_MS 5000u
+#define RS_KEY_MAX (RS_PREFIX_MAX + 2 + CB_NAME_MAX + 1)
+#define RS_TIME_MAX 100000000000ll /* epoch seconds beyond this are garbage */
+
+struct rs_uri {
+    struct cbd_redis_addr addr;
+    char user[128], password[256];
+    uint32_t db;
+    char prefix[RS_PREFIX_MAX + 1];
+    char instance[CB_INSTANCE_MAX + 1];
+    bool instance_given; /* instance= was in the URI */
+    uint32_t sync_ms, connect_timeout_ms, command_timeout_ms;
+};
+
+/* A circuit's state, compactly (owner as a hash). */
+struct rs_view {
+    uint8_t state;  /* cb_state */
+    bool valid;     /* known: redis was read or written since start */
+    uint32_t failure_count;
+    int64_t opened_at;
+    uint64_t owner_hash; /* HALF_OPEN: cb__name_hash of the owner; else 0 */
+};
+
+struct rs_write {
+    cb_state state; /* CB_OPEN or CB_CLOSED */
+    uint32_t failure_count;
+    int64_t opened_at, prev_opened_at;
+};
+
+struct rs_circuit {
+    struct rs_circuit *hnext; /* hash chain */
+    struct rs_circuit *qnext; /* write queue */
+    struct rs_circuit *gnext; /* host-local grants due */
+    struct rs_view cur, known;
+    struct rs_write w, w_sent; /* latest unwritten transition; the one in flight */
+    bool w_pending, w_inflight, w_queued;
+    bool r_inflight, r_again;
+    bool p_inflight, p_pending, lease_mine, g_queued;
+    int64_t p_opened_at, p_sent_opened_at, g_opened_at;
+    uint32_t p_lease_s, p_sent_lease_s, g_lease_s;
+    uint8_t name_len;
+    char name[CB_NAME_MAX + 1];
+};
+
+enum rs_phase { RS_DOWN, RS_CONNECTING, RS_ONLINE };
+enum rs_script { RS_OPEN, RS_CLOSE, RS_PROBE, RS_NSCRIPTS };
+enum rs_err { RS_ERR_NOSCRIPT, RS_ERR_DATA, RS_ERR_CONN, RS_ERR_OTHER };
+
+struct rs_restore_item {
+    char name[CB_NAME_MAX + 1];
+};
+
+struct cbd_store {
+    struct cbd_store_hooks hooks;
+    struct rs_uri uri;
+    char owner[sizeof(((struct cbd_store_state *)0)->probe_owner)];
+    uint64_t owner_hash;
+    char channel[RS_PREFIX_MAX + 16];
+    char endpoint[300]; /* for log lines: never carries the password */
+    struct cbd_redis_conn *cmd, *sub;
+    enum rs_phase phase;
+    bool started, cmd_open, sub_open, cmd_ready, sub_ready;
+    unsigned handshake_left;
+    int health; /* -1 not reported yet, else the last reported value */
+    char sha[RS_NSCRIPTS][41];
+    unsigned attempt;
+    uint64_t rng;
+    uv_timer_t retry_timer, sync_timer, grant_timer;
+    struct rs_circuit **buckets, **list;
+    size_t nbuckets, count, list_cap;
+    struct rs_circuit *wq_head, *wq_tail, *g_head, *g_tail;
+    unsigned writes_inflight;
+    bool rec_running;
+    size_t rec_cursor;
+    unsigned rec_inflight;
+    struct {
+        void (*done)(void *arg, int rc);
+        void *arg;
+        unsigned inflight;
+        bool more;
+        char cursor[32];
+    } restore;
+    bool closing, tearing;
+    unsigned close_pending;
+    void (*close_done)(void *arg);
+    void *close_arg;
+    struct cbd_store_redis_stats stats;
+    struct cbd_ratelimit rl_conn, rl_data, rl_err;
+};
+
+/* ---- the scripts ------------------------------------------------------------ */
+
+/* KEYS[1] the circuit's hash; ARGV[1] channel, ARGV[2] name, then per script.
+ * Reads run before any write, so a wrong-typed key fails the script clean. */
+#define LUA_PRELUDE                                                                                    \
+    "local k = KEYS[1]\n"                                                                              \
+    "local f = redis.call('HMGET', k, 'state', 'opened_at', 'half_open_owner', 'probe_lease_expiry',"  \
+    " 'failure_count', 'version')\n"                                                                   \
+    "local t = redis.call('TIME')\n"                                                                   \
+    "local now = tonumber(t[1])\n"                                                                     \
+    "local st, opened, owner, lease = f[1], tonumber(f[2]) or 0, f[3] or '', tonumber(f[4]) or 0\n"   \
+    "local function commit(set, del)\n"                                                                \
+    "  local ms = now * 1000 + math.floor(tonumber(t[2]) / 1000)\n"                                    \
+    "  local v = (tonumber(f[6]) or 0) + 1\n"                                                          \
+    "  redis.call('HSET', k, 'updated_ms', string.format('%d', ms), 'version', string.format('%d', v),"\
+    " unpack(set))\n"                                                                                  \
+    "  if #del > 0 then redis.call('HDEL', k, unpack(del)) end\n"                                      \
+    "  redis.call('PUBLISH', ARGV[1], ARGV[2])\n"                                                      \
+    "end\n"                                                                                            \
+    "local ok\n"
+#define LUA_RESULT "return {ok and 1 or 0, unpack(redis.call('HGETALL', k))}\n"
+
+static const char *const rs_scripts[RS_NSCRIPTS] = {
+    /* open: ARGV[3] opened_at, ARGV[4] failure_count, ARGV[5] owner id */
+    [RS_OPEN] = LUA_PRELUDE
+    "local new = tonumber(ARGV[3])\n"
+    "if st == 'OPEN' then ok = opened < new\n"
+    "elseif st == 'HALF_OPEN' then ok = owner == ARGV[5] or (lease <= now and opened < new)\n"
+    "else ok = true end\n"
+    "if ok then commit({'state', 'OPEN', 'failure_count', ARGV[4], 'opened_at', ARGV[3]},"
+    " {'half_open_owner', 'probe_lease_expiry'}) end\n" LUA_RESULT,
+    /* close: ARGV[3] the opening it ends, ARGV[4] owner id */
+    [RS_CLOSE] = LUA_PRELUDE
+    "if st == 'HALF_OPEN' then ok = owner == ARGV[4]\n"
+    "elseif st == 'OPEN' then ok = owner == '' and opened == tonumber(ARGV[3])\n"
+    "else ok = st ~= 'CLOSED' end\n"
+    "if ok then commit({'state', 'CLOSED', 'failure_count', '0'},"
+    " {'opened_at', 'half_open_owner', 'probe_lease_expiry'}) end\n" LUA_RESULT,
+    /* probe: ARGV[3] opened_at, ARGV[4] lease seconds, ARGV[5] owner id */
+    [RS_PROBE] = LUA_PRELUDE
+    "if st == 'OPEN' then ok = owner == '' and opened == tonumber(ARGV[3])\n"
+    "elseif st == 'HALF_OPEN' then ok = owner == ARGV[5] or lease <= now\n"
+    "elseif st == 'CLOSED' then ok = false\n"
+    "else ok = true; opened = tonumber(ARGV[3]) end\n"
+    "if ok then commit({'state', 'HALF_OPEN', 'failure_count', string.format('%d', tonumber(f[5]) or 0),"
+    " 'opened_at', string.format('%d', opened), 'half_open_owner', ARGV[5],"
+    " 'probe_lease_expiry', string.format('%d', now + tonumber(ARGV[4]))}, {}) end\n" LUA_RESULT,
+};
+
+/* ---- URI ----------------------------------------------------------------------- */
+
+static bool parse_u32(const char *s, size_t len, uint32_t min, uint32_t max, uint32_t *out)
+{
+    uint64_t v = 0;
+    if (len == 0 || len > 10)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        v = v * 10 + (uint64_t)(s[i] - '0');
+    }
+    if (v < min || v > max)
+        return false;
+    *out = (uint32_t)v;
+    return true;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* %XX-decode s[0..len) into dst; false if malformed or too long. */
+static bool pct_decode(const char *s, size_t len, char *dst, size_t size)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++) {
+        int c = (unsigned char)s[i];
+        if (c == '%') {
+            if (i + 2 >= len)
+                return false;
+            int hi = hexval(s[i + 1]), lo = hexval(s[i + 2]);
+            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
+                return false;
+            c = hi * 16 + lo;
+            i += 2;
+        }
+        if (n + 1 >= size)
+            return false;
+        dst[n++] = (char)c;
+    }
+    dst[n] = '\0';
+    return true;
+}
+
+static bool key_is(const char *k, size_t klen, const char *name)
+{
+    return strlen(name) == klen && memcmp(k, name, klen) == 0;
+}
+
+static const char *parse_option(struct rs_uri *u, const char *k, size_t klen, const char *v, size_t vlen)
+{
+    char val[256];
+    if (!pct_decode(v, vlen, val, sizeof val))
+        return "redis URI: an option value has a bad %-escape or is too long";
+    size_t n = strlen(val);
+    if (key_is(k, klen, "prefix")) {
+        for (size_t i = 0; i < n; i++)
+            if (val[i] <= ' ' || val[i] > '~')
+                n = 0;
+        if (n == 0 || n > RS_PREFIX_MAX)
+            return "redis URI: prefix must be 1..64 printable characters without spaces";
+        memcpy(u->prefix, val, n + 1);
+    } else if (key_is(k, klen, "sync_ms")) {
+        if (!parse_u32(val, n, 100, 3600000, &u->sync_ms))
+            return "redis URI: sync_ms must be a number 100..3600000";
+    } else if (key_is(k, klen, "connect_timeout_ms")) {
+        if (!parse_u32(val, n, 10, 600000, &u->connect_timeout_ms))
+            return "redis URI: connect_timeout_ms must be a number 10..600000";
+    } else if (key_is(k, klen, "command_timeout_ms")) {
+        if (!parse_u32(val, n, 10, 600000, &u->command_timeout_ms))
+            return "redis URI: command_timeout_ms must be a number 10..600000";
+    } else if (key_is(k, klen, "db")) {
+        if (!parse_u32(val, n, 0, 65535, &u->db))
+            return "redis URI: db must be a number 0..65535";
+    } else if (key_is(k, klen, "instance")) {
+        if (cb__instance_check(val) < 0)
+            return "redis URI: instance must be 1..32 characters of [A-Za-z0-9_-]";
+        memcpy(u->instance, val, n + 1);
+        u->instance_given = true;
+    } else if (key_is(k, klen, "user") && n < sizeof u->user) {
+        memcpy(u->user, val, n + 1);
+    } else if (key_is(k, klen, "password") && n < sizeof u->password) {
+        memcpy(u->password, val, n + 1);
+    } else {
+        return "redis URI: unknown option (known: prefix, sync_ms, connect_timeout_ms, command_timeout_ms, "
+               "db, instance, user, password)";
+    }
+    return NULL;
+}
+
+static const char *parse_query(struct rs_uri *u, const char *q)
+{
+    while (*q != '\0') {
+        size_t len = strcspn(q, "&");
+        const char *eq = memchr(q, '=', len);
+        if (len > 0) {
+            if (eq == NULL)
+                return "redis URI: option without '=value' (expected ?name=value&...)";
+            const char *e = parse_option(u, q, (size_t)(eq - q), eq + 1, len - (size_t)(eq - q) - 1);
+            if (e != NULL)
+                return e;
+        }
+        q += len + (q[len] == '&');
+    }
+    return NULL;
+}
+
+static const char *parse_userinfo(struct rs_uri *u, const char *s, size_t len)
+{
+    const char *colon = memchr(s, ':', len);
+    size_t ulen = colon != NULL ? (size_t)(colon - s) : 0;
+    const char *pw = colon != NULL ? colon + 1 : s;
+    size_t pwlen = colon != NULL ? len - ulen - 1 : len;
+    if (!pct_decode(s, ulen, u->user, sizeof u->user) || !pct_decode(pw, pwlen, u->password, sizeof u->password))
+        return "redis URI: user or password has a bad %-escape or is too long";
+    return NULL;
+}
+
+/* host[:port] or [v6][:port], then an optional /db, in s[0..len). */
+static const char *parse_hostport(struct rs_uri *u, const char *s, size_t len)
+{
+    const char *slash = memchr(s, '/', len);
+    size_t hp = slash != NULL ? (size_t)(slash - s) : len;
+    const char *host = s, *port = NULL;
+    size_t hlen = hp;
+    if (hp > 0 && s[0] == '[') {
+        const char *rb = memchr(s, ']', hp);
+        if (rb == NULL)
+            return "redis URI: unterminated [IPv6] host";
+        host = s + 1;
+        hlen = (size_t)(rb - s) - 1;
+        if (rb + 1 < s + hp && rb[1] != ':')
+            return "redis URI: unexpected text after ]";
+        port = rb + 1 < s + hp ? rb + 2 : NULL;
+    } else {
+        const char *colon = memchr(s, ':', hp);
+        if (colon != NULL) {
+            hlen = (size_t)(colon - s);
+            port = colon + 1;
+        }
+    }
+    if (hlen == 0)
+        return "redis URI: missing host (redis://HOST:PORT)";
+    if (hlen >= sizeof u->addr.host)
+        return "redis URI: host name too long";
+    memcpy(u->addr.host, host, hlen);
+    u->addr.host[hlen] = '\0';
+    uint32_t p = 6379;
+    if (port != NULL && !parse_u32(port, (size_t)(s + hp - port), 1, 65535, &p))
+        return "redis URI: port must be a number 1..65535";
+    u->addr.port = (uint16_t)p;
+    if (slash != NULL && len - hp > 1 && !parse_u32(slash + 1, len - hp - 1, 0, 65535, &u->db))
+        return "redis URI: the path must be a database number 0..65535 (redis://HOST:PORT/DB)";
+    return NULL;
+}
+
+static const char *parse_uri(const char *uri, struct rs_uri *u)
+{
+    *u = (struct rs_uri){.sync_ms = 1000, .connect_timeout_ms = 1000, .command_timeout_ms = 1000};
+    strcpy(u->prefix, "cbd:");
+    const char *env = getenv("CB_INSTANCE");
+    snprintf(u->instance, sizeof u->instance, "%s", env != NULL && cb__instance_check(env) == 0 ? env : "default");
+    const char *q = strchr(uri, '?');
+    size_t end = q != NULL ? (size_t)(q - uri) : strlen(uri);
+    const char *e = NULL;
+    if (strncasecmp(uri, "unix://", 7) == 0) {
+        if (end <= 7 || uri[7] != '/')
+            return "unix URI: the socket path must be absolute (unix:///path/to/redis.sock)";
+        if (end - 7 >= sizeof u->addr.path)
+            return "unix URI: the socket path is too long (at most 107 bytes)";
+        memcpy(u->addr.path, uri + 7, end - 7);
+    } else if (strncasecmp(uri, "redis://", 8) == 0) {
+        const char *s = uri + 8;
+        size_t len = end - 8;
+        const char *at = NULL;
+        for (size_t i = 0; i < len; i++)
+            if (s[i] == '@')
+                at = s + i; /* the last '@': passwords may carry one */
+        if (at != NULL) {
+            e = parse_userinfo(u, s, (size_t)(at - s));
+            len -= (size_t)(at + 1 - s);
+            s = at + 1;
+        }
+        if (e == NULL)
+            e = parse_hostport(u, s, len);
+    } else {
+        return "redis store URI must start with redis:// or unix://";
+    }
+    if (e == NULL && q != NULL)
+        e = parse_query(u, q + 1);
+    return e;
+}
+
+/* ---- circuits ------------------------------------------------------------------ */
+
+static struct rs_circuit *find(const struct cbd_store *s, const char *name, size_t len)
+{
+    uint64_t h = cb__name_hash(name, len);
+    for (struct rs_circuit *c = s->buckets[h & (s->nbuckets - 1)]; c != NULL; c = c->hnext)
+        if (c->name_len == len && memcmp(c->name, name, len) == 0)
+            return c;
+    return NULL;
+}
+
+static bool grow(struct cbd_store *s)
+{
+    if (s->count == s->list_cap) {
+        size_t cap = s->list_cap * 2;
+        struct rs_circuit **l = realloc(s->list, cap * sizeof *l);
+        if (l == NULL)
+            return false;
+        s->list = l;
+        s->list_cap = cap;
+    }
+    if (s->count < s->nbuckets)
+        return true;
+    size_t nb = s->nbuckets * 2;
+    struct rs_circuit **b = calloc(nb, sizeof *b);
+    if (b == NULL)
+        return true; /* longer chains, still correct */
+    for (size_t i = 0; i < s->count; i++) {
+        struct rs_circuit *c = s->list[i];
+        size_t at = cb__name_hash(c->name, c->name_len) & (nb - 1);
+        c->hnext = b[at];
+        b[at] = c;
+    }
+    free(s->buckets);
+    s->buckets = b;
+    s->nbuckets = nb;
+    return true;
+}
+
+/* The circuit called name, added if new; NULL for a bad name or no memory. */
+static struct rs_circuit *get(struct cbd_store *s, const char *name)
+{
+    if (cb__name_check(name) < 0)
+        return NULL;
+    size_t len = strlen(name);
+    struct rs_circuit *c = find(s, name, len);
+    if (c != NULL)
+        return c;
+    c = calloc(1, sizeof *c);
+    if (c == NULL || !grow(s)) {
+        free(c);
+        cbd_log(CBD_LOG_ERROR, "redis store: out of memory tracking circuit '%s'", name);
+        return NULL;
+    }
+    memcpy(c->name, name, len + 1);
+    c->name_len = (uint8_t)len;
+    c->cur.state = CB_CLOSED;
+    size_t at = cb__name_hash(name, len) & (s->nbuckets - 1);
+    c->hnext = s->buckets[at];
+    s->buckets[at] = c;
+    s->list[s->count++] = c;
+    return c;
+}
+
+static int key_of(const struct cbd_store *s, const char *name, char *key)
+{
+    return snprintf(key, RS_KEY_MAX, "%sc:%s", s->uri.prefix, name);
+}
+
+/* ---- views ------------------------------------------------------------------- */
+
+static uint64_t owner_hash(const char *owner)
+{
+    return owner[0] != '\0' ? cb__name_hash(owner, strlen(owner)) : 0;
+}
+
+static struct rs_view view_of(const struct cbd_store_state *st)
+{
+    struct rs_view v = {.state = (uint8_t)st->state, .valid = true, .failure_count = st->failure_count};
+    if (st->state != CB_CLOSED)
+        v.opened_at = st->opened_at;
+    if (st->state == CB_HALF_OPEN)
+        v.owner_hash = owner_hash(st->probe_owner);
+    return v;
+}
+
+/* Would the daemon (holding cur) learn anything from the fleet's view? Not
+ * if they agree, nor if the daemon probes an opening the fleet still has
+ * as OPEN (the daemon is ahead), nor if another host probes the opening
+ * the daemon has as OPEN (for this host, both mean "reject"). */
+static bool equivalent(const struct cbd_store *s, const struct rs_view *fleet, const struct rs_view *cur)
+{
+    if (fleet->state == cur->state && fleet->opened_at == cur->opened_at && fleet->owner_hash == cur->owner_hash)
+        return true;
+    if (fleet->opened_at != cur->opened_at)
+        return false;
+    if (fleet->state == CB_OPEN && cur->state == CB_HALF_OPEN)
+        return true;
+    return fleet->state == CB_HALF_OPEN && cur->state == CB_OPEN && fleet->owner_hash != s->owner_hash;
+}
+
+/* Tell the daemon what the fleet holds. */
+static void report(struct cbd_store *s, struct rs_circuit *c, const struct cbd_store_state *st)
+{
+    c->cur = view_of(st);
+    c->lease_mine = st->state == CB_HALF_OPEN && c->cur.owner_hash == s->owner_hash;
+    if (!s->closing)
+        s->hooks.remote(s->hooks.arg, st);
+}
+
+/* ---- parsing what redis holds --------------------------------------------------- */
+
+static bool is_str(const redisReply *r, const char *lit)
+{
+    return r->type == REDIS_REPLY_STRING && key_is(r->str, r->len, lit);
+}
+
+static bool reply_int(const redisReply *r, int64_t max, int64_t *out)
+{
+    if (r->type != REDIS_REPLY_STRING || r->len == 0 || r->len > 18)
+        return false;
+    int64_t v = 0;
+    for (size_t i = 0; i < r->len; i++) {
+        if (r->str[i] < '0' || r->str[i] > '9')
+            return false;
+        v = v * 10 + (r->str[i] - '0');
+    }
+    *out = v;
+    return v <= max;
+}
+
+static bool parse_state(const redisReply *v, cb_state *out)
+{
+    static const char *const names[] = {[CB_CLOSED] = "CLOSED", [CB_OPEN] = "OPEN", [CB_HALF_OPEN] = "HALF_OPEN"};
+    for (int i = 0; i <= CB_HALF_OPEN; i++)
+        if (is_str(v, names[i])) {
+            *out = (cb_state)i;
+            return true;
+        }
+    return false;
+}
+
+/* One field of the hash into st; the field's name if its value is bad.
+ * Unknown fields are left alone (newer writers may add some). */
+static const char *parse_field(const redisReply *k, const redisReply *v, struct cbd_store_state *st, unsigned *seen)
+{
+    int64_t n = 0;
+    if (is_str(k, "state")) {
+        *seen |= 1;
+        return parse_state(v, &st->state) ? NULL : "state";
+    }
+    if (is_str(k, "half_open_owner")) {
+        *seen |= 8;
+        if (v->type != REDIS_REPLY_STRING || v->len == 0 || v->len >= sizeof st->probe_owner ||
+            memchr(v->str, '\0', v->len) != NULL)
+            return "half_open_owner";
+        memcpy(st->probe_owner, v->str, v->len);
+        st->probe_owner[v->len] = '\0';
+        return NULL;
+    }
+    if (is_str(k, "failure_count")) {
+        if (!reply_int(v, UINT32_MAX, &n))
+            return "failure_count";
+        st->failure_count = (uint32_t)n;
+    } else if (is_str(k, "opened_at")) {
+        *seen |= 2;
+        if (!reply_int(v, RS_TIME_MAX, &st->opened_at))
+            return "opened_at";
+    } else if (is_str(k, "probe_lease_expiry")) {
+        *seen |= 4;
+        if (!reply_int(v, RS_TIME_MAX, &st->lease_expiry))
+            return "probe_lease_expiry";
+    }
+    return NULL;
+}
+
+/* A hash as a field/value list into st (name left alone): 1 valid, 0 no
+ * such hash, -1 malformed with *bad naming the problem. */
+static int parse_hash(redisReply *const *el, size_t n, struct cbd_store_state *st, const char **bad)
+{
+    unsigned seen = 0;
+    memset(st, 0, sizeof *st);
+    if (n == 0)
+        return 0;
+    if (n % 2 != 0) {
+        *bad = "odd field/value list";
+        return -1;
+    }
+    for (size_t i = 0; i < n; i += 2) {
+        if (el[i]->type != REDIS_REPLY_STRING) {
+            *bad = "a field that is not a string";
+            return -1;
+        }
+        if ((*bad = parse_field(el[i], el[i + 1], st, &seen)) != NULL)
+            return -1;
+    }
+    if (!(seen & 1))
+        *bad = "no state field";
+    else if (st->state != CB_CLOSED && !(seen & 2))
+        *bad = "no opened_at for an open circuit";
+    else if (st->state == CB_HALF_OPEN && (seen & 12) != 12)
+        *bad = "HALF_OPEN without half_open_owner or probe_lease_expiry";
+    else
+        *bad = NULL;
+    if (*bad != NULL)
+        return -1;
+    if (st->state != CB_HALF_OPEN) {
+        st->probe_owner[0] = '\0';
+        st->lease_expiry = 0;
+    }
+    if (st->state == CB_CLOSED)
+        st->opened_at = 0;
+    return 1;
+}
+
+/* Printable copy of possibly binary bytes, for log lines. */
+static void printable(char *dst, size_t size, const char *src, size_t len)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < len && n + 4 < size; i++)
+        dst[n++] = src[i] > ' ' && src[i] <= '~' ? src[i] : '?';
+    if (len > n)
+        memcpy(dst + n, "...", 3), n += 3;
+    dst[n] = '\0';
+}
+
+static void malformed(struct cbd_store *s, const char *what, const char *key, size_t klen, const char *why)
+{
+    uint64_t suppressed;
+    char k[96];
+    s->stats.malformed++;
+    if (!cbd_ratelimit_pass(&s->rl_data, &suppressed))
+        return;
+    printable(k, sizeof k, key, klen);
+    cbd_log(CBD_LOG_WARN, "redis store: ignoring malformed %s '%s' under prefix '%s': %s (%" PRIu64 " more suppressed)",
+            what, k, s->uri.prefix, why, suppressed);
+}
+
+static void malformed_circuit(struct cbd_store *s, const struct rs_circuit *c, const char *why)
+{
+    malformed(s, "circuit", c->name, c->name_len, why);
+}
+
+/* ---- talking to redis ---------------------------------------------------------- */
+
+/* Send one command of C strings on conn; counts it. 0 or -ENOTCONN. */
+static int command(struct cbd_store *s, struct cbd_redis_conn *conn, cbd_redis_reply_fn *fn, void *priv, int argc,
+                   const char **argv)
+{
+    size_t len[12];
+    for (int i = 0; i < argc; i++)
+        len[i] = strlen(argv[i]);
+    int rc = cbd_redis_conn_command(conn, fn, priv, argc, argv, len);
+    if (rc == 0)
+        s->stats.commands_sent++;
+    return rc;
+}
+
+/* Run a script on circuit c (EVALSHA, or EVAL when asked or not loaded). */
+static int eval(struct cbd_store *s, enum rs_script script, bool use_eval, cbd_redis_reply_fn *fn,
+                struct rs_circuit *c, int nargs, const char **args)
+{
+    char key[RS_KEY_MAX];
+    const char *argv[12];
+    key_of(s, c->name, key);
+    use_eval = use_eval || s->sha[script][0] == '\0';
+    argv[0] = use_eval ? "EVAL" : "EVALSHA";
+    argv[1] = use_eval ? rs_scripts[script] : s->sha[script];
+    argv[2] = "1";
+    argv[3] = key;
+    argv[4] = s->channel;
+    argv[5] = c->name;
+    for (int i = 0; i < nargs; i++)
+        argv[6 + i] = args[i];
+    return command(s, s->cmd, fn, c, 6 + nargs, argv);
+}
+
+/* A script's answer {verdict, field, value, ...}: the hash as stored after
+ * it into st. The verdict (0/1), or -1 if the answer makes no sense. */
+static int script_result(struct cbd_store *s, struct rs_circuit *c, const redisReply *r, struct cbd_store_state *st)
+{
+    const char *bad = "not a script result";
+    if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 && r->element[0]->type == REDIS_REPLY_INTEGER &&
+        parse_hash(r->element + 1, r->elements - 1, st, &bad) >= 0) {
+        memcpy(st->name, c->name, (size_t)c->name_len + 1);
+        return r->element[0]->integer != 0; /* no fields: the hash is gone, st is CLOSED */
+    }
+    malformed_circuit(s, c, bad);
+    return -1;
+}
+
+/* What an error reply means for the caller, counted and logged. */
+static enum rs_err reply_error(struct cbd_store *s, const char *what, const char *name, const redisReply *r)
+{
+    static const char *const conn_errors[] = {"READONLY", "LOADING", "MASTERDOWN", "NOAUTH", "NOPERM", "BUSY"};
+    uint64_t suppressed;
+    if (strncmp(r->str, "NOSCRIPT", 8) == 0)
+        return RS_ERR_NOSCRIPT;
+    if (strstr(r->str, "WRONGTYPE") != NULL) {
+        malformed(s, "circuit", name, strlen(name), "the key is not a hash");
+        return RS_ERR_DATA;
+    }
+    s->stats.errors++;
+    if (cbd_ratelimit_pass(&s->rl_err, &suppressed))
+        cbd_log(CBD_LOG_WARN, "redis store: %s of circuit '%s' failed: %s (%" PRIu64 " more suppressed)", what,
+                name, r->str, suppressed);
+    for (size_t i = 0; i < sizeof conn_errors / sizeof conn_errors[0]; i++)
+        if (strncmp(r->str, conn_errors[i], strlen(conn_errors[i])) == 0) {
+            /* this server cannot take our writes now (replica, loading,
+             * lost auth): reconnect, perhaps to the new primary */
+            cbd_redis_conn_drop(s->cmd, -EIO, r->str);
+            return RS_ERR_CONN;
+        }
+    return RS_ERR_OTHER;
+}
+
+/* ---- connection life ------------------------------------------------------------ */
+
+static void wq_push(struct cbd_store *s, struct rs_circuit *c);
+static void pump_writes(struct cbd_store *s);
+static void reconcile_start(struct cbd_store *s);
+static void on_sync_timer(uv_timer_t *t);
+static void restore_scan(struct cbd_store *s, const char *cursor);
+static void on_message(struct cbd_store *s, const char *name, size_t len);
+static void teardown(struct cbd_store *s);
+
+static void set_health(struct cbd_store *s, bool online, const char *why)
+{
+    uint64_t suppressed;
+    if (s->health == (int)online) {
+        if (!online && cbd_ratelimit_pass(&s->rl_conn, &suppressed))
+            cbd_log(CBD_LOG_WARN, "redis store: still offline: %s (%" PRIu64 " more suppressed)", why, suppressed);
+        return;
+    }
+    s->health = online;
+    if (online)
+        cbd_log(CBD_LOG_INFO, "redis store: online: %s (prefix '%s', owner id '%s')", why, s->uri.prefix, s->owner);
+    else
+        cbd_log(CBD_LOG_WARN, "redis store: offline, running host-local and retrying: %s", why);
+    if (!s->closing)
+        s->hooks.health(s->hooks.arg, online, why);
+}
+
+static void finish_restore(struct cbd_store *s, int rc)
+{
+    void (*done)(void *, int) = s->restore.done;
+    s->restore.done = NULL;
+    s->restore.more = false;
+    if (done != NULL)
+        done(s->restore.arg, rc);
+    if (rc == 0)
+        reconcile_start(s);
+}
+
+static void go_online(struct cbd_store *s)
+{
+    char why[sizeof s->endpoint + 16];
+    s->phase = RS_ONLINE;
+    s->attempt = 0;
+    snprintf(why, sizeof why, "connected to %s", s->endpoint);
+    set_health(s, true, why);
+    uv_timer_start(&s->sync_timer, on_sync_timer, s->uri.sync_ms, s->uri.sync_ms);
+    for (size_t i = 0; i < s->count; i++)
+        if (s->list[i]->w_pending && !s->list[i]->w_inflight)
+            wq_push(s, s->list[i]);
+    pump_writes(s); /* queued transitions go out before any read */
+    if (s->restore.done != NULL)
+        restore_scan(s, "0");
+    else
+        reconcile_start(s);
+}
+
+static void maybe_online(struct cbd_store *s)
+{
+    if (s->phase == RS_CONNECTING && s->cmd_ready && s->sub_ready)
+        go_online(s);
+}
+
+/* One of the connections failed or ended: take the store offline. */
+static void went_offline(struct cbd_store *s, int err, const char *why)
+{
+    char msg[sizeof s->endpoint + 200];
+    cbd_redis_conn_drop(s->cmd, err, why);
+    cbd_redis_conn_drop(s->sub, err, why);
+    if (s->phase == RS_DOWN)
+        return;
+    s->phase = RS_DOWN;
+    uv_timer_stop(&s->sync_timer);
+    s->rec_running = false;
+    s->rec_inflight = 0;
+    s->stats.errors++;
+    snprintf(msg, sizeof msg, "%s: %s", s->endpoint, why);
+    set_health(s, false, msg);
+    if (s->restore.done != NULL)
+        finish_restore(s, err);
+}
+
+static uint64_t rng_next(struct cbd_store *s)
+{
+    s->rng ^= s->rng >> 12; /* xorshift64*: jitter only, not secrets */
+    s->rng ^= s->rng << 25;
+    s->rng ^= s->rng >> 27;
+    return s->rng * 0x2545F4914F6CDD1Dull;
+}
+
+static void connect_now(struct cbd_store *s)
+{
+    s->phase = RS_CONNECTING;
+    s->cmd_ready = s->sub_ready = false;
+    s->handshake_left = 0;
+    /* both were down (we only get here then), so neither open can refuse */
+    s->cmd_open = cbd_redis_conn_open(s->cmd, &s->uri.addr) == 0;
+    s->sub_open = cbd_redis_conn_open(s->sub, &s->uri.addr) == 0;
+}
+
+static void on_retry(uv_timer_t *t)
+{
+    struct cbd_store *s = t->data;
+    s->stats.reconnects++;
+    connect_now(s);
+}
+
+/* Exponential backoff with full jitter: uniform in [0, min(cap, base*2^n)]. */
+static void schedule_retry(struct cbd_store *s)
+{
+    unsigned shift = s->attempt < 6 ? s->attempt : 6;
+    uint64_t cap = (uint64_t)RS_BACKOFF_BASE_MS << shift;
+    if (cap > RS_BACKOFF_CAP_MS)
+        cap = RS_BACKOFF_CAP_MS;
+    s->attempt++;
+    uv_timer_start(&s->retry_timer, on_retry, rng_next(s) % (cap + 1), 0);
+}
+
+static void start(struct cbd_store *s)
+{
+    if (!s->started && !s->closing) {
+        s->started = true;
+        connect_now(s);
+    }
+}
+
+static void on_down(void *arg, struct cbd_redis_conn *conn, int err, const char *why)
+{
+    struct cbd_store *s = arg;
+    if (conn == s->cmd)
+        s->cmd_open = s->cmd_ready = false;
+    else
+        s->sub_open = s->sub_ready = false;
+    if (s->closing) {
+        teardown(s);
+        return;
+    }
+    went_offline(s, err, why);
+    if (!s->cmd_open && !s->sub_open)
+        schedule_retry(s);
+}
+
+/* ---- handshake ------------------------------------------------------------------ */
+
+/* true if the handshake cannot go on (the connection is or will be down). */
+static bool handshake_failed(struct cbd_store *s, struct cbd_redis_conn *conn, const char *what,
+                             const redisReply *r)
+{
+    char why[256];
+    if (r == NULL)
+        return true;
+    if (r->type != REDIS_REPLY_ERROR)
+        return false;
+    snprintf(why, sizeof why, "redis refused %s: %s", what, r->str);
+    s->stats.errors++;
+    cbd_redis_conn_drop(conn, -EACCES, why);
+    return true;
+}
+
+static void handshake_step(struct cbd_store *s)
+{
+    if (--s->handshake_left == 0) {
+        s->cmd_ready = true;
+        maybe_online(s);
+    }
+}
+
+static void on_hs_status(struct cbd_redis_conn *conn, redisReply *r, void *what)
+{
+    struct cbd_store *s = cbd_redis_conn_arg(conn);
+    if (!handshake_failed(s, conn, what, r) && conn == s->cmd)
+        handshake_step(s);
+}
+
+static void on_hs_script(struct cbd_redis_conn *conn, redisReply *r, void *sha)
+{
+    struct cbd_store *s = cbd_redis_conn_arg(conn);
+    if (handshake_failed(s, conn, "SCRIPT LOAD", r))
+        return;
+    if (r->type != REDIS_REPLY_STRING || r->len != 40) {
+        cbd_redis_conn_drop(conn, -EPROTO, "SCRIPT LOAD answered something other than a SHA1");
+        return;
+    }
+    memcpy(sha, r->str, 40);
+    ((char *)sha)[40] = '\0';
+    handshake_step(s);
+}
+
+/* AUTH (and SELECT on the command connection); false if a send failed. */
+static bool auth_select(struct cbd_store *s, struct cbd_redis_conn *conn)
+{
+    char db[12];
+    const char *auth[3] = {"AUTH", s->uri.user, s->uri.password};
+    const char *select[2] = {"SELECT", db};
+    bool on_cmd = conn == s->cmd;
+    if (s->uri.password[0] != '\0') {
+        bool acl = s->uri.user[0] != '\0'; /* Redis 6 ACL: AUTH user password */
+        if (!acl)
+            auth[1] = s->uri.password;
+        if (command(s, conn, on_hs_status, "AUTH", acl ? 3 : 2, auth) < 0)
+            return false;
+        s->handshake_left += on_cmd;
+    }
+    if (on_cmd && s->uri.db != 0) {
+        snprintf(db, sizeof db, "%u", s->uri.db);
+        if (command(s, conn, on_hs_status, "SELECT", 2, select) < 0)
+            return false;
+        s->handshake_left++;
+    }
+    return true;
+}
+
+static void on_sub_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg)
+{
+    struct cbd_store *s = arg;
+    (void)conn;
+    /* hiredis routes only pub/sub frames here: [kind, channel, payload] */
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 3)
+        return;
+    if (is_str(r->element[0], "subscribe")) {
+        s->sub_ready = true;
+        maybe_online(s);
+    } else if (is_str(r->element[0], "message") && r->element[2]->type == REDIS_REPLY_STRING) {
+        on_message(s, r->element[2]->str, r->element[2]->len);
+    }
+}
+
+static void on_up(void *arg, struct cbd_redis_conn *conn)
+{
+    struct cbd_store *s = arg;
+    if (!auth_select(s, conn))
+        return; /* the connection is going down; on_down follows */
+    if (conn == s->sub) {
+        if (cbd_redis_conn_subscribe(conn, on_sub_reply, s, s->channel) == 0)
+            s->stats.commands_sent++;
+        return;
+    }
+    s->handshake_left++; /* held until every SCRIPT LOAD is sent */
+    for (int i = 0; i < RS_NSCRIPTS; i++) {
+        const char *argv[3] = {"SCRIPT", "LOAD", rs_scripts[i]};
+        if (command(s, conn, on_hs_script, s->sha[i], 3, argv) < 0)
+            return;
+        s->handshake_left++;
+    }
+    handshake_step(s);
+}
+
+/* ---- writes: transitions ----------------------------------------------------------- */
+
+static void wq_push(struct cbd_store *s, struct rs_circuit *c)
+{
+    if (c->w_queued)
+        return;
+    c->w_queued = true;
+    c->qnext = NULL;
+    if (s->wq_tail != NULL)
+        s->wq_tail->qnext = c;
+    else
+        s->wq_head = c;
+    s->wq_tail = c;
+}
+
+static struct rs_circuit *wq_pop(struct cbd_store *s)
+{
+    struct rs_circuit *c = s->wq_head;
+    s->wq_head = c->qnext;
+    if (s->wq_head == NULL)
+        s->wq_tail = NULL;
+    c->w_queued = false;
+    return c;
+}
+
+static void on_write_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg);
+
+/* Send c->w_sent (again as EVAL after NOSCRIPT). */
+static int send_write(struct cbd_store *s, struct rs_circuit *c, bool use_eval)
+{
+    char a[2][24];
+    int rc;
+    if (c->w_sent.state == CB_OPEN) {
+        snprintf(a[0], sizeof a[0], "%" PRId64, c->w_sent.opened_at);
+        snprintf(a[1], sizeof a[1], "%" PRIu32, c->w_sent.failure_count);
+        const char *args[3] = {a[0], a[1], s->owner};
+        rc = eval(s, RS_OPEN, use_eval, on_write_reply, c, 3, args);
+    } else {
+        snprintf(a[0], sizeof a[0], "%" PRId64, c->w_sent.prev_opened_at);
+        const char *args[2] = {a[0], s->owner};
+        rc = eval(s, RS_CLOSE, use_eval, on_write_reply, c, 2, args);
+    }
+    if (rc == 0) {
+        c->w_inflight = true;
+        s->writes_inflight++;
+    }
+    return rc;
+}
+
+/* Queued transitions to redis, at most RS_WRITES_MAX in flight; one per
+ * circuit at a time, so a circuit's writes land in order. */
+static void pump_writes(struct cbd_store *s)
+{
+    while (s->phase == RS_ONLINE && s->writes_inflight < RS_WRITES_MAX && s->wq_head != NULL) {
+        struct rs_circuit *c = wq_pop(s);
+        if (!c->w_pending || c->w_inflight)
+            continue;
+        c->w_sent = c->w;
+        if (send_write(s, c, false) < 0)
+            return; /* going down: requeued when back online */
+        c->w_pending = false;
+    }
+}
+
+/* An unanswered or failed write stays the latest, unless a newer came. */
+static void keep_unwritten(struct rs_circuit *c)
+{
+    if (!c->w_pending) {
+        c->w = c->w_sent;
+        c->w_pending = true;
+    }
+}
+
+static void on_write_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg)
+{
+    struct cbd_store *s = cbd_redis_conn_arg(conn);
+    struct rs_circuit *c = arg;
+    struct cbd_store_state st;
+    bool newer = c->w_pending; /* a transition came while this write was out */
+    s->writes_inflight--;
+    c->w_inflight = false;
+    if (r == NULL) {
+        keep_unwritten(c); /* written again once back online */
+        return;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        enum rs_err e = reply_error(s, "write", c->name, r);
+        if (e == RS_ERR_NOSCRIPT && send_write(s, c, true) == 0)
+            return;
+        if (e != RS_ERR_DATA)
+            keep_unwritten(c); /* retried by the next reconcile */
+    } else if (script_result(s, c, r, &st) >= 0) {
+        c->known = view_of(&st);
+        /* refused: the fleet holds something else; the daemon adopts it */
+        if (!newer && !equivalent(s, &c->known, &c->cur))
+            report(s, c, &st);
+    }
+    if (newer)
+        wq_push(s, c);
+    pump_writes(s);
+    if (s->closing && s->wq_head == NULL && s->writes_inflight == 0)
+        teardown(s);
+}
+
+/* Does the fleet already hold st (an echo of a state it told us)? */
+static bool already_there(const struct rs_view *known, const struct cbd_store_state *st)
+{
+    if (!known->valid)
+        return false;
+    if (st->state == CB_CLOSED)
+        return known->state == CB_CLOSED;
+    return known->state == CB_OPEN && known->opened_at == st->opened_at;
+}
+
+static void rs_transition(struct cbd_store *s, const struct cbd_store_state *st, int64_t prev_opened_at)
+{
+    struct rs_circuit *c = s->closing ? NULL : get(s, st->name);
+    if (c == NULL)
+        return;
+    start(s);
+    c->cur = view_of(st);
+    if (st->state == CB_HALF_OPEN) {
+        /* the election wrote it (or granted it host-local): nothing to write */
+        if (st->probe_owner[0] == '\0' && c->lease_mine)
+            c->cur.owner_hash = s->owner_hash;
+        return;
+    }
+    c->lease_mine = false;
+    if (!c->w_inflight && already_there(&c->known, st)) {
+        c->w_pending = false;
+        return;
+    }
+    c->w = (struct rs_write){st->state, st->failure_count, st->opened_at, prev_opened_at};
+    c->w_pending = true;
+    if (!c->w_inflight) {
+        wq_push(s, c);
+        pump_writes(s);
+    }
+}
+
+/* ---- reads: pub/sub, registration, reconcile ------------------------------------- */
+
+static void on_read_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg);
+
+static int send_read(struct cbd_store *s, struct rs_circuit *c, cbd_redis_reply_fn *fn)
+{
+    char key[RS_KEY_MAX];
+    const char *argv[2] = {"HGETALL", key};
+    key_of(s, c->name, key);
+    int rc = command(s, s->cmd, fn, c, 2, argv);
+    if (rc == 0)
+        c->r_inflight = true;
+    return rc;
+}
+
+static void request_read(struct cbd_store *s, struct rs_circuit *c)
+{
+    if (c->r_inflight)
+        c->r_again = true; /* one more read after the one in flight */
+    else if (s->phase == RS_ONLINE)
+        send_read(s, c, on_read_reply);
+}
+
+/* redis holds no hash for c. If the daemon has it open, redis lost it
+ * (flushed, restarted without persistence): write it again. */
+static void absent(struct cbd_store *s, struct rs_circuit *c)
+{
+    c->known = (struct rs_view){.state = CB_CLOSED, .valid = true};
+    if (c->cur.state == CB_CLOSED || c->w_pending || c->w_inflight)
+        return;
+    cbd_log(CBD_LOG_INFO, "redis store: circuit '%s' is open here but missing in redis: writing it again", c->name);
+    c->w = (struct rs_write){CB_OPEN, c->cur.failure_count, c->cur.opened_at, 0};
+    c->w_pending = true;
+    wq_push(s, c);
+    pump_writes(s);
+}
+
+static void apply_read(struct cbd_store *s, struct rs_circuit *c, const redisReply *r)
+{
+    struct cbd_store_state st;
+    const char *bad = "HGETALL answered something other than a list";
+    int rc = -1;
+    if (r->type == REDIS_REPLY_ERROR) {
+        reply_error(s, "read", c->name, r);
+        return;
+    }
+    if (r->type == REDIS_REPLY_ARRAY)
+        rc = parse_hash(r->element, r->elements, &st, &bad);
+    if (rc < 0) {
+        malformed_circuit(s, c, bad); /* the circuit keeps its last good state */
+        return;
+    }
+    if (rc == 0) {
+        absent(s, c);
+        return;
+    }
+    memcpy(st.name, c->name, (size_t)c->name_len + 1);
+    c->known = view_of(&st);
+    /* a write or election of ours in flight is newer and will tell */
+    if (!c->w_pending && !c->w_inflight && !c->p_inflight && !equivalent(s, &c->known, &c->cur))
+        report(s, c, &st);
+}
+
+static void on_read_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg)
+{
+    struct cbd_store *s = cbd_redis_conn_arg(conn);
+    struct rs_circuit *c = arg;
+    c->r_inflight = false;
+    if (r == NULL) {
+        c->r_again = false; /* the reconcile after reconnecting reads it */
+        return;
+    }
+    apply_read(s, c, r);
+    if (c->r_again) {
+        c->r_again = false;
+        request_read(s, c);
+    }
+}
+
+static void on_message(struct cbd_store *s, const char *name, size_t len)
+{
+    struct rs_circuit *c = len > 0 && len <= CB_NAME_MAX ? find(s, name, len) : NULL;
+    if (c != NULL)
+        request_read(s, c);
+    else if (len == 0 || len > CB_NAME_MAX || memchr(name, '\0', len) != NULL)
+        malformed(s, "message", name, len, "not a circuit name");
+    /* else: a circuit this host does not use */
+}
+
+static void on_sync_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg);
+
+/* Keep up to RS_WINDOW reads of tracked circuits in flight. */
+static void reconcile_step(struct cbd_store *s)
+{
+    while (s->rec_running && s->phase == RS_ONLINE && s->rec_inflight < RS_WINDOW && s->rec_cursor < s->count) {
+        struct rs_circuit *c = s->list[s->rec_cursor];
+        if (c->w_pending && !c->w_inflight)
+            wq_push(s, c); /* retry a write that an error reply refused */
+        if (!c->r_inflight) {
+            if (send_read(s, c, on_sync_reply) < 0)
+                return;
+            s->rec_inflight++;
+        }
+        s->rec_cursor++;
+    }
+    pump_writes(s);
+    if (s->rec_running && s->rec_inflight == 0 && s->rec_cursor >= s->count)
+        s->rec_running = false;
+}
+
+static void on_sync_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg)
+{
+    struct cbd_store *s = cbd_redis_conn_arg(conn);
+    on_read_reply(conn, r, arg);
+    if (s->rec_inflight > 0)
+        s->rec_inflight--;
+    if (r != NULL)
+        reconcile_step(s);
+}
+
+/* A full pass over the tracked circuits, unless one runs already. Not
+ * during restore, which reads everything anyway. */
+static void reconcile_start(struct cbd_store *s)
+{
+    if (s->phase != RS_ONLINE || s->restore.done != NULL || s->rec_running)
+        return;
+    s->rec_running = true;
+    s->rec_cursor = 0;
+    reconcile_step(s);
+}
+
+static void on_sync_timer(uv_timer_t *t) { reconcile_start(t->data); }
+
+static void rs_track(struct cbd_store *s, const char *name, const cb_config *cfg)
+{
+    (void)cfg; /* the fleet shares states, not policies */
+    size_t len = strlen(name);
+    if (s->closing || len > CB_NAME_MAX || find(s, name, len) != NULL)
+        return;
+    struct rs_circuit *c = get(s, name);
+    if (c == NULL)
+        return;
+    start(s);
+    request_read(s, c); /* a circuit open in the fleet opens here at registration */
+}
+
+static void rs_sync(struct cbd_store *s)
+{
+    start(s);
+    reconcile_start(s);
+}
+
+/* ---- elections ---------------------------------------------------------------------- */
+
+static void on_grant_timer(uv_timer_t *t)
+{
+    struct cbd_store *s = t->data;
+    while (s->g_head != NULL && !s->closing) {
+        struct rs_circuit *c = s->g_head;
+        s->g_head = c->gnext;
+        if (s->g_head == NULL)
+            s->g_tail = NULL;
+        c->g_queued = false;
+        cbd_log(CBD_LOG_DEBUG, "redis store: offline: probe of '%s' granted host-local", c->name);
+        s->hooks.probe_result(s->hooks.arg, c->name, c->g_opened_at, true, (int64_t)time(NULL) + c->g_lease_s);
+    }
+}
+
+/* The fleet cannot be asked: grant host-local, on a later loop turn. */
+static void local_grant(struct cbd_store *s, struct rs_circuit *c, int64_t opened_at, uint32_t lease_s)
+{
+    if (s->closing)
+        return;
+    c->g_opened_at = opened_at;
+    c->g_lease_s = lease_s;
+    c->lease_mine = false;
+    if (!c->g_queued) {
+        c->g_queued = true;
+        c->gnext = NULL;
+        if (s->g_tail != NULL)
+            s->g_tail->gnext = c;
+        else
+            s->g_head = c;
+        s->g_tail = c;
+    }
+    uv_timer_start(&s->grant_timer, on_grant_timer, 0, 0);
+}
+
+static void on_probe_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg);
+
+static int send_probe(struct cbd_store *s, struct rs_circuit *c, bool use_eval)
+{
+    char a[2][24];
+    snprintf(a[0], sizeof a[0], "%" PRId64, c->p_sent_opened_at);
+    snprintf(a[1], sizeof a[1], "%" PRIu32, c->p_sent_lease_s);
+    const char *args[3] = {a[0], a[1], s->owner};
+    int rc = eval(s, RS_PROBE, use_eval, on_probe_reply, c, 3, args);
+    if (rc == 0)
+        c->p_inflight = true;
+    return rc;
+}
+
+static void start_probe(struct cbd_store *s, struct rs_circuit *c)
+{
+    c->p_pending = false;
+    c->p_sent_opened_at = c->p_opened_at;
+    c->p_sent_lease_s = c->p_lease_s;
+    if (s->phase != RS_ONLINE || send_probe(s, c, false) < 0)
+        local_grant(s, c, c->p_sent_opened_at, c->p_sent_lease_s);
+}
+
+static void probe_answer(struct cbd_store *s, struct rs_circuit *c, const struct cbd_store_state *st, bool granted)
+{
+    c->known = view_of(st);
+    if (granted) {
+        c->lease_mine = true;
+        c->cur = c->known;
+    } else if (!c->w_pending && !c->w_inflight && !equivalent(s, &c->known, &c->cur)) {
+        report(s, c, st); /* e.g. closed by the fleet meanwhile */
+    }
+    /* refused: the holder's lease expiry tells the daemon when to ask again */
+    int64_t lease = granted || st->state == CB_HALF_OPEN ? st->lease_expiry : 0;
+    if (!s->closing)
+        s->hooks.probe_result(s->hooks.arg, c->name, c->p_sent_opened_at, granted, lease);
+}
+
+static void on_probe_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg)
+{
+    struct cbd_store *s = cbd_redis_conn_arg(conn);
+    struct rs_circuit *c = arg;
+    struct cbd_store_state st;
+    int granted = -1;
+    c->p_inflight = false;
+    if (r != NULL && r->type == REDIS_REPLY_ERROR) {
+        if (reply_error(s, "probe election", c->name, r) == RS_ERR_NOSCRIPT && send_probe(s, c, true) == 0)
+            return;
+    } else if (r != NULL) {
+        granted = script_result(s, c, r, &st);
+    }
+    if (granted >= 0)
+        probe_answer(s, c, &st, granted);
+    else if (!c->p_pending) /* no answer from the fleet: host-local, as offline */
+        local_grant(s, c, c->p_sent_opened_at, c->p_sent_lease_s);
+    if (c->p_pending)
+        start_probe(s, c);
+}
+
+static void rs_try_probe(struct cbd_store *s, const char *name, int64_t opened_at, uint32_t lease_s)
+{
+    struct rs_circuit *c = s->closing ? NULL : get(s, name);
+    if (c == NULL)
+        return;
+    start(s);
+    c->p_opened_at = opened_at;
+    c->p_lease_s = lease_s;
+    if (c->p_inflight)
+        c->p_pending = true; /* asked after the answer to the one in flight */
+    else
+        start_probe(s, c);
+}
+
+/* ---- restore: everything under the prefix ------------------------------------------- */
+
+static void on_scan_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg);
+
+static void restore_scan(struct cbd_store *s, const char *cursor)
+{
+    char pattern[2 * RS_PREFIX_MAX + 4];
+    size_t n = 0;
+    for (const char *p = s->uri.prefix; *p != '\0'; p++) {
+        if (strchr("*?[]\\", *p) != NULL)
+            pattern[n++] = '\\'; /* the prefix is literal, not a glob */
+        pattern[n++] = *p;
+    }
+    memcpy(pattern + n, "c:*", 4);
+    const char *argv[6] = {"SCAN", cursor, "MATCH", pattern, "COUNT", RS_SCAN_COUNT};
+    /* if this fails the store is going down, and went_offline ends the restore */
+    command(s, s->cmd, on_scan_reply, NULL, 6, argv);
+}
+
+static void restore_apply(struct cbd_store *s, const char *name, const redisReply *r)
+{
+    struct cbd_store_state st;
+    const char *bad = "not a hash";
+    if (r->type == REDIS_REPLY_ERROR) {
+        reply_error(s, "restore read", name, r);
+        return;
+    }
+    int rc = r->type == REDIS_REPLY_ARRAY ? parse_hash(r->element, r->elements, &st, &bad) : -1;
+    if (rc < 0)
+        malformed(s, "circuit", name, strlen(name), bad);
+    struct rs_circuit *c = rc > 0 ? get(s, name) : NULL; /* rc 0: deleted since the SCAN */
+    if (c == NULL)
+        return;
+    memcpy(st.name, c->name, (size_t)c->name_len + 1);
+    c->known = view_of(&st);
+    if (!c->w_pending && !c->w_inflight)
+        report(s, c, &st);
+}
+
+static void restore_next(struct cbd_store *s)
+{
+    if (s->restore.done == NULL || s->restore.inflight > 0)
+        return;
+    if (s->restore.more)
+        restore_scan(s, s->restore.cursor);
+    else
+        finish_restore(s, 0);
+}
+
+static void on_restore_read(struct cbd_redis_conn *conn, redisReply *r, void *arg)
+{
+    struct cbd_store *s = cbd_redis_conn_arg(conn);
+    struct rs_restore_item *it = arg;
+    s->restore.inflight--;
+    if (r != NULL)
+        restore_apply(s, it->name, r);
+    free(it);
+    if (r != NULL)
+        restore_next(s);
+}
+
+static void restore_key(struct cbd_store *s, const redisReply *k)
+{
+    size_t plen = strlen(s->uri.prefix) + 2;
+    struct rs_restore_item *it = NULL;
+    if (k->type != REDIS_REPLY_STRING)
+        return;
+    if (k->len > plen && k->len - plen <= CB_NAME_MAX && (it = malloc(sizeof *it)) != NULL) {
+        memcpy(it->name, k->str + plen, k->len - plen);
+        it->name[k->len - plen] = '\0';
+    }
+    if (it == NULL || memcmp(k->str, s->uri.prefix, plen - 2) != 0 || strlen(it->name) != k->len - plen ||
+        cb__name_check(it->name) < 0) {
+        malformed(s, "key", k->str, k->len, "not <prefix>c:<circuit name>");
+        free(it);
+        return;
+    }
+    const char *argv[2] = {"HGETALL", k->str};
+    if (command(s, s->cmd, on_restore_read, it, 2, argv) < 0) {
+        free(it);
+        return;
+    }
+    s->restore.inflight++;
+}
+
+static void on_scan_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg)
+{
+    struct cbd_store *s = cbd_redis_conn_arg(conn);
+    (void)arg;
+    if (r == NULL || s->restore.done == NULL)
+        return;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[0]->type != REDIS_REPLY_STRING ||
+        r->element[0]->len >= sizeof s->restore.cursor || r->element[1]->type != REDIS_REPLY_ARRAY) {
+        s->stats.errors++;
+        cbd_log(CBD_LOG_WARN, "redis store: restore: SCAN answered %s",
+                r->type == REDIS_REPLY_ERROR ? r->str : "something other than [cursor, keys]");
+        finish_restore(s, -EIO);
+        return;
+    }
+    memcpy(s->restore.cursor, r->element[0]->str, r->element[0]->len + 1);
+    s->restore.more = strcmp(s->restore.cursor, "0") != 0;
+    for (size_t i = 0; i < r->element[1]->elements; i++)
+        restore_key(s, r->element[1]->element[i]);
+    restore_next(s);
+}
+
+static void rs_restore(struct cbd_store *s, void (*done)(void *arg, int rc), void *arg)
+{
+    s->restore.done = done;
+    s->restore.arg = arg;
+    if (!s->started) {
+        start(s); /* go_online scans; went_offline ends it with the error */
+    } else if (s->phase == RS_ONLINE) {
+        restore_scan(s, "0");
+    } else if (s->phase == RS_DOWN && !s->cmd_open && !s->sub_open) {
+        uv_timer_stop(&s->retry_timer); /* no need to wait out the backoff */
+        connect_now(s);
+    }
+}
+
+/* ---- create, close, stats ---------------------------------------------------------- */
+
+/* Memory only: every handle is closed (or was never opened). */
+static void free_store(struct cbd_store *s)
+{
+    for (size_t i = 0; i < s->count; i++)
+        free(s->list[i]);
+    free(s->list);
+    free(s->buckets);
+    free(s);
+}
+
+static void on_part_closed(struct cbd_store *s)
+{
+    if (--s->close_pending > 0)
+        return;
+    void (*done)(void *) = s->close_done;
+    void *arg = s->close_arg;
+    free_store(s);
+    if (done != NULL)
+        done(arg);
+}
+
+static void on_conn_closed(void *arg) { on_part_closed(arg); }
+static void on_timer_closed(uv_handle_t *h) { on_part_closed(h->data); }
+
+static void teardown(struct cbd_store *s)
+{
+    if (s->tearing)
+        return;
+    s->tearing = true;
+    if (s->restore.done != NULL)
+        finish_restore(s, -ECANCELED);
+    s->close_pending = 5;
+    cbd_redis_conn_close(s->cmd, on_conn_closed, s);
+    cbd_redis_conn_close(s->sub, on_conn_closed, s);
+    uv_close((uv_handle_t *)&s->retry_timer, on_timer_closed);
+    uv_close((uv_handle_t *)&s->sync_timer, on_timer_closed);
+    uv_close((uv_handle_t *)&s->grant_timer, on_timer_closed);
+}
+
+/* Flush queued transitions while online (bounded by the command timeout),
+ * then release everything. No hook is called once close() is. */
+static void rs_close(struct cbd_store *s, void (*done)(void *arg), void *arg)
+{
+    s->closing = true;
+    s->close_done = done;
+    s->close_arg = arg;
+    uv_timer_stop(&s->retry_timer);
+    uv_timer_stop(&s->sync_timer);
+    uv_timer_stop(&s->grant_timer);
+    if (s->phase == RS_ONLINE && (s->wq_head != NULL || s->writes_inflight > 0))
+        pump_writes(s); /* on_write_reply tears down once drained */
+    else
+        teardown(s);
+}
+
+/* "<hostname>:<instance>:<pid>": this host's probe owner id. */
+static void identify(struct cbd_store *s)
+{
+    char host[65] = "";
+    if (gethostname(host, sizeof host - 1) < 0 || host[0] == '\0')
+        strcpy(host, "unknown-host");
+    snprintf(s->owner, sizeof s->owner, "%.48s:%s:%ld", host, s->uri.instance, (long)getpid());
+    s->owner_hash = owner_hash(s->owner);
+    snprintf(s->channel, sizeof s->channel, "%stransitions", s->uri.prefix);
+    if (s->uri.addr.path[0] != '\0')
+        snprintf(s->endpoint, sizeof s->endpoint, "unix://%s (db %u)", s->uri.addr.path, s->uri.db);
+    else
+        snprintf(s->endpoint, sizeof s->endpoint, strchr(s->uri.addr.host, ':') ? "redis://[%s]:%u/%u" : "redis://%s:%u/%u",
+                 s->uri.addr.host, s->uri.addr.port, s->uri.db);
+    s->rng = ((uint64_t)getpid() << 32) ^ (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)s ^ s->owner_hash;
+    if (s->rng == 0)
+        s->rng = 1;
+}
+
+static int rs_create(struct cbd_store **out, const char *uri, const struct cbd_store_hooks *hooks, const char **err)
+{
+    struct rs_uri u;
+    if ((*err = parse_uri(uri, &u)) != NULL)
+        return -EINVAL;
+    struct cbd_store *s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        *err = "out of memory creating the redis store";
+        return -ENOMEM;
+    }
+    s->hooks = *hooks;
+    s->uri = u;
+    if (!u.instance_given && hooks->instance != NULL && cb__instance_check(hooks->instance) == 0)
+        snprintf(s->uri.instance, sizeof s->uri.instance, "%s", hooks->instance);
+    s->health = -1;
+    s->nbuckets = s->list_cap = 64;
+    s->buckets = calloc(s->nbuckets, sizeof *s->buckets);
+    s->list = calloc(s->list_cap, sizeof *s->list);
+    identify(s);
+    struct cbd_redis_conn_cbs cbs = {.arg = s, .up = on_up, .down = on_down};
+    if (s->buckets == NULL || s->list == NULL ||
+        cbd_redis_conn_new(&s->cmd, hooks->loop, &cbs, u.connect_timeout_ms, u.command_timeout_ms) < 0 ||
+        cbd_redis_conn_new(&s->sub, hooks->loop, &cbs, u.connect_timeout_ms, u.command_timeout_ms) < 0) {
+        if (s->cmd != NULL)
+            cbd_redis_conn_close(s->cmd, NULL, NULL); /* its timers close on the loop */
+        free_store(s);
+        *err = "out of memory creating the redis store";
+        return -ENOMEM;
+    }
+    uv_timer_init(hooks->loop, &s->retry_timer);
+    uv_timer_init(hooks->loop, &s->sync_timer);
+    uv_timer_init(hooks->loop, &s->grant_timer);
+    s->retry_timer.data = s->sync_timer.data = s->grant_timer.data = s;
+    *out = s;
+    return 0;
+}
+
+void cbd_store_redis_stats(const struct cbd_store *s, struct cbd_store_redis_stats *out)
+{
+    *out = s->stats;
+    out->online = s->phase == RS_ONLINE;
+    out->queued = 0;
+    for (size_t i = 0; i < s->count; i++)
+        out->queued += s->list[i]->w_pending;
+}
+
+static void rs_stats(const struct cbd_store *s, void (*emit)(void *arg, const char *name, uint64_t value), void *arg)
+{
+    struct cbd_store_redis_stats st;
+    cbd_store_redis_stats(s, &st);
+    emit(arg, "commands_sent", st.commands_sent);
+    emit(arg, "errors", st.errors);
+    emit(arg, "malformed", st.malformed);
+    emit(arg, "reconnects", st.reconnects);
+    emit(arg, "queued", st.queued);
+}
+
+const struct cbd_store_ops cbd_store_redis_ops = {
+    .scheme = "redis",
+    .create = rs_create,
+    .restore = rs_restore,
+    .track = rs_track,
+    .transition = rs_transition,
+    .try_probe = rs_try_probe,
+    .sync = rs_sync,
+    .close = rs_close,
+    .stats = rs_stats,
+};

@@ -1,0 +1,681 @@
+/*
+ * test_store_redis.c - the redis store against a real redis-server.
+ *
+ * Each test starts its own redis-server on a free loopback port (no
+ * persistence), and drives two store instances ("hosts" A and B, told
+ * apart by the URI's instance option) on one uv loop through the ops
+ * table, as two daemons would. A blocking hiredis context inspects what
+ * the store wrote.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "store_redis.h"
+#include "tsup.h"
+
+/* ---- a redis-server of our own ------------------------------------------------ */
+
+struct redis_srv {
+    pid_t pid;
+    int port;       /* 0 with a unix socket */
+    char sock[108]; /* unix socket path, or "" */
+};
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    cr_assert(bind(fd, (struct sockaddr *)&a, sizeof a) == 0);
+    cr_assert(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static redisContext *srv_connect(const struct redis_srv *r)
+{
+    struct timeval tv = {1, 0};
+    return r->sock[0] ? redisConnectUnixWithTimeout(r->sock, tv) : redisConnectWithTimeout("127.0.0.1", r->port, tv);
+}
+
+static bool srv_ready(const struct redis_srv *r)
+{
+    redisContext *c = srv_connect(r);
+    bool ok = c != NULL && !c->err;
+    if (ok) {
+        redisReply *rep = redisCommand(c, "PING");
+        ok = rep != NULL; /* an answer, even NOAUTH, means it is up */
+        freeReplyObject(rep);
+    }
+    redisFree(c);
+    return ok;
+}
+
+/* redis-server without persistence, in this test's directory; extra is a
+ * NULL-terminated list of more arguments. */
+static void srv_start(struct redis_srv *r, const char *const *extra)
+{
+    char port[8], log[160];
+    const char *argv[24] = {"/usr/bin/redis-server", "--save", "", "--appendonly", "no", "--dir", tsup_tmpdir()};
+    int n = 7;
+    snprintf(port, sizeof port, "%d", r->port);
+    snprintf(log, sizeof log, "%s/redis.log", tsup_tmpdir());
+    const char *listen[] = {"--port", "0", "--unixsocket", r->sock, "--port", port, "--bind", "127.0.0.1"};
+    for (int i = r->sock[0] ? 0 : 4, end = i + 4; i < end; i++)
+        argv[n++] = listen[i];
+    while (extra != NULL && *extra != NULL && n < 23)
+        argv[n++] = *extra++;
+    r->pid = tsup_spawn((char *const *)argv, log);
+    cr_assert(r->pid > 0, "cannot start redis-server: %s", strerror(-r->pid));
+    cr_assert(tsup_wait_until(srv_ready(r), TSUP_LIVENESS_MS), "redis-server did not come up (see %s)", log);
+}
+
+static void srv_init(struct redis_srv *r, bool unix_socket, const char *const *extra)
+{
+    memset(r, 0, sizeof *r);
+    if (unix_socket)
+        snprintf(r->sock, sizeof r->sock, "%s/redis.sock", tsup_tmpdir());
+    else
+        r->port = free_port();
+    srv_start(r, extra);
+}
+
+static void srv_kill(struct redis_srv *r, int sig)
+{
+    if (r->pid > 0) {
+        kill(r->pid, sig);
+        waitpid(r->pid, NULL, 0);
+        tsup_untrack(r->pid);
+        r->pid = 0;
+    }
+}
+
+static void srv_stop(struct redis_srv *r) { srv_kill(r, SIGKILL); }
+
+/* HGET from the test's own connection ("" if absent). */
+static void hget(const struct redis_srv *r, const char *key, const char *field, char *out, size_t size)
+{
+    redisContext *c = srv_connect(r);
+    cr_assert(c != NULL && !c->err);
+    redisReply *rep = redisCommand(c, "HGET %s %s", key, field);
+    cr_assert(rep != NULL);
+    snprintf(out, size, "%s", rep->type == REDIS_REPLY_STRING ? rep->str : "");
+    freeReplyObject(rep);
+    redisFree(c);
+}
+
+static void redis_do(const struct redis_srv *r, const char *fmt, const char *a, const char *b)
+{
+    redisContext *c = srv_connect(r);
+    cr_assert(c != NULL && !c->err);
+    redisReply *rep = redisCommand(c, fmt, a, b);
+    cr_assert(rep != NULL && rep->type != REDIS_REPLY_ERROR, "%s: %s", fmt, rep ? rep->str : "no reply");
+    freeReplyObject(rep);
+    redisFree(c);
+}
+
+/* ---- two hosts on one loop ------------------------------------------------------- */
+
+struct probe_answer {
+    char name[128];
+    int64_t opened_at, lease;
+    bool granted;
+};
+
+struct host {
+    struct cbd_store *st;
+    int nremote, nprobe, health_true, health_false;
+    struct cbd_store_state remote[256];
+    struct probe_answer probe[32];
+    bool online;
+    char why[256];
+    bool restored, closed;
+    int restore_rc;
+};
+
+static uv_loop_t loop;
+
+static void on_remote(void *arg, const struct cbd_store_state *st)
+{
+    struct host *h = arg;
+    h->remote[h->nremote++ % 256] = *st;
+}
+
+static void on_probe(void *arg, const char *name, int64_t opened_at, bool granted, int64_t lease)
+{
+    struct host *h = arg;
+    struct probe_answer *p = &h->probe[h->nprobe++ % 32];
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->opened_at = opened_at;
+    p->granted = granted;
+    p->lease = lease;
+}
+
+static void on_health(void *arg, bool online, const char *why)
+{
+    struct host *h = arg;
+    h->online = online;
+    online ? h->health_true++ : h->health_false++;
+    snprintf(h->why, sizeof h->why, "%s", why);
+}
+
+static void on_restored(void *arg, int rc)
+{
+    struct host *h = arg;
+    h->restored = true;
+    h->restore_rc = rc;
+}
+
+static void on_closed(void *arg) { ((struct host *)arg)->closed = true; }
+
+/* Run the loop until cond holds (the stores only move when it runs). */
+#define WAIT_FOR(cond, ms)                                                                  \
+    cr_assert(tsup_wait_until((uv_run(&loop, UV_RUN_NOWAIT), (cond)), (ms)),                 \
+              "timed out after %d ms waiting for %s", (int)(ms), #cond)
+
+static void spin(int ms)
+{
+    tsup_wait_until((uv_run(&loop, UV_RUN_NOWAIT), false), ms);
+}
+
+static const char *uri_of(const struct redis_srv *r, const char *instance, const char *extra)
+{
+    static char uri[2][512];
+    static int n;
+    char *u = uri[n++ % 2];
+    if (r->sock[0])
+        snprintf(u, 512, "unix://%s?prefix=t:&sync_ms=200&connect_timeout_ms=2000&command_timeout_ms=2000&instance=%s%s",
+                 r->sock, instance, extra);
+    else
+        snprintf(u, 512,
+                 "redis://127.0.0.1:%d?prefix=t:&sync_ms=200&connect_timeout_ms=2000&command_timeout_ms=2000&instance=%s%s",
+                 r->port, instance, extra);
+    return u;
+}
+
+static void host_open(struct host *h, const char *uri)
+{
+    memset(h, 0, sizeof *h);
+    struct cbd_store_hooks hooks = {.loop = &loop, .arg = h, .remote = on_remote, .probe_result = on_probe,
+                                    .health = on_health};
+    const char *err = NULL;
+    int rc = cbd_store_redis_ops.create(&h->st, uri, &hooks, &err);
+    cr_assert(rc == 0, "create(%s): %s", uri, err ? err : "?");
+    cbd_store_redis_ops.restore(h->st, on_restored, h);
+}
+
+static void host_close(struct host *h)
+{
+    cbd_store_redis_ops.close(h->st, on_closed, h);
+    WAIT_FOR(h->closed, 5000);
+}
+
+static void setup(void)
+{
+    cr_assert(uv_loop_init(&loop) == 0);
+}
+
+static void teardown_loop(void)
+{
+    uv_run(&loop, UV_RUN_NOWAIT);
+    /* every handle the stores made is closed: the loop closes clean */
+    cr_assert(uv_loop_close(&loop) == 0, "handles left open on the loop");
+}
+
+static const struct cbd_store_state *last_remote(const struct host *h, const char *name)
+{
+    for (int i = h->nremote - 1; i >= 0 && i >= h->nremote - 256; i--)
+        if (strcmp(h->remote[i % 256].name, name) == 0)
+            return &h->remote[i % 256];
+    return NULL;
+}
+
+static bool remote_is(const struct host *h, const char *name, cb_state state)
+{
+    const struct cbd_store_state *st = last_remote(h, name);
+    return st != NULL && st->state == state;
+}
+
+static struct cbd_store_state state_of(const char *name, cb_state state, int64_t opened_at)
+{
+    struct cbd_store_state st = {.state = state, .opened_at = opened_at, .failure_count = state == CB_OPEN ? 5 : 0};
+    snprintf(st.name, sizeof st.name, "%s", name);
+    return st;
+}
+
+static void trip(struct host *h, const char *name, int64_t opened_at)
+{
+    struct cbd_store_state st = state_of(name, CB_OPEN, opened_at);
+    cbd_store_redis_ops.transition(h->st, &st, 0);
+}
+
+static struct cbd_store_redis_stats stats_of(const struct host *h)
+{
+    struct cbd_store_redis_stats s;
+    cbd_store_redis_stats(h->st, &s);
+    return s;
+}
+
+/* Two hosts online and tracking `name`. */
+static void two_hosts(const struct redis_srv *r, struct host *a, struct host *b, const char *name)
+{
+    host_open(a, uri_of(r, "A", ""));
+    host_open(b, uri_of(r, "B", ""));
+    WAIT_FOR(a->restored && b->restored && a->online && b->online, 5000);
+    cr_assert(a->restore_rc == 0 && b->restore_rc == 0, "restore: %d %d (%s / %s)", a->restore_rc, b->restore_rc,
+              a->why, b->why);
+    cbd_store_redis_ops.track(a->st, name, NULL);
+    cbd_store_redis_ops.track(b->st, name, NULL);
+}
+
+/* A trips `name` at t0, B sees it, A wins the election with lease_s. */
+static int64_t a_holds_the_probe(const struct redis_srv *r, struct host *a, struct host *b, const char *name,
+                                 uint32_t lease_s)
+{
+    int64_t t0 = time(NULL);
+    two_hosts(r, a, b, name);
+    trip(a, name, t0);
+    WAIT_FOR(remote_is(b, name, CB_OPEN), 3000);
+    cbd_store_redis_ops.try_probe(a->st, name, t0, lease_s);
+    WAIT_FOR(a->nprobe == 1, 3000);
+    cr_assert(a->probe[0].granted);
+    struct cbd_store_state st = state_of(name, CB_HALF_OPEN, t0);
+    cbd_store_redis_ops.transition(a->st, &st, t0);
+    return t0;
+}
+
+TestSuite(store_redis, .init = setup, .fini = teardown_loop, .timeout = 60);
+
+Test(store_redis, trip_on_one_host_opens_the_circuit_on_the_other)
+{
+    struct redis_srv r;
+    struct host a, b;
+    char v[64];
+    srv_init(&r, false, NULL);
+    int64_t t0 = time(NULL);
+    two_hosts(&r, &a, &b, "payments");
+    trip(&a, "payments", t0);
+    WAIT_FOR(remote_is(&b, "payments", CB_OPEN), 3000);
+    cr_assert_eq(last_remote(&b, "payments")->opened_at, t0);
+    cr_assert_eq(last_remote(&b, "payments")->failure_count, 5);
+    cr_assert_null(last_remote(&a, "payments"), "A is told nothing about its own write");
+    hget(&r, "t:c:payments", "state", v, sizeof v);
+    cr_assert_str_eq(v, "OPEN");
+    hget(&r, "t:c:payments", "updated_ms", v, sizeof v);
+    cr_assert(atoll(v) / 1000 >= t0 - 1, "updated_ms is server time in ms");
+    host_close(&a);
+    host_close(&b);
+    srv_stop(&r);
+}
+
+Test(store_redis, both_hosts_probe_the_same_opening_and_exactly_one_wins)
+{
+    struct redis_srv r;
+    struct host a, b;
+    char owner[128];
+    srv_init(&r, false, NULL);
+    int64_t t0 = time(NULL);
+    two_hosts(&r, &a, &b, "db");
+    trip(&a, "db", t0);
+    WAIT_FOR(remote_is(&b, "db", CB_OPEN), 3000);
+    cbd_store_redis_ops.try_probe(a.st, "db", t0, 30);
+    cbd_store_redis_ops.try_probe(b.st, "db", t0, 30);
+    WAIT_FOR(a.nprobe == 1 && b.nprobe == 1, 3000);
+    cr_assert(a.probe[0].granted != b.probe[0].granted, "exactly one host holds the probe");
+    struct host *winner = a.probe[0].granted ? &a : &b, *loser = a.probe[0].granted ? &b : &a;
+    cr_assert(winner->probe[0].lease >= t0 + 29);
+    cr_assert_eq(loser->probe[0].lease, winner->probe[0].lease, "the loser learns when the lease ends");
+    hget(&r, "t:c:db", "half_open_owner", owner, sizeof owner);
+    cr_assert(strstr(owner, winner == &a ? ":A:" : ":B:") != NULL, "owner %s", owner);
+    hget(&r, "t:c:db", "state", owner, sizeof owner);
+    cr_assert_str_eq(owner, "HALF_OPEN");
+    host_close(&a);
+    host_close(&b);
+    srv_stop(&r);
+}
+
+Test(store_redis, a_host_learns_a_fleet_opening_when_it_registers_the_circuit)
+{
+    struct redis_srv r;
+    struct host a, b;
+    char uri[256];
+    srv_init(&r, false, NULL);
+    host_open(&a, uri_of(&r, "A", ""));
+    snprintf(uri, sizeof uri, "redis://localhost:%d?prefix=t:&sync_ms=200&instance=B", r.port);
+    host_open(&b, uri); /* a host name: resolved off the loop */
+    WAIT_FOR(a.restored && b.restored && a.online && b.online, 5000);
+    int64_t t0 = time(NULL);
+    trip(&a, "inventory", t0);
+    spin(500);
+    cr_assert_null(last_remote(&b, "inventory"), "B does not use the circuit yet");
+    cbd_store_redis_ops.track(b.st, "inventory", NULL);
+    WAIT_FOR(remote_is(&b, "inventory", CB_OPEN), 3000);
+    cr_assert_eq(last_remote(&b, "inventory")->opened_at, t0);
+    host_close(&a);
+    host_close(&b);
+    srv_stop(&r);
+}
+
+Test(store_redis, an_expired_lease_is_taken_over_by_another_host)
+{
+    struct redis_srv r;
+    struct host a, b;
+    char owner[128];
+    srv_init(&r, false, NULL);
+    int64_t t0 = a_holds_the_probe(&r, &a, &b, "search", 2);
+    cbd_store_redis_ops.try_probe(b.st, "search", t0, 30);
+    WAIT_FOR(b.nprobe == 1, 3000);
+    cr_assert(!b.probe[0].granted, "the lease is still live");
+    spin(3200); /* lease_s 2, in whole seconds of server time */
+    cbd_store_redis_ops.try_probe(b.st, "search", t0, 30);
+    WAIT_FOR(b.nprobe == 2, 3000);
+    cr_assert(b.probe[1].granted, "an expired lease is taken over");
+    hget(&r, "t:c:search", "half_open_owner", owner, sizeof owner);
+    cr_assert(strstr(owner, ":B:") != NULL, "owner %s", owner);
+    host_close(&a);
+    host_close(&b);
+    srv_stop(&r);
+}
+
+Test(store_redis, close_by_the_prober_closes_the_circuit_on_the_other_host)
+{
+    struct redis_srv r;
+    struct host a, b;
+    char v[64];
+    srv_init(&r, false, NULL);
+    int64_t t0 = a_holds_the_probe(&r, &a, &b, "mail", 30);
+    struct cbd_store_state st = state_of("mail", CB_CLOSED, 0);
+    cbd_store_redis_ops.transition(a.st, &st, t0);
+    WAIT_FOR(remote_is(&b, "mail", CB_CLOSED), 3000);
+    hget(&r, "t:c:mail", "state", v, sizeof v);
+    cr_assert_str_eq(v, "CLOSED");
+    hget(&r, "t:c:mail", "half_open_owner", v, sizeof v);
+    cr_assert_str_eq(v, "", "owner and lease are removed on close");
+    hget(&r, "t:c:mail", "opened_at", v, sizeof v);
+    cr_assert_str_eq(v, "");
+    host_close(&a);
+    host_close(&b);
+    srv_stop(&r);
+}
+
+Test(store_redis, close_by_a_host_that_does_not_hold_the_lease_is_refused)
+{
+    struct redis_srv r;
+    struct host a, b;
+    char v[128];
+    srv_init(&r, false, NULL);
+    int64_t t0 = a_holds_the_probe(&r, &a, &b, "cache", 30);
+    int seen = b.nremote;
+    struct cbd_store_state st = state_of("cache", CB_CLOSED, 0);
+    cbd_store_redis_ops.transition(b.st, &st, t0);
+    WAIT_FOR(b.nremote > seen, 3000);
+    cr_assert(remote_is(&b, "cache", CB_HALF_OPEN), "B is told the fleet's state back");
+    cr_assert(strstr(last_remote(&b, "cache")->probe_owner, ":A:") != NULL);
+    hget(&r, "t:c:cache", "state", v, sizeof v);
+    cr_assert_str_eq(v, "HALF_OPEN");
+    hget(&r, "t:c:cache", "half_open_owner", v, sizeof v);
+    cr_assert(strstr(v, ":A:") != NULL);
+    host_close(&a);
+    host_close(&b);
+    srv_stop(&r);
+}
+
+Test(store_redis, trip_does_not_clobber_a_live_probe_lease)
+{
+    struct redis_srv r;
+    struct host a, b;
+    char lease[32], after[32], v[128];
+    srv_init(&r, false, NULL);
+    int64_t t0 = a_holds_the_probe(&r, &a, &b, "ledger", 30);
+    hget(&r, "t:c:ledger", "probe_lease_expiry", lease, sizeof lease);
+    int seen = b.nremote;
+    trip(&b, "ledger", t0 + 5);
+    spin(300);
+    hget(&r, "t:c:ledger", "state", v, sizeof v);
+    cr_assert_str_eq(v, "HALF_OPEN");
+    hget(&r, "t:c:ledger", "probe_lease_expiry", after, sizeof after);
+    cr_assert_str_eq(after, lease, "the lease is kept");
+    hget(&r, "t:c:ledger", "opened_at", v, sizeof v);
+    cr_assert_eq(atoll(v), t0);
+    cr_assert(b.nremote > seen && remote_is(&b, "ledger", CB_HALF_OPEN), "B adopts the fleet's state");
+    host_close(&a);
+    host_close(&b);
+    srv_stop(&r);
+}
+
+Test(store_redis, queued_transitions_are_written_when_redis_comes_back)
+{
+    struct redis_srv r;
+    struct host a, b;
+    char v[64];
+    srv_init(&r, false, NULL);
+    int64_t t0 = time(NULL);
+    two_hosts(&r, &a, &b, "billing");
+    srv_kill(&r, SIGKILL);
+    WAIT_FOR(!a.online && !b.online, 3000);
+    cr_assert(a.health_false == 1);
+    trip(&a, "billing", t0);
+    trip(&a, "billing", t0 + 1); /* the latest state per circuit is kept */
+    cr_assert_eq(stats_of(&a).queued, 1);
+    cbd_store_redis_ops.try_probe(a.st, "other", t0, 10);
+    WAIT_FOR(a.nprobe == 1, 1000);
+    cr_assert(a.probe[0].granted, "offline: elections are granted host-local");
+    spin(300);
+    srv_start(&r, NULL);
+    WAIT_FOR(a.online && b.online, 8000);
+    cr_assert_eq(a.health_true, 2);
+    WAIT_FOR(remote_is(&b, "billing", CB_OPEN), 3000);
+    cr_assert_eq(last_remote(&b, "billing")->opened_at, t0 + 1);
+    hget(&r, "t:c:billing", "opened_at", v, sizeof v);
+    cr_assert_eq(atoll(v), t0 + 1);
+    cr_assert_eq(stats_of(&a).queued, 0);
+    cr_assert(stats_of(&a).reconnects > 0);
+    host_close(&a);
+    host_close(&b);
+    srv_stop(&r);
+}
+
+Test(store_redis, an_open_circuit_lost_by_redis_is_written_again)
+{
+    struct redis_srv r;
+    struct host a, b;
+    char v[64];
+    srv_init(&r, false, NULL);
+    int64_t t0 = time(NULL);
+    two_hosts(&r, &a, &b, "queue");
+    trip(&a, "queue", t0);
+    WAIT_FOR(remote_is(&b, "queue", CB_OPEN), 3000);
+    redis_do(&r, "FLUSHALL", NULL, NULL);
+    spin(600); /* a reconcile (sync_ms 200) notices and writes it back */
+    hget(&r, "t:c:queue", "state", v, sizeof v);
+    cr_assert_str_eq(v, "OPEN");
+    hget(&r, "t:c:queue", "opened_at", v, sizeof v);
+    cr_assert_eq(atoll(v), t0);
+    host_close(&a);
+    host_close(&b);
+    srv_stop(&r);
+}
+
+Test(store_redis, garbage_under_the_prefix_is_counted_and_ignored)
+{
+    struct redis_srv r;
+    struct host a;
+    char v[64], now[24];
+    srv_init(&r, false, NULL);
+    snprintf(now, sizeof now, "%ld", (long)time(NULL));
+    redis_do(&r, "SET t:c:strkey %s", "x", NULL);
+    redis_do(&r, "HSET t:c:banana state %s", "BANANA", NULL);
+    redis_do(&r, "HSET t:c:xyz state OPEN opened_at %s", "xyz", NULL);
+    redis_do(&r, "HSET %s state OPEN opened_at %s", "t:c:bad name", now);
+    redis_do(&r, "HSET t:c:half state HALF_OPEN opened_at %s", now, NULL);
+    redis_do(&r, "HSET t:c:good state OPEN opened_at %s failure_count 7", now, NULL);
+    host_open(&a, uri_of(&r, "A", ""));
+    WAIT_FOR(a.restored, 5000);
+    cr_assert_eq(a.restore_rc, 0);
+    cr_assert_eq(a.nremote, 1, "only the good circuit is reported");
+    cr_assert(remote_is(&a, "good", CB_OPEN));
+    cr_assert_eq(last_remote(&a, "good")->failure_count, 7);
+    cr_assert_geq(stats_of(&a).malformed, 5);
+    /* a tracked circuit turns to garbage: counted, last good state kept */
+    uint64_t before = stats_of(&a).malformed;
+    redis_do(&r, "HSET t:c:good opened_at %s", "soon", NULL);
+    redis_do(&r, "PUBLISH t:transitions %s", "good", NULL);
+    redis_do(&r, "PUBLISH t:transitions %s", "", NULL);
+    struct cbd_store_state st = state_of("strkey", CB_OPEN, time(NULL));
+    cbd_store_redis_ops.transition(a.st, &st, 0);
+    WAIT_FOR(stats_of(&a).malformed >= before + 3, 3000);
+    cr_assert_eq(a.nremote, 1);
+    /* and the store still works */
+    trip(&a, "fine", time(NULL));
+    spin(300);
+    hget(&r, "t:c:fine", "state", v, sizeof v);
+    cr_assert_str_eq(v, "OPEN");
+    cr_assert(a.online);
+    host_close(&a);
+    srv_stop(&r);
+}
+
+Test(store_redis, refused_connection_reports_the_store_offline)
+{
+    struct host a;
+    char uri[200];
+    snprintf(uri, sizeof uri, "redis://127.0.0.1:%d?connect_timeout_ms=500&instance=A", free_port());
+    host_open(&a, uri);
+    WAIT_FOR(a.restored && a.health_false == 1, 3000);
+    cr_assert(a.restore_rc < 0);
+    cr_assert(strstr(a.why, "refused") != NULL, "why: %s", a.why);
+    spin(1500);
+    cr_assert(stats_of(&a).reconnects > 0, "it keeps retrying");
+    cr_assert_eq(a.health_false, 1, "health is reported on change only");
+    host_close(&a);
+}
+
+Test(store_redis, a_silent_server_times_out_and_the_store_recovers)
+{
+    struct redis_srv r;
+    struct host a, b;
+    srv_init(&r, false, NULL);
+    host_open(&a, uri_of(&r, "A", "&command_timeout_ms=500"));
+    host_open(&b, uri_of(&r, "B", ""));
+    WAIT_FOR(a.online && b.online, 5000);
+    cbd_store_redis_ops.track(b.st, "slow", NULL);
+    kill(r.pid, SIGSTOP);
+    trip(&a, "slow", time(NULL));
+    WAIT_FOR(!a.online, 3000);
+    cr_assert(strstr(a.why, "no reply within 500 ms") != NULL, "why: %s", a.why);
+    kill(r.pid, SIGCONT);
+    WAIT_FOR(a.online, 8000);
+    WAIT_FOR(remote_is(&b, "slow", CB_OPEN), 3000);
+    host_close(&a);
+    host_close(&b);
+    srv_stop(&r);
+}
+
+Test(store_redis, flushed_scripts_fall_back_to_eval)
+{
+    struct redis_srv r;
+    struct host a, b;
+    char v[64];
+    srv_init(&r, false, NULL);
+    two_hosts(&r, &a, &b, "noscript");
+    redis_do(&r, "SCRIPT FLUSH", NULL, NULL);
+    trip(&a, "noscript", time(NULL));
+    WAIT_FOR(remote_is(&b, "noscript", CB_OPEN), 3000);
+    hget(&r, "t:c:noscript", "state", v, sizeof v);
+    cr_assert_str_eq(v, "OPEN");
+    host_close(&a);
+    host_close(&b);
+    srv_stop(&r);
+}
+
+Test(store_redis, password_acl_user_and_database_are_used_on_connect)
+{
+    struct redis_srv r;
+    struct host a, bad;
+    char uri[300];
+    static const char *const auth[] = {"--requirepass", "s3cret", NULL};
+    srv_init(&r, false, auth);
+    redisContext *c = srv_connect(&r);
+    redisReply *rep = redisCommand(c, "AUTH s3cret");
+    freeReplyObject(rep);
+    rep = redisCommand(c, "ACL SETUSER alice on >p@ss ~* &* +@all");
+    cr_assert(rep != NULL && rep->type != REDIS_REPLY_ERROR);
+    freeReplyObject(rep);
+    snprintf(uri, sizeof uri, "redis://alice:p%%40ss@127.0.0.1:%d/3?prefix=t:&instance=A", r.port);
+    host_open(&a, uri);
+    snprintf(uri, sizeof uri, "redis://:wrong@127.0.0.1:%d?instance=B", r.port);
+    host_open(&bad, uri);
+    WAIT_FOR(a.online && bad.health_false == 1, 5000);
+    cr_assert(strstr(bad.why, "AUTH") != NULL, "why: %s", bad.why);
+    trip(&a, "acl", time(NULL));
+    spin(300);
+    rep = redisCommand(c, "SELECT 3");
+    freeReplyObject(rep);
+    rep = redisCommand(c, "HGET t:c:acl state");
+    cr_assert(rep != NULL && rep->type == REDIS_REPLY_STRING && strcmp(rep->str, "OPEN") == 0);
+    freeReplyObject(rep);
+    redisFree(c);
+    host_close(&a);
+    host_close(&bad);
+    srv_stop(&r);
+}
+
+Test(store_redis, unix_socket_uri_reaches_the_server)
+{
+    struct redis_srv r;
+    struct host a, b;
+    srv_init(&r, true, NULL);
+    two_hosts(&r, &a, &b, "local");
+    trip(&a, "local", time(NULL));
+    WAIT_FOR(remote_is(&b, "local", CB_OPEN), 3000);
+    host_close(&a);
+    host_close(&b);
+    srv_stop(&r);
+}
+
+struct bad_uri {
+    const char *uri, *err;
+};
+
+Test(store_redis, bad_uris_are_rejected_with_a_clear_message)
+{
+    static const struct bad_uri cases[] = {
+        {"http://x", "must start with redis:// or unix://"},
+        {"redis://", "missing host"},
+        {"redis://:6379", "missing host"},
+        {"redis://h:0", "port must be"},
+        {"redis://h:99999", "port must be"},
+        {"redis://h:x", "port must be"},
+        {"redis://h:1/abc", "database number"},
+        {"redis://[::1", "unterminated"},
+        {"redis://h?prefix=", "prefix must be"},
+        {"redis://h?prefix=a%20b", "prefix must be"},
+        {"redis://h?sync_ms=5", "sync_ms must be"},
+        {"redis://h?connect_timeout_ms=0", "connect_timeout_ms must be"},
+        {"redis://h?command_timeout_ms=x", "command_timeout_ms must be"},
+        {"redis://h?instance=a.b", "instance must be"},
+        {"redis://h?bogus=1", "unknown option"},
+        {"redis://h?prefix", "without '=value'"},
+        {"redis://u:p%zz@h", "bad %-escape"},
+        {"unix://relative.sock", "must be absolute"},
+        {"unix://", "must be absolute"},
+    };
+    struct cbd_store_hooks hooks = {.loop = &loop};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct cbd_store *s = NULL;
+        const char *err = NULL;
+        cr_assert_eq(cbd_store_redis_ops.create(&s, cases[i].uri, &hooks, &err), -EINVAL, "%s", cases[i].uri);
+        cr_assert(err != NULL && strstr(err, cases[i].err) != NULL, "%s: %s", cases[i].uri, err ? err : "(null)");
+    }
+}
