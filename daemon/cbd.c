@@ -1,29 +1,40 @@
 /*
- * cbd.c - struct cbd: wiring the subsystems together, start and stop.
+ * cbd.c - struct cbd: wiring the subsystems together, start, reload, stop.
  *
  * Start, in this order (each step needs the one before):
  *   1. open or adopt the segment (a fresh one is not ready yet; an adopted
  *      one stays ready: its records are valid and workers keep using them);
  *      load the daemon's view of every adopted circuit and arm its deadline;
- *   2. create the store and restore from it. Merge rule: a circuit the
- *      adopted segment already has keeps the segment's state (it is at least
- *      as new as anything persisted); circuits only in the store are
- *      registered with their stored config and given their stored state;
- *   3. listen on the control socket;
- *   4. start draining, the doorbell thread and the heartbeat; publish
- *      ready = 1 (release); tell the service manager (notify hook).
+ *   2. create the store and the hook runner, and restore from the store.
+ *      Merge rule: a circuit the adopted segment already has keeps the
+ *      segment's state (it is at least as new as anything persisted);
+ *      circuits only in the store are registered with their stored config
+ *      and given their stored state;
+ *   3. give every circuit the policy the configuration file says (its
+ *      [circuit]/[prefix] section may have changed while it was down);
+ *   4. listen on the control socket; start draining, the doorbell thread
+ *      and the heartbeat; publish ready = 1 (release); then READY=1 to the
+ *      service manager and the watchdog pings.
  *
- * Stop (SIGTERM/SIGINT, or a failure): stop accepting connections, stop the
- * doorbell thread, drain every lane one last time, close timers, flush and
- * close the store; when the loop has no handles left, set daemon_pid = 0 and
- * unmap. The shm objects are kept on purpose: the next daemon adopts them,
- * and workers keep their mappings (they see daemon_pid 0 and, past the
- * staleness limit, apply stale_policy). A SIGKILL skips all of this and
- * loses nothing: every state a restart needs is already in shared memory.
+ * Reload (SIGHUP, op reload): parse the same sources again; if anything is
+ * wrong keep everything as it is. Else swap the configuration and apply
+ * what a reload may change: log level, drain timers, hook limits, the
+ * admin group, and every circuit's policy - recomputed from what its worker
+ * asked for (kept per circuit) under the new [defaults] and sections.
+ * Circuit states, streaks and counters are never touched by a reload.
  *
- * Each transition, whatever caused it, goes through transitioned(): count,
- * history ring, one log line, then the store (write-through; not for
- * states that came from the store itself).
+ * Stop (SIGTERM/SIGINT, or a failure): STOPPING=1, stop accepting
+ * connections, stop the doorbell thread, drain every lane one last time,
+ * kill running hooks, close timers, flush and close the store; when the
+ * loop has no handles left, set daemon_pid = 0 and unmap. The shm objects
+ * are kept on purpose: the next daemon adopts them, and workers keep their
+ * mappings (they see daemon_pid 0 and, past the staleness limit, apply
+ * stale_policy). A SIGKILL skips all of this and loses nothing: every state
+ * a restart needs is already in shared memory.
+ *
+ * Each transition, whatever caused it, goes through on_transitioned():
+ * count, history ring, one log line, the store (write-through; not for
+ * states that came from the store itself), hooks, socket subscribers.
  */
 #include "cbd.h"
 
@@ -35,21 +46,59 @@
 
 #include "log.h"
 
-/* The service manager hook: sd_notify goes here (READY=1, STOPPING=1). */
-static void notify(struct cbd *d, const char *state)
-{
-    (void)d;
-    cbd_log(CBD_LOG_DEBUG, "notify: %s", state);
-}
+#define ALL_FIELDS ((1u << CBD_POLICY_NFIELDS) - 1)
 
-static struct cbd_circuit *by_name(struct cbd *d, const char *name)
+struct cbd_circuit *cbd_circuit_find(struct cbd *d, const char *name)
 {
     size_t len = strlen(name);
     int slot = cb__seg_lookup(d->seg.hdr, name, len, cb__name_hash(name, len));
     return slot >= 0 && (uint32_t)slot < d->ncircuits ? &d->circuits[slot] : NULL;
 }
 
+/* What the worker asked for, with [defaults] in the fields it left out:
+ * what the store keeps, so that a restored circuit counts it as asked. */
+static cb_config asked_filled(const struct cbd *d, const struct cbd_circuit *c)
+{
+    cb_config out = d->cfg.defaults, asked = c->asked;
+    for (unsigned i = 0; i < CBD_POLICY_NFIELDS; i++) {
+        if (c->asked_mask & (1u << i))
+            *cbd_policy_field(&out, i) = *cbd_policy_field(&asked, i);
+    }
+    return out;
+}
+
+/* CB_SYNC_* for the records, from the store's last health report. */
+static unsigned sync_state(const struct cbd *d)
+{
+    if (strcmp(d->store_ops->scheme, "local") == 0)
+        return CB_SYNC_LOCAL;
+    return d->store_health < 0 ? CB_SYNC_PENDING : d->store_health ? CB_SYNC_OK : CB_SYNC_OFFLINE;
+}
+
 /* ---- the policy's callbacks ----------------------------------------------- */
+
+static const char *flags_name(unsigned flags)
+{
+    static const char *const names[] = {"-", "forced", "disabled", "forced,disabled"};
+    return names[flags & (CB_SEG_F_FORCED | CB_SEG_F_DISABLED)];
+}
+
+/* Hooks and subscribers: the global hooks first, then the circuit's own. */
+static void announce(struct cbd *d, const struct cbd_circuit *c, cb_state from, cb_source source,
+                     const struct cbd_now *now)
+{
+    struct cbd_hook_event ev = {
+        .from = cbd_state_name(from), .to = cbd_state_name(c->state), .source = cbd_source_name(source),
+        .opened_at = c->opened_at, .failure_count = c->trip_failure_count, .epoch = c->epoch,
+        .time_ns = now->real_ns,
+    };
+    snprintf(ev.circuit, sizeof ev.circuit, "%s", c->rec->name);
+    for (size_t i = 0; d->hooks != NULL && i < d->cfg.hook_commands.n; i++)
+        cbd_hooks_fire(d->hooks, d->cfg.hook_commands.v[i], &ev);
+    for (size_t i = 0; d->hooks != NULL && c->override != NULL && i < c->override->hooks.n; i++)
+        cbd_hooks_fire(d->hooks, c->override->hooks.v[i], &ev);
+    cbd_control_publish(d, &ev, c->flags);
+}
 
 static void on_transitioned(void *arg, const struct cbd_circuit *c, cb_state from, int64_t prev_opened_at,
                             cb_source source, const struct cbd_now *now)
@@ -62,17 +111,18 @@ static void on_transitioned(void *arg, const struct cbd_circuit *c, cb_state fro
     };
     d->transitions++;
     cbd_segment_history_append(&d->seg, &e);
-    cbd_log(CBD_LOG_INFO, "transition circuit=%s from=%s to=%s epoch=%u failure_count=%u opened_at=%lld source=%s",
-            c->rec->name, cbd_state_name(from), cbd_state_name(c->state), c->epoch, c->trip_failure_count,
-            (long long)c->opened_at, cbd_source_name(source));
-    if (source == CB_SOURCE_REMOTE || source == CB_SOURCE_RESTORE)
-        return; /* it came from the store: writing it back would echo */
-    struct cbd_store_state st = {
-        .state = c->state, .failure_count = c->trip_failure_count, .opened_at = c->opened_at,
-        .has_config = true, .config = c->cfg,
-    };
-    snprintf(st.name, sizeof st.name, "%s", c->rec->name);
-    d->store_ops->transition(d->store, &st, prev_opened_at);
+    cbd_log(CBD_LOG_INFO, "transition circuit=%s from=%s to=%s epoch=%u failure_count=%u opened_at=%lld source=%s "
+                          "flags=%s", c->rec->name, cbd_state_name(from), cbd_state_name(c->state), c->epoch,
+            c->trip_failure_count, (long long)c->opened_at, cbd_source_name(source), flags_name(c->flags));
+    if (source != CB_SOURCE_REMOTE && source != CB_SOURCE_RESTORE) { /* from the store: writing back would echo */
+        struct cbd_store_state st = {
+            .state = c->state, .failure_count = c->trip_failure_count, .opened_at = c->opened_at,
+            .has_config = true, .config = asked_filled(d, c),
+        };
+        snprintf(st.name, sizeof st.name, "%s", c->rec->name);
+        d->store_ops->transition(d->store, &st, prev_opened_at);
+    }
+    announce(d, c, from, source, now);
 }
 
 static void on_try_probe(void *arg, const struct cbd_circuit *c, uint32_t lease_s)
@@ -94,15 +144,20 @@ static void on_remote(void *arg, const struct cbd_store_state *st)
 {
     struct cbd *d = arg;
     cb_source source = d->restoring ? CB_SOURCE_RESTORE : CB_SOURCE_REMOTE;
-    struct cbd_circuit *c = by_name(d, st->name);
+    struct cbd_circuit *c = cbd_circuit_find(d, st->name);
     char err[256];
-    if (c != NULL && d->restoring && d->seg.adopted)
-        return; /* merge rule: the adopted segment is newer than the store */
+    if (c != NULL && d->restoring && d->seg.adopted) {
+        if (st->has_config) { /* the state is the segment's; what the worker asked for is the store's */
+            c->asked = st->config;
+            c->asked_mask = ALL_FIELDS;
+        }
+        return;
+    }
     if (c == NULL) {
         uint32_t slot;
         int created;
-        if (cbd_circuit_register(d, st->name, st->has_config ? &st->config : NULL, &slot, &created, err,
-                                 sizeof err) < 0) {
+        if (cbd_circuit_register(d, st->name, st->has_config ? &st->config : NULL, st->has_config ? ALL_FIELDS : 0,
+                                 &slot, &created, err, sizeof err) < 0) {
             cbd_log(CBD_LOG_WARN, "store: cannot restore circuit %s: %s", st->name, err);
             return;
         }
@@ -116,7 +171,7 @@ static void on_remote(void *arg, const struct cbd_store_state *st)
 static void on_probe_result(void *arg, const char *name, int64_t opened_at, bool granted, int64_t lease_expiry)
 {
     struct cbd *d = arg;
-    struct cbd_circuit *c = by_name(d, name);
+    struct cbd_circuit *c = cbd_circuit_find(d, name);
     struct cbd_now now;
     if (c == NULL)
         return;
@@ -127,13 +182,18 @@ static void on_probe_result(void *arg, const char *name, int64_t opened_at, bool
 static void on_health(void *arg, bool online, const char *why)
 {
     struct cbd *d = arg;
+    struct cbd_now now;
     if (online)
-        cbd_log(CBD_LOG_INFO, "store %s is reachable again", d->cfg.store);
+        cbd_log(CBD_LOG_INFO, "store %s is reachable%s", d->cfg.store, d->store_health == 0 ? " again" : "");
     else
         cbd_log(CBD_LOG_WARN, "store %s: %s; running host-local meanwhile", d->cfg.store, why);
+    d->store_health = online;
+    cbd_now(&now);
+    for (uint32_t i = 0; i < d->ncircuits; i++)
+        cbd_policy_set_sync(&d->circuits[i], sync_state(d), online ? now.real_ns / 1000000000 : 0);
 }
 
-/* ---- registration --------------------------------------------------------- */
+/* ---- registration and per-circuit config ----------------------------------- */
 
 static int grow_circuits(struct cbd *d, uint32_t need)
 {
@@ -150,22 +210,37 @@ static int grow_circuits(struct cbd *d, uint32_t need)
     return 0;
 }
 
-int cbd_circuit_register(struct cbd *d, const char *name, const cb_config *cfg, uint32_t *slot, int *created,
-                         char *err, size_t errsize)
+/* The worker's fields over [defaults], checked: 0 or -EINVAL with err. */
+static int check_asked(const struct cbd *d, const cb_config *asked, unsigned mask, cb_config *want, char *err,
+                       size_t errsize)
 {
     const char *field;
-    const cb_config *use = cfg ? cfg : &d->cfg.defaults;
+    cb_config a = asked ? *asked : d->cfg.defaults;
+    *want = d->cfg.defaults;
+    for (unsigned i = 0; i < CBD_POLICY_NFIELDS; i++) {
+        if (mask & (1u << i))
+            *cbd_policy_field(want, i) = *cbd_policy_field(&a, i);
+    }
+    if (cb__config_check(want, &field) == 0)
+        return 0;
+    snprintf(err, errsize, "config field %s is out of range", field);
+    return -EINVAL;
+}
+
+int cbd_circuit_register(struct cbd *d, const char *name, const cb_config *asked, unsigned asked_mask,
+                         uint32_t *slot, int *created, char *err, size_t errsize)
+{
+    cb_config want, use;
+    const struct cbd_override *section;
     struct cbd_circuit *c;
     if (cb__name_check(name) < 0) {
         snprintf(err, errsize, "invalid circuit name (expected 1..%u bytes of A-Z a-z 0-9 . _ : / @ + = -)",
                  CB_NAME_MAX);
         return -EINVAL;
     }
-    if (cb__config_check(use, &field) < 0) {
-        snprintf(err, errsize, "config field %s is out of range", field);
+    if (check_asked(d, asked, asked_mask, &want, err, errsize) < 0)
         return -EINVAL;
-    }
-    if ((c = by_name(d, name)) != NULL) {
+    if ((c = cbd_circuit_find(d, name)) != NULL) {
         *slot = c->slot;
         *created = 0;
         return 0;
@@ -174,7 +249,8 @@ int cbd_circuit_register(struct cbd *d, const char *name, const cb_config *cfg, 
         snprintf(err, errsize, "out of memory registering a circuit");
         return -ENOMEM;
     }
-    int rc = cbd_segment_add(&d->seg, name, use, slot);
+    cbd_config_effective(&d->cfg, name, &want, asked_mask, &use, &section);
+    int rc = cbd_segment_add(&d->seg, name, &use, slot);
     if (rc < 0) {
         snprintf(err, errsize, "segment full: %u circuits (raise the `capacity` option)", d->seg.hdr->capacity);
         return rc;
@@ -182,18 +258,45 @@ int cbd_circuit_register(struct cbd *d, const char *name, const cb_config *cfg, 
     struct cbd_now now;
     cbd_now(&now);
     d->ncircuits = *slot + 1;
-    cbd_policy_load(&d->env, &d->circuits[*slot], *slot, CB_SEG_RECORD(d->seg.hdr, *slot),
-                    CB_LANES_PERMIT(d->seg.lanes, *slot), &now);
+    c = &d->circuits[*slot];
+    cbd_policy_load(&d->env, c, *slot, CB_SEG_RECORD(d->seg.hdr, *slot), CB_LANES_PERMIT(d->seg.lanes, *slot), &now);
+    c->asked = want;
+    c->asked_mask = asked_mask;
+    c->override = section;
+    cbd_policy_set_sync(c, sync_state(d), 0);
     *created = 1;
     cbd_log(CBD_LOG_INFO, "registered circuit=%s slot=%u failure_threshold=%u success_threshold=%u "
-                          "half_open_max_probes=%u recovery_timeout_ms=%u probe_lease_ms=%u",
-            name, *slot, use->failure_threshold, use->success_threshold, use->half_open_max_probes,
-            use->recovery_timeout_ms, use->probe_lease_ms);
-    d->store_ops->track(d->store, name, use);
+                          "half_open_max_probes=%u recovery_timeout_ms=%u probe_lease_ms=%u%s%s",
+            name, *slot, use.failure_threshold, use.success_threshold, use.half_open_max_probes,
+            use.recovery_timeout_ms, use.probe_lease_ms, section ? " section=" : "", section ? section->name : "");
+    d->store_ops->track(d->store, name, &want);
     return 0;
 }
 
-/* The daemon's view of every circuit an adopted segment holds. */
+/* Every circuit's policy from the configuration in force; how many changed. */
+static uint32_t reconfigure_all(struct cbd *d)
+{
+    struct cbd_now now;
+    uint32_t changed = 0;
+    cbd_now(&now);
+    for (uint32_t i = 0; i < d->ncircuits; i++) {
+        struct cbd_circuit *c = &d->circuits[i];
+        cb_config use;
+        cbd_config_effective(&d->cfg, c->rec->name, &c->asked, c->asked_mask, &use, &c->override);
+        if (memcmp(&use, &c->cfg, sizeof use) == 0)
+            continue;
+        cbd_log(CBD_LOG_INFO, "reconfigured circuit=%s failure_threshold=%u success_threshold=%u "
+                              "half_open_max_probes=%u recovery_timeout_ms=%u probe_lease_ms=%u",
+                c->rec->name, use.failure_threshold, use.success_threshold, use.half_open_max_probes,
+                use.recovery_timeout_ms, use.probe_lease_ms);
+        cbd_policy_set_config(&d->env, c, &use, &now);
+        changed++;
+    }
+    return changed;
+}
+
+/* The daemon's view of every circuit an adopted segment holds. Until the
+ * store says otherwise, the record's policy counts as what was asked. */
 static int load_adopted(struct cbd *d)
 {
     /* Relaxed: written by the daemon that made the segment, which has exited. */
@@ -202,11 +305,80 @@ static int load_adopted(struct cbd *d)
     if (grow_circuits(d, n) < 0)
         return -ENOMEM;
     cbd_now(&now);
-    for (uint32_t i = 0; i < n; i++)
-        cbd_policy_load(&d->env, &d->circuits[i], i, CB_SEG_RECORD(d->seg.hdr, i), CB_LANES_PERMIT(d->seg.lanes, i),
-                        &now);
+    for (uint32_t i = 0; i < n; i++) {
+        struct cbd_circuit *c = &d->circuits[i];
+        cbd_policy_load(&d->env, c, i, CB_SEG_RECORD(d->seg.hdr, i), CB_LANES_PERMIT(d->seg.lanes, i), &now);
+        c->asked = c->cfg;
+        c->asked_mask = ALL_FIELDS;
+        if (c->flags & CB_SEG_F_FORCED)
+            cbd_log(CBD_LOG_WARN, "circuit=%s is forced %s from before this start; it stays so until "
+                                  "`cbctl reset %s`", c->rec->name, cbd_state_name(c->state), c->rec->name);
+    }
     d->ncircuits = n;
     return 0;
+}
+
+/* ---- reload ------------------------------------------------------------------ */
+
+static uint64_t mono_us(void)
+{
+    struct cbd_now now;
+    cbd_now(&now);
+    return now.mono_ns / 1000;
+}
+
+static void send_ready(struct cbd *d)
+{
+    cbd_notify_sendf(&d->notify, "READY=1\nSTATUS=serving %u circuits (instance %s)", d->ncircuits,
+                     d->cfg.instance);
+}
+
+/* What a reload may change, from d->cfg (the new configuration). */
+static uint32_t apply_config(struct cbd *d)
+{
+    cbd_log_threshold = (int)d->cfg.log_level;
+    cbd_drain_set_intervals(d);
+    if (d->hooks != NULL)
+        cbd_hooks_set_limits(d->hooks, d->cfg.hook_max_running, d->cfg.hook_timeout_ms, d->cfg.hook_queue_max);
+    cbd_control_configure(d);
+    return reconfigure_all(d);
+}
+
+int cbd_reload(struct cbd *d, char *err, size_t errsize)
+{
+    const char *file = d->cfg.file[0] ? d->cfg.file : "(no configuration file)";
+    struct cbd_config next;
+    /* MONOTONIC_USEC: what systemd's Type=notify-reload matches the reload with. */
+    cbd_notify_sendf(&d->notify, "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading %s",
+                     (unsigned long long)mono_us(), file);
+    int rc = cbd_config_reload(&d->cfg, &next, err, errsize);
+    if (rc < 0) {
+        d->reloads_failed++;
+        cbd_log(CBD_LOG_ERROR, "reload of %s refused: the running configuration stays", file);
+    } else {
+        struct cbd_config old = d->cfg;
+        d->cfg = next;
+        rc = (int)apply_config(d); /* repoints every circuit's section into the new cfg ... */
+        cbd_config_free(&old);     /* ... before the old one goes */
+        d->reloads++;
+        cbd_log(CBD_LOG_INFO, "reloaded %s: %d circuits reconfigured", file, rc);
+    }
+    send_ready(d);
+    return rc;
+}
+
+static void on_sighup(uv_signal_t *s, int signum)
+{
+    struct cbd *d = s->data;
+    char err[1024];
+    (void)signum;
+    if (!d->ready) {
+        cbd_log(CBD_LOG_INFO, "received SIGHUP while starting: reloading once ready");
+        d->reload_pending = 1;
+        return;
+    }
+    cbd_log(CBD_LOG_INFO, "received SIGHUP: reloading");
+    cbd_reload(d, err, sizeof err);
 }
 
 /* ---- start and stop ------------------------------------------------------- */
@@ -218,22 +390,34 @@ static void on_store_closed(void *arg)
     d->store = NULL;
 }
 
+static void on_hooks_closed(void *arg)
+{
+    struct cbd *d = arg;
+    d->hooks = NULL;
+}
+
 void cbd_stop(struct cbd *d, int exit_code)
 {
     if (d->stopping)
         return;
     d->stopping = 1;
     d->exit_code = exit_code;
-    notify(d, "STOPPING=1");
+    cbd_notify_send(&d->notify, "STOPPING=1");
     cbd_control_close(d);
     cbd_doorbell_stop(d);
     if (d->drain.started)
         cbd_drain_all(d); /* the final drain: outcomes recorded up to now count */
     cbd_drain_stop(d);
+    if (d->hooks != NULL)
+        cbd_hooks_close(d->hooks, on_hooks_closed, d);
     cbd_timers_close(d);
     cbd_segment_stop_heartbeat(&d->seg);
+    if (d->watchdog_started)
+        uv_close((uv_handle_t *)&d->watchdog, NULL);
+    d->watchdog_started = 0;
     uv_close((uv_handle_t *)&d->sigterm, NULL);
     uv_close((uv_handle_t *)&d->sigint, NULL);
+    uv_close((uv_handle_t *)&d->sighup, NULL);
     if (d->store != NULL)
         d->store_ops->close(d->store, on_store_closed, d);
 }
@@ -245,25 +429,63 @@ static void on_signal(uv_signal_t *s, int signum)
     cbd_stop(d, 0);
 }
 
+static void on_watchdog(uv_timer_t *t)
+{
+    struct cbd *d = t->data;
+    cbd_notify_send(&d->notify, "WATCHDOG=1");
+}
+
+/* WATCHDOG=1 every half of $WATCHDOG_USEC, from a loop turn: a hung loop stops the pings. */
+static int watchdog_start(struct cbd *d)
+{
+    uint64_t ms = cbd_notify_watchdog_interval_ms(&d->notify);
+    if (ms == 0)
+        return 0;
+    int rc = uv_timer_init(&d->loop, &d->watchdog);
+    if (rc < 0)
+        return rc;
+    d->watchdog.data = d;
+    d->watchdog_started = 1;
+    cbd_log(CBD_LOG_INFO, "systemd watchdog: WATCHDOG=1 every %llu ms", (unsigned long long)ms);
+    on_watchdog(&d->watchdog);
+    return uv_timer_start(&d->watchdog, on_watchdog, ms, ms);
+}
+
 static void on_restored(void *arg, int rc)
 {
     struct cbd *d = arg;
+    char err[1024];
     d->restoring = 0;
     if (rc < 0)
         cbd_log(CBD_LOG_WARN, "store %s could not be read (%s): starting with the segment's circuits only",
                 d->cfg.store, strerror(-rc));
     if (d->stopping)
         return;
+    reconfigure_all(d);
     if (cbd_control_listen(d) < 0 || cbd_drain_start(d) < 0 || cbd_doorbell_start(d) < 0 ||
-        cbd_segment_heartbeat_start(&d->seg, &d->loop, d->cfg.heartbeat_ms) < 0) {
+        cbd_segment_heartbeat_start(&d->seg, &d->loop, d->cfg.heartbeat_ms) < 0 || watchdog_start(d) < 0) {
         cbd_log(CBD_LOG_ERROR, "startup failed: stopping");
         cbd_stop(d, 1);
         return;
     }
     cbd_segment_publish(&d->seg);
-    notify(d, "READY=1");
-    cbd_log(CBD_LOG_INFO, "ready: instance=%s segment=%s capacity=%u socket=%s store=%s", d->cfg.instance,
-            d->seg.state_name, d->cfg.capacity, d->cfg.socket, d->cfg.store);
+    d->ready = 1;
+    send_ready(d);
+    cbd_log(CBD_LOG_INFO, "ready: instance=%s segment=%s capacity=%u socket=%s store=%s circuits=%u",
+            d->cfg.instance, d->seg.state_name, d->cfg.capacity, d->cfg.socket, d->cfg.store, d->ncircuits);
+    if (d->reload_pending)
+        cbd_reload(d, err, sizeof err);
+}
+
+static void start_signals(struct cbd *d)
+{
+    uv_signal_init(&d->loop, &d->sigterm);
+    uv_signal_init(&d->loop, &d->sigint);
+    uv_signal_init(&d->loop, &d->sighup);
+    d->sigterm.data = d->sigint.data = d->sighup.data = d;
+    uv_signal_start(&d->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&d->sigint, on_signal, SIGINT);
+    uv_signal_start(&d->sighup, on_sighup, SIGHUP);
 }
 
 /* Steps 1-2 of the start; 0, or the exit code. */
@@ -279,11 +501,12 @@ static int start(struct cbd *d)
         cbd_log(CBD_LOG_ERROR, "store %s: %s", d->cfg.store, err ? err : "unknown store scheme");
         return 2;
     }
-    uv_signal_init(&d->loop, &d->sigterm);
-    uv_signal_init(&d->loop, &d->sigint);
-    d->sigterm.data = d->sigint.data = d;
-    uv_signal_start(&d->sigterm, on_signal, SIGTERM);
-    uv_signal_start(&d->sigint, on_signal, SIGINT);
+    if (cbd_hooks_create(&d->hooks, &d->loop, d->cfg.instance, d->cfg.hook_max_running, d->cfg.hook_timeout_ms,
+                         d->cfg.hook_queue_max) < 0) {
+        cbd_log(CBD_LOG_ERROR, "out of memory creating the hook runner");
+        return 1;
+    }
+    start_signals(d);
     d->restoring = 1;
     d->store_ops->restore(d->store, on_restored, d);
     return 0;
@@ -296,12 +519,17 @@ int cbd_run(const struct cbd_config *cfg)
         cbd_log(CBD_LOG_ERROR, "out of memory");
         return 1;
     }
-    d->cfg = *cfg;
+    d->cfg = *cfg; /* the lists in cfg are the daemon's from here on */
     d->env = (struct cbd_policy_env){.arg = d, .transitioned = on_transitioned, .try_probe = on_try_probe,
                                      .arm = on_arm};
+    d->store_health = -1;
+    d->start_ns = mono_us() * 1000;
     signal(SIGPIPE, SIG_IGN); /* a client that hangs up is a write error, not a death */
-    int rc = uv_loop_init(&d->loop);
-    if (rc < 0) {
+    int rc = cbd_notify_init(&d->notify);
+    if (rc < 0)
+        cbd_log(CBD_LOG_WARN, "NOTIFY_SOCKET is set but unusable (%s): not telling systemd anything",
+                strerror(-rc));
+    if ((rc = uv_loop_init(&d->loop)) < 0) {
         cbd_log(CBD_LOG_ERROR, "cannot create the event loop: %s", uv_strerror(rc));
         free(d);
         return 1;
@@ -318,6 +546,8 @@ int cbd_run(const struct cbd_config *cfg)
     if (uv_loop_close(&d->loop) != 0)
         cbd_log(CBD_LOG_WARN, "event loop closed with handles still open");
     cbd_log(CBD_LOG_INFO, "stopped (exit code %d)", rc);
+    cbd_notify_close(&d->notify);
+    cbd_config_free(&d->cfg);
     free(d->circuits);
     free(d);
     return rc;

@@ -13,6 +13,8 @@
 #include "control.h"
 #include "doorbell.h"
 #include "drain.h"
+#include "hooks.h"
+#include "notify.h"
 #include "policy.h"
 #include "segment_owner.h"
 #include "store.h"
@@ -31,25 +33,48 @@ struct cbd {
     struct cbd_doorbell bell;
     struct cbd_timers timers;
     struct cbd_control control;
-    uv_signal_t sigterm, sigint;
+    struct cbd_hooks *hooks;          /* NULL once closed */
+    struct cbd_notify notify;         /* sd_notify; a no-op outside systemd */
+    uv_timer_t watchdog;
+    int watchdog_started;
+    uv_signal_t sigterm, sigint, sighup;
     uint64_t transitions;             /* since start */
+    uint64_t reloads, reloads_failed;
+    uint64_t start_ns;                /* CLOCK_MONOTONIC at start, for uptime */
+    int store_health;                 /* -1 not reported yet, else the store's last online value */
     int restoring;                    /* store restore in progress: remote states are RESTORE */
+    int ready;                        /* segment published, READY=1 sent */
+    int reload_pending;               /* SIGHUP while starting: reload once ready */
     int stopping;
     int exit_code;
 };
 
 /* Runs a daemon with cfg until SIGTERM/SIGINT (0) or a failure (1; 2 for a
- * store URI the store rejects). */
+ * store URI the store rejects). The daemon takes over cfg's lists (hooks,
+ * sections) and frees them: the caller must not use or free them. */
 int cbd_run(const struct cbd_config *cfg);
 
 /*
- * Finds or creates the circuit called name. cfg NULL: the [defaults]
- * policy. An existing circuit keeps its config (*created = 0). Errors, with
- * an operator-readable message in err: -EINVAL (bad name or config field),
- * -ENOSPC (segment full), -ENOMEM.
+ * Finds or creates the circuit called name. asked: the config the worker
+ * asked for, of which the fields in asked_mask (bit i: cbd_policy_fields[i])
+ * count; the circuit runs with cbd_config_effective of it, and a reload
+ * recomputes that. An existing circuit keeps its config (*created = 0).
+ * Errors, with an operator-readable message in err: -EINVAL (bad name or
+ * config field), -ENOSPC (segment full), -ENOMEM.
  */
-int cbd_circuit_register(struct cbd *d, const char *name, const cb_config *cfg, uint32_t *slot, int *created,
-                         char *err, size_t errsize);
+int cbd_circuit_register(struct cbd *d, const char *name, const cb_config *asked, unsigned asked_mask,
+                         uint32_t *slot, int *created, char *err, size_t errsize);
+
+/* The circuit called name, or NULL. */
+struct cbd_circuit *cbd_circuit_find(struct cbd *d, const char *name);
+
+/*
+ * Reads the configuration again (SIGHUP, op reload) and applies it; see
+ * docs/configuration.md. Returns how many circuits got a new policy, or
+ * -EINVAL with the first errors in err (everything is logged; nothing
+ * changed).
+ */
+int cbd_reload(struct cbd *d, char *err, size_t errsize);
 
 /* Begins a clean stop: no new connections, final drain, store flush. */
 void cbd_stop(struct cbd *d, int exit_code);

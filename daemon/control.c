@@ -25,15 +25,35 @@
  * fields into a scratch buffer and counts them; the reply map's header is
  * written once the count is known.
  *
- * Peer credentials (SO_PEERCRED) and -EPERM come with the operator ops.
+ * Who may do what: the peer's uid, gid and pid (SO_PEERCRED) and its
+ * supplementary groups (SO_PEERGROUPS) are read once, at accept. Anyone who
+ * can connect (socket_mode, socket_group) may register, list, show,
+ * subscribe, stats, version and ping; the admin ops (force_open,
+ * force_closed, reset, disable, enable, reload) need uid 0, the daemon's
+ * own uid, or admin_group among the peer's groups, else -EPERM with a
+ * message naming who may. The admin group's gid is looked up at start and
+ * reload, never per request (NSS may block). Refusals and every admin
+ * action are logged with the peer's uid and pid.
+ *
+ * Subscribers: after {"ok": true} to "subscribe", a connection receives one
+ * frame per transition, in transition order (libuv writes in order), and
+ * whatever it sends is ignored. One that stops reading is disconnected,
+ * with a log line, once CBD_CONTROL_MAX_QUEUED bytes wait for it: a slow
+ * watcher costs the daemon bounded memory and nobody else anything.
+ *
+ * list answers with as many circuits as fit in one frame and says where to
+ * go on ("next"); show and list read the daemon's own view of a circuit.
  */
+#define _GNU_SOURCE /* struct ucred */
 #include "control.h"
 
 #include <errno.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -48,11 +68,16 @@ struct cbd_conn {
     size_t len, cap;
     int handles_open; /* pipe and timer: freed when both have closed */
     int closing;
+    int subscribed;   /* receives transitions; its requests are ignored */
+    uint32_t uid, gid; /* the peer (uid (uint32_t)-1 if unknown: never admin) */
+    pid_t pid;
+    gid_t *groups;    /* supplementary groups */
+    int ngroups;
 };
 
 struct reply {
     int err;                /* 0: ok; else -errno */
-    char message[320];
+    char message[1024];
     msgpack_sbuffer body;   /* the operation's fields */
     msgpack_packer pk;
     uint32_t nfields;
@@ -87,6 +112,7 @@ static void on_handle_closed(uv_handle_t *h)
     struct cbd_conn *c = h->data;
     if (--c->handles_open == 0) {
         free(c->buf);
+        free(c->groups);
         free(c);
     }
 }
@@ -104,6 +130,7 @@ static void conn_close(struct cbd_conn *c)
     if (c->next)
         c->next->prev = c->prev;
     ctl->nconns--;
+    ctl->nsubscribers -= c->subscribed;
     uv_close((uv_handle_t *)&c->idle, on_handle_closed);
     uv_close((uv_handle_t *)&c->pipe, on_handle_closed);
 }
@@ -188,50 +215,66 @@ static void reject_frame(struct cbd_conn *c, int err, const char *what)
 
 /* ---- operations ----------------------------------------------------------- */
 
-static const char *const config_fields[] = {"failure_threshold", "success_threshold", "half_open_max_probes",
-                                            "recovery_timeout_ms", "probe_lease_ms"};
-
-/* The optional "config" map of register over the daemon's defaults. */
-static int parse_config(const msgpack_object *m, cb_config *cfg, struct reply *r)
+/* The request's "name": 0, or an error reply. */
+static int get_name(const msgpack_object *req, char *name, struct reply *r)
 {
-    uint32_t *dst[] = {&cfg->failure_threshold, &cfg->success_threshold, &cfg->half_open_max_probes,
-                       &cfg->recovery_timeout_ms, &cfg->probe_lease_ms};
-    if (m->type != MSGPACK_OBJECT_MAP)
-        return fail(r, -EINVAL, "field 'config' must be a map");
-    for (uint32_t i = 0; i < m->via.map.size; i++) {
-        const msgpack_object *k = &m->via.map.ptr[i].key, *v = &m->via.map.ptr[i].val;
-        size_t f = 0;
-        while (f < 5 && !(k->type == MSGPACK_OBJECT_STR && k->via.str.size == strlen(config_fields[f]) &&
-                          memcmp(k->via.str.ptr, config_fields[f], k->via.str.size) == 0))
-            f++;
-        if (f == 5)
-            return fail(r, -EINVAL, "unknown field in 'config' (expected failure_threshold, success_threshold, "
-                                    "half_open_max_probes, recovery_timeout_ms, probe_lease_ms)");
-        if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 > UINT32_MAX)
-            return fail(r, -EINVAL, "field 'config.%s' must be an unsigned 32-bit integer", config_fields[f]);
-        *dst[f] = (uint32_t)v->via.u64;
-    }
-    return 0;
-}
-
-static int op_register(struct cbd *d, const msgpack_object *req, struct reply *r)
-{
-    char name[CB_NAME_MAX + 1];
-    int rc = cb__mp_get_str(req, "name", name, sizeof name);
+    int rc = cb__mp_get_str(req, "name", name, CB_NAME_MAX + 1);
     if (rc == -ENOENT)
         return fail(r, -EINVAL, "missing field 'name' (a circuit name)");
     if (rc == -ENAMETOOLONG)
         return fail(r, -EINVAL, "field 'name' is longer than %u bytes", CB_NAME_MAX);
     if (rc < 0)
         return fail(r, -EINVAL, "field 'name' must be a string");
-    const msgpack_object *m = cb__mp_get(req, "config");
-    cb_config cfg = d->cfg.defaults;
-    if (m != NULL && m->type != MSGPACK_OBJECT_NIL && parse_config(m, &cfg, r) < 0)
+    return 0;
+}
+
+/* The circuit the request names: 0 and *out, or an error reply. */
+static int get_circuit(struct cbd *d, const msgpack_object *req, struct reply *r, struct cbd_circuit **out)
+{
+    char name[CB_NAME_MAX + 1];
+    if (get_name(req, name, r) < 0)
         return r->err;
+    if ((*out = cbd_circuit_find(d, name)) == NULL)
+        return fail(r, -ENOENT, "no circuit named '%s'", name);
+    return 0;
+}
+
+/* The optional "config" map of register: the fields given go into *cfg and *mask. */
+static int parse_config(const msgpack_object *m, cb_config *cfg, unsigned *mask, struct reply *r)
+{
+    if (m->type != MSGPACK_OBJECT_MAP)
+        return fail(r, -EINVAL, "field 'config' must be a map");
+    for (uint32_t i = 0; i < m->via.map.size; i++) {
+        const msgpack_object *k = &m->via.map.ptr[i].key, *v = &m->via.map.ptr[i].val;
+        unsigned f = 0;
+        while (f < CBD_POLICY_NFIELDS &&
+               !(k->type == MSGPACK_OBJECT_STR && k->via.str.size == strlen(cbd_policy_fields[f]) &&
+                 memcmp(k->via.str.ptr, cbd_policy_fields[f], k->via.str.size) == 0))
+            f++;
+        if (f == CBD_POLICY_NFIELDS)
+            return fail(r, -EINVAL, "unknown field in 'config' (expected failure_threshold, success_threshold, "
+                                    "half_open_max_probes, recovery_timeout_ms, probe_lease_ms)");
+        if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 > UINT32_MAX)
+            return fail(r, -EINVAL, "field 'config.%s' must be an unsigned 32-bit integer", cbd_policy_fields[f]);
+        *cbd_policy_field(cfg, f) = (uint32_t)v->via.u64;
+        *mask |= 1u << f;
+    }
+    return 0;
+}
+
+static int op_register(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
+{
+    char name[CB_NAME_MAX + 1];
+    cb_config cfg = {0};
+    unsigned mask = 0;
     uint32_t slot;
     int created;
-    rc = cbd_circuit_register(d, name, m != NULL && m->type != MSGPACK_OBJECT_NIL ? &cfg : NULL, &slot, &created,
-                              r->message, sizeof r->message);
+    if (get_name(req, name, r) < 0)
+        return r->err;
+    const msgpack_object *m = cb__mp_get(req, "config");
+    if (m != NULL && m->type != MSGPACK_OBJECT_NIL && parse_config(m, &cfg, &mask, r) < 0)
+        return r->err;
+    int rc = cbd_circuit_register(c->d, name, &cfg, mask, &slot, &created, r->message, sizeof r->message);
     if (rc < 0)
         return r->err = rc;
     field_u64(r, "slot", slot);
@@ -240,9 +283,9 @@ static int op_register(struct cbd *d, const msgpack_object *req, struct reply *r
     return 0;
 }
 
-static int op_version(struct cbd *d, const msgpack_object *req, struct reply *r)
+static int op_version(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
 {
-    (void)d;
+    (void)c;
     (void)req;
     cb__mp_kv_str(&r->pk, "version", CB_VERSION_STRING);
     field_u64(r, "layout", CB_SEG_MAJOR);
@@ -250,45 +293,232 @@ static int op_version(struct cbd *d, const msgpack_object *req, struct reply *r)
     return 0;
 }
 
-static int op_ping(struct cbd *d, const msgpack_object *req, struct reply *r)
+static int op_ping(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
 {
-    (void)d;
+    (void)c;
     (void)req;
     (void)r;
     return 0;
 }
 
-static int op_stats(struct cbd *d, const msgpack_object *req, struct reply *r)
+static void kv_u64s(struct reply *r, const char *const *keys, const uint64_t *vals, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        field_u64(r, keys[i], vals[i]);
+}
+
+static int op_stats(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
+{
+    struct cbd *d = c->d;
+    struct cbd_hooks_stats hs = {0};
+    struct cbd_now now;
+    (void)req;
+    if (d->hooks != NULL)
+        cbd_hooks_stats_get(d->hooks, &hs);
+    cbd_now(&now);
+    static const char *const keys[] = {
+        "circuits", "events_drained", "events_invalid", "events_stale", "lanes_in_use", "lanes_reclaimed",
+        "lane_overruns", "lane_drops", "frames_bad", "connections", "connections_total", "connections_refused",
+        "subscribers", "transitions", "hooks_started", "hooks_succeeded", "hooks_failed", "hooks_timed_out",
+        "hooks_dropped", "hooks_spawn_errors", "reloads", "reloads_failed", "uptime_s",
+    };
+    const uint64_t vals[] = {
+        d->ncircuits, d->drain.events_drained, d->drain.events_invalid, d->drain.events_stale,
+        cbd_drain_lanes_in_use(d), d->drain.lanes_reclaimed, d->drain.lane_overruns, cbd_drain_lane_drops(d),
+        d->control.frames_bad, d->control.nconns, d->control.connections_total, d->control.connections_refused,
+        d->control.nsubscribers, d->transitions, hs.started, hs.succeeded, hs.failed, hs.timed_out, hs.dropped,
+        hs.spawn_errors, d->reloads, d->reloads_failed, (now.mono_ns - d->start_ns) / 1000000000u,
+    };
+    _Static_assert(sizeof keys / sizeof keys[0] == sizeof vals / sizeof vals[0], "a stat without a name");
+    kv_u64s(r, keys, vals, sizeof vals / sizeof vals[0]);
+    cb__mp_kv_str(&r->pk, "store", d->store_ops->scheme);
+    cb__mp_kv_bool(&r->pk, "store_online", d->store_health != 0);
+    r->nfields += 2;
+    return 0;
+}
+
+/* One circuit as show and list give it: CIRCUIT_FIELDS pairs, from the
+ * daemon's own view (the record's counters are its own stores). */
+#define CIRCUIT_FIELDS 16
+static void pack_circuit_fields(msgpack_packer *pk, const struct cbd_circuit *c)
+{
+    static const char *const sync_names[] = {"local", "ok", "pending", "offline"};
+    struct cb_seg_record *rec = c->rec;
+    unsigned sync = atomic_load_explicit(&rec->sync_state, memory_order_relaxed); /* relaxed: we wrote it */
+    cb_config cfg = c->cfg;
+    cb__mp_kv_str(pk, "name", rec->name);
+    cb__mp_kv_u64(pk, "slot", c->slot);
+    cb__mp_kv_str(pk, "state", cbd_state_name(c->state));
+    cb__mp_kv_u64(pk, "epoch", c->epoch);
+    cb__mp_kv_u64(pk, "failure_count", c->state == CB_CLOSED ? c->streak : c->trip_failure_count);
+    cb__mp_kv_i64(pk, "opened_at", c->opened_at);
+    cb__mp_kv_bool(pk, "forced", (c->flags & CB_SEG_F_FORCED) != 0);
+    cb__mp_kv_bool(pk, "disabled", (c->flags & CB_SEG_F_DISABLED) != 0);
+    cb__mp_kv_i64(pk, "forced_until", c->forced_until_ms);
+    cb__mp_kv_str(pk, "sync", sync < 4 ? sync_names[sync] : "?");
+    cb__mp_kv_i64(pk, "synced_at", atomic_load_explicit(&rec->synced_at, memory_order_relaxed));
+    cb__mp_pack_str(pk, "config");
+    msgpack_pack_map(pk, CBD_POLICY_NFIELDS);
+    for (unsigned i = 0; i < CBD_POLICY_NFIELDS; i++)
+        cb__mp_kv_u64(pk, cbd_policy_fields[i], *cbd_policy_field(&cfg, i));
+    cb__mp_kv_str(pk, "section", c->override ? c->override->name : "");
+    cb__mp_kv_u64(pk, "total_successes", atomic_load_explicit(&rec->total_successes, memory_order_relaxed));
+    cb__mp_kv_u64(pk, "total_failures", atomic_load_explicit(&rec->total_failures, memory_order_relaxed));
+    cb__mp_kv_u64(pk, "total_ignored", atomic_load_explicit(&rec->total_ignored, memory_order_relaxed));
+}
+
+static int op_show(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
+{
+    struct cbd_circuit *circuit;
+    if (get_circuit(c->d, req, r, &circuit) < 0)
+        return r->err;
+    pack_circuit_fields(&r->pk, circuit);
+    r->nfields += CIRCUIT_FIELDS;
+    return 0;
+}
+
+/* Circuits from "offset" on, as many as fit in one frame; "next" says where
+ * to go on when they did not all fit. */
+static int op_list(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
+{
+    struct cbd *d = c->d;
+    uint64_t offset = 0;
+    uint32_t i, n = 0;
+    if (cb__mp_get_u64(req, "offset", &offset) == -EINVAL)
+        return fail(r, -EINVAL, "field 'offset' must be an unsigned integer");
+    msgpack_sbuffer items;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&items);
+    msgpack_packer_init(&pk, &items, msgpack_sbuffer_write);
+    for (i = offset < d->ncircuits ? (uint32_t)offset : d->ncircuits; i < d->ncircuits; i++, n++) {
+        size_t before = items.size;
+        msgpack_pack_map(&pk, CIRCUIT_FIELDS);
+        pack_circuit_fields(&pk, &d->circuits[i]);
+        if (items.size > CB_FRAME_MAX - 1024) { /* room for the rest of the reply */
+            items.size = before;
+            break;
+        }
+    }
+    cb__mp_pack_str(&r->pk, "circuits");
+    msgpack_pack_array(&r->pk, n);
+    msgpack_sbuffer_write(&r->body, items.data, items.size);
+    msgpack_sbuffer_destroy(&items);
+    r->nfields++;
+    field_u64(r, "total", d->ncircuits);
+    if (i < d->ncircuits)
+        field_u64(r, "next", i);
+    return 0;
+}
+
+static const char *const action_names[] = {"force_open", "force_closed", "reset", "disable", "enable"};
+
+static int operator_op(struct cbd_conn *c, const msgpack_object *req, struct reply *r,
+                       enum cbd_operator_action action)
+{
+    struct cbd_circuit *circuit;
+    uint64_t for_ms = 0;
+    struct cbd_now now;
+    if (get_circuit(c->d, req, r, &circuit) < 0)
+        return r->err;
+    int rc = action == CBD_FORCE_OPEN ? cb__mp_get_u64(req, "for_ms", &for_ms) : -ENOENT;
+    if (rc == -EINVAL || (rc == 0 && (for_ms < 1 || for_ms > 604800000)))
+        return fail(r, -EINVAL, "field 'for_ms' must be an integer 1..604800000 (7 days)");
+    cbd_log(CBD_LOG_INFO, "operator: %s circuit=%s%s%.0llu by uid %u pid %d", action_names[action],
+            circuit->rec->name, for_ms ? " for_ms=" : "", (unsigned long long)for_ms, c->uid, (int)c->pid);
+    cbd_now(&now);
+    cbd_policy_operator(&c->d->env, circuit, action, (uint32_t)for_ms, &now);
+    cb__mp_kv_str(&r->pk, "state", cbd_state_name(circuit->state));
+    field_u64(r, "epoch", circuit->epoch);
+    cb__mp_kv_i64(&r->pk, "forced_until", circuit->forced_until_ms);
+    r->nfields += 2;
+    return 0;
+}
+
+static int op_force_open(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
+{
+    return operator_op(c, req, r, CBD_FORCE_OPEN);
+}
+static int op_force_closed(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
+{
+    return operator_op(c, req, r, CBD_FORCE_CLOSED);
+}
+static int op_reset(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
+{
+    return operator_op(c, req, r, CBD_RESET);
+}
+static int op_disable(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
+{
+    return operator_op(c, req, r, CBD_DISABLE);
+}
+static int op_enable(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
+{
+    return operator_op(c, req, r, CBD_ENABLE);
+}
+
+/* After the {"ok": true} reply the connection only receives transitions. */
+static int op_subscribe(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
 {
     (void)req;
-    cb__mp_pack_str(&r->pk, "stats");
-    msgpack_pack_map(&r->pk, 13);
-    r->nfields++;
-    cb__mp_kv_u64(&r->pk, "circuits", d->ncircuits);
-    cb__mp_kv_u64(&r->pk, "events_drained", d->drain.events_drained);
-    cb__mp_kv_u64(&r->pk, "events_invalid", d->drain.events_invalid);
-    cb__mp_kv_u64(&r->pk, "events_stale", d->drain.events_stale);
-    cb__mp_kv_u64(&r->pk, "lanes_in_use", cbd_drain_lanes_in_use(d));
-    cb__mp_kv_u64(&r->pk, "lanes_reclaimed", d->drain.lanes_reclaimed);
-    cb__mp_kv_u64(&r->pk, "lane_overruns", d->drain.lane_overruns);
-    cb__mp_kv_u64(&r->pk, "lane_drops", cbd_drain_lane_drops(d));
-    cb__mp_kv_u64(&r->pk, "frames_bad", d->control.frames_bad);
-    cb__mp_kv_u64(&r->pk, "connections", d->control.nconns);
-    cb__mp_kv_u64(&r->pk, "connections_total", d->control.connections_total);
-    cb__mp_kv_u64(&r->pk, "connections_refused", d->control.connections_refused);
-    cb__mp_kv_u64(&r->pk, "transitions", d->transitions);
+    (void)r;
+    c->subscribed = 1;
+    c->d->control.nsubscribers++;
+    cbd_log(CBD_LOG_DEBUG, "control: uid %u pid %d subscribed to transitions", c->uid, (int)c->pid);
+    return 0;
+}
+
+static int op_reload(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
+{
+    (void)req;
+    cbd_log(CBD_LOG_INFO, "operator: reload by uid %u pid %d", c->uid, (int)c->pid);
+    int rc = cbd_reload(c->d, r->message, sizeof r->message);
+    if (rc < 0)
+        return r->err = rc;
+    field_u64(r, "circuits_reconfigured", (uint64_t)rc);
     return 0;
 }
 
 static const struct {
     const char *name;
-    int (*run)(struct cbd *d, const msgpack_object *req, struct reply *r);
+    int admin; /* needs root, the daemon's uid or admin_group */
+    int (*run)(struct cbd_conn *c, const msgpack_object *req, struct reply *r);
 } ops[] = {
-    {"register", op_register},
-    {"version", op_version},
-    {"ping", op_ping},
-    {"stats", op_stats},
+    {"register", 0, op_register},   {"version", 0, op_version},   {"ping", 0, op_ping},
+    {"stats", 0, op_stats},         {"list", 0, op_list},         {"show", 0, op_show},
+    {"subscribe", 0, op_subscribe}, {"force_open", 1, op_force_open}, {"force_closed", 1, op_force_closed},
+    {"reset", 1, op_reset},         {"disable", 1, op_disable},   {"enable", 1, op_enable},
+    {"reload", 1, op_reload},
 };
+
+/* Root, the daemon's own uid, or a member of admin_group (primary or supplementary). */
+static int is_admin(const struct cbd_control *ctl, const struct cbd_conn *c)
+{
+    if (c->uid == 0 || c->uid == (uint32_t)geteuid())
+        return 1;
+    if (ctl->admin_gid < 0)
+        return 0;
+    if (c->gid == (uint32_t)ctl->admin_gid)
+        return 1;
+    for (int i = 0; i < c->ngroups; i++) {
+        if (c->groups[i] == (gid_t)ctl->admin_gid)
+            return 1;
+    }
+    return 0;
+}
+
+static void run_op(struct cbd_conn *c, size_t i, const msgpack_object *req, struct reply *r)
+{
+    struct cbd_control *ctl = &c->d->control;
+    uint64_t suppressed;
+    if (!ops[i].admin || is_admin(ctl, c)) {
+        ops[i].run(c, req, r);
+        return;
+    }
+    fail(r, -EPERM, "permission denied: '%s' needs %s", ops[i].name, ctl->admins);
+    if (cbd_ratelimit_pass(&ctl->deny_warn, &suppressed))
+        cbd_log(CBD_LOG_WARN, "control: refused '%s' to uid %u gid %u pid %d: not an admin (%s); %llu more "
+                              "refusals since the last warning", ops[i].name, c->uid, c->gid, (int)c->pid,
+                ctl->admins, (unsigned long long)suppressed);
+}
 
 /* Answers one well-formed request map. */
 static void dispatch(struct cbd_conn *c, const msgpack_object *req)
@@ -303,7 +533,7 @@ static void dispatch(struct cbd_conn *c, const msgpack_object *req)
     if (id_rc == -EINVAL)
         fail(&r, -EINVAL, "field 'id' must be an unsigned integer");
     else if (rc == -ENOENT)
-        fail(&r, -EINVAL, "missing field 'op' (register, version, ping or stats)");
+        fail(&r, -EINVAL, "missing field 'op' (register, list, show, stats, ... : see docs/protocol.md)");
     else if (rc < 0)
         fail(&r, -EINVAL, "field 'op' must be a short string");
     else {
@@ -313,11 +543,50 @@ static void dispatch(struct cbd_conn *c, const msgpack_object *req)
         if (i == sizeof ops / sizeof ops[0])
             fail(&r, -EOPNOTSUPP, "unknown op '%s'", op);
         else
-            ops[i].run(c->d, req, &r);
+            run_op(c, i, req, &r);
     }
     c->d->control.requests++;
     send_reply(c, &r, id_rc == 0, id);
     msgpack_sbuffer_destroy(&r.body);
+}
+
+/* ---- transitions to subscribers -------------------------------------------- */
+
+void cbd_control_publish(struct cbd *d, const struct cbd_hook_event *ev, unsigned flags)
+{
+    struct cbd_control *ctl = &d->control;
+    if (ctl->nsubscribers == 0)
+        return;
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 11);
+    cb__mp_kv_str(&pk, "event", "transition");
+    cb__mp_kv_str(&pk, "name", ev->circuit);
+    cb__mp_kv_str(&pk, "from", ev->from);
+    cb__mp_kv_str(&pk, "to", ev->to);
+    cb__mp_kv_str(&pk, "source", ev->source);
+    cb__mp_kv_u64(&pk, "epoch", ev->epoch);
+    cb__mp_kv_u64(&pk, "failure_count", ev->failure_count);
+    cb__mp_kv_i64(&pk, "opened_at", ev->opened_at);
+    cb__mp_kv_i64(&pk, "time_ns", ev->time_ns);
+    cb__mp_kv_bool(&pk, "forced", (flags & CB_SEG_F_FORCED) != 0);
+    cb__mp_kv_bool(&pk, "disabled", (flags & CB_SEG_F_DISABLED) != 0);
+    for (struct cbd_conn *c = ctl->conns, *next; c != NULL; c = next) {
+        next = c->next; /* conn_close unlinks c only */
+        if (!c->subscribed || c->closing)
+            continue;
+        send_frame(c, sb.data, sb.size);
+        size_t queued = uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe);
+        if (!c->closing && queued > CBD_CONTROL_MAX_QUEUED) {
+            cbd_log(CBD_LOG_WARN, "control: disconnecting subscriber uid %u pid %d: it left %zu bytes of "
+                                  "transitions unread (the limit is %u)", c->uid, (int)c->pid, queued,
+                    CBD_CONTROL_MAX_QUEUED);
+            conn_close(c);
+        }
+    }
+    msgpack_sbuffer_destroy(&sb);
 }
 
 /* ---- reading frames ------------------------------------------------------- */
@@ -352,6 +621,10 @@ static int process_frames(struct cbd_conn *c)
         off += 4 + (size_t)n;
         if (c->closing)
             return -1;
+        if (c->subscribed) { /* what follows subscribe is ignored */
+            c->len = 0;
+            return 0;
+        }
     }
     memmove(c->buf, c->buf + off, c->len - off);
     c->len -= off;
@@ -402,6 +675,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         conn_close(c);
         return;
     }
+    if (c->subscribed)
+        return; /* a subscriber's requests are ignored */
     if (append(c, buf->base, (size_t)nread) < 0) {
         cbd_log(CBD_LOG_WARN, "control: out of memory buffering a request: closing the connection");
         conn_close(c);
@@ -437,6 +712,29 @@ static void refuse(struct cbd *d, uv_pipe_t *pipe)
     uv_close((uv_handle_t *)pipe, free_conn);
 }
 
+/* The peer's credentials and groups, as the kernel recorded them at connect. */
+static void read_peer(struct cbd_conn *c)
+{
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    int fd;
+    c->uid = c->gid = (uint32_t)-1;
+    if (uv_fileno((uv_handle_t *)&c->pipe, &fd) < 0)
+        return;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+        c->uid = cred.uid;
+        c->gid = cred.gid;
+        c->pid = cred.pid;
+    }
+    len = 0;
+    /* First call asks for the size (ERANGE), the second fills the list. */
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, NULL, &len) < 0 && errno == ERANGE && len > 0 &&
+        (c->groups = malloc(len)) != NULL) {
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, c->groups, &len) == 0)
+            c->ngroups = (int)(len / sizeof(gid_t));
+    }
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     struct cbd *d = server->data;
@@ -459,6 +757,7 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     c->d = d;
+    read_peer(c);
     c->pipe.data = c->idle.data = c;
     uv_timer_init(&d->loop, &c->idle);
     c->handles_open = 2;
@@ -515,6 +814,37 @@ static int clear_stale(const char *path)
     return unlink(path) < 0 && errno != ENOENT ? -errno : 0;
 }
 
+void cbd_control_configure(struct cbd *d)
+{
+    struct cbd_control *ctl = &d->control;
+    const struct passwd *pw = getpwuid(geteuid());
+    char self[96] = "";
+    unsigned gid;
+    ctl->admin_gid = cbd_config_gid(d->cfg.admin_group, &gid) == 0 ? (long)gid : -1;
+    if (geteuid() != 0)
+        snprintf(self, sizeof self, ", uid %u (%s)", (unsigned)geteuid(), pw ? pw->pw_name : "?");
+    if (ctl->admin_gid >= 0)
+        snprintf(ctl->admins, sizeof ctl->admins, "root%s or group '%s'", self, d->cfg.admin_group);
+    else
+        snprintf(ctl->admins, sizeof ctl->admins, "root%s (no admin_group is configured)", self);
+    if (d->cfg.admin_group[0] != '\0' && ctl->admin_gid < 0)
+        cbd_log(CBD_LOG_WARN, "admin_group '%s' does not exist (any more): only %s may use admin operations",
+                d->cfg.admin_group, ctl->admins);
+}
+
+/* Gives the socket file its mode and group. */
+static int set_socket_owner(struct cbd *d, const char *path)
+{
+    unsigned gid;
+    if (chmod(path, d->cfg.socket_mode) < 0)
+        return -errno;
+    if (d->cfg.socket_group[0] == '\0')
+        return 0;
+    if (cbd_config_gid(d->cfg.socket_group, &gid) < 0)
+        return -ENOENT;
+    return chown(path, (uid_t)-1, (gid_t)gid) < 0 ? -errno : 0;
+}
+
 int cbd_control_listen(struct cbd *d)
 {
     struct cbd_control *ctl = &d->control;
@@ -530,11 +860,21 @@ int cbd_control_listen(struct cbd *d)
         return rc;
     ctl->server.data = d;
     ctl->listening = 1;
-    if ((rc = uv_pipe_bind(&ctl->server, path)) < 0 || (rc = chmod(path, d->cfg.socket_mode) < 0 ? -errno : 0) < 0 ||
-        (rc = uv_listen((uv_stream_t *)&ctl->server, 128, on_connection)) < 0) {
-        cbd_log(CBD_LOG_ERROR, "cannot listen on control socket %s: %s", path, strerror(-rc));
+    /* Mode and group before listen: nobody connects through the umask's mode. */
+    if ((rc = uv_pipe_bind(&ctl->server, path)) < 0) {
+        cbd_log(CBD_LOG_ERROR, "cannot bind control socket %s: %s", path, uv_strerror(rc));
         return rc;
     }
+    if ((rc = set_socket_owner(d, path)) < 0) {
+        cbd_log(CBD_LOG_ERROR, "cannot give control socket %s mode %04o and group '%s': %s", path,
+                d->cfg.socket_mode, d->cfg.socket_group[0] ? d->cfg.socket_group : "(unchanged)", strerror(-rc));
+        return rc;
+    }
+    if ((rc = uv_listen((uv_stream_t *)&ctl->server, 128, on_connection)) < 0) {
+        cbd_log(CBD_LOG_ERROR, "cannot listen on control socket %s: %s", path, uv_strerror(rc));
+        return rc;
+    }
+    cbd_control_configure(d);
     return 0;
 }
 

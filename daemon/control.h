@@ -9,6 +9,7 @@
 #include <uv.h>
 
 #include "frame.h"
+#include "hooks.h"
 #include "log.h"
 
 #define CBD_CONTROL_MAX_CONNECTIONS 1024
@@ -27,7 +28,10 @@ struct cbd_control {
     uint64_t connections_refused;/* over the limit */
     uint64_t frames_bad;         /* bad length or malformed msgpack */
     uint64_t requests;           /* frames answered */
-    struct cbd_ratelimit refuse_warn;
+    uint32_t nsubscribers;       /* connections receiving transitions */
+    long admin_gid;              /* admin_group's gid; -1: none */
+    char admins[192];            /* who may use admin ops, for -EPERM messages */
+    struct cbd_ratelimit refuse_warn, deny_warn;
     char readbuf[4 + CB_FRAME_MAX]; /* libuv reads land here, then move to the connection */
 };
 
@@ -37,5 +41,9 @@ struct cbd_control {
 int cbd_control_listen(struct cbd *d);
 /* Stops listening, closes every connection, removes the socket file. */
 void cbd_control_close(struct cbd *d);
+/* Looks up the admin group of d->cfg (listen and reload). */
+void cbd_control_configure(struct cbd *d);
+/* One transition to every subscriber (flags: CB_SEG_F_* of its state word). */
+void cbd_control_publish(struct cbd *d, const struct cbd_hook_event *ev, unsigned flags);
 
 #endif /* CBD_CONTROL_H */

@@ -190,9 +190,18 @@ int cbd_drain_start(struct cbd *d)
         return rc;
     dr->tick.data = dr->reclaim.data = d;
     dr->started = 1;
+    cbd_drain_set_intervals(d);
+    return 0;
+}
+
+void cbd_drain_set_intervals(struct cbd *d)
+{
+    struct cbd_drain *dr = &d->drain;
+    if (!dr->started)
+        return;
+    /* uv_timer_start on a running timer re-arms it with the new period. */
     uv_timer_start(&dr->tick, tick, d->cfg.drain_interval_ms, d->cfg.drain_interval_ms);
     uv_timer_start(&dr->reclaim, reclaim, d->cfg.reclaim_interval_ms, d->cfg.reclaim_interval_ms);
-    return 0;
 }
 
 void cbd_drain_stop(struct cbd *d)

@@ -29,6 +29,8 @@ int cbd_drain_start(struct cbd *d);
 /* Drains every owned lane now (doorbell, tick, shutdown). */
 void cbd_drain_all(struct cbd *d);
 void cbd_drain_stop(struct cbd *d);
+/* Restarts the drain and reclaim timers with the configured intervals (reload). */
+void cbd_drain_set_intervals(struct cbd *d);
 
 /* For stats: lanes owned now, and events workers dropped (full lanes plus
  * no free lane). */

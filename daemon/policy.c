@@ -32,11 +32,21 @@
  * lease) is noticed when the entry fires and re-armed then, so the timer
  * heap holds one entry per waiting circuit, not one per event.
  *
- * Trade-off: FORCED/DISABLED flags travel through cbd_policy_apply and the
- * published state word, but no rule here reads them yet.
+ * Operator holds (flags in the state word): FORCED pins the state - a
+ * forced OPEN never asks for a probe (its only deadline is the end of a
+ * force_open for_ms, which closes it with source timer), a forced CLOSED
+ * counts outcomes in the totals but keeps no streak, so it cannot trip.
+ * DISABLED leaves the state as it was under a bypass: workers get BYPASS
+ * tickets and report nothing, and no deadline runs while it lasts. While
+ * either flag is set, states from the store are ignored on this host: the
+ * operator asked for exactly this state here. The flags live in the state
+ * word, so they survive a daemon restart; the end of a force_open for_ms
+ * does not (it is not in the record): an adopted forced OPEN stays forced
+ * until an operator resets it, and the daemon says so in its log.
  */
 #include "policy.h"
 
+#include <stddef.h>
 #include <string.h>
 
 #define NS_PER_MS 1000000ull
@@ -56,6 +66,16 @@ const char *cbd_source_name(cb_source s)
 {
     static const char *const names[] = {"local", "remote", "operator", "timer", "restore"};
     return (unsigned)s < 5 ? names[s] : "?";
+}
+
+const char *const cbd_policy_fields[CBD_POLICY_NFIELDS] = {
+    "failure_threshold", "success_threshold", "half_open_max_probes", "recovery_timeout_ms", "probe_lease_ms",
+};
+
+uint32_t *cbd_policy_field(cb_config *cfg, unsigned i)
+{
+    _Static_assert(offsetof(cb_config, probe_lease_ms) == 4 * sizeof(uint32_t), "cb_config's fields moved");
+    return &cfg->failure_threshold + i;
 }
 
 uint32_t cbd_policy_lease_ms(const struct cbd_circuit *c)
@@ -102,6 +122,8 @@ void cbd_policy_load(const struct cbd_policy_env *env, struct cbd_circuit *c, ui
     c->probe_successes = atomic_load_explicit(&rec->probe_successes, memory_order_relaxed);
     c->trip_failure_count = atomic_load_explicit(&rec->trip_failure_count, memory_order_relaxed);
     c->opened_at = atomic_load_explicit(&rec->opened_at, memory_order_relaxed);
+    if (c->flags & (CB_SEG_F_FORCED | CB_SEG_F_DISABLED))
+        return; /* held by an operator: no deadline (a force_open for_ms ends with the daemon that set it) */
     if (c->state == CB_OPEN)
         c->deadline_ns = recovery_deadline(c, c->opened_at, now);
     else if (c->state == CB_HALF_OPEN) /* probers in flight keep their permits for one more lease */
@@ -164,6 +186,8 @@ static void transition(const struct cbd_policy_env *env, struct cbd_circuit *c, 
     c->probe_asked = 0;
     c->armed_ns = 0; /* the old epoch's timer entry is dead */
     c->deadline_ns = 0;
+    if (!(flags & CB_SEG_F_FORCED) || to != CB_OPEN || deadline_ns == 0)
+        c->forced_until_ms = 0; /* only a forced OPEN with its end armed has one */
     if (to == CB_CLOSED) {
         c->opened_at = 0;
         c->trip_failure_count = 0;
@@ -217,7 +241,7 @@ static enum cbd_event_result on_closed(const struct cbd_policy_env *env, struct 
         c->streak = 0;
     } else if (outcome == CB_FAILURE) {
         c->d_failures++;
-        if (++c->streak >= c->cfg.failure_threshold)
+        if (!(c->flags & CB_SEG_F_FORCED) && ++c->streak >= c->cfg.failure_threshold)
             trip(env, c, c->streak, now);
     } else {
         c->d_ignored++;
@@ -282,12 +306,16 @@ void cbd_policy_on_deadline(const struct cbd_policy_env *env, struct cbd_circuit
     if (epoch != c->epoch || at_ns != c->armed_ns)
         return; /* lazily deleted entry */
     c->armed_ns = 0;
+    if (c->flags & CB_SEG_F_DISABLED)
+        return; /* bypassed: nothing runs until enable */
     if (c->deadline_ns > now->mono_ns) { /* moved later since it was armed */
         schedule(env, c);
         return;
     }
     uint32_t lease_ms = cbd_policy_lease_ms(c);
-    if (c->state == CB_OPEN) {
+    if (c->flags & CB_SEG_F_FORCED) { /* only a force_open for_ms has a deadline: its end */
+        transition(env, c, CB_CLOSED, c->flags & ~CB_SEG_F_FORCED, CB_SOURCE_TIMER, 0, now);
+    } else if (c->state == CB_OPEN) {
         /* Ask again after a lease if the store never answers. */
         c->probe_asked = 1;
         c->deadline_ns = now->mono_ns + lease_ms * NS_PER_MS;
@@ -322,6 +350,8 @@ void cbd_policy_apply(const struct cbd_policy_env *env, struct cbd_circuit *c, c
                       int64_t opened_at, uint32_t failure_count, cb_source source, const struct cbd_now *now)
 {
     cb_state to = state == CB_CLOSED ? CB_CLOSED : CB_OPEN;
+    if (c->flags & (CB_SEG_F_FORCED | CB_SEG_F_DISABLED))
+        return; /* an operator holds it on this host */
     if (to == c->state && flags == c->flags && (to == CB_CLOSED || opened_at == c->opened_at))
         return;
     if (to == CB_CLOSED) {
@@ -331,4 +361,57 @@ void cbd_policy_apply(const struct cbd_policy_env *env, struct cbd_circuit *c, c
     c->opened_at = opened_at > 0 ? opened_at : now->real_ns / NS_PER_S;
     c->trip_failure_count = failure_count;
     transition(env, c, CB_OPEN, flags, source, recovery_deadline(c, c->opened_at, now), now);
+}
+
+void cbd_policy_operator(const struct cbd_policy_env *env, struct cbd_circuit *c, enum cbd_operator_action action,
+                         uint32_t for_ms, const struct cbd_now *now)
+{
+    switch (action) {
+    case CBD_FORCE_OPEN:
+        c->opened_at = now->real_ns / NS_PER_S;
+        c->trip_failure_count = 0; /* no failures tripped it */
+        c->forced_until_ms = for_ms ? now->real_ns / (int64_t)NS_PER_MS + for_ms : 0;
+        transition(env, c, CB_OPEN, CB_SEG_F_FORCED, CB_SOURCE_OPERATOR,
+                   for_ms ? now->mono_ns + (uint64_t)for_ms * NS_PER_MS : 0, now);
+        break;
+    case CBD_FORCE_CLOSED:
+        transition(env, c, CB_CLOSED, CB_SEG_F_FORCED, CB_SOURCE_OPERATOR, 0, now);
+        break;
+    case CBD_RESET:
+    case CBD_ENABLE:
+        transition(env, c, CB_CLOSED, 0, CB_SOURCE_OPERATOR, 0, now);
+        break;
+    case CBD_DISABLE: /* the state stays underneath; OPEN keeps its opened_at, but no deadline */
+        transition(env, c, c->state, c->flags | CB_SEG_F_DISABLED, CB_SOURCE_OPERATOR, 0, now);
+        break;
+    }
+}
+
+void cbd_policy_set_config(const struct cbd_policy_env *env, struct cbd_circuit *c, const cb_config *cfg,
+                           const struct cbd_now *now)
+{
+    struct cb_seg_record *r = c->rec;
+    c->cfg = *cfg;
+    /* Config fields are snapshot fields: readers take them under the seqlock. */
+    cb_seg_seq_begin(r);
+    atomic_store_explicit(&r->failure_threshold, cfg->failure_threshold, memory_order_relaxed);
+    atomic_store_explicit(&r->success_threshold, cfg->success_threshold, memory_order_relaxed);
+    atomic_store_explicit(&r->half_open_max_probes, cfg->half_open_max_probes, memory_order_relaxed);
+    atomic_store_explicit(&r->recovery_timeout_ms, cfg->recovery_timeout_ms, memory_order_relaxed);
+    atomic_store_explicit(&r->probe_lease_ms, cfg->probe_lease_ms, memory_order_relaxed);
+    cb_seg_seq_end(r);
+    if (c->state == CB_OPEN && !c->probe_asked && !(c->flags & (CB_SEG_F_FORCED | CB_SEG_F_DISABLED))) {
+        c->deadline_ns = recovery_deadline(c, c->opened_at, now);
+        schedule(env, c);
+    }
+}
+
+void cbd_policy_set_sync(struct cbd_circuit *c, unsigned sync_state, int64_t synced_at)
+{
+    struct cb_seg_record *r = c->rec;
+    cb_seg_seq_begin(r);
+    atomic_store_explicit(&r->sync_state, sync_state, memory_order_relaxed);
+    if (synced_at != 0)
+        atomic_store_explicit(&r->synced_at, synced_at, memory_order_relaxed);
+    cb_seg_seq_end(r);
 }

@@ -21,6 +21,8 @@ struct cbd_now {
     int64_t real_ns;  /* CLOCK_REALTIME: opened_at, transition times */
 };
 
+struct cbd_override;
+
 /* The daemon's private view of one circuit; the record is what it publishes. */
 struct cbd_circuit {
     struct cb_seg_record *rec;   /* in the state region (daemon writes) */
@@ -28,7 +30,7 @@ struct cbd_circuit {
     uint32_t slot;
     cb_config cfg;
     cb_state state;
-    unsigned flags;              /* CB_SEG_F_FORCED / CB_SEG_F_DISABLED (operator actions, later) */
+    unsigned flags;              /* CB_SEG_F_FORCED / CB_SEG_F_DISABLED: operator actions */
     uint32_t epoch;
     uint32_t streak;             /* CLOSED: consecutive counted failures */
     uint32_t probe_successes;    /* HALF_OPEN: consecutive probe successes */
@@ -39,7 +41,21 @@ struct cbd_circuit {
     int probe_asked;             /* OPEN: try_probe sent, answer pending */
     int dirty;                   /* counters below not yet published */
     uint32_t d_successes, d_failures, d_ignored, d_stale;
+    int64_t forced_until_ms;     /* force_open for a while: CLOCK_REALTIME ms it ends at; 0 otherwise */
+    /* The daemon's bookkeeping beside the policy (cbd.c; the policy never
+     * reads these): what the registering worker asked for, so a reload can
+     * recompute cfg, and the config file section that applies to it. */
+    cb_config asked;             /* fields named in asked_mask (bit i: cbd_policy_fields[i]) */
+    unsigned asked_mask;
+    const struct cbd_override *override; /* NULL: no [circuit]/[prefix] section matches */
 };
+
+/* The five policy fields of cb_config, in its order, as the config file and
+ * the control protocol name them. */
+#define CBD_POLICY_NFIELDS 5
+extern const char *const cbd_policy_fields[CBD_POLICY_NFIELDS];
+/* Field i of cfg (cb_config's five fields are consecutive uint32_t). */
+uint32_t *cbd_policy_field(cb_config *cfg, unsigned i);
 
 /* What the policy needs from the daemon. All calls happen on the loop. */
 struct cbd_policy_env {
@@ -85,12 +101,37 @@ void cbd_policy_on_probe_result(const struct cbd_policy_env *env, struct cbd_cir
                                 int granted, int64_t lease_expiry, const struct cbd_now *now);
 
 /* A state from outside this host's outcomes (the store at restore, another
- * host, later an operator): CLOSED, or OPEN since opened_at. A HALF_OPEN
- * elsewhere is OPEN here: the probe belongs to its holder, and this host
- * asks the store again when the recovery timeout has passed. flags is kept
- * for forced/disabled states. No-op if it is already the circuit's state. */
+ * host): CLOSED, or OPEN since opened_at. A HALF_OPEN elsewhere is OPEN
+ * here: the probe belongs to its holder, and this host asks the store again
+ * when the recovery timeout has passed. No-op if it is already the
+ * circuit's state, and while an operator holds the circuit (forced or
+ * disabled): the operator's word beats the fleet's on this host. */
 void cbd_policy_apply(const struct cbd_policy_env *env, struct cbd_circuit *c, cb_state state, unsigned flags,
                       int64_t opened_at, uint32_t failure_count, cb_source source, const struct cbd_now *now);
+
+/* Operator actions (control socket), each one transition with source
+ * operator, even when the state stays (disable/enable in CLOSED): watchers
+ * see every operator action as a new epoch.
+ *   FORCE_OPEN    OPEN + FORCED: rejected whatever outcomes say; with
+ *                 for_ms > 0 a timer returns it to CLOSED (source timer)
+ *   FORCE_CLOSED  CLOSED + FORCED: outcomes count in totals, never trip
+ *   RESET         CLOSED under the policy: flags cleared, streak 0
+ *   DISABLE       + DISABLED over the current state: workers bypass it
+ *   ENABLE        CLOSED under the policy (flags cleared) */
+enum cbd_operator_action { CBD_FORCE_OPEN, CBD_FORCE_CLOSED, CBD_RESET, CBD_DISABLE, CBD_ENABLE };
+void cbd_policy_operator(const struct cbd_policy_env *env, struct cbd_circuit *c, enum cbd_operator_action action,
+                         uint32_t for_ms, const struct cbd_now *now);
+
+/* A new policy for the circuit (registration is done; this is a reload or
+ * a config section that now applies). Published in the record at once; an
+ * OPEN circuit's recovery deadline follows the new recovery_timeout_ms; a
+ * failure streak keeps its count and is compared with the new threshold on
+ * the next counted failure. No transition. */
+void cbd_policy_set_config(const struct cbd_policy_env *env, struct cbd_circuit *c, const cb_config *cfg,
+                           const struct cbd_now *now);
+
+/* Mirrors the fleet store's health into the record (CB_SYNC_*, epoch s). */
+void cbd_policy_set_sync(struct cbd_circuit *c, unsigned sync_state, int64_t synced_at);
 
 /* Probe lease in ms: probe_lease_ms, or recovery_timeout_ms when 0. */
 uint32_t cbd_policy_lease_ms(const struct cbd_circuit *c);

@@ -24,9 +24,14 @@
  * A segment whose daemon_pid is a live process named cbd belongs to another
  * daemon of the same instance: refuse to start rather than steal it.
  *
- * Modes: the state region is 0644 (workers map it read-only: the kernel
- * keeps them from writing it); the lanes region is 0666 because every
- * worker writes its lanes. Group-based access control comes later.
+ * Modes: the state region gets segment_mode (default 0640: workers of the
+ * group map it read-only, and the kernel keeps them from writing it); the
+ * lanes region segment_mode | 0060, because the group's workers write
+ * their lanes. With socket_group set, both objects belong to that group
+ * (the workers' group), else to the daemon's. Mode and group are set on
+ * creation and again on adoption, so a changed configuration applies at
+ * the next start; a daemon that may not set them refuses to start rather
+ * than run with access the operator did not ask for.
  *
  * Writes by the daemon into its own records use relaxed stores; what
  * publishes them is the release store named at each site.
@@ -218,16 +223,47 @@ static void retire_records(const char *name)
         close(fd);
 }
 
-/* Creates one object of size bytes with mode, mapped RW into *addr. */
-static int create_object(const char *name, uint64_t size, mode_t mode, void **addr)
+/* The access the configuration asks for: fchmod (the umask does not
+ * apply), and the group when one is configured (gid -1: keep). */
+static int set_access(int fd, mode_t mode, long gid)
+{
+    if (fchmod(fd, mode) < 0 || (gid >= 0 && fchown(fd, (uid_t)-1, (gid_t)gid) < 0))
+        return -errno;
+    return 0;
+}
+
+/* The configured modes and group: *state_mode, *lanes_mode, *gid (-1: none). */
+static void access_of(const struct cbd_config *cfg, mode_t *state_mode, mode_t *lanes_mode, long *gid)
+{
+    unsigned g;
+    *state_mode = (mode_t)cfg->segment_mode;
+    *lanes_mode = (mode_t)(cfg->segment_mode | 0060);
+    *gid = cbd_config_gid(cfg->socket_group, &g) == 0 ? (long)g : -1;
+}
+
+/* Re-applies mode and group to an adopted object; logs what failed. */
+static int reset_access(const char *name, mode_t mode, long gid, const char *group)
+{
+    int fd = shm_open(name, O_RDWR | O_CLOEXEC, 0);
+    int rc = fd < 0 ? -errno : set_access(fd, mode, gid);
+    if (fd >= 0)
+        close(fd);
+    if (rc < 0)
+        cbd_log(CBD_LOG_ERROR, "cannot give segment %s mode %04o%s%s: %s", name, (unsigned)mode,
+                gid >= 0 ? " and group " : "", gid >= 0 ? group : "", strerror(-rc));
+    return rc;
+}
+
+/* Creates one object of size bytes with mode and group, mapped RW into *addr. */
+static int create_object(const char *name, uint64_t size, mode_t mode, long gid, void **addr)
 {
     int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode);
     if (fd < 0)
         return -errno;
-    int rc = 0;
-    if (fchmod(fd, mode) < 0 || ftruncate(fd, (off_t)size) < 0)
+    int rc = set_access(fd, mode, gid);
+    if (rc == 0 && ftruncate(fd, (off_t)size) < 0)
         rc = -errno;
-    else if ((*addr = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) == MAP_FAILED)
+    if (rc == 0 && (*addr = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) == MAP_FAILED)
         rc = -errno;
     close(fd);
     if (rc < 0)
@@ -281,14 +317,19 @@ static void fill_headers(struct cbd_segment *s, const struct cbd_config *cfg, co
 static int create_fresh(struct cbd_segment *s, const struct cbd_config *cfg, const struct cb_seg_geometry *g)
 {
     void *state = NULL, *lanes = NULL;
-    int rc = create_object(s->state_name, g->state_size, 0644, &state);
-    if (rc == 0 && (rc = create_object(s->lanes_name, g->lanes_size, 0666, &lanes)) < 0) {
+    mode_t state_mode, lanes_mode;
+    long gid;
+    access_of(cfg, &state_mode, &lanes_mode, &gid);
+    int rc = create_object(s->state_name, g->state_size, state_mode, gid, &state);
+    if (rc == 0 && (rc = create_object(s->lanes_name, g->lanes_size, lanes_mode, gid, &lanes)) < 0) {
         munmap(state, g->state_size);
         shm_unlink(s->state_name);
     }
     if (rc < 0) {
-        cbd_log(CBD_LOG_ERROR, "cannot create segment %s (%llu bytes) / %s (%llu bytes): %s", s->state_name,
-                (unsigned long long)g->state_size, s->lanes_name, (unsigned long long)g->lanes_size, strerror(-rc));
+        cbd_log(CBD_LOG_ERROR, "cannot create segment %s (%llu bytes, mode %04o) / %s (%llu bytes, mode %04o)%s%s: "
+                               "%s", s->state_name, (unsigned long long)g->state_size, (unsigned)state_mode,
+                s->lanes_name, (unsigned long long)g->lanes_size, (unsigned)lanes_mode,
+                gid >= 0 ? " for group " : "", gid >= 0 ? cfg->socket_group : "", strerror(-rc));
         return rc;
     }
     s->hdr = state;
@@ -334,6 +375,14 @@ int cbd_segment_open(struct cbd_segment *s, const struct cbd_config *cfg)
             s->lanes = NULL;
         adopt_check(s, cfg, why, sizeof why);
         if (why[0] == '\0') {
+            mode_t state_mode, lanes_mode;
+            long gid;
+            access_of(cfg, &state_mode, &lanes_mode, &gid);
+            if ((rc = reset_access(s->state_name, state_mode, gid, cfg->socket_group)) < 0 ||
+                (rc = reset_access(s->lanes_name, lanes_mode, gid, cfg->socket_group)) < 0) {
+                unmap_all(s);
+                return rc;
+            }
             adopt(s, cfg);
             return 0;
         }

@@ -72,6 +72,16 @@ void tsup_shm_unlink(const char *instance);
 #define TSUP_MAP_RW 0x2u
 void *tsup_seg_map(const char *instance, unsigned flags, size_t *size);
 
+/* The cbd or cbctl binary under test: $TSUP_CBD / $TSUP_CBCTL if set, else
+ * the ones built with the tests (CBD_PATH, CBCTL_PATH). */
+const char *tsup_cbd_path(void);
+const char *tsup_cbctl_path(void);
+
+/* Runs argv[0] (a path) to completion with its stdout (and its stderr when
+ * with_stderr) in *out (malloc'd, NUL terminated; the caller frees it).
+ * Returns its exit status, or -1 if it died of a signal. */
+int tsup_run(char *const argv[], char **out, bool with_stderr);
+
 /* Milliseconds on CLOCK_MONOTONIC. */
 int64_t tsup_now_ms(void);
 

@@ -61,8 +61,7 @@ static void build_argv(struct tsup_daemon *d, const struct tsup_daemon_opts *o)
 {
     size_t used = 0;
     int argc = 0;
-    const char *cbd = getenv("TSUP_CBD"); /* another build of cbd, e.g. with sanitizers */
-    add_arg(d, &used, &argc, "%s", cbd && cbd[0] ? cbd : CBD_PATH);
+    add_arg(d, &used, &argc, "%s", tsup_cbd_path());
     add_arg(d, &used, &argc, "--instance");
     add_arg(d, &used, &argc, "%s", d->instance);
     add_arg(d, &used, &argc, "--socket");

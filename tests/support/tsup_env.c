@@ -291,3 +291,49 @@ bool tsup_deadline_wait(struct tsup_deadline *dl)
     nanosleep(&ts, NULL);
     return true;
 }
+
+const char *tsup_cbd_path(void)
+{
+    const char *e = getenv("TSUP_CBD"); /* another build of cbd, e.g. with sanitizers */
+    return e != NULL && e[0] != '\0' ? e : CBD_PATH;
+}
+
+const char *tsup_cbctl_path(void)
+{
+    const char *e = getenv("TSUP_CBCTL");
+    return e != NULL && e[0] != '\0' ? e : CBCTL_PATH;
+}
+
+int tsup_run(char *const argv[], char **out, bool with_stderr)
+{
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    pid_t pid = tsup_fork();
+    if (pid == 0) {
+        dup2(p[1], 1);
+        if (with_stderr)
+            dup2(p[1], 2);
+        close(p[0]);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    close(p[1]);
+    size_t used = 0, cap = 65536;
+    char *buf = malloc(cap);
+    cr_assert_not_null(buf);
+    ssize_t n;
+    while ((n = read(p[0], buf + used, cap - used - 1)) > 0) {
+        used += (size_t)n;
+        if (cap - used < 4096) {
+            buf = realloc(buf, cap *= 2);
+            cr_assert_not_null(buf);
+        }
+    }
+    buf[used] = '\0';
+    close(p[0]);
+    int status;
+    waitpid(pid, &status, 0);
+    tsup_untrack(pid);
+    *out = buf;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}

@@ -1,0 +1,610 @@
+/*
+ * cbctl - the operator's tool for cbd.
+ *
+ * Read-only commands (list, show, watch) read the shared-memory segment
+ * directly, so they answer even when the daemon's socket is busy or the
+ * daemon hangs: they map /cbd.<instance> read-only exactly as workers do.
+ * Everything that changes a circuit or the daemon goes through the control
+ * socket (docs/protocol.md), where the daemon checks the peer's credentials.
+ *
+ * Output is a human table by default and JSON with --json (`list --json` is
+ * one array; `watch --json` one object per line), so scripts need not parse
+ * tables. Exit codes are stable for scripts:
+ *   0 done   1 the daemon refused or failed the operation   2 usage error
+ *   3 cbd is not running / not reachable   4 no such circuit   5 permission denied
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cb.h"
+#include "frame.h"
+#include "segment.h"
+
+enum { EXIT_OK = 0, EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_UNREACHABLE = 3, EXIT_NOT_FOUND = 4, EXIT_DENIED = 5 };
+
+struct cbctl {
+    const char *instance;
+    const char *socket_path; /* --socket, else the segment's, else the default */
+    bool json;
+    int timeout_ms;
+    const struct cb_seg_header *seg;
+    size_t seg_size;
+};
+
+static const char *const state_names[] = {"CLOSED", "OPEN", "HALF_OPEN"};
+static const char *const source_names[] = {"local", "remote", "operator", "timer", "restore"};
+static const char *const sync_names[] = {"local", "ok", "pending", "offline"};
+
+static const char *state_name(unsigned s) { return s < 3 ? state_names[s] : "UNKNOWN"; }
+
+static int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("cbctl: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return code;
+}
+
+/* ---- the segment, read-only ------------------------------------------------ */
+
+static int seg_map(struct cbctl *c)
+{
+    char state_name_buf[CB_SHM_NAME_MAX], lanes_name[CB_SHM_NAME_MAX];
+    cb__shm_names(c->instance, state_name_buf, lanes_name);
+    int fd = shm_open(state_name_buf, O_RDONLY, 0);
+    if (fd < 0)
+        return errno == ENOENT ? fail(EXIT_UNREACHABLE, "cbd is not running for instance '%s' (no segment %s)",
+                                      c->instance, state_name_buf)
+                               : fail(EXIT_UNREACHABLE, "cannot open segment %s: %s", state_name_buf, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) < 0 || (size_t)st.st_size < CB_SEG_HEADER_SIZE) {
+        close(fd);
+        return fail(EXIT_UNREACHABLE, "segment %s is empty or unreadable (cbd starting?)", state_name_buf);
+    }
+    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED)
+        return fail(EXIT_UNREACHABLE, "cannot map segment %s: %s", state_name_buf, strerror(errno));
+    int rc = cb__seg_header_check(p, (uint64_t)st.st_size);
+    if (rc < 0) {
+        munmap(p, (size_t)st.st_size);
+        return fail(EXIT_UNREACHABLE, "segment %s is not a usable cbd segment (%s)", state_name_buf,
+                    rc == -EPROTO ? "other layout version" : "inconsistent header");
+    }
+    c->seg = p;
+    c->seg_size = (size_t)st.st_size;
+    if (c->socket_path == NULL && c->seg->socket_path[0] != '\0')
+        c->socket_path = c->seg->socket_path;
+    return EXIT_OK;
+}
+
+struct circuit_row {
+    cb_info info;
+    unsigned sync_state;
+    int64_t synced_at;
+    int64_t last_transition_ns;
+};
+
+static int row_read(const struct cbctl *c, uint32_t slot, struct circuit_row *row)
+{
+    int rc = cb__seg_snapshot(c->seg, slot, &row->info);
+    if (rc < 0)
+        return rc;
+    const struct cb_seg_record *r = CB_SEG_RECORD(c->seg, slot);
+    row->sync_state = atomic_load_explicit((_Atomic uint32_t *)&r->sync_state, memory_order_relaxed);
+    row->synced_at = atomic_load_explicit((_Atomic int64_t *)&r->synced_at, memory_order_relaxed);
+    row->last_transition_ns = atomic_load_explicit((_Atomic int64_t *)&r->last_transition_ns, memory_order_relaxed);
+    return 0;
+}
+
+static json_t *row_json(const struct circuit_row *row, bool detail)
+{
+    const cb_info *i = &row->info;
+    json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:I, s:b, s:b, s:s}", "name", i->name, "state",
+                          state_name(i->state), "epoch", (json_int_t)i->epoch, "failure_count",
+                          (json_int_t)i->failure_count, "opened_at", (json_int_t)i->opened_at, "forced", i->forced,
+                          "disabled", i->disabled, "sync", row->sync_state < 4 ? sync_names[row->sync_state] : "?");
+    json_object_set_new(o, "synced_at", json_integer(row->synced_at));
+    if (detail) {
+        json_object_set_new(o, "config",
+                            json_pack("{s:I, s:I, s:I, s:I, s:I}", "failure_threshold",
+                                      (json_int_t)i->config.failure_threshold, "success_threshold",
+                                      (json_int_t)i->config.success_threshold, "half_open_max_probes",
+                                      (json_int_t)i->config.half_open_max_probes, "recovery_timeout_ms",
+                                      (json_int_t)i->config.recovery_timeout_ms, "probe_lease_ms",
+                                      (json_int_t)i->config.probe_lease_ms));
+        json_object_set_new(o, "total_successes", json_integer((json_int_t)i->total_successes));
+        json_object_set_new(o, "total_failures", json_integer((json_int_t)i->total_failures));
+        json_object_set_new(o, "total_ignored", json_integer((json_int_t)i->total_ignored));
+        json_object_set_new(o, "last_transition_ns", json_integer(row->last_transition_ns));
+    }
+    return o;
+}
+
+static void json_print(json_t *j)
+{
+    char *s = json_dumps(j, JSON_COMPACT);
+    puts(s);
+    free(s);
+    json_decref(j);
+}
+
+static const char *flags_text(const cb_info *i)
+{
+    return i->disabled ? "disabled" : i->forced ? "forced" : "-";
+}
+
+static int cmd_list(struct cbctl *c, int argc, char **argv)
+{
+    (void)argv;
+    if (argc != 0)
+        return fail(EXIT_USAGE, "usage: cbctl list");
+    int rc = seg_map(c);
+    if (rc)
+        return rc;
+    uint32_t n = atomic_load_explicit((_Atomic uint32_t *)&c->seg->circuit_count, memory_order_acquire);
+    json_t *arr = c->json ? json_array() : NULL;
+    if (!c->json)
+        printf("%-40s %-9s %-8s %8s %8s %11s %s\n", "NAME", "STATE", "FLAGS", "EPOCH", "FAILURES", "OPENED_AT",
+               "SYNC");
+    for (uint32_t slot = 0; slot < n; slot++) {
+        struct circuit_row row;
+        if (row_read(c, slot, &row) < 0)
+            continue;
+        if (arr)
+            json_array_append_new(arr, row_json(&row, false));
+        else
+            printf("%-40s %-9s %-8s %8u %8u %11lld %s\n", row.info.name, state_name(row.info.state),
+                   flags_text(&row.info), row.info.epoch, row.info.failure_count, (long long)row.info.opened_at,
+                   row.sync_state < 4 ? sync_names[row.sync_state] : "?");
+    }
+    if (arr)
+        json_print(arr);
+    return EXIT_OK;
+}
+
+static int cmd_show(struct cbctl *c, int argc, char **argv)
+{
+    if (argc != 1)
+        return fail(EXIT_USAGE, "usage: cbctl show NAME");
+    if (cb__name_check(argv[0]) < 0)
+        return fail(EXIT_USAGE, "'%s' is not a valid circuit name (1..127 of A-Z a-z 0-9 . _ : / @ + = -)", argv[0]);
+    int rc = seg_map(c);
+    if (rc)
+        return rc;
+    size_t len = strlen(argv[0]);
+    int slot = cb__seg_lookup(c->seg, argv[0], len, cb__name_hash(argv[0], len));
+    struct circuit_row row;
+    if (slot < 0 || row_read(c, (uint32_t)slot, &row) < 0)
+        return fail(EXIT_NOT_FOUND, "no circuit named '%s' in instance '%s'", argv[0], c->instance);
+    if (c->json) {
+        json_print(row_json(&row, true));
+        return EXIT_OK;
+    }
+    const cb_info *i = &row.info;
+    printf("name:            %s\nstate:           %s%s\nepoch:           %u\nfailure_count:   %u\n", i->name,
+           state_name(i->state), i->disabled ? " (disabled)" : i->forced ? " (forced)" : "", i->epoch,
+           i->failure_count);
+    printf("opened_at:       %lld\nsync:            %s (synced_at %lld)\n", (long long)i->opened_at,
+           row.sync_state < 4 ? sync_names[row.sync_state] : "?", (long long)row.synced_at);
+    printf("config:          failure_threshold=%u success_threshold=%u half_open_max_probes=%u "
+           "recovery_timeout_ms=%u probe_lease_ms=%u\n",
+           i->config.failure_threshold, i->config.success_threshold, i->config.half_open_max_probes,
+           i->config.recovery_timeout_ms, i->config.probe_lease_ms);
+    printf("totals:          successes=%llu failures=%llu ignored=%llu\n", (unsigned long long)i->total_successes,
+           (unsigned long long)i->total_failures, (unsigned long long)i->total_ignored);
+    return EXIT_OK;
+}
+
+/* ---- watch: the history ring through libcb ------------------------------- */
+
+static volatile sig_atomic_t stop_watch;
+static void on_stop(int sig) { (void)sig; stop_watch = 1; }
+
+static void print_transition(const struct cbctl *c, const cb_transition *t)
+{
+    char when[40];
+    time_t s = (time_t)(t->time_ns / 1000000000);
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    size_t n = strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(when + n, sizeof when - n, ".%03dZ", (int)((t->time_ns / 1000000) % 1000));
+    const char *src = t->source < 5 ? source_names[t->source] : "?";
+    if (c->json) {
+        json_print(json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I}", "time", when, "name", t->name,
+                             "from", state_name(t->from), "to", state_name(t->to), "source", src, "epoch",
+                             (json_int_t)t->epoch, "failure_count", (json_int_t)t->failure_count, "opened_at",
+                             (json_int_t)t->opened_at, "time_ns", (json_int_t)t->time_ns, "seq",
+                             (json_int_t)t->seq));
+    } else {
+        printf("%s %s %s -> %s epoch=%u failure_count=%u source=%s\n", when, t->name, state_name(t->from),
+               state_name(t->to), t->epoch, t->failure_count, src);
+    }
+    fflush(stdout);
+}
+
+static int cmd_watch(struct cbctl *c, int argc, char **argv)
+{
+    long count = -1; /* --count N: exit after N transitions (scripts, tests) */
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--count") == 0 && i + 1 < argc)
+            count = strtol(argv[++i], NULL, 10);
+        else
+            return fail(EXIT_USAGE, "usage: cbctl watch [--count N]");
+    }
+    cb_client *cl;
+    int rc = cb_client_open(&cl, c->instance);
+    if (rc < 0)
+        return fail(EXIT_UNREACHABLE, "cannot watch instance '%s': %s", c->instance, cb_strerror(rc));
+    signal(SIGINT, on_stop);
+    signal(SIGTERM, on_stop);
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    while (!stop_watch && count != 0) {
+        cb_transition t;
+        rc = cb_next_transition(cl, &t);
+        if (rc == 1) {
+            print_transition(c, &t);
+            if (count > 0)
+                count--;
+        } else if (rc == -EOVERFLOW) {
+            fprintf(stderr, "cbctl: watch fell behind; some transitions were overwritten in the history ring\n");
+        } else {
+            unsigned st = cb_status(cl);
+            if (st & CB_STATUS_REMAPPED)
+                fprintf(stderr, "cbctl: cbd replaced its segment; following the new one\n");
+            struct timespec ts = {0, 20 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    cb_client_close(cl);
+    return EXIT_OK;
+}
+
+/* ---- socket commands ------------------------------------------------------- */
+
+/* Maps a daemon error code to cbctl's exit codes. */
+static int exit_for_error(int64_t err)
+{
+    if (err == -EPERM || err == -EACCES)
+        return EXIT_DENIED;
+    if (err == -ENOENT)
+        return EXIT_NOT_FOUND;
+    return EXIT_FAILED; /* includes -EINVAL: a refused reload is a failed operation, not a usage error */
+}
+
+static json_t *mp_to_json(const msgpack_object *o);
+
+static json_t *mp_to_json(const msgpack_object *o)
+{
+    switch (o->type) {
+    case MSGPACK_OBJECT_NIL: return json_null();
+    case MSGPACK_OBJECT_BOOLEAN: return json_boolean(o->via.boolean);
+    case MSGPACK_OBJECT_POSITIVE_INTEGER: return json_integer((json_int_t)o->via.u64);
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER: return json_integer((json_int_t)o->via.i64);
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64: return json_real(o->via.f64);
+    case MSGPACK_OBJECT_STR: return json_stringn(o->via.str.ptr, o->via.str.size);
+    case MSGPACK_OBJECT_ARRAY: {
+        json_t *a = json_array();
+        for (uint32_t i = 0; i < o->via.array.size; i++)
+            json_array_append_new(a, mp_to_json(&o->via.array.ptr[i]));
+        return a;
+    }
+    case MSGPACK_OBJECT_MAP: {
+        json_t *m = json_object();
+        for (uint32_t i = 0; i < o->via.map.size; i++) {
+            const msgpack_object *k = &o->via.map.ptr[i].key;
+            if (k->type != MSGPACK_OBJECT_STR)
+                continue;
+            char key[128];
+            snprintf(key, sizeof key, "%.*s", (int)k->via.str.size, k->via.str.ptr);
+            json_object_set_new(m, key, mp_to_json(&o->via.map.ptr[i].val));
+        }
+        return m;
+    }
+    default: return json_null();
+    }
+}
+
+static const char *default_socket(const struct cbctl *c, char *buf, size_t len)
+{
+    snprintf(buf, len, "/run/cbd/%s.sock", c->instance);
+    return buf;
+}
+
+/*
+ * Sends {op, name?, extra} and prints the reply. `print` decides the human
+ * output of a successful reply (NULL: "ok").
+ */
+static int request(struct cbctl *c, const char *op, const char *name, const char *extra_key, uint64_t extra_val,
+                   void (*print)(const struct cbctl *, const msgpack_object *))
+{
+    if (c->socket_path == NULL && seg_map(c) != EXIT_OK)
+        fprintf(stderr, "cbctl: trying the default socket path\n");
+    char defbuf[128];
+    const char *path = c->socket_path ? c->socket_path : default_socket(c, defbuf, sizeof defbuf);
+    int fd = cb__unix_connect(path);
+    if (fd < 0)
+        return fail(EXIT_UNREACHABLE, "cannot reach cbd at %s: %s", path, strerror(-fd));
+
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 1 + (name != NULL) + (extra_key != NULL));
+    cb__mp_kv_str(&pk, "op", op);
+    if (name)
+        cb__mp_kv_str(&pk, "name", name);
+    if (extra_key)
+        cb__mp_kv_u64(&pk, extra_key, extra_val);
+    char *buf = NULL;
+    msgpack_unpacked result;
+    msgpack_object *reply;
+    int rc = cb__request(fd, sb.data, sb.size, c->timeout_ms, &buf, &result, &reply);
+    msgpack_sbuffer_destroy(&sb);
+    close(fd);
+    if (rc < 0)
+        return fail(EXIT_UNREACHABLE, "no valid answer from cbd at %s: %s", path, strerror(-rc));
+
+    int ok = 0, code = EXIT_OK;
+    cb__mp_get_bool(reply, "ok", &ok);
+    if (!ok) {
+        int64_t err = -EPROTO;
+        char msg[512] = "no message";
+        cb__mp_get_i64(reply, "error", &err);
+        cb__mp_get_str(reply, "message", msg, sizeof msg);
+        code = exit_for_error(err);
+        if (c->json)
+            json_print(mp_to_json(reply));
+        fail(code, "%s failed: %s", op, msg);
+    } else if (c->json) {
+        json_print(mp_to_json(reply));
+    } else if (print) {
+        print(c, reply);
+    } else {
+        printf("ok\n");
+    }
+    msgpack_unpacked_destroy(&result);
+    free(buf);
+    return code;
+}
+
+static void print_map(const struct cbctl *c, const msgpack_object *reply)
+{
+    (void)c;
+    for (uint32_t i = 0; i < reply->via.map.size; i++) {
+        const msgpack_object *k = &reply->via.map.ptr[i].key, *v = &reply->via.map.ptr[i].val;
+        if (k->type != MSGPACK_OBJECT_STR || (k->via.str.size == 2 && memcmp(k->via.str.ptr, "ok", 2) == 0))
+            continue;
+        json_t *j = mp_to_json(v);
+        char *s = json_dumps(j, JSON_ENCODE_ANY | JSON_COMPACT);
+        printf("%-24.*s %s\n", (int)k->via.str.size, k->via.str.ptr, s);
+        free(s);
+        json_decref(j);
+    }
+}
+
+/* "90", "90s", "500ms", "5m", "2h", "1d" -> ms; -1 if not a duration. */
+static int64_t parse_duration_ms(const char *s)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || v < 0)
+        return -1;
+    double mult = 1000;
+    if (strcmp(end, "ms") == 0)
+        mult = 1;
+    else if (*end == '\0' || strcmp(end, "s") == 0)
+        mult = 1000;
+    else if (strcmp(end, "m") == 0)
+        mult = 60000;
+    else if (strcmp(end, "h") == 0)
+        mult = 3600000;
+    else if (strcmp(end, "d") == 0)
+        mult = 86400000;
+    else
+        return -1;
+    double ms = v * mult;
+    return ms > 604800000.0 ? -1 : (int64_t)ms;
+}
+
+static int name_arg(int argc, char **argv, const char *usage)
+{
+    if (argc < 1)
+        return fail(EXIT_USAGE, "usage: %s", usage);
+    if (cb__name_check(argv[0]) < 0)
+        return fail(EXIT_USAGE, "'%s' is not a valid circuit name (1..127 of A-Z a-z 0-9 . _ : / @ + = -)", argv[0]);
+    return EXIT_OK;
+}
+
+static int cmd_open(struct cbctl *c, int argc, char **argv)
+{
+    const char *usage = "cbctl open NAME [--for DURATION]   (DURATION: 90s, 5m, 2h, 500ms; max 7d)";
+    int rc = name_arg(argc, argv, usage);
+    if (rc)
+        return rc;
+    if (argc == 1)
+        return request(c, "force_open", argv[0], NULL, 0, NULL);
+    int64_t ms;
+    if (argc != 3 || strcmp(argv[1], "--for") != 0 || (ms = parse_duration_ms(argv[2])) <= 0)
+        return fail(EXIT_USAGE, "usage: %s", usage);
+    return request(c, "force_open", argv[0], "for_ms", (uint64_t)ms, NULL);
+}
+
+static int cmd_simple_named(struct cbctl *c, int argc, char **argv, const char *op, const char *usage)
+{
+    int rc = name_arg(argc, argv, usage);
+    if (rc)
+        return rc;
+    if (argc != 1)
+        return fail(EXIT_USAGE, "usage: %s", usage);
+    return request(c, op, argv[0], NULL, 0, NULL);
+}
+
+static int cmd_close(struct cbctl *c, int argc, char **argv)
+{
+    return cmd_simple_named(c, argc, argv, "force_closed", "cbctl close NAME");
+}
+static int cmd_reset(struct cbctl *c, int argc, char **argv)
+{
+    return cmd_simple_named(c, argc, argv, "reset", "cbctl reset NAME");
+}
+static int cmd_disable(struct cbctl *c, int argc, char **argv)
+{
+    return cmd_simple_named(c, argc, argv, "disable", "cbctl disable NAME");
+}
+static int cmd_enable(struct cbctl *c, int argc, char **argv)
+{
+    return cmd_simple_named(c, argc, argv, "enable", "cbctl enable NAME");
+}
+
+static int cmd_no_args(struct cbctl *c, int argc, const char *op,
+                       void (*print)(const struct cbctl *, const msgpack_object *))
+{
+    if (argc != 0)
+        return fail(EXIT_USAGE, "usage: cbctl %s", op);
+    return request(c, op, NULL, NULL, 0, print);
+}
+
+static int cmd_stats(struct cbctl *c, int argc, char **argv)
+{
+    (void)argv;
+    return cmd_no_args(c, argc, "stats", print_map);
+}
+static int cmd_reload(struct cbctl *c, int argc, char **argv)
+{
+    (void)argv;
+    return cmd_no_args(c, argc, "reload", NULL);
+}
+
+static int cmd_version(struct cbctl *c, int argc, char **argv)
+{
+    (void)argv;
+    if (argc != 0)
+        return fail(EXIT_USAGE, "usage: cbctl version");
+    if (!c->json)
+        printf("cbctl %s (libcb %s, segment layout %u)\n", CB_VERSION_STRING, cb_version(), CB_SEG_MAJOR);
+    return request(c, "version", NULL, NULL, 0, print_map);
+}
+
+/* The daemon's own parser is the one truth about config files: run it. */
+static int cmd_check_config(struct cbctl *c, int argc, char **argv)
+{
+    (void)c;
+    if (argc != 1)
+        return fail(EXIT_USAGE, "usage: cbctl check-config FILE");
+    char self[PATH_MAX], cbd[PATH_MAX + 8];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n > 0) {
+        self[n] = '\0';
+        char *slash = strrchr(self, '/');
+        *slash = '\0';
+        snprintf(cbd, sizeof cbd, "%s/cbd", self);
+        if (access(cbd, X_OK) == 0)
+            execl(cbd, "cbd", "--check-config", argv[0], (char *)NULL);
+    }
+    execlp("cbd", "cbd", "--check-config", argv[0], (char *)NULL);
+    return fail(EXIT_FAILED, "cannot run cbd --check-config: %s", strerror(errno));
+}
+
+static const struct command {
+    const char *name;
+    int (*run)(struct cbctl *, int, char **);
+    const char *help;
+} commands[] = {
+    {"list", cmd_list, "list                     every circuit (from the segment)"},
+    {"show", cmd_show, "show NAME                one circuit in detail (from the segment)"},
+    {"open", cmd_open, "open NAME [--for DUR]    force OPEN (until reset/close, or for DUR: 90s, 5m, 2h)"},
+    {"close", cmd_close, "close NAME               force CLOSED (failures are not counted until reset)"},
+    {"reset", cmd_reset, "reset NAME               back to CLOSED under normal policy, streak cleared"},
+    {"disable", cmd_disable, "disable NAME             bypass the breaker for NAME (every call allowed)"},
+    {"enable", cmd_enable, "enable NAME              undo disable"},
+    {"watch", cmd_watch, "watch [--count N]        print transitions as they happen (like tail -f)"},
+    {"stats", cmd_stats, "stats                    the daemon's counters"},
+    {"reload", cmd_reload, "reload                   re-read the configuration file (like SIGHUP)"},
+    {"check-config", cmd_check_config, "check-config FILE        validate a configuration file"},
+    {"version", cmd_version, "version                  versions of cbctl, libcb and the daemon"},
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: cbctl [--instance NAME] [--socket PATH] [--json] [--timeout MS] COMMAND [ARGS]\n\n"
+                 "commands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(out, "  %s\n", commands[i].help);
+    fprintf(out, "\nexit codes: 0 ok, 1 operation failed, 2 usage, 3 cbd unreachable, 4 no such circuit, "
+                 "5 permission denied\n");
+}
+
+int main(int argc, char **argv)
+{
+    struct cbctl c = {.timeout_ms = 5000};
+    c.instance = getenv("CB_INSTANCE") ? getenv("CB_INSTANCE") : "default";
+    static const struct option opts[] = {
+        {"instance", required_argument, NULL, 'i'}, {"socket", required_argument, NULL, 's'},
+        {"json", no_argument, NULL, 'j'},           {"timeout", required_argument, NULL, 't'},
+        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
+    };
+    int opt;
+    while ((opt = getopt_long(argc, argv, "+i:s:jt:h", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'i': c.instance = optarg; break;
+        case 's': c.socket_path = optarg; break;
+        case 'j': c.json = true; break;
+        case 't': c.timeout_ms = atoi(optarg) > 0 ? atoi(optarg) : 5000; break;
+        case 'h': usage(stdout); return EXIT_OK;
+        default: usage(stderr); return EXIT_USAGE;
+        }
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    const char *name = argv[optind];
+    /* Options may also follow the command: `cbctl list --json`. */
+    int nargs = 0;
+    char **args = calloc((size_t)argc, sizeof *args);
+    for (int i = optind + 1; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            c.json = true;
+        else if (strcmp(argv[i], "--instance") == 0 && i + 1 < argc)
+            c.instance = argv[++i];
+        else if (strcmp(argv[i], "--socket") == 0 && i + 1 < argc)
+            c.socket_path = argv[++i];
+        else
+            args[nargs++] = argv[i];
+    }
+    if (cb__instance_check(c.instance) < 0) {
+        free(args);
+        return fail(EXIT_USAGE, "'%s' is not a valid instance name (1..32 of A-Z a-z 0-9 _ -)", c.instance);
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(name, commands[i].name) == 0) {
+            int rc = commands[i].run(&c, nargs, args);
+            free(args);
+            return rc;
+        }
+    free(args);
+    fprintf(stderr, "cbctl: unknown command '%s'\n", name);
+    usage(stderr);
+    return EXIT_USAGE;
+}
