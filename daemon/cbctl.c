@@ -33,6 +33,7 @@
 #include "cb.h"
 #include "frame.h"
 #include "segment.h"
+#include "store_dynamodb.h"
 
 enum { EXIT_OK = 0, EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_UNREACHABLE = 3, EXIT_NOT_FOUND = 4, EXIT_DENIED = 5 };
 
@@ -526,6 +527,19 @@ static int cmd_check_config(struct cbctl *c, int argc, char **argv)
     return fail(EXIT_FAILED, "cannot run cbd --check-config: %s", strerror(errno));
 }
 
+static int cmd_dynamodb(struct cbctl *c, int argc, char **argv)
+{
+    (void)c;
+    if (argc != 2 || strcmp(argv[0], "create-table") != 0)
+        return fail(EXIT_USAGE, "usage: cbctl dynamodb create-table 'dynamodb://TABLE?region=R[&endpoint=URL]'");
+    char err[512] = "";
+    int rc = cbd_dynamodb_create_table(argv[1], err, sizeof err);
+    if (rc < 0)
+        return fail(rc == -EINVAL ? EXIT_USAGE : EXIT_FAILED, "create-table failed: %s", err);
+    printf("%s\n", err[0] ? err : "table is ACTIVE");
+    return EXIT_OK;
+}
+
 static const struct command {
     const char *name;
     int (*run)(struct cbctl *, int, char **);
@@ -543,6 +557,7 @@ static const struct command {
     {"reload", cmd_reload, "reload                   re-read the configuration file (like SIGHUP)"},
     {"check-config", cmd_check_config, "check-config FILE        validate a configuration file"},
     {"version", cmd_version, "version                  versions of cbctl, libcb and the daemon"},
+    {"dynamodb", cmd_dynamodb, "dynamodb create-table URI  create a Powertools-compatible table"},
 };
 
 static void usage(FILE *out)

@@ -307,6 +307,16 @@ static void kv_u64s(struct reply *r, const char *const *keys, const uint64_t *va
         field_u64(r, keys[i], vals[i]);
 }
 
+/* The store's own counters, as store_<name>. */
+static void emit_store_stat(void *arg, const char *name, uint64_t value)
+{
+    struct reply *r = arg;
+    char key[64];
+    snprintf(key, sizeof key, "store_%s", name);
+    cb__mp_kv_u64(&r->pk, key, value);
+    r->nfields++;
+}
+
 static int op_stats(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
 {
     struct cbd *d = c->d;
@@ -334,6 +344,8 @@ static int op_stats(struct cbd_conn *c, const msgpack_object *req, struct reply 
     cb__mp_kv_str(&r->pk, "store", d->store_ops->scheme);
     cb__mp_kv_bool(&r->pk, "store_online", d->store_health != 0);
     r->nfields += 2;
+    if (d->store_ops->stats != NULL && d->store != NULL)
+        d->store_ops->stats(d->store, emit_store_stat, r);
     return 0;
 }
 

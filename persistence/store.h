@@ -115,5 +115,6 @@ const char *cbd_store_uri_error(const char *uri, char *buf, size_t size);
 
 extern const struct cbd_store_ops cbd_store_local_ops;
 extern const struct cbd_store_ops cbd_store_redis_ops;
+extern const struct cbd_store_ops cbd_store_dynamodb_ops;
 
 #endif /* CBD_STORE_H */

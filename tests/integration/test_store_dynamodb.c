@@ -1,0 +1,740 @@
+/*
+ * test_store_dynamodb.c - the dynamodb store against dynalite, driven
+ * through its ops table by two "hosts" on one loop (no daemon needed):
+ * fleet propagation, the probe election, leases, compare-before-write,
+ * composite keys; interoperability with items written and read exactly the
+ * way Powertools writes and reads them; and faults from a scripted loopback
+ * endpoint (throttling, 5xx, garbage, slow answers) and from dynalite
+ * killed and restarted mid-run.
+ */
+#define _GNU_SOURCE /* vasprintf */
+#include <criterion/criterion.h>
+#include <curl/curl.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "../dynamo/ddb_test_support.h"
+#include "store_dynamodb.h"
+
+#define TABLE "cbd-circuits"
+#define LIVENESS_MS 10000
+
+static void suite_env(void)
+{
+    setenv("AWS_ACCESS_KEY_ID", "AKIDTEST", 1);
+    setenv("AWS_SECRET_ACCESS_KEY", "test-secret", 1);
+    setenv("AWS_EC2_METADATA_DISABLED", "true", 1);
+    unsetenv("AWS_SESSION_TOKEN");
+    unsetenv("AWS_ENDPOINT_URL");
+    unsetenv("AWS_ENDPOINT_URL_DYNAMODB");
+}
+
+TestSuite(store_dynamodb, .init = suite_env, .timeout = 60);
+
+/* ---- a host: one store and what its hooks were told -------------------------------- */
+
+struct host {
+    struct cbd_store *s;
+    struct cbd_store_hooks hooks;
+    int remotes;                  /* hooks->remote calls */
+    struct cbd_store_state remote; /* the last one */
+    int probes;                   /* hooks->probe_result calls */
+    bool granted;
+    int64_t lease_expiry;
+    int health_calls;
+    bool online;
+    char why[512];
+    bool restored, closed;
+    int restore_rc;
+};
+
+static uv_loop_t loop;
+
+static void on_remote(void *arg, const struct cbd_store_state *st)
+{
+    struct host *h = arg;
+    h->remotes++;
+    h->remote = *st;
+}
+
+static void on_probe(void *arg, const char *name, int64_t opened_at, bool granted, int64_t lease_expiry)
+{
+    struct host *h = arg;
+    (void)name;
+    (void)opened_at;
+    h->probes++;
+    h->granted = granted;
+    h->lease_expiry = lease_expiry;
+}
+
+static void on_health(void *arg, bool online, const char *why)
+{
+    struct host *h = arg;
+    h->health_calls++;
+    h->online = online;
+    snprintf(h->why, sizeof h->why, "%s", why);
+}
+
+static void on_restored(void *arg, int rc)
+{
+    struct host *h = arg;
+    h->restored = true;
+    h->restore_rc = rc;
+}
+
+static void on_closed(void *arg)
+{
+    ((struct host *)arg)->closed = true;
+}
+
+/* Run the loop until cond holds; false after ms. */
+#define RUN_UNTIL(cond, ms)                                                   \
+    ({                                                                        \
+        int64_t run__end = tsup_now_ms() + (ms);                              \
+        while (!(cond) && tsup_now_ms() < run__end) {                         \
+            uv_run(&loop, UV_RUN_NOWAIT);                                     \
+            if (!(cond))                                                      \
+                usleep(1000);                                                 \
+        }                                                                     \
+        (bool)(cond);                                                         \
+    })
+
+static void host_open(struct host *h, const char *fmt, ...)
+{
+    char uri[1024];
+    const char *err = NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(uri, sizeof uri, fmt, ap);
+    va_end(ap);
+    memset(h, 0, sizeof *h);
+    h->hooks = (struct cbd_store_hooks){.loop = &loop, .arg = h, .remote = on_remote, .probe_result = on_probe,
+                                        .health = on_health};
+    int rc = cbd_store_dynamodb_ops.create(&h->s, uri, &h->hooks, &err);
+    cr_assert_eq(rc, 0, "create %s: %s", uri, err ? err : "?");
+}
+
+static void host_close(struct host *h)
+{
+    cbd_store_dynamodb_ops.close(h->s, on_closed, h);
+    cr_assert(RUN_UNTIL(h->closed, LIVENESS_MS), "close never finished");
+}
+
+static void track(struct host *h, const char *name, uint32_t recovery_ms)
+{
+    cb_config cfg;
+    cb_config_init(&cfg);
+    cfg.recovery_timeout_ms = recovery_ms;
+    cbd_store_dynamodb_ops.track(h->s, name, &cfg);
+}
+
+static struct cbd_store_state state(const char *name, cb_state st, int64_t opened_at, uint32_t failures)
+{
+    struct cbd_store_state s = {.state = st, .opened_at = opened_at, .failure_count = failures};
+    snprintf(s.name, sizeof s.name, "%s", name);
+    return s;
+}
+
+static void transition(struct host *h, const char *name, cb_state st, int64_t opened_at, int64_t prev)
+{
+    struct cbd_store_state s = state(name, st, opened_at, st == CB_OPEN ? 5 : 0);
+    cbd_store_dynamodb_ops.transition(h->s, &s, prev);
+}
+
+static void try_probe(struct host *h, const char *name, int64_t opened_at, uint32_t lease_s)
+{
+    h->probes = 0;
+    cbd_store_dynamodb_ops.try_probe(h->s, name, opened_at, lease_s);
+}
+
+static struct cbd_dynamodb_stats stats(const struct host *h)
+{
+    struct cbd_dynamodb_stats st;
+    cbd_dynamodb_stats(h->s, &st);
+    return st;
+}
+
+/* Written, acknowledged, nothing queued. */
+static bool settled(const struct host *h)
+{
+    return stats(h).pending_writes == 0;
+}
+
+/* ---- raw DynamoDB calls, the way Powertools (boto3) makes them ----------------------- */
+
+struct buf {
+    char *p;
+    size_t n;
+};
+
+static size_t collect(char *p, size_t sz, size_t n, void *arg)
+{
+    struct buf *b = arg;
+    b->p = realloc(b->p, b->n + sz * n + 1);
+    memcpy(b->p + b->n, p, sz * n);
+    b->n += sz * n;
+    b->p[b->n] = '\0';
+    return sz * n;
+}
+
+/* One blocking, signed call; the answer (with "__status"). */
+static json_t *raw(const char *endpoint, const char *op, const char *fmt, ...)
+{
+    char *body, target[96];
+    va_list ap;
+    va_start(ap, fmt);
+    cr_assert(vasprintf(&body, fmt, ap) > 0);
+    va_end(ap);
+    snprintf(target, sizeof target, "X-Amz-Target: DynamoDB_20120810.%s", op);
+    struct curl_slist *hd = curl_slist_append(NULL, "Content-Type: application/x-amz-json-1.0");
+    hd = curl_slist_append(hd, target);
+    struct buf b = {0};
+    long status = 0;
+    CURL *e = curl_easy_init();
+    curl_easy_setopt(e, CURLOPT_URL, endpoint);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, hd);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(e, CURLOPT_AWS_SIGV4, "aws:amz:us-east-1:dynamodb");
+    curl_easy_setopt(e, CURLOPT_USERPWD, "AKIDTEST:test-secret");
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, &b);
+    cr_assert_eq(curl_easy_perform(e), CURLE_OK);
+    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_cleanup(e);
+    curl_slist_free_all(hd);
+    free(body);
+    json_t *j = json_loads(b.p ? b.p : "{}", 0, NULL);
+    cr_assert(j, "not JSON: %s", b.p);
+    free(b.p);
+    json_object_set_new(j, "__status", json_integer(status));
+    return j;
+}
+
+static long raw_status(json_t *j)
+{
+    return (long)json_integer_value(json_object_get(j, "__status"));
+}
+
+/* GetItem as Powertools reads: eventually consistent, simple key "id". */
+static json_t *pt_get(const char *endpoint, const char *name)
+{
+    json_t *j = raw(endpoint, "GetItem", "{\"TableName\":\"" TABLE "\",\"Key\":{\"id\":{\"S\":\"%s\"}}}", name);
+    cr_assert_eq(raw_status(j), 200, "GetItem: %s", json_dumps(j, 0));
+    return j;
+}
+
+static const char *item_s(json_t *ans, const char *attr)
+{
+    return json_string_value(json_object_get(json_object_get(json_object_get(ans, "Item"), attr), "S"));
+}
+
+static int64_t item_n(json_t *ans, const char *attr)
+{
+    const char *v = json_string_value(json_object_get(json_object_get(json_object_get(ans, "Item"), attr), "N"));
+    return v ? strtoll(v, NULL, 10) : -1;
+}
+
+static bool item_has(json_t *ans, const char *attr)
+{
+    return json_object_get(json_object_get(ans, "Item"), attr) != NULL;
+}
+
+static void create_table(const char *endpoint, const char *extra)
+{
+    char uri[512], err[512];
+    snprintf(uri, sizeof uri, "dynamodb://" TABLE "?endpoint=%s%s", endpoint, extra);
+    int rc = cbd_dynamodb_create_table(uri, err, sizeof err);
+    cr_assert(rc == 0 || rc == 1, "create-table: %d %s", rc, err);
+}
+
+static int64_t now_s(void)
+{
+    return (int64_t)time(NULL);
+}
+
+/* dynalite with the table; the loop ready. */
+static void fleet_start(struct dynalite *d, const char *extra)
+{
+    dynalite_start(d, 0);
+    create_table(d->endpoint, extra);
+    uv_loop_init(&loop);
+}
+
+static void fleet_stop(struct host *a, struct host *b)
+{
+    if (a)
+        host_close(a);
+    if (b)
+        host_close(b);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cr_assert_eq(uv_loop_close(&loop), 0, "a store left a handle open");
+}
+
+#define HOST_URI "dynamodb://" TABLE "?endpoint=%s&sync_ms=200&owner=%s&backoff_max_ms=400&timeout_ms=1000"
+
+/* ---- two hosts, one fleet --------------------------------------------------------- */
+
+Test(store_dynamodb, a_trip_on_one_host_opens_the_other_at_the_next_sync)
+{
+    struct dynalite d;
+    struct host a, b;
+    int64_t t = now_s();
+    fleet_start(&d, "");
+    host_open(&a, HOST_URI, d.endpoint, "host-a");
+    host_open(&b, HOST_URI, d.endpoint, "host-b");
+    track(&a, "payments", 30000);
+    track(&b, "payments", 30000);
+    transition(&a, "payments", CB_OPEN, t, 0);
+    cr_assert(RUN_UNTIL(b.remotes > 0 && b.remote.state == CB_OPEN, LIVENESS_MS), "B never saw the trip");
+    cr_assert_str_eq(b.remote.name, "payments");
+    cr_assert_eq(b.remote.opened_at, t);
+    cr_assert_eq(b.remote.failure_count, 5);
+    cr_assert(a.online && b.online, "both hosts reported themselves online");
+    cr_assert_eq(a.remotes, 0, "A's own write is no news to A");
+    fleet_stop(&a, &b);
+}
+
+Test(store_dynamodb, exactly_one_host_wins_the_probe_election)
+{
+    struct dynalite d;
+    struct host a, b;
+    int64_t t = now_s() - 30;
+    fleet_start(&d, "");
+    host_open(&a, HOST_URI, d.endpoint, "host-a");
+    host_open(&b, HOST_URI, d.endpoint, "host-b");
+    track(&a, "search", 30000);
+    track(&b, "search", 30000);
+    transition(&a, "search", CB_OPEN, t, 0);
+    cr_assert(RUN_UNTIL(b.remote.state == CB_OPEN, LIVENESS_MS));
+    try_probe(&a, "search", t, 30);
+    try_probe(&b, "search", t, 30);
+    cr_assert(RUN_UNTIL(a.probes == 1 && b.probes == 1, LIVENESS_MS), "both hosts get an answer");
+    cr_assert_eq(a.granted + b.granted, 1, "exactly one winner (A %d, B %d)", a.granted, b.granted);
+    struct host *loser = a.granted ? &b : &a;
+    cr_assert_eq(loser->remote.state, CB_HALF_OPEN, "the loser learns the fleet is probing");
+    cr_assert_str_eq(loser->remote.probe_owner, a.granted ? "host-a" : "host-b");
+    json_t *it = pt_get(d.endpoint, "search");
+    cr_assert_str_eq(item_s(it, "state"), "HALF_OPEN");
+    cr_assert_str_eq(item_s(it, "half_open_owner"), a.granted ? "host-a" : "host-b");
+    json_decref(it);
+    fleet_stop(&a, &b);
+}
+
+Test(store_dynamodb, an_expired_lease_is_taken_over_by_another_host)
+{
+    struct dynalite d;
+    struct host a, b;
+    int64_t t = now_s() - 30;
+    fleet_start(&d, "");
+    host_open(&a, HOST_URI, d.endpoint, "host-a");
+    host_open(&b, HOST_URI, d.endpoint, "host-b");
+    track(&a, "ledger", 30000);
+    track(&b, "ledger", 30000);
+    transition(&a, "ledger", CB_OPEN, t, 0);
+    cr_assert(RUN_UNTIL(settled(&a), LIVENESS_MS));
+    /* Times are whole seconds: a 2 s lease is live for at least 1 s. */
+    try_probe(&a, "ledger", t, 2);
+    cr_assert(RUN_UNTIL(a.probes == 1, LIVENESS_MS) && a.granted);
+    try_probe(&b, "ledger", t, 30);
+    cr_assert(RUN_UNTIL(b.probes == 1, LIVENESS_MS));
+    cr_assert_not(b.granted, "A's lease is still live");
+    RUN_UNTIL(false, 3100); /* A's lease runs out */
+    try_probe(&b, "ledger", t, 30);
+    cr_assert(RUN_UNTIL(b.probes == 1, LIVENESS_MS));
+    cr_assert(b.granted, "B takes over the expired lease");
+    cr_assert(RUN_UNTIL(a.remote.state == CB_HALF_OPEN && strcmp(a.remote.probe_owner, "host-b") == 0,
+                        LIVENESS_MS), "A learns B holds the lease now");
+    fleet_stop(&a, &b);
+}
+
+Test(store_dynamodb, a_close_by_the_prober_closes_every_host)
+{
+    struct dynalite d;
+    struct host a, b;
+    int64_t t = now_s() - 30;
+    fleet_start(&d, "");
+    host_open(&a, HOST_URI, d.endpoint, "host-a");
+    host_open(&b, HOST_URI, d.endpoint, "host-b");
+    track(&a, "mail", 30000);
+    track(&b, "mail", 30000);
+    transition(&a, "mail", CB_OPEN, t, 0);
+    cr_assert(RUN_UNTIL(b.remote.state == CB_OPEN, LIVENESS_MS));
+    try_probe(&a, "mail", t, 30);
+    cr_assert(RUN_UNTIL(a.probes == 1, LIVENESS_MS) && a.granted);
+    cr_assert(RUN_UNTIL(b.remote.state == CB_HALF_OPEN, LIVENESS_MS));
+    struct cbd_store_state half = state("mail", CB_HALF_OPEN, t, 0);
+    cbd_store_dynamodb_ops.transition(a.s, &half, t); /* nothing to write: the election did */
+    transition(&a, "mail", CB_CLOSED, 0, t);
+    cr_assert(RUN_UNTIL(b.remote.state == CB_CLOSED, LIVENESS_MS), "B never saw the close");
+    json_t *it = pt_get(d.endpoint, "mail");
+    cr_assert_str_eq(item_s(it, "state"), "CLOSED");
+    cr_assert_not(item_has(it, "opened_at") || item_has(it, "half_open_owner") || item_has(it, "probe_lease_expiry"));
+    json_decref(it);
+    fleet_stop(&a, &b);
+}
+
+Test(store_dynamodb, writes_never_clobber_a_live_lease_or_a_newer_opening)
+{
+    struct dynalite d;
+    struct host a, b;
+    int64_t t = now_s() - 30;
+    fleet_start(&d, "");
+    host_open(&a, HOST_URI, d.endpoint, "host-a");
+    host_open(&b, HOST_URI, d.endpoint, "host-b");
+    track(&a, "geo", 30000);
+    transition(&a, "geo", CB_OPEN, t, 0);
+    cr_assert(RUN_UNTIL(settled(&a), LIVENESS_MS));
+    try_probe(&a, "geo", t, 30);
+    cr_assert(RUN_UNTIL(a.probes == 1, LIVENESS_MS) && a.granted);
+    /* B, with a stale view: an older trip, then a close without the lease. */
+    transition(&b, "geo", CB_OPEN, t - 100, 0);
+    cr_assert(RUN_UNTIL(b.remotes == 1, LIVENESS_MS), "the lost condition is reported");
+    cr_assert_eq(b.remote.state, CB_HALF_OPEN);
+    cr_assert_str_eq(b.remote.probe_owner, "host-a");
+    transition(&b, "geo", CB_CLOSED, 0, t);
+    cr_assert(RUN_UNTIL(b.remotes == 2, LIVENESS_MS));
+    cr_assert_eq(b.remote.state, CB_HALF_OPEN);
+    cr_assert_geq(stats(&b).conditions_lost, 2);
+    json_t *it = pt_get(d.endpoint, "geo");
+    cr_assert_str_eq(item_s(it, "state"), "HALF_OPEN");
+    cr_assert_str_eq(item_s(it, "half_open_owner"), "host-a");
+    cr_assert_eq(item_n(it, "opened_at"), t);
+    json_decref(it);
+    /* A newer opening does replace an older OPEN. */
+    transition(&a, "geo", CB_OPEN, t + 10, t); /* A's probe failed: reopen */
+    cr_assert(RUN_UNTIL(settled(&a), LIVENESS_MS));
+    transition(&b, "geo", CB_OPEN, t + 20, 0);
+    cr_assert(RUN_UNTIL(settled(&b), LIVENESS_MS));
+    it = pt_get(d.endpoint, "geo");
+    cr_assert_str_eq(item_s(it, "state"), "OPEN");
+    cr_assert_eq(item_n(it, "opened_at"), t + 20);
+    json_decref(it);
+    fleet_stop(&a, &b);
+}
+
+Test(store_dynamodb, composite_keys_put_the_name_in_the_sort_key)
+{
+    struct dynalite d;
+    struct host a, b;
+    int64_t t = now_s();
+    fleet_start(&d, "&sk=name");
+    host_open(&a, HOST_URI "&sk=name&static_pk=circuit_breaker%%23orders", d.endpoint, "host-a");
+    host_open(&b, HOST_URI "&sk=name&static_pk=circuit_breaker%%23orders", d.endpoint, "host-b");
+    track(&a, "stock", 30000);
+    track(&b, "stock", 30000);
+    transition(&a, "stock", CB_OPEN, t, 0);
+    cr_assert(RUN_UNTIL(b.remote.state == CB_OPEN, LIVENESS_MS), "B never saw the trip");
+    json_t *it = raw(d.endpoint, "GetItem", "{\"TableName\":\"" TABLE "\",\"Key\":{\"id\":{\"S\":"
+                     "\"circuit_breaker#orders\"},\"name\":{\"S\":\"stock\"}}}");
+    cr_assert_str_eq(item_s(it, "state"), "OPEN");
+    json_decref(it);
+    fleet_stop(&a, &b);
+}
+
+Test(store_dynamodb, registering_a_circuit_open_in_the_fleet_reads_it_at_once)
+{
+    struct dynalite d;
+    struct host c;
+    int64_t t = now_s();
+    fleet_start(&d, "");
+    json_t *r = raw(d.endpoint, "PutItem", "{\"TableName\":\"" TABLE "\",\"Item\":{\"id\":{\"S\":\"billing\"},"
+                    "\"state\":{\"S\":\"OPEN\"},\"failure_count\":{\"N\":\"5\"},\"opened_at\":{\"N\":\"%lld\"},"
+                    "\"expiration\":{\"N\":\"%lld\"}}}", (long long)t, (long long)t + 3630);
+    cr_assert_eq(raw_status(r), 200);
+    json_decref(r);
+    host_open(&c, "dynamodb://" TABLE "?endpoint=%s&sync_ms=0", d.endpoint); /* no periodic sync */
+    cbd_store_dynamodb_ops.restore(c.s, on_restored, &c);
+    cr_assert_not(c.restored, "done never runs inside restore()");
+    cr_assert(RUN_UNTIL(c.restored, LIVENESS_MS));
+    cr_assert_eq(c.restore_rc, 0);
+    cr_assert_eq(c.remotes, 0, "nothing tracked yet: restore reads nothing");
+    track(&c, "billing", 30000);
+    cr_assert(RUN_UNTIL(c.remotes == 1, LIVENESS_MS), "registration reads the circuit");
+    cr_assert_eq(c.remote.state, CB_OPEN);
+    cr_assert_eq(c.remote.opened_at, t);
+    fleet_stop(&c, NULL);
+}
+
+/* ---- interoperability with Powertools ------------------------------------------------ */
+
+#define PT_OWNER "4242#0f8fad5b-d9cb-469f-a165-70867728950e"
+
+/* Powertools' trip: PutItem of the whole OPEN item, unconditional. */
+static void pt_trip(const char *ep, const char *name, int64_t t)
+{
+    json_t *r = raw(ep, "PutItem", "{\"TableName\":\"" TABLE "\",\"Item\":{\"id\":{\"S\":\"%s\"},\"state\":{\"S\":"
+                    "\"OPEN\"},\"failure_count\":{\"N\":\"5\"},\"opened_at\":{\"N\":\"%lld\"},\"expiration\":{\"N\":"
+                    "\"%lld\"}}}", name, (long long)t, (long long)now_s() + 30 + 3600);
+    cr_assert_eq(raw_status(r), 200);
+    json_decref(r);
+}
+
+/* Powertools' election: PutItem of the HALF_OPEN item with its condition;
+ * the HTTP status (400 = ConditionalCheckFailedException). */
+static long pt_elect(const char *ep, const char *name, int64_t opened_at)
+{
+    int64_t now = now_s();
+    json_t *r = raw(ep, "PutItem",
+                    "{\"TableName\":\"" TABLE "\",\"Item\":{\"id\":{\"S\":\"%s\"},\"state\":{\"S\":\"HALF_OPEN\"},"
+                    "\"failure_count\":{\"N\":\"5\"},\"opened_at\":{\"N\":\"%lld\"},\"half_open_owner\":{\"S\":\""
+                    PT_OWNER "\"},\"probe_lease_expiry\":{\"N\":\"%lld\"},\"expiration\":{\"N\":\"%lld\"}},"
+                    "\"ConditionExpression\":\"(#state = :open AND attribute_not_exists(#owner) AND #opened_at = "
+                    ":opened_at) OR (#state = :half_open AND #lease <= :now)\",\"ExpressionAttributeNames\":{"
+                    "\"#state\":\"state\",\"#owner\":\"half_open_owner\",\"#opened_at\":\"opened_at\",\"#lease\":"
+                    "\"probe_lease_expiry\"},\"ExpressionAttributeValues\":{\":open\":{\"S\":\"OPEN\"},"
+                    "\":opened_at\":{\"N\":\"%lld\"},\":half_open\":{\"S\":\"HALF_OPEN\"},\":now\":{\"N\":\"%lld\"}}}",
+                    name, (long long)opened_at, (long long)now + 30, (long long)now + 30 + 3600,
+                    (long long)opened_at, (long long)now);
+    long st = raw_status(r);
+    if (st != 200)
+        cr_assert_str_eq(json_string_value(json_object_get(r, "__type")),
+                         "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException");
+    json_decref(r);
+    return st;
+}
+
+/* Powertools' close and reopen: UpdateItems. */
+static void pt_update(const char *ep, const char *name, bool reopen, int64_t t)
+{
+    json_t *r;
+    if (reopen)
+        r = raw(ep, "UpdateItem", "{\"TableName\":\"" TABLE "\",\"Key\":{\"id\":{\"S\":\"%s\"}},\"UpdateExpression\":"
+                "\"SET #state = :open, failure_count = :zero, opened_at = :oa, expiration = :exp REMOVE "
+                "half_open_owner, probe_lease_expiry\",\"ExpressionAttributeNames\":{\"#state\":\"state\"},"
+                "\"ExpressionAttributeValues\":{\":open\":{\"S\":\"OPEN\"},\":zero\":{\"N\":\"0\"},\":oa\":{\"N\":"
+                "\"%lld\"},\":exp\":{\"N\":\"%lld\"}}}", name, (long long)t, (long long)now_s() + 3630);
+    else
+        r = raw(ep, "UpdateItem", "{\"TableName\":\"" TABLE "\",\"Key\":{\"id\":{\"S\":\"%s\"}},\"UpdateExpression\":"
+                "\"SET #state = :closed, failure_count = :zero, expiration = :exp REMOVE opened_at, "
+                "half_open_owner, probe_lease_expiry\",\"ExpressionAttributeNames\":{\"#state\":\"state\"},"
+                "\"ExpressionAttributeValues\":{\":closed\":{\"S\":\"CLOSED\"},\":zero\":{\"N\":\"0\"},\":exp\":{"
+                "\"N\":\"%lld\"}}}", name, (long long)now_s() + 3630);
+    cr_assert_eq(raw_status(r), 200, "%s", json_dumps(r, 0));
+    json_decref(r);
+}
+
+Test(store_dynamodb, items_written_the_powertools_way_reach_the_host)
+{
+    struct dynalite d;
+    struct host a;
+    int64_t t = now_s() - 40;
+    fleet_start(&d, "");
+    host_open(&a, HOST_URI, d.endpoint, "host-a");
+    track(&a, "pt-orders", 30000);
+    cr_assert(RUN_UNTIL(a.online, LIVENESS_MS));
+    pt_trip(d.endpoint, "pt-orders", t);
+    cr_assert(RUN_UNTIL(a.remote.state == CB_OPEN && a.remote.opened_at == t, LIVENESS_MS), "trip not seen");
+    cr_assert_eq(a.remote.failure_count, 5);
+    cr_assert_eq(pt_elect(d.endpoint, "pt-orders", t), 200);
+    cr_assert(RUN_UNTIL(a.remote.state == CB_HALF_OPEN, LIVENESS_MS), "election not seen");
+    cr_assert_str_eq(a.remote.probe_owner, PT_OWNER);
+    cr_assert_geq(a.remote.lease_expiry, now_s() + 25);
+    try_probe(&a, "pt-orders", t, 30);
+    cr_assert(RUN_UNTIL(a.probes == 1, LIVENESS_MS));
+    cr_assert_not(a.granted, "a Powertools prober's live lease is respected");
+    pt_update(d.endpoint, "pt-orders", false, 0);
+    cr_assert(RUN_UNTIL(a.remote.state == CB_CLOSED, LIVENESS_MS), "close not seen");
+    pt_trip(d.endpoint, "pt-orders", t + 5);
+    cr_assert_eq(pt_elect(d.endpoint, "pt-orders", t + 5), 200);
+    pt_update(d.endpoint, "pt-orders", true, t + 9);
+    cr_assert(RUN_UNTIL(a.remote.state == CB_OPEN && a.remote.opened_at == t + 9, LIVENESS_MS), "reopen not seen");
+    cr_assert_str_eq(a.remote.probe_owner, "");
+    fleet_stop(&a, NULL);
+}
+
+Test(store_dynamodb, items_written_by_the_host_read_back_the_powertools_way)
+{
+    struct dynalite d;
+    struct host a;
+    int64_t t = now_s() - 40;
+    fleet_start(&d, "");
+    host_open(&a, HOST_URI, d.endpoint, "host-a");
+    track(&a, "pt-pay", 20000);
+    transition(&a, "pt-pay", CB_OPEN, t, 0);
+    cr_assert(RUN_UNTIL(settled(&a), LIVENESS_MS));
+    json_t *it = pt_get(d.endpoint, "pt-pay");
+    cr_assert_str_eq(item_s(it, "state"), "OPEN");
+    cr_assert_eq(item_n(it, "opened_at"), t);
+    cr_assert_eq(item_n(it, "failure_count"), 5);
+    int64_t exp = item_n(it, "expiration");
+    cr_assert(exp >= now_s() + 20 + 3600 - 5 && exp <= now_s() + 20 + 3600, "expiration %lld", (long long)exp);
+    cr_assert_not(item_has(it, "half_open_owner"));
+    json_decref(it);
+    try_probe(&a, "pt-pay", t, 20);
+    cr_assert(RUN_UNTIL(a.probes == 1, LIVENESS_MS) && a.granted);
+    it = pt_get(d.endpoint, "pt-pay");
+    cr_assert_str_eq(item_s(it, "state"), "HALF_OPEN");
+    cr_assert_str_eq(item_s(it, "half_open_owner"), "host-a");
+    cr_assert_eq(item_n(it, "opened_at"), t);
+    cr_assert_eq(item_n(it, "probe_lease_expiry"), a.lease_expiry);
+    cr_assert(a.lease_expiry >= now_s() + 18 && a.lease_expiry <= now_s() + 20);
+    json_decref(it);
+    cr_assert_eq(pt_elect(d.endpoint, "pt-pay", t), 400, "Powertools respects the host's live lease");
+    transition(&a, "pt-pay", CB_CLOSED, 0, t);
+    cr_assert(RUN_UNTIL(settled(&a), LIVENESS_MS));
+    it = pt_get(d.endpoint, "pt-pay");
+    cr_assert_str_eq(item_s(it, "state"), "CLOSED");
+    cr_assert_eq(item_n(it, "failure_count"), 0);
+    cr_assert_not(item_has(it, "opened_at") || item_has(it, "half_open_owner") || item_has(it, "probe_lease_expiry"));
+    cr_assert(item_has(it, "expiration"));
+    json_decref(it);
+    fleet_stop(&a, NULL);
+}
+
+/* ---- faults from a scripted endpoint ---------------------------------------------------- */
+
+enum script { SC_RETRY, SC_GARBAGE, SC_SLOW, SC_DOWN, SC_UP };
+static struct scripted {
+    enum script mode;
+    int gets, puts, batches;
+} sc;
+
+static void open_item(char *body, size_t len, const char *name)
+{
+    snprintf(body, len, "{\"Item\":{\"id\":{\"S\":\"%s\"},\"state\":{\"S\":\"OPEN\"},\"failure_count\":{\"N\":"
+             "\"5\"},\"opened_at\":{\"N\":\"1700000000\"},\"expiration\":{\"N\":\"1700003630\"}}}", name);
+}
+
+static void scripted_handler(void *arg, const struct fake_req *rq, struct fake_resp *rs)
+{
+    struct scripted *s = arg;
+    char target[128] = "";
+    fake_header(rq, "X-Amz-Target", target, sizeof target);
+    bool get = strstr(target, ".GetItem"), put = strstr(target, ".PutItem"), batch = strstr(target, ".BatchGetItem");
+    int n = get ? ++s->gets : put ? ++s->puts : batch ? ++s->batches : 0;
+    if (s->mode == SC_DOWN) {
+        rs->status = 503;
+        strcpy(rs->body, "{\"__type\":\"com.amazon.coral.service#ServiceUnavailableException\"}");
+    } else if (s->mode == SC_RETRY && (get || put) && n <= 2) {
+        rs->status = n == 1 ? 400 : 500;
+        strcpy(rs->body, n == 2 ? "{\"__type\":\"com.amazon.coral.service#InternalFailure\"}"
+                         : get ? "{\"__type\":\"com.amazon.coral.availability#ThrottlingException\",\"message\":"
+                                 "\"Rate of requests exceeds the allowed throughput.\"}"
+                               : "{\"__type\":\"com.amazonaws.dynamodb.v20120810#"
+                                 "ProvisionedThroughputExceededException\"}");
+    } else if (s->mode == SC_GARBAGE && get) {
+        strcpy(rs->body, n == 1 ? "{{{ not json" : "[1,2,3]");
+    } else if (s->mode == SC_GARBAGE && batch) {
+        strcpy(rs->body, "{\"Responses\":{\"" TABLE "\":[{\"id\":{\"S\":\"inv\"},\"state\":{\"S\":\"BANANA\"}},"
+                         "{\"id\":{\"S\":\"inv\"},\"state\":{\"S\":\"OPEN\"},\"opened_at\":{\"N\":\"xyz\"}},"
+                         "{\"id\":{\"S\":\"bad name\"},\"state\":{\"S\":\"OPEN\"}},17]}}");
+    } else if (s->mode == SC_SLOW && get && n == 1) {
+        rs->delay_ms = 1500;
+        open_item(rs->body, sizeof rs->body, "inv");
+    } else if (get) {
+        open_item(rs->body, sizeof rs->body, "inv");
+    } else if (batch) {
+        strcpy(rs->body, "{\"Responses\":{\"" TABLE "\":[]},\"UnprocessedKeys\":{}}");
+    }
+}
+
+static struct fake_http *scripted_start(enum script mode, struct host *h, const char *extra)
+{
+    struct fake_http *f = fake_http_start(scripted_handler, &sc);
+    sc.mode = mode;
+    uv_loop_init(&loop);
+    host_open(h, "dynamodb://" TABLE "?endpoint=http://127.0.0.1:%d&sync_ms=0&owner=host-f&timeout_ms=%s"
+              "&backoff_max_ms=300", f->port, extra);
+    return f;
+}
+
+static void scripted_set(struct fake_http *f, enum script mode)
+{
+    pthread_mutex_lock(&f->mu);
+    sc.mode = mode;
+    pthread_mutex_unlock(&f->mu);
+}
+
+Test(store_dynamodb, throttling_and_server_errors_are_retried_until_success)
+{
+    struct host h;
+    struct fake_http *f = scripted_start(SC_RETRY, &h, "1000");
+    track(&h, "inv", 30000);
+    cr_assert(RUN_UNTIL(h.remotes == 1, LIVENESS_MS), "the read succeeded in the end");
+    cr_assert_eq(h.remote.state, CB_OPEN);
+    transition(&h, "inv", CB_OPEN, now_s(), 0);
+    cr_assert(RUN_UNTIL(settled(&h), LIVENESS_MS), "the write succeeded in the end");
+    struct cbd_dynamodb_stats st = stats(&h);
+    cr_assert_eq(st.requests, 6);
+    cr_assert_eq(st.retries, 4);
+    cr_assert_eq(st.throttles, 2, "ThrottlingException and ProvisionedThroughputExceededException");
+    cr_assert_eq(st.errors, 0);
+    cr_assert(h.online && h.health_calls == 1, "never reported offline");
+    pthread_mutex_lock(&f->mu);
+    cr_assert_eq(f->connections, 1, "one kept-alive connection for all six attempts");
+    pthread_mutex_unlock(&f->mu);
+    fleet_stop(&h, NULL);
+}
+
+Test(store_dynamodb, garbage_answers_are_counted_and_ignored)
+{
+    struct host h;
+    scripted_start(SC_GARBAGE, &h, "1000");
+    track(&h, "inv", 30000);
+    cr_assert(RUN_UNTIL(stats(&h).malformed >= 1, LIVENESS_MS));
+    track(&h, "other", 30000);
+    cbd_store_dynamodb_ops.sync(h.s);
+    cr_assert(RUN_UNTIL(stats(&h).malformed >= 5, LIVENESS_MS), "malformed: %llu",
+              (unsigned long long)stats(&h).malformed);
+    cr_assert_eq(h.remotes, 0, "nothing garbage is reported as a circuit");
+    fleet_stop(&h, NULL);
+}
+
+Test(store_dynamodb, an_answer_slower_than_the_timeout_is_retried)
+{
+    struct host h;
+    scripted_start(SC_SLOW, &h, "300");
+    track(&h, "inv", 30000);
+    cr_assert(RUN_UNTIL(h.remotes == 1, LIVENESS_MS));
+    struct cbd_dynamodb_stats st = stats(&h);
+    cr_assert_geq(st.timeouts, 1);
+    cr_assert_geq(st.retries, 1);
+    cr_assert_eq(st.errors, 0);
+    fleet_stop(&h, NULL);
+}
+
+Test(store_dynamodb, an_unreachable_table_goes_host_local_and_comes_back)
+{
+    struct host h;
+    struct fake_http *f = scripted_start(SC_DOWN, &h, "1000");
+    int64_t t = now_s() - 40;
+    track(&h, "inv", 30000);
+    cr_assert(RUN_UNTIL(h.health_calls == 1, LIVENESS_MS));
+    cr_assert_not(h.online);
+    cr_assert(strstr(h.why, "HTTP 503") && strstr(h.why, "ServiceUnavailableException"), "%s", h.why);
+    transition(&h, "inv", CB_OPEN, t, 0);
+    try_probe(&h, "inv", t, 30);
+    cr_assert(RUN_UNTIL(h.probes == 1, LIVENESS_MS));
+    cr_assert(h.granted, "the probe is granted host-local while the fleet is unreachable");
+    cr_assert_eq(stats(&h).pending_writes, 1, "the trip waits for the table");
+    scripted_set(f, SC_UP);
+    cr_assert(RUN_UNTIL(h.online, LIVENESS_MS), "back online");
+    cr_assert(RUN_UNTIL(settled(&h), LIVENESS_MS), "the queued trip was written");
+    fleet_stop(&h, NULL);
+}
+
+Test(store_dynamodb, dynalite_killed_and_restarted_gets_the_queued_trip)
+{
+    struct dynalite d;
+    struct host a;
+    int64_t t = now_s();
+    fleet_start(&d, "");
+    host_open(&a, HOST_URI "&attempts=2", d.endpoint, "host-a");
+    track(&a, "inventory", 30000);
+    cr_assert(RUN_UNTIL(a.online, LIVENESS_MS));
+    dynalite_kill(&d);
+    transition(&a, "inventory", CB_OPEN, t, 0);
+    cr_assert(RUN_UNTIL(!a.online, LIVENESS_MS), "the outage is reported");
+    cr_assert_eq(stats(&a).pending_writes, 1);
+    dynalite_start(&d, d.port);
+    create_table(d.endpoint, ""); /* dynalite keeps nothing: a fresh, empty table */
+    cr_assert(RUN_UNTIL(a.online && settled(&a), LIVENESS_MS), "back online with the trip written");
+    json_t *it = pt_get(d.endpoint, "inventory");
+    cr_assert_str_eq(item_s(it, "state"), "OPEN");
+    cr_assert_eq(item_n(it, "opened_at"), t);
+    json_decref(it);
+    fleet_stop(&a, NULL);
+}
