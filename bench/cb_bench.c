@@ -1,37 +1,46 @@
 /*
- * cb_bench.c - what the hot path costs, measured against its floor.
+ * cb_bench.c - what libcb costs, measured against its floor and against
+ * the breaker a multi-process service would use without cbd.
  *
- *     cb_bench [--quick] [--json FILE] [--instance NAME] [--workers M] [--trip-runs N]
+ *     cb_bench [--quick] [--json FILE] [--instance NAME]     the main run
+ *     cb_bench --throughput [--quick] [--json FILE]          daemon drain rate
+ *     cb_bench --instr                                       for callgrind
  *
- * Needs a running cbd (bench/run.sh starts a throwaway one). Measures:
- *   (a) the floor: an acquire load of a word in a shared-memory mapping
- *       (a memfd page mapped PROT_READ, as workers map the segment), and an
- *       empty non-inlined function call for scale;
- *   (b) cb_allow on a CLOSED circuit, (c) cb_allow on an OPEN circuit;
- *   (d) cb_record(SUCCESS) on a CLOSED circuit;
- *   (e) trip latency: M worker processes spin on cb_allow while the parent
- *       records the one failure that trips the circuit (threshold 1); the
- *       latency of a run is the time from just before that cb_record until
- *       the last worker sees its first rejection. For scale, the same
- *       table shows how long one process takes to wake another through a
- *       pipe on this machine: a trip needs at least one such wakeup (the
- *       doorbell), and scheduler noise shows up in both.
+ * Needs a running cbd (bench/run.sh starts throwaway ones). The main run:
+ *   micro      the floor (an acquire load of a word in a shared-memory
+ *              mapping, an empty non-inlined call), cb_allow on CLOSED, OPEN
+ *              and HALF_OPEN circuits, and the in-process baseline's check
+ *              (a mutex-protected state machine, what gobreaker, pybreaker or
+ *              Polly do), in interleaved batches; cb_record, cb_call and the
+ *              baseline's record in batches of half a lane, drained between;
+ *   scaling    1, 2, 4 and 8 worker processes calling cb_allow for a fixed
+ *              time on one shared circuit and on a circuit each: total checks
+ *              per second;
+ *   semantics  N worker processes (1, 2, 4, 8) sharing one downstream with
+ *              threshold 5: failures until every worker rejects, and probes
+ *              admitted at once in HALF_OPEN, for cbd and for the in-process
+ *              baseline (one breaker per process);
+ *   trip       from just before the tripping failure's cb_record until the
+ *              last worker rejects: workers that spin on cb_allow (the worst
+ *              case: they keep every core busy) and workers that pause 50 us
+ *              after each check as a request would (the time counted is that
+ *              of the first rejecting check); a pipe wakeup for scale.
+ * --throughput: one thread floods cb_record while the daemon drains; events
+ *   drained per second of wall time and per second of daemon CPU time (read
+ *   from /proc), which is the rate one core sustains. Run it against a cbd
+ *   with big lanes and a short drain interval (bench/run.sh does), or it
+ *   measures the drain interval instead of the daemon.
+ * --instr: runs each hot path a fixed number of times inside its own
+ *   non-inlined instr_* function, for valgrind --tool=callgrind to count
+ *   instructions (stable where timings are not).
  *
- * Method: (a)-(c) time batches of calls with CLOCK_MONOTONIC (one clock
- * read per batch, never per call) after a warm-up, round-robin (one batch
- * of each per round), and report the median and p99 of ns/call over the
- * batches. Ticket words are summed into a
- * volatile sink so the compiler cannot drop the calls. (d) times batches of
- * half a lane and waits between batches until the daemon drained the lane,
- * so every timed call appends an event instead of taking the lane-full drop
- * path. (e) resets the circuit between runs by letting it recover (short
- * recovery timeout) and closing it with one probe success.
- *
- * Shared machines are noisy, so the table puts every figure next to the
- * bare load measured in the same run, and states the goals with "met" or
- * "missed". It asserts nothing about timings: the exit status only says
- * whether every measurement ran (0) or something could not be measured (1).
- * --quick is the smoke run: tiny counts, figures not meaningful.
+ * Method: batches timed with CLOCK_MONOTONIC (one clock read per batch,
+ * never per call) after a warm-up; median and p99 over the batches (or runs),
+ * and 101 quantiles in the JSON for the distribution plots. Shared machines
+ * are noisy, so every figure is read as a ratio to a floor or baseline
+ * measured in the same run. It asserts nothing about timings: the exit
+ * status says whether every measurement ran (0) or not (1). --quick is the
+ * smoke run: tiny counts, figures not meaningful.
  */
 #define _GNU_SOURCE
 #include <cb.h>
@@ -39,6 +48,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -52,75 +62,116 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "segment.h"
 
 #define MAX_WORKERS 64
+#define INSTR_CALLS 500u /* per instr_* function; half of the default lane */
+#define PACE_US 50       /* the realistic trip workers' pause after each check */
+
+enum mode { MODE_MAIN, MODE_THROUGHPUT, MODE_INSTR };
 
 struct opts {
+    enum mode mode;
     int quick;
     const char *json, *instance;
-    int workers, trip_runs;
-    int batches;          /* timed batches per measurement */
-    uint64_t batch_calls; /* calls per batch for (a)-(c) */
+    int spin_workers, paced_workers, trip_runs;
+    int batches;          /* timed batches per micro measurement */
+    uint64_t batch_calls; /* calls per batch */
     int record_batches;
+    int scale_reps;       /* repetitions per scaling point */
+    int64_t scale_ns;     /* duration of one repetition */
 };
 
-/* One row of the table: ns per call, or us per trip for the latency. */
-struct result {
-    const char *key, *label;
-    double median, p99;
-    int samples;
-    int ran;
+
+enum {
+    R_BARE, R_CALL, R_ALLOW_CLOSED, R_ALLOW_OPEN, R_ALLOW_HALF, R_MUTEX_ALLOW, /* interleaved batches */
+    R_RECORD, R_CB_CALL, R_MUTEX_RECORD,                                     /* drained batches */
+    R_WAKE, R_TRIP_SPIN, R_TRIP_PACED, R_TPUT_WALL, R_TPUT_CPU, R_COUNT
 };
 
-enum { R_BARE, R_CALL, R_ALLOW_CLOSED, R_ALLOW_OPEN, R_RECORD, R_WAKE, R_TRIP, R_COUNT };
+#define SCALE_POINTS 4
+static const int scale_n[SCALE_POINTS] = {1, 2, 4, 8};
+
+/* The in-process baseline: one breaker per process behind a mutex, with
+ * the same policy (trip after `threshold` consecutive failures, OPEN for
+ * `recovery_ns`, then one probe; a probe success closes). It reads the
+ * clock only when OPEN, as the cheaper libraries do. */
+struct mbreaker {
+    pthread_mutex_t mu;
+    int state; /* CB_CLOSED, CB_OPEN, CB_HALF_OPEN */
+    uint32_t streak, threshold;
+    int probes; /* admitted and not yet reported */
+    int64_t opened_ns, recovery_ns;
+};
 
 struct bench {
     struct opts o;
     char instance[CB_INSTANCE_MAX + 1];
     cb_client *client;
-    cb_circuit *closed, *open, *trip;
+    cb_circuit *closed, *open, *half, *trip;
+    cb_ticket half_probe;                /* held for ever: keeps `half` HALF_OPEN with no permit left */
     const uint64_t *bare_word;           /* the floor's word, in a read-only memfd mapping */
     const struct cb_lanes_header *lanes; /* read-only view, to see our lane drained */
-    size_t lanes_size;
+    const struct cb_seg_header *seg;     /* read-only view of the state header: the daemon's pid */
+    struct mbreaker mb;
     struct result r[R_COUNT];
-    int trip_failed_runs;
+    double scale_one[SCALE_POINTS][2], scale_many[SCALE_POINTS][2]; /* checks/s: median, p99-low */
+    int sem_fail[2][SCALE_POINTS], sem_probes[2][SCALE_POINTS];    /* [0] cbd, [1] in-process */
+    int sem_ran;
+    double tput_cpu_share;
+    int failed_runs;
 };
 
 static volatile uint64_t sink; /* every batch's sum lands here: the calls stay */
 
-static int64_t mono_ns(void)
+/* ---- the in-process baseline ---------------------------------------------------------------- */
+
+static void mb_init(struct mbreaker *m, uint32_t threshold, int64_t recovery_ns)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    pthread_mutex_init(&m->mu, NULL);
+    m->state = CB_CLOSED;
+    m->streak = 0;
+    m->threshold = threshold;
+    m->probes = 0;
+    m->recovery_ns = recovery_ns;
 }
 
-static void sleep_us(long us)
+/* Returns a CB_TICKET_* kind, as cb_allow would. */
+static unsigned mb_allow(struct mbreaker *m)
 {
-    struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
+    unsigned kind = CB_TICKET_ALLOWED;
+    pthread_mutex_lock(&m->mu);
+    if (m->state == CB_OPEN && mono_ns() - m->opened_ns >= m->recovery_ns) {
+        m->state = CB_HALF_OPEN;
+        m->probes = 0;
+    }
+    if (m->state == CB_OPEN)
+        kind = CB_TICKET_REJECTED;
+    else if (m->state == CB_HALF_OPEN)
+        kind = m->probes < 1 ? (m->probes++, CB_TICKET_PROBE) : CB_TICKET_REJECTED;
+    pthread_mutex_unlock(&m->mu);
+    return kind;
 }
 
-static int cmp_double(const void *a, const void *b)
+static void mb_record(struct mbreaker *m, unsigned kind, cb_outcome outcome)
 {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
+    pthread_mutex_lock(&m->mu);
+    if (kind == CB_TICKET_PROBE) {
+        m->probes--;
+        m->state = outcome == CB_FAILURE ? CB_OPEN : CB_CLOSED;
+        m->opened_ns = mono_ns();
+        m->streak = 0;
+    } else if (m->state == CB_CLOSED && outcome == CB_FAILURE && ++m->streak >= m->threshold) {
+        m->state = CB_OPEN;
+        m->opened_ns = mono_ns();
+    } else if (outcome == CB_SUCCESS) {
+        m->streak = 0;
+    }
+    pthread_mutex_unlock(&m->mu);
 }
 
-/* Median and nearest-rank p99 of n samples (sorts them). */
-static void summarise(struct result *r, double *s, int n)
-{
-    qsort(s, (size_t)n, sizeof *s, cmp_double);
-    r->median = n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
-    int rank = (99 * n + 99) / 100; /* ceil(0.99 n), nearest rank */
-    r->p99 = s[rank - 1];
-    r->samples = n;
-    r->ran = 1;
-}
-
-/* ---- (a)-(c): batches of calls --------------------------------------------------------------- */
+/* ---- micro: interleaved batches of calls ---------------------------------------------------- */
 
 typedef uint64_t (*batch_fn)(struct bench *b, uint64_t n);
 
@@ -149,33 +200,33 @@ static uint64_t batch_empty_call(struct bench *b, uint64_t n)
     return sum;
 }
 
-static uint64_t batch_allow_closed(struct bench *b, uint64_t n)
+static uint64_t allow_loop(cb_circuit *c, uint64_t n)
 {
-    cb_circuit *c = b->closed;
     uint64_t sum = 0;
     for (uint64_t i = 0; i < n; i++)
         sum += cb_allow(c).word;
     return sum;
 }
 
-static uint64_t batch_allow_open(struct bench *b, uint64_t n)
+static uint64_t batch_allow_closed(struct bench *b, uint64_t n) { return allow_loop(b->closed, n); }
+static uint64_t batch_allow_open(struct bench *b, uint64_t n) { return allow_loop(b->open, n); }
+static uint64_t batch_allow_half(struct bench *b, uint64_t n) { return allow_loop(b->half, n); }
+
+static uint64_t batch_mutex_allow(struct bench *b, uint64_t n)
 {
-    cb_circuit *c = b->open;
     uint64_t sum = 0;
     for (uint64_t i = 0; i < n; i++)
-        sum += cb_allow(c).word;
+        sum += mb_allow(&b->mb);
     return sum;
 }
 
-/* (a)-(c) interleaved: every round times one batch of each, so a noisy
- * moment of a shared machine hits all rows alike and the ratios hold. */
+/* Every round times one batch of each, so a noisy moment of a shared
+ * machine hits all rows alike and the ratios hold. */
 static int measure_batches(struct bench *b)
 {
     static const batch_fn fns[] = {
-        [R_BARE] = batch_bare_load,
-        [R_CALL] = batch_empty_call,
-        [R_ALLOW_CLOSED] = batch_allow_closed,
-        [R_ALLOW_OPEN] = batch_allow_open,
+        [R_BARE] = batch_bare_load,       [R_CALL] = batch_empty_call,  [R_ALLOW_CLOSED] = batch_allow_closed,
+        [R_ALLOW_OPEN] = batch_allow_open, [R_ALLOW_HALF] = batch_allow_half, [R_MUTEX_ALLOW] = batch_mutex_allow,
     };
     enum { N_FNS = sizeof fns / sizeof fns[0] };
     int n = b->o.batches;
@@ -197,73 +248,91 @@ static int measure_batches(struct bench *b)
     return 0;
 }
 
-/* ---- (d): cb_record -------------------------------------------------------------------------- */
+/* ---- micro: cb_record, cb_call, the baseline's record --------------------------------------- */
 
-/* Our thread's lane: the one whose owner word names this process (the
- * bench records from one thread only). */
-static const struct cb_lane *own_lane(const struct bench *b)
+/* The calling process's lanes: the ones whose owner word names it. Sums
+ * head (what the daemon consumed) or, with tail, what was produced. */
+static uint64_t own_lanes_sum(const struct bench *b, bool tail)
 {
-    uint64_t want = cb_lane_owner_word((uint32_t)getpid(), CB_LANE_OWNED);
+    uint64_t want = cb_lane_owner_word((uint32_t)getpid(), CB_LANE_OWNED), sum = 0;
     for (uint32_t i = 0; i < b->lanes->lane_count; i++) {
         const struct cb_lane *l = CB_LANES_LANE(b->lanes, i);
+        /* Acquire on head pairs with the daemon's release store after it
+         * read the events; tail is written by this process. */
         if (atomic_load_explicit(&l->owner, memory_order_relaxed) == want)
-            return l;
+            sum += tail ? atomic_load_explicit(&l->tail, memory_order_relaxed)
+                        : atomic_load_explicit(&l->head, memory_order_acquire);
     }
-    return NULL;
+    return sum;
 }
 
-/* Wait (up to 2 s) until the daemon has drained every event of the lane. */
-static int wait_drained(const struct cb_lane *l)
+/* Wait (up to 2 s) until the daemon has drained every event of our lanes. */
+static int wait_drained(const struct bench *b)
 {
     int64_t deadline = mono_ns() + 2000000000;
-    /* Acquire on head pairs with the daemon's release store after it read
-     * the events; tail is ours, so relaxed is enough. */
-    while (atomic_load_explicit(&l->head, memory_order_acquire) !=
-           atomic_load_explicit(&l->tail, memory_order_relaxed)) {
-        if (mono_ns() > deadline)
+    while (own_lanes_sum(b, false) != own_lanes_sum(b, true)) {
+        if (mono_ns() > deadline) {
+            fprintf(stderr, "cb_bench: cbd did not drain this process's lane within 2 s\n");
             return -ETIMEDOUT;
+        }
         sleep_us(200);
     }
     return 0;
 }
 
-static int measure_record(struct bench *b)
+static int nop_fn(void *arg)
+{
+    (void)arg;
+    return 0;
+}
+
+static void drained_batch(struct bench *b, int which, uint32_t n, cb_ticket t)
+{
+    switch (which) {
+    case R_RECORD:
+        for (uint32_t k = 0; k < n; k++)
+            cb_record(b->closed, t, CB_SUCCESS);
+        break;
+    case R_CB_CALL:
+        for (uint32_t k = 0; k < n; k++)
+            sink += (uint64_t)cb_call(b->closed, nop_fn, NULL, NULL);
+        break;
+    default:
+        for (uint32_t k = 0; k < n; k++)
+            mb_record(&b->mb, CB_TICKET_ALLOWED, CB_SUCCESS);
+    }
+}
+
+/* Batches of half a lane, the lane drained before each, so every timed
+ * call appends an event instead of taking the lane-full drop path. */
+static int measure_drained(struct bench *b)
 {
     cb_ticket t = cb_allow(b->closed);
     cb_record(b->closed, t, CB_SUCCESS); /* claims this thread's lane */
-    const struct cb_lane *l = own_lane(b);
-    if (l == NULL) {
-        fprintf(stderr, "cb_bench: cb_record: no lane of this process found in the lanes region\n");
-        return -1;
-    }
     uint32_t per_batch = b->lanes->lane_capacity / 2;
     int n = b->o.record_batches;
-    double *s = calloc((size_t)n, sizeof *s);
+    double *s = calloc((size_t)n * 3, sizeof *s);
     if (s == NULL)
         return -1;
-    uint64_t dropped = atomic_load_explicit(&l->dropped, memory_order_relaxed);
-    for (int i = -1; i < n; i++) { /* batch -1 is the warm-up */
-        if (wait_drained(l) < 0) {
-            fprintf(stderr, "cb_bench: cb_record: cbd did not drain the lane within 2 s\n");
-            free(s);
-            return -1;
+    for (int i = -1; i < n; i++) { /* round -1 is the warm-up */
+        for (int which = R_RECORD; which <= R_MUTEX_RECORD; which++) {
+            if (wait_drained(b) < 0) {
+                free(s);
+                return -1;
+            }
+            int64_t t0 = mono_ns();
+            drained_batch(b, which, per_batch, t);
+            if (i >= 0)
+                s[(which - R_RECORD) * n + i] = (double)(mono_ns() - t0) / per_batch;
         }
-        int64_t t0 = mono_ns();
-        for (uint32_t k = 0; k < per_batch; k++)
-            cb_record(b->closed, t, CB_SUCCESS);
-        if (i >= 0)
-            s[i] = (double)(mono_ns() - t0) / per_batch;
     }
-    dropped = atomic_load_explicit(&l->dropped, memory_order_relaxed) - dropped;
-    if (dropped)
-        fprintf(stderr, "cb_bench: note: %llu recorded events were dropped (lane full)\n",
-                (unsigned long long)dropped);
-    summarise(&b->r[R_RECORD], s, n);
+    for (int which = R_RECORD; which <= R_MUTEX_RECORD; which++)
+        summarise(&b->r[which], s + (which - R_RECORD) * n, n);
     free(s);
     return 0;
 }
 
-/* ---- (e): trip latency, and a process wakeup for scale --------------------------------------- */
+/* ---- trip latency, and a process wakeup for scale ------------------------------------------- */
 
 /* One-way wakeup through a pipe: the parent writes its clock, the child
  * (blocked in read) answers how long after that it ran. */
@@ -307,11 +376,12 @@ static int measure_wakeup(struct bench *b)
     return got == n ? 0 : -1;
 }
 
-/* Shared with the spinning workers (MAP_SHARED, made before fork). */
+/* Shared with the trip workers (MAP_SHARED, made before fork). */
 struct trip_page {
-    _Atomic int run; /* the run the workers should spin for; -1 = quit */
+    _Atomic int run;  /* the run the workers should check for; -1 = quit */
+    int pace_us;      /* pause after each permitted check; 0 = spin */
     _Atomic int ready[MAX_WORKERS], done[MAX_WORKERS];
-    _Atomic int64_t seen_ns[MAX_WORKERS];
+    _Atomic int64_t seen_ns[MAX_WORKERS]; /* time of the first rejecting check */
 };
 
 static void trip_worker(cb_circuit *c, struct trip_page *p, int me)
@@ -327,7 +397,8 @@ static void trip_worker(cb_circuit *c, struct trip_page *p, int me)
         }
         atomic_store(&p->ready[me], run);
         while (cb_permitted(cb_allow(c)))
-            ;
+            if (p->pace_us)
+                sleep_us(p->pace_us); /* a request's work between two checks */
         atomic_store(&p->seen_ns[me], mono_ns());
         atomic_store(&p->done[me], run); /* seq_cst: seen_ns is visible first */
         last = run;
@@ -365,16 +436,15 @@ static int all_workers(int n, _Atomic int *field, int run, int64_t deadline)
 
 /* One run: trip with one failure, time it, then recover through one probe.
  * Returns the latency in ns, or -1. */
-static int64_t trip_once(struct bench *b, struct trip_page *p, int run)
+static int64_t trip_once(struct bench *b, struct trip_page *p, int n, int run)
 {
-    int n = b->o.workers;
     cb_ticket t;
     if (wait_ticket(b->trip, CB_TICKET_ALLOWED, &t) < 0)
         return -1;
     atomic_store(&p->run, run);
     if (all_workers(n, p->ready, run, mono_ns() + 2000000000) < 0)
         return -1;
-    sleep_us(100); /* the workers are inside their spin loops */
+    sleep_us(100 + p->pace_us); /* the workers are inside their check loops */
     int64_t t0 = mono_ns();
     cb_record(b->trip, t, CB_FAILURE);
     if (all_workers(n, p->done, run, mono_ns() + 5000000000) < 0)
@@ -390,9 +460,9 @@ static int64_t trip_once(struct bench *b, struct trip_page *p, int run)
     return last - t0;
 }
 
-static int spawn_trip_workers(struct bench *b, struct trip_page *p, pid_t *pids)
+static int spawn_trip_workers(struct bench *b, struct trip_page *p, int n, pid_t *pids)
 {
-    for (int w = 0; w < b->o.workers; w++) {
+    for (int w = 0; w < n; w++) {
         pids[w] = fork();
         if (pids[w] < 0) {
             perror("cb_bench: fork");
@@ -406,7 +476,8 @@ static int spawn_trip_workers(struct bench *b, struct trip_page *p, pid_t *pids)
     return 0;
 }
 
-static int measure_trip(struct bench *b)
+/* `runs` trips watched by n workers that pause pace_us after each check. */
+static int measure_trip(struct bench *b, int which, int n, int pace_us)
 {
     struct trip_page *p = mmap(NULL, sizeof *p, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     int runs = b->o.trip_runs, ok = 0;
@@ -416,31 +487,197 @@ static int measure_trip(struct bench *b)
         fprintf(stderr, "cb_bench: trip latency: out of memory\n");
         return -1;
     }
-    int rc = spawn_trip_workers(b, p, pids);
+    p->pace_us = pace_us;
+    int rc = spawn_trip_workers(b, p, n, pids);
     for (int run = 1; rc == 0 && run <= runs; run++) {
-        int64_t lat = trip_once(b, p, run);
+        int64_t lat = trip_once(b, p, n, run);
         if (lat < 0) {
-            b->trip_failed_runs++;
+            b->failed_runs++;
             fprintf(stderr, "cb_bench: trip latency: run %d did not complete (circuit stuck?)\n", run);
             break;
         }
         s[ok++] = (double)lat / 1000.0;
     }
     atomic_store(&p->run, -1);
-    for (int w = 0; w < b->o.workers; w++)
+    for (int w = 0; w < n; w++)
         if (pids[w] > 0)
             waitpid(pids[w], NULL, 0);
     if (ok > 0)
-        summarise(&b->r[R_TRIP], s, ok);
+        summarise(&b->r[which], s, ok);
     free(s);
     munmap(p, sizeof *p);
     return rc == 0 && ok == runs ? 0 : -1;
 }
 
+/* ---- scaling: checks per second from 1..8 processes ------------------------------------------ */
+
+struct scale_page {
+    _Atomic int ready, go;
+    _Atomic uint64_t count[MAX_WORKERS];
+    _Atomic int64_t elapsed_ns[MAX_WORKERS];
+};
+
+static void scale_worker(cb_circuit *c, struct scale_page *p, int me, int64_t dur)
+{
+    uint64_t sum = allow_loop(c, 100000), n = 0; /* warm-up */
+    atomic_fetch_add(&p->ready, 1);
+    while (!atomic_load(&p->go))
+        sleep_us(10);
+    int64_t t0 = mono_ns(), t;
+    do {
+        sum += allow_loop(c, 4096);
+        n += 4096;
+    } while ((t = mono_ns()) - t0 < dur);
+    sink += sum;
+    atomic_store(&p->count[me], n);
+    atomic_store(&p->elapsed_ns[me], t - t0);
+    _exit(0);
+}
+
+/* n processes for one repetition; returns total checks per second, or -1. */
+static double scale_once(struct bench *b, cb_circuit **circuits, int n)
+{
+    struct scale_page *p = mmap(NULL, sizeof *p, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return -1;
+    int started = 0;
+    for (; started < n; started++) {
+        pid_t pid = fork();
+        if (pid < 0)
+            break;
+        if (pid == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            scale_worker(circuits[started], p, started, b->o.scale_ns);
+        }
+    }
+    while (atomic_load(&p->ready) < started)
+        sleep_us(100);
+    atomic_store(&p->go, 1);
+    while (wait(NULL) > 0)
+        ;
+    double rate = 0;
+    for (int w = 0; w < started; w++)
+        rate += (double)atomic_load(&p->count[w]) * 1e9 / (double)atomic_load(&p->elapsed_ns[w]);
+    munmap(p, sizeof *p);
+    return started == n ? rate : -1;
+}
+
+/* out[i][0]: median total checks/s over the repetitions; [1]: the lowest. */
+static int measure_scaling(struct bench *b, cb_circuit **many, double out[SCALE_POINTS][2], bool one)
+{
+    cb_circuit *same[MAX_WORKERS];
+    for (int w = 0; w < MAX_WORKERS; w++)
+        same[w] = b->closed;
+    double s[32];
+    for (int i = 0; i < SCALE_POINTS; i++) {
+        int reps = b->o.scale_reps;
+        for (int r = 0; r < reps; r++)
+            if ((s[r] = scale_once(b, one ? same : many, scale_n[i])) < 0)
+                return -1;
+        qsort(s, (size_t)reps, sizeof *s, cmp_double);
+        out[i][0] = reps % 2 ? s[reps / 2] : (s[reps / 2 - 1] + s[reps / 2]) / 2;
+        out[i][1] = s[0];
+    }
+    return 0;
+}
+
+/* ---- semantics: N processes, one downstream ------------------------------------------------- */
+
+enum { OP_FAIL = 1, OP_CHECK, OP_QUIT };
+#define SEM_THRESHOLD 5
+
+struct sem_page {
+    _Atomic int seq[MAX_WORKERS], ack[MAX_WORKERS];
+    int recovery_ms; /* the in-process breakers' recovery timeout, as the circuit's */
+    int op[MAX_WORKERS];
+    unsigned reply[MAX_WORKERS]; /* the ticket kind the worker got */
+};
+
+/* A worker of the semantics run: cbd's circuit c, or its own in-process
+ * breaker when c is NULL. A PROBE ticket is held, never reported, so every
+ * probe the implementation admits shows. */
+static void sem_worker(cb_circuit *c, struct sem_page *p, int me)
+{
+    struct mbreaker own;
+    mb_init(&own, SEM_THRESHOLD, (int64_t)p->recovery_ms * 1000000);
+    for (int last = 0;;) {
+        int seq = atomic_load(&p->seq[me]);
+        if (seq == last) {
+            sleep_us(20);
+            continue;
+        }
+        if (p->op[me] == OP_QUIT)
+            _exit(0);
+        cb_ticket t = c ? cb_allow(c) : (cb_ticket){mb_allow(&own)};
+        unsigned kind = t.word & 0xff;
+        if (p->op[me] == OP_FAIL && kind == CB_TICKET_ALLOWED) {
+            if (c)
+                cb_record(c, t, CB_FAILURE);
+            else
+                mb_record(&own, kind, CB_FAILURE);
+        }
+        p->reply[me] = kind;
+        atomic_store(&p->ack[me], seq); /* seq_cst: reply is visible first */
+        last = seq;
+    }
+}
+
+static unsigned sem_cmd(struct sem_page *p, int w, int op)
+{
+    p->op[w] = op;
+    int seq = atomic_fetch_add(&p->seq[w], 1) + 1; /* seq_cst: op is visible first */
+    for (int64_t deadline = mono_ns() + 2000000000; atomic_load(&p->ack[w]) != seq;) {
+        if (op == OP_QUIT || mono_ns() > deadline)
+            return CB_TICKET_REJECTED;
+        sleep_us(10);
+    }
+    return p->reply[w];
+}
+
+/* Failures, dealt to the workers in turn, until every worker rejects;
+ * then, after the recovery timeout, one check per worker: probes admitted. */
+static int sem_run(cb_circuit *c, int n, int recovery_ms, int *fails, int *probes)
+{
+    struct sem_page *p = mmap(NULL, sizeof *p, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return -1;
+    p->recovery_ms = recovery_ms;
+    int started = 0;
+    for (; started < n; started++) {
+        pid_t pid = fork();
+        if (pid < 0)
+            break;
+        if (pid == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            sem_worker(c, p, started);
+        }
+    }
+    int all = 0;
+    *fails = *probes = 0;
+    for (int i = 0; started == n && !all && i < 4 * n * SEM_THRESHOLD; i++) {
+        *fails += sem_cmd(p, i % n, OP_FAIL) == CB_TICKET_ALLOWED;
+        sleep_us(3000); /* cbd: the doorbell woke the daemon; let it drain and publish */
+        all = 1;
+        for (int w = 0; w < n && all; w++)
+            all = sem_cmd(p, w, OP_CHECK) == CB_TICKET_REJECTED;
+    }
+    if (all) {
+        sleep_us((recovery_ms + 300) * 1000L);
+        for (int w = 0; w < n; w++)
+            *probes += sem_cmd(p, w, OP_CHECK) == CB_TICKET_PROBE;
+    }
+    for (int w = 0; w < started; w++)
+        sem_cmd(p, w, OP_QUIT);
+    while (wait(NULL) > 0)
+        ;
+    munmap(p, sizeof *p);
+    return all && started == n ? 0 : -1;
+}
+
 /* ---- setup ----------------------------------------------------------------------------------- */
 
 static int get_circuit(struct bench *b, const char *what, uint32_t threshold, uint32_t recovery_ms,
-                       cb_circuit **out)
+                       uint32_t lease_ms, cb_circuit **out)
 {
     char name[CB_NAME_MAX + 1];
     cb_config cfg;
@@ -448,6 +685,7 @@ static int get_circuit(struct bench *b, const char *what, uint32_t threshold, ui
     cfg.failure_threshold = threshold;
     cfg.success_threshold = 1;
     cfg.recovery_timeout_ms = recovery_ms;
+    cfg.probe_lease_ms = lease_ms;
     /* The pid keeps runs against one daemon apart: circuits are never deleted. */
     snprintf(name, sizeof name, "bench.%d.%s", (int)getpid(), what);
     int rc = cb_circuit_get(b->client, name, &cfg, out);
@@ -473,35 +711,46 @@ static int map_floor_word(struct bench *b)
     return 0;
 }
 
-static int map_lanes(struct bench *b)
+/* Read-only views of the lanes region (to see lanes drained) and of the
+ * state header (the daemon's pid). */
+static int map_regions(struct bench *b)
 {
-    char state_name[CB_SHM_NAME_MAX], lanes_name[CB_SHM_NAME_MAX];
-    struct stat st;
-    cb__shm_names(b->instance, state_name, lanes_name);
-    int fd = shm_open(lanes_name, O_RDONLY | O_CLOEXEC, 0);
-    if (fd < 0 || fstat(fd, &st) != 0) {
-        fprintf(stderr, "cb_bench: cannot open %s: %s\n", lanes_name, strerror(errno));
-        return -1;
+    char names[2][CB_SHM_NAME_MAX];
+    const void *maps[2];
+    cb__shm_names(b->instance, names[0], names[1]);
+    for (int i = 0; i < 2; i++) {
+        struct stat st;
+        int fd = shm_open(names[i], O_RDONLY | O_CLOEXEC, 0);
+        if (fd < 0 || fstat(fd, &st) != 0) {
+            fprintf(stderr, "cb_bench: cannot open %s: %s\n", names[i], strerror(errno));
+            return -1;
+        }
+        size_t len = i == 0 ? CB_SEG_HEADER_SIZE : (size_t)st.st_size;
+        void *m = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+        close(fd);
+        if (m == MAP_FAILED || (i == 1 && cb__lanes_header_check(m, (uint64_t)st.st_size) != 0)) {
+            fprintf(stderr, "cb_bench: %s is not a cbd region\n", names[i]);
+            return -1;
+        }
+        maps[i] = m;
     }
-    void *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-    close(fd);
-    if (m == MAP_FAILED || cb__lanes_header_check(m, (uint64_t)st.st_size) != 0) {
-        fprintf(stderr, "cb_bench: %s is not a cbd lanes region\n", lanes_name);
-        return -1;
-    }
-    b->lanes = m;
-    b->lanes_size = (size_t)st.st_size;
+    b->seg = maps[0];
+    b->lanes = maps[1];
     return 0;
 }
 
-/* Trip a circuit with a 10-minute recovery and wait until it rejects. */
-static int make_open(struct bench *b)
+/* A circuit that trips on one failure: `open` stays OPEN for 10 minutes;
+ * `half` recovers after 20 ms and its one probe is taken and never
+ * reported (10-minute lease), so its checks take the HALF_OPEN path and
+ * find no permit left. */
+static int make_open_and_half(struct bench *b)
 {
-    if (get_circuit(b, "open", 1, 600000, &b->open) < 0)
+    if (get_circuit(b, "open", 1, 600000, 0, &b->open) < 0 || get_circuit(b, "half", 1, 20, 600000, &b->half) < 0)
         return -1;
     cb_record(b->open, cb_allow(b->open), CB_FAILURE);
-    if (wait_ticket(b->open, CB_TICKET_REJECTED, NULL) < 0) {
-        fprintf(stderr, "cb_bench: circuit did not open within 5 s of its tripping failure\n");
+    cb_record(b->half, cb_allow(b->half), CB_FAILURE);
+    if (wait_ticket(b->open, CB_TICKET_REJECTED, NULL) < 0 || wait_ticket(b->half, CB_TICKET_PROBE, &b->half_probe) < 0) {
+        fprintf(stderr, "cb_bench: a circuit did not open (or go HALF_OPEN) within 5 s of its tripping failure\n");
         return -1;
     }
     return 0;
@@ -519,97 +768,182 @@ static int setup(struct bench *b)
         fprintf(stderr, "cb_bench: $CB_DISABLED bypasses the breaker: nothing to measure\n");
         return -1;
     }
-    if (map_floor_word(b) < 0 || map_lanes(b) < 0 ||
-        get_circuit(b, "closed", 1000000, 30000, &b->closed) < 0 ||
-        get_circuit(b, "trip", 1, 20, &b->trip) < 0 || make_open(b) < 0)
+    mb_init(&b->mb, 1000000, 30 * 1000000000LL);
+    if (map_floor_word(b) < 0 || map_regions(b) < 0 || get_circuit(b, "closed", 1000000, 30000, 0, &b->closed) < 0)
         return -1;
+    if (b->o.mode == MODE_THROUGHPUT)
+        return 0;
+    return get_circuit(b, "trip", 1, 20, 0, &b->trip) < 0 || make_open_and_half(b) < 0 ? -1 : 0;
+}
+
+static int measure_semantics(struct bench *b)
+{
+    int points = b->o.quick ? 2 : SCALE_POINTS;
+    /* Long enough that no breaker recovers before the last worker trips. */
+    int recovery_ms = b->o.quick ? 200 : 1000;
+    for (int i = 0; i < points; i++) {
+        char what[32];
+        cb_circuit *c;
+        snprintf(what, sizeof what, "sem%d", scale_n[i]);
+        if (get_circuit(b, what, SEM_THRESHOLD, (uint32_t)recovery_ms, 0, &c) < 0 ||
+            sem_run(c, scale_n[i], recovery_ms, &b->sem_fail[0][i], &b->sem_probes[0][i]) < 0 ||
+            sem_run(NULL, scale_n[i], recovery_ms, &b->sem_fail[1][i], &b->sem_probes[1][i]) < 0) {
+            fprintf(stderr, "cb_bench: semantics with %d processes did not complete\n", scale_n[i]);
+            return -1;
+        }
+    }
+    b->sem_ran = points;
+    return 0;
+}
+
+/* ---- daemon throughput ---------------------------------------------------------------------- */
+
+static _Atomic int tput_stop;
+
+static void *tput_producer(void *arg)
+{
+    cb_circuit *c = arg;
+    cb_ticket t = cb_allow(c);
+    while (!atomic_load_explicit(&tput_stop, memory_order_relaxed))
+        for (int k = 0; k < 256; k++)
+            cb_record(c, t, CB_SUCCESS);
+    return NULL;
+}
+
+/* The daemon's CPU time (all threads) in seconds, from /proc. */
+static double daemon_cpu_s(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f)
+        fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')'); /* the command name may hold spaces */
+    unsigned long ut, st;
+    if (p == NULL || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return -1;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* One producer thread floods cb_record; the main thread samples what the
+ * daemon consumed from its lane (head) and the daemon's CPU time. */
+static int measure_throughput(struct bench *b)
+{
+    cb_circuit *c;
+    pthread_t th;
+    pid_t dpid = (pid_t)atomic_load(&b->seg->daemon_pid);
+    if (get_circuit(b, "tput", 1000000, 30000, 0, &c) < 0 || pthread_create(&th, NULL, tput_producer, c) != 0)
+        return -1;
+    int reps = b->o.quick ? 2 : 9, got = 0, got_cpu = 0;
+    double wall[16], cpu[16], share = 0;
+    sleep_us(100000); /* the producer owns its lane and the daemon is busy */
+    for (int r = 0; r < reps; r++) {
+        uint64_t h0 = own_lanes_sum(b, false);
+        double c0 = daemon_cpu_s(dpid);
+        int64_t t0 = mono_ns();
+        sleep_us(b->o.quick ? 50000 : 500000);
+        uint64_t h1 = own_lanes_sum(b, false);
+        double c1 = daemon_cpu_s(dpid), secs = (double)(mono_ns() - t0) / 1e9;
+        wall[got++] = (double)(h1 - h0) / secs;
+        if (c0 >= 0 && c1 > c0) {
+            cpu[got_cpu++] = (double)(h1 - h0) / (c1 - c0);
+            share += (c1 - c0) / secs;
+        }
+    }
+    atomic_store(&tput_stop, 1);
+    pthread_join(th, NULL);
+    summarise(&b->r[R_TPUT_WALL], wall, got);
+    if (got_cpu > 0) {
+        summarise(&b->r[R_TPUT_CPU], cpu, got_cpu);
+        b->tput_cpu_share = share / got_cpu;
+    }
+    return got_cpu > 0 ? 0 : -1;
+}
+
+/* ---- instruction counts (run under callgrind) ----------------------------------------------- */
+
+#define INSTR_FN(name, body)                                                                        \
+    __attribute__((noinline)) static void instr_##name(struct bench *b)                           \
+    {                                                                                               \
+        body;                                                                                       \
+    }
+INSTR_FN(bare_load, sink += batch_bare_load(b, INSTR_CALLS))
+INSTR_FN(empty_call, sink += batch_empty_call(b, INSTR_CALLS))
+INSTR_FN(allow_closed, sink += batch_allow_closed(b, INSTR_CALLS))
+INSTR_FN(allow_open, sink += batch_allow_open(b, INSTR_CALLS))
+INSTR_FN(allow_half_open, sink += batch_allow_half(b, INSTR_CALLS))
+INSTR_FN(mutex_allow, sink += batch_mutex_allow(b, INSTR_CALLS))
+INSTR_FN(record, drained_batch(b, R_RECORD, INSTR_CALLS, cb_allow(b->closed)))
+INSTR_FN(cb_call, drained_batch(b, R_CB_CALL, INSTR_CALLS, cb_allow(b->closed)))
+INSTR_FN(mutex_record, drained_batch(b, R_MUTEX_RECORD, INSTR_CALLS, cb_allow(b->closed)))
+
+/* Each instr_* runs INSTR_CALLS calls once: callgrind's inclusive count of
+ * instr_X divided by INSTR_CALLS is X's cost per call, loop included. */
+static int run_instr(struct bench *b)
+{
+    cb_record(b->closed, cb_allow(b->closed), CB_SUCCESS); /* claim the lane outside the counts */
+    instr_bare_load(b);
+    instr_empty_call(b);
+    instr_allow_closed(b);
+    instr_allow_open(b);
+    instr_allow_half_open(b);
+    instr_mutex_allow(b);
+    if (wait_drained(b) < 0)
+        return -1;
+    instr_record(b);
+    if (wait_drained(b) < 0)
+        return -1;
+    instr_cb_call(b);
+    instr_mutex_record(b);
+    printf("cb_bench: instr_* functions ran %u calls each\n", INSTR_CALLS);
     return 0;
 }
 
 /* ---- report ---------------------------------------------------------------------------------- */
 
-/* The goals, judged from this run's figures: reported, never asserted. */
-struct goals {
-    bool allow_closed, record, trip;
-};
-
-static struct goals judge(const struct result *r)
-{
-    struct goals g = {
-        .allow_closed = r[R_ALLOW_CLOSED].ran && r[R_ALLOW_CLOSED].median <= 2.0 &&
-                        r[R_ALLOW_CLOSED].median <= 1.5 * r[R_BARE].median,
-        .record = r[R_RECORD].ran && r[R_RECORD].median <= 15.0,
-        .trip = r[R_TRIP].ran && r[R_TRIP].p99 <= 1000.0,
-    };
-    return g;
-}
-
-static const char *met(const struct bench *b, int ok)
-{
-    return b->o.quick ? "n/a (--quick)" : ok ? "met" : "missed";
-}
-
-static void cpu_model(char *buf, size_t size)
-{
-    snprintf(buf, size, "unknown CPU");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    char line[256];
-    while (f && fgets(line, sizeof line, f)) {
-        char *colon = strchr(line, ':');
-        if (strncmp(line, "model name", 10) == 0 && colon) {
-            snprintf(buf, size, "%s", colon + 2);
-            buf[strcspn(buf, "\n")] = '\0';
-            break;
-        }
-    }
-    if (f)
-        fclose(f);
-}
-
 static void print_table(const struct bench *b)
 {
-    const struct result *r = b->r, *bare = &r[R_BARE];
-    struct goals g = judge(r);
-    char cpu[128];
-    cpu_model(cpu, sizeof cpu);
-    printf("cb_bench: libcb %s, instance %s, %ld CPUs (%s), %s\n\n", cb_version(), b->instance,
-           sysconf(_SC_NPROCESSORS_ONLN), cpu,
-           b->o.quick ? "--quick smoke run: figures are not meaningful" : "full run");
-    printf("| measurement | median | p99 | median vs bare load | goal |\n|---|---|---|---|---|\n");
-    for (int i = R_BARE; i <= R_RECORD; i++) {
-        if (!r[i].ran)
-            continue;
-        const char *goal = i == R_BARE ? "floor" : i == R_CALL ? "for scale" : "";
-        char buf[96] = "";
-        if (i == R_ALLOW_CLOSED)
-            snprintf(buf, sizeof buf, "<= 2 ns and <= 1.5x bare load: %s", met(b, g.allow_closed));
-        if (i == R_RECORD)
-            snprintf(buf, sizeof buf, "<= 15 ns: %s", met(b, g.record));
-        printf("| %s | %.2f ns | %.2f ns | %.2fx | %s |\n", r[i].label, r[i].median, r[i].p99,
-               bare->median > 0 ? r[i].median / bare->median : 0.0, *goal ? goal : buf);
+    const struct result *r = b->r;
+    printf("cb_bench: libcb %s, instance %s, %ld CPUs, %s\n\n", cb_version(), b->instance,
+           sysconf(_SC_NPROCESSORS_ONLN), b->o.quick ? "--quick smoke run: figures are not meaningful" : "full run");
+    printf("| measurement | median | p99 | samples |\n|---|---|---|---|\n");
+    for (int i = 0; i < R_COUNT; i++)
+        if (r[i].ran)
+            printf("| %s | %.4g %s | %.4g %s | %d |\n", r[i].label, r[i].median, r[i].unit, r[i].p99, r[i].unit,
+                   r[i].samples);
+    if (b->scale_one[0][0] > 0) {
+        printf("\n| processes | checks/s, one circuit | checks/s, a circuit each |\n|---|---|---|\n");
+        for (int i = 0; i < SCALE_POINTS; i++)
+            printf("| %d | %.3g | %.3g |\n", scale_n[i], b->scale_one[i][0], b->scale_many[i][0]);
     }
-    if (r[R_WAKE].ran)
-        printf("| %s | %.1f us | %.1f us | | for scale |\n", r[R_WAKE].label, r[R_WAKE].median,
-               r[R_WAKE].p99);
-    if (r[R_TRIP].ran)
-        printf("| %s, %d worker%s, %d runs | %.1f us | %.1f us | | p99 <= 1 ms: %s |\n", r[R_TRIP].label,
-               b->o.workers, b->o.workers == 1 ? "" : "s", r[R_TRIP].samples, r[R_TRIP].median, r[R_TRIP].p99,
-               met(b, g.trip));
-    printf(
-        "\n(a)-(c): %d batches of %llu calls; cb_record: %d batches of %u events (half a lane), lane drained "
-        "between batches.\n",
-        b->o.batches, (unsigned long long)b->o.batch_calls, b->o.record_batches,
-        b->lanes ? b->lanes->lane_capacity / 2 : 0);
+    if (b->sem_ran) {
+        printf("\n| processes | failures until all reject: cbd / in-process | probes in HALF_OPEN: cbd / "
+               "in-process |\n|---|---|---|\n");
+        for (int i = 0; i < b->sem_ran; i++)
+            printf("| %d | %d / %d | %d / %d |\n", scale_n[i], b->sem_fail[0][i], b->sem_fail[1][i],
+                   b->sem_probes[0][i], b->sem_probes[1][i]);
+    }
 }
 
-static void json_result(FILE *f, const struct result *r, const struct result *bare, const char *unit,
-                        int last)
+
+static void json_scaling(FILE *f, const double v[SCALE_POINTS][2])
 {
-    fprintf(f, "    \"%s\": {\"median_%s\": %.4f, \"p99_%s\": %.4f, \"samples\": %d", r->key, unit, r->median,
-            unit, r->p99, r->samples);
-    if (strcmp(unit, "ns") == 0 && bare->median > 0)
-        fprintf(f, ", \"ratio_to_bare_load\": %.4f", r->median / bare->median);
-    fprintf(f, "}%s\n", last ? "" : ",");
+    fprintf(f, "[");
+    for (int i = 0; i < SCALE_POINTS; i++)
+        fprintf(f, "%s{\"processes\": %d, \"median\": %.6g, \"lowest\": %.6g}", i ? ", " : "", scale_n[i], v[i][0],
+                v[i][1]);
+    fprintf(f, "]");
+}
+
+static void json_semantics(FILE *f, const struct bench *b, int impl)
+{
+    fprintf(f, "[");
+    for (int i = 0; i < b->sem_ran; i++)
+        fprintf(f, "%s{\"processes\": %d, \"failures_to_trip_all\": %d, \"probes_in_half_open\": %d}", i ? ", " : "",
+                scale_n[i], b->sem_fail[impl][i], b->sem_probes[impl][i]);
+    fprintf(f, "]");
 }
 
 static int write_json(const struct bench *b, const char *path)
@@ -619,24 +953,39 @@ static int write_json(const struct bench *b, const char *path)
         fprintf(stderr, "cb_bench: cannot write %s: %s\n", path, strerror(errno));
         return -1;
     }
-    const struct result *r = b->r;
     fprintf(f, "{\n  \"libcb_version\": \"%s\",\n  \"quick\": %s,\n  \"cpus\": %ld,\n", cb_version(),
             b->o.quick ? "true" : "false", sysconf(_SC_NPROCESSORS_ONLN));
     fprintf(f, "  \"batches\": %d,\n  \"calls_per_batch\": %llu,\n  \"record_batches\": %d,\n", b->o.batches,
             (unsigned long long)b->o.batch_calls, b->o.record_batches);
-    fprintf(f, "  \"trip_workers\": %d,\n  \"trip_failed_runs\": %d,\n  \"results\": {\n", b->o.workers,
-            b->trip_failed_runs);
+    fprintf(f, "  \"record_batch_events\": %u,\n  \"trip_runs\": %d,\n  \"trip_spin_workers\": %d,\n",
+            b->lanes->lane_capacity / 2, b->o.trip_runs, b->o.spin_workers);
+    fprintf(f, "  \"trip_paced_workers\": %d,\n  \"trip_pace_us\": %d,\n  \"failed_runs\": %d,\n", b->o.paced_workers,
+            PACE_US, b->failed_runs);
+    fprintf(f, "  \"scale_reps\": %d,\n  \"scale_seconds\": %.3f,\n", b->o.scale_reps, (double)b->o.scale_ns / 1e9);
+    if (b->tput_cpu_share > 0)
+        fprintf(f, "  \"daemon_cpu_share\": %.4f,\n", b->tput_cpu_share);
+    if (b->scale_one[0][0] > 0) {
+        fprintf(f, "  \"scaling_one_circuit\": ");
+        json_scaling(f, b->scale_one);
+        fprintf(f, ",\n  \"scaling_circuit_each\": ");
+        json_scaling(f, b->scale_many);
+        fprintf(f, ",\n");
+    }
+    if (b->sem_ran) {
+        fprintf(f, "  \"semantics_threshold\": %d,\n  \"semantics_cbd\": ", SEM_THRESHOLD);
+        json_semantics(f, b, 0);
+        fprintf(f, ",\n  \"semantics_in_process\": ");
+        json_semantics(f, b, 1);
+        fprintf(f, ",\n");
+    }
+    fprintf(f, "  \"results\": {\n");
     int last = R_COUNT - 1;
-    while (last > 0 && !r[last].ran)
+    while (last > 0 && !b->r[last].ran)
         last--;
     for (int i = 0; i <= last; i++)
-        if (r[i].ran)
-            json_result(f, &r[i], &r[R_BARE], i >= R_WAKE ? "us" : "ns", i == last);
-    fprintf(f, "  },\n  \"goals\": {\n");
-    struct goals g = judge(r);
-    fprintf(f, "    \"allow_closed_median_le_2ns_and_1_5x_bare\": %s,\n", g.allow_closed ? "true" : "false");
-    fprintf(f, "    \"record_median_le_15ns\": %s,\n", g.record ? "true" : "false");
-    fprintf(f, "    \"trip_p99_le_1ms\": %s\n  }\n}\n", g.trip ? "true" : "false");
+        if (b->r[i].ran)
+            json_result(f, &b->r[i], i != last);
+    fprintf(f, "  }\n}\n");
     return fclose(f) == 0 ? 0 : -1;
 }
 
@@ -644,9 +993,10 @@ static int write_json(const struct bench *b, const char *path)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: cb_bench [--quick] [--json FILE] [--instance NAME] [--workers M] [--trip-runs N]\n"
+    fprintf(f, "usage: cb_bench [--quick] [--throughput | --instr] [--json FILE] [--instance NAME]\n"
+               "                [--spin-workers M] [--paced-workers M] [--trip-runs N]\n"
                "  needs a running cbd for the instance (default: $CB_INSTANCE, else \"default\");\n"
-               "  bench/run.sh starts a throwaway one and passes its arguments on.\n");
+               "  bench/run.sh starts throwaway ones and runs everything.\n");
 }
 
 static int parse_int(const char *opt, const char *s, int lo, int hi)
@@ -660,26 +1010,44 @@ static int parse_int(const char *opt, const char *s, int lo, int hi)
     return (int)v;
 }
 
+/* Full: 201 interleaved batches of 1M calls, 300 drained rounds, 100 trips
+ * per worker kind, 5 x 0.2 s per scaling point. Quick: a few of each. */
+static void set_counts(struct opts *o)
+{
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    o->batches = o->quick ? 3 : 201;
+    o->batch_calls = o->quick ? 1000 : 1000000;
+    o->record_batches = o->quick ? 3 : 300;
+    o->scale_reps = o->quick ? 1 : 5;
+    o->scale_ns = o->quick ? 5000000 : 200000000;
+    if (o->spin_workers == 0) /* one spinner per CPU: cbd competes with them, the worst case */
+        o->spin_workers = o->quick ? 2 : (int)(cpus < 2 ? 2 : cpus > MAX_WORKERS ? MAX_WORKERS : cpus);
+    if (o->paced_workers == 0) /* a small prefork pool */
+        o->paced_workers = o->quick ? 2 : 8;
+    if (o->trip_runs == 0)
+        o->trip_runs = o->quick ? 3 : 100;
+}
+
 static void parse_args(struct opts *o, int argc, char **argv)
 {
     static const struct option longs[] = {
-        {"quick", no_argument, NULL, 'q'},
-        {"json", required_argument, NULL, 'j'},
-        {"instance", required_argument, NULL, 'i'},
-        {"workers", required_argument, NULL, 'w'},
-        {"trip-runs", required_argument, NULL, 'r'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"quick", no_argument, NULL, 'q'},          {"throughput", no_argument, NULL, 'T'},
+        {"instr", no_argument, NULL, 'I'},          {"json", required_argument, NULL, 'j'},
+        {"instance", required_argument, NULL, 'i'}, {"spin-workers", required_argument, NULL, 's'},
+        {"paced-workers", required_argument, NULL, 'p'}, {"trip-runs", required_argument, NULL, 'r'},
+        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
     };
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    int c, workers = 0, runs = 0;
-    while ((c = getopt_long(argc, argv, "qj:i:w:r:h", longs, NULL)) != -1) {
+    int c;
+    while ((c = getopt_long(argc, argv, "qTIj:i:s:p:r:h", longs, NULL)) != -1) {
         switch (c) {
         case 'q': o->quick = 1; break;
+        case 'T': o->mode = MODE_THROUGHPUT; break;
+        case 'I': o->mode = MODE_INSTR; break;
         case 'j': o->json = optarg; break;
         case 'i': o->instance = optarg; break;
-        case 'w': workers = parse_int("--workers", optarg, 1, MAX_WORKERS); break;
-        case 'r': runs = parse_int("--trip-runs", optarg, 1, 100000); break;
+        case 's': o->spin_workers = parse_int("--spin-workers", optarg, 1, MAX_WORKERS); break;
+        case 'p': o->paced_workers = parse_int("--paced-workers", optarg, 1, MAX_WORKERS); break;
+        case 'r': o->trip_runs = parse_int("--trip-runs", optarg, 1, 100000); break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
         }
@@ -688,42 +1056,63 @@ static void parse_args(struct opts *o, int argc, char **argv)
         usage(stderr);
         exit(2);
     }
-    /* Full: 201 batches of 1M calls (~0.2 s per row at 1 ns), 300 record
-     * batches (each waits for a drain tick), 100 trips. Quick: a few each. */
-    o->batches = o->quick ? 3 : 201;
-    o->batch_calls = o->quick ? 1000 : 1000000;
-    o->record_batches = o->quick ? 3 : 300;
-    if (workers == 0) /* full: one spinner per CPU, so cbd competes with them as on a busy host */
-        workers = o->quick ? 2 : (int)(cpus < 2 ? 2 : cpus > MAX_WORKERS ? MAX_WORKERS : cpus);
-    o->workers = workers;
-    o->trip_runs = runs ? runs : o->quick ? 3 : 100;
+    set_counts(o);
+}
+
+static int run_main(struct bench *b)
+{
+    cb_circuit *many[MAX_WORKERS];
+    for (int w = 0; w < scale_n[SCALE_POINTS - 1]; w++) {
+        char what[32];
+        snprintf(what, sizeof what, "scale%d", w);
+        if (get_circuit(b, what, 1000000, 30000, 0, &many[w]) < 0)
+            return -1;
+    }
+    int rc = measure_batches(b);
+    rc |= measure_drained(b);
+    rc |= measure_scaling(b, many, b->scale_one, true);
+    rc |= measure_scaling(b, many, b->scale_many, false);
+    rc |= measure_semantics(b);
+    rc |= measure_wakeup(b);
+    rc |= measure_trip(b, R_TRIP_SPIN, b->o.spin_workers, 0);
+    rc |= measure_trip(b, R_TRIP_PACED, b->o.paced_workers, PACE_US);
+    for (int i = 0; i <= R_TRIP_PACED; i++)
+        if (!b->r[i].ran)
+            rc = -1;
+    return rc;
 }
 
 int main(int argc, char **argv)
 {
     static struct bench b = {
-        .r = {[R_BARE] = {"bare_load", "bare acquire load (shm page)", 0, 0, 0, 0},
-              [R_CALL] = {"empty_call", "empty non-inlined call", 0, 0, 0, 0},
-              [R_ALLOW_CLOSED] = {"allow_closed", "cb_allow, CLOSED", 0, 0, 0, 0},
-              [R_ALLOW_OPEN] = {"allow_open", "cb_allow, OPEN", 0, 0, 0, 0},
-              [R_RECORD] = {"record_success", "cb_record(SUCCESS)", 0, 0, 0, 0},
-              [R_WAKE] = {"process_wakeup", "process wakeup through a pipe", 0, 0, 0, 0},
-              [R_TRIP] = {"trip_latency", "trip latency", 0, 0, 0, 0}},
+        .r = {[R_BARE] = {.key = "bare_load", .label = "bare acquire load (shm page)", .unit = "ns"},
+              [R_CALL] = {.key = "empty_call", .label = "empty non-inlined call", .unit = "ns"},
+              [R_ALLOW_CLOSED] = {.key = "allow_closed", .label = "cb_allow, CLOSED", .unit = "ns"},
+              [R_ALLOW_OPEN] = {.key = "allow_open", .label = "cb_allow, OPEN", .unit = "ns"},
+              [R_ALLOW_HALF] = {.key = "allow_half_open", .label = "cb_allow, HALF_OPEN (no permit left)", .unit = "ns"},
+              [R_MUTEX_ALLOW] = {.key = "inproc_allow", .label = "in-process mutex breaker: allow", .unit = "ns"},
+              [R_RECORD] = {.key = "record", .label = "cb_record(SUCCESS)", .unit = "ns"},
+              [R_CB_CALL] = {.key = "cb_call", .label = "cb_call (empty fn, success)", .unit = "ns"},
+              [R_MUTEX_RECORD] = {.key = "inproc_record", .label = "in-process mutex breaker: record", .unit = "ns"},
+              [R_WAKE] = {.key = "process_wakeup", .label = "process wakeup through a pipe", .unit = "us"},
+              [R_TRIP_SPIN] = {.key = "trip_spin", .label = "trip latency, workers spinning", .unit = "us"},
+              [R_TRIP_PACED] = {.key = "trip_paced", .label = "trip latency, workers pausing 50 us per check",
+                                .unit = "us"},
+              [R_TPUT_WALL] = {.key = "drain_wall", .label = "daemon drain, events per second", .unit = "ev/s"},
+              [R_TPUT_CPU] = {.key = "drain_cpu", .label = "daemon drain, events per daemon CPU second",
+                              .unit = "ev/s"}},
     };
     parse_args(&b.o, argc, argv);
     const char *inst = b.o.instance ? b.o.instance : getenv("CB_INSTANCE");
     snprintf(b.instance, sizeof b.instance, "%s", inst && *inst ? inst : "default");
     if (setup(&b) < 0)
         return 1;
-    int rc = measure_batches(&b);
-    rc |= measure_record(&b);
-    rc |= measure_wakeup(&b);
-    rc |= measure_trip(&b);
-    for (int i = 0; i < R_COUNT; i++)
-        if (!b.r[i].ran)
-            rc = -1;
-    print_table(&b);
-    if (b.o.json && write_json(&b, b.o.json) < 0)
+    int rc = b.o.mode == MODE_INSTR        ? run_instr(&b)
+             : b.o.mode == MODE_THROUGHPUT ? measure_throughput(&b)
+                                           : run_main(&b);
+    if (b.o.mode != MODE_INSTR)
+        print_table(&b);
+    if (b.o.json && b.o.mode != MODE_INSTR && write_json(&b, b.o.json) < 0)
         rc = -1;
     cb_client_close(b.client);
     return rc == 0 ? 0 : 1;

@@ -1,34 +1,120 @@
 #!/usr/bin/env bash
-# run.sh - run cb_bench against a throwaway cbd.
+# run.sh - the benchmark harness: one command, every measurement, one report.
 #
-#   bench/run.sh [--quick] [--json FILE] [--workers M] [--trip-runs N]
+#   bench/run.sh            full run (~5 min) into bench/results/<date>/
+#   bench/run.sh --quick    smoke run: tiny counts, no timing means anything,
+#                           nothing kept (unless --out); exit 0 = everything ran
+#   bench/run.sh [--quick] --out DIR
 #
-# Builds cbd and cb_bench in $CB_BUILD_DIR (default build; configured by
-# scripts/setup.sh when missing), then runs build/cb_bench with the given
-# arguments through bench/with_cbd.sh (own instance, socket and state file
-# in a temporary directory). Exit status: cb_bench's (0 = everything ran;
-# timings are reported, never asserted).
+# Builds cbd, cb_bench and cb_bench_remote in $CB_BUILD_DIR (default build;
+# configured by scripts/setup.sh when missing), starts a redis-server and
+# dynalite on free loopback ports, and runs, each against a throwaway cbd
+# (bench/with_cbd.sh):
+#   1. cb_bench: micro, in-process baseline, scaling, semantics, trip latency;
+#   2. cb_bench --throughput under a cbd with big lanes and a 1 ms drain;
+#   3. cb_bench --instr under valgrind --tool=callgrind: instructions per call
+#      (full run only: valgrind cannot run sanitizer builds);
+#   4. cb_bench_remote: the Redis-per-call and DynamoDB-per-call baselines;
+#   5. the fleet propagation bench, bench/fleet_run.sh, when it exists;
+# then bench/report.py writes DIR/results.md, DIR/results.json and the PNG
+# plots (gnuplot). Timings are reported, never asserted: the exit status
+# says whether every part ran.
 set -euo pipefail
 
-# The script works from the repository root: keep a relative --json FILE
-# relative to where it was called from.
-args=() prev=
-for a in "$@"; do
-    [[ $prev == --json && $a != /* ]] && a=$PWD/$a
-    [[ $a == --json=* && $a != --json=/* ]] && a=--json=$PWD/${a#--json=}
-    args+=("$a")
-    prev=$a
+quick=() out=
+while (($#)); do
+    case $1 in
+    --quick) quick=(--quick) ;;
+    --out) out=$(realpath -m "$2"); shift ;;
+    --out=*) out=$(realpath -m "${1#--out=}") ;;
+    *) echo "usage: $0 [--quick] [--out DIR]" >&2; exit 2 ;;
+    esac
+    shift
 done
 cd "$(dirname "$0")/.."
 build=${CB_BUILD_DIR:-build}
 export CB_BUILD_DIR=$build
+say() { printf 'bench: %s\n' "$*" >&2; }
 
-if [[ ! -f $build/CMakeCache.txt ]]; then
-    ./scripts/setup.sh
+keep=1
+if [[ -z $out ]]; then
+    if ((${#quick[@]})); then out=$(mktemp -d "${TMPDIR:-/tmp}/cb-bench.XXXXXX") keep=0
+    else out=$PWD/bench/results/$(date +%F); fi
 fi
-if ! out=$(cmake --build "$build" -j"$(nproc)" --target cbd cb_bench 2>&1); then
-    printf '%s\n' "$out" >&2
+mkdir -p "$out"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    ((keep)) || rm -rf "$out"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---- build ----------------------------------------------------------------
+[[ -f $build/CMakeCache.txt ]] || ./scripts/setup.sh
+if ! log=$(cmake --build "$build" -j"$(nproc)" --target cbd cb_bench cb_bench_remote 2>&1); then
+    printf '%s\n' "$log" >&2
     exit 1
 fi
 
-exec bench/with_cbd.sh bench "$build/cb_bench" "${args[@]}"
+# ---- stores on free loopback ports ------------------------------------------
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { # port pid: until something listens, or the pid died (10 s)
+    for ((i = 0; i < 200; i++)); do
+        (: <"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        kill -0 "$2" 2>/dev/null || return 1
+        sleep 0.05
+    done
+    return 1
+}
+remote_args=()
+rport=$(free_port)
+redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+    >"$out/redis.log" 2>&1 &
+pids+=($!)
+if wait_port "$rport" $!; then remote_args+=(--redis-port "$rport"); else say "redis-server did not start: Redis baseline skipped"; fi
+dynalite=tests/dynalite/node_modules/dynalite/cli.js
+if [[ -f $dynalite ]]; then
+    dport=$(free_port)
+    node "$dynalite" --port "$dport" --createTableMs 0 >"$out/dynalite.log" 2>&1 &
+    pids+=($!)
+    if wait_port "$dport" $!; then remote_args+=(--dynamo-port "$dport"); else say "dynalite did not start: DynamoDB baseline skipped"; fi
+else
+    say "$dynalite missing (npm ci --prefix tests/dynalite): DynamoDB baseline skipped"
+fi
+
+# ---- the runs ---------------------------------------------------------------
+rc=0
+part() { # name cmd...: run one part, remember a failure, go on
+    local name=$1
+    shift
+    say "$name"
+    "$@" || { say "$name: FAILED"; rc=1; }
+}
+part "cb_bench (micro, scaling, semantics, trip latency)" \
+    bench/with_cbd.sh bench "$build/cb_bench" "${quick[@]}" --json "$out/libcb.json"
+part "cb_bench --throughput (cbd with 16 lanes of 65536 events, 1 ms drain)" \
+    env CBD_ARGS="--lanes 16 --lane-capacity 65536 --drain-interval-ms 1" \
+    bench/with_cbd.sh tput "$build/cb_bench" --throughput "${quick[@]}" --json "$out/throughput.json"
+if ((${#quick[@]} == 0)) && command -v valgrind >/dev/null; then
+    part "cb_bench --instr under callgrind" \
+        bench/with_cbd.sh instr valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out" \
+        "$build/cb_bench" --instr
+    if [[ -f $out/callgrind.out ]]; then
+        callgrind_annotate --inclusive=yes --threshold=100 "$out/callgrind.out" >"$out/callgrind.txt" 2>/dev/null || rc=1
+        rm -f "$out/callgrind.out"
+    fi
+fi
+part "cb_bench_remote (Redis-per-call, DynamoDB-per-call)" \
+    "$build/cb_bench_remote" "${quick[@]}" "${remote_args[@]}" --json "$out/remote.json"
+if [[ -x bench/fleet_run.sh ]]; then
+    part "fleet propagation (bench/fleet_run.sh)" bench/fleet_run.sh "${quick[@]}" --json "$out/fleet.json"
+else
+    say "bench/fleet_run.sh not there yet: fleet propagation skipped"
+fi
+part "report" /usr/bin/python3 bench/report.py "$out"
+# results.json holds every part's figures: drop the parts and the logs.
+((keep)) && rm -f "$out"/{libcb,throughput,remote,fleet}.json "$out"/{callgrind.txt,redis.log,dynalite.log}
+((keep)) && say "results in $out (results.md, results.json, *.png)"
+((keep)) || cat "$out/results.md"
+exit "$rc"

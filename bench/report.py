@@ -1,0 +1,240 @@
+#!/usr/bin/python3
+"""report.py - turn one bench/run.sh run into results.md, results.json and plots.
+
+    /usr/bin/python3 bench/report.py DIR
+
+Reads what the run left in DIR (libcb.json, throughput.json, remote.json,
+callgrind.txt, fleet.json: whichever exist), writes DIR/results.json (all of
+it, plus the machine, the date, the goals and the ratios), DIR/results.md (the
+table the README shows) and, with gnuplot, DIR/latency.png, DIR/trip.png and
+DIR/scaling.png. Every figure is read as a ratio to a floor or a baseline
+measured in the same run: absolute times on a shared machine are noisy,
+ratios much less so.
+"""
+import json, os, platform, re, subprocess, sys, time
+
+d = sys.argv[1]
+
+
+def load(name):
+    p = os.path.join(d, name)
+    return json.load(open(p)) if os.path.exists(p) else None
+
+
+lib, tput, remote, fleet = load("libcb.json"), load("throughput.json"), load("remote.json"), load("fleet.json")
+R = dict(lib["results"]) if lib else {}
+R.update(tput["results"] if tput else {})
+R.update(remote["results"] if remote else {})
+
+
+def cpu_model():
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def instr_counts():
+    """Instructions per call from callgrind_annotate's inclusive counts."""
+    p, out = os.path.join(d, "callgrind.txt"), {}
+    if not os.path.exists(p):
+        return out
+    for line in open(p):
+        m = re.match(r"\s*([\d,]+)\s+\([^)]*\)\s+\S*:instr_(\w+)", line)
+        if m:
+            out[m.group(2)] = int(m.group(1).replace(",", "")) / 500.0  # INSTR_CALLS in cb_bench.c
+    return out
+
+
+instr = instr_counts()
+quick = bool(lib and lib.get("quick"))
+meta = {
+    "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+    "cpu": cpu_model(),
+    "cpus": os.cpu_count(),
+    "kernel": platform.release(),
+    "loadavg_at_report": open("/proc/loadavg").read().split()[:3],
+    "command": "bench/run.sh" + (" --quick" if quick else ""),
+    "quick": quick,
+}
+
+
+def med(k):
+    return R[k]["median"] if k in R else None
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+# ---- goals --------------------------------------------------------------------------------------
+sem_c = (lib or {}).get("semantics_cbd", [])
+sem_b = (lib or {}).get("semantics_in_process", [])
+thr = (lib or {}).get("semantics_threshold", 5)
+goals = []
+
+
+def goal(text, value, ok):
+    goals.append({"goal": text, "measured": value, "met": None if quick or ok is None else bool(ok)})
+
+
+ac, bare = med("allow_closed"), med("bare_load")
+if ac is not None:
+    goal("cb_allow CLOSED median <= 2 ns and <= 1.5x the bare load",
+         "%.2f ns, %.2fx the bare load (%.2f ns)" % (ac, ratio(ac, bare), bare), ac <= 2 and ac <= 1.5 * bare)
+if med("record") is not None:
+    goal("cb_record median <= 15 ns", "%.1f ns" % med("record"), med("record") <= 15)
+if ac is not None and med("redis_allow") is not None:
+    x = ratio(med("redis_allow"), ac)
+    goal(">= 1000x faster per check than the Redis-per-call baseline", "%.0fx" % x, x >= 1000)
+if sem_c:
+    goal("N processes: failures to trip all = threshold (%d)" % thr,
+         ", ".join("N=%d: %d (in-process: %d)" % (c["processes"], c["failures_to_trip_all"], b["failures_to_trip_all"])
+                   for c, b in zip(sem_c, sem_b)),
+         all(c["failures_to_trip_all"] == thr for c in sem_c))
+    goal("N processes: probes in HALF_OPEN = 1",
+         ", ".join("N=%d: %d (in-process: %d)" % (c["processes"], c["probes_in_half_open"], b["probes_in_half_open"])
+                   for c, b in zip(sem_c, sem_b)),
+         all(c["probes_in_half_open"] == 1 for c in sem_c))
+for k, what in (("trip_paced", "workers pausing 50 us per check"), ("trip_spin", "workers spinning on every core")):
+    if k in R:
+        goal("trip latency p99 <= 1 ms (%s)" % what, "p50 %.0f us, p99 %.0f us" % (R[k]["median"], R[k]["p99"]),
+             R[k]["p99"] <= 1000)
+
+# ---- results.json ---------------------------------------------------------------------------------
+doc = {"meta": meta, "goals": goals, "results": R, "instructions_per_call": instr,
+       "libcb_run": {k: v for k, v in (lib or {}).items() if k != "results"},
+       "throughput_run": {k: v for k, v in (tput or {}).items() if k != "results"},
+       "remote_run": {k: v for k, v in (remote or {}).items() if k != "results"},
+       "fleet": fleet}
+json.dump(doc, open(os.path.join(d, "results.json"), "w"), indent=1)
+
+# ---- results.md -----------------------------------------------------------------------------------
+L = []
+L.append("Machine: %s, %d CPUs, Linux %s. Date: %s. Command: `%s`. Load average when the report was "
+         "written: %s." % (meta["cpu"], meta["cpus"], meta["kernel"], meta["date"], meta["command"],
+                           " ".join(meta["loadavg_at_report"])))
+if quick:
+    L.append("\n**--quick smoke run: tiny counts, the figures mean nothing.**")
+
+
+def fmt_ns(v):
+    return "%.2f ns" % v if v < 100 else "%.1f us" % (v / 1000) if v < 1e6 else "%.2f ms" % (v / 1e6)
+
+
+L.append("\n### Per call (median and p99 over batches; the baselines' remote calls are timed one by one)\n")
+L.append("| measurement | median | p99 | vs bare load | vs cb_allow CLOSED | instructions/call |")
+L.append("|---|---|---|---|---|---|")
+rows = [("bare_load", "bare_load"), ("empty_call", "empty_call"), ("allow_closed", "allow_closed"),
+        ("allow_open", "allow_open"), ("allow_half_open", "allow_half_open"), ("record", "record"),
+        ("cb_call", "cb_call"), ("inproc_allow", "mutex_allow"), ("inproc_record", "mutex_record"),
+        ("redis_allow", None), ("redis_record", None), ("dynamo_allow", None)]
+for k, ik in rows:
+    if k not in R:
+        continue
+    r = R[k]
+    L.append("| %s | %s | %s | %.1fx | %s | %s |" % (
+        r["label"], fmt_ns(r["median"]), fmt_ns(r["p99"]), ratio(r["median"], bare) or 0,
+        "%.2fx" % ratio(r["median"], ac) if ac else "",
+        "%.1f" % instr[ik] if ik and ik in instr else ""))
+if instr:
+    L.append("\nInstructions per call: callgrind's inclusive count of a loop of 500 calls / 500 (loop "
+             "overhead included, as in the bare-load row).")
+
+if lib and "scaling_one_circuit" in lib:
+    L.append("\n### Checks per second, all processes together (%d CPUs: beyond %d processes they share cores)\n"
+             % (meta["cpus"], meta["cpus"]))
+    L.append("| processes | cbd, one circuit | cbd, a circuit each | Redis-per-call | cbd / Redis |")
+    L.append("|---|---|---|---|---|")
+    rs = {x["processes"]: x["median"] for x in (remote or {}).get("redis_scaling", [])}
+    for one, each in zip(lib["scaling_one_circuit"], lib["scaling_circuit_each"]):
+        n = one["processes"]
+        L.append("| %d | %.3g | %.3g | %s | %s |" % (n, one["median"], each["median"],
+                 "%.3g" % rs[n] if n in rs else "", "%.0fx" % (one["median"] / rs[n]) if rs.get(n) else ""))
+
+if sem_c:
+    L.append("\n### N processes sharing one downstream (threshold %d)\n" % thr)
+    L.append("| processes | failures until all reject: cbd | in-process breakers | probes in HALF_OPEN: cbd | "
+             "in-process breakers |")
+    L.append("|---|---|---|---|---|")
+    for c, b in zip(sem_c, sem_b):
+        L.append("| %d | %d | %d | %d | %d |" % (c["processes"], c["failures_to_trip_all"], b["failures_to_trip_all"],
+                                              c["probes_in_half_open"], b["probes_in_half_open"]))
+
+trip = [k for k in ("trip_paced", "trip_spin", "process_wakeup") if k in R]
+if trip:
+    L.append("\n### Trip latency: tripping failure's cb_record -> every worker rejects (%d runs)\n" % lib["trip_runs"])
+    L.append("| workers | p50 | p99 | max |")
+    L.append("|---|---|---|---|")
+    who = {"trip_paced": "%d workers, each pausing %d us (nanosleep) after every check, as a request would; time of "
+                         "the first rejecting check" % (lib["trip_paced_workers"], lib["trip_pace_us"]),
+           "trip_spin": "%d workers spinning on cb_allow (one per CPU: cbd waits for a time slice)"
+                        % lib["trip_spin_workers"],
+           "process_wakeup": "for scale: one process waking another through a pipe"}
+    for k in trip:
+        L.append("| %s | %.0f us | %.0f us | %.0f us |" % (who[k], R[k]["median"], R[k]["p99"], R[k]["quantiles"][-1]))
+
+if "drain_cpu" in R:
+    L.append("\n### Daemon throughput (one producer thread flooding cb_record; cbd with 1 ms drain)\n")
+    L.append("- outcome events drained per second of daemon CPU (= on one core): median %.3g (lowest 1%%: %.3g)"
+             % (R["drain_cpu"]["median"], R["drain_cpu"]["quantiles"][1]))
+    L.append("- per second of wall time: median %.3g, with cbd using %.0f%% of a core (the producer is the limit)"
+             % (R["drain_wall"]["median"], 100 * (tput or {}).get("daemon_cpu_share", 0)))
+
+L.append("\n### Fleet propagation\n")
+if fleet:
+    L.append("From bench/fleet_run.sh (raw figures in results.json, key `fleet`):\n")
+    L.append("```\n" + json.dumps(fleet, indent=1)[:1500] + "\n```")
+else:
+    L.append("Not measured in this run: bench/fleet_run.sh (Redis/DynamoDB propagation A -> B, store requests per "
+             "second versus the check rate) was not present; run.sh calls it with `--json DIR/fleet.json` when it is.")
+
+L.append("\n### Goals\n")
+L.append("| goal | measured | |")
+L.append("|---|---|---|")
+for g in goals:
+    L.append("| %s | %s | %s |" % (g["goal"], g["measured"],
+                                   "n/a" if g["met"] is None else "met" if g["met"] else "**missed**"))
+open(os.path.join(d, "results.md"), "w").write("\n".join(L) + "\n")
+
+
+# ---- plots ------------------------------------------------------------------------------------------
+def plot(name, script, series):
+    """series: (title, [(x, y), ...]); gnuplot reads inline data blocks."""
+    body = ["set terminal pngcairo size 720,420 font ',9'" if has_cairo else "set terminal png size 720,420",
+            "set output '%s'" % os.path.join(d, name), "set termoption noenhanced",
+            "set key top left Left reverse box opaque", "set format x '%g'", "set grid"] + script
+    data = []
+    for i, (title, pts) in enumerate(series):
+        data.append("$d%d << EOD\n%s\nEOD" % (i, "\n".join("%g %g" % p for p in pts)))
+    body.append("plot " + ", ".join("$d%d using 1:2 with lines lw 2 title '%s'" % (i, t)
+                                     for i, (t, _) in enumerate(series)))
+    subprocess.run(["gnuplot"], input="\n".join(data + body), text=True, check=True)
+
+
+def cdf(k, scale=1.0):
+    q = R[k]["quantiles"]
+    return [(v * scale, i / 100.0) for i, v in enumerate(q)]
+
+
+try:
+    has_cairo = "pngcairo" in subprocess.run(["gnuplot", "-e", "set terminal"], capture_output=True, text=True).stderr
+    lat = [(R[k]["label"], cdf(k)) for k in ("bare_load", "allow_closed", "allow_open", "record", "inproc_allow",
+                                             "redis_allow", "dynamo_allow") if k in R]
+    plot("latency.png", ["set logscale x", "set xlabel 'ns per call (log)'", "set ylabel 'fraction of batches/calls'",
+                         "set title 'Per-call cost distributions, same run'"], lat)
+    if trip:
+        plot("trip.png", ["set logscale x", "set xlabel 'us (log)'", "set ylabel 'fraction of runs'",
+                          "set title 'Trip latency: failure recorded -> every worker rejects'"],
+             [(k.replace("_", " "), cdf(k)) for k in trip])
+    if lib and "scaling_one_circuit" in lib:
+        sc = [("cbd, one circuit", [(x["processes"], x["median"]) for x in lib["scaling_one_circuit"]]),
+              ("cbd, a circuit each", [(x["processes"], x["median"]) for x in lib["scaling_circuit_each"]])]
+        if remote and "redis_scaling" in remote:
+            sc.append(("Redis-per-call", [(x["processes"], x["median"]) for x in remote["redis_scaling"]]))
+        plot("scaling.png", ["set logscale xy", "set xtics (1,2,4,8)", "set xlabel 'worker processes'",
+                             "set ylabel 'checks per second, total (log)'",
+                             "set title 'Scaling on %d CPUs'" % meta["cpus"]], sc)
+except (OSError, subprocess.CalledProcessError) as e:
+    print("report.py: plots skipped: %s" % e, file=sys.stderr)
+print("report.py: wrote %s/results.md and results.json" % d, file=sys.stderr)
