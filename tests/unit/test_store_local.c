@@ -606,3 +606,57 @@ Test(store_local, a_fifo_in_place_of_the_file_does_not_hang_the_start)
     cr_assert(strstr(T.log, "not a regular file"), "%s", T.log);
     close_store();
 }
+
+Test(store_local, lines_keep_their_bytes_and_order_across_many_circuits)
+{
+    cr_assert_eq(open_and_restore(), 0);
+    cb_config cfg = test_config(), defaults;
+    cb_config_init(&defaults);
+    enum { N = 3000 }; /* grows the model's array and index many times */
+    char name[64];
+    for (int i = 0; i < N; i++) {
+        snprintf(name, sizeof name, "svc-%04d.example/api", i);
+        ops->track(T.s, name, i % 2 ? &cfg : &defaults);
+    }
+    struct cbd_store_state open = state_of("svc-0007.example/api", CB_OPEN, 7, 1764240000);
+    ops->transition(T.s, &open, 0);
+    struct cbd_store_state bare = state_of("no-config", CB_HALF_OPEN, 0, 1764240001); /* never tracked */
+    ops->transition(T.s, &bare, 0);
+    close_store();
+
+    /* Byte for byte what earlier versions wrote (jansson's compact dump). */
+    const char *text = read_text(T.path);
+    cr_assert(strstr(text, "\"circuits\":[\n{\"name\":\"svc-0000.example/api\",\"state\":\"CLOSED\",\"failure_count\":0,"
+                           "\"opened_at\":0,\"config\":{\"failure_threshold\":5,\"success_threshold\":3,"
+                           "\"half_open_max_probes\":1,\"recovery_timeout_ms\":30000,\"probe_lease_ms\":0}},\n"
+                           "{\"name\":\"svc-0001.example/api\""),
+              "first lines: %.400s", text);
+    json_t *root = load_state();
+    json_t *list = json_object_get(root, "circuits");
+    cr_assert_eq(json_array_size(list), N + 1);
+    for (int i = 0; i < N; i += 499) {
+        snprintf(name, sizeof name, "svc-%04d.example/api", i);
+        cr_assert_str_eq(json_string_value(json_object_get(json_array_get(list, (size_t)i), "name")), name,
+                         "file order is the order circuits were first tracked");
+    }
+    char *line = json_dumps(circuit_in(root, "svc-0007.example/api"), JSON_COMPACT);
+    cr_assert_str_eq(line, "{\"name\":\"svc-0007.example/api\",\"state\":\"OPEN\",\"failure_count\":7,"
+                           "\"opened_at\":1764240000,\"config\":{\"failure_threshold\":7,\"success_threshold\":2,"
+                           "\"half_open_max_probes\":3,\"recovery_timeout_ms\":15000,\"probe_lease_ms\":4000}}");
+    free(line);
+    line = json_dumps(json_array_get(list, N), JSON_COMPACT);
+    cr_assert_str_eq(line, "{\"name\":\"no-config\",\"state\":\"HALF_OPEN\",\"failure_count\":0,"
+                           "\"opened_at\":1764240001}", "a circuit without config has no \"config\"");
+    free(line);
+    json_decref(root);
+
+    int ifd = watch_dir();
+    T.retrack = true; /* every restored circuit registered again: found by name, unchanged */
+    cr_assert_eq(open_and_restore(), 0);
+    cr_assert_eq(T.remote_n, N + 1);
+    cr_assert_eq(T.log[0], '\0', "%s", T.log);
+    uv_run(&T.loop, UV_RUN_DEFAULT);
+    close_store();
+    cr_assert_eq(count_renames(ifd), 0, "no change, no write");
+    close(ifd);
+}
