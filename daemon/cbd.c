@@ -6,9 +6,17 @@
  *      one stays ready: its records are valid and workers keep using them);
  *      load the daemon's view of every adopted circuit and arm its deadline;
  *   2. create the store and the hook runner, and restore from the store.
- *      Merge rule: a circuit the adopted segment already has keeps the
- *      segment's state (it is at least as new as anything persisted);
- *      circuits only in the store are registered with their stored config
+ *      Merge rule: with the local store, a circuit the adopted segment
+ *      already has keeps the segment's state (it is at least as new as
+ *      anything persisted). With a fleet store, other hosts went on while
+ *      this daemon was down: the store's state is adopted, unless the
+ *      segment holds an opening the fleet has not seen (the fleet has an
+ *      older opening, or closed it before this opening), which is kept
+ *      and written so the fleet learns it - an OPEN is never lost, and
+ *      the store's compare-and-write settles a conflict. Adopted
+ *      circuits the fleet store did not report are written if open, and
+ *      every adopted circuit is tracked.
+ *      Circuits only in the store are registered with their stored config
  *      and given their stored state;
  *   3. give every circuit the policy the configuration file says (its
  *      [circuit]/[prefix] section may have changed while it was down);
@@ -35,6 +43,16 @@
  * Each transition, whatever caused it, goes through on_transitioned():
  * count, history ring, one log line, the store (write-through; not for
  * states that came from the store itself), hooks, socket subscribers.
+ *
+ * The fleet (redis, dynamodb): what a fleet store reports through
+ * on_remote is adopted as it is (its compare-and-write decided it is the
+ * fleet's state), with source `remote`, so local hooks, history and
+ * subscribers see other hosts' transitions. The probe lease is the
+ * policy's (policy.c): one holder per opening across the fleet. Each
+ * record's sync_state says how this host stands with the fleet: OK as of
+ * synced_at (the store's last agreement, on_synced), PENDING while a
+ * transition of this host is on its way, OFFLINE while the store is
+ * unreachable (the host runs alone; synced_at shows for how long).
  */
 #include "cbd.h"
 
@@ -70,9 +88,26 @@ static cb_config asked_filled(const struct cbd *d, const struct cbd_circuit *c)
 /* CB_SYNC_* for the records, from the store's last health report. */
 static unsigned sync_state(const struct cbd *d)
 {
-    if (strcmp(d->store_ops->scheme, "local") == 0)
+    if (!d->env.fleet)
         return CB_SYNC_LOCAL;
     return d->store_health < 0 ? CB_SYNC_PENDING : d->store_health ? CB_SYNC_OK : CB_SYNC_OFFLINE;
+}
+
+/* Tells the store the circuit's state (write-through; the store compares
+ * before it writes, so a refusal comes back through on_remote). A fleet
+ * record is PENDING until the store says it agrees (on_synced), or OFFLINE
+ * while the store is unreachable. */
+static void write_through(struct cbd *d, struct cbd_circuit *c, int64_t prev_opened_at)
+{
+    struct cbd_store_state st = {
+        .state = c->state, .failure_count = c->trip_failure_count, .opened_at = c->opened_at,
+        .has_config = true, .config = asked_filled(d, c),
+    };
+    snprintf(st.name, sizeof st.name, "%s", c->rec->name);
+    /* HALF_OPEN: the election wrote it; the store's answer already agreed */
+    if (d->env.fleet && d->store_health != 0 && c->state != CB_HALF_OPEN)
+        cbd_policy_set_sync(c, CB_SYNC_PENDING, 0);
+    d->store_ops->transition(d->store, &st, prev_opened_at);
 }
 
 /* ---- the policy's callbacks ----------------------------------------------- */
@@ -100,6 +135,18 @@ static void announce(struct cbd *d, const struct cbd_circuit *c, cb_state from, 
     cbd_control_publish(d, &ev, c->flags);
 }
 
+/* Transitions the store must not be told of: states that came from it
+ * (writing them back would echo), and a fleet probe lease that lapsed
+ * (HALF_OPEN -> OPEN by the timer, same opening): this host stops probing,
+ * the fleet keeps what it has - another holder, a close, or the lapsed
+ * lease, which expires. Written, it would reopen an opening the fleet may
+ * have closed meanwhile. */
+static bool from_the_fleet(cb_state from, cb_state to, cb_source source)
+{
+    return source == CB_SOURCE_REMOTE || source == CB_SOURCE_RESTORE ||
+           (source == CB_SOURCE_TIMER && from == CB_HALF_OPEN && to == CB_OPEN);
+}
+
 static void on_transitioned(void *arg, const struct cbd_circuit *c, cb_state from, int64_t prev_opened_at,
                             cb_source source, const struct cbd_now *now)
 {
@@ -114,14 +161,8 @@ static void on_transitioned(void *arg, const struct cbd_circuit *c, cb_state fro
     cbd_log(CBD_LOG_INFO, "transition circuit=%s from=%s to=%s epoch=%u failure_count=%u opened_at=%lld source=%s "
                           "flags=%s", c->rec->name, cbd_state_name(from), cbd_state_name(c->state), c->epoch,
             c->trip_failure_count, (long long)c->opened_at, cbd_source_name(source), flags_name(c->flags));
-    if (source != CB_SOURCE_REMOTE && source != CB_SOURCE_RESTORE) { /* from the store: writing back would echo */
-        struct cbd_store_state st = {
-            .state = c->state, .failure_count = c->trip_failure_count, .opened_at = c->opened_at,
-            .has_config = true, .config = asked_filled(d, c),
-        };
-        snprintf(st.name, sizeof st.name, "%s", c->rec->name);
-        d->store_ops->transition(d->store, &st, prev_opened_at);
-    }
+    if (!from_the_fleet(from, c->state, source))
+        write_through(d, &d->circuits[c->slot], prev_opened_at);
     announce(d, c, from, source, now);
 }
 
@@ -140,18 +181,43 @@ static void on_arm(void *arg, uint32_t slot, uint32_t epoch, uint64_t at_ns)
 
 /* ---- the store's callbacks ------------------------------------------------ */
 
+/*
+ * At a restore over an adopted segment, does the segment's state of c beat
+ * what the fleet store holds? The local store never holds anything newer
+ * than the segment. A fleet store may: other hosts kept going while this
+ * daemon was down. There the segment wins only with an opening the fleet
+ * has not seen: the fleet has an older opening, or has it CLOSED since
+ * before this opening (not known: the segment wins - never lose an OPEN; a
+ * close in the same second is taken as older). The store's compare-and-
+ * write settles the rest. Never while an operator holds the circuit (a
+ * hold is this host's, written when it was made).
+ */
+static bool segment_wins(const struct cbd *d, const struct cbd_circuit *c, const struct cbd_store_state *st)
+{
+    if (!d->env.fleet)
+        return true;
+    if (c->state == CB_CLOSED || (c->flags & (CB_SEG_F_FORCED | CB_SEG_F_DISABLED)))
+        return false;
+    return st->state == CB_CLOSED ? st->updated_at <= c->opened_at : st->opened_at < c->opened_at;
+}
+
 static void on_remote(void *arg, const struct cbd_store_state *st)
 {
     struct cbd *d = arg;
     cb_source source = d->restoring ? CB_SOURCE_RESTORE : CB_SOURCE_REMOTE;
     struct cbd_circuit *c = cbd_circuit_find(d, st->name);
     char err[256];
-    if (c != NULL && d->restoring && d->seg.adopted) {
-        if (st->has_config) { /* the state is the segment's; what the worker asked for is the store's */
+    if (c != NULL && d->restoring && c->slot < d->nadopted) {
+        if (st->has_config) { /* what the worker asked for is the store's */
             c->asked = st->config;
             c->asked_mask = ALL_FIELDS;
         }
-        return;
+        c->restore_seen = 1;
+        if (segment_wins(d, c, st)) {
+            if (d->env.fleet) /* the fleet learns it */
+                write_through(d, c, st->opened_at);
+            return;
+        }
     }
     if (c == NULL) {
         uint32_t slot;
@@ -165,7 +231,8 @@ static void on_remote(void *arg, const struct cbd_store_state *st)
     }
     struct cbd_now now;
     cbd_now(&now);
-    cbd_policy_apply(&d->env, c, st->state, c->flags, st->opened_at, st->failure_count, source, &now);
+    cbd_policy_apply(&d->env, c, st->state, c->flags, st->opened_at, st->failure_count, st->lease_expiry, source,
+                     &now);
 }
 
 static void on_probe_result(void *arg, const char *name, int64_t opened_at, bool granted, int64_t lease_expiry)
@@ -179,6 +246,11 @@ static void on_probe_result(void *arg, const char *name, int64_t opened_at, bool
     cbd_policy_on_probe_result(&d->env, c, opened_at, granted, lease_expiry, &now);
 }
 
+/* Online: every circuit counts as in sync from now (the store reconciles
+ * next and reports differences through on_remote), and a HALF_OPEN circuit
+ * renews its probe lease at once - one granted host-local during the outage
+ * must become the fleet's or give way. Offline: OFFLINE, synced_at kept, so
+ * the age of the last agreement shows. */
 static void on_health(void *arg, bool online, const char *why)
 {
     struct cbd *d = arg;
@@ -189,8 +261,19 @@ static void on_health(void *arg, bool online, const char *why)
         cbd_log(CBD_LOG_WARN, "store %s: %s; running host-local meanwhile", d->cfg.store, why);
     d->store_health = online;
     cbd_now(&now);
-    for (uint32_t i = 0; i < d->ncircuits; i++)
+    for (uint32_t i = 0; i < d->ncircuits; i++) {
         cbd_policy_set_sync(&d->circuits[i], sync_state(d), online ? now.real_ns / 1000000000 : 0);
+        if (online)
+            cbd_policy_renew_now(&d->env, &d->circuits[i], &now);
+    }
+}
+
+static void on_synced(void *arg, const char *name, int64_t at_s)
+{
+    struct cbd *d = arg;
+    struct cbd_circuit *c = cbd_circuit_find(d, name);
+    if (c != NULL && d->env.fleet && d->store_health != 0)
+        cbd_policy_set_sync(c, CB_SYNC_OK, at_s);
 }
 
 /* ---- registration and per-circuit config ----------------------------------- */
@@ -314,8 +397,23 @@ static int load_adopted(struct cbd *d)
             cbd_log(CBD_LOG_WARN, "circuit=%s is forced %s from before this start; it stays so until "
                                   "`cbctl reset %s`", c->rec->name, cbd_state_name(c->state), c->rec->name);
     }
-    d->ncircuits = n;
+    d->ncircuits = d->nadopted = n;
     return 0;
+}
+
+/* After a fleet store's restore: an adopted circuit the store did not
+ * report is written if it is open (the fleet lost it, or never got it
+ * before this daemon died), and every adopted circuit is tracked, so the
+ * fleet's changes reach it as they reach registered ones. */
+static void fleet_adopt(struct cbd *d)
+{
+    for (uint32_t i = 0; d->env.fleet && i < d->nadopted; i++) {
+        struct cbd_circuit *c = &d->circuits[i];
+        cb_config asked = asked_filled(d, c);
+        if (!c->restore_seen && c->state != CB_CLOSED && !(c->flags & (CB_SEG_F_FORCED | CB_SEG_F_DISABLED)))
+            write_through(d, c, 0);
+        d->store_ops->track(d->store, c->rec->name, &asked);
+    }
 }
 
 /* ---- reload ------------------------------------------------------------------ */
@@ -461,6 +559,7 @@ static void on_restored(void *arg, int rc)
                 d->cfg.store, strerror(-rc));
     if (d->stopping)
         return;
+    fleet_adopt(d);
     reconfigure_all(d);
     if (cbd_control_listen(d) < 0 || cbd_drain_start(d) < 0 || cbd_doorbell_start(d) < 0 ||
         cbd_segment_heartbeat_start(&d->seg, &d->loop, d->cfg.heartbeat_ms) < 0 || watchdog_start(d) < 0) {
@@ -492,11 +591,12 @@ static void start_signals(struct cbd *d)
 static int start(struct cbd *d)
 {
     const char *err = NULL;
-    struct cbd_store_hooks hooks = {.loop = &d->loop, .arg = d, .remote = on_remote,
-                                    .probe_result = on_probe_result, .health = on_health};
+    struct cbd_store_hooks hooks = {.loop = &d->loop, .arg = d, .instance = d->cfg.instance, .remote = on_remote,
+                                    .probe_result = on_probe_result, .health = on_health, .synced = on_synced};
+    d->store_ops = cbd_store_find(d->cfg.store);
+    d->env.fleet = d->store_ops != NULL && strcmp(d->store_ops->scheme, "local") != 0;
     if (cbd_segment_open(&d->seg, &d->cfg) < 0 || cbd_timers_init(d) < 0 || load_adopted(d) < 0)
         return 1;
-    d->store_ops = cbd_store_find(d->cfg.store);
     if (d->store_ops == NULL || d->store_ops->create(&d->store, d->cfg.store, &hooks, &err) < 0) {
         cbd_log(CBD_LOG_ERROR, "store %s: %s", d->cfg.store, err ? err : "unknown store scheme");
         return 2;

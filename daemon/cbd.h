@@ -26,6 +26,7 @@ struct cbd {
     struct cbd_segment seg;
     struct cbd_circuit *circuits;     /* by slot: [0, ncircuits) */
     uint32_t ncircuits, circuits_cap;
+    uint32_t nadopted;                /* slots [0, nadopted) came with an adopted segment */
     struct cbd_policy_env env;        /* the policy's way back into the daemon */
     const struct cbd_store_ops *store_ops;
     struct cbd_store *store;

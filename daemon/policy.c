@@ -26,6 +26,20 @@
  * are folded into the record once per drain batch (cbd_policy_flush), not
  * per event, to keep seqlock sections few.
  *
+ * Fleet leases (env->fleet: a redis or dynamodb store). The store's election
+ * makes one host the probe holder of an opening for a lease counted in
+ * whole seconds of the store's clock; the daemon asks for one second more
+ * than probe_lease_ms rounds up to, so the lease lasts at least
+ * probe_lease_ms from the moment it was asked for, on the daemon's own
+ * monotonic clock (no clock of another host is trusted). The holder renews
+ * it halfway through - while it probes, no other host can take it over, so
+ * the fleet's probe bound holds however long the probes take - and when a
+ * renewal is not granted before the lease runs out (store silent, or
+ * another host holds it now), it stops admitting probes: OPEN on the same
+ * opening, and at once another election. Only a dead, hung or cut-off
+ * holder loses its lease to another host. The probers' own lease (above) is
+ * separate: it reclaims permits of silent probers on the holding host.
+ *
  * Deadlines: each circuit has at most one live timer entry, identified by
  * (epoch, armed_ns). A transition bumps the epoch, which lazily deletes the
  * old entry; a later deadline in the same epoch (a probe report extends the
@@ -46,6 +60,7 @@
  */
 #include "policy.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -83,21 +98,59 @@ uint32_t cbd_policy_lease_ms(const struct cbd_circuit *c)
     return c->cfg.probe_lease_ms ? c->cfg.probe_lease_ms : c->cfg.recovery_timeout_ms;
 }
 
+/* Monotonic time of a CLOCK_REALTIME instant (ns); now if it has passed. */
+static uint64_t mono_at(int64_t real_ns, const struct cbd_now *now)
+{
+    int64_t left = real_ns - now->real_ns;
+    return now->mono_ns + (left > 0 ? (uint64_t)left : 0);
+}
+
 /* Monotonic deadline of an opening at opened_at (realtime epoch seconds). */
 static uint64_t recovery_deadline(const struct cbd_circuit *c, int64_t opened_at, const struct cbd_now *now)
 {
-    int64_t left = opened_at * NS_PER_S + (int64_t)c->cfg.recovery_timeout_ms * (int64_t)NS_PER_MS - now->real_ns;
-    return now->mono_ns + (left > 0 ? (uint64_t)left : 0);
+    return mono_at(opened_at * NS_PER_S + (int64_t)c->cfg.recovery_timeout_ms * (int64_t)NS_PER_MS, now);
+}
+
+/* The earlier of the state's deadline and the fleet lease's renewal; 0: none. */
+static uint64_t next_deadline(const struct cbd_circuit *c)
+{
+    if (c->renew_ns != 0 && (c->deadline_ns == 0 || c->renew_ns < c->deadline_ns))
+        return c->renew_ns;
+    return c->deadline_ns;
 }
 
 /* Keeps exactly one live timer entry per circuit: arm only when there is
  * none, or the new deadline comes first. */
 static void schedule(const struct cbd_policy_env *env, struct cbd_circuit *c)
 {
-    if (c->deadline_ns == 0 || (c->armed_ns != 0 && c->armed_ns <= c->deadline_ns))
+    uint64_t at = next_deadline(c);
+    if (at == 0 || (c->armed_ns != 0 && c->armed_ns <= at))
         return;
-    c->armed_ns = c->deadline_ns;
-    env->arm(env->arg, c->slot, c->epoch, c->deadline_ns);
+    c->armed_ns = at;
+    env->arm(env->arg, c->slot, c->epoch, at);
+}
+
+/* Asks the store for the probe lease of the circuit's opening (OPEN: the
+ * election; HALF_OPEN: a renewal). The lease asked for is one second more
+ * than probe_lease_ms rounds up to: a store counts it in whole seconds from
+ * the second it grants it in, so it lasts probe_lease_ms from now at least. */
+static void ask_lease(const struct cbd_policy_env *env, struct cbd_circuit *c, const struct cbd_now *now)
+{
+    c->probe_asked = 1;
+    c->asked_ns = now->mono_ns;
+    env->try_probe(env->arg, c, (cbd_policy_lease_ms(c) + 999) / 1000 + 1);
+}
+
+/* The fleet granted (or renewed) the lease asked for at asked_ns: surely
+ * ours for probe_lease_ms from then; renewed halfway. */
+static void hold_lease(const struct cbd_policy_env *env, struct cbd_circuit *c)
+{
+    uint64_t lease = (uint64_t)cbd_policy_lease_ms(c) * NS_PER_MS;
+    if (!env->fleet)
+        return; /* host-local: nobody else can take it */
+    c->lease_until_ns = c->asked_ns + lease;
+    c->renew_ns = c->asked_ns + lease / 2;
+    schedule(env, c);
 }
 
 void cbd_policy_load(const struct cbd_policy_env *env, struct cbd_circuit *c, uint32_t slot,
@@ -124,10 +177,15 @@ void cbd_policy_load(const struct cbd_policy_env *env, struct cbd_circuit *c, ui
     c->opened_at = atomic_load_explicit(&rec->opened_at, memory_order_relaxed);
     if (c->flags & (CB_SEG_F_FORCED | CB_SEG_F_DISABLED))
         return; /* held by an operator: no deadline (a force_open for_ms ends with the daemon that set it) */
-    if (c->state == CB_OPEN)
+    if (c->state == CB_OPEN) {
         c->deadline_ns = recovery_deadline(c, c->opened_at, now);
-    else if (c->state == CB_HALF_OPEN) /* probers in flight keep their permits for one more lease */
+    } else if (c->state == CB_HALF_OPEN) { /* probers in flight keep their permits for one more lease */
         c->deadline_ns = now->mono_ns + cbd_policy_lease_ms(c) * NS_PER_MS;
+        if (env->fleet) { /* the fleet lease was the previous process's: ask now whether it is ours */
+            c->lease_until_ns = c->deadline_ns;
+            c->renew_ns = now->mono_ns;
+        }
+    }
     schedule(env, c);
 }
 
@@ -183,7 +241,10 @@ static void transition(const struct cbd_policy_env *env, struct cbd_circuit *c, 
     c->epoch++;
     c->streak = 0;
     c->probe_successes = 0;
-    c->probe_asked = 0;
+    if (from != CB_HALF_OPEN || to != CB_HALF_OPEN) { /* a reclaim of probers keeps the fleet lease */
+        c->probe_asked = 0;
+        c->lease_until_ns = c->renew_ns = 0;
+    }
     c->armed_ns = 0; /* the old epoch's timer entry is dead */
     c->deadline_ns = 0;
     if (!(flags & CB_SEG_F_FORCED) || to != CB_OPEN || deadline_ns == 0)
@@ -300,6 +361,21 @@ static uint32_t outstanding(const struct cbd_circuit *c)
     return max - left;
 }
 
+/* HALF_OPEN on a fleet lease, at its renewal time: renew it; if it lapsed
+ * unrenewed, it may be another host's by now - stop admitting probes (OPEN
+ * on the same opening, deadline now: ask again at once). True if it lapsed. */
+static bool renew_lease(const struct cbd_policy_env *env, struct cbd_circuit *c, const struct cbd_now *now)
+{
+    if (now->mono_ns >= c->lease_until_ns) {
+        transition(env, c, CB_OPEN, c->flags, CB_SOURCE_TIMER, now->mono_ns, now);
+        return true;
+    }
+    c->renew_ns = c->lease_until_ns; /* unless a renewal is granted by then */
+    if (!c->probe_asked)
+        ask_lease(env, c, now);
+    return false;
+}
+
 void cbd_policy_on_deadline(const struct cbd_policy_env *env, struct cbd_circuit *c, uint32_t epoch,
                             uint64_t at_ns, const struct cbd_now *now)
 {
@@ -308,7 +384,9 @@ void cbd_policy_on_deadline(const struct cbd_policy_env *env, struct cbd_circuit
     c->armed_ns = 0;
     if (c->flags & CB_SEG_F_DISABLED)
         return; /* bypassed: nothing runs until enable */
-    if (c->deadline_ns > now->mono_ns) { /* moved later since it was armed */
+    if (c->renew_ns != 0 && c->renew_ns <= now->mono_ns && renew_lease(env, c, now))
+        return;
+    if (c->deadline_ns > now->mono_ns) { /* moved later since it was armed, or a renewal was due */
         schedule(env, c);
         return;
     }
@@ -317,10 +395,9 @@ void cbd_policy_on_deadline(const struct cbd_policy_env *env, struct cbd_circuit
         transition(env, c, CB_CLOSED, c->flags & ~CB_SEG_F_FORCED, CB_SOURCE_TIMER, 0, now);
     } else if (c->state == CB_OPEN) {
         /* Ask again after a lease if the store never answers. */
-        c->probe_asked = 1;
         c->deadline_ns = now->mono_ns + lease_ms * NS_PER_MS;
         schedule(env, c);
-        env->try_probe(env->arg, c, (lease_ms + 999) / 1000);
+        ask_lease(env, c, now);
     } else if (c->state == CB_HALF_OPEN && outstanding(c) > 0) {
         transition(env, c, CB_HALF_OPEN, c->flags, CB_SOURCE_TIMER, 0, now);
     } else if (c->state == CB_HALF_OPEN) { /* nobody holds a probe: nothing to reclaim yet */
@@ -332,22 +409,30 @@ void cbd_policy_on_deadline(const struct cbd_policy_env *env, struct cbd_circuit
 void cbd_policy_on_probe_result(const struct cbd_policy_env *env, struct cbd_circuit *c, int64_t opened_at,
                                 int granted, int64_t lease_expiry, const struct cbd_now *now)
 {
-    if (c->state != CB_OPEN || !c->probe_asked || opened_at != c->opened_at)
+    if ((c->state != CB_OPEN && c->state != CB_HALF_OPEN) || !c->probe_asked || opened_at != c->opened_at)
         return; /* an answer to a question this circuit no longer asks */
     c->probe_asked = 0;
+    if (c->state == CB_HALF_OPEN) { /* a renewal; refused, it lapses unless another is granted in time */
+        if (granted)
+            hold_lease(env, c);
+        return;
+    }
     if (granted) {
         transition(env, c, CB_HALF_OPEN, c->flags, CB_SOURCE_TIMER, 0, now);
+        hold_lease(env, c);
         return;
     }
     /* Another holder probes; ask again when its lease ends (at least 100 ms
-     * from now, so a clock skew cannot make this spin). */
-    int64_t left = lease_expiry * NS_PER_S - now->real_ns;
-    c->deadline_ns = now->mono_ns + (left > (int64_t)(100 * NS_PER_MS) ? (uint64_t)left : 100 * NS_PER_MS);
+     * from now, so a clock skew cannot make this spin), or in a second if
+     * the store could not say (its report of the fleet's state follows). */
+    uint64_t at = lease_expiry > 0 ? mono_at(lease_expiry * NS_PER_S, now) : now->mono_ns + 1000 * NS_PER_MS;
+    c->deadline_ns = at > now->mono_ns + 100 * NS_PER_MS ? at : now->mono_ns + 100 * NS_PER_MS;
     schedule(env, c);
 }
 
 void cbd_policy_apply(const struct cbd_policy_env *env, struct cbd_circuit *c, cb_state state, unsigned flags,
-                      int64_t opened_at, uint32_t failure_count, cb_source source, const struct cbd_now *now)
+                      int64_t opened_at, uint32_t failure_count, int64_t lease_expiry, cb_source source,
+                      const struct cbd_now *now)
 {
     cb_state to = state == CB_CLOSED ? CB_CLOSED : CB_OPEN;
     if (c->flags & (CB_SEG_F_FORCED | CB_SEG_F_DISABLED))
@@ -360,7 +445,18 @@ void cbd_policy_apply(const struct cbd_policy_env *env, struct cbd_circuit *c, c
     }
     c->opened_at = opened_at > 0 ? opened_at : now->real_ns / NS_PER_S;
     c->trip_failure_count = failure_count;
-    transition(env, c, CB_OPEN, flags, source, recovery_deadline(c, c->opened_at, now), now);
+    uint64_t at = recovery_deadline(c, c->opened_at, now);
+    if (state == CB_HALF_OPEN && mono_at(lease_expiry * NS_PER_S, now) > at)
+        at = mono_at(lease_expiry * NS_PER_S, now); /* the holder's lease runs: asking earlier is refused */
+    transition(env, c, CB_OPEN, flags, source, at, now);
+}
+
+void cbd_policy_renew_now(const struct cbd_policy_env *env, struct cbd_circuit *c, const struct cbd_now *now)
+{
+    if (c->state != CB_HALF_OPEN || c->renew_ns == 0 || c->probe_asked)
+        return;
+    c->renew_ns = now->mono_ns;
+    schedule(env, c);
 }
 
 void cbd_policy_operator(const struct cbd_policy_env *env, struct cbd_circuit *c, enum cbd_operator_action action,

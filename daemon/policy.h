@@ -38,7 +38,10 @@ struct cbd_circuit {
     int64_t opened_at;           /* epoch seconds of the last opening; 0 when CLOSED */
     uint64_t deadline_ns;        /* OPEN: ask for a probe at; HALF_OPEN: lease expiry; 0: none */
     uint64_t armed_ns;           /* deadline of the one live timer entry of this epoch; 0: none */
-    int probe_asked;             /* OPEN: try_probe sent, answer pending */
+    int probe_asked;             /* try_probe sent, answer pending (OPEN: election; HALF_OPEN: renewal) */
+    uint64_t asked_ns;           /* when that try_probe was sent */
+    uint64_t lease_until_ns;     /* HALF_OPEN on a fleet lease: surely ours until then; 0: none */
+    uint64_t renew_ns;           /* HALF_OPEN on a fleet lease: renew it (or, once asked, give it up) at */
     int dirty;                   /* counters below not yet published */
     uint32_t d_successes, d_failures, d_ignored, d_stale;
     int64_t forced_until_ms;     /* force_open for a while: CLOCK_REALTIME ms it ends at; 0 otherwise */
@@ -48,6 +51,7 @@ struct cbd_circuit {
     cb_config asked;             /* fields named in asked_mask (bit i: cbd_policy_fields[i]) */
     unsigned asked_mask;
     const struct cbd_override *override; /* NULL: no [circuit]/[prefix] section matches */
+    int restore_seen;            /* adopted, and the fleet store reported it during the restore */
 };
 
 /* The five policy fields of cb_config, in its order, as the config file and
@@ -70,6 +74,9 @@ struct cbd_policy_env {
     void (*try_probe)(void *arg, const struct cbd_circuit *c, uint32_t lease_s);
     /* Call cbd_policy_on_deadline(c, epoch, at_ns) once at_ns has passed. */
     void (*arm)(void *arg, uint32_t slot, uint32_t epoch, uint64_t at_ns);
+    /* The store is shared by a fleet (not host-local): a probe lease is
+     * then renewed while it is held, and given up when it lapses. */
+    int fleet;
 };
 
 enum cbd_event_result {
@@ -78,7 +85,9 @@ enum cbd_event_result {
 };
 
 /* Loads the circuit from its record (fresh: CLOSED, epoch 0; adopted: as
- * published) and arms its deadline if it is OPEN or HALF_OPEN. */
+ * published) and arms its deadline if it is OPEN or HALF_OPEN (on a fleet
+ * store an adopted HALF_OPEN asks at once whether the lease is its own:
+ * the previous process held it under another owner id). */
 void cbd_policy_load(const struct cbd_policy_env *env, struct cbd_circuit *c, uint32_t slot,
                      struct cb_seg_record *rec, _Atomic uint64_t *permit, const struct cbd_now *now);
 
@@ -91,23 +100,39 @@ enum cbd_event_result cbd_policy_on_event(const struct cbd_policy_env *env, stru
 void cbd_policy_flush(struct cbd_circuit *c);
 
 /* A timer entry (epoch, at_ns) fired: OPEN -> ask for a probe; HALF_OPEN ->
- * reclaim the permits of silent probers. Stale entries are ignored. */
+ * reclaim the permits of silent probers, and on a fleet store renew the
+ * probe lease halfway through it (or, when it lapsed unrenewed, go OPEN on
+ * the same opening and ask for it again). Stale entries are ignored. */
 void cbd_policy_on_deadline(const struct cbd_policy_env *env, struct cbd_circuit *c, uint32_t epoch,
                             uint64_t at_ns, const struct cbd_now *now);
 
-/* The store's answer to try_probe. granted: HALF_OPEN now; else stay OPEN
- * and ask again at lease_expiry (epoch seconds). */
+/* The store's answer to try_probe. OPEN: granted -> HALF_OPEN now, holding
+ * the lease for probe_lease_ms from when it was asked; refused -> stay OPEN
+ * and ask again at lease_expiry (epoch seconds; 0 unknown: in a second).
+ * HALF_OPEN (a renewal): granted -> the lease runs on; refused -> nothing
+ * yet (a store reports another holder through cbd_policy_apply, and an
+ * unrenewed lease lapses). */
 void cbd_policy_on_probe_result(const struct cbd_policy_env *env, struct cbd_circuit *c, int64_t opened_at,
                                 int granted, int64_t lease_expiry, const struct cbd_now *now);
 
 /* A state from outside this host's outcomes (the store at restore, another
- * host): CLOSED, or OPEN since opened_at. A HALF_OPEN elsewhere is OPEN
- * here: the probe belongs to its holder, and this host asks the store again
- * when the recovery timeout has passed. No-op if it is already the
- * circuit's state, and while an operator holds the circuit (forced or
- * disabled): the operator's word beats the fleet's on this host. */
+ * host), adopted as it is: the store's compare-and-write already decided
+ * that it is the fleet's, even when its opened_at is older than ours.
+ * CLOSED, or OPEN since opened_at. A HALF_OPEN elsewhere is OPEN here: the
+ * probe belongs to its holder, and this host asks the store again once both
+ * the recovery timeout and the holder's lease_expiry (epoch seconds; 0 for
+ * other states) have passed - a HALF_OPEN of this host gives its probes up.
+ * No-op if it is already the circuit's state, and while an operator holds
+ * the circuit (forced or disabled): the operator's word beats the fleet's
+ * on this host. */
 void cbd_policy_apply(const struct cbd_policy_env *env, struct cbd_circuit *c, cb_state state, unsigned flags,
-                      int64_t opened_at, uint32_t failure_count, cb_source source, const struct cbd_now *now);
+                      int64_t opened_at, uint32_t failure_count, int64_t lease_expiry, cb_source source,
+                      const struct cbd_now *now);
+
+/* The fleet store is reachable again: a HALF_OPEN circuit renews its lease
+ * now, so a probe granted host-local during the outage becomes the fleet's
+ * (or gives way to another host's). */
+void cbd_policy_renew_now(const struct cbd_policy_env *env, struct cbd_circuit *c, const struct cbd_now *now);
 
 /* Operator actions (control socket), each one transition with source
  * operator, even when the state stays (disable/enable in CLOSED): watchers

@@ -46,6 +46,7 @@ struct cbd_store_state {
     int64_t opened_at;      /* epoch seconds; 0 when closed */
     char probe_owner[96];   /* HALF_OPEN: the probe holder's id, "" otherwise */
     int64_t lease_expiry;   /* HALF_OPEN: epoch seconds; 0 otherwise */
+    int64_t updated_at;     /* fleet stores: epoch seconds (store's clock) of its last write; 0 unknown */
     /* local store only: the policy, so registrations survive a reboot */
     bool has_config;
     cb_config config;
@@ -69,6 +70,13 @@ struct cbd_store_hooks {
      * reaching it. The daemon logs why (a warning when offline) and mirrors
      * online into each record's sync_state/synced_at. */
     void (*health)(void *arg, bool online, const char *why);
+    /* Optional (NULL: never called; stores check): the store and the fleet
+     * agreed on circuit name at at_s (epoch seconds) - a write of it
+     * landed, an election about it was answered, or a read found what the
+     * daemon has (or reported the difference) - and no write of it is
+     * pending. The daemon shows it as the record's sync_state OK and
+     * synced_at; a local transition makes it PENDING until the next call. */
+    void (*synced)(void *arg, const char *name, int64_t at_s);
 };
 
 struct cbd_store_ops {
@@ -89,7 +97,10 @@ struct cbd_store_ops {
     void (*transition)(struct cbd_store *s, const struct cbd_store_state *st, int64_t prev_opened_at);
     /* Ask the fleet for the probe lease of an OPEN circuit whose recovery
      * timeout passed on this host; answered by hooks->probe_result. The
-     * local store grants at once (on the next loop turn). */
+     * local store grants at once (on the next loop turn). With a fleet
+     * store the holder asks again halfway through its lease, to renew it:
+     * a store grants the holder of a live lease a new one (the owner id
+     * is the caller's), and refuses everyone else until it expires. */
     void (*try_probe)(struct cbd_store *s, const char *name, int64_t opened_at, uint32_t lease_s);
     /* Periodic reconcile (every sync interval): read the fleet's view of
      * every tracked circuit, report differences through hooks->remote. */

@@ -37,7 +37,14 @@
  * per circuit (memory is bounded by the circuits), and elections are
  * granted host-local on the next loop turn - the fleet-wide probe bound
  * cannot hold without the store, and a circuit must not stay OPEN forever
- * because redis is down. Once back: queued writes first, then a reconcile.
+ * because redis is down. An election is granted host-local only once an
+ * attempt to connect failed while it waited: one asked while the store
+ * connects (at start, or a retry) or after a connection dropped waits for
+ * the next attempt, so a daemon that starts with circuits past their
+ * recovery timeout, or a host that was hung and finds its connection timed
+ * out, does not probe beside the fleet's holder. Once back: queued writes
+ * first, then waiting elections, then a reconcile. hooks->synced (if set) follows every
+ * answer that leaves redis and the daemon agreeing on a circuit.
  *
  * Traffic: transitions, elections, one read per pub/sub message about a
  * tracked circuit, one read at registration, and the reconcile every
@@ -516,6 +523,15 @@ static void report(struct cbd_store *s, struct rs_circuit *c, const struct cbd_s
         s->hooks.remote(s->hooks.arg, st);
 }
 
+/* Redis just answered about c and the daemon has (or was just told) what
+ * it holds: tell the daemon they agree, unless a write of ours is still on
+ * its way. */
+static void agreed(struct cbd_store *s, const struct rs_circuit *c)
+{
+    if (!c->w_pending && !c->w_inflight && !s->closing && s->hooks.synced != NULL)
+        s->hooks.synced(s->hooks.arg, c->name, (int64_t)time(NULL));
+}
+
 /* ---- parsing what redis holds --------------------------------------------------- */
 
 static bool is_str(const redisReply *r, const char *lit)
@@ -578,6 +594,8 @@ static const char *parse_field(const redisReply *k, const redisReply *v, struct 
         *seen |= 4;
         if (!reply_int(v, RS_TIME_MAX, &st->lease_expiry))
             return "probe_lease_expiry";
+    } else if (is_str(k, "updated_ms") && reply_int(v, RS_TIME_MAX * 1000, &n)) {
+        st->updated_at = n / 1000; /* informative: a bad one leaves it unknown */
     }
     return NULL;
 }
@@ -726,6 +744,7 @@ static enum rs_err reply_error(struct cbd_store *s, const char *what, const char
 
 static void wq_push(struct cbd_store *s, struct rs_circuit *c);
 static void pump_writes(struct cbd_store *s);
+static void ask_waiting(struct cbd_store *s, bool attempt_failed);
 static void reconcile_start(struct cbd_store *s);
 static void on_sync_timer(uv_timer_t *t);
 static void restore_scan(struct cbd_store *s, const char *cursor);
@@ -772,6 +791,7 @@ static void go_online(struct cbd_store *s)
         if (s->list[i]->w_pending && !s->list[i]->w_inflight)
             wq_push(s, s->list[i]);
     pump_writes(s); /* queued transitions go out before any read */
+    ask_waiting(s, false);
     if (s->restore.done != NULL)
         restore_scan(s, "0");
     else
@@ -788,6 +808,7 @@ static void maybe_online(struct cbd_store *s)
 static void went_offline(struct cbd_store *s, int err, const char *why)
 {
     char msg[sizeof s->endpoint + 200];
+    bool attempt_failed = s->phase == RS_CONNECTING;
     cbd_redis_conn_drop(s->cmd, err, why);
     cbd_redis_conn_drop(s->sub, err, why);
     if (s->phase == RS_DOWN)
@@ -799,6 +820,7 @@ static void went_offline(struct cbd_store *s, int err, const char *why)
     s->stats.errors++;
     snprintf(msg, sizeof msg, "%s: %s", s->endpoint, why);
     set_health(s, false, msg);
+    ask_waiting(s, attempt_failed);
     if (s->restore.done != NULL)
         finish_restore(s, err);
 }
@@ -1064,6 +1086,7 @@ static void on_write_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg
         /* refused: the fleet holds something else; the daemon adopts it */
         if (!newer && !equivalent(s, &c->known, &c->cur))
             report(s, c, &st);
+        agreed(s, c);
     }
     if (newer)
         wq_push(s, c);
@@ -1098,6 +1121,7 @@ static void rs_transition(struct cbd_store *s, const struct cbd_store_state *st,
     c->lease_mine = false;
     if (!c->w_inflight && already_there(&c->known, st)) {
         c->w_pending = false;
+        agreed(s, c);
         return;
     }
     c->w = (struct rs_write){st->state, st->failure_count, st->opened_at, prev_opened_at};
@@ -1162,13 +1186,17 @@ static void apply_read(struct cbd_store *s, struct rs_circuit *c, const redisRep
     }
     if (rc == 0) {
         absent(s, c);
+        agreed(s, c);
         return;
     }
     memcpy(st.name, c->name, (size_t)c->name_len + 1);
     c->known = view_of(&st);
     /* a write or election of ours in flight is newer and will tell */
-    if (!c->w_pending && !c->w_inflight && !c->p_inflight && !equivalent(s, &c->known, &c->cur))
+    if (c->w_pending || c->w_inflight || c->p_inflight)
+        return;
+    if (!equivalent(s, &c->known, &c->cur))
         report(s, c, &st);
+    agreed(s, c);
 }
 
 static void on_read_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg)
@@ -1312,11 +1340,13 @@ static int send_probe(struct cbd_store *s, struct rs_circuit *c, bool use_eval)
 
 static void start_probe(struct cbd_store *s, struct rs_circuit *c)
 {
-    c->p_pending = false;
+    c->p_pending = true; /* until sent: it waits for a connection (ask_waiting) */
+    if (s->phase != RS_ONLINE)
+        return;
     c->p_sent_opened_at = c->p_opened_at;
     c->p_sent_lease_s = c->p_lease_s;
-    if (s->phase != RS_ONLINE || send_probe(s, c, false) < 0)
-        local_grant(s, c, c->p_sent_opened_at, c->p_sent_lease_s);
+    if (send_probe(s, c, false) == 0)
+        c->p_pending = false;
 }
 
 static void probe_answer(struct cbd_store *s, struct rs_circuit *c, const struct cbd_store_state *st, bool granted)
@@ -1328,6 +1358,7 @@ static void probe_answer(struct cbd_store *s, struct rs_circuit *c, const struct
     } else if (!c->w_pending && !c->w_inflight && !equivalent(s, &c->known, &c->cur)) {
         report(s, c, st); /* e.g. closed by the fleet meanwhile */
     }
+    agreed(s, c);
     /* refused: the holder's lease expiry tells the daemon when to ask again */
     int64_t lease = granted || st->state == CB_HALF_OPEN ? st->lease_expiry : 0;
     if (!s->closing)
@@ -1349,10 +1380,30 @@ static void on_probe_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg
     }
     if (granted >= 0)
         probe_answer(s, c, &st, granted);
-    else if (!c->p_pending) /* no answer from the fleet: host-local, as offline */
+    else if (r == NULL) /* the connection went: asked again on the next one */
+        c->p_pending = true;
+    else if (!c->p_pending) /* an error answer: the fleet cannot decide now; host-local, as offline */
         local_grant(s, c, c->p_sent_opened_at, c->p_sent_lease_s);
     if (c->p_pending)
         start_probe(s, c);
+}
+
+/* Elections that waited for a connection: sent now that one is up, or
+ * granted host-local once an attempt to connect failed (a dropped
+ * connection alone is no outage yet: the next attempt decides). */
+static void ask_waiting(struct cbd_store *s, bool attempt_failed)
+{
+    for (size_t i = 0; i < s->count; i++) {
+        struct rs_circuit *c = s->list[i];
+        if (!c->p_pending || c->p_inflight) {
+            continue;
+        } else if (s->phase == RS_ONLINE) {
+            start_probe(s, c);
+        } else if (attempt_failed) {
+            c->p_pending = false;
+            local_grant(s, c, c->p_opened_at, c->p_lease_s);
+        }
+    }
 }
 
 static void rs_try_probe(struct cbd_store *s, const char *name, int64_t opened_at, uint32_t lease_s)
@@ -1406,6 +1457,7 @@ static void restore_apply(struct cbd_store *s, const char *name, const redisRepl
     c->known = view_of(&st);
     if (!c->w_pending && !c->w_inflight)
         report(s, c, &st);
+    agreed(s, c);
 }
 
 static void restore_next(struct cbd_store *s)

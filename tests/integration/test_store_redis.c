@@ -2,21 +2,18 @@
  * test_store_redis.c - the redis store against a real redis-server.
  *
  * Each test starts its own redis-server on a free loopback port (no
- * persistence), and drives two store instances ("hosts" A and B, told
- * apart by the URI's instance option) on one uv loop through the ops
- * table, as two daemons would. A blocking hiredis context inspects what
+ * persistence; tsup_redis), and drives two store instances ("hosts" A and
+ * B, told apart by the URI's instance option) on one uv loop through the
+ * ops table, as two daemons would. A blocking hiredis context inspects what
  * the store wrote.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <hiredis/hiredis.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
@@ -24,87 +21,23 @@
 #include "store_redis.h"
 #include "tsup.h"
 
-/* ---- a redis-server of our own ------------------------------------------------ */
+/* ---- a redis-server of our own (tsup_redis) ------------------------------------ */
 
-struct redis_srv {
-    pid_t pid;
-    int port;       /* 0 with a unix socket */
-    char sock[108]; /* unix socket path, or "" */
-};
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    cr_assert(bind(fd, (struct sockaddr *)&a, sizeof a) == 0);
-    cr_assert(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-static redisContext *srv_connect(const struct redis_srv *r)
+static redisContext *srv_connect(const struct tsup_redis *r)
 {
     struct timeval tv = {1, 0};
     return r->sock[0] ? redisConnectUnixWithTimeout(r->sock, tv) : redisConnectWithTimeout("127.0.0.1", r->port, tv);
 }
 
-static bool srv_ready(const struct redis_srv *r)
-{
-    redisContext *c = srv_connect(r);
-    bool ok = c != NULL && !c->err;
-    if (ok) {
-        redisReply *rep = redisCommand(c, "PING");
-        ok = rep != NULL; /* an answer, even NOAUTH, means it is up */
-        freeReplyObject(rep);
-    }
-    redisFree(c);
-    return ok;
-}
-
 /* redis-server without persistence, in this test's directory; extra is a
  * NULL-terminated list of more arguments. */
-static void srv_start(struct redis_srv *r, const char *const *extra)
+static void srv_init(struct tsup_redis *r, bool unix_socket, const char *const *extra)
 {
-    char port[8], log[160];
-    const char *argv[24] = {"/usr/bin/redis-server", "--save", "", "--appendonly", "no", "--dir", tsup_tmpdir()};
-    int n = 7;
-    snprintf(port, sizeof port, "%d", r->port);
-    snprintf(log, sizeof log, "%s/redis.log", tsup_tmpdir());
-    const char *listen[] = {"--port", "0", "--unixsocket", r->sock, "--port", port, "--bind", "127.0.0.1"};
-    for (int i = r->sock[0] ? 0 : 4, end = i + 4; i < end; i++)
-        argv[n++] = listen[i];
-    while (extra != NULL && *extra != NULL && n < 23)
-        argv[n++] = *extra++;
-    r->pid = tsup_spawn((char *const *)argv, log);
-    cr_assert(r->pid > 0, "cannot start redis-server: %s", strerror(-r->pid));
-    cr_assert(tsup_wait_until(srv_ready(r), TSUP_LIVENESS_MS), "redis-server did not come up (see %s)", log);
+    cr_assert_eq(tsup_redis_start_with(r, unix_socket, extra), 0, "cannot start redis-server");
 }
-
-static void srv_init(struct redis_srv *r, bool unix_socket, const char *const *extra)
-{
-    memset(r, 0, sizeof *r);
-    if (unix_socket)
-        snprintf(r->sock, sizeof r->sock, "%s/redis.sock", tsup_tmpdir());
-    else
-        r->port = free_port();
-    srv_start(r, extra);
-}
-
-static void srv_kill(struct redis_srv *r, int sig)
-{
-    if (r->pid > 0) {
-        kill(r->pid, sig);
-        waitpid(r->pid, NULL, 0);
-        tsup_untrack(r->pid);
-        r->pid = 0;
-    }
-}
-
-static void srv_stop(struct redis_srv *r) { srv_kill(r, SIGKILL); }
 
 /* HGET from the test's own connection ("" if absent). */
-static void hget(const struct redis_srv *r, const char *key, const char *field, char *out, size_t size)
+static void hget(const struct tsup_redis *r, const char *key, const char *field, char *out, size_t size)
 {
     redisContext *c = srv_connect(r);
     cr_assert(c != NULL && !c->err);
@@ -115,7 +48,7 @@ static void hget(const struct redis_srv *r, const char *key, const char *field, 
     redisFree(c);
 }
 
-static void redis_do(const struct redis_srv *r, const char *fmt, const char *a, const char *b)
+static void redis_do(const struct tsup_redis *r, const char *fmt, const char *a, const char *b)
 {
     redisContext *c = srv_connect(r);
     cr_assert(c != NULL && !c->err);
@@ -189,7 +122,7 @@ static void spin(int ms)
     tsup_wait_until((uv_run(&loop, UV_RUN_NOWAIT), false), ms);
 }
 
-static const char *uri_of(const struct redis_srv *r, const char *instance, const char *extra)
+static const char *uri_of(const struct tsup_redis *r, const char *instance, const char *extra)
 {
     static char uri[2][512];
     static int n;
@@ -268,7 +201,7 @@ static struct cbd_store_redis_stats stats_of(const struct host *h)
 }
 
 /* Two hosts online and tracking `name`. */
-static void two_hosts(const struct redis_srv *r, struct host *a, struct host *b, const char *name)
+static void two_hosts(const struct tsup_redis *r, struct host *a, struct host *b, const char *name)
 {
     host_open(a, uri_of(r, "A", ""));
     host_open(b, uri_of(r, "B", ""));
@@ -280,7 +213,7 @@ static void two_hosts(const struct redis_srv *r, struct host *a, struct host *b,
 }
 
 /* A trips `name` at t0, B sees it, A wins the election with lease_s. */
-static int64_t a_holds_the_probe(const struct redis_srv *r, struct host *a, struct host *b, const char *name,
+static int64_t a_holds_the_probe(const struct tsup_redis *r, struct host *a, struct host *b, const char *name,
                                  uint32_t lease_s)
 {
     int64_t t0 = time(NULL);
@@ -299,7 +232,7 @@ TestSuite(store_redis, .init = setup, .fini = teardown_loop, .timeout = 60);
 
 Test(store_redis, trip_on_one_host_opens_the_circuit_on_the_other)
 {
-    struct redis_srv r;
+    struct tsup_redis r;
     struct host a, b;
     char v[64];
     srv_init(&r, false, NULL);
@@ -316,12 +249,12 @@ Test(store_redis, trip_on_one_host_opens_the_circuit_on_the_other)
     cr_assert(atoll(v) / 1000 >= t0 - 1, "updated_ms is server time in ms");
     host_close(&a);
     host_close(&b);
-    srv_stop(&r);
+    tsup_redis_stop(&r);
 }
 
 Test(store_redis, both_hosts_probe_the_same_opening_and_exactly_one_wins)
 {
-    struct redis_srv r;
+    struct tsup_redis r;
     struct host a, b;
     char owner[128];
     srv_init(&r, false, NULL);
@@ -342,12 +275,12 @@ Test(store_redis, both_hosts_probe_the_same_opening_and_exactly_one_wins)
     cr_assert_str_eq(owner, "HALF_OPEN");
     host_close(&a);
     host_close(&b);
-    srv_stop(&r);
+    tsup_redis_stop(&r);
 }
 
 Test(store_redis, a_host_learns_a_fleet_opening_when_it_registers_the_circuit)
 {
-    struct redis_srv r;
+    struct tsup_redis r;
     struct host a, b;
     char uri[256];
     srv_init(&r, false, NULL);
@@ -364,12 +297,12 @@ Test(store_redis, a_host_learns_a_fleet_opening_when_it_registers_the_circuit)
     cr_assert_eq(last_remote(&b, "inventory")->opened_at, t0);
     host_close(&a);
     host_close(&b);
-    srv_stop(&r);
+    tsup_redis_stop(&r);
 }
 
 Test(store_redis, an_expired_lease_is_taken_over_by_another_host)
 {
-    struct redis_srv r;
+    struct tsup_redis r;
     struct host a, b;
     char owner[128];
     srv_init(&r, false, NULL);
@@ -385,12 +318,12 @@ Test(store_redis, an_expired_lease_is_taken_over_by_another_host)
     cr_assert(strstr(owner, ":B:") != NULL, "owner %s", owner);
     host_close(&a);
     host_close(&b);
-    srv_stop(&r);
+    tsup_redis_stop(&r);
 }
 
 Test(store_redis, close_by_the_prober_closes_the_circuit_on_the_other_host)
 {
-    struct redis_srv r;
+    struct tsup_redis r;
     struct host a, b;
     char v[64];
     srv_init(&r, false, NULL);
@@ -406,12 +339,12 @@ Test(store_redis, close_by_the_prober_closes_the_circuit_on_the_other_host)
     cr_assert_str_eq(v, "");
     host_close(&a);
     host_close(&b);
-    srv_stop(&r);
+    tsup_redis_stop(&r);
 }
 
 Test(store_redis, close_by_a_host_that_does_not_hold_the_lease_is_refused)
 {
-    struct redis_srv r;
+    struct tsup_redis r;
     struct host a, b;
     char v[128];
     srv_init(&r, false, NULL);
@@ -428,12 +361,12 @@ Test(store_redis, close_by_a_host_that_does_not_hold_the_lease_is_refused)
     cr_assert(strstr(v, ":A:") != NULL);
     host_close(&a);
     host_close(&b);
-    srv_stop(&r);
+    tsup_redis_stop(&r);
 }
 
 Test(store_redis, trip_does_not_clobber_a_live_probe_lease)
 {
-    struct redis_srv r;
+    struct tsup_redis r;
     struct host a, b;
     char lease[32], after[32], v[128];
     srv_init(&r, false, NULL);
@@ -451,28 +384,28 @@ Test(store_redis, trip_does_not_clobber_a_live_probe_lease)
     cr_assert(b.nremote > seen && remote_is(&b, "ledger", CB_HALF_OPEN), "B adopts the fleet's state");
     host_close(&a);
     host_close(&b);
-    srv_stop(&r);
+    tsup_redis_stop(&r);
 }
 
 Test(store_redis, queued_transitions_are_written_when_redis_comes_back)
 {
-    struct redis_srv r;
+    struct tsup_redis r;
     struct host a, b;
     char v[64];
     srv_init(&r, false, NULL);
     int64_t t0 = time(NULL);
     two_hosts(&r, &a, &b, "billing");
-    srv_kill(&r, SIGKILL);
+    tsup_redis_kill(&r, SIGKILL);
     WAIT_FOR(!a.online && !b.online, 3000);
     cr_assert(a.health_false == 1);
     trip(&a, "billing", t0);
     trip(&a, "billing", t0 + 1); /* the latest state per circuit is kept */
     cr_assert_eq(stats_of(&a).queued, 1);
     cbd_store_redis_ops.try_probe(a.st, "other", t0, 10);
-    WAIT_FOR(a.nprobe == 1, 1000);
+    WAIT_FOR(a.nprobe == 1, 8000); /* once the next attempt to reconnect fails */
     cr_assert(a.probe[0].granted, "offline: elections are granted host-local");
     spin(300);
-    srv_start(&r, NULL);
+    cr_assert_eq(tsup_redis_restart(&r), 0);
     WAIT_FOR(a.online && b.online, 8000);
     cr_assert_eq(a.health_true, 2);
     WAIT_FOR(remote_is(&b, "billing", CB_OPEN), 3000);
@@ -483,12 +416,12 @@ Test(store_redis, queued_transitions_are_written_when_redis_comes_back)
     cr_assert(stats_of(&a).reconnects > 0);
     host_close(&a);
     host_close(&b);
-    srv_stop(&r);
+    tsup_redis_stop(&r);
 }
 
 Test(store_redis, an_open_circuit_lost_by_redis_is_written_again)
 {
-    struct redis_srv r;
+    struct tsup_redis r;
     struct host a, b;
     char v[64];
     srv_init(&r, false, NULL);
@@ -504,12 +437,12 @@ Test(store_redis, an_open_circuit_lost_by_redis_is_written_again)
     cr_assert_eq(atoll(v), t0);
     host_close(&a);
     host_close(&b);
-    srv_stop(&r);
+    tsup_redis_stop(&r);
 }
 
 Test(store_redis, garbage_under_the_prefix_is_counted_and_ignored)
 {
-    struct redis_srv r;
+    struct tsup_redis r;
     struct host a;
     char v[64], now[24];
     srv_init(&r, false, NULL);
@@ -543,14 +476,14 @@ Test(store_redis, garbage_under_the_prefix_is_counted_and_ignored)
     cr_assert_str_eq(v, "OPEN");
     cr_assert(a.online);
     host_close(&a);
-    srv_stop(&r);
+    tsup_redis_stop(&r);
 }
 
 Test(store_redis, refused_connection_reports_the_store_offline)
 {
     struct host a;
     char uri[200];
-    snprintf(uri, sizeof uri, "redis://127.0.0.1:%d?connect_timeout_ms=500&instance=A", free_port());
+    snprintf(uri, sizeof uri, "redis://127.0.0.1:%d?connect_timeout_ms=500&instance=A", tsup_free_port());
     host_open(&a, uri);
     WAIT_FOR(a.restored && a.health_false == 1, 3000);
     cr_assert(a.restore_rc < 0);
@@ -563,7 +496,7 @@ Test(store_redis, refused_connection_reports_the_store_offline)
 
 Test(store_redis, a_silent_server_times_out_and_the_store_recovers)
 {
-    struct redis_srv r;
+    struct tsup_redis r;
     struct host a, b;
     srv_init(&r, false, NULL);
     host_open(&a, uri_of(&r, "A", "&command_timeout_ms=500"));
@@ -579,12 +512,12 @@ Test(store_redis, a_silent_server_times_out_and_the_store_recovers)
     WAIT_FOR(remote_is(&b, "slow", CB_OPEN), 3000);
     host_close(&a);
     host_close(&b);
-    srv_stop(&r);
+    tsup_redis_stop(&r);
 }
 
 Test(store_redis, flushed_scripts_fall_back_to_eval)
 {
-    struct redis_srv r;
+    struct tsup_redis r;
     struct host a, b;
     char v[64];
     srv_init(&r, false, NULL);
@@ -596,12 +529,12 @@ Test(store_redis, flushed_scripts_fall_back_to_eval)
     cr_assert_str_eq(v, "OPEN");
     host_close(&a);
     host_close(&b);
-    srv_stop(&r);
+    tsup_redis_stop(&r);
 }
 
 Test(store_redis, password_acl_user_and_database_are_used_on_connect)
 {
-    struct redis_srv r;
+    struct tsup_redis r;
     struct host a, bad;
     char uri[300];
     static const char *const auth[] = {"--requirepass", "s3cret", NULL};
@@ -628,12 +561,12 @@ Test(store_redis, password_acl_user_and_database_are_used_on_connect)
     redisFree(c);
     host_close(&a);
     host_close(&bad);
-    srv_stop(&r);
+    tsup_redis_stop(&r);
 }
 
 Test(store_redis, unix_socket_uri_reaches_the_server)
 {
-    struct redis_srv r;
+    struct tsup_redis r;
     struct host a, b;
     srv_init(&r, true, NULL);
     two_hosts(&r, &a, &b, "local");
@@ -641,7 +574,7 @@ Test(store_redis, unix_socket_uri_reaches_the_server)
     WAIT_FOR(remote_is(&b, "local", CB_OPEN), 3000);
     host_close(&a);
     host_close(&b);
-    srv_stop(&r);
+    tsup_redis_stop(&r);
 }
 
 struct bad_uri {

@@ -9,8 +9,8 @@
  * daemons' logs, sockets and state files.
  *
  * Nothing a test starts may outlive it, even when an assertion aborts the
- * test half-way: every child (cbd now; redis-server and dynalite later, on
- * free loopback ports) is started through tsup_spawn/tsup_fork, which set
+ * test half-way: every child (cbd, redis-server on a free loopback port,
+ * dynalite) is started through tsup_spawn/tsup_fork, which set
  * PR_SET_PDEATHSIG so the kernel kills the child with its test, and record
  * it so an exit handler of the test process kills what is still running,
  * unlinks the shm objects of every daemon it started and removes the
@@ -140,6 +140,45 @@ int tsup_daemon_restart(struct tsup_daemon *d);
 /* Lines of cbd.log containing needle. */
 int tsup_log_count(const struct tsup_daemon *d, const char *needle);
 
+/* ---- redis-server (tsup_redis.c) ------------------------------------------ */
+
+/* A redis-server of the test's own: no persistence (--save '', --appendonly
+ * no), so a restart comes back empty; it dies with the test. */
+#define TSUP_REDIS_EXTRA_MAX 8
+struct tsup_redis {
+    pid_t pid;          /* 0 when not running */
+    int port;           /* loopback TCP port; 0 with a unix socket */
+    char sock[108];     /* unix socket path, or "" */
+    char log[256];      /* its stdout/stderr, appended across restarts */
+    const char *extra[TSUP_REDIS_EXTRA_MAX + 1]; /* more arguments, kept for restarts */
+};
+
+/* Start on a free loopback port and wait until it answers: 0 or -errno
+ * (the reason and the log's path go to stderr). */
+int tsup_redis_start(struct tsup_redis *r);
+/* The same on a unix socket in the test's directory when unix_socket, with
+ * extra redis-server arguments (NULL-terminated, at most
+ * TSUP_REDIS_EXTRA_MAX; the strings must outlive r). */
+int tsup_redis_start_with(struct tsup_redis *r, bool unix_socket, const char *const *extra);
+/* Start a killed or stopped server again on the same address: 0 or -errno. */
+int tsup_redis_restart(struct tsup_redis *r);
+/* Send sig; unless it is SIGSTOP or SIGCONT, reap the server (pid 0). */
+void tsup_redis_kill(struct tsup_redis *r, int sig);
+/* SIGKILL and reap: a crash, losing every key. */
+void tsup_redis_stop(struct tsup_redis *r);
+/* A loopback TCP port nobody listens on right now (bound, then closed), or
+ * -errno: where a server can go, or where a client is refused. */
+int tsup_free_port(void);
+/* true when it answers PING (or anything) within a second. */
+bool tsup_redis_ping(const struct tsup_redis *r);
+/* "redis://127.0.0.1:PORT?options" or "unix://PATH?options" (options may
+ * be NULL); one of four rotating static buffers. */
+const char *tsup_redis_uri(const struct tsup_redis *r, const char *options);
+/* Runs redis-cli against it with the NULL-terminated arguments after out:
+ * its exit status; the reply (raw format, stderr included) in *out
+ * (malloc'd; the caller frees it) unless out is NULL. */
+int tsup_redis_cli(const struct tsup_redis *r, char **out, ...) __attribute__((sentinel));
+
 /* ---- the control socket (tsup_ctl.c) -------------------------------------- */
 
 struct tsup_reply {
@@ -177,9 +216,16 @@ void tsup_req_begin(msgpack_sbuffer *sb, msgpack_packer *pk, const char *op, uin
 
 /* cb_client_open on d's instance / cb_circuit_get, failing the test on error. */
 cb_client *tsup_client(const struct tsup_daemon *d);
+
 cb_circuit *tsup_circuit(cb_client *cl, const char *name, const cb_config *cfg);
 /* cb_info_get, failing the test on error. */
 cb_info tsup_info(cb_circuit *c);
+
+/* The usual fixture of a test file: one daemon and one client of it.
+ * start fails the test if cbd does not start; stop closes the client and
+ * expects cbd to exit 0 on SIGTERM (nothing to do when it is not running). */
+void tsup_fixture_start(struct tsup_daemon *d, cb_client **cl, const struct tsup_daemon_opts *o);
+void tsup_fixture_stop(struct tsup_daemon *d, cb_client **cl);
 /* A config with Powertools' defaults but these thresholds/timeouts, and a
  * probe lease of a minute, so no test sees a lease expire unless it sets a
  * shorter one itself. */

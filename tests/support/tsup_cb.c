@@ -110,3 +110,17 @@ cb_transition tsup_next_transition(cb_client *cl, const char *name)
     cr_assert_eq(rc, 1, "cb_next_transition: %s", cb_strerror(rc));
     return tr;
 }
+
+void tsup_fixture_start(struct tsup_daemon *d, cb_client **cl, const struct tsup_daemon_opts *o)
+{
+    cr_assert_eq(tsup_daemon_start(d, o), 0, "cbd did not start");
+    *cl = tsup_client(d);
+}
+
+void tsup_fixture_stop(struct tsup_daemon *d, cb_client **cl)
+{
+    cb_client_close(*cl);
+    *cl = NULL;
+    if (d->pid != 0)
+        cr_expect_eq(tsup_daemon_stop(d), 0, "cbd did not exit 0 on SIGTERM");
+}
