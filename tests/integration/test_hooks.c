@@ -23,13 +23,7 @@ static struct tsup_daemon d;
 static cb_client *cl;
 static char dir[256];
 
-static void stop(void)
-{
-    cb_client_close(cl);
-    cl = NULL;
-    if (d.pid != 0)
-        cr_expect_eq(tsup_daemon_stop(&d), 0, "cbd did not exit 0 on SIGTERM");
-}
+static void stop(void) { tsup_fixture_stop(&d, &cl); }
 
 TestSuite(hooks, .fini = stop, .timeout = 60);
 

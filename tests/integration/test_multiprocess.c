@@ -30,13 +30,7 @@ enum { PROCS = 16, THREADS = 4 };
 static struct tsup_daemon d;
 static cb_client *cl;
 
-static void stop(void)
-{
-    cb_client_close(cl);
-    cl = NULL;
-    if (d.pid != 0)
-        cr_expect_eq(tsup_daemon_stop(&d), 0, "cbd did not exit 0 on SIGTERM");
-}
+static void stop(void) { tsup_fixture_stop(&d, &cl); }
 
 TestSuite(multiprocess, .fini = stop, .timeout = 120);
 

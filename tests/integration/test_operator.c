@@ -31,13 +31,7 @@
 static struct tsup_daemon d;
 static cb_client *cl;
 
-static void stop(void)
-{
-    cb_client_close(cl);
-    cl = NULL;
-    if (d.pid != 0)
-        cr_expect_eq(tsup_daemon_stop(&d), 0, "cbd did not exit 0 on SIGTERM");
-}
+static void stop(void) { tsup_fixture_stop(&d, &cl); }
 
 TestSuite(operator, .fini = stop, .timeout = 90);
 

@@ -23,13 +23,7 @@ static struct tsup_daemon d;
 static cb_client *cl;
 static char conf[256];
 
-static void stop(void)
-{
-    cb_client_close(cl);
-    cl = NULL;
-    if (d.pid != 0)
-        cr_expect_eq(tsup_daemon_stop(&d), 0, "cbd did not exit 0 on SIGTERM");
-}
+static void stop(void) { tsup_fixture_stop(&d, &cl); }
 
 TestSuite(reload, .fini = stop, .timeout = 60);
 

@@ -22,19 +22,9 @@
 static struct tsup_daemon d;
 static cb_client *cl;
 
-static void start(const struct tsup_daemon_opts *o)
-{
-    cr_assert_eq(tsup_daemon_start(&d, o), 0, "cbd did not start");
-    cl = tsup_client(&d);
-}
+static void start(const struct tsup_daemon_opts *o) { tsup_fixture_start(&d, &cl, o); }
 
-static void stop(void)
-{
-    cb_client_close(cl);
-    cl = NULL;
-    if (d.pid != 0)
-        cr_expect_eq(tsup_daemon_stop(&d), 0, "cbd did not exit 0 on SIGTERM");
-}
+static void stop(void) { tsup_fixture_stop(&d, &cl); }
 
 TestSuite(segment_integration, .fini = stop, .timeout = 90);
 
