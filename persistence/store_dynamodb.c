@@ -13,7 +13,15 @@
  * lease or a newer opening: it writes over no item, a CLOSED one, an older
  * OPEN one, or a HALF_OPEN one whose lease expired or is our own. The
  * election is Powertools' conditional PutItem verbatim; close and reopen are
- * its UpdateItems, conditional on the owner being us. A close by a host
+ * its UpdateItems, conditional on the owner being us. The holder renews its
+ * lease (the daemon asks try_probe again while it probes) with an
+ * UpdateItem of the lease and the TTL alone, conditional on the item still
+ * being our lease on the same opening: the election's condition would fail
+ * on a live lease, and reading it back as ours would answer with the old
+ * expiry, so another host would take over while this one still probes. An
+ * election that reads back as ours (its retried attempt won, or the table
+ * was ahead of what this host had read) is followed by a renewal, so a
+ * grant always carries a lease of the length asked for. A close by a host
  * without the lease (an operator's force, or a probe run host-local during
  * an outage) only closes the opening it saw, and never under a live lease.
  * A lost condition is a normal answer: the item is read back (consistent
@@ -38,7 +46,14 @@
  * circuit never seen, where absence says nothing. restore() reads the
  * circuits tracked so far: at a first start that is none, and each circuit
  * is read (GetItem) when it is first tracked, so a circuit OPEN in the fleet
- * opens here when it registers.
+ * opens here when it registers. An eventually consistent read that returns
+ * our own lease with an expiry older than our last renewal is stale, not
+ * news: reporting it would make the holder give up its probing.
+ *
+ * hooks->synced (if set) follows every answer that leaves the table and the
+ * daemon agreeing on a circuit - a write landed, an election or renewal was
+ * answered, a read found agreement or reported the difference - unless a
+ * newer transition of it still waits to be written.
  *
  * Outage. A request that fails after its retries (network, 5xx, throttling,
  * credentials, missing table) marks the store offline: hooks->health(false),
@@ -317,8 +332,9 @@ struct op {
     enum write_kind kind;           /* writes */
     struct cbd_store_state st;      /* write: what is written; elect: the HALF_OPEN item */
     int64_t prev;                   /* write: the opening superseded; read: the election's opening */
-    uint32_t lease_s;               /* elect */
-    bool elect_follow;              /* a read after a lost election */
+    uint32_t lease_s;               /* elect, and the read after a lost one */
+    bool renewal;                   /* elect: renews our own lease (and the read after a lost renewal) */
+    bool elect_follow;              /* a read after a lost election or renewal */
 };
 
 struct batch {
@@ -635,6 +651,20 @@ static bool same_view(const struct cbd_store_state *a, const struct cbd_store_st
            strcmp(a->probe_owner, b->probe_owner) == 0;
 }
 
+/* Is st our probe lease on opening opened_at? */
+static bool lease_is_ours(const struct cbd_store *s, const struct cbd_store_state *st, int64_t opened_at)
+{
+    return st->state == CB_HALF_OPEN && st->opened_at == opened_at && strcmp(st->probe_owner, s->o.owner) == 0;
+}
+
+/* An eventually consistent read can return our own lease as it was before
+ * our latest renewal: no news, and no loss of the lease. */
+static bool stale_own_lease(const struct cbd_store *s, const struct circ *c, const struct cbd_store_state *st)
+{
+    return c->seen_valid && lease_is_ours(s, &c->seen, c->seen.opened_at) &&
+           lease_is_ours(s, st, c->seen.opened_at) && st->lease_expiry < c->seen.lease_expiry;
+}
+
 static void report(struct cbd_store *s, const struct cbd_store_state *st)
 {
     if (s->closing)
@@ -648,18 +678,29 @@ static void report(struct cbd_store *s, const struct cbd_store_state *st)
 static void settle(struct cbd_store *s, struct circ *c, const struct cbd_store_state *st, bool always)
 {
     struct cbd_store_state v = {0};
+    if (st && !always && stale_own_lease(s, c, st))
+        return;
     if (st)
         v = *st;
     else
         strcpy(v.name, c->name);
     bool news = c->seen_valid ? !same_view(&c->seen, &v) : st != NULL;
-    if (c->lease && !(v.state == CB_HALF_OPEN && v.opened_at == c->lease_opened_at &&
-                      strcmp(v.probe_owner, s->o.owner) == 0))
+    if (c->lease && !lease_is_ours(s, &v, c->lease_opened_at))
         c->lease = false;
     c->seen = v;
     c->seen_valid = true;
     if (news || always)
         report(s, &v);
+}
+
+/* DynamoDB just answered about c and the daemon has (or was just told)
+ * what the table holds: tell the daemon they agree, unless a newer
+ * transition of c waits to be written. At most one request per circuit is
+ * in flight, and it is the one answering, so no write of c is on its way. */
+static void agreed(struct cbd_store *s, const struct circ *c)
+{
+    if (s->hooks.synced != NULL && !s->closing && !c->want_write)
+        s->hooks.synced(s->hooks.arg, c->name, now_s());
 }
 
 /* ---- per-circuit work ------------------------------------------------------- */
@@ -688,14 +729,21 @@ static void op_done(struct cbd_store *s, struct circ *c)
 
 static void on_read(void *arg, const struct cbd_aws_response *r);
 
-static int start_read(struct cbd_store *s, struct circ *c, bool elect_follow, int64_t opened_at)
+/* Read c's item; lost: the election or renewal whose condition failed
+ * (its answer is the read's), or NULL. */
+static int start_read(struct cbd_store *s, struct circ *c, const struct op *lost)
 {
     struct op *o = calloc(1, sizeof *o);
     if (!o)
         return -ENOMEM;
-    *o = (struct op){.s = s, .c = c, .elect_follow = elect_follow, .prev = opened_at};
+    *o = (struct op){.s = s, .c = c, .elect_follow = lost != NULL};
+    if (lost) {
+        o->prev = lost->st.opened_at;
+        o->lease_s = lost->lease_s;
+        o->renewal = lost->renewal;
+    }
     /* After a lost condition only a consistent read tells what won. */
-    bool consistent = elect_follow || c->read_always || s->o.consistent;
+    bool consistent = lost || c->read_always || s->o.consistent;
     json_t *b = json_pack("{s:s, s:o, s:b}", "TableName", s->o.table, "Key", key_json(s, c->name),
                           "ConsistentRead", consistent);
     int rc = ddb_call(s, "GetItem", b, on_read, o);
@@ -713,22 +761,30 @@ static void read_answer(struct cbd_store *s, struct op *o, json_t *item)
     bool ok = !item || item_decode(s, item, &st) == 0;
     if (!ok)
         malformed(s, "an item that is not a Powertools circuit");
-    if (o->elect_follow) {
-        /* A retried election whose first attempt won reads back as ours. */
-        bool ours = ok && item && st.state == CB_HALF_OPEN && st.opened_at == o->prev &&
-                    strcmp(st.probe_owner, s->o.owner) == 0;
-        if (ok)
-            settle(s, c, item ? &st : NULL, !ours);
-        if (ours) {
-            c->lease = true;
-            c->lease_opened_at = st.opened_at;
-        }
-        probe_answer(s, c, o->prev, ours, ours ? st.lease_expiry : ok && item ? st.lease_expiry : 0);
+    bool ours = o->elect_follow && ok && item && lease_is_ours(s, &st, o->prev);
+    if (ok) {
+        settle(s, c, item ? &st : NULL, o->elect_follow ? !ours : c->read_always);
+        agreed(s, c);
+    }
+    if (!o->elect_follow) {
+        c->read_always = false;
         return;
     }
-    if (ok)
-        settle(s, c, item ? &st : NULL, c->read_always);
-    c->read_always = false;
+    if (ours) {
+        c->lease = true;
+        c->lease_opened_at = st.opened_at;
+    }
+    if (ours && !o->renewal) {
+        /* Ours with whatever lease it had: renew it before granting (a
+         * newer question, already queued, is answered instead). */
+        if (!c->want_elect) {
+            c->want_elect = true;
+            c->elect_opened_at = o->prev;
+            c->elect_lease_s = o->lease_s;
+        }
+        return;
+    }
+    probe_answer(s, c, o->prev, ours, ok && item ? st.lease_expiry : 0);
 }
 
 static void on_read(void *arg, const struct cbd_aws_response *r)
@@ -763,16 +819,17 @@ static void on_elect(void *arg, const struct cbd_aws_response *r)
     struct op *o = arg;
     struct cbd_store *s = o->s;
     struct circ *c = o->c;
-    enum outcome oc = classify(s, r, "election PutItem");
+    enum outcome oc = classify(s, r, o->renewal ? "probe lease renewal UpdateItem" : "election PutItem");
     if (oc == ANS_OK) {
         c->lease = true;
         c->lease_opened_at = o->st.opened_at;
         c->seen = o->st;
         c->seen_valid = true;
+        agreed(s, c);
         probe_answer(s, c, o->st.opened_at, true, o->st.lease_expiry);
     } else if (oc == ANS_CONDITION) {
         c->busy = IDLE;
-        if (start_read(s, c, true, o->st.opened_at) == 0) {
+        if (start_read(s, c, o) == 0) {
             free(o);
             return;
         }
@@ -784,29 +841,49 @@ static void on_elect(void *arg, const struct cbd_aws_response *r)
     op_done(s, c);
 }
 
-/* Powertools' election, verbatim: a PutItem of the HALF_OPEN item. */
+/* Powertools' election, verbatim: a PutItem of the HALF_OPEN item o->st. */
+static json_t *elect_body(struct cbd_store *s, const struct op *o, int64_t now)
+{
+    return json_pack(
+        "{s:s, s:o, s:s, s:o, s:{s:o, s:o, s:o, s:o}}", "TableName", s->o.table, "Item",
+        item_json(s, &o->st, now + o->c->recovery_s + TTL_MARGIN_S), "ConditionExpression",
+        "(#st = :open AND attribute_not_exists(#own) AND #oa = :oa) OR (#st = :half AND #lease <= :now)",
+        "ExpressionAttributeNames", expr_names(s, "SWOL"), "ExpressionAttributeValues", ":open", S("OPEN"), ":oa",
+        N(o->st.opened_at), ":half", S("HALF_OPEN"), ":now", N(now));
+}
+
+/* The renewal of our own lease: the lease and the TTL move, nothing else
+ * (a Powertools reader sees the same item with a later lease), and only
+ * while the item is still our lease on the same opening. */
+static json_t *renew_body(struct cbd_store *s, const struct op *o, int64_t now)
+{
+    return json_pack(
+        "{s:s, s:o, s:s, s:s, s:o, s:{s:o, s:o, s:o, s:o, s:o}}", "TableName", s->o.table, "Key",
+        key_json(s, o->st.name), "UpdateExpression", "SET #lease = :lease, #exp = :exp", "ConditionExpression",
+        "#st = :half AND #own = :me AND #oa = :oa", "ExpressionAttributeNames", expr_names(s, "SWOLE"),
+        "ExpressionAttributeValues", ":lease", N(o->st.lease_expiry), ":exp",
+        N(now + o->c->recovery_s + TTL_MARGIN_S), ":half", S("HALF_OPEN"), ":me", S(s->o.owner), ":oa",
+        N(o->st.opened_at));
+}
+
+/* Ask for the probe lease of elect_opened_at: a renewal when the table, as
+ * last seen here, holds it as ours; else the election. */
 static int start_elect(struct cbd_store *s, struct circ *c)
 {
     struct op *o = calloc(1, sizeof *o);
     if (!o)
         return -ENOMEM;
     int64_t now = now_s();
-    o->s = s;
-    o->c = c;
-    o->lease_s = c->elect_lease_s;
+    bool renew = c->seen_valid && lease_is_ours(s, &c->seen, c->elect_opened_at);
+    *o = (struct op){.s = s, .c = c, .lease_s = c->elect_lease_s, .renewal = renew};
     strcpy(o->st.name, c->name);
     o->st.state = CB_HALF_OPEN;
     o->st.opened_at = c->elect_opened_at;
     o->st.failure_count = c->seen_valid && c->seen.opened_at == c->elect_opened_at ? c->seen.failure_count : 0;
     strcpy(o->st.probe_owner, s->o.owner);
     o->st.lease_expiry = now + c->elect_lease_s;
-    json_t *b = json_pack(
-        "{s:s, s:o, s:s, s:o, s:{s:o, s:o, s:o, s:o}}", "TableName", s->o.table, "Item",
-        item_json(s, &o->st, now + c->recovery_s + TTL_MARGIN_S), "ConditionExpression",
-        "(#st = :open AND attribute_not_exists(#own) AND #oa = :oa) OR (#st = :half AND #lease <= :now)",
-        "ExpressionAttributeNames", expr_names(s, "SWOL"), "ExpressionAttributeValues", ":open", S("OPEN"), ":oa",
-        N(c->elect_opened_at), ":half", S("HALF_OPEN"), ":now", N(now));
-    int rc = ddb_call(s, "PutItem", b, on_elect, o);
+    json_t *b = renew ? renew_body(s, o, now) : elect_body(s, o, now);
+    int rc = ddb_call(s, renew ? "UpdateItem" : "PutItem", b, on_elect, o);
     if (rc < 0)
         free(o);
     else
@@ -896,6 +973,7 @@ static void on_write(void *arg, const struct cbd_aws_response *r)
         }
         c->seen = v;
         c->seen_valid = true;
+        agreed(s, c);
     } else if (oc == ANS_CONDITION) {
         c->want_read = c->read_always = true;
     } else if (oc == ANS_DOWN && !c->want_write) {
@@ -910,8 +988,10 @@ static void on_write(void *arg, const struct cbd_aws_response *r)
 static int start_write(struct cbd_store *s, struct circ *c)
 {
     enum write_kind k = write_kind(c, &c->want, c->want_prev);
-    if (k == W_NONE) {
+    if (k == W_NONE) { /* e.g. HALF_OPEN on our lease: the election wrote it */
         c->want_write = false;
+        if (c->seen_valid && c->seen.state == c->want.state && c->seen.opened_at == c->want.opened_at)
+            agreed(s, c);
         return 0;
     }
     struct op *o = calloc(1, sizeof *o);
@@ -948,7 +1028,7 @@ static void circ_process(struct cbd_store *s, struct circ *c)
         }
         return;
     }
-    if (c->want_read && reachable && start_read(s, c, false, 0) == 0)
+    if (c->want_read && reachable && start_read(s, c, NULL) == 0)
         c->want_read = false;
 }
 
@@ -1045,16 +1125,20 @@ static json_t *batch_apply(struct cbd_store *s, json_t *ans, json_t *sent)
             continue;
         }
         c->mark = true;
-        if (c->busy == IDLE && !c->want_write && !c->want_elect)
+        if (c->busy == IDLE && !c->want_write && !c->want_elect) {
             settle(s, c, &st, false);
+            agreed(s, c);
+        }
     }
     mark_names(s, unproc, name_attr, true);
     /* Asked for, neither returned nor left unprocessed: there is no item. */
     json_array_foreach(sent, i, v) {
         const char *name = attr_s(v, name_attr);
         struct circ *c = name ? circ_find(s, name) : NULL;
-        if (c && !c->mark && c->busy == IDLE && !c->want_write && !c->want_elect)
+        if (c && !c->mark && c->busy == IDLE && !c->want_write && !c->want_elect) {
             settle(s, c, NULL, false);
+            agreed(s, c);
+        }
     }
     mark_names(s, items, name_attr, false);
     mark_names(s, unproc, name_attr, false);

@@ -49,6 +49,9 @@ struct host {
     char why[512];
     bool restored, closed;
     int restore_rc;
+    int synced;                   /* hooks->synced calls */
+    char synced_name[128];        /* the last one's circuit */
+    int64_t synced_at;
 };
 
 static uv_loop_t loop;
@@ -76,6 +79,14 @@ static void on_health(void *arg, bool online, const char *why)
     h->health_calls++;
     h->online = online;
     snprintf(h->why, sizeof h->why, "%s", why);
+}
+
+static void on_synced(void *arg, const char *name, int64_t at_s)
+{
+    struct host *h = arg;
+    h->synced++;
+    snprintf(h->synced_name, sizeof h->synced_name, "%s", name);
+    h->synced_at = at_s;
 }
 
 static void on_restored(void *arg, int rc)
@@ -112,7 +123,7 @@ static void host_open(struct host *h, const char *fmt, ...)
     va_end(ap);
     memset(h, 0, sizeof *h);
     h->hooks = (struct cbd_store_hooks){.loop = &loop, .arg = h, .remote = on_remote, .probe_result = on_probe,
-                                        .health = on_health};
+                                        .health = on_health, .synced = on_synced};
     int rc = cbd_store_dynamodb_ops.create(&h->s, uri, &h->hooks, &err);
     cr_assert_eq(rc, 0, "create %s: %s", uri, err ? err : "?");
 }
@@ -737,4 +748,100 @@ Test(store_dynamodb, dynalite_killed_and_restarted_gets_the_queued_trip)
     cr_assert_eq(item_n(it, "opened_at"), t);
     json_decref(it);
     fleet_stop(&a, NULL);
+}
+
+/* ---- lease renewal and agreement ---------------------------------------------------- */
+
+Test(store_dynamodb, the_holder_renews_its_lease_in_the_table_and_keeps_the_other_host_out)
+{
+    struct dynalite d;
+    struct host a, b;
+    int64_t t = now_s() - 30;
+    fleet_start(&d, "");
+    host_open(&a, HOST_URI, d.endpoint, "host-a");
+    host_open(&b, HOST_URI, d.endpoint, "host-b");
+    track(&a, "orders", 30000);
+    track(&b, "orders", 30000);
+    transition(&a, "orders", CB_OPEN, t, 0);
+    cr_assert(RUN_UNTIL(settled(&a), LIVENESS_MS));
+    try_probe(&a, "orders", t, 2);
+    cr_assert(RUN_UNTIL(a.probes == 1, LIVENESS_MS) && a.granted);
+    int64_t first = a.lease_expiry;
+    RUN_UNTIL(false, 1100);
+    try_probe(&a, "orders", t, 3); /* the holder, still probing, renews */
+    cr_assert(RUN_UNTIL(a.probes == 1, LIVENESS_MS));
+    cr_assert(a.granted, "the holder's renewal is granted");
+    cr_assert_gt(a.lease_expiry, first, "the renewal moves the lease (%lld, was %lld)", (long long)a.lease_expiry,
+                 (long long)first);
+    json_t *it = pt_get(d.endpoint, "orders");
+    cr_assert_str_eq(item_s(it, "state"), "HALF_OPEN");
+    cr_assert_str_eq(item_s(it, "half_open_owner"), "host-a");
+    cr_assert_eq(item_n(it, "opened_at"), t);
+    cr_assert_eq(item_n(it, "probe_lease_expiry"), a.lease_expiry, "the table holds the renewed lease");
+    cr_assert_gt(item_n(it, "expiration"), a.lease_expiry, "the TTL moves with it");
+    json_decref(it);
+    RUN_UNTIL(now_s() > first, 3000); /* the first lease would have run out */
+    try_probe(&b, "orders", t, 30);
+    cr_assert(RUN_UNTIL(b.probes == 1, LIVENESS_MS));
+    cr_assert_not(b.granted, "B cannot take over a renewed lease");
+    cr_assert_eq(b.lease_expiry, a.lease_expiry, "B is told when the renewed lease ends");
+    fleet_stop(&a, &b);
+}
+
+Test(store_dynamodb, a_renewal_after_another_host_took_over_is_refused_and_reported)
+{
+    struct dynalite d;
+    struct host a, b;
+    int64_t t = now_s() - 30;
+    fleet_start(&d, "");
+    host_open(&a, HOST_URI, d.endpoint, "host-a");
+    host_open(&b, HOST_URI, d.endpoint, "host-b");
+    track(&a, "billing", 30000);
+    track(&b, "billing", 30000);
+    transition(&a, "billing", CB_OPEN, t, 0);
+    cr_assert(RUN_UNTIL(settled(&a), LIVENESS_MS));
+    try_probe(&a, "billing", t, 1);
+    cr_assert(RUN_UNTIL(a.probes == 1, LIVENESS_MS) && a.granted);
+    RUN_UNTIL(false, 2100); /* A's lease runs out unrenewed */
+    try_probe(&b, "billing", t, 30);
+    cr_assert(RUN_UNTIL(b.probes == 1, LIVENESS_MS) && b.granted, "B takes over the expired lease");
+    try_probe(&a, "billing", t, 30); /* A, late, renews */
+    cr_assert(RUN_UNTIL(a.probes == 1, LIVENESS_MS));
+    cr_assert_not(a.granted, "a lease another host took over is not renewed");
+    cr_assert_eq(a.lease_expiry, b.lease_expiry, "A is told when B's lease ends");
+    cr_assert_eq(a.remote.state, CB_HALF_OPEN);
+    cr_assert_str_eq(a.remote.probe_owner, "host-b", "A learns B holds the lease");
+    json_t *it = pt_get(d.endpoint, "billing");
+    cr_assert_str_eq(item_s(it, "half_open_owner"), "host-b");
+    cr_assert_eq(item_n(it, "probe_lease_expiry"), b.lease_expiry);
+    json_decref(it);
+    fleet_stop(&a, &b);
+}
+
+Test(store_dynamodb, synced_follows_every_answer_that_agrees_with_the_table)
+{
+    struct dynalite d;
+    struct host a, b;
+    int64_t t = now_s() - 30;
+    fleet_start(&d, "");
+    host_open(&a, HOST_URI, d.endpoint, "host-a");
+    host_open(&b, HOST_URI, d.endpoint, "host-b");
+    track(&a, "carts", 30000);
+    track(&b, "carts", 30000);
+    cr_assert(RUN_UNTIL(a.synced > 0 && b.synced > 0, LIVENESS_MS), "the read at registration agrees");
+    transition(&a, "carts", CB_OPEN, t, 0);
+    a.synced = 0;
+    cr_assert(RUN_UNTIL(settled(&a) && a.synced > 0, LIVENESS_MS), "the trip landed");
+    cr_assert_str_eq(a.synced_name, "carts");
+    cr_assert_geq(a.synced_at, t + 30);
+    b.synced = 0;
+    cr_assert(RUN_UNTIL(b.remote.state == CB_OPEN && b.synced > 0, LIVENESS_MS), "a sync reported the difference");
+    b.synced = 0;
+    try_probe(&b, "carts", t, 30);
+    cr_assert(RUN_UNTIL(b.probes == 1 && b.synced > 0, LIVENESS_MS), "the election was answered");
+    a.synced = 0;
+    try_probe(&a, "carts", t, 30);
+    cr_assert(RUN_UNTIL(a.probes == 1 && a.synced > 0, LIVENESS_MS), "the lost election was read back");
+    cr_assert_not(a.granted);
+    fleet_stop(&a, &b);
 }

@@ -1,0 +1,476 @@
+/*
+ * test_fleet_dynamodb.c - two real cbd daemons, each its own instance,
+ * sharing circuits through one DynamoDB table (dynalite on a free loopback
+ * port): two hosts of one fleet, seen through their workers.
+ *
+ * What the fleet promises (DESIGN.md section 5) and these tests check: a
+ * trip on one host rejects calls on the other; the table holds Powertools'
+ * item, so a trip written the way Powertools writes it opens every host; in
+ * HALF_OPEN the fleet admits no more probes at once than half_open_max_probes,
+ * whichever host the workers are on, even while the probing outlasts the
+ * probe lease (the holder renews it), and the prober's close closes every
+ * host; with the table gone both hosts keep serving and tripping alone, and
+ * once it is back the opening is in the table.
+ *
+ * Workers are libcb clients: the test process on each instance, or forked
+ * children (one client each, like prefork workers) that count the probe
+ * tickets they hold in a MAP_SHARED page. The table is created with
+ * `cbctl dynamodb create-table`; items are read and written with raw
+ * HTTP/1.0 requests as boto3 would send them (dynalite checks the
+ * Authorization header's shape, never its signature). This file does not
+ * link the daemon's code: everything goes through cbd, cbctl and libcb.
+ *
+ * No timing is asserted: every wait is a generous liveness bound.
+ */
+#define _GNU_SOURCE /* vasprintf */
+#include <criterion/criterion.h>
+#include <jansson.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#include "../dynamo/ddb_test_support.h"
+
+#define TABLE "cbd-fleet"
+#define FLEET_LIVENESS_MS 10000 /* a trip, an election, a close and a sync on a loaded 2-core machine */
+#define WORKERS_PER_HOST 2
+
+static void suite_env(void)
+{
+    /* Inherited by cbd and cbctl: dynalite wants a signed request, not a valid one. */
+    setenv("AWS_ACCESS_KEY_ID", "AKIDTEST", 1);
+    setenv("AWS_SECRET_ACCESS_KEY", "test-secret", 1);
+    setenv("AWS_EC2_METADATA_DISABLED", "true", 1);
+    unsetenv("AWS_SESSION_TOKEN");
+    unsetenv("AWS_PROFILE");
+    unsetenv("AWS_ENDPOINT_URL");
+    unsetenv("AWS_ENDPOINT_URL_DYNAMODB");
+}
+
+TestSuite(fleet_dynamodb, .init = suite_env, .timeout = 60);
+
+/* ---- the table, the way Powertools (boto3) talks to it ------------------------------ */
+
+/* One DynamoDB call over HTTP/1.0 (no chunked answer to parse); the answer
+ * with "__status". */
+static json_t *raw(int port, const char *op, const char *fmt, ...)
+{
+    char *body, *req;
+    va_list ap;
+    va_start(ap, fmt);
+    cr_assert(vasprintf(&body, fmt, ap) > 0);
+    va_end(ap);
+    int n = asprintf(&req,
+                     "POST / HTTP/1.0\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/x-amz-json-1.0\r\n"
+                     "X-Amz-Target: DynamoDB_20120810.%s\r\nX-Amz-Date: 20260101T000000Z\r\n"
+                     "Authorization: AWS4-HMAC-SHA256 Credential=AKIDTEST/20260101/us-east-1/dynamodb/aws4_request, "
+                     "SignedHeaders=content-type;host;x-amz-date;x-amz-target, Signature=00\r\n"
+                     "Content-Length: %zu\r\n\r\n%s",
+                     port, op, strlen(body), body);
+    cr_assert(n > 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert(fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0, "connect to dynalite: %s",
+              strerror(errno));
+    cr_assert_eq(send(fd, req, (size_t)n, MSG_NOSIGNAL), n);
+    size_t used = 0, cap = 65536;
+    char *ans = malloc(cap);
+    ssize_t r;
+    while ((r = read(fd, ans + used, cap - 1 - used)) > 0)
+        used += (size_t)r;
+    ans[used] = '\0';
+    close(fd);
+    free(req);
+    free(body);
+    int status = 0;
+    char *json = strstr(ans, "\r\n\r\n");
+    cr_assert(sscanf(ans, "HTTP/%*s %d", &status) == 1 && json, "not an HTTP answer: %s", ans);
+    json_t *j = json_loads(json[4] ? json + 4 : "{}", 0, NULL);
+    cr_assert(j, "not JSON: %s", json + 4);
+    json_object_set_new(j, "__status", json_integer(status));
+    free(ans);
+    return j;
+}
+
+/* GetItem as Powertools reads: eventually consistent, simple key "id". */
+static json_t *pt_get(int port, const char *name)
+{
+    json_t *j = raw(port, "GetItem", "{\"TableName\":\"" TABLE "\",\"Key\":{\"id\":{\"S\":\"%s\"}}}", name);
+    cr_assert_eq(json_integer_value(json_object_get(j, "__status")), 200, "GetItem: %s", json_dumps(j, 0));
+    return j;
+}
+
+static const char *item_s(json_t *ans, const char *attr)
+{
+    return json_string_value(json_object_get(json_object_get(json_object_get(ans, "Item"), attr), "S"));
+}
+
+/* A number attribute, or -1 when absent. */
+static int64_t item_n(json_t *ans, const char *attr)
+{
+    const char *v = json_string_value(json_object_get(json_object_get(json_object_get(ans, "Item"), attr), "N"));
+    return v ? strtoll(v, NULL, 10) : -1;
+}
+
+static bool item_has(json_t *ans, const char *attr)
+{
+    return json_object_get(json_object_get(ans, "Item"), attr) != NULL;
+}
+
+/* The item's state is state (and, if opened_at > 0, its opened_at). */
+static bool item_is(int port, const char *name, const char *state, int64_t opened_at)
+{
+    json_t *it = pt_get(port, name);
+    const char *st = item_s(it, "state");
+    bool ok = st && strcmp(st, state) == 0 && (opened_at <= 0 || item_n(it, "opened_at") == opened_at);
+    json_decref(it);
+    return ok;
+}
+
+/* ---- the fleet: dynalite, the table, two hosts ---------------------------------------- */
+
+struct fleet {
+    struct dynalite db;
+    char uri[512];
+    struct tsup_daemon a, b;
+    cb_client *ca, *cb;
+};
+
+/* `cbctl dynamodb create-table URI`: dynalite has no UpdateTimeToLive, so
+ * the command warns and still succeeds. */
+static void create_table(const struct fleet *f)
+{
+    char *out = NULL;
+    char *argv[] = {(char *)tsup_cbctl_path(), "dynamodb", "create-table", (char *)f->uri, NULL};
+    int rc = tsup_run(argv, &out, true);
+    cr_assert_eq(rc, 0, "cbctl dynamodb create-table %s: exit %d: %s", f->uri, rc, out);
+    free(out);
+}
+
+static void start_host(struct tsup_daemon *d, const char *tag, const char *uri)
+{
+    struct tsup_daemon_opts o = {.tag = tag, .store = uri};
+    int rc = tsup_daemon_start(d, &o);
+    cr_assert_eq(rc, 0, "cbd %s with store %s: %s", tag, uri, strerror(-rc));
+}
+
+static void fleet_start(struct fleet *f)
+{
+    dynalite_start(&f->db, 0);
+    snprintf(f->uri, sizeof f->uri,
+             "dynamodb://" TABLE "?region=us-east-1&endpoint=%s&sync_ms=200&timeout_ms=1000&backoff_max_ms=400",
+             f->db.endpoint);
+    create_table(f);
+    start_host(&f->a, "hosta", f->uri);
+    start_host(&f->b, "hostb", f->uri);
+    f->ca = tsup_client(&f->a);
+    f->cb = tsup_client(&f->b);
+}
+
+static void fleet_stop(struct fleet *f)
+{
+    cb_client_close(f->ca);
+    cb_client_close(f->cb);
+    int sa = tsup_daemon_stop(&f->a), sb = tsup_daemon_stop(&f->b);
+    cr_expect_eq(sa, 0, "host A stopped cleanly (status %d)", sa);
+    cr_expect_eq(sb, 0, "host B stopped cleanly (status %d)", sb);
+}
+
+/* The next transition of name on a host's history, which must be from -> to. */
+static cb_transition expect_transition(cb_client *cl, const char *name, cb_state from, cb_state to)
+{
+    cb_transition tr = tsup_next_transition(cl, name);
+    cr_assert(tr.from == from && tr.to == to, "%s: expected %d -> %d, got %d -> %d (source %d)", name, from, to,
+              tr.from, tr.to, tr.source);
+    return tr;
+}
+
+/* ---- a trip on one host ----------------------------------------------------------------- */
+
+Test(fleet_dynamodb, a_trip_on_one_host_rejects_calls_on_the_other_and_writes_powertools_item)
+{
+    struct fleet f;
+    fleet_start(&f);
+    const char *name = tsup_unique("payments");
+    cb_config cfg = tsup_config(3, 1, 1, 30000);
+    cb_circuit *pa = tsup_circuit(f.ca, name, &cfg), *pb = tsup_circuit(f.cb, name, &cfg);
+    cr_assert(cb_permitted(cb_allow(pb)), "B starts CLOSED");
+
+    int64_t before = (int64_t)time(NULL);
+    cr_assert_eq(tsup_record_n(pa, CB_FAILURE, 3), 3);
+    cr_assert(tsup_wait_state(pa, CB_OPEN), "A trips on its own failures");
+    cb_info ia = tsup_info(pa);
+
+    cr_assert(tsup_wait_until(!cb_permitted(cb_allow(pb)), TSUP_LIVENESS_MS), "B's workers never saw A's trip");
+    cb_info ib = tsup_info(pb);
+    cr_assert_eq(ib.state, CB_OPEN);
+    cr_assert_eq(ib.opened_at, ia.opened_at, "B adopts A's opening");
+    cr_assert_eq(ib.failure_count, 3);
+    cb_transition tr = expect_transition(f.cb, name, CB_CLOSED, CB_OPEN);
+    cr_assert_eq(tr.source, CB_SOURCE_REMOTE);
+
+    json_t *it = pt_get(f.db.port, name);
+    cr_assert_str_eq(item_s(it, "id"), name);
+    cr_assert_str_eq(item_s(it, "state"), "OPEN");
+    cr_assert_eq(item_n(it, "opened_at"), ia.opened_at);
+    cr_assert_eq(item_n(it, "failure_count"), 3);
+    int64_t exp = item_n(it, "expiration");
+    cr_assert(exp >= before + 30 + 3600 && exp <= (int64_t)time(NULL) + 30 + 3600,
+              "expiration %lld is now + recovery_timeout + 3600", (long long)exp);
+    cr_assert(!item_has(it, "half_open_owner") && !item_has(it, "probe_lease_expiry"), "an OPEN item has no owner");
+    json_decref(it);
+    fleet_stop(&f);
+}
+
+/* ---- one probe for the fleet --------------------------------------------------------------- */
+
+/* What the forked workers share with the test (MAP_SHARED). */
+struct probe_board {
+    atomic_int in_flight;     /* PROBE tickets held right now, both hosts */
+    atomic_int max_in_flight; /* the most ever held at once */
+    atomic_int probes[2];     /* PROBE tickets issued per host */
+    atomic_int close_ok;      /* 0: probes report IGNORED (HALF_OPEN lasts), 1: SUCCESS (it closes) */
+    atomic_int stop;
+};
+
+/* A prefork worker of one host: its own client, hammering cb_allow. A probe
+ * is held a little (a downstream call), then reports an uncounted error
+ * (its permit goes back, the circuit stays HALF_OPEN) until the test lets
+ * the probes succeed. */
+static void worker(struct probe_board *pb, int host, const char *instance, const char *name, const cb_config *cfg)
+{
+    cb_client *cl;
+    cb_circuit *c;
+    if (cb_client_open(&cl, instance) < 0 || cb_circuit_get(cl, name, cfg, &c) < 0)
+        _exit(1); /* workers_stop fails the test */
+    while (!atomic_load(&pb->stop)) {
+        cb_ticket t = cb_allow(c);
+        if (cb_ticket_is_probe(t)) {
+            int now = atomic_fetch_add(&pb->in_flight, 1) + 1;
+            int max = atomic_load(&pb->max_in_flight);
+            while (now > max && !atomic_compare_exchange_weak(&pb->max_in_flight, &max, now)) {
+            }
+            atomic_fetch_add(&pb->probes[host], 1);
+            usleep(20000);
+            /* Given back before the report: the daemon cannot hand the
+             * permit out again before it has drained this report. */
+            atomic_fetch_sub(&pb->in_flight, 1);
+            cb_record(c, t, atomic_load(&pb->close_ok) ? CB_SUCCESS : CB_IGNORED);
+        } else if (cb_permitted(t)) {
+            usleep(500); /* not reported: successes would reset the test's failure streak */
+        } else {
+            sched_yield();
+        }
+    }
+    cb_client_close(cl);
+    _exit(0);
+}
+
+/* Forks WORKERS_PER_HOST workers on each host (kids[i] works on host i % 2). */
+static struct probe_board *workers_start(const struct fleet *f, const char *name, const cb_config *cfg, pid_t *kids)
+{
+    struct probe_board *board = mmap(NULL, sizeof *board, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    cr_assert(board != MAP_FAILED);
+    memset(board, 0, sizeof *board);
+    for (int i = 0; i < 2 * WORKERS_PER_HOST; i++) {
+        int host = i % 2;
+        kids[i] = tsup_fork();
+        cr_assert(kids[i] >= 0);
+        if (kids[i] == 0)
+            worker(board, host, host ? f->b.instance : f->a.instance, name, cfg);
+    }
+    return board;
+}
+
+static void workers_stop(struct probe_board *board, const pid_t *kids)
+{
+    atomic_store(&board->stop, 1);
+    for (int i = 0; i < 2 * WORKERS_PER_HOST; i++) {
+        int status;
+        cr_assert_eq(waitpid(kids[i], &status, 0), kids[i]);
+        tsup_untrack(kids[i]);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "worker %d failed (status %#x)", i, status);
+    }
+}
+
+/* Trips name on A while the workers hammer; once both hosts have asked the
+ * table for the probe lease (one lost the election) and hold_ms more have
+ * passed, lets the probes succeed; waits until every host is CLOSED again.
+ * The opening's opened_at. */
+static int64_t trip_and_probe(struct fleet *f, cb_circuit *pa, cb_circuit *pb, struct probe_board *board,
+                              int64_t hold_ms)
+{
+    cr_assert_eq(tsup_record_n(pa, CB_FAILURE, 2), 2);
+    cr_assert(tsup_wait_state(pa, CB_OPEN), "A trips");
+    cr_assert(tsup_wait_state(pb, CB_OPEN), "B learns A's trip");
+    int64_t opened_at = tsup_info(pa).opened_at;
+    cr_assert(tsup_wait_until(tsup_stat(&f->a, "store_conditions_lost") + tsup_stat(&f->b, "store_conditions_lost") > 0,
+                              FLEET_LIVENESS_MS),
+              "no host ever lost a probe election (probes A %d, B %d)", atomic_load(&board->probes[0]),
+              atomic_load(&board->probes[1]));
+    for (int64_t end = tsup_now_ms() + hold_ms; tsup_now_ms() < end;)
+        usleep(10000);
+    atomic_store(&board->close_ok, 1);
+    cr_assert(tsup_wait_until(tsup_info(pa).state == CB_CLOSED && tsup_info(pb).state == CB_CLOSED,
+                              FLEET_LIVENESS_MS),
+              "the fleet never closed again (A %d, B %d; probes A %d, B %d)", tsup_info(pa).state,
+              tsup_info(pb).state, atomic_load(&board->probes[0]), atomic_load(&board->probes[1]));
+    return opened_at;
+}
+
+/* The fleet's probe bound held, and only one host probed: which (0 = A, 1 = B). */
+static int check_one_prober(const struct probe_board *board, const cb_config *cfg)
+{
+    int pa_n = atomic_load(&board->probes[0]), pb_n = atomic_load(&board->probes[1]);
+    cr_assert_leq(atomic_load(&board->max_in_flight), (int)cfg->half_open_max_probes,
+                  "%d probes ran at once across the fleet (half_open_max_probes %u)",
+                  atomic_load(&board->max_in_flight), cfg->half_open_max_probes);
+    cr_assert_geq(pa_n + pb_n, (int)cfg->success_threshold, "the probes' successes closed the circuit");
+    cr_assert(pa_n == 0 || pb_n == 0, "one host holds the fleet's lease: probes on A %d and on B %d", pa_n, pb_n);
+    return pa_n ? 0 : 1;
+}
+
+Test(fleet_dynamodb, the_fleet_runs_at_most_half_open_max_probes_and_their_close_closes_every_host)
+{
+    struct fleet f;
+    fleet_start(&f);
+    const char *name = tsup_unique("search");
+    cb_config cfg = tsup_config(2, 3, 2, 800);
+    cb_circuit *pa = tsup_circuit(f.ca, name, &cfg), *pb = tsup_circuit(f.cb, name, &cfg);
+    pid_t kids[2 * WORKERS_PER_HOST];
+    struct probe_board *board = workers_start(&f, name, &cfg, kids);
+    int64_t opened_at = trip_and_probe(&f, pa, pb, board, 0);
+    workers_stop(board, kids);
+    int host = check_one_prober(board, &cfg);
+
+    /* The prober closed it itself; the other host lost the election and
+     * learned the close from the table. */
+    cb_client *prober = host ? f.cb : f.ca, *other = host ? f.ca : f.cb;
+    cr_assert_geq(tsup_stat(host ? &f.a : &f.b, "store_conditions_lost"), 1, "the host without probes lost the election");
+    expect_transition(prober, name, CB_CLOSED, CB_OPEN);
+    cb_transition half = expect_transition(prober, name, CB_OPEN, CB_HALF_OPEN);
+    cr_assert_eq(half.source, CB_SOURCE_TIMER);
+    cr_assert_eq(half.opened_at, opened_at, "the lease is for A's opening");
+    cr_assert_eq(expect_transition(prober, name, CB_HALF_OPEN, CB_CLOSED).source, CB_SOURCE_LOCAL);
+    expect_transition(other, name, CB_CLOSED, CB_OPEN);
+    cr_assert_eq(expect_transition(other, name, CB_OPEN, CB_CLOSED).source, CB_SOURCE_REMOTE);
+
+    json_t *it = pt_get(f.db.port, name);
+    cr_assert_str_eq(item_s(it, "state"), "CLOSED");
+    cr_assert_eq(item_n(it, "failure_count"), 0);
+    cr_assert(!item_has(it, "opened_at") && !item_has(it, "half_open_owner") && !item_has(it, "probe_lease_expiry"),
+              "the close removes the opening and the lease: %s", json_dumps(it, 0));
+    json_decref(it);
+    munmap(board, sizeof *board);
+    fleet_stop(&f);
+}
+
+/* A probe lease is a bound on a silent prober, not on probing: probes that
+ * keep reporting keep it, on this host and in the table, so the other host
+ * never takes over a lease whose holder is still probing. */
+Test(fleet_dynamodb, a_prober_that_keeps_reporting_keeps_the_fleet_lease_past_its_length)
+{
+    struct fleet f;
+    fleet_start(&f);
+    const char *name = tsup_unique("quotes");
+    cb_config cfg = tsup_config(2, 3, 1, 800);
+    cfg.probe_lease_ms = 2000;
+    cb_circuit *pa = tsup_circuit(f.ca, name, &cfg), *pb = tsup_circuit(f.cb, name, &cfg);
+    pid_t kids[2 * WORKERS_PER_HOST];
+    struct probe_board *board = workers_start(&f, name, &cfg, kids);
+    trip_and_probe(&f, pa, pb, board, 3 * (int64_t)cfg.probe_lease_ms);
+    workers_stop(board, kids);
+    check_one_prober(board, &cfg);
+    cr_assert(item_is(f.db.port, name, "CLOSED", 0), "the prober's close reached the table");
+    munmap(board, sizeof *board);
+    fleet_stop(&f);
+}
+
+/* ---- Powertools trips ------------------------------------------------------------------------ */
+
+Test(fleet_dynamodb, a_powertools_trip_opens_the_circuit_on_both_hosts)
+{
+    struct fleet f;
+    fleet_start(&f);
+    const char *name = tsup_unique("inventory");
+    cb_config cfg = tsup_config(5, 3, 1, 30000);
+    cb_circuit *pa = tsup_circuit(f.ca, name, &cfg), *pb = tsup_circuit(f.cb, name, &cfg);
+    cr_assert(cb_permitted(cb_allow(pa)) && cb_permitted(cb_allow(pb)), "CLOSED everywhere at first");
+
+    /* Powertools' trip: an unconditional PutItem of the whole OPEN item. */
+    int64_t now = (int64_t)time(NULL);
+    json_t *ans = raw(f.db.port, "PutItem",
+                      "{\"TableName\":\"" TABLE "\",\"Item\":{\"id\":{\"S\":\"%s\"},\"state\":{\"S\":\"OPEN\"},"
+                      "\"failure_count\":{\"N\":\"5\"},\"opened_at\":{\"N\":\"%lld\"},"
+                      "\"expiration\":{\"N\":\"%lld\"}}}",
+                      name, (long long)now, (long long)(now + 30 + 3600));
+    cr_assert_eq(json_integer_value(json_object_get(ans, "__status")), 200, "PutItem: %s", json_dumps(ans, 0));
+    json_decref(ans);
+
+    cr_assert(tsup_wait_state(pa, CB_OPEN), "A never opened");
+    cr_assert(tsup_wait_state(pb, CB_OPEN), "B never opened");
+    cb_circuit *hosts[] = {pa, pb};
+    for (int i = 0; i < 2; i++) {
+        cb_info in = tsup_info(hosts[i]);
+        cr_assert_eq(in.opened_at, now, "host %c adopts the item's opened_at", 'A' + i);
+        cr_assert_eq(in.failure_count, 5);
+        cr_assert(!cb_permitted(cb_allow(hosts[i])), "host %c rejects", 'A' + i);
+    }
+    cr_assert_eq(expect_transition(f.ca, name, CB_CLOSED, CB_OPEN).source, CB_SOURCE_REMOTE);
+    cr_assert_eq(expect_transition(f.cb, name, CB_CLOSED, CB_OPEN).source, CB_SOURCE_REMOTE);
+    cr_assert(item_is(f.db.port, name, "OPEN", now), "no host wrote over Powertools' item");
+    fleet_stop(&f);
+}
+
+/* ---- the table goes away -------------------------------------------------------------------- */
+
+Test(fleet_dynamodb, with_the_table_gone_hosts_trip_alone_and_the_opening_reaches_the_table_when_it_returns)
+{
+    struct fleet f;
+    fleet_start(&f);
+    const char *name = tsup_unique("ledger");
+    cb_config cfg = tsup_config(2, 3, 1, 60000);
+    cb_circuit *pa = tsup_circuit(f.ca, name, &cfg), *pb = tsup_circuit(f.cb, name, &cfg);
+
+    dynalite_kill(&f.db);
+    /* Both hosts serve and trip on their own failures; nothing waits for the table. */
+    cr_assert_eq(tsup_record_n(pa, CB_FAILURE, 2), 2, "A serves checks");
+    cr_assert(tsup_wait_state(pa, CB_OPEN), "A trips host-local");
+    /* B trips a second later: two openings, and the fleet must settle on B's. */
+    int64_t oa = tsup_info(pa).opened_at;
+    cr_assert(tsup_wait_until((int64_t)time(NULL) > oa, TSUP_LIVENESS_MS));
+    cr_assert_eq(tsup_record_n(pb, CB_FAILURE, 2), 2, "B serves checks");
+    cr_assert(tsup_wait_state(pb, CB_OPEN), "B trips host-local");
+    int64_t ob = tsup_info(pb).opened_at;
+    cr_assert_gt(ob, oa);
+    cr_assert(!cb_permitted(cb_allow(pa)) && !cb_permitted(cb_allow(pb)));
+    cb_circuit *fresh = tsup_circuit(f.ca, tsup_unique("fresh"), &cfg);
+    cr_assert(cb_permitted(cb_allow(fresh)), "a circuit registered during the outage works");
+    cr_assert(tsup_wait_until(tsup_log_count(&f.a, "running host-local") > 0 &&
+                                  tsup_log_count(&f.b, "running host-local") > 0,
+                              FLEET_LIVENESS_MS),
+              "both hosts tell the operator they run host-local");
+    cr_assert(tsup_ping(&f.a) && tsup_ping(&f.b), "both daemons answer during the outage");
+
+    /* dynalite is in memory: it comes back empty, and the table is created again. */
+    dynalite_start(&f.db, f.db.port);
+    create_table(&f);
+    cr_assert(tsup_wait_until(tsup_log_count(&f.a, "is reachable again") > 0 &&
+                                  tsup_log_count(&f.b, "is reachable again") > 0,
+                              FLEET_LIVENESS_MS),
+              "both hosts find the store again");
+    cr_assert(tsup_wait_until(item_is(f.db.port, name, "OPEN", ob), FLEET_LIVENESS_MS),
+              "the latest opening never reached the table");
+    cr_assert(tsup_wait_until(tsup_info(pa).opened_at == ob, FLEET_LIVENESS_MS),
+              "A never adopted B's newer opening (A %lld, B %lld)", (long long)tsup_info(pa).opened_at,
+              (long long)ob);
+    cr_assert(tsup_info(pa).state == CB_OPEN && tsup_info(pb).state == CB_OPEN, "still OPEN everywhere");
+    cr_assert_eq(tsup_info(pb).opened_at, ob, "B keeps its own, newer opening");
+    cr_assert(item_is(f.db.port, name, "OPEN", ob), "nothing overwrote the newer opening");
+    fleet_stop(&f);
+}
