@@ -60,7 +60,13 @@ Test(capacity, a_million_circuit_segment_serves_ten_thousand_within_32_MiB_resid
 
     long kib = rss_kib(d.pid);
     cr_log_info("cbd resident with %d circuits in a 1,000,000-circuit segment: %ld KiB", N, kib);
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    /* A sanitizer build of cbd (built with these tests) carries shadow
+     * memory: its resident size says nothing about cbd's. */
+    (void)kib;
+#else
     cr_expect_lt(kib, 32 * 1024, "cbd uses %ld KiB resident (budget 32 MiB)", kib);
+#endif
     cb_client_close(fresh);
     cb_client_close(cl);
     cr_expect_eq(tsup_daemon_stop(&d), 0);
