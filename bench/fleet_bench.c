@@ -1,33 +1,47 @@
 /*
- * fleet_bench.c - what sharing circuits through redis costs: how long a
- * transition takes to reach another host, and how many redis commands the
- * fleet issues while workers check circuits at a given rate.
+ * fleet_bench.c - what sharing circuits through a fleet store costs: how
+ * long a transition takes to reach another host, and how many requests the
+ * fleet sends to the store while workers check circuits at a given rate.
  *
- * bench/fleet_run.sh starts a redis-server on loopback and two cbd daemons
- * on it (hosts A and B: two instances on this machine, each with its own
- * segment and its own redis connections), then runs this program as a
- * worker of both.
+ * bench/fleet_run.sh starts the store on loopback (a redis-server, or
+ * dynalite standing in for DynamoDB) and two cbd daemons on it (hosts A and
+ * B: two instances on this machine, each with its own segment and its own
+ * store connections), then runs this program as a worker of both, once per
+ * store and sync interval (--store, --sync-ms: they must match the daemons').
  *
  * 1. Propagation. One circuit (failure_threshold 1, success_threshold 1,
  *    recovery_timeout_ms 100). A worker of A records a failure; a worker of
  *    B checks the circuit in a loop until it is refused: that time is one
- *    sample of "open A -> B" - A's drain and trip, A's compare-and-write
- *    script, pub/sub, B's read, B's publication in its segment. Then
- *    whichever host wins the probe election closes it with one success,
- *    and the time until the other host allows calls again is one sample
- *    of "close prober -> other". The checking worker yields between checks
- *    (two cores run both daemons, redis and this program), so a sample is
- *    late by at most one scheduler slice.
- * 2. Store traffic. K circuits registered on both hosts; no transitions.
- *    Worker threads on both hosts run paced checks (cb_allow, and
- *    cb_record of a success) at several total rates; redis' own
- *    total_commands_processed over each window gives commands per second
- *    (minus this program's INFO). The fleet's design says it is about
- *    hosts x circuits / sync interval plus pub/sub, whatever the rate.
+ *    sample of "open A -> B" - A's drain and trip, A's compare-and-write,
+ *    then B's discovery (redis: pub/sub, then B's read; DynamoDB: B's next
+ *    periodic BatchGetItem, so up to one sync interval), B's publication in
+ *    its segment. Then whichever host wins the probe election closes it
+ *    with one success, and the time until the other host allows calls
+ *    again is one sample of "close prober -> other". With DynamoDB each
+ *    transition starts after a random pause within a sync interval, so the
+ *    samples cover every phase of the other host's polling (p50 about half
+ *    an interval, p99 about one) instead of locking onto it. The checking worker
+ *    yields between checks (two cores run both daemons, the store and this
+ *    program), so a sample is late by at most one scheduler slice.
+ * 2. Store traffic. K circuits registered on both hosts (K + 1 tracked per
+ *    host, with the propagation circuit); no transitions. Worker threads on
+ *    both hosts run paced checks (cb_allow, and cb_record of a success) at
+ *    several total rates, and the store's requests are counted over each
+ *    window: redis' own total_commands_processed (minus this program's
+ *    INFO), or for DynamoDB the store_requests counter (HTTP attempts) of
+ *    both daemons' `stats`, read through cbctl. The design says the traffic
+ *    depends on circuits / sync interval, never on the check rate: redis
+ *    reads every tracked circuit each sync (hosts x (K + 1) / interval plus
+ *    pub/sub), DynamoDB batches 100 keys a request (hosts x ceil((K + 1) /
+ *    100) / interval). The DynamoDB store arms its next sync sync_ms after
+ *    a read round ends (redis' sync timer repeats), so there a round's own
+ *    duration stretches the period: the measured rate sits below the
+ *    expected one by that share, visibly at short intervals.
  *
- * Output: a summary on stdout, and with --json FILE the figures for
- * bench/report.py (distributions in microseconds, as bench_util.h writes
- * them). Figures are reported, never judged: the exit status says whether
+ * Output: a Markdown summary on stdout, and with --json FILE this run's
+ * figures as one JSON object for bench/report.py (distributions in
+ * microseconds, as bench_util.h writes them); fleet_run.sh gathers the runs.
+ * Figures are reported, never judged: the exit status says whether
  * everything ran.
  */
 #define _GNU_SOURCE
@@ -53,8 +67,14 @@
 static const double rates[] = {0, 1e5, 1e6};
 #define NRATES (int)(sizeof rates / sizeof rates[0])
 
+/* The stores this program can count requests of. */
+enum store { STORE_REDIS, STORE_DYNAMODB };
+static const char *const store_names[] = {"redis", "dynamodb"};
+static const char *const request_names[] = {"redis commands", "DynamoDB requests"};
+
 struct opts {
-    const char *a, *b, *json, *redis_host;
+    const char *a, *b, *json, *redis_host, *cbctl;
+    enum store store;
     int redis_port, iterations, circuits, window_s, sync_ms;
 };
 
@@ -100,8 +120,19 @@ static bool first_probe(cb_circuit *a, cb_circuit *b, cb_ticket *t, int *who)
     }
 }
 
-/* One trip on A seen by B, one close by the prober seen by the other. */
-static int propagate_once(cb_circuit *c[2], double *open_us, double *close_us)
+/* A pause of 0 .. dephase_ms: see propagate_once. */
+static void dephase(int dephase_ms)
+{
+    if (dephase_ms > 0)
+        sleep_us(random() % (1000L * dephase_ms));
+}
+
+/* One trip on A seen by B, one close by the prober seen by the other. With
+ * a store the other host polls every sync (dephase_ms = sync_ms), each
+ * transition waits a random part of a sync first: a round ends when a host
+ * has just read the table, so without the pause every transition would
+ * start right after the other host's read and wait a whole sync. */
+static int propagate_once(cb_circuit *c[2], int dephase_ms, double *open_us, double *close_us)
 {
     bool late = false;
     cb_ticket t;
@@ -109,6 +140,7 @@ static int propagate_once(cb_circuit *c[2], double *open_us, double *close_us)
     for (int h = 0; h < 2; h++) /* both CLOSED again after the last round */
         if (kind(spin_until_not(c[h], CB_TICKET_REJECTED, &late)) != CB_TICKET_ALLOWED || late)
             return fail("%s: the circuit did not close again on both hosts", "propagation");
+    dephase(dephase_ms);
     t = cb_allow(c[0]);
     int64_t t0 = mono_ns();
     cb_record(c[0], t, CB_FAILURE);
@@ -122,6 +154,7 @@ static int propagate_once(cb_circuit *c[2], double *open_us, double *close_us)
     } else if (!first_probe(c[0], c[1], &t, &who)) {
         return fail("%s: no host won the probe election", "propagation");
     }
+    dephase(dephase_ms);
     t0 = mono_ns();
     cb_record(c[who], t, CB_SUCCESS);
     spin_until_not(c[1 - who], CB_TICKET_REJECTED, &late);
@@ -145,7 +178,7 @@ static int bench_propagation(cb_client *cl[2], const struct opts *o, struct resu
     double *close_us = calloc((size_t)o->iterations, sizeof *close_us);
     int rc = open_us != NULL && close_us != NULL ? 0 : fail("%s", "out of memory");
     for (int i = 0; rc == 0 && i < o->iterations; i++)
-        rc = propagate_once(c, &open_us[i], &close_us[i]);
+        rc = propagate_once(c, o->store == STORE_DYNAMODB ? o->sync_ms : 0, &open_us[i], &close_us[i]);
     if (rc == 0) {
         summarise(open_r, open_us, o->iterations);
         summarise(close_r, close_us, o->iterations);
@@ -188,23 +221,56 @@ static void *worker(void *arg)
     return NULL;
 }
 
-/* redis' total_commands_processed, or -1. */
-static long long commands_processed(redisContext *rc)
+/* The number after "key" in text (redis' INFO, cbd's stats as JSON), or -1. */
+static long long counter_in(const char *text, const char *key)
 {
-    long long n = -1;
-    redisReply *r = redisCommand(rc, "INFO stats");
-    const char *at = r != NULL && r->type == REDIS_REPLY_STRING ? strstr(r->str, "total_commands_processed:") : NULL;
-    if (at != NULL)
-        n = atoll(at + strlen("total_commands_processed:"));
+    const char *at = text != NULL ? strstr(text, key) : NULL;
+    return at != NULL ? atoll(at + strlen(key)) : -1;
+}
+
+/* A daemon's store_requests, from `cbctl --instance I --json stats`; -1 if
+ * cbctl fails or the store does not count requests. */
+static long long daemon_requests(const char *cbctl, const char *instance)
+{
+    char cmd[1024], out[8192];
+    snprintf(cmd, sizeof cmd, "'%s' --instance '%s' --json stats", cbctl, instance);
+    FILE *p = popen(cmd, "r");
+    if (p == NULL)
+        return -1;
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = '\0';
+    return pclose(p) == 0 ? counter_in(out, "\"store_requests\":") : -1;
+}
+
+/* Where the fleet's store requests are counted. */
+struct counter {
+    enum store store;
+    redisContext *redis;
+    long long infos; /* INFO commands sent so far: redis counts them as commands */
+    const char *cbctl, *instance[2];
+};
+
+/* Requests the store has had so far, or -1: redis' commands minus this
+ * program's earlier INFOs (this one is counted only after it ran), or the
+ * sum of both daemons' store_requests. */
+static long long store_requests(struct counter *k)
+{
+    if (k->store == STORE_DYNAMODB) {
+        long long a = daemon_requests(k->cbctl, k->instance[0]), b = daemon_requests(k->cbctl, k->instance[1]);
+        return a < 0 || b < 0 ? -1 : a + b;
+    }
+    redisReply *r = redisCommand(k->redis, "INFO stats");
+    long long n = counter_in(r != NULL && r->type == REDIS_REPLY_STRING ? r->str : NULL, "total_commands_processed:");
     freeReplyObject(r);
-    return n;
+    return n < 0 ? -1 : n - k->infos++;
 }
 
 struct traffic {
-    double target, checks_per_s, commands_per_s;
+    double target, checks_per_s, requests_per_s;
 };
 
-static int measure_traffic(redisContext *rc, cb_circuit **c[2], const struct opts *o, double rate, struct traffic *out)
+static int measure_traffic(struct counter *k, cb_circuit **c[2], const struct opts *o, double rate,
+                           struct traffic *out)
 {
     struct worker w[2 * THREADS_PER_HOST];
     int nw = rate > 0 ? 2 * THREADS_PER_HOST : 0;
@@ -218,19 +284,33 @@ static int measure_traffic(redisContext *rc, cb_circuit **c[2], const struct opt
     uint64_t checks0 = 0, checks1 = 0;
     for (int i = 0; i < nw; i++) /* relaxed: off by a batch at most */
         checks0 += atomic_load_explicit(&w[i].checks, memory_order_relaxed);
-    long long c0 = commands_processed(rc);
+    long long r0 = store_requests(k);
     int64_t t0 = mono_ns();
     sleep_us((long)o->window_s * 1000000);
-    long long c1 = commands_processed(rc);
+    long long r1 = store_requests(k);
     double dt = (double)(mono_ns() - t0) / 1e9;
     for (int i = 0; i < nw; i++)
         checks1 += atomic_load_explicit(&w[i].checks, memory_order_relaxed);
     atomic_store(&stop_workers, true);
     for (int i = 0; i < nw; i++)
         pthread_join(w[i].thread, NULL);
-    if (c0 < 0 || c1 < 0)
-        return fail("%s", "INFO stats has no total_commands_processed");
-    *out = (struct traffic){rate, (double)(checks1 - checks0) / dt, (double)(c1 - c0 - 1) / dt};
+    if (r0 < 0 || r1 < 0)
+        return fail("cannot count the store's requests (%s)", k->store == STORE_REDIS
+                                                                  ? "INFO stats has no total_commands_processed"
+                                                                  : "cbctl stats has no store_requests");
+    *out = (struct traffic){rate, (double)(checks1 - checks0) / dt, (double)(r1 - r0) / dt};
+    return 0;
+}
+
+/* The counter of o's store; redis needs its own connection. */
+static int counter_open(struct counter *k, const struct opts *o)
+{
+    *k = (struct counter){.store = o->store, .cbctl = o->cbctl, .instance = {o->a, o->b}};
+    if (o->store == STORE_DYNAMODB)
+        return 0;
+    k->redis = redisConnect(o->redis_host, o->redis_port);
+    if (k->redis == NULL || k->redis->err)
+        return fail("cannot reach redis: %s", k->redis ? k->redis->errstr : "out of memory");
     return 0;
 }
 
@@ -239,22 +319,22 @@ static int bench_traffic(cb_client *cl[2], const struct opts *o, struct traffic 
     cb_circuit **c[2] = {calloc((size_t)o->circuits, sizeof(cb_circuit *)),
                          calloc((size_t)o->circuits, sizeof(cb_circuit *))};
     char name[64];
+    struct counter k = {0};
     int rc = c[0] && c[1] ? 0 : fail("%s", "out of memory");
-    for (int k = 0; rc == 0 && k < o->circuits; k++) {
-        snprintf(name, sizeof name, "fleet-bench-traffic-%d", k);
+    for (int i = 0; rc == 0 && i < o->circuits; i++) {
+        snprintf(name, sizeof name, "fleet-bench-traffic-%d", i);
         for (int h = 0; rc == 0 && h < 2; h++)
-            if (cb_circuit_get(cl[h], name, NULL, &c[h][k]) < 0)
+            if (cb_circuit_get(cl[h], name, NULL, &c[h][i]) < 0)
                 rc = fail("cannot register %s", name);
     }
-    redisContext *r = rc == 0 ? redisConnect(o->redis_host, o->redis_port) : NULL;
-    if (rc == 0 && (r == NULL || r->err))
-        rc = fail("cannot reach redis: %s", r ? r->errstr : "out of memory");
     if (rc == 0)
-        sleep_us(1000 * 1000); /* registration reads settle */
+        rc = counter_open(&k, o);
+    if (rc == 0) /* registration reads settle, and a sync or two passes */
+        sleep_us(1000L * (1000 + 2 * o->sync_ms));
     for (int i = 0; rc == 0 && i < NRATES; i++)
-        rc = measure_traffic(r, c, o, rates[i], &t[i]);
-    if (r != NULL)
-        redisFree(r);
+        rc = measure_traffic(&k, c, o, rates[i], &t[i]);
+    if (k.redis != NULL)
+        redisFree(k.redis);
     free(c[0]);
     free(c[1]);
     return rc;
@@ -262,30 +342,53 @@ static int bench_traffic(cb_client *cl[2], const struct opts *o, struct traffic 
 
 /* ---- output ------------------------------------------------------------------- */
 
-static int report(const struct opts *o, const struct result *open_r, const struct result *close_r,
-                  const struct traffic t[NRATES])
+/* Requests a second the design expects with no transitions: every tracked
+ * circuit (the traffic ones and the propagation one) read once a sync by
+ * each host, one HGETALL each from redis, 100 a BatchGetItem from DynamoDB. */
+static double expected_requests(const struct opts *o)
 {
-    printf("propagation through redis on loopback, %d rounds (microseconds):\n", o->iterations);
-    printf("  open A -> B           p50 %8.0f   p99 %8.0f\n", open_r->median, open_r->p99);
-    printf("  close prober -> other p50 %8.0f   p99 %8.0f\n", close_r->median, close_r->p99);
-    printf("redis commands per second, 2 hosts x %d circuits, sync every %d ms (expected ~%.0f):\n", o->circuits,
-           o->sync_ms, 2.0 * o->circuits * 1000.0 / o->sync_ms);
+    int tracked = o->circuits + 1;
+    int per_sync = o->store == STORE_REDIS ? tracked : (tracked + 99) / 100;
+    return 2.0 * per_sync * 1000.0 / o->sync_ms;
+}
+
+/* The run as Markdown on stdout. */
+static void print_markdown(const struct opts *o, const struct result *r[2], const struct traffic t[NRATES])
+{
+    printf("\n### Fleet through %s on loopback: 2 hosts, sync every %d ms\n\n", store_names[o->store], o->sync_ms);
+    printf("| propagation (%d rounds) | p50 ms | p99 ms |\n|---|---:|---:|\n", o->iterations);
+    for (int i = 0; i < 2; i++)
+        printf("| %s | %.2f | %.2f |\n", r[i]->label, r[i]->median / 1000.0, r[i]->p99 / 1000.0);
+    printf("\n| target checks/s | checks/s | %s/s | expected |\n|---:|---:|---:|---:|\n", request_names[o->store]);
     for (int i = 0; i < NRATES; i++)
-        printf("  %9.0f checks/s (target %9.0f): %8.1f commands/s\n", t[i].checks_per_s, t[i].target,
-               t[i].commands_per_s);
-    if (o->json == NULL)
-        return 0;
+        printf("| %.0f | %.0f | %.1f | %.1f |\n", t[i].target, t[i].checks_per_s, t[i].requests_per_s,
+               expected_requests(o));
+    printf("\nexpected: 2 hosts x %s / %d ms, %d circuits tracked per host (%d + the propagation one);\n"
+           "%s\n\n",
+           o->store == STORE_REDIS ? "circuits" : "ceil(circuits / 100)", o->sync_ms, o->circuits + 1,
+           o->circuits,
+           o->store == STORE_REDIS ? "plus pub/sub on transitions (none here)"
+                                   : "the next sync is armed when a read round ends: its duration stretches the "
+                                     "period");
+}
+
+/* The run as one JSON object (fleet_run.sh puts the runs in one array). */
+static int write_json(const struct opts *o, const struct result *r[2], const struct traffic t[NRATES])
+{
     FILE *f = fopen(o->json, "w");
     if (f == NULL)
         return fail("cannot write %s", o->json);
-    fprintf(f, "{\n  \"hosts\": 2, \"circuits\": %d, \"sync_ms\": %d, \"rounds\": %d,\n  \"propagation\": {\n",
-            o->circuits, o->sync_ms, o->iterations);
-    json_result(f, open_r, true);
-    json_result(f, close_r, false);
+    fprintf(f,
+            "{\n  \"store\": \"%s\", \"hosts\": 2, \"circuits\": %d, \"sync_ms\": %d, \"rounds\": %d,\n"
+            "  \"requests\": \"%s\", \"expected_requests_per_s\": %.1f,\n  \"propagation\": {\n",
+            store_names[o->store], o->circuits + 1, o->sync_ms, o->iterations, request_names[o->store],
+            expected_requests(o));
+    json_result(f, r[0], true);
+    json_result(f, r[1], false);
     fprintf(f, "  },\n  \"store_traffic\": [\n");
     for (int i = 0; i < NRATES; i++)
-        fprintf(f, "    {\"target_checks_per_s\": %.0f, \"checks_per_s\": %.0f, \"redis_commands_per_s\": %.1f}%s\n",
-                t[i].target, t[i].checks_per_s, t[i].commands_per_s, i + 1 < NRATES ? "," : "");
+        fprintf(f, "    {\"target_checks_per_s\": %.0f, \"checks_per_s\": %.0f, \"requests_per_s\": %.1f}%s\n",
+                t[i].target, t[i].checks_per_s, t[i].requests_per_s, i + 1 < NRATES ? "," : "");
     fprintf(f, "  ]\n}\n");
     return fclose(f) == 0 ? 0 : fail("cannot write %s", o->json);
 }
@@ -294,6 +397,7 @@ static int parse(int argc, char **argv, struct opts *o)
 {
     static const struct option longs[] = {
         {"a", required_argument, NULL, 'a'},          {"b", required_argument, NULL, 'b'},
+        {"store", required_argument, NULL, 'S'},      {"cbctl", required_argument, NULL, 'c'},
         {"redis-host", required_argument, NULL, 'H'}, {"redis-port", required_argument, NULL, 'p'},
         {"iterations", required_argument, NULL, 'n'}, {"circuits", required_argument, NULL, 'k'},
         {"window-s", required_argument, NULL, 'w'},   {"sync-ms", required_argument, NULL, 's'},
@@ -301,11 +405,17 @@ static int parse(int argc, char **argv, struct opts *o)
         {NULL, 0, NULL, 0},
     };
     *o = (struct opts){.a = getenv("CB_INSTANCE_A"), .b = getenv("CB_INSTANCE"), .redis_host = "127.0.0.1",
-                       .iterations = 300, .circuits = 100, .window_s = 5, .sync_ms = 1000};
+                       .cbctl = "cbctl", .iterations = 300, .circuits = 100, .window_s = 5, .sync_ms = 1000};
     for (int c; (c = getopt_long(argc, argv, "", longs, NULL)) != -1;) {
         switch (c) {
         case 'a': o->a = optarg; break;
         case 'b': o->b = optarg; break;
+        case 'S':
+            if (strcmp(optarg, "redis") != 0 && strcmp(optarg, "dynamodb") != 0)
+                return -1;
+            o->store = strcmp(optarg, "redis") == 0 ? STORE_REDIS : STORE_DYNAMODB;
+            break;
+        case 'c': o->cbctl = optarg; break;
         case 'H': o->redis_host = optarg; break;
         case 'p': o->redis_port = atoi(optarg); break;
         case 'n': o->iterations = atoi(optarg); break;
@@ -313,12 +423,12 @@ static int parse(int argc, char **argv, struct opts *o)
         case 'w': o->window_s = atoi(optarg); break;
         case 's': o->sync_ms = atoi(optarg); break;
         case 'j': o->json = optarg; break;
-        case 'q': o->iterations = 10, o->circuits = 10, o->window_s = 1; break;
+        case 'q': o->iterations = 10, o->circuits = 10, o->window_s = 1; break; /* options after it win */
         default: return -1;
         }
     }
-    if (o->a == NULL || o->b == NULL || o->redis_port <= 0 || o->iterations < 1 || o->circuits < 1 ||
-        o->window_s < 1 || o->sync_ms < 1)
+    if (o->a == NULL || o->b == NULL || (o->store == STORE_REDIS && o->redis_port <= 0) || o->iterations < 1 ||
+        o->circuits < 1 || o->window_s < 1 || o->sync_ms < 1)
         return -1;
     return 0;
 }
@@ -328,13 +438,16 @@ int main(int argc, char **argv)
     struct opts o;
     struct result open_r = {.key = "open_a_to_b", .label = "trip on A seen by B", .unit = "us"};
     struct result close_r = {.key = "close_prober_to_other", .label = "prober's close seen by the other", .unit = "us"};
+    const struct result *r[2] = {&open_r, &close_r};
     struct traffic t[NRATES];
     cb_client *cl[2] = {NULL, NULL};
     int rc;
     if (parse(argc, argv, &o) < 0) {
-        fprintf(stderr, "usage: fleet_bench --a INSTANCE --b INSTANCE --redis-port PORT [--redis-host H] "
-                        "[--iterations N] [--circuits K] [--window-s S] [--sync-ms MS] [--json FILE] [--quick]\n"
-                        "(instances default to $CB_INSTANCE_A and $CB_INSTANCE)\n");
+        fprintf(stderr, "usage: fleet_bench [--store redis|dynamodb] --a INSTANCE --b INSTANCE --sync-ms MS\n"
+                        "       [--redis-port PORT [--redis-host H]] [--cbctl PATH] [--iterations N]\n"
+                        "       [--circuits K] [--window-s S] [--json FILE] [--quick]\n"
+                        "(instances default to $CB_INSTANCE_A and $CB_INSTANCE; redis needs --redis-port;\n"
+                        "dynamodb counts requests through cbctl's stats, default cbctl on $PATH)\n");
         return 2;
     }
     if ((rc = cb_client_open(&cl[0], o.a)) < 0 || (rc = cb_client_open(&cl[1], o.b)) < 0) {
@@ -345,8 +458,10 @@ int main(int argc, char **argv)
     rc = bench_propagation(cl, &o, &open_r, &close_r);
     if (rc == 0)
         rc = bench_traffic(cl, &o, t);
-    if (rc == 0)
-        rc = report(&o, &open_r, &close_r, t);
+    if (rc == 0) {
+        print_markdown(&o, r, t);
+        rc = o.json != NULL ? write_json(&o, r, t) : 0;
+    }
     cb_client_close(cl[0]);
     cb_client_close(cl[1]);
     return rc;

@@ -1,27 +1,38 @@
 #!/usr/bin/env bash
 # fleet_run.sh - the fleet benchmark: two cbd daemons ("hosts" A and B on
-# this machine) sharing circuits through one redis-server on loopback.
+# this machine) sharing circuits through a store on loopback, first a
+# redis-server, then dynalite (DynamoDB) at two sync intervals.
 #
 #   bench/fleet_run.sh [--quick] [--json FILE]
 #
-# Builds cbd and fleet_bench in $CB_BUILD_DIR (default build), starts a
-# redis-server without persistence on a free loopback port, then host A and
-# host B through bench/with_cbd.sh (each a throwaway instance, its store
-# redis://127.0.0.1:PORT with a prefix of its own run and sync_ms 1000, big
-# lanes so a million checks a second are not dropped), and runs fleet_bench
-# as a worker of both: propagation A -> B (p50/p99), and redis commands per
-# second at 0, 100k and 1M checks per second (bench/fleet_bench.c says how).
-# --quick: a few rounds and short windows, to see that everything runs.
+# Builds cbd, cbctl and fleet_bench in $CB_BUILD_DIR (default build), starts
+# a redis-server without persistence and dynalite (tests/dynalite, `npm ci
+# --prefix tests/dynalite`; without it or node the DynamoDB runs are
+# skipped) on free loopback ports, and for each run starts host A and host B
+# through bench/with_cbd.sh (each a throwaway instance on that run's store,
+# big lanes so a million checks a second are not dropped) and runs
+# fleet_bench as a worker of both: propagation A -> B (p50/p99), and store
+# requests per second at 0, 100k and 1M checks per second (bench/fleet_bench.c
+# says how). The runs:
+#   redis     sync 1000 ms, 100 circuits, 300 rounds, 5 s windows;
+#   dynamodb  sync 1000 ms, 250 circuits, 20 rounds, 10 s windows (a trip
+#             takes up to a sync to arrive; a longer window for 6 requests/s);
+#   dynamodb  sync 100 ms, 250 circuits, 100 rounds, 5 s windows;
+# each in its own table (dynalite keeps tables in memory). The DynamoDB part
+# takes about two minutes. Each run prints its Markdown tables; --json FILE
+# gets {"hosts": 2, "runs": [...]} with one fleet_bench object per run.
+# --quick: redis with a few rounds and 1 s windows, dynamodb at 100 ms only
+# with 3 rounds, to see that everything runs.
 #
-# Exit status: fleet_bench's, or 1 when redis or a daemon does not come up.
+# Exit status: 0 when every run that could start ran, else 1.
 set -euo pipefail
 
-quick=() json=()
+quick=() json=
 while (($#)); do
     case $1 in
     --quick) quick=(--quick) ;;
-    --json) json=(--json "$(realpath -m "$2")"); shift ;;
-    --json=*) json=(--json "$(realpath -m "${1#--json=}")") ;;
+    --json) json=$(realpath -m "$2"); shift ;;
+    --json=*) json=$(realpath -m "${1#--json=}") ;;
     *) echo "usage: $0 [--quick] [--json FILE]" >&2; exit 2 ;;
     esac
     shift
@@ -29,47 +40,117 @@ done
 cd "$(dirname "$0")/.."
 build=${CB_BUILD_DIR:-build}
 export CB_BUILD_DIR=$build
-sync_ms=1000
+dynalite=tests/dynalite/node_modules/dynalite/cli.js
 say() { printf 'fleet: %s\n' "$*" >&2; }
 
 [[ -f $build/CMakeCache.txt ]] || ./scripts/setup.sh
-if ! log=$(cmake --build "$build" -j"$(nproc)" --target cbd fleet_bench 2>&1); then
+if ! log=$(cmake --build "$build" -j"$(nproc)" --target cbd cbctl fleet_bench 2>&1); then
     printf '%s\n' "$log" >&2
     exit 1
 fi
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/cbd-fleet.XXXXXX")
-redis_pid=
+pids=()
 cleanup() {
-    if [[ -n $redis_pid ]]; then kill "$redis_pid" 2>/dev/null || true; wait "$redis_pid" 2>/dev/null || true; fi
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
     rm -rf "$tmp"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# A free loopback port: a random one nothing answers on; redis tells us if
-# another process took it first (then try the next).
+# serve NAME START: runs the function START (which reads $port) in the
+# background on a free loopback port, until it listens: a random port
+# nothing answers on, and the next one when START dies (another process took
+# the port first). Sets $port; 1 with START's log when it never listens.
 listening() { (: <"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for ((try = 0; try < 5; try++)); do
-    port=$((20000 + RANDOM % 40000))
-    listening "$port" && continue
-    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$tmp" >"$tmp/redis.log" 2>&1 &
-    redis_pid=$!
-    for ((i = 0; i < 100; i++)); do
-        listening "$port" && break
-        kill -0 "$redis_pid" 2>/dev/null || break
-        sleep 0.05
+serve() {
+    local name=$1 start=$2 try i pid
+    for ((try = 0; try < 5; try++)); do
+        port=$((20000 + RANDOM % 40000))
+        listening "$port" && continue
+        "$start" >"$tmp/$name.log" 2>&1 &
+        pid=$!
+        for ((i = 0; i < 200; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            listening "$port" && { pids+=("$pid"); say "$name on 127.0.0.1:$port (pid $pid)"; return 0; }
+            sleep 0.05
+        done
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
     done
-    listening "$port" && break
-    wait "$redis_pid" 2>/dev/null || true
-    redis_pid=
-done
-[[ -n $redis_pid ]] || { say "redis-server did not start (see $tmp/redis.log)"; cat "$tmp/redis.log" >&2; exit 1; }
-say "redis-server on 127.0.0.1:$port (pid $redis_pid)"
+    say "$name did not start:"
+    cat "$tmp/$name.log" >&2
+    return 1
+}
+start_redis() { exec redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$tmp"; }
+start_dynalite() { exec node "$dynalite" --port "$port" --createTableMs 0; }
 
-export CBD_ARGS="--store redis://127.0.0.1:$port?prefix=cbd-fleet-bench-$$:&sync_ms=$sync_ms --lanes 16 --lane-capacity 65536"
-# with_cbd.sh gives its command CB_INSTANCE; host A's is passed on as
-# CB_INSTANCE_A to the run inside host B's.
-# shellcheck disable=SC2016 # $CB_INSTANCE expands in the inner shell, on purpose
-bench/with_cbd.sh fleet-a bash -c 'CB_INSTANCE_A=$CB_INSTANCE exec bench/with_cbd.sh fleet-b "$@"' _ \
-    "$build/fleet_bench" --redis-port "$port" --sync-ms "$sync_ms" "${quick[@]}" "${json[@]}"
+# fleet STORE-URI FLEET_BENCH-ARGS...: one run, hosts A and B on STORE-URI;
+# its JSON goes to the next $tmp/run-N.json. with_cbd.sh gives its command
+# CB_INSTANCE; host A's is passed on as CB_INSTANCE_A to the run inside
+# host B's.
+rc=0 runs=()
+fleet() {
+    local uri=$1 out=$tmp/run-${#runs[@]}.json
+    shift
+    # shellcheck disable=SC2016 # $CB_INSTANCE expands in the inner shell, on purpose
+    if CBD_ARGS="--store $uri --lanes 16 --lane-capacity 65536" \
+        bench/with_cbd.sh fleet-a bash -c 'CB_INSTANCE_A=$CB_INSTANCE exec bench/with_cbd.sh fleet-b "$@"' _ \
+        "$build/fleet_bench" --cbctl "$build/cbctl" --json "$out" "$@"; then
+        runs+=("$out")
+    else
+        say "the run on $uri failed"
+        rc=1
+    fi
+}
+
+# ---- redis -------------------------------------------------------------------
+if serve redis-server start_redis; then
+    fleet "redis://127.0.0.1:$port?prefix=cbd-fleet-bench-$$:&sync_ms=1000" \
+        --store redis --redis-port "$port" --sync-ms 1000 "${quick[@]}"
+else
+    rc=1
+fi
+
+# ---- dynamodb (dynalite) -------------------------------------------------------
+# dynalite checks that requests are signed, not by whom.
+export AWS_ACCESS_KEY_ID=AKIDFLEETBENCH AWS_SECRET_ACCESS_KEY=fleet-bench-secret AWS_EC2_METADATA_DISABLED=true
+unset AWS_SESSION_TOKEN AWS_PROFILE
+if ((${#quick[@]})); then
+    ddb_runs=("100 --quick --iterations 3")
+else
+    ddb_runs=("1000 --iterations 20 --circuits 250 --window-s 10" "100 --iterations 100 --circuits 250 --window-s 5")
+fi
+if [[ ! -f $dynalite ]] || ! command -v node >/dev/null; then
+    say "dynalite or node missing (npm ci --prefix tests/dynalite): the DynamoDB runs are skipped"
+elif serve dynalite start_dynalite; then
+    for r in "${ddb_runs[@]}"; do
+        read -r sync_ms args <<<"$r"
+        uri="dynamodb://cbd-fleet-bench-$sync_ms?region=us-east-1&endpoint=http://127.0.0.1:$port"
+        if "$build/cbctl" dynamodb create-table "$uri" >"$tmp/create-table.log" 2>&1; then
+            # shellcheck disable=SC2086 # args is a list of options on purpose
+            fleet "$uri&sync_ms=$sync_ms" --store dynamodb --sync-ms "$sync_ms" $args
+        else
+            say "cannot create the table of $uri:"
+            cat "$tmp/create-table.log" >&2
+            rc=1
+        fi
+    done
+else
+    rc=1
+fi
+
+# ---- the runs' JSON as one object ----------------------------------------------
+if [[ -n $json ]]; then
+    {
+        printf '{"hosts": 2, "runs": ['
+        sep=
+        for f in "${runs[@]}"; do
+            printf '%s\n' "$sep"
+            cat "$f"
+            sep=,
+        done
+        printf ']}\n'
+    } >"$json"
+fi
+exit "$rc"

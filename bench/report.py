@@ -182,9 +182,35 @@ if "drain_cpu" in R:
              % (R["drain_wall"]["median"], 100 * (tput or {}).get("daemon_cpu_share", 0)))
 
 L.append("\n### Fleet propagation\n")
-if fleet:
-    L.append("From bench/fleet_run.sh (raw figures in results.json, key `fleet`):\n")
-    L.append("```\n" + json.dumps(fleet, indent=1)[:1500] + "\n```")
+if fleet and fleet.get("runs"):
+    runs = fleet["runs"]
+
+    def rate(v):
+        return "%.3gM" % (v / 1e6) if v >= 1e6 else "%.3gk" % (v / 1e3) if v >= 1e3 else "%.0f" % v
+
+    L.append("bench/fleet_run.sh: %d cbd daemons on this machine (hosts A and B) sharing circuits through one store "
+             "on loopback (DynamoDB: dynalite). Raw figures in results.json, key `fleet`.\n" % fleet["hosts"])
+    L.append("| store | sync | rounds | trip on A seen by B: p50 / p99 | prober's close seen by the other: p50 / p99 |")
+    L.append("|---|---|---|---|---|")
+    for r in runs:
+        p = r["propagation"]
+        L.append("| %s | %d ms | %d | %s / %s | %s / %s |" % (
+            r["store"], r["sync_ms"], r["rounds"], fmt_ns(p["open_a_to_b"]["median"] * 1000),
+            fmt_ns(p["open_a_to_b"]["p99"] * 1000), fmt_ns(p["close_prober_to_other"]["median"] * 1000),
+            fmt_ns(p["close_prober_to_other"]["p99"] * 1000)))
+    L.append("\nStore requests per second, both hosts, no transitions, while workers on both hosts check (goal: "
+             "independent of the check rate):\n")
+    L.append("| store | sync | circuits per host | " + " | ".join(
+        "at %s checks/s" % rate(t["target_checks_per_s"]) for t in runs[0]["store_traffic"]) + " | expected |")
+    L.append("|---|---|---|" + "---|" * len(runs[0]["store_traffic"]) + "---|")
+    for r in runs:
+        L.append("| %s | %d ms | %d | %s | %.1f %s/s |" % (
+            r["store"], r["sync_ms"], r["circuits"],
+            " | ".join("%.1f (ran %s)" % (t["requests_per_s"], rate(t["checks_per_s"])) for t in r["store_traffic"]),
+            r["expected_requests_per_s"], r["requests"]))
+    L.append("\nExpected: per host and sync, one read per circuit from Redis, one BatchGetItem per 100 circuits from "
+             "DynamoDB (the circuits include the propagation one). The DynamoDB store arms its next sync when a read round "
+             "ends, so the round's own time stretches the period and the rate sits below the expected one.")
 else:
     L.append("Not measured in this run: bench/fleet_run.sh (Redis/DynamoDB propagation A -> B, store requests per "
              "second versus the check rate) was not present; run.sh calls it with `--json DIR/fleet.json` when it is.")
