@@ -1,7 +1,8 @@
 /*
  * ddb_test_support.h - fixtures for the DynamoDB/AWS tests: a scriptable
- * loopback HTTP endpoint, dynalite on a free loopback port, and paths to
- * the helper scripts beside this file.
+ * loopback HTTP endpoint, dynalite on a free loopback port, raw DynamoDB
+ * calls to it the way Powertools (boto3) makes them, and paths to the
+ * helper scripts beside this file.
  *
  * Header-only (static functions) so each test that includes it links
  * without extra build wiring; children are started with tsup_spawn, so they
@@ -14,6 +15,11 @@
  * The endpoint lives until the test process exits and may still answer a
  * request the client cancelled after the test body returned: the handler's
  * state must therefore be static, never on the test's stack.
+ *
+ * The raw calls speak HTTP/1.0 over a plain socket rather than through
+ * libcurl, so a test that links only libcb (test_fleet_dynamodb) can use
+ * them too; dynalite checks the Authorization header's shape, never its
+ * signature, so a fixed one does.
  */
 #ifndef DDB_TEST_SUPPORT_H
 #define DDB_TEST_SUPPORT_H
@@ -21,23 +27,43 @@
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <jansson.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
 #include "tsup.h"
 
 #define DDB_UNUSED __attribute__((unused))
+#define DDB_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
+
+/* ---- the environment ------------------------------------------------------------ */
+
+/* A suite's .init for tests against dynalite: it wants a signed request,
+ * not a valid one; nothing may reach EC2 metadata or a configured AWS. */
+static DDB_UNUSED void ddb_test_env(void)
+{
+    setenv("AWS_ACCESS_KEY_ID", "AKIDTEST", 1);
+    setenv("AWS_SECRET_ACCESS_KEY", "test-secret", 1);
+    setenv("AWS_EC2_METADATA_DISABLED", "true", 1);
+    unsetenv("AWS_SESSION_TOKEN");
+    unsetenv("AWS_PROFILE");
+    unsetenv("AWS_ENDPOINT_URL");
+    unsetenv("AWS_ENDPOINT_URL_DYNAMODB");
+}
 
 /* ---- paths --------------------------------------------------------------------- */
 
@@ -276,6 +302,100 @@ static DDB_UNUSED void dynalite_kill(struct dynalite *d)
     waitpid(d->pid, NULL, 0);
     tsup_untrack(d->pid);
     d->pid = 0;
+}
+
+/* ---- the table, the way Powertools (boto3) talks to it ----------------------------- */
+
+/* One DynamoDB call (op, a JSON body from fmt) to dynalite on port over
+ * HTTP/1.0, so the answer is never chunked; the answer with "__status". */
+static DDB_UNUSED DDB_PRINTF(3, 4) json_t *ddb_raw(int port, const char *op, const char *fmt, ...)
+{
+    va_list ap, again;
+    va_start(ap, fmt);
+    va_copy(again, ap);
+    int blen = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    cr_assert(blen > 0);
+    char *body = malloc((size_t)blen + 1);
+    vsnprintf(body, (size_t)blen + 1, fmt, again);
+    va_end(again);
+    char head[1024];
+    int hlen = snprintf(head, sizeof head,
+                        "POST / HTTP/1.0\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/x-amz-json-1.0\r\n"
+                        "X-Amz-Target: DynamoDB_20120810.%s\r\nX-Amz-Date: 20260101T000000Z\r\n"
+                        "Authorization: AWS4-HMAC-SHA256 Credential=AKIDTEST/20260101/us-east-1/dynamodb/aws4_request, "
+                        "SignedHeaders=content-type;host;x-amz-date;x-amz-target, Signature=00\r\n"
+                        "Content-Length: %d\r\n\r\n",
+                        port, op, blen);
+    cr_assert(hlen > 0 && (size_t)hlen < sizeof head);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert(fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0, "connect to dynalite: %s",
+              strerror(errno));
+    cr_assert_eq(send(fd, head, (size_t)hlen, MSG_NOSIGNAL), hlen);
+    cr_assert_eq(send(fd, body, (size_t)blen, MSG_NOSIGNAL), blen);
+    free(body);
+    size_t used = 0, cap = 65536;
+    char *ans = malloc(cap);
+    ssize_t r;
+    while ((r = read(fd, ans + used, cap - 1 - used)) > 0)
+        used += (size_t)r;
+    ans[used] = '\0';
+    close(fd);
+    int status = 0;
+    char *json = strstr(ans, "\r\n\r\n");
+    cr_assert(sscanf(ans, "HTTP/%*s %d", &status) == 1 && json, "not an HTTP answer: %s", ans);
+    json_t *j = json_loads(json[4] ? json + 4 : "{}", 0, NULL);
+    cr_assert(j, "not JSON: %s", json + 4);
+    json_object_set_new(j, "__status", json_integer(status));
+    free(ans);
+    return j;
+}
+
+/* The HTTP status of a ddb_raw answer. */
+static DDB_UNUSED long ddb_status(json_t *ans)
+{
+    return (long)json_integer_value(json_object_get(ans, "__status"));
+}
+
+/* GetItem as Powertools reads: eventually consistent, simple key "id". */
+static DDB_UNUSED json_t *ddb_pt_get(int port, const char *table, const char *name)
+{
+    json_t *j = ddb_raw(port, "GetItem", "{\"TableName\":\"%s\",\"Key\":{\"id\":{\"S\":\"%s\"}}}", table, name);
+    cr_assert_eq(ddb_status(j), 200, "GetItem: %s", json_dumps(j, 0));
+    return j;
+}
+
+/* Powertools' trip (recovery_timeout 30 s): an unconditional PutItem of the
+ * whole OPEN item. */
+static DDB_UNUSED void ddb_pt_trip(int port, const char *table, const char *name, int64_t opened_at)
+{
+    json_t *r = ddb_raw(port, "PutItem",
+                        "{\"TableName\":\"%s\",\"Item\":{\"id\":{\"S\":\"%s\"},\"state\":{\"S\":\"OPEN\"},"
+                        "\"failure_count\":{\"N\":\"5\"},\"opened_at\":{\"N\":\"%lld\"},"
+                        "\"expiration\":{\"N\":\"%lld\"}}}",
+                        table, name, (long long)opened_at, (long long)time(NULL) + 30 + 3600);
+    cr_assert_eq(ddb_status(r), 200, "PutItem: %s", json_dumps(r, 0));
+    json_decref(r);
+}
+
+/* A string attribute of a GetItem answer's item, or NULL when absent. */
+static DDB_UNUSED const char *ddb_item_s(json_t *ans, const char *attr)
+{
+    return json_string_value(json_object_get(json_object_get(json_object_get(ans, "Item"), attr), "S"));
+}
+
+/* A number attribute, or -1 when absent. */
+static DDB_UNUSED int64_t ddb_item_n(json_t *ans, const char *attr)
+{
+    const char *v = json_string_value(json_object_get(json_object_get(json_object_get(ans, "Item"), attr), "N"));
+    return v ? strtoll(v, NULL, 10) : -1;
+}
+
+static DDB_UNUSED bool ddb_item_has(json_t *ans, const char *attr)
+{
+    return json_object_get(json_object_get(ans, "Item"), attr) != NULL;
 }
 
 /* ---- the loop --------------------------------------------------------------------- */

@@ -15,18 +15,15 @@
  * Workers are libcb clients: the test process on each instance, or forked
  * children (one client each, like prefork workers) that count the probe
  * tickets they hold in a MAP_SHARED page. The table is created with
- * `cbctl dynamodb create-table`; items are read and written with raw
- * HTTP/1.0 requests as boto3 would send them (dynalite checks the
- * Authorization header's shape, never its signature). This file does not
- * link the daemon's code: everything goes through cbd, cbctl and libcb.
+ * `cbctl dynamodb create-table`; items are read and written with the raw
+ * requests of ddb_test_support.h, as boto3 would send them. This file does
+ * not link the daemon's code: everything goes through cbd, cbctl and libcb.
  *
  * No timing is asserted: every wait is a generous liveness bound.
  */
-#define _GNU_SOURCE /* vasprintf */
 #include <criterion/criterion.h>
 #include <jansson.h>
 #include <sched.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -39,95 +36,17 @@
 #define FLEET_LIVENESS_MS 10000 /* a trip, an election, a close and a sync on a loaded 2-core machine */
 #define WORKERS_PER_HOST 2
 
-static void suite_env(void)
-{
-    /* Inherited by cbd and cbctl: dynalite wants a signed request, not a valid one. */
-    setenv("AWS_ACCESS_KEY_ID", "AKIDTEST", 1);
-    setenv("AWS_SECRET_ACCESS_KEY", "test-secret", 1);
-    setenv("AWS_EC2_METADATA_DISABLED", "true", 1);
-    unsetenv("AWS_SESSION_TOKEN");
-    unsetenv("AWS_PROFILE");
-    unsetenv("AWS_ENDPOINT_URL");
-    unsetenv("AWS_ENDPOINT_URL_DYNAMODB");
-}
+/* ddb_test_env's credentials are inherited by cbd and cbctl. */
+TestSuite(fleet_dynamodb, .init = ddb_test_env, .timeout = 60);
 
-TestSuite(fleet_dynamodb, .init = suite_env, .timeout = 60);
-
-/* ---- the table, the way Powertools (boto3) talks to it ------------------------------ */
-
-/* One DynamoDB call over HTTP/1.0 (no chunked answer to parse); the answer
- * with "__status". */
-static json_t *raw(int port, const char *op, const char *fmt, ...)
-{
-    char *body, *req;
-    va_list ap;
-    va_start(ap, fmt);
-    cr_assert(vasprintf(&body, fmt, ap) > 0);
-    va_end(ap);
-    int n = asprintf(&req,
-                     "POST / HTTP/1.0\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/x-amz-json-1.0\r\n"
-                     "X-Amz-Target: DynamoDB_20120810.%s\r\nX-Amz-Date: 20260101T000000Z\r\n"
-                     "Authorization: AWS4-HMAC-SHA256 Credential=AKIDTEST/20260101/us-east-1/dynamodb/aws4_request, "
-                     "SignedHeaders=content-type;host;x-amz-date;x-amz-target, Signature=00\r\n"
-                     "Content-Length: %zu\r\n\r\n%s",
-                     port, op, strlen(body), body);
-    cr_assert(n > 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    cr_assert(fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0, "connect to dynalite: %s",
-              strerror(errno));
-    cr_assert_eq(send(fd, req, (size_t)n, MSG_NOSIGNAL), n);
-    size_t used = 0, cap = 65536;
-    char *ans = malloc(cap);
-    ssize_t r;
-    while ((r = read(fd, ans + used, cap - 1 - used)) > 0)
-        used += (size_t)r;
-    ans[used] = '\0';
-    close(fd);
-    free(req);
-    free(body);
-    int status = 0;
-    char *json = strstr(ans, "\r\n\r\n");
-    cr_assert(sscanf(ans, "HTTP/%*s %d", &status) == 1 && json, "not an HTTP answer: %s", ans);
-    json_t *j = json_loads(json[4] ? json + 4 : "{}", 0, NULL);
-    cr_assert(j, "not JSON: %s", json + 4);
-    json_object_set_new(j, "__status", json_integer(status));
-    free(ans);
-    return j;
-}
-
-/* GetItem as Powertools reads: eventually consistent, simple key "id". */
-static json_t *pt_get(int port, const char *name)
-{
-    json_t *j = raw(port, "GetItem", "{\"TableName\":\"" TABLE "\",\"Key\":{\"id\":{\"S\":\"%s\"}}}", name);
-    cr_assert_eq(json_integer_value(json_object_get(j, "__status")), 200, "GetItem: %s", json_dumps(j, 0));
-    return j;
-}
-
-static const char *item_s(json_t *ans, const char *attr)
-{
-    return json_string_value(json_object_get(json_object_get(json_object_get(ans, "Item"), attr), "S"));
-}
-
-/* A number attribute, or -1 when absent. */
-static int64_t item_n(json_t *ans, const char *attr)
-{
-    const char *v = json_string_value(json_object_get(json_object_get(json_object_get(ans, "Item"), attr), "N"));
-    return v ? strtoll(v, NULL, 10) : -1;
-}
-
-static bool item_has(json_t *ans, const char *attr)
-{
-    return json_object_get(json_object_get(ans, "Item"), attr) != NULL;
-}
+/* ---- the table ------------------------------------------------------------------------ */
 
 /* The item's state is state (and, if opened_at > 0, its opened_at). */
 static bool item_is(int port, const char *name, const char *state, int64_t opened_at)
 {
-    json_t *it = pt_get(port, name);
-    const char *st = item_s(it, "state");
-    bool ok = st && strcmp(st, state) == 0 && (opened_at <= 0 || item_n(it, "opened_at") == opened_at);
+    json_t *it = ddb_pt_get(port, TABLE, name);
+    const char *st = ddb_item_s(it, "state");
+    bool ok = st && strcmp(st, state) == 0 && (opened_at <= 0 || ddb_item_n(it, "opened_at") == opened_at);
     json_decref(it);
     return ok;
 }
@@ -139,6 +58,8 @@ struct fleet {
     char uri[512];
     struct tsup_daemon a, b;
     cb_client *ca, *cb;
+    const char *name;     /* the test's circuit, */
+    cb_circuit *pa, *pb;  /* registered on host A and on host B */
 };
 
 /* `cbctl dynamodb create-table URI`: dynalite has no UpdateTimeToLive, so
@@ -159,7 +80,9 @@ static void start_host(struct tsup_daemon *d, const char *tag, const char *uri)
     cr_assert_eq(rc, 0, "cbd %s with store %s: %s", tag, uri, strerror(-rc));
 }
 
-static void fleet_start(struct fleet *f)
+/* dynalite, the table and both hosts; the test's circuit, a unique name
+ * from base, registered with cfg on both hosts. */
+static void fleet_start(struct fleet *f, const char *base, const cb_config *cfg)
 {
     dynalite_start(&f->db, 0);
     snprintf(f->uri, sizeof f->uri,
@@ -170,6 +93,9 @@ static void fleet_start(struct fleet *f)
     start_host(&f->b, "hostb", f->uri);
     f->ca = tsup_client(&f->a);
     f->cb = tsup_client(&f->b);
+    f->name = tsup_unique(base);
+    f->pa = tsup_circuit(f->ca, f->name, cfg);
+    f->pb = tsup_circuit(f->cb, f->name, cfg);
 }
 
 static void fleet_stop(struct fleet *f)
@@ -195,34 +121,33 @@ static cb_transition expect_transition(cb_client *cl, const char *name, cb_state
 Test(fleet_dynamodb, a_trip_on_one_host_rejects_calls_on_the_other_and_writes_powertools_item)
 {
     struct fleet f;
-    fleet_start(&f);
-    const char *name = tsup_unique("payments");
     cb_config cfg = tsup_config(3, 1, 1, 30000);
-    cb_circuit *pa = tsup_circuit(f.ca, name, &cfg), *pb = tsup_circuit(f.cb, name, &cfg);
-    cr_assert(cb_permitted(cb_allow(pb)), "B starts CLOSED");
+    fleet_start(&f, "payments", &cfg);
+    cr_assert(cb_permitted(cb_allow(f.pb)), "B starts CLOSED");
 
     int64_t before = (int64_t)time(NULL);
-    cr_assert_eq(tsup_record_n(pa, CB_FAILURE, 3), 3);
-    cr_assert(tsup_wait_state(pa, CB_OPEN), "A trips on its own failures");
-    cb_info ia = tsup_info(pa);
+    cr_assert_eq(tsup_record_n(f.pa, CB_FAILURE, 3), 3);
+    cr_assert(tsup_wait_state(f.pa, CB_OPEN), "A trips on its own failures");
+    cb_info ia = tsup_info(f.pa);
 
-    cr_assert(tsup_wait_until(!cb_permitted(cb_allow(pb)), TSUP_LIVENESS_MS), "B's workers never saw A's trip");
-    cb_info ib = tsup_info(pb);
+    cr_assert(tsup_wait_until(!cb_permitted(cb_allow(f.pb)), TSUP_LIVENESS_MS), "B's workers never saw A's trip");
+    cb_info ib = tsup_info(f.pb);
     cr_assert_eq(ib.state, CB_OPEN);
     cr_assert_eq(ib.opened_at, ia.opened_at, "B adopts A's opening");
     cr_assert_eq(ib.failure_count, 3);
-    cb_transition tr = expect_transition(f.cb, name, CB_CLOSED, CB_OPEN);
+    cb_transition tr = expect_transition(f.cb, f.name, CB_CLOSED, CB_OPEN);
     cr_assert_eq(tr.source, CB_SOURCE_REMOTE);
 
-    json_t *it = pt_get(f.db.port, name);
-    cr_assert_str_eq(item_s(it, "id"), name);
-    cr_assert_str_eq(item_s(it, "state"), "OPEN");
-    cr_assert_eq(item_n(it, "opened_at"), ia.opened_at);
-    cr_assert_eq(item_n(it, "failure_count"), 3);
-    int64_t exp = item_n(it, "expiration");
+    json_t *it = ddb_pt_get(f.db.port, TABLE, f.name);
+    cr_assert_str_eq(ddb_item_s(it, "id"), f.name);
+    cr_assert_str_eq(ddb_item_s(it, "state"), "OPEN");
+    cr_assert_eq(ddb_item_n(it, "opened_at"), ia.opened_at);
+    cr_assert_eq(ddb_item_n(it, "failure_count"), 3);
+    int64_t exp = ddb_item_n(it, "expiration");
     cr_assert(exp >= before + 30 + 3600 && exp <= (int64_t)time(NULL) + 30 + 3600,
               "expiration %lld is now + recovery_timeout + 3600", (long long)exp);
-    cr_assert(!item_has(it, "half_open_owner") && !item_has(it, "probe_lease_expiry"), "an OPEN item has no owner");
+    cr_assert(!ddb_item_has(it, "half_open_owner") && !ddb_item_has(it, "probe_lease_expiry"),
+              "an OPEN item has no owner");
     json_decref(it);
     fleet_stop(&f);
 }
@@ -272,7 +197,7 @@ static void worker(struct probe_board *pb, int host, const char *instance, const
 }
 
 /* Forks WORKERS_PER_HOST workers on each host (kids[i] works on host i % 2). */
-static struct probe_board *workers_start(const struct fleet *f, const char *name, const cb_config *cfg, pid_t *kids)
+static struct probe_board *workers_start(const struct fleet *f, const cb_config *cfg, pid_t *kids)
 {
     struct probe_board *board = mmap(NULL, sizeof *board, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     cr_assert(board != MAP_FAILED);
@@ -282,7 +207,7 @@ static struct probe_board *workers_start(const struct fleet *f, const char *name
         kids[i] = tsup_fork();
         cr_assert(kids[i] >= 0);
         if (kids[i] == 0)
-            worker(board, host, host ? f->b.instance : f->a.instance, name, cfg);
+            worker(board, host, host ? f->b.instance : f->a.instance, f->name, cfg);
     }
     return board;
 }
@@ -302,9 +227,9 @@ static void workers_stop(struct probe_board *board, const pid_t *kids)
  * table for the probe lease (one lost the election) and hold_ms more have
  * passed, lets the probes succeed; waits until every host is CLOSED again.
  * The opening's opened_at. */
-static int64_t trip_and_probe(struct fleet *f, cb_circuit *pa, cb_circuit *pb, struct probe_board *board,
-                              int64_t hold_ms)
+static int64_t trip_and_probe(struct fleet *f, struct probe_board *board, int64_t hold_ms)
 {
+    cb_circuit *pa = f->pa, *pb = f->pb;
     cr_assert_eq(tsup_record_n(pa, CB_FAILURE, 2), 2);
     cr_assert(tsup_wait_state(pa, CB_OPEN), "A trips");
     cr_assert(tsup_wait_state(pb, CB_OPEN), "B learns A's trip");
@@ -335,38 +260,46 @@ static int check_one_prober(const struct probe_board *board, const cb_config *cf
     return pa_n ? 0 : 1;
 }
 
+/* The workers on both hosts through trip_and_probe, then check_one_prober:
+ * the prober host (0 = A, 1 = B); *opened_at, the opening probed. */
+static int probe_with_workers(struct fleet *f, const cb_config *cfg, int64_t hold_ms, int64_t *opened_at)
+{
+    pid_t kids[2 * WORKERS_PER_HOST];
+    struct probe_board *board = workers_start(f, cfg, kids);
+    *opened_at = trip_and_probe(f, board, hold_ms);
+    workers_stop(board, kids);
+    int host = check_one_prober(board, cfg);
+    munmap(board, sizeof *board);
+    return host;
+}
+
 Test(fleet_dynamodb, the_fleet_runs_at_most_half_open_max_probes_and_their_close_closes_every_host)
 {
     struct fleet f;
-    fleet_start(&f);
-    const char *name = tsup_unique("search");
     cb_config cfg = tsup_config(2, 3, 2, 800);
-    cb_circuit *pa = tsup_circuit(f.ca, name, &cfg), *pb = tsup_circuit(f.cb, name, &cfg);
-    pid_t kids[2 * WORKERS_PER_HOST];
-    struct probe_board *board = workers_start(&f, name, &cfg, kids);
-    int64_t opened_at = trip_and_probe(&f, pa, pb, board, 0);
-    workers_stop(board, kids);
-    int host = check_one_prober(board, &cfg);
+    fleet_start(&f, "search", &cfg);
+    int64_t opened_at;
+    int host = probe_with_workers(&f, &cfg, 0, &opened_at);
 
     /* The prober closed it itself; the other host lost the election and
      * learned the close from the table. */
     cb_client *prober = host ? f.cb : f.ca, *other = host ? f.ca : f.cb;
     cr_assert_geq(tsup_stat(host ? &f.a : &f.b, "store_conditions_lost"), 1, "the host without probes lost the election");
-    expect_transition(prober, name, CB_CLOSED, CB_OPEN);
-    cb_transition half = expect_transition(prober, name, CB_OPEN, CB_HALF_OPEN);
+    expect_transition(prober, f.name, CB_CLOSED, CB_OPEN);
+    cb_transition half = expect_transition(prober, f.name, CB_OPEN, CB_HALF_OPEN);
     cr_assert_eq(half.source, CB_SOURCE_TIMER);
     cr_assert_eq(half.opened_at, opened_at, "the lease is for A's opening");
-    cr_assert_eq(expect_transition(prober, name, CB_HALF_OPEN, CB_CLOSED).source, CB_SOURCE_LOCAL);
-    expect_transition(other, name, CB_CLOSED, CB_OPEN);
-    cr_assert_eq(expect_transition(other, name, CB_OPEN, CB_CLOSED).source, CB_SOURCE_REMOTE);
+    cr_assert_eq(expect_transition(prober, f.name, CB_HALF_OPEN, CB_CLOSED).source, CB_SOURCE_LOCAL);
+    expect_transition(other, f.name, CB_CLOSED, CB_OPEN);
+    cr_assert_eq(expect_transition(other, f.name, CB_OPEN, CB_CLOSED).source, CB_SOURCE_REMOTE);
 
-    json_t *it = pt_get(f.db.port, name);
-    cr_assert_str_eq(item_s(it, "state"), "CLOSED");
-    cr_assert_eq(item_n(it, "failure_count"), 0);
-    cr_assert(!item_has(it, "opened_at") && !item_has(it, "half_open_owner") && !item_has(it, "probe_lease_expiry"),
+    json_t *it = ddb_pt_get(f.db.port, TABLE, f.name);
+    cr_assert_str_eq(ddb_item_s(it, "state"), "CLOSED");
+    cr_assert_eq(ddb_item_n(it, "failure_count"), 0);
+    cr_assert(!ddb_item_has(it, "opened_at") && !ddb_item_has(it, "half_open_owner") &&
+                  !ddb_item_has(it, "probe_lease_expiry"),
               "the close removes the opening and the lease: %s", json_dumps(it, 0));
     json_decref(it);
-    munmap(board, sizeof *board);
     fleet_stop(&f);
 }
 
@@ -376,18 +309,12 @@ Test(fleet_dynamodb, the_fleet_runs_at_most_half_open_max_probes_and_their_close
 Test(fleet_dynamodb, a_prober_that_keeps_reporting_keeps_the_fleet_lease_past_its_length)
 {
     struct fleet f;
-    fleet_start(&f);
-    const char *name = tsup_unique("quotes");
     cb_config cfg = tsup_config(2, 3, 1, 800);
     cfg.probe_lease_ms = 2000;
-    cb_circuit *pa = tsup_circuit(f.ca, name, &cfg), *pb = tsup_circuit(f.cb, name, &cfg);
-    pid_t kids[2 * WORKERS_PER_HOST];
-    struct probe_board *board = workers_start(&f, name, &cfg, kids);
-    trip_and_probe(&f, pa, pb, board, 3 * (int64_t)cfg.probe_lease_ms);
-    workers_stop(board, kids);
-    check_one_prober(board, &cfg);
-    cr_assert(item_is(f.db.port, name, "CLOSED", 0), "the prober's close reached the table");
-    munmap(board, sizeof *board);
+    fleet_start(&f, "quotes", &cfg);
+    int64_t opened_at;
+    probe_with_workers(&f, &cfg, 3 * (int64_t)cfg.probe_lease_ms, &opened_at);
+    cr_assert(item_is(f.db.port, f.name, "CLOSED", 0), "the prober's close reached the table");
     fleet_stop(&f);
 }
 
@@ -396,34 +323,25 @@ Test(fleet_dynamodb, a_prober_that_keeps_reporting_keeps_the_fleet_lease_past_it
 Test(fleet_dynamodb, a_powertools_trip_opens_the_circuit_on_both_hosts)
 {
     struct fleet f;
-    fleet_start(&f);
-    const char *name = tsup_unique("inventory");
     cb_config cfg = tsup_config(5, 3, 1, 30000);
-    cb_circuit *pa = tsup_circuit(f.ca, name, &cfg), *pb = tsup_circuit(f.cb, name, &cfg);
-    cr_assert(cb_permitted(cb_allow(pa)) && cb_permitted(cb_allow(pb)), "CLOSED everywhere at first");
+    fleet_start(&f, "inventory", &cfg);
+    cr_assert(cb_permitted(cb_allow(f.pa)) && cb_permitted(cb_allow(f.pb)), "CLOSED everywhere at first");
 
-    /* Powertools' trip: an unconditional PutItem of the whole OPEN item. */
     int64_t now = (int64_t)time(NULL);
-    json_t *ans = raw(f.db.port, "PutItem",
-                      "{\"TableName\":\"" TABLE "\",\"Item\":{\"id\":{\"S\":\"%s\"},\"state\":{\"S\":\"OPEN\"},"
-                      "\"failure_count\":{\"N\":\"5\"},\"opened_at\":{\"N\":\"%lld\"},"
-                      "\"expiration\":{\"N\":\"%lld\"}}}",
-                      name, (long long)now, (long long)(now + 30 + 3600));
-    cr_assert_eq(json_integer_value(json_object_get(ans, "__status")), 200, "PutItem: %s", json_dumps(ans, 0));
-    json_decref(ans);
+    ddb_pt_trip(f.db.port, TABLE, f.name, now);
 
-    cr_assert(tsup_wait_state(pa, CB_OPEN), "A never opened");
-    cr_assert(tsup_wait_state(pb, CB_OPEN), "B never opened");
-    cb_circuit *hosts[] = {pa, pb};
+    cr_assert(tsup_wait_state(f.pa, CB_OPEN), "A never opened");
+    cr_assert(tsup_wait_state(f.pb, CB_OPEN), "B never opened");
+    cb_circuit *hosts[] = {f.pa, f.pb};
     for (int i = 0; i < 2; i++) {
         cb_info in = tsup_info(hosts[i]);
         cr_assert_eq(in.opened_at, now, "host %c adopts the item's opened_at", 'A' + i);
         cr_assert_eq(in.failure_count, 5);
         cr_assert(!cb_permitted(cb_allow(hosts[i])), "host %c rejects", 'A' + i);
     }
-    cr_assert_eq(expect_transition(f.ca, name, CB_CLOSED, CB_OPEN).source, CB_SOURCE_REMOTE);
-    cr_assert_eq(expect_transition(f.cb, name, CB_CLOSED, CB_OPEN).source, CB_SOURCE_REMOTE);
-    cr_assert(item_is(f.db.port, name, "OPEN", now), "no host wrote over Powertools' item");
+    cr_assert_eq(expect_transition(f.ca, f.name, CB_CLOSED, CB_OPEN).source, CB_SOURCE_REMOTE);
+    cr_assert_eq(expect_transition(f.cb, f.name, CB_CLOSED, CB_OPEN).source, CB_SOURCE_REMOTE);
+    cr_assert(item_is(f.db.port, f.name, "OPEN", now), "no host wrote over Powertools' item");
     fleet_stop(&f);
 }
 
@@ -432,23 +350,21 @@ Test(fleet_dynamodb, a_powertools_trip_opens_the_circuit_on_both_hosts)
 Test(fleet_dynamodb, with_the_table_gone_hosts_trip_alone_and_the_opening_reaches_the_table_when_it_returns)
 {
     struct fleet f;
-    fleet_start(&f);
-    const char *name = tsup_unique("ledger");
     cb_config cfg = tsup_config(2, 3, 1, 60000);
-    cb_circuit *pa = tsup_circuit(f.ca, name, &cfg), *pb = tsup_circuit(f.cb, name, &cfg);
+    fleet_start(&f, "ledger", &cfg);
 
     dynalite_kill(&f.db);
     /* Both hosts serve and trip on their own failures; nothing waits for the table. */
-    cr_assert_eq(tsup_record_n(pa, CB_FAILURE, 2), 2, "A serves checks");
-    cr_assert(tsup_wait_state(pa, CB_OPEN), "A trips host-local");
+    cr_assert_eq(tsup_record_n(f.pa, CB_FAILURE, 2), 2, "A serves checks");
+    cr_assert(tsup_wait_state(f.pa, CB_OPEN), "A trips host-local");
     /* B trips a second later: two openings, and the fleet must settle on B's. */
-    int64_t oa = tsup_info(pa).opened_at;
+    int64_t oa = tsup_info(f.pa).opened_at;
     cr_assert(tsup_wait_until((int64_t)time(NULL) > oa, TSUP_LIVENESS_MS));
-    cr_assert_eq(tsup_record_n(pb, CB_FAILURE, 2), 2, "B serves checks");
-    cr_assert(tsup_wait_state(pb, CB_OPEN), "B trips host-local");
-    int64_t ob = tsup_info(pb).opened_at;
+    cr_assert_eq(tsup_record_n(f.pb, CB_FAILURE, 2), 2, "B serves checks");
+    cr_assert(tsup_wait_state(f.pb, CB_OPEN), "B trips host-local");
+    int64_t ob = tsup_info(f.pb).opened_at;
     cr_assert_gt(ob, oa);
-    cr_assert(!cb_permitted(cb_allow(pa)) && !cb_permitted(cb_allow(pb)));
+    cr_assert(!cb_permitted(cb_allow(f.pa)) && !cb_permitted(cb_allow(f.pb)));
     cb_circuit *fresh = tsup_circuit(f.ca, tsup_unique("fresh"), &cfg);
     cr_assert(cb_permitted(cb_allow(fresh)), "a circuit registered during the outage works");
     cr_assert(tsup_wait_until(tsup_log_count(&f.a, "running host-local") > 0 &&
@@ -464,13 +380,13 @@ Test(fleet_dynamodb, with_the_table_gone_hosts_trip_alone_and_the_opening_reache
                                   tsup_log_count(&f.b, "is reachable again") > 0,
                               FLEET_LIVENESS_MS),
               "both hosts find the store again");
-    cr_assert(tsup_wait_until(item_is(f.db.port, name, "OPEN", ob), FLEET_LIVENESS_MS),
+    cr_assert(tsup_wait_until(item_is(f.db.port, f.name, "OPEN", ob), FLEET_LIVENESS_MS),
               "the latest opening never reached the table");
-    cr_assert(tsup_wait_until(tsup_info(pa).opened_at == ob, FLEET_LIVENESS_MS),
-              "A never adopted B's newer opening (A %lld, B %lld)", (long long)tsup_info(pa).opened_at,
+    cr_assert(tsup_wait_until(tsup_info(f.pa).opened_at == ob, FLEET_LIVENESS_MS),
+              "A never adopted B's newer opening (A %lld, B %lld)", (long long)tsup_info(f.pa).opened_at,
               (long long)ob);
-    cr_assert(tsup_info(pa).state == CB_OPEN && tsup_info(pb).state == CB_OPEN, "still OPEN everywhere");
-    cr_assert_eq(tsup_info(pb).opened_at, ob, "B keeps its own, newer opening");
-    cr_assert(item_is(f.db.port, name, "OPEN", ob), "nothing overwrote the newer opening");
+    cr_assert(tsup_info(f.pa).state == CB_OPEN && tsup_info(f.pb).state == CB_OPEN, "still OPEN everywhere");
+    cr_assert_eq(tsup_info(f.pb).opened_at, ob, "B keeps its own, newer opening");
+    cr_assert(item_is(f.db.port, f.name, "OPEN", ob), "nothing overwrote the newer opening");
     fleet_stop(&f);
 }

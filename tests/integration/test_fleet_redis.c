@@ -125,6 +125,13 @@ static bool all_in_sync(const char *name)
     return true;
 }
 
+/* name registered with cfg on every host of the fleet: c[h] on host h. */
+static void circuit_on_all(const char *name, const cb_config *cfg, cb_circuit **c)
+{
+    for (int h = 0; h < nhosts; h++)
+        c[h] = tsup_circuit(cl[h], name, cfg);
+}
+
 /* Trip c on its host: one counted failure (the tests use threshold 1). */
 static void trip(cb_circuit *c)
 {
@@ -180,7 +187,8 @@ Test(fleet_redis, a_trip_on_one_host_reaches_the_workers_of_the_other_and_the_cl
     struct tsup_daemon_opts o = {.extra = {"--hook-command", hook, NULL}};
     start_fleet(2, &o);
     cb_config cfg = tsup_config(3, 2, 1, 500);
-    cb_circuit *c[2] = {tsup_circuit(cl[0], "payments", &cfg), tsup_circuit(cl[1], "payments", &cfg)};
+    cb_circuit *c[2];
+    circuit_on_all("payments", &cfg, c);
     cr_assert(tsup_wait_until(all_in_sync("payments"), TSUP_LIVENESS_MS), "registration never synced");
 
     cr_assert_eq(tsup_record_n(c[0], CB_FAILURE, 3), 3);
@@ -259,8 +267,7 @@ Test(fleet_redis, hosts_hammering_a_recovering_circuit_run_one_probe_at_a_time_f
     cb_config cfg = tsup_config(1, 4, 1, 300);
     cb_circuit *c[MAX_HOSTS];
     struct hammer w[2 * MAX_HOSTS];
-    for (int h = 0; h < 3; h++)
-        c[h] = tsup_circuit(cl[h], "search", &cfg);
+    circuit_on_all("search", &cfg, c);
     cr_assert(tsup_wait_until(all_in_sync("search"), TSUP_LIVENESS_MS));
     for (int i = 0; i < 2 * MAX_HOSTS; i++) {
         w[i] = (struct hammer){.c = c[i % 3], .host = i % 3};
@@ -294,7 +301,8 @@ Test(fleet_redis, a_hung_holders_lease_is_taken_over_and_the_holder_gives_way_wh
     start_fleet(2, &o);
     cb_config cfg = tsup_config(1, 2, 1, 300);
     cfg.probe_lease_ms = 2000;
-    cb_circuit *c[2] = {tsup_circuit(cl[0], "ledger", &cfg), tsup_circuit(cl[1], "ledger", &cfg)};
+    cb_circuit *c[2];
+    circuit_on_all("ledger", &cfg, c);
     cr_assert(tsup_wait_until(all_in_sync("ledger"), TSUP_LIVENESS_MS));
     trip(c[0]);
     cr_assert(tsup_wait_until(tsup_info(c[1]).state != CB_CLOSED, TSUP_LIVENESS_MS));
@@ -327,11 +335,9 @@ Test(fleet_redis, redis_killed_mid_run_stops_no_host_and_they_reconcile_when_it_
     start_fleet(2, NULL);
     cb_config cfg = tsup_config(1, 1, 1, 600000);
     cb_circuit *before[2], *x[2], *y[2];
-    for (int h = 0; h < 2; h++) {
-        before[h] = tsup_circuit(cl[h], "before", &cfg);
-        x[h] = tsup_circuit(cl[h], "x", &cfg);
-        y[h] = tsup_circuit(cl[h], "y", &cfg);
-    }
+    circuit_on_all("before", &cfg, before);
+    circuit_on_all("x", &cfg, x);
+    circuit_on_all("y", &cfg, y);
     trip(before[0]);
     cr_assert(tsup_wait_state(before[1], CB_OPEN));
     cr_assert(tsup_wait_until(all_in_sync("x") && all_in_sync("before"), TSUP_LIVENESS_MS));
@@ -381,7 +387,8 @@ Test(fleet_redis, a_restarted_host_adopts_a_close_it_missed_and_restores_an_open
 {
     start_fleet(2, NULL);
     cb_config cfg = tsup_config(1, 1, 1, 600);
-    cb_circuit *c[2] = {tsup_circuit(cl[0], "db", &cfg), tsup_circuit(cl[1], "db", &cfg)};
+    cb_circuit *c[2];
+    circuit_on_all("db", &cfg, c);
     cb_config slow = tsup_config(1, 1, 1, 600000); /* no election: the restore alone writes it back */
     cb_circuit *solo = tsup_circuit(cl[0], "solo", &slow); /* only host A uses it */
     cr_assert(tsup_wait_until(all_in_sync("db"), TSUP_LIVENESS_MS));
@@ -467,7 +474,8 @@ Test(fleet_redis, conflicting_transitions_settle_on_one_opening_without_losing_a
 {
     start_fleet(2, NULL);
     cb_config cfg = tsup_config(1, 1, 1, 2500); /* longer than a pause: the trips really cross */
-    cb_circuit *c[2] = {tsup_circuit(cl[0], "mail", &cfg), tsup_circuit(cl[1], "mail", &cfg)};
+    cb_circuit *c[2];
+    circuit_on_all("mail", &cfg, c);
     cr_assert(tsup_wait_until(all_in_sync("mail"), TSUP_LIVENESS_MS));
 
     /* Trips that cross: B trips a second after A without having heard of it. */
@@ -490,11 +498,9 @@ Test(fleet_redis, foreign_data_and_error_replies_are_counted_and_change_no_circu
     start_fleet(2, NULL);
     cb_config cfg = tsup_config(1, 1, 1, 600000);
     cb_circuit *g[2], *h[2], *k[2];
-    for (int i = 0; i < 2; i++) {
-        g[i] = tsup_circuit(cl[i], "g", &cfg);
-        h[i] = tsup_circuit(cl[i], "h", &cfg);
-        k[i] = tsup_circuit(cl[i], "k", &cfg);
-    }
+    circuit_on_all("g", &cfg, g);
+    circuit_on_all("h", &cfg, h);
+    circuit_on_all("k", &cfg, k);
     trip(g[0]);
     cr_assert(tsup_wait_state(g[1], CB_OPEN));
     cr_assert(tsup_wait_until(all_in_sync("g") && all_in_sync("h"), TSUP_LIVENESS_MS));

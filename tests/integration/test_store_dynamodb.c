@@ -7,9 +7,7 @@
  * endpoint (throttling, 5xx, garbage, slow answers) and from dynalite
  * killed and restarted mid-run.
  */
-#define _GNU_SOURCE /* vasprintf */
 #include <criterion/criterion.h>
-#include <curl/curl.h>
 #include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -22,17 +20,7 @@
 #define TABLE "cbd-circuits"
 #define LIVENESS_MS 10000
 
-static void suite_env(void)
-{
-    setenv("AWS_ACCESS_KEY_ID", "AKIDTEST", 1);
-    setenv("AWS_SECRET_ACCESS_KEY", "test-secret", 1);
-    setenv("AWS_EC2_METADATA_DISABLED", "true", 1);
-    unsetenv("AWS_SESSION_TOKEN");
-    unsetenv("AWS_ENDPOINT_URL");
-    unsetenv("AWS_ENDPOINT_URL_DYNAMODB");
-}
-
-TestSuite(store_dynamodb, .init = suite_env, .timeout = 60);
+TestSuite(store_dynamodb, .init = ddb_test_env, .timeout = 60);
 
 /* ---- a host: one store and what its hooks were told -------------------------------- */
 
@@ -174,85 +162,6 @@ static bool settled(const struct host *h)
     return stats(h).pending_writes == 0;
 }
 
-/* ---- raw DynamoDB calls, the way Powertools (boto3) makes them ----------------------- */
-
-struct buf {
-    char *p;
-    size_t n;
-};
-
-static size_t collect(char *p, size_t sz, size_t n, void *arg)
-{
-    struct buf *b = arg;
-    b->p = realloc(b->p, b->n + sz * n + 1);
-    memcpy(b->p + b->n, p, sz * n);
-    b->n += sz * n;
-    b->p[b->n] = '\0';
-    return sz * n;
-}
-
-/* One blocking, signed call; the answer (with "__status"). */
-static json_t *raw(const char *endpoint, const char *op, const char *fmt, ...)
-{
-    char *body, target[96];
-    va_list ap;
-    va_start(ap, fmt);
-    cr_assert(vasprintf(&body, fmt, ap) > 0);
-    va_end(ap);
-    snprintf(target, sizeof target, "X-Amz-Target: DynamoDB_20120810.%s", op);
-    struct curl_slist *hd = curl_slist_append(NULL, "Content-Type: application/x-amz-json-1.0");
-    hd = curl_slist_append(hd, target);
-    struct buf b = {0};
-    long status = 0;
-    CURL *e = curl_easy_init();
-    curl_easy_setopt(e, CURLOPT_URL, endpoint);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, hd);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(e, CURLOPT_AWS_SIGV4, "aws:amz:us-east-1:dynamodb");
-    curl_easy_setopt(e, CURLOPT_USERPWD, "AKIDTEST:test-secret");
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, collect);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, &b);
-    cr_assert_eq(curl_easy_perform(e), CURLE_OK);
-    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_cleanup(e);
-    curl_slist_free_all(hd);
-    free(body);
-    json_t *j = json_loads(b.p ? b.p : "{}", 0, NULL);
-    cr_assert(j, "not JSON: %s", b.p);
-    free(b.p);
-    json_object_set_new(j, "__status", json_integer(status));
-    return j;
-}
-
-static long raw_status(json_t *j)
-{
-    return (long)json_integer_value(json_object_get(j, "__status"));
-}
-
-/* GetItem as Powertools reads: eventually consistent, simple key "id". */
-static json_t *pt_get(const char *endpoint, const char *name)
-{
-    json_t *j = raw(endpoint, "GetItem", "{\"TableName\":\"" TABLE "\",\"Key\":{\"id\":{\"S\":\"%s\"}}}", name);
-    cr_assert_eq(raw_status(j), 200, "GetItem: %s", json_dumps(j, 0));
-    return j;
-}
-
-static const char *item_s(json_t *ans, const char *attr)
-{
-    return json_string_value(json_object_get(json_object_get(json_object_get(ans, "Item"), attr), "S"));
-}
-
-static int64_t item_n(json_t *ans, const char *attr)
-{
-    const char *v = json_string_value(json_object_get(json_object_get(json_object_get(ans, "Item"), attr), "N"));
-    return v ? strtoll(v, NULL, 10) : -1;
-}
-
-static bool item_has(json_t *ans, const char *attr)
-{
-    return json_object_get(json_object_get(ans, "Item"), attr) != NULL;
-}
-
 static void create_table(const char *endpoint, const char *extra)
 {
     char uri[512], err[512];
@@ -286,6 +195,52 @@ static void fleet_stop(struct host *a, struct host *b)
 
 #define HOST_URI "dynamodb://" TABLE "?endpoint=%s&sync_ms=200&owner=%s&backoff_max_ms=400&timeout_ms=1000"
 
+/* dynalite with the table; host A, and host B unless b is NULL, on it; each
+ * tracks name (unless NULL) with a 30 s recovery timeout. */
+static void hosts_start(struct dynalite *d, struct host *a, struct host *b, const char *name)
+{
+    fleet_start(d, "");
+    host_open(a, HOST_URI, d->endpoint, "host-a");
+    if (b)
+        host_open(b, HOST_URI, d->endpoint, "host-b");
+    if (name)
+        track(a, name, 30000);
+    if (name && b)
+        track(b, name, 30000);
+}
+
+/* h trips name at opened_at and waits until the write is in the table. */
+static void trip_written(struct host *h, const char *name, int64_t opened_at)
+{
+    transition(h, name, CB_OPEN, opened_at, 0);
+    cr_assert(RUN_UNTIL(settled(h), LIVENESS_MS), "%s: the trip was never written", name);
+}
+
+/* A trips name at opened_at and waits until B has heard of it. */
+static void trip_seen(struct host *a, struct host *b, const char *name, int64_t opened_at)
+{
+    transition(a, name, CB_OPEN, opened_at, 0);
+    cr_assert(RUN_UNTIL(b->remotes > 0 && b->remote.state == CB_OPEN, LIVENESS_MS), "B never saw the trip");
+}
+
+/* try_probe and wait for the answer: whether h was granted the probe. */
+static bool probe(struct host *h, const char *name, int64_t opened_at, uint32_t lease_s)
+{
+    try_probe(h, name, opened_at, lease_s);
+    cr_assert(RUN_UNTIL(h->probes == 1, LIVENESS_MS), "%s: the election was never answered", name);
+    return h->granted;
+}
+
+/* Hosts A and B tracking name; A's trip at opened_at is in the table and A
+ * holds the probe lease for lease_s. */
+static void a_holds_the_probe(struct dynalite *d, struct host *a, struct host *b, const char *name,
+                              int64_t opened_at, uint32_t lease_s)
+{
+    hosts_start(d, a, b, name);
+    trip_written(a, name, opened_at);
+    cr_assert(probe(a, name, opened_at, lease_s), "%s: A lost an election nobody else ran in", name);
+}
+
 /* ---- two hosts, one fleet --------------------------------------------------------- */
 
 Test(store_dynamodb, a_trip_on_one_host_opens_the_other_at_the_next_sync)
@@ -293,13 +248,8 @@ Test(store_dynamodb, a_trip_on_one_host_opens_the_other_at_the_next_sync)
     struct dynalite d;
     struct host a, b;
     int64_t t = now_s();
-    fleet_start(&d, "");
-    host_open(&a, HOST_URI, d.endpoint, "host-a");
-    host_open(&b, HOST_URI, d.endpoint, "host-b");
-    track(&a, "payments", 30000);
-    track(&b, "payments", 30000);
-    transition(&a, "payments", CB_OPEN, t, 0);
-    cr_assert(RUN_UNTIL(b.remotes > 0 && b.remote.state == CB_OPEN, LIVENESS_MS), "B never saw the trip");
+    hosts_start(&d, &a, &b, "payments");
+    trip_seen(&a, &b, "payments", t);
     cr_assert_str_eq(b.remote.name, "payments");
     cr_assert_eq(b.remote.opened_at, t);
     cr_assert_eq(b.remote.failure_count, 5);
@@ -313,13 +263,8 @@ Test(store_dynamodb, exactly_one_host_wins_the_probe_election)
     struct dynalite d;
     struct host a, b;
     int64_t t = now_s() - 30;
-    fleet_start(&d, "");
-    host_open(&a, HOST_URI, d.endpoint, "host-a");
-    host_open(&b, HOST_URI, d.endpoint, "host-b");
-    track(&a, "search", 30000);
-    track(&b, "search", 30000);
-    transition(&a, "search", CB_OPEN, t, 0);
-    cr_assert(RUN_UNTIL(b.remote.state == CB_OPEN, LIVENESS_MS));
+    hosts_start(&d, &a, &b, "search");
+    trip_seen(&a, &b, "search", t);
     try_probe(&a, "search", t, 30);
     try_probe(&b, "search", t, 30);
     cr_assert(RUN_UNTIL(a.probes == 1 && b.probes == 1, LIVENESS_MS), "both hosts get an answer");
@@ -327,9 +272,9 @@ Test(store_dynamodb, exactly_one_host_wins_the_probe_election)
     struct host *loser = a.granted ? &b : &a;
     cr_assert_eq(loser->remote.state, CB_HALF_OPEN, "the loser learns the fleet is probing");
     cr_assert_str_eq(loser->remote.probe_owner, a.granted ? "host-a" : "host-b");
-    json_t *it = pt_get(d.endpoint, "search");
-    cr_assert_str_eq(item_s(it, "state"), "HALF_OPEN");
-    cr_assert_str_eq(item_s(it, "half_open_owner"), a.granted ? "host-a" : "host-b");
+    json_t *it = ddb_pt_get(d.port, TABLE, "search");
+    cr_assert_str_eq(ddb_item_s(it, "state"), "HALF_OPEN");
+    cr_assert_str_eq(ddb_item_s(it, "half_open_owner"), a.granted ? "host-a" : "host-b");
     json_decref(it);
     fleet_stop(&a, &b);
 }
@@ -339,23 +284,11 @@ Test(store_dynamodb, an_expired_lease_is_taken_over_by_another_host)
     struct dynalite d;
     struct host a, b;
     int64_t t = now_s() - 30;
-    fleet_start(&d, "");
-    host_open(&a, HOST_URI, d.endpoint, "host-a");
-    host_open(&b, HOST_URI, d.endpoint, "host-b");
-    track(&a, "ledger", 30000);
-    track(&b, "ledger", 30000);
-    transition(&a, "ledger", CB_OPEN, t, 0);
-    cr_assert(RUN_UNTIL(settled(&a), LIVENESS_MS));
     /* Times are whole seconds: a 2 s lease is live for at least 1 s. */
-    try_probe(&a, "ledger", t, 2);
-    cr_assert(RUN_UNTIL(a.probes == 1, LIVENESS_MS) && a.granted);
-    try_probe(&b, "ledger", t, 30);
-    cr_assert(RUN_UNTIL(b.probes == 1, LIVENESS_MS));
-    cr_assert_not(b.granted, "A's lease is still live");
+    a_holds_the_probe(&d, &a, &b, "ledger", t, 2);
+    cr_assert_not(probe(&b, "ledger", t, 30), "A's lease is still live");
     RUN_UNTIL(false, 3100); /* A's lease runs out */
-    try_probe(&b, "ledger", t, 30);
-    cr_assert(RUN_UNTIL(b.probes == 1, LIVENESS_MS));
-    cr_assert(b.granted, "B takes over the expired lease");
+    cr_assert(probe(&b, "ledger", t, 30), "B takes over the expired lease");
     cr_assert(RUN_UNTIL(a.remote.state == CB_HALF_OPEN && strcmp(a.remote.probe_owner, "host-b") == 0,
                         LIVENESS_MS), "A learns B holds the lease now");
     fleet_stop(&a, &b);
@@ -366,23 +299,17 @@ Test(store_dynamodb, a_close_by_the_prober_closes_every_host)
     struct dynalite d;
     struct host a, b;
     int64_t t = now_s() - 30;
-    fleet_start(&d, "");
-    host_open(&a, HOST_URI, d.endpoint, "host-a");
-    host_open(&b, HOST_URI, d.endpoint, "host-b");
-    track(&a, "mail", 30000);
-    track(&b, "mail", 30000);
-    transition(&a, "mail", CB_OPEN, t, 0);
-    cr_assert(RUN_UNTIL(b.remote.state == CB_OPEN, LIVENESS_MS));
-    try_probe(&a, "mail", t, 30);
-    cr_assert(RUN_UNTIL(a.probes == 1, LIVENESS_MS) && a.granted);
+    hosts_start(&d, &a, &b, "mail");
+    trip_seen(&a, &b, "mail", t);
+    cr_assert(probe(&a, "mail", t, 30));
     cr_assert(RUN_UNTIL(b.remote.state == CB_HALF_OPEN, LIVENESS_MS));
     struct cbd_store_state half = state("mail", CB_HALF_OPEN, t, 0);
     cbd_store_dynamodb_ops.transition(a.s, &half, t); /* nothing to write: the election did */
     transition(&a, "mail", CB_CLOSED, 0, t);
     cr_assert(RUN_UNTIL(b.remote.state == CB_CLOSED, LIVENESS_MS), "B never saw the close");
-    json_t *it = pt_get(d.endpoint, "mail");
-    cr_assert_str_eq(item_s(it, "state"), "CLOSED");
-    cr_assert_not(item_has(it, "opened_at") || item_has(it, "half_open_owner") || item_has(it, "probe_lease_expiry"));
+    json_t *it = ddb_pt_get(d.port, TABLE, "mail");
+    cr_assert_str_eq(ddb_item_s(it, "state"), "CLOSED");
+    cr_assert_not(ddb_item_has(it, "opened_at") || ddb_item_has(it, "half_open_owner") || ddb_item_has(it, "probe_lease_expiry"));
     json_decref(it);
     fleet_stop(&a, &b);
 }
@@ -392,14 +319,10 @@ Test(store_dynamodb, writes_never_clobber_a_live_lease_or_a_newer_opening)
     struct dynalite d;
     struct host a, b;
     int64_t t = now_s() - 30;
-    fleet_start(&d, "");
-    host_open(&a, HOST_URI, d.endpoint, "host-a");
-    host_open(&b, HOST_URI, d.endpoint, "host-b");
-    track(&a, "geo", 30000);
-    transition(&a, "geo", CB_OPEN, t, 0);
-    cr_assert(RUN_UNTIL(settled(&a), LIVENESS_MS));
-    try_probe(&a, "geo", t, 30);
-    cr_assert(RUN_UNTIL(a.probes == 1, LIVENESS_MS) && a.granted);
+    hosts_start(&d, &a, &b, NULL);
+    track(&a, "geo", 30000); /* only A: B's view stays stale */
+    trip_written(&a, "geo", t);
+    cr_assert(probe(&a, "geo", t, 30));
     /* B, with a stale view: an older trip, then a close without the lease. */
     transition(&b, "geo", CB_OPEN, t - 100, 0);
     cr_assert(RUN_UNTIL(b.remotes == 1, LIVENESS_MS), "the lost condition is reported");
@@ -409,19 +332,18 @@ Test(store_dynamodb, writes_never_clobber_a_live_lease_or_a_newer_opening)
     cr_assert(RUN_UNTIL(b.remotes == 2, LIVENESS_MS));
     cr_assert_eq(b.remote.state, CB_HALF_OPEN);
     cr_assert_geq(stats(&b).conditions_lost, 2);
-    json_t *it = pt_get(d.endpoint, "geo");
-    cr_assert_str_eq(item_s(it, "state"), "HALF_OPEN");
-    cr_assert_str_eq(item_s(it, "half_open_owner"), "host-a");
-    cr_assert_eq(item_n(it, "opened_at"), t);
+    json_t *it = ddb_pt_get(d.port, TABLE, "geo");
+    cr_assert_str_eq(ddb_item_s(it, "state"), "HALF_OPEN");
+    cr_assert_str_eq(ddb_item_s(it, "half_open_owner"), "host-a");
+    cr_assert_eq(ddb_item_n(it, "opened_at"), t);
     json_decref(it);
     /* A newer opening does replace an older OPEN. */
     transition(&a, "geo", CB_OPEN, t + 10, t); /* A's probe failed: reopen */
     cr_assert(RUN_UNTIL(settled(&a), LIVENESS_MS));
-    transition(&b, "geo", CB_OPEN, t + 20, 0);
-    cr_assert(RUN_UNTIL(settled(&b), LIVENESS_MS));
-    it = pt_get(d.endpoint, "geo");
-    cr_assert_str_eq(item_s(it, "state"), "OPEN");
-    cr_assert_eq(item_n(it, "opened_at"), t + 20);
+    trip_written(&b, "geo", t + 20);
+    it = ddb_pt_get(d.port, TABLE, "geo");
+    cr_assert_str_eq(ddb_item_s(it, "state"), "OPEN");
+    cr_assert_eq(ddb_item_n(it, "opened_at"), t + 20);
     json_decref(it);
     fleet_stop(&a, &b);
 }
@@ -436,11 +358,10 @@ Test(store_dynamodb, composite_keys_put_the_name_in_the_sort_key)
     host_open(&b, HOST_URI "&sk=name&static_pk=circuit_breaker%%23orders", d.endpoint, "host-b");
     track(&a, "stock", 30000);
     track(&b, "stock", 30000);
-    transition(&a, "stock", CB_OPEN, t, 0);
-    cr_assert(RUN_UNTIL(b.remote.state == CB_OPEN, LIVENESS_MS), "B never saw the trip");
-    json_t *it = raw(d.endpoint, "GetItem", "{\"TableName\":\"" TABLE "\",\"Key\":{\"id\":{\"S\":"
+    trip_seen(&a, &b, "stock", t);
+    json_t *it = ddb_raw(d.port, "GetItem", "{\"TableName\":\"" TABLE "\",\"Key\":{\"id\":{\"S\":"
                      "\"circuit_breaker#orders\"},\"name\":{\"S\":\"stock\"}}}");
-    cr_assert_str_eq(item_s(it, "state"), "OPEN");
+    cr_assert_str_eq(ddb_item_s(it, "state"), "OPEN");
     json_decref(it);
     fleet_stop(&a, &b);
 }
@@ -451,10 +372,10 @@ Test(store_dynamodb, registering_a_circuit_open_in_the_fleet_reads_it_at_once)
     struct host c;
     int64_t t = now_s();
     fleet_start(&d, "");
-    json_t *r = raw(d.endpoint, "PutItem", "{\"TableName\":\"" TABLE "\",\"Item\":{\"id\":{\"S\":\"billing\"},"
+    json_t *r = ddb_raw(d.port, "PutItem", "{\"TableName\":\"" TABLE "\",\"Item\":{\"id\":{\"S\":\"billing\"},"
                     "\"state\":{\"S\":\"OPEN\"},\"failure_count\":{\"N\":\"5\"},\"opened_at\":{\"N\":\"%lld\"},"
                     "\"expiration\":{\"N\":\"%lld\"}}}", (long long)t, (long long)t + 3630);
-    cr_assert_eq(raw_status(r), 200);
+    cr_assert_eq(ddb_status(r), 200);
     json_decref(r);
     host_open(&c, "dynamodb://" TABLE "?endpoint=%s&sync_ms=0", d.endpoint); /* no periodic sync */
     cbd_store_dynamodb_ops.restore(c.s, on_restored, &c);
@@ -473,22 +394,12 @@ Test(store_dynamodb, registering_a_circuit_open_in_the_fleet_reads_it_at_once)
 
 #define PT_OWNER "4242#0f8fad5b-d9cb-469f-a165-70867728950e"
 
-/* Powertools' trip: PutItem of the whole OPEN item, unconditional. */
-static void pt_trip(const char *ep, const char *name, int64_t t)
-{
-    json_t *r = raw(ep, "PutItem", "{\"TableName\":\"" TABLE "\",\"Item\":{\"id\":{\"S\":\"%s\"},\"state\":{\"S\":"
-                    "\"OPEN\"},\"failure_count\":{\"N\":\"5\"},\"opened_at\":{\"N\":\"%lld\"},\"expiration\":{\"N\":"
-                    "\"%lld\"}}}", name, (long long)t, (long long)now_s() + 30 + 3600);
-    cr_assert_eq(raw_status(r), 200);
-    json_decref(r);
-}
-
 /* Powertools' election: PutItem of the HALF_OPEN item with its condition;
  * the HTTP status (400 = ConditionalCheckFailedException). */
-static long pt_elect(const char *ep, const char *name, int64_t opened_at)
+static long pt_elect(int port, const char *name, int64_t opened_at)
 {
     int64_t now = now_s();
-    json_t *r = raw(ep, "PutItem",
+    json_t *r = ddb_raw(port, "PutItem",
                     "{\"TableName\":\"" TABLE "\",\"Item\":{\"id\":{\"S\":\"%s\"},\"state\":{\"S\":\"HALF_OPEN\"},"
                     "\"failure_count\":{\"N\":\"5\"},\"opened_at\":{\"N\":\"%lld\"},\"half_open_owner\":{\"S\":\""
                     PT_OWNER "\"},\"probe_lease_expiry\":{\"N\":\"%lld\"},\"expiration\":{\"N\":\"%lld\"}},"
@@ -499,7 +410,7 @@ static long pt_elect(const char *ep, const char *name, int64_t opened_at)
                     "\":opened_at\":{\"N\":\"%lld\"},\":half_open\":{\"S\":\"HALF_OPEN\"},\":now\":{\"N\":\"%lld\"}}}",
                     name, (long long)opened_at, (long long)now + 30, (long long)now + 30 + 3600,
                     (long long)opened_at, (long long)now);
-    long st = raw_status(r);
+    long st = ddb_status(r);
     if (st != 200)
         cr_assert_str_eq(json_string_value(json_object_get(r, "__type")),
                          "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException");
@@ -508,22 +419,22 @@ static long pt_elect(const char *ep, const char *name, int64_t opened_at)
 }
 
 /* Powertools' close and reopen: UpdateItems. */
-static void pt_update(const char *ep, const char *name, bool reopen, int64_t t)
+static void pt_update(int port, const char *name, bool reopen, int64_t t)
 {
     json_t *r;
     if (reopen)
-        r = raw(ep, "UpdateItem", "{\"TableName\":\"" TABLE "\",\"Key\":{\"id\":{\"S\":\"%s\"}},\"UpdateExpression\":"
+        r = ddb_raw(port, "UpdateItem", "{\"TableName\":\"" TABLE "\",\"Key\":{\"id\":{\"S\":\"%s\"}},\"UpdateExpression\":"
                 "\"SET #state = :open, failure_count = :zero, opened_at = :oa, expiration = :exp REMOVE "
                 "half_open_owner, probe_lease_expiry\",\"ExpressionAttributeNames\":{\"#state\":\"state\"},"
                 "\"ExpressionAttributeValues\":{\":open\":{\"S\":\"OPEN\"},\":zero\":{\"N\":\"0\"},\":oa\":{\"N\":"
                 "\"%lld\"},\":exp\":{\"N\":\"%lld\"}}}", name, (long long)t, (long long)now_s() + 3630);
     else
-        r = raw(ep, "UpdateItem", "{\"TableName\":\"" TABLE "\",\"Key\":{\"id\":{\"S\":\"%s\"}},\"UpdateExpression\":"
+        r = ddb_raw(port, "UpdateItem", "{\"TableName\":\"" TABLE "\",\"Key\":{\"id\":{\"S\":\"%s\"}},\"UpdateExpression\":"
                 "\"SET #state = :closed, failure_count = :zero, expiration = :exp REMOVE opened_at, "
                 "half_open_owner, probe_lease_expiry\",\"ExpressionAttributeNames\":{\"#state\":\"state\"},"
                 "\"ExpressionAttributeValues\":{\":closed\":{\"S\":\"CLOSED\"},\":zero\":{\"N\":\"0\"},\":exp\":{"
                 "\"N\":\"%lld\"}}}", name, (long long)now_s() + 3630);
-    cr_assert_eq(raw_status(r), 200, "%s", json_dumps(r, 0));
+    cr_assert_eq(ddb_status(r), 200, "%s", json_dumps(r, 0));
     json_decref(r);
 }
 
@@ -532,25 +443,21 @@ Test(store_dynamodb, items_written_the_powertools_way_reach_the_host)
     struct dynalite d;
     struct host a;
     int64_t t = now_s() - 40;
-    fleet_start(&d, "");
-    host_open(&a, HOST_URI, d.endpoint, "host-a");
-    track(&a, "pt-orders", 30000);
+    hosts_start(&d, &a, NULL, "pt-orders");
     cr_assert(RUN_UNTIL(a.online, LIVENESS_MS));
-    pt_trip(d.endpoint, "pt-orders", t);
+    ddb_pt_trip(d.port, TABLE, "pt-orders", t);
     cr_assert(RUN_UNTIL(a.remote.state == CB_OPEN && a.remote.opened_at == t, LIVENESS_MS), "trip not seen");
     cr_assert_eq(a.remote.failure_count, 5);
-    cr_assert_eq(pt_elect(d.endpoint, "pt-orders", t), 200);
+    cr_assert_eq(pt_elect(d.port, "pt-orders", t), 200);
     cr_assert(RUN_UNTIL(a.remote.state == CB_HALF_OPEN, LIVENESS_MS), "election not seen");
     cr_assert_str_eq(a.remote.probe_owner, PT_OWNER);
     cr_assert_geq(a.remote.lease_expiry, now_s() + 25);
-    try_probe(&a, "pt-orders", t, 30);
-    cr_assert(RUN_UNTIL(a.probes == 1, LIVENESS_MS));
-    cr_assert_not(a.granted, "a Powertools prober's live lease is respected");
-    pt_update(d.endpoint, "pt-orders", false, 0);
+    cr_assert_not(probe(&a, "pt-orders", t, 30), "a Powertools prober's live lease is respected");
+    pt_update(d.port, "pt-orders", false, 0);
     cr_assert(RUN_UNTIL(a.remote.state == CB_CLOSED, LIVENESS_MS), "close not seen");
-    pt_trip(d.endpoint, "pt-orders", t + 5);
-    cr_assert_eq(pt_elect(d.endpoint, "pt-orders", t + 5), 200);
-    pt_update(d.endpoint, "pt-orders", true, t + 9);
+    ddb_pt_trip(d.port, TABLE, "pt-orders", t + 5);
+    cr_assert_eq(pt_elect(d.port, "pt-orders", t + 5), 200);
+    pt_update(d.port, "pt-orders", true, t + 9);
     cr_assert(RUN_UNTIL(a.remote.state == CB_OPEN && a.remote.opened_at == t + 9, LIVENESS_MS), "reopen not seen");
     cr_assert_str_eq(a.remote.probe_owner, "");
     fleet_stop(&a, NULL);
@@ -561,36 +468,33 @@ Test(store_dynamodb, items_written_by_the_host_read_back_the_powertools_way)
     struct dynalite d;
     struct host a;
     int64_t t = now_s() - 40;
-    fleet_start(&d, "");
-    host_open(&a, HOST_URI, d.endpoint, "host-a");
+    hosts_start(&d, &a, NULL, NULL);
     track(&a, "pt-pay", 20000);
-    transition(&a, "pt-pay", CB_OPEN, t, 0);
-    cr_assert(RUN_UNTIL(settled(&a), LIVENESS_MS));
-    json_t *it = pt_get(d.endpoint, "pt-pay");
-    cr_assert_str_eq(item_s(it, "state"), "OPEN");
-    cr_assert_eq(item_n(it, "opened_at"), t);
-    cr_assert_eq(item_n(it, "failure_count"), 5);
-    int64_t exp = item_n(it, "expiration");
+    trip_written(&a, "pt-pay", t);
+    json_t *it = ddb_pt_get(d.port, TABLE, "pt-pay");
+    cr_assert_str_eq(ddb_item_s(it, "state"), "OPEN");
+    cr_assert_eq(ddb_item_n(it, "opened_at"), t);
+    cr_assert_eq(ddb_item_n(it, "failure_count"), 5);
+    int64_t exp = ddb_item_n(it, "expiration");
     cr_assert(exp >= now_s() + 20 + 3600 - 5 && exp <= now_s() + 20 + 3600, "expiration %lld", (long long)exp);
-    cr_assert_not(item_has(it, "half_open_owner"));
+    cr_assert_not(ddb_item_has(it, "half_open_owner"));
     json_decref(it);
-    try_probe(&a, "pt-pay", t, 20);
-    cr_assert(RUN_UNTIL(a.probes == 1, LIVENESS_MS) && a.granted);
-    it = pt_get(d.endpoint, "pt-pay");
-    cr_assert_str_eq(item_s(it, "state"), "HALF_OPEN");
-    cr_assert_str_eq(item_s(it, "half_open_owner"), "host-a");
-    cr_assert_eq(item_n(it, "opened_at"), t);
-    cr_assert_eq(item_n(it, "probe_lease_expiry"), a.lease_expiry);
+    cr_assert(probe(&a, "pt-pay", t, 20));
+    it = ddb_pt_get(d.port, TABLE, "pt-pay");
+    cr_assert_str_eq(ddb_item_s(it, "state"), "HALF_OPEN");
+    cr_assert_str_eq(ddb_item_s(it, "half_open_owner"), "host-a");
+    cr_assert_eq(ddb_item_n(it, "opened_at"), t);
+    cr_assert_eq(ddb_item_n(it, "probe_lease_expiry"), a.lease_expiry);
     cr_assert(a.lease_expiry >= now_s() + 18 && a.lease_expiry <= now_s() + 20);
     json_decref(it);
-    cr_assert_eq(pt_elect(d.endpoint, "pt-pay", t), 400, "Powertools respects the host's live lease");
+    cr_assert_eq(pt_elect(d.port, "pt-pay", t), 400, "Powertools respects the host's live lease");
     transition(&a, "pt-pay", CB_CLOSED, 0, t);
     cr_assert(RUN_UNTIL(settled(&a), LIVENESS_MS));
-    it = pt_get(d.endpoint, "pt-pay");
-    cr_assert_str_eq(item_s(it, "state"), "CLOSED");
-    cr_assert_eq(item_n(it, "failure_count"), 0);
-    cr_assert_not(item_has(it, "opened_at") || item_has(it, "half_open_owner") || item_has(it, "probe_lease_expiry"));
-    cr_assert(item_has(it, "expiration"));
+    it = ddb_pt_get(d.port, TABLE, "pt-pay");
+    cr_assert_str_eq(ddb_item_s(it, "state"), "CLOSED");
+    cr_assert_eq(ddb_item_n(it, "failure_count"), 0);
+    cr_assert_not(ddb_item_has(it, "opened_at") || ddb_item_has(it, "half_open_owner") || ddb_item_has(it, "probe_lease_expiry"));
+    cr_assert(ddb_item_has(it, "expiration"));
     json_decref(it);
     fleet_stop(&a, NULL);
 }
@@ -717,9 +621,7 @@ Test(store_dynamodb, an_unreachable_table_goes_host_local_and_comes_back)
     cr_assert_not(h.online);
     cr_assert(strstr(h.why, "HTTP 503") && strstr(h.why, "ServiceUnavailableException"), "%s", h.why);
     transition(&h, "inv", CB_OPEN, t, 0);
-    try_probe(&h, "inv", t, 30);
-    cr_assert(RUN_UNTIL(h.probes == 1, LIVENESS_MS));
-    cr_assert(h.granted, "the probe is granted host-local while the fleet is unreachable");
+    cr_assert(probe(&h, "inv", t, 30), "the probe is granted host-local while the fleet is unreachable");
     cr_assert_eq(stats(&h).pending_writes, 1, "the trip waits for the table");
     scripted_set(f, SC_UP);
     cr_assert(RUN_UNTIL(h.online, LIVENESS_MS), "back online");
@@ -743,9 +645,9 @@ Test(store_dynamodb, dynalite_killed_and_restarted_gets_the_queued_trip)
     dynalite_start(&d, d.port);
     create_table(d.endpoint, ""); /* dynalite keeps nothing: a fresh, empty table */
     cr_assert(RUN_UNTIL(a.online && settled(&a), LIVENESS_MS), "back online with the trip written");
-    json_t *it = pt_get(d.endpoint, "inventory");
-    cr_assert_str_eq(item_s(it, "state"), "OPEN");
-    cr_assert_eq(item_n(it, "opened_at"), t);
+    json_t *it = ddb_pt_get(d.port, TABLE, "inventory");
+    cr_assert_str_eq(ddb_item_s(it, "state"), "OPEN");
+    cr_assert_eq(ddb_item_n(it, "opened_at"), t);
     json_decref(it);
     fleet_stop(&a, NULL);
 }
@@ -757,33 +659,22 @@ Test(store_dynamodb, the_holder_renews_its_lease_in_the_table_and_keeps_the_othe
     struct dynalite d;
     struct host a, b;
     int64_t t = now_s() - 30;
-    fleet_start(&d, "");
-    host_open(&a, HOST_URI, d.endpoint, "host-a");
-    host_open(&b, HOST_URI, d.endpoint, "host-b");
-    track(&a, "orders", 30000);
-    track(&b, "orders", 30000);
-    transition(&a, "orders", CB_OPEN, t, 0);
-    cr_assert(RUN_UNTIL(settled(&a), LIVENESS_MS));
-    try_probe(&a, "orders", t, 2);
-    cr_assert(RUN_UNTIL(a.probes == 1, LIVENESS_MS) && a.granted);
+    a_holds_the_probe(&d, &a, &b, "orders", t, 2);
     int64_t first = a.lease_expiry;
     RUN_UNTIL(false, 1100);
-    try_probe(&a, "orders", t, 3); /* the holder, still probing, renews */
-    cr_assert(RUN_UNTIL(a.probes == 1, LIVENESS_MS));
-    cr_assert(a.granted, "the holder's renewal is granted");
+    /* the holder, still probing, renews */
+    cr_assert(probe(&a, "orders", t, 3), "the holder's renewal is granted");
     cr_assert_gt(a.lease_expiry, first, "the renewal moves the lease (%lld, was %lld)", (long long)a.lease_expiry,
                  (long long)first);
-    json_t *it = pt_get(d.endpoint, "orders");
-    cr_assert_str_eq(item_s(it, "state"), "HALF_OPEN");
-    cr_assert_str_eq(item_s(it, "half_open_owner"), "host-a");
-    cr_assert_eq(item_n(it, "opened_at"), t);
-    cr_assert_eq(item_n(it, "probe_lease_expiry"), a.lease_expiry, "the table holds the renewed lease");
-    cr_assert_gt(item_n(it, "expiration"), a.lease_expiry, "the TTL moves with it");
+    json_t *it = ddb_pt_get(d.port, TABLE, "orders");
+    cr_assert_str_eq(ddb_item_s(it, "state"), "HALF_OPEN");
+    cr_assert_str_eq(ddb_item_s(it, "half_open_owner"), "host-a");
+    cr_assert_eq(ddb_item_n(it, "opened_at"), t);
+    cr_assert_eq(ddb_item_n(it, "probe_lease_expiry"), a.lease_expiry, "the table holds the renewed lease");
+    cr_assert_gt(ddb_item_n(it, "expiration"), a.lease_expiry, "the TTL moves with it");
     json_decref(it);
     RUN_UNTIL(now_s() > first, 3000); /* the first lease would have run out */
-    try_probe(&b, "orders", t, 30);
-    cr_assert(RUN_UNTIL(b.probes == 1, LIVENESS_MS));
-    cr_assert_not(b.granted, "B cannot take over a renewed lease");
+    cr_assert_not(probe(&b, "orders", t, 30), "B cannot take over a renewed lease");
     cr_assert_eq(b.lease_expiry, a.lease_expiry, "B is told when the renewed lease ends");
     fleet_stop(&a, &b);
 }
@@ -793,27 +684,17 @@ Test(store_dynamodb, a_renewal_after_another_host_took_over_is_refused_and_repor
     struct dynalite d;
     struct host a, b;
     int64_t t = now_s() - 30;
-    fleet_start(&d, "");
-    host_open(&a, HOST_URI, d.endpoint, "host-a");
-    host_open(&b, HOST_URI, d.endpoint, "host-b");
-    track(&a, "billing", 30000);
-    track(&b, "billing", 30000);
-    transition(&a, "billing", CB_OPEN, t, 0);
-    cr_assert(RUN_UNTIL(settled(&a), LIVENESS_MS));
-    try_probe(&a, "billing", t, 1);
-    cr_assert(RUN_UNTIL(a.probes == 1, LIVENESS_MS) && a.granted);
+    a_holds_the_probe(&d, &a, &b, "billing", t, 1);
     RUN_UNTIL(false, 2100); /* A's lease runs out unrenewed */
-    try_probe(&b, "billing", t, 30);
-    cr_assert(RUN_UNTIL(b.probes == 1, LIVENESS_MS) && b.granted, "B takes over the expired lease");
-    try_probe(&a, "billing", t, 30); /* A, late, renews */
-    cr_assert(RUN_UNTIL(a.probes == 1, LIVENESS_MS));
-    cr_assert_not(a.granted, "a lease another host took over is not renewed");
+    cr_assert(probe(&b, "billing", t, 30), "B takes over the expired lease");
+    /* A, late, renews */
+    cr_assert_not(probe(&a, "billing", t, 30), "a lease another host took over is not renewed");
     cr_assert_eq(a.lease_expiry, b.lease_expiry, "A is told when B's lease ends");
     cr_assert_eq(a.remote.state, CB_HALF_OPEN);
     cr_assert_str_eq(a.remote.probe_owner, "host-b", "A learns B holds the lease");
-    json_t *it = pt_get(d.endpoint, "billing");
-    cr_assert_str_eq(item_s(it, "half_open_owner"), "host-b");
-    cr_assert_eq(item_n(it, "probe_lease_expiry"), b.lease_expiry);
+    json_t *it = ddb_pt_get(d.port, TABLE, "billing");
+    cr_assert_str_eq(ddb_item_s(it, "half_open_owner"), "host-b");
+    cr_assert_eq(ddb_item_n(it, "probe_lease_expiry"), b.lease_expiry);
     json_decref(it);
     fleet_stop(&a, &b);
 }
@@ -823,11 +704,7 @@ Test(store_dynamodb, synced_follows_every_answer_that_agrees_with_the_table)
     struct dynalite d;
     struct host a, b;
     int64_t t = now_s() - 30;
-    fleet_start(&d, "");
-    host_open(&a, HOST_URI, d.endpoint, "host-a");
-    host_open(&b, HOST_URI, d.endpoint, "host-b");
-    track(&a, "carts", 30000);
-    track(&b, "carts", 30000);
+    hosts_start(&d, &a, &b, "carts");
     cr_assert(RUN_UNTIL(a.synced > 0 && b.synced > 0, LIVENESS_MS), "the read at registration agrees");
     transition(&a, "carts", CB_OPEN, t, 0);
     a.synced = 0;

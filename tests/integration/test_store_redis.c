@@ -36,16 +36,21 @@ static void srv_init(struct tsup_redis *r, bool unix_socket, const char *const *
     cr_assert_eq(tsup_redis_start_with(r, unix_socket, extra), 0, "cannot start redis-server");
 }
 
-/* HGET from the test's own connection ("" if absent). */
-static void hget(const struct tsup_redis *r, const char *key, const char *field, char *out, size_t size)
+/* HGET of a field of circuit name's hash (prefix t:) from the test's own
+ * connection ("" if absent); the answer stays valid for three more calls. */
+static const char *hget(const struct tsup_redis *r, const char *name, const char *field)
 {
+    static char out[4][128];
+    static int n;
+    char *v = out[n++ % 4];
     redisContext *c = srv_connect(r);
     cr_assert(c != NULL && !c->err);
-    redisReply *rep = redisCommand(c, "HGET %s %s", key, field);
+    redisReply *rep = redisCommand(c, "HGET t:c:%s %s", name, field);
     cr_assert(rep != NULL);
-    snprintf(out, size, "%s", rep->type == REDIS_REPLY_STRING ? rep->str : "");
+    snprintf(v, sizeof out[0], "%s", rep->type == REDIS_REPLY_STRING ? rep->str : "");
     freeReplyObject(rep);
     redisFree(c);
+    return v;
 }
 
 static void redis_do(const struct tsup_redis *r, const char *fmt, const char *a, const char *b)
@@ -212,14 +217,21 @@ static void two_hosts(const struct tsup_redis *r, struct host *a, struct host *b
     cbd_store_redis_ops.track(b->st, name, NULL);
 }
 
-/* A trips `name` at t0, B sees it, A wins the election with lease_s. */
-static int64_t a_holds_the_probe(const struct tsup_redis *r, struct host *a, struct host *b, const char *name,
-                                 uint32_t lease_s)
+/* Two hosts tracking `name`; A trips it now and B sees it. The opening's time. */
+static int64_t a_trips_and_b_sees(const struct tsup_redis *r, struct host *a, struct host *b, const char *name)
 {
     int64_t t0 = time(NULL);
     two_hosts(r, a, b, name);
     trip(a, name, t0);
     WAIT_FOR(remote_is(b, name, CB_OPEN), 3000);
+    return t0;
+}
+
+/* a_trips_and_b_sees, then A wins the election with lease_s. */
+static int64_t a_holds_the_probe(const struct tsup_redis *r, struct host *a, struct host *b, const char *name,
+                                 uint32_t lease_s)
+{
+    int64_t t0 = a_trips_and_b_sees(r, a, b, name);
     cbd_store_redis_ops.try_probe(a->st, name, t0, lease_s);
     WAIT_FOR(a->nprobe == 1, 3000);
     cr_assert(a->probe[0].granted);
@@ -228,40 +240,37 @@ static int64_t a_holds_the_probe(const struct tsup_redis *r, struct host *a, str
     return t0;
 }
 
+/* Closes the hosts (b may be NULL), then stops redis-server. */
+static void hosts_stop(struct tsup_redis *r, struct host *a, struct host *b)
+{
+    host_close(a);
+    if (b)
+        host_close(b);
+    tsup_redis_stop(r);
+}
+
 TestSuite(store_redis, .init = setup, .fini = teardown_loop, .timeout = 60);
 
 Test(store_redis, trip_on_one_host_opens_the_circuit_on_the_other)
 {
     struct tsup_redis r;
     struct host a, b;
-    char v[64];
     srv_init(&r, false, NULL);
-    int64_t t0 = time(NULL);
-    two_hosts(&r, &a, &b, "payments");
-    trip(&a, "payments", t0);
-    WAIT_FOR(remote_is(&b, "payments", CB_OPEN), 3000);
+    int64_t t0 = a_trips_and_b_sees(&r, &a, &b, "payments");
     cr_assert_eq(last_remote(&b, "payments")->opened_at, t0);
     cr_assert_eq(last_remote(&b, "payments")->failure_count, 5);
     cr_assert_null(last_remote(&a, "payments"), "A is told nothing about its own write");
-    hget(&r, "t:c:payments", "state", v, sizeof v);
-    cr_assert_str_eq(v, "OPEN");
-    hget(&r, "t:c:payments", "updated_ms", v, sizeof v);
-    cr_assert(atoll(v) / 1000 >= t0 - 1, "updated_ms is server time in ms");
-    host_close(&a);
-    host_close(&b);
-    tsup_redis_stop(&r);
+    cr_assert_str_eq(hget(&r, "payments", "state"), "OPEN");
+    cr_assert(atoll(hget(&r, "payments", "updated_ms")) / 1000 >= t0 - 1, "updated_ms is server time in ms");
+    hosts_stop(&r, &a, &b);
 }
 
 Test(store_redis, both_hosts_probe_the_same_opening_and_exactly_one_wins)
 {
     struct tsup_redis r;
     struct host a, b;
-    char owner[128];
     srv_init(&r, false, NULL);
-    int64_t t0 = time(NULL);
-    two_hosts(&r, &a, &b, "db");
-    trip(&a, "db", t0);
-    WAIT_FOR(remote_is(&b, "db", CB_OPEN), 3000);
+    int64_t t0 = a_trips_and_b_sees(&r, &a, &b, "db");
     cbd_store_redis_ops.try_probe(a.st, "db", t0, 30);
     cbd_store_redis_ops.try_probe(b.st, "db", t0, 30);
     WAIT_FOR(a.nprobe == 1 && b.nprobe == 1, 3000);
@@ -269,13 +278,10 @@ Test(store_redis, both_hosts_probe_the_same_opening_and_exactly_one_wins)
     struct host *winner = a.probe[0].granted ? &a : &b, *loser = a.probe[0].granted ? &b : &a;
     cr_assert(winner->probe[0].lease >= t0 + 29);
     cr_assert_eq(loser->probe[0].lease, winner->probe[0].lease, "the loser learns when the lease ends");
-    hget(&r, "t:c:db", "half_open_owner", owner, sizeof owner);
+    const char *owner = hget(&r, "db", "half_open_owner");
     cr_assert(strstr(owner, winner == &a ? ":A:" : ":B:") != NULL, "owner %s", owner);
-    hget(&r, "t:c:db", "state", owner, sizeof owner);
-    cr_assert_str_eq(owner, "HALF_OPEN");
-    host_close(&a);
-    host_close(&b);
-    tsup_redis_stop(&r);
+    cr_assert_str_eq(hget(&r, "db", "state"), "HALF_OPEN");
+    hosts_stop(&r, &a, &b);
 }
 
 Test(store_redis, a_host_learns_a_fleet_opening_when_it_registers_the_circuit)
@@ -295,16 +301,13 @@ Test(store_redis, a_host_learns_a_fleet_opening_when_it_registers_the_circuit)
     cbd_store_redis_ops.track(b.st, "inventory", NULL);
     WAIT_FOR(remote_is(&b, "inventory", CB_OPEN), 3000);
     cr_assert_eq(last_remote(&b, "inventory")->opened_at, t0);
-    host_close(&a);
-    host_close(&b);
-    tsup_redis_stop(&r);
+    hosts_stop(&r, &a, &b);
 }
 
 Test(store_redis, an_expired_lease_is_taken_over_by_another_host)
 {
     struct tsup_redis r;
     struct host a, b;
-    char owner[128];
     srv_init(&r, false, NULL);
     int64_t t0 = a_holds_the_probe(&r, &a, &b, "search", 2);
     cbd_store_redis_ops.try_probe(b.st, "search", t0, 30);
@@ -314,39 +317,30 @@ Test(store_redis, an_expired_lease_is_taken_over_by_another_host)
     cbd_store_redis_ops.try_probe(b.st, "search", t0, 30);
     WAIT_FOR(b.nprobe == 2, 3000);
     cr_assert(b.probe[1].granted, "an expired lease is taken over");
-    hget(&r, "t:c:search", "half_open_owner", owner, sizeof owner);
+    const char *owner = hget(&r, "search", "half_open_owner");
     cr_assert(strstr(owner, ":B:") != NULL, "owner %s", owner);
-    host_close(&a);
-    host_close(&b);
-    tsup_redis_stop(&r);
+    hosts_stop(&r, &a, &b);
 }
 
 Test(store_redis, close_by_the_prober_closes_the_circuit_on_the_other_host)
 {
     struct tsup_redis r;
     struct host a, b;
-    char v[64];
     srv_init(&r, false, NULL);
     int64_t t0 = a_holds_the_probe(&r, &a, &b, "mail", 30);
     struct cbd_store_state st = state_of("mail", CB_CLOSED, 0);
     cbd_store_redis_ops.transition(a.st, &st, t0);
     WAIT_FOR(remote_is(&b, "mail", CB_CLOSED), 3000);
-    hget(&r, "t:c:mail", "state", v, sizeof v);
-    cr_assert_str_eq(v, "CLOSED");
-    hget(&r, "t:c:mail", "half_open_owner", v, sizeof v);
-    cr_assert_str_eq(v, "", "owner and lease are removed on close");
-    hget(&r, "t:c:mail", "opened_at", v, sizeof v);
-    cr_assert_str_eq(v, "");
-    host_close(&a);
-    host_close(&b);
-    tsup_redis_stop(&r);
+    cr_assert_str_eq(hget(&r, "mail", "state"), "CLOSED");
+    cr_assert_str_eq(hget(&r, "mail", "half_open_owner"), "", "owner and lease are removed on close");
+    cr_assert_str_eq(hget(&r, "mail", "opened_at"), "");
+    hosts_stop(&r, &a, &b);
 }
 
 Test(store_redis, close_by_a_host_that_does_not_hold_the_lease_is_refused)
 {
     struct tsup_redis r;
     struct host a, b;
-    char v[128];
     srv_init(&r, false, NULL);
     int64_t t0 = a_holds_the_probe(&r, &a, &b, "cache", 30);
     int seen = b.nremote;
@@ -355,43 +349,32 @@ Test(store_redis, close_by_a_host_that_does_not_hold_the_lease_is_refused)
     WAIT_FOR(b.nremote > seen, 3000);
     cr_assert(remote_is(&b, "cache", CB_HALF_OPEN), "B is told the fleet's state back");
     cr_assert(strstr(last_remote(&b, "cache")->probe_owner, ":A:") != NULL);
-    hget(&r, "t:c:cache", "state", v, sizeof v);
-    cr_assert_str_eq(v, "HALF_OPEN");
-    hget(&r, "t:c:cache", "half_open_owner", v, sizeof v);
-    cr_assert(strstr(v, ":A:") != NULL);
-    host_close(&a);
-    host_close(&b);
-    tsup_redis_stop(&r);
+    cr_assert_str_eq(hget(&r, "cache", "state"), "HALF_OPEN");
+    cr_assert(strstr(hget(&r, "cache", "half_open_owner"), ":A:") != NULL);
+    hosts_stop(&r, &a, &b);
 }
 
 Test(store_redis, trip_does_not_clobber_a_live_probe_lease)
 {
     struct tsup_redis r;
     struct host a, b;
-    char lease[32], after[32], v[128];
     srv_init(&r, false, NULL);
     int64_t t0 = a_holds_the_probe(&r, &a, &b, "ledger", 30);
-    hget(&r, "t:c:ledger", "probe_lease_expiry", lease, sizeof lease);
+    const char *lease = hget(&r, "ledger", "probe_lease_expiry");
     int seen = b.nremote;
     trip(&b, "ledger", t0 + 5);
     spin(300);
-    hget(&r, "t:c:ledger", "state", v, sizeof v);
-    cr_assert_str_eq(v, "HALF_OPEN");
-    hget(&r, "t:c:ledger", "probe_lease_expiry", after, sizeof after);
-    cr_assert_str_eq(after, lease, "the lease is kept");
-    hget(&r, "t:c:ledger", "opened_at", v, sizeof v);
-    cr_assert_eq(atoll(v), t0);
+    cr_assert_str_eq(hget(&r, "ledger", "state"), "HALF_OPEN");
+    cr_assert_str_eq(hget(&r, "ledger", "probe_lease_expiry"), lease, "the lease is kept");
+    cr_assert_eq(atoll(hget(&r, "ledger", "opened_at")), t0);
     cr_assert(b.nremote > seen && remote_is(&b, "ledger", CB_HALF_OPEN), "B adopts the fleet's state");
-    host_close(&a);
-    host_close(&b);
-    tsup_redis_stop(&r);
+    hosts_stop(&r, &a, &b);
 }
 
 Test(store_redis, queued_transitions_are_written_when_redis_comes_back)
 {
     struct tsup_redis r;
     struct host a, b;
-    char v[64];
     srv_init(&r, false, NULL);
     int64_t t0 = time(NULL);
     two_hosts(&r, &a, &b, "billing");
@@ -410,41 +393,30 @@ Test(store_redis, queued_transitions_are_written_when_redis_comes_back)
     cr_assert_eq(a.health_true, 2);
     WAIT_FOR(remote_is(&b, "billing", CB_OPEN), 3000);
     cr_assert_eq(last_remote(&b, "billing")->opened_at, t0 + 1);
-    hget(&r, "t:c:billing", "opened_at", v, sizeof v);
-    cr_assert_eq(atoll(v), t0 + 1);
+    cr_assert_eq(atoll(hget(&r, "billing", "opened_at")), t0 + 1);
     cr_assert_eq(stats_of(&a).queued, 0);
     cr_assert(stats_of(&a).reconnects > 0);
-    host_close(&a);
-    host_close(&b);
-    tsup_redis_stop(&r);
+    hosts_stop(&r, &a, &b);
 }
 
 Test(store_redis, an_open_circuit_lost_by_redis_is_written_again)
 {
     struct tsup_redis r;
     struct host a, b;
-    char v[64];
     srv_init(&r, false, NULL);
-    int64_t t0 = time(NULL);
-    two_hosts(&r, &a, &b, "queue");
-    trip(&a, "queue", t0);
-    WAIT_FOR(remote_is(&b, "queue", CB_OPEN), 3000);
+    int64_t t0 = a_trips_and_b_sees(&r, &a, &b, "queue");
     redis_do(&r, "FLUSHALL", NULL, NULL);
     spin(600); /* a reconcile (sync_ms 200) notices and writes it back */
-    hget(&r, "t:c:queue", "state", v, sizeof v);
-    cr_assert_str_eq(v, "OPEN");
-    hget(&r, "t:c:queue", "opened_at", v, sizeof v);
-    cr_assert_eq(atoll(v), t0);
-    host_close(&a);
-    host_close(&b);
-    tsup_redis_stop(&r);
+    cr_assert_str_eq(hget(&r, "queue", "state"), "OPEN");
+    cr_assert_eq(atoll(hget(&r, "queue", "opened_at")), t0);
+    hosts_stop(&r, &a, &b);
 }
 
 Test(store_redis, garbage_under_the_prefix_is_counted_and_ignored)
 {
     struct tsup_redis r;
     struct host a;
-    char v[64], now[24];
+    char now[24];
     srv_init(&r, false, NULL);
     snprintf(now, sizeof now, "%ld", (long)time(NULL));
     redis_do(&r, "SET t:c:strkey %s", "x", NULL);
@@ -472,11 +444,9 @@ Test(store_redis, garbage_under_the_prefix_is_counted_and_ignored)
     /* and the store still works */
     trip(&a, "fine", time(NULL));
     spin(300);
-    hget(&r, "t:c:fine", "state", v, sizeof v);
-    cr_assert_str_eq(v, "OPEN");
+    cr_assert_str_eq(hget(&r, "fine", "state"), "OPEN");
     cr_assert(a.online);
-    host_close(&a);
-    tsup_redis_stop(&r);
+    hosts_stop(&r, &a, NULL);
 }
 
 Test(store_redis, refused_connection_reports_the_store_offline)
@@ -510,26 +480,20 @@ Test(store_redis, a_silent_server_times_out_and_the_store_recovers)
     kill(r.pid, SIGCONT);
     WAIT_FOR(a.online, 8000);
     WAIT_FOR(remote_is(&b, "slow", CB_OPEN), 3000);
-    host_close(&a);
-    host_close(&b);
-    tsup_redis_stop(&r);
+    hosts_stop(&r, &a, &b);
 }
 
 Test(store_redis, flushed_scripts_fall_back_to_eval)
 {
     struct tsup_redis r;
     struct host a, b;
-    char v[64];
     srv_init(&r, false, NULL);
     two_hosts(&r, &a, &b, "noscript");
     redis_do(&r, "SCRIPT FLUSH", NULL, NULL);
     trip(&a, "noscript", time(NULL));
     WAIT_FOR(remote_is(&b, "noscript", CB_OPEN), 3000);
-    hget(&r, "t:c:noscript", "state", v, sizeof v);
-    cr_assert_str_eq(v, "OPEN");
-    host_close(&a);
-    host_close(&b);
-    tsup_redis_stop(&r);
+    cr_assert_str_eq(hget(&r, "noscript", "state"), "OPEN");
+    hosts_stop(&r, &a, &b);
 }
 
 Test(store_redis, password_acl_user_and_database_are_used_on_connect)
@@ -559,9 +523,7 @@ Test(store_redis, password_acl_user_and_database_are_used_on_connect)
     cr_assert(rep != NULL && rep->type == REDIS_REPLY_STRING && strcmp(rep->str, "OPEN") == 0);
     freeReplyObject(rep);
     redisFree(c);
-    host_close(&a);
-    host_close(&bad);
-    tsup_redis_stop(&r);
+    hosts_stop(&r, &a, &bad);
 }
 
 Test(store_redis, unix_socket_uri_reaches_the_server)
@@ -569,12 +531,8 @@ Test(store_redis, unix_socket_uri_reaches_the_server)
     struct tsup_redis r;
     struct host a, b;
     srv_init(&r, true, NULL);
-    two_hosts(&r, &a, &b, "local");
-    trip(&a, "local", time(NULL));
-    WAIT_FOR(remote_is(&b, "local", CB_OPEN), 3000);
-    host_close(&a);
-    host_close(&b);
-    tsup_redis_stop(&r);
+    a_trips_and_b_sees(&r, &a, &b, "local");
+    hosts_stop(&r, &a, &b);
 }
 
 struct bad_uri {

@@ -80,6 +80,17 @@ static void fx_fini(struct fx *f)
     cr_assert_eq(uv_loop_close(&f->loop), 0, "a handle was left open");
 }
 
+/* Creating the provider in this environment fails with rc, with an error
+ * message that contains says. */
+static void expect_create_error(int rc, const char *says)
+{
+    struct fx f;
+    char err[512] = "";
+    cr_assert_eq(fx_create(&f, err, sizeof err), rc);
+    cr_assert(strstr(err, says), "%s", err);
+    fx_fini(&f);
+}
+
 static const char *write_file(const char *name, const char *text)
 {
     static char path[8][PATH_MAX];
@@ -123,12 +134,8 @@ Test(aws_credentials, environment_keys_come_first)
 
 Test(aws_credentials, half_set_environment_keys_are_an_error)
 {
-    struct fx f;
-    char err[512] = "";
     setenv("AWS_ACCESS_KEY_ID", "ENVKEY", 1);
-    cr_assert_eq(fx_create(&f, err, sizeof err), -EINVAL);
-    cr_assert(strstr(err, "AWS_SECRET_ACCESS_KEY"), "%s", err);
-    fx_fini(&f);
+    expect_create_error(-EINVAL, "AWS_SECRET_ACCESS_KEY");
 }
 
 Test(aws_credentials, profile_keys_and_a_session_token_longer_than_inih_lines)
@@ -181,14 +188,10 @@ Test(aws_credentials, config_file_profile_section_gives_keys_and_region)
 
 Test(aws_credentials, a_profile_asked_for_by_name_must_exist)
 {
-    struct fx f;
-    char err[512] = "";
     setenv("AWS_SHARED_CREDENTIALS_FILE", write_file("creds", "[default]\naws_access_key_id = K\n"
                                                               "aws_secret_access_key = S\n"), 1);
     setenv("AWS_PROFILE", "nosuch", 1);
-    cr_assert_eq(fx_create(&f, err, sizeof err), -ENOENT);
-    cr_assert(strstr(err, "'nosuch' not found"), "%s", err);
-    fx_fini(&f);
+    expect_create_error(-ENOENT, "'nosuch' not found");
 }
 
 Test(aws_credentials, no_source_at_all_says_what_was_looked_for)
@@ -258,12 +261,8 @@ Test(aws_credentials, container_endpoint_with_authorization_token_file)
 
 Test(aws_credentials, container_full_uri_on_a_foreign_host_is_refused)
 {
-    struct fx f;
-    char err[512] = "";
     setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://10.1.2.3/creds", 1);
-    cr_assert_eq(fx_create(&f, err, sizeof err), -EINVAL);
-    cr_assert(strstr(err, "AWS_CONTAINER_CREDENTIALS_FULL_URI"), "%s", err);
-    fx_fini(&f);
+    expect_create_error(-EINVAL, "AWS_CONTAINER_CREDENTIALS_FULL_URI");
 }
 
 Test(aws_credentials, credentials_near_expiry_are_refreshed_in_the_background)
@@ -304,13 +303,8 @@ Test(aws_credentials, expired_credentials_are_not_used_and_a_failed_fetch_says_w
     pthread_mutex_lock(&srv->mu);
     st.status = 500;
     pthread_mutex_unlock(&srv->mu);
-    f.ready = false;
     usleep(1100 * 1000); /* past the first backoff ceiling */
-    rc = cbd_aws_credentials_get(f.p, &c, &why);
-    if (rc == -EAGAIN) {
-        cr_assert(ddb_run_until(&f.loop, &f.ready, 10000));
-        rc = cbd_aws_credentials_get(f.p, &c, &why);
-    }
+    rc = fx_get(&f, &c, &why);
     cr_assert_eq(rc, -EIO);
     cr_assert(strstr(why, "container credentials endpoint") && strstr(why, "HTTP 500"), "%s", why);
     fx_fini(&f);

@@ -70,6 +70,20 @@ static int check(const void *bytes, size_t len)
     return cb__mp_check(bytes, len);
 }
 
+/* A named input for the checker. */
+struct bytes_case {
+    const char *what;
+    const char *bytes;
+    size_t len;
+};
+
+/* check() gives want for every one of n cases. */
+static void check_cases(const struct bytes_case *cases, size_t n, int want)
+{
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(check(cases[i].bytes, cases[i].len), want, "%s", cases[i].what);
+}
+
 /* ---- the checker --------------------------------------------------------------- */
 
 Test(frame, check_accepts_maps_arrays_strings_and_every_scalar)
@@ -79,11 +93,7 @@ Test(frame, check_accepts_maps_arrays_strings_and_every_scalar)
     cr_assert_eq(check(p.sb.data, p.sb.size), 0);
     msgpack_sbuffer_destroy(&p.sb);
 
-    const struct {
-        const char *what;
-        const char *bytes;
-        size_t len;
-    } cases[] = {
+    static const struct bytes_case cases[] = {
         {"nil", "\xc0", 1},
         {"positive fixint", "\x7f", 1},
         {"negative fixint", "\xe0", 1},
@@ -104,17 +114,12 @@ Test(frame, check_accepts_maps_arrays_strings_and_every_scalar)
         {"uint64", "\xcf\x01\x02\x03\x04\x05\x06\x07\x08", 9},
         {"float64", "\xcb\x3f\xf0\x00\x00\x00\x00\x00\x00", 9},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        cr_assert_eq(check(cases[i].bytes, cases[i].len), 0, "%s", cases[i].what);
+    check_cases(cases, sizeof cases / sizeof cases[0], 0);
 }
 
 Test(frame, check_rejects_containers_that_declare_more_than_the_bytes_present)
 {
-    const struct {
-        const char *what;
-        const char *bytes;
-        size_t len;
-    } cases[] = {
+    static const struct bytes_case cases[] = {
         {"array32 of 2^32-1 in 5 bytes", "\xdd\xff\xff\xff\xff", 5},
         {"map32 of 2^32-1 in 5 bytes", "\xdf\xff\xff\xff\xff", 5},
         {"array16 of 65535", "\xdc\xff\xff\xc0\xc0", 5},
@@ -127,8 +132,7 @@ Test(frame, check_rejects_containers_that_declare_more_than_the_bytes_present)
         {"nested array32 lie", "\x91\xdd\x7f\xff\xff\xff\xc0", 7},
         {"map with half a pair", "\x81\xa1k", 3},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        cr_assert_eq(check(cases[i].bytes, cases[i].len), -EBADMSG, "%s", cases[i].what);
+    check_cases(cases, sizeof cases / sizeof cases[0], -EBADMSG);
 }
 
 Test(frame, check_rejects_every_truncation_of_a_valid_request)

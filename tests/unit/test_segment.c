@@ -13,6 +13,16 @@
 
 #include "segment.h"
 
+/* fn gives want for each string of the array in. */
+#define EXPECT_EACH(fn, in, want) expect_each(#fn, fn, in, sizeof in / sizeof in[0], want)
+static void expect_each(const char *fname, int (*fn)(const char *), const char *const *in, size_t n, int want)
+{
+    for (size_t i = 0; i < n; i++) {
+        int rc = fn(in[i]);
+        cr_assert_eq(rc, want, "%s(\"%s\") = %d, not %d", fname, in[i], rc, want);
+    }
+}
+
 /* ---- names --------------------------------------------------------------- */
 
 struct name_case {
@@ -81,10 +91,8 @@ Test(segment, instance_names_follow_their_own_stricter_rules)
     static const char *const good[] = {"default", "a", "A-b_9", "0123456789abcdef0123456789abcdef"};
     static const char *const bad[] = {"", "a.b", "a/b", "a b", "a:b", "0123456789abcdef0123456789abcdef0",
                                       "caf\xc3\xa9", "a\n"};
-    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
-        cr_assert_eq(cb__instance_check(good[i]), 0, "\"%s\" should be a valid instance", good[i]);
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
-        cr_assert_eq(cb__instance_check(bad[i]), -EINVAL, "\"%s\" should be refused", bad[i]);
+    EXPECT_EACH(cb__instance_check, good, 0);
+    EXPECT_EACH(cb__instance_check, bad, -EINVAL);
     cr_assert_eq(cb__instance_check(NULL), -EINVAL);
 }
 
@@ -234,11 +242,18 @@ Test(segment, geometry_refuses_out_of_range_parameters)
 
 /* ---- header validation ---------------------------------------------------------- */
 
-/* A valid state region for capacity 8, as cbd would publish it. */
-static struct cb_seg_header *make_state(size_t *size)
+/* The geometry of the regions these tests build: 8 circuits, 4 lanes. */
+static struct cb_seg_geometry small_geometry(void)
 {
     struct cb_seg_geometry g;
     cr_assert_eq(cb__seg_geometry(8, 4, 16, 16, &g), 0);
+    return g;
+}
+
+/* A valid state region of small_geometry, as cbd would publish it. */
+static struct cb_seg_header *make_state(size_t *size)
+{
+    struct cb_seg_geometry g = small_geometry();
     struct cb_seg_header *h = calloc(1, g.state_size);
     cr_assert_not_null(h);
     memcpy(h->magic, CB_SEG_MAGIC, sizeof CB_SEG_MAGIC);
@@ -322,22 +337,24 @@ Test(segment, header_check_rejects_inconsistent_sizes_and_offsets)
     free(h);
 }
 
+/* A valid lanes region of small_geometry, as cbd would publish it. */
+static struct cb_lanes_header *make_lanes(const struct cb_seg_geometry *g)
+{
+    struct cb_lanes_header *h = calloc(1, g->lanes_size);
+    cr_assert_not_null(h);
+    *h = (struct cb_lanes_header){.major = CB_SEG_MAJOR, .header_size = CB_LANES_HEADER_SIZE,
+                                  .lane_count = g->lane_count, .lane_capacity = g->lane_capacity,
+                                  .lane_stride = g->lane_stride, .capacity = g->capacity,
+                                  .total_size = g->lanes_size, .permits_offset = g->permits_offset,
+                                  .lanes_offset = g->lanes_offset};
+    memcpy(h->magic, CB_LANES_MAGIC, sizeof CB_LANES_MAGIC);
+    return h;
+}
+
 Test(segment, lanes_header_check_rejects_foreign_and_inconsistent_regions)
 {
-    struct cb_seg_geometry g;
-    cr_assert_eq(cb__seg_geometry(8, 4, 16, 16, &g), 0);
-    struct cb_lanes_header *h = calloc(1, g.lanes_size);
-    cr_assert_not_null(h);
-    memcpy(h->magic, CB_LANES_MAGIC, sizeof CB_LANES_MAGIC);
-    h->major = CB_SEG_MAJOR;
-    h->header_size = CB_LANES_HEADER_SIZE;
-    h->lane_count = g.lane_count;
-    h->lane_capacity = g.lane_capacity;
-    h->lane_stride = g.lane_stride;
-    h->capacity = g.capacity;
-    h->total_size = g.lanes_size;
-    h->permits_offset = g.permits_offset;
-    h->lanes_offset = g.lanes_offset;
+    struct cb_seg_geometry g = small_geometry();
+    struct cb_lanes_header *h = make_lanes(&g);
     cr_assert_eq(cb__lanes_header_check(h, g.lanes_size), 0);
     h->lane_stride += 16;
     cr_assert_eq(cb__lanes_header_check(h, g.lanes_size), -EBADMSG, "stride");
@@ -410,12 +427,9 @@ Test(segment, parse_bool_knows_the_documented_spellings_in_any_case)
     static const char *const yes[] = {"1", "true", "TRUE", "True", "yes", "YES", "on", "On"};
     static const char *const no[] = {"0", "false", "FALSE", "no", "No", "off", "OFF"};
     static const char *const neither[] = {"", "maybe", "2", "-1", " true", "true ", "y", "n", "enable", "t"};
-    for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++)
-        cr_assert_eq(cb__parse_bool(yes[i]), 1, "\"%s\"", yes[i]);
-    for (size_t i = 0; i < sizeof no / sizeof no[0]; i++)
-        cr_assert_eq(cb__parse_bool(no[i]), 0, "\"%s\"", no[i]);
-    for (size_t i = 0; i < sizeof neither / sizeof neither[0]; i++)
-        cr_assert_eq(cb__parse_bool(neither[i]), -EINVAL, "\"%s\"", neither[i]);
+    EXPECT_EACH(cb__parse_bool, yes, 1);
+    EXPECT_EACH(cb__parse_bool, no, 0);
+    EXPECT_EACH(cb__parse_bool, neither, -EINVAL);
     cr_assert_eq(cb__parse_bool(NULL), -EINVAL);
 }
 
