@@ -20,7 +20,7 @@
  *      and given their stored state;
  *   3. give every circuit the policy the configuration file says (its
  *      [circuit]/[prefix] section may have changed while it was down);
- *   4. listen on the control socket; start draining, the doorbell thread
+ *   4. listen on the control socket; start draining, the doorbell (FIFO and futex thread)
  *      and the heartbeat; publish ready = 1 (release); then READY=1 to the
  *      service manager and the watchdog pings.
  *
@@ -32,7 +32,7 @@
  * Circuit states, streaks and counters are never touched by a reload.
  *
  * Stop (SIGTERM/SIGINT, or a failure): STOPPING=1, stop accepting
- * connections, stop the doorbell thread, drain every lane one last time,
+ * connections, stop the doorbell (FIFO and futex thread), drain every lane one last time,
  * kill running hooks, close timers, flush and close the store; when the
  * loop has no handles left, set daemon_pid = 0 and unmap. The shm objects
  * are kept on purpose: the next daemon adopts them, and workers keep their

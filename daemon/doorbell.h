@@ -9,19 +9,27 @@
 #include <stdatomic.h>
 #include <uv.h>
 
+#include "segment.h"
+
+#define CBD_BELL_SUFFIX ".bell" /* the FIFO is the control socket's path plus this */
+
 struct cbd;
 
 struct cbd_doorbell {
-    uv_async_t async;
+    uv_async_t async;           /* futex path: the waiter thread's way into the loop */
     pthread_t thread;
     atomic_int stop;
     int started;
-    uint64_t rings; /* async callbacks run (diagnostics) */
+    uv_poll_t poll;             /* FIFO path: the loop polls the FIFO itself */
+    int fifo_fd;                /* -1: no FIFO (every client uses the futex path) */
+    char fifo_path[CB_SOCKET_PATH_MAX + sizeof CBD_BELL_SUFFIX];
+    uint64_t rings;             /* rings answered, both paths (diagnostics) */
 };
 
-/* Starts the waiter thread; each ring runs a drain on the loop. */
+/* Creates the FIFO (a failure only logs: clients then use the futex) and
+ * starts the futex waiter thread; each ring runs a drain on the loop. */
 int cbd_doorbell_start(struct cbd *d);
-/* Stops and joins the thread, closes the async handle. */
+/* Stops and joins the thread, closes both handles, removes the FIFO. */
 void cbd_doorbell_stop(struct cbd *d);
 
 #endif /* CBD_DOORBELL_H */

@@ -28,6 +28,15 @@
  * ready; a failure is retried at most every 100 ms and those calls are
  * bypassed (the daemon that owned the old segment is gone: fail open).
  *
+ * Doorbell FIFO. Each mapping opens the FIFO beside the daemon's socket
+ * (lanes.c rings it; doorbell.c in cbd explains the two wake paths). A
+ * daemon that restarts and adopts the segment makes a new FIFO; lanes.c
+ * notices the new generation and rings the futex until the next
+ * cb_status() (or remap) opens the new FIFO here. Replaced FIFO fds stay
+ * open until the mapping is freed, for the same reason old mappings do: a
+ * ringing thread needs no reference count. The fds are inherited across
+ * fork; a child's rings go to the same daemon, which is right.
+ *
  * Fork. A prefork master opens the client and forks; the fork handlers hold
  * every client's lock across fork() so a child never inherits one held
  * mid-remap. Lanes (lanes.c) have their own fork rule.
@@ -179,8 +188,66 @@ static int retry_until(int (*try)(struct cb__map *), struct cb__map *m, int64_t 
     }
 }
 
+/* An fd on the doorbell FIFO beside the socket at socket_path, or -1. */
+static int bell_fd(const char *socket_path)
+{
+    char path[CB_SOCKET_PATH_MAX + sizeof CB__BELL_SUFFIX];
+    if (socket_path[0] == '\0')
+        return -1;
+    snprintf(path, sizeof path, "%.*s%s", (int)CB_SOCKET_PATH_MAX, socket_path, CB__BELL_SUFFIX);
+    /* A write-only open fails (ENXIO) unless someone reads: that skips the
+     * FIFO of a daemon that died. The fd we keep is O_RDWR: with ourselves
+     * as a reader, a ring after the daemon exits is a lost byte, never
+     * EPIPE and a SIGPIPE that would kill the worker. */
+    int probe = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    if (probe < 0)
+        return -1; /* ENOENT (a daemon without the FIFO), EACCES, ENXIO: ring the futex */
+    int fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    close(probe);
+    struct stat st;
+    if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISFIFO(st.st_mode))) {
+        close(fd);
+        fd = -1;
+    }
+    return fd;
+}
+
+/* Opens the FIFO of the daemon generation the lanes region carries, unless
+ * m already has it. Before m is published, or with the client lock held: the
+ * only writer of m->bell. Failing is fine: lanes.c then rings the futex. */
+static void bell_open(struct cb__map *m)
+{
+    struct cb__bell *cur = atomic_load_explicit(&m->bell, memory_order_relaxed);
+    /* Acquire pairs with the daemon's store of the lanes generation. */
+    uint64_t gen = atomic_load_explicit(&m->lanes->generation, memory_order_acquire);
+    if (cur != NULL && cur->generation == gen && cur->fd >= 0)
+        return;
+    int fd = bell_fd(m->socket_path);
+    if (cur != NULL && cur->generation == gen && fd < 0)
+        return; /* still no FIFO for this daemon */
+    struct cb__bell *b = malloc(sizeof *b);
+    if (b == NULL) {
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    b->fd = fd;
+    b->generation = gen;
+    b->older = cur; /* a ringing thread may still hold cur: freed with m */
+    /* Release pairs with the acquire load in doorbell_ring (lanes.c). */
+    atomic_store_explicit(&m->bell, b, memory_order_release);
+}
+
 static void map_free(struct cb__map *m)
 {
+    struct cb__bell *b = atomic_load_explicit(&m->bell, memory_order_relaxed);
+    while (b != NULL) {
+        struct cb__bell *older = b->older;
+        if (b->fd >= 0)
+            close(b->fd);
+        free(b);
+        b = older;
+    }
     if (m->hdr != NULL)
         munmap((void *)m->hdr, m->state_size);
     if (m->lanes != NULL)
@@ -222,6 +289,8 @@ static int map_open(const char *instance, int wait_ms, const struct cb__map *old
         rc = -errno;
     if (rc == 0)
         rc = retry_until(lanes_try_map, m, deadline, -ETIMEDOUT);
+    if (rc == 0)
+        bell_open(m);
     if (rc < 0) {
         map_free(m);
         return rc;
@@ -360,6 +429,7 @@ int cb__client_refresh_locked(cb_client *cl, int wait_ms)
         if (rc < 0)
             return rc;
     }
+    bell_open(atomic_load_explicit(&cl->map, memory_order_relaxed)); /* a restarted daemon's new FIFO */
     return cb__circuits_rebind(cl);
 }
 

@@ -30,7 +30,17 @@
 #define CB__REQUEST_TIMEOUT_MS 2000
 #define CB__RETRY_NS 100000000ll /* a failed remap from the hot path is retried after 100 ms */
 
-/* One mapping of both regions of a segment. Immutable once published. */
+/* The doorbell FIFO of one daemon generation (lanes.c rings it). fd -1:
+ * the FIFO could not be opened; ring through the futex. */
+struct cb__bell {
+    int fd;                           /* O_RDWR|O_NONBLOCK: never SIGPIPE */
+    uint64_t generation;              /* lanes generation it was opened for */
+    struct cb__bell *older;           /* replaced ones, kept open until the mapping is freed */
+};
+#define CB__BELL_SUFFIX ".bell"       /* the FIFO's path: the segment's socket_path plus this */
+
+/* One mapping of both regions of a segment. Immutable once published but
+ * for bell, which a restarted daemon's new FIFO replaces (client lock). */
 struct cb__map {
     uint64_t id;                      /* unique in this process: keys the per-thread lane caches */
     const struct cb_seg_header *hdr;  /* state region, PROT_READ */
@@ -42,6 +52,7 @@ struct cb__map {
     uint64_t records_bytes;           /* capacity * CB_SEG_RECORD_SIZE */
     uint32_t capacity;
     char socket_path[CB_SOCKET_PATH_MAX];
+    _Atomic(struct cb__bell *) bell;  /* current doorbell FIFO, NULL: none tried yet */
     _Atomic uint8_t *mine;            /* per lane: claimed through this mapping (lanes.c) */
     struct cb__map *older;            /* the mapping this one replaced, or NULL */
     struct cb__map *live_next;        /* lanes.c's registry of mappings not yet closed */

@@ -33,8 +33,15 @@
  * Doorbell. A failure or probe result may be what trips or closes a
  * circuit, so it wakes the daemon at once instead of waiting for its
  * drain tick: a relaxed peek first (a burst of failures costs one load
- * each while the bell is rung), then exchange and FUTEX_WAKE on the shared
- * (not private) futex word.
+ * each while the bell is rung), then exchange, and only the ringer that
+ * turned 0 into 1 makes a syscall. That syscall is a one-byte write to the
+ * daemon's doorbell FIFO, which its loop polls: one wakeup per trip. Where
+ * the mapping has no FIFO of the daemon's current generation (no access, a
+ * daemon without one, a restart cb_status() has not caught up with) it is
+ * FUTEX_WAKE on the shared (not private) word, which a daemon thread
+ * relays to the loop: two wakeups, but it works with every daemon. The
+ * ordering argument (our fence vs. the daemon's) is the same for both; see
+ * doorbell_ring and cbd's doorbell.c.
  */
 #define _GNU_SOURCE
 #include "client.h"
@@ -283,15 +290,28 @@ static inline bool lane_append(struct lane_node *n, uint32_t slot, uint32_t epoc
     return true;
 }
 
-static void doorbell_ring(struct cb_lanes_header *lh)
+static void doorbell_ring(struct cb__map *m)
 {
+    struct cb_lanes_header *lh = m->lanes;
     /* Full fence: our tail store must be visible before we look at the bell,
      * or a daemon that clears the bell and drains between the two could
-     * miss the event until its next tick (it fences the other way). */
+     * miss the event until its next tick (it stores 0 and fences the other
+     * way before it drains). */
     atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&lh->doorbell, memory_order_relaxed) == 0 &&
-        atomic_exchange_explicit(&lh->doorbell, 1, memory_order_seq_cst) == 0)
+    if (atomic_load_explicit(&lh->doorbell, memory_order_relaxed) != 0 ||
+        atomic_exchange_explicit(&lh->doorbell, 1, memory_order_seq_cst) != 0)
+        return; /* rung already: the daemon has yet to store 0 and drain */
+    /* libcb leaves errno as the caller had it (cb.h). */
+    int saved_errno = errno;
+    /* Acquire pairs with the release store that published the FIFO (client.c). */
+    const struct cb__bell *b = atomic_load_explicit(&m->bell, memory_order_acquire);
+    /* Relaxed generation: a restart we do not see yet costs one lost byte,
+     * which the new daemon's drain tick makes up for. EAGAIN: the FIFO is
+     * full, the daemon has bytes enough to wake for. */
+    if (!(b != NULL && b->fd >= 0 && b->generation == atomic_load_explicit(&lh->generation, memory_order_relaxed) &&
+          (write(b->fd, "", 1) == 1 || errno == EAGAIN)))
         syscall(SYS_futex, (uint32_t *)&lh->doorbell, FUTEX_WAKE, 1, NULL, NULL, 0);
+    errno = saved_errno;
 }
 
 void cb_record(cb_circuit *c, cb_ticket t, cb_outcome outcome)
@@ -315,7 +335,7 @@ void cb_record(cb_circuit *c, cb_ticket t, cb_outcome outcome)
     }
     if (lane_append(n, slot, (uint32_t)(t.word >> CB__EPOCH_SHIFT), (unsigned)outcome, kind) &&
         (outcome == CB_FAILURE || kind == CB_TICKET_PROBE))
-        doorbell_ring(m->lanes);
+        doorbell_ring(m);
 }
 
 static cb_ticket ticket(uint64_t w, unsigned kind)

@@ -242,8 +242,10 @@ struct cb_lanes_header {
     uint64_t permits_offset, lanes_offset;
     _Atomic uint64_t generation;    /* equals the state region's generation once ready */
     /* doorbell: 0 = the daemon will look soon; 1 = rung. A worker that sees 0
-     * after a failure exchanges 1 and, if it was 0, FUTEX_WAKEs the daemon's
-     * waiter thread. The daemon stores 0 before it drains. */
+     * after a failure exchanges 1 and, if it was 0, wakes the daemon: one
+     * byte into the FIFO at socket_path + ".bell" that the daemon's loop
+     * polls, or, without that FIFO, FUTEX_WAKE on this word for the daemon's
+     * waiter thread. The daemon stores 0 (and fences) before it drains. */
     _Alignas(64) _Atomic uint32_t doorbell;
     _Alignas(64) _Atomic uint64_t no_lane_drops; /* events dropped because every lane was taken */
 };
