@@ -330,14 +330,16 @@ static int op_stats(struct cbd_conn *c, const msgpack_object *req, struct reply 
         "circuits", "events_drained", "events_invalid", "events_stale", "lanes_in_use", "lanes_reclaimed",
         "lane_overruns", "lane_drops", "frames_bad", "connections", "connections_total", "connections_refused",
         "subscribers", "transitions", "hooks_started", "hooks_succeeded", "hooks_failed", "hooks_timed_out",
-        "hooks_dropped", "hooks_spawn_errors", "reloads", "reloads_failed", "uptime_s",
+        "hooks_dropped", "hooks_spawn_errors", "reloads", "reloads_failed", "doorbell_fifo", "doorbell_futex",
+        "uptime_s",
     };
     const uint64_t vals[] = {
         d->ncircuits, d->drain.events_drained, d->drain.events_invalid, d->drain.events_stale,
         cbd_drain_lanes_in_use(d), d->drain.lanes_reclaimed, d->drain.lane_overruns, cbd_drain_lane_drops(d),
         d->control.frames_bad, d->control.nconns, d->control.connections_total, d->control.connections_refused,
         d->control.nsubscribers, d->transitions, hs.started, hs.succeeded, hs.failed, hs.timed_out, hs.dropped,
-        hs.spawn_errors, d->reloads, d->reloads_failed, (now.mono_ns - d->start_ns) / 1000000000u,
+        hs.spawn_errors, d->reloads, d->reloads_failed, d->bell.rings_fifo, d->bell.rings_futex,
+        (now.mono_ns - d->start_ns) / 1000000000u,
     };
     _Static_assert(sizeof keys / sizeof keys[0] == sizeof vals / sizeof vals[0], "a stat without a name");
     kv_u64s(r, keys, vals, sizeof vals / sizeof vals[0]);

@@ -97,7 +97,6 @@ static void *waiter(void *arg)
 /* Both paths end here, on the loop. */
 static void answer(struct cbd *d)
 {
-    d->bell.rings++;
     /* seq_cst store and full fence, then drain: pairs with the fence in the
      * worker's doorbell_ring (see the design comment on lost wakeups). */
     atomic_store(&d->seg.lanes->doorbell, 0);
@@ -107,7 +106,9 @@ static void answer(struct cbd *d)
 
 static void on_ring(uv_async_t *a)
 {
-    answer(a->data);
+    struct cbd *d = a->data;
+    d->bell.rings_futex++;
+    answer(d);
 }
 
 static void on_fifo(uv_poll_t *p, int status, int events)
@@ -120,6 +121,7 @@ static void on_fifo(uv_poll_t *p, int status, int events)
      * bytes behind, and the level-triggered poll brings us back for them. */
     while (read(d->bell.fifo_fd, buf, sizeof buf) > 0)
         ;
+    d->bell.rings_fifo++;
     answer(d);
 }
 

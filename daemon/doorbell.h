@@ -23,7 +23,8 @@ struct cbd_doorbell {
     uv_poll_t poll;             /* FIFO path: the loop polls the FIFO itself */
     int fifo_fd;                /* -1: no FIFO (every client uses the futex path) */
     char fifo_path[CB_SOCKET_PATH_MAX + sizeof CBD_BELL_SUFFIX];
-    uint64_t rings;             /* rings answered, both paths (diagnostics) */
+    uint64_t rings_fifo;        /* rings answered through the FIFO (stats: doorbell_fifo) */
+    uint64_t rings_futex;       /* ... through the futex waiter thread (stats: doorbell_futex) */
 };
 
 /* Creates the FIFO (a failure only logs: clients then use the futex) and
