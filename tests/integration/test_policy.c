@@ -382,10 +382,15 @@ Test(policy, info_reports_name_config_state_and_opening_time)
     cr_assert_eq(memcmp(&i.config, &cfg, sizeof cfg), 0, "the policy in force differs from the one registered");
     uint32_t epoch0 = i.epoch;
 
-    int64_t before = time(NULL);
+    /* CLOCK_REALTIME, as cbd reads it: time() is the coarse clock, which
+     * can still show the previous second when cbd's precise one has moved. */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t before = ts.tv_sec;
     record(c, CB_FAILURE, 3);
     cr_assert(tsup_wait_state(c, CB_OPEN));
-    int64_t after = time(NULL);
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t after = ts.tv_sec;
     i = tsup_info(c);
     cr_assert(i.opened_at >= before && i.opened_at <= after, "opened_at %lld is not epoch seconds in [%lld, %lld]",
               (long long)i.opened_at, (long long)before, (long long)after);
