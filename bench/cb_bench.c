@@ -384,6 +384,16 @@ struct trip_page {
     _Atomic int64_t seen_ns[MAX_WORKERS]; /* time of the first rejecting check */
 };
 
+/* fork() for a worker process that never outlives the bench: the kernel
+ * kills it with SIGKILL when the bench dies. */
+static pid_t fork_worker(void)
+{
+    pid_t pid = fork();
+    if (pid == 0)
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+    return pid;
+}
+
 static void trip_worker(cb_circuit *c, struct trip_page *p, int me)
 {
     int last = 0;
@@ -463,15 +473,13 @@ static int64_t trip_once(struct bench *b, struct trip_page *p, int n, int run)
 static int spawn_trip_workers(struct bench *b, struct trip_page *p, int n, pid_t *pids)
 {
     for (int w = 0; w < n; w++) {
-        pids[w] = fork();
+        pids[w] = fork_worker();
         if (pids[w] < 0) {
             perror("cb_bench: fork");
             return -1;
         }
-        if (pids[w] == 0) {
-            prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive the bench */
+        if (pids[w] == 0)
             trip_worker(b->trip, p, w);
-        }
     }
     return 0;
 }
@@ -542,13 +550,11 @@ static double scale_once(struct bench *b, cb_circuit **circuits, int n)
         return -1;
     int started = 0;
     for (; started < n; started++) {
-        pid_t pid = fork();
+        pid_t pid = fork_worker();
         if (pid < 0)
             break;
-        if (pid == 0) {
-            prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (pid == 0)
             scale_worker(circuits[started], p, started, b->o.scale_ns);
-        }
     }
     while (atomic_load(&p->ready) < started)
         sleep_us(100);
@@ -644,13 +650,11 @@ static int sem_run(cb_circuit *c, int n, int recovery_ms, int *fails, int *probe
     p->recovery_ms = recovery_ms;
     int started = 0;
     for (; started < n; started++) {
-        pid_t pid = fork();
+        pid_t pid = fork_worker();
         if (pid < 0)
             break;
-        if (pid == 0) {
-            prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (pid == 0)
             sem_worker(c, p, started);
-        }
     }
     int all = 0;
     *fails = *probes = 0;
