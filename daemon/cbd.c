@@ -58,6 +58,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -223,7 +224,7 @@ static void on_remote(void *arg, const struct cbd_store_state *st)
         uint32_t slot;
         int created;
         if (cbd_circuit_register(d, st->name, st->has_config ? &st->config : NULL, st->has_config ? ALL_FIELDS : 0,
-                                 &slot, &created, err, sizeof err) < 0) {
+                                 CBD_OWNER_NONE, &slot, &created, err, sizeof err) < 0) {
             cbd_log(CBD_LOG_WARN, "store: cannot restore circuit %s: %s", st->name, err);
             return;
         }
@@ -310,8 +311,47 @@ static int check_asked(const struct cbd *d, const cb_config *asked, unsigned mas
     return -EINVAL;
 }
 
+/* Circuits registered per uid (for max_circuits_per_uid): a short list,
+ * since a host has few uids that register circuits. */
+static void owner_count(struct cbd *d, uint32_t uid, int delta)
+{
+    if (uid == CBD_OWNER_NONE)
+        return;
+    for (size_t i = 0; i < d->nowners; i++) {
+        if (d->owners[i].uid == uid) {
+            d->owners[i].circuits += (uint32_t)delta;
+            return;
+        }
+    }
+    if (delta < 0)
+        return;
+    struct cbd_owner *p = realloc(d->owners, (d->nowners + 1) * sizeof *p);
+    if (p == NULL)
+        return; /* out of memory: this uid goes uncounted */
+    d->owners = p;
+    d->owners[d->nowners++] = (struct cbd_owner){.uid = uid, .circuits = (uint32_t)delta};
+}
+
+static bool quota_reached(const struct cbd *d, uint32_t uid)
+{
+    if (uid == CBD_OWNER_NONE || d->cfg.max_circuits_per_uid == 0)
+        return false;
+    for (size_t i = 0; i < d->nowners; i++) {
+        if (d->owners[i].uid == uid)
+            return d->owners[i].circuits >= d->cfg.max_circuits_per_uid;
+    }
+    return false;
+}
+
+int cbd_circuit_remove(struct cbd *d, const char *name, char *err, size_t errsize)
+{
+    (void)d;
+    snprintf(err, errsize, "removing circuit %s is not supported yet", name);
+    return -ENOSYS;
+}
+
 int cbd_circuit_register(struct cbd *d, const char *name, const cb_config *asked, unsigned asked_mask,
-                         uint32_t *slot, int *created, char *err, size_t errsize)
+                         uint32_t owner_uid, uint32_t *slot, int *created, char *err, size_t errsize)
 {
     cb_config want, use;
     const struct cbd_override *section;
@@ -327,6 +367,12 @@ int cbd_circuit_register(struct cbd *d, const char *name, const cb_config *asked
         *slot = c->slot;
         *created = 0;
         return 0;
+    }
+    if (quota_reached(d, owner_uid)) {
+        snprintf(err, errsize, "uid %u already registered %u circuits, its quota (raise the "
+                 "`max_circuits_per_uid` option, or `cbctl remove` circuits it no longer uses)",
+                 owner_uid, d->cfg.max_circuits_per_uid);
+        return -EDQUOT;
     }
     if (grow_circuits(d, d->ncircuits + 1) < 0) {
         snprintf(err, errsize, "out of memory registering a circuit");
@@ -346,6 +392,8 @@ int cbd_circuit_register(struct cbd *d, const char *name, const cb_config *asked
     c->asked = want;
     c->asked_mask = asked_mask;
     c->override = section;
+    c->owner_uid = owner_uid;
+    owner_count(d, owner_uid, +1);
     cbd_policy_set_sync(c, sync_state(d), 0);
     *created = 1;
     cbd_log(CBD_LOG_INFO, "registered circuit=%s slot=%u failure_threshold=%u success_threshold=%u "
@@ -393,6 +441,7 @@ static int load_adopted(struct cbd *d)
         cbd_policy_load(&d->env, c, i, CB_SEG_RECORD(d->seg.hdr, i), CB_LANES_PERMIT(d->seg.lanes, i), &now);
         c->asked = c->cfg;
         c->asked_mask = ALL_FIELDS;
+        c->owner_uid = CBD_OWNER_NONE;
         if (c->flags & CB_SEG_F_FORCED)
             cbd_log(CBD_LOG_WARN, "circuit=%s is forced %s from before this start; it stays so until "
                                   "`cbctl reset %s`", c->rec->name, cbd_state_name(c->state), c->rec->name);
@@ -649,6 +698,7 @@ int cbd_run(const struct cbd_config *cfg)
     cbd_notify_close(&d->notify);
     cbd_config_free(&d->cfg);
     free(d->circuits);
+    free(d->owners);
     free(d);
     return rc;
 }

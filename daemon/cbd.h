@@ -20,6 +20,11 @@
 #include "store.h"
 #include "timers.h"
 
+/* Circuits a uid registered over the socket (max_circuits_per_uid). */
+struct cbd_owner {
+    uint32_t uid, circuits;
+};
+
 struct cbd {
     struct cbd_config cfg;
     uv_loop_t loop;
@@ -27,6 +32,8 @@ struct cbd {
     struct cbd_circuit *circuits;     /* by slot: [0, ncircuits) */
     uint32_t ncircuits, circuits_cap;
     uint32_t nadopted;                /* slots [0, nadopted) came with an adopted segment */
+    struct cbd_owner *owners;         /* registrations per uid */
+    size_t nowners;
     struct cbd_policy_env env;        /* the policy's way back into the daemon */
     const struct cbd_store_ops *store_ops;
     struct cbd_store *store;
@@ -56,15 +63,32 @@ struct cbd {
 int cbd_run(const struct cbd_config *cfg);
 
 /*
- * Finds or creates the circuit called name. asked: the config the worker
+ * Finds or creates the circuit called name. owner_uid: the peer that asks
+ * (CBD_OWNER_NONE: not counted); a new circuit past that uid's
+ * max_circuits_per_uid quota is -EDQUOT. asked: the config the worker
  * asked for, of which the fields in asked_mask (bit i: cbd_policy_fields[i])
  * count; the circuit runs with cbd_config_effective of it, and a reload
  * recomputes that. An existing circuit keeps its config (*created = 0).
  * Errors, with an operator-readable message in err: -EINVAL (bad name or
- * config field), -ENOSPC (segment full), -ENOMEM.
+ * config field), -ENOSPC (segment full), -EDQUOT (quota), -ENOMEM.
  */
 int cbd_circuit_register(struct cbd *d, const char *name, const cb_config *asked, unsigned asked_mask,
-                         uint32_t *slot, int *created, char *err, size_t errsize);
+                         uint32_t owner_uid, uint32_t *slot, int *created, char *err, size_t errsize);
+
+/* owner_uid of circuits nobody registered over the socket (the store, the
+ * configuration file) and of admins' registrations: never counted against
+ * max_circuits_per_uid. */
+#define CBD_OWNER_NONE UINT32_MAX
+
+/*
+ * Removes the circuit called name: its record is retired (workers holding a
+ * handle re-resolve it, and register it again if they still use it), its
+ * name leaves the index and its slot is reused later. Refused with -EBUSY
+ * (and a message naming the section) for a circuit a [circuit "NAME"]
+ * section of the configuration declares. -ENOENT if there is no such
+ * circuit.
+ */
+int cbd_circuit_remove(struct cbd *d, const char *name, char *err, size_t errsize);
 
 /* The circuit called name, or NULL. */
 struct cbd_circuit *cbd_circuit_find(struct cbd *d, const char *name);

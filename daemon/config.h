@@ -44,6 +44,11 @@ struct cbd_config {
     uint32_t heartbeat_ms, stale_limit_ms, stale_policy; /* stale_policy: CB_STALE_* */
     uint32_t drain_interval_ms, reclaim_interval_ms;
     uint32_t log_level;                                   /* CBD_LOG_* */
+    /* [daemon] limits: what one local user may take (control.c, cbd.c) */
+    uint32_t max_connections, max_connections_per_uid, admin_reserved_connections;
+    uint32_t frame_timeout_ms, idle_timeout_ms;           /* idle_timeout_ms 0: never */
+    uint32_t max_circuits_per_uid;                        /* 0: no quota */
+    uint32_t circuit_expiry_s;                            /* 0: circuits never expire */
     /* [defaults]: the policy of circuits, under what workers and sections say */
     cb_config defaults;
     /* [hooks] */

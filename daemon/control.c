@@ -274,7 +274,7 @@ static int op_register(struct cbd_conn *c, const msgpack_object *req, struct rep
     const msgpack_object *m = cb__mp_get(req, "config");
     if (m != NULL && m->type != MSGPACK_OBJECT_NIL && parse_config(m, &cfg, &mask, r) < 0)
         return r->err;
-    int rc = cbd_circuit_register(c->d, name, &cfg, mask, &slot, &created, r->message, sizeof r->message);
+    int rc = cbd_circuit_register(c->d, name, &cfg, mask, c->uid, &slot, &created, r->message, sizeof r->message);
     if (rc < 0)
         return r->err = rc;
     field_u64(r, "slot", slot);

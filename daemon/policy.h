@@ -52,6 +52,7 @@ struct cbd_circuit {
     unsigned asked_mask;
     const struct cbd_override *override; /* NULL: no [circuit]/[prefix] section matches */
     int restore_seen;            /* adopted, and the fleet store reported it during the restore */
+    uint32_t owner_uid;          /* who registered it over the socket (CBD_OWNER_NONE: nobody counted) */
 };
 
 /* The five policy fields of cb_config, in its order, as the config file and

@@ -85,6 +85,10 @@ struct cbd_store_ops {
      * static message naming what is wrong with the URI. */
     int (*create)(struct cbd_store **out, const char *uri, const struct cbd_store_hooks *hooks,
                   const char **err);
+    /* Check uri exactly as create() would, without I/O or side effects
+     * (cbd --check-config and the daemon's start use it alike). 0, or
+     * -EINVAL with an operator-readable reason in why (size bytes). */
+    int (*check_uri)(const char *uri, char *why, size_t size);
     /* Load everything the store holds, calling hooks->remote for each
      * circuit, then done(arg, rc). Called once before READY. rc < 0 means
      * the store could not be read (the daemon logs it and starts host-local). */
