@@ -9,7 +9,10 @@
 #      no timing is asserted)
 #   5. AddressSanitizer + UBSan: build-asan, ctest there with
 #      CB_TEST_SANITIZER=1 so slow tests can shrink, and the demo
-#   6. ThreadSanitizer, when the run so far left time for it: cbd, libcb,
+#   6. the libFuzzer harnesses (scripts/fuzz.sh: clang, ASan+UBSan), each
+#      for CB_FUZZ_SECONDS (default 30); their committed corpora are also
+#      replayed by ctest in steps 2 and 5 (label fuzz)
+#   7. ThreadSanitizer, when the run so far left time for it: cbd, libcb,
 #      the demo and the bench built in build-tsan, and the demo and the
 #      bench smoke run against a TSan cbd (halt_on_error: a race fails the
 #      step). Not the criterion tests: criterion cannot start under TSan
@@ -23,8 +26,9 @@
 # Environment:
 #   CB_BUILD_DIR=DIR         build directory (default build; the sanitizer
 #                            builds go to DIR-asan and DIR-tsan)
-#   CB_SKIP_SANITIZERS=1     skip steps 5 and 6
-#   CB_TSAN_IF_UNDER_S=N     run step 6 only if steps 1-5 took less (default 600)
+#   CB_SKIP_SANITIZERS=1     skip steps 5, 6 and 7
+#   CB_FUZZ_SECONDS=N        seconds per fuzzer in step 6 (default 30; 0 skips it)
+#   CB_TSAN_IF_UNDER_S=N     run step 7 only if steps 1-6 took less (default 900)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -103,8 +107,15 @@ if check "asan build" build asan; then
         UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} run_ctest "asan ctest" "$base-asan"
     check "asan demo" env CB_BUILD_DIR="$base-asan" bench/with_cbd.sh demo "$base-asan/cb_demo"
 fi
-if ((SECONDS >= ${CB_TSAN_IF_UNDER_S:-600})); then
-    note "tsan" "skipped (${SECONDS} s used; CB_TSAN_IF_UNDER_S=${CB_TSAN_IF_UNDER_S:-600})"
+if [[ ${CB_FUZZ_SECONDS:-30} == 0 ]]; then
+    note "fuzz" "skipped (CB_FUZZ_SECONDS=0)"
+elif command -v clang >/dev/null; then
+    check "fuzz" env CB_FUZZ_SECONDS="${CB_FUZZ_SECONDS:-30}" scripts/fuzz.sh
+else
+    note "fuzz" "skipped (no clang; the corpora were replayed by ctest)"
+fi
+if ((SECONDS >= ${CB_TSAN_IF_UNDER_S:-900})); then
+    note "tsan" "skipped (${SECONDS} s used; CB_TSAN_IF_UNDER_S=${CB_TSAN_IF_UNDER_S:-900})"
 elif check "tsan build" build tsan cbd cb_demo cb_bench; then
     export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1}
     check "tsan demo" env CB_BUILD_DIR="$base-tsan" bench/with_cbd.sh demo "$base-tsan/cb_demo"
