@@ -76,6 +76,8 @@ void *tsup_seg_map(const char *instance, unsigned flags, size_t *size);
  * the ones built with the tests (CBD_PATH, CBCTL_PATH). */
 const char *tsup_cbd_path(void);
 const char *tsup_cbctl_path(void);
+/* cbd_fi: cbd with its fault-injection points (daemon/fault.h) compiled in. */
+const char *tsup_cbd_fi_path(void);
 
 /* Runs argv[0] (a path) to completion with its stdout (and its stderr when
  * with_stderr) in *out (malloc'd, NUL terminated; the caller frees it).
@@ -112,6 +114,8 @@ struct tsup_daemon_opts {
     uint32_t heartbeat_ms, stale_limit_ms, drain_interval_ms, reclaim_interval_ms;
     const char *stale_policy; /* "fail-open" or "keep-state" */
     const char *store;        /* store URI; NULL = local:<dir>/state */
+    const char *binary;       /* the daemon to run; NULL = tsup_cbd_path() (tsup_cbd_fi_path():
+                               * the build with fault-injection points, $CBD_FAULT) */
     const char *extra[9];     /* more arguments, NULL terminated */
 };
 
@@ -137,6 +141,8 @@ int tsup_daemon_stop(struct tsup_daemon *d);
 void tsup_daemon_kill9(struct tsup_daemon *d);
 /* Start a stopped or killed daemon again with the same arguments. */
 int tsup_daemon_restart(struct tsup_daemon *d);
+/* The same without waiting until it is ready (it may die starting). */
+int tsup_daemon_spawn(struct tsup_daemon *d);
 /* Lines of cbd.log containing needle. */
 int tsup_log_count(const struct tsup_daemon *d, const char *needle);
 

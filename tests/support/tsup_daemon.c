@@ -61,7 +61,7 @@ static void build_argv(struct tsup_daemon *d, const struct tsup_daemon_opts *o)
 {
     size_t used = 0;
     int argc = 0;
-    add_arg(d, &used, &argc, "%s", tsup_cbd_path());
+    add_arg(d, &used, &argc, "%s", o->binary != NULL ? o->binary : tsup_cbd_path());
     add_arg(d, &used, &argc, "--instance");
     add_arg(d, &used, &argc, "%s", d->instance);
     add_arg(d, &used, &argc, "--socket");
@@ -134,7 +134,7 @@ static int wait_ready(struct tsup_daemon *d)
     return -ETIMEDOUT;
 }
 
-int tsup_daemon_restart(struct tsup_daemon *d)
+int tsup_daemon_spawn(struct tsup_daemon *d)
 {
     if (d->pid != 0)
         return -EBUSY;
@@ -142,7 +142,13 @@ int tsup_daemon_restart(struct tsup_daemon *d)
     if (pid < 0)
         return pid;
     d->pid = pid;
-    return wait_ready(d);
+    return 0;
+}
+
+int tsup_daemon_restart(struct tsup_daemon *d)
+{
+    int rc = tsup_daemon_spawn(d);
+    return rc < 0 ? rc : wait_ready(d);
 }
 
 int tsup_daemon_start(struct tsup_daemon *d, const struct tsup_daemon_opts *opts)

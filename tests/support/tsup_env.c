@@ -298,6 +298,12 @@ const char *tsup_cbd_path(void)
     return e != NULL && e[0] != '\0' ? e : CBD_PATH;
 }
 
+const char *tsup_cbd_fi_path(void)
+{
+    const char *e = getenv("TSUP_CBD_FI");
+    return e != NULL && e[0] != '\0' ? e : CBD_FI_PATH;
+}
+
 const char *tsup_cbctl_path(void)
 {
     const char *e = getenv("TSUP_CBCTL");
