@@ -106,13 +106,14 @@ struct circuit_row {
 
 static int row_read(const struct cbctl *c, uint32_t slot, struct circuit_row *row)
 {
-    int rc = cb__seg_snapshot(c->seg, slot, &row->info);
+    struct cb_seg_snapshot snap;
+    int rc = cb__seg_snapshot(c->seg, slot, &snap);
     if (rc < 0)
         return rc;
-    const struct cb_seg_record *r = CB_SEG_RECORD(c->seg, slot);
-    row->sync_state = atomic_load_explicit((_Atomic uint32_t *)&r->sync_state, memory_order_relaxed);
-    row->synced_at = atomic_load_explicit((_Atomic int64_t *)&r->synced_at, memory_order_relaxed);
-    row->last_transition_ns = atomic_load_explicit((_Atomic int64_t *)&r->last_transition_ns, memory_order_relaxed);
+    row->info = snap.info;
+    row->sync_state = snap.sync_state;
+    row->synced_at = snap.synced_at;
+    row->last_transition_ns = snap.last_transition_ns;
     return 0;
 }
 
@@ -192,7 +193,7 @@ static int cmd_show(struct cbctl *c, int argc, char **argv)
     if (rc)
         return rc;
     size_t len = strlen(argv[0]);
-    int slot = cb__seg_lookup(c->seg, argv[0], len, cb__name_hash(argv[0], len));
+    int slot = cb__seg_lookup(c->seg, argv[0], len, cb__name_hash(argv[0], len), NULL);
     struct circuit_row row;
     if (slot < 0 || row_read(c, (uint32_t)slot, &row) < 0)
         return fail(EXIT_NOT_FOUND, "no circuit named '%s' in instance '%s'", argv[0], c->instance);

@@ -70,8 +70,8 @@
 struct cbd_circuit *cbd_circuit_find(struct cbd *d, const char *name)
 {
     size_t len = strlen(name);
-    int slot = cb__seg_lookup(d->seg.hdr, name, len, cb__name_hash(name, len));
-    return slot >= 0 && (uint32_t)slot < d->ncircuits ? &d->circuits[slot] : NULL;
+    int slot = cb__seg_lookup(d->seg.hdr, name, len, cb__name_hash(name, len), NULL);
+    return slot >= 0 && (uint32_t)slot < d->ncircuits && !d->circuits[slot].removed ? &d->circuits[slot] : NULL;
 }
 
 /* What the worker asked for, with [defaults] in the fields it left out:
@@ -102,7 +102,7 @@ static void write_through(struct cbd *d, struct cbd_circuit *c, int64_t prev_ope
 {
     struct cbd_store_state st = {
         .state = c->state, .failure_count = c->trip_failure_count, .opened_at = c->opened_at,
-        .has_config = true, .config = asked_filled(d, c),
+        .opened_at_ns = c->opened_at_ns, .has_config = true, .config = asked_filled(d, c),
     };
     snprintf(st.name, sizeof st.name, "%s", c->rec->name);
     /* HALF_OPEN: the election wrote it; the store's answer already agreed */
@@ -180,6 +180,12 @@ static void on_arm(void *arg, uint32_t slot, uint32_t epoch, uint64_t at_ns)
     cbd_timers_add(arg, slot, epoch, at_ns);
 }
 
+static uint64_t on_history_next(void *arg)
+{
+    struct cbd *d = arg;
+    return atomic_load_explicit(&d->seg.hdr->history_head, memory_order_relaxed); /* we are its only writer */
+}
+
 /* ---- the store's callbacks ------------------------------------------------ */
 
 /*
@@ -232,8 +238,8 @@ static void on_remote(void *arg, const struct cbd_store_state *st)
     }
     struct cbd_now now;
     cbd_now(&now);
-    cbd_policy_apply(&d->env, c, st->state, c->flags, st->opened_at, st->failure_count, st->lease_expiry, source,
-                     &now);
+    cbd_policy_apply(&d->env, c, st->state, c->flags, st->opened_at, st->opened_at_ns, st->failure_count,
+                     st->lease_expiry, source, &now);
 }
 
 static void on_probe_result(void *arg, const char *name, int64_t opened_at, bool granted, int64_t lease_expiry)
@@ -263,6 +269,8 @@ static void on_health(void *arg, bool online, const char *why)
     d->store_health = online;
     cbd_now(&now);
     for (uint32_t i = 0; i < d->ncircuits; i++) {
+        if (d->circuits[i].removed)
+            continue;
         cbd_policy_set_sync(&d->circuits[i], sync_state(d), online ? now.real_ns / 1000000000 : 0);
         if (online)
             cbd_policy_renew_now(&d->env, &d->circuits[i], &now);
@@ -343,11 +351,109 @@ static bool quota_reached(const struct cbd *d, uint32_t uid)
     return false;
 }
 
+/* A circuit named by a [circuit "NAME"] section exactly: the operator
+ * declared it, so it is never removed or expired. */
+static const struct cbd_override *declared(const struct cbd *d, const char *name)
+{
+    for (size_t i = 0; i < d->cfg.noverrides; i++) {
+        if (!d->cfg.overrides[i].prefix && strcmp(d->cfg.overrides[i].name, name) == 0)
+            return &d->cfg.overrides[i];
+    }
+    return NULL;
+}
+
+static void free_slot_push(struct cbd *d, uint32_t slot, uint32_t incarnation)
+{
+    if (incarnation >= CB_SEG_INCARNATION_MAX)
+        return; /* worn out: a handle's incarnation could come round again */
+    if (d->nfree == d->free_cap) {
+        uint32_t cap = d->free_cap ? d->free_cap * 2 : 64;
+        uint32_t *p = realloc(d->free_slots, (size_t)cap * sizeof *p);
+        if (p == NULL)
+            return; /* out of memory: the slot stays unused */
+        d->free_slots = p;
+        d->free_cap = cap;
+    }
+    d->free_slots[d->nfree++] = slot;
+}
+
+/* Takes the circuit out: segment, store, quota, free list. */
+static void circuit_drop(struct cbd *d, struct cbd_circuit *c, const char *why)
+{
+    char name[CB_NAME_MAX + 1];
+    snprintf(name, sizeof name, "%s", c->rec->name);
+    cbd_segment_remove(&d->seg, c->slot);
+    c->removed = 1;
+    c->epoch = cb_seg_word_epoch(cbd_segment_slot_word(&d->seg, c->slot)); /* its timers are stale now */
+    owner_count(d, c->owner_uid, -1);
+    free_slot_push(d, c->slot, c->incarnation + 1);
+    if (d->store_ops->untrack != NULL)
+        d->store_ops->untrack(d->store, name);
+    d->removals++;
+    cbd_log(CBD_LOG_INFO, "removed circuit=%s slot=%u (%s)", name, c->slot, why);
+}
+
 int cbd_circuit_remove(struct cbd *d, const char *name, char *err, size_t errsize)
 {
-    (void)d;
-    snprintf(err, errsize, "removing circuit %s is not supported yet", name);
-    return -ENOSYS;
+    struct cbd_circuit *c = cbd_circuit_find(d, name);
+    if (c == NULL) {
+        snprintf(err, errsize, "no circuit named %s", name);
+        return -ENOENT;
+    }
+    if (declared(d, name) != NULL) {
+        snprintf(err, errsize, "circuit %s is declared by a [circuit \"%s\"] section of %s: remove the section and "
+                 "reload first", name, name, d->cfg.file[0] ? d->cfg.file : "the configuration");
+        return -EBUSY;
+    }
+    circuit_drop(d, c, "removed by an operator");
+    return 0;
+}
+
+/* Removes CLOSED circuits nobody used for circuit_expiry_s (never forced,
+ * disabled or declared ones). Runs every quarter of the expiry, at most
+ * every minute. */
+static void expire(uv_timer_t *t)
+{
+    struct cbd *d = t->data;
+    struct cbd_now now;
+    uint64_t limit = (uint64_t)d->cfg.circuit_expiry_s * 1000000000ull;
+    if (limit == 0)
+        return;
+    cbd_now(&now);
+    for (uint32_t i = 0; i < d->ncircuits; i++) {
+        struct cbd_circuit *c = &d->circuits[i];
+        if (c->removed || c->state != CB_CLOSED || c->flags != 0 || now.mono_ns - c->last_used_ns < limit ||
+            declared(d, c->rec->name) != NULL)
+            continue;
+        circuit_drop(d, c, "unused for circuit_expiry_s");
+        d->expired++;
+    }
+}
+
+static void expiry_set_interval(struct cbd *d);
+
+static int expiry_start(struct cbd *d)
+{
+    int rc = uv_timer_init(&d->loop, &d->expiry);
+    if (rc < 0)
+        return rc;
+    d->expiry.data = d;
+    d->expiry_started = 1;
+    expiry_set_interval(d);
+    return 0;
+}
+
+static void expiry_set_interval(struct cbd *d)
+{
+    uint64_t ms = (uint64_t)d->cfg.circuit_expiry_s * 250;
+    if (ms > 60000)
+        ms = 60000;
+    if (!d->expiry_started)
+        return;
+    if (ms == 0)
+        uv_timer_stop(&d->expiry);
+    else
+        uv_timer_start(&d->expiry, expire, ms, ms);
 }
 
 int cbd_circuit_register(struct cbd *d, const char *name, const cb_config *asked, unsigned asked_mask,
@@ -364,6 +470,9 @@ int cbd_circuit_register(struct cbd *d, const char *name, const cb_config *asked
     if (check_asked(d, asked, asked_mask, &want, err, errsize) < 0)
         return -EINVAL;
     if ((c = cbd_circuit_find(d, name)) != NULL) {
+        struct cbd_now now;
+        cbd_now(&now);
+        c->last_used_ns = now.mono_ns; /* asked for: in use */
         *slot = c->slot;
         *created = 0;
         return 0;
@@ -379,20 +488,26 @@ int cbd_circuit_register(struct cbd *d, const char *name, const cb_config *asked
         return -ENOMEM;
     }
     cbd_config_effective(&d->cfg, name, &want, asked_mask, &use, &section);
-    int rc = cbd_segment_add(&d->seg, name, &use, slot);
+    uint32_t reuse = d->nfree > 0 ? d->free_slots[d->nfree - 1] : UINT32_MAX;
+    int rc = cbd_segment_add(&d->seg, name, &use, owner_uid, reuse, slot);
     if (rc < 0) {
-        snprintf(err, errsize, "segment full: %u circuits (raise the `capacity` option)", d->seg.hdr->capacity);
+        snprintf(err, errsize, "segment full: %u circuits (raise the `capacity` option, or `cbctl remove` "
+                 "circuits no longer used, or set `circuit_expiry_s`)", d->seg.hdr->capacity);
         return rc;
     }
+    if (reuse != UINT32_MAX)
+        d->nfree--;
     struct cbd_now now;
     cbd_now(&now);
-    d->ncircuits = *slot + 1;
+    if (*slot >= d->ncircuits)
+        d->ncircuits = *slot + 1;
     c = &d->circuits[*slot];
     cbd_policy_load(&d->env, c, *slot, CB_SEG_RECORD(d->seg.hdr, *slot), CB_LANES_PERMIT(d->seg.lanes, *slot), &now);
     c->asked = want;
     c->asked_mask = asked_mask;
     c->override = section;
     c->owner_uid = owner_uid;
+    c->last_used_ns = now.mono_ns;
     owner_count(d, owner_uid, +1);
     cbd_policy_set_sync(c, sync_state(d), 0);
     *created = 1;
@@ -413,6 +528,8 @@ static uint32_t reconfigure_all(struct cbd *d)
     for (uint32_t i = 0; i < d->ncircuits; i++) {
         struct cbd_circuit *c = &d->circuits[i];
         cb_config use;
+        if (c->removed)
+            continue;
         cbd_config_effective(&d->cfg, c->rec->name, &c->asked, c->asked_mask, &use, &c->override);
         if (memcmp(&use, &c->cfg, sizeof use) == 0)
             continue;
@@ -438,10 +555,20 @@ static int load_adopted(struct cbd *d)
     cbd_now(&now);
     for (uint32_t i = 0; i < n; i++) {
         struct cbd_circuit *c = &d->circuits[i];
+        struct cb_seg_vdata v;
+        if (cbd_segment_roll_forward(&d->seg, i, &v) && d->nrolled < sizeof d->rolled / sizeof d->rolled[0])
+            d->rolled[d->nrolled++] = i;
         cbd_policy_load(&d->env, c, i, CB_SEG_RECORD(d->seg.hdr, i), CB_LANES_PERMIT(d->seg.lanes, i), &now);
+        c->last_used_ns = now.mono_ns;
+        if (c->flags & CB_SEG_F_REMOVED) {
+            c->removed = 1;
+            free_slot_push(d, i, c->incarnation + 1);
+            continue;
+        }
         c->asked = c->cfg;
         c->asked_mask = ALL_FIELDS;
-        c->owner_uid = CBD_OWNER_NONE;
+        c->owner_uid = atomic_load_explicit(&c->rec->owner_uid, memory_order_relaxed);
+        owner_count(d, c->owner_uid, +1);
         if (c->flags & CB_SEG_F_FORCED)
             cbd_log(CBD_LOG_WARN, "circuit=%s is forced %s from before this start; it stays so until "
                                   "`cbctl reset %s`", c->rec->name, cbd_state_name(c->state), c->rec->name);
@@ -456,13 +583,39 @@ static int load_adopted(struct cbd *d)
  * fleet's changes reach it as they reach registered ones. */
 static void fleet_adopt(struct cbd *d)
 {
-    for (uint32_t i = 0; d->env.fleet && i < d->nadopted; i++) {
+    for (uint32_t i = 0; i < d->nadopted; i++) {
         struct cbd_circuit *c = &d->circuits[i];
+        if (c->removed)
+            continue;
         cb_config asked = asked_filled(d, c);
-        if (!c->restore_seen && c->state != CB_CLOSED && !(c->flags & (CB_SEG_F_FORCED | CB_SEG_F_DISABLED)))
+        if (d->env.fleet && !c->restore_seen && c->state != CB_CLOSED &&
+            !(c->flags & (CB_SEG_F_FORCED | CB_SEG_F_DISABLED)))
             write_through(d, c, 0);
         d->store_ops->track(d->store, c->rec->name, &asked);
     }
+}
+
+/* A transition the previous daemon committed but did not finish: its state
+ * word or history entry was written at adoption (cbd_segment_roll_forward);
+ * here it is logged and told to the store and the hooks like any other. */
+static void announce_rolled_forward(struct cbd *d)
+{
+    struct cbd_now now;
+    cbd_now(&now);
+    for (uint32_t k = 0; k < d->nrolled; k++) {
+        struct cbd_circuit *c = &d->circuits[d->rolled[k]];
+        cb_state from = (cb_state)c->pub.from;
+        cb_source source = (cb_source)c->pub.source;
+        cbd_log(CBD_LOG_WARN, "completed the transition of circuit=%s from=%s to=%s epoch=%u that the previous "
+                              "daemon committed but did not publish", c->rec->name, cbd_state_name(from),
+                cbd_state_name(c->state), c->epoch);
+        d->transitions++;
+        if (!c->removed && !from_the_fleet(from, c->state, source))
+            write_through(d, c, 0);
+        if (!c->removed)
+            announce(d, c, from, source, &now);
+    }
+    d->nrolled = 0;
 }
 
 /* ---- reload ------------------------------------------------------------------ */
@@ -488,6 +641,7 @@ static uint32_t apply_config(struct cbd *d)
     if (d->hooks != NULL)
         cbd_hooks_set_limits(d->hooks, d->cfg.hook_max_running, d->cfg.hook_timeout_ms, d->cfg.hook_queue_max);
     cbd_control_configure(d);
+    expiry_set_interval(d);
     return reconfigure_all(d);
 }
 
@@ -562,6 +716,9 @@ void cbd_stop(struct cbd *d, int exit_code)
     if (d->watchdog_started)
         uv_close((uv_handle_t *)&d->watchdog, NULL);
     d->watchdog_started = 0;
+    if (d->expiry_started)
+        uv_close((uv_handle_t *)&d->expiry, NULL);
+    d->expiry_started = 0;
     uv_close((uv_handle_t *)&d->sigterm, NULL);
     uv_close((uv_handle_t *)&d->sigint, NULL);
     uv_close((uv_handle_t *)&d->sighup, NULL);
@@ -611,7 +768,8 @@ static void on_restored(void *arg, int rc)
     fleet_adopt(d);
     reconfigure_all(d);
     if (cbd_control_listen(d) < 0 || cbd_drain_start(d) < 0 || cbd_doorbell_start(d) < 0 ||
-        cbd_segment_heartbeat_start(&d->seg, &d->loop, d->cfg.heartbeat_ms) < 0 || watchdog_start(d) < 0) {
+        cbd_segment_heartbeat_start(&d->seg, &d->loop, d->cfg.heartbeat_ms) < 0 || watchdog_start(d) < 0 ||
+        expiry_start(d) < 0) {
         cbd_log(CBD_LOG_ERROR, "startup failed: stopping");
         cbd_stop(d, 1);
         return;
@@ -656,6 +814,7 @@ static int start(struct cbd *d)
         return 1;
     }
     start_signals(d);
+    announce_rolled_forward(d);
     d->restoring = 1;
     d->store_ops->restore(d->store, on_restored, d);
     return 0;
@@ -670,7 +829,7 @@ int cbd_run(const struct cbd_config *cfg)
     }
     d->cfg = *cfg; /* the lists in cfg are the daemon's from here on */
     d->env = (struct cbd_policy_env){.arg = d, .transitioned = on_transitioned, .try_probe = on_try_probe,
-                                     .arm = on_arm};
+                                     .arm = on_arm, .history_next = on_history_next};
     d->store_health = -1;
     d->start_ns = mono_us() * 1000;
     signal(SIGPIPE, SIG_IGN); /* a client that hangs up is a write error, not a death */
@@ -699,6 +858,7 @@ int cbd_run(const struct cbd_config *cfg)
     cbd_config_free(&d->cfg);
     free(d->circuits);
     free(d->owners);
+    free(d->free_slots);
     free(d);
     return rc;
 }

@@ -34,6 +34,12 @@ struct cbd {
     uint32_t nadopted;                /* slots [0, nadopted) came with an adopted segment */
     struct cbd_owner *owners;         /* registrations per uid */
     size_t nowners;
+    uint32_t *free_slots;             /* removed circuits' slots, reused by registrations (last first) */
+    uint32_t nfree, free_cap;
+    uint64_t removals, expired;       /* circuits removed (by an operator or expiry), expired */
+    uv_timer_t expiry;                /* circuit_expiry_s sweep */
+    int expiry_started;
+    uint32_t rolled[8], nrolled;      /* adopted transitions completed at start, to announce */
     struct cbd_policy_env env;        /* the policy's way back into the daemon */
     const struct cbd_store_ops *store_ops;
     struct cbd_store *store;

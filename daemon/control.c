@@ -262,6 +262,8 @@ static int parse_config(const msgpack_object *m, cb_config *cfg, unsigned *mask,
     return 0;
 }
 
+static int is_admin(const struct cbd_control *ctl, const struct cbd_conn *c);
+
 static int op_register(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
 {
     char name[CB_NAME_MAX + 1];
@@ -274,7 +276,7 @@ static int op_register(struct cbd_conn *c, const msgpack_object *req, struct rep
     const msgpack_object *m = cb__mp_get(req, "config");
     if (m != NULL && m->type != MSGPACK_OBJECT_NIL && parse_config(m, &cfg, &mask, r) < 0)
         return r->err;
-    int rc = cbd_circuit_register(c->d, name, &cfg, mask, c->uid, &slot, &created, r->message, sizeof r->message);
+    int rc = cbd_circuit_register(c->d, name, &cfg, mask, is_admin(&c->d->control, c) ? CBD_OWNER_NONE : c->uid, &slot, &created, r->message, sizeof r->message);
     if (rc < 0)
         return r->err = rc;
     field_u64(r, "slot", slot);
@@ -358,7 +360,7 @@ static void pack_circuit_fields(msgpack_packer *pk, const struct cbd_circuit *c)
 {
     static const char *const sync_names[] = {"local", "ok", "pending", "offline"};
     struct cb_seg_record *rec = c->rec;
-    unsigned sync = atomic_load_explicit(&rec->sync_state, memory_order_relaxed); /* relaxed: we wrote it */
+    unsigned sync = c->pub.sync_state;
     cb_config cfg = c->cfg;
     cb__mp_kv_str(pk, "name", rec->name);
     cb__mp_kv_u64(pk, "slot", c->slot);
@@ -368,17 +370,17 @@ static void pack_circuit_fields(msgpack_packer *pk, const struct cbd_circuit *c)
     cb__mp_kv_i64(pk, "opened_at", c->opened_at);
     cb__mp_kv_bool(pk, "forced", (c->flags & CB_SEG_F_FORCED) != 0);
     cb__mp_kv_bool(pk, "disabled", (c->flags & CB_SEG_F_DISABLED) != 0);
-    cb__mp_kv_i64(pk, "forced_until", c->forced_until_ms);
+    cb__mp_kv_i64(pk, "forced_until", cbd_policy_forced_until_ms(c));
     cb__mp_kv_str(pk, "sync", sync < 4 ? sync_names[sync] : "?");
-    cb__mp_kv_i64(pk, "synced_at", atomic_load_explicit(&rec->synced_at, memory_order_relaxed));
+    cb__mp_kv_i64(pk, "synced_at", c->pub.synced_at);
     cb__mp_pack_str(pk, "config");
     msgpack_pack_map(pk, CBD_POLICY_NFIELDS);
     for (unsigned i = 0; i < CBD_POLICY_NFIELDS; i++)
         cb__mp_kv_u64(pk, cbd_policy_fields[i], *cbd_policy_field(&cfg, i));
     cb__mp_kv_str(pk, "section", c->override ? c->override->name : "");
-    cb__mp_kv_u64(pk, "total_successes", atomic_load_explicit(&rec->total_successes, memory_order_relaxed));
-    cb__mp_kv_u64(pk, "total_failures", atomic_load_explicit(&rec->total_failures, memory_order_relaxed));
-    cb__mp_kv_u64(pk, "total_ignored", atomic_load_explicit(&rec->total_ignored, memory_order_relaxed));
+    cb__mp_kv_u64(pk, "total_successes", c->pub.total_successes);
+    cb__mp_kv_u64(pk, "total_failures", c->pub.total_failures);
+    cb__mp_kv_u64(pk, "total_ignored", c->pub.total_ignored);
 }
 
 static int op_show(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
@@ -404,21 +406,24 @@ static int op_list(struct cbd_conn *c, const msgpack_object *req, struct reply *
     msgpack_packer pk;
     msgpack_sbuffer_init(&items);
     msgpack_packer_init(&pk, &items, msgpack_sbuffer_write);
-    for (i = offset < d->ncircuits ? (uint32_t)offset : d->ncircuits; i < d->ncircuits; i++, n++) {
+    for (i = offset < d->ncircuits ? (uint32_t)offset : d->ncircuits; i < d->ncircuits; i++) {
         size_t before = items.size;
+        if (d->circuits[i].removed)
+            continue;
         msgpack_pack_map(&pk, CIRCUIT_FIELDS);
         pack_circuit_fields(&pk, &d->circuits[i]);
         if (items.size > CB_FRAME_MAX - 1024) { /* room for the rest of the reply */
             items.size = before;
             break;
         }
+        n++;
     }
     cb__mp_pack_str(&r->pk, "circuits");
     msgpack_pack_array(&r->pk, n);
     msgpack_sbuffer_write(&r->body, items.data, items.size);
     msgpack_sbuffer_destroy(&items);
     r->nfields++;
-    field_u64(r, "total", d->ncircuits);
+    field_u64(r, "total", atomic_load_explicit(&d->seg.hdr->circuits_live, memory_order_relaxed));
     if (i < d->ncircuits)
         field_u64(r, "next", i);
     return 0;
@@ -443,7 +448,7 @@ static int operator_op(struct cbd_conn *c, const msgpack_object *req, struct rep
     cbd_policy_operator(&c->d->env, circuit, action, (uint32_t)for_ms, &now);
     cb__mp_kv_str(&r->pk, "state", cbd_state_name(circuit->state));
     field_u64(r, "epoch", circuit->epoch);
-    cb__mp_kv_i64(&r->pk, "forced_until", circuit->forced_until_ms);
+    cb__mp_kv_i64(&r->pk, "forced_until", cbd_policy_forced_until_ms(circuit));
     r->nfields += 2;
     return 0;
 }

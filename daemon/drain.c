@@ -16,8 +16,17 @@
  *    as invalid, warned about (rate-limited, naming lane and owner pid) and
  *    dropped. The policy then ignores valid events of an older epoch.
  *
- * Counters reach each circuit's record once per batch: the policy gathers
- * them, and the dirty list names the circuits to flush after the batch.
+ * Exactly once. The events of a lane are applied in memory, then every
+ * circuit they touched is published (one version each, carrying the drain
+ * checkpoint: lane and position of the last event it counts), and only then
+ * does the lane's head move past them. A daemon that dies anywhere in
+ * between leaves the head where it was; the next daemon drains the same
+ * events again and skips, circuit by circuit, those its record already
+ * counts (applied_lane/applied_pos in its version), so every event is
+ * counted once, a trip is made once, and nothing is lost. One catch: a
+ * record has one checkpoint, so the lane the dead daemon was in the middle
+ * of (the only one whose head lags checkpoints that name it) is drained
+ * first, before any other lane's events move those checkpoints on.
  *
  * Reclaim (every reclaim_interval_ms): a lane whose owner marked it
  * CB_LANE_RELEASED (thread exit, client close), whose owner process is gone
@@ -34,6 +43,7 @@
 #include <string.h>
 
 #include "cbd.h"
+#include "fault.h"
 
 static void flush_dirty(struct cbd *d)
 {
@@ -67,6 +77,14 @@ static int event_valid(const struct cbd *d, const struct cb_lane_event *e)
            e->outcome <= CB_IGNORED && (e->kind == CB_TICKET_ALLOWED || e->kind == CB_TICKET_PROBE);
 }
 
+/* An event for a slot whose circuit was removed: a late report of a
+ * removed circuit, counted as stale and not applied (the slot's record is
+ * not the daemon's to publish until it is reused). */
+static int event_removed(const struct cbd *d, const struct cb_lane_event *e)
+{
+    return d->circuits[e->slot].removed;
+}
+
 static void warn_invalid(struct cbd *d, uint32_t lane_no, uint64_t owner, const struct cb_lane_event *e)
 {
     uint64_t suppressed;
@@ -98,21 +116,35 @@ static void drain_lane(struct cbd *d, uint32_t lane_no, uint64_t owner, const st
                 (unsigned long long)head);
     } else {
         const struct cb_lane_event *events = CB_LANES_EVENTS(lane);
-        for (; head != tail; head++) {
+        for (uint64_t pos = head; pos != tail; pos++) {
             struct cb_lane_event e;
-            memcpy(&e, &events[head & (cap - 1)], sizeof e); /* one read of shared bytes, then checks */
+            memcpy(&e, &events[pos & (cap - 1)], sizeof e); /* one read of shared bytes, then checks */
             if (!event_valid(d, &e)) {
                 d->drain.events_invalid++;
                 warn_invalid(d, lane_no, owner, &e);
                 continue;
             }
             struct cbd_circuit *c = &d->circuits[e.slot];
+            if (event_removed(d, &e)) {
+                d->drain.events_stale++;
+                continue;
+            }
+            if (c->pub.applied_lane == lane_no + 1 && pos < c->pub.applied_pos) {
+                d->drain.events_replayed++; /* counted by the daemon before a crash */
+                continue;
+            }
             mark_dirty(d, c);
+            /* The checkpoint first: a transition this event causes publishes it. */
+            c->pub.applied_lane = lane_no + 1;
+            c->pub.applied_pos = pos + 1;
             d->drain.events_drained++;
+            c->last_used_ns = now->mono_ns;
             if (cbd_policy_on_event(&d->env, c, &e, now) == CBD_EVENT_STALE)
                 d->drain.events_stale++;
         }
     }
+    flush_dirty(d);
+    CBD_FAULT("drain.before_head");
     /* Release pairs with the producer's acquire load of head: the slots
      * read above may be overwritten now. */
     atomic_store_explicit(&lane->head, tail, memory_order_release);
@@ -128,7 +160,6 @@ void cbd_drain_all(struct cbd *d)
         if (owner != 0) /* a free lane has been drained when it was freed */
             drain_lane(d, i, owner, &now);
     }
-    flush_dirty(d);
 }
 
 /* Why a lane's owner is gone, or NULL if it is alive. */
@@ -169,7 +200,28 @@ static void reclaim(uv_timer_t *t)
             cbd_log(CBD_LOG_DEBUG, "reclaimed lane %u of pid %u (%s)", i, (uint32_t)(owner >> 32), why);
         }
     }
-    flush_dirty(d);
+}
+
+/* After adoption: drains first every lane that a record's checkpoint names
+ * beyond the lane's head - the lane the previous daemon was draining when it
+ * died - so that its events are skipped against the checkpoints they left. */
+static void recover_unfinished_lanes(struct cbd *d)
+{
+    struct cb_lanes_header *l = d->seg.lanes;
+    struct cbd_now now;
+    cbd_now(&now);
+    for (uint32_t i = 0; i < d->ncircuits; i++) {
+        const struct cbd_circuit *c = &d->circuits[i];
+        uint32_t lane_no = c->pub.applied_lane - 1;
+        if (c->removed || c->pub.applied_lane == 0 || lane_no >= l->lane_count)
+            continue;
+        struct cb_lane *lane = CB_LANES_LANE(l, lane_no);
+        if (c->pub.applied_pos <= atomic_load_explicit(&lane->head, memory_order_relaxed))
+            continue;
+        cbd_log(CBD_LOG_INFO, "lane %u was being drained when the previous daemon stopped: draining it first",
+                lane_no);
+        drain_lane(d, lane_no, atomic_load_explicit(&lane->owner, memory_order_relaxed), &now);
+    }
 }
 
 static void tick(uv_timer_t *t)
@@ -190,6 +242,7 @@ int cbd_drain_start(struct cbd *d)
         return rc;
     dr->tick.data = dr->reclaim.data = d;
     dr->started = 1;
+    recover_unfinished_lanes(d);
     cbd_drain_set_intervals(d);
     return 0;
 }

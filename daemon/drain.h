@@ -16,6 +16,7 @@ struct cbd_drain {
     uint64_t events_drained;  /* valid events fed to the policy (stale ones included) */
     uint64_t events_invalid;  /* garbage: bad slot, check, outcome or kind */
     uint64_t events_stale;    /* valid but from an older epoch: ignored */
+    uint64_t events_replayed; /* drained again after a crash, already counted: skipped */
     uint64_t lane_overruns;   /* lanes whose tail ran more than a lane ahead: skipped */
     uint64_t lanes_reclaimed; /* lanes freed after their thread or process went away */
     struct cbd_ratelimit invalid_warn;

@@ -105,10 +105,10 @@ static uint64_t mono_at(int64_t real_ns, const struct cbd_now *now)
     return now->mono_ns + (left > 0 ? (uint64_t)left : 0);
 }
 
-/* Monotonic deadline of an opening at opened_at (realtime epoch seconds). */
-static uint64_t recovery_deadline(const struct cbd_circuit *c, int64_t opened_at, const struct cbd_now *now)
+/* CLOCK_REALTIME (ns) the recovery timeout of an opening at opened_at_ns ends at. */
+static int64_t recovery_end(const struct cbd_circuit *c, int64_t opened_at_ns)
 {
-    return mono_at(opened_at * NS_PER_S + (int64_t)c->cfg.recovery_timeout_ms * (int64_t)NS_PER_MS, now);
+    return opened_at_ns + (int64_t)c->cfg.recovery_timeout_ms * (int64_t)NS_PER_MS;
 }
 
 /* The earlier of the state's deadline and the fleet lease's renewal; 0: none. */
@@ -160,26 +160,29 @@ void cbd_policy_load(const struct cbd_policy_env *env, struct cbd_circuit *c, ui
     c->rec = rec;
     c->permit = permit;
     c->slot = slot;
-    /* Relaxed: the daemon is the only writer of the record; these are its
-     * own earlier stores (or a previous daemon's, made visible by mmap). */
-    c->cfg.failure_threshold = atomic_load_explicit(&rec->failure_threshold, memory_order_relaxed);
-    c->cfg.success_threshold = atomic_load_explicit(&rec->success_threshold, memory_order_relaxed);
-    c->cfg.half_open_max_probes = atomic_load_explicit(&rec->half_open_max_probes, memory_order_relaxed);
-    c->cfg.recovery_timeout_ms = atomic_load_explicit(&rec->recovery_timeout_ms, memory_order_relaxed);
-    c->cfg.probe_lease_ms = atomic_load_explicit(&rec->probe_lease_ms, memory_order_relaxed);
-    uint64_t w = atomic_load_explicit(&rec->state_word, memory_order_relaxed);
+    /* The daemon is the only writer of the record: its current version and
+     * policy are complete (an adopting daemon repaired the policy's seq). */
+    cb_seg_cfg_load(rec, &c->cfg);
+    cb_seg_version_try_read(rec, &c->pub, NULL);
+    uint64_t w = c->pub.word;
     c->state = (cb_state)cb_seg_word_state(w);
     c->flags = cb_seg_word_flags(w);
+    c->incarnation = cb_seg_word_incarnation(w);
     c->epoch = cb_seg_word_epoch(w);
-    c->streak = atomic_load_explicit(&rec->failure_streak, memory_order_relaxed);
-    c->probe_successes = atomic_load_explicit(&rec->probe_successes, memory_order_relaxed);
-    c->trip_failure_count = atomic_load_explicit(&rec->trip_failure_count, memory_order_relaxed);
-    c->opened_at = atomic_load_explicit(&rec->opened_at, memory_order_relaxed);
-    if (c->flags & (CB_SEG_F_FORCED | CB_SEG_F_DISABLED))
-        return; /* held by an operator: no deadline (a force_open for_ms ends with the daemon that set it) */
-    if (c->state == CB_OPEN) {
-        c->deadline_ns = recovery_deadline(c, c->opened_at, now);
-    } else if (c->state == CB_HALF_OPEN) { /* probers in flight keep their permits for one more lease */
+    c->streak = c->pub.failure_streak;
+    c->probe_successes = c->pub.probe_successes;
+    c->trip_failure_count = c->pub.trip_failure_count;
+    c->opened_at_ns = c->pub.opened_at_ns;
+    c->opened_at = c->opened_at_ns / NS_PER_S;
+    c->open_until_ns = c->pub.open_until_ns;
+    if (c->flags & CB_SEG_F_DISABLED)
+        return; /* bypassed by an operator: no deadline runs */
+    if (c->state == CB_OPEN && c->open_until_ns != 0) {
+        /* The recovery deadline (or the end of a force_open for_ms) kept at
+         * full precision: a restart never makes a probe early. */
+        c->deadline_ns = mono_at(c->open_until_ns, now);
+    } else if (c->state == CB_HALF_OPEN && !(c->flags & CB_SEG_F_FORCED)) {
+        /* probers in flight keep their permits for one more lease */
         c->deadline_ns = now->mono_ns + cbd_policy_lease_ms(c) * NS_PER_MS;
         if (env->fleet) { /* the fleet lease was the previous process's: ask now whether it is ours */
             c->lease_until_ns = c->deadline_ns;
@@ -189,53 +192,42 @@ void cbd_policy_load(const struct cbd_policy_env *env, struct cbd_circuit *c, ui
     schedule(env, c);
 }
 
-/* Writes the snapshot fields and pending counters inside one seqlock section. */
-static void publish_snapshot(struct cbd_circuit *c, const struct cbd_now *now, int transition)
+/* Publishes the circuit as the record's next version (see segment.h). */
+static void publish(struct cbd_circuit *c)
 {
-    struct cb_seg_record *r = c->rec;
-    cb_seg_seq_begin(r);
-    if (transition) {
-        atomic_store_explicit(&r->opened_at, c->opened_at, memory_order_relaxed);
-        atomic_store_explicit(&r->last_transition_ns, now->real_ns, memory_order_relaxed);
-        atomic_store_explicit(&r->trip_failure_count, c->trip_failure_count, memory_order_relaxed);
-    }
-    atomic_store_explicit(&r->failure_streak, c->streak, memory_order_relaxed);
-    atomic_store_explicit(&r->probe_successes, c->probe_successes, memory_order_relaxed);
-    /* Single writer: load-add-store needs no read-modify-write atomics. */
-    atomic_store_explicit(&r->total_successes,
-                          atomic_load_explicit(&r->total_successes, memory_order_relaxed) + c->d_successes,
-                          memory_order_relaxed);
-    atomic_store_explicit(&r->total_failures,
-                          atomic_load_explicit(&r->total_failures, memory_order_relaxed) + c->d_failures,
-                          memory_order_relaxed);
-    atomic_store_explicit(&r->total_ignored,
-                          atomic_load_explicit(&r->total_ignored, memory_order_relaxed) + c->d_ignored,
-                          memory_order_relaxed);
-    atomic_store_explicit(&r->total_stale_events,
-                          atomic_load_explicit(&r->total_stale_events, memory_order_relaxed) + c->d_stale,
-                          memory_order_relaxed);
-    cb_seg_seq_end(r);
-    c->d_successes = c->d_failures = c->d_ignored = c->d_stale = 0;
+    struct cb_seg_vdata *v = &c->pub;
+    v->word = cb_seg_state_word(c->state, c->flags, c->incarnation, c->epoch);
+    v->opened_at_ns = c->opened_at_ns;
+    v->open_until_ns = c->open_until_ns;
+    v->trip_failure_count = c->trip_failure_count;
+    v->failure_streak = c->streak;
+    v->probe_successes = c->probe_successes;
+    uint64_t n;
+    struct cb_seg_version *x = cb_seg_version_begin(c->rec, &n);
+    cb_seg_version_fill(x, v);
+    CBD_FAULT("version.filled"); /* the spare copy written, not yet current */
+    cb_seg_version_commit(c->rec, x, n);
     c->dirty = 0;
 }
 
 void cbd_policy_flush(struct cbd_circuit *c)
 {
     if (c->dirty)
-        publish_snapshot(c, NULL, 0);
+        publish(c);
 }
 
 /*
- * The one transition function. The caller has set opened_at and
- * trip_failure_count for an opening; deadline_ns is the OPEN deadline
- * (ignored for other states).
+ * The one transition function. For an opening the caller has set
+ * opened_at_ns and trip_failure_count; open_until_ns is when the OPEN state
+ * ends (CLOCK_REALTIME ns: the recovery deadline, or the end of a
+ * force_open for_ms; 0 none), ignored for other states.
  */
 static void transition(const struct cbd_policy_env *env, struct cbd_circuit *c, cb_state to, unsigned flags,
-                       cb_source source, uint64_t deadline_ns, const struct cbd_now *now)
+                       cb_source source, int64_t open_until_ns, const struct cbd_now *now)
 {
     cb_state from = c->state;
     /* The record still holds the opening this transition supersedes. */
-    int64_t prev_opened_at = atomic_load_explicit(&c->rec->opened_at, memory_order_relaxed);
+    int64_t prev_opened_at = c->pub.opened_at_ns / NS_PER_S;
     c->state = to;
     c->flags = flags;
     c->epoch++;
@@ -247,35 +239,49 @@ static void transition(const struct cbd_policy_env *env, struct cbd_circuit *c, 
     }
     c->armed_ns = 0; /* the old epoch's timer entry is dead */
     c->deadline_ns = 0;
-    if (!(flags & CB_SEG_F_FORCED) || to != CB_OPEN || deadline_ns == 0)
-        c->forced_until_ms = 0; /* only a forced OPEN with its end armed has one */
     if (to == CB_CLOSED) {
-        c->opened_at = 0;
+        c->opened_at = c->opened_at_ns = 0;
         c->trip_failure_count = 0;
-    } else if (to == CB_OPEN) {
-        c->deadline_ns = deadline_ns;
     } else {
-        c->deadline_ns = now->mono_ns + cbd_policy_lease_ms(c) * NS_PER_MS;
+        c->opened_at = c->opened_at_ns / NS_PER_S;
     }
-    publish_snapshot(c, now, 1);
-    if (to == CB_HALF_OPEN) /* relaxed: published by the state word's release store below */
+    if (to == CB_OPEN) {
+        c->open_until_ns = open_until_ns;
+        c->deadline_ns = open_until_ns != 0 && !(flags & CB_SEG_F_DISABLED) ? mono_at(open_until_ns, now) : 0;
+    } else {
+        c->open_until_ns = 0;
+        if (to == CB_HALF_OPEN)
+            c->deadline_ns = now->mono_ns + cbd_policy_lease_ms(c) * NS_PER_MS;
+    }
+    c->pub.last_transition_ns = now->real_ns;
+    c->pub.from = (uint8_t)from;
+    c->pub.source = (uint8_t)source;
+    c->pub.history_seq = env->history_next(env->arg);
+    /* The permit word first: its new epoch grants nothing until the state
+     * word carries that epoch (relaxed: published by the release below). */
+    if (to == CB_HALF_OPEN)
         atomic_store_explicit(c->permit, cb_permit_word(c->epoch, c->cfg.half_open_max_probes),
                               memory_order_relaxed);
+    /* The commit point: once this version is current the transition has
+     * happened, whatever moment the daemon dies at (an adopting daemon
+     * stores the state word and the history entry that may be missing). */
+    publish(c);
+    CBD_FAULT("transition.committed");
     /* Release pairs with cb_allow's acquire load of the state word: a worker
-     * that sees this epoch sees the record fields and permit word above. */
-    atomic_store_explicit(&c->rec->state_word, cb_seg_state_word(to, flags, c->epoch), memory_order_release);
+     * that sees this epoch sees the permit word above. */
+    atomic_store_explicit(&c->rec->state_word, c->pub.word, memory_order_release);
+    CBD_FAULT("transition.published");
     env->transitioned(env->arg, c, from, prev_opened_at, source, now);
     schedule(env, c);
 }
 
-static void trip(const struct cbd_policy_env *env, struct cbd_circuit *c, uint32_t failures,
-                 const struct cbd_now *now)
+/* An opening now by this host's outcomes (a trip, or a probe that failed). */
+static void open_now(const struct cbd_policy_env *env, struct cbd_circuit *c, uint32_t failures,
+                     const struct cbd_now *now)
 {
-    c->opened_at = now->real_ns / NS_PER_S;
+    c->opened_at_ns = now->real_ns;
     c->trip_failure_count = failures;
-    /* From now, not from the truncated opened_at: a 200 ms timeout stays 200 ms. */
-    transition(env, c, CB_OPEN, c->flags, CB_SOURCE_LOCAL,
-               now->mono_ns + (uint64_t)c->cfg.recovery_timeout_ms * NS_PER_MS, now);
+    transition(env, c, CB_OPEN, c->flags, CB_SOURCE_LOCAL, recovery_end(c, now->real_ns), now);
 }
 
 /* A probe reported without closing or reopening: its permit goes back,
@@ -298,14 +304,14 @@ static enum cbd_event_result on_closed(const struct cbd_policy_env *env, struct 
                                        const struct cbd_now *now)
 {
     if (outcome == CB_SUCCESS) {
-        c->d_successes++;
+        c->pub.total_successes++;
         c->streak = 0;
     } else if (outcome == CB_FAILURE) {
-        c->d_failures++;
+        c->pub.total_failures++;
         if (!(c->flags & CB_SEG_F_FORCED) && ++c->streak >= c->cfg.failure_threshold)
-            trip(env, c, c->streak, now);
+            open_now(env, c, c->streak, now);
     } else {
-        c->d_ignored++;
+        c->pub.total_ignored++;
     }
     return CBD_EVENT_COUNTED;
 }
@@ -316,19 +322,16 @@ static enum cbd_event_result on_half_open(const struct cbd_policy_env *env, stru
     /* A report proves the probers are alive: the lease runs from here. */
     c->deadline_ns = now->mono_ns + cbd_policy_lease_ms(c) * NS_PER_MS;
     if (outcome == CB_SUCCESS) {
-        c->d_successes++;
+        c->pub.total_successes++;
         if (++c->probe_successes >= c->cfg.success_threshold)
             transition(env, c, CB_CLOSED, c->flags, CB_SOURCE_LOCAL, 0, now);
         else
             permit_back(c);
     } else if (outcome == CB_FAILURE) {
-        c->d_failures++;
-        c->opened_at = now->real_ns / NS_PER_S;
-        c->trip_failure_count = 1; /* the probe's failure reopened it */
-        transition(env, c, CB_OPEN, c->flags, CB_SOURCE_LOCAL,
-                   now->mono_ns + (uint64_t)c->cfg.recovery_timeout_ms * NS_PER_MS, now);
+        c->pub.total_failures++;
+        open_now(env, c, 1, now); /* the probe's failure reopened it */
     } else {
-        c->d_ignored++;
+        c->pub.total_ignored++;
         permit_back(c);
     }
     return CBD_EVENT_COUNTED;
@@ -345,7 +348,7 @@ enum cbd_event_result cbd_policy_on_event(const struct cbd_policy_env *env, stru
         return on_closed(env, c, ev->outcome, now);
     if (ev->epoch == c->epoch && c->state == CB_HALF_OPEN && ev->kind == CB_TICKET_PROBE)
         return on_half_open(env, c, ev->outcome, now);
-    c->d_stale++;
+    c->pub.total_stale_events++;
     return CBD_EVENT_STALE;
 }
 
@@ -367,7 +370,7 @@ static uint32_t outstanding(const struct cbd_circuit *c)
 static bool renew_lease(const struct cbd_policy_env *env, struct cbd_circuit *c, const struct cbd_now *now)
 {
     if (now->mono_ns >= c->lease_until_ns) {
-        transition(env, c, CB_OPEN, c->flags, CB_SOURCE_TIMER, now->mono_ns, now);
+        transition(env, c, CB_OPEN, c->flags, CB_SOURCE_TIMER, now->real_ns, now);
         return true;
     }
     c->renew_ns = c->lease_until_ns; /* unless a renewal is granted by then */
@@ -431,8 +434,8 @@ void cbd_policy_on_probe_result(const struct cbd_policy_env *env, struct cbd_cir
 }
 
 void cbd_policy_apply(const struct cbd_policy_env *env, struct cbd_circuit *c, cb_state state, unsigned flags,
-                      int64_t opened_at, uint32_t failure_count, int64_t lease_expiry, cb_source source,
-                      const struct cbd_now *now)
+                      int64_t opened_at, int64_t opened_at_ns, uint32_t failure_count, int64_t lease_expiry,
+                      cb_source source, const struct cbd_now *now)
 {
     cb_state to = state == CB_CLOSED ? CB_CLOSED : CB_OPEN;
     if (c->flags & (CB_SEG_F_FORCED | CB_SEG_F_DISABLED))
@@ -443,12 +446,23 @@ void cbd_policy_apply(const struct cbd_policy_env *env, struct cbd_circuit *c, c
         transition(env, c, CB_CLOSED, flags, source, 0, now);
         return;
     }
-    c->opened_at = opened_at > 0 ? opened_at : now->real_ns / NS_PER_S;
+    /* latest: the latest instant the opening can have happened at. A
+     * store that keeps only whole seconds (Powertools' item) says the
+     * opening happened within the second after opened_at: the recovery
+     * timeout is counted from its end, so a probe may come up to a second
+     * late, never early. The local store keeps full precision. */
+    int64_t latest;
+    if (opened_at_ns > 0)
+        c->opened_at_ns = latest = opened_at_ns;
+    else if (opened_at > 0)
+        latest = (c->opened_at_ns = opened_at * NS_PER_S) + NS_PER_S - 1;
+    else
+        c->opened_at_ns = latest = now->real_ns;
     c->trip_failure_count = failure_count;
-    uint64_t at = recovery_deadline(c, c->opened_at, now);
-    if (state == CB_HALF_OPEN && mono_at(lease_expiry * NS_PER_S, now) > at)
-        at = mono_at(lease_expiry * NS_PER_S, now); /* the holder's lease runs: asking earlier is refused */
-    transition(env, c, CB_OPEN, flags, source, at, now);
+    int64_t until = recovery_end(c, latest);
+    if (state == CB_HALF_OPEN && lease_expiry * NS_PER_S > until)
+        until = lease_expiry * NS_PER_S; /* the holder's lease runs: asking earlier is refused */
+    transition(env, c, CB_OPEN, flags, source, until, now);
 }
 
 void cbd_policy_renew_now(const struct cbd_policy_env *env, struct cbd_circuit *c, const struct cbd_now *now)
@@ -464,11 +478,10 @@ void cbd_policy_operator(const struct cbd_policy_env *env, struct cbd_circuit *c
 {
     switch (action) {
     case CBD_FORCE_OPEN:
-        c->opened_at = now->real_ns / NS_PER_S;
+        c->opened_at_ns = now->real_ns;
         c->trip_failure_count = 0; /* no failures tripped it */
-        c->forced_until_ms = for_ms ? now->real_ns / (int64_t)NS_PER_MS + for_ms : 0;
         transition(env, c, CB_OPEN, CB_SEG_F_FORCED, CB_SOURCE_OPERATOR,
-                   for_ms ? now->mono_ns + (uint64_t)for_ms * NS_PER_MS : 0, now);
+                   for_ms ? now->real_ns + (int64_t)for_ms * (int64_t)NS_PER_MS : 0, now);
         break;
     case CBD_FORCE_CLOSED:
         transition(env, c, CB_CLOSED, CB_SEG_F_FORCED, CB_SOURCE_OPERATOR, 0, now);
@@ -477,8 +490,8 @@ void cbd_policy_operator(const struct cbd_policy_env *env, struct cbd_circuit *c
     case CBD_ENABLE:
         transition(env, c, CB_CLOSED, 0, CB_SOURCE_OPERATOR, 0, now);
         break;
-    case CBD_DISABLE: /* the state stays underneath; OPEN keeps its opened_at, but no deadline */
-        transition(env, c, c->state, c->flags | CB_SEG_F_DISABLED, CB_SOURCE_OPERATOR, 0, now);
+    case CBD_DISABLE: /* the state stays underneath; OPEN keeps its opening and its end, but no deadline runs */
+        transition(env, c, c->state, c->flags | CB_SEG_F_DISABLED, CB_SOURCE_OPERATOR, c->open_until_ns, now);
         break;
     }
 }
@@ -488,26 +501,23 @@ void cbd_policy_set_config(const struct cbd_policy_env *env, struct cbd_circuit 
 {
     struct cb_seg_record *r = c->rec;
     c->cfg = *cfg;
-    /* Config fields are snapshot fields: readers take them under the seqlock. */
-    cb_seg_seq_begin(r);
-    atomic_store_explicit(&r->failure_threshold, cfg->failure_threshold, memory_order_relaxed);
-    atomic_store_explicit(&r->success_threshold, cfg->success_threshold, memory_order_relaxed);
-    atomic_store_explicit(&r->half_open_max_probes, cfg->half_open_max_probes, memory_order_relaxed);
-    atomic_store_explicit(&r->recovery_timeout_ms, cfg->recovery_timeout_ms, memory_order_relaxed);
-    atomic_store_explicit(&r->probe_lease_ms, cfg->probe_lease_ms, memory_order_relaxed);
-    cb_seg_seq_end(r);
+    /* Config fields are read under their own seqlock (segment.h). */
+    cb_seg_cfg_begin(r);
+    cb_seg_cfg_store(r, cfg);
+    CBD_FAULT("config.written"); /* cfg_seq odd */
+    cb_seg_cfg_end(r);
     if (c->state == CB_OPEN && !c->probe_asked && !(c->flags & (CB_SEG_F_FORCED | CB_SEG_F_DISABLED))) {
-        c->deadline_ns = recovery_deadline(c, c->opened_at, now);
+        c->open_until_ns = recovery_end(c, c->opened_at_ns);
+        c->deadline_ns = mono_at(c->open_until_ns, now);
+        publish(c); /* the deadline shown is the real one */
         schedule(env, c);
     }
 }
 
 void cbd_policy_set_sync(struct cbd_circuit *c, unsigned sync_state, int64_t synced_at)
 {
-    struct cb_seg_record *r = c->rec;
-    cb_seg_seq_begin(r);
-    atomic_store_explicit(&r->sync_state, sync_state, memory_order_relaxed);
+    c->pub.sync_state = sync_state;
     if (synced_at != 0)
-        atomic_store_explicit(&r->synced_at, synced_at, memory_order_relaxed);
-    cb_seg_seq_end(r);
+        c->pub.synced_at = synced_at;
+    publish(c);
 }

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "cb.h"
+#include "fault.h"
 #include "segment.h"
 
 /* Both clocks, read once per loop turn by the caller. */
@@ -31,20 +32,24 @@ struct cbd_circuit {
     cb_config cfg;
     cb_state state;
     unsigned flags;              /* CB_SEG_F_FORCED / CB_SEG_F_DISABLED: operator actions */
+    uint32_t incarnation;        /* of the slot (segment.h) */
     uint32_t epoch;
     uint32_t streak;             /* CLOSED: consecutive counted failures */
     uint32_t probe_successes;    /* HALF_OPEN: consecutive probe successes */
     uint32_t trip_failure_count; /* failures counted when it last opened */
     int64_t opened_at;           /* epoch seconds of the last opening; 0 when CLOSED */
+    int64_t opened_at_ns;        /* the same, CLOCK_REALTIME ns */
+    int64_t open_until_ns;       /* OPEN: CLOCK_REALTIME ns it ends at (recovery timeout, or a
+                                  * force_open for_ms); 0: none */
     uint64_t deadline_ns;        /* OPEN: ask for a probe at; HALF_OPEN: lease expiry; 0: none */
     uint64_t armed_ns;           /* deadline of the one live timer entry of this epoch; 0: none */
     int probe_asked;             /* try_probe sent, answer pending (OPEN: election; HALF_OPEN: renewal) */
     uint64_t asked_ns;           /* when that try_probe was sent */
     uint64_t lease_until_ns;     /* HALF_OPEN on a fleet lease: surely ours until then; 0: none */
     uint64_t renew_ns;           /* HALF_OPEN on a fleet lease: renew it (or, once asked, give it up) at */
-    int dirty;                   /* counters below not yet published */
-    uint32_t d_successes, d_failures, d_ignored, d_stale;
-    int64_t forced_until_ms;     /* force_open for a while: CLOCK_REALTIME ms it ends at; 0 otherwise */
+    int dirty;                   /* pub has changes not yet published */
+    struct cb_seg_vdata pub;     /* the version published next: counters, sync state, drain
+                                  * checkpoint (the state fields above are copied in) */
     /* The daemon's bookkeeping beside the policy (cbd.c; the policy never
      * reads these): what the registering worker asked for, so a reload can
      * recompute cfg, and the config file section that applies to it. */
@@ -53,6 +58,8 @@ struct cbd_circuit {
     const struct cbd_override *override; /* NULL: no [circuit]/[prefix] section matches */
     int restore_seen;            /* adopted, and the fleet store reported it during the restore */
     uint32_t owner_uid;          /* who registered it over the socket (CBD_OWNER_NONE: nobody counted) */
+    uint64_t last_used_ns;       /* CLOCK_MONOTONIC of its last outcome or registration (expiry) */
+    int removed;                 /* the slot holds no circuit (removed, free for reuse) */
 };
 
 /* The five policy fields of cb_config, in its order, as the config file and
@@ -75,6 +82,8 @@ struct cbd_policy_env {
     void (*try_probe)(void *arg, const struct cbd_circuit *c, uint32_t lease_s);
     /* Call cbd_policy_on_deadline(c, epoch, at_ns) once at_ns has passed. */
     void (*arm)(void *arg, uint32_t slot, uint32_t epoch, uint64_t at_ns);
+    /* The history sequence the next transition's entry will take. */
+    uint64_t (*history_next)(void *arg);
     /* The store is shared by a fleet (not host-local): a probe lease is
      * then renewed while it is held, and given up when it lapses. */
     int fleet;
@@ -117,7 +126,9 @@ void cbd_policy_on_probe_result(const struct cbd_policy_env *env, struct cbd_cir
                                 int granted, int64_t lease_expiry, const struct cbd_now *now);
 
 /* A state from outside this host's outcomes (the store at restore, another
- * host), adopted as it is: the store's compare-and-write already decided
+ * host), adopted as it is (opened_at in epoch seconds, or opened_at_ns > 0
+ * from a store that keeps full precision; whole seconds count from the end
+ * of that second, so a probe is never early): the store's compare-and-write already decided
  * that it is the fleet's, even when its opened_at is older than ours.
  * CLOSED, or OPEN since opened_at. A HALF_OPEN elsewhere is OPEN here: the
  * probe belongs to its holder, and this host asks the store again once both
@@ -127,8 +138,8 @@ void cbd_policy_on_probe_result(const struct cbd_policy_env *env, struct cbd_cir
  * the circuit (forced or disabled): the operator's word beats the fleet's
  * on this host. */
 void cbd_policy_apply(const struct cbd_policy_env *env, struct cbd_circuit *c, cb_state state, unsigned flags,
-                      int64_t opened_at, uint32_t failure_count, int64_t lease_expiry, cb_source source,
-                      const struct cbd_now *now);
+                      int64_t opened_at, int64_t opened_at_ns, uint32_t failure_count, int64_t lease_expiry,
+                      cb_source source, const struct cbd_now *now);
 
 /* The fleet store is reachable again: a HALF_OPEN circuit renews its lease
  * now, so a probe granted host-local during the outage becomes the fleet's
@@ -158,6 +169,12 @@ void cbd_policy_set_config(const struct cbd_policy_env *env, struct cbd_circuit 
 
 /* Mirrors the fleet store's health into the record (CB_SYNC_*, epoch s). */
 void cbd_policy_set_sync(struct cbd_circuit *c, unsigned sync_state, int64_t synced_at);
+
+/* A force_open for_ms: CLOCK_REALTIME ms it ends at; else 0. */
+static inline int64_t cbd_policy_forced_until_ms(const struct cbd_circuit *c)
+{
+    return c->state == CB_OPEN && (c->flags & CB_SEG_F_FORCED) ? c->open_until_ns / 1000000 : 0;
+}
 
 /* Probe lease in ms: probe_lease_ms, or recovery_timeout_ms when 0. */
 uint32_t cbd_policy_lease_ms(const struct cbd_circuit *c);

@@ -49,6 +49,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fault.h"
 #include "log.h"
 
 static uint64_t mono_ns(void)
@@ -95,7 +96,8 @@ static int live_cbd(uint32_t pid)
     return is;
 }
 
-/* Every record in use names a valid circuit with a valid policy. */
+/* Every record in use has a complete current version, and every live one a
+ * valid name (policy fields are repaired, not refused: see repair_records). */
 static int records_sane(const struct cb_seg_header *h, char *why, size_t whysize)
 {
     /* Relaxed: the writer was a daemon that has exited; its stores are in the object. */
@@ -106,16 +108,15 @@ static int records_sane(const struct cb_seg_header *h, char *why, size_t whysize
     }
     for (uint32_t i = 0; i < count; i++) {
         struct cb_seg_record *r = CB_SEG_RECORD(h, i);
-        cb_config cfg = {
-            .failure_threshold = atomic_load_explicit(&r->failure_threshold, memory_order_relaxed),
-            .success_threshold = atomic_load_explicit(&r->success_threshold, memory_order_relaxed),
-            .half_open_max_probes = atomic_load_explicit(&r->half_open_max_probes, memory_order_relaxed),
-            .recovery_timeout_ms = atomic_load_explicit(&r->recovery_timeout_ms, memory_order_relaxed),
-            .probe_lease_ms = atomic_load_explicit(&r->probe_lease_ms, memory_order_relaxed),
-        };
-        uint64_t w = atomic_load_explicit(&r->state_word, memory_order_relaxed);
+        struct cb_seg_vdata d;
+        if (cb_seg_version_try_read(r, &d, NULL) < 0) {
+            snprintf(why, whysize, "record %u has no complete version", i);
+            return 0;
+        }
+        if (cb_seg_word_flags(d.word) & CB_SEG_F_REMOVED)
+            continue;
         if (memchr(r->name, '\0', sizeof r->name) == NULL || cb__name_check(r->name) < 0 ||
-            cb__config_check(&cfg, NULL) < 0 || cb_seg_word_state(w) > CB_HALF_OPEN) {
+            cb_seg_word_state(d.word) > CB_HALF_OPEN) {
             snprintf(why, whysize, "record %u is corrupt", i);
             return 0;
         }
@@ -223,6 +224,9 @@ static void retire_records(const char *name)
         close(fd);
 }
 
+static int reserve(int fd, uint64_t size);
+static void repair_records(struct cbd_segment *s);
+
 /* The access the configuration asks for: fchmod (the umask does not
  * apply), and the group when one is configured (gid -1: keep). */
 static int set_access(int fd, mode_t mode, long gid)
@@ -241,17 +245,31 @@ static void access_of(const struct cbd_config *cfg, mode_t *state_mode, mode_t *
     *gid = cbd_config_gid(cfg->socket_group, &g) == 0 ? (long)g : -1;
 }
 
-/* Re-applies mode and group to an adopted object; logs what failed. */
-static int reset_access(const char *name, mode_t mode, long gid, const char *group)
+/* Re-applies mode and group to an adopted object and allocates every page
+ * of it (a previous daemon may have left it sparse); logs what failed. */
+static int reset_access(const char *name, mode_t mode, long gid, const char *group, uint64_t size)
 {
     int fd = shm_open(name, O_RDWR | O_CLOEXEC, 0);
     int rc = fd < 0 ? -errno : set_access(fd, mode, gid);
-    if (fd >= 0)
-        close(fd);
     if (rc < 0)
         cbd_log(CBD_LOG_ERROR, "cannot give segment %s mode %04o%s%s: %s", name, (unsigned)mode,
                 gid >= 0 ? " and group " : "", gid >= 0 ? group : "", strerror(-rc));
+    else if ((rc = reserve(fd, size)) < 0)
+        cbd_log(CBD_LOG_ERROR, "cannot allocate the %llu bytes of segment %s: %s%s", (unsigned long long)size, name,
+                strerror(-rc), rc == -ENOSPC ? " (/dev/shm is full: free it)" : "");
+    if (fd >= 0)
+        close(fd);
     return rc;
+}
+
+/* Allocates every page of the object now: a full /dev/shm (world-writable:
+ * anyone can fill it) is an error here, at start, instead of a SIGBUS the
+ * first time the daemon touches a page of a sparse object. 0 or -errno. */
+static int reserve(int fd, uint64_t size)
+{
+    CBD_FAULT("segment.reserve");
+    int rc = posix_fallocate(fd, 0, (off_t)size); /* returns the error, does not set errno */
+    return rc == EINTR ? reserve(fd, size) : -rc;
 }
 
 /* Creates one object of size bytes with mode and group, mapped RW into *addr. */
@@ -263,6 +281,8 @@ static int create_object(const char *name, uint64_t size, mode_t mode, long gid,
     int rc = set_access(fd, mode, gid);
     if (rc == 0 && ftruncate(fd, (off_t)size) < 0)
         rc = -errno;
+    if (rc == 0)
+        rc = reserve(fd, size);
     if (rc == 0 && (*addr = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) == MAP_FAILED)
         rc = -errno;
     close(fd);
@@ -327,9 +347,10 @@ static int create_fresh(struct cbd_segment *s, const struct cbd_config *cfg, con
     }
     if (rc < 0) {
         cbd_log(CBD_LOG_ERROR, "cannot create segment %s (%llu bytes, mode %04o) / %s (%llu bytes, mode %04o)%s%s: "
-                               "%s", s->state_name, (unsigned long long)g->state_size, (unsigned)state_mode,
+                               "%s%s", s->state_name, (unsigned long long)g->state_size, (unsigned)state_mode,
                 s->lanes_name, (unsigned long long)g->lanes_size, (unsigned)lanes_mode,
-                gid >= 0 ? " for group " : "", gid >= 0 ? cfg->socket_group : "", strerror(-rc));
+                gid >= 0 ? " for group " : "", gid >= 0 ? cfg->socket_group : "", strerror(-rc),
+                rc == -ENOSPC ? " (/dev/shm is full: free it, or lower `capacity`, `lanes` or `lane_capacity`)" : "");
         return rc;
     }
     s->hdr = state;
@@ -378,12 +399,13 @@ int cbd_segment_open(struct cbd_segment *s, const struct cbd_config *cfg)
             mode_t state_mode, lanes_mode;
             long gid;
             access_of(cfg, &state_mode, &lanes_mode, &gid);
-            if ((rc = reset_access(s->state_name, state_mode, gid, cfg->socket_group)) < 0 ||
-                (rc = reset_access(s->lanes_name, lanes_mode, gid, cfg->socket_group)) < 0) {
+            if ((rc = reset_access(s->state_name, state_mode, gid, cfg->socket_group, s->state_size)) < 0 ||
+                (rc = reset_access(s->lanes_name, lanes_mode, gid, cfg->socket_group, s->lanes_size)) < 0) {
                 unmap_all(s);
                 return rc;
             }
             adopt(s, cfg);
+            repair_records(s);
             return 0;
         }
     } else {
@@ -429,43 +451,212 @@ void cbd_segment_stop_heartbeat(struct cbd_segment *s)
     s->heartbeat_started = 0;
 }
 
-int cbd_segment_add(struct cbd_segment *s, const char *name, const cb_config *cfg, uint32_t *slot)
+/* The index position holding slot + 1 for a name of this hash, or -1. */
+static int64_t index_find(const struct cb_seg_header *h, uint64_t hash, uint32_t slot)
 {
-    struct cb_seg_header *h = s->hdr;
-    uint32_t n = atomic_load_explicit(&h->circuit_count, memory_order_relaxed); /* we are the only writer */
-    if (n >= h->capacity)
-        return -ENOSPC;
-    struct cb_seg_record *r = CB_SEG_RECORD(h, n);
-    size_t len = strlen(name);
-    uint64_t hash = cb__name_hash(name, len);
-    /* Slot n is unpublished (circuit_count says so), but a daemon killed
-     * mid-registration may have left bytes in it: start from zero. */
-    memset(r, 0, sizeof *r);
-    memcpy(r->name, name, len + 1);
-    atomic_store_explicit(&r->name_hash, hash, memory_order_relaxed);
-    atomic_store_explicit(&r->name_len, (uint16_t)len, memory_order_relaxed);
-    atomic_store_explicit(&r->failure_threshold, cfg->failure_threshold, memory_order_relaxed);
-    atomic_store_explicit(&r->success_threshold, cfg->success_threshold, memory_order_relaxed);
-    atomic_store_explicit(&r->half_open_max_probes, cfg->half_open_max_probes, memory_order_relaxed);
-    atomic_store_explicit(&r->recovery_timeout_ms, cfg->recovery_timeout_ms, memory_order_relaxed);
-    atomic_store_explicit(&r->probe_lease_ms, cfg->probe_lease_ms, memory_order_relaxed);
-    atomic_store_explicit(CB_LANES_PERMIT(s->lanes, n), 0, memory_order_relaxed);
+    _Atomic uint32_t *index = CB_SEG_INDEX(h);
+    uint32_t mask = h->index_slots - 1;
+    for (uint32_t p = 0; p <= mask; p++) {
+        uint32_t v = atomic_load_explicit(&index[(hash + p) & mask], memory_order_relaxed); /* only writer */
+        if (v == 0)
+            return -1;
+        if (v == slot + 1)
+            return (int64_t)((hash + p) & mask);
+    }
+    return -1;
+}
+
+/* Puts slot + 1 at the first empty or removed position of hash's probe
+ * sequence. The index has at least twice as many positions as records, so
+ * there always is one. */
+static void index_insert(struct cb_seg_header *h, uint64_t hash, uint32_t slot)
+{
     _Atomic uint32_t *index = CB_SEG_INDEX(h);
     uint32_t mask = h->index_slots - 1;
     for (uint32_t p = 0; p <= mask; p++) {
         _Atomic uint32_t *e = &index[(hash + p) & mask];
-        if (atomic_load_explicit(e, memory_order_relaxed) == 0) {
+        uint32_t v = atomic_load_explicit(e, memory_order_relaxed);
+        if (v == 0 || v == CB_SEG_INDEX_TOMBSTONE) {
             /* Release pairs with cb__seg_lookup's acquire load of the slot:
-             * the record above is complete before a reader follows it. */
-            atomic_store_explicit(e, n + 1, memory_order_release);
-            break;
+             * the record is complete before a reader follows it. */
+            atomic_store_explicit(e, slot + 1, memory_order_release);
+            return;
         }
     }
-    /* Release pairs with readers' acquire load of circuit_count (cbctl
-     * listings): records [0, n] are complete. */
-    atomic_store_explicit(&h->circuit_count, n + 1, memory_order_release);
+}
+
+/* Marks position pos removed, then turns removed positions back into empty
+ * ones from the end of their run: a removed position followed by an empty
+ * one ends every probe sequence that reaches it anyway, so probe lengths
+ * do not grow with removals. */
+static void index_remove(struct cb_seg_header *h, uint32_t pos)
+{
+    _Atomic uint32_t *index = CB_SEG_INDEX(h);
+    uint32_t mask = h->index_slots - 1;
+    /* Release: lookups that still reach the record see it REMOVED first
+     * (its state word was stored before). */
+    atomic_store_explicit(&index[pos], CB_SEG_INDEX_TOMBSTONE, memory_order_release);
+    while (atomic_load_explicit(&index[(pos + 1) & mask], memory_order_relaxed) == 0 &&
+           atomic_load_explicit(&index[pos], memory_order_relaxed) == CB_SEG_INDEX_TOMBSTONE) {
+        atomic_store_explicit(&index[pos], 0, memory_order_release);
+        pos = (pos - 1) & mask;
+    }
+}
+
+uint64_t cbd_segment_slot_word(const struct cbd_segment *s, uint32_t slot)
+{
+    return atomic_load_explicit(&CB_SEG_RECORD(s->hdr, slot)->state_word, memory_order_relaxed); /* own store */
+}
+
+int cbd_segment_add(struct cbd_segment *s, const char *name, const cb_config *cfg, uint32_t owner_uid,
+                    uint32_t reuse, uint32_t *slot)
+{
+    struct cb_seg_header *h = s->hdr;
+    uint32_t count = atomic_load_explicit(&h->circuit_count, memory_order_relaxed); /* we are the only writer */
+    uint32_t n = reuse != UINT32_MAX ? reuse : count;
+    if (n >= h->capacity)
+        return -ENOSPC;
+    struct cb_seg_record *r = CB_SEG_RECORD(h, n);
+    uint32_t incarnation = 0, epoch = 0;
+    if (n < count) {
+        /* A removed circuit's slot: the next incarnation, the epoch going on
+         * (tickets of the old circuit are stale for the new one). The word
+         * stays REMOVED while the record is rewritten; the release fence
+         * orders it before the rewrite (pairs with the acquire fence of a
+         * lookup that compares the old name). */
+        uint64_t old = atomic_load_explicit(&r->state_word, memory_order_relaxed);
+        incarnation = cb_seg_word_incarnation(old) + 1;
+        epoch = cb_seg_word_epoch(old) + 1;
+        atomic_store_explicit(&r->state_word, cb_seg_state_word(CB_CLOSED, CB_SEG_F_REMOVED, incarnation, epoch),
+                              memory_order_relaxed);
+        atomic_thread_fence(memory_order_release);
+    } else {
+        /* Never published, but a daemon killed mid-registration may have
+         * left bytes in it: start from zero. */
+        memset(r, 0, sizeof *r);
+    }
+    size_t len = strlen(name);
+    uint64_t hash = cb__name_hash(name, len);
+    memset(r->name, 0, sizeof r->name);
+    memcpy(r->name, name, len);
+    atomic_store_explicit(&r->name_hash, hash, memory_order_relaxed);
+    atomic_store_explicit(&r->name_len, (uint16_t)len, memory_order_relaxed);
+    atomic_store_explicit(&r->owner_uid, owner_uid, memory_order_relaxed);
+    cb_seg_cfg_begin(r);
+    cb_seg_cfg_store(r, cfg);
+    cb_seg_cfg_end(r);
+    struct cb_seg_vdata v = {.word = cb_seg_state_word(CB_CLOSED, 0, incarnation, epoch), .history_seq = UINT64_MAX};
+    cb_seg_version_publish(r, &v);
+    atomic_store_explicit(CB_LANES_PERMIT(s->lanes, n), 0, memory_order_relaxed);
+    CBD_FAULT("segment.add.before_index");
+    index_insert(h, hash, n);
+    /* Release pairs with cb_allow's acquire load: a handle that finds the
+     * new incarnation sees the record complete. */
+    atomic_store_explicit(&r->state_word, v.word, memory_order_release);
+    if (n >= count) /* release pairs with the acquire load of circuit_count by listings */
+        atomic_store_explicit(&h->circuit_count, n + 1, memory_order_release);
+    atomic_fetch_add_explicit(&h->circuits_live, 1, memory_order_relaxed);
     *slot = n;
     return 0;
+}
+
+void cbd_segment_remove(struct cbd_segment *s, uint32_t slot)
+{
+    struct cb_seg_header *h = s->hdr;
+    struct cb_seg_record *r = CB_SEG_RECORD(h, slot);
+    struct cb_seg_vdata v;
+    cb_seg_version_try_read(r, &v, NULL); /* our own last version */
+    if (cb_seg_word_flags(v.word) & CB_SEG_F_REMOVED)
+        return;
+    /* A new epoch, so the removed circuit's tickets are stale whatever
+     * comes next in this slot. Committed by its version, then published. */
+    v.word = cb_seg_state_word(CB_CLOSED, CB_SEG_F_REMOVED, cb_seg_word_incarnation(v.word),
+                               cb_seg_word_epoch(v.word) + 1);
+    cb_seg_version_publish(r, &v);
+    /* Release pairs with cb_allow's acquire load: handles go to the slow
+     * path and re-resolve the name. */
+    atomic_store_explicit(&r->state_word, v.word, memory_order_release);
+    CBD_FAULT("segment.remove.before_index");
+    int64_t pos = index_find(h, atomic_load_explicit(&r->name_hash, memory_order_relaxed), slot);
+    if (pos >= 0)
+        index_remove(h, (uint32_t)pos);
+    atomic_fetch_sub_explicit(&h->circuits_live, 1, memory_order_relaxed);
+}
+
+/*
+ * After adoption: every record is brought to a state a reader can use and
+ * the index agrees with the records, whatever moment the previous daemon
+ * died at.
+ *  - policy fields left mid-write (odd cfg_seq): the fields are each whole
+ *    (atomic) and are recomputed from the configuration right after; the
+ *    counter is made even so readers stop retrying;
+ *  - a record whose version is live but that the index does not find (a
+ *    registration that died before its index entry) is removed;
+ *  - an index entry that points at a removed record (a removal that died
+ *    before its index entry) is removed.
+ * The transition a version committed but did not publish is completed by
+ * the daemon (cbd_segment_roll_forward), which also announces it.
+ */
+static void repair_records(struct cbd_segment *s)
+{
+    struct cb_seg_header *h = s->hdr;
+    uint32_t count = atomic_load_explicit(&h->circuit_count, memory_order_relaxed), live = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        struct cb_seg_record *r = CB_SEG_RECORD(h, i);
+        uint32_t seq = atomic_load_explicit(&r->cfg_seq, memory_order_relaxed);
+        if (seq & 1) {
+            cbd_log(CBD_LOG_WARN, "record %u (%s): policy fields were being written when the previous daemon "
+                                  "stopped; repaired", i, r->name);
+            atomic_store_explicit(&r->cfg_seq, seq + 1, memory_order_release);
+        }
+        struct cb_seg_vdata v;
+        cb_seg_version_try_read(r, &v, NULL); /* records_sane checked it is complete */
+        uint64_t hash = atomic_load_explicit(&r->name_hash, memory_order_relaxed);
+        int64_t pos = index_find(h, hash, i);
+        if (cb_seg_word_flags(v.word) & CB_SEG_F_REMOVED) {
+            if (pos >= 0) {
+                cbd_log(CBD_LOG_WARN, "record %u: removed, but still indexed; index entry removed", i);
+                index_remove(h, (uint32_t)pos);
+            }
+            /* The version says removed: so does the word (a removal that
+             * died between the two is completed). */
+            atomic_store_explicit(&r->state_word, v.word, memory_order_release);
+            continue;
+        }
+        if (pos < 0) {
+            cbd_log(CBD_LOG_WARN, "record %u (%s): its registration did not complete; removed", i, r->name);
+            v.word = cb_seg_state_word(CB_CLOSED, CB_SEG_F_REMOVED, cb_seg_word_incarnation(v.word),
+                                       cb_seg_word_epoch(v.word) + 1);
+            cb_seg_version_publish(r, &v);
+            atomic_store_explicit(&r->state_word, v.word, memory_order_release);
+            continue;
+        }
+        live++;
+    }
+    atomic_store_explicit(&h->circuits_live, live, memory_order_relaxed);
+}
+
+int cbd_segment_roll_forward(struct cbd_segment *s, uint32_t slot, struct cb_seg_vdata *v)
+{
+    struct cb_seg_header *h = s->hdr;
+    struct cb_seg_record *r = CB_SEG_RECORD(h, slot);
+    int done = 0;
+    cb_seg_version_try_read(r, v, NULL);
+    if (atomic_load_explicit(&r->state_word, memory_order_relaxed) != v->word) {
+        /* Committed, not published: publish (release pairs with cb_allow). */
+        atomic_store_explicit(&r->state_word, v->word, memory_order_release);
+        done = 1;
+    }
+    if (v->history_seq != UINT64_MAX && v->history_seq == atomic_load_explicit(&h->history_head, memory_order_relaxed)) {
+        struct cbd_history_entry e = {
+            .slot = slot, .epoch = cb_seg_word_epoch(v->word), .failure_count = v->trip_failure_count,
+            .from = v->from, .to = (uint8_t)cb_seg_word_state(v->word), .source = v->source,
+            .opened_at = v->opened_at_ns / 1000000000, .time_ns = v->last_transition_ns,
+        };
+        cbd_segment_history_append(s, &e);
+        done = 1;
+    }
+    return done;
 }
 
 void cbd_segment_history_append(struct cbd_segment *s, const struct cbd_history_entry *e)
@@ -473,6 +664,8 @@ void cbd_segment_history_append(struct cbd_segment *s, const struct cbd_history_
     struct cb_seg_header *h = s->hdr;
     uint64_t seq = atomic_load_explicit(&h->history_head, memory_order_relaxed); /* only writer */
     struct cb_seg_history *x = CB_SEG_HISTORY(h, seq);
+    const struct cb_seg_record *r = CB_SEG_RECORD(h, e->slot);
+    uint16_t len = atomic_load_explicit(&r->name_len, memory_order_relaxed);
     /* Invalidate first: a reader still on the entry this one overwrites
      * sees its seq change and retries (release fence pairs with the
      * reader's acquire fence before it re-checks seq). */
@@ -486,6 +679,8 @@ void cbd_segment_history_append(struct cbd_segment *s, const struct cbd_history_
     atomic_store_explicit(&x->failure_count, e->failure_count, memory_order_relaxed);
     atomic_store_explicit(&x->opened_at, e->opened_at, memory_order_relaxed);
     atomic_store_explicit(&x->time_ns, e->time_ns, memory_order_relaxed);
+    atomic_store_explicit(&x->name_len, len, memory_order_relaxed);
+    memcpy(x->name, r->name, len <= CB_NAME_MAX ? len : 0);
     /* Release pairs with cb_next_transition's acquire load of seq. */
     atomic_store_explicit(&x->seq, seq + 1, memory_order_release);
     /* Release pairs with the reader's acquire load of history_head. */

@@ -33,9 +33,24 @@ void cbd_segment_publish(struct cbd_segment *s);
 /* Starts the heartbeat timer (CLOCK_MONOTONIC ns every interval_ms). */
 int cbd_segment_heartbeat_start(struct cbd_segment *s, uv_loop_t *loop, uint32_t interval_ms);
 
-/* Fills a new record for name and publishes it through the index and
- * circuit_count. 0 and *slot, or -ENOSPC when every record is used. */
-int cbd_segment_add(struct cbd_segment *s, const char *name, const cb_config *cfg, uint32_t *slot);
+/* Fills a record for name and publishes it through the index (and
+ * circuit_count): a new slot, or reuse (a removed circuit's slot, the next
+ * incarnation; UINT32_MAX: a new one). 0 and *slot, or -ENOSPC when every
+ * record is used. */
+int cbd_segment_add(struct cbd_segment *s, const char *name, const cb_config *cfg, uint32_t owner_uid,
+                    uint32_t reuse, uint32_t *slot);
+
+/* Removes the circuit in slot: a REMOVED version with a new epoch, the word
+ * published, the name out of the index. The slot may be reused later. */
+void cbd_segment_remove(struct cbd_segment *s, uint32_t slot);
+
+/* The live state word of slot (the daemon's own last store). */
+uint64_t cbd_segment_slot_word(const struct cbd_segment *s, uint32_t slot);
+
+/* After adoption: completes the transition the current version of slot
+ * committed if the previous daemon died before publishing its state word or
+ * its history entry. 1 if it did (*v: that version, to announce), else 0. */
+int cbd_segment_roll_forward(struct cbd_segment *s, uint32_t slot, struct cb_seg_vdata *v);
 
 /* One transition into the history ring. */
 struct cbd_history_entry {

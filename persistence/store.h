@@ -44,6 +44,7 @@ struct cbd_store_state {
     cb_state state;
     uint32_t failure_count; /* failures at trip time, else 0 */
     int64_t opened_at;      /* epoch seconds; 0 when closed */
+    int64_t opened_at_ns;   /* the same at full precision where the store keeps it (local), else 0 */
     char probe_owner[96];   /* HALF_OPEN: the probe holder's id, "" otherwise */
     int64_t lease_expiry;   /* HALF_OPEN: epoch seconds; 0 otherwise */
     int64_t updated_at;     /* fleet stores: epoch seconds (store's clock) of its last write; 0 unknown */
@@ -96,6 +97,10 @@ struct cbd_store_ops {
     /* A circuit exists (registration or config change): the local store
      * keeps it; fleet stores start syncing it. */
     void (*track)(struct cbd_store *s, const char *name, const cb_config *cfg);
+    /* Optional (may be NULL): the circuit was removed on this host; the
+     * local store forgets it, fleet stores stop syncing it (the fleet's
+     * item stays: other hosts may use the circuit). */
+    void (*untrack)(struct cbd_store *s, const char *name);
     /* Write-through of a local transition; st is the state after it and
      * prev_opened_at the opening it supersedes (for compare-and-write). */
     void (*transition)(struct cbd_store *s, const struct cbd_store_state *st, int64_t prev_opened_at);

@@ -6,7 +6,8 @@
  * URI "local:PATH", PATH absolute. The file:
  *
  *   {"format":"cbd-state","version":1,"written_at":<epoch s>,"circuits":[
- *   {"name":"payments","state":"OPEN","failure_count":5,"opened_at":1764240000,"config":{...}},
+ *   {"name":"payments","state":"OPEN","failure_count":5,"opened_at":1764240000,
+ *    "opened_at_ns":1764240000123456789,"config":{...}},
  *   {"name":"search","state":"CLOSED","failure_count":0,"opened_at":0,"config":{...}}
  *   ]}
  *
@@ -19,8 +20,10 @@
  * struct circuit (its line's fields and its name: ~80 bytes) in an array in
  * file order (first tracked first), found by name through an open-addressing
  * index of positions (cb__name_hash, linear probing, at most half full).
- * Both double as they grow; circuits are never removed, so a position never
- * changes. track() and transition() update it on the loop; a call that
+ * Both double as they grow. untrack() (a circuit removed by an operator or
+ * expired) moves the last circuit into the freed position and deletes the
+ * index entry by backward shift. track(), untrack() and transition()
+ * update the model on the loop; a call that
  * changes no field (the daemon re-registering a restored circuit, say) does
  * not write. There is no JSON tree between writes: the text is printed
  * from the structs when a write is due, in the bytes jansson's compact dump
@@ -105,6 +108,7 @@
 /* A circuit as its line in the file says it. */
 struct circuit_line {
     int64_t opened_at;
+    int64_t opened_at_ns; /* the same opening at full precision; 0 if unknown (older files) */
     uint32_t failure_count;
     uint8_t state;      /* cb_state */
     bool has_config;
@@ -201,6 +205,7 @@ static void schedule_write(struct cbd_store *s);
 static bool same_line(const struct circuit_line *a, const struct circuit_line *b)
 {
     return a->state == b->state && a->failure_count == b->failure_count && a->opened_at == b->opened_at &&
+           a->opened_at_ns == b->opened_at_ns &&
            a->has_config == b->has_config && (!a->has_config || memcmp(&a->config, &b->config, sizeof a->config) == 0);
 }
 
@@ -286,6 +291,42 @@ static void model_put(struct cbd_store *s, const char *name, const struct circui
     schedule_write(s);
 }
 
+/* Takes name out of the model: its index entry by backward-shift deletion
+ * (linear probing needs no tombstones), its list position by the last
+ * circuit, which moves into it (and so to that line of the file). */
+static void model_remove(struct cbd_store *s, const char *name)
+{
+    uint32_t *slot = index_slot(s, name);
+    uint32_t pos = *slot;
+    if (pos == 0)
+        return;
+    size_t hole = (size_t)(slot - s->index);
+    for (size_t j = (hole + 1) & s->index_mask; s->index[j] != 0; j = (j + 1) & s->index_mask) {
+        const char *moved = s->circuits[s->index[j] - 1]->name;
+        size_t home = cb__name_hash(moved, strlen(moved)) & s->index_mask;
+        /* The entry at j may fill the hole unless its home lies cyclically in (hole, j]. */
+        bool stays = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j);
+        if (!stays) {
+            s->index[hole] = s->index[j];
+            hole = j;
+        }
+    }
+    s->index[hole] = 0;
+    free(s->circuits[pos - 1]);
+    if (pos != s->count) {
+        s->circuits[pos - 1] = s->circuits[s->count - 1];
+        *index_slot(s, s->circuits[pos - 1]->name) = pos;
+    }
+    s->count--;
+    s->dirty = true;
+    schedule_write(s);
+}
+
+static void local_untrack(struct cbd_store *s, const char *name)
+{
+    model_remove(s, name);
+}
+
 static void model_free(struct cbd_store *s)
 {
     for (uint32_t pos = 0; pos < s->count; pos++)
@@ -313,7 +354,7 @@ static void local_transition(struct cbd_store *s, const struct cbd_store_state *
         return;
     const struct circuit *old = model_get(s, st->name);
     struct circuit_line line = {.state = (uint8_t)st->state, .failure_count = st->failure_count,
-                                .opened_at = st->opened_at};
+                                .opened_at = st->opened_at, .opened_at_ns = st->opened_at_ns};
     if (st->has_config || (old != NULL && old->line.has_config)) {
         line.has_config = true;
         line.config = config_copy(st->has_config ? &st->config : &old->line.config);
@@ -364,6 +405,8 @@ static void circuit_text(struct text *t, const struct circuit *c)
     const struct circuit_line *l = &c->line;
     text_printf(t, "{\"name\":\"%s\",\"state\":\"%s\",\"failure_count\":%" PRIu32 ",\"opened_at\":%" PRId64, c->name,
                 state_names[l->state], l->failure_count, l->opened_at);
+    if (l->opened_at_ns != 0)
+        text_printf(t, ",\"opened_at_ns\":%" PRId64, l->opened_at_ns);
     for (size_t i = 0; l->has_config && i < CONFIG_FIELDS; i++)
         text_printf(t, "%s\"%s\":%" PRIu32, i == 0 ? ",\"config\":{" : ",", config_fields[i].key,
                     *config_field((cb_config *)&l->config, i));
@@ -631,6 +674,15 @@ static int parse_circuit(const json_t *e, struct cbd_store_state *st, char *why,
         return invalid(why, n, "opened_at must be set (> 0) when state is %s", state_names[st->state]);
     st->failure_count = (uint32_t)failures;
     st->opened_at = opened;
+    /* Optional: the opening at full precision, within opened_at's second
+     * (so the recovery deadline survives a reboot exactly). */
+    long long ns;
+    if (json_object_get(e, "opened_at_ns") != NULL) {
+        if (int_field(e, "", "opened_at_ns", opened * 1000000000ll, opened * 1000000000ll + 999999999, &ns, why,
+                      n) != 0)
+            return -EINVAL;
+        st->opened_at_ns = opened != 0 ? ns : 0;
+    }
     st->has_config = json_object_get(e, "config") != NULL;
     return st->has_config ? parse_config(json_object_get(e, "config"), &st->config, why, n) : 0;
 }
@@ -906,6 +958,7 @@ const struct cbd_store_ops cbd_store_local_ops = {
     .create = local_create,
     .restore = local_restore,
     .track = local_track,
+    .untrack = local_untrack,
     .transition = local_transition,
     .try_probe = local_try_probe,
     .sync = local_sync,

@@ -165,8 +165,10 @@ typedef struct cb_ticket {
 /* Internal layout knowledge needed by the inline fast path. */
 struct cb__circuit_head {
     const uint64_t *state_word; /* in the read-only state region */
+    uint32_t expect;            /* the low half of the word of a plain CLOSED circuit in the
+                                 * incarnation of the slot this handle is bound to */
 };
-#define CB__STATE_SLOW_MASK 0xffffffffull /* state, flags: all zero means plain CLOSED */
+#define CB__STATE_SLOW_MASK 0xffffffffull /* state, flags, incarnation */
 #define CB__EPOCH_SHIFT 32
 
 CB_EXPORT cb_ticket cb__allow_slow(cb_circuit *c, uint64_t state_word);
@@ -174,7 +176,7 @@ CB_EXPORT cb_ticket cb__allow_slow(cb_circuit *c, uint64_t state_word);
 /*
  * cb_allow - may a call to this circuit's downstream go ahead now?
  *
- * CLOSED: one acquire load and a branch. OPEN: rejected (the same load plus,
+ * CLOSED: one acquire load of the state word, a compare and a branch. OPEN: rejected (the same load plus,
  * off the fast path, a coarse vDSO clock read to notice a dead daemon).
  * HALF_OPEN: one CAS on the circuit's permit word; the winner gets a PROBE
  * ticket, the rest are rejected. If the daemon's heartbeat is stale past its
@@ -183,14 +185,18 @@ CB_EXPORT cb_ticket cb__allow_slow(cb_circuit *c, uint64_t state_word);
  */
 static inline cb_ticket cb_allow(cb_circuit *c)
 {
-    /* The handle's pointer is swapped (release) when libcb remaps a
-     * replaced segment; loading it atomically costs the same single mov.
-     * The state word's acquire pairs with the daemon's release store when
-     * it publishes a transition, so the record fields it wrote before are
-     * visible to a slow path that reads them. */
-    const uint64_t *word = __atomic_load_n(&((const struct cb__circuit_head *)c)->state_word, __ATOMIC_ACQUIRE);
+    /* A handle is rebound (to a new segment, or to a new slot after its
+     * circuit was removed and registered again) pointer first, then
+     * expect, with release; loading expect first (acquire), then the
+     * pointer, never pairs a new expect with an old pointer. Each load
+     * costs the same single mov as a plain one on x86-64. The state
+     * word's acquire pairs with the daemon's release store when it
+     * publishes a transition. */
+    const struct cb__circuit_head *head = (const struct cb__circuit_head *)c;
+    uint32_t expect = __atomic_load_n(&head->expect, __ATOMIC_ACQUIRE);
+    const uint64_t *word = __atomic_load_n(&head->state_word, __ATOMIC_ACQUIRE);
     uint64_t w = __atomic_load_n(word, __ATOMIC_ACQUIRE);
-    if (CB__LIKELY((w & CB__STATE_SLOW_MASK) == 0)) {
+    if (CB__LIKELY((uint32_t)w == expect)) {
         cb_ticket t = {(w & ~CB__STATE_SLOW_MASK) | CB_TICKET_ALLOWED};
         return t;
     }
@@ -234,6 +240,7 @@ typedef struct cb_info {
     uint32_t epoch;         /* increases on every transition */
     cb_config config;       /* the policy in force */
     uint64_t total_successes, total_failures, total_ignored;
+    int64_t open_until_ns;  /* OPEN: CLOCK_REALTIME (ns) when the recovery timeout ends; else 0 */
 } cb_info;
 
 typedef int (*cb_fn)(void *arg);

@@ -167,28 +167,48 @@ static int register_circuit(cb_client *cl, const char *name, const cb_config *cf
     return rc;
 }
 
-/* The state word of name in the current mapping, registering the circuit if
- * it is absent. -ESTALE: the daemon's slot is not this name in our mapping. */
-static int resolve(cb_client *cl, const char *name, uint64_t hash, const cb_config *cfg, const uint64_t **word)
+/* Where a handle points: a state word and the incarnation it belongs to. */
+struct binding {
+    const uint64_t *word;
+    uint32_t expect;
+};
+
+/* The binding of name in the current mapping, registering the circuit if it
+ * is absent. -ESTALE: the daemon's slot is not this name in our mapping. */
+static int resolve(cb_client *cl, const char *name, uint64_t hash, const cb_config *cfg, struct binding *b)
 {
     const struct cb__map *m = atomic_load_explicit(&cl->map, memory_order_relaxed);
     size_t len = strlen(name);
-    int found = cb__seg_lookup(m->hdr, name, len, hash);
-    uint64_t slot = (uint64_t)found;
+    uint32_t incarnation;
+    int found = cb__seg_lookup(m->hdr, name, len, hash, &incarnation);
     if (found == -ENOENT) {
+        uint64_t slot;
         int rc = register_circuit(cl, name, cfg, &slot);
         if (rc < 0)
             return rc;
-    } else if (found < 0) {
-        return -EPROTO; /* an index slot names a record past capacity: not a sane segment */
+        /* The daemon's word is not taken on trust: the name must be in our
+         * mapping's index, at that slot. */
+        found = cb__seg_lookup(m->hdr, name, len, hash, &incarnation);
+        if (found >= 0 && (uint64_t)found != slot)
+            return -ESTALE;
     }
-    if (slot >= m->capacity)
+    if (found == -ENOENT)
         return -ESTALE;
-    const struct cb_seg_record *r = CB_SEG_RECORD(m->hdr, slot);
-    if (atomic_load_explicit(&r->name_len, memory_order_relaxed) != len || memcmp(r->name, name, len) != 0)
-        return -ESTALE;
-    *word = (const uint64_t *)&r->state_word;
+    if (found < 0)
+        return -EPROTO; /* an index slot names a record past capacity: not a sane segment */
+    b->word = (const uint64_t *)&CB_SEG_RECORD(m->hdr, found)->state_word;
+    b->expect = incarnation << CB_SEG_INCARNATION_SHIFT;
     return 0;
+}
+
+/* Points c at b: pointer first, then expect, both release; cb_allow loads
+ * them in the other order (see cb.h), so it never pairs a new expect with
+ * an old pointer. Release also pairs with the acquire in cb__word_ptr():
+ * the mapping behind the word was published before. */
+static void bind_handle(cb_circuit *c, const struct binding *b)
+{
+    __atomic_store_n(&c->head.state_word, b->word, __ATOMIC_RELEASE);
+    __atomic_store_n(&c->head.expect, b->expect, __ATOMIC_RELEASE);
 }
 
 int cb__circuits_rebind(cb_client *cl)
@@ -198,13 +218,13 @@ int cb__circuits_rebind(cb_client *cl)
     uint32_t slot;
     for (size_t i = 0; i < cl->nbuckets; i++) {
         for (struct cb_circuit *c = cl->buckets[i]; c != NULL; c = c->next) {
-            const uint64_t *word;
-            if (c->head.state_word == &cb__bypass_word || cb__map_holds(m, c->head.state_word, &slot))
+            struct binding b;
+            if (c->head.state_word == &cb__bypass_word || (cb__map_holds(m, c->head.state_word, &slot) &&
+                                                           cb__circuit_bound(c)))
                 continue;
-            int rc = resolve(cl, c->name, c->hash, c->has_cfg ? &c->cfg : NULL, &word);
-            if (rc == 0) /* Release pairs with the acquire in cb__word_ptr(): the
-                          * mapping behind word was published before. */
-                __atomic_store_n(&c->head.state_word, word, __ATOMIC_RELEASE);
+            int rc = resolve(cl, c->name, c->hash, c->has_cfg ? &c->cfg : NULL, &b);
+            if (rc == 0)
+                bind_handle(c, &b);
             else if (first_err == 0)
                 first_err = rc == -ESTALE ? CB_EPROTO_DAEMON : rc;
         }
@@ -231,24 +251,55 @@ bool cb__circuits_retired(cb_client *cl, const struct cb__map *m)
 
 /* resolve(), remapping once if the daemon's segment is newer than ours. */
 static int resolve_current(cb_client *cl, const char *name, uint64_t hash, const cb_config *cfg,
-                           const uint64_t **word)
+                           struct binding *b)
 {
-    int rc = resolve(cl, name, hash, cfg, word);
+    int rc = resolve(cl, name, hash, cfg, b);
     if (rc == -ESTALE && cb__client_refresh_locked(cl, CB__WAIT_READY_MS) == 0)
-        rc = resolve(cl, name, hash, cfg, word);
+        rc = resolve(cl, name, hash, cfg, b);
     return rc == -ESTALE ? CB_EPROTO_DAEMON : rc;
+}
+
+bool cb__circuit_bound(const cb_circuit *c)
+{
+    /* Acquire pairs with the daemon's release store of the word. */
+    uint64_t w = __atomic_load_n(cb__word_ptr(c), __ATOMIC_ACQUIRE);
+    return !(cb_seg_word_flags(w) & CB_SEG_F_REMOVED) &&
+           cb_seg_word_incarnation(w) << CB_SEG_INCARNATION_SHIFT == __atomic_load_n(&c->head.expect, __ATOMIC_ACQUIRE);
+}
+
+int cb__circuit_rebind_lockfree(cb_circuit *c)
+{
+    cb_client *cl = c->client;
+    if (pthread_mutex_trylock(&cl->lock) != 0)
+        return -EBUSY;
+    const struct cb__map *m = atomic_load_explicit(&cl->map, memory_order_relaxed);
+    uint32_t incarnation;
+    int rc = 0;
+    if (!cb__circuit_bound(c)) {
+        int found = cb__seg_lookup(m->hdr, c->name, strlen(c->name), c->hash, &incarnation);
+        if (found >= 0) {
+            struct binding b = {(const uint64_t *)&CB_SEG_RECORD(m->hdr, found)->state_word,
+                                incarnation << CB_SEG_INCARNATION_SHIFT};
+            bind_handle(c, &b);
+        } else {
+            rc = found == -ENOENT ? -ENOENT : -EPROTO;
+        }
+    }
+    pthread_mutex_unlock(&cl->lock);
+    return rc;
 }
 
 static int circuit_new(cb_client *cl, const char *name, uint64_t hash, const cb_config *cfg, cb_circuit **out)
 {
-    const uint64_t *word = &cb__bypass_word;
-    int rc = cl->bypass ? 0 : resolve_current(cl, name, hash, cfg, &word);
+    struct binding b = {&cb__bypass_word, 0};
+    int rc = cl->bypass ? 0 : resolve_current(cl, name, hash, cfg, &b);
     if (rc < 0)
         return rc;
     cb_circuit *c = calloc(1, sizeof *c);
     if (c == NULL)
         return -ENOMEM;
-    c->head.state_word = word;
+    c->head.state_word = b.word;
+    c->head.expect = b.expect;
     c->client = cl;
     c->hash = hash;
     c->has_cfg = cfg != NULL;
@@ -284,7 +335,7 @@ int cb_info_get(cb_circuit *c, cb_info *info)
         return -EINVAL;
     uint32_t slot;
     const struct cb__map *m = cb__map_of(c->client, cb__word_ptr(c), &slot);
-    if (m == NULL) { /* a bypass handle */
+    if (m == NULL || c->head.state_word == &cb__bypass_word) { /* a bypass handle */
         memset(info, 0, sizeof *info);
         strcpy(info->name, c->name);
         info->state = CB_CLOSED;
@@ -295,5 +346,11 @@ int cb_info_get(cb_circuit *c, cb_info *info)
             cb_config_init(&info->config);
         return 0;
     }
-    return cb__seg_snapshot(m->hdr, slot, info);
+    struct cb_seg_snapshot snap;
+    int rc = cb__seg_snapshot(m->hdr, slot, &snap);
+    if (rc == 0 && snap.incarnation << CB_SEG_INCARNATION_SHIFT != __atomic_load_n(&c->head.expect, __ATOMIC_ACQUIRE))
+        rc = -ENOENT; /* the slot holds another circuit now: this one was removed */
+    if (rc == 0)
+        *info = snap.info;
+    return rc;
 }

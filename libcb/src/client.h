@@ -144,6 +144,13 @@ int cb__circuits_rebind(cb_client *cl);
 bool cb__circuits_retired(cb_client *cl, const struct cb__map *m);
 /* Free every handle. */
 void cb__circuits_free(cb_client *cl);
+/* True if c points at a live record of the incarnation it expects. */
+bool cb__circuit_bound(const cb_circuit *c);
+/* From the hot path: rebind c by the lock-free index of the current mapping,
+ * without a socket and without waiting for the client lock. 0 (bound now, or
+ * already was), -EBUSY (lock taken: try again later), -ENOENT (the name is
+ * not in the segment: it must be registered again), -EPROTO. */
+int cb__circuit_rebind_lockfree(cb_circuit *c);
 
 /* lanes.c */
 /* Once per process: the thread-exit key and the fork handler. 0 or -errno. */

@@ -26,16 +26,12 @@ static int overrun(cb_client *cl, uint64_t head, uint64_t cap)
     return -EOVERFLOW;
 }
 
-static void entry_name(const struct cb__map *m, uint32_t slot, char *name)
+static void entry_name(const struct cb_seg_history *e, char *name)
 {
-    name[0] = '\0';
-    if (slot >= m->capacity)
-        return;
-    const struct cb_seg_record *r = CB_SEG_RECORD(m->hdr, slot);
-    size_t n = atomic_load_explicit(&r->name_len, memory_order_relaxed);
+    size_t n = atomic_load_explicit((_Atomic uint16_t *)&e->name_len, memory_order_relaxed);
     if (n > CB_NAME_MAX)
-        n = CB_NAME_MAX;
-    memcpy(name, r->name, n);
+        n = 0;
+    memcpy(name, e->name, n);
     name[n] = '\0';
 }
 
@@ -58,7 +54,7 @@ static int history_read(cb_client *cl, cb_transition *out)
     if (seq != cur + 1) /* 0: being overwritten; larger: overwritten */
         return overrun(cl, head, cap);
     cb_transition t = {.seq = cur};
-    uint32_t slot = atomic_load_explicit(&e->slot, memory_order_relaxed);
+    entry_name(e, t.name);
     t.from = (cb_state)atomic_load_explicit(&e->from, memory_order_relaxed);
     t.to = (cb_state)atomic_load_explicit(&e->to, memory_order_relaxed);
     t.source = (cb_source)atomic_load_explicit(&e->source, memory_order_relaxed);
@@ -71,7 +67,6 @@ static int history_read(cb_client *cl, cb_transition *out)
     atomic_thread_fence(memory_order_acquire);
     if (atomic_load_explicit(&e->seq, memory_order_relaxed) != seq)
         return overrun(cl, atomic_load_explicit(&h->history_head, memory_order_relaxed), cap);
-    entry_name(m, slot, t.name);
     *out = t;
     cl->history_cursor = cur + 1;
     return 1;

@@ -380,6 +380,19 @@ cb_ticket cb__allow_slow(cb_circuit *c, uint64_t w)
         if (cb_seg_word_flags(w) & CB_SEG_F_RETIRED)
             return ticket(w, CB_TICKET_BYPASS);
     }
+    if ((cb_seg_word_flags(w) & CB_SEG_F_REMOVED) ||
+        cb_seg_word_incarnation(w) << CB_SEG_INCARNATION_SHIFT != __atomic_load_n(&c->head.expect, __ATOMIC_ACQUIRE)) {
+        /* The circuit left this slot (removed; the slot may hold another
+         * circuit now). Find it again by name, lock-free; until it is back
+         * in the segment nothing can be counted for it. */
+        if (cb__circuit_rebind_lockfree(c) < 0)
+            return ticket(w, CB_TICKET_BYPASS);
+        w = __atomic_load_n(cb__word_ptr(c), __ATOMIC_ACQUIRE); /* pairs with the daemon's release store */
+        if ((uint32_t)w == __atomic_load_n(&c->head.expect, __ATOMIC_ACQUIRE))
+            return ticket(w, CB_TICKET_ALLOWED);
+        if (!cb__circuit_bound(c))
+            return ticket(w, CB_TICKET_BYPASS);
+    }
     unsigned state = cb_seg_word_state(w);
     if (cb_seg_word_flags(w) & CB_SEG_F_DISABLED)
         return ticket(w, CB_TICKET_BYPASS);

@@ -140,7 +140,19 @@ int cb__lanes_header_check(const struct cb_lanes_header *h, uint64_t mapped_size
     return 0;
 }
 
-int cb__seg_lookup(const struct cb_seg_header *h, const char *name, size_t len, uint64_t hash)
+/* The record's name into buf (NUL-terminated) if its length is sane. */
+static int record_name(const struct cb_seg_record *r, char *buf)
+{
+    uint16_t len = atomic_load_explicit((_Atomic uint16_t *)&r->name_len, memory_order_relaxed);
+    if (len == 0 || len > CB_NAME_MAX)
+        return -EBADMSG;
+    memcpy(buf, r->name, len);
+    buf[len] = '\0';
+    return len;
+}
+
+int cb__seg_lookup(const struct cb_seg_header *h, const char *name, size_t len, uint64_t hash,
+                   uint32_t *incarnation)
 {
     _Atomic uint32_t *index = CB_SEG_INDEX(h);
     uint32_t mask = h->index_slots - 1;
@@ -150,12 +162,29 @@ int cb__seg_lookup(const struct cb_seg_header *h, const char *name, size_t len, 
         uint32_t v = atomic_load_explicit(&index[(hash + probe) & mask], memory_order_acquire);
         if (v == 0)
             return -ENOENT;
+        if (v == CB_SEG_INDEX_TOMBSTONE)
+            continue;
         if (v > h->capacity)
             return -EBADMSG;
         const struct cb_seg_record *r = CB_SEG_RECORD(h, v - 1);
-        if (atomic_load_explicit(&r->name_hash, memory_order_relaxed) == hash &&
-            atomic_load_explicit(&r->name_len, memory_order_relaxed) == len && memcmp(r->name, name, len) == 0)
-            return (int)(v - 1);
+        /* Acquire pairs with the daemon's release fence after it marks a
+         * record REMOVED to rewrite it: what we compare below is either the
+         * old circuit's or we see the word change. */
+        uint64_t w = atomic_load_explicit((_Atomic uint64_t *)&r->state_word, memory_order_acquire);
+        char have[CB_NAME_MAX + 1];
+        if ((cb_seg_word_flags(w) & CB_SEG_F_REMOVED) ||
+            atomic_load_explicit((_Atomic uint64_t *)&r->name_hash, memory_order_relaxed) != hash ||
+            record_name(r, have) != (int)len || memcmp(have, name, len) != 0)
+            continue;
+        /* Acquire fence: the name was read before the word is read again. */
+        atomic_thread_fence(memory_order_acquire);
+        uint64_t again = atomic_load_explicit((_Atomic uint64_t *)&r->state_word, memory_order_relaxed);
+        if ((cb_seg_word_flags(again) & CB_SEG_F_REMOVED) ||
+            cb_seg_word_incarnation(again) != cb_seg_word_incarnation(w))
+            continue; /* removed or reused while we compared: not this one */
+        if (incarnation != NULL)
+            *incarnation = cb_seg_word_incarnation(w);
+        return (int)(v - 1);
     }
     return -ENOENT;
 }
@@ -203,40 +232,52 @@ void cb_config_init(cb_config *cfg)
     cfg->probe_lease_ms = 0;
 }
 
-int cb__seg_snapshot(const struct cb_seg_header *h, uint32_t slot, cb_info *out)
+int cb__seg_snapshot(const struct cb_seg_header *h, uint32_t slot, struct cb_seg_snapshot *out)
 {
     if (slot >= atomic_load_explicit((_Atomic uint32_t *)&h->circuit_count, memory_order_acquire))
         return -ENOENT;
     const struct cb_seg_record *r = CB_SEG_RECORD(h, slot);
     for (int attempt = 0; attempt < 100000; attempt++) {
-        uint32_t begin = cb_seg_read_begin(r);
+        struct cb_seg_vdata d;
+        uint32_t cfg_begin = cb_seg_cfg_read_begin(r);
         memset(out, 0, sizeof *out);
-        uint64_t w = atomic_load_explicit((_Atomic uint64_t *)&r->state_word, memory_order_acquire);
-        unsigned flags = cb_seg_word_flags(w);
-        out->state = (cb_state)cb_seg_word_state(w);
-        out->forced = (flags & CB_SEG_F_FORCED) != 0;
-        out->disabled = (flags & CB_SEG_F_DISABLED) != 0;
-        out->epoch = cb_seg_word_epoch(w);
-        out->opened_at = atomic_load_explicit(&r->opened_at, memory_order_relaxed);
-        out->failure_count = out->state == CB_CLOSED ? atomic_load_explicit(&r->failure_streak, memory_order_relaxed)
-                                                     : atomic_load_explicit(&r->trip_failure_count, memory_order_relaxed);
-        out->config.failure_threshold = atomic_load_explicit(&r->failure_threshold, memory_order_relaxed);
-        out->config.success_threshold = atomic_load_explicit(&r->success_threshold, memory_order_relaxed);
-        out->config.half_open_max_probes = atomic_load_explicit(&r->half_open_max_probes, memory_order_relaxed);
-        out->config.recovery_timeout_ms = atomic_load_explicit(&r->recovery_timeout_ms, memory_order_relaxed);
-        out->config.probe_lease_ms = atomic_load_explicit(&r->probe_lease_ms, memory_order_relaxed);
-        out->total_successes = atomic_load_explicit(&r->total_successes, memory_order_relaxed);
-        out->total_failures = atomic_load_explicit(&r->total_failures, memory_order_relaxed);
-        out->total_ignored = atomic_load_explicit(&r->total_ignored, memory_order_relaxed);
-        /* The name is written once before the slot is published and never
-         * changes, so it needs no retry; bound it anyway. */
-        uint16_t len = atomic_load_explicit(&r->name_len, memory_order_relaxed);
-        if (len > CB_NAME_MAX)
+        cb_seg_cfg_load(r, &out->info.config);
+        if (cb_seg_cfg_read_retry(r, cfg_begin) || cb_seg_version_try_read(r, &d, NULL) < 0)
+            continue;
+        /* The version's word, not the live one: the live word may lag the
+         * version by one store (the daemon commits the version first). */
+        unsigned flags = cb_seg_word_flags(d.word);
+        if (flags & CB_SEG_F_REMOVED)
+            return -ENOENT;
+        /* The name after the version: a reused slot's name is written before
+         * its first version is published (acquired above). A removal and
+         * reuse while we copy it is noticed below: the incarnation moves. */
+        int len = record_name(r, out->info.name);
+        if (len < 0)
             return -EBADMSG;
-        memcpy(out->name, r->name, len);
-        out->name[len] = '\0';
-        if (!cb_seg_read_retry(r, begin))
-            return 0;
+        atomic_thread_fence(memory_order_acquire);
+        uint64_t live = atomic_load_explicit((_Atomic uint64_t *)&r->state_word, memory_order_relaxed);
+        if (cb_seg_word_incarnation(live) != cb_seg_word_incarnation(d.word))
+            continue;
+        cb_info *i = &out->info;
+        i->state = (cb_state)cb_seg_word_state(d.word);
+        i->forced = (flags & CB_SEG_F_FORCED) != 0;
+        i->disabled = (flags & CB_SEG_F_DISABLED) != 0;
+        i->epoch = cb_seg_word_epoch(d.word);
+        i->opened_at = d.opened_at_ns / 1000000000;
+        i->failure_count = i->state == CB_CLOSED ? d.failure_streak : d.trip_failure_count;
+        i->total_successes = d.total_successes;
+        i->total_failures = d.total_failures;
+        i->total_ignored = d.total_ignored;
+        i->open_until_ns = d.open_until_ns;
+        out->incarnation = cb_seg_word_incarnation(d.word);
+        out->opened_at_ns = d.opened_at_ns;
+        out->open_until_ns = d.open_until_ns;
+        out->last_transition_ns = d.last_transition_ns;
+        out->synced_at = d.synced_at;
+        out->sync_state = d.sync_state;
+        out->total_stale_events = d.total_stale_events;
+        return 0;
     }
     return -EAGAIN;
 }

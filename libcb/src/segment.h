@@ -11,55 +11,69 @@
  *                          probe permits, doorbell) and drained by cbd, which
  *                          trusts nothing it reads there.
  *
+ * Both objects are fully allocated when cbd creates them (posix_fallocate),
+ * so a full /dev/shm is an error at start, never a SIGBUS later; a reader
+ * maps an object only once its size covers what the header claims.
+ *
  * State region, by offset (every offset and size is in the header, so a
  * reader never assumes them; minor versions only append fields or use
  * reserved words):
  *
  *   0                 struct cb_seg_header   (CB_SEG_HEADER_SIZE bytes)
  *   index_offset      uint32_t index[index_slots]: open addressing, linear
- *                     probing over cb__name_hash(name); 0 = empty, else
- *                     record slot + 1. Slots are only ever filled (circuits
- *                     are never deleted while the segment lives), so a
- *                     lock-free reader that meets an empty slot knows the
- *                     name is absent.
- *   records_offset    struct cb_seg_record[capacity], 256 bytes each,
+ *                     probing over cb__name_hash(name); 0 = empty,
+ *                     CB_SEG_INDEX_TOMBSTONE = a removed name (keep probing),
+ *                     else record slot + 1.
+ *   records_offset    struct cb_seg_record[capacity], 512 bytes each,
  *                     cache-line aligned. Record n is circuit slot n.
  *   history_offset    struct cb_seg_history[history_capacity]: ring of
  *                     transitions, entry for sequence s at s % capacity.
  *
- * Cost per circuit: 256 bytes of record + 8 bytes of index (two slots per
- * circuit) + 8 bytes of permit word in the lanes region = 272 bytes, paid in
- * pages only once a circuit is used (the objects are sparse).
+ * Cost per circuit: 512 bytes of record + 8 bytes of index (two slots per
+ * circuit) + 8 bytes of permit word in the lanes region = 528 bytes.
  *
  * The state word (the only thing the hot path reads):
  *   bits  0-7   state (CB_CLOSED, CB_OPEN, CB_HALF_OPEN)
  *   bits  8-15  flags (CB_SEG_F_*)
- *   bits 16-31  zero (reserved; a non-zero value sends readers to the slow path)
- *   bits 32-63  epoch: increases by one on every transition
- * A word with bits 0-31 all zero is a plain CLOSED circuit: cb_allow's fast
- * path. Everything else goes to the slow path.
+ *   bits 16-31  incarnation of the slot: how many times the slot was given
+ *               to a new circuit after a removal. A handle remembers the
+ *               incarnation it was bound to; cb_allow's fast path compares
+ *               the low 32 bits of the word with (incarnation << 16), so a
+ *               handle of a removed circuit never reads the circuit that
+ *               reused its slot: it goes to the slow path and re-resolves.
+ *   bits 32-63  epoch: increases by one on every transition (and goes on
+ *               increasing across incarnations, so tickets of a removed
+ *               circuit are stale for the next one)
  *
- * Publication order: the daemon fills a record, then (release) its index
- * slot, then (release) header.circuit_count. Readers acquire the index slot.
- * Snapshot fields (everything in a record but the state word) are written
- * inside seq_begin/seq_end (an odd seq means "being written") and read as
- * relaxed atomics between two acquire loads of seq (ck_sequence style).
+ * Records are published in versions (the snapshot, struct cb_seg_version):
+ * two copies per record, and the daemon always rewrites the older one, then
+ * makes it current. The current copy is complete whatever moment the daemon
+ * dies at, so a snapshot is always one published version and a record is
+ * readable after any crash. A transition is committed when its version is
+ * current; the daemon then stores the state word the version carries (a
+ * daemon that adopts the segment completes a transition whose state word
+ * was not stored yet). See cb_seg_version_publish / cb_seg_version_read.
+ *
+ * The policy fields (config) change rarely; they are read under their own
+ * sequence counter (cfg_seq, odd while written); an adopting daemon makes
+ * an odd counter even and rewrites the fields.
  */
 #ifndef CB_SEGMENT_H
 #define CB_SEGMENT_H
 
+#include <errno.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "cb.h"
 
-#define CB_SEG_MAGIC "CBD-SEGMENT-v1"  /* layout major 1; at offset 0 of the state region */
-#define CB_LANES_MAGIC "CBD-LANES-v1"  /* layout major 1; at offset 0 of the lanes region */
-#define CB_SEG_MAJOR 1u
+#define CB_SEG_MAGIC "CBD-SEGMENT-v2"  /* layout major 2; at offset 0 of the state region */
+#define CB_LANES_MAGIC "CBD-LANES-v2"  /* layout major 2; at offset 0 of the lanes region */
+#define CB_SEG_MAJOR 2u
 #define CB_SEG_MINOR 0u
 #define CB_SEG_HEADER_SIZE 4096u
-#define CB_SEG_RECORD_SIZE 256u
+#define CB_SEG_RECORD_SIZE 512u
 #define CB_LANES_HEADER_SIZE 4096u
 #define CB_CACHELINE 64u
 
@@ -73,16 +87,21 @@
 #define CB_SEG_FLAGS_SHIFT 8
 #define CB_SEG_F_FORCED 0x01u       /* an operator holds this state (open or closed) */
 #define CB_SEG_F_DISABLED 0x02u     /* bypass: every call allowed, nothing counted */
+#define CB_SEG_F_REMOVED 0x04u      /* no circuit here (removed, or the slot is being reused) */
 #define CB_SEG_F_RETIRED 0x80u      /* the segment was replaced: remap (set by a newer cbd) */
+#define CB_SEG_INCARNATION_SHIFT 16
+#define CB_SEG_INCARNATION_MAX 0xffffu /* a slot at this incarnation is never reused again */
 #define CB_SEG_EPOCH_SHIFT 32
+#define CB_SEG_INDEX_TOMBSTONE 0xffffffffu
 
-static inline uint64_t cb_seg_state_word(unsigned state, unsigned flags, uint32_t epoch)
+static inline uint64_t cb_seg_state_word(unsigned state, unsigned flags, uint32_t incarnation, uint32_t epoch)
 {
-    return ((uint64_t)epoch << CB_SEG_EPOCH_SHIFT) | ((uint64_t)(flags & 0xff) << CB_SEG_FLAGS_SHIFT) |
-           (state & CB_SEG_STATE_MASK);
+    return ((uint64_t)epoch << CB_SEG_EPOCH_SHIFT) | ((uint64_t)(incarnation & 0xffff) << CB_SEG_INCARNATION_SHIFT) |
+           ((uint64_t)(flags & 0xff) << CB_SEG_FLAGS_SHIFT) | (state & CB_SEG_STATE_MASK);
 }
 static inline unsigned cb_seg_word_state(uint64_t w) { return (unsigned)(w & CB_SEG_STATE_MASK); }
 static inline unsigned cb_seg_word_flags(uint64_t w) { return (unsigned)((w >> CB_SEG_FLAGS_SHIFT) & 0xff); }
+static inline uint32_t cb_seg_word_incarnation(uint64_t w) { return (uint32_t)((w >> CB_SEG_INCARNATION_SHIFT) & 0xffff); }
 static inline uint32_t cb_seg_word_epoch(uint64_t w) { return (uint32_t)(w >> CB_SEG_EPOCH_SHIFT); }
 
 /* Staleness policy: what workers do with non-CLOSED circuits when the
@@ -124,38 +143,65 @@ struct cb_seg_header {
     _Alignas(64) _Atomic uint32_t daemon_pid;
     _Atomic uint64_t generation;    /* (pid << 32) ^ start time; new on every daemon start */
     _Alignas(64) _Atomic uint64_t heartbeat_ns; /* CLOCK_MONOTONIC, refreshed every heartbeat_interval_ms */
-    _Alignas(64) _Atomic uint32_t circuit_count; /* records in use: slots [0, count) */
+    _Alignas(64) _Atomic uint32_t circuit_count; /* slots ever used: [0, count); removed ones carry REMOVED */
+    _Atomic uint32_t circuits_live;              /* circuits in the index now */
     _Alignas(64) _Atomic uint64_t history_head;  /* next history sequence to write (== entries written) */
     _Alignas(64) _Atomic uint32_t ready;         /* 1 once everything above is valid; stored last, release */
 };
 
+/*
+ * One published version of a circuit: everything a snapshot shows but the
+ * name and the policy. Written only by the daemon, into the record's copy
+ * that is not current; see cb_seg_version_publish.
+ */
+struct cb_seg_version {
+    _Atomic uint64_t vseq;                /* version number; 0 while this copy is being rewritten */
+    _Atomic uint64_t word;                /* the state word this version publishes */
+    _Atomic int64_t opened_at_ns;         /* CLOCK_REALTIME of the last opening; 0 when CLOSED */
+    _Atomic int64_t open_until_ns;        /* OPEN: CLOCK_REALTIME the recovery timeout ends at; else 0 */
+    _Atomic int64_t last_transition_ns;   /* CLOCK_REALTIME */
+    _Atomic uint32_t trip_failure_count;  /* failures counted when it last opened */
+    _Atomic uint32_t failure_streak;      /* CLOSED: consecutive counted failures so far */
+    _Atomic uint32_t probe_successes;     /* HALF_OPEN: consecutive probe successes so far */
+    _Atomic uint32_t sync_state;          /* CB_SYNC_* of the fleet store */
+    _Atomic int64_t synced_at;            /* epoch seconds of the last store agreement, 0 never */
+    _Atomic uint64_t total_successes;
+    _Atomic uint64_t total_failures;
+    _Atomic uint64_t total_ignored;
+    _Atomic uint64_t total_stale_events;  /* events from an older epoch, ignored */
+    /* Drain checkpoint: every event of lane applied_lane - 1 before position
+     * applied_pos is counted in this version (0: none). An adopting daemon
+     * that drains that lane again skips them: no event is counted twice. */
+    _Atomic uint64_t applied_pos;
+    _Atomic uint32_t applied_lane;
+    /* The transition this version made (epoch = the word's), for a daemon
+     * that adopts the segment and completes it: the history sequence its
+     * entry takes, where it came from and why. */
+    _Atomic uint8_t from, source, reserved1[2];
+    _Atomic uint64_t history_seq;
+    _Atomic uint64_t reserved2;
+};
+
 struct cb_seg_record {
-    /* line 0: read by every cb_allow; written only on transitions/config. */
+    /* line 0: read by every cb_allow; written on transitions and by a
+     * change of policy (rare). */
     _Alignas(64) _Atomic uint64_t state_word;
     _Atomic uint64_t name_hash;
-    _Atomic int64_t opened_at;            /* epoch seconds of the last opening, 0 when closed */
-    _Atomic int64_t last_transition_ns;   /* CLOCK_REALTIME */
-    _Atomic uint32_t trip_failure_count;  /* failures counted when it last tripped */
+    _Atomic uint32_t cfg_seq;             /* odd while the policy fields are written */
     _Atomic uint32_t failure_threshold;
     _Atomic uint32_t success_threshold;
     _Atomic uint32_t half_open_max_probes;
     _Atomic uint32_t recovery_timeout_ms;
     _Atomic uint32_t probe_lease_ms;
     _Atomic uint16_t name_len;
-    _Atomic uint16_t reserved1;
-    _Atomic uint32_t reserved2;
-    /* line 1: counters the daemon updates on every drain, and the seqlock. */
-    _Alignas(64) _Atomic uint32_t seq;    /* odd while the daemon writes the snapshot fields */
-    _Atomic uint32_t failure_streak;      /* CLOSED: consecutive counted failures so far */
-    _Atomic uint32_t probe_successes;     /* HALF_OPEN: consecutive probe successes so far */
-    _Atomic uint32_t sync_state;          /* CB_SYNC_* of the fleet store */
-    _Atomic uint64_t total_successes;
-    _Atomic uint64_t total_failures;
-    _Atomic uint64_t total_ignored;
-    _Atomic uint64_t total_stale_events;  /* events from an older epoch, ignored */
-    _Atomic int64_t synced_at;            /* epoch seconds of the last store agreement, 0 never */
-    _Atomic uint64_t reserved3;
-    /* lines 2-3: the name, NUL terminated. */
+    _Atomic uint16_t reserved0;
+    _Atomic uint32_t owner_uid;           /* who registered it over the socket (UINT32_MAX: nobody counted) */
+    _Atomic uint32_t reserved1[4];
+    /* line 1: the current version's number (vseq of the current copy). */
+    _Alignas(64) _Atomic uint64_t vseq;
+    /* lines 2-5: the two copies; the current one is version[vseq & 1]. */
+    _Alignas(64) struct cb_seg_version version[2];
+    /* lines 6-7: the name, NUL terminated. */
     _Alignas(64) char name[CB_NAME_MAX + 1];
 };
 
@@ -164,6 +210,8 @@ struct cb_seg_record {
 #define CB_SYNC_PENDING 2u  /* a write to the store is in flight or queued */
 #define CB_SYNC_OFFLINE 3u  /* the store is unreachable; running host-local */
 
+/* One transition. The name is copied in, so an entry stays meaningful
+ * after its circuit is removed and the slot reused. */
 struct cb_seg_history {
     _Atomic uint64_t seq;   /* sequence + 1 once written; 0 while never written or being
                              * rewritten (the daemon zeroes it, then writes the fields,
@@ -172,14 +220,20 @@ struct cb_seg_history {
     _Atomic uint32_t epoch;
     _Atomic uint8_t from, to, source, reserved;
     _Atomic uint32_t failure_count;
-    _Atomic int64_t opened_at;
+    _Atomic int64_t opened_at;  /* epoch seconds */
     _Atomic int64_t time_ns;
-    _Atomic uint64_t reserved2[3];
+    _Atomic uint16_t name_len;
+    _Atomic uint16_t reserved1[3];
+    _Atomic uint64_t reserved2[2];
+    char name[CB_NAME_MAX + 1];
 };
 
 _Static_assert(sizeof(struct cb_seg_header) <= CB_SEG_HEADER_SIZE, "header grew past its size");
-_Static_assert(sizeof(struct cb_seg_record) == CB_SEG_RECORD_SIZE, "record must be 256 bytes");
-_Static_assert(sizeof(struct cb_seg_history) == 64, "history entries are one cache line");
+_Static_assert(sizeof(struct cb_seg_version) == 128, "a version is two cache lines");
+_Static_assert(sizeof(struct cb_seg_record) == CB_SEG_RECORD_SIZE, "record must be 512 bytes");
+_Static_assert(offsetof(struct cb_seg_record, state_word) == 0, "the state word is frozen at offset 0");
+_Static_assert(offsetof(struct cb_seg_record, version) == 128, "versions start on line 2");
+_Static_assert(sizeof(struct cb_seg_history) == 192, "history entries are three cache lines");
 
 /* ---- lanes region --------------------------------------------------------- */
 
@@ -283,45 +337,191 @@ int cb__seg_geometry(uint32_t capacity, uint32_t lane_count, uint32_t lane_capac
  * other major layout), -EBADMSG (inconsistent sizes/offsets). */
 int cb__seg_header_check(const struct cb_seg_header *h, uint64_t mapped_size);
 int cb__lanes_header_check(const struct cb_lanes_header *h, uint64_t mapped_size);
-/* Lock-free lookup: slot of name, or -ENOENT. */
-int cb__seg_lookup(const struct cb_seg_header *h, const char *name, size_t len, uint64_t hash);
-/* A consistent snapshot of record slot (seqlock read, retried for a bounded
- * time): 0, -ENOENT (slot not in use), -EAGAIN (writer kept busy),
- * -EBADMSG (corrupt record). Used by cb_info_get and cbctl. */
-int cb__seg_snapshot(const struct cb_seg_header *h, uint32_t slot, cb_info *out);
+/* Lock-free lookup: slot of name (and, if incarnation is not NULL, the
+ * slot's incarnation it was found in), -ENOENT, or -EBADMSG when the index
+ * names a record past capacity. A record being removed or reused is
+ * noticed through its state word and never matched half-written. */
+int cb__seg_lookup(const struct cb_seg_header *h, const char *name, size_t len, uint64_t hash,
+                   uint32_t *incarnation);
+/* One published version of a record, with its name and policy. */
+struct cb_seg_snapshot {
+    cb_info info;                 /* what cb_info_get() returns */
+    uint32_t incarnation;
+    int64_t opened_at_ns, open_until_ns, last_transition_ns, synced_at;
+    uint32_t sync_state;
+    uint64_t total_stale_events;
+};
+/* A consistent snapshot of record slot (one version, its policy and name,
+ * retried for a bounded time): 0, -ENOENT (slot not in use or removed),
+ * -EAGAIN (writer kept busy), -EBADMSG (corrupt record). Used by
+ * cb_info_get and cbctl. */
+int cb__seg_snapshot(const struct cb_seg_header *h, uint32_t slot, struct cb_seg_snapshot *out);
 /* Bounds of cb_config fields; 0 or -EINVAL with *field set to the bad field's name. */
 int cb__config_check(const struct cb_config *cfg, const char **field);
 /* The shared 'is this a boolean' parser for env vars and config values:
  * 1/true/yes/on -> 1, 0/false/no/off -> 0, else -EINVAL. Case-insensitive. */
 int cb__parse_bool(const char *s);
 
-/* Seqlock helpers (writer is the daemon alone). */
-static inline void cb_seg_seq_begin(struct cb_seg_record *r)
+/* ---- versions: the snapshot protocol (writer is the daemon alone) --------- */
+
+/* A version's fields as plain values (struct cb_seg_version without vseq). */
+struct cb_seg_vdata {
+    uint64_t word;
+    int64_t opened_at_ns, open_until_ns, last_transition_ns;
+    uint32_t trip_failure_count, failure_streak, probe_successes, sync_state;
+    int64_t synced_at;
+    uint64_t total_successes, total_failures, total_ignored, total_stale_events;
+    uint64_t applied_pos;
+    uint32_t applied_lane;
+    uint8_t from, source;
+    uint64_t history_seq;
+};
+
+/*
+ * Publishing a version: begin invalidates the copy that is not current and
+ * returns it (and its version number in *v), fill writes the fields, commit
+ * stamps it and makes it current. A reader that sees the new vseq sees every
+ * field; one that was reading the copy being rewritten notices its stamp
+ * changed. Whenever the writer dies, version[vseq & 1] is a complete
+ * version. cb_seg_version_publish does all three.
+ */
+static inline struct cb_seg_version *cb_seg_version_begin(struct cb_seg_record *r, uint64_t *v)
 {
-    uint32_t s = atomic_load_explicit(&r->seq, memory_order_relaxed);
-    atomic_store_explicit(&r->seq, s + 1, memory_order_relaxed);
+    *v = atomic_load_explicit(&r->vseq, memory_order_relaxed) + 1; /* single writer */
+    struct cb_seg_version *x = &r->version[*v & 1];
+    atomic_store_explicit(&x->vseq, 0, memory_order_relaxed);
+    /* Release fence: the 0 is visible before any field store that follows
+     * (pairs with the reader's acquire fence after its field loads). */
+    atomic_thread_fence(memory_order_release);
+    return x;
+}
+
+static inline void cb_seg_version_fill(struct cb_seg_version *x, const struct cb_seg_vdata *d)
+{
+    atomic_store_explicit(&x->word, d->word, memory_order_relaxed);
+    atomic_store_explicit(&x->opened_at_ns, d->opened_at_ns, memory_order_relaxed);
+    atomic_store_explicit(&x->open_until_ns, d->open_until_ns, memory_order_relaxed);
+    atomic_store_explicit(&x->last_transition_ns, d->last_transition_ns, memory_order_relaxed);
+    atomic_store_explicit(&x->trip_failure_count, d->trip_failure_count, memory_order_relaxed);
+    atomic_store_explicit(&x->failure_streak, d->failure_streak, memory_order_relaxed);
+    atomic_store_explicit(&x->probe_successes, d->probe_successes, memory_order_relaxed);
+    atomic_store_explicit(&x->sync_state, d->sync_state, memory_order_relaxed);
+    atomic_store_explicit(&x->synced_at, d->synced_at, memory_order_relaxed);
+    atomic_store_explicit(&x->total_successes, d->total_successes, memory_order_relaxed);
+    atomic_store_explicit(&x->total_failures, d->total_failures, memory_order_relaxed);
+    atomic_store_explicit(&x->total_ignored, d->total_ignored, memory_order_relaxed);
+    atomic_store_explicit(&x->total_stale_events, d->total_stale_events, memory_order_relaxed);
+    atomic_store_explicit(&x->applied_pos, d->applied_pos, memory_order_relaxed);
+    atomic_store_explicit(&x->applied_lane, d->applied_lane, memory_order_relaxed);
+    atomic_store_explicit(&x->from, d->from, memory_order_relaxed);
+    atomic_store_explicit(&x->source, d->source, memory_order_relaxed);
+    atomic_store_explicit(&x->history_seq, d->history_seq, memory_order_relaxed);
+}
+
+static inline void cb_seg_version_commit(struct cb_seg_record *r, struct cb_seg_version *x, uint64_t v)
+{
+    /* Release: the fields are complete before the copy's stamp and the
+     * record's vseq (pairs with the reader's acquire loads of both). */
+    atomic_store_explicit(&x->vseq, v, memory_order_release);
+    atomic_store_explicit(&r->vseq, v, memory_order_release);
+}
+
+static inline uint64_t cb_seg_version_publish(struct cb_seg_record *r, const struct cb_seg_vdata *d)
+{
+    uint64_t v;
+    struct cb_seg_version *x = cb_seg_version_begin(r, &v);
+    cb_seg_version_fill(x, d);
+    cb_seg_version_commit(r, x, v);
+    return v;
+}
+
+/* The record's current version into *d, without retrying: 0 and the vseq
+ * in *vseq_out, or -EAGAIN if the writer overtook this read (retry). */
+static inline int cb_seg_version_try_read(const struct cb_seg_record *r, struct cb_seg_vdata *d, uint64_t *vseq_out)
+{
+    /* Acquire pairs with the writer's release store of vseq. */
+    uint64_t v = atomic_load_explicit((_Atomic uint64_t *)&r->vseq, memory_order_acquire);
+    const struct cb_seg_version *x = &r->version[v & 1];
+    if (atomic_load_explicit((_Atomic uint64_t *)&x->vseq, memory_order_acquire) != v)
+        return -EAGAIN;
+    d->word = atomic_load_explicit((_Atomic uint64_t *)&x->word, memory_order_relaxed);
+    d->opened_at_ns = atomic_load_explicit((_Atomic int64_t *)&x->opened_at_ns, memory_order_relaxed);
+    d->open_until_ns = atomic_load_explicit((_Atomic int64_t *)&x->open_until_ns, memory_order_relaxed);
+    d->last_transition_ns = atomic_load_explicit((_Atomic int64_t *)&x->last_transition_ns, memory_order_relaxed);
+    d->trip_failure_count = atomic_load_explicit((_Atomic uint32_t *)&x->trip_failure_count, memory_order_relaxed);
+    d->failure_streak = atomic_load_explicit((_Atomic uint32_t *)&x->failure_streak, memory_order_relaxed);
+    d->probe_successes = atomic_load_explicit((_Atomic uint32_t *)&x->probe_successes, memory_order_relaxed);
+    d->sync_state = atomic_load_explicit((_Atomic uint32_t *)&x->sync_state, memory_order_relaxed);
+    d->synced_at = atomic_load_explicit((_Atomic int64_t *)&x->synced_at, memory_order_relaxed);
+    d->total_successes = atomic_load_explicit((_Atomic uint64_t *)&x->total_successes, memory_order_relaxed);
+    d->total_failures = atomic_load_explicit((_Atomic uint64_t *)&x->total_failures, memory_order_relaxed);
+    d->total_ignored = atomic_load_explicit((_Atomic uint64_t *)&x->total_ignored, memory_order_relaxed);
+    d->total_stale_events = atomic_load_explicit((_Atomic uint64_t *)&x->total_stale_events, memory_order_relaxed);
+    d->applied_pos = atomic_load_explicit((_Atomic uint64_t *)&x->applied_pos, memory_order_relaxed);
+    d->applied_lane = atomic_load_explicit((_Atomic uint32_t *)&x->applied_lane, memory_order_relaxed);
+    d->from = atomic_load_explicit((_Atomic uint8_t *)&x->from, memory_order_relaxed);
+    d->source = atomic_load_explicit((_Atomic uint8_t *)&x->source, memory_order_relaxed);
+    d->history_seq = atomic_load_explicit((_Atomic uint64_t *)&x->history_seq, memory_order_relaxed);
+    /* Acquire fence: the field loads above complete before the stamp is
+     * loaded again (pairs with the writer's release fence after it zeroed
+     * the stamp of the copy it rewrites). */
+    atomic_thread_fence(memory_order_acquire);
+    if (atomic_load_explicit((_Atomic uint64_t *)&x->vseq, memory_order_relaxed) != v)
+        return -EAGAIN;
+    if (vseq_out != NULL)
+        *vseq_out = v;
+    return 0;
+}
+
+/* Policy fields: a plain seqlock on cfg_seq (writer is the daemon alone). */
+static inline void cb_seg_cfg_begin(struct cb_seg_record *r)
+{
+    uint32_t s = atomic_load_explicit(&r->cfg_seq, memory_order_relaxed);
+    atomic_store_explicit(&r->cfg_seq, s | 1, memory_order_relaxed); /* odd (an adopted odd one stays odd) */
     /* Release fence: the odd seq is visible before any field store below
      * (pairs with the reader's acquire fence after its field loads). */
     atomic_thread_fence(memory_order_release);
 }
-static inline void cb_seg_seq_end(struct cb_seg_record *r)
+static inline void cb_seg_cfg_end(struct cb_seg_record *r)
 {
-    uint32_t s = atomic_load_explicit(&r->seq, memory_order_relaxed);
+    uint32_t s = atomic_load_explicit(&r->cfg_seq, memory_order_relaxed);
     /* Release: the field stores above happen before the even seq (pairs
      * with the reader's acquire load of seq at the start of its read). */
-    atomic_store_explicit(&r->seq, s + 1, memory_order_release);
+    atomic_store_explicit(&r->cfg_seq, (s | 1) + 1, memory_order_release);
 }
-/* Reader side: returns the seq to pass to cb_seg_read_retry (odd = writer busy). */
-static inline uint32_t cb_seg_read_begin(const struct cb_seg_record *r)
+/* Reader side: returns the seq to pass to cb_seg_cfg_read_retry (odd = writer busy). */
+static inline uint32_t cb_seg_cfg_read_begin(const struct cb_seg_record *r)
 {
-    return atomic_load_explicit((_Atomic uint32_t *)&r->seq, memory_order_acquire);
+    return atomic_load_explicit((_Atomic uint32_t *)&r->cfg_seq, memory_order_acquire);
 }
-static inline int cb_seg_read_retry(const struct cb_seg_record *r, uint32_t begin)
+static inline int cb_seg_cfg_read_retry(const struct cb_seg_record *r, uint32_t begin)
 {
     /* Acquire fence: the relaxed field loads above complete before seq is
-     * re-read (pairs with the writer's release fence in seq_begin). */
+     * re-read (pairs with the writer's release fence in cfg_begin). */
     atomic_thread_fence(memory_order_acquire);
-    return (begin & 1) || atomic_load_explicit((_Atomic uint32_t *)&r->seq, memory_order_relaxed) != begin;
+    return (begin & 1) || atomic_load_explicit((_Atomic uint32_t *)&r->cfg_seq, memory_order_relaxed) != begin;
+}
+
+/* The policy fields of a record (relaxed loads; between cfg read_begin/retry). */
+static inline void cb_seg_cfg_load(const struct cb_seg_record *r, cb_config *cfg)
+{
+    cfg->failure_threshold = atomic_load_explicit((_Atomic uint32_t *)&r->failure_threshold, memory_order_relaxed);
+    cfg->success_threshold = atomic_load_explicit((_Atomic uint32_t *)&r->success_threshold, memory_order_relaxed);
+    cfg->half_open_max_probes =
+        atomic_load_explicit((_Atomic uint32_t *)&r->half_open_max_probes, memory_order_relaxed);
+    cfg->recovery_timeout_ms =
+        atomic_load_explicit((_Atomic uint32_t *)&r->recovery_timeout_ms, memory_order_relaxed);
+    cfg->probe_lease_ms = atomic_load_explicit((_Atomic uint32_t *)&r->probe_lease_ms, memory_order_relaxed);
+    for (size_t i = 0; i < sizeof cfg->reserved / sizeof cfg->reserved[0]; i++)
+        cfg->reserved[i] = 0;
+}
+static inline void cb_seg_cfg_store(struct cb_seg_record *r, const cb_config *cfg)
+{
+    atomic_store_explicit(&r->failure_threshold, cfg->failure_threshold, memory_order_relaxed);
+    atomic_store_explicit(&r->success_threshold, cfg->success_threshold, memory_order_relaxed);
+    atomic_store_explicit(&r->half_open_max_probes, cfg->half_open_max_probes, memory_order_relaxed);
+    atomic_store_explicit(&r->recovery_timeout_ms, cfg->recovery_timeout_ms, memory_order_relaxed);
+    atomic_store_explicit(&r->probe_lease_ms, cfg->probe_lease_ms, memory_order_relaxed);
 }
 
 #endif /* CB_SEGMENT_H */

@@ -106,15 +106,14 @@ static unsigned sync_of(int h, const char *name, int64_t *synced_at)
     size_t size, len = strlen(name);
     struct cb_seg_header *hdr = tsup_seg_map(host[h].instance, 0, &size);
     cr_assert_not_null(hdr, "cannot map the segment of host %d", h);
-    int slot = cb__seg_lookup(hdr, name, len, cb__name_hash(name, len));
+    int slot = cb__seg_lookup(hdr, name, len, cb__name_hash(name, len), NULL);
     cr_assert_geq(slot, 0, "host %d has no circuit %s", h, name);
-    struct cb_seg_record *r = CB_SEG_RECORD(hdr, slot);
-    /* Relaxed: a snapshot field, good enough to poll for a value. */
-    unsigned s = atomic_load_explicit(&r->sync_state, memory_order_relaxed);
+    struct cb_seg_snapshot snap;
+    cr_assert_eq(cb__seg_snapshot(hdr, (uint32_t)slot, &snap), 0);
     if (synced_at != NULL)
-        *synced_at = atomic_load_explicit(&r->synced_at, memory_order_relaxed);
+        *synced_at = snap.synced_at;
     munmap(hdr, size);
-    return s;
+    return snap.sync_state;
 }
 
 static bool all_in_sync(const char *name)
@@ -397,6 +396,8 @@ Test(fleet_redis, a_restarted_host_adopts_a_close_it_missed_and_restores_an_open
     trip(c[0]);
     cr_assert(tsup_wait_state(c[0], CB_OPEN));
     int64_t opened = tsup_info(c[0]).opened_at;
+    /* the write-through is asynchronous: the fleet has the opening before A dies */
+    cr_assert(tsup_wait_until(strcmp(fleet_field("db", "state"), "OPEN") == 0, TSUP_LIVENESS_MS));
     tsup_daemon_kill9(&host[0]);
     next_second_after(opened); /* the close is then later than the opening, by redis' clock too */
     cb_record(c[1], tsup_probe(c[1]), CB_SUCCESS);

@@ -175,9 +175,12 @@ Test(segment, name_hash_depends_on_length_and_every_byte)
 
 /* ---- geometry ---------------------------------------------------------------- */
 
-Test(segment, a_circuit_record_takes_at_most_256_bytes)
+Test(segment, a_circuit_record_is_eight_cache_lines_with_the_state_word_alone_on_the_first)
 {
-    cr_assert_leq(sizeof(struct cb_seg_record), 256);
+    cr_assert_eq(sizeof(struct cb_seg_record), 512);
+    cr_assert_eq(offsetof(struct cb_seg_record, state_word), 0);
+    cr_assert_geq(offsetof(struct cb_seg_record, vseq), CB_CACHELINE,
+                  "the version counter (written on every drain) shares no line with the state word");
     cr_assert_eq(CB_SEG_RECORD_SIZE, sizeof(struct cb_seg_record));
     cr_assert_eq(_Alignof(struct cb_seg_record), CB_CACHELINE);
     cr_assert_eq(sizeof(struct cb_lane_event), 16);
@@ -215,16 +218,17 @@ Test(segment, geometry_lays_out_aligned_non_overlapping_regions)
     check_geometry(1u << 24, 65536, 16, 1u << 20);
 }
 
-Test(segment, a_million_circuits_fit_in_about_272_bytes_each)
+Test(segment, a_million_circuits_fit_in_about_528_bytes_each)
 {
     check_geometry(1000000, 1024, 256, 1024);
     struct cb_seg_geometry g;
     cr_assert_eq(cb__seg_geometry(1000000, 1024, 256, 1024, &g), 0);
     /* record + index (2..4 slots of 4 bytes after rounding to a power of
      * two) + permit word; header and history are per segment */
-    uint64_t per_circuit = (g.state_size - g.index_offset - (uint64_t)g.history_capacity * 64 +
-                            g.lanes_offset - g.permits_offset) / 1000000;
-    cr_assert_leq(per_circuit, 256 + 16 + 8, "%llu bytes per circuit", (unsigned long long)per_circuit);
+    uint64_t per_circuit =
+        (g.state_size - g.index_offset - (uint64_t)g.history_capacity * sizeof(struct cb_seg_history) +
+         g.lanes_offset - g.permits_offset) / 1000000;
+    cr_assert_leq(per_circuit, 512 + 16 + 8, "%llu bytes per circuit", (unsigned long long)per_circuit);
 }
 
 Test(segment, geometry_refuses_out_of_range_parameters)
@@ -292,11 +296,11 @@ Test(segment, header_check_rejects_foreign_and_other_major_segments)
     memcpy(h->magic, "NOT-A-CBD-SEGMT", 16);
     cr_assert_eq(cb__seg_header_check(h, size), -EPROTO, "foreign magic");
     memset(h->magic, 0, sizeof h->magic);
-    memcpy(h->magic, "CBD-SEGMENT-v2", 14);
-    cr_assert_eq(cb__seg_header_check(h, size), -EPROTO, "magic of major 2");
+    memcpy(h->magic, "CBD-SEGMENT-v1", 14);
+    cr_assert_eq(cb__seg_header_check(h, size), -EPROTO, "magic of the previous major");
     memcpy(h->magic, CB_SEG_MAGIC, sizeof CB_SEG_MAGIC);
     h->major = CB_SEG_MAJOR + 1;
-    cr_assert_eq(cb__seg_header_check(h, size), -EPROTO, "major field 2");
+    cr_assert_eq(cb__seg_header_check(h, size), -EPROTO, "the next major in the major field");
     h->major = CB_SEG_MAJOR;
     cr_assert_eq(cb__seg_header_check(h, 100), -EPROTO, "mapping smaller than a header");
     free(h);
@@ -360,7 +364,7 @@ Test(segment, lanes_header_check_rejects_foreign_and_inconsistent_regions)
     cr_assert_eq(cb__lanes_header_check(h, g.lanes_size), -EBADMSG, "stride");
     h->lane_stride = g.lane_stride;
     cr_assert_eq(cb__lanes_header_check(h, g.lanes_size - 4096), -EBADMSG, "larger than the mapping");
-    h->major = 2;
+    h->major = CB_SEG_MAJOR + 1;
     cr_assert_eq(cb__lanes_header_check(h, g.lanes_size), -EPROTO, "other major");
     h->major = CB_SEG_MAJOR;
     h->magic[0] = 'X';
@@ -391,7 +395,7 @@ static void publish(struct cb_seg_header *h, uint32_t slot, const char *name)
 
 static int lookup(struct cb_seg_header *h, const char *name)
 {
-    return cb__seg_lookup(h, name, strlen(name), cb__name_hash(name, strlen(name)));
+    return cb__seg_lookup(h, name, strlen(name), cb__name_hash(name, strlen(name)), NULL);
 }
 
 Test(segment, lookup_finds_every_published_name_and_only_those)
@@ -493,14 +497,17 @@ ParameterizedTest(struct bound_case *c, segment, config_check_enforces_each_boun
     }
 }
 
-Test(segment, state_word_packs_state_flags_and_epoch)
+Test(segment, state_word_packs_state_flags_incarnation_and_epoch)
 {
-    uint64_t w = cb_seg_state_word(CB_HALF_OPEN, CB_SEG_F_FORCED, 0xfffffffeu);
+    uint64_t w = cb_seg_state_word(CB_HALF_OPEN, CB_SEG_F_FORCED, 0xabcd, 0xfffffffeu);
     cr_assert_eq(cb_seg_word_state(w), CB_HALF_OPEN);
     cr_assert_eq(cb_seg_word_flags(w), CB_SEG_F_FORCED);
+    cr_assert_eq(cb_seg_word_incarnation(w), 0xabcd);
     cr_assert_eq(cb_seg_word_epoch(w), 0xfffffffeu);
-    cr_assert_eq(cb_seg_state_word(CB_CLOSED, 0, 77) & CB__STATE_SLOW_MASK, 0,
-                 "a plain CLOSED word takes cb_allow's fast path");
-    cr_assert_neq(cb_seg_state_word(CB_CLOSED, CB_SEG_F_DISABLED, 77) & CB__STATE_SLOW_MASK, 0,
+    cr_assert_eq((uint32_t)cb_seg_state_word(CB_CLOSED, 0, 7, 77), 7u << CB_SEG_INCARNATION_SHIFT,
+                 "a plain CLOSED word's low half is what a handle of incarnation 7 expects");
+    cr_assert_neq((uint32_t)cb_seg_state_word(CB_CLOSED, 0, 8, 77), 7u << CB_SEG_INCARNATION_SHIFT,
+                  "the next incarnation of the slot does not match a handle of the old one");
+    cr_assert_neq((uint32_t)cb_seg_state_word(CB_CLOSED, CB_SEG_F_DISABLED, 7, 77), 7u << CB_SEG_INCARNATION_SHIFT,
                   "a flagged CLOSED word takes the slow path");
 }
