@@ -660,3 +660,64 @@ Test(store_local, lines_keep_their_bytes_and_order_across_many_circuits)
     cr_assert_eq(count_renames(ifd), 0, "no change, no write");
     close(ifd);
 }
+
+Test(store_local, an_opening_keeps_its_nanoseconds_across_a_restore)
+{
+    cr_assert_eq(open_and_restore(), 0);
+    cb_config cfg = test_config();
+    ops->track(T.s, "payments", &cfg);
+    struct cbd_store_state open = state_of("payments", CB_OPEN, 7, 1764240000);
+    open.opened_at_ns = 1764240000987654321ll;
+    ops->transition(T.s, &open, 0);
+    close_store();
+    cr_assert_eq(open_and_restore(), 0);
+    cr_assert_eq(T.remote_n, 1);
+    cr_assert_eq(T.remote[0].opened_at, 1764240000);
+    cr_assert_eq(T.remote[0].opened_at_ns, 1764240000987654321ll,
+                 "the recovery deadline after a reboot is counted from the exact opening");
+    close_store();
+}
+
+Test(store_local, an_opening_ns_outside_its_second_is_refused)
+{
+    write_text(T.path, "{\"format\":\"cbd-state\",\"version\":1,\"written_at\":0,\"circuits\":["
+                       "{\"name\":\"a\",\"state\":\"OPEN\",\"failure_count\":1,\"opened_at\":1764240000,"
+                       "\"opened_at_ns\":1764240005000000000}]}");
+    cr_assert_eq(open_and_restore(), 0);
+    cr_assert_eq(T.remote_n, 0, "an inconsistent entry is skipped");
+    cr_assert_not_null(strstr(T.log, "opened_at_ns"), "the skip names the field: %s", T.log);
+    close_store();
+}
+
+Test(store_local, untracked_circuits_leave_the_file_and_the_others_stay_findable)
+{
+    cr_assert_eq(open_and_restore(), 0);
+    cb_config cfg = test_config();
+    char name[32];
+    for (int i = 0; i < 300; i++) {
+        snprintf(name, sizeof name, "c%03d", i);
+        ops->track(T.s, name, &cfg);
+    }
+    for (int i = 0; i < 300; i += 3) { /* every third one goes, from all over the index */
+        snprintf(name, sizeof name, "c%03d", i);
+        ops->untrack(T.s, name);
+    }
+    ops->untrack(T.s, "never-tracked");
+    struct cbd_store_state open = state_of("c299", CB_OPEN, 2, 1764240000);
+    ops->transition(T.s, &open, 0); /* found after the removals moved it */
+    close_store();
+    json_t *root = load_state();
+    cr_assert_eq(json_array_size(json_object_get(root, "circuits")), 200);
+    for (int i = 0; i < 300; i++) {
+        snprintf(name, sizeof name, "c%03d", i);
+        if (i % 3 == 0)
+            cr_assert_null(circuit_in(root, name), "%s was untracked", name);
+        else
+            cr_assert_not_null(circuit_in(root, name), "%s was lost", name);
+    }
+    cr_assert_str_eq(json_string_value(json_object_get(circuit_in(root, "c299"), "state")), "OPEN");
+    json_decref(root);
+    cr_assert_eq(open_and_restore(), 0);
+    cr_assert_eq(T.remote_n, 200, "every remaining circuit is restored once");
+    close_store();
+}
