@@ -148,8 +148,10 @@ static const struct option_def options[] = {
      .def_doc = "local:$STATE_DIRECTORY/INSTANCE.state (else /var/lib/cbd/...)", .check = check_store,
      .accepts = "local:PATH, redis://HOST:PORT/..., dynamodb://TABLE?...",
      .help = "where circuits persist and how the fleet shares them"},
-    {.name = "capacity", .section = SEC_DAEMON, .type = OPT_UINT, .offset = D(capacity), .def = "65536", .min = 1,
-     .max = 16777216, .help = "circuits the segment holds (272 bytes each, paid only when used)"},
+    {.name = "capacity", .section = SEC_DAEMON, .type = OPT_UINT, .offset = D(capacity), .def = "16384", .min = 1,
+     .max = 16777216,
+     .help = "circuits the segment holds (528 bytes of /dev/shm each, allocated at start so a full /dev/shm "
+             "is an error then, never later)"},
     {.name = "lanes", .section = SEC_DAEMON, .type = OPT_UINT, .offset = D(lanes), .def = "256", .min = 1,
      .max = 65536, .help = "outcome lanes: worker threads that can report at once"},
     {.name = "lane_capacity", .section = SEC_DAEMON, .type = OPT_UINT, .offset = D(lane_capacity), .def = "1024",
@@ -189,7 +191,7 @@ static const struct option_def options[] = {
      .def = "600000", .min = 0, .max = 86400000, .reloadable = 1,
      .help = "a connection that sends no request for this long is closed (0: never; subscribers are exempt)"},
     {.name = "max_circuits_per_uid", .section = SEC_DAEMON, .type = OPT_UINT, .offset = D(max_circuits_per_uid),
-     .def = "8192", .min = 0, .max = 16777216, .reloadable = 1,
+     .def = "4096", .min = 0, .max = 16777216, .reloadable = 1,
      .help = "circuits one user (uid) may register over the socket (0: no quota); admins, the configuration "
              "file and the store are not counted"},
     {.name = "circuit_expiry_s", .section = SEC_DAEMON, .type = OPT_UINT, .offset = D(circuit_expiry_s),
