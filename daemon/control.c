@@ -57,7 +57,8 @@
  * daemon's own uid, or admin_group among the peer's groups, else -EPERM
  * with a message naming who may. The admin group's gid is looked up at
  * start and reload, never per request (NSS may block). Refusals and every
- * admin action are logged with the peer's uid and pid.
+ * admin action are logged with the peer's uid and pid. Admins' circuits do
+ * not count against max_circuits_per_uid.
  *
  * Subscribers: after {"ok": true} to "subscribe", a connection receives one
  * frame per transition, in transition order (libuv writes in order), and
@@ -442,7 +443,8 @@ static int op_register(struct cbd_conn *c, const msgpack_object *req, struct rep
     const msgpack_object *m = cb__mp_get(req, "config");
     if (m != NULL && m->type != MSGPACK_OBJECT_NIL && parse_config(m, &cfg, &mask, r) < 0)
         return r->err;
-    int rc = cbd_circuit_register(c->d, name, &cfg, mask, c->uid, &slot, &created, r->message, sizeof r->message);
+    uint32_t owner = is_admin(&c->d->control, c) ? CBD_OWNER_NONE : c->uid; /* admins have no quota */
+    int rc = cbd_circuit_register(c->d, name, &cfg, mask, owner, &slot, &created, r->message, sizeof r->message);
     if (rc < 0)
         return r->err = rc;
     field_u64(r, "slot", slot);
