@@ -53,7 +53,7 @@
  * supplementary groups (SO_PEERGROUPS) are read once, at accept. Anyone who
  * can connect (socket_mode, socket_group) may register, list, show,
  * subscribe, stats, version and ping; the admin ops (force_open,
- * force_closed, reset, disable, enable, reload) need uid 0, the
+ * force_closed, reset, disable, enable, remove, reload) need uid 0, the
  * daemon's own uid, or admin_group among the peer's groups, else -EPERM
  * with a message naming who may. The admin group's gid is looked up at
  * start and reload, never per request (NSS may block). Refusals and every
@@ -655,6 +655,28 @@ static int op_subscribe(struct cbd_conn *c, const msgpack_object *req, struct re
     return 0;
 }
 
+/* Reply: what was removed (name, slot, state), read before it goes. */
+static int op_remove(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
+{
+    struct cbd_circuit *circuit;
+    if (get_circuit(c->d, req, r, &circuit) < 0)
+        return r->err;
+    char name[CB_NAME_MAX + 1];
+    uint32_t slot = circuit->slot;
+    const char *state = cbd_state_name(circuit->state);
+    snprintf(name, sizeof name, "%s", circuit->rec->name);
+    int rc = cbd_circuit_remove(c->d, name, r->message, sizeof r->message);
+    if (rc < 0)
+        return r->err = rc;
+    cbd_log(CBD_LOG_INFO, "operator: remove circuit=%s slot=%u state=%s by uid %u pid %d", name, slot, state, c->uid,
+            (int)c->pid);
+    cb__mp_kv_str(&r->pk, "name", name);
+    field_u64(r, "slot", slot);
+    cb__mp_kv_str(&r->pk, "state", state);
+    r->nfields += 2;
+    return 0;
+}
+
 static int op_reload(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
 {
     (void)req;
@@ -676,7 +698,7 @@ static const struct {
     {"stats", 0, op_stats},         {"list", 0, op_list},         {"show", 0, op_show},
     {"subscribe", 0, op_subscribe}, {"force_open", 1, op_force_open}, {"force_closed", 1, op_force_closed},
     {"reset", 1, op_reset},         {"disable", 1, op_disable},   {"enable", 1, op_enable},
-    {"reload", 1, op_reload},
+    {"remove", 1, op_remove},       {"reload", 1, op_reload},
 };
 
 

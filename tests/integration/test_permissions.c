@@ -294,3 +294,18 @@ Test(permissions, circuits_of_an_admin_group_member_do_not_count_against_a_quota
     struct peer_result r = as_peer(nobody(), gid_of("nogroup"), NULL, 0, "register", "w1");
     cr_assert_eq(r.code, 0, "the same uid without the admin group has used its quota of 1 already: %s", r.msg);
 }
+
+Test(permissions, a_worker_may_not_remove_a_circuit_and_is_told_who_may)
+{
+    static const char *const extra[] = {"--socket-group", "nogroup", "--admin-group", "staff", NULL};
+    start(extra);
+    cr_assert_eq(as_peer(0, 0, NULL, 0, "register", "payments").code, 0);
+    struct peer_result r = as_peer(nobody(), gid_of("nogroup"), NULL, 0, "remove", "payments");
+    cr_assert_eq(r.code, 2, "a worker was allowed to remove a circuit (code %d)", r.code);
+    cr_assert_eq(r.err, -EPERM);
+    cr_assert_not_null(strstr(r.msg, "permission denied: 'remove' needs root"), "message: %s", r.msg);
+    cr_assert_not_null(strstr(r.msg, "group 'staff'"), "the message does not name the admin group: %s", r.msg);
+    cr_assert_eq(tsup_stat(&d, "circuits"), 1, "the refused remove removed something");
+    r = as_peer(0, 0, NULL, 0, "show", "payments");
+    cr_assert_eq(r.code, 0, "the circuit is gone after a refused remove: %d %s", r.err, r.msg);
+}
