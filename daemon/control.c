@@ -21,6 +21,10 @@
  *   - frame_timeout_ms from the first byte of a frame to its last: a peer
  *     trickling one byte at a time does not push the deadline out;
  *   - idle_timeout_ms without a request (0: never; subscribers exempt).
+ * These only hold while accept(2) works, so the soft RLIMIT_NOFILE is
+ * raised to what max_connections needs (a warning says when the hard
+ * limit does not allow it); an accept that fails anyway is counted and
+ * logged with a rate limit.
  * A refused peer is accepted, told why in one error frame (-EUSERS, with
  * the option to raise) and closed. Closing at once would race the peer's
  * first write (it would see EPIPE instead of the reason), so the refused
@@ -78,6 +82,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -296,6 +301,8 @@ static void on_shutdown(uv_shutdown_t *req, int status)
  * (a lingering connection: once the peer hangs up or lingering ends). */
 static void conn_finish(struct cbd_conn *c, enum cbd_conn_end why)
 {
+    if (c->closed)
+        return;
     if (c->end == CBD_CONN_OPEN)
         c->end = why;
     if (c->socketless) {
@@ -1174,6 +1181,30 @@ static int clear_stale(const char *path)
     return unlink(path) < 0 && errno != ENOENT ? -errno : 0;
 }
 
+/* Descriptors the daemon needs besides its connections: segment, store,
+ * hooks, log, loop. */
+#define FDS_BESIDES_CONNECTIONS 64
+
+/* Raises the soft limit of open files so that max_connections can all be
+ * open (with the lingering refusals): out of descriptors, accept fails
+ * before any limit of ours applies and admins are locked out with
+ * everyone else. Warns when the hard limit is too low. */
+static void make_room_for_connections(const struct cbd_config *cfg)
+{
+    struct rlimit rl;
+    rlim_t need = (rlim_t)cfg->max_connections + CBD_CONTROL_MAX_LINGERING + FDS_BESIDES_CONNECTIONS;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= need)
+        return;
+    rlim_t was = rl.rlim_cur;
+    rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+        rl.rlim_cur = was;
+    if (rl.rlim_cur < need)
+        cbd_log(CBD_LOG_WARN, "max_connections = %u needs %llu open files but the limit is %llu (raise LimitNOFILE= "
+                              "or ulimit -n): past it, connections fail before admins' reserve applies",
+                cfg->max_connections, (unsigned long long)need, (unsigned long long)rl.rlim_cur);
+}
+
 void cbd_control_configure(struct cbd *d)
 {
     struct cbd_control *ctl = &d->control;
@@ -1190,6 +1221,7 @@ void cbd_control_configure(struct cbd *d)
     if (d->cfg.admin_group[0] != '\0' && ctl->admin_gid < 0)
         cbd_log(CBD_LOG_WARN, "admin_group '%s' does not exist (any more): only %s may use admin operations",
                 d->cfg.admin_group, ctl->admins);
+    make_room_for_connections(&d->cfg);
 }
 
 /* Gives the socket file its mode and group. */
