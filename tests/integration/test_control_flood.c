@@ -55,64 +55,106 @@ static void start(const char *const *extra)
     cr_assert_eq(chmod(d.dir, 0711), 0);
 }
 
-/* In a forked child: from here on, uid in group nogroup only. */
-static void become(unsigned uid)
-{
-    gid_t g = nogroup();
-    if (setgroups(0, NULL) < 0 || setresgid(g, g, g) < 0 || setresuid(uid, uid, uid) < 0)
-        _exit(99);
-}
-
-/* ping on a fresh connection: 1 ok, or the error reply (*err, msg), 0 if
- * the daemon closed without a reply, < 0 if connect failed. */
-static int ping_as_self(int64_t *err, char *msg, size_t size)
-{
-    int fd = tsup_ctl_connect(&d);
-    if (fd < 0)
-        return fd;
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    struct tsup_reply r;
-    tsup_req_begin(&sb, &pk, "ping", 1);
-    int rc = tsup_ctl_call(fd, &sb, &r);
-    msgpack_sbuffer_destroy(&sb);
-    close(fd);
-    if (rc != 1)
-        return rc;
-    rc = tsup_reply_ok(&r) ? 1 : 2;
-    *err = tsup_reply_error(&r);
-    msg[0] = '\0';
-    cb__mp_get_str(r.map, "message", msg, size);
-    tsup_reply_free(&r);
-    return rc;
-}
-
-/* What a peer saw when it asked for one ping. */
-struct ping_result {
-    int rc; /* as ping_as_self */
+/* What a peer saw: rc 1 ok, 2 an error reply (err, msg), 0 closed without
+ * a reply, < 0 an error of its own; hold and flood put in rc how many
+ * connections they keep. */
+struct peer_result {
+    int rc;
     int64_t err;
     char msg[256];
 };
 
-static struct ping_result ping_as(unsigned uid)
+/* ping on the connection fd. */
+static struct peer_result ping_on(int fd)
+{
+    struct peer_result res = {0};
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    struct tsup_reply r;
+    tsup_req_begin(&sb, &pk, "ping", 1);
+    res.rc = tsup_ctl_call(fd, &sb, &r);
+    msgpack_sbuffer_destroy(&sb);
+    if (res.rc != 1)
+        return res;
+    res.rc = tsup_reply_ok(&r) ? 1 : 2;
+    res.err = tsup_reply_error(&r);
+    cb__mp_get_str(r.map, "message", res.msg, sizeof res.msg);
+    tsup_reply_free(&r);
+    return res;
+}
+
+/* Runs body(arg) in a child as uid (group nogroup) and returns what it
+ * saw. With stay, the child then keeps the connections it opened until
+ * the test ends. */
+static struct peer_result as_uid(unsigned uid, struct peer_result (*body)(const void *), const void *arg, bool stay)
 {
     int p[2];
-    struct ping_result res = {.rc = -1};
+    struct peer_result res = {.rc = -1};
+    gid_t g = nogroup();
     cr_assert_eq(pipe(p), 0);
     pid_t pid = tsup_fork();
     if (pid == 0) {
         close(p[0]);
-        become(uid);
-        res.rc = ping_as_self(&res.err, res.msg, sizeof res.msg);
-        _exit(write(p[1], &res, sizeof res) == sizeof res ? 0 : 98);
+        if (setgroups(0, NULL) < 0 || setresgid(g, g, g) < 0 || setresuid(uid, uid, uid) < 0)
+            _exit(99);
+        res = body(arg);
+        if (write(p[1], &res, sizeof res) != sizeof res)
+            _exit(98);
+        while (stay)
+            pause();
+        _exit(0);
     }
     close(p[1]);
-    int status;
     ssize_t n = read(p[0], &res, sizeof res);
     close(p[0]);
-    waitpid(pid, &status, 0);
-    tsup_untrack(pid);
-    cr_assert(n == sizeof res && WIFEXITED(status) && WEXITSTATUS(status) == 0, "the peer as uid %u failed", uid);
+    cr_assert_eq(n, (ssize_t)sizeof res, "the peer as uid %u failed", uid);
+    if (!stay) {
+        waitpid(pid, NULL, 0);
+        tsup_untrack(pid);
+    }
+    return res;
+}
+
+static struct peer_result ping_body(const void *arg)
+{
+    (void)arg;
+    int fd = tsup_ctl_connect(&d);
+    struct peer_result res = {.rc = fd};
+    if (fd >= 0) {
+        res = ping_on(fd);
+        close(fd);
+    }
+    return res;
+}
+
+/* ping on a fresh connection as uid. */
+static struct peer_result ping_as(unsigned uid)
+{
+    return as_uid(uid, ping_body, NULL, false);
+}
+
+struct hold_args {
+    int n;
+    bool silent;
+};
+
+static struct peer_result hold_body(const void *arg)
+{
+    const struct hold_args *a = arg;
+    struct peer_result res = {0};
+    struct tsup_deadline dl = tsup_deadline_in(TSUP_LIVENESS_MS);
+    while (res.rc < a->n) {
+        int fd = tsup_ctl_connect(&d);
+        if (fd < 0)
+            return res;
+        if (a->silent || ping_on(fd).rc == 1) {
+            res.rc++;
+        } else {
+            close(fd);
+            if (!tsup_deadline_wait(&dl))
+                return res;
+        }
+    }
     return res;
 }
 
@@ -122,44 +164,8 @@ static struct ping_result ping_as(unsigned uid)
  * be closing). Returns once the child holds them all. */
 static void hold(unsigned uid, int n, bool silent)
 {
-    int p[2];
-    cr_assert_eq(pipe(p), 0);
-    pid_t pid = tsup_fork();
-    if (pid == 0) {
-        close(p[0]);
-        become(uid);
-        int held = 0;
-        struct tsup_deadline dl = tsup_deadline_in(TSUP_LIVENESS_MS);
-        while (held < n) {
-            int fd = tsup_ctl_connect(&d);
-            if (fd < 0)
-                _exit(97);
-            msgpack_sbuffer sb;
-            msgpack_packer pk;
-            struct tsup_reply r;
-            tsup_req_begin(&sb, &pk, "ping", 1);
-            bool admitted = silent || (tsup_ctl_call(fd, &sb, &r) == 1 && tsup_reply_ok(&r));
-            msgpack_sbuffer_destroy(&sb);
-            if (!silent)
-                tsup_reply_free(&r);
-            if (admitted) {
-                held++;
-            } else {
-                close(fd);
-                if (!tsup_deadline_wait(&dl))
-                    _exit(96);
-            }
-        }
-        if (write(p[1], &held, sizeof held) != sizeof held)
-            _exit(98);
-        for (;;)
-            pause();
-    }
-    close(p[1]);
-    int held = 0;
-    cr_assert_eq(read(p[0], &held, sizeof held), (ssize_t)sizeof held, "the holder as uid %u failed", uid);
-    close(p[0]);
-    cr_assert_eq(held, n);
+    struct hold_args a = {.n = n, .silent = silent};
+    cr_assert_eq(as_uid(uid, hold_body, &a, true).rc, n, "the holder as uid %u could not open its connections", uid);
 }
 
 /* Waits until the daemon counts n connections besides the one asking. */
@@ -177,7 +183,7 @@ Test(control_flood, one_uid_holding_its_quota_of_silent_connections_locks_out_on
     hold(UID_A, 4, true);
     cr_assert(connections_are(4), "the daemon does not hold the 4 silent connections");
 
-    struct ping_result r = ping_as(UID_A);
+    struct peer_result r = ping_as(UID_A);
     cr_assert_eq(r.rc, 2, "a 5th connection of uid %u was not refused with a reply (rc %d)", UID_A, r.rc);
     cr_assert_eq(r.err, -EUSERS, "error %lld", (long long)r.err);
     cr_assert_str_eq(r.msg, "too many connections from uid 60001 (max_connections_per_uid = 4)");
@@ -200,7 +206,7 @@ Test(control_flood, connections_up_to_the_admin_reserve_leave_room_for_root_only
     hold(UID_C, 2, false);
     cr_assert(connections_are(12));
 
-    struct ping_result r = ping_as(UID_C);
+    struct peer_result r = ping_as(UID_C);
     cr_assert_eq(r.rc, 2, "uid %u got a connection of the admins' reserve (rc %d)", UID_C, r.rc);
     cr_assert_eq(r.err, -EUSERS);
     cr_assert_str_eq(r.msg, "the last 4 of 16 connections are reserved for admins (admin_reserved_connections = 4)");
@@ -208,30 +214,16 @@ Test(control_flood, connections_up_to_the_admin_reserve_leave_room_for_root_only
 
     /* Root fills the reserve; then even root is refused, by max_connections. */
     int fds[8], held = 0;
-    int64_t err = 0;
-    char msg[256] = "";
-    while (held < 8) {
+    struct peer_result last = {0};
+    while (held < 8 && last.rc != 2) {
         fds[held] = tsup_ctl_connect(&d);
         cr_assert_geq(fds[held], 0);
-        msgpack_sbuffer sb;
-        msgpack_packer pk;
-        struct tsup_reply rep;
-        tsup_req_begin(&sb, &pk, "ping", 1);
-        cr_assert_eq(tsup_ctl_call(fds[held], &sb, &rep), 1, "no reply to root's connection %d", held);
-        msgpack_sbuffer_destroy(&sb);
-        bool ok = tsup_reply_ok(&rep);
-        if (!ok) {
-            err = tsup_reply_error(&rep);
-            cb__mp_get_str(rep.map, "message", msg, sizeof msg);
-        }
-        tsup_reply_free(&rep);
-        held++;
-        if (!ok)
-            break;
+        last = ping_on(fds[held++]);
+        cr_assert(last.rc == 1 || last.rc == 2, "no reply to root's connection %d", held);
     }
     cr_assert_eq(held, 5, "root got %d connections beside 12 of others in 16 (expected 4, the 5th refused)", held);
-    cr_assert_eq(err, -EUSERS);
-    cr_assert_str_eq(msg, "cbd has 16 connections open, its limit (max_connections = 16)");
+    cr_assert_eq(last.err, -EUSERS);
+    cr_assert_str_eq(last.msg, "cbd has 16 connections open, its limit (max_connections = 16)");
     close(fds[0]);
     cr_assert(tsup_wait_until(tsup_ping(&d), TSUP_LIVENESS_MS), "root cannot get the freed connection");
     for (int i = 1; i < held; i++)
@@ -322,30 +314,21 @@ static long rss_kib(pid_t pid)
     return kib;
 }
 
+static struct peer_result flood_body(const void *arg)
+{
+    struct peer_result res = {0};
+    for (int i = 0; i < *(const int *)arg; i++)
+        res.rc += tsup_ctl_connect(&d) >= 0;
+    return res;
+}
+
 /* A child as uid connecting n times as fast as it can and keeping every
  * connection (the daemon closes the ones it refuses); returns once it is
  * done. */
 static void flood(unsigned uid, int n)
 {
-    int p[2];
-    cr_assert_eq(pipe(p), 0);
-    pid_t pid = tsup_fork();
-    if (pid == 0) {
-        close(p[0]);
-        become(uid);
-        int opened = 0;
-        for (int i = 0; i < n; i++)
-            opened += tsup_ctl_connect(&d) >= 0;
-        if (write(p[1], &opened, sizeof opened) != sizeof opened)
-            _exit(98);
-        for (;;)
-            pause();
-    }
-    close(p[1]);
-    int opened = 0;
-    cr_assert_eq(read(p[0], &opened, sizeof opened), (ssize_t)sizeof opened, "the flooding peer failed");
-    close(p[0]);
-    cr_assert_eq(opened, n, "the flooding peer as uid %u connected %d times of %d", uid, opened, n);
+    int connected = as_uid(uid, flood_body, &n, true).rc;
+    cr_assert_eq(connected, n, "the flooding peer as uid %u connected %d times of %d", uid, connected, n);
 }
 
 Test(control_flood, ten_thousand_connection_attempts_cost_bounded_memory_and_log_lines)
@@ -379,6 +362,6 @@ Test(control_flood, ten_thousand_connection_attempts_cost_bounded_memory_and_log
     cr_assert_lt(rss_after - rss_before, 1024, "cbd grew by %ld KiB under the flood", rss_after - rss_before);
 #endif
     cr_assert(tsup_ping(&d), "root was locked out after the flood");
-    struct ping_result r = ping_as(UID_B);
+    struct peer_result r = ping_as(UID_B);
     cr_assert_eq(r.rc, 1, "another uid was locked out after the flood: %s", r.msg);
 }

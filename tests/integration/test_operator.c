@@ -196,18 +196,26 @@ Test(operator, disable_bypasses_and_counts_nothing_until_enable)
     cr_assert_eq(tsup_ticket_kind(cb_allow(c)), CB_TICKET_ALLOWED);
 }
 
-Test(operator, an_unknown_circuit_is_enoent_naming_it)
+/* op on circuit "nosuch" over the socket is -ENOENT naming it, and cbctl
+ * command on it exits 4. */
+static void expect_no_such_circuit(const char *op, const char *command)
 {
-    start();
     struct tsup_reply r;
-    cr_assert_eq(ctl_named("force_open", "nosuch", NULL, 0, &r), 1);
-    cr_assert_eq(tsup_reply_error(&r), -ENOENT);
+    cr_assert_eq(ctl_named(op, "nosuch", NULL, 0, &r), 1);
+    cr_assert_eq(tsup_reply_error(&r), -ENOENT, "%s: error %lld", op, (long long)tsup_reply_error(&r));
     char msg[256];
     cr_assert_eq(cb__mp_get_str(r.map, "message", msg, sizeof msg), 0);
     cr_assert_str_eq(msg, "no circuit named 'nosuch'");
     tsup_reply_free(&r);
     char out[4096];
-    cr_assert_eq(cbctl(out, sizeof out, "reset", "nosuch", NULL, NULL), 4, "cbctl's exit for no such circuit");
+    cr_assert_eq(cbctl(out, sizeof out, command, "nosuch", NULL, NULL), 4, "cbctl %s: exit for no such circuit",
+                 command);
+}
+
+Test(operator, an_unknown_circuit_is_enoent_naming_it)
+{
+    start();
+    expect_no_such_circuit("force_open", "reset");
 }
 
 Test(operator, force_open_for_ms_out_of_bounds_is_einval)
@@ -397,15 +405,8 @@ Test(operator, subscribe_streams_every_transition_in_order)
 Test(operator, removing_an_unknown_circuit_is_enoent_naming_it)
 {
     start();
-    struct tsup_reply r;
-    cr_assert_eq(ctl_named("remove", "nosuch", NULL, 0, &r), 1);
-    cr_assert_eq(tsup_reply_error(&r), -ENOENT);
-    char msg[256];
-    cr_assert_eq(cb__mp_get_str(r.map, "message", msg, sizeof msg), 0);
-    cr_assert_str_eq(msg, "no circuit named 'nosuch'");
-    tsup_reply_free(&r);
+    expect_no_such_circuit("remove", "remove");
     char out[4096];
-    cr_assert_eq(cbctl(out, sizeof out, "remove", "nosuch", NULL, NULL), 4, "cbctl's exit for no such circuit");
     cr_assert_eq(cbctl(out, sizeof out, "remove", "not a name", NULL, NULL), 2, "cbctl's exit for a bad name");
     cr_assert_eq(cbctl(out, sizeof out, "remove", NULL, NULL, NULL), 2, "cbctl's exit without a name");
 }
