@@ -479,6 +479,29 @@ static int cmd_enable(struct cbctl *c, int argc, char **argv)
     return cmd_simple_named(c, argc, argv, "enable", "cbctl enable NAME");
 }
 
+/* "removed circuit NAME (slot S, was STATE)": what went, as the daemon saw it. */
+static void print_removed(const struct cbctl *c, const msgpack_object *reply)
+{
+    char name[CB_NAME_MAX + 1] = "?", state[16] = "?";
+    uint64_t slot = 0;
+    cb__mp_get_str(reply, "name", name, sizeof name);
+    cb__mp_get_str(reply, "state", state, sizeof state);
+    cb__mp_get_u64(reply, "slot", &slot);
+    printf("removed circuit %s (slot %llu, was %s) from instance '%s'\n", name, (unsigned long long)slot, state,
+           c->instance);
+}
+
+static int cmd_remove(struct cbctl *c, int argc, char **argv)
+{
+    const char *usage = "cbctl remove NAME";
+    int rc = name_arg(argc, argv, usage);
+    if (rc)
+        return rc;
+    if (argc != 1)
+        return fail(EXIT_USAGE, "usage: %s", usage);
+    return request(c, "remove", argv[0], NULL, 0, print_removed);
+}
+
 static int cmd_no_args(struct cbctl *c, int argc, const char *op,
                        void (*print)(const struct cbctl *, const msgpack_object *))
 {
@@ -553,6 +576,7 @@ static const struct command {
     {"reset", cmd_reset, "reset NAME               back to CLOSED under normal policy, streak cleared"},
     {"disable", cmd_disable, "disable NAME             bypass the breaker for NAME (every call allowed)"},
     {"enable", cmd_enable, "enable NAME              undo disable"},
+    {"remove", cmd_remove, "remove NAME              delete the circuit (workers using it register it again)"},
     {"watch", cmd_watch, "watch [--count N]        print transitions as they happen (like tail -f)"},
     {"stats", cmd_stats, "stats                    the daemon's counters"},
     {"reload", cmd_reload, "reload                   re-read the configuration file (like SIGHUP)"},

@@ -186,6 +186,12 @@ static uint64_t on_history_next(void *arg)
     return atomic_load_explicit(&d->seg.hdr->history_head, memory_order_relaxed); /* we are its only writer */
 }
 
+void cbd_env_init(struct cbd *d)
+{
+    d->env = (struct cbd_policy_env){.arg = d, .transitioned = on_transitioned, .try_probe = on_try_probe,
+                                     .arm = on_arm, .history_next = on_history_next};
+}
+
 /* ---- the store's callbacks ------------------------------------------------ */
 
 /*
@@ -828,8 +834,7 @@ int cbd_run(const struct cbd_config *cfg)
         return 1;
     }
     d->cfg = *cfg; /* the lists in cfg are the daemon's from here on */
-    d->env = (struct cbd_policy_env){.arg = d, .transitioned = on_transitioned, .try_probe = on_try_probe,
-                                     .arm = on_arm, .history_next = on_history_next};
+    cbd_env_init(d);
     d->store_health = -1;
     d->start_ns = mono_us() * 1000;
     signal(SIGPIPE, SIG_IGN); /* a client that hangs up is a write error, not a death */

@@ -96,6 +96,11 @@ int cbd_circuit_register(struct cbd *d, const char *name, const cb_config *asked
  */
 int cbd_circuit_remove(struct cbd *d, const char *name, char *err, size_t errsize);
 
+/* Points d->env at the daemon's own callbacks (history, log, store, hooks,
+ * subscribers, timers): what cbd_run does, for a test or a harness that
+ * builds a struct cbd around a segment of its own. */
+void cbd_env_init(struct cbd *d);
+
 /* The circuit called name, or NULL. */
 struct cbd_circuit *cbd_circuit_find(struct cbd *d, const char *name);
 

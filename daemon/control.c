@@ -11,14 +11,42 @@
  * stream can no longer be trusted to be in frame. A request with a bad
  * field gets an error reply and the connection stays open.
  *
+ * No local user can lock others out. Every peer that can connect is
+ * somebody the daemon serves, so what one uid may hold is bounded by
+ * options (docs/configuration.md, reloadable, read at each decision):
+ *   - max_connections_per_uid connections per uid, admins exempt;
+ *   - max_connections in all, of which the last admin_reserved_connections
+ *     only admins (uid 0, the daemon's uid, admin_group) may take, so a
+ *     flood from any number of uids still leaves root a way in;
+ *   - frame_timeout_ms from the first byte of a frame to its last: a peer
+ *     trickling one byte at a time does not push the deadline out;
+ *   - idle_timeout_ms without a request (0: never; subscribers exempt).
+ * These only hold while accept(2) works, so the soft RLIMIT_NOFILE is
+ * raised to what max_connections needs (a warning says when the hard
+ * limit does not allow it); an accept that fails anyway is counted and
+ * logged with a rate limit.
+ * A refused peer is accepted, told why in one error frame (-EUSERS, with
+ * the option to raise) and closed. Closing at once would race the peer's
+ * first write (it would see EPIPE instead of the reason), so the refused
+ * connection lingers up to CBD_CONTROL_LINGER_MS with its input discarded,
+ * its write side shut down after the frame; at most
+ * CBD_CONTROL_MAX_LINGERING do at once, further refusals close at once. A
+ * frame timeout is answered with -ETIMEDOUT before the close; an idle
+ * connection is closed without a frame, because its peer (libcb's shared
+ * connection) may be writing a request at that moment and must not take
+ * a goodbye for the reply: it sees the close and reconnects. Every
+ * refusal and close is counted by reason (stats), and logged with a rate
+ * limit, so a flood costs bounded memory and log lines.
+ *
  * Memory bounds per connection: the buffer never holds more than one
  * incomplete frame plus one read (the length is checked as soon as its four
- * bytes are in), so the "1 MiB without a complete frame" rule cannot even be
- * reached; a peer that stays silent in the middle of a frame for
- * CBD_CONTROL_IDLE_MS is closed; a peer that does not read its replies is
- * closed once CBD_CONTROL_MAX_QUEUED bytes wait to be written. At most
- * CBD_CONTROL_MAX_CONNECTIONS are open; more are accepted and closed at once
- * (with a rate-limited log line) so the backlog does not fill.
+ * bytes are in); a peer that does not read its replies is closed once
+ * CBD_CONTROL_MAX_QUEUED bytes wait to be written.
+ *
+ * Time: each connection has one timer, armed for its nearest deadline
+ * (conn_deadline), computed from the loop's clock; the decisions take the
+ * time as an argument, so the socketless connections of the seam at the end
+ * (unit tests, fuzzing) run the same code with time as an input.
  *
  * Replies: {"ok": true, ...} or {"ok": false, "error": -errno, "message":
  * "..."}, echoing "id" when the request had one. An operation writes its
@@ -29,11 +57,12 @@
  * supplementary groups (SO_PEERGROUPS) are read once, at accept. Anyone who
  * can connect (socket_mode, socket_group) may register, list, show,
  * subscribe, stats, version and ping; the admin ops (force_open,
- * force_closed, reset, disable, enable, reload) need uid 0, the daemon's
- * own uid, or admin_group among the peer's groups, else -EPERM with a
- * message naming who may. The admin group's gid is looked up at start and
- * reload, never per request (NSS may block). Refusals and every admin
- * action are logged with the peer's uid and pid.
+ * force_closed, reset, disable, enable, remove, reload) need uid 0, the
+ * daemon's own uid, or admin_group among the peer's groups, else -EPERM
+ * with a message naming who may. The admin group's gid is looked up at
+ * start and reload, never per request (NSS may block). Refusals and every
+ * admin action are logged with the peer's uid and pid. Admins' circuits do
+ * not count against max_circuits_per_uid.
  *
  * Subscribers: after {"ok": true} to "subscribe", a connection receives one
  * frame per transition, in transition order (libuv writes in order), and
@@ -53,6 +82,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -61,17 +91,25 @@
 
 struct cbd_conn {
     uv_pipe_t pipe;
-    uv_timer_t idle;
+    uv_timer_t timer;         /* its nearest deadline (conn_deadline) */
     struct cbd *d;
     struct cbd_conn *prev, *next;
     char *buf;
     size_t len, cap;
-    int handles_open; /* pipe and timer: freed when both have closed */
-    int closing;
-    int subscribed;   /* receives transitions; its requests are ignored */
-    uint32_t uid, gid; /* the peer (uid (uint32_t)-1 if unknown: never admin) */
+    int socketless;           /* cbd_control_conn_open: no handles; frames go to out */
+    msgpack_sbuffer out;
+    int handles_open;         /* pipe and timer: freed when both have closed */
+    enum cbd_conn_end end;    /* CBD_CONN_OPEN while it is served; then why it ended or was refused */
+    int admitted;             /* counted in nconns and uids until closed */
+    int lingering;            /* refused, counted in nlingering: input discarded until linger_until_ms */
+    int closed;               /* unlinked, uncounted; handles closing */
+    int subscribed;           /* receives transitions; its requests are ignored */
+    uint64_t frame_start_ms;  /* when the first byte of the incomplete frame in buf came (len > 0) */
+    uint64_t last_request_ms; /* when it was accepted or its last request answered */
+    uint64_t linger_until_ms;
+    uint32_t uid, gid;        /* the peer (uid (uint32_t)-1 if unknown: never admin) */
     pid_t pid;
-    gid_t *groups;    /* supplementary groups */
+    gid_t *groups;            /* supplementary groups */
     int ngroups;
 };
 
@@ -105,52 +143,187 @@ static void field_u64(struct reply *r, const char *key, uint64_t v)
     r->nfields++;
 }
 
+/* Root, the daemon's own uid, or a member of admin_group (primary or supplementary). */
+static int is_admin(const struct cbd_control *ctl, const struct cbd_conn *c)
+{
+    if (c->uid == 0 || c->uid == (uint32_t)geteuid())
+        return 1;
+    if (ctl->admin_gid < 0)
+        return 0;
+    if (c->gid == (uint32_t)ctl->admin_gid)
+        return 1;
+    for (int i = 0; i < c->ngroups; i++) {
+        if (c->groups[i] == (gid_t)ctl->admin_gid)
+            return 1;
+    }
+    return 0;
+}
+
+/* ---- connections per uid ---------------------------------------------------- */
+
+static struct cbd_uid_conns *uid_entry(const struct cbd_control *ctl, uint32_t uid)
+{
+    for (size_t i = 0; i < ctl->nuids; i++) {
+        if (ctl->uids[i].uid == uid)
+            return &ctl->uids[i];
+    }
+    return NULL;
+}
+
+/* One more connection of uid: 0 or -ENOMEM. */
+static int uid_hold(struct cbd_control *ctl, uint32_t uid)
+{
+    struct cbd_uid_conns *e = uid_entry(ctl, uid);
+    if (e == NULL) {
+        if (ctl->nuids == ctl->uids_cap) {
+            size_t cap = ctl->uids_cap ? ctl->uids_cap * 2 : 16;
+            struct cbd_uid_conns *p = realloc(ctl->uids, cap * sizeof *p);
+            if (p == NULL)
+                return -ENOMEM;
+            ctl->uids = p;
+            ctl->uids_cap = cap;
+        }
+        e = &ctl->uids[ctl->nuids++];
+        *e = (struct cbd_uid_conns){.uid = uid};
+    }
+    e->n++;
+    return 0;
+}
+
+/* One connection of uid fewer; the table shrinks to nothing with the last. */
+static void uid_release(struct cbd_control *ctl, uint32_t uid)
+{
+    struct cbd_uid_conns *e = uid_entry(ctl, uid);
+    if (e == NULL || --e->n > 0)
+        return;
+    *e = ctl->uids[--ctl->nuids];
+    if (ctl->nuids == 0) {
+        free(ctl->uids);
+        ctl->uids = NULL;
+        ctl->uids_cap = 0;
+    }
+}
+
+/* Whether a new peer gets a connection now: CBD_CONN_OPEN, or why not. */
+static enum cbd_conn_end admit(const struct cbd_control *ctl, const struct cbd_config *cfg, uint32_t uid, int admin)
+{
+    uint32_t max = cfg->max_connections;
+    uint32_t reserved = cfg->admin_reserved_connections < max ? cfg->admin_reserved_connections : max;
+    const struct cbd_uid_conns *e = uid_entry(ctl, uid);
+    if (ctl->nconns >= max)
+        return CBD_CONN_REFUSED_MAX;
+    if (admin)
+        return CBD_CONN_OPEN;
+    if (e != NULL && e->n >= cfg->max_connections_per_uid)
+        return CBD_CONN_REFUSED_PER_UID;
+    if (ctl->nconns >= max - reserved)
+        return CBD_CONN_REFUSED_ADMIN_RESERVED;
+    return CBD_CONN_OPEN;
+}
+
+/* The refusal as the peer and the log read it. */
+static void refusal_text(const struct cbd_config *cfg, enum cbd_conn_end why, uint32_t uid, char *buf, size_t size)
+{
+    uint32_t max = cfg->max_connections;
+    uint32_t reserved = cfg->admin_reserved_connections < max ? cfg->admin_reserved_connections : max;
+    if (why == CBD_CONN_REFUSED_PER_UID)
+        snprintf(buf, size, "too many connections from uid %u (max_connections_per_uid = %u)", uid,
+                 cfg->max_connections_per_uid);
+    else if (why == CBD_CONN_REFUSED_ADMIN_RESERVED)
+        snprintf(buf, size, "the last %u of %u connections are reserved for admins (admin_reserved_connections = %u)",
+                 reserved, max, cfg->admin_reserved_connections);
+    else
+        snprintf(buf, size, "cbd has %u connections open, its limit (max_connections = %u)", max, max);
+}
+
 /* ---- connection lifetime -------------------------------------------------- */
+
+static void conn_free(struct cbd_conn *c)
+{
+    free(c->buf);
+    free(c->groups);
+    msgpack_sbuffer_destroy(&c->out);
+    free(c);
+}
 
 static void on_handle_closed(uv_handle_t *h)
 {
     struct cbd_conn *c = h->data;
-    if (--c->handles_open == 0) {
-        free(c->buf);
-        free(c->groups);
-        free(c);
-    }
+    if (--c->handles_open == 0)
+        conn_free(c);
 }
 
-static void conn_close(struct cbd_conn *c)
+/* Ends c now (why: CBD_CONN_*, unless it already has a reason): uncounted
+ * and unlinked at once, its handles closed (then freed). A socketless
+ * connection stays allocated until cbd_control_conn_free. */
+static void conn_close(struct cbd_conn *c, enum cbd_conn_end why)
 {
     struct cbd_control *ctl = &c->d->control;
-    if (c->closing)
+    if (c->closed)
         return;
-    c->closing = 1;
+    c->closed = 1;
+    if (c->end == CBD_CONN_OPEN)
+        c->end = why;
+    if (c->admitted) {
+        ctl->ends[c->end]++;
+        ctl->nconns--;
+        ctl->nsubscribers -= c->subscribed;
+        uid_release(ctl, c->uid);
+        c->admitted = 0;
+    }
+    if (c->lingering) {
+        ctl->nlingering--;
+        c->lingering = 0;
+    }
     if (c->prev)
         c->prev->next = c->next;
     else
         ctl->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    ctl->nconns--;
-    ctl->nsubscribers -= c->subscribed;
-    uv_close((uv_handle_t *)&c->idle, on_handle_closed);
+    c->prev = c->next = NULL;
+    if (c->socketless)
+        return;
+    uv_close((uv_handle_t *)&c->timer, on_handle_closed);
     uv_close((uv_handle_t *)&c->pipe, on_handle_closed);
 }
 
 static void on_shutdown(uv_shutdown_t *req, int status)
 {
+    struct cbd_conn *c = req->handle->data;
     (void)status; /* closing either way */
-    conn_close(req->handle->data);
+    if (!c->lingering) /* a lingering one waits for the peer's hang-up or its timer */
+        conn_close(c, CBD_CONN_HANGUP);
     free(req);
 }
 
-/* Stop reading; close once the replies queued so far are written. */
-static void conn_finish(struct cbd_conn *c)
+/* No more requests (why); close once the frames queued so far are written
+ * (a lingering connection: once the peer hangs up or lingering ends). */
+static void conn_finish(struct cbd_conn *c, enum cbd_conn_end why)
 {
+    if (c->closed)
+        return;
+    if (c->end == CBD_CONN_OPEN)
+        c->end = why;
+    if (c->socketless) {
+        conn_close(c, why);
+        return;
+    }
     uv_shutdown_t *req = malloc(sizeof *req);
-    uv_read_stop((uv_stream_t *)&c->pipe);
+    if (!c->lingering) {
+        uv_read_stop((uv_stream_t *)&c->pipe);
+        uv_timer_stop(&c->timer);
+    }
     if (req == NULL || uv_shutdown(req, (uv_stream_t *)&c->pipe, on_shutdown) < 0) {
         free(req);
-        conn_close(c);
+        conn_close(c, why);
     }
+}
+
+/* Bytes queued to c and not yet written. */
+static size_t conn_queued(struct cbd_conn *c)
+{
+    return c->socketless ? 0 : uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe);
 }
 
 static void on_written(uv_write_t *req, int status)
@@ -162,23 +335,27 @@ static void on_written(uv_write_t *req, int status)
 /* Sends payload as one frame. */
 static void send_frame(struct cbd_conn *c, const char *payload, size_t len)
 {
+    unsigned char hdr[4] = {(unsigned char)(len >> 24), (unsigned char)(len >> 16), (unsigned char)(len >> 8),
+                            (unsigned char)len};
+    if (c->socketless) {
+        msgpack_sbuffer_write(&c->out, (const char *)hdr, 4);
+        msgpack_sbuffer_write(&c->out, payload, len);
+        return;
+    }
     struct write_req *w = malloc(sizeof *w + 4 + len);
     if (w == NULL) {
         cbd_log(CBD_LOG_WARN, "control: out of memory for a %zu byte reply: closing the connection", len);
-        conn_close(c);
+        conn_close(c, CBD_CONN_HANGUP);
         return;
     }
     unsigned char *p = (unsigned char *)(w + 1);
-    p[0] = (unsigned char)(len >> 24);
-    p[1] = (unsigned char)(len >> 16);
-    p[2] = (unsigned char)(len >> 8);
-    p[3] = (unsigned char)len;
+    memcpy(p, hdr, 4);
     memcpy(p + 4, payload, len);
     w->buf = uv_buf_init((char *)p, (unsigned)(4 + len));
     w->req.data = w;
     if (uv_write(&w->req, (uv_stream_t *)&c->pipe, &w->buf, 1, on_written) < 0) {
         free(w);
-        conn_close(c);
+        conn_close(c, CBD_CONN_HANGUP);
     }
 }
 
@@ -203,14 +380,13 @@ static void send_reply(struct cbd_conn *c, struct reply *r, int has_id, uint64_t
     msgpack_sbuffer_destroy(&sb);
 }
 
-/* An error that ends the connection: bad framing or unparsable bytes. */
-static void reject_frame(struct cbd_conn *c, int err, const char *what)
+/* An error reply that ends the connection (why) once it is written. */
+static void send_last(struct cbd_conn *c, int err, const char *what, enum cbd_conn_end why)
 {
     struct reply r = {0};
-    c->d->control.frames_bad++;
     fail(&r, err, "%s", what);
     send_reply(c, &r, 0, 0);
-    conn_finish(c);
+    conn_finish(c, why);
 }
 
 /* ---- operations ----------------------------------------------------------- */
@@ -276,7 +452,8 @@ static int op_register(struct cbd_conn *c, const msgpack_object *req, struct rep
     const msgpack_object *m = cb__mp_get(req, "config");
     if (m != NULL && m->type != MSGPACK_OBJECT_NIL && parse_config(m, &cfg, &mask, r) < 0)
         return r->err;
-    int rc = cbd_circuit_register(c->d, name, &cfg, mask, is_admin(&c->d->control, c) ? CBD_OWNER_NONE : c->uid, &slot, &created, r->message, sizeof r->message);
+    uint32_t owner = is_admin(&c->d->control, c) ? CBD_OWNER_NONE : c->uid; /* admins have no quota */
+    int rc = cbd_circuit_register(c->d, name, &cfg, mask, owner, &slot, &created, r->message, sizeof r->message);
     if (rc < 0)
         return r->err = rc;
     field_u64(r, "slot", slot);
@@ -331,7 +508,9 @@ static int op_stats(struct cbd_conn *c, const msgpack_object *req, struct reply 
     static const char *const keys[] = {
         "circuits", "events_drained", "events_invalid", "events_stale", "lanes_in_use", "lanes_reclaimed",
         "lane_overruns", "lane_drops", "frames_bad", "connections", "connections_total", "connections_refused",
-        "subscribers", "transitions", "hooks_started", "hooks_succeeded", "hooks_failed", "hooks_timed_out",
+        "connections_refused_per_uid", "connections_refused_admin_reserved", "connections_refused_max_connections",
+        "connections_lingering", "connections_closed_frame_timeout", "connections_closed_idle",
+        "connections_closed_bad_frame", "connections_closed_slow_reader", "accept_errors", "subscribers", "transitions", "hooks_started", "hooks_succeeded", "hooks_failed", "hooks_timed_out",
         "hooks_dropped", "hooks_spawn_errors", "reloads", "reloads_failed", "doorbell_fifo", "doorbell_futex",
         "uptime_s",
     };
@@ -339,7 +518,10 @@ static int op_stats(struct cbd_conn *c, const msgpack_object *req, struct reply 
         d->ncircuits, d->drain.events_drained, d->drain.events_invalid, d->drain.events_stale,
         cbd_drain_lanes_in_use(d), d->drain.lanes_reclaimed, d->drain.lane_overruns, cbd_drain_lane_drops(d),
         d->control.frames_bad, d->control.nconns, d->control.connections_total, d->control.connections_refused,
-        d->control.nsubscribers, d->transitions, hs.started, hs.succeeded, hs.failed, hs.timed_out, hs.dropped,
+        d->control.ends[CBD_CONN_REFUSED_PER_UID], d->control.ends[CBD_CONN_REFUSED_ADMIN_RESERVED],
+        d->control.ends[CBD_CONN_REFUSED_MAX], d->control.nlingering, d->control.ends[CBD_CONN_FRAME_TIMEOUT],
+        d->control.ends[CBD_CONN_IDLE], d->control.ends[CBD_CONN_BAD_FRAME], d->control.ends[CBD_CONN_SLOW_READER],
+        d->control.accept_errors, d->control.nsubscribers, d->transitions, hs.started, hs.succeeded, hs.failed, hs.timed_out, hs.dropped,
         hs.spawn_errors, d->reloads, d->reloads_failed, d->bell.rings_fifo, d->bell.rings_futex,
         (now.mono_ns - d->start_ns) / 1000000000u,
     };
@@ -485,6 +667,28 @@ static int op_subscribe(struct cbd_conn *c, const msgpack_object *req, struct re
     return 0;
 }
 
+/* Reply: what was removed (name, slot, state), read before it goes. */
+static int op_remove(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
+{
+    struct cbd_circuit *circuit;
+    if (get_circuit(c->d, req, r, &circuit) < 0)
+        return r->err;
+    char name[CB_NAME_MAX + 1];
+    uint32_t slot = circuit->slot;
+    const char *state = cbd_state_name(circuit->state);
+    snprintf(name, sizeof name, "%s", circuit->rec->name);
+    int rc = cbd_circuit_remove(c->d, name, r->message, sizeof r->message);
+    if (rc < 0)
+        return r->err = rc;
+    cbd_log(CBD_LOG_INFO, "operator: remove circuit=%s slot=%u state=%s by uid %u pid %d", name, slot, state, c->uid,
+            (int)c->pid);
+    cb__mp_kv_str(&r->pk, "name", name);
+    field_u64(r, "slot", slot);
+    cb__mp_kv_str(&r->pk, "state", state);
+    r->nfields += 2;
+    return 0;
+}
+
 static int op_reload(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
 {
     (void)req;
@@ -496,6 +700,7 @@ static int op_reload(struct cbd_conn *c, const msgpack_object *req, struct reply
     return 0;
 }
 
+
 static const struct {
     const char *name;
     int admin; /* needs root, the daemon's uid or admin_group */
@@ -505,24 +710,9 @@ static const struct {
     {"stats", 0, op_stats},         {"list", 0, op_list},         {"show", 0, op_show},
     {"subscribe", 0, op_subscribe}, {"force_open", 1, op_force_open}, {"force_closed", 1, op_force_closed},
     {"reset", 1, op_reset},         {"disable", 1, op_disable},   {"enable", 1, op_enable},
-    {"reload", 1, op_reload},
+    {"remove", 1, op_remove},       {"reload", 1, op_reload},
 };
 
-/* Root, the daemon's own uid, or a member of admin_group (primary or supplementary). */
-static int is_admin(const struct cbd_control *ctl, const struct cbd_conn *c)
-{
-    if (c->uid == 0 || c->uid == (uint32_t)geteuid())
-        return 1;
-    if (ctl->admin_gid < 0)
-        return 0;
-    if (c->gid == (uint32_t)ctl->admin_gid)
-        return 1;
-    for (int i = 0; i < c->ngroups; i++) {
-        if (c->groups[i] == (gid_t)ctl->admin_gid)
-            return 1;
-    }
-    return 0;
-}
 
 static void run_op(struct cbd_conn *c, size_t i, const msgpack_object *req, struct reply *r)
 {
@@ -594,25 +784,98 @@ void cbd_control_publish(struct cbd *d, const struct cbd_hook_event *ev, unsigne
     cb__mp_kv_bool(&pk, "disabled", (flags & CB_SEG_F_DISABLED) != 0);
     for (struct cbd_conn *c = ctl->conns, *next; c != NULL; c = next) {
         next = c->next; /* conn_close unlinks c only */
-        if (!c->subscribed || c->closing)
+        if (!c->subscribed || c->end != CBD_CONN_OPEN)
             continue;
         send_frame(c, sb.data, sb.size);
-        size_t queued = uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe);
-        if (!c->closing && queued > CBD_CONTROL_MAX_QUEUED) {
+        size_t queued = conn_queued(c);
+        if (!c->closed && queued > CBD_CONTROL_MAX_QUEUED) {
             cbd_log(CBD_LOG_WARN, "control: disconnecting subscriber uid %u pid %d: it left %zu bytes of "
                                   "transitions unread (the limit is %u)", c->uid, (int)c->pid, queued,
                     CBD_CONTROL_MAX_QUEUED);
-            conn_close(c);
+            conn_close(c, CBD_CONN_SLOW_READER);
         }
     }
     msgpack_sbuffer_destroy(&sb);
 }
 
+
+/* ---- deadlines ------------------------------------------------------------- */
+
+/* When c must end, on the clock of its times, and why (*why); UINT64_MAX:
+ * never. A frame in progress has only its frame deadline: the peer is
+ * sending a request, so it is not idle. */
+static uint64_t conn_deadline(const struct cbd_conn *c, const struct cbd_config *cfg, enum cbd_conn_end *why)
+{
+    if (c->lingering) {
+        *why = c->end;
+        return c->linger_until_ms;
+    }
+    if (c->len > 0) {
+        *why = CBD_CONN_FRAME_TIMEOUT;
+        return c->frame_start_ms + cfg->frame_timeout_ms;
+    }
+    if (c->subscribed || cfg->idle_timeout_ms == 0)
+        return UINT64_MAX;
+    *why = CBD_CONN_IDLE;
+    return c->last_request_ms + cfg->idle_timeout_ms;
+}
+
+/* Ends c if a deadline passed by now_ms: a frame timeout with an error
+ * reply, an idle connection without one (see the top of the file). */
+static void conn_expire(struct cbd_conn *c, uint64_t now_ms)
+{
+    struct cbd_control *ctl = &c->d->control;
+    const struct cbd_config *cfg = &c->d->cfg;
+    enum cbd_conn_end why = CBD_CONN_OPEN;
+    uint64_t suppressed;
+    if (c->closed || (c->end != CBD_CONN_OPEN && !c->lingering) || now_ms < conn_deadline(c, cfg, &why))
+        return;
+    if (c->lingering) {
+        conn_close(c, why);
+    } else if (why == CBD_CONN_FRAME_TIMEOUT) {
+        char what[160];
+        snprintf(what, sizeof what, "request frame not complete within %u ms of its first byte (frame_timeout_ms = %u)",
+                 cfg->frame_timeout_ms, cfg->frame_timeout_ms);
+        if (cbd_ratelimit_pass(&ctl->close_warn, &suppressed))
+            cbd_log(CBD_LOG_INFO, "control: closing a connection of uid %u pid %d: %s, %zu bytes buffered; %llu more "
+                                  "closed since the last line", c->uid, (int)c->pid, what, c->len,
+                    (unsigned long long)suppressed);
+        send_last(c, -ETIMEDOUT, what, why);
+    } else {
+        cbd_log(CBD_LOG_DEBUG, "control: closing a connection of uid %u pid %d: no request for %u ms "
+                               "(idle_timeout_ms)", c->uid, (int)c->pid, cfg->idle_timeout_ms);
+        conn_close(c, why);
+    }
+}
+
+static void on_timer(uv_timer_t *t);
+
+/* Arms c's timer for its nearest deadline (a socketless one is ticked). */
+static void conn_arm(struct cbd_conn *c, uint64_t now_ms)
+{
+    enum cbd_conn_end why;
+    if (c->socketless || c->closed || (c->end != CBD_CONN_OPEN && !c->lingering))
+        return;
+    uint64_t at = conn_deadline(c, &c->d->cfg, &why);
+    if (at == UINT64_MAX)
+        uv_timer_stop(&c->timer);
+    else
+        uv_timer_start(&c->timer, on_timer, at > now_ms ? at - now_ms : 0, 0);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    struct cbd_conn *c = t->data;
+    uint64_t now = uv_now(&c->d->loop);
+    conn_expire(c, now);
+    conn_arm(c, now); /* still open: a reload moved the deadline */
+}
+
 /* ---- reading frames ------------------------------------------------------- */
 
-/* Answers every complete frame in the buffer; returns -1 if the connection
- * was given up. */
-static int process_frames(struct cbd_conn *c)
+/* Answers every complete frame in the buffer, which holds bytes that came
+ * by now_ms; returns -1 if the connection was given up. */
+static int process_frames(struct cbd_conn *c, uint64_t now_ms)
 {
     size_t off = 0;
     while (c->len - off >= 4) {
@@ -624,7 +887,8 @@ static int process_frames(struct cbd_conn *c)
                 snprintf(what, sizeof what, "frame length 0 is invalid (expected 1..%u)", CB_FRAME_MAX);
             else
                 snprintf(what, sizeof what, "frame length %u exceeds %u", n, CB_FRAME_MAX);
-            reject_frame(c, -EMSGSIZE, what);
+            c->d->control.frames_bad++;
+            send_last(c, -EMSGSIZE, what, CBD_CONN_BAD_FRAME);
             return -1;
         }
         if (c->len - off - 4 < n)
@@ -632,13 +896,15 @@ static int process_frames(struct cbd_conn *c)
         msgpack_unpacked u;
         msgpack_object *req;
         if (cb__mp_unpack_map((const char *)p + 4, n, &u, &req) < 0) {
-            reject_frame(c, -EBADMSG, "malformed msgpack frame");
+            c->d->control.frames_bad++;
+            send_last(c, -EBADMSG, "malformed msgpack frame", CBD_CONN_BAD_FRAME);
             return -1;
         }
         dispatch(c, req);
         msgpack_unpacked_destroy(&u);
         off += 4 + (size_t)n;
-        if (c->closing)
+        c->last_request_ms = now_ms;
+        if (c->end != CBD_CONN_OPEN)
             return -1;
         if (c->subscribed) { /* what follows subscribe is ignored */
             c->len = 0;
@@ -647,24 +913,9 @@ static int process_frames(struct cbd_conn *c)
     }
     memmove(c->buf, c->buf + off, c->len - off);
     c->len -= off;
+    if (off > 0 && c->len > 0) /* the next frame began in this read */
+        c->frame_start_ms = now_ms;
     return 0;
-}
-
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    struct cbd_conn *c = h->data;
-    (void)suggested;
-    /* One loop thread, and every read is consumed before the next alloc:
-     * all connections can share one read buffer. */
-    *buf = uv_buf_init(c->d->control.readbuf, sizeof c->d->control.readbuf);
-}
-
-static void on_idle(uv_timer_t *t)
-{
-    struct cbd_conn *c = t->data;
-    cbd_log(CBD_LOG_INFO, "control: closing a connection silent for %d s in the middle of a frame (%zu bytes "
-                          "buffered)", CBD_CONTROL_IDLE_MS / 1000, c->len);
-    conn_close(c);
 }
 
 /* Appends n bytes to the connection's buffer. */
@@ -685,50 +936,108 @@ static int append(struct cbd_conn *c, const char *data, size_t n)
     return 0;
 }
 
+/* n bytes from the peer, read at now_ms: answer what is complete, then
+ * re-arm the deadlines. A deadline that passed before them ends c first,
+ * as its timer would have. */
+static void conn_feed(struct cbd_conn *c, const char *data, size_t n, uint64_t now_ms)
+{
+    conn_expire(c, now_ms);
+    if (c->end != CBD_CONN_OPEN || c->subscribed || n == 0)
+        return; /* ended, or a subscriber, whose requests are ignored */
+    if (c->len == 0)
+        c->frame_start_ms = now_ms;
+    if (append(c, data, n) < 0) {
+        cbd_log(CBD_LOG_WARN, "control: out of memory buffering a request: closing the connection");
+        conn_close(c, CBD_CONN_HANGUP);
+        return;
+    }
+    if (process_frames(c, now_ms) < 0)
+        return;
+    size_t queued = conn_queued(c);
+    if (queued > CBD_CONTROL_MAX_QUEUED) {
+        cbd_log(CBD_LOG_WARN, "control: closing a connection of uid %u pid %d that does not read its replies (%zu "
+                              "bytes queued)", c->uid, (int)c->pid, queued);
+        conn_close(c, CBD_CONN_SLOW_READER);
+        return;
+    }
+    conn_arm(c, now_ms);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct cbd_conn *c = h->data;
+    (void)suggested;
+    /* One loop thread, and every read is consumed before the next alloc:
+     * all connections can share one read buffer. */
+    *buf = uv_buf_init(c->d->control.readbuf, sizeof c->d->control.readbuf);
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct cbd_conn *c = s->data;
-    if (nread == 0 || c->closing)
+    if (nread == 0 || c->closed)
         return;
-    if (nread < 0) { /* EOF or a reset: nothing more to answer */
-        conn_close(c);
-        return;
-    }
-    if (c->subscribed)
-        return; /* a subscriber's requests are ignored */
-    if (append(c, buf->base, (size_t)nread) < 0) {
-        cbd_log(CBD_LOG_WARN, "control: out of memory buffering a request: closing the connection");
-        conn_close(c);
-        return;
-    }
-    if (process_frames(c) < 0)
-        return;
-    if (uv_stream_get_write_queue_size(s) > CBD_CONTROL_MAX_QUEUED) {
-        cbd_log(CBD_LOG_WARN, "control: closing a connection that does not read its replies (%zu bytes queued)",
-                uv_stream_get_write_queue_size(s));
-        conn_close(c);
-    } else if (c->len > 0) {
-        uv_timer_start(&c->idle, on_idle, CBD_CONTROL_IDLE_MS, 0);
-    } else {
-        uv_timer_stop(&c->idle);
-    }
+    if (nread < 0) /* EOF or a reset: nothing more to answer (a lingering peer has read why) */
+        conn_close(c, CBD_CONN_HANGUP);
+    else if (!c->lingering)
+        conn_feed(c, buf->base, (size_t)nread, uv_now(&c->d->loop));
 }
 
-/* Close callback of a connection that never got going (pipe is its first member). */
-static void free_conn(uv_handle_t *h)
-{
-    free(h);
-}
+/* ---- accepting ------------------------------------------------------------- */
 
-static void refuse(struct cbd *d, uv_pipe_t *pipe)
+/* Refuses c (why): counted, logged with a rate limit, told why in one frame;
+ * then it lingers (for its peer to send its request and read the answer)
+ * if few others do, else it is closed once the frame is out. */
+static void refuse(struct cbd_conn *c, enum cbd_conn_end why, uint64_t now_ms)
 {
+    struct cbd_control *ctl = &c->d->control;
+    char what[160];
     uint64_t suppressed;
-    d->control.connections_refused++;
-    if (cbd_ratelimit_pass(&d->control.refuse_warn, &suppressed))
-        cbd_log(CBD_LOG_WARN, "control: refusing a connection: %u connections are open, the limit; "
-                              "%llu more refused since the last warning", CBD_CONTROL_MAX_CONNECTIONS,
-                (unsigned long long)suppressed);
-    uv_close((uv_handle_t *)pipe, free_conn);
+    refusal_text(&c->d->cfg, why, c->uid, what, sizeof what);
+    ctl->ends[why]++;
+    ctl->connections_refused++;
+    if (cbd_ratelimit_pass(&ctl->refuse_warn, &suppressed))
+        cbd_log(CBD_LOG_WARN, "control: refused a connection of uid %u pid %d: %s; %llu more refused since the last "
+                              "warning", c->uid, (int)c->pid, what, (unsigned long long)suppressed);
+    c->end = why;
+    if (!c->socketless && ctl->nlingering < CBD_CONTROL_MAX_LINGERING) {
+        c->lingering = 1;
+        ctl->nlingering++;
+        c->linger_until_ms = now_ms + CBD_CONTROL_LINGER_MS;
+        uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
+        conn_arm(c, now_ms);
+    }
+    struct reply r = {0};
+    fail(&r, -EUSERS, "%s", what);
+    send_reply(c, &r, 0, 0);
+    conn_finish(c, why);
+}
+
+/* A new connection, its peer's credentials read: admitted and served, or refused. */
+static void conn_start(struct cbd_conn *c, uint64_t now_ms)
+{
+    struct cbd_control *ctl = &c->d->control;
+    c->next = ctl->conns;
+    if (c->next)
+        c->next->prev = c;
+    ctl->conns = c;
+    enum cbd_conn_end why = admit(ctl, &c->d->cfg, c->uid, is_admin(ctl, c));
+    if (why != CBD_CONN_OPEN) {
+        refuse(c, why, now_ms);
+        return;
+    }
+    if (uid_hold(ctl, c->uid) < 0) {
+        cbd_log(CBD_LOG_WARN, "control: out of memory accepting a connection of uid %u", c->uid);
+        conn_close(c, CBD_CONN_HANGUP);
+        return;
+    }
+    c->admitted = 1;
+    ctl->nconns++;
+    ctl->connections_total++;
+    c->last_request_ms = now_ms;
+    if (!c->socketless)
+        uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
+    conn_arm(c, now_ms);
 }
 
 /* The peer's credentials and groups, as the kernel recorded them at connect. */
@@ -754,39 +1063,83 @@ static void read_peer(struct cbd_conn *c)
     }
 }
 
+/* Close callback of a connection that never got going (pipe is its first member). */
+static void free_unstarted(uv_handle_t *h)
+{
+    free(h);
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     struct cbd *d = server->data;
-    if (status < 0) {
-        cbd_log(CBD_LOG_WARN, "control: accept failed: %s", uv_strerror(status));
+    uint64_t suppressed;
+    if (status < 0) { /* EMFILE: libuv accepted and closed what was pending */
+        d->control.accept_errors++;
+        if (cbd_ratelimit_pass(&d->control.accept_warn, &suppressed))
+            cbd_log(CBD_LOG_WARN, "control: accept failed: %s; %llu more failures since the last warning",
+                    uv_strerror(status), (unsigned long long)suppressed);
         return;
     }
     struct cbd_conn *c = calloc(1, sizeof *c);
     if (c == NULL || uv_pipe_init(&d->loop, &c->pipe, 0) < 0) {
         free(c);
+        d->control.accept_errors++;
         cbd_log(CBD_LOG_WARN, "control: out of memory accepting a connection");
         return;
     }
     if (uv_accept(server, (uv_stream_t *)&c->pipe) < 0) {
-        uv_close((uv_handle_t *)&c->pipe, free_conn);
-        return;
-    }
-    if (d->control.nconns >= CBD_CONTROL_MAX_CONNECTIONS) {
-        refuse(d, &c->pipe);
+        d->control.accept_errors++;
+        uv_close((uv_handle_t *)&c->pipe, free_unstarted);
         return;
     }
     c->d = d;
+    msgpack_sbuffer_init(&c->out);
     read_peer(c);
-    c->pipe.data = c->idle.data = c;
-    uv_timer_init(&d->loop, &c->idle);
+    c->pipe.data = c->timer.data = c;
+    uv_timer_init(&d->loop, &c->timer);
     c->handles_open = 2;
-    c->next = d->control.conns;
-    if (c->next)
-        c->next->prev = c;
-    d->control.conns = c;
-    d->control.nconns++;
-    d->control.connections_total++;
-    uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
+    conn_start(c, uv_now(&d->loop));
+}
+
+/* ---- connections without a socket (control.h) ------------------------------ */
+
+struct cbd_conn *cbd_control_conn_open(struct cbd *d, uint32_t uid, uint32_t gid, pid_t pid, uint64_t now_ms)
+{
+    struct cbd_conn *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return NULL;
+    c->d = d;
+    c->socketless = 1;
+    msgpack_sbuffer_init(&c->out);
+    c->uid = uid;
+    c->gid = gid;
+    c->pid = pid;
+    conn_start(c, now_ms);
+    return c;
+}
+
+enum cbd_conn_end cbd_control_conn_feed(struct cbd_conn *c, const void *bytes, size_t n, uint64_t now_ms)
+{
+    conn_feed(c, bytes, n, now_ms);
+    return c->end;
+}
+
+enum cbd_conn_end cbd_control_conn_tick(struct cbd_conn *c, uint64_t now_ms)
+{
+    conn_expire(c, now_ms);
+    return c->end;
+}
+
+const char *cbd_control_conn_output(const struct cbd_conn *c, size_t *len)
+{
+    *len = c->out.size;
+    return c->out.data;
+}
+
+void cbd_control_conn_free(struct cbd_conn *c)
+{
+    conn_close(c, CBD_CONN_HANGUP);
+    conn_free(c);
 }
 
 /* ---- the listening socket ------------------------------------------------- */
@@ -833,6 +1186,30 @@ static int clear_stale(const char *path)
     return unlink(path) < 0 && errno != ENOENT ? -errno : 0;
 }
 
+/* Descriptors the daemon needs besides its connections: segment, store,
+ * hooks, log, loop. */
+#define FDS_BESIDES_CONNECTIONS 64
+
+/* Raises the soft limit of open files so that max_connections can all be
+ * open (with the lingering refusals): out of descriptors, accept fails
+ * before any limit of ours applies and admins are locked out with
+ * everyone else. Warns when the hard limit is too low. */
+static void make_room_for_connections(const struct cbd_config *cfg)
+{
+    struct rlimit rl;
+    rlim_t need = (rlim_t)cfg->max_connections + CBD_CONTROL_MAX_LINGERING + FDS_BESIDES_CONNECTIONS;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= need)
+        return;
+    rlim_t was = rl.rlim_cur;
+    rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+        rl.rlim_cur = was;
+    if (rl.rlim_cur < need)
+        cbd_log(CBD_LOG_WARN, "max_connections = %u needs %llu open files but the limit is %llu (raise LimitNOFILE= "
+                              "or ulimit -n): past it, connections fail before admins' reserve applies",
+                cfg->max_connections, (unsigned long long)need, (unsigned long long)rl.rlim_cur);
+}
+
 void cbd_control_configure(struct cbd *d)
 {
     struct cbd_control *ctl = &d->control;
@@ -849,6 +1226,7 @@ void cbd_control_configure(struct cbd *d)
     if (d->cfg.admin_group[0] != '\0' && ctl->admin_gid < 0)
         cbd_log(CBD_LOG_WARN, "admin_group '%s' does not exist (any more): only %s may use admin operations",
                 d->cfg.admin_group, ctl->admins);
+    make_room_for_connections(&d->cfg);
 }
 
 /* Gives the socket file its mode and group. */
@@ -897,14 +1275,15 @@ int cbd_control_listen(struct cbd *d)
     return 0;
 }
 
+
 void cbd_control_close(struct cbd *d)
 {
     struct cbd_control *ctl = &d->control;
-    if (!ctl->listening)
-        return;
-    ctl->listening = 0;
-    uv_close((uv_handle_t *)&ctl->server, NULL);
-    unlink(d->cfg.socket);
+    if (ctl->listening) {
+        ctl->listening = 0;
+        uv_close((uv_handle_t *)&ctl->server, NULL);
+        unlink(d->cfg.socket);
+    }
     while (ctl->conns != NULL)
-        conn_close(ctl->conns);
+        conn_close(ctl->conns, CBD_CONN_HANGUP);
 }

@@ -27,6 +27,7 @@ static const struct cb_error_text texts[] = {
     {-EPERM, "cbd refused this operation for this user"},
     {-ENOMEM, "out of memory"},
     {-ENOSPC, "cbd's segment is full (raise the daemon's `capacity` option)"},
+    {-EUSERS, "cbd refused the connection: this user holds as many as `max_connections_per_uid` allows"},
     {-EDQUOT, "this user registered as many circuits as cbd's `max_circuits_per_uid` allows"},
     {-ECONNREFUSED, "cbd's control socket refuses connections (daemon not running?)"},
     {-ECONNRESET, "cbd closed the control connection"},

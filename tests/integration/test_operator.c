@@ -196,18 +196,26 @@ Test(operator, disable_bypasses_and_counts_nothing_until_enable)
     cr_assert_eq(tsup_ticket_kind(cb_allow(c)), CB_TICKET_ALLOWED);
 }
 
-Test(operator, an_unknown_circuit_is_enoent_naming_it)
+/* op on circuit "nosuch" over the socket is -ENOENT naming it, and cbctl
+ * command on it exits 4. */
+static void expect_no_such_circuit(const char *op, const char *command)
 {
-    start();
     struct tsup_reply r;
-    cr_assert_eq(ctl_named("force_open", "nosuch", NULL, 0, &r), 1);
-    cr_assert_eq(tsup_reply_error(&r), -ENOENT);
+    cr_assert_eq(ctl_named(op, "nosuch", NULL, 0, &r), 1);
+    cr_assert_eq(tsup_reply_error(&r), -ENOENT, "%s: error %lld", op, (long long)tsup_reply_error(&r));
     char msg[256];
     cr_assert_eq(cb__mp_get_str(r.map, "message", msg, sizeof msg), 0);
     cr_assert_str_eq(msg, "no circuit named 'nosuch'");
     tsup_reply_free(&r);
     char out[4096];
-    cr_assert_eq(cbctl(out, sizeof out, "reset", "nosuch", NULL, NULL), 4, "cbctl's exit for no such circuit");
+    cr_assert_eq(cbctl(out, sizeof out, command, "nosuch", NULL, NULL), 4, "cbctl %s: exit for no such circuit",
+                 command);
+}
+
+Test(operator, an_unknown_circuit_is_enoent_naming_it)
+{
+    start();
+    expect_no_such_circuit("force_open", "reset");
 }
 
 Test(operator, force_open_for_ms_out_of_bounds_is_einval)
@@ -390,4 +398,56 @@ Test(operator, subscribe_streams_every_transition_in_order)
     cr_assert_eq(tsup_stat(&d, "subscribers"), 1);
     msgpack_sbuffer_destroy(&sb);
     close(fd);
+}
+
+/* ---- remove ---------------------------------------------------------------------- */
+
+Test(operator, removing_an_unknown_circuit_is_enoent_naming_it)
+{
+    start();
+    expect_no_such_circuit("remove", "remove");
+    char out[4096];
+    cr_assert_eq(cbctl(out, sizeof out, "remove", "not a name", NULL, NULL), 2, "cbctl's exit for a bad name");
+    cr_assert_eq(cbctl(out, sizeof out, "remove", NULL, NULL, NULL), 2, "cbctl's exit without a name");
+}
+
+/* Enabled by itself once cbd_circuit_remove exists: until then the daemon
+ * answers -ENOSYS and the test is skipped. */
+Test(operator, a_removed_circuit_is_gone_from_show_and_list)
+{
+    start();
+    tsup_circuit(cl, "payments", NULL);
+    tsup_circuit(cl, "orders", NULL);
+    tsup_circuit(cl, "search", NULL);
+    struct tsup_reply r;
+    cr_assert_eq(ctl_named("remove", "orders", NULL, 0, &r), 1);
+    if (tsup_reply_error(&r) == -ENOSYS) {
+        tsup_reply_free(&r);
+        cr_skip_test("this cbd cannot remove circuits yet (remove answers -ENOSYS)");
+    }
+    cr_assert(tsup_reply_ok(&r), "remove orders: error %lld", (long long)tsup_reply_error(&r));
+    char v[64];
+    cr_assert_eq(cb__mp_get_str(r.map, "name", v, sizeof v), 0);
+    cr_assert_str_eq(v, "orders");
+    cr_assert_eq(cb__mp_get_str(r.map, "state", v, sizeof v), 0);
+    cr_assert_str_eq(v, "CLOSED");
+    tsup_reply_free(&r);
+
+    char out[16384];
+    cr_assert_eq(cbctl(out, sizeof out, "remove", "payments", NULL, NULL), 0, "cbctl remove: %s", out);
+    cr_assert_not_null(strstr(out, "removed circuit payments (slot 0, was CLOSED)"), "cbctl remove said: %s", out);
+    cr_assert_eq(cbctl(out, sizeof out, "remove", "search", "--json", NULL), 0);
+    json_error_t jerr;
+    json_t *j = json_loads(out, 0, &jerr);
+    cr_assert_not_null(j, "cbctl remove --json is not JSON: %s", out);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "name")), "search");
+    json_decref(j);
+
+    cr_assert_eq(cbctl(out, sizeof out, "show", "payments", NULL, NULL), 4, "cbctl show finds a removed circuit");
+    cr_assert_eq(cbctl(out, sizeof out, "list", "--json", NULL, NULL), 0);
+    json_t *arr = json_loads(out, 0, &jerr);
+    cr_assert(json_is_array(arr), "cbctl list --json: %s", out);
+    cr_assert_eq(json_array_size(arr), 0, "cbctl list still lists removed circuits: %s", out);
+    json_decref(arr);
+    cr_assert_eq(cbctl(out, sizeof out, "remove", "payments", NULL, NULL), 4, "a second remove found it");
 }

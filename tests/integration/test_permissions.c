@@ -1,7 +1,8 @@
 /*
  * test_permissions.c - who may do what on the control socket, decided by
  * the peer's credentials (SO_PEERCRED, SO_PEERGROUPS), and who may map the
- * segment at all (socket_group, segment_mode).
+ * segment at all (socket_group, segment_mode), and how many circuits a
+ * non-admin uid may register (max_circuits_per_uid).
  *
  * Peers run as other users in forked children (setgroups, setresgid,
  * setresuid: the tests run as root) and report through an exit code and a
@@ -224,4 +225,87 @@ Test(permissions, cbctl_as_another_user_exits_permission_denied)
         cr_skip_test("nobody cannot run %s (setpriv exit %d)", argv[4], WEXITSTATUS(status));
     cr_assert_eq(WEXITSTATUS(status), 5, "cbctl reset as nobody exited %d, not 5 (permission denied)",
                  WEXITSTATUS(status));
+}
+
+/* ---- the registration quota (max_circuits_per_uid) ------------------------------ */
+
+/* In a child as uid (group nogroup): cb_circuit_get of name through libcb;
+ * its return value through the exit code (0, or 100 + -errno). */
+static int libcb_register_as(unsigned uid, const char *name)
+{
+    unsigned g = gid_of("nogroup");
+    pid_t pid = tsup_fork();
+    if (pid == 0) {
+        cb_client *cl;
+        cb_circuit *c;
+        if (setgroups(0, NULL) < 0 || setresgid(g, g, g) < 0 || setresuid(uid, uid, uid) < 0)
+            _exit(99);
+        int rc = cb_client_open(&cl, d.instance);
+        if (rc == 0)
+            rc = cb_circuit_get(cl, name, NULL, &c);
+        _exit(rc == 0 ? 0 : 100 + (-rc & 0x7f));
+    }
+    int status;
+    waitpid(pid, &status, 0);
+    tsup_untrack(pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) != 99, "the worker as uid %u did not run", uid);
+    return WEXITSTATUS(status) == 0 ? 0 : -(WEXITSTATUS(status) - 100);
+}
+
+Test(permissions, a_uid_past_its_circuit_quota_is_refused_new_names_and_keeps_its_own)
+{
+    static const char *const extra[] = {"--socket-group", "nogroup", "--max-circuits-per-uid=3", NULL};
+    start(extra);
+    unsigned gid = gid_of("nogroup");
+    const char *names[] = {"q1", "q2", "q3"};
+    for (int i = 0; i < 3; i++) {
+        struct peer_result r = as_peer(nobody(), gid, NULL, 0, "register", names[i]);
+        cr_assert_eq(r.code, 0, "registration %d of a quota of 3 failed: %d %s", i + 1, r.err, r.msg);
+    }
+    struct peer_result r = as_peer(nobody(), gid, NULL, 0, "register", "q4");
+    cr_assert_eq(r.code, 2, "a 4th circuit on a quota of 3 was registered (code %d)", r.code);
+    cr_assert_eq(r.err, -EDQUOT);
+    cr_assert_not_null(strstr(r.msg, "max_circuits_per_uid"), "the message does not name the option: %s", r.msg);
+    cr_assert_eq(libcb_register_as(nobody(), "q5"), -EDQUOT, "libcb does not pass the quota's error on");
+
+    r = as_peer(nobody(), gid, NULL, 0, "register", "q2");
+    cr_assert_eq(r.code, 0, "an existing name no longer resolves past the quota: %d %s", r.err, r.msg);
+    cr_assert_eq(libcb_register_as(nobody(), "q3"), 0, "libcb cannot use its own circuit past the quota");
+    r = as_peer(65533, gid, NULL, 0, "register", "other-user");
+    cr_assert_eq(r.code, 0, "another uid is limited by this uid's quota: %d %s", r.err, r.msg);
+
+    const char *root_names[] = {"r1", "r2", "r3", "r4", "r5"};
+    for (int i = 0; i < 5; i++)
+        cr_assert_eq(as_peer(0, 0, NULL, 0, "register", root_names[i]).code, 0, "root is limited by a quota");
+    cr_assert_eq(tsup_stat(&d, "circuits"), 9);
+}
+
+Test(permissions, circuits_of_an_admin_group_member_do_not_count_against_a_quota)
+{
+    static const char *const extra[] = {"--socket-group", "nogroup", "--admin-group", "staff",
+                                        "--max-circuits-per-uid=1", NULL};
+    start(extra);
+    gid_t staff = gid_of("staff");
+    const char *names[] = {"a1", "a2", "a3"};
+    for (int i = 0; i < 3; i++) {
+        struct peer_result r = as_peer(nobody(), gid_of("nogroup"), &staff, 1, "register", names[i]);
+        cr_assert_eq(r.code, 0, "an admin's registration %d was refused: %d %s", i + 1, r.err, r.msg);
+    }
+    struct peer_result r = as_peer(nobody(), gid_of("nogroup"), NULL, 0, "register", "w1");
+    cr_assert_eq(r.code, 0, "the same uid without the admin group has used its quota of 1 already: %s", r.msg);
+}
+
+Test(permissions, a_worker_may_not_remove_a_circuit_and_is_told_who_may)
+{
+    static const char *const extra[] = {"--socket-group", "nogroup", "--admin-group", "staff", NULL};
+    start(extra);
+    cr_assert_eq(as_peer(0, 0, NULL, 0, "register", "payments").code, 0);
+    struct peer_result r = as_peer(nobody(), gid_of("nogroup"), NULL, 0, "remove", "payments");
+    cr_assert_eq(r.code, 2, "a worker was allowed to remove a circuit (code %d)", r.code);
+    cr_assert_eq(r.err, -EPERM);
+    cr_assert_not_null(strstr(r.msg, "permission denied: 'remove' needs root"), "message: %s", r.msg);
+    cr_assert_not_null(strstr(r.msg, "group 'staff'"), "the message does not name the admin group: %s", r.msg);
+    cr_assert_eq(tsup_stat(&d, "circuits"), 1, "the refused remove removed something");
+    r = as_peer(0, 0, NULL, 0, "show", "payments");
+    cr_assert_eq(r.code, 0, "the circuit is gone after a refused remove: %d %s", r.err, r.msg);
 }
