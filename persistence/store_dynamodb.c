@@ -1416,6 +1416,20 @@ static void ddb_sync(struct cbd_store *s)
     kick_arm(s);
 }
 
+/* The URI as create() reads it, through the same parser, without creating
+ * anything: the region and endpoint are resolved as create() resolves them
+ * (environment and the AWS config file), so an error here is the one
+ * create() would give. The credential chain is create()'s alone. */
+static int ddb_check_uri(const char *uri, char *why, size_t size)
+{
+    struct ddb_opts o;
+    const char *msg = uri != NULL ? opts_parse(&o, uri) : "no dynamodb URI given";
+    if (msg == NULL)
+        return 0;
+    snprintf(why, size, "%s", msg);
+    return -EINVAL;
+}
+
 static int ddb_create(struct cbd_store **out, const char *uri, const struct cbd_store_hooks *hooks,
                       const char **err)
 {
@@ -1698,6 +1712,7 @@ int cbd_dynamodb_create_table(const char *uri, char *err, size_t errlen)
 const struct cbd_store_ops cbd_store_dynamodb_ops = {
     .scheme = "dynamodb",
     .create = ddb_create,
+    .check_uri = ddb_check_uri,
     .restore = ddb_restore,
     .track = ddb_track,
     .transition = ddb_transition,
