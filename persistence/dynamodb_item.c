@@ -317,8 +317,8 @@ int cbd_ddb_item_decode(const struct cbd_ddb_layout *l, const json_t *item, stru
         (rc = attr_time(item, l->expiration, &out->expiration, why, size)) < 0)
         return rc;
     out->failure_count = (uint32_t)fc;
-    if (out->state != CB_HALF_OPEN) {
-        out->owner[0] = '\0';
+    if (out->state != CB_HALF_OPEN) { /* all of it: no stale bytes after the terminator */
+        memset(out->owner, 0, sizeof out->owner);
         out->lease_expiry = 0;
     }
     if (out->state == CB_CLOSED)
