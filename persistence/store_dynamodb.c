@@ -50,6 +50,14 @@
  * our own lease with an expiry older than our last renewal is stale, not
  * news: reporting it would make the holder give up its probing.
  *
+ * Items. Every item goes through the codec (dynamodb_item.c), which holds
+ * Powertools' layout and its validation; this file only checks that an
+ * item is about the key it asked for and names a circuit cbd can hold. An
+ * invalid item is never adopted nor taken for an absent one (that would
+ * read as CLOSED): the circuit keeps its view, the read counts in
+ * invalid_items, and the log says why once per circuit until its item is
+ * valid again - not at every sync.
+ *
  * hooks->synced (if set) follows every answer that leaves the table and the
  * daemon agreeing on a circuit - a write landed, an election or renewal was
  * answered, a read found agreement or reported the difference - unless a
@@ -77,6 +85,7 @@
 
 #include "aws_credentials.h"
 #include "aws_http.h"
+#include "dynamodb_item.h"
 #include "log.h"
 #include "segment.h"
 
@@ -281,6 +290,7 @@ struct circ {
     struct circ *dnext;             /* kick list */
     bool dirty;
     bool mark;                      /* scratch: answered in the batch being applied */
+    bool invalid_logged;            /* its item was invalid, and the log said so */
     char name[CB_NAME_MAX + 1];
     uint32_t recovery_s;            /* for the TTL */
     struct cbd_store_state seen;    /* the fleet's view, as last read or written here */
@@ -298,6 +308,7 @@ struct circ {
 struct cbd_store {
     struct cbd_store_hooks hooks;
     struct ddb_opts o;
+    struct cbd_ddb_layout layout;   /* the item's attribute names, pointing into o */
     char sigv4[128];
     struct cbd_aws_http *http;
     struct cbd_aws_credentials *creds;
@@ -354,11 +365,6 @@ static void batch_end(struct batch *b, bool failed, int rc);
 static int64_t now_s(void)
 {
     return (int64_t)time(NULL);
-}
-
-static const char *state_name(cb_state st)
-{
-    return st == CB_OPEN ? "OPEN" : st == CB_HALF_OPEN ? "HALF_OPEN" : "CLOSED";
 }
 
 static struct circ *circ_find(struct cbd_store *s, const char *name)
@@ -527,23 +533,13 @@ static int ddb_call(struct cbd_store *s, const char *op, json_t *body, cbd_aws_h
     return rc;
 }
 
-static json_t *S(const char *v)
-{
-    return json_pack("{s:s}", "S", v);
-}
-
-static json_t *N(int64_t v)
-{
-    char b[24];
-    snprintf(b, sizeof b, "%lld", (long long)v);
-    return json_pack("{s:s}", "N", b);
-}
+/* Short names for the attribute values of the request bodies below. */
+#define S cbd_ddb_s
+#define N cbd_ddb_n
 
 static json_t *key_json(const struct cbd_store *s, const char *name)
 {
-    if (s->o.sk[0])
-        return json_pack("{s:o, s:o}", s->o.pk, S(s->o.static_pk), s->o.sk, S(name));
-    return json_pack("{s:o}", s->o.pk, S(name));
+    return cbd_ddb_key(&s->layout, name, strlen(name));
 }
 
 /* ExpressionAttributeNames for the placeholders in `used` (DynamoDB refuses
@@ -561,19 +557,20 @@ static json_t *expr_names(const struct cbd_store *s, const char *used)
     return n;
 }
 
-/* The whole item for a PutItem. */
+/* The whole item for a PutItem; NULL (logged) if it is not one cbd would
+ * read back, which a transition of the daemon never is. */
 static json_t *item_json(const struct cbd_store *s, const struct cbd_store_state *st, int64_t expiration)
 {
-    json_t *it = key_json(s, st->name);
-    json_object_set_new(it, s->o.a_state, S(state_name(st->state)));
-    json_object_set_new(it, s->o.a_fc, N(st->failure_count));
-    json_object_set_new(it, s->o.a_oa, N(st->opened_at));
-    if (st->state == CB_HALF_OPEN) {
-        json_object_set_new(it, s->o.a_owner, S(st->probe_owner));
-        json_object_set_new(it, s->o.a_lease, N(st->lease_expiry));
-    }
-    json_object_set_new(it, s->o.a_exp, N(expiration));
-    return it;
+    struct cbd_ddb_item it = {.state = st->state, .failure_count = st->failure_count, .opened_at = st->opened_at,
+                              .lease_expiry = st->lease_expiry, .expiration = expiration};
+    char why[256];
+    it.name_len = strlen(st->name);
+    memcpy(it.name, st->name, it.name_len + 1);
+    snprintf(it.owner, sizeof it.owner, "%s", st->probe_owner);
+    json_t *j = cbd_ddb_item_encode(&s->layout, &it, why, sizeof why);
+    if (j == NULL)
+        cbd_log(CBD_LOG_ERROR, "dynamodb: not writing circuit %s to table %s: %s", st->name, s->o.table, why);
+    return j;
 }
 
 /* ---- items -------------------------------------------------------------------- */
@@ -583,57 +580,69 @@ static const char *attr_s(json_t *item, const char *name)
     return json_string_value(json_object_get(json_object_get(item, name), "S"));
 }
 
-/* An N attribute as an integer in [0, max]: 0, -ENOENT if absent, -EBADMSG. */
-static int attr_n(json_t *item, const char *name, int64_t max, int64_t *out)
+/* An item read and not adopted: counted at every read; logged once per
+ * circuit (c, when the item is known to be about one) until its item is
+ * valid again, else rate limited. */
+static void item_invalid(struct cbd_store *s, struct circ *c, const char *why)
 {
-    json_t *a = json_object_get(item, name);
-    if (!a)
-        return -ENOENT;
-    const char *v = json_string_value(json_object_get(a, "N"));
-    char *end;
-    errno = 0;
-    long long n = v ? strtoll(v, &end, 10) : -1;
-    if (!v || errno || end == v || *end || n < 0 || n > max)
-        return -EBADMSG;
-    *out = n;
-    return 0;
+    uint64_t suppressed;
+    s->st.invalid_items++;
+    if (c != NULL && !c->invalid_logged) {
+        c->invalid_logged = true;
+        cbd_log(CBD_LOG_WARN, "dynamodb: circuit %s: ignoring its item in table %s: %s; the circuit keeps its last "
+                "state (counted in invalid_items, not logged again until its item is valid)", c->name, s->o.table,
+                why);
+    } else if (c == NULL && cbd_ratelimit_pass(&s->malformed_rl, &suppressed)) {
+        cbd_log(CBD_LOG_WARN, "dynamodb: ignoring an item in table %s: %s (counted in invalid_items; %llu more "
+                "suppressed)", s->o.table, why, (unsigned long long)suppressed);
+    }
 }
 
-/* Decode a Powertools item: 0, or -EBADMSG (counted by the caller). */
-static int item_decode(const struct cbd_store *s, json_t *item, struct cbd_store_state *st)
+/*
+ * Validate an item before it is adopted: the answer to circuit asked's
+ * GetItem, or (asked NULL) one item of a BatchGetItem, which must name a
+ * circuit tracked here. A valid item fills st and returns its circuit; an
+ * invalid one is counted and logged (item_invalid) and returns NULL. Either
+ * way *about is the circuit the item is about, when its key says so.
+ */
+static struct circ *item_adopt(struct cbd_store *s, json_t *item, struct circ *asked, struct circ **about,
+                               struct cbd_store_state *st)
 {
-    const char *name = attr_s(item, s->o.sk[0] ? s->o.sk : s->o.pk), *state = attr_s(item, s->o.a_state);
-    const char *owner = attr_s(item, s->o.a_owner);
-    int64_t fc = 0;
-    memset(st, 0, sizeof *st);
-    if (!name || cb__name_check(name) < 0 || !state)
-        return -EBADMSG;
-    strcpy(st->name, name);
-    if (strcmp(state, "CLOSED") == 0)
-        st->state = CB_CLOSED;
-    else if (strcmp(state, "OPEN") == 0)
-        st->state = CB_OPEN;
-    else if (strcmp(state, "HALF_OPEN") == 0)
-        st->state = CB_HALF_OPEN;
-    else
-        return -EBADMSG;
-    int rc = attr_n(item, s->o.a_fc, UINT32_MAX, &fc);
-    if (rc == -EBADMSG)
-        return rc;
-    st->failure_count = (uint32_t)fc;
-    if (st->state == CB_CLOSED)
-        return 0;
-    if (attr_n(item, s->o.a_oa, INT64_MAX / 2, &st->opened_at) < 0)
-        return -EBADMSG;
-    if (st->state == CB_HALF_OPEN) {
-        if (owner && strlen(owner) >= sizeof st->probe_owner)
-            return -EBADMSG;
-        strcpy(st->probe_owner, owner ? owner : "");
-        rc = attr_n(item, s->o.a_lease, INT64_MAX / 2, &st->lease_expiry);
-        if (rc == -EBADMSG)
-            return rc;
+    struct cbd_ddb_item it;
+    char why[400], q[200];
+    struct circ *c = asked;
+    int rc = cbd_ddb_item_decode(&s->layout, item, &it, why, sizeof why);
+    bool cbd_name = it.name_len == strlen(it.name) && cb__name_check(it.name) == 0;
+    if (it.name_len > 0) {
+        const char *fault = NULL; /* a format with one %s: the name */
+        if (asked != NULL && (!cbd_name || strcmp(it.name, asked->name) != 0))
+            fault = "its key '%s' is not the key asked for";
+        else if (asked == NULL && !cbd_name)
+            fault = "it is about circuit '%s', which is not a circuit name cbd accepts";
+        else if (asked == NULL && (c = circ_find(s, it.name)) == NULL)
+            fault = "it is about circuit '%s', which this host did not ask for";
+        if (fault != NULL) {
+            snprintf(why, sizeof why, fault, cbd_ddb_quote(it.name, it.name_len, q, sizeof q));
+            rc = -EBADMSG;
+        }
     }
-    return 0;
+    *about = c;
+    if (rc < 0) {
+        item_invalid(s, c, why);
+        return NULL;
+    }
+    memset(st, 0, sizeof *st);
+    strcpy(st->name, it.name);
+    st->state = it.state;
+    st->failure_count = it.failure_count;
+    st->opened_at = it.opened_at;
+    strcpy(st->probe_owner, it.owner);
+    st->lease_expiry = it.lease_expiry;
+    if (c->invalid_logged) {
+        c->invalid_logged = false;
+        cbd_log(CBD_LOG_INFO, "dynamodb: circuit %s: its item in table %s is valid again", c->name, s->o.table);
+    }
+    return c;
 }
 
 static void malformed(struct cbd_store *s, const char *what)
@@ -756,11 +765,9 @@ static int start_read(struct cbd_store *s, struct circ *c, const struct op *lost
 
 static void read_answer(struct cbd_store *s, struct op *o, json_t *item)
 {
-    struct circ *c = o->c;
+    struct circ *c = o->c, *about;
     struct cbd_store_state st;
-    bool ok = !item || item_decode(s, item, &st) == 0;
-    if (!ok)
-        malformed(s, "an item that is not a Powertools circuit");
+    bool ok = !item || item_adopt(s, item, c, &about, &st) != NULL;
     bool ours = o->elect_follow && ok && item && lease_is_ours(s, &st, o->prev);
     if (ok) {
         settle(s, c, item ? &st : NULL, o->elect_follow ? !ours : c->read_always);
@@ -795,14 +802,14 @@ static void on_read(void *arg, const struct cbd_aws_response *r)
     enum outcome oc = classify(s, r, "GetItem");
     bool answered = false;
     if (oc == ANS_OK) {
-        json_t *j = json_loadb(r->body, r->body_len, 0, NULL);
-        json_t *item = json_object_get(j, "Item");
-        if (!json_is_object(j) || (item && !json_is_object(item)))
+        json_t *j, *item;
+        answered = cbd_ddb_answer_get(r->body, r->body_len, &j, &item) == 0;
+        if (!answered) {
             malformed(s, "a GetItem answer that is not DynamoDB JSON");
-        else
+        } else {
             read_answer(s, o, item);
-        answered = json_is_object(j) && (!item || json_is_object(item));
-        json_decref(j);
+            json_decref(j);
+        }
     } else if (oc == ANS_DOWN && !o->elect_follow) {
         c->want_read = true; /* again once DynamoDB is back */
     }
@@ -1097,31 +1104,34 @@ static void batch_end(struct batch *b, bool failed, int rc)
         round_end(s);
 }
 
-static void mark_names(struct cbd_store *s, json_t *arr, const char *attr, bool mark)
+/* Set the mark of each circuit whose key (or item) is in arr. */
+static void mark_names(struct cbd_store *s, json_t *arr, bool mark)
 {
     size_t i;
     json_t *v;
     json_array_foreach(arr, i, v) {
-        const char *name = attr_s(v, attr);
-        struct circ *c = name ? circ_find(s, name) : NULL;
+        char name[CB_NAME_MAX + 1], why[256];
+        size_t len;
+        int rc = cbd_ddb_key_decode(&s->layout, v, name, sizeof name, &len, why, sizeof why);
+        struct circ *c = rc == 0 && len == strlen(name) ? circ_find(s, name) : NULL;
         if (c)
             c->mark = mark;
     }
 }
 
-/* Report what a batch answer holds; returns its UnprocessedKeys (or NULL). */
-static json_t *batch_apply(struct cbd_store *s, json_t *ans, json_t *sent)
+/* Report what a batch answer holds (its items and UnprocessedKeys, which
+ * may be NULL); returns the UnprocessedKeys to retry (or NULL). */
+static json_t *batch_apply(struct cbd_store *s, json_t *items, json_t *unproc, json_t *sent)
 {
-    json_t *items = json_object_get(json_object_get(ans, "Responses"), s->o.table);
-    json_t *unproc = json_object_get(json_object_get(json_object_get(ans, "UnprocessedKeys"), s->o.table), "Keys");
     const char *name_attr = s->o.sk[0] ? s->o.sk : s->o.pk;
     size_t i;
     json_t *v;
     json_array_foreach(items, i, v) {
         struct cbd_store_state st;
         struct circ *c;
-        if (item_decode(s, v, &st) < 0 || !(c = circ_find(s, st.name))) {
-            malformed(s, "an item that is not a Powertools circuit");
+        if (item_adopt(s, v, NULL, &c, &st) == NULL) {
+            if (c)
+                c->mark = true; /* it has an item, if not one to adopt: it is not absent */
             continue;
         }
         c->mark = true;
@@ -1130,7 +1140,7 @@ static json_t *batch_apply(struct cbd_store *s, json_t *ans, json_t *sent)
             agreed(s, c);
         }
     }
-    mark_names(s, unproc, name_attr, true);
+    mark_names(s, unproc, true);
     /* Asked for, neither returned nor left unprocessed: there is no item. */
     json_array_foreach(sent, i, v) {
         const char *name = attr_s(v, name_attr);
@@ -1140,8 +1150,8 @@ static json_t *batch_apply(struct cbd_store *s, json_t *ans, json_t *sent)
             agreed(s, c);
         }
     }
-    mark_names(s, items, name_attr, false);
-    mark_names(s, unproc, name_attr, false);
+    mark_names(s, items, false);
+    mark_names(s, unproc, false);
     return json_is_array(unproc) && json_array_size(unproc) > 0 ? unproc : NULL;
 }
 
@@ -1182,14 +1192,13 @@ static void on_batch(void *arg, const struct cbd_aws_response *r)
         batch_end(b, true, oc == ANS_CANCELLED ? -ECANCELED : -EIO);
         return;
     }
-    json_t *ans = json_loadb(r->body, r->body_len, 0, NULL);
-    if (!json_is_object(ans) || !json_is_object(json_object_get(ans, "Responses"))) {
+    json_t *ans, *items, *unproc_keys;
+    if (cbd_ddb_answer_batch(r->body, r->body_len, s->o.table, &ans, &items, &unproc_keys) < 0) {
         malformed(s, "a BatchGetItem answer that is not DynamoDB JSON");
-        json_decref(ans);
         batch_end(b, true, -EBADMSG);
         return;
     }
-    json_t *unproc = batch_apply(s, ans, b->keys);
+    json_t *unproc = batch_apply(s, items, unproc_keys, b->keys);
     if (unproc)
         s->st.unprocessed_keys += json_array_size(unproc);
     if (unproc && b->attempt + 1 < UNPROCESSED_ATTEMPTS && !s->closing) {
@@ -1407,6 +1416,20 @@ static void ddb_sync(struct cbd_store *s)
     kick_arm(s);
 }
 
+/* The URI as create() reads it, through the same parser, without creating
+ * anything: the region and endpoint are resolved as create() resolves them
+ * (environment and the AWS config file), so an error here is the one
+ * create() would give. The credential chain is create()'s alone. */
+static int ddb_check_uri(const char *uri, char *why, size_t size)
+{
+    struct ddb_opts o;
+    const char *msg = uri != NULL ? opts_parse(&o, uri) : "no dynamodb URI given";
+    if (msg == NULL)
+        return 0;
+    snprintf(why, size, "%s", msg);
+    return -EINVAL;
+}
+
 static int ddb_create(struct cbd_store **out, const char *uri, const struct cbd_store_hooks *hooks,
                       const char **err)
 {
@@ -1432,6 +1455,9 @@ static int ddb_create(struct cbd_store **out, const char *uri, const struct cbd_
         return rc;
     }
     s->hooks = *hooks;
+    s->layout = (struct cbd_ddb_layout){
+        .pk = s->o.pk, .sk = s->o.sk, .static_pk = s->o.static_pk, .state = s->o.a_state, .failure_count = s->o.a_fc,
+        .opened_at = s->o.a_oa, .owner = s->o.a_owner, .lease = s->o.a_lease, .expiration = s->o.a_exp};
     snprintf(s->sigv4, sizeof s->sigv4, "aws:amz:%s:dynamodb", s->o.region);
     uv_timer_t *timers[] = {&s->kick, &s->sync_timer, &s->batch_timer, &s->close_timer};
     for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++) {
@@ -1477,6 +1503,7 @@ static void ddb_stats(const struct cbd_store *s, void (*emit)(void *arg, const c
     emit(arg, "errors", st.errors);
     emit(arg, "conditions_lost", st.conditions_lost);
     emit(arg, "malformed", st.malformed);
+    emit(arg, "invalid_items", st.invalid_items);
     emit(arg, "unprocessed_keys", st.unprocessed_keys);
     emit(arg, "pending_writes", st.pending_writes);
 }
@@ -1685,6 +1712,7 @@ int cbd_dynamodb_create_table(const char *uri, char *err, size_t errlen)
 const struct cbd_store_ops cbd_store_dynamodb_ops = {
     .scheme = "dynamodb",
     .create = ddb_create,
+    .check_uri = ddb_check_uri,
     .restore = ddb_restore,
     .track = ddb_track,
     .transition = ddb_transition,

@@ -22,7 +22,8 @@ struct cbd_dynamodb_stats {
     uint64_t timeouts;           /* attempts that hit timeout_ms */
     uint64_t errors;             /* requests that failed after their retries */
     uint64_t conditions_lost;    /* conditional writes refused: the fleet had newer state */
-    uint64_t malformed;          /* answers or items that could not be used */
+    uint64_t malformed;          /* answers that are not DynamoDB JSON */
+    uint64_t invalid_items;      /* items read and not adopted (every read of one counts) */
     uint64_t unprocessed_keys;   /* BatchGetItem keys DynamoDB asked us to retry */
     uint64_t remote_reports;     /* hooks->remote calls */
     uint32_t circuits;           /* tracked */

@@ -3,11 +3,14 @@
  * through its ops table by two "hosts" on one loop (no daemon needed):
  * fleet propagation, the probe election, leases, compare-before-write,
  * composite keys; interoperability with items written and read exactly the
- * way Powertools writes and reads them; and faults from a scripted loopback
- * endpoint (throttling, 5xx, garbage, slow answers) and from dynalite
- * killed and restarted mid-run.
+ * way Powertools writes and reads them; items that are not valid circuits
+ * (written raw into the table) ignored, counted and logged once per
+ * circuit; and faults from a scripted loopback endpoint (throttling, 5xx,
+ * garbage, slow answers, an item for another key) and from dynalite killed
+ * and restarted mid-run.
  */
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -154,6 +157,26 @@ static struct cbd_dynamodb_stats stats(const struct host *h)
     struct cbd_dynamodb_stats st;
     cbd_dynamodb_stats(h->s, &st);
     return st;
+}
+
+/* A counter as the daemon's stats show it (store_<name>): 0 if absent. */
+struct stat_lookup {
+    const char *name;
+    uint64_t value;
+};
+
+static void stat_emit(void *arg, const char *name, uint64_t value)
+{
+    struct stat_lookup *l = arg;
+    if (strcmp(name, l->name) == 0)
+        l->value = value;
+}
+
+static uint64_t store_stat(const struct host *h, const char *name)
+{
+    struct stat_lookup l = {.name = name};
+    cbd_store_dynamodb_ops.stats(h->s, stat_emit, &l);
+    return l.value;
 }
 
 /* Written, acknowledged, nothing queued. */
@@ -499,9 +522,153 @@ Test(store_dynamodb, items_written_by_the_host_read_back_the_powertools_way)
     fleet_stop(&a, NULL);
 }
 
+/* ---- items that are not valid circuits ------------------------------------------------------ */
+
+/* Each written raw over an OPEN circuit of its own: none may be adopted. */
+static const struct bad_item {
+    const char *name, *attrs, *why;
+} bad_items[] = {
+    {"bad-state-n", "\"state\":{\"N\":\"1\"}", "attribute 'state' is N, expected S"},
+    {"bad-opened-s", "\"state\":{\"S\":\"OPEN\"},\"opened_at\":{\"S\":\"1700000000\"}",
+     "attribute 'opened_at' is S, expected N"},
+    {"bad-state", "\"state\":{\"S\":\"BANANA\"},\"failure_count\":{\"N\":\"0\"}",
+     "attribute 'state' is 'BANANA', not CLOSED, OPEN or HALF_OPEN"},
+    {"bad-negative", "\"state\":{\"S\":\"CLOSED\"},\"failure_count\":{\"N\":\"-1\"}",
+     "attribute 'failure_count' is negative"},
+    {"bad-year", "\"state\":{\"S\":\"OPEN\"},\"opened_at\":{\"N\":\"253402300800\"}",
+     "attribute 'opened_at' is after the year 9999"},
+    {"bad-fraction", "\"state\":{\"S\":\"OPEN\"},\"opened_at\":{\"N\":\"1700000000.5\"}",
+     "attribute 'opened_at' is not a whole number"},
+    {"bad-digits", "\"state\":{\"S\":\"CLOSED\"},\"failure_count\":{\"N\":\"123456789012345678901234\"}",
+     "attribute 'failure_count' is more than 4294967295"},
+    {"bad-no-opened", "\"state\":{\"S\":\"OPEN\"},\"failure_count\":{\"N\":\"5\"}", "OPEN needs 'opened_at'"},
+    {"bad-no-owner", "\"state\":{\"S\":\"HALF_OPEN\"},\"opened_at\":{\"N\":\"1700000000\"},"
+     "\"probe_lease_expiry\":{\"N\":\"1700000030\"}", "HALF_OPEN needs 'half_open_owner'"},
+    {"bad-no-lease", "\"state\":{\"S\":\"HALF_OPEN\"},\"opened_at\":{\"N\":\"1700000000\"},"
+     "\"half_open_owner\":{\"S\":\"" PT_OWNER "\"}", "HALF_OPEN needs 'probe_lease_expiry'"},
+    {"bad-long-owner", "\"state\":{\"S\":\"HALF_OPEN\"},\"opened_at\":{\"N\":\"1700000000\"},"
+     "\"probe_lease_expiry\":{\"N\":\"1700000030\"},\"half_open_owner\":{\"S\":\"" PT_OWNER PT_OWNER PT_OWNER "\"}",
+     "attribute 'half_open_owner' is 123 bytes, more than the 95 cbd holds"},
+};
+#define BAD_ITEMS (sizeof bad_items / sizeof bad_items[0])
+
+/* A raw PutItem of the item {id: name, attrs...}, the way any table client writes. */
+static void put_raw(int port, const char *name, const char *attrs)
+{
+    json_t *r = ddb_raw(port, "PutItem", "{\"TableName\":\"" TABLE "\",\"Item\":{\"id\":{\"S\":\"%s\"},%s}}", name,
+                        attrs);
+    cr_assert_eq(ddb_status(r), 200, "PutItem %s: %s", name, json_dumps(r, 0));
+    json_decref(r);
+}
+
+static void put_bad_items(int port)
+{
+    for (size_t i = 0; i < BAD_ITEMS; i++)
+        put_raw(port, bad_items[i].name, bad_items[i].attrs);
+}
+
+static void track_bad_items(struct host *h)
+{
+    for (size_t i = 0; i < BAD_ITEMS; i++)
+        track(h, bad_items[i].name, 30000);
+}
+
+/* The stores log through cbd_log on stderr: into a file of the test's own. */
+static const char *capture_log(void)
+{
+    static char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/stores.log", tsup_tmpdir());
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    cr_assert(fd >= 0 && dup2(fd, 2) == 2, "cannot capture stderr in %s", path);
+    close(fd);
+    return path;
+}
+
+/* Lines of the log holding both strings. */
+static int log_lines(const char *path, const char *a, const char *b)
+{
+    FILE *f = fopen(path, "r");
+    char line[4096];
+    int n = 0;
+    while (f != NULL && fgets(line, sizeof line, f) != NULL)
+        n += strstr(line, a) != NULL && strstr(line, b) != NULL;
+    if (f != NULL)
+        fclose(f);
+    return n;
+}
+
+Test(store_dynamodb, invalid_items_are_not_adopted_but_counted_at_each_read_and_logged_once_per_circuit)
+{
+    struct dynalite d;
+    struct host a, b;
+    const char *log = capture_log();
+    int64_t t = now_s() - 5;
+    hosts_start(&d, &a, &b, NULL);
+    track_bad_items(&a);
+    track_bad_items(&b);
+    for (size_t i = 0; i < BAD_ITEMS; i++)
+        transition(&a, bad_items[i].name, CB_OPEN, t, 0);
+    cr_assert(RUN_UNTIL(settled(&a) && b.remotes == (int)BAD_ITEMS, LIVENESS_MS), "B saw %d of the trips", b.remotes);
+    put_bad_items(d.port);
+    /* Every sync reads every item again: three rounds on both hosts. */
+    cr_assert(RUN_UNTIL(store_stat(&a, "invalid_items") >= 3 * BAD_ITEMS &&
+                        store_stat(&b, "invalid_items") >= 3 * BAD_ITEMS, LIVENESS_MS),
+              "invalid_items: A %llu, B %llu", (unsigned long long)store_stat(&a, "invalid_items"),
+              (unsigned long long)store_stat(&b, "invalid_items"));
+    cr_assert_eq(a.remotes, 0, "A adopted %s as %d", a.remote.name, a.remote.state);
+    cr_assert_eq(b.remotes, (int)BAD_ITEMS, "B adopted %s as %d", b.remote.name, b.remote.state);
+    cr_assert_eq(stats(&a).malformed + stats(&b).malformed, 0, "the answers themselves were fine");
+    for (size_t i = 0; i < BAD_ITEMS; i++) {
+        char who[64];
+        snprintf(who, sizeof who, "circuit %s: ignoring its item", bad_items[i].name);
+        cr_assert_eq(log_lines(log, who, bad_items[i].why), 2, "%s: once per host, saying '%s' (see %s)",
+                     bad_items[i].name, bad_items[i].why, log);
+    }
+    /* Powertools writes a valid item over one of them: adopted, and the log says so. */
+    ddb_pt_trip(d.port, TABLE, "bad-state", t + 1);
+    cr_assert(RUN_UNTIL(b.remotes == (int)BAD_ITEMS + 1 && a.remotes == 1, LIVENESS_MS), "the valid item was not adopted");
+    cr_assert_str_eq(b.remote.name, "bad-state");
+    cr_assert_eq(b.remote.opened_at, t + 1);
+    cr_assert_eq(log_lines(log, "circuit bad-state: its item", "is valid again"), 2);
+    fleet_stop(&a, &b);
+}
+
+Test(store_dynamodb, a_host_registering_circuits_whose_items_are_invalid_adopts_none)
+{
+    struct dynalite d;
+    struct host c;
+    fleet_start(&d, "");
+    put_bad_items(d.port);
+    host_open(&c, "dynamodb://" TABLE "?endpoint=%s&sync_ms=0", d.endpoint); /* only the reads at registration */
+    track_bad_items(&c);
+    cr_assert(RUN_UNTIL(store_stat(&c, "invalid_items") == BAD_ITEMS, LIVENESS_MS), "invalid_items %llu of %zu",
+              (unsigned long long)store_stat(&c, "invalid_items"), BAD_ITEMS);
+    cr_assert_eq(c.remotes, 0, "%s was adopted as %d", c.remote.name, c.remote.state);
+    fleet_stop(&c, NULL);
+}
+
+Test(store_dynamodb, an_invalid_item_does_not_hide_the_valid_ones_read_with_it)
+{
+    struct dynalite d;
+    struct host a;
+    int64_t t = now_s() - 5;
+    hosts_start(&d, &a, NULL, NULL);
+    track(&a, "nul-owner", 30000);
+    track(&a, "pt-valid", 30000);
+    cr_assert(RUN_UNTIL(a.synced >= 2, LIVENESS_MS), "the reads at registration");
+    put_raw(d.port, "nul-owner", "\"state\":{\"S\":\"HALF_OPEN\"},\"opened_at\":{\"N\":\"1700000000\"},"
+            "\"half_open_owner\":{\"S\":\"4242#a\\u0000b\"},\"probe_lease_expiry\":{\"N\":\"1700000030\"}");
+    ddb_pt_trip(d.port, TABLE, "pt-valid", t);
+    cr_assert(RUN_UNTIL(a.remotes == 1, LIVENESS_MS), "the valid item in the same BatchGetItem answer was lost");
+    cr_assert_str_eq(a.remote.name, "pt-valid");
+    cr_assert_eq(a.remote.state, CB_OPEN);
+    cr_assert_geq(store_stat(&a, "invalid_items"), 1, "the owner with a NUL byte is counted");
+    fleet_stop(&a, NULL);
+}
+
 /* ---- faults from a scripted endpoint ---------------------------------------------------- */
 
-enum script { SC_RETRY, SC_GARBAGE, SC_SLOW, SC_DOWN, SC_UP };
+enum script { SC_RETRY, SC_GARBAGE, SC_SLOW, SC_DOWN, SC_UP, SC_OTHER_KEY };
 static struct scripted {
     enum script mode;
     int gets, puts, batches;
@@ -536,6 +703,8 @@ static void scripted_handler(void *arg, const struct fake_req *rq, struct fake_r
         strcpy(rs->body, "{\"Responses\":{\"" TABLE "\":[{\"id\":{\"S\":\"inv\"},\"state\":{\"S\":\"BANANA\"}},"
                          "{\"id\":{\"S\":\"inv\"},\"state\":{\"S\":\"OPEN\"},\"opened_at\":{\"N\":\"xyz\"}},"
                          "{\"id\":{\"S\":\"bad name\"},\"state\":{\"S\":\"OPEN\"}},17]}}");
+    } else if (s->mode == SC_OTHER_KEY && get) {
+        open_item(rs->body, sizeof rs->body, "other");
     } else if (s->mode == SC_SLOW && get && n == 1) {
         rs->delay_ms = 1500;
         open_item(rs->body, sizeof rs->body, "inv");
@@ -591,10 +760,23 @@ Test(store_dynamodb, garbage_answers_are_counted_and_ignored)
     track(&h, "inv", 30000);
     cr_assert(RUN_UNTIL(stats(&h).malformed >= 1, LIVENESS_MS));
     track(&h, "other", 30000);
+    cr_assert(RUN_UNTIL(stats(&h).malformed >= 2, LIVENESS_MS), "two GetItem answers that are not DynamoDB JSON");
     cbd_store_dynamodb_ops.sync(h.s);
-    cr_assert(RUN_UNTIL(stats(&h).malformed >= 5, LIVENESS_MS), "malformed: %llu",
-              (unsigned long long)stats(&h).malformed);
+    cr_assert(RUN_UNTIL(store_stat(&h, "invalid_items") >= 4, LIVENESS_MS), "invalid_items: %llu",
+              (unsigned long long)store_stat(&h, "invalid_items"));
     cr_assert_eq(h.remotes, 0, "nothing garbage is reported as a circuit");
+    fleet_stop(&h, NULL);
+}
+
+Test(store_dynamodb, an_item_for_another_key_than_the_one_asked_for_is_not_adopted)
+{
+    struct host h;
+    scripted_start(SC_OTHER_KEY, &h, "1000");
+    track(&h, "inv", 30000);
+    cr_assert(RUN_UNTIL(store_stat(&h, "invalid_items") == 1, LIVENESS_MS), "the item was not counted");
+    RUN_UNTIL(false, 300); /* a wrong report would come now */
+    cr_assert_eq(h.remotes, 0, "circuit %s was reported from an item about 'other'", h.remote.name);
+    cr_assert_eq(stats(&h).malformed, 0, "the answer itself is DynamoDB JSON");
     fleet_stop(&h, NULL);
 }
 

@@ -134,11 +134,16 @@ struct tsup_daemon {
 /* Start cbd and wait until it is ready: its segment is published by this
  * pid and it answers ping. 0, or -errno after printing the log's tail. */
 int tsup_daemon_start(struct tsup_daemon *d, const struct tsup_daemon_opts *opts);
-/* SIGTERM (and SIGCONT, in case it is stopped) and reap: its exit status
- * as from waitpid, or -ETIMEDOUT (then it was SIGKILLed). */
+/* SIGTERM (after a SIGCONT only if it is stopped: never SIGCONT after
+ * SIGTERM, which hangs a sanitizer build's leak check) and reap: its exit
+ * status as from waitpid, or -ETIMEDOUT when it did not exit in time - then
+ * its threads are dumped to stderr, it is SIGKILLed and the test fails. */
 int tsup_daemon_stop(struct tsup_daemon *d);
 /* SIGKILL and reap: a crash, leaving segment and socket file behind. */
 void tsup_daemon_kill9(struct tsup_daemon *d);
+/* The state letter of /proc/<pid>/stat: 'R' running, 'S' sleeping, 'T'
+ * stopped by a signal, 't' stopped by a tracer, 'Z'...; '?' if unreadable. */
+char tsup_proc_state(pid_t pid);
 /* Start a stopped or killed daemon again with the same arguments. */
 int tsup_daemon_restart(struct tsup_daemon *d);
 /* The same without waiting until it is ready (it may die starting). */

@@ -20,6 +20,7 @@
 #include "tsup.h"
 
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -173,12 +174,121 @@ int tsup_daemon_start(struct tsup_daemon *d, const struct tsup_daemon_opts *opts
     return tsup_daemon_restart(d);
 }
 
+/* The state letter of a /proc/.../stat file. */
+static char proc_state(const char *stat_path)
+{
+    char buf[512];
+    int fd = open(stat_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return '?';
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    buf[n > 0 ? n : 0] = '\0';
+    const char *paren = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
+    return paren != NULL && paren[1] == ' ' && paren[2] != '\0' ? paren[2] : '?';
+}
+
+char tsup_proc_state(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    return proc_state(path);
+}
+
+/* A SIGSTOP sent to pid that no thread has acted on yet: kill() returns
+ * before the target stops, and a test may stop a daemon right after. */
+static bool stop_pending(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "re");
+    bool pending = false;
+    while (f != NULL && fgets(line, sizeof line, f) != NULL) {
+        unsigned long long mask;
+        if ((sscanf(line, "SigPnd: %llx", &mask) == 1 || sscanf(line, "ShdPnd: %llx", &mask) == 1) &&
+            (mask & 1ull << (SIGSTOP - 1)) != 0)
+            pending = true;
+    }
+    if (f != NULL)
+        fclose(f);
+    return pending;
+}
+
+/* A small /proc file of a task, without its trailing newline, into buf. */
+static const char *proc_text(const char *path, char *buf, size_t size)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd < 0 ? -1 : read(fd, buf, size - 1);
+    if (fd >= 0)
+        close(fd);
+    buf[n > 0 ? n : 0] = '\0';
+    while (n > 0 && buf[n - 1] == '\n')
+        buf[--n] = '\0';
+    return n > 0 ? buf : "?";
+}
+
+/* Every thread of pid with its state, where it waits in the kernel and,
+ * when the kernel shows it, its kernel stack. */
+static void dump_tasks(pid_t pid)
+{
+    char dir[64], path[384], comm[64], wchan[128];
+    static char stack[8192];
+    snprintf(dir, sizeof dir, "/proc/%d/task", (int)pid);
+    DIR *tasks = opendir(dir);
+    if (tasks == NULL)
+        return;
+    for (struct dirent *t; (t = readdir(tasks)) != NULL;) {
+        if (t->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof path, "%s/%s/stat", dir, t->d_name);
+        char state = proc_state(path); /* 'T' stopped by a signal, 't' by a tracer */
+        snprintf(path, sizeof path, "%s/%s/comm", dir, t->d_name);
+        proc_text(path, comm, sizeof comm);
+        snprintf(path, sizeof path, "%s/%s/wchan", dir, t->d_name);
+        proc_text(path, wchan, sizeof wchan);
+        snprintf(path, sizeof path, "%s/%s/stack", dir, t->d_name);
+        fprintf(stderr, "  thread %s (%s) state %c wchan %s\n%s\n", t->d_name, comm, state, wchan,
+                proc_text(path, stack, sizeof stack));
+    }
+    closedir(tasks);
+}
+
+/* Into the test's log: what every thread of a daemon that will not stop is
+ * doing - the kernel's view, then gdb's backtraces when gdb is installed. */
+static void dump_threads(const struct tsup_daemon *d)
+{
+    static const char gdb[] = "/usr/bin/gdb";
+    char pid[16], *out = NULL;
+    snprintf(pid, sizeof pid, "%d", (int)d->pid);
+    fprintf(stderr, "tsup: cbd %s (pid %s) still runs %d ms after SIGTERM; its threads:\n", d->instance, pid,
+            STOP_TIMEOUT_MS);
+    dump_tasks(d->pid);
+    if (access(gdb, X_OK) != 0) {
+        fprintf(stderr, "tsup: no %s for backtraces\n", gdb);
+        return;
+    }
+    char *argv[] = {"/usr/bin/timeout", "60", (char *)gdb, "-nx", "-batch", "-p", pid, "-ex", "thread apply all bt",
+                    NULL};
+    int rc = tsup_run(argv, &out, true);
+    fprintf(stderr, "tsup: gdb -p %s -batch -ex 'thread apply all bt' (exit %d):\n%s\n", pid, rc, out);
+    free(out);
+}
+
+/* SIGTERM alone, never followed by SIGCONT: a sanitizer build's
+ * LeakSanitizer stops every thread at exit (ptrace's SIGSTOP) to scan them,
+ * and a SIGCONT then discards those stops and leaves the process hung. A
+ * daemon a test stopped (SIGSTOP: state 'T') acts on SIGTERM only once
+ * continued, so it gets its SIGCONT first - after the test's SIGSTOP took
+ * effect, since a SIGCONT also discards a pending SIGSTOP, which would then
+ * stop the daemon with our SIGTERM pending. */
 int tsup_daemon_stop(struct tsup_daemon *d)
 {
     if (d->pid == 0)
         return -ESRCH;
+    tsup_wait_until(!stop_pending(d->pid), STOP_TIMEOUT_MS);
+    if (tsup_proc_state(d->pid) == 'T')
+        kill(d->pid, SIGCONT);
     kill(d->pid, SIGTERM);
-    kill(d->pid, SIGCONT);
     struct tsup_deadline dl = tsup_deadline_in(STOP_TIMEOUT_MS);
     int status = 0, rc = -ETIMEDOUT;
     do {
@@ -188,9 +298,12 @@ int tsup_daemon_stop(struct tsup_daemon *d)
         }
     } while (tsup_deadline_wait(&dl));
     if (rc == -ETIMEDOUT) {
-        print_log_tail(d, "ignored SIGTERM");
+        print_log_tail(d, "did not exit on SIGTERM");
+        dump_threads(d);
         kill(d->pid, SIGKILL);
         waitpid(d->pid, NULL, 0);
+        cr_expect_fail("cbd %s did not exit within %d ms of SIGTERM: its threads are dumped in the test's log, "
+                       "then it was killed with SIGKILL", d->instance, STOP_TIMEOUT_MS);
     }
     tsup_untrack(d->pid);
     d->pid = 0;

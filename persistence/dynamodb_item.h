@@ -1,0 +1,125 @@
+/*
+ * dynamodb_item.h - Powertools' circuit item in DynamoDB JSON, to and from a
+ * plain C struct, with strict validation both ways; and the GetItem and
+ * BatchGetItem answers that carry items. The layout is the compatibility
+ * contract of POWERTOOLS.md ("DynamoDB item"); docs/store-dynamodb.md lists
+ * what makes an item invalid.
+ *
+ * The store (store_dynamodb.c) reads every item through
+ * cbd_ddb_item_decode and writes every item and key through
+ * cbd_ddb_item_encode / cbd_ddb_key, so what cbd writes is what it accepts
+ * (tests/fuzz/fuzz_dynamodb_item.c checks that decode(encode(x)) == x).
+ *
+ * Names. Powertools accepts any string as a circuit name, so the codec
+ * carries any byte string a DynamoDB key holds (UTF-8, NUL included, up to
+ * 2048 bytes in a partition key and 1024 in a sort key) with its length;
+ * whether cbd can hold that name is the store's question, not the codec's.
+ * Answers are parsed with JSON_ALLOW_NUL for the same reason: one odd string
+ * in one item must not make a whole BatchGetItem answer unreadable.
+ */
+#ifndef CBD_DYNAMODB_ITEM_H
+#define CBD_DYNAMODB_ITEM_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cb.h"
+
+#define CBD_DDB_PK_MAX 2048           /* bytes of a partition key value (DynamoDB's limit) */
+#define CBD_DDB_SK_MAX 1024           /* bytes of a sort key value */
+#define CBD_DDB_OWNER_MAX 95          /* bytes of a probe owner id (struct cbd_store_state) */
+#define CBD_DDB_TIME_MAX 253402300799 /* epoch seconds of 9999-12-31T23:59:59Z */
+
+/* Attribute names: Powertools makes them configurable, so does the URI. */
+struct cbd_ddb_layout {
+    const char *pk;        /* partition key attribute */
+    const char *sk;        /* sort key attribute; "" for simple keys */
+    const char *static_pk; /* composite keys: the partition key value of every circuit */
+    const char *state, *failure_count, *opened_at, *owner, *lease, *expiration;
+};
+
+/* Powertools' defaults: simple key "id", attributes as in POWERTOOLS.md. */
+extern const struct cbd_ddb_layout cbd_ddb_default_layout;
+
+/* One circuit's item. */
+struct cbd_ddb_item {
+    char name[CBD_DDB_PK_MAX + 1]; /* the circuit name: name_len bytes, any of them NUL, then a NUL */
+    size_t name_len;
+    cb_state state;
+    uint32_t failure_count;        /* absent reads as 0 */
+    int64_t opened_at;             /* OPEN, HALF_OPEN: 1..CBD_DDB_TIME_MAX; CLOSED: 0 */
+    char owner[CBD_DDB_OWNER_MAX + 1]; /* HALF_OPEN: non-empty, no NUL; else "" */
+    int64_t lease_expiry;          /* HALF_OPEN: 0..CBD_DDB_TIME_MAX; else 0 */
+    int64_t expiration;            /* the TTL, 0..CBD_DDB_TIME_MAX; 0: absent (not written) */
+};
+
+/*
+ * cbd_ddb_item_decode - an item (one element of GetItem's Item or
+ * BatchGetItem's Responses) into *out.
+ *
+ * Every attribute the layout names must have its type (one DynamoDB type
+ * tag: S or N) and, for numbers, be a whole number in range written as
+ * digits only: no sign, no fraction, no exponent (DynamoDB returns numbers
+ * normalised, and Powertools writes whole seconds). The state decides what
+ * must be present: OPEN needs opened_at; HALF_OPEN needs opened_at,
+ * half_open_owner and probe_lease_expiry. Attributes the state does not use
+ * are checked and then dropped (a CLOSED item reads with opened_at 0).
+ * Attributes the layout does not name are ignored. In composite mode the
+ * partition key must hold static_pk.
+ *
+ * Returns 0, or -EBADMSG with why (size bytes, always terminated) naming the
+ * fault the way an operator reads it ("attribute 'opened_at' is S, expected
+ * N"). Either way, out->name_len > 0 when the item's key itself was valid:
+ * out->name then says which circuit the bad item is about.
+ */
+int cbd_ddb_item_decode(const struct cbd_ddb_layout *l, const json_t *item, struct cbd_ddb_item *out, char *why,
+                        size_t size);
+
+/*
+ * cbd_ddb_item_encode - the whole item for a PutItem: the key, state,
+ * failure_count, opened_at (OPEN, HALF_OPEN), half_open_owner and
+ * probe_lease_expiry (HALF_OPEN) and expiration (when non-zero). The item
+ * must pass the checks decode applies: NULL with why set otherwise (and on
+ * allocation failure).
+ */
+json_t *cbd_ddb_item_encode(const struct cbd_ddb_layout *l, const struct cbd_ddb_item *it, char *why, size_t size);
+
+/* The key of circuit name (len bytes): {pk: name} or {pk: static_pk, sk:
+ * name}. NULL only when out of memory. */
+json_t *cbd_ddb_key(const struct cbd_ddb_layout *l, const char *name, size_t len);
+
+/* The circuit a key (or an item, by its key attributes) names, into name
+ * (size bytes, terminated) and *len: 0, or -EBADMSG with why set. */
+int cbd_ddb_key_decode(const struct cbd_ddb_layout *l, const json_t *key, char *name, size_t size, size_t *len,
+                       char *why, size_t why_size);
+
+/* Attribute values for request bodies: {"S": v}, {"N": "v"}. */
+json_t *cbd_ddb_s(const char *v);
+json_t *cbd_ddb_n(int64_t v);
+
+/*
+ * cbd_ddb_answer_get - parse a GetItem answer body: 0 with *root (the caller
+ * json_decref()s it) and *item (borrowed from *root; NULL when the table has
+ * no such item), or -EBADMSG (nothing to free) when the body is not JSON, not
+ * an object, or its Item is not an object.
+ */
+int cbd_ddb_answer_get(const char *body, size_t len, json_t **root, json_t **item);
+
+/*
+ * cbd_ddb_answer_batch - parse a BatchGetItem answer body for table: 0 with
+ * *root (the caller json_decref()s it), *items (Responses.<table>: an array,
+ * possibly empty, borrowed from *root) and *unprocessed (UnprocessedKeys.
+ * <table>.Keys: an array, or NULL when there is none), or -EBADMSG (nothing
+ * to free) when the body is not an object with an object Responses, or one
+ * of those members has another type. The items themselves are not checked.
+ */
+int cbd_ddb_answer_batch(const char *body, size_t len, const char *table, json_t **root, json_t **items,
+                         json_t **unprocessed);
+
+/* s (len bytes, any of them) quoted for a log line: printable ASCII and
+ * UTF-8 as they are, other bytes, ' and \ as \xNN, cut with "..." to fit
+ * size bytes (at least 8). Returns buf. */
+const char *cbd_ddb_quote(const char *s, size_t len, char *buf, size_t size);
+
+#endif /* CBD_DYNAMODB_ITEM_H */
