@@ -13,10 +13,12 @@
 #      for CB_FUZZ_SECONDS (default 30); their committed corpora are also
 #      replayed by ctest in steps 2 and 5 (label fuzz)
 #   7. ThreadSanitizer, when the run so far left time for it: cbd, libcb,
-#      the demo and the bench built in build-tsan, and the demo and the
-#      bench smoke run against a TSan cbd (halt_on_error: a race fails the
-#      step). Not the criterion tests: criterion cannot start under TSan
-#      (its inheritable arena cannot be mapped; Criterion issue #274).
+#      the demo, the bench and tests/stress/tsan_stress built in build-tsan;
+#      tsan_stress runs the segment's protocols under threads for
+#      CB_TSAN_STRESS_SECONDS, then the demo and the bench smoke run against
+#      a TSan cbd (halt_on_error: a race fails the step). Not the criterion
+#      tests: criterion cannot start under TSan (its inheritable arena
+#      cannot be mapped; Criterion issue #274).
 #
 # Every step runs even if an earlier one failed (except when the build
 # itself fails); the last line is "summary: N passed, M failed" and the
@@ -29,6 +31,7 @@
 #   CB_SKIP_SANITIZERS=1     skip steps 5, 6 and 7
 #   CB_FUZZ_SECONDS=N        seconds per fuzzer in step 6 (default 30; 0 skips it)
 #   CB_TSAN_IF_UNDER_S=N     run step 7 only if steps 1-6 took less (default 900)
+#   CB_TSAN_STRESS_SECONDS=N how long tsan_stress runs in step 7 (default 60)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -116,8 +119,9 @@ else
 fi
 if ((SECONDS >= ${CB_TSAN_IF_UNDER_S:-900})); then
     note "tsan" "skipped (${SECONDS} s used; CB_TSAN_IF_UNDER_S=${CB_TSAN_IF_UNDER_S:-900})"
-elif check "tsan build" build tsan cbd cb_demo cb_bench; then
+elif check "tsan build" build tsan cbd cb_demo cb_bench tsan_stress; then
     export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1}
+    check "tsan stress" "$base-tsan/tests/stress/tsan_stress" --seconds "${CB_TSAN_STRESS_SECONDS:-60}"
     check "tsan demo" env CB_BUILD_DIR="$base-tsan" bench/with_cbd.sh demo "$base-tsan/cb_demo"
     check "tsan bench smoke" env CB_BUILD_DIR="$base-tsan" bench/run.sh --quick
 fi

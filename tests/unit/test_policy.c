@@ -1,0 +1,1180 @@
+/*
+ * test_policy.c - the per-circuit state machine (daemon/policy.c) on a
+ * virtual clock: Powertools' rules, probe leases, restarts, the fleet's
+ * word and the operator's, hours of protocol in milliseconds.
+ *
+ * The policy is pure: time comes in as struct cbd_now, effects go out
+ * through struct cbd_policy_env. Each test drives one circuit held in a
+ * malloc'd record and permit word, seen the way a worker sees it:
+ *   allow()    cb_allow's decision on the published state word, taking a
+ *              probe permit with the CAS of libcb's take_permit;
+ *   record()   the ticket's outcome, handed to the policy as one drained
+ *              lane event, then published as the drain does per batch;
+ *   advance()  moves both clocks, firing every deadline the policy armed at
+ *              its exact instant and in order, so a deadline one
+ *              nanosecond early is caught.
+ * The fake env records what the daemon would do (transitions, requests for
+ * the probe lease) and checks every transition where cbd.c sees it: the
+ * version it published carries the state word stored after it, the next
+ * epoch, the history sequence env->history_next gave and the transition's
+ * source; a HALF_OPEN epoch comes with a full permit word of that epoch;
+ * and a probe is never asked for before the published end of an OPEN.
+ *
+ * The randomised test prints its seed; CB_TEST_SEED=N repeats a run.
+ */
+#include <criterion/criterion.h>
+#include <criterion/parameterized.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "policy.h"
+
+#define MS 1000000ull
+#define SEC 1000000000ull
+#define MAX_ARMED 256
+#define KEEP 64 /* transitions and lease requests kept for inspection (the last ones) */
+
+struct seen_transition {
+    cb_state from, to;
+    unsigned flags;
+    cb_source source;
+    uint32_t epoch;
+    int64_t prev_opened_at;
+    uint64_t mono;
+    struct cb_seg_vdata v; /* the version it published */
+};
+
+struct lease_request {
+    uint64_t mono;
+    int64_t real;
+    cb_state state; /* OPEN: an election; HALF_OPEN: a renewal */
+    int64_t opened_at;
+    uint32_t lease_s;
+};
+
+struct ticket {
+    unsigned kind;
+    uint32_t epoch;
+};
+
+static struct {
+    struct cb_seg_record *rec;
+    _Atomic uint64_t permit;
+    struct cbd_circuit c;
+    struct cbd_policy_env env;
+    struct cbd_now now;
+    struct {
+        uint64_t at;
+        uint32_t epoch;
+    } armed[MAX_ARMED];
+    size_t narmed;
+    struct seen_transition tr[KEEP];
+    size_t ntr;
+    struct lease_request asks[KEEP];
+    size_t nasks;
+    uint64_t history_head; /* the daemon's history ring: one entry per transition */
+    uint64_t history_given, history_calls;
+    uint32_t epoch;        /* of the last published word */
+    uint64_t vseq;
+} S;
+
+static const uint32_t SLOT = 7;
+
+/* ---- the fake daemon ------------------------------------------------------ */
+
+static struct cb_seg_vdata version(void)
+{
+    struct cb_seg_vdata v;
+    cr_assert_eq(cb_seg_version_try_read(S.rec, &v, NULL), 0);
+    return v;
+}
+
+static uint64_t word(void) { return atomic_load_explicit(&S.rec->state_word, memory_order_acquire); }
+static cb_state state(void) { return (cb_state)cb_seg_word_state(word()); }
+static unsigned flags(void) { return cb_seg_word_flags(word()); }
+static uint32_t epoch(void) { return cb_seg_word_epoch(word()); }
+
+static void on_transitioned(void *arg, const struct cbd_circuit *c, cb_state from, int64_t prev_opened_at,
+                            cb_source source, const struct cbd_now *now)
+{
+    (void)arg;
+    struct cb_seg_vdata v;
+    uint64_t vseq;
+    cr_assert_eq(c, &S.c);
+    cr_assert_eq(cb_seg_version_try_read(c->rec, &v, &vseq), 0, "a transition leaves a readable version");
+    uint64_t w = atomic_load(&c->rec->state_word);
+    cr_assert_eq(v.word, w, "the version's word (%#" PRIx64 ") is the state word stored after it (%#" PRIx64 ")",
+                 v.word, w);
+    cr_assert_eq(cb_seg_word_epoch(w), S.epoch + 1, "every transition takes the next epoch (%u after %u)",
+                 cb_seg_word_epoch(w), S.epoch);
+    cr_assert_eq(S.history_calls, S.ntr + 1, "history_next is asked once per transition");
+    cr_assert_eq(v.history_seq, S.history_given, "the version's history_seq (%" PRIu64 ") is what history_next "
+                 "said (%" PRIu64 ")", v.history_seq, S.history_given);
+    cr_assert_gt(vseq, S.vseq);
+    cr_assert_eq(v.from, from);
+    cr_assert_eq(v.source, source);
+    cr_assert_eq(v.last_transition_ns, now->real_ns);
+    cr_assert_eq(cb_seg_word_incarnation(w), 0);
+    if (cb_seg_word_state(w) == CB_HALF_OPEN)
+        cr_assert_eq(atomic_load(c->permit), cb_permit_word(cb_seg_word_epoch(w), c->cfg.half_open_max_probes),
+                     "a HALF_OPEN epoch starts with every permit of that epoch");
+    if (cb_seg_word_state(w) == CB_CLOSED)
+        cr_assert(v.opened_at_ns == 0 && v.open_until_ns == 0 && v.trip_failure_count == 0);
+    struct seen_transition *t = &S.tr[S.ntr++ % KEEP];
+    *t = (struct seen_transition){.from = from, .to = (cb_state)cb_seg_word_state(w), .flags = cb_seg_word_flags(w),
+                                  .source = source, .epoch = cb_seg_word_epoch(w), .prev_opened_at = prev_opened_at,
+                                  .mono = now->mono_ns, .v = v};
+    S.epoch = cb_seg_word_epoch(w);
+    S.vseq = vseq;
+    S.history_head++; /* the daemon appends the entry */
+}
+
+static void on_try_probe(void *arg, const struct cbd_circuit *c, uint32_t lease_s)
+{
+    (void)arg;
+    struct cb_seg_vdata v = version();
+    if (c->state == CB_OPEN)
+        cr_assert_geq(S.now.real_ns, v.open_until_ns, "the probe lease is asked for at %" PRId64 ", before the "
+                      "published end of the OPEN state (%" PRId64 ")", S.now.real_ns, v.open_until_ns);
+    S.asks[S.nasks++ % KEEP] = (struct lease_request){.mono = S.now.mono_ns, .real = S.now.real_ns,
+                                                      .state = c->state, .opened_at = c->opened_at,
+                                                      .lease_s = lease_s};
+}
+
+static void on_arm(void *arg, uint32_t slot, uint32_t ep, uint64_t at_ns)
+{
+    (void)arg;
+    cr_assert_eq(slot, SLOT);
+    cr_assert_lt(S.narmed, MAX_ARMED, "the policy keeps few timer entries per circuit");
+    S.armed[S.narmed].at = at_ns;
+    S.armed[S.narmed++].epoch = ep;
+}
+
+static uint64_t on_history_next(void *arg)
+{
+    (void)arg;
+    S.history_calls++;
+    return S.history_given = S.history_head;
+}
+
+static cb_config config(uint32_t failures, uint32_t successes, uint32_t probes, uint32_t recovery_ms,
+                        uint32_t lease_ms)
+{
+    return (cb_config){.failure_threshold = failures, .success_threshold = successes,
+                       .half_open_max_probes = probes, .recovery_timeout_ms = recovery_ms,
+                       .probe_lease_ms = lease_ms};
+}
+
+static void load(void)
+{
+    memset(&S.c, 0, sizeof S.c);
+    cbd_policy_load(&S.env, &S.c, SLOT, S.rec, &S.permit, &S.now);
+    S.epoch = epoch();
+    cr_assert_eq(cb_seg_version_try_read(S.rec, &(struct cb_seg_vdata){0}, &S.vseq), 0);
+}
+
+/* A registered circuit (as cbd_segment_add leaves it), loaded at an
+ * arbitrary instant that is not a whole second. */
+static void setup_circuit(cb_config cfg, int fleet)
+{
+    S.rec = aligned_alloc(CB_CACHELINE, sizeof *S.rec);
+    cr_assert_not_null(S.rec);
+    memset(S.rec, 0, sizeof *S.rec);
+    cb_seg_cfg_begin(S.rec);
+    cb_seg_cfg_store(S.rec, &cfg);
+    cb_seg_cfg_end(S.rec);
+    struct cb_seg_vdata v = {.word = cb_seg_state_word(CB_CLOSED, 0, 0, 0), .history_seq = UINT64_MAX};
+    cb_seg_version_publish(S.rec, &v);
+    atomic_store(&S.rec->state_word, v.word);
+    S.env = (struct cbd_policy_env){.transitioned = on_transitioned, .try_probe = on_try_probe, .arm = on_arm,
+                                    .history_next = on_history_next, .fleet = fleet};
+    S.now = (struct cbd_now){.mono_ns = 5000 * SEC + 17, .real_ns = 1800000000 * (int64_t)SEC + 123456789};
+    load();
+}
+
+static void teardown(void) { free(S.rec); }
+
+static void set_mono(uint64_t m)
+{
+    S.now.real_ns += (int64_t)(m - S.now.mono_ns);
+    S.now.mono_ns = m;
+}
+
+/* Moves both clocks to mono target, firing every deadline due by then at
+ * its instant, earliest first (deadlines armed in the past fire at once). */
+static void advance_to(uint64_t target)
+{
+    for (;;) {
+        size_t best = SIZE_MAX;
+        for (size_t i = 0; i < S.narmed; i++) {
+            if (S.armed[i].at <= target && (best == SIZE_MAX || S.armed[i].at < S.armed[best].at))
+                best = i;
+        }
+        if (best == SIZE_MAX)
+            break;
+        uint64_t at = S.armed[best].at;
+        uint32_t ep = S.armed[best].epoch;
+        S.armed[best] = S.armed[--S.narmed];
+        if (at > S.now.mono_ns)
+            set_mono(at);
+        cbd_policy_on_deadline(&S.env, &S.c, ep, at, &S.now);
+    }
+    set_mono(target);
+}
+
+static void advance_ns(uint64_t ns) { advance_to(S.now.mono_ns + ns); }
+static void advance_ms(uint64_t ms) { advance_ns(ms * MS); }
+
+/* Moves the clocks until CLOCK_REALTIME reads real_ns. */
+static void advance_to_real(int64_t real_ns)
+{
+    cr_assert_geq(real_ns, S.now.real_ns);
+    advance_ns((uint64_t)(real_ns - S.now.real_ns));
+}
+
+/* cb_allow on the published words (libcb/src/lanes.c). */
+static struct ticket allow(void)
+{
+    uint64_t w = word();
+    struct ticket t = {.kind = CB_TICKET_REJECTED, .epoch = cb_seg_word_epoch(w)};
+    if (cb_seg_word_flags(w) & CB_SEG_F_DISABLED)
+        t.kind = CB_TICKET_BYPASS;
+    else if (cb_seg_word_state(w) == CB_CLOSED)
+        t.kind = CB_TICKET_ALLOWED;
+    else if (cb_seg_word_state(w) == CB_HALF_OPEN) {
+        uint64_t p = atomic_load_explicit(&S.permit, memory_order_relaxed);
+        while ((uint32_t)(p >> 32) == t.epoch && (uint32_t)p > 0) {
+            if (atomic_compare_exchange_weak_explicit(&S.permit, &p, p - 1, memory_order_relaxed,
+                                                      memory_order_relaxed)) {
+                t.kind = CB_TICKET_PROBE;
+                break;
+            }
+        }
+    }
+    return t;
+}
+
+/* The ticket's outcome as one drained event; -1 when the ticket carries
+ * nothing to report (rejected, bypass). */
+static int record(struct ticket t, cb_outcome outcome)
+{
+    if (t.kind != CB_TICKET_ALLOWED && t.kind != CB_TICKET_PROBE)
+        return -1;
+    struct cb_lane_event ev = {.slot = SLOT, .epoch = t.epoch, .outcome = (uint8_t)outcome, .kind = (uint8_t)t.kind,
+                               .check = (uint16_t)(CB_EVENT_CHECK ^ SLOT)};
+    enum cbd_event_result r = cbd_policy_on_event(&S.env, &S.c, &ev, &S.now);
+    cbd_policy_flush(&S.c);
+    return (int)r;
+}
+
+/* n calls through allow() that all report outcome. */
+static void calls(int n, cb_outcome outcome)
+{
+    for (int i = 0; i < n; i++) {
+        struct ticket t = allow();
+        cr_assert_eq(t.kind, CB_TICKET_ALLOWED, "call %d of %d is allowed", i + 1, n);
+        cr_assert_eq(record(t, outcome), CBD_EVENT_COUNTED);
+    }
+}
+
+static const struct seen_transition *last_transition(void)
+{
+    cr_assert_gt(S.ntr, 0, "no transition yet");
+    return &S.tr[(S.ntr - 1) % KEEP];
+}
+
+static const struct lease_request *last_ask(void)
+{
+    cr_assert_gt(S.nasks, 0, "no request for the probe lease yet");
+    return &S.asks[(S.nasks - 1) % KEEP];
+}
+
+static void expect_transition(cb_state from, cb_state to, cb_source source)
+{
+    const struct seen_transition *t = last_transition();
+    cr_assert_eq(t->from, from, "transition from %s, expected from %s", cbd_state_name(t->from),
+                 cbd_state_name(from));
+    cr_assert_eq(t->to, to, "transition to %s, expected to %s", cbd_state_name(t->to), cbd_state_name(to));
+    cr_assert_eq(t->source, source, "source %s, expected %s", cbd_source_name(t->source), cbd_source_name(source));
+}
+
+/* Trips the circuit with failure_threshold failures: its opened_at_ns. */
+static int64_t trip(void)
+{
+    calls((int)S.c.cfg.failure_threshold, CB_FAILURE);
+    cr_assert_eq(state(), CB_OPEN);
+    return version().opened_at_ns;
+}
+
+/* The lease was asked for (an election): the store grants it now. */
+static void grant(void)
+{
+    cbd_policy_on_probe_result(&S.env, &S.c, last_ask()->opened_at, 1, 0, &S.now);
+}
+
+/* Trip, wait out the recovery timeout, win the election. */
+static void to_half_open(void)
+{
+    trip();
+    size_t asks = S.nasks;
+    advance_ms(S.c.cfg.recovery_timeout_ms);
+    cr_assert_eq(S.nasks, asks + 1, "the probe lease is asked for once the recovery timeout ends");
+    grant();
+    cr_assert_eq(state(), CB_HALF_OPEN);
+}
+
+/* ---- CLOSED: the failure streak -------------------------------------------- */
+
+ParameterizedTestParameters(policy, the_nth_consecutive_counted_failure_trips_exactly_once)
+{
+    static uint32_t thresholds[] = {1, 2, 5, 1000};
+    return cr_make_param_array(uint32_t, thresholds, sizeof thresholds / sizeof thresholds[0]);
+}
+
+ParameterizedTest(uint32_t *n, policy, the_nth_consecutive_counted_failure_trips_exactly_once, .fini = teardown)
+{
+    setup_circuit(config(*n, 3, 1, 30000, 0), 0);
+    /* Every worker took its ticket while CLOSED; their failures drain one by one. */
+    struct ticket in_flight[1010];
+    for (uint32_t i = 0; i < *n + 10; i++)
+        in_flight[i] = allow();
+    for (uint32_t i = 0; i + 1 < *n; i++) {
+        cr_assert_eq(record(in_flight[i], CB_FAILURE), CBD_EVENT_COUNTED);
+        cr_assert_eq(state(), CB_CLOSED, "failure %u of %u leaves it CLOSED", i + 1, *n);
+        cr_assert_eq(version().failure_streak, i + 1);
+    }
+    cr_assert_eq(S.ntr, 0);
+    cr_assert_eq(record(in_flight[*n - 1], CB_FAILURE), CBD_EVENT_COUNTED);
+    cr_assert_eq(state(), CB_OPEN, "failure %u trips it", *n);
+    cr_assert_eq(S.ntr, 1);
+    expect_transition(CB_CLOSED, CB_OPEN, CB_SOURCE_LOCAL);
+    struct cb_seg_vdata v = version();
+    cr_assert_eq(v.trip_failure_count, *n);
+    cr_assert_eq(v.opened_at_ns, S.now.real_ns);
+    cr_assert_eq(v.open_until_ns, S.now.real_ns + 30000 * (int64_t)MS);
+    cr_assert_eq(v.total_failures, *n);
+    for (uint32_t i = *n; i < *n + 10; i++)
+        cr_assert_eq(record(in_flight[i], CB_FAILURE), CBD_EVENT_STALE, "a failure of the CLOSED epoch after the trip");
+    cr_assert_eq(S.ntr, 1, "exactly one trip");
+    cr_assert_eq(version().total_stale_events, 10);
+    cr_assert_eq(allow().kind, CB_TICKET_REJECTED);
+}
+
+Test(policy, a_success_resets_the_failure_streak, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 0);
+    for (int round = 0; round < 100; round++) {
+        calls(4, CB_FAILURE);
+        cr_assert_eq(version().failure_streak, 4);
+        calls(1, CB_SUCCESS);
+        cr_assert_eq(version().failure_streak, 0);
+    }
+    cr_assert_eq(state(), CB_CLOSED, "400 failures, never 5 in a row");
+    cr_assert_eq(version().total_failures, 400);
+    cr_assert_eq(version().total_successes, 100);
+    calls(5, CB_FAILURE);
+    cr_assert_eq(state(), CB_OPEN);
+}
+
+Test(policy, an_ignored_outcome_leaves_the_failure_streak_alone, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 0);
+    calls(4, CB_FAILURE);
+    calls(50, CB_IGNORED);
+    cr_assert_eq(version().failure_streak, 4);
+    cr_assert_eq(version().total_ignored, 50);
+    cr_assert_eq(state(), CB_CLOSED);
+    calls(1, CB_FAILURE);
+    cr_assert_eq(state(), CB_OPEN, "the 5th counted failure trips, ignored outcomes in between");
+    cr_assert_eq(version().trip_failure_count, 5);
+}
+
+Test(policy, a_failure_streak_survives_a_restart, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 0);
+    calls(3, CB_FAILURE);
+    load(); /* a new daemon adopts the record */
+    calls(1, CB_FAILURE);
+    cr_assert_eq(state(), CB_CLOSED);
+    calls(1, CB_FAILURE);
+    cr_assert_eq(state(), CB_OPEN, "3 failures before the restart and 2 after make 5");
+}
+
+/* ---- OPEN: the recovery timeout ---------------------------------------------- */
+
+Test(policy, an_open_circuit_rejects_until_the_recovery_timeout_ends_then_asks_for_the_probe, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 0);
+    int64_t opened = trip();
+    advance_to_real(opened + 30000 * (int64_t)MS - 1);
+    cr_assert_eq(S.nasks, 0, "one nanosecond before the recovery timeout ends nobody probes");
+    cr_assert_eq(allow().kind, CB_TICKET_REJECTED);
+    advance_ns(1);
+    cr_assert_eq(S.nasks, 1);
+    cr_assert_eq(last_ask()->state, CB_OPEN);
+    cr_assert_eq(last_ask()->opened_at, opened / (int64_t)SEC, "the election names the opening");
+    cr_assert_eq(last_ask()->lease_s, 31, "a lease of 30 s is asked for as 31 whole seconds");
+    cr_assert_eq(state(), CB_OPEN, "still OPEN until the store grants the probe");
+    cr_assert_eq(allow().kind, CB_TICKET_REJECTED);
+}
+
+Test(policy, an_unanswered_election_is_asked_again_after_a_lease, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 10000), 0);
+    trip();
+    advance_ms(30000);
+    cr_assert_eq(S.nasks, 1);
+    advance_ms(10000 - 1);
+    cr_assert_eq(S.nasks, 1);
+    advance_ms(1);
+    cr_assert_eq(S.nasks, 2, "a store that never answers is asked again after probe_lease_ms");
+}
+
+Test(policy, an_answer_about_another_opening_is_ignored, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 0);
+    trip();
+    advance_ms(30000);
+    cbd_policy_on_probe_result(&S.env, &S.c, last_ask()->opened_at - 1, 1, 0, &S.now);
+    cr_assert_eq(state(), CB_OPEN, "a grant for an older opening opens nothing");
+    grant();
+    cr_assert_eq(state(), CB_HALF_OPEN);
+    size_t n = S.ntr;
+    grant(); /* a duplicate answer */
+    cr_assert_eq(S.ntr, n);
+}
+
+/* ---- HALF_OPEN: probes ----------------------------------------------------------- */
+
+Test(policy, a_granted_election_admits_half_open_max_probes_at_once, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 3, 30000, 0), 0);
+    to_half_open();
+    expect_transition(CB_OPEN, CB_HALF_OPEN, CB_SOURCE_TIMER);
+    int probes = 0, rejected = 0;
+    for (int i = 0; i < 20; i++) {
+        struct ticket t = allow();
+        probes += t.kind == CB_TICKET_PROBE;
+        rejected += t.kind == CB_TICKET_REJECTED;
+    }
+    cr_assert_eq(probes, 3, "20 callers, 3 permits: 3 probes");
+    cr_assert_eq(rejected, 17);
+}
+
+Test(policy, success_threshold_consecutive_probe_successes_close_it, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 0);
+    to_half_open();
+    for (uint32_t i = 1; i < 3; i++) {
+        struct ticket t = allow();
+        cr_assert_eq(t.kind, CB_TICKET_PROBE, "probe %u gets the permit the previous one returned", i);
+        cr_assert_eq(allow().kind, CB_TICKET_REJECTED, "one probe at a time");
+        cr_assert_eq(record(t, CB_SUCCESS), CBD_EVENT_COUNTED);
+        cr_assert_eq(state(), CB_HALF_OPEN);
+        cr_assert_eq(version().probe_successes, i);
+        cr_assert_eq(atomic_load(&S.permit), cb_permit_word(epoch(), 1), "a success short of the threshold "
+                     "returns its permit");
+    }
+    record(allow(), CB_SUCCESS);
+    cr_assert_eq(state(), CB_CLOSED);
+    expect_transition(CB_HALF_OPEN, CB_CLOSED, CB_SOURCE_LOCAL);
+    cr_assert_eq(last_transition()->prev_opened_at, S.tr[0].v.opened_at_ns / (int64_t)SEC,
+                 "the close names the opening it ends");
+    cr_assert_eq(allow().kind, CB_TICKET_ALLOWED);
+    calls(4, CB_FAILURE);
+    cr_assert_eq(state(), CB_CLOSED, "a closed circuit starts a new streak");
+}
+
+Test(policy, one_probe_failure_reopens_it_with_a_new_opened_at, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 0);
+    int64_t first = trip();
+    advance_ms(30000);
+    advance_ms(250); /* the store answers late */
+    grant();
+    record(allow(), CB_SUCCESS);
+    advance_ms(1500);
+    record(allow(), CB_FAILURE);
+    cr_assert_eq(state(), CB_OPEN);
+    expect_transition(CB_HALF_OPEN, CB_OPEN, CB_SOURCE_LOCAL);
+    struct cb_seg_vdata v = version();
+    cr_assert_eq(v.opened_at_ns, S.now.real_ns, "the reopening is a new opening");
+    cr_assert_gt(v.opened_at_ns, first);
+    cr_assert_eq(v.trip_failure_count, 1);
+    cr_assert_eq(v.open_until_ns, S.now.real_ns + 30000 * (int64_t)MS);
+    size_t asks = S.nasks;
+    advance_to_real(v.open_until_ns - 1);
+    cr_assert_eq(S.nasks, asks, "the new recovery timeout runs from the reopening");
+    advance_ns(1);
+    cr_assert_eq(S.nasks, asks + 1);
+    cr_assert_eq(last_ask()->opened_at, v.opened_at_ns / (int64_t)SEC);
+}
+
+Test(policy, an_ignored_probe_result_returns_its_permit_and_counts_nothing, .fini = teardown)
+{
+    setup_circuit(config(5, 2, 1, 30000, 0), 0);
+    to_half_open();
+    record(allow(), CB_SUCCESS);
+    struct ticket t = allow();
+    cr_assert_eq(t.kind, CB_TICKET_PROBE);
+    cr_assert_eq(record(t, CB_IGNORED), CBD_EVENT_COUNTED);
+    cr_assert_eq(state(), CB_HALF_OPEN);
+    cr_assert_eq(version().probe_successes, 1, "an ignored result neither closes nor resets the successes");
+    cr_assert_eq(allow().kind, CB_TICKET_PROBE, "its permit is back");
+}
+
+Test(policy, a_late_result_of_an_older_epoch_is_ignored_and_counted_stale, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 2, 30000, 0), 0);
+    struct ticket closed = allow();
+    to_half_open();
+    struct ticket a = allow(), b = allow();
+    cr_assert(a.kind == CB_TICKET_PROBE && b.kind == CB_TICKET_PROBE);
+    cr_assert_eq(record(closed, CB_FAILURE), CBD_EVENT_STALE, "a CLOSED ticket reported in HALF_OPEN");
+    record(a, CB_FAILURE);
+    cr_assert_eq(state(), CB_OPEN);
+    size_t n = S.ntr;
+    uint64_t stale = version().total_stale_events;
+    cr_assert_eq(record(b, CB_SUCCESS), CBD_EVENT_STALE, "the other probe reports after the reopening");
+    cr_assert_eq(state(), CB_OPEN);
+    cr_assert_eq(S.ntr, n);
+    cr_assert_eq(version().total_stale_events, stale + 1);
+    struct ticket forged = {.kind = CB_TICKET_ALLOWED, .epoch = epoch()};
+    cr_assert_eq(record(forged, CB_FAILURE), CBD_EVENT_STALE, "OPEN issues no tickets: none of its epoch counts");
+}
+
+Test(policy, probers_silent_for_the_probe_lease_lose_their_permits, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 2, 30000, 5000), 0);
+    to_half_open();
+    uint32_t e = epoch();
+    struct ticket a = allow(), b = allow();
+    cr_assert(a.kind == CB_TICKET_PROBE && b.kind == CB_TICKET_PROBE);
+    cr_assert_eq(allow().kind, CB_TICKET_REJECTED);
+    advance_ns(5000 * MS - 1);
+    cr_assert_eq(epoch(), e, "the probers have their lease until it ends");
+    advance_ns(1);
+    cr_assert_eq(state(), CB_HALF_OPEN);
+    cr_assert_eq(epoch(), e + 1, "silent probers are reclaimed: a new epoch");
+    expect_transition(CB_HALF_OPEN, CB_HALF_OPEN, CB_SOURCE_TIMER);
+    cr_assert_eq(record(a, CB_SUCCESS), CBD_EVENT_STALE, "a reclaimed prober's late report counts nothing");
+    cr_assert_eq(version().probe_successes, 0);
+    cr_assert_eq(allow().kind, CB_TICKET_PROBE);
+    cr_assert_eq(allow().kind, CB_TICKET_PROBE);
+    cr_assert_eq(allow().kind, CB_TICKET_REJECTED);
+}
+
+Test(policy, a_probe_report_restarts_the_probers_lease, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 2, 30000, 5000), 0);
+    to_half_open();
+    uint32_t e = epoch();
+    struct ticket a = allow(), b = allow();
+    (void)b;
+    advance_ms(3000);
+    record(a, CB_SUCCESS);
+    advance_ms(2000);
+    cr_assert_eq(epoch(), e, "the lease counts from the last report, not from HALF_OPEN");
+    advance_ns(3000 * MS - 1);
+    cr_assert_eq(epoch(), e);
+    advance_ns(1);
+    cr_assert_eq(epoch(), e + 1, "the silent prober is reclaimed a lease after the last report");
+}
+
+Test(policy, half_open_with_no_probe_taken_keeps_its_epoch_for_hours, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 5000), 0);
+    to_half_open();
+    uint32_t e = epoch();
+    advance_ms(6 * 3600 * 1000);
+    cr_assert_eq(epoch(), e, "nothing to reclaim: no transition");
+    cr_assert_eq(state(), CB_HALF_OPEN);
+    cr_assert_leq(S.narmed, 1, "one timer entry per waiting circuit, not one per lease");
+    cr_assert_eq(allow().kind, CB_TICKET_PROBE);
+}
+
+/* ---- the fleet's probe lease ------------------------------------------------------ */
+
+Test(policy, a_fleet_lease_is_renewed_halfway_and_held_while_renewals_are_granted, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 10000), 1);
+    trip();
+    advance_ms(30000);
+    uint64_t asked = last_ask()->mono;
+    advance_ms(40); /* the election takes a round trip */
+    grant();
+    cr_assert_eq(state(), CB_HALF_OPEN);
+    uint32_t e = epoch();
+    size_t transitions = S.ntr;
+    for (int i = 1; i <= 1440; i++) { /* two hours */
+        advance_to(asked + 5000 * MS - 1);
+        cr_assert_eq(S.nasks, (size_t)i, "renewal %d is not asked for early", i);
+        advance_ns(1);
+        cr_assert_eq(S.nasks, (size_t)i + 1, "renewal %d is asked for halfway through the lease", i);
+        cr_assert_eq(last_ask()->state, CB_HALF_OPEN);
+        cr_assert_eq(last_ask()->lease_s, 11);
+        asked = S.now.mono_ns;
+        advance_ms(3);
+        grant();
+    }
+    cr_assert_eq(S.ntr, transitions, "the holder keeps its HALF_OPEN while the fleet renews it");
+    cr_assert_eq(epoch(), e);
+    cr_assert_eq(allow().kind, CB_TICKET_PROBE);
+}
+
+Test(policy, an_unrenewed_fleet_lease_lapses_to_open_on_the_same_opening_and_asks_again, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 10000), 1);
+    int64_t opened = trip();
+    advance_ms(30000);
+    uint64_t asked = last_ask()->mono;
+    grant();
+    advance_to(asked + 5000 * MS);
+    cr_assert_eq(S.nasks, 2, "the renewal is asked for");
+    advance_to(asked + 10000 * MS - 1);
+    cr_assert_eq(state(), CB_HALF_OPEN, "the lease still runs");
+    advance_ns(1);
+    cr_assert_eq(state(), CB_OPEN, "no renewal granted by the end of the lease: stop admitting probes");
+    expect_transition(CB_HALF_OPEN, CB_OPEN, CB_SOURCE_TIMER);
+    cr_assert_eq(version().opened_at_ns, opened, "the same opening");
+    cr_assert_eq(S.nasks, 3, "and at once another election");
+    cr_assert_eq(last_ask()->state, CB_OPEN);
+    cr_assert_eq(last_ask()->opened_at, opened / (int64_t)SEC);
+    cr_assert_eq(last_ask()->mono, S.now.mono_ns);
+}
+
+Test(policy, a_host_local_lease_is_never_renewed, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 10000), 0);
+    to_half_open();
+    size_t asks = S.nasks;
+    advance_ms(3600 * 1000);
+    cr_assert_eq(S.nasks, asks, "nobody else can take a host-local lease");
+    cr_assert_eq(state(), CB_HALF_OPEN);
+}
+
+Test(policy, a_refused_election_asks_again_when_the_holders_lease_expires, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 10000), 1);
+    trip();
+    advance_ms(30000);
+    int64_t expiry = S.now.real_ns / (int64_t)SEC + 7;
+    cbd_policy_on_probe_result(&S.env, &S.c, last_ask()->opened_at, 0, expiry, &S.now);
+    cr_assert_eq(state(), CB_OPEN);
+    advance_to_real(expiry * (int64_t)SEC - 1);
+    cr_assert_eq(S.nasks, 1, "not while the holder's lease runs");
+    advance_ns(1);
+    cr_assert_eq(S.nasks, 2, "at the holder's lease expiry");
+}
+
+Test(policy, a_refused_election_asks_again_no_sooner_than_100_ms_later, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 10000), 1);
+    trip();
+    advance_ms(30000);
+    /* A lease that ended already (the holder's clock is behind ours). */
+    cbd_policy_on_probe_result(&S.env, &S.c, last_ask()->opened_at, 0, S.now.real_ns / (int64_t)SEC - 5, &S.now);
+    advance_ns(100 * MS - 1);
+    cr_assert_eq(S.nasks, 1, "a skewed clock cannot make the election spin");
+    advance_ns(1);
+    cr_assert_eq(S.nasks, 2);
+    /* A store that could not say when the lease ends. */
+    cbd_policy_on_probe_result(&S.env, &S.c, last_ask()->opened_at, 0, 0, &S.now);
+    advance_ns(1000 * MS - 1);
+    cr_assert_eq(S.nasks, 2);
+    advance_ns(1);
+    cr_assert_eq(S.nasks, 3, "an unknown expiry: ask again in a second");
+}
+
+/* ---- restarts ----------------------------------------------------------------------- */
+
+/* A new daemon adopts the record after downtime_ms, on a monotonic clock
+ * with another origin (only CLOCK_REALTIME instants are in the record). */
+static void restart(uint64_t downtime_ms, uint64_t new_mono_origin)
+{
+    S.narmed = 0; /* the old process's timers died with it */
+    S.now.real_ns += (int64_t)(downtime_ms * MS);
+    S.now.mono_ns = new_mono_origin;
+    load();
+}
+
+Test(policy, a_restarted_daemon_asks_for_the_probe_at_the_published_recovery_end_never_earlier, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 0);
+    trip();
+    advance_ms(10000);
+    int64_t until = version().open_until_ns;
+    restart(1500, 77 * SEC + 3);
+    cr_assert_eq(state(), CB_OPEN);
+    advance_to_real(until - 1);
+    cr_assert_eq(S.nasks, 0, "one nanosecond before the recovery end the record published");
+    advance_ns(1);
+    cr_assert_eq(S.nasks, 1);
+}
+
+Test(policy, a_restart_after_the_recovery_end_asks_at_once, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 0);
+    trip();
+    restart(45000, 3 * SEC);
+    advance_ns(0);
+    cr_assert_eq(S.nasks, 1, "the recovery timeout ended while no daemon ran");
+}
+
+Test(policy, a_forced_open_with_an_end_keeps_its_end_across_a_restart, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 0);
+    cbd_policy_operator(&S.env, &S.c, CBD_FORCE_OPEN, 300000, &S.now);
+    int64_t end = S.now.real_ns + 300000 * (int64_t)MS;
+    cr_assert_eq(version().open_until_ns, end);
+    advance_ms(60000);
+    restart(1000, 9 * SEC);
+    cr_assert_eq(state(), CB_OPEN);
+    cr_assert(flags() & CB_SEG_F_FORCED);
+    advance_to_real(end - 1);
+    cr_assert_eq(state(), CB_OPEN);
+    cr_assert_eq(S.nasks, 0, "a forced OPEN never asks for a probe");
+    advance_ns(1);
+    cr_assert_eq(state(), CB_CLOSED, "the force ends when the operator said, restart or not");
+    cr_assert_eq(flags(), 0);
+    expect_transition(CB_OPEN, CB_CLOSED, CB_SOURCE_TIMER);
+}
+
+Test(policy, a_restart_in_half_open_gives_the_probers_one_more_lease, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 5000), 0);
+    to_half_open();
+    uint32_t e = epoch();
+    struct ticket t = allow();
+    cr_assert_eq(t.kind, CB_TICKET_PROBE);
+    advance_ms(4000);
+    restart(100, 11 * SEC);
+    cr_assert_eq(allow().kind, CB_TICKET_REJECTED, "the permit word survived with the segment");
+    advance_ns(5000 * MS - 1);
+    cr_assert_eq(epoch(), e);
+    cr_assert_eq(record(t, CB_SUCCESS), CBD_EVENT_COUNTED, "a prober of before the restart still reports");
+    cr_assert_eq(version().probe_successes, 1);
+}
+
+Test(policy, a_restart_in_fleet_half_open_asks_at_once_whether_the_lease_is_still_its_own, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 10000), 1);
+    to_half_open();
+    size_t asks = S.nasks;
+    restart(200, 5 * SEC);
+    advance_ns(0);
+    cr_assert_eq(S.nasks, asks + 1);
+    cr_assert_eq(last_ask()->state, CB_HALF_OPEN, "a renewal, under this process's owner id");
+    advance_ns(10000 * MS - 1);
+    cr_assert_eq(state(), CB_HALF_OPEN);
+    advance_ns(1);
+    cr_assert_eq(state(), CB_OPEN, "not renewed in a lease: given up");
+}
+
+/* ---- the fleet's word --------------------------------------------------------------- */
+
+Test(policy, a_remote_opening_in_whole_seconds_counts_from_the_end_of_that_second, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 1);
+    int64_t opened_s = S.now.real_ns / (int64_t)SEC - 2; /* another host tripped two seconds ago */
+    cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, opened_s, 0, 5, 0, CB_SOURCE_REMOTE, &S.now);
+    cr_assert_eq(state(), CB_OPEN);
+    expect_transition(CB_CLOSED, CB_OPEN, CB_SOURCE_REMOTE);
+    struct cb_seg_vdata v = version();
+    cr_assert_eq(v.opened_at_ns, opened_s * (int64_t)SEC);
+    cr_assert_eq(v.trip_failure_count, 5);
+    int64_t latest_end = (opened_s + 1) * (int64_t)SEC - 1 + 30000 * (int64_t)MS;
+    cr_assert_eq(v.open_until_ns, latest_end);
+    advance_to_real(latest_end - 1);
+    cr_assert_eq(S.nasks, 0, "the opening may have happened at the last nanosecond of its second");
+    advance_ns(1);
+    cr_assert_eq(S.nasks, 1);
+    cr_assert_eq(last_ask()->opened_at, opened_s);
+}
+
+Test(policy, a_remote_opening_with_nanoseconds_counts_from_that_instant, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 1);
+    int64_t opened_ns = S.now.real_ns - 1234567;
+    cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, opened_ns / (int64_t)SEC, opened_ns, 5, 0, CB_SOURCE_REMOTE, &S.now);
+    cr_assert_eq(version().open_until_ns, opened_ns + 30000 * (int64_t)MS);
+    advance_to_real(opened_ns + 30000 * (int64_t)MS - 1);
+    cr_assert_eq(S.nasks, 0);
+    advance_ns(1);
+    cr_assert_eq(S.nasks, 1);
+}
+
+Test(policy, a_half_open_elsewhere_is_open_here_until_the_later_of_recovery_end_and_the_holders_lease,
+     .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 1);
+    int64_t opened_s = S.now.real_ns / (int64_t)SEC - 40; /* recovery ended 10 s ago there */
+    int64_t lease_s = S.now.real_ns / (int64_t)SEC + 20;
+    cbd_policy_apply(&S.env, &S.c, CB_HALF_OPEN, 0, opened_s, 0, 5, lease_s, CB_SOURCE_REMOTE, &S.now);
+    cr_assert_eq(state(), CB_OPEN, "the probe is the holder's");
+    cr_assert_eq(allow().kind, CB_TICKET_REJECTED);
+    cr_assert_eq(version().open_until_ns, lease_s * (int64_t)SEC);
+    advance_to_real(lease_s * (int64_t)SEC - 1);
+    cr_assert_eq(S.nasks, 0);
+    advance_ns(1);
+    cr_assert_eq(S.nasks, 1, "asked once the holder's lease ends");
+}
+
+Test(policy, a_half_open_elsewhere_with_a_short_lease_waits_for_the_recovery_end, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 1);
+    int64_t opened_s = S.now.real_ns / (int64_t)SEC;
+    cbd_policy_apply(&S.env, &S.c, CB_HALF_OPEN, 0, opened_s, 0, 5, opened_s + 3, CB_SOURCE_REMOTE, &S.now);
+    int64_t end = (opened_s + 1) * (int64_t)SEC - 1 + 30000 * (int64_t)MS;
+    cr_assert_eq(version().open_until_ns, end);
+    advance_to_real(end - 1);
+    cr_assert_eq(S.nasks, 0);
+    advance_ns(1);
+    cr_assert_eq(S.nasks, 1);
+}
+
+Test(policy, this_hosts_probes_give_way_to_another_hosts_lease_on_the_same_opening, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 10000), 1);
+    int64_t opened = trip();
+    advance_ms(30000);
+    grant();
+    struct ticket probe = allow();
+    cr_assert_eq(probe.kind, CB_TICKET_PROBE);
+    int64_t lease_s = S.now.real_ns / (int64_t)SEC + 11;
+    cbd_policy_apply(&S.env, &S.c, CB_HALF_OPEN, 0, opened / (int64_t)SEC, 0, 5, lease_s, CB_SOURCE_REMOTE, &S.now);
+    cr_assert_eq(state(), CB_OPEN);
+    expect_transition(CB_HALF_OPEN, CB_OPEN, CB_SOURCE_REMOTE);
+    cr_assert_eq(allow().kind, CB_TICKET_REJECTED);
+    cr_assert_eq(record(probe, CB_SUCCESS), CBD_EVENT_STALE, "this host's probe no longer counts");
+}
+
+Test(policy, a_remote_close_closes_and_a_remote_state_already_held_changes_nothing, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 1);
+    int64_t opened = trip();
+    size_t n = S.ntr;
+    cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, opened / (int64_t)SEC, 0, 5, 0, CB_SOURCE_REMOTE, &S.now);
+    cr_assert_eq(S.ntr, n, "the fleet reports this host's own opening back");
+    cbd_policy_apply(&S.env, &S.c, CB_CLOSED, 0, 0, 0, 0, 0, CB_SOURCE_REMOTE, &S.now);
+    cr_assert_eq(state(), CB_CLOSED);
+    expect_transition(CB_OPEN, CB_CLOSED, CB_SOURCE_REMOTE);
+    cbd_policy_apply(&S.env, &S.c, CB_CLOSED, 0, 0, 0, 0, 0, CB_SOURCE_REMOTE, &S.now);
+    cr_assert_eq(S.ntr, n + 1);
+}
+
+Test(policy, the_fleets_word_is_ignored_while_an_operator_holds_the_circuit, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 1);
+    cbd_policy_operator(&S.env, &S.c, CBD_FORCE_CLOSED, 0, &S.now);
+    size_t n = S.ntr;
+    cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, S.now.real_ns / (int64_t)SEC, 0, 5, 0, CB_SOURCE_REMOTE, &S.now);
+    cr_assert_eq(state(), CB_CLOSED);
+    cr_assert_eq(S.ntr, n);
+    cbd_policy_operator(&S.env, &S.c, CBD_DISABLE, 0, &S.now);
+    cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, S.now.real_ns / (int64_t)SEC, 0, 5, 0, CB_SOURCE_REMOTE, &S.now);
+    cr_assert_eq(state(), CB_CLOSED);
+    cr_assert_eq(S.ntr, n + 1);
+}
+
+/* ---- the operator's word ------------------------------------------------------------ */
+
+Test(policy, force_open_without_an_end_rejects_for_days_and_never_asks_for_a_probe, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 0);
+    cbd_policy_operator(&S.env, &S.c, CBD_FORCE_OPEN, 0, &S.now);
+    expect_transition(CB_CLOSED, CB_OPEN, CB_SOURCE_OPERATOR);
+    cr_assert_eq(flags(), CB_SEG_F_FORCED);
+    cr_assert_eq(version().trip_failure_count, 0, "no failure tripped it");
+    cr_assert_eq(version().open_until_ns, 0, "no end");
+    advance_ms(3ull * 24 * 3600 * 1000);
+    cr_assert_eq(state(), CB_OPEN);
+    cr_assert_eq(S.nasks, 0);
+    cr_assert_eq(S.ntr, 1);
+    cr_assert_eq(allow().kind, CB_TICKET_REJECTED);
+}
+
+Test(policy, force_open_for_a_time_closes_with_source_timer_when_it_ends, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 1000, 0), 0);
+    cbd_policy_operator(&S.env, &S.c, CBD_FORCE_OPEN, 120000, &S.now);
+    advance_ns(120000 * MS - 1);
+    cr_assert_eq(state(), CB_OPEN);
+    cr_assert_eq(S.nasks, 0, "its recovery timeout (1 s) does not apply");
+    advance_ns(1);
+    cr_assert_eq(state(), CB_CLOSED);
+    cr_assert_eq(flags(), 0, "under its policy again");
+    expect_transition(CB_OPEN, CB_CLOSED, CB_SOURCE_TIMER);
+    calls(5, CB_FAILURE);
+    cr_assert_eq(state(), CB_OPEN);
+}
+
+Test(policy, force_closed_counts_failures_but_never_trips, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 0);
+    calls(4, CB_FAILURE);
+    cbd_policy_operator(&S.env, &S.c, CBD_FORCE_CLOSED, 0, &S.now);
+    expect_transition(CB_CLOSED, CB_CLOSED, CB_SOURCE_OPERATOR);
+    cr_assert_eq(flags(), CB_SEG_F_FORCED);
+    calls(1000, CB_FAILURE);
+    cr_assert_eq(state(), CB_CLOSED);
+    cr_assert_eq(version().total_failures, 1004, "counted in the totals");
+    cr_assert_eq(version().failure_streak, 0, "but no streak");
+    cr_assert_eq(S.ntr, 1);
+}
+
+Test(policy, reset_clears_an_operator_hold_and_the_streak, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 0);
+    cbd_policy_operator(&S.env, &S.c, CBD_FORCE_OPEN, 0, &S.now);
+    cbd_policy_operator(&S.env, &S.c, CBD_RESET, 0, &S.now);
+    expect_transition(CB_OPEN, CB_CLOSED, CB_SOURCE_OPERATOR);
+    cr_assert_eq(flags(), 0);
+    calls(4, CB_FAILURE);
+    cbd_policy_operator(&S.env, &S.c, CBD_RESET, 0, &S.now);
+    expect_transition(CB_CLOSED, CB_CLOSED, CB_SOURCE_OPERATOR);
+    calls(4, CB_FAILURE);
+    cr_assert_eq(state(), CB_CLOSED, "the streak started over at the reset");
+    calls(1, CB_FAILURE);
+    cr_assert_eq(state(), CB_OPEN);
+}
+
+Test(policy, disable_bypasses_the_circuit_and_stops_its_deadlines_until_enable, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 0);
+    trip();
+    cbd_policy_operator(&S.env, &S.c, CBD_DISABLE, 0, &S.now);
+    expect_transition(CB_OPEN, CB_OPEN, CB_SOURCE_OPERATOR);
+    cr_assert_eq(flags(), CB_SEG_F_DISABLED, "the state stays underneath");
+    cr_assert_eq(allow().kind, CB_TICKET_BYPASS);
+    advance_ms(24 * 3600 * 1000);
+    cr_assert_eq(S.nasks, 0, "no deadline runs while it is disabled");
+    restart(10, 1 * SEC);
+    advance_ms(3600 * 1000);
+    cr_assert_eq(S.nasks, 0, "nor after a restart");
+    cbd_policy_operator(&S.env, &S.c, CBD_ENABLE, 0, &S.now);
+    expect_transition(CB_OPEN, CB_CLOSED, CB_SOURCE_OPERATOR);
+    cr_assert_eq(flags(), 0);
+    cr_assert_eq(allow().kind, CB_TICKET_ALLOWED);
+}
+
+Test(policy, every_operator_action_is_a_transition_even_when_the_state_stays, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 0);
+    static const enum cbd_operator_action actions[] = {CBD_DISABLE, CBD_ENABLE, CBD_FORCE_CLOSED, CBD_RESET,
+                                                       CBD_RESET,   CBD_DISABLE};
+    for (size_t i = 0; i < sizeof actions / sizeof actions[0]; i++) {
+        cbd_policy_operator(&S.env, &S.c, actions[i], 0, &S.now);
+        cr_assert_eq(S.ntr, i + 1, "action %zu is seen by watchers", i);
+        expect_transition(CB_CLOSED, CB_CLOSED, CB_SOURCE_OPERATOR);
+    }
+}
+
+/* ---- a new policy ---------------------------------------------------------------- */
+
+Test(policy, a_shorter_recovery_timeout_brings_an_open_circuits_probe_forward, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 60000, 600000), 0); /* a long lease: an unanswered election is not asked again */
+    int64_t opened = trip();
+    advance_ms(5000);
+    cb_config next = config(5, 3, 1, 10000, 600000);
+    cbd_policy_set_config(&S.env, &S.c, &next, &S.now);
+    cr_assert_eq(S.ntr, 1, "a new policy is no transition");
+    cr_assert_eq(version().open_until_ns, opened + 10000 * (int64_t)MS, "the deadline shown is the new one");
+    advance_to_real(opened + 10000 * (int64_t)MS - 1);
+    cr_assert_eq(S.nasks, 0);
+    advance_ns(1);
+    cr_assert_eq(S.nasks, 1);
+    advance_to_real(opened + 60000 * (int64_t)MS);
+    cr_assert_eq(S.nasks, 1, "the old deadline's timer entry is dead");
+    cr_assert_eq(S.narmed, 1, "and, fired, it left one live entry (the next election), not two");
+}
+
+Test(policy, a_longer_recovery_timeout_pushes_an_open_circuits_probe_back, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 10000, 0), 0);
+    int64_t opened = trip();
+    cb_config next = config(5, 3, 1, 90000, 0);
+    cbd_policy_set_config(&S.env, &S.c, &next, &S.now);
+    cr_assert_eq(version().open_until_ns, opened + 90000 * (int64_t)MS);
+    advance_to_real(opened + 90000 * (int64_t)MS - 1);
+    cr_assert_eq(S.nasks, 0, "not at the old recovery end");
+    advance_ns(1);
+    cr_assert_eq(S.nasks, 1);
+}
+
+Test(policy, a_new_policy_is_published_under_the_policy_seqlock, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 0);
+    uint32_t seq = atomic_load(&S.rec->cfg_seq);
+    cb_config next = config(9, 4, 2, 1234, 567), got;
+    cbd_policy_set_config(&S.env, &S.c, &next, &S.now);
+    cr_assert_eq(atomic_load(&S.rec->cfg_seq), seq + 2);
+    cb_seg_cfg_load(S.rec, &got);
+    cr_assert_eq(memcmp(&got, &next, sizeof got), 0);
+    calls(8, CB_FAILURE);
+    cr_assert_eq(state(), CB_CLOSED);
+    calls(1, CB_FAILURE);
+    cr_assert_eq(state(), CB_OPEN, "the new threshold applies");
+}
+
+Test(policy, a_forced_opens_end_stays_where_the_operator_put_it_under_a_new_policy, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 0);
+    cbd_policy_operator(&S.env, &S.c, CBD_FORCE_OPEN, 60000, &S.now);
+    int64_t end = version().open_until_ns;
+    cb_config next = config(5, 3, 1, 1000, 0);
+    cbd_policy_set_config(&S.env, &S.c, &next, &S.now);
+    cr_assert_eq(version().open_until_ns, end);
+    advance_to_real(end - 1);
+    cr_assert_eq(state(), CB_OPEN);
+    advance_ns(1);
+    cr_assert_eq(state(), CB_CLOSED);
+}
+
+/* ---- known defects: these fail on the code they were written against -------------- */
+
+/*
+ * Fails: opened_at * 1e9 overflows int64 for an opened_at the stores'
+ * validators accept (redis: up to 1e11 s, RS_TIME_MAX; dynamodb: INT64_MAX / 2),
+ * so the adopted opening is not the store's and every report of the same item
+ * is another transition. Enable with the fix (bound the stores' time fields to
+ * what fits in ns, or saturate in the policy).
+ */
+Test(policy, a_remote_opening_at_the_end_of_the_stores_time_range_is_adopted_once, .fini = teardown,
+     .disabled = true)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 1);
+    int64_t far = 99999999999ll; /* the largest opened_at the redis store accepts, about year 5138 */
+    cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, far, 0, 5, 0, CB_SOURCE_REMOTE, &S.now);
+    cr_assert_eq(state(), CB_OPEN);
+    cr_assert_eq(last_transition()->v.opened_at_ns / (int64_t)SEC, far, "published opened_at %lld s, the store "
+                 "said %lld s", (long long)(last_transition()->v.opened_at_ns / (int64_t)SEC), (long long)far);
+    cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, far, 0, 5, 0, CB_SOURCE_REMOTE, &S.now);
+    cr_assert_eq(S.ntr, 1, "the same report again is no transition");
+}
+
+/*
+ * Fails: a reload that lowers half_open_max_probes leaves the HALF_OPEN
+ * epoch's permit word as it was, so workers go on taking the old number of
+ * permits at once until the epoch ends. Enable with the fix (clamp the
+ * permit word, or start a new epoch, when the bound drops).
+ */
+Test(policy, a_lowered_probe_bound_applies_to_the_half_open_epoch_in_progress, .fini = teardown,
+     .disabled = true)
+{
+    setup_circuit(config(5, 3, 3, 30000, 0), 0);
+    to_half_open();
+    cb_config next = config(5, 3, 1, 30000, 0);
+    cbd_policy_set_config(&S.env, &S.c, &next, &S.now);
+    int probes = 0;
+    for (int i = 0; i < 3; i++)
+        probes += allow().kind == CB_TICKET_PROBE;
+    cr_assert_eq(probes, 1, "%d probes at once under a bound of 1", probes);
+}
+
+/* ---- hours of random traffic --------------------------------------------------- */
+
+static uint64_t rng;
+static uint64_t next_random(void) /* splitmix64 */
+{
+    uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+static uint64_t below(uint64_t n) { return next_random() % n; }
+
+/*
+ * Random workers, outcomes, store answers, fleet reports and operator
+ * actions for six virtual hours. Besides the per-transition checks of the
+ * fake env, a model of Powertools' streak says when a trip is due: the
+ * failure that completes failure_threshold counted failures in a row (of
+ * the current CLOSED epoch, not forced) trips, and nothing else in CLOSED
+ * does. Probers never hold more permits of one epoch than allowed.
+ */
+Test(policy, six_hours_of_random_traffic_keep_every_rule, .fini = teardown)
+{
+    const char *env_seed = getenv("CB_TEST_SEED");
+    uint64_t seed = env_seed ? strtoull(env_seed, NULL, 0) : 20261127;
+    rng = seed;
+    fprintf(stderr, "policy random traffic: seed %" PRIu64 " (CB_TEST_SEED=%" PRIu64 " repeats it)\n", seed, seed);
+    setup_circuit(config(4, 3, 3, 20000, 7000), 1);
+    struct ticket held[64];
+    size_t nheld = 0;
+    uint32_t model_streak = 0, model_epoch = epoch();
+    uint64_t trips = 0, steps = 0;
+    uint64_t end = S.now.mono_ns + 6ull * 3600 * SEC;
+    while (S.now.mono_ns < end) {
+        steps++;
+        uint64_t r = below(1000);
+        if (r < 400) { /* a call */
+            struct ticket t = allow();
+            if (t.kind == CB_TICKET_PROBE) {
+                uint32_t same = 0;
+                for (size_t i = 0; i < nheld; i++)
+                    same += held[i].kind == CB_TICKET_PROBE && held[i].epoch == t.epoch;
+                cr_assert_lt(same, S.c.cfg.half_open_max_probes, "a permit beyond the bound of epoch %u", t.epoch);
+            }
+            if ((t.kind == CB_TICKET_ALLOWED || t.kind == CB_TICKET_PROBE) && nheld < 64)
+                held[nheld++] = t;
+        } else if (r < 800 && nheld > 0) { /* a held ticket reports */
+            size_t i = below(nheld);
+            struct ticket t = held[i];
+            held[i] = held[--nheld];
+            cb_outcome o = (cb_outcome)(below(10) < 6 ? CB_FAILURE : below(4) ? CB_SUCCESS : CB_IGNORED);
+            uint64_t w = word();
+            bool counts = t.kind == CB_TICKET_ALLOWED && t.epoch == cb_seg_word_epoch(w) &&
+                          cb_seg_word_state(w) == CB_CLOSED && !(cb_seg_word_flags(w) & CB_SEG_F_FORCED);
+            if (cb_seg_word_epoch(w) != model_epoch) { /* a transition since: a new streak */
+                model_epoch = cb_seg_word_epoch(w);
+                model_streak = 0;
+            }
+            if (counts && o == CB_FAILURE)
+                model_streak++;
+            else if (counts && o == CB_SUCCESS)
+                model_streak = 0;
+            size_t before = S.ntr;
+            record(t, o);
+            if (counts) {
+                /* a lowered threshold is compared on the next counted failure */
+                bool due = o == CB_FAILURE && model_streak >= S.c.cfg.failure_threshold;
+                cr_assert_eq(S.ntr - before, due ? 1u : 0u, "step %" PRIu64 ": streak %u of %u, %zu transitions",
+                             steps, model_streak, S.c.cfg.failure_threshold, S.ntr - before);
+                if (due) {
+                    cr_assert_eq(state(), CB_OPEN);
+                    trips++;
+                }
+            }
+        } else if (r < 900) { /* time passes */
+            advance_ms(below(1000));
+        } else if (r < 960) { /* the store answers an outstanding request */
+            if (S.c.probe_asked)
+                cbd_policy_on_probe_result(&S.env, &S.c, last_ask()->opened_at, below(3) != 0,
+                                           below(2) ? S.now.real_ns / (int64_t)SEC + (int64_t)below(30) : 0, &S.now);
+        } else if (r < 985) { /* another host */
+            cb_state st = (cb_state)below(3);
+            int64_t at = S.now.real_ns / (int64_t)SEC - (int64_t)below(60);
+            cbd_policy_apply(&S.env, &S.c, st, 0, st == CB_CLOSED ? 0 : at, 0, 4,
+                             st == CB_HALF_OPEN ? at + 30 : 0, CB_SOURCE_REMOTE, &S.now);
+        } else if (r < 995) { /* an operator */
+            static const enum cbd_operator_action acts[] = {CBD_FORCE_OPEN, CBD_FORCE_CLOSED, CBD_RESET, CBD_DISABLE,
+                                                            CBD_ENABLE, CBD_RESET, CBD_RESET};
+            cbd_policy_operator(&S.env, &S.c, acts[below(7)], below(2) ? (uint32_t)below(600000) : 0, &S.now);
+        } else if (r < 998) { /* a reload */
+            cb_config next = config(2 + (uint32_t)below(5), 1 + (uint32_t)below(3), 3, 1000 + (uint32_t)below(60000),
+                                    (uint32_t)below(10000));
+            cbd_policy_set_config(&S.env, &S.c, &next, &S.now);
+        } else { /* a restart */
+            restart(below(5000), S.now.mono_ns + below(100) * SEC);
+            nheld = 0; /* the workers went on; their tickets are of no interest any more */
+        }
+    }
+    fprintf(stderr, "policy random traffic: %" PRIu64 " steps, %zu transitions, %" PRIu64 " trips, %zu lease "
+            "requests\n", steps, S.ntr, trips, S.nasks);
+    cr_assert_gt(trips, 100, "the run exercised the streak");
+    cr_assert_gt(S.nasks, 100, "and the probe elections");
+}
+
