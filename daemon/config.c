@@ -1040,8 +1040,8 @@ static void print_md_section(enum opt_section sec)
 {
     static const char *const titles[] = {
         "## [daemon]\n\n",
-        "## [defaults]\n\nThe policy of every circuit, under what workers and per-circuit sections say. Each\n"
-        "option here may also be given in `[circuit \"NAME\"]` and `[prefix \"PREFIX\"]`.\n\n",
+        ("## [defaults]\n\nThe policy of every circuit, under what workers and per-circuit sections say. Each\n"
+         "option here may also be given in `[circuit \"NAME\"]` and `[prefix \"PREFIX\"]`.\n\n"),
         "## [hooks]\n\n",
         "## [circuit \"NAME\"] and [prefix \"PREFIX\"]\n\nAny of the five `[defaults]` options, and:\n\n",
     };
