@@ -5,45 +5,59 @@
  * `options[]` - name, section, type, where it lives, default, bounds,
  * whether a reload may change it, and a help line. The command line
  * (`--name=value`, `--name value`, dashes for underscores; [hooks] options
- * as --hook-NAME), the INI file (`-c FILE`, parsed by libinih), reload,
- * `--help` and `--help-config` (the Markdown of docs/configuration.md) all
- * walk the same rows, so an option cannot exist in one place and be missing
- * in another. Defaults are written as text and go through the same parser
- * as user input, so a default can never be out of its own bounds.
+ * as --hook-NAME), the INI file (`-c FILE`), reload, `--help` and
+ * `--help-config` (the Markdown of docs/configuration.md) all walk the same
+ * rows, so an option cannot exist in one place and be missing in another.
+ * Defaults are written as text and go through the same parser as user
+ * input, so a default can never be out of its own bounds.
  *
  * Sections: [daemon], [defaults] (the circuit policy), [hooks] (global
  * transition hooks and their limits), and any number of [circuit "NAME"]
  * (exact name) and [prefix "PFX"] sections holding the policy fields and
  * `hook` lines for the circuits they match. Repeatable options (hook
  * commands) collect every value in file order; the command line adds to
- * the file's.
+ * the file's. Each section is given once: a second [daemon] or
+ * [circuit "x"] is an error, since its lines silently overriding the first
+ * ones is what a copy-and-paste slip looks like.
  *
  * Precedence, lowest first: built-in defaults, the environment
  * ($CB_INSTANCE picks the instance; $STATE_DIRECTORY, set by systemd's
  * StateDirectory=, moves the default state file), the file, the command line.
  * The socket, store and admin_group defaults are derived once everything
- * else is known. A reload reads the same file and command line again.
+ * else is known.
+ *
+ * One validation. cbd_config_load() is the only way in: `cbd
+ * --check-config`, the daemon's start and every reload read the same
+ * sources through it, so a file the check passes is a file the daemon
+ * takes, and what the daemon refuses the check refuses first. It checks each
+ * value against its row (with line numbers), then the rules between options
+ * on the values the daemon would run with (stale_limit_ms at least 2 x
+ * heartbeat_ms, admin_reserved_connections below max_connections, the
+ * circuit defaults by cb__config_check, the single authority should the
+ * table's bounds ever disagree). The store URI is judged by its backend's
+ * check_uri, the parser its create() uses.
  *
  * Errors do not stop parsing: every bad line is reported, each as
  * "FILE:LINE: option 'x': <what is wrong> (expected ...)", so an operator
- * fixes a file in one pass. At start errors go to stderr; on reload to the
- * log, and the first ones into the reply. libinih gives its handler no line
- * number, truncates section names to 49 bytes (circuit names reach 127) and
- * splits lines longer than its 200-byte buffer; so the reader callback
- * counts lines, keeps the whole text of each section header itself, and
- * refuses over-long lines instead of letting them be split.
+ * fixes a file in one pass (past ERRORS_SHOWN they are counted, so a binary
+ * file given by mistake does not flood a terminal). At start errors go to
+ * stderr; on reload to the log, and the first ones into the reply.
  *
- * The circuit defaults are checked twice: against the table's bounds while
- * parsing (precise messages with line numbers) and by cb__config_check at the
- * end, which stays the single authority if the two ever disagree.
+ * The file is read whole (at most CBD_CONFIG_FILE_MAX bytes) and parsed
+ * here, line by line, rather than by libinih: its handler gets no line
+ * numbers, it truncates section names to 49 bytes (circuit names reach
+ * 127), splits lines longer than its 200-byte buffer, reports only its first
+ * syntax error and reads a NUL byte as the end of a line. This parser knows
+ * each line's number and length, so a NUL or another control byte, an
+ * over-long line and every malformed line get their own precise error.
  */
 #include "config.h"
 
 #include <ctype.h>
 #include <errno.h>
 #include <grp.h>
-#include <ini.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -183,7 +197,7 @@ static const struct option_def options[] = {
     {.name = "admin_reserved_connections", .section = SEC_DAEMON, .type = OPT_UINT,
      .offset = D(admin_reserved_connections), .def = "8", .min = 0, .max = 1024, .reloadable = 1,
      .help = "of max_connections, kept for admins (root, the daemon's uid, admin_group) so a flood never locks "
-             "them out"},
+             "them out; below max_connections"},
     {.name = "frame_timeout_ms", .section = SEC_DAEMON, .type = OPT_UINT, .offset = D(frame_timeout_ms),
      .def = "5000", .min = 100, .max = 600000, .reloadable = 1,
      .help = "a connection must complete each request frame this soon after its first byte, or is closed"},
@@ -192,8 +206,8 @@ static const struct option_def options[] = {
      .help = "a connection that sends no request for this long is closed (0: never; subscribers are exempt)"},
     {.name = "max_circuits_per_uid", .section = SEC_DAEMON, .type = OPT_UINT, .offset = D(max_circuits_per_uid),
      .def = "4096", .min = 0, .max = 16777216, .reloadable = 1,
-     .help = "circuits one user (uid) may register over the socket (0: no quota); admins, the configuration "
-             "file and the store are not counted"},
+     .help = "circuits one user (uid) may register over the socket (0: no quota; above capacity: the capacity "
+             "bounds it); admins, the configuration file and the store are not counted"},
     {.name = "circuit_expiry_s", .section = SEC_DAEMON, .type = OPT_UINT, .offset = D(circuit_expiry_s),
      .def = "0", .min = 0, .max = 31536000, .reloadable = 1,
      .help = "a CLOSED circuit with no outcome and no registration for this long is removed (0: never); "
@@ -233,44 +247,71 @@ static const struct option_def options[] = {
 #undef C
 #define N_OPTIONS (sizeof options / sizeof options[0])
 
-/* One parse: where errors go and which options were given explicitly. */
-struct parse_ctx {
-    struct cbd_config *cfg;
-    const char *where;       /* file name, or "command line" */
-    int line;                /* 0: no line number */
-    FILE *file;              /* the INI file being read */
-    int next_line;           /* file reader: number of the line read next */
-    enum opt_section sec;    /* section of the line being parsed */
-    size_t ovr;              /* SEC_CIRCUIT: index into cfg->overrides */
-    int seen_value;          /* a name=value since the last header (libinih's continuation rule) */
-    int to_log;              /* reload: errors go to the log, not stderr */
-    char *errbuf;            /* reload: the first errors, for the reply */
-    size_t errsize;
-    int errors;
-    int set[N_OPTIONS];
+#define ERRORS_SHOWN 100 /* errors reported one by one; past it only counted */
+
+/* Where an option's value came from. */
+struct origin {
+    const char *where; /* file name or "command line"; NULL: not given (a default) */
+    int line;          /* 0: no line */
 };
 
-static void report(struct parse_ctx *px, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void report(struct parse_ctx *px, const char *fmt, ...)
+/* One parse: where errors go and where each option was given. */
+struct parse_ctx {
+    struct cbd_config *cfg;
+    const char *where;             /* file name, "command line" or "environment" */
+    int line;                      /* 0: no line number */
+    enum opt_section sec;          /* section of the line being parsed */
+    size_t ovr;                    /* SEC_CIRCUIT: index into cfg->overrides */
+    int section_line[SEC_CIRCUIT]; /* line of [daemon], [defaults], [hooks]; 0: not seen yet */
+    cbd_config_report_fn *report;
+    void *report_arg;
+    int errors;
+    struct origin given[N_OPTIONS]; /* outside [circuit] sections: where each option was set last */
+    bool refused[N_OPTIONS];        /* its last value was refused: rules between options leave it out */
+};
+
+static void vreport(struct parse_ctx *px, const char *fmt, va_list ap)
 {
     char msg[1024], line[1280];
-    va_list ap;
-    va_start(ap, fmt);
+    if (++px->errors > ERRORS_SHOWN || px->report == NULL)
+        return; /* only counted */
     vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
     if (px->line > 0)
         snprintf(line, sizeof line, "%s:%d: %s", px->where, px->line, msg);
     else
         snprintf(line, sizeof line, "%s: %s", px->where, msg);
-    if (px->to_log)
-        cbd_log(CBD_LOG_ERROR, "%s", line);
-    else
-        fprintf(stderr, "%s\n", line);
-    if (px->errbuf != NULL && px->errors < 3) { /* the reply gets the first few */
-        size_t used = strlen(px->errbuf);
-        snprintf(px->errbuf + used, px->errsize - used, "%s%s", used ? "; " : "", line);
-    }
-    px->errors++;
+    px->report(px->report_arg, line);
+}
+
+/* Whether the next error is shown: worth the cost of a suggestion. */
+static bool next_error_shown(const struct parse_ctx *px)
+{
+    return px->errors < ERRORS_SHOWN && px->report != NULL;
+}
+
+static void report(struct parse_ctx *px, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void report(struct parse_ctx *px, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vreport(px, fmt, ap);
+    va_end(ap);
+}
+
+/* An error about option i, at the place that gave its value. */
+static void report_at(struct parse_ctx *px, int i, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void report_at(struct parse_ctx *px, int i, const char *fmt, ...)
+{
+    const char *where = px->where;
+    int line = px->line;
+    va_list ap;
+    px->where = px->given[i].where != NULL ? px->given[i].where : "configuration";
+    px->line = px->given[i].line;
+    va_start(ap, fmt);
+    vreport(px, fmt, ap);
+    va_end(ap);
+    px->where = where;
+    px->line = line;
 }
 
 /* ---- finding options ------------------------------------------------------ */
@@ -299,6 +340,16 @@ static int find_cli(const char *name, size_t len)
         char cli[64];
         cli_name(&options[i], cli, sizeof cli);
         if (cli[0] != '\0' && same_name(name, len, cli))
+            return (int)i;
+    }
+    return -1;
+}
+
+/* An option of any section named s[0..len): index, or -1. */
+static int find_option(const char *s, size_t len)
+{
+    for (size_t i = 0; i < N_OPTIONS; i++) {
+        if (same_name(s, len, options[i].name))
             return (int)i;
     }
     return -1;
@@ -338,7 +389,8 @@ static void expected(const struct option_def *o, char *buf, size_t size)
                  (unsigned long long)o->min, (unsigned long long)o->max);
         break;
     case OPT_MODE:
-        snprintf(buf, size, "an octal mode such as 0660");
+        snprintf(buf, size, "an octal mode %04llo..%04llo, such as 0660", (unsigned long long)o->min,
+                 (unsigned long long)o->max);
         break;
     case OPT_ENUM: {
         size_t n = 0;
@@ -354,19 +406,39 @@ static void expected(const struct option_def *o, char *buf, size_t size)
     }
 }
 
-/* Parses text into an unsigned integer in the given base; -EINVAL if it is
- * not wholly digits or overflows 64 bits. */
-static int parse_u64(const char *s, int base, uint64_t *out)
+/* Why v is no value of the integer option o (exp: what o accepts), or
+ * NULL with the value in *out. Digits only: no sign, no unit (the unit is
+ * in the option's name), no base prefix; an OPT_MODE is octal. */
+static const char *number_error(const struct option_def *o, const char *v, const char *exp, uint64_t *out,
+                                char *why, size_t size)
 {
-    if (s[0] < '0' || s[0] > (base == 8 ? '7' : '9'))
-        return -EINVAL;
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, base);
-    if (errno != 0 || *end != '\0')
-        return -EINVAL;
-    *out = v;
-    return 0;
+    int octal = o->type == OPT_MODE;
+    size_t digits = strspn(v, octal ? "01234567" : "0123456789");
+    uint64_t n = 0;
+    if (v[0] == '-' && isdigit((unsigned char)v[1]))
+        snprintf(why, size, "%.64s is negative (expected %s)", v, exp);
+    else if (octal && isdigit((unsigned char)v[digits]))
+        snprintf(why, size, "'%.64s' is not an octal mode: %c is not an octal digit (expected %s)", v, v[digits],
+                 exp);
+    else if (octal && (digits == 0 || v[digits] != '\0'))
+        snprintf(why, size, "'%.64s' is not an octal mode (expected %s)", v, exp);
+    else if (digits == 0)
+        snprintf(why, size, "'%.64s' is not a number (expected %s)", v, exp);
+    else if (v[digits] != '\0')
+        snprintf(why, size, "'%.64s' has '%.32s' after the number (expected %s)", v, v + digits, exp);
+    else {
+        for (size_t i = 0; i < digits; i++) /* saturates: anything past 64 bits is out of range all the same */
+            n = n > (UINT64_MAX - 9) / 10 ? UINT64_MAX : n * (octal ? 8 : 10) + (uint64_t)(v[i] - '0');
+        if (n < o->min || n > o->max)
+            snprintf(why, size, "%.64s is out of range (expected %s)", v, exp);
+        else if (o->pow2 && (n & (n - 1)) != 0)
+            snprintf(why, size, "%.64s is not a power of two (expected %s)", v, exp);
+        else {
+            *out = n;
+            return NULL;
+        }
+    }
+    return why;
 }
 
 static int strlist_add(struct cbd_strlist *l, const char *v)
@@ -416,6 +488,10 @@ static const char *set_value(const struct option_def *o, void *field, const char
     if (o->type == OPT_STR || o->type == OPT_LIST)
         return set_text(o, field, v, why, whysize);
     expected(o, exp, sizeof exp);
+    if (v[0] == '\0') {
+        snprintf(why, whysize, "no value (expected %s)", exp);
+        return why;
+    }
     if (o->type == OPT_ENUM) {
         for (uint32_t i = 0; o->choices[i] != NULL; i++) {
             if (strcmp(v, o->choices[i]) == 0) {
@@ -424,18 +500,12 @@ static const char *set_value(const struct option_def *o, void *field, const char
             }
         }
         snprintf(why, whysize, "'%.64s' is not a known value (expected %s)", v, exp);
-    } else if (parse_u64(v, o->type == OPT_MODE ? 8 : 10, &n) < 0) {
-        snprintf(why, whysize, "'%.64s' is not %s (expected %s)", v,
-                 o->type == OPT_MODE ? "an octal number" : "a number", exp);
-    } else if (n < o->min || n > o->max) {
-        snprintf(why, whysize, "%s is out of range (expected %s)", v, exp);
-    } else if (o->pow2 && (n & (n - 1)) != 0) {
-        snprintf(why, whysize, "%s is not a power of two (expected %s)", v, exp);
-    } else {
-        *(uint32_t *)field = (uint32_t)n;
-        return NULL;
+        return why;
     }
-    return why;
+    if (number_error(o, v, exp, &n, why, whysize) != NULL)
+        return why;
+    *(uint32_t *)field = (uint32_t)n;
+    return NULL;
 }
 
 /* Sets option i from user input, reporting a failure in context. */
@@ -443,15 +513,18 @@ static void apply(struct parse_ctx *px, int i, const char *value)
 {
     char why[512];
     const struct option_def *o = &options[i];
+    int in_section = px->sec == SEC_CIRCUIT;
     if (set_value(o, field_of(px, o), value, why, sizeof why) != NULL) {
         report(px, "option '%s': %s", o->name, why);
+        px->refused[i] |= !in_section;
         return;
     }
-    if (px->sec == SEC_CIRCUIT && o->per_circuit) { /* bit i: cbd_policy_fields[i] given */
+    if (in_section && o->per_circuit) { /* bit i: cbd_policy_fields[i] given */
         size_t field = (o->offset - offsetof(struct cbd_config, defaults)) / sizeof(uint32_t);
         px->cfg->overrides[px->ovr].set |= 1u << field;
-    } else if (px->sec != SEC_CIRCUIT) {
-        px->set[i] = 1;
+    } else if (!in_section) {
+        px->given[i] = (struct origin){.where = px->where, .line = px->line};
+        px->refused[i] = false;
     }
 }
 
@@ -470,15 +543,77 @@ static void format_value(const struct option_def *o, const struct cbd_config *cf
         snprintf(buf, size, "%u", v);
 }
 
-/* ---- the INI file: sections ------------------------------------------------- */
+/* ---- the file ------------------------------------------------------------- */
 
-/* The override for [circuit "name"] / [prefix "name"], made on first sight. */
-static int override_index(struct cbd_config *cfg, const char *name, int prefix, size_t *out)
+static bool is_blank(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+/* s without its leading and trailing blanks (cut in place). */
+static char *trim(char *s)
+{
+    while (is_blank(*s))
+        s++;
+    size_t n = strlen(s);
+    while (n > 0 && is_blank(s[n - 1]))
+        s[--n] = '\0';
+    return s;
+}
+
+/* Edits (insertions, deletions, substitutions) that turn a into b, '-'
+ * matching '_' as in option names, or limit + 1 once it is surely more
+ * than limit; b is shorter than 64 bytes. */
+static size_t edit_distance(const char *a, const char *b, size_t limit)
+{
+    size_t lb = strlen(b), row[64];
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = j;
+    for (size_t i = 1; a[i - 1] != '\0'; i++) {
+        size_t diag = row[0], row_min;
+        row_min = row[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t up = row[j], same = a[i - 1] == b[j - 1] || (a[i - 1] == '-' && b[j - 1] == '_');
+            size_t best = diag + !same;
+            best = up + 1 < best ? up + 1 : best;
+            row[j] = row[j - 1] + 1 < best ? row[j - 1] + 1 : best;
+            row_min = row[j] < row_min ? row[j] : row_min;
+            diag = up;
+        }
+        if (row_min > limit) /* no later row goes below this one's minimum */
+            return limit + 1;
+    }
+    return row[lb];
+}
+
+/* The one of names[0..n) that word is a likely typo of (1 edit, 2 for
+ * names of 6 bytes or more), or NULL. A name whose length differs by more
+ * than that cannot be one. */
+static const char *closest(const char *word, const char *const *names, size_t n)
+{
+    const char *best = NULL;
+    size_t best_edits = SIZE_MAX, len = strlen(word);
+    for (size_t i = 0; i < n; i++) {
+        size_t other = strlen(names[i]), limit = other >= 6 ? 2 : 1;
+        size_t edits = other < 64 && other + limit >= len && len + limit >= other
+                           ? edit_distance(word, names[i], limit)
+                           : SIZE_MAX;
+        if (edits <= limit && edits < best_edits) {
+            best = names[i];
+            best_edits = edits;
+        }
+    }
+    return best;
+}
+
+/* The override for [circuit "name"] / [prefix "name"], made on first sight
+ * at line: 0 (new), 1 (seen before: *out is the first one), or -ENOMEM. */
+static int override_index(struct cbd_config *cfg, const char *name, int prefix, int line, size_t *out)
 {
     for (size_t i = 0; i < cfg->noverrides; i++) {
         if (cfg->overrides[i].prefix == prefix && strcmp(cfg->overrides[i].name, name) == 0) {
-            *out = i; /* a section given twice: one section, fields merged */
-            return 0;
+            *out = i;
+            return 1;
         }
     }
     struct cbd_override *p = realloc(cfg->overrides, (cfg->noverrides + 1) * sizeof *p);
@@ -489,17 +624,22 @@ static int override_index(struct cbd_config *cfg, const char *name, int prefix, 
     if ((p[cfg->noverrides].name = strdup(name)) == NULL)
         return -ENOMEM;
     p[cfg->noverrides].prefix = prefix;
+    p[cfg->noverrides].line = line;
     *out = cfg->noverrides++;
     return 0;
 }
 
-/* [circuit "NAME"] or [prefix "PFX"]: 0, or -EINVAL with why. */
+/* [circuit "NAME"] or [prefix "PFX"] (text: what the brackets hold): 0;
+ * -EEXIST when given before, -EINVAL when malformed (why says both);
+ * -ENOENT when it is neither. */
 static int circuit_section(struct parse_ctx *px, const char *text, char *why, size_t whysize)
 {
-    int prefix = strncmp(text, "prefix ", 7) == 0;
-    if (!prefix && strncmp(text, "circuit ", 8) != 0)
+    int prefix = strncmp(text, "prefix", 6) == 0 && is_blank(text[6]);
+    if (!prefix && !(strncmp(text, "circuit", 7) == 0 && is_blank(text[7])))
         return -ENOENT;
-    const char *q = text + (prefix ? 7 : 8);
+    const char *q = text + (prefix ? 6 : 7);
+    while (is_blank(*q))
+        q++;
     size_t len = strlen(q);
     char name[CB_NAME_MAX + 1];
     if (len < 2 || q[0] != '"' || q[len - 1] != '"' || len - 2 > CB_NAME_MAX) {
@@ -513,122 +653,251 @@ static int circuit_section(struct parse_ctx *px, const char *text, char *why, si
                  name, prefix ? "name prefix" : "name", CB_NAME_MAX);
         return -EINVAL;
     }
-    if (override_index(px->cfg, name, prefix, &px->ovr) < 0) {
+    int rc = override_index(px->cfg, name, prefix, px->line, &px->ovr);
+    if (rc < 0) {
         snprintf(why, whysize, "out of memory");
         return -EINVAL;
+    }
+    if (rc > 0) {
+        snprintf(why, whysize, "given twice (first at line %d; expected each section once: merge them)",
+                 px->cfg->overrides[px->ovr].line);
+        return -EEXIST;
     }
     return 0;
 }
 
-/* A header line as libinih will see it: sets px->sec for the lines below. */
-static void on_section(struct parse_ctx *px, const char *start)
+/* "unknown section (did you mean [daemon]? expected ...)" for text. */
+static void unknown_section(const char *text, char *why, size_t size)
 {
-    const char *end = strchr(start, ']');
-    char text[256], why[512];
-    if (end == NULL || (size_t)(end - start) >= sizeof text) {
-        px->sec = SEC_BAD; /* libinih reports the syntax error */
+    static const char *const headers[] = {"daemon", "defaults", "hooks", "circuit", "prefix"};
+    char word[64];
+    size_t len = strcspn(text, " \t");
+    snprintf(word, sizeof word, "%.*s", (int)(len < sizeof word ? len : sizeof word - 1), text);
+    const char *near = len < sizeof word ? closest(word, headers, sizeof headers / sizeof headers[0]) : NULL;
+    size_t n = (size_t)snprintf(why, size, "unknown section (");
+    if (near != NULL && n < size)
+        n += (size_t)snprintf(why + n, size - n, "did you mean [%s%.140s]? ", near, text + len);
+    if (n < size)
+        snprintf(why + n, size - n, "expected [daemon], [defaults], [hooks], [circuit \"NAME\"] or "
+                                    "[prefix \"PREFIX\"])");
+}
+
+/* A header line (start: its '['): sets px->sec for the lines below. */
+static void on_section(struct parse_ctx *px, char *start)
+{
+    char why[512] = "";
+    char *end = strchr(start, ']');
+    px->sec = SEC_BAD; /* unless it is fine: its options are skipped, one error is enough */
+    if (end == NULL) {
+        report(px, "section header '%.64s' has no ']' (expected [daemon], [defaults], [hooks], [circuit \"NAME\"] "
+                   "or [prefix \"PREFIX\"])", start);
         return;
     }
-    snprintf(text, sizeof text, "%.*s", (int)(end - start - 1), start + 1);
+    *end = '\0';
+    char *text = trim(start + 1), *after = end + 1;
+    while (is_blank(*after))
+        after++;
+    if (*after != '\0' && *after != ';' && *after != '#') {
+        report(px, "section [%.140s]: '%.64s' after ']' (expected nothing, or a ';' comment)", text, after);
+        return;
+    }
     for (int s = SEC_DAEMON; s <= SEC_HOOKS; s++) {
         if (strcmp(text, section_names[s]) == 0) {
             px->sec = (enum opt_section)s;
+            if (px->section_line[s] != 0)
+                report(px, "section [%s]: given twice (first at line %d; expected each section once: merge them)",
+                       text, px->section_line[s]);
+            else
+                px->section_line[s] = px->line;
             return;
         }
     }
     int rc = circuit_section(px, text, why, sizeof why);
-    if (rc == 0) {
-        px->sec = SEC_CIRCUIT;
+    if (rc == 0 || rc == -EEXIST)
+        px->sec = SEC_CIRCUIT; /* a repeated one is still read: its lines get their own errors */
+    if (rc == -ENOENT && next_error_shown(px))
+        unknown_section(text, why, sizeof why);
+    if (rc != 0)
+        report(px, "section [%.140s]: %s", text, why);
+}
+
+/* "[daemon]", or the header of the [circuit]/[prefix] being read. */
+static void section_title(const struct parse_ctx *px, char *buf, size_t size)
+{
+    if (px->sec != SEC_CIRCUIT) {
+        snprintf(buf, size, "[%s]", section_names[px->sec]);
         return;
     }
-    px->sec = SEC_BAD;
-    if (rc == -ENOENT)
-        snprintf(why, sizeof why, "unknown section (expected [daemon], [defaults], [hooks], [circuit \"NAME\"] "
-                                  "or [prefix \"PREFIX\"])");
-    report(px, "section [%s]: %s", text, why);
+    const struct cbd_override *o = &px->cfg->overrides[px->ovr];
+    snprintf(buf, size, "[%s \"%s\"]", o->prefix ? "prefix" : "circuit", o->name);
 }
 
-/* libinih's line reader: fgets that numbers lines, follows section headers
- * and refuses lines that do not fit libinih's buffer. */
-static char *read_line(char *str, int num, void *stream)
+/* An option this section does not have: elsewhere, or a typo? */
+static void misplaced(struct parse_ctx *px, const char *name)
 {
-    struct parse_ctx *px = stream;
-    px->line = px->next_line;
-    char *r = fgets(str, num, px->file);
-    if (r == NULL)
-        return NULL;
-    px->next_line++;
-    if (strchr(r, '\n') == NULL) {
-        int c = fgetc(px->file);
-        if (c != EOF && c != '\n') { /* longer than libinih's buffer: skip the rest */
-            while (c != EOF && c != '\n')
-                c = fgetc(px->file);
-            report(px, "line is longer than %d bytes (for a longer hook, run a script)", num - 2);
-            snprintf(str, (size_t)num, ";\n"); /* a comment to libinih */
-            return str;
+    const char *names[N_OPTIONS];
+    char title[CB_NAME_MAX + 16];
+    size_t n = 0;
+    int k = find_option(name, strlen(name));
+    if (k >= 0) {
+        const struct option_def *o = &options[k];
+        if (o->section == SEC_CIRCUIT || o->per_circuit)
+            report(px, "option '%s': belongs in section %s[circuit \"NAME\"] or [prefix \"PREFIX\"]", name,
+                   o->per_circuit ? "[defaults], " : "");
+        else
+            report(px, "option '%s': belongs in section [%s]", name, section_names[o->section]);
+        return;
+    }
+    for (size_t i = 0; i < N_OPTIONS; i++) {
+        if (options[i].section == px->sec || (px->sec == SEC_CIRCUIT && options[i].per_circuit))
+            names[n++] = options[i].name;
+    }
+    const char *near = next_error_shown(px) ? closest(name, names, n) : NULL;
+    section_title(px, title, sizeof title);
+    report(px, "option '%.64s': unknown in section %s (%s%s%ssee cbd --help-config)", name, title,
+           near ? "did you mean '" : "", near ? near : "", near ? "'? " : "");
+}
+
+/* The value before an inline comment: a ';' after a blank starts one. */
+static char *cut_comment(char *v)
+{
+    for (char *p = v; *p != '\0'; p++) {
+        if (*p == ';' && p > v && is_blank(p[-1])) {
+            *p = '\0';
+            break;
         }
     }
-    const char *p = str + (px->line == 1 && strncmp(str, "\xEF\xBB\xBF", 3) == 0 ? 3 : 0);
-    const char *start = p + strspn(p, " \t\r\n");
-    /* libinih: an indented line after a value continues that value. */
-    if (*start == '[' && (start == p || !px->seen_value)) {
-        px->seen_value = 0;
-        on_section(px, start);
-    }
-    return str;
+    return v;
 }
 
-static int on_ini_value(void *user, const char *section, const char *name, const char *value)
+/* A "name = value" line (start: its first non-blank byte). */
+static void on_assignment(struct parse_ctx *px, char *start)
 {
-    struct parse_ctx *px = user;
-    (void)section; /* truncated by libinih: read_line followed the header */
-    px->seen_value = 1;
+    char *eq = strchr(start, '=');
+    if (eq == NULL) {
+        size_t word = strcspn(start, " \t");
+        if (find_option(start, word) >= 0)
+            report(px, "option '%.*s': no '=' after the name (expected '%.*s = VALUE')", (int)word, start, (int)word,
+                   start);
+        else
+            report(px, "'%.64s' has no '=' (expected 'name = value', a [section] or a ';' comment)", start);
+        return;
+    }
+    *eq = '\0';
+    char *name = trim(start), *value = trim(cut_comment(eq + 1));
+    if (name[0] == '\0') {
+        report(px, "'= %.64s' has no option name (expected 'name = value')", value);
+        return;
+    }
     if (px->sec == SEC_BAD)
-        return 1; /* its header was reported */
+        return; /* its header was reported */
     if (px->sec == SEC_NONE) {
-        report(px, "option '%s': comes before any section (expected a [section] line above it)", name);
-        return 1;
+        report(px, "option '%.64s': comes before any section (expected a [section] line above it)", name);
+        return;
     }
     int i = find_in_section(px->sec, name);
-    if (i >= 0) {
-        apply(px, i, value);
-        return 1; /* keep going: every error is reported */
-    }
-    for (size_t k = 0; k < N_OPTIONS; k++) {
-        if (same_name(name, strlen(name), options[k].name)) {
-            report(px, "option '%s': belongs in section [%s]%s", name, section_names[options[k].section],
-                   options[k].per_circuit ? ", [circuit \"NAME\"] or [prefix \"PREFIX\"]" : "");
-            return 1;
-        }
-    }
-    report(px, "option '%s': unknown option in this section (see cbd --help-config)", name);
-    return 1;
+    if (i >= 0)
+        apply(px, i, value); /* and keep going: every error is reported */
+    else
+        misplaced(px, name);
 }
 
-static void parse_file(struct parse_ctx *px, const char *path)
+/* "option 'x': " when s[0..len) starts as an assignment to a plausible x. */
+static void line_subject(const char *s, size_t len, char *buf, size_t size)
 {
-    px->file = fopen(path, "r");
-    px->where = path;
-    px->line = 0;
-    if (px->file == NULL) {
-        report(px, "cannot open configuration file: %s", strerror(errno));
+    const char *a = s, *b = memchr(s, '=', len);
+    buf[0] = '\0';
+    if (b == NULL)
+        return;
+    while (a < b && is_blank(*a))
+        a++;
+    while (b > a && is_blank(b[-1]))
+        b--;
+    if (b == a || b - a > 64)
+        return;
+    for (const char *p = a; p < b; p++) {
+        if (!isalnum((unsigned char)*p) && *p != '_' && *p != '-')
+            return;
+    }
+    snprintf(buf, size, "option '%.*s': ", (int)(b - a), a);
+}
+
+/* One line (s[0..n), without its '\n'), numbered px->line. */
+static void parse_line(struct parse_ctx *px, const char *s, size_t n)
+{
+    char line[CBD_CONFIG_LINE_MAX + 1], subject[96];
+    if (n > 0 && s[n - 1] == '\r')
+        n--; /* CRLF line ends */
+    if (n > CBD_CONFIG_LINE_MAX) {
+        line_subject(s, n, subject, sizeof subject);
+        report(px, "%sline is %zu bytes (expected at most %d; for a longer hook, run a script)", subject, n,
+               CBD_CONFIG_LINE_MAX);
         return;
     }
-    px->next_line = 1;
-    px->sec = SEC_NONE;
-    px->seen_value = 0;
-    int rc = ini_parse_stream(read_line, px, on_ini_value, px);
-    if (rc > 0) {
-        px->line = rc;
-        report(px, "syntax error (expected 'name = value', '[section]' or a ';' comment)");
-    } else if (rc < 0) {
-        px->line = 0;
-        report(px, "cannot parse configuration file: out of memory");
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f) {
+            line_subject(s, i, subject, sizeof subject);
+            report(px, "%scontrol byte 0x%02x%s at column %zu (expected text: tab is the only control character "
+                       "allowed)", subject, c, c == 0 ? " (NUL)" : c == '\r' ? " (carriage return)" : "", i + 1);
+            return;
+        }
     }
-    fclose(px->file);
+    memcpy(line, s, n);
+    line[n] = '\0';
+    char *start = trim(line);
+    if (start[0] == '\0' || start[0] == ';' || start[0] == '#')
+        return;
+    if (start[0] == '[')
+        on_section(px, start);
+    else
+        on_assignment(px, start);
+}
+
+/* The file's bytes, line by line; lines end with '\n' (a '\r' before it is dropped). */
+static void parse_text(struct parse_ctx *px, const char *text, size_t len)
+{
+    size_t pos = len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0 ? 3 : 0; /* a UTF-8 byte order mark */
+    px->sec = SEC_NONE;
+    for (px->line = 1; pos < len; px->line++) {
+        const char *nl = memchr(text + pos, '\n', len - pos);
+        size_t n = nl != NULL ? (size_t)(nl - (text + pos)) : len - pos;
+        parse_line(px, text + pos, n);
+        pos += n + 1;
+    }
     px->line = 0;
     px->sec = SEC_DAEMON; /* the command line names no section */
-    px->where = "command line";
+}
+
+/* The whole file at path (at most one byte more than CBD_CONFIG_FILE_MAX,
+ * so a larger one shows): 0 with *text (malloc'd) and *len, or -errno. */
+static int read_file(const char *path, char **text, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return -errno;
+    size_t cap = 4096, used = 0, n;
+    char *buf = malloc(cap);
+    while (buf != NULL && used <= CBD_CONFIG_FILE_MAX && (n = fread(buf + used, 1, cap - used, f)) > 0) {
+        used += n;
+        if (used == cap) {
+            char *p = realloc(buf, cap *= 2);
+            if (p == NULL)
+                free(buf);
+            buf = p;
+        }
+    }
+    int err = ferror(f) ? (errno != 0 ? errno : EIO) : 0;
+    fclose(f);
+    if (buf == NULL)
+        return -ENOMEM;
+    if (err != 0) {
+        free(buf);
+        return -err;
+    }
+    *text = buf;
+    *len = used;
+    return 0;
 }
 
 /* ---- help: --help (terse) and --help-config (Markdown) -------------------- */
@@ -706,12 +975,22 @@ static const char md_intro[] =
     "`cbd --check-config FILE` (or `cbctl check-config FILE`) validates a file together with any options\n"
     "given beside it: it prints `ok` and exits 0, or prints every error and exits 2.\n\n"
     "## File format\n\n"
-    "- `[section]` lines, then `name = value` lines. Lines starting with `;` or `#` are comments, and so is\n"
-    "  everything after ` ;` (a space, then a semicolon) in a value: a hook needing `;` runs a script.\n"
-    "- A line holds at most 198 bytes; a longer one is refused, not split.\n"
-    "- A repeatable option (`command`, `hook`) may be given on several lines, each one value, kept in\n"
-    "  order; a section given twice is one section. Other options given twice keep the last value.\n"
-    "- Every error is reported, each as `FILE:LINE: option 'x': what is wrong (expected ...)`.\n\n"
+    "- `[section]` lines, then `name = value` lines; blanks around names, values and section names do not\n"
+    "  count. Lines starting with `;` or `#` are comments, and so is everything after ` ;` (a blank, then a\n"
+    "  semicolon) in a value: a hook needing `;` runs a script.\n"
+    "- A line holds at most 4096 bytes (a longer one is refused, not split) and no control character but\n"
+    "  tab (CRLF line ends are fine); the file holds at most 1 MiB.\n"
+    "- Numbers are decimal digits only: no sign and no unit (the unit is in the option's name). Modes are\n"
+    "  octal, as for chmod (`0660`).\n"
+    "- Each section is given once: a second `[daemon]` or `[circuit \"x\"]` is an error (merge them).\n"
+    "  A repeatable option (`command`, `hook`) may be given on several lines, each one value, kept in\n"
+    "  order. Other options given twice keep the last value.\n"
+    "- Every error is reported, each as `FILE:LINE: option 'x': what is wrong (expected ...)` (past 100,\n"
+    "  they are counted). Rules between options are checked on the values cbd would run with, with the\n"
+    "  line of the value that breaks them: `stale_limit_ms` is at least 2 x `heartbeat_ms`,\n"
+    "  `admin_reserved_connections` is below `max_connections`. The store's backend checks its URI as it\n"
+    "  would at the start. `--check-config`, the start and a reload run the same checks: a file that\n"
+    "  passes the check is one cbd takes.\n\n"
     "## Which policy a circuit gets\n\n"
     "Each of the five policy fields comes from the first of: the circuit's section in this file, the\n"
     "config the worker registered the circuit with (`cb_circuit_get`), `[defaults]`. The circuit's section\n"
@@ -761,8 +1040,8 @@ static void print_md_section(enum opt_section sec)
 {
     static const char *const titles[] = {
         "## [daemon]\n\n",
-        "## [defaults]\n\nThe policy of every circuit, under what workers and per-circuit sections say. Each\n"
-        "option here may also be given in `[circuit \"NAME\"]` and `[prefix \"PREFIX\"]`.\n\n",
+        ("## [defaults]\n\nThe policy of every circuit, under what workers and per-circuit sections say. Each\n"
+         "option here may also be given in `[circuit \"NAME\"]` and `[prefix \"PREFIX\"]`.\n\n"),
         "## [hooks]\n\n",
         "## [circuit \"NAME\"] and [prefix \"PREFIX\"]\n\nAny of the five `[defaults]` options, and:\n\n",
     };
@@ -795,24 +1074,24 @@ static void print_help_config(void)
 /* ---- defaults, derived values ---------------------------------------------- */
 
 /* The instance-dependent defaults, once the instance is known. */
-static void finish(struct parse_ctx *px)
+static void derive(struct parse_ctx *px)
 {
     struct cbd_config *cfg = px->cfg;
     const char *env = getenv("CB_INSTANCE");
     int instance = find_cli("instance", 8);
     unsigned gid;
     px->where = "environment";
-    if (!px->set[instance] && env != NULL && env[0] != '\0') {
+    if (px->given[instance].where == NULL && env != NULL && env[0] != '\0') {
         char why[256];
         if (set_value(&options[instance], cfg->instance, env, why, sizeof why) != NULL)
             report(px, "CB_INSTANCE: %s", why);
     }
-    if (!px->set[find_cli("socket", 6)])
+    if (px->given[find_cli("socket", 6)].where == NULL)
         snprintf(cfg->socket, sizeof cfg->socket, "/run/cbd/%s.sock", cfg->instance);
-    if (!px->set[find_cli("admin_group", 11)])
+    if (px->given[find_cli("admin_group", 11)].where == NULL)
         snprintf(cfg->admin_group, sizeof cfg->admin_group, "%s",
                  cbd_config_gid("cbd-admin", &gid) == 0 ? "cbd-admin" : "");
-    if (!px->set[find_cli("store", 5)]) {
+    if (px->given[find_cli("store", 5)].where == NULL) {
         char dir[CBD_STORE_URI_MAX] = "/var/lib/cbd";
         const char *sd = getenv("STATE_DIRECTORY"); /* systemd: colon-separated, first is ours */
         if (sd != NULL && sd[0] == '/')
@@ -822,14 +1101,42 @@ static void finish(struct parse_ctx *px)
             report(px, "STATE_DIRECTORY: path too long for the store URI (at most %d bytes)",
                    CBD_STORE_URI_MAX - 64);
     }
-    px->where = "configuration";
+    px->where = "command line";
+}
+
+/* Rules between options, judged on the values the daemon would run with,
+ * each reported where the value that breaks it was given. An option whose
+ * own value was refused is left out: its error is reported already. */
+static void check_rules(struct parse_ctx *px)
+{
+    const struct cbd_config *cfg = px->cfg;
+    int heartbeat = find_cli("heartbeat_ms", 12), stale = find_cli("stale_limit_ms", 14);
+    int max_conn = find_cli("max_connections", 15), reserved = find_cli("admin_reserved_connections", 26);
     const char *field;
-    if (cb__config_check(&cfg->defaults, &field) < 0) /* field: "name (bounds)" */
-        report(px, "option '%.*s': out of range (expected %s)", (int)strcspn(field, " "), field,
-               field + strcspn(field, " ") + 1);
-    if (cfg->stale_limit_ms < 2 * cfg->heartbeat_ms)
-        report(px, "option 'stale_limit_ms': %u is below 2 x heartbeat_ms (%u) (expected at least %u, or a "
-                   "shorter heartbeat_ms)", cfg->stale_limit_ms, cfg->heartbeat_ms, 2 * cfg->heartbeat_ms);
+    if (cb__config_check(&cfg->defaults, &field) < 0) { /* field: "name (bounds)" */
+        size_t len = strcspn(field, " ");
+        int i = find_cli(field, len);
+        if (i >= 0)
+            report_at(px, i, "option '%.*s': out of range (expected %s)", (int)len, field, field + len + 1);
+        else
+            report(px, "circuit defaults: %s out of range", field);
+    }
+    if (!px->refused[heartbeat] && !px->refused[stale] && cfg->stale_limit_ms < 2 * cfg->heartbeat_ms) {
+        if (px->given[stale].where != NULL)
+            report_at(px, stale, "option 'stale_limit_ms': %u is below 2 x heartbeat_ms (%u) (expected at least %u, "
+                                 "or a shorter heartbeat_ms)", cfg->stale_limit_ms, cfg->heartbeat_ms,
+                      2 * cfg->heartbeat_ms);
+        else
+            report_at(px, heartbeat, "option 'heartbeat_ms': %u is more than half of stale_limit_ms (%u) (expected "
+                                     "at most %u, or a longer stale_limit_ms)", cfg->heartbeat_ms,
+                      cfg->stale_limit_ms, cfg->stale_limit_ms / 2);
+    }
+    if (!px->refused[max_conn] && !px->refused[reserved] &&
+        cfg->admin_reserved_connections >= cfg->max_connections) /* the table's bounds: only if reserved was given */
+        report_at(px, reserved, "option 'admin_reserved_connections': %u leaves none of max_connections (%u) to "
+                                "other users (expected at most %u)", cfg->admin_reserved_connections,
+                  cfg->max_connections, cfg->max_connections - 1);
+    /* max_circuits_per_uid above capacity is fine: the quota is then the capacity. */
 }
 
 static void set_defaults(struct cbd_config *cfg)
@@ -913,39 +1220,76 @@ static void scan_options(struct parse_ctx *px, int argc, char **argv)
     }
 }
 
-/* Everything but pass 1: defaults, file, command line, derived values. */
-static void parse_sources(struct parse_ctx *px, const char *file, int argc, char **argv)
+int cbd_config_load(struct cbd_config *cfg, const char *name, const char *text, size_t len, int argc, char **argv,
+                    cbd_config_report_fn *report_fn, void *arg)
 {
-    struct cbd_config *cfg = px->cfg;
+    struct parse_ctx px = {.cfg = cfg, .where = "command line", .sec = SEC_DAEMON, .report = report_fn,
+                           .report_arg = arg};
     set_defaults(cfg);
-    px->where = "command line";
-    px->sec = SEC_DAEMON;
-    if (file != NULL) {
-        snprintf(cfg->file, sizeof cfg->file, "%s", file);
-        parse_file(px, file);
+    if (name != NULL) {
+        snprintf(cfg->file, sizeof cfg->file, "%s", name);
+        px.where = name;
+        if (len > CBD_CONFIG_FILE_MAX)
+            report(&px, "the file is larger than %d bytes (expected a configuration file)", CBD_CONFIG_FILE_MAX);
+        else
+            parse_text(&px, text, len);
+        px.where = "command line";
     }
-    scan_options(px, argc, argv);
-    if (px->errors == 0)
-        finish(px);
+    scan_options(&px, argc, argv);
+    derive(&px);
+    check_rules(&px);
     cfg->argc = argc;
     cfg->argv = argv;
+    if (px.errors > ERRORS_SHOWN && report_fn != NULL) {
+        char line[CBD_PATH_MAX + 64];
+        snprintf(line, sizeof line, "%s: %d more errors not shown", name ? name : "configuration",
+                 px.errors - ERRORS_SHOWN);
+        report_fn(arg, line);
+    }
+    if (px.errors > 0)
+        cbd_config_free(cfg);
+    return px.errors;
+}
+
+/* cbd_config_load with the file (NULL: none) read from disk. */
+static int load_sources(struct cbd_config *cfg, const char *file, int argc, char **argv,
+                        cbd_config_report_fn *report_fn, void *arg)
+{
+    char *text = NULL;
+    size_t len = 0;
+    int rc = file != NULL ? read_file(file, &text, &len) : 0;
+    if (rc < 0) {
+        char line[CBD_PATH_MAX + 128];
+        snprintf(line, sizeof line, "%s: cannot read the configuration file: %s", file, strerror(-rc));
+        report_fn(arg, line);
+    }
+    int errors = cbd_config_load(cfg, rc < 0 ? NULL : file, text, len, argc, argv, report_fn, arg);
+    free(text);
+    if (rc < 0 && errors++ == 0)
+        cbd_config_free(cfg);
+    return errors;
+}
+
+static void print_error(void *arg, const char *error)
+{
+    (void)arg;
+    fprintf(stderr, "%s\n", error);
 }
 
 enum cbd_config_action cbd_config_parse_args(struct cbd_config *cfg, int argc, char **argv)
 {
-    struct parse_ctx px = {.cfg = cfg, .where = "command line"};
+    struct parse_ctx px = {.cfg = cfg, .where = "command line", .report = print_error};
     int check_only = 0, action = CBD_CONFIG_RUN;
     memset(cfg, 0, sizeof *cfg);
     const char *file = scan_meta(&px, argc, argv, &check_only, &action);
-    if (action == CBD_CONFIG_EXIT_OK && px.errors == 0)
-        return CBD_CONFIG_EXIT_OK;
-    if (px.errors == 0)
-        parse_sources(&px, file, argc, argv);
-    if (px.errors > 0 || check_only)
-        cbd_config_free(cfg);
     if (px.errors > 0)
         return CBD_CONFIG_EXIT_USAGE;
+    if (action == CBD_CONFIG_EXIT_OK)
+        return CBD_CONFIG_EXIT_OK;
+    if (load_sources(cfg, file, argc, argv, print_error, NULL) > 0)
+        return CBD_CONFIG_EXIT_USAGE;
     if (check_only) {
+        cbd_config_free(cfg);
         printf("ok\n");
         return CBD_CONFIG_EXIT_OK;
     }
@@ -975,16 +1319,30 @@ static void keep_fixed(const struct cbd_config *running, struct cbd_config *next
     }
 }
 
+/* A reload's errors: each to the log, the first few into the reply. */
+struct reload_errors {
+    char *buf;
+    size_t size;
+    int n;
+};
+
+static void log_error(void *arg, const char *error)
+{
+    struct reload_errors *e = arg;
+    cbd_log(CBD_LOG_ERROR, "%s", error);
+    if (e->n++ < 3) {
+        size_t used = strlen(e->buf);
+        snprintf(e->buf + used, e->size - used, "%s%s", used ? "; " : "", error);
+    }
+}
+
 int cbd_config_reload(const struct cbd_config *running, struct cbd_config *next, char *err, size_t errsize)
 {
     struct cbd_config tmp;
-    struct parse_ctx px = {.cfg = &tmp, .to_log = 1, .errbuf = err, .errsize = errsize};
+    struct reload_errors e = {.buf = err, .size = errsize};
     err[0] = '\0';
-    parse_sources(&px, running->file[0] ? running->file : NULL, running->argc, running->argv);
-    if (px.errors > 0) {
-        cbd_config_free(&tmp);
+    if (load_sources(&tmp, running->file[0] ? running->file : NULL, running->argc, running->argv, log_error, &e) > 0)
         return -EINVAL;
-    }
     keep_fixed(running, &tmp);
     *next = tmp;
     return 0;

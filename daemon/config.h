@@ -15,6 +15,8 @@
 #define CBD_STORE_URI_MAX 1024
 #define CBD_GROUP_MAX 64
 #define CBD_PATH_MAX 4096
+#define CBD_CONFIG_LINE_MAX 4096      /* bytes of one line of the file, without its line end */
+#define CBD_CONFIG_FILE_MAX (1 << 20) /* bytes of the whole file */
 
 /* A repeatable option's values, in the order given. */
 struct cbd_strlist {
@@ -29,6 +31,7 @@ struct cbd_override {
     unsigned set;             /* bit i: cbd_policy_fields[i] given in cfg */
     cb_config cfg;
     struct cbd_strlist hooks; /* hook = CMD lines */
+    int line;                 /* of its header in the file */
 };
 
 struct cbd_config {
@@ -69,19 +72,40 @@ enum cbd_config_action {
     CBD_CONFIG_EXIT_USAGE /* errors were printed to stderr: exit 2 */
 };
 
+/* Receives one error, the whole line: "FILE:LINE: option 'x': ...". */
+typedef void cbd_config_report_fn(void *arg, const char *error);
+
+/*
+ * cbd_config_load - the one validation of cbd's configuration: what
+ * --check-config, the daemon's start and a reload all run.
+ * Fills *cfg from defaults, the environment, the file whose len bytes are
+ * text (name: the file's name, in messages and cfg->file; NULL: no file)
+ * and the options in argv[1..argc) (-c, --check-config and their values
+ * are skipped); checks every value and every rule between options,
+ * the store URI by its backend; hands each error to report_fn(arg, error)
+ * (NULL: none are handed), the first 100 one by one, then a count.
+ * Returns the number of errors: 0, and the caller owns *cfg
+ * (cbd_config_free), or more, and *cfg holds nothing to free. Prints
+ * nothing, never exits.
+ */
+int cbd_config_load(struct cbd_config *cfg, const char *name, const char *text, size_t len, int argc, char **argv,
+                    cbd_config_report_fn *report_fn, void *arg);
+
 /*
  * Fill *cfg from defaults, the environment ($CB_INSTANCE, $STATE_DIRECTORY),
  * the INI file named by -c, and the command line (in that order of
- * precedence, lowest first). Prints --help/--help-config/--version/
- * --check-config output and every error found (not just the first) itself.
+ * precedence, lowest first) through cbd_config_load. Prints --help/
+ * --help-config/--version/--check-config output and every error found
+ * (not just the first) itself.
  * On CBD_CONFIG_RUN the caller owns *cfg (cbd_config_free).
  */
 enum cbd_config_action cbd_config_parse_args(struct cbd_config *cfg, int argc, char **argv);
 
 /*
- * Reads the sources of *running again (same command line, same file) into
- * *next. Every error is logged as "FILE:LINE: option 'x': ..."; then the
- * result is -EINVAL, *next is untouched and err holds the first error(s).
+ * Reads the sources of *running again (same command line, same file)
+ * through cbd_config_load into *next. Every error is logged as
+ * "FILE:LINE: option 'x': ..."; then the result is -EINVAL, *next is
+ * untouched and err holds the first error(s).
  * On 0, options a reload cannot change keep their running values (each
  * one that differs is logged as a warning) and the caller owns *next.
  */

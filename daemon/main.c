@@ -3,7 +3,10 @@
  *
  * Exit codes: 0 clean stop (SIGTERM/SIGINT, --help, --version, a passing
  * --check-config), 1 a runtime failure (logged), 2 a usage or
- * configuration error (printed).
+ * configuration error (printed). The configuration is validated whole
+ * before anything is created - the same validation --check-config runs
+ * (cbd_config_load) - so a start refused for its configuration leaves no
+ * segment, socket or state file behind.
  */
 #include <stdlib.h>
 

@@ -6,7 +6,11 @@
  * stays in the table with NULL ops, so the operator reads "not available in
  * this cbd" rather than "unknown store" for a correctly spelt URI. Schemes
  * compare case-insensitively (RFC 3986); what follows the prefix is the
- * backend's to parse in its create(). Messages quote a URI that may carry a
+ * backend's to parse, in its create() and, without side effects, in its
+ * check_uri(), which cbd_store_uri_error() asks: so the configuration check
+ * (cbd --check-config, the start, a reload) refuses every URI the store
+ * would refuse, with the store's own reason. A backend without check_uri
+ * is checked for its scheme only. Messages quote a URI that may carry a
  * password (user:password@host) only up to its scheme: they end up in logs.
  */
 #include "store.h"
@@ -73,10 +77,15 @@ const char *cbd_store_uri_error(const char *uri, char *buf, size_t size)
 {
     const struct backend *b = backend_of(uri);
     const char *more;
-    char forms[256];
+    char forms[256], why[512];
 
-    if (b != NULL && b->ops != NULL)
-        return NULL;
+    if (b != NULL && b->ops != NULL) {
+        if (b->ops->check_uri == NULL || b->ops->check_uri(uri, why, sizeof why) == 0)
+            return NULL;
+        int n = quotable(uri, &more);
+        snprintf(buf, size, "store '%.*s%s': %s", n, uri, more, why);
+        return buf;
+    }
     expected_forms(forms, sizeof forms);
     if (uri == NULL || uri[0] == '\0') {
         snprintf(buf, size, "no store given (expected %s)", forms);

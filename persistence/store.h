@@ -126,10 +126,12 @@ struct cbd_store_ops {
 const struct cbd_store_ops *cbd_store_find(const char *uri);
 
 /*
- * cbd_store_uri_error - why cbd_store_find(uri) found no backend.
- * Returns NULL when uri names a backend this cbd has; else writes a message
- * such as "unknown store 'foo://x' (expected local:PATH)" into buf (size
- * bytes, always NUL terminated) and returns buf. uri may be NULL.
+ * cbd_store_uri_error - why uri is no store this cbd can create: no backend
+ * for its scheme, or its backend's check_uri refuses it.
+ * Returns NULL when uri names a backend this cbd has and that backend
+ * accepts it; else writes a message such as "unknown store 'foo://x'
+ * (expected local:PATH)" into buf (size bytes, always NUL terminated) and
+ * returns buf. uri may be NULL.
  */
 const char *cbd_store_uri_error(const char *uri, char *buf, size_t size);
 

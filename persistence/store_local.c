@@ -3,7 +3,9 @@
  * instance, so registrations and open circuits survive a daemon restart and
  * a host reboot with no external service.
  *
- * URI "local:PATH", PATH absolute. The file:
+ * URI "local:PATH", PATH absolute and naming a file; uri_path() is the one
+ * parser of it, so check_uri() (cbd --check-config) accepts exactly what
+ * create() accepts. The file:
  *
  *   {"format":"cbd-state","version":1,"written_at":<epoch s>,"circuits":[
  *   {"name":"payments","state":"OPEN","failure_count":5,"opened_at":1764240000,
@@ -902,45 +904,67 @@ static void local_close(struct cbd_store *s, void (*done)(void *arg), void *arg)
     close_step(s);
 }
 
-/* Split "local:PATH" into the paths the store uses; a static message on error. */
-static const char *parse_uri(struct cbd_store *s, const char *uri)
+#define LOCAL_PATH_MAX (PATH_MAX - PATH_ROOM - 1) /* bytes of PATH that fit path[] */
+#define LOCAL_EXAMPLE "local:/var/lib/cbd/default.state"
+
+/* The one parser of a local store URI, for create() and check_uri() alike:
+ * PATH of "local:PATH" if create() accepts it, else NULL with a static
+ * message (what is wrong, expected what) in *err. */
+static const char *uri_path(const char *uri, const char **err)
 {
+    if (strncasecmp(uri, "local:", strlen("local:")) != 0) {
+        *err = "not a local store URI (expected local:PATH)";
+        return NULL;
+    }
     const char *path = uri + strlen("local:");
     size_t len = strlen(path);
     if (path[0] == '\0')
-        return "the local store needs a file: local:/var/lib/cbd/default.state";
-    if (path[0] != '/')
-        return "the local store's path must be absolute, e.g. local:/var/lib/cbd/default.state";
-    if (path[len - 1] == '/')
-        return "the local store's path names a directory; name a file, e.g. local:/var/lib/cbd/default.state";
-    if (len >= sizeof s->path)
-        return "the local store's path is too long";
+        *err = "the local store needs a file (expected local:/ABSOLUTE/PATH, e.g. " LOCAL_EXAMPLE ")";
+    else if (path[0] != '/')
+        *err = "the local store's path must be absolute (expected local:/ABSOLUTE/PATH, e.g. " LOCAL_EXAMPLE ")";
+    else if (path[len - 1] == '/')
+        *err = "the local store's path names a directory (expected a file in it, e.g. " LOCAL_EXAMPLE ")";
+    else if (len > LOCAL_PATH_MAX)
+        *err = "the local store's path is too long (expected at most 4031 bytes)";
+    else
+        return path;
+    return NULL;
+}
+_Static_assert(LOCAL_PATH_MAX == 4031, "the message above says 4031");
+
+static int local_check_uri(const char *uri, char *why, size_t size)
+{
+    const char *err = NULL;
+    if (uri_path(uri, &err) != NULL)
+        return 0;
+    snprintf(why, size, "%s", err);
+    return -EINVAL;
+}
+
+/* The paths the store uses, from an accepted PATH. */
+static void set_paths(struct cbd_store *s, const char *path)
+{
+    size_t len = strlen(path);
     memcpy(s->path, path, len + 1);
     snprintf(s->tmp_path, sizeof s->tmp_path, "%s.tmp.%ld", path, (long)getpid());
     size_t dir_len = (size_t)(strrchr(path, '/') - path);
     memcpy(s->dir_path, path, dir_len ? dir_len : 1);
     s->base_name = s->path + dir_len + 1;
-    return NULL;
 }
 
 static int local_create(struct cbd_store **out, const char *uri, const struct cbd_store_hooks *hooks,
                         const char **err)
 {
-    if (strncasecmp(uri, "local:", strlen("local:")) != 0) {
-        *err = "not a local store URI (expected local:PATH)";
+    const char *path = uri_path(uri, err);
+    if (path == NULL)
         return -EINVAL;
-    }
     struct cbd_store *s = calloc(1, sizeof *s);
     if (s == NULL || (s->index = calloc(INDEX_MIN, sizeof *s->index)) == NULL) {
         free(s);
         *err = "out of memory";
         return -ENOMEM;
     }
-    if ((*err = parse_uri(s, uri)) != NULL) {
-        model_free(s);
-        free(s);
-        return -EINVAL;
-    }
+    set_paths(s, path);
     s->hooks = *hooks;
     s->index_mask = INDEX_MIN - 1;
     s->online = true;
@@ -956,6 +980,7 @@ static int local_create(struct cbd_store **out, const char *uri, const struct cb
 const struct cbd_store_ops cbd_store_local_ops = {
     .scheme = "local",
     .create = local_create,
+    .check_uri = local_check_uri,
     .restore = local_restore,
     .track = local_track,
     .untrack = local_untrack,

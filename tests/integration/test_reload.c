@@ -2,8 +2,9 @@
  * test_reload.c - the configuration file and reload: per-circuit sections,
  * SIGHUP and `cbctl reload` applying a new file to running circuits, a
  * broken file refused with FILE:LINE: option in the log and the reply while
- * the old configuration stays, restart-only options kept with a warning,
- * --check-config, and docs/configuration.md agreeing with --help-config.
+ * the old configuration stays, the same errors as --check-config finds,
+ * restart-only options kept with a warning, --check-config, and
+ * docs/configuration.md agreeing with --help-config.
  */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
@@ -133,6 +134,34 @@ Test(reload, a_broken_file_is_refused_and_the_running_config_stays)
     cr_assert_eq(tsup_record_n(c, CB_FAILURE, 2), 2);
     usleep(100 * 1000);
     cr_assert_eq(tsup_info(c).state, CB_CLOSED, "the refused threshold took effect");
+}
+
+/* A reload runs the check `cbd --check-config` runs: the same errors, each
+ * logged once, even for a restart-only option (the store) whose new value
+ * would never be applied. */
+Test(reload, a_reload_refuses_what_check_config_refuses_with_the_same_lines)
+{
+    start("[defaults]\nfailure_threshold = 4\n");
+    cb_circuit *c = tsup_circuit(cl, "z", NULL);
+    write_conf("[daemon]\nstore = local:relative.state\nheartbeat_ms = 100\nstale_limit_ms = 150\n"
+               "[defaults]\nfailure_threshold = 2\n");
+    char *out;
+    char *argv[] = {(char *)tsup_cbd_path(), "--check-config", conf, NULL};
+    cr_assert_eq(tsup_run(argv, &out, true), 2, "%s", out);
+    struct tsup_reply r;
+    cr_assert_eq(tsup_ctl_op(&d, "reload", &r), 1);
+    cr_assert_eq(tsup_reply_error(&r), -EINVAL);
+    char msg[1024];
+    cr_assert_eq(cb__mp_get_str(r.map, "message", msg, sizeof msg), 0);
+    tsup_reply_free(&r);
+    int lines = 0;
+    for (char *line = strtok(out, "\n"); line != NULL; line = strtok(NULL, "\n"), lines++) {
+        cr_expect_eq(tsup_log_count(&d, line), 1, "the reload did not log \"%s\" once", line);
+        cr_expect_not_null(strstr(msg, line), "the reply \"%s\" lacks \"%s\"", msg, line);
+    }
+    cr_assert_eq(lines, 2, "--check-config found %d errors", lines);
+    free(out);
+    cr_assert_eq(threshold(c), 4, "a refused file changed the policy");
 }
 
 Test(reload, a_restart_only_option_keeps_its_value_with_a_warning)
