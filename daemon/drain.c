@@ -109,11 +109,19 @@ static void drain_lane(struct cbd *d, uint32_t lane_no, uint64_t owner, const st
     uint64_t head = atomic_load_explicit(&lane->head, memory_order_relaxed); /* we are its only writer */
     if (tail == head)
         return;
+    if (tail < head) {
+        /* Garbage: positions only grow. The head stays where it is - moving
+         * it back would hand positions the records' checkpoints already
+         * name to the lane's next owner (reclaim resets the tail instead). */
+        d->drain.lane_overruns++;
+        cbd_log(CBD_LOG_DEBUG, "lane %u (owner pid %u): tail %llu is behind head %llu: ignored", lane_no,
+                (uint32_t)(owner >> 32), (unsigned long long)tail, (unsigned long long)head);
+        return;
+    }
     if (tail - head > cap) {
         d->drain.lane_overruns++;
-        cbd_log(CBD_LOG_DEBUG, "lane %u (owner pid %u): tail %llu is %s head %llu: skipped", lane_no,
-                (uint32_t)(owner >> 32), (unsigned long long)tail, tail > head ? "a lane ahead of" : "behind",
-                (unsigned long long)head);
+        cbd_log(CBD_LOG_DEBUG, "lane %u (owner pid %u): tail %llu is a lane ahead of head %llu: skipped", lane_no,
+                (uint32_t)(owner >> 32), (unsigned long long)tail, (unsigned long long)head);
     } else {
         const struct cb_lane_event *events = CB_LANES_EVENTS(lane);
         for (uint64_t pos = head; pos != tail; pos++) {
@@ -190,6 +198,11 @@ static void reclaim(uv_timer_t *t)
         if (why == NULL)
             continue;
         drain_lane(d, i, owner, &now);
+        /* A tail left behind the head by a buggy owner: the next owner
+         * starts where the daemon is (no producer exists now). */
+        uint64_t head = atomic_load_explicit(&lane->head, memory_order_relaxed);
+        if (atomic_load_explicit(&lane->tail, memory_order_relaxed) != head)
+            atomic_store_explicit(&lane->tail, head, memory_order_relaxed);
         /* Release pairs with the next claimer's CAS (acquire): it sees the
          * head stored by the final drain above, so the lane starts empty.
          * A CAS, not a store: if the word changed meanwhile, look again
