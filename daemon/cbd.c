@@ -244,8 +244,11 @@ static void on_remote(void *arg, const struct cbd_store_state *st)
     }
     struct cbd_now now;
     cbd_now(&now);
-    cbd_policy_apply(&d->env, c, st->state, c->flags, st->opened_at, st->opened_at_ns, st->failure_count,
-                     st->lease_expiry, source, &now);
+    if (cbd_policy_apply(&d->env, c, st->state, c->flags, st->opened_at, st->opened_at_ns, st->failure_count,
+                         st->lease_expiry, source, &now) < 0)
+        cbd_log(CBD_LOG_WARN, "store %s: circuit %s: opened_at %lld / lease %lld are beyond what cbd holds "
+                              "(epoch second %lld): ignored", d->cfg.store, st->name, (long long)st->opened_at,
+                (long long)st->lease_expiry, (long long)CB_TIME_MAX_S);
 }
 
 static void on_probe_result(void *arg, const char *name, int64_t opened_at, bool granted, int64_t lease_expiry)

@@ -60,6 +60,7 @@
  */
 #include "policy.h"
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <string.h>
@@ -242,8 +243,6 @@ static void transition(const struct cbd_policy_env *env, struct cbd_circuit *c, 
     if (to == CB_CLOSED) {
         c->opened_at = c->opened_at_ns = 0;
         c->trip_failure_count = 0;
-    } else {
-        c->opened_at = c->opened_at_ns / NS_PER_S;
     }
     if (to == CB_OPEN) {
         c->open_until_ns = open_until_ns;
@@ -280,6 +279,7 @@ static void open_now(const struct cbd_policy_env *env, struct cbd_circuit *c, ui
                      const struct cbd_now *now)
 {
     c->opened_at_ns = now->real_ns;
+    c->opened_at = now->real_ns / NS_PER_S;
     c->trip_failure_count = failures;
     transition(env, c, CB_OPEN, c->flags, CB_SOURCE_LOCAL, recovery_end(c, now->real_ns), now);
 }
@@ -433,18 +433,21 @@ void cbd_policy_on_probe_result(const struct cbd_policy_env *env, struct cbd_cir
     schedule(env, c);
 }
 
-void cbd_policy_apply(const struct cbd_policy_env *env, struct cbd_circuit *c, cb_state state, unsigned flags,
-                      int64_t opened_at, int64_t opened_at_ns, uint32_t failure_count, int64_t lease_expiry,
-                      cb_source source, const struct cbd_now *now)
+int cbd_policy_apply(const struct cbd_policy_env *env, struct cbd_circuit *c, cb_state state, unsigned flags,
+                     int64_t opened_at, int64_t opened_at_ns, uint32_t failure_count, int64_t lease_expiry,
+                     cb_source source, const struct cbd_now *now)
 {
     cb_state to = state == CB_CLOSED ? CB_CLOSED : CB_OPEN;
+    if (opened_at < 0 || opened_at > CB_TIME_MAX_S || lease_expiry < 0 || lease_expiry > CB_TIME_MAX_S ||
+        opened_at_ns < 0 || (opened_at_ns != 0 && opened_at_ns / NS_PER_S != opened_at))
+        return -ERANGE; /* times cbd cannot hold: never adopted */
     if (c->flags & (CB_SEG_F_FORCED | CB_SEG_F_DISABLED))
-        return; /* an operator holds it on this host */
+        return 0; /* an operator holds it on this host */
     if (to == c->state && flags == c->flags && (to == CB_CLOSED || opened_at == c->opened_at))
-        return;
+        return 0;
     if (to == CB_CLOSED) {
         transition(env, c, CB_CLOSED, flags, source, 0, now);
-        return;
+        return 0;
     }
     /* latest: the latest instant the opening can have happened at. A
      * store that keeps only whole seconds (Powertools' item) says the
@@ -458,11 +461,13 @@ void cbd_policy_apply(const struct cbd_policy_env *env, struct cbd_circuit *c, c
         latest = (c->opened_at_ns = opened_at * NS_PER_S) + NS_PER_S - 1;
     else
         c->opened_at_ns = latest = now->real_ns;
+    c->opened_at = c->opened_at_ns / NS_PER_S;
     c->trip_failure_count = failure_count;
     int64_t until = recovery_end(c, latest);
     if (state == CB_HALF_OPEN && lease_expiry * NS_PER_S > until)
         until = lease_expiry * NS_PER_S; /* the holder's lease runs: asking earlier is refused */
     transition(env, c, CB_OPEN, flags, source, until, now);
+    return 0;
 }
 
 void cbd_policy_renew_now(const struct cbd_policy_env *env, struct cbd_circuit *c, const struct cbd_now *now)
@@ -479,6 +484,7 @@ void cbd_policy_operator(const struct cbd_policy_env *env, struct cbd_circuit *c
     switch (action) {
     case CBD_FORCE_OPEN:
         c->opened_at_ns = now->real_ns;
+        c->opened_at = now->real_ns / NS_PER_S;
         c->trip_failure_count = 0; /* no failures tripped it */
         transition(env, c, CB_OPEN, CB_SEG_F_FORCED, CB_SOURCE_OPERATOR,
                    for_ms ? now->real_ns + (int64_t)for_ms * (int64_t)NS_PER_MS : 0, now);
@@ -496,11 +502,34 @@ void cbd_policy_operator(const struct cbd_policy_env *env, struct cbd_circuit *c
     }
 }
 
+/* A lowered probe bound applies to the HALF_OPEN epoch in progress: the
+ * permits left shrink so that outstanding + left is the new bound (never
+ * below zero: probes already running finish). */
+static void clamp_permits(struct cbd_circuit *c, uint32_t old_max)
+{
+    uint64_t w = atomic_load_explicit(c->permit, memory_order_relaxed);
+    for (;;) {
+        uint32_t left = (uint32_t)w, max = c->cfg.half_open_max_probes;
+        if ((uint32_t)(w >> 32) != c->epoch || left > old_max)
+            return; /* another epoch, or scribbled on: the lease reclaims it */
+        uint32_t running = old_max - left, want = running < max ? max - running : 0;
+        if (want >= left)
+            return;
+        /* Relaxed: the permit word carries no other data (see permit_back). */
+        if (atomic_compare_exchange_weak_explicit(c->permit, &w, cb_permit_word(c->epoch, want),
+                                                  memory_order_relaxed, memory_order_relaxed))
+            return;
+    }
+}
+
 void cbd_policy_set_config(const struct cbd_policy_env *env, struct cbd_circuit *c, const cb_config *cfg,
                            const struct cbd_now *now)
 {
     struct cb_seg_record *r = c->rec;
+    uint32_t old_max = c->cfg.half_open_max_probes;
     c->cfg = *cfg;
+    if (c->state == CB_HALF_OPEN && cfg->half_open_max_probes < old_max)
+        clamp_permits(c, old_max);
     /* Config fields are read under their own seqlock (segment.h). */
     cb_seg_cfg_begin(r);
     cb_seg_cfg_store(r, cfg);

@@ -136,10 +136,11 @@ void cbd_policy_on_probe_result(const struct cbd_policy_env *env, struct cbd_cir
  * other states) have passed - a HALF_OPEN of this host gives its probes up.
  * No-op if it is already the circuit's state, and while an operator holds
  * the circuit (forced or disabled): the operator's word beats the fleet's
- * on this host. */
-void cbd_policy_apply(const struct cbd_policy_env *env, struct cbd_circuit *c, cb_state state, unsigned flags,
-                      int64_t opened_at, int64_t opened_at_ns, uint32_t failure_count, int64_t lease_expiry,
-                      cb_source source, const struct cbd_now *now);
+ * on this host. 0, or -ERANGE (nothing applied) for a time beyond
+ * CB_TIME_MAX_S or an opened_at_ns outside opened_at's second. */
+int cbd_policy_apply(const struct cbd_policy_env *env, struct cbd_circuit *c, cb_state state, unsigned flags,
+                     int64_t opened_at, int64_t opened_at_ns, uint32_t failure_count, int64_t lease_expiry,
+                     cb_source source, const struct cbd_now *now);
 
 /* The fleet store is reachable again: a HALF_OPEN circuit renews its lease
  * now, so a probe granted host-local during the outage becomes the fleet's

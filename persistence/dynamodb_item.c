@@ -161,7 +161,7 @@ static int attr_number(const json_t *item, const char *attr, uint64_t max, const
 
 static int attr_time(const json_t *item, const char *attr, int64_t *out, char *why, size_t size)
 {
-    return attr_number(item, attr, CBD_DDB_TIME_MAX, "after the year 9999", out, why, size);
+    return attr_number(item, attr, CBD_DDB_TIME_MAX, "after 2255-03-14 (epoch second 9000000000)", out, why, size);
 }
 
 /* ---- keys ------------------------------------------------------------------------- */
@@ -243,12 +243,12 @@ static int item_check(const struct cbd_ddb_layout *l, const struct cbd_ddb_item 
     if (it->state != CB_CLOSED && it->state != CB_OPEN && it->state != CB_HALF_OPEN)
         return bad(why, size, "state %d is not CLOSED, OPEN or HALF_OPEN", (int)it->state);
     if (it->expiration < 0 || it->expiration > CBD_DDB_TIME_MAX)
-        return bad(why, size, "'%s' %lld is not epoch seconds from 0 to the end of 9999", l->expiration,
+        return bad(why, size, "'%s' %lld is not epoch seconds from 0 to 9000000000", l->expiration,
                    (long long)it->expiration);
     if (it->state == CB_CLOSED)
         return 0;
     if (it->opened_at < 1 || it->opened_at > CBD_DDB_TIME_MAX)
-        return bad(why, size, "%s needs '%s' (epoch seconds, 1 to the end of 9999)", state_names[it->state],
+        return bad(why, size, "%s needs '%s' (epoch seconds, 1 to 9000000000)", state_names[it->state],
                    l->opened_at);
     if (it->state == CB_OPEN)
         return 0;
@@ -257,7 +257,7 @@ static int item_check(const struct cbd_ddb_layout *l, const struct cbd_ddb_item 
         return bad(why, size, "HALF_OPEN needs '%s' (the probe holder's id, 1 to %d bytes)", l->owner,
                    CBD_DDB_OWNER_MAX);
     if (it->lease_expiry < 0 || it->lease_expiry > CBD_DDB_TIME_MAX)
-        return bad(why, size, "HALF_OPEN needs '%s' (epoch seconds, 0 to the end of 9999)", l->lease);
+        return bad(why, size, "HALF_OPEN needs '%s' (epoch seconds, 0 to 9000000000)", l->lease);
     return 0;
 }
 

@@ -24,12 +24,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "segment.h"
+
 #include "cb.h"
 
 #define CBD_DDB_PK_MAX 2048           /* bytes of a partition key value (DynamoDB's limit) */
 #define CBD_DDB_SK_MAX 1024           /* bytes of a sort key value */
 #define CBD_DDB_OWNER_MAX 95          /* bytes of a probe owner id (struct cbd_store_state) */
-#define CBD_DDB_TIME_MAX 253402300799 /* epoch seconds of 9999-12-31T23:59:59Z */
+#define CBD_DDB_TIME_MAX CB_TIME_MAX_S /* epoch seconds cbd can hold (segment.h: 2255-03-14) */
 
 /* Attribute names: Powertools makes them configurable, so does the URI. */
 struct cbd_ddb_layout {

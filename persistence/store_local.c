@@ -101,7 +101,7 @@
 #define STATE_VERSION 1
 #define RETRY_MS 1000                /* between attempts after a failed write ("every second") */
 #define STATE_FILE_MAX (64u << 20)   /* bytes restore() parses: ~200k circuits */
-#define OPENED_AT_MAX 253402300799LL /* 9999-12-31T23:59:59Z */
+#define OPENED_AT_MAX CB_TIME_MAX_S /* times convert to int64 ns (segment.h) */
 #define NOTICES_MAX 16               /* named skipped entries per restore; the rest are counted */
 #define PATH_ROOM 64                 /* bytes kept free in PATH_MAX for ".tmp.<pid>", ".bad.<time>" */
 #define INDEX_MIN 64                 /* slots of an empty store's name index */

@@ -104,6 +104,12 @@ static inline unsigned cb_seg_word_flags(uint64_t w) { return (unsigned)((w >> C
 static inline uint32_t cb_seg_word_incarnation(uint64_t w) { return (uint32_t)((w >> CB_SEG_INCARNATION_SHIFT) & 0xffff); }
 static inline uint32_t cb_seg_word_epoch(uint64_t w) { return (uint32_t)(w >> CB_SEG_EPOCH_SHIFT); }
 
+/* The last epoch second cbd accepts anywhere (stores, state file, control
+ * requests): 2255-03-14, short of where int64 nanoseconds end (2262), so
+ * every time in seconds converts to CLOCK_REALTIME nanoseconds, plus a
+ * recovery timeout, without overflow. */
+#define CB_TIME_MAX_S 9000000000ll
+
 /* Staleness policy: what workers do with non-CLOSED circuits when the
  * heartbeat is older than stale_limit_ms. */
 #define CB_STALE_FAIL_OPEN 0u   /* default: allow (BYPASS tickets) */

@@ -536,7 +536,7 @@ static const struct bad_item {
     {"bad-negative", "\"state\":{\"S\":\"CLOSED\"},\"failure_count\":{\"N\":\"-1\"}",
      "attribute 'failure_count' is negative"},
     {"bad-year", "\"state\":{\"S\":\"OPEN\"},\"opened_at\":{\"N\":\"253402300800\"}",
-     "attribute 'opened_at' is after the year 9999"},
+     "attribute 'opened_at' is after 2255-03-14"},
     {"bad-fraction", "\"state\":{\"S\":\"OPEN\"},\"opened_at\":{\"N\":\"1700000000.5\"}",
      "attribute 'opened_at' is not a whole number"},
     {"bad-digits", "\"state\":{\"S\":\"CLOSED\"},\"failure_count\":{\"N\":\"123456789012345678901234\"}",

@@ -116,8 +116,8 @@ Test(dynamodb_item, attributes_the_layout_does_not_name_are_ignored)
 Test(dynamodb_item, the_largest_values_cbd_holds_decode)
 {
     struct cbd_ddb_item it = decode_ok("{\"id\":{\"S\":\"p\"},\"state\":{\"S\":\"OPEN\"},\"failure_count\":"
-                                       "{\"N\":\"4294967295\"},\"opened_at\":{\"N\":\"253402300799\"},"
-                                       "\"expiration\":{\"N\":\"000253402300799\"}}");
+                                       "{\"N\":\"4294967295\"},\"opened_at\":{\"N\":\"9000000000\"},"
+                                       "\"expiration\":{\"N\":\"0009000000000\"}}");
     cr_assert_eq(it.failure_count, UINT32_MAX);
     cr_assert_eq(it.opened_at, CBD_DDB_TIME_MAX);
     cr_assert_eq(it.expiration, CBD_DDB_TIME_MAX, "leading zeros are harmless");
@@ -234,12 +234,12 @@ ParameterizedTestParameters(dynamodb_item, bad_items_are_refused_with_a_message_
          "attribute 'opened_at' is negative ('-5')", true},
         {"negative failure_count", "{" ID "\"failure_count\":{\"N\":\"-1\"}," CLOSED "}",
          "attribute 'failure_count' is negative", true},
-        {"opened_at beyond 9999", "{" ID "\"opened_at\":{\"N\":\"253402300800\"}," OPEN "}",
-         "attribute 'opened_at' is after the year 9999 ('253402300800')", true},
-        {"lease beyond 9999", "{" ID OA OWN "\"probe_lease_expiry\":{\"N\":\"99999999999999999999\"}," HALF "}",
-         "attribute 'probe_lease_expiry' is after the year 9999", true},
-        {"expiration beyond 9999", "{" ID CLOSED ",\"expiration\":{\"N\":\"300000000000\"}}",
-         "attribute 'expiration' is after the year 9999", true},
+        {"opened_at beyond 2255", "{" ID "\"opened_at\":{\"N\":\"9000000001\"}," OPEN "}",
+         "attribute 'opened_at' is after 2255-03-14 (epoch second 9000000000) ('9000000001')", true},
+        {"lease beyond 2255", "{" ID OA OWN "\"probe_lease_expiry\":{\"N\":\"99999999999999999999\"}," HALF "}",
+         "attribute 'probe_lease_expiry' is after 2255-03-14", true},
+        {"expiration beyond 2255", "{" ID CLOSED ",\"expiration\":{\"N\":\"300000000000\"}}",
+         "attribute 'expiration' is after 2255-03-14", true},
         {"fractional opened_at", "{" ID "\"opened_at\":{\"N\":\"1700000000.5\"}," OPEN "}",
          "attribute 'opened_at' is not a whole number ('1700000000.5')", true},
         {"opened_at with an exponent", "{" ID "\"opened_at\":{\"N\":\"1.7E9\"}," OPEN "}",

@@ -1036,34 +1036,30 @@ Test(policy, a_forced_opens_end_stays_where_the_operator_put_it_under_a_new_poli
 
 /* ---- known defects: these fail on the code they were written against -------------- */
 
-/*
- * Fails: opened_at * 1e9 overflows int64 for an opened_at the stores'
- * validators accept (redis: up to 1e11 s, RS_TIME_MAX; dynamodb: INT64_MAX / 2),
- * so the adopted opening is not the store's and every report of the same item
- * is another transition. Enable with the fix (bound the stores' time fields to
- * what fits in ns, or saturate in the policy).
- */
-Test(policy, a_remote_opening_at_the_end_of_the_stores_time_range_is_adopted_once, .fini = teardown,
-     .disabled = true)
+/* The stores accept epoch seconds up to CB_TIME_MAX_S, where int64
+ * nanoseconds plus a recovery timeout still fit: such an opening is adopted
+ * exactly once; anything later is refused, never wrapped into another. */
+Test(policy, a_remote_opening_at_the_end_of_the_time_range_is_adopted_once_and_beyond_it_refused,
+     .fini = teardown)
 {
-    setup_circuit(config(5, 3, 1, 30000, 0), 1);
-    int64_t far = 99999999999ll; /* the largest opened_at the redis store accepts, about year 5138 */
-    cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, far, 0, 5, 0, CB_SOURCE_REMOTE, &S.now);
+    setup_circuit(config(5, 3, 1, 604800000, 0), 1);
+    int64_t far = CB_TIME_MAX_S;
+    cr_assert_eq(cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, far, 0, 5, 0, CB_SOURCE_REMOTE, &S.now), 0);
     cr_assert_eq(state(), CB_OPEN);
     cr_assert_eq(last_transition()->v.opened_at_ns / (int64_t)SEC, far, "published opened_at %lld s, the store "
                  "said %lld s", (long long)(last_transition()->v.opened_at_ns / (int64_t)SEC), (long long)far);
+    cr_assert_gt(last_transition()->v.open_until_ns, last_transition()->v.opened_at_ns, "no overflow");
     cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, far, 0, 5, 0, CB_SOURCE_REMOTE, &S.now);
     cr_assert_eq(S.ntr, 1, "the same report again is no transition");
+    cr_assert_eq(cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, far + 1, 0, 5, 0, CB_SOURCE_REMOTE, &S.now), -ERANGE);
+    cr_assert_eq(cbd_policy_apply(&S.env, &S.c, CB_HALF_OPEN, 0, 1000, 0, 5, 99999999999ll, CB_SOURCE_REMOTE,
+                                  &S.now), -ERANGE);
+    cr_assert_eq(S.ntr, 1, "a refused report changes nothing");
 }
 
-/*
- * Fails: a reload that lowers half_open_max_probes leaves the HALF_OPEN
- * epoch's permit word as it was, so workers go on taking the old number of
- * permits at once until the epoch ends. Enable with the fix (clamp the
- * permit word, or start a new epoch, when the bound drops).
- */
-Test(policy, a_lowered_probe_bound_applies_to_the_half_open_epoch_in_progress, .fini = teardown,
-     .disabled = true)
+/* A reload that lowers half_open_max_probes applies to the HALF_OPEN epoch
+ * in progress: the permits left shrink. */
+Test(policy, a_lowered_probe_bound_applies_to_the_half_open_epoch_in_progress, .fini = teardown)
 {
     setup_circuit(config(5, 3, 3, 30000, 0), 0);
     to_half_open();
