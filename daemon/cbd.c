@@ -578,7 +578,7 @@ static int load_adopted(struct cbd *d)
         c->asked_mask = ALL_FIELDS;
         c->owner_uid = atomic_load_explicit(&c->rec->owner_uid, memory_order_relaxed);
         owner_count(d, c->owner_uid, +1);
-        if (c->flags & CB_SEG_F_FORCED)
+        if ((c->flags & CB_SEG_F_FORCED) && !(c->state == CB_OPEN && c->open_until_ns != 0))
             cbd_log(CBD_LOG_WARN, "circuit=%s is forced %s from before this start; it stays so until "
                                   "`cbctl reset %s`", c->rec->name, cbd_state_name(c->state), c->rec->name);
     }

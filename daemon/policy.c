@@ -54,9 +54,8 @@
  * tickets and report nothing, and no deadline runs while it lasts. While
  * either flag is set, states from the store are ignored on this host: the
  * operator asked for exactly this state here. The flags live in the state
- * word, so they survive a daemon restart; the end of a force_open for_ms
- * does not (it is not in the record): an adopted forced OPEN stays forced
- * until an operator resets it, and the daemon says so in its log.
+ * word and the end of a force_open for_ms in the version (open_until_ns),
+ * so both survive a daemon restart.
  */
 #include "policy.h"
 
