@@ -14,6 +14,10 @@
  *
  * On an overrun the cursor jumps to head - capacity + 1, the oldest entry
  * that is surely intact, and the caller gets -EOVERFLOW once.
+ *
+ * Each entry carries its circuit's name (copied in by the daemon), so a
+ * transition stays meaningful after its circuit was removed and the slot
+ * reused; a name length past CB_NAME_MAX reads as an empty name.
  */
 #include "client.h"
 

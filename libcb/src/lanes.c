@@ -368,41 +368,36 @@ static cb_ticket take_permit(const struct cb__map *m, uint32_t slot, uint64_t w)
     return ticket(w, CB_TICKET_REJECTED);
 }
 
-cb_ticket cb__allow_slow(cb_circuit *c, uint64_t w)
+/* What a call may do on word w of record slot in mapping m (NULL: none). */
+static cb_ticket decide(const struct cb__map *m, uint32_t slot, uint64_t w)
 {
-    if (cb_seg_word_flags(w) & CB_SEG_F_RETIRED) {
-        /* The daemon that owned this record replaced the segment. Rebind
-         * and decide on the new word; until that works, fail open. */
-        if (cb__client_refresh(c->client) < 0)
-            return ticket(w, CB_TICKET_BYPASS);
-        /* Acquire pairs with the daemon's release store of the state word. */
-        w = __atomic_load_n(cb__word_ptr(c), __ATOMIC_ACQUIRE);
-        if (cb_seg_word_flags(w) & CB_SEG_F_RETIRED)
-            return ticket(w, CB_TICKET_BYPASS);
-    }
-    if ((cb_seg_word_flags(w) & CB_SEG_F_REMOVED) ||
-        cb_seg_word_incarnation(w) << CB_SEG_INCARNATION_SHIFT != __atomic_load_n(&c->head.expect, __ATOMIC_ACQUIRE)) {
-        /* The circuit left this slot (removed; the slot may hold another
-         * circuit now). Find it again by name, lock-free; until it is back
-         * in the segment nothing can be counted for it. */
-        if (cb__circuit_rebind_lockfree(c) < 0)
-            return ticket(w, CB_TICKET_BYPASS);
-        w = __atomic_load_n(cb__word_ptr(c), __ATOMIC_ACQUIRE); /* pairs with the daemon's release store */
-        if ((uint32_t)w == __atomic_load_n(&c->head.expect, __ATOMIC_ACQUIRE))
-            return ticket(w, CB_TICKET_ALLOWED);
-        if (!cb__circuit_bound(c))
-            return ticket(w, CB_TICKET_BYPASS);
-    }
     unsigned state = cb_seg_word_state(w);
     if (cb_seg_word_flags(w) & CB_SEG_F_DISABLED)
         return ticket(w, CB_TICKET_BYPASS);
     if (state == CB_CLOSED) /* forced closed, or flags a newer daemon added */
         return ticket(w, CB_TICKET_ALLOWED);
-    uint32_t slot;
-    const struct cb__map *m = cb__map_of(c->client, cb__word_ptr(c), &slot);
     if (m == NULL || (state != CB_OPEN && state != CB_HALF_OPEN) || fail_open(m->hdr))
         return ticket(w, CB_TICKET_BYPASS); /* a state we do not know is let through, uncounted */
     if (state == CB_OPEN)
         return ticket(w, CB_TICKET_REJECTED);
     return take_permit(m, slot, w);
+}
+
+cb_ticket cb__allow_slow(cb_circuit *c, uint64_t w)
+{
+    if (!cb__word_live(w, __atomic_load_n(&c->head.expect, __ATOMIC_ACQUIRE))) {
+        /* Retired (the segment was replaced), removed, or the slot holds
+         * another circuit now. Move the handle if that can be done without
+         * waiting (circuit.c); else decide on what it points at. */
+        if (cb__circuit_recover(c, false))
+            w = __atomic_load_n(cb__word_ptr(c), __ATOMIC_ACQUIRE); /* pairs with the daemon's release store */
+        if ((cb_seg_word_flags(w) & CB_SEG_F_REMOVED) ||
+            cb_seg_word_incarnation(w) << CB_SEG_INCARNATION_SHIFT != __atomic_load_n(&c->head.expect, __ATOMIC_ACQUIRE))
+            return ticket(w, CB_TICKET_BYPASS); /* the circuit is gone from here: nothing to go by */
+        /* Still a retired record: the last state its daemon (gone now)
+         * published, under that segment's staleness policy. */
+    }
+    uint32_t slot;
+    const struct cb__map *m = cb__map_of(c->client, cb__word_ptr(c), &slot);
+    return decide(m, slot, w);
 }
