@@ -44,7 +44,9 @@
  * every client's lock across fork() so a child never inherits one held
  * mid-remap, and the child drops the inherited control connection (ctl.c):
  * it connects its own when it first needs one. Lanes (lanes.c) have their
- * own fork rule.
+ * own fork rule. Descriptors a child inherited are closed (at
+ * cb_client_close) only while they are still what we opened: a child that
+ * closed every descriptor after fork may use the numbers for its own files.
  */
 #define _GNU_SOURCE
 #include "client.h"
@@ -102,6 +104,12 @@ bool cb__fd_is(int fd, dev_t dev, ino_t ino)
 {
     struct stat st;
     return fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
+}
+
+static void close_if_ours(int fd, dev_t dev, ino_t ino)
+{
+    if (cb__fd_is(fd, dev, ino))
+        close(fd);
 }
 
 /* 1 if a disable variable is true, 0 if none is set, -EINVAL if one is not
@@ -185,9 +193,7 @@ static int state_try_map(struct cb__map *m)
 static int lanes_try_map(struct cb__map *m)
 {
     size_t size = 0;
-    dev_t dev;
-    ino_t ino;
-    int rc = object_stat(m->lanes_fd, &dev, &ino, &size);
+    int rc = object_stat(m->lanes_fd, &m->lanes_dev, &m->lanes_ino, &size);
     if (rc < 0)
         return rc;
     if (size < CB_LANES_HEADER_SIZE)
@@ -227,8 +233,9 @@ static int retry_until(int (*try)(struct cb__map *), struct cb__map *m, int64_t 
     }
 }
 
-/* An fd on the doorbell FIFO beside the socket at socket_path, or -1. */
-static int bell_fd(const char *socket_path)
+/* An fd on the doorbell FIFO beside the socket at socket_path (and the
+ * FIFO's identity in *st), or -1. */
+static int bell_fd(const char *socket_path, struct stat *st)
 {
     char path[CB_SOCKET_PATH_MAX + sizeof CB__BELL_SUFFIX];
     if (socket_path[0] == '\0')
@@ -243,8 +250,7 @@ static int bell_fd(const char *socket_path)
         return -1; /* ENOENT (a daemon without the FIFO), EACCES, ENXIO: ring the futex */
     int fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
     close(probe);
-    struct stat st;
-    if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISFIFO(st.st_mode))) {
+    if (fd >= 0 && (fstat(fd, st) < 0 || !S_ISFIFO(st->st_mode))) {
         close(fd);
         fd = -1;
     }
@@ -261,7 +267,8 @@ static void bell_open(struct cb__map *m)
     uint64_t gen = atomic_load_explicit(&m->lanes->generation, memory_order_acquire);
     if (cur != NULL && cur->generation == gen && cur->fd >= 0)
         return;
-    int fd = bell_fd(m->socket_path);
+    struct stat st = {0};
+    int fd = bell_fd(m->socket_path, &st);
     if (cur != NULL && cur->generation == gen && fd < 0)
         return; /* still no FIFO for this daemon */
     struct cb__bell *b = malloc(sizeof *b);
@@ -271,6 +278,9 @@ static void bell_open(struct cb__map *m)
         return;
     }
     b->fd = fd;
+    b->dev = st.st_dev;
+    b->ino = st.st_ino;
+    atomic_init(&b->checked_gen, 0); /* lanes.c checks it before its first ring */
     b->generation = gen;
     b->older = cur; /* a ringing thread may still hold cur: freed with m */
     /* Release pairs with the acquire load in doorbell_ring (lanes.c). */
@@ -282,8 +292,7 @@ static void map_free(struct cb__map *m)
     struct cb__bell *b = atomic_load_explicit(&m->bell, memory_order_relaxed);
     while (b != NULL) {
         struct cb__bell *older = b->older;
-        if (b->fd >= 0)
-            close(b->fd);
+        close_if_ours(b->fd, b->dev, b->ino);
         free(b);
         b = older;
     }
@@ -291,10 +300,8 @@ static void map_free(struct cb__map *m)
         munmap((void *)m->hdr, m->state_size);
     if (m->lanes != NULL)
         munmap(m->lanes, m->lanes_size);
-    if (m->state_fd >= 0)
-        close(m->state_fd);
-    if (m->lanes_fd >= 0)
-        close(m->lanes_fd);
+    close_if_ours(m->state_fd, m->state_dev, m->state_ino);
+    close_if_ours(m->lanes_fd, m->lanes_dev, m->lanes_ino);
     free(m);
 }
 

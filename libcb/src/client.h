@@ -41,6 +41,9 @@
  * the FIFO could not be opened; ring through the futex. */
 struct cb__bell {
     int fd;                           /* O_RDWR|O_NONBLOCK: never SIGPIPE */
+    dev_t dev;                        /* the FIFO fd was opened on */
+    ino_t ino;
+    _Atomic unsigned checked_gen;     /* fork generation + 1 in which fd was last seen to be it */
     uint64_t generation;              /* lanes generation it was opened for */
     struct cb__bell *older;           /* replaced ones, kept open until the mapping is freed */
 };
@@ -60,8 +63,8 @@ struct cb__map {
     uint32_t capacity;
     char socket_path[CB_SOCKET_PATH_MAX];
     _Atomic(struct cb__bell *) bell;  /* current doorbell FIFO, NULL: none tried yet */
-    dev_t state_dev;                  /* the state object mapped: st_dev and st_ino of state_fd */
-    ino_t state_ino;
+    dev_t state_dev, lanes_dev;       /* the objects mapped: st_dev and st_ino of the fds */
+    ino_t state_ino, lanes_ino;
     _Atomic uint8_t *mine;            /* per lane: claimed through this mapping (lanes.c) */
     struct cb__map *older;            /* the mapping this one replaced, or NULL */
     struct cb__map *live_next;        /* lanes.c's registry of mappings not yet closed */

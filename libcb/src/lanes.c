@@ -290,6 +290,22 @@ static inline bool lane_append(struct lane_node *n, uint32_t slot, uint32_t epoc
     return true;
 }
 
+/* True if the bell's fd is still the FIFO it was opened on, checked once
+ * per process: a prefork child that closed the descriptors it inherited
+ * may have reused the number for a file of its own, which must never get
+ * our byte. */
+static bool bell_still_ours(struct cb__bell *b)
+{
+    unsigned gen = atomic_load_explicit(&fork_gen, memory_order_relaxed) + 1;
+    /* Relaxed: a racing second check costs one more fstat, nothing else. */
+    if (atomic_load_explicit(&b->checked_gen, memory_order_relaxed) == gen)
+        return true;
+    if (!cb__fd_is(b->fd, b->dev, b->ino))
+        return false;
+    atomic_store_explicit(&b->checked_gen, gen, memory_order_relaxed);
+    return true;
+}
+
 static void doorbell_ring(struct cb__map *m)
 {
     struct cb_lanes_header *lh = m->lanes;
@@ -304,12 +320,12 @@ static void doorbell_ring(struct cb__map *m)
     /* libcb leaves errno as the caller had it (cb.h). */
     int saved_errno = errno;
     /* Acquire pairs with the release store that published the FIFO (client.c). */
-    const struct cb__bell *b = atomic_load_explicit(&m->bell, memory_order_acquire);
+    struct cb__bell *b = atomic_load_explicit(&m->bell, memory_order_acquire);
     /* Relaxed generation: a restart we do not see yet costs one lost byte,
      * which the new daemon's drain tick makes up for. EAGAIN: the FIFO is
      * full, the daemon has bytes enough to wake for. */
     if (!(b != NULL && b->fd >= 0 && b->generation == atomic_load_explicit(&lh->generation, memory_order_relaxed) &&
-          (write(b->fd, "", 1) == 1 || errno == EAGAIN)))
+          bell_still_ours(b) && (write(b->fd, "", 1) == 1 || errno == EAGAIN)))
         syscall(SYS_futex, (uint32_t *)&lh->doorbell, FUTEX_WAKE, 1, NULL, NULL, 0);
     errno = saved_errno;
 }
