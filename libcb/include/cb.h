@@ -64,6 +64,10 @@ extern "C" {
 #define CB_EOPEN (-20001)
 /* The daemon answered a request with an error it did not map to an errno. */
 #define CB_EPROTO_DAEMON (-20002)
+/* The segment's shared-memory objects are damaged: smaller than their
+ * headers say (truncated), or sizes and offsets that do not hold together.
+ * Restarting cbd replaces such a segment. */
+#define CB_EDAMAGED (-20003)
 
 /* ---- states and outcomes ------------------------------------------------ */
 
@@ -114,9 +118,14 @@ typedef struct cb_circuit cb_circuit;
  * stderr. A value that is not a boolean fails with -EINVAL and a message on
  * stderr naming the variable.
  *
+ * Both shared-memory objects are checked before anything in them is read:
+ * an object smaller than its header says (truncated) is refused, never
+ * mapped into a SIGBUS.
+ *
  * Returns 0 and sets *out, or:
  *   -ENOENT   no segment for this instance (cbd is not running)
  *   -EPROTO   the segment is not a cbd segment or its layout major differs
+ *   CB_EDAMAGED an object is truncated or its sizes disagree (restart cbd)
  *   -ETIMEDOUT the segment never became ready within 2 s (daemon still starting)
  *   -EINVAL   bad instance name or bad $CB_DISABLED
  *   -EACCES   no permission to map the segment (join the daemon's group)

@@ -11,6 +11,13 @@
  * that is adopting a segment writes the two generations one after the other,
  * so a mismatch is retried within the same deadline.
  *
+ * Sizes. An object is mapped only once fstat says it holds everything its
+ * header claims (cb__seg_header_check, cb__lanes_header_check against the
+ * size): touching a page past the end of a shm object is SIGBUS, so a
+ * truncated object is refused with CB_EDAMAGED instead. Size 0 is a daemon
+ * that created the object and has yet to size it (it sizes it in one
+ * ftruncate), so that alone is waited for.
+ *
  * Restart vs. replacement. A daemon restart that adopts the segment changes
  * only the generation: mappings, handles and lanes stay valid, and
  * cb_status() reports RESTARTED once. A daemon that cannot adopt (another
@@ -143,9 +150,12 @@ static void sleep_1ms(void)
     nanosleep(&ts, NULL);
 }
 
-/* The object behind fd (what it is into *dev, *ino) and its size: 0, or
- * -errno. */
-static int object_stat(int fd, dev_t *dev, ino_t *ino, size_t *size)
+/* The size of the object behind fd (recording what it is in *dev, *ino):
+ * 0 and *size, -EAGAIN while it is empty (created, not yet sized by the
+ * daemon), CB_EDAMAGED when it is too small to hold a header of
+ * header_size bytes (the daemon sizes an object in one step: something
+ * truncated it), or -errno. */
+static int object_size(int fd, uint64_t header_size, dev_t *dev, ino_t *ino, size_t *size)
 {
     struct stat st;
     if (fstat(fd, &st) < 0)
@@ -153,28 +163,38 @@ static int object_stat(int fd, dev_t *dev, ino_t *ino, size_t *size)
     *dev = st.st_dev;
     *ino = st.st_ino;
     *size = (size_t)st.st_size;
-    return 0;
+    if (st.st_size == 0)
+        return -EAGAIN;
+    return (uint64_t)st.st_size < header_size ? CB_EDAMAGED : 0;
+}
+
+/* What a header check's verdict means to a client: another layout or not
+ * cbd's (-EPROTO), or sizes that do not hold together, a truncated object
+ * among them (CB_EDAMAGED). */
+static int header_verdict(int rc)
+{
+    return rc == -EBADMSG ? CB_EDAMAGED : rc < 0 ? -EPROTO : 0;
 }
 
 /* One attempt at mapping a ready state region: 0, -EAGAIN (not sized or not
- * ready yet), -EPROTO (not a cbd segment of our layout) or -errno. */
+ * ready yet), -EPROTO (not a cbd segment of our layout), CB_EDAMAGED or
+ * -errno. */
 static int state_try_map(struct cb__map *m)
 {
     size_t size = 0;
-    int rc = object_stat(m->state_fd, &m->state_dev, &m->state_ino, &size);
+    int rc = object_size(m->state_fd, CB_SEG_HEADER_SIZE, &m->state_dev, &m->state_ino, &size);
     if (rc < 0)
         return rc;
-    if (size < CB_SEG_HEADER_SIZE)
-        return -EAGAIN; /* created, not yet sized by the daemon */
     void *p = mmap(NULL, size, PROT_READ, MAP_SHARED, m->state_fd, 0);
     if (p == MAP_FAILED)
         return -errno;
     const struct cb_seg_header *h = p;
     /* Acquire pairs with the daemon's release store of ready, made after
-     * every other header field: the checks below read a complete header. */
+     * every other header field: the checks below read a complete header,
+     * and nothing past it is touched before they passed. */
     rc = atomic_load_explicit(&h->ready, memory_order_acquire) == 1 ? 0 : -EAGAIN;
-    if (rc == 0 && cb__seg_header_check(h, size) < 0)
-        rc = -EPROTO; /* foreign, other major, or inconsistent: not ours to read */
+    if (rc == 0)
+        rc = header_verdict(cb__seg_header_check(h, size));
     if (rc < 0) {
         munmap(p, size);
         return rc;
@@ -193,16 +213,15 @@ static int state_try_map(struct cb__map *m)
 static int lanes_try_map(struct cb__map *m)
 {
     size_t size = 0;
-    int rc = object_stat(m->lanes_fd, &m->lanes_dev, &m->lanes_ino, &size);
+    int rc = object_size(m->lanes_fd, CB_LANES_HEADER_SIZE, &m->lanes_dev, &m->lanes_ino, &size);
     if (rc < 0)
         return rc;
-    if (size < CB_LANES_HEADER_SIZE)
-        return -EAGAIN;
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, m->lanes_fd, 0);
     if (p == MAP_FAILED)
         return -errno;
     struct cb_lanes_header *lh = p;
-    rc = cb__lanes_header_check(lh, size) < 0 ? -EPROTO : 0;
+    /* The lanes header is complete before the state region is ready. */
+    rc = header_verdict(cb__lanes_header_check(lh, size));
     if (rc == 0 && lh->capacity != m->capacity)
         rc = -EPROTO;
     /* Acquire pairs with the daemon's store of the generations; the state

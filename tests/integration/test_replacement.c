@@ -18,6 +18,10 @@
  * the 'remove' operation) is registered again by the next calls of a
  * worker that holds a handle to it.
  *
+ * Damage: a state or lanes object truncated below what its header claims is
+ * refused by cb_client_open with CB_EDAMAGED (mapping it would be a SIGBUS
+ * on the first read past its end).
+ *
  * No timing threshold: "without waiting" is measured as the ratio of all
  * calls' time to one control request timeout, which a single call that
  * waited for the daemon would exceed on its own.
@@ -25,6 +29,7 @@
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -436,4 +441,58 @@ Test(replacement, a_removed_circuit_is_registered_again_by_the_workers_that_use_
     cr_assert_eq(info.config.failure_threshold, 2);
     cr_assert_eq(tsup_record_n(c, CB_FAILURE, 2), 2);
     cr_assert(tsup_wait_state(c, CB_OPEN));
+}
+
+/* Truncates an instance's shm object (the state region, or the lanes
+ * region with lanes) to size bytes, as root can. */
+static void truncate_object(bool lanes, off_t size)
+{
+    char state_name[CB_SHM_NAME_MAX], lanes_name[CB_SHM_NAME_MAX];
+    cb__shm_names(d.instance, state_name, lanes_name);
+    int fd = shm_open(lanes ? lanes_name : state_name, O_RDWR, 0);
+    cr_assert_geq(fd, 0, "shm_open: %s", strerror(errno));
+    cr_assert_eq(ftruncate(fd, size), 0, "ftruncate: %s", strerror(errno));
+    close(fd);
+}
+
+static off_t object_size(bool lanes)
+{
+    size_t size;
+    void *p = tsup_seg_map(d.instance, lanes ? TSUP_MAP_LANES : 0, &size);
+    cr_assert_not_null(p);
+    munmap(p, size);
+    return (off_t)size;
+}
+
+static void expect_refused(const char *what)
+{
+    cb_client *other = NULL;
+    int rc = cb_client_open(&other, d.instance);
+    cr_assert_eq(rc, CB_EDAMAGED, "%s: cb_client_open gave %d (%s)", what, rc, cb_strerror(rc));
+    cr_assert_null(other);
+    cr_assert(strstr(cb_strerror(rc), "truncated") != NULL, "the error does not say what is wrong: %s",
+              cb_strerror(rc));
+}
+
+Test(replacement, truncated_segment_objects_are_refused_with_a_clear_error_not_a_sigbus)
+{
+    tsup_fixture_start(&d, &cl, NULL);
+    tsup_circuit(cl, "payments", NULL);
+    cr_assert_eq(tsup_daemon_stop(&d), 0); /* cbd keeps the objects for its next start */
+    cb_client_close(cl);
+    cl = NULL;
+    off_t state = object_size(false), lanes = object_size(true);
+
+    truncate_object(true, lanes / 2);
+    expect_refused("lanes region cut in half");
+    truncate_object(true, 100);
+    expect_refused("lanes region shorter than its header");
+    truncate_object(true, lanes);
+
+    truncate_object(false, state / 2);
+    expect_refused("state region cut in half");
+    truncate_object(false, 100);
+    int64_t t0 = now_ns();
+    expect_refused("state region shorter than its header");
+    cr_assert_lt((double)(now_ns() - t0) / REQUEST_TIMEOUT_NS, 1.0, "a truncated header was waited for");
 }
