@@ -219,10 +219,12 @@ static int lanes_try_map(struct cb__map *m)
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, m->lanes_fd, 0);
     if (p == MAP_FAILED)
         return -errno;
-    struct cb_lanes_header *lh = p;
-    /* The lanes header is complete before the state region is ready. */
-    rc = header_verdict(cb__lanes_header_check(lh, size));
-    if (rc == 0 && lh->capacity != m->capacity)
+    struct cb_lanes_header *lh = p, geo;
+    /* Checked and used from one copy: any worker may rewrite the header
+     * meanwhile. It is complete before the state region is ready. */
+    memcpy(&geo, lh, sizeof geo);
+    rc = header_verdict(cb__lanes_header_check(&geo, size));
+    if (rc == 0 && geo.capacity != m->capacity)
         rc = -EPROTO;
     /* Acquire pairs with the daemon's store of the generations; the state
      * header's was read after its ready flag. */
@@ -235,6 +237,11 @@ static int lanes_try_map(struct cb__map *m)
     }
     m->lanes = lh;
     m->lanes_size = size;
+    m->lane_count = geo.lane_count;
+    m->lane_capacity = geo.lane_capacity;
+    m->lane_stride = geo.lane_stride;
+    m->lane0 = (char *)lh + geo.lanes_offset;
+    m->permits = (_Atomic uint64_t *)((char *)lh + geo.permits_offset);
     return 0;
 }
 

@@ -57,6 +57,12 @@ struct cb__map {
     size_t state_size;
     struct cb_lanes_header *lanes;    /* lanes region, read-write */
     size_t lanes_size;
+    /* The lanes region's geometry as checked when it was mapped. Every
+     * worker of the group may write the lanes header, so nothing that
+     * decides an address is ever read from it again. */
+    uint32_t lane_count, lane_capacity, lane_stride;
+    char *lane0;                      /* lane 0; lane n is lane_stride bytes further each */
+    _Atomic uint64_t *permits;        /* permit word of slot 0 (capacity of them) */
     int state_fd, lanes_fd;           /* kept: st_nlink == 0 means the daemon replaced the segment */
     uintptr_t records;                /* address of record 0 */
     uint64_t records_bytes;           /* capacity * CB_SEG_RECORD_SIZE */

@@ -85,6 +85,12 @@ static int init_err;
 static __thread struct lane_node *tls_cur TLS_IE;   /* last node used: the hot-path cache */
 static __thread struct lane_node *tls_nodes TLS_IE; /* all of this thread's nodes */
 
+/* Lane n of m, by the geometry checked at mapping time (client.h). */
+static struct cb_lane *map_lane(const struct cb__map *m, uint32_t n)
+{
+    return (struct cb_lane *)(m->lane0 + (size_t)n * m->lane_stride);
+}
+
 static bool map_live(const struct cb__map *m, uint64_t id)
 {
     for (const struct cb__map *x = registry; x != NULL; x = x->live_next) {
@@ -142,7 +148,7 @@ int cb__lanes_init(void)
 
 int cb__lanes_attach(struct cb__map *m)
 {
-    m->mine = calloc(m->lanes->lane_count, sizeof *m->mine);
+    m->mine = calloc(m->lane_count, sizeof *m->mine);
     if (m->mine == NULL)
         return -ENOMEM;
     pthread_mutex_lock(&registry_lock);
@@ -164,9 +170,9 @@ void cb__lanes_detach(struct cb__map *m)
     pthread_mutex_unlock(&registry_lock);
     /* Out of the registry: no thread-exit destructor touches m any more. */
     uint32_t pid = (uint32_t)getpid();
-    for (uint32_t i = 0; i < m->lanes->lane_count; i++) {
+    for (uint32_t i = 0; i < m->lane_count; i++) {
         if (atomic_load_explicit(&m->mine[i], memory_order_relaxed))
-            lane_release(CB_LANES_LANE(m->lanes, i), pid);
+            lane_release(map_lane(m, i), pid);
     }
     free(m->mine);
     m->mine = NULL;
@@ -175,12 +181,11 @@ void cb__lanes_detach(struct cb__map *m)
 /* Claims a free lane of m for node n; leaves n->lane NULL if none is free. */
 static void lane_claim(struct cb__map *m, struct lane_node *n)
 {
-    struct cb_lanes_header *lh = m->lanes;
-    uint32_t count = lh->lane_count, start = (uint32_t)gettid() % count;
+    uint32_t count = m->lane_count, start = (uint32_t)gettid() % count;
     uint64_t want = cb_lane_owner_word((uint32_t)getpid(), CB_LANE_OWNED);
     for (uint32_t i = 0; i < count; i++) {
         uint32_t idx = (start + i) % count; /* threads start apart: fewer lost CAS races */
-        struct cb_lane *l = CB_LANES_LANE(lh, idx);
+        struct cb_lane *l = map_lane(m, idx);
         uint64_t expect = 0;
         /* Acquire pairs with the daemon's release store of owner = 0 after
          * its last drain: the head and tail we go on from are final. */
@@ -192,7 +197,7 @@ static void lane_claim(struct cb__map *m, struct lane_node *n)
         atomic_store_explicit(&m->mine[idx], 1, memory_order_relaxed);
         n->lane = l;
         n->events = CB_LANES_EVENTS(l);
-        n->mask = lh->lane_capacity - 1;
+        n->mask = m->lane_capacity - 1;
         /* Acquire pairs with the daemon's release store of head. */
         n->head_cache = atomic_load_explicit(&l->head, memory_order_acquire);
         return;
@@ -370,7 +375,7 @@ static bool fail_open(const struct cb_seg_header *h)
 /* HALF_OPEN: one probe permit of the word's epoch, or a rejection. */
 static cb_ticket take_permit(const struct cb__map *m, uint32_t slot, uint64_t w)
 {
-    _Atomic uint64_t *pw = CB_LANES_PERMIT(m->lanes, slot);
+    _Atomic uint64_t *pw = &m->permits[slot]; /* slot < capacity: the handle points into m's records */
     uint32_t epoch = cb_seg_word_epoch(w);
     /* Relaxed throughout: the daemon stores a fresh permit word before its
      * release store of the HALF_OPEN state word, which cb_allow() loaded with

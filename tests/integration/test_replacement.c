@@ -20,7 +20,9 @@
  *
  * Damage: a state or lanes object truncated below what its header claims is
  * refused by cb_client_open with CB_EDAMAGED (mapping it would be a SIGBUS
- * on the first read past its end).
+ * on the first read past its end). Every worker of the group may write the
+ * lanes region: one that overwrites its header's geometry must not make
+ * another worker index out of it.
  *
  * No timing threshold: "without waiting" is measured as the ratio of all
  * calls' time to one control request timeout, which a single call that
@@ -36,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "frame.h"
@@ -495,4 +498,56 @@ Test(replacement, truncated_segment_objects_are_refused_with_a_clear_error_not_a
     int64_t t0 = now_ns();
     expect_refused("state region shorter than its header");
     cr_assert_lt((double)(now_ns() - t0) / REQUEST_TIMEOUT_NS, 1.0, "a truncated header was waited for");
+}
+
+struct scribbled {
+    cb_circuit *c;
+    int kind;
+};
+
+/* A thread new to the mapping: its first cb_record claims a lane. */
+static void *allow_and_record(void *arg)
+{
+    struct scribbled *s = arg;
+    cb_ticket t = cb_allow(s->c);
+    s->kind = (int)tsup_ticket_kind(t);
+    cb_record(s->c, t, CB_SUCCESS);
+    return NULL;
+}
+
+Test(replacement, a_worker_that_overwrites_the_lanes_header_crashes_no_other_worker)
+{
+    static const struct tsup_daemon_opts o = {.stale_limit_ms = 600000};
+    tsup_fixture_start(&d, &cl, &o);
+    cb_config cfg = tsup_config(1, 1, 1, 100);
+    cb_circuit *c = tsup_circuit(cl, "payments", &cfg);
+    cr_assert_eq(tsup_record_n(c, CB_FAILURE, 1), 1);
+    cr_assert(tsup_wait_state(c, CB_HALF_OPEN), "the circuit never reached HALF_OPEN");
+    cr_assert_eq(tsup_daemon_stop(&d), 0); /* the lanes as the workers see them, nobody fixing them */
+
+    size_t size;
+    struct cb_lanes_header *lh = tsup_seg_map(d.instance, TSUP_MAP_LANES | TSUP_MAP_RW, &size);
+    cr_assert_not_null(lh);
+    lh->lane_count = UINT32_MAX;
+    lh->lane_capacity = 1u << 31;
+    lh->lane_stride = UINT32_MAX;
+    lh->lanes_offset = UINT64_MAX / 2;
+    lh->permits_offset = UINT64_MAX / 2;
+    munmap(lh, size);
+
+    pid_t pid = tsup_fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) { /* another worker: a probe permit, a new lane, then close */
+        struct scribbled s = {.c = c};
+        pthread_t th;
+        if (pthread_create(&th, NULL, allow_and_record, &s) != 0 || pthread_join(th, NULL) != 0)
+            _exit(10);
+        cb_client_close(cl);
+        _exit(s.kind == CB_TICKET_PROBE ? 0 : 11);
+    }
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    tsup_untrack(pid);
+    cr_assert(WIFEXITED(status), "the worker died of signal %d", WTERMSIG(status));
+    cr_assert_eq(WEXITSTATUS(status), 0, "the worker got no probe permit (exit %d)", WEXITSTATUS(status));
 }
