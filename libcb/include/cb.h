@@ -350,7 +350,7 @@ typedef struct cb_transition {
  * capacity + 1, so the next call goes on from there). Entries carry the
  * circuit's name, so they stay meaningful after the circuit is removed.
  * After a segment replacement the cursor starts at the new segment's first
- * entry. Never waits for the daemon.
+ * entry. Never waits for the daemon or for another thread's registration.
  * Thread safety: one reader per client at a time.
  */
 CB_EXPORT int cb_next_transition(cb_client *client, cb_transition *out);

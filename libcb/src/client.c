@@ -48,7 +48,7 @@
  * fork; a child's rings go to the same daemon, which is right.
  *
  * Fork. A prefork master opens the client and forks; the fork handlers hold
- * every client's lock across fork() so a child never inherits one held
+ * every client's locks across fork() so a child never inherits one held
  * mid-remap, and the child drops the inherited control connection (ctl.c):
  * it connects its own when it first needs one. Lanes (lanes.c) have their
  * own fork rule. Descriptors a child inherited are closed (at
@@ -78,14 +78,18 @@ static _Atomic uint64_t next_map_id = 1;
 static void fork_prepare(void)
 {
     pthread_mutex_lock(&clients_lock);
-    for (cb_client *cl = clients; cl != NULL; cl = cl->next)
+    for (cb_client *cl = clients; cl != NULL; cl = cl->next) {
         pthread_mutex_lock(&cl->lock);
+        pthread_mutex_lock(&cl->history_lock);
+    }
 }
 
 static void fork_parent(void)
 {
-    for (cb_client *cl = clients; cl != NULL; cl = cl->next)
+    for (cb_client *cl = clients; cl != NULL; cl = cl->next) {
+        pthread_mutex_unlock(&cl->history_lock);
         pthread_mutex_unlock(&cl->lock);
+    }
     pthread_mutex_unlock(&clients_lock);
 }
 
@@ -398,6 +402,7 @@ static int client_map(cb_client *cl)
     /* Acquire pairs with the daemon's release stores of the generation and
      * of history_head. */
     cl->seen_generation = atomic_load_explicit(&m->hdr->generation, memory_order_acquire);
+    cl->history_map = m->id;
     cl->history_cursor = atomic_load_explicit(&m->hdr->history_head, memory_order_acquire);
     return 0;
 }
@@ -424,12 +429,14 @@ int cb_client_open(cb_client **out, const char *instance)
     if (cl == NULL)
         return -ENOMEM;
     pthread_mutex_init(&cl->lock, NULL);
+    pthread_mutex_init(&cl->history_lock, NULL);
     cl->ctl.fd = -1;
     cl->ctl.next_id = 1;
     cl->bypass = disabled;
     strcpy(cl->instance, instance);
     rc = disabled ? 0 : client_map(cl);
     if (rc < 0) {
+        pthread_mutex_destroy(&cl->history_lock);
         pthread_mutex_destroy(&cl->lock);
         free(cl);
         return rc;
@@ -455,6 +462,7 @@ void cb_client_close(cb_client *cl)
     cb__ctl_free(cl);
     cb__circuits_free(cl);
     pthread_mutex_unlock(&cl->lock);
+    pthread_mutex_destroy(&cl->history_lock);
     pthread_mutex_destroy(&cl->lock);
     free(cl);
 }
@@ -486,7 +494,6 @@ static int remap_locked(cb_client *cl, int wait_ms)
      * whoever sees the new mapping sees its fields initialised. */
     atomic_store_explicit(&cl->map, m, memory_order_release);
     cb__ctl_drop(cl, false); /* registrations in flight go to the new daemon, which may listen elsewhere */
-    cl->history_cursor = 0; /* a new segment's history all happened while we were open */
     cl->remapped = true;
     cl->check_replaced = false;
     return 0;

@@ -13,7 +13,7 @@
  * segment with a slot from another.
  *
  * Lock order (outer first): the clients list (fork handlers), a client's
- * lock, the lanes registry (lanes.c). The hot path
+ * lock, its history lock, the lanes registry (lanes.c). The hot path
  * takes none of them but with trylock, and nothing holds a client's lock
  * while it waits for the daemon: a wait (a registration's reply, a new
  * segment becoming ready) releases it, so every call that only needs the
@@ -103,13 +103,15 @@ struct cb__ctl {
 };
 
 struct cb_client {
-    pthread_mutex_t lock;             /* handle cache, control connection, registrations, remap, history cursor */
+    pthread_mutex_t lock;             /* handle cache, control connection, registrations, remap */
     bool bypass;                      /* $CB_DISABLED: nothing mapped */
     bool remapped;                    /* a remap happened since cb_status() last said so */
     bool check_replaced;              /* the daemon answered for a segment we may not have mapped */
     char instance[CB_INSTANCE_MAX + 1];
     _Atomic(struct cb__map *) map;    /* current mapping (NULL for a bypass client) */
     uint64_t seen_generation;         /* daemon generation cb_status() last reported */
+    pthread_mutex_t history_lock;     /* the history cursor (never held while waiting) */
+    uint64_t history_map;             /* id of the mapping the cursor counts in */
     uint64_t history_cursor;          /* next history sequence cb_next_transition() reads */
     struct cb__ctl ctl;
     _Atomic int64_t retry_after_ns;   /* hot-path remaps wait until then after a failure */

@@ -41,7 +41,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "frame.h"
+#include "client.h"
 #include "tsup.h"
 
 #define REQUEST_TIMEOUT_NS 2000000000ll /* libcb's control request timeout (client.h) */
@@ -357,6 +357,44 @@ Test(replacement, cb_status_alone_moves_handles_whose_name_the_new_segment_lacks
     cr_assert_eq(tsup_info(c).config.failure_threshold, 2);
     cr_assert_eq(tsup_record_n(c, CB_FAILURE, 2), 2);
     cr_assert(tsup_wait_state(c, CB_OPEN));
+    /* the transition history is the new segment's */
+    cb_transition tr = tsup_next_transition(cl, "search");
+    cr_assert_eq(tr.from, CB_CLOSED);
+    cr_assert_eq(tr.to, CB_OPEN);
+}
+
+struct reader {
+    _Atomic int done;
+    int rc;
+};
+
+static void *read_history(void *arg)
+{
+    struct reader *r = arg;
+    cb_transition t;
+    r->rc = cb_next_transition(cl, &t);
+    atomic_store(&r->done, 1);
+    return NULL;
+}
+
+Test(replacement, reading_transitions_never_waits_for_a_thread_that_holds_the_client)
+{
+    tsup_fixture_start(&d, &cl, NULL);
+    cb_config cfg = tsup_config(1, 1, 1, 600000);
+    cb_circuit *c = tsup_circuit(cl, "payments", &cfg);
+    cr_assert_eq(tsup_record_n(c, CB_FAILURE, 1), 1);
+    cr_assert(tsup_wait_state(c, CB_OPEN));
+    /* Another thread in the middle of something on the client (moving
+     * every handle in cb_status, say): */
+    pthread_mutex_lock(&cl->lock);
+    struct reader r = {0};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, read_history, &r), 0);
+    bool done = tsup_wait_until(atomic_load(&r.done), TSUP_LIVENESS_MS);
+    pthread_mutex_unlock(&cl->lock);
+    pthread_join(th, NULL);
+    cr_assert(done, "cb_next_transition waited for the client lock");
+    cr_assert_eq(r.rc, 1, "the OPEN transition was not read");
 }
 
 /* name is in the daemon's segment (its index, as libcb reads it). */

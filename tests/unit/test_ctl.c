@@ -91,6 +91,7 @@ static void setup(void)
     cr_assert_eq(bind(listener, (struct sockaddr *)&a, sizeof a), 0);
     cr_assert_eq(listen(listener, 8), 0);
     pthread_mutex_init(&cl.lock, NULL);
+    pthread_mutex_init(&cl.history_lock, NULL);
     cl.ctl.fd = -1;
     cl.ctl.next_id = 1;
     atomic_store(&cl.map, &map);
