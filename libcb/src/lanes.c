@@ -1,7 +1,12 @@
 /*
  * lanes.c - the worker's half of the hot path: cb_record() into per-thread
  * outcome lanes, and cb_allow()'s slow path (flags, staleness, probe
- * permits).
+ * permits; a handle that must move to a new segment or registration is
+ * handed to circuit.c, which never waits).
+ *
+ * The lanes region is writable by every worker of the group, so its
+ * geometry is read once, when the mapping is checked (client.c), and
+ * every address here comes from that copy.
  *
  * Lanes. Every thread writes its own single-producer/single-consumer ring
  * in the lanes region, so cb_record() needs no lock and no RMW: a few plain
@@ -37,9 +42,11 @@
  * turned 0 into 1 makes a syscall. That syscall is a one-byte write to the
  * daemon's doorbell FIFO, which its loop polls: one wakeup per trip. Where
  * the mapping has no FIFO of the daemon's current generation (no access, a
- * daemon without one, a restart cb_status() has not caught up with) it is
- * FUTEX_WAKE on the shared (not private) word, which a daemon thread
- * relays to the loop: two wakeups, but it works with every daemon. The
+ * daemon without one, a restart cb_status() has not caught up with, or a
+ * descriptor number a prefork child closed and reused for a file of its
+ * own: checked once per process) it is FUTEX_WAKE on the shared (not
+ * private) word, which a daemon thread relays to the loop: two wakeups,
+ * but it works with every daemon. The
  * ordering argument (our fence vs. the daemon's) is the same for both; see
  * doorbell_ring and cbd's doorbell.c.
  */
