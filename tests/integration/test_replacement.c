@@ -58,6 +58,22 @@ static void stop(void)
 
 TestSuite(replacement, .fini = stop, .timeout = 120);
 
+/* failures recorded through c, and the daemon that counts them trips it */
+static void trip(cb_circuit *c, int failures)
+{
+    cr_assert_eq(tsup_record_n(c, CB_FAILURE, failures), failures);
+    cr_assert(tsup_wait_state(c, CB_OPEN), "%d failures did not trip it: the daemon did not count them", failures);
+}
+
+/* A circuit of the fixture's client that trips at `failures`, tripped. */
+static cb_circuit *open_circuit(const char *name, uint32_t failures)
+{
+    cb_config cfg = tsup_config(failures, 1, 1, 600000);
+    cb_circuit *c = tsup_circuit(cl, name, &cfg);
+    trip(c, (int)failures);
+    return c;
+}
+
 /* The next start of d runs with --capacity cap, so it cannot adopt the segment. */
 static void set_capacity(const char *cap)
 {
@@ -308,10 +324,7 @@ Test(replacement, a_name_the_new_segment_lacks_is_registered_again_in_the_backgr
      * reads. */
     static const struct tsup_daemon_opts o = {.capacity = 64, .stale_limit_ms = 600000};
     tsup_fixture_start(&d, &cl, &o);
-    cb_config cfg = tsup_config(2, 1, 1, 600000);
-    cb_circuit *c = tsup_circuit(cl, "payments", &cfg);
-    cr_assert_eq(tsup_record_n(c, CB_FAILURE, 2), 2);
-    cr_assert(tsup_wait_state(c, CB_OPEN));
+    cb_circuit *c = open_circuit("payments", 2);
     tsup_daemon_kill9(&d);
     forget_store();
     start_stalled("128");
@@ -333,8 +346,7 @@ Test(replacement, a_name_the_new_segment_lacks_is_registered_again_in_the_backgr
     cb_info info = tsup_info(c);
     cr_assert_eq(info.state, CB_CLOSED);
     cr_assert_eq(info.config.failure_threshold, 2, "the registration did not carry the handle's config");
-    cr_assert_eq(tsup_record_n(c, CB_FAILURE, 2), 2);
-    cr_assert(tsup_wait_state(c, CB_OPEN), "the new daemon did not count the handle's failures");
+    trip(c, 2);
     cr_assert_eq(tsup_ticket_kind(cb_allow(c)), CB_TICKET_REJECTED);
 }
 
@@ -355,8 +367,7 @@ Test(replacement, cb_status_alone_moves_handles_whose_name_the_new_segment_lacks
     cr_assert(tsup_wait_until((cb_status(cl), bound_to_new_segment(c)), TSUP_LIVENESS_MS),
               "cb_status did not register the handle's circuit in the new segment");
     cr_assert_eq(tsup_info(c).config.failure_threshold, 2);
-    cr_assert_eq(tsup_record_n(c, CB_FAILURE, 2), 2);
-    cr_assert(tsup_wait_state(c, CB_OPEN));
+    trip(c, 2);
     /* the transition history is the new segment's */
     cb_transition tr = tsup_next_transition(cl, "search");
     cr_assert_eq(tr.from, CB_CLOSED);
@@ -380,10 +391,7 @@ static void *read_history(void *arg)
 Test(replacement, reading_transitions_never_waits_for_a_thread_that_holds_the_client)
 {
     tsup_fixture_start(&d, &cl, NULL);
-    cb_config cfg = tsup_config(1, 1, 1, 600000);
-    cb_circuit *c = tsup_circuit(cl, "payments", &cfg);
-    cr_assert_eq(tsup_record_n(c, CB_FAILURE, 1), 1);
-    cr_assert(tsup_wait_state(c, CB_OPEN));
+    open_circuit("payments", 1);
     /* Another thread in the middle of something on the client (moving
      * every handle in cb_status, say): */
     pthread_mutex_lock(&cl->lock);
@@ -432,8 +440,7 @@ Test(replacement, a_circuit_removed_by_expiry_is_registered_again_by_a_worker_th
     cr_assert(tsup_wait_until(tsup_ticket_kind(t = cb_allow(c)) == CB_TICKET_ALLOWED, TSUP_LIVENESS_MS),
               "the handle of an expired circuit never moved to its new registration (ticket kind %u)",
               tsup_ticket_kind(t));
-    cr_assert_eq(tsup_record_n(c, CB_FAILURE, 2), 2); /* before it could expire again */
-    cr_assert(tsup_wait_state(c, CB_OPEN), "the new registration did not count the handle's failures");
+    trip(c, 2); /* before it could expire again */
     cb_info info = tsup_info(c);
     cr_assert_str_eq(info.name, "inventory");
     cr_assert_eq(info.config.failure_threshold, 2, "the registration did not carry the handle's config");
@@ -460,10 +467,7 @@ static int remove_circuit(const char *name)
 Test(replacement, a_removed_circuit_is_registered_again_by_the_workers_that_use_it)
 {
     tsup_fixture_start(&d, &cl, NULL);
-    cb_config cfg = tsup_config(2, 1, 1, 600000);
-    cb_circuit *c = tsup_circuit(cl, "inventory", &cfg);
-    cr_assert_eq(tsup_record_n(c, CB_FAILURE, 2), 2);
-    cr_assert(tsup_wait_state(c, CB_OPEN));
+    cb_circuit *c = open_circuit("inventory", 2);
     int rc = remove_circuit("inventory");
     if (rc == -EOPNOTSUPP)
         cr_skip_test("this cbd has no 'remove' operation (removal by circuit_expiry_s is tested above)");
@@ -480,8 +484,7 @@ Test(replacement, a_removed_circuit_is_registered_again_by_the_workers_that_use_
     cr_assert_str_eq(info.name, "inventory");
     cr_assert_eq(info.state, CB_CLOSED);
     cr_assert_eq(info.config.failure_threshold, 2);
-    cr_assert_eq(tsup_record_n(c, CB_FAILURE, 2), 2);
-    cr_assert(tsup_wait_state(c, CB_OPEN));
+    trip(c, 2);
 }
 
 /* Truncates an instance's shm object (the state region, or the lanes

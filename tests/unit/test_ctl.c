@@ -190,6 +190,14 @@ static void register_locked(cb_circuit *c)
     pthread_mutex_unlock(&cl.lock);
 }
 
+/* c's registration as the daemon receives it on a new connection (*fd). */
+static struct request registered(cb_circuit *c, int *fd)
+{
+    register_locked(c);
+    *fd = accept_one();
+    return read_request(*fd);
+}
+
 static void pump(void)
 {
     pthread_mutex_lock(&cl.lock);
@@ -240,9 +248,8 @@ Test(ctl, replies_go_to_the_registration_with_their_id_and_the_rest_are_dropped)
 Test(ctl, a_reply_split_across_reads_is_assembled)
 {
     cb_circuit *c = handle("payments");
-    register_locked(c);
-    int fd = accept_one();
-    struct request r = read_request(fd);
+    int fd;
+    struct request r = registered(c, &fd);
     uint32_t slot = seg_add("payments");
     char buf[128];
     size_t n = reply_frame(buf, true, r.id, slot);
@@ -259,9 +266,8 @@ Test(ctl, a_reply_split_across_reads_is_assembled)
 Test(ctl, an_answer_naming_a_slot_that_is_not_the_circuit_binds_nothing)
 {
     cb_circuit *c = handle("payments");
-    register_locked(c);
-    int fd = accept_one();
-    struct request r = read_request(fd);
+    int fd;
+    struct request r = registered(c, &fd);
     uint32_t other = seg_add("search");
     seg_add("payments");
     send_reply(fd, true, r.id, other);
