@@ -22,6 +22,13 @@
  * publishes the next state word. Only the daemon changes a circuit's state:
  * the kernel enforces it (the state region is mapped PROT_READ).
  *
+ * A worker never waits for the daemon on the hot path: when cbd is
+ * restarted with another layout or capacity (it replaces the segment) or
+ * removes a circuit, handles move to the new segment or registration by
+ * themselves, each on its next calls, without a round trip in the
+ * caller's path (see cb_allow). Only cb_client_open, cb_circuit_get and
+ * cb_status may wait, each for a bounded time.
+ *
  * Errors are negative errno values (or the cb-specific codes below);
  * cb_strerror() names them. libcb never sets or reads errno for its callers.
  * Only symbols starting with cb_ are exported; cb__ names are internal and
@@ -57,6 +64,10 @@ extern "C" {
 #define CB_EOPEN (-20001)
 /* The daemon answered a request with an error it did not map to an errno. */
 #define CB_EPROTO_DAEMON (-20002)
+/* The segment's shared-memory objects are damaged: smaller than their
+ * headers say (truncated), or sizes and offsets that do not hold together.
+ * Restarting cbd replaces such a segment. */
+#define CB_EDAMAGED (-20003)
 
 /* ---- states and outcomes ------------------------------------------------ */
 
@@ -107,16 +118,23 @@ typedef struct cb_circuit cb_circuit;
  * stderr. A value that is not a boolean fails with -EINVAL and a message on
  * stderr naming the variable.
  *
+ * Both shared-memory objects are checked before anything in them is read:
+ * an object smaller than its header says (truncated) is refused, never
+ * mapped into a SIGBUS.
+ *
  * Returns 0 and sets *out, or:
  *   -ENOENT   no segment for this instance (cbd is not running)
  *   -EPROTO   the segment is not a cbd segment or its layout major differs
- *   -ETIMEDOUT the segment never became ready (daemon still starting)
+ *   CB_EDAMAGED an object is truncated or its sizes disagree (restart cbd)
+ *   -ETIMEDOUT the segment never became ready within 2 s (daemon still starting)
  *   -EINVAL   bad instance name or bad $CB_DISABLED
  *   -EACCES   no permission to map the segment (join the daemon's group)
  *   -ENOMEM
  * Thread safety: the returned client may be used from any number of threads
- * and is inherited across fork(): a prefork master opens it, children use it
- * (each child gets its own lanes on first use).
+ * and is inherited across fork(): a prefork master opens it (and may get
+ * handles), children use it. Each process gets its own lanes on its first
+ * cb_record and its own control connection on its first registration: a
+ * child never reads or writes its parent's connection.
  */
 CB_EXPORT int cb_client_open(cb_client **out, const char *instance);
 
@@ -133,15 +151,25 @@ CB_EXPORT void cb_client_close(cb_client *client);
  * An existing circuit keeps the configuration it has (the daemon's config
  * file and operators decide); read it back with cb_info_get().
  *
- * Names are 1..127 bytes of [A-Za-z0-9._:/@+=-].
+ * Names are 1..127 bytes of [A-Za-z0-9._:/@+=-]. A name already in the
+ * segment is found without the daemon; a new one is registered over the
+ * control connection, waiting up to 2 s for the answer. If cbd later loses
+ * the circuit (a replaced segment without it, a removal), the handle
+ * registers it again by itself, with the same cfg.
+ *
  * Returns 0 and sets *out, or:
  *   -EINVAL   bad name or a cfg value out of bounds (the daemon logs which)
  *   -ENOSPC   the segment is full (raise the daemon's `capacity` option)
+ *   -EDQUOT   this user's registration quota is used up
  *   -ECONNREFUSED / -ENOENT  the daemon's socket does not answer
- *   -ETIMEDOUT the daemon did not answer within 2 s
+ *   -ECONNRESET the daemon closed the connection twice during the request
+ *   -ETIMEDOUT the daemon did not answer within 2 s (a later call for the
+ *             name returns the handle once a late answer arrived)
  *   -EPERM    the daemon refused this peer
  *   -ENOMEM
- * Thread safety: safe from any thread; registration is serialised per client.
+ * Thread safety: safe from any thread. A registration waits with no lock
+ * held: other threads' calls on the client never wait behind it (a second
+ * cb_circuit_get of the same name waits for the same answer).
  */
 CB_EXPORT int cb_circuit_get(cb_client *client, const char *name, const cb_config *cfg,
                              cb_circuit **out);
@@ -181,7 +209,20 @@ CB_EXPORT cb_ticket cb__allow_slow(cb_circuit *c, uint64_t state_word);
  * HALF_OPEN: one CAS on the circuit's permit word; the winner gets a PROBE
  * ticket, the rest are rejected. If the daemon's heartbeat is stale past its
  * limit, non-CLOSED circuits fail open (BYPASS tickets; see cb_status()).
- * Never blocks, allocates or makes a syscall. Thread safety: any thread.
+ * In these states: no syscall, no lock, no allocation.
+ *
+ * When the daemon replaced the segment or removed the circuit, the calls
+ * that notice move the handle, and never wait for the daemon or another
+ * thread: a trylock of the client (taken: try on a later call), at most a
+ * few non-blocking syscalls (fstat, shm_open and mmap of a new segment that
+ * is ready already - one attempt per 100 ms -, a non-blocking send of the
+ * circuit's registration, a non-blocking read of answers - one per clock
+ * tick), and maybe an allocation. Until the handle is bound again a call
+ * is decided on what it points at: a replaced segment's record by the
+ * last state its daemon published, under that segment's staleness policy
+ * (its daemon is gone, so with fail-open a non-CLOSED circuit gets BYPASS
+ * once the heartbeat is stale); a removed circuit gets BYPASS.
+ * Never blocks. Thread safety: any thread.
  */
 static inline cb_ticket cb_allow(cb_circuit *c)
 {
@@ -223,8 +264,10 @@ static inline bool cb_ticket_is_probe(cb_ticket t)
  * the daemon. A failure or a probe result wakes the daemon if it sleeps, so a
  * trip never waits for a tick. If the lane is full the event is dropped and
  * counted (visible in cbd's stats): a worker never waits for the daemon.
- * Recording a REJECTED or BYPASS ticket does nothing. Thread safety: any
- * thread; never blocks or allocates after the thread's first call.
+ * Recording a REJECTED or BYPASS ticket does nothing; nor does recording
+ * through a handle still bound to a replaced segment. Thread safety: any
+ * thread; never blocks, and allocates only on a thread's first call for a
+ * segment (its lane).
  */
 CB_EXPORT void cb_record(cb_circuit *c, cb_ticket ticket, cb_outcome outcome);
 
@@ -264,10 +307,13 @@ typedef struct cb_call_opts {
 CB_EXPORT int cb_call(cb_circuit *c, cb_fn fn, void *fn_arg, const cb_call_opts *opts);
 
 /*
- * cb_info_get - a consistent snapshot of the circuit (seqlock read).
+ * cb_info_get - a consistent snapshot of the circuit: one version the
+ * daemon published, read without a lock (segment.h). A handle that has to
+ * move (see cb_allow) is moved first if that can be done without waiting;
+ * until it has moved, the snapshot is the replaced segment's last version.
  * Returns 0, -EAGAIN if the daemon kept rewriting the record for ~1 ms,
- * -ENOENT if the handle's slot is not in use (segment replaced and not yet
- * remapped), or -EBADMSG if the record is corrupt.
+ * -ENOENT if the circuit was removed and is not registered again yet, or
+ * -EBADMSG if the record is corrupt. Never waits for the daemon.
  */
 CB_EXPORT int cb_info_get(cb_circuit *c, cb_info *info);
 
@@ -301,7 +347,10 @@ typedef struct cb_transition {
  * Returns 1 and fills *out; 0 when there is nothing new; -EOVERFLOW when the
  * reader fell behind and entries were overwritten (the cursor jumps to the
  * oldest entry that cannot be overwritten while it is read, head -
- * capacity + 1, so the next call goes on from there).
+ * capacity + 1, so the next call goes on from there). Entries carry the
+ * circuit's name, so they stay meaningful after the circuit is removed.
+ * After a segment replacement the cursor starts at the new segment's first
+ * entry. Never waits for the daemon or for another thread's registration.
  * Thread safety: one reader per client at a time.
  */
 CB_EXPORT int cb_next_transition(cb_client *client, cb_transition *out);
@@ -316,8 +365,12 @@ CB_EXPORT int cb_next_transition(cb_client *client, cb_transition *out);
 
 /*
  * cb_status - what the client knows about its daemon. Checks the heartbeat
- * and generation, and remaps if the daemon replaced the segment (layout
- * change). Thread safety: any thread.
+ * and generation. If the daemon replaced the segment (another layout or
+ * capacity), waits up to 2 s for the new one to become ready, maps it and
+ * moves every handle to it, sending registrations for circuits it lacks
+ * (their answers are picked up by later calls, never waited for). May
+ * wait: call it from a timer or a health check, not on a request's path.
+ * Thread safety: any thread.
  */
 CB_EXPORT unsigned cb_status(cb_client *client);
 

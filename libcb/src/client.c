@@ -11,22 +11,32 @@
  * that is adopting a segment writes the two generations one after the other,
  * so a mismatch is retried within the same deadline.
  *
+ * Sizes. An object is mapped only once fstat says it holds everything its
+ * header claims (cb__seg_header_check, cb__lanes_header_check against the
+ * size): touching a page past the end of a shm object is SIGBUS, so a
+ * truncated object is refused with CB_EDAMAGED instead. Size 0 is a daemon
+ * that created the object and has yet to size it (it sizes it in one
+ * ftruncate), so that alone is waited for.
+ *
  * Restart vs. replacement. A daemon restart that adopts the segment changes
  * only the generation: mappings, handles and lanes stay valid, and
  * cb_status() reports RESTARTED once. A daemon that cannot adopt (another
- * layout) marks every old record CB_SEG_F_RETIRED, unlinks the objects and
- * creates new ones. We notice through the retired flag (cb_allow's slow
- * path) or through st_nlink == 0 on the fd we kept (cb_status), map the new
- * segment, publish it as the client's current mapping and rebind each handle
- * by name. Old mappings stay mapped until cb_client_close(): a thread that
- * loaded a pointer into one just reads a retired word. The trade-off is
- * address space (one extra mapping per replacement, a rare operator event)
- * for a hot path that never needs a reference count.
+ * layout or capacity) marks every old record CB_SEG_F_RETIRED, unlinks the
+ * objects and creates new ones. We notice through the retired flag (a
+ * handle's slow path, or record 0 for cb_status) or through st_nlink == 0
+ * on the fd we kept, map the new segment and publish it as the client's
+ * current mapping. Handles move over one at a time, each on its own next
+ * slow path, by the new mapping's lock-free index (circuit.c); cb_status()
+ * moves them all. Old mappings stay mapped until cb_client_close(): a
+ * thread that loaded a pointer into one just reads a retired word. The
+ * trade-off is address space (one extra mapping per replacement, a rare
+ * operator event) for a hot path that never needs a reference count.
  *
  * Remaps are serialised by the client's lock. From the hot path they are
- * attempted with trylock and without waiting for a new segment to become
- * ready; a failure is retried at most every 100 ms and those calls are
- * bypassed (the daemon that owned the old segment is gone: fail open).
+ * attempted with trylock and only if the new segment is ready now (a few
+ * non-blocking syscalls: shm_open, fstat, mmap); a failure is retried at
+ * most every 100 ms. cb_status() waits up to 2 s for a new segment, with
+ * the lock released while it waits.
  *
  * Doorbell FIFO. Each mapping opens the FIFO beside the daemon's socket
  * (lanes.c rings it; doorbell.c in cbd explains the two wake paths). A
@@ -38,8 +48,12 @@
  * fork; a child's rings go to the same daemon, which is right.
  *
  * Fork. A prefork master opens the client and forks; the fork handlers hold
- * every client's lock across fork() so a child never inherits one held
- * mid-remap. Lanes (lanes.c) have their own fork rule.
+ * every client's locks across fork() so a child never inherits one held
+ * mid-remap, and the child drops the inherited control connection (ctl.c):
+ * it connects its own when it first needs one. Lanes (lanes.c) have their
+ * own fork rule. Descriptors a child inherited are closed (at
+ * cb_client_close) only while they are still what we opened: a child that
+ * closed every descriptor after fork may use the numbers for its own files.
  */
 #define _GNU_SOURCE
 #include "client.h"
@@ -54,6 +68,7 @@
 #include <unistd.h>
 
 const uint64_t cb__bypass_word = (uint64_t)CB_SEG_F_DISABLED << CB_SEG_FLAGS_SHIFT;
+const uint64_t cb__unbound_word = (uint64_t)CB_SEG_F_REMOVED << CB_SEG_FLAGS_SHIFT;
 
 static pthread_mutex_t clients_lock = PTHREAD_MUTEX_INITIALIZER;
 static cb_client *clients; /* every open client, for the fork handlers */
@@ -63,15 +78,29 @@ static _Atomic uint64_t next_map_id = 1;
 static void fork_prepare(void)
 {
     pthread_mutex_lock(&clients_lock);
-    for (cb_client *cl = clients; cl != NULL; cl = cl->next)
+    for (cb_client *cl = clients; cl != NULL; cl = cl->next) {
         pthread_mutex_lock(&cl->lock);
+        pthread_mutex_lock(&cl->history_lock);
+    }
 }
 
-static void fork_after(void)
+static void fork_parent(void)
 {
-    for (cb_client *cl = clients; cl != NULL; cl = cl->next)
+    for (cb_client *cl = clients; cl != NULL; cl = cl->next) {
+        pthread_mutex_unlock(&cl->history_lock);
         pthread_mutex_unlock(&cl->lock);
+    }
     pthread_mutex_unlock(&clients_lock);
+}
+
+static void fork_child(void)
+{
+    /* The connection is the parent's: close our copy of the descriptor
+     * (nothing in the child can have reused it yet) and forget what was in
+     * flight on it; the child's registrations go over its own. */
+    for (cb_client *cl = clients; cl != NULL; cl = cl->next)
+        cb__ctl_drop(cl, true);
+    fork_parent();
 }
 
 static void fork_handlers_install(void)
@@ -79,7 +108,19 @@ static void fork_handlers_install(void)
     /* Registered after lanes.c's handlers, so (prepare handlers run in
      * reverse order) client locks are taken before the lanes registry's,
      * as the lock order in client.h says. */
-    pthread_atfork(fork_prepare, fork_after, fork_after);
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+bool cb__fd_is(int fd, dev_t dev, ino_t ino)
+{
+    struct stat st;
+    return fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
+}
+
+static void close_if_ours(int fd, dev_t dev, ino_t ino)
+{
+    if (cb__fd_is(fd, dev, ino))
+        close(fd);
 }
 
 /* 1 if a disable variable is true, 0 if none is set, -EINVAL if one is not
@@ -113,30 +154,57 @@ static void sleep_1ms(void)
     nanosleep(&ts, NULL);
 }
 
-/* One attempt at mapping a ready state region: 0, -EAGAIN (not sized or not
- * ready yet), -EPROTO (not a cbd segment of our layout) or -errno. */
-static int state_try_map(struct cb__map *m)
+/* The size of the object behind fd (recording what it is in *dev, *ino):
+ * 0 and *size, -EAGAIN while it is empty (created, not yet sized by the
+ * daemon), CB_EDAMAGED when it is too small to hold a header of
+ * header_size bytes (the daemon sizes an object in one step: something
+ * truncated it), or -errno. */
+static int object_size(int fd, uint64_t header_size, dev_t *dev, ino_t *ino, size_t *size)
 {
     struct stat st;
-    if (fstat(m->state_fd, &st) < 0)
+    if (fstat(fd, &st) < 0)
         return -errno;
-    if ((uint64_t)st.st_size < CB_SEG_HEADER_SIZE)
-        return -EAGAIN; /* created, not yet sized by the daemon */
-    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, m->state_fd, 0);
+    *dev = st.st_dev;
+    *ino = st.st_ino;
+    *size = (size_t)st.st_size;
+    if (st.st_size == 0)
+        return -EAGAIN;
+    return (uint64_t)st.st_size < header_size ? CB_EDAMAGED : 0;
+}
+
+/* What a header check's verdict means to a client: another layout or not
+ * cbd's (-EPROTO), or sizes that do not hold together, a truncated object
+ * among them (CB_EDAMAGED). */
+static int header_verdict(int rc)
+{
+    return rc == -EBADMSG ? CB_EDAMAGED : rc < 0 ? -EPROTO : 0;
+}
+
+/* One attempt at mapping a ready state region: 0, -EAGAIN (not sized or not
+ * ready yet), -EPROTO (not a cbd segment of our layout), CB_EDAMAGED or
+ * -errno. */
+static int state_try_map(struct cb__map *m)
+{
+    size_t size = 0;
+    int rc = object_size(m->state_fd, CB_SEG_HEADER_SIZE, &m->state_dev, &m->state_ino, &size);
+    if (rc < 0)
+        return rc;
+    void *p = mmap(NULL, size, PROT_READ, MAP_SHARED, m->state_fd, 0);
     if (p == MAP_FAILED)
         return -errno;
     const struct cb_seg_header *h = p;
     /* Acquire pairs with the daemon's release store of ready, made after
-     * every other header field: the checks below read a complete header. */
-    int rc = atomic_load_explicit(&h->ready, memory_order_acquire) == 1 ? 0 : -EAGAIN;
-    if (rc == 0 && cb__seg_header_check(h, (uint64_t)st.st_size) < 0)
-        rc = -EPROTO; /* foreign, other major, or inconsistent: not ours to read */
+     * every other header field: the checks below read a complete header,
+     * and nothing past it is touched before they passed. */
+    rc = atomic_load_explicit(&h->ready, memory_order_acquire) == 1 ? 0 : -EAGAIN;
+    if (rc == 0)
+        rc = header_verdict(cb__seg_header_check(h, size));
     if (rc < 0) {
-        munmap(p, (size_t)st.st_size);
+        munmap(p, size);
         return rc;
     }
     m->hdr = h;
-    m->state_size = (size_t)st.st_size;
+    m->state_size = size;
     m->capacity = h->capacity;
     m->records = (uintptr_t)h + h->records_offset;
     m->records_bytes = (uint64_t)h->capacity * CB_SEG_RECORD_SIZE;
@@ -148,17 +216,19 @@ static int state_try_map(struct cb__map *m)
  * 0, -EAGAIN (not matching yet), -EPROTO or -errno. */
 static int lanes_try_map(struct cb__map *m)
 {
-    struct stat st;
-    if (fstat(m->lanes_fd, &st) < 0)
-        return -errno;
-    if ((uint64_t)st.st_size < CB_LANES_HEADER_SIZE)
-        return -EAGAIN;
-    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, m->lanes_fd, 0);
+    size_t size = 0;
+    int rc = object_size(m->lanes_fd, CB_LANES_HEADER_SIZE, &m->lanes_dev, &m->lanes_ino, &size);
+    if (rc < 0)
+        return rc;
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, m->lanes_fd, 0);
     if (p == MAP_FAILED)
         return -errno;
-    struct cb_lanes_header *lh = p;
-    int rc = cb__lanes_header_check(lh, (uint64_t)st.st_size) < 0 ? -EPROTO : 0;
-    if (rc == 0 && lh->capacity != m->capacity)
+    struct cb_lanes_header *lh = p, geo;
+    /* Checked and used from one copy: any worker may rewrite the header
+     * meanwhile. It is complete before the state region is ready. */
+    memcpy(&geo, lh, sizeof geo);
+    rc = header_verdict(cb__lanes_header_check(&geo, size));
+    if (rc == 0 && geo.capacity != m->capacity)
         rc = -EPROTO;
     /* Acquire pairs with the daemon's store of the generations; the state
      * header's was read after its ready flag. */
@@ -166,11 +236,16 @@ static int lanes_try_map(struct cb__map *m)
                        atomic_load_explicit(&m->hdr->generation, memory_order_acquire))
         rc = -EAGAIN; /* an adopting daemon has not stamped the lanes yet */
     if (rc < 0) {
-        munmap(p, (size_t)st.st_size);
+        munmap(p, size);
         return rc;
     }
     m->lanes = lh;
-    m->lanes_size = (size_t)st.st_size;
+    m->lanes_size = size;
+    m->lane_count = geo.lane_count;
+    m->lane_capacity = geo.lane_capacity;
+    m->lane_stride = geo.lane_stride;
+    m->lane0 = (char *)lh + geo.lanes_offset;
+    m->permits = (_Atomic uint64_t *)((char *)lh + geo.permits_offset);
     return 0;
 }
 
@@ -188,8 +263,9 @@ static int retry_until(int (*try)(struct cb__map *), struct cb__map *m, int64_t 
     }
 }
 
-/* An fd on the doorbell FIFO beside the socket at socket_path, or -1. */
-static int bell_fd(const char *socket_path)
+/* An fd on the doorbell FIFO beside the socket at socket_path (and the
+ * FIFO's identity in *st), or -1. */
+static int bell_fd(const char *socket_path, struct stat *st)
 {
     char path[CB_SOCKET_PATH_MAX + sizeof CB__BELL_SUFFIX];
     if (socket_path[0] == '\0')
@@ -204,8 +280,7 @@ static int bell_fd(const char *socket_path)
         return -1; /* ENOENT (a daemon without the FIFO), EACCES, ENXIO: ring the futex */
     int fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
     close(probe);
-    struct stat st;
-    if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISFIFO(st.st_mode))) {
+    if (fd >= 0 && (fstat(fd, st) < 0 || !S_ISFIFO(st->st_mode))) {
         close(fd);
         fd = -1;
     }
@@ -222,7 +297,8 @@ static void bell_open(struct cb__map *m)
     uint64_t gen = atomic_load_explicit(&m->lanes->generation, memory_order_acquire);
     if (cur != NULL && cur->generation == gen && cur->fd >= 0)
         return;
-    int fd = bell_fd(m->socket_path);
+    struct stat st = {0};
+    int fd = bell_fd(m->socket_path, &st);
     if (cur != NULL && cur->generation == gen && fd < 0)
         return; /* still no FIFO for this daemon */
     struct cb__bell *b = malloc(sizeof *b);
@@ -232,6 +308,9 @@ static void bell_open(struct cb__map *m)
         return;
     }
     b->fd = fd;
+    b->dev = st.st_dev;
+    b->ino = st.st_ino;
+    atomic_init(&b->checked_gen, 0); /* lanes.c checks it before its first ring */
     b->generation = gen;
     b->older = cur; /* a ringing thread may still hold cur: freed with m */
     /* Release pairs with the acquire load in doorbell_ring (lanes.c). */
@@ -243,8 +322,7 @@ static void map_free(struct cb__map *m)
     struct cb__bell *b = atomic_load_explicit(&m->bell, memory_order_relaxed);
     while (b != NULL) {
         struct cb__bell *older = b->older;
-        if (b->fd >= 0)
-            close(b->fd);
+        close_if_ours(b->fd, b->dev, b->ino);
         free(b);
         b = older;
     }
@@ -252,17 +330,9 @@ static void map_free(struct cb__map *m)
         munmap((void *)m->hdr, m->state_size);
     if (m->lanes != NULL)
         munmap(m->lanes, m->lanes_size);
-    if (m->state_fd >= 0)
-        close(m->state_fd);
-    if (m->lanes_fd >= 0)
-        close(m->lanes_fd);
+    close_if_ours(m->state_fd, m->state_dev, m->state_ino);
+    close_if_ours(m->lanes_fd, m->lanes_dev, m->lanes_ino);
     free(m);
-}
-
-static bool same_object(int fd_a, int fd_b)
-{
-    struct stat a, b;
-    return fstat(fd_a, &a) == 0 && fstat(fd_b, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
 }
 
 /* Maps instance's segment, waiting up to wait_ms for it to become ready.
@@ -274,15 +344,15 @@ static int map_open(const char *instance, int wait_ms, const struct cb__map *old
     struct cb__map *m = calloc(1, sizeof *m);
     if (m == NULL)
         return -ENOMEM;
-    m->lanes_fd = -1;
+    m->state_fd = m->lanes_fd = -1;
     m->id = atomic_fetch_add_explicit(&next_map_id, 1, memory_order_relaxed);
     int64_t deadline = cb__clock_ns(CLOCK_MONOTONIC) + (int64_t)wait_ms * 1000000;
     int rc = 0;
     m->state_fd = shm_open(state_name, O_RDONLY | O_CLOEXEC, 0);
     if (m->state_fd < 0)
         rc = -errno;
-    else if (old != NULL && same_object(m->state_fd, old->state_fd))
-        rc = -EAGAIN; /* retired but not yet unlinked: the new daemon is still starting */
+    else if (old != NULL && cb__fd_is(m->state_fd, old->state_dev, old->state_ino))
+        rc = -EAGAIN; /* still the one we have (retired, not yet unlinked: the new daemon is starting) */
     if (rc == 0)
         rc = retry_until(state_try_map, m, deadline, -ETIMEDOUT);
     if (rc == 0 && (m->lanes_fd = shm_open(lanes_name, O_RDWR | O_CLOEXEC, 0)) < 0)
@@ -332,6 +402,7 @@ static int client_map(cb_client *cl)
     /* Acquire pairs with the daemon's release stores of the generation and
      * of history_head. */
     cl->seen_generation = atomic_load_explicit(&m->hdr->generation, memory_order_acquire);
+    cl->history_map = m->id;
     cl->history_cursor = atomic_load_explicit(&m->hdr->history_head, memory_order_acquire);
     return 0;
 }
@@ -358,11 +429,14 @@ int cb_client_open(cb_client **out, const char *instance)
     if (cl == NULL)
         return -ENOMEM;
     pthread_mutex_init(&cl->lock, NULL);
-    cl->ctl_fd = -1;
+    pthread_mutex_init(&cl->history_lock, NULL);
+    cl->ctl.fd = -1;
+    cl->ctl.next_id = 1;
     cl->bypass = disabled;
     strcpy(cl->instance, instance);
     rc = disabled ? 0 : client_map(cl);
     if (rc < 0) {
+        pthread_mutex_destroy(&cl->history_lock);
         pthread_mutex_destroy(&cl->lock);
         free(cl);
         return rc;
@@ -385,20 +459,32 @@ void cb_client_close(cb_client *cl)
         map_free(m);
         m = older;
     }
+    cb__ctl_free(cl);
     cb__circuits_free(cl);
-    if (cl->ctl_fd >= 0)
-        close(cl->ctl_fd);
     pthread_mutex_unlock(&cl->lock);
+    pthread_mutex_destroy(&cl->history_lock);
     pthread_mutex_destroy(&cl->lock);
     free(cl);
 }
 
-/* Maps the segment that replaced the current one and makes it current. */
+/* Maps the segment that replaced the current one and makes it current;
+ * with wait_ms, waits for it to become ready with the lock released. */
 static int remap_locked(cb_client *cl, int wait_ms)
 {
     struct cb__map *old = atomic_load_explicit(&cl->map, memory_order_relaxed);
     struct cb__map *m;
-    int rc = map_open(cl->instance, wait_ms, old, &m);
+    int rc;
+    if (wait_ms > 0) {
+        pthread_mutex_unlock(&cl->lock); /* old stays mapped until cb_client_close */
+        rc = map_open(cl->instance, wait_ms, old, &m);
+        pthread_mutex_lock(&cl->lock);
+        if (rc == 0 && atomic_load_explicit(&cl->map, memory_order_relaxed) != old) {
+            map_free(m); /* another thread remapped meanwhile */
+            return 0;
+        }
+    } else {
+        rc = map_open(cl->instance, 0, old, &m);
+    }
     if (rc == 0 && (rc = cb__lanes_attach(m)) < 0)
         map_free(m);
     if (rc < 0)
@@ -407,44 +493,46 @@ static int remap_locked(cb_client *cl, int wait_ms)
     /* Release pairs with the acquire load in cb__map_of() and cb_record():
      * whoever sees the new mapping sees its fields initialised. */
     atomic_store_explicit(&cl->map, m, memory_order_release);
-    if (cl->ctl_fd >= 0) {
-        close(cl->ctl_fd); /* the new daemon may listen elsewhere */
-        cl->ctl_fd = -1;
-    }
-    cl->history_cursor = 0; /* a new segment's history all happened while we were open */
+    cb__ctl_drop(cl, false); /* registrations in flight go to the new daemon, which may listen elsewhere */
     cl->remapped = true;
+    cl->check_replaced = false;
     return 0;
 }
 
-static bool replaced(cb_client *cl, const struct cb__map *m)
+bool cb__map_retired(const struct cb__map *m)
+{
+    /* Acquire pairs with the daemon's release stores of circuit_count and
+     * of the retired word (segment_owner.c retires every record). */
+    if (atomic_load_explicit((_Atomic uint32_t *)&m->hdr->circuit_count, memory_order_acquire) == 0)
+        return false;
+    uint64_t w = atomic_load_explicit((_Atomic uint64_t *)&CB_SEG_RECORD(m->hdr, 0)->state_word, memory_order_acquire);
+    return (cb_seg_word_flags(w) & CB_SEG_F_RETIRED) != 0;
+}
+
+/* The daemon replaced m: it retired its records, or unlinked the object. */
+static bool replaced(const struct cb__map *m)
 {
     struct stat st;
-    return (fstat(m->state_fd, &st) == 0 && st.st_nlink == 0) || cb__circuits_retired(cl, m);
+    return cb__map_retired(m) || (fstat(m->state_fd, &st) == 0 && st.st_dev == m->state_dev &&
+                                  st.st_ino == m->state_ino && st.st_nlink == 0);
 }
 
 int cb__client_refresh_locked(cb_client *cl, int wait_ms)
 {
-    if (replaced(cl, atomic_load_explicit(&cl->map, memory_order_relaxed))) {
-        int rc = remap_locked(cl, wait_ms);
-        if (rc < 0)
-            return rc;
-    }
-    bell_open(atomic_load_explicit(&cl->map, memory_order_relaxed)); /* a restarted daemon's new FIFO */
-    return cb__circuits_rebind(cl);
+    if (!cl->check_replaced && !replaced(atomic_load_explicit(&cl->map, memory_order_relaxed)))
+        return 0;
+    int rc = remap_locked(cl, wait_ms);
+    if (rc == -EAGAIN)
+        cl->check_replaced = false; /* the segment we have is still the instance's */
+    return rc;
 }
 
-int cb__client_refresh(cb_client *cl)
+void cb__client_remap_try(cb_client *cl, int64_t now_ns)
 {
-    if (cb__clock_ns(CLOCK_MONOTONIC_COARSE) < atomic_load_explicit(&cl->retry_after_ns, memory_order_relaxed))
-        return -EAGAIN;
-    if (pthread_mutex_trylock(&cl->lock) != 0)
-        return -EBUSY;
-    int rc = cb__client_refresh_locked(cl, 0);
-    if (rc < 0)
-        atomic_store_explicit(&cl->retry_after_ns, cb__clock_ns(CLOCK_MONOTONIC_COARSE) + CB__RETRY_NS,
-                              memory_order_relaxed);
-    pthread_mutex_unlock(&cl->lock);
-    return rc;
+    if (now_ns < atomic_load_explicit(&cl->retry_after_ns, memory_order_relaxed))
+        return;
+    if (cb__client_refresh_locked(cl, 0) < 0)
+        atomic_store_explicit(&cl->retry_after_ns, now_ns + CB__RETRY_NS, memory_order_relaxed);
 }
 
 static bool daemon_alive(const struct cb_seg_header *h)
@@ -462,6 +550,9 @@ unsigned cb_status(cb_client *cl)
     unsigned st = 0;
     pthread_mutex_lock(&cl->lock);
     cb__client_refresh_locked(cl, CB__WAIT_READY_MS); /* on failure we report on the mapping we have */
+    bell_open(atomic_load_explicit(&cl->map, memory_order_relaxed)); /* a restarted daemon's new FIFO */
+    cb__circuits_rebind(cl);
+    cb__ctl_pump(cl);
     if (cl->remapped)
         st |= CB_STATUS_REMAPPED;
     cl->remapped = false;

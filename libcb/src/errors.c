@@ -19,6 +19,8 @@ static const struct cb_error_text texts[] = {
     {0, "success"},
     {CB_EOPEN, "circuit is open"},
     {CB_EPROTO_DAEMON, "cbd answered with an error libcb does not understand (library and daemon versions differ?)"},
+    {CB_EDAMAGED, "cbd's shared memory is damaged: an object is smaller than its header says (truncated?) or its "
+                  "sizes disagree; restart cbd to replace it"},
     {-ENOENT, "cbd is not running for this instance (no segment or control socket)"},
     {-EPROTO, "not a cbd segment, or cbd and libcb use different layout versions"},
     {-ETIMEDOUT, "cbd did not answer in time (still starting, or hung)"},

@@ -279,27 +279,46 @@ static int read_all(int fd, char *p, size_t len, int64_t deadline)
     return 0;
 }
 
+void cb__frame_header(unsigned char hdr[CB_FRAME_HEADER], size_t len)
+{
+    hdr[0] = (unsigned char)(len >> 24);
+    hdr[1] = (unsigned char)(len >> 16);
+    hdr[2] = (unsigned char)(len >> 8);
+    hdr[3] = (unsigned char)len;
+}
+
+int cb__frame_peek(const char *buf, size_t len, size_t *payload_len)
+{
+    if (len < CB_FRAME_HEADER)
+        return 0;
+    size_t n = (size_t)be_read((const unsigned char *)buf, CB_FRAME_HEADER);
+    if (n == 0 || n > CB_FRAME_MAX)
+        return -EMSGSIZE;
+    *payload_len = n;
+    return len - CB_FRAME_HEADER >= n;
+}
+
 int cb__frame_write(int fd, const char *payload, size_t len, int timeout_ms)
 {
     if (len == 0 || len > CB_FRAME_MAX)
         return -EMSGSIZE;
     int64_t deadline = now_ms() + timeout_ms;
-    unsigned char hdr[4] = {(unsigned char)(len >> 24), (unsigned char)(len >> 16), (unsigned char)(len >> 8),
-                            (unsigned char)len};
-    int rc = write_all(fd, (const char *)hdr, 4, deadline);
+    unsigned char hdr[CB_FRAME_HEADER];
+    cb__frame_header(hdr, len);
+    int rc = write_all(fd, (const char *)hdr, CB_FRAME_HEADER, deadline);
     return rc < 0 ? rc : write_all(fd, payload, len, deadline);
 }
 
 int cb__frame_read(int fd, char **payload, size_t *len, int timeout_ms)
 {
     int64_t deadline = now_ms() + timeout_ms;
-    unsigned char hdr[4];
-    int rc = read_all(fd, (char *)hdr, 4, deadline);
+    char hdr[CB_FRAME_HEADER];
+    size_t n;
+    int rc = read_all(fd, hdr, CB_FRAME_HEADER, deadline);
     if (rc < 0)
         return rc;
-    size_t n = (size_t)be_read(hdr, 4);
-    if (n == 0 || n > CB_FRAME_MAX)
-        return -EMSGSIZE;
+    if ((rc = cb__frame_peek(hdr, CB_FRAME_HEADER, &n)) < 0)
+        return rc;
     char *buf = malloc(n);
     if (buf == NULL)
         return -ENOMEM;
@@ -313,13 +332,13 @@ int cb__frame_read(int fd, char **payload, size_t *len, int timeout_ms)
     return 0;
 }
 
-int cb__unix_connect(const char *path)
+static int unix_connect(const char *path, int type_flags)
 {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     if (strlen(path) >= sizeof addr.sun_path)
         return -ENAMETOOLONG;
     strcpy(addr.sun_path, path);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | type_flags, 0);
     if (fd < 0)
         return -errno;
     if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
@@ -328,6 +347,16 @@ int cb__unix_connect(const char *path)
         return err;
     }
     return fd;
+}
+
+int cb__unix_connect(const char *path)
+{
+    return unix_connect(path, 0);
+}
+
+int cb__unix_connect_nonblock(const char *path)
+{
+    return unix_connect(path, SOCK_NONBLOCK);
 }
 
 int cb__request(int fd, const char *req, size_t req_len, int timeout_ms, char **reply_buf,

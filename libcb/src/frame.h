@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #define CB_FRAME_MAX (64u * 1024u) /* bytes of payload in one frame */
+#define CB_FRAME_HEADER 4u          /* the big-endian length before the payload */
 #define CB_FRAME_DEPTH_MAX 16
 
 /* 0 if buf[0..len) is exactly one well-formed msgpack object whose
@@ -53,8 +54,18 @@ void cb__mp_kv_bool(msgpack_packer *pk, const char *key, int val);
 int cb__frame_write(int fd, const char *payload, size_t len, int timeout_ms);
 int cb__frame_read(int fd, char **payload, size_t *len, int timeout_ms);
 
+/* Incremental framing, for a reader that gathers bytes without waiting:
+ * the length prefix of a len-byte payload; and whether buf[0..len) starts
+ * with a whole frame: 1 (its payload is buf + CB_FRAME_HEADER, *payload_len
+ * bytes), 0 (not yet), -EMSGSIZE (a length of 0 or above CB_FRAME_MAX). */
+void cb__frame_header(unsigned char hdr[CB_FRAME_HEADER], size_t len);
+int cb__frame_peek(const char *buf, size_t len, size_t *payload_len);
+
 /* Connect a SOCK_STREAM unix socket (CLOEXEC) to path: fd or -errno. */
 int cb__unix_connect(const char *path);
+/* The same with a non-blocking socket: connect() never waits either; a
+ * listener whose backlog is full (a stopped daemon) is -EAGAIN. */
+int cb__unix_connect_nonblock(const char *path);
 
 /* Send one request map and wait for its reply map: the common client round
  * trip. req/req_len is a packed map; on 0 the caller owns *reply_buf and

@@ -14,6 +14,16 @@
  *
  * On an overrun the cursor jumps to head - capacity + 1, the oldest entry
  * that is surely intact, and the caller gets -EOVERFLOW once.
+ *
+ * Each entry carries its circuit's name (copied in by the daemon), so a
+ * transition stays meaningful after its circuit was removed and the slot
+ * reused; a name length past CB_NAME_MAX reads as an empty name.
+ *
+ * The cursor counts in one mapping: when the client has remapped (the
+ * daemon replaced the segment) it starts again at 0 of the new segment,
+ * whose history all happened while we were open. The cursor has its own
+ * lock, never held while waiting, so a reader is never kept waiting by a
+ * registration or a remap in another thread.
  */
 #include "client.h"
 
@@ -38,8 +48,13 @@ static void entry_name(const struct cb_seg_history *e, char *name)
 /* Reads the entry at the cursor: 1, 0 (nothing new) or -EOVERFLOW. */
 static int history_read(cb_client *cl, cb_transition *out)
 {
-    const struct cb__map *m = atomic_load_explicit(&cl->map, memory_order_relaxed);
+    /* Acquire pairs with the release store that published the mapping. */
+    const struct cb__map *m = atomic_load_explicit(&cl->map, memory_order_acquire);
     const struct cb_seg_header *h = m->hdr;
+    if (cl->history_map != m->id) {
+        cl->history_map = m->id;
+        cl->history_cursor = 0;
+    }
     uint64_t cap = h->history_capacity, cur = cl->history_cursor;
     /* Acquire pairs with the daemon's release store of history_head, made
      * after the entries below it were complete. */
@@ -78,10 +93,8 @@ int cb_next_transition(cb_client *cl, cb_transition *out)
         return -EINVAL;
     if (cl->bypass)
         return 0;
-    /* The lock keeps the cursor and the mapping it belongs to in step with
-     * a concurrent remap; readers are not the hot path. */
-    pthread_mutex_lock(&cl->lock);
+    pthread_mutex_lock(&cl->history_lock);
     int rc = history_read(cl, out);
-    pthread_mutex_unlock(&cl->lock);
+    pthread_mutex_unlock(&cl->history_lock);
     return rc;
 }

@@ -1,7 +1,12 @@
 /*
  * lanes.c - the worker's half of the hot path: cb_record() into per-thread
  * outcome lanes, and cb_allow()'s slow path (flags, staleness, probe
- * permits).
+ * permits; a handle that must move to a new segment or registration is
+ * handed to circuit.c, which never waits).
+ *
+ * The lanes region is writable by every worker of the group, so its
+ * geometry is read once, when the mapping is checked (client.c), and
+ * every address here comes from that copy.
  *
  * Lanes. Every thread writes its own single-producer/single-consumer ring
  * in the lanes region, so cb_record() needs no lock and no RMW: a few plain
@@ -37,9 +42,11 @@
  * turned 0 into 1 makes a syscall. That syscall is a one-byte write to the
  * daemon's doorbell FIFO, which its loop polls: one wakeup per trip. Where
  * the mapping has no FIFO of the daemon's current generation (no access, a
- * daemon without one, a restart cb_status() has not caught up with) it is
- * FUTEX_WAKE on the shared (not private) word, which a daemon thread
- * relays to the loop: two wakeups, but it works with every daemon. The
+ * daemon without one, a restart cb_status() has not caught up with, or a
+ * descriptor number a prefork child closed and reused for a file of its
+ * own: checked once per process) it is FUTEX_WAKE on the shared (not
+ * private) word, which a daemon thread relays to the loop: two wakeups,
+ * but it works with every daemon. The
  * ordering argument (our fence vs. the daemon's) is the same for both; see
  * doorbell_ring and cbd's doorbell.c.
  */
@@ -84,6 +91,12 @@ static int init_err;
 
 static __thread struct lane_node *tls_cur TLS_IE;   /* last node used: the hot-path cache */
 static __thread struct lane_node *tls_nodes TLS_IE; /* all of this thread's nodes */
+
+/* Lane n of m, by the geometry checked at mapping time (client.h). */
+static struct cb_lane *map_lane(const struct cb__map *m, uint32_t n)
+{
+    return (struct cb_lane *)(m->lane0 + (size_t)n * m->lane_stride);
+}
 
 static bool map_live(const struct cb__map *m, uint64_t id)
 {
@@ -142,7 +155,7 @@ int cb__lanes_init(void)
 
 int cb__lanes_attach(struct cb__map *m)
 {
-    m->mine = calloc(m->lanes->lane_count, sizeof *m->mine);
+    m->mine = calloc(m->lane_count, sizeof *m->mine);
     if (m->mine == NULL)
         return -ENOMEM;
     pthread_mutex_lock(&registry_lock);
@@ -164,9 +177,9 @@ void cb__lanes_detach(struct cb__map *m)
     pthread_mutex_unlock(&registry_lock);
     /* Out of the registry: no thread-exit destructor touches m any more. */
     uint32_t pid = (uint32_t)getpid();
-    for (uint32_t i = 0; i < m->lanes->lane_count; i++) {
+    for (uint32_t i = 0; i < m->lane_count; i++) {
         if (atomic_load_explicit(&m->mine[i], memory_order_relaxed))
-            lane_release(CB_LANES_LANE(m->lanes, i), pid);
+            lane_release(map_lane(m, i), pid);
     }
     free(m->mine);
     m->mine = NULL;
@@ -175,12 +188,11 @@ void cb__lanes_detach(struct cb__map *m)
 /* Claims a free lane of m for node n; leaves n->lane NULL if none is free. */
 static void lane_claim(struct cb__map *m, struct lane_node *n)
 {
-    struct cb_lanes_header *lh = m->lanes;
-    uint32_t count = lh->lane_count, start = (uint32_t)gettid() % count;
+    uint32_t count = m->lane_count, start = (uint32_t)gettid() % count;
     uint64_t want = cb_lane_owner_word((uint32_t)getpid(), CB_LANE_OWNED);
     for (uint32_t i = 0; i < count; i++) {
         uint32_t idx = (start + i) % count; /* threads start apart: fewer lost CAS races */
-        struct cb_lane *l = CB_LANES_LANE(lh, idx);
+        struct cb_lane *l = map_lane(m, idx);
         uint64_t expect = 0;
         /* Acquire pairs with the daemon's release store of owner = 0 after
          * its last drain: the head and tail we go on from are final. */
@@ -192,7 +204,7 @@ static void lane_claim(struct cb__map *m, struct lane_node *n)
         atomic_store_explicit(&m->mine[idx], 1, memory_order_relaxed);
         n->lane = l;
         n->events = CB_LANES_EVENTS(l);
-        n->mask = lh->lane_capacity - 1;
+        n->mask = m->lane_capacity - 1;
         /* Acquire pairs with the daemon's release store of head. */
         n->head_cache = atomic_load_explicit(&l->head, memory_order_acquire);
         return;
@@ -290,6 +302,22 @@ static inline bool lane_append(struct lane_node *n, uint32_t slot, uint32_t epoc
     return true;
 }
 
+/* True if the bell's fd is still the FIFO it was opened on, checked once
+ * per process: a prefork child that closed the descriptors it inherited
+ * may have reused the number for a file of its own, which must never get
+ * our byte. */
+static bool bell_still_ours(struct cb__bell *b)
+{
+    unsigned gen = atomic_load_explicit(&fork_gen, memory_order_relaxed) + 1;
+    /* Relaxed: a racing second check costs one more fstat, nothing else. */
+    if (atomic_load_explicit(&b->checked_gen, memory_order_relaxed) == gen)
+        return true;
+    if (!cb__fd_is(b->fd, b->dev, b->ino))
+        return false;
+    atomic_store_explicit(&b->checked_gen, gen, memory_order_relaxed);
+    return true;
+}
+
 static void doorbell_ring(struct cb__map *m)
 {
     struct cb_lanes_header *lh = m->lanes;
@@ -304,12 +332,12 @@ static void doorbell_ring(struct cb__map *m)
     /* libcb leaves errno as the caller had it (cb.h). */
     int saved_errno = errno;
     /* Acquire pairs with the release store that published the FIFO (client.c). */
-    const struct cb__bell *b = atomic_load_explicit(&m->bell, memory_order_acquire);
+    struct cb__bell *b = atomic_load_explicit(&m->bell, memory_order_acquire);
     /* Relaxed generation: a restart we do not see yet costs one lost byte,
      * which the new daemon's drain tick makes up for. EAGAIN: the FIFO is
      * full, the daemon has bytes enough to wake for. */
     if (!(b != NULL && b->fd >= 0 && b->generation == atomic_load_explicit(&lh->generation, memory_order_relaxed) &&
-          (write(b->fd, "", 1) == 1 || errno == EAGAIN)))
+          bell_still_ours(b) && (write(b->fd, "", 1) == 1 || errno == EAGAIN)))
         syscall(SYS_futex, (uint32_t *)&lh->doorbell, FUTEX_WAKE, 1, NULL, NULL, 0);
     errno = saved_errno;
 }
@@ -354,7 +382,7 @@ static bool fail_open(const struct cb_seg_header *h)
 /* HALF_OPEN: one probe permit of the word's epoch, or a rejection. */
 static cb_ticket take_permit(const struct cb__map *m, uint32_t slot, uint64_t w)
 {
-    _Atomic uint64_t *pw = CB_LANES_PERMIT(m->lanes, slot);
+    _Atomic uint64_t *pw = &m->permits[slot]; /* slot < capacity: the handle points into m's records */
     uint32_t epoch = cb_seg_word_epoch(w);
     /* Relaxed throughout: the daemon stores a fresh permit word before its
      * release store of the HALF_OPEN state word, which cb_allow() loaded with
@@ -368,41 +396,36 @@ static cb_ticket take_permit(const struct cb__map *m, uint32_t slot, uint64_t w)
     return ticket(w, CB_TICKET_REJECTED);
 }
 
-cb_ticket cb__allow_slow(cb_circuit *c, uint64_t w)
+/* What a call may do on word w of record slot in mapping m (NULL: none). */
+static cb_ticket decide(const struct cb__map *m, uint32_t slot, uint64_t w)
 {
-    if (cb_seg_word_flags(w) & CB_SEG_F_RETIRED) {
-        /* The daemon that owned this record replaced the segment. Rebind
-         * and decide on the new word; until that works, fail open. */
-        if (cb__client_refresh(c->client) < 0)
-            return ticket(w, CB_TICKET_BYPASS);
-        /* Acquire pairs with the daemon's release store of the state word. */
-        w = __atomic_load_n(cb__word_ptr(c), __ATOMIC_ACQUIRE);
-        if (cb_seg_word_flags(w) & CB_SEG_F_RETIRED)
-            return ticket(w, CB_TICKET_BYPASS);
-    }
-    if ((cb_seg_word_flags(w) & CB_SEG_F_REMOVED) ||
-        cb_seg_word_incarnation(w) << CB_SEG_INCARNATION_SHIFT != __atomic_load_n(&c->head.expect, __ATOMIC_ACQUIRE)) {
-        /* The circuit left this slot (removed; the slot may hold another
-         * circuit now). Find it again by name, lock-free; until it is back
-         * in the segment nothing can be counted for it. */
-        if (cb__circuit_rebind_lockfree(c) < 0)
-            return ticket(w, CB_TICKET_BYPASS);
-        w = __atomic_load_n(cb__word_ptr(c), __ATOMIC_ACQUIRE); /* pairs with the daemon's release store */
-        if ((uint32_t)w == __atomic_load_n(&c->head.expect, __ATOMIC_ACQUIRE))
-            return ticket(w, CB_TICKET_ALLOWED);
-        if (!cb__circuit_bound(c))
-            return ticket(w, CB_TICKET_BYPASS);
-    }
     unsigned state = cb_seg_word_state(w);
     if (cb_seg_word_flags(w) & CB_SEG_F_DISABLED)
         return ticket(w, CB_TICKET_BYPASS);
     if (state == CB_CLOSED) /* forced closed, or flags a newer daemon added */
         return ticket(w, CB_TICKET_ALLOWED);
-    uint32_t slot;
-    const struct cb__map *m = cb__map_of(c->client, cb__word_ptr(c), &slot);
     if (m == NULL || (state != CB_OPEN && state != CB_HALF_OPEN) || fail_open(m->hdr))
         return ticket(w, CB_TICKET_BYPASS); /* a state we do not know is let through, uncounted */
     if (state == CB_OPEN)
         return ticket(w, CB_TICKET_REJECTED);
     return take_permit(m, slot, w);
+}
+
+cb_ticket cb__allow_slow(cb_circuit *c, uint64_t w)
+{
+    if (!cb__word_live(w, __atomic_load_n(&c->head.expect, __ATOMIC_ACQUIRE))) {
+        /* Retired (the segment was replaced), removed, or the slot holds
+         * another circuit now. Move the handle if that can be done without
+         * waiting (circuit.c); else decide on what it points at. */
+        if (cb__circuit_recover(c, false))
+            w = __atomic_load_n(cb__word_ptr(c), __ATOMIC_ACQUIRE); /* pairs with the daemon's release store */
+        if ((cb_seg_word_flags(w) & CB_SEG_F_REMOVED) ||
+            cb_seg_word_incarnation(w) << CB_SEG_INCARNATION_SHIFT != __atomic_load_n(&c->head.expect, __ATOMIC_ACQUIRE))
+            return ticket(w, CB_TICKET_BYPASS); /* the circuit is gone from here: nothing to go by */
+        /* Still a retired record: the last state its daemon (gone now)
+         * published, under that segment's staleness policy. */
+    }
+    uint32_t slot;
+    const struct cb__map *m = cb__map_of(c->client, cb__word_ptr(c), &slot);
+    return decide(m, slot, w);
 }
