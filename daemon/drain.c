@@ -239,7 +239,9 @@ static void recover_unfinished_lanes(struct cbd *d)
 
 static void tick(uv_timer_t *t)
 {
-    cbd_drain_all(t->data);
+    struct cbd *d = t->data;
+    cbd_drain_all(d);
+    cbd_segment_lanes_check(&d->seg);
 }
 
 int cbd_drain_start(struct cbd *d)

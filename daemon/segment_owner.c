@@ -33,6 +33,16 @@
  * the next start; a daemon that may not set them refuses to start rather
  * than run with access the operator did not ask for.
  *
+ * The lanes object is writable by the workers' group, so any of them can
+ * ftruncate it: the next access to a page beyond the new size is a SIGBUS,
+ * in the daemon as in every worker. The daemon keeps the object open and
+ * undoes a truncation: a SIGBUS handler restores the size (ftruncate and
+ * fallocate, both plain system calls) when the faulting address is in the
+ * lanes mapping, so the faulting access succeeds when it is retried, and
+ * every heartbeat checks the size, so workers are exposed for at most a
+ * heartbeat. Events in the truncated pages are lost (the drain treats the
+ * zeroed heads and tails as garbage); the log says it happened.
+ *
  * Writes by the daemon into its own records use relaxed stores; what
  * publishes them is the release store named at each site.
  */
@@ -371,7 +381,7 @@ static void unmap_all(struct cbd_segment *s)
     s->lanes = NULL;
 }
 
-int cbd_segment_open(struct cbd_segment *s, const struct cbd_config *cfg)
+static int segment_open(struct cbd_segment *s, const struct cbd_config *cfg)
 {
     struct cb_seg_geometry g;
     char why[256];
@@ -419,6 +429,85 @@ int cbd_segment_open(struct cbd_segment *s, const struct cbd_config *cfg)
     return create_fresh(s, cfg, &g);
 }
 
+/* ---- the lanes object's size, guarded ---------------------------------------- */
+
+/* The one lanes mapping of this process the SIGBUS handler may restore. */
+static struct {
+    char *base;
+    size_t size;
+    int fd;
+    volatile sig_atomic_t restored;
+} guard = {.fd = -1};
+
+static int restore_size(int fd, size_t size)
+{
+    /* ftruncate and fallocate: system calls, safe in a signal handler */
+    if (ftruncate(fd, (off_t)size) < 0 || fallocate(fd, 0, 0, (off_t)size) < 0)
+        return -errno;
+    return 0;
+}
+
+static void on_sigbus(int sig, siginfo_t *si, void *uctx)
+{
+    (void)uctx;
+    char *p = si->si_addr;
+    int saved = errno;
+    if (guard.base != NULL && p >= guard.base && p < guard.base + guard.size &&
+        restore_size(guard.fd, guard.size) == 0) {
+        guard.restored++;
+        errno = saved;
+        return; /* the access is retried on a page that exists again */
+    }
+    signal(sig, SIG_DFL); /* not ours to mend: die as without the handler */
+    raise(sig);
+}
+
+/* Opens the lanes object again to keep, and guards its mapping. */
+static void guard_lanes(struct cbd_segment *s)
+{
+    s->lanes_fd = shm_open(s->lanes_name, O_RDWR | O_CLOEXEC, 0);
+    if (s->lanes_fd < 0) {
+        cbd_log(CBD_LOG_WARN, "cannot keep %s open (%s): a truncation of it by a worker would not be undone",
+                s->lanes_name, strerror(errno));
+        return;
+    }
+    guard.fd = s->lanes_fd;
+    guard.size = s->lanes_size;
+    guard.base = (char *)s->lanes;
+    struct sigaction sa = {.sa_sigaction = on_sigbus, .sa_flags = SA_SIGINFO | SA_NODEFER};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, NULL);
+}
+
+void cbd_segment_lanes_check(struct cbd_segment *s)
+{
+    struct stat st;
+    uint64_t by_signal = (uint64_t)guard.restored;
+    if (s->lanes_fd >= 0 && fstat(s->lanes_fd, &st) == 0 && (uint64_t)st.st_size < s->lanes_size) {
+        int rc = restore_size(s->lanes_fd, s->lanes_size);
+        cbd_log(rc == 0 ? CBD_LOG_WARN : CBD_LOG_ERROR, "lanes region %s was truncated to %lld bytes by a local "
+                "user with write access to it: %s%s", s->lanes_name, (long long)st.st_size,
+                rc == 0 ? "restored (events in the truncated part are lost)" : "cannot restore it: ",
+                rc == 0 ? "" : strerror(-rc));
+        s->lanes_restored++;
+    }
+    if (by_signal != 0) {
+        guard.restored = 0;
+        s->lanes_restored += by_signal;
+        cbd_log(CBD_LOG_WARN, "lanes region %s was truncated by a local user with write access to it: restored "
+                              "when the daemon touched it (events in the truncated part are lost)", s->lanes_name);
+    }
+}
+
+int cbd_segment_open(struct cbd_segment *s, const struct cbd_config *cfg)
+{
+    int rc = segment_open(s, cfg);
+    s->lanes_fd = -1;
+    if (rc == 0)
+        guard_lanes(s);
+    return rc;
+}
+
 void cbd_segment_publish(struct cbd_segment *s)
 {
     /* Release pairs with cb_client_open's acquire load of ready: every
@@ -429,6 +518,7 @@ void cbd_segment_publish(struct cbd_segment *s)
 static void beat(uv_timer_t *t)
 {
     struct cbd_segment *s = t->data;
+    cbd_segment_lanes_check(s);
     /* Release pairs with libcb's acquire load in its staleness check. */
     atomic_store_explicit(&s->hdr->heartbeat_ns, mono_ns(), memory_order_release);
 }
@@ -689,6 +779,13 @@ void cbd_segment_history_append(struct cbd_segment *s, const struct cbd_history_
 
 void cbd_segment_close(struct cbd_segment *s)
 {
+    if (guard.fd == s->lanes_fd) {
+        guard.base = NULL;
+        guard.fd = -1;
+    }
+    if (s->lanes_fd >= 0)
+        close(s->lanes_fd);
+    s->lanes_fd = -1;
     if (s->hdr != NULL) /* release pairs with cb_status' acquire load: no daemon now */
         atomic_store_explicit(&s->hdr->daemon_pid, 0, memory_order_release);
     unmap_all(s);

@@ -18,6 +18,8 @@ struct cbd_segment {
     size_t state_size, lanes_size;
     char state_name[CB_SHM_NAME_MAX], lanes_name[CB_SHM_NAME_MAX];
     int adopted;                    /* 1: records came from a previous daemon */
+    int lanes_fd;                   /* kept to notice and undo a truncation of the lanes object */
+    uint64_t lanes_restored;        /* times the lanes object was found truncated and restored */
     uv_timer_t heartbeat;
     int heartbeat_started;
 };
@@ -59,6 +61,10 @@ struct cbd_history_entry {
     int64_t opened_at, time_ns;
 };
 void cbd_segment_history_append(struct cbd_segment *s, const struct cbd_history_entry *e);
+
+/* Undoes a truncation of the lanes object (by a worker of the group) and
+ * logs one the SIGBUS handler undid: from the heartbeat and the drain. */
+void cbd_segment_lanes_check(struct cbd_segment *s);
 
 /* Clean shutdown: daemon_pid = 0, unmap. The shm objects stay so that the
  * next daemon adopts them. Stops the heartbeat first (close callback on

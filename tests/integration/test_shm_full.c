@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -145,4 +146,30 @@ Test(shm_full, a_dev_shm_filled_after_start_never_kills_the_daemon)
     int rc = child_status(pid);
     cr_assert_neq(rc, FILL_NS, "no private /dev/shm (unshare/mount failed)");
     cr_assert_eq(rc, 0, "step %d failed (FILL_DIED = %d: the daemon died)", rc, FILL_DIED);
+}
+
+/* Any worker of the group may write the lanes object, so it may also
+ * ftruncate it: the daemon must not die of the SIGBUS that follows. */
+Test(shm_full, a_worker_that_truncates_the_lanes_object_stops_nobody)
+{
+    struct tsup_daemon d;
+    cb_client *cl;
+    /* A slow heartbeat, so the drain (every 10 ms) touches the lanes
+     * before the heartbeat's size check does. */
+    struct tsup_daemon_opts o = {.tag = "trunc", .heartbeat_ms = 10000, .stale_limit_ms = 30000};
+    tsup_fixture_start(&d, &cl, &o);
+    char state[CB_SHM_NAME_MAX], lanes[CB_SHM_NAME_MAX];
+    cb__shm_names(d.instance, state, lanes);
+    int fd = shm_open(lanes, O_RDWR, 0);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(ftruncate(fd, 4096), 0);
+    close(fd);
+    cr_assert(tsup_wait_until(tsup_log_count(&d, "restored when the daemon touched it") >= 1, TSUP_LIVENESS_MS),
+              "the daemon did not undo the truncation");
+    cr_assert(tsup_ping(&d), "the daemon died");
+    cb_config cfg = tsup_config(2, 1, 1, 60000);
+    cb_circuit *c = tsup_circuit(cl, "after", &cfg);
+    cr_assert_eq(tsup_record_n(c, CB_FAILURE, 2), 2);
+    cr_assert(tsup_wait_state(c, CB_OPEN), "the lanes do not work after the restoration");
+    tsup_fixture_stop(&d, &cl);
 }
