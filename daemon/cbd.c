@@ -186,10 +186,63 @@ static uint64_t on_history_next(void *arg)
     return atomic_load_explicit(&d->seg.hdr->history_head, memory_order_relaxed); /* we are its only writer */
 }
 
+/* The electable circuits (policy.c: probes on demand), so that a drain
+ * looks at their permit words only, not at every circuit's. */
+static void on_electable(void *arg, uint32_t slot, int on)
+{
+    struct cbd *d = arg;
+    struct cbd_circuit *c = &d->circuits[slot];
+    if (on) {
+        if (d->nelectable == d->electable_cap) {
+            uint32_t cap = d->electable_cap ? d->electable_cap * 2 : 64;
+            uint32_t *p = realloc(d->electable, (size_t)cap * sizeof *p);
+            if (p == NULL) { /* out of memory: probe without waiting for demand */
+                cbd_log(CBD_LOG_ERROR, "out of memory listing circuit=%s as electable", c->rec->name);
+                return;
+            }
+            d->electable = p;
+            d->electable_cap = cap;
+        }
+        c->electable_pos = d->nelectable;
+        d->electable[d->nelectable++] = slot;
+        return;
+    }
+    uint32_t pos = c->electable_pos, last = d->electable[--d->nelectable];
+    d->electable[pos] = last;
+    d->circuits[last].electable_pos = pos;
+}
+
+static void on_release(void *arg, const struct cbd_circuit *c)
+{
+    struct cbd *d = arg;
+    cbd_log(CBD_LOG_DEBUG, "giving back the probe lease of circuit=%s opened_at=%lld: nobody probes here",
+            c->rec->name, (long long)c->opened_at);
+    if (d->store_ops->release != NULL)
+        d->store_ops->release(d->store, c->rec->name, c->opened_at);
+}
+
+void cbd_check_demand(struct cbd *d)
+{
+    struct cbd_now now;
+    int have_now = 0;
+    for (uint32_t i = 0; i < d->nelectable; i++) {
+        struct cbd_circuit *c = &d->circuits[d->electable[i]];
+        /* Relaxed: the bit guards no data (libcb's want_probe). */
+        if (!(atomic_load_explicit(c->permit, memory_order_relaxed) & CB_PERMIT_DEMAND) || c->probe_asked)
+            continue;
+        if (!have_now) {
+            cbd_now(&now);
+            have_now = 1;
+        }
+        cbd_policy_on_demand(&d->env, c, &now);
+    }
+}
+
 void cbd_env_init(struct cbd *d)
 {
     d->env = (struct cbd_policy_env){.arg = d, .transitioned = on_transitioned, .try_probe = on_try_probe,
-                                     .arm = on_arm, .history_next = on_history_next};
+                                     .arm = on_arm, .history_next = on_history_next,
+                                     .electable = on_electable, .release = on_release};
 }
 
 /* ---- the store's callbacks ------------------------------------------------ */
@@ -867,6 +920,7 @@ int cbd_run(const struct cbd_config *cfg)
     free(d->circuits);
     free(d->owners);
     free(d->free_slots);
+    free(d->electable);
     free(d);
     return rc;
 }

@@ -40,6 +40,8 @@ struct cbd {
     uv_timer_t expiry;                /* circuit_expiry_s sweep */
     int expiry_started;
     uint32_t rolled[8], nrolled;      /* adopted transitions completed at start, to announce */
+    uint32_t *electable;              /* slots of electable circuits (probes on demand) */
+    uint32_t nelectable, electable_cap;
     struct cbd_policy_env env;        /* the policy's way back into the daemon */
     const struct cbd_store_ops *store_ops;
     struct cbd_store *store;
@@ -100,6 +102,10 @@ int cbd_circuit_remove(struct cbd *d, const char *name, char *err, size_t errsiz
  * subscribers, timers): what cbd_run does, for a test or a harness that
  * builds a struct cbd around a segment of its own. */
 void cbd_env_init(struct cbd *d);
+
+/* After a drain: competes for the probe of every electable circuit whose
+ * permit word says a worker wants one (policy.c: probes on demand). */
+void cbd_check_demand(struct cbd *d);
 
 /* The circuit called name, or NULL. */
 struct cbd_circuit *cbd_circuit_find(struct cbd *d, const char *name);

@@ -168,6 +168,7 @@ void cbd_drain_all(struct cbd *d)
         if (owner != 0) /* a free lane has been drained when it was freed */
             drain_lane(d, i, owner, &now);
     }
+    cbd_check_demand(d); /* a call that wants a probe rang the same doorbell */
 }
 
 /* Why a lane's owner is gone, or NULL if it is alive. */

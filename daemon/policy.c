@@ -40,6 +40,19 @@
  * holder loses its lease to another host. The probers' own lease (above) is
  * separate: it reclaims permits of silent probers on the holding host.
  *
+ * Probes on demand (fleet stores). A host competes for the fleet's probe
+ * only when one of its workers wants one, and holds the lease only while
+ * it probes, so a host without traffic never keeps Powertools functions or
+ * other hosts from probing: when the recovery timeout passes the circuit
+ * becomes electable (OPEN, CB_SEG_F_ELECTABLE, same epoch); the first call
+ * that finds it so sets CB_PERMIT_DEMAND and rings the doorbell, and the
+ * daemon then asks for the lease. Granted, it is renewed (halfway through)
+ * only while a probe ticket is out or a probe reported since the last
+ * renewal; else, and when nobody took a permit within a grace of the grant
+ * (min(1 s, lease / 4)), it is given back (release) and the circuit is
+ * electable again on the same opening. Refused, the circuit waits for the holder's lease to end, then
+ * is electable again. The local store elects at once, as before.
+ *
  * Deadlines: each circuit has at most one live timer entry, identified by
  * (epoch, armed_ns). A transition bumps the epoch, which lazily deletes the
  * old entry; a later deadline in the same epoch (a probe report extends the
@@ -111,12 +124,16 @@ static int64_t recovery_end(const struct cbd_circuit *c, int64_t opened_at_ns)
     return opened_at_ns + (int64_t)c->cfg.recovery_timeout_ms * (int64_t)NS_PER_MS;
 }
 
-/* The earlier of the state's deadline and the fleet lease's renewal; 0: none. */
+static uint64_t earliest(uint64_t a, uint64_t b)
+{
+    return a == 0 ? b : b == 0 ? a : a < b ? a : b;
+}
+
+/* The earliest of the state's deadline, the fleet lease's renewal and its
+ * grace; 0: none. */
 static uint64_t next_deadline(const struct cbd_circuit *c)
 {
-    if (c->renew_ns != 0 && (c->deadline_ns == 0 || c->renew_ns < c->deadline_ns))
-        return c->renew_ns;
-    return c->deadline_ns;
+    return earliest(earliest(c->deadline_ns, c->renew_ns), c->grace_ns);
 }
 
 /* Keeps exactly one live timer entry per circuit: arm only when there is
@@ -153,6 +170,13 @@ static void hold_lease(const struct cbd_policy_env *env, struct cbd_circuit *c)
     schedule(env, c);
 }
 
+/* How long a fleet lease is kept with nobody probing: min(1 s, lease / 4). */
+static uint64_t grace_ns(const struct cbd_circuit *c)
+{
+    uint64_t quarter = (uint64_t)cbd_policy_lease_ms(c) * NS_PER_MS / 4;
+    return quarter < 1000 * NS_PER_MS ? quarter : 1000 * NS_PER_MS;
+}
+
 void cbd_policy_load(const struct cbd_policy_env *env, struct cbd_circuit *c, uint32_t slot,
                      struct cb_seg_record *rec, _Atomic uint64_t *permit, const struct cbd_now *now)
 {
@@ -166,7 +190,7 @@ void cbd_policy_load(const struct cbd_policy_env *env, struct cbd_circuit *c, ui
     cb_seg_version_try_read(rec, &c->pub, NULL);
     uint64_t w = c->pub.word;
     c->state = (cb_state)cb_seg_word_state(w);
-    c->flags = cb_seg_word_flags(w);
+    c->flags = cb_seg_word_flags(w) & ~CB_SEG_F_ELECTABLE; /* electable again when its deadline passes */
     c->incarnation = cb_seg_word_incarnation(w);
     c->epoch = cb_seg_word_epoch(w);
     c->streak = c->pub.failure_streak;
@@ -196,7 +220,8 @@ void cbd_policy_load(const struct cbd_policy_env *env, struct cbd_circuit *c, ui
 static void publish(struct cbd_circuit *c)
 {
     struct cb_seg_vdata *v = &c->pub;
-    v->word = cb_seg_state_word(c->state, c->flags, c->incarnation, c->epoch);
+    v->word = cb_seg_state_word(c->state, c->flags | (c->electable ? CB_SEG_F_ELECTABLE : 0), c->incarnation,
+                                c->epoch);
     v->opened_at_ns = c->opened_at_ns;
     v->open_until_ns = c->open_until_ns;
     v->trip_failure_count = c->trip_failure_count;
@@ -239,6 +264,11 @@ static void transition(const struct cbd_policy_env *env, struct cbd_circuit *c, 
     }
     c->armed_ns = 0; /* the old epoch's timer entry is dead */
     c->deadline_ns = 0;
+    c->grace_ns = 0;
+    c->reported = 0;
+    if (c->electable)
+        env->electable(env->arg, c->slot, 0);
+    c->electable = 0;
     if (to == CB_CLOSED) {
         c->opened_at = c->opened_at_ns = 0;
         c->trip_failure_count = 0;
@@ -318,6 +348,7 @@ static enum cbd_event_result on_closed(const struct cbd_policy_env *env, struct 
 static enum cbd_event_result on_half_open(const struct cbd_policy_env *env, struct cbd_circuit *c,
                                           unsigned outcome, const struct cbd_now *now)
 {
+    c->reported = 1;
     /* A report proves the probers are alive: the lease runs from here. */
     c->deadline_ns = now->mono_ns + cbd_policy_lease_ms(c) * NS_PER_MS;
     if (outcome == CB_SUCCESS) {
@@ -363,18 +394,77 @@ static uint32_t outstanding(const struct cbd_circuit *c)
     return max - left;
 }
 
-/* HALF_OPEN on a fleet lease, at its renewal time: renew it; if it lapsed
- * unrenewed, it may be another host's by now - stop admitting probes (OPEN
- * on the same opening, deadline now: ask again at once). True if it lapsed. */
+/* OPEN on a fleet store, past its recovery timeout: wait for a worker's
+ * call to want a probe. The word gets the flag (same epoch: no transition),
+ * the permit word a clean demand bit. */
+static void make_electable(const struct cbd_policy_env *env, struct cbd_circuit *c)
+{
+    if (c->electable)
+        return;
+    c->electable = 1;
+    /* Relaxed: published by the state word's release store below. */
+    atomic_store_explicit(c->permit, cb_permit_word(c->epoch, 0), memory_order_relaxed);
+    publish(c);
+    /* Release pairs with cb_allow's acquire load: a worker that sees the
+     * flag sees the permit word above. */
+    atomic_store_explicit(&c->rec->state_word, c->pub.word, memory_order_release);
+    env->electable(env->arg, c->slot, 1);
+}
+
+static void stop_electable(const struct cbd_policy_env *env, struct cbd_circuit *c)
+{
+    if (!c->electable)
+        return;
+    c->electable = 0;
+    publish(c);
+    atomic_store_explicit(&c->rec->state_word, c->pub.word, memory_order_release); /* pairs with cb_allow */
+    env->electable(env->arg, c->slot, 0);
+}
+
+void cbd_policy_on_demand(const struct cbd_policy_env *env, struct cbd_circuit *c, const struct cbd_now *now)
+{
+    if (c->state != CB_OPEN || !c->electable || c->probe_asked || (c->flags & (CB_SEG_F_FORCED | CB_SEG_F_DISABLED)))
+        return;
+    /* Ask again after a lease if the store never answers. */
+    c->deadline_ns = now->mono_ns + cbd_policy_lease_ms(c) * NS_PER_MS;
+    schedule(env, c);
+    ask_lease(env, c, now);
+}
+
+/* Nobody on this host probes under the lease: give it back, and be
+ * electable again on the same opening. */
+static void release_lease(const struct cbd_policy_env *env, struct cbd_circuit *c, const struct cbd_now *now)
+{
+    env->release(env->arg, c);
+    transition(env, c, CB_OPEN, c->flags, CB_SOURCE_TIMER, now->real_ns, now);
+}
+
+/* A fleet lease nobody on this host uses: no permit out, and no result
+ * since the grant or the last renewal. */
+static bool lease_idle(const struct cbd_circuit *c)
+{
+    return outstanding(c) == 0 && !c->reported;
+}
+
+/* HALF_OPEN on a fleet lease, at its renewal time: renew it while it is
+ * used, else give it back; if it lapsed unrenewed, it may be another host's
+ * by now - stop admitting probes (OPEN on the same opening, deadline now:
+ * electable again at once). True if the state changed. */
 static bool renew_lease(const struct cbd_policy_env *env, struct cbd_circuit *c, const struct cbd_now *now)
 {
     if (now->mono_ns >= c->lease_until_ns) {
         transition(env, c, CB_OPEN, c->flags, CB_SOURCE_TIMER, now->real_ns, now);
         return true;
     }
+    if (!c->probe_asked && lease_idle(c)) {
+        release_lease(env, c, now);
+        return true;
+    }
     c->renew_ns = c->lease_until_ns; /* unless a renewal is granted by then */
-    if (!c->probe_asked)
+    if (!c->probe_asked) {
+        c->reported = 0; /* the next renewal needs probing during this lease */
         ask_lease(env, c, now);
+    }
     return false;
 }
 
@@ -388,6 +478,13 @@ void cbd_policy_on_deadline(const struct cbd_policy_env *env, struct cbd_circuit
         return; /* bypassed: nothing runs until enable */
     if (c->renew_ns != 0 && c->renew_ns <= now->mono_ns && renew_lease(env, c, now))
         return;
+    if (c->grace_ns != 0 && c->grace_ns <= now->mono_ns) {
+        c->grace_ns = 0;
+        if (lease_idle(c)) { /* granted, and nobody took the probe */
+            release_lease(env, c, now);
+            return;
+        }
+    }
     if (c->deadline_ns > now->mono_ns) { /* moved later since it was armed, or a renewal was due */
         schedule(env, c);
         return;
@@ -395,6 +492,10 @@ void cbd_policy_on_deadline(const struct cbd_policy_env *env, struct cbd_circuit
     uint32_t lease_ms = cbd_policy_lease_ms(c);
     if (c->flags & CB_SEG_F_FORCED) { /* only a force_open for_ms has a deadline: its end */
         transition(env, c, CB_CLOSED, c->flags & ~CB_SEG_F_FORCED, CB_SOURCE_TIMER, 0, now);
+    } else if (c->state == CB_OPEN && env->fleet) {
+        c->probe_asked = 0; /* an unanswered election is asked again on the next demand */
+        c->deadline_ns = 0;
+        make_electable(env, c);
     } else if (c->state == CB_OPEN) {
         /* Ask again after a lease if the store never answers. */
         c->deadline_ns = now->mono_ns + lease_ms * NS_PER_MS;
@@ -422,8 +523,13 @@ void cbd_policy_on_probe_result(const struct cbd_policy_env *env, struct cbd_cir
     if (granted) {
         transition(env, c, CB_HALF_OPEN, c->flags, CB_SOURCE_TIMER, 0, now);
         hold_lease(env, c);
+        if (env->fleet) {
+            c->grace_ns = now->mono_ns + grace_ns(c);
+            schedule(env, c);
+        }
         return;
     }
+    stop_electable(env, c); /* another holder probes: electable again when its lease ends */
     /* Another holder probes; ask again when its lease ends (at least 100 ms
      * from now, so a clock skew cannot make this spin), or in a second if
      * the store could not say (its report of the fleet's state follows). */
@@ -537,6 +643,8 @@ void cbd_policy_set_config(const struct cbd_policy_env *env, struct cbd_circuit 
     if (c->state == CB_OPEN && !c->probe_asked && !(c->flags & (CB_SEG_F_FORCED | CB_SEG_F_DISABLED))) {
         c->open_until_ns = recovery_end(c, c->opened_at_ns);
         c->deadline_ns = mono_at(c->open_until_ns, now);
+        if (c->open_until_ns > now->real_ns)
+            stop_electable(env, c); /* a longer timeout: not yet */
         publish(c); /* the deadline shown is the real one */
         schedule(env, c);
     }

@@ -47,6 +47,11 @@ struct cbd_circuit {
     uint64_t asked_ns;           /* when that try_probe was sent */
     uint64_t lease_until_ns;     /* HALF_OPEN on a fleet lease: surely ours until then; 0: none */
     uint64_t renew_ns;           /* HALF_OPEN on a fleet lease: renew it (or, once asked, give it up) at */
+    int electable;               /* OPEN past its recovery timeout on a fleet store: waits for a
+                                  * worker's demand (CB_SEG_F_ELECTABLE) before it competes */
+    uint64_t grace_ns;           /* HALF_OPEN on a fleet lease: give it back at if nobody probes */
+    int reported;                /* HALF_OPEN: a probe reported since the grant or the last renewal */
+    uint32_t electable_pos;      /* its place in the daemon's list of electable circuits */
     int dirty;                   /* pub has changes not yet published */
     struct cb_seg_vdata pub;     /* the version published next: counters, sync state, drain
                                   * checkpoint (the state fields above are copied in) */
@@ -84,6 +89,13 @@ struct cbd_policy_env {
     void (*arm)(void *arg, uint32_t slot, uint32_t epoch, uint64_t at_ns);
     /* The history sequence the next transition's entry will take. */
     uint64_t (*history_next)(void *arg);
+    /* Fleet stores: the circuit became electable (on) or stopped being so;
+     * the daemon checks the permit words of electable circuits for demand
+     * after each drain (cbd_policy_on_demand). */
+    void (*electable)(void *arg, uint32_t slot, int on);
+    /* Fleet stores: give the probe lease of c's opening back without a
+     * result (nobody on this host probes). */
+    void (*release)(void *arg, const struct cbd_circuit *c);
     /* The store is shared by a fleet (not host-local): a probe lease is
      * then renewed while it is held, and given up when it lapses. */
     int fleet;
@@ -108,6 +120,10 @@ enum cbd_event_result cbd_policy_on_event(const struct cbd_policy_env *env, stru
 /* Publishes the counters and streaks gathered since the last flush (one
  * seqlock section per circuit per drain batch). */
 void cbd_policy_flush(struct cbd_circuit *c);
+
+/* A worker asked for a probe of an electable OPEN circuit (the permit
+ * word's CB_PERMIT_DEMAND): compete for the fleet's probe lease, once. */
+void cbd_policy_on_demand(const struct cbd_policy_env *env, struct cbd_circuit *c, const struct cbd_now *now);
 
 /* A timer entry (epoch, at_ns) fired: OPEN -> ask for a probe; HALF_OPEN ->
  * reclaim the permits of silent probers, and on a fleet store renew the

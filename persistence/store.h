@@ -111,6 +111,12 @@ struct cbd_store_ops {
      * a store grants the holder of a live lease a new one (the owner id
      * is the caller's), and refuses everyone else until it expires. */
     void (*try_probe)(struct cbd_store *s, const char *name, int64_t opened_at, uint32_t lease_s);
+    /* Optional (may be NULL: the lease lapses instead): this host holds
+     * the probe lease of (name, opened_at) but nobody here probes: give it
+     * back without a result (the fleet's item goes back to OPEN on the
+     * same opening, without an owner), so another host or a Powertools
+     * function can probe at once. */
+    void (*release)(struct cbd_store *s, const char *name, int64_t opened_at);
     /* Periodic reconcile (every sync interval): read the fleet's view of
      * every tracked circuit, report differences through hooks->remote. */
     void (*sync)(struct cbd_store *s);

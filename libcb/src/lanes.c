@@ -396,8 +396,25 @@ static cb_ticket take_permit(const struct cb__map *m, uint32_t slot, uint64_t w)
     return ticket(w, CB_TICKET_REJECTED);
 }
 
+/* OPEN and electable: say once per epoch that a call wants a probe (the
+ * daemon competes for the fleet's lease only on demand); the call itself
+ * is rejected. Relaxed: the bit guards no data; the doorbell's fence orders
+ * it before the daemon's look. */
+static void want_probe(struct cb__map *m, uint32_t slot, uint64_t w)
+{
+    _Atomic uint64_t *pw = &m->permits[slot];
+    uint64_t p = atomic_load_explicit(pw, memory_order_relaxed);
+    while ((uint32_t)(p >> 32) == cb_seg_word_epoch(w) && !(p & CB_PERMIT_DEMAND)) {
+        if (atomic_compare_exchange_weak_explicit(pw, &p, p | CB_PERMIT_DEMAND, memory_order_relaxed,
+                                                  memory_order_relaxed)) {
+            doorbell_ring(m);
+            return;
+        }
+    }
+}
+
 /* What a call may do on word w of record slot in mapping m (NULL: none). */
-static cb_ticket decide(const struct cb__map *m, uint32_t slot, uint64_t w)
+static cb_ticket decide(struct cb__map *m, uint32_t slot, uint64_t w)
 {
     unsigned state = cb_seg_word_state(w);
     if (cb_seg_word_flags(w) & CB_SEG_F_DISABLED)
@@ -406,8 +423,11 @@ static cb_ticket decide(const struct cb__map *m, uint32_t slot, uint64_t w)
         return ticket(w, CB_TICKET_ALLOWED);
     if (m == NULL || (state != CB_OPEN && state != CB_HALF_OPEN) || fail_open(m->hdr))
         return ticket(w, CB_TICKET_BYPASS); /* a state we do not know is let through, uncounted */
-    if (state == CB_OPEN)
+    if (state == CB_OPEN) {
+        if (cb_seg_word_flags(w) & CB_SEG_F_ELECTABLE)
+            want_probe(m, slot, w);
         return ticket(w, CB_TICKET_REJECTED);
+    }
     return take_permit(m, slot, w);
 }
 
@@ -425,7 +445,7 @@ cb_ticket cb__allow_slow(cb_circuit *c, uint64_t w)
         /* Still a retired record: the last state its daemon (gone now)
          * published, under that segment's staleness policy. */
     }
-    uint32_t slot;
-    const struct cb__map *m = cb__map_of(c->client, cb__word_ptr(c), &slot);
+    uint32_t slot = 0;
+    struct cb__map *m = cb__map_of(c->client, cb__word_ptr(c), &slot);
     return decide(m, slot, w);
 }

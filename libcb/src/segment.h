@@ -88,6 +88,8 @@
 #define CB_SEG_F_FORCED 0x01u       /* an operator holds this state (open or closed) */
 #define CB_SEG_F_DISABLED 0x02u     /* bypass: every call allowed, nothing counted */
 #define CB_SEG_F_REMOVED 0x04u      /* no circuit here (removed, or the slot is being reused) */
+#define CB_SEG_F_ELECTABLE 0x08u    /* OPEN past its recovery timeout on a fleet store: a call
+                                     * registers demand for a probe (CB_PERMIT_DEMAND) */
 #define CB_SEG_F_RETIRED 0x80u      /* the segment was replaced: remap (set by a newer cbd) */
 #define CB_SEG_INCARNATION_SHIFT 16
 #define CB_SEG_INCARNATION_MAX 0xffffu /* a slot at this incarnation is never reused again */
@@ -288,6 +290,11 @@ _Static_assert(sizeof(struct cb_lane) == CB_LANE_HEADER_SIZE, "lane header is th
  * word's epoch grants nothing.
  */
 static inline uint64_t cb_permit_word(uint32_t epoch, uint32_t permits) { return ((uint64_t)epoch << 32) | permits; }
+/* In the permit word of an electable OPEN epoch: a worker's call wants a
+ * probe. Set once per epoch by the first such call, which rings the
+ * doorbell; the daemon then competes for the fleet's probe lease. A host
+ * whose workers do not call the circuit never competes. */
+#define CB_PERMIT_DEMAND 0x80000000u
 
 struct cb_lanes_header {
     char magic[16];                 /* CB_LANES_MAGIC */

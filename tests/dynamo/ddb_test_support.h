@@ -380,6 +380,54 @@ static DDB_UNUSED void ddb_pt_trip(int port, const char *table, const char *name
     json_decref(r);
 }
 
+/* A Powertools function's probe owner id ("<pid>#<uuid>"). */
+#define DDB_PT_OWNER "4242#0f8fad5b-d9cb-469f-a165-70867728950e"
+
+/* Powertools' election: PutItem of the HALF_OPEN item (lease 30 s) with its
+ * condition; the HTTP status (400 = ConditionalCheckFailedException). */
+static DDB_UNUSED long ddb_pt_elect(int port, const char *table, const char *name, int64_t opened_at)
+{
+    int64_t now = time(NULL);
+    json_t *r = ddb_raw(port, "PutItem",
+                        "{\"TableName\":\"%s\",\"Item\":{\"id\":{\"S\":\"%s\"},\"state\":{\"S\":\"HALF_OPEN\"},"
+                        "\"failure_count\":{\"N\":\"5\"},\"opened_at\":{\"N\":\"%lld\"},\"half_open_owner\":{\"S\":\""
+                        DDB_PT_OWNER "\"},\"probe_lease_expiry\":{\"N\":\"%lld\"},\"expiration\":{\"N\":\"%lld\"}},"
+                        "\"ConditionExpression\":\"(#state = :open AND attribute_not_exists(#owner) AND #opened_at = "
+                        ":opened_at) OR (#state = :half_open AND #lease <= :now)\",\"ExpressionAttributeNames\":{"
+                        "\"#state\":\"state\",\"#owner\":\"half_open_owner\",\"#opened_at\":\"opened_at\",\"#lease\":"
+                        "\"probe_lease_expiry\"},\"ExpressionAttributeValues\":{\":open\":{\"S\":\"OPEN\"},"
+                        "\":opened_at\":{\"N\":\"%lld\"},\":half_open\":{\"S\":\"HALF_OPEN\"},\":now\":{\"N\":\"%lld\"}}}",
+                        table, name, (long long)opened_at, (long long)now + 30, (long long)now + 30 + 3600,
+                        (long long)opened_at, (long long)now);
+    long st = ddb_status(r);
+    if (st != 200)
+        cr_assert_str_eq(json_string_value(json_object_get(r, "__type")),
+                         "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException");
+    json_decref(r);
+    return st;
+}
+
+/* Powertools' close (reopen false) and reopen at opened_at t: UpdateItems. */
+static DDB_UNUSED void ddb_pt_update(int port, const char *table, const char *name, bool reopen, int64_t t)
+{
+    json_t *r;
+    long long exp = (long long)time(NULL) + 3630;
+    if (reopen)
+        r = ddb_raw(port, "UpdateItem", "{\"TableName\":\"%s\",\"Key\":{\"id\":{\"S\":\"%s\"}},\"UpdateExpression\":"
+                    "\"SET #state = :open, failure_count = :zero, opened_at = :oa, expiration = :exp REMOVE "
+                    "half_open_owner, probe_lease_expiry\",\"ExpressionAttributeNames\":{\"#state\":\"state\"},"
+                    "\"ExpressionAttributeValues\":{\":open\":{\"S\":\"OPEN\"},\":zero\":{\"N\":\"0\"},\":oa\":{\"N\":"
+                    "\"%lld\"},\":exp\":{\"N\":\"%lld\"}}}", table, name, (long long)t, exp);
+    else
+        r = ddb_raw(port, "UpdateItem", "{\"TableName\":\"%s\",\"Key\":{\"id\":{\"S\":\"%s\"}},\"UpdateExpression\":"
+                    "\"SET #state = :closed, failure_count = :zero, expiration = :exp REMOVE opened_at, "
+                    "half_open_owner, probe_lease_expiry\",\"ExpressionAttributeNames\":{\"#state\":\"state\"},"
+                    "\"ExpressionAttributeValues\":{\":closed\":{\"S\":\"CLOSED\"},\":zero\":{\"N\":\"0\"},\":exp\":{"
+                    "\"N\":\"%lld\"}}}", table, name, exp);
+    cr_assert_eq(ddb_status(r), 200, "%s", json_dumps(r, 0));
+    json_decref(r);
+}
+
 /* A string attribute of a GetItem answer's item, or NULL when absent. */
 static DDB_UNUSED const char *ddb_item_s(json_t *ans, const char *attr)
 {

@@ -345,6 +345,33 @@ Test(fleet_dynamodb, a_powertools_trip_opens_the_circuit_on_both_hosts)
     fleet_stop(&f);
 }
 
+/* The interop defect this guards against: at the recovery boundary an idle
+ * cbd host won the election and renewed its lease forever without a probe,
+ * so Powertools functions could never probe. Hosts whose workers do not
+ * call the circuit never compete: Powertools' own election wins, and its
+ * close closes every host. */
+Test(fleet_dynamodb, idle_hosts_never_keep_a_powertools_function_from_probing)
+{
+    struct fleet f;
+    cb_config cfg = tsup_config(5, 3, 1, 1000);
+    fleet_start(&f, "idle", &cfg);
+    int64_t opened = (int64_t)time(NULL) - 1;
+    ddb_pt_trip(f.db.port, TABLE, f.name, opened);
+    cr_assert(tsup_wait_state(f.pa, CB_OPEN) && tsup_wait_state(f.pb, CB_OPEN));
+    /* Past the recovery timeout (whole seconds: up to a second late), with
+     * several syncs: an idle host that elected would hold the item now. */
+    struct tsup_deadline dl = tsup_deadline_in(3000);
+    while (tsup_deadline_wait(&dl)) {
+    }
+    cr_assert(item_is(f.db.port, f.name, "OPEN", opened), "an idle host took the probe lease");
+    cr_assert_eq(ddb_pt_elect(f.db.port, TABLE, f.name, opened), 200, "the Powertools function's election failed");
+    cr_assert(tsup_wait_until(cb_info_get(f.pa, &(cb_info){0}) == 0 && !cb_permitted(cb_allow(f.pa)), 1000));
+    ddb_pt_update(f.db.port, TABLE, f.name, false, 0); /* its probe succeeded: close */
+    cr_assert(tsup_wait_state(f.pa, CB_CLOSED), "A did not follow Powertools' close");
+    cr_assert(tsup_wait_state(f.pb, CB_CLOSED), "B did not follow Powertools' close");
+    fleet_stop(&f);
+}
+
 /* ---- the table goes away -------------------------------------------------------------------- */
 
 Test(fleet_dynamodb, with_the_table_gone_hosts_trip_alone_and_the_opening_reaches_the_table_when_it_returns)

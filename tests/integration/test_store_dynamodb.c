@@ -415,52 +415,6 @@ Test(store_dynamodb, registering_a_circuit_open_in_the_fleet_reads_it_at_once)
 
 /* ---- interoperability with Powertools ------------------------------------------------ */
 
-#define PT_OWNER "4242#0f8fad5b-d9cb-469f-a165-70867728950e"
-
-/* Powertools' election: PutItem of the HALF_OPEN item with its condition;
- * the HTTP status (400 = ConditionalCheckFailedException). */
-static long pt_elect(int port, const char *name, int64_t opened_at)
-{
-    int64_t now = now_s();
-    json_t *r = ddb_raw(port, "PutItem",
-                    "{\"TableName\":\"" TABLE "\",\"Item\":{\"id\":{\"S\":\"%s\"},\"state\":{\"S\":\"HALF_OPEN\"},"
-                    "\"failure_count\":{\"N\":\"5\"},\"opened_at\":{\"N\":\"%lld\"},\"half_open_owner\":{\"S\":\""
-                    PT_OWNER "\"},\"probe_lease_expiry\":{\"N\":\"%lld\"},\"expiration\":{\"N\":\"%lld\"}},"
-                    "\"ConditionExpression\":\"(#state = :open AND attribute_not_exists(#owner) AND #opened_at = "
-                    ":opened_at) OR (#state = :half_open AND #lease <= :now)\",\"ExpressionAttributeNames\":{"
-                    "\"#state\":\"state\",\"#owner\":\"half_open_owner\",\"#opened_at\":\"opened_at\",\"#lease\":"
-                    "\"probe_lease_expiry\"},\"ExpressionAttributeValues\":{\":open\":{\"S\":\"OPEN\"},"
-                    "\":opened_at\":{\"N\":\"%lld\"},\":half_open\":{\"S\":\"HALF_OPEN\"},\":now\":{\"N\":\"%lld\"}}}",
-                    name, (long long)opened_at, (long long)now + 30, (long long)now + 30 + 3600,
-                    (long long)opened_at, (long long)now);
-    long st = ddb_status(r);
-    if (st != 200)
-        cr_assert_str_eq(json_string_value(json_object_get(r, "__type")),
-                         "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException");
-    json_decref(r);
-    return st;
-}
-
-/* Powertools' close and reopen: UpdateItems. */
-static void pt_update(int port, const char *name, bool reopen, int64_t t)
-{
-    json_t *r;
-    if (reopen)
-        r = ddb_raw(port, "UpdateItem", "{\"TableName\":\"" TABLE "\",\"Key\":{\"id\":{\"S\":\"%s\"}},\"UpdateExpression\":"
-                "\"SET #state = :open, failure_count = :zero, opened_at = :oa, expiration = :exp REMOVE "
-                "half_open_owner, probe_lease_expiry\",\"ExpressionAttributeNames\":{\"#state\":\"state\"},"
-                "\"ExpressionAttributeValues\":{\":open\":{\"S\":\"OPEN\"},\":zero\":{\"N\":\"0\"},\":oa\":{\"N\":"
-                "\"%lld\"},\":exp\":{\"N\":\"%lld\"}}}", name, (long long)t, (long long)now_s() + 3630);
-    else
-        r = ddb_raw(port, "UpdateItem", "{\"TableName\":\"" TABLE "\",\"Key\":{\"id\":{\"S\":\"%s\"}},\"UpdateExpression\":"
-                "\"SET #state = :closed, failure_count = :zero, expiration = :exp REMOVE opened_at, "
-                "half_open_owner, probe_lease_expiry\",\"ExpressionAttributeNames\":{\"#state\":\"state\"},"
-                "\"ExpressionAttributeValues\":{\":closed\":{\"S\":\"CLOSED\"},\":zero\":{\"N\":\"0\"},\":exp\":{"
-                "\"N\":\"%lld\"}}}", name, (long long)now_s() + 3630);
-    cr_assert_eq(ddb_status(r), 200, "%s", json_dumps(r, 0));
-    json_decref(r);
-}
-
 Test(store_dynamodb, items_written_the_powertools_way_reach_the_host)
 {
     struct dynalite d;
@@ -471,16 +425,16 @@ Test(store_dynamodb, items_written_the_powertools_way_reach_the_host)
     ddb_pt_trip(d.port, TABLE, "pt-orders", t);
     cr_assert(RUN_UNTIL(a.remote.state == CB_OPEN && a.remote.opened_at == t, LIVENESS_MS), "trip not seen");
     cr_assert_eq(a.remote.failure_count, 5);
-    cr_assert_eq(pt_elect(d.port, "pt-orders", t), 200);
+    cr_assert_eq(ddb_pt_elect(d.port, TABLE, "pt-orders", t), 200);
     cr_assert(RUN_UNTIL(a.remote.state == CB_HALF_OPEN, LIVENESS_MS), "election not seen");
-    cr_assert_str_eq(a.remote.probe_owner, PT_OWNER);
+    cr_assert_str_eq(a.remote.probe_owner, DDB_PT_OWNER);
     cr_assert_geq(a.remote.lease_expiry, now_s() + 25);
     cr_assert_not(probe(&a, "pt-orders", t, 30), "a Powertools prober's live lease is respected");
-    pt_update(d.port, "pt-orders", false, 0);
+    ddb_pt_update(d.port, TABLE, "pt-orders", false, 0);
     cr_assert(RUN_UNTIL(a.remote.state == CB_CLOSED, LIVENESS_MS), "close not seen");
     ddb_pt_trip(d.port, TABLE, "pt-orders", t + 5);
-    cr_assert_eq(pt_elect(d.port, "pt-orders", t + 5), 200);
-    pt_update(d.port, "pt-orders", true, t + 9);
+    cr_assert_eq(ddb_pt_elect(d.port, TABLE, "pt-orders", t + 5), 200);
+    ddb_pt_update(d.port, TABLE, "pt-orders", true, t + 9);
     cr_assert(RUN_UNTIL(a.remote.state == CB_OPEN && a.remote.opened_at == t + 9, LIVENESS_MS), "reopen not seen");
     cr_assert_str_eq(a.remote.probe_owner, "");
     fleet_stop(&a, NULL);
@@ -510,7 +464,7 @@ Test(store_dynamodb, items_written_by_the_host_read_back_the_powertools_way)
     cr_assert_eq(ddb_item_n(it, "probe_lease_expiry"), a.lease_expiry);
     cr_assert(a.lease_expiry >= now_s() + 18 && a.lease_expiry <= now_s() + 20);
     json_decref(it);
-    cr_assert_eq(pt_elect(d.port, "pt-pay", t), 400, "Powertools respects the host's live lease");
+    cr_assert_eq(ddb_pt_elect(d.port, TABLE, "pt-pay", t), 400, "Powertools respects the host's live lease");
     transition(&a, "pt-pay", CB_CLOSED, 0, t);
     cr_assert(RUN_UNTIL(settled(&a), LIVENESS_MS));
     it = ddb_pt_get(d.port, TABLE, "pt-pay");
@@ -545,9 +499,9 @@ static const struct bad_item {
     {"bad-no-owner", "\"state\":{\"S\":\"HALF_OPEN\"},\"opened_at\":{\"N\":\"1700000000\"},"
      "\"probe_lease_expiry\":{\"N\":\"1700000030\"}", "HALF_OPEN needs 'half_open_owner'"},
     {"bad-no-lease", "\"state\":{\"S\":\"HALF_OPEN\"},\"opened_at\":{\"N\":\"1700000000\"},"
-     "\"half_open_owner\":{\"S\":\"" PT_OWNER "\"}", "HALF_OPEN needs 'probe_lease_expiry'"},
+     "\"half_open_owner\":{\"S\":\"" DDB_PT_OWNER "\"}", "HALF_OPEN needs 'probe_lease_expiry'"},
     {"bad-long-owner", "\"state\":{\"S\":\"HALF_OPEN\"},\"opened_at\":{\"N\":\"1700000000\"},"
-     "\"probe_lease_expiry\":{\"N\":\"1700000030\"},\"half_open_owner\":{\"S\":\"" PT_OWNER PT_OWNER PT_OWNER "\"}",
+     "\"probe_lease_expiry\":{\"N\":\"1700000030\"},\"half_open_owner\":{\"S\":\"" DDB_PT_OWNER DDB_PT_OWNER DDB_PT_OWNER "\"}",
      "attribute 'half_open_owner' is 123 bytes, more than the 95 cbd holds"},
 };
 #define BAD_ITEMS (sizeof bad_items / sizeof bad_items[0])

@@ -76,6 +76,9 @@ static struct {
     size_t nasks;
     uint64_t history_head; /* the daemon's history ring: one entry per transition */
     uint64_t history_given, history_calls;
+    int electable;         /* what env->electable said last */
+    int releases;          /* env->release calls */
+    int demands;           /* calls that set CB_PERMIT_DEMAND */
     uint32_t epoch;        /* of the last published word */
     uint64_t vseq;
 } S;
@@ -152,6 +155,21 @@ static void on_arm(void *arg, uint32_t slot, uint32_t ep, uint64_t at_ns)
     S.armed[S.narmed++].epoch = ep;
 }
 
+static void on_electable(void *arg, uint32_t slot, int on)
+{
+    (void)arg;
+    cr_assert_eq(slot, SLOT);
+    cr_assert_neq(S.electable, on, "electable told twice the same");
+    S.electable = on;
+}
+
+static void on_release(void *arg, const struct cbd_circuit *c)
+{
+    (void)arg;
+    cr_assert_eq(c->state, CB_HALF_OPEN, "only a held lease is given back");
+    S.releases++;
+}
+
 static uint64_t on_history_next(void *arg)
 {
     (void)arg;
@@ -189,7 +207,11 @@ static void setup_circuit(cb_config cfg, int fleet)
     cb_seg_version_publish(S.rec, &v);
     atomic_store(&S.rec->state_word, v.word);
     S.env = (struct cbd_policy_env){.transitioned = on_transitioned, .try_probe = on_try_probe, .arm = on_arm,
-                                    .history_next = on_history_next, .fleet = fleet};
+                                    .history_next = on_history_next, .electable = on_electable,
+                                    .release = on_release, .fleet = fleet};
+    S.electable = 0;
+    S.releases = 0;
+    S.demands = 0;
     S.now = (struct cbd_now){.mono_ns = 5000 * SEC + 17, .real_ns = 1800000000 * (int64_t)SEC + 123456789};
     load();
 }
@@ -243,7 +265,15 @@ static struct ticket allow(void)
         t.kind = CB_TICKET_BYPASS;
     else if (cb_seg_word_state(w) == CB_CLOSED)
         t.kind = CB_TICKET_ALLOWED;
-    else if (cb_seg_word_state(w) == CB_HALF_OPEN) {
+    else if (cb_seg_word_state(w) == CB_OPEN && (cb_seg_word_flags(w) & CB_SEG_F_ELECTABLE)) {
+        /* libcb's want_probe, then the daemon's look after the doorbell's drain */
+        uint64_t p = atomic_load_explicit(&S.permit, memory_order_relaxed);
+        if ((uint32_t)(p >> 32) == t.epoch && !(p & CB_PERMIT_DEMAND)) {
+            atomic_store_explicit(&S.permit, p | CB_PERMIT_DEMAND, memory_order_relaxed);
+            S.demands++;
+            cbd_policy_on_demand(&S.env, &S.c, &S.now);
+        }
+    } else if (cb_seg_word_state(w) == CB_HALF_OPEN) {
         uint64_t p = atomic_load_explicit(&S.permit, memory_order_relaxed);
         while ((uint32_t)(p >> 32) == t.epoch && (uint32_t)p > 0) {
             if (atomic_compare_exchange_weak_explicit(&S.permit, &p, p - 1, memory_order_relaxed,
@@ -300,6 +330,18 @@ static void expect_transition(cb_state from, cb_state to, cb_source source)
     cr_assert_eq(t->source, source, "source %s, expected %s", cbd_source_name(t->source), cbd_source_name(source));
 }
 
+/* Fleet: the circuit is electable and asks for the probe lease only when a
+ * call wants one (that call is rejected). */
+static void demand_asks(void)
+{
+    size_t asks = S.nasks;
+    cr_assert(flags() & CB_SEG_F_ELECTABLE, "past its recovery end the circuit is electable");
+    cr_assert(S.electable, "and the daemon was told so");
+    cr_assert_eq(allow().kind, CB_TICKET_REJECTED, "the call that wants a probe is rejected");
+    cr_assert_eq(S.nasks, asks + 1, "a call's demand asks for the lease");
+    cr_assert_eq(last_ask()->state, CB_OPEN);
+}
+
 /* Trips the circuit with failure_threshold failures: its opened_at_ns. */
 static int64_t trip(void)
 {
@@ -320,6 +362,10 @@ static void to_half_open(void)
     trip();
     size_t asks = S.nasks;
     advance_ms(S.c.cfg.recovery_timeout_ms);
+    if (S.env.fleet) {
+        cr_assert_eq(S.nasks, asks, "a fleet store is asked only on demand");
+        demand_asks();
+    }
     cr_assert_eq(S.nasks, asks + 1, "the probe lease is asked for once the recovery timeout ends");
     grant();
     cr_assert_eq(state(), CB_HALF_OPEN);
@@ -597,52 +643,95 @@ Test(policy, half_open_with_no_probe_taken_keeps_its_epoch_for_hours, .fini = te
 
 /* ---- the fleet's probe lease ------------------------------------------------------ */
 
-Test(policy, a_fleet_lease_is_renewed_halfway_and_held_while_renewals_are_granted, .fini = teardown)
+Test(policy, a_fleet_lease_is_renewed_halfway_while_probes_run, .fini = teardown)
 {
-    setup_circuit(config(5, 3, 1, 30000, 10000), 1);
+    setup_circuit(config(5, 1000000, 1, 30000, 10000), 1);
     trip();
     advance_ms(30000);
+    demand_asks();
     uint64_t asked = last_ask()->mono;
     advance_ms(40); /* the election takes a round trip */
     grant();
     cr_assert_eq(state(), CB_HALF_OPEN);
     uint32_t e = epoch();
-    size_t transitions = S.ntr;
-    for (int i = 1; i <= 1440; i++) { /* two hours */
-        advance_to(asked + 5000 * MS - 1);
-        cr_assert_eq(S.nasks, (size_t)i, "renewal %d is not asked for early", i);
+    size_t transitions = S.ntr, asks = S.nasks;
+    for (int i = 1; i <= 1440; i++) { /* two hours of probes, one every lease half */
+        struct ticket probe = allow();
+        cr_assert_eq(probe.kind, CB_TICKET_PROBE);
+        advance_to(asked + 5000 * MS - 2);
+        cr_assert_eq(record(probe, CB_SUCCESS), CBD_EVENT_COUNTED);
         advance_ns(1);
-        cr_assert_eq(S.nasks, (size_t)i + 1, "renewal %d is asked for halfway through the lease", i);
+        cr_assert_eq(S.nasks, asks, "renewal %d is not asked for early", i);
+        advance_ns(1);
+        cr_assert_eq(S.nasks, ++asks, "renewal %d is asked for halfway through the lease", i);
         cr_assert_eq(last_ask()->state, CB_HALF_OPEN);
         cr_assert_eq(last_ask()->lease_s, 11);
         asked = S.now.mono_ns;
         advance_ms(3);
         grant();
     }
-    cr_assert_eq(S.ntr, transitions, "the holder keeps its HALF_OPEN while the fleet renews it");
+    cr_assert_eq(S.ntr, transitions, "the holder keeps its HALF_OPEN while it probes and the fleet renews it");
     cr_assert_eq(epoch(), e);
-    cr_assert_eq(allow().kind, CB_TICKET_PROBE);
+    cr_assert_eq(S.releases, 0);
 }
 
-Test(policy, an_unrenewed_fleet_lease_lapses_to_open_on_the_same_opening_and_asks_again, .fini = teardown)
+Test(policy, a_fleet_lease_nobody_probes_under_is_given_back_after_the_grace, .fini = teardown)
 {
     setup_circuit(config(5, 3, 1, 30000, 10000), 1);
     int64_t opened = trip();
     advance_ms(30000);
+    demand_asks();
+    grant();
+    cr_assert_eq(state(), CB_HALF_OPEN);
+    advance_ms(1000 - 1); /* the grace: min(1 s, lease / 4) */
+    cr_assert_eq(state(), CB_HALF_OPEN);
+    advance_ms(1);
+    cr_assert_eq(S.releases, 1, "granted, and no worker took the probe: given back");
+    cr_assert_eq(state(), CB_OPEN);
+    expect_transition(CB_HALF_OPEN, CB_OPEN, CB_SOURCE_TIMER);
+    cr_assert_eq(version().opened_at_ns, opened, "the same opening");
+    advance_ns(0);
+    cr_assert(flags() & CB_SEG_F_ELECTABLE, "electable again on that opening");
+}
+
+Test(policy, a_fleet_lease_whose_probes_stopped_is_given_back_instead_of_renewed, .fini = teardown)
+{
+    setup_circuit(config(5, 1000000, 1, 30000, 10000), 1);
+    trip();
+    advance_ms(30000);
+    demand_asks();
     uint64_t asked = last_ask()->mono;
     grant();
+    cr_assert_eq(record(allow(), CB_SUCCESS), CBD_EVENT_COUNTED); /* one probe, then nothing */
     advance_to(asked + 5000 * MS);
-    cr_assert_eq(S.nasks, 2, "the renewal is asked for");
+    cr_assert_eq(S.releases, 0, "a probe reported during the lease: renewed");
+    grant();
+    advance_to(asked + 5000 * MS + 5003 * MS);
+    cr_assert_eq(S.releases, 1, "nothing probed since the renewal: given back, not renewed");
+    cr_assert_eq(state(), CB_OPEN);
+}
+
+Test(policy, an_unrenewed_fleet_lease_lapses_to_open_on_the_same_opening_and_is_electable_again, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 10000), 1);
+    int64_t opened = trip();
+    advance_ms(30000);
+    demand_asks();
+    uint64_t asked = last_ask()->mono;
+    grant();
+    struct ticket probe = allow(); /* a probe runs and never reports */
+    cr_assert_eq(probe.kind, CB_TICKET_PROBE);
+    advance_to(asked + 5000 * MS);
+    cr_assert_eq(S.nasks, 2, "the renewal is asked for while the probe runs");
     advance_to(asked + 10000 * MS - 1);
     cr_assert_eq(state(), CB_HALF_OPEN, "the lease still runs");
     advance_ns(1);
     cr_assert_eq(state(), CB_OPEN, "no renewal granted by the end of the lease: stop admitting probes");
     expect_transition(CB_HALF_OPEN, CB_OPEN, CB_SOURCE_TIMER);
     cr_assert_eq(version().opened_at_ns, opened, "the same opening");
-    cr_assert_eq(S.nasks, 3, "and at once another election");
-    cr_assert_eq(last_ask()->state, CB_OPEN);
+    advance_ns(0);
+    demand_asks();
     cr_assert_eq(last_ask()->opened_at, opened / (int64_t)SEC);
-    cr_assert_eq(last_ask()->mono, S.now.mono_ns);
 }
 
 Test(policy, a_host_local_lease_is_never_renewed, .fini = teardown)
@@ -655,37 +744,42 @@ Test(policy, a_host_local_lease_is_never_renewed, .fini = teardown)
     cr_assert_eq(state(), CB_HALF_OPEN);
 }
 
-Test(policy, a_refused_election_asks_again_when_the_holders_lease_expires, .fini = teardown)
+Test(policy, a_refused_election_waits_for_the_holders_lease_then_is_electable_again, .fini = teardown)
 {
     setup_circuit(config(5, 3, 1, 30000, 10000), 1);
     trip();
     advance_ms(30000);
+    demand_asks();
     int64_t expiry = S.now.real_ns / (int64_t)SEC + 7;
     cbd_policy_on_probe_result(&S.env, &S.c, last_ask()->opened_at, 0, expiry, &S.now);
     cr_assert_eq(state(), CB_OPEN);
+    cr_assert_not(flags() & CB_SEG_F_ELECTABLE, "not electable while another holder's lease runs");
+    cr_assert_not(S.electable);
     advance_to_real(expiry * (int64_t)SEC - 1);
-    cr_assert_eq(S.nasks, 1, "not while the holder's lease runs");
+    cr_assert_eq(allow().kind, CB_TICKET_REJECTED);
+    cr_assert_eq(S.nasks, 1, "no demand is taken while the holder's lease runs");
     advance_ns(1);
-    cr_assert_eq(S.nasks, 2, "at the holder's lease expiry");
+    demand_asks();
 }
 
-Test(policy, a_refused_election_asks_again_no_sooner_than_100_ms_later, .fini = teardown)
+Test(policy, a_refused_election_is_electable_again_no_sooner_than_100_ms_later, .fini = teardown)
 {
     setup_circuit(config(5, 3, 1, 30000, 10000), 1);
     trip();
     advance_ms(30000);
+    demand_asks();
     /* A lease that ended already (the holder's clock is behind ours). */
     cbd_policy_on_probe_result(&S.env, &S.c, last_ask()->opened_at, 0, S.now.real_ns / (int64_t)SEC - 5, &S.now);
     advance_ns(100 * MS - 1);
-    cr_assert_eq(S.nasks, 1, "a skewed clock cannot make the election spin");
+    cr_assert_not(flags() & CB_SEG_F_ELECTABLE, "a skewed clock cannot make the election spin");
     advance_ns(1);
-    cr_assert_eq(S.nasks, 2);
+    demand_asks();
     /* A store that could not say when the lease ends. */
     cbd_policy_on_probe_result(&S.env, &S.c, last_ask()->opened_at, 0, 0, &S.now);
     advance_ns(1000 * MS - 1);
-    cr_assert_eq(S.nasks, 2);
+    cr_assert_not(flags() & CB_SEG_F_ELECTABLE);
     advance_ns(1);
-    cr_assert_eq(S.nasks, 3, "an unknown expiry: ask again in a second");
+    demand_asks(); /* an unknown expiry: electable again in a second */
 }
 
 /* ---- restarts ----------------------------------------------------------------------- */
@@ -694,7 +788,8 @@ Test(policy, a_refused_election_asks_again_no_sooner_than_100_ms_later, .fini = 
  * with another origin (only CLOCK_REALTIME instants are in the record). */
 static void restart(uint64_t downtime_ms, uint64_t new_mono_origin)
 {
-    S.narmed = 0; /* the old process's timers died with it */
+    S.narmed = 0;     /* the old process's timers died with it */
+    S.electable = 0;  /* and its list of electable circuits */
     S.now.real_ns += (int64_t)(downtime_ms * MS);
     S.now.mono_ns = new_mono_origin;
     load();
@@ -758,10 +853,12 @@ Test(policy, a_restart_in_half_open_gives_the_probers_one_more_lease, .fini = te
     cr_assert_eq(version().probe_successes, 1);
 }
 
-Test(policy, a_restart_in_fleet_half_open_asks_at_once_whether_the_lease_is_still_its_own, .fini = teardown)
+Test(policy, a_restart_in_fleet_half_open_with_a_probe_out_asks_at_once_whether_the_lease_is_still_its_own, .fini = teardown)
 {
     setup_circuit(config(5, 3, 1, 30000, 10000), 1);
     to_half_open();
+    struct ticket probe = allow(); /* a probe runs across the restart */
+    cr_assert_eq(probe.kind, CB_TICKET_PROBE);
     size_t asks = S.nasks;
     restart(200, 5 * SEC);
     advance_ns(0);
@@ -788,9 +885,9 @@ Test(policy, a_remote_opening_in_whole_seconds_counts_from_the_end_of_that_secon
     int64_t latest_end = (opened_s + 1) * (int64_t)SEC - 1 + 30000 * (int64_t)MS;
     cr_assert_eq(v.open_until_ns, latest_end);
     advance_to_real(latest_end - 1);
-    cr_assert_eq(S.nasks, 0, "the opening may have happened at the last nanosecond of its second");
+    cr_assert_not(flags() & CB_SEG_F_ELECTABLE, "the opening may have happened at the last nanosecond of its second");
     advance_ns(1);
-    cr_assert_eq(S.nasks, 1);
+    demand_asks();
     cr_assert_eq(last_ask()->opened_at, opened_s);
 }
 
@@ -801,9 +898,9 @@ Test(policy, a_remote_opening_with_nanoseconds_counts_from_that_instant, .fini =
     cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, opened_ns / (int64_t)SEC, opened_ns, 5, 0, CB_SOURCE_REMOTE, &S.now);
     cr_assert_eq(version().open_until_ns, opened_ns + 30000 * (int64_t)MS);
     advance_to_real(opened_ns + 30000 * (int64_t)MS - 1);
-    cr_assert_eq(S.nasks, 0);
+    cr_assert_not(flags() & CB_SEG_F_ELECTABLE);
     advance_ns(1);
-    cr_assert_eq(S.nasks, 1);
+    demand_asks();
 }
 
 Test(policy, a_half_open_elsewhere_is_open_here_until_the_later_of_recovery_end_and_the_holders_lease,
@@ -817,9 +914,9 @@ Test(policy, a_half_open_elsewhere_is_open_here_until_the_later_of_recovery_end_
     cr_assert_eq(allow().kind, CB_TICKET_REJECTED);
     cr_assert_eq(version().open_until_ns, lease_s * (int64_t)SEC);
     advance_to_real(lease_s * (int64_t)SEC - 1);
-    cr_assert_eq(S.nasks, 0);
+    cr_assert_not(flags() & CB_SEG_F_ELECTABLE);
     advance_ns(1);
-    cr_assert_eq(S.nasks, 1, "asked once the holder's lease ends");
+    demand_asks(); /* once the holder's lease ends */
 }
 
 Test(policy, a_half_open_elsewhere_with_a_short_lease_waits_for_the_recovery_end, .fini = teardown)
@@ -830,9 +927,9 @@ Test(policy, a_half_open_elsewhere_with_a_short_lease_waits_for_the_recovery_end
     int64_t end = (opened_s + 1) * (int64_t)SEC - 1 + 30000 * (int64_t)MS;
     cr_assert_eq(version().open_until_ns, end);
     advance_to_real(end - 1);
-    cr_assert_eq(S.nasks, 0);
+    cr_assert_not(flags() & CB_SEG_F_ELECTABLE);
     advance_ns(1);
-    cr_assert_eq(S.nasks, 1);
+    demand_asks();
 }
 
 Test(policy, this_hosts_probes_give_way_to_another_hosts_lease_on_the_same_opening, .fini = teardown)
@@ -840,6 +937,7 @@ Test(policy, this_hosts_probes_give_way_to_another_hosts_lease_on_the_same_openi
     setup_circuit(config(5, 3, 1, 30000, 10000), 1);
     int64_t opened = trip();
     advance_ms(30000);
+    demand_asks();
     grant();
     struct ticket probe = allow();
     cr_assert_eq(probe.kind, CB_TICKET_PROBE);
