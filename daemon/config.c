@@ -43,19 +43,37 @@
  * file given by mistake does not flood a terminal). At start errors go to
  * stderr; on reload to the log, and the first ones into the reply.
  *
- * The file is read whole (at most CBD_CONFIG_FILE_MAX bytes) and parsed
- * here, line by line, rather than by libinih: its handler gets no line
- * numbers, it truncates section names to 49 bytes (circuit names reach
- * 127), splits lines longer than its 200-byte buffer, reports only its first
- * syntax error and reads a NUL byte as the end of a line. This parser knows
- * each line's number and length, so a NUL or another control byte, an
- * over-long line and every malformed line get their own precise error.
+ * The file is read whole (at most CBD_CONFIG_FILE_MAX bytes) and each of
+ * its lines goes through libinih's ini_parse_stream on its own, handed over
+ * by read_line. libinih says what a line is: blank, a comment (';' or '#'
+ * first), a [section] (a ']' before any ' ;' comment), or a name and a value
+ * (split at the first '=' or ':', blanks around both dropped, a ';' after a
+ * blank starting a comment); anything else is its syntax error. One call
+ * per line, because over a whole stream libinih returns only its first
+ * syntax error, tells its handler nothing at a header and cuts section
+ * names at 49 bytes (circuit names reach 127): here every line gets its own
+ * verdict, and config.c keeps the section from the header lines libinih
+ * takes, with its own rules on top (blanks inside the brackets do not
+ * count, nothing but a comment may follow the ']', each section once). A
+ * line parsed alone is never a continuation of the one above (libinih's
+ * multi-line values), and read_line knows its number. read_line hands
+ * libinih the bytes before the line's first control byte and at most its
+ * buffer, 199 bytes in Debian's build: a NUL or other control byte, or a
+ * longer line (refused whole, never split), is the line's one error, named
+ * with the option when libinih finds a name before the fault.
+ *
+ * Debian's libinih also exports its build options as variables
+ * (ini_max_line, ini_stop_on_first_error, ini_allow_multiline, ...). cbd
+ * leaves them alone: they are process-wide, and the AWS shared-file parser
+ * (aws_credentials.c), which the DynamoDB URI check runs in the middle of
+ * this parse, relies on their defaults.
  */
 #include "config.h"
 
 #include <ctype.h>
 #include <errno.h>
 #include <grp.h>
+#include <ini.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -682,17 +700,15 @@ static void unknown_section(const char *text, char *why, size_t size)
                                     "[prefix \"PREFIX\"])");
 }
 
-/* A header line (start: its '['): sets px->sec for the lines below. */
+/* A header line libinih took (start: its '[', so a ']' follows): sets
+ * px->sec for the lines below. libinih ignores what follows the ']' and
+ * keeps the blanks inside the brackets; cbd refuses the one and drops the
+ * other. */
 static void on_section(struct parse_ctx *px, char *start)
 {
     char why[512] = "";
     char *end = strchr(start, ']');
     px->sec = SEC_BAD; /* unless it is fine: its options are skipped, one error is enough */
-    if (end == NULL) {
-        report(px, "section header '%.64s' has no ']' (expected [daemon], [defaults], [hooks], [circuit \"NAME\"] "
-                   "or [prefix \"PREFIX\"])", start);
-        return;
-    }
     *end = '\0';
     char *text = trim(start + 1), *after = end + 1;
     while (is_blank(*after))
@@ -758,37 +774,9 @@ static void misplaced(struct parse_ctx *px, const char *name)
            near ? "did you mean '" : "", near ? near : "", near ? "'? " : "");
 }
 
-/* The value before an inline comment: a ';' after a blank starts one. */
-static char *cut_comment(char *v)
+/* A "name = value" line, in section px->sec. */
+static void on_assignment(struct parse_ctx *px, const char *name, const char *value)
 {
-    for (char *p = v; *p != '\0'; p++) {
-        if (*p == ';' && p > v && is_blank(p[-1])) {
-            *p = '\0';
-            break;
-        }
-    }
-    return v;
-}
-
-/* A "name = value" line (start: its first non-blank byte). */
-static void on_assignment(struct parse_ctx *px, char *start)
-{
-    char *eq = strchr(start, '=');
-    if (eq == NULL) {
-        size_t word = strcspn(start, " \t");
-        if (find_option(start, word) >= 0)
-            report(px, "option '%.*s': no '=' after the name (expected '%.*s = VALUE')", (int)word, start, (int)word,
-                   start);
-        else
-            report(px, "'%.64s' has no '=' (expected 'name = value', a [section] or a ';' comment)", start);
-        return;
-    }
-    *eq = '\0';
-    char *name = trim(start), *value = trim(cut_comment(eq + 1));
-    if (name[0] == '\0') {
-        report(px, "'= %.64s' has no option name (expected 'name = value')", value);
-        return;
-    }
     if (px->sec == SEC_BAD)
         return; /* its header was reported */
     if (px->sec == SEC_NONE) {
@@ -802,66 +790,138 @@ static void on_assignment(struct parse_ctx *px, char *start)
         misplaced(px, name);
 }
 
-/* "option 'x': " when s[0..len) starts as an assignment to a plausible x. */
-static void line_subject(const char *s, size_t len, char *buf, size_t size)
+_Static_assert(CBD_CONFIG_LINE_MAX == INI_MAX_LINE - 1, "a line is libinih's line buffer less its NUL");
+
+/* One line of the file, as one ini_parse_stream reads it. */
+struct ini_line {
+    struct parse_ctx *px;
+    const char *text; /* the line, without its end */
+    size_t len;
+    size_t handed;    /* bytes of it libinih got: those before its fault */
+    char fault[160];  /* what is wrong with its bytes, or "" */
+    bool read;        /* read_line handed it out */
+    bool named;       /* libinih called on_name_value for it */
+};
+
+/* Index of the first control byte (any but tab) of s[0..n), or n. */
+static size_t control_byte(const char *s, size_t n)
 {
-    const char *a = s, *b = memchr(s, '=', len);
-    buf[0] = '\0';
-    if (b == NULL)
-        return;
-    while (a < b && is_blank(*a))
-        a++;
-    while (b > a && is_blank(b[-1]))
-        b--;
-    if (b == a || b - a > 64)
-        return;
-    for (const char *p = a; p < b; p++) {
-        if (!isalnum((unsigned char)*p) && *p != '_' && *p != '-')
-            return;
-    }
-    snprintf(buf, size, "option '%.*s': ", (int)(b - a), a);
+    size_t i = 0;
+    while (i < n && ((unsigned char)s[i] >= 0x20 || s[i] == '\t') && s[i] != 0x7f)
+        i++;
+    return i;
 }
 
-/* One line (s[0..n), without its '\n'), numbered px->line. */
+/* libinih's reader: the line once, then the end of the stream. libinih
+ * gets the bytes before its first control byte, and at most num - 1 (its
+ * buffer holds num with the NUL), so a long line is never split; a fault
+ * is recorded to be the line's one error. */
+static char *read_line(char *str, int num, void *stream)
+{
+    struct ini_line *l = stream;
+    if (l->read || num < 1)
+        return NULL;
+    size_t room = (size_t)num - 1 < CBD_CONFIG_LINE_MAX ? (size_t)num - 1 : CBD_CONFIG_LINE_MAX;
+    size_t bad = control_byte(l->text, l->len);
+    unsigned char c = bad < l->len ? (unsigned char)l->text[bad] : 0;
+    l->read = true;
+    if (l->len > room)
+        snprintf(l->fault, sizeof l->fault, "line is %zu bytes (expected at most %zu; for a longer hook, run a "
+                 "script; give a longer value on the command line)", l->len, room);
+    else if (bad < l->len)
+        snprintf(l->fault, sizeof l->fault, "control byte 0x%02x%s at column %zu (expected text: tab is the only "
+                 "control character allowed)", c, c == 0 ? " (NUL)" : c == '\r' ? " (carriage return)" : "", bad + 1);
+    l->handed = bad < room ? bad : room;
+    memcpy(str, l->text, l->handed);
+    str[l->handed] = '\0';
+    return str;
+}
+
+/* What libinih got of the line, in buf, without its leading and trailing blanks. */
+static char *line_text(const struct ini_line *l, char buf[CBD_CONFIG_LINE_MAX + 1])
+{
+    memcpy(buf, l->text, l->handed);
+    buf[l->handed] = '\0';
+    return trim(buf);
+}
+
+/* libinih's handler, for a line it split into name and value (both
+ * trimmed). Its errors are reported here and it returns 1, so a refusal
+ * from ini_parse_stream is one of libinih's own syntax errors. section is
+ * always "": each line is parsed alone (px->sec holds the section). */
+static int on_name_value(void *user, const char *section, const char *name, const char *value)
+{
+    struct ini_line *l = user;
+    char text[CBD_CONFIG_LINE_MAX + 1];
+    (void)section;
+    l->named = true;
+    if (l->fault[0] != '\0' && name[0] != '\0')
+        report(l->px, "option '%.64s': %s", name, l->fault);
+    else if (l->fault[0] != '\0')
+        report(l->px, "%s", l->fault);
+    else if (name[0] == '\0')
+        report(l->px, "'%.64s' has no option name (expected 'name = value')", line_text(l, text));
+    else
+        on_assignment(l->px, name, value);
+    return 1;
+}
+
+/* A line libinih refused (start: its first non-blank byte): a header
+ * without ']' (a ' ;' inside starts a comment), or no '=' nor ':'. */
+static void syntax_error(struct parse_ctx *px, const char *start)
+{
+    size_t word = strcspn(start, " \t");
+    if (start[0] == '[') {
+        px->sec = SEC_BAD; /* its options are skipped: one error is enough */
+        report(px, "section header '%.64s' has no ']'%s (expected [daemon], [defaults], [hooks], [circuit \"NAME\"] "
+                   "or [prefix \"PREFIX\"])", start, strchr(start, ']') ? " before ' ;', which starts a comment" : "");
+    } else if (find_option(start, word) >= 0) {
+        report(px, "option '%.*s': no '=' after the name (expected '%.*s = VALUE')", (int)word, start, (int)word,
+               start);
+    } else {
+        report(px, "'%.64s' has no '=' (expected 'name = value', a [section] or a ';' comment)", start);
+    }
+}
+
+/* Line px->line, s[0..n) without its '\n', through libinih. */
 static void parse_line(struct parse_ctx *px, const char *s, size_t n)
 {
-    char line[CBD_CONFIG_LINE_MAX + 1], subject[96];
+    char text[CBD_CONFIG_LINE_MAX + 1];
+    if (n >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0) { /* a UTF-8 byte order mark, as libinih skips one */
+        s += 3;
+        n -= 3;
+    }
     if (n > 0 && s[n - 1] == '\r')
         n--; /* CRLF line ends */
-    if (n > CBD_CONFIG_LINE_MAX) {
-        line_subject(s, n, subject, sizeof subject);
-        report(px, "%sline is %zu bytes (expected at most %d; for a longer hook, run a script)", subject, n,
-               CBD_CONFIG_LINE_MAX);
+    struct ini_line l = {.px = px, .text = s, .len = n};
+    int rc = ini_parse_stream(read_line, &l, on_name_value, &l);
+    if (rc < 0) {
+        report(px, "out of memory reading the line");
         return;
     }
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if ((c < 0x20 && c != '\t') || c == 0x7f) {
-            line_subject(s, i, subject, sizeof subject);
-            report(px, "%scontrol byte 0x%02x%s at column %zu (expected text: tab is the only control character "
-                       "allowed)", subject, c, c == 0 ? " (NUL)" : c == '\r' ? " (carriage return)" : "", i + 1);
-            return;
-        }
-    }
-    memcpy(line, s, n);
-    line[n] = '\0';
-    char *start = trim(line);
-    if (start[0] == '\0' || start[0] == ';' || start[0] == '#')
-        return;
-    if (start[0] == '[')
+    if (l.named)
+        return; /* on_name_value said what was wrong, if anything */
+    char *start = line_text(&l, text);
+    if (l.fault[0] != '\0') {
+        report(px, "%s", l.fault);
+        if (start[0] == '[')
+            px->sec = SEC_BAD; /* a header with a fault: its options are skipped */
+    } else if (rc > 0) {
+        syntax_error(px, start);
+    } else if (start[0] == '[') {
         on_section(px, start);
-    else
-        on_assignment(px, start);
+    } /* else a blank line or a comment */
 }
 
-/* The file's bytes, line by line; lines end with '\n' (a '\r' before it is dropped). */
+/* The file's bytes, line by line; lines end with '\n'. */
 static void parse_text(struct parse_ctx *px, const char *text, size_t len)
 {
-    size_t pos = len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0 ? 3 : 0; /* a UTF-8 byte order mark */
     px->sec = SEC_NONE;
-    for (px->line = 1; pos < len; px->line++) {
+    px->line = 0;
+    for (size_t pos = 0; pos < len;) {
         const char *nl = memchr(text + pos, '\n', len - pos);
         size_t n = nl != NULL ? (size_t)(nl - (text + pos)) : len - pos;
+        px->line++;
         parse_line(px, text + pos, n);
         pos += n + 1;
     }
@@ -964,6 +1024,9 @@ static void md_cell(const char *s)
         printf(*s == '|' ? "\\|" : "%c", *s);
 }
 
+#define TEXT_OF(n) #n
+#define NUMBER_TEXT(n) TEXT_OF(n)
+#define LINE_MAX_TEXT NUMBER_TEXT(CBD_CONFIG_LINE_MAX)
 static const char md_intro[] =
     "# cbd configuration\n\n"
     "<!-- Generated by `cbd --help-config` from the option table in daemon/config.c: change the table, then\n"
@@ -975,11 +1038,18 @@ static const char md_intro[] =
     "`cbd --check-config FILE` (or `cbctl check-config FILE`) validates a file together with any options\n"
     "given beside it: it prints `ok` and exits 0, or prints every error and exits 2.\n\n"
     "## File format\n\n"
-    "- `[section]` lines, then `name = value` lines; blanks around names, values and section names do not\n"
-    "  count. Lines starting with `;` or `#` are comments, and so is everything after ` ;` (a blank, then a\n"
-    "  semicolon) in a value: a hook needing `;` runs a script.\n"
-    "- A line holds at most 4096 bytes (a longer one is refused, not split) and no control character but\n"
-    "  tab (CRLF line ends are fine); the file holds at most 1 MiB.\n"
+    "The file is read by libinih, one line at a time, with cbd's own checks on top.\n\n"
+    "- `[section]` lines, then `name = value` lines; libinih also takes `name: value`, as Python's\n"
+    "  configparser does (the first `=` or `:` ends the name). Blanks around names, values and section\n"
+    "  names do not count, and an indented line is a line like any other (no continuation lines). Values\n"
+    "  are taken as written, quotes included.\n"
+    "- Lines starting with `;` or `#` are comments, and so is everything from ` ;` (a blank, then a\n"
+    "  semicolon) on, in a value or in a section line: a hook needing ` ;` runs a script. `#` and a `;`\n"
+    "  after another character are text. After a section's `]` only a comment may follow.\n"
+    "- A line holds at most " LINE_MAX_TEXT " bytes, libinih's line buffer: a longer one is refused, not split\n"
+    "  (a longer hook runs a script; a longer store URI goes on the command line, `--store`). No control\n"
+    "  character but tab (CRLF line ends are fine, a UTF-8 byte order mark starting a line is skipped).\n"
+    "  The file holds at most 1 MiB.\n"
     "- Numbers are decimal digits only: no sign and no unit (the unit is in the option's name). Modes are\n"
     "  octal, as for chmod (`0660`).\n"
     "- Each section is given once: a second `[daemon]` or `[circuit \"x\"]` is an error (merge them).\n"

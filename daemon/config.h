@@ -15,7 +15,9 @@
 #define CBD_STORE_URI_MAX 1024
 #define CBD_GROUP_MAX 64
 #define CBD_PATH_MAX 4096
-#define CBD_CONFIG_LINE_MAX 4096      /* bytes of one line of the file, without its line end */
+/* Bytes of one line of the file, without its line end: what libinih's line
+ * buffer holds (INI_MAX_LINE, 200 in Debian's build) less its NUL. */
+#define CBD_CONFIG_LINE_MAX 199
 #define CBD_CONFIG_FILE_MAX (1 << 20) /* bytes of the whole file */
 
 /* A repeatable option's values, in the order given. */

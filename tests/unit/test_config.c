@@ -121,19 +121,38 @@ Test(config, a_long_circuit_name_keeps_its_whole_section)
     cr_assert_eq(cfg.overrides[0].hooks.n, 1);
 }
 
-Test(config, a_line_of_4096_bytes_is_taken_and_a_longer_one_refused_not_split)
+/* libinih's line buffer holds 199 bytes and a NUL; a longer line is
+ * refused whole: its tail, a line of its own if it were split, is never read. */
+Test(config, a_line_of_199_bytes_is_taken_and_a_longer_one_refused_not_split)
 {
-    char *text = malloc(8192);
-    int n = snprintf(text, 8192, "[hooks]\ncommand = %04086d\n", 7); /* the line: 10 + 4086 bytes */
+    char text[512];
+    int value = CBD_CONFIG_LINE_MAX - 10; /* "command = " and the value */
+    cr_assert_eq(CBD_CONFIG_LINE_MAX, 199);
+    snprintf(text, sizeof text, "[hooks]\ncommand = %0*d\n", value, 7);
     cr_assert_eq(load(text), 0, "%s", errs.text);
-    cr_assert_eq(strlen(cfg.hook_commands.v[0]), 4086);
-    n = snprintf(text, 8192, "[hooks]\ncommand = %04087d\r\ntimeout_ms = 99999999\n", 7);
+    cr_assert_eq(strlen(cfg.hook_commands.v[0]), (size_t)value);
+    int n = snprintf(text, sizeof text, "[hooks]\ncommand = %0*dtimeout_ms = 1\r\ntimeout_ms = 99999999\n", value, 7);
     cr_assert_eq(load_n(text, (size_t)n, 0, NULL), 2, "%s", errs.text);
-    cr_assert_not_null(strstr(errs.text, "cbd.conf:2: option 'command': line is 4097 bytes (expected at most 4096; "
-                                         "for a longer hook, run a script)"), "%s", errs.text);
+    cr_assert_not_null(strstr(errs.text, "cbd.conf:2: option 'command': line is 213 bytes (expected at most 199; "
+                                         "for a longer hook, run a script; give a longer value on the command "
+                                         "line)"), "%s", errs.text);
+    cr_assert_null(strstr(errs.text, "'timeout_ms': 1 "), "the long line was split: %s", errs.text);
     cr_assert_not_null(strstr(errs.text, "cbd.conf:3: option 'timeout_ms': 99999999 is out of range"),
                        "the line after the long one was lost: %s", errs.text);
-    free(text);
+}
+
+/* Where libinih's rules are not the ones cbd had: ':' also ends a name,
+ * an indented line is a line of its own (each line is parsed alone, so
+ * never a continuation), and a ' ;' inside a header's brackets starts a
+ * comment. */
+Test(config, libinih_takes_name_colon_value_and_no_continuation_lines)
+{
+    cr_assert_eq(load("[daemon]\nlanes: 8\ninstance = a\n    capacity = 100\n"), 0, "%s", errs.text);
+    cr_assert_eq(cfg.lanes, 8);
+    cr_assert_str_eq(cfg.instance, "a", "an indented line continued the value above it");
+    cr_assert_eq(cfg.capacity, 100);
+    refused("[daemon ; lanes]\nlanes = 8\n", "1: section header '[daemon ; lanes]' has no ']' before ' ;', which "
+                                             "starts a comment (expected [daemon], [defaults]");
 }
 
 Test(config, a_section_given_twice_is_refused_naming_the_first_one)
