@@ -58,7 +58,8 @@
  * line parsed alone is never a continuation of the one above (libinih's
  * multi-line values), and read_line knows its number. read_line hands
  * libinih the bytes before the line's first control byte and at most its
- * buffer, 199 bytes in Debian's build: a NUL or other control byte, or a
+ * buffer, CBD_CONFIG_LINE_MAX (4095) bytes, set at run time through the
+ * variables of Debian's build (libinih_limits): a NUL or other control byte, or a
  * longer line (refused whole, never split), is the line's one error, named
  * with the option when libinih finds a name before the fault.
  *
@@ -790,7 +791,17 @@ static void on_assignment(struct parse_ctx *px, const char *name, const char *va
         misplaced(px, name);
 }
 
-_Static_assert(CBD_CONFIG_LINE_MAX == INI_MAX_LINE - 1, "a line is libinih's line buffer less its NUL");
+/* Debian's libinih takes its line limit at run time (ini.h: ini_max_line
+ * and the heap buffer options); the library's default is 199 bytes, too
+ * short for a long store URI or hook command. Process-wide, and harmless
+ * to the library's other user here (the AWS shared config files). */
+static void libinih_limits(void)
+{
+    ini_use_stack = false;
+    ini_allow_realloc = true;
+    ini_initial_alloc = CBD_CONFIG_LINE_MAX + 1;
+    ini_max_line = CBD_CONFIG_LINE_MAX + 1;
+}
 
 /* One line of the file, as one ini_parse_stream reads it. */
 struct ini_line {
@@ -894,6 +905,7 @@ static void parse_line(struct parse_ctx *px, const char *s, size_t n)
     if (n > 0 && s[n - 1] == '\r')
         n--; /* CRLF line ends */
     struct ini_line l = {.px = px, .text = s, .len = n};
+    libinih_limits();
     int rc = ini_parse_stream(read_line, &l, on_name_value, &l);
     if (rc < 0) {
         report(px, "out of memory reading the line");

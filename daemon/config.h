@@ -17,7 +17,7 @@
 #define CBD_PATH_MAX 4096
 /* Bytes of one line of the file, without its line end: what libinih's line
  * buffer holds (INI_MAX_LINE, 200 in Debian's build) less its NUL. */
-#define CBD_CONFIG_LINE_MAX 199
+#define CBD_CONFIG_LINE_MAX 4095
 #define CBD_CONFIG_FILE_MAX (1 << 20) /* bytes of the whole file */
 
 /* A repeatable option's values, in the order given. */

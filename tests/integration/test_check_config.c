@@ -105,7 +105,7 @@ Test(check_config, a_too_long_line_says_the_real_limit)
 {
     char text[6000];
     int n = snprintf(text, sizeof text, "[hooks]\ncommand = %05000d\ntimeout_ms = 100\n", 0);
-    refused_alike(text, (size_t)n, "2: option 'command': line is 5010 bytes (expected at most 199; for a longer "
+    refused_alike(text, (size_t)n, "2: option 'command': line is 5010 bytes (expected at most 4095; for a longer "
                                    "hook, run a script; give a longer value on the command line)");
 }
 
