@@ -179,6 +179,25 @@ const char *tsup_redis_uri(const struct tsup_redis *r, const char *options);
  * (malloc'd; the caller frees it) unless out is NULL. */
 int tsup_redis_cli(const struct tsup_redis *r, char **out, ...) __attribute__((sentinel));
 
+/* A proxy in front of a redis-server that misbehaves on request, as a
+ * broken server or middlebox would: a child process of the test on a free
+ * loopback port (redis://127.0.0.1:<port>), relaying every client it
+ * accepts to the server until told otherwise. */
+struct tsup_redis_proxy {
+    pid_t pid;  /* 0 when not running */
+    int port;   /* where clients connect */
+    int ctl;    /* the test's end of the order pipe */
+};
+/* Start relaying to target (a TCP server): 0 or -errno. */
+int tsup_redis_proxy_start(struct tsup_redis_proxy *p, const struct tsup_redis *target);
+/* The next chunk the server sends to any client is delivered twice: a
+ * client waiting for one reply gets its command answered twice. */
+void tsup_redis_proxy_duplicate_next(struct tsup_redis_proxy *p);
+/* Send len bytes (< 64 KiB) to every client as if the server had; then
+ * disconnect them all when then_close. Returns once done. */
+void tsup_redis_proxy_inject(struct tsup_redis_proxy *p, const void *bytes, size_t len, bool then_close);
+void tsup_redis_proxy_stop(struct tsup_redis_proxy *p);
+
 /* ---- the control socket (tsup_ctl.c) -------------------------------------- */
 
 struct tsup_reply {
