@@ -65,7 +65,8 @@
 #include <unistd.h>
 
 #include "log.h"
-#include "redis_glue.h"
+#include "redis_conn.h"
+#include "redis_resp.h"
 #include "segment.h"
 
 #define RS_PREFIX_MAX 64
@@ -160,7 +161,7 @@ struct cbd_store {
     void (*close_done)(void *arg);
     void *close_arg;
     struct cbd_store_redis_stats stats;
-    struct cbd_ratelimit rl_conn, rl_data, rl_err;
+    struct cbd_ratelimit rl_conn, rl_data, rl_err, rl_proto;
 };
 
 /* ---- the scripts ------------------------------------------------------------ */
@@ -639,17 +640,6 @@ static int parse_hash(redisReply *const *el, size_t n, struct cbd_store_state *s
     return 1;
 }
 
-/* Printable copy of possibly binary bytes, for log lines. */
-static void printable(char *dst, size_t size, const char *src, size_t len)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < len && n + 4 < size; i++)
-        dst[n++] = src[i] > ' ' && src[i] <= '~' ? src[i] : '?';
-    if (len > n)
-        memcpy(dst + n, "...", 3), n += 3;
-    dst[n] = '\0';
-}
-
 static void malformed(struct cbd_store *s, const char *what, const char *key, size_t klen, const char *why)
 {
     uint64_t suppressed;
@@ -657,7 +647,7 @@ static void malformed(struct cbd_store *s, const char *what, const char *key, si
     s->stats.malformed++;
     if (!cbd_ratelimit_pass(&s->rl_data, &suppressed))
         return;
-    printable(k, sizeof k, key, klen);
+    cbd_redis_printable(k, sizeof k, key, klen);
     cbd_log(CBD_LOG_WARN, "redis store: ignoring malformed %s '%s' under prefix '%s': %s (%" PRIu64 " more suppressed)",
             what, k, s->uri.prefix, why, suppressed);
 }
@@ -872,6 +862,15 @@ static void start(struct cbd_store *s)
 static void on_down(void *arg, struct cbd_redis_conn *conn, int err, const char *why)
 {
     struct cbd_store *s = arg;
+    uint64_t suppressed;
+    if (err == -EPROTO) {
+        /* the peer broke the protocol: counted and logged every time, not
+         * only when it takes the store offline */
+        s->stats.protocol_errors++;
+        if (cbd_ratelimit_pass(&s->rl_proto, &suppressed))
+            cbd_log(CBD_LOG_WARN, "redis store: %s; dropping the connection and reconnecting (%" PRIu64
+                    " more suppressed)", why, suppressed);
+    }
     if (conn == s->cmd)
         s->cmd_open = s->cmd_ready = false;
     else
@@ -912,14 +911,14 @@ static void handshake_step(struct cbd_store *s)
 
 static void on_hs_status(struct cbd_redis_conn *conn, redisReply *r, void *what)
 {
-    struct cbd_store *s = cbd_redis_conn_arg(conn);
+    struct cbd_store *s = cbd_redis_conn_data(conn);
     if (!handshake_failed(s, conn, what, r) && conn == s->cmd)
         handshake_step(s);
 }
 
 static void on_hs_script(struct cbd_redis_conn *conn, redisReply *r, void *sha)
 {
-    struct cbd_store *s = cbd_redis_conn_arg(conn);
+    struct cbd_store *s = cbd_redis_conn_data(conn);
     if (handshake_failed(s, conn, "SCRIPT LOAD", r))
         return;
     if (r->type != REDIS_REPLY_STRING || r->len != 40) {
@@ -1065,7 +1064,7 @@ static void keep_unwritten(struct rs_circuit *c)
 
 static void on_write_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg)
 {
-    struct cbd_store *s = cbd_redis_conn_arg(conn);
+    struct cbd_store *s = cbd_redis_conn_data(conn);
     struct rs_circuit *c = arg;
     struct cbd_store_state st;
     bool newer = c->w_pending; /* a transition came while this write was out */
@@ -1201,7 +1200,7 @@ static void apply_read(struct cbd_store *s, struct rs_circuit *c, const redisRep
 
 static void on_read_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg)
 {
-    struct cbd_store *s = cbd_redis_conn_arg(conn);
+    struct cbd_store *s = cbd_redis_conn_data(conn);
     struct rs_circuit *c = arg;
     c->r_inflight = false;
     if (r == NULL) {
@@ -1248,7 +1247,7 @@ static void reconcile_step(struct cbd_store *s)
 
 static void on_sync_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg)
 {
-    struct cbd_store *s = cbd_redis_conn_arg(conn);
+    struct cbd_store *s = cbd_redis_conn_data(conn);
     on_read_reply(conn, r, arg);
     if (s->rec_inflight > 0)
         s->rec_inflight--;
@@ -1367,7 +1366,7 @@ static void probe_answer(struct cbd_store *s, struct rs_circuit *c, const struct
 
 static void on_probe_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg)
 {
-    struct cbd_store *s = cbd_redis_conn_arg(conn);
+    struct cbd_store *s = cbd_redis_conn_data(conn);
     struct rs_circuit *c = arg;
     struct cbd_store_state st;
     int granted = -1;
@@ -1472,7 +1471,7 @@ static void restore_next(struct cbd_store *s)
 
 static void on_restore_read(struct cbd_redis_conn *conn, redisReply *r, void *arg)
 {
-    struct cbd_store *s = cbd_redis_conn_arg(conn);
+    struct cbd_store *s = cbd_redis_conn_data(conn);
     struct rs_restore_item *it = arg;
     s->restore.inflight--;
     if (r != NULL)
@@ -1508,7 +1507,7 @@ static void restore_key(struct cbd_store *s, const redisReply *k)
 
 static void on_scan_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg)
 {
-    struct cbd_store *s = cbd_redis_conn_arg(conn);
+    struct cbd_store *s = cbd_redis_conn_data(conn);
     (void)arg;
     if (r == NULL || s->restore.done == NULL)
         return;
@@ -1646,6 +1645,8 @@ static int rs_create(struct cbd_store **out, const char *uri, const struct cbd_s
         *err = "out of memory creating the redis store";
         return -ENOMEM;
     }
+    cbd_redis_conn_set_data(s->cmd, s);
+    cbd_redis_conn_set_data(s->sub, s);
     uv_timer_init(hooks->loop, &s->retry_timer);
     uv_timer_init(hooks->loop, &s->sync_timer);
     uv_timer_init(hooks->loop, &s->grant_timer);
@@ -1671,6 +1672,7 @@ static void rs_stats(const struct cbd_store *s, void (*emit)(void *arg, const ch
     emit(arg, "errors", st.errors);
     emit(arg, "malformed", st.malformed);
     emit(arg, "reconnects", st.reconnects);
+    emit(arg, "protocol_errors", st.protocol_errors);
     emit(arg, "queued", st.queued);
 }
 

@@ -26,6 +26,7 @@ struct cbd_store_redis_stats {
     uint64_t errors;        /* error replies and failed or lost connections */
     uint64_t malformed;     /* foreign or garbage data under the prefix, ignored */
     uint64_t reconnects;    /* connection attempts after the first */
+    uint64_t protocol_errors; /* connections dropped because the peer broke RESP or pub/sub */
     uint32_t queued;        /* circuits with a transition waiting to be written */
     bool online;            /* both connections up and ready */
 };
