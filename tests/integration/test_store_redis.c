@@ -500,7 +500,7 @@ Test(store_redis, password_acl_user_and_database_are_used_on_connect)
 {
     struct tsup_redis r;
     struct host a, bad;
-    char uri[300];
+    char uri[400];
     static const char *const auth[] = {"--requirepass", "s3cret", NULL};
     srv_init(&r, false, auth);
     redisContext *c = srv_connect(&r);
@@ -509,9 +509,15 @@ Test(store_redis, password_acl_user_and_database_are_used_on_connect)
     rep = redisCommand(c, "ACL SETUSER alice on >p@ss ~* &* +@all");
     cr_assert(rep != NULL && rep->type != REDIS_REPLY_ERROR);
     freeReplyObject(rep);
-    snprintf(uri, sizeof uri, "redis://alice:p%%40ss@127.0.0.1:%d/3?prefix=t:&instance=A", r.port);
+    char wrong[256];
+    snprintf(wrong, sizeof wrong, "%s/wrong.pass", tsup_tmpdir());
+    FILE *f = fopen(wrong, "w");
+    cr_assert(f != NULL && fputs("wrong\n", f) >= 0 && fclose(f) == 0);
+    setenv("CBD_TEST_ALICE_PASSWORD", "p@ss", 1);
+    snprintf(uri, sizeof uri, "redis://alice@127.0.0.1:%d/3?prefix=t:&instance=A&password_env=CBD_TEST_ALICE_PASSWORD",
+             r.port);
     host_open(&a, uri);
-    snprintf(uri, sizeof uri, "redis://:wrong@127.0.0.1:%d?instance=B", r.port);
+    snprintf(uri, sizeof uri, "redis://127.0.0.1:%d?instance=B&password_file=%s", r.port, wrong);
     host_open(&bad, uri);
     WAIT_FOR(a.online && bad.health_false == 1, 5000);
     cr_assert(strstr(bad.why, "AUTH") != NULL, "why: %s", bad.why);
@@ -542,7 +548,7 @@ struct bad_uri {
 Test(store_redis, bad_uris_are_rejected_with_a_clear_message)
 {
     static const struct bad_uri cases[] = {
-        {"http://x", "must start with redis:// or unix://"},
+        {"http://x", "must start with redis://, redis-sentinel:// or unix://"},
         {"redis://", "missing host"},
         {"redis://:6379", "missing host"},
         {"redis://h:0", "port must be"},
@@ -558,7 +564,22 @@ Test(store_redis, bad_uris_are_rejected_with_a_clear_message)
         {"redis://h?instance=a.b", "instance must be"},
         {"redis://h?bogus=1", "unknown option"},
         {"redis://h?prefix", "without '=value'"},
-        {"redis://u:p%zz@h", "bad %-escape"},
+        {"redis://u:p@h", "a password in the URI is refused"},
+        {"redis://:p@h", "password_file=/path"},
+        {"redis://h?password=x", "or in an environment variable and give ?password_env=NAME"},
+        {"redis://u%zz@h?password_env=P", "bad %-escape"},
+        {"redis://u@h", "user 'u' needs password_file= or password_env="},
+        {"redis://h?password_file=rel/pass", "password_file must be an absolute path"},
+        {"redis://h?password_env=1BAD", "password_env must be an environment variable name"},
+        {"redis://h?password_env=P&password_file=/p", "give password_file or password_env, not both"},
+        {"redis://h?sentinel_user=u", "sentinel_user is for redis-sentinel:// URIs only"},
+        {"redis-sentinel://h1,h2", "missing master name"},
+        {"redis-sentinel://h1,/m", "missing sentinel host"},
+        {"redis-sentinel:///m", "missing sentinel host"},
+        {"redis-sentinel://h:26379/bad name", "the master name must be"},
+        {"redis-sentinel://h/m/99999", "database number"},
+        {"redis-sentinel://a,b,c,d,e,f,g,h,i/m", "more than 8 sentinels"},
+        {"redis-sentinel://h/m?sentinel_user=s", "sentinel_user needs sentinel_password_file="},
         {"unix://relative.sock", "must be absolute"},
         {"unix://", "must be absolute"},
     };
@@ -568,5 +589,12 @@ Test(store_redis, bad_uris_are_rejected_with_a_clear_message)
         const char *err = NULL;
         cr_assert_eq(cbd_store_redis_ops.create(&s, cases[i].uri, &hooks, &err), -EINVAL, "%s", cases[i].uri);
         cr_assert(err != NULL && strstr(err, cases[i].err) != NULL, "%s: %s", cases[i].uri, err ? err : "(null)");
+        char why[512];
+        cr_assert_eq(cbd_store_redis_ops.check_uri(cases[i].uri, why, sizeof why), -EINVAL, "check_uri(%s)",
+                     cases[i].uri);
+        cr_assert_str_eq(why, err, "check_uri says what create says");
     }
+    char why[512] = "";
+    cr_assert_eq(cbd_store_redis_ops.check_uri("redis-sentinel://h1,h2:26380/m/2?password_env=P&prefix=x:", why,
+                                               sizeof why), 0, "%s", why);
 }
