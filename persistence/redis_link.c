@@ -20,10 +20,12 @@
  * command and wiped.
  *
  * Sentinel: the sentinel that names the master stays subscribed to
- * +switch-master. A failover announced there (or found by asking again
- * after that sentinel was lost) drops both data connections and reconnects
- * at once - the first retry after a failover starts from attempt 0 - and
- * the reconnect asks the sentinels, which are the authority. Losing the
+ * +switch-master, also while the link is down (a dead master is the usual
+ * reason for a failover). A failover announced there (or found by asking
+ * again after that sentinel was lost) drops both data connections and
+ * reconnects at once - the retry after a failover starts from attempt 0,
+ * and one already waiting out a long backoff is brought forward - and the
+ * reconnect asks the sentinels, which are the authority. Losing the
  * watching sentinel alone does not take the link offline: while online it
  * asks again on its own backoff.
  *
@@ -144,11 +146,7 @@ static void went_offline(struct cbd_redis_link *link, int err, const char *why)
     link->preparing = false;
     cbd_redis_conn_drop(link->cmd, err, why);
     cbd_redis_conn_drop(link->sub, err, why);
-    if (link->sentinel != NULL) {
-        cbd_redis_sentinel_stop(link->sentinel);
-        link->watching = false;
-        uv_timer_stop(&link->watch_timer);
-    }
+    uv_timer_stop(&link->watch_timer); /* a sentinel still watching keeps watching: see on_master_moved */
     snprintf(msg, sizeof msg, "%s: %s", link->endpoint, why);
     link->cbs.offline(link->cbs.arg, err, msg, attempt_failed);
     maybe_retry(link);
@@ -411,10 +409,13 @@ static void on_master_moved(void *arg, const struct cbd_redis_addr *master, cons
     (void)master;
     link->stats.failovers++;
     cbd_log(CBD_LOG_INFO, "redis: %s; reconnecting", why);
-    if (link->phase != L_CONNECTING && link->phase != L_ONLINE)
-        return;
     link->attempt = 0; /* the new master is ready: come back at once */
-    went_offline(link, -ECONNRESET, why);
+    if (link->phase == L_CONNECTING || link->phase == L_ONLINE) {
+        went_offline(link, -ECONNRESET, why);
+    } else if (link->phase == L_DOWN && uv_is_active((uv_handle_t *)&link->retry_timer)) {
+        /* offline since the old master died: no need to wait out the backoff */
+        uv_timer_start(&link->retry_timer, on_retry, cbd_redis_backoff_ms(0, rng_next(link)), 0);
+    }
 }
 
 static void on_unwatched(void *arg, int err, const char *why)
