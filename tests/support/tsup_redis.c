@@ -36,6 +36,7 @@
 
 #define REDIS_SERVER "/usr/bin/redis-server"
 #define REDIS_CLI "/usr/bin/redis-cli"
+#define REDIS_SENTINEL "/usr/bin/redis-sentinel" /* Debian: package redis-sentinel */
 #define START_ATTEMPTS 3
 #define CLI_ARGS_MAX 32
 
@@ -94,6 +95,12 @@ static void build_argv(const struct tsup_redis *r, char port[8], const char *arg
 {
     int n = 0;
     snprintf(port, 8, "%d", r->port);
+    if (r->conf[0]) { /* a sentinel: everything is in its file, which it rewrites */
+        argv[n++] = REDIS_SENTINEL;
+        argv[n++] = r->conf;
+        argv[n] = NULL;
+        return;
+    }
     argv[n++] = REDIS_SERVER;
     argv[n++] = "--save";
     argv[n++] = "";
@@ -159,6 +166,63 @@ int tsup_redis_start_with(struct tsup_redis *r, bool unix_socket, const char *co
     }
     if (rc < 0)
         fprintf(stderr, "tsup: redis-server did not come up (%s); see %s\n", strerror(-rc), r->log);
+    return rc;
+}
+
+int tsup_redis_start_replica(struct tsup_redis *r, const struct tsup_redis *master, const char *password,
+                             const char *const *extra)
+{
+    /* the strings must outlive r: one set per test process is enough */
+    static char port[4][8];
+    static unsigned next;
+    const char *args[TSUP_REDIS_EXTRA_MAX + 1] = {"--replicaof", "127.0.0.1", port[next % 4]};
+    int n = 3;
+    snprintf(port[next++ % 4], sizeof port[0], "%d", master->port);
+    if (password != NULL) {
+        args[n++] = "--masterauth";
+        args[n++] = password;
+    }
+    for (int i = 0; extra != NULL && extra[i] != NULL && n < TSUP_REDIS_EXTRA_MAX; i++)
+        args[n++] = extra[i];
+    args[n] = NULL;
+    return tsup_redis_start_with(r, false, args);
+}
+
+/* The sentinel's configuration file for a start on r->port. */
+static int write_sentinel_conf(const struct tsup_redis *s, const char *name, const struct tsup_redis *master,
+                               const char *master_password, const char *sentinel_password)
+{
+    FILE *f = fopen(s->conf, "w");
+    if (f == NULL)
+        return -errno;
+    fprintf(f, "port %d\nbind 127.0.0.1\ndir %s\n", s->port, tsup_tmpdir());
+    fprintf(f, "sentinel monitor %s 127.0.0.1 %d 1\n", name, master->port);
+    fprintf(f, "sentinel down-after-milliseconds %s 1000\n", name);
+    fprintf(f, "sentinel failover-timeout %s 3000\n", name); /* a split election retries after 2x this */
+    if (master_password != NULL)
+        fprintf(f, "sentinel auth-pass %s %s\n", name, master_password);
+    if (sentinel_password != NULL)
+        fprintf(f, "requirepass %s\n", sentinel_password);
+    return fclose(f) == 0 ? 0 : -errno;
+}
+
+int tsup_sentinel_start(struct tsup_redis *s, const char *name, const struct tsup_redis *master,
+                        const char *master_password, const char *sentinel_password)
+{
+    int rc = -EINVAL;
+    memset(s, 0, sizeof *s);
+    const char *unique = tsup_unique("sentinel");
+    snprintf(s->log, sizeof s->log, "%s/%s.log", tsup_tmpdir(), unique);
+    snprintf(s->conf, sizeof s->conf, "%s/%s.conf", tsup_tmpdir(), unique);
+    for (int attempt = 0; attempt < START_ATTEMPTS; attempt++) {
+        if ((s->port = tsup_free_port()) < 0)
+            return s->port;
+        if ((rc = write_sentinel_conf(s, name, master, master_password, sentinel_password)) < 0 ||
+            (rc = spawn_and_wait(s)) != -ECHILD)
+            break;
+    }
+    if (rc < 0)
+        fprintf(stderr, "tsup: redis-sentinel did not come up (%s); see %s\n", strerror(-rc), s->log);
     return rc;
 }
 
