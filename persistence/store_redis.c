@@ -1,10 +1,15 @@
 /*
  * store_redis.c - the fleet store on redis (docs/store-redis.md).
  *
- * Layout: one hash per circuit, <prefix>c:<name>, with Powertools' fields
+ * Layout: one hash per circuit, <prefix>c:{<name>}, with Powertools' fields
  * (state, failure_count, opened_at, half_open_owner, probe_lease_expiry)
  * plus updated_ms (server TIME of the last write) and version (+1 per
  * write). Every write publishes the circuit's name on <prefix>transitions.
+ * The braces are a Redis Cluster hash tag: every key a script touches for a
+ * circuit hashes to one slot, so a cluster transport needs no migration.
+ * Keys from before the tags (<prefix>c:<name>) are renamed on read: every
+ * one the restore's SCAN finds, and a tracked circuit's when its new key
+ * is missing (checked once per circuit).
  *
  * Writes are three Lua scripts that read the hash and the server's TIME,
  * decide, and write-and-publish only if the comparison holds; each returns
@@ -79,7 +84,7 @@
 #define RS_WINDOW 128         /* reconcile and restore reads in flight */
 #define RS_WRITES_MAX 256     /* transition writes in flight */
 #define RS_SCAN_COUNT "256"
-#define RS_KEY_MAX (RS_PREFIX_MAX + 2 + CB_NAME_MAX + 1)
+#define RS_KEY_MAX (RS_PREFIX_MAX + 4 + CB_NAME_MAX + 1)
 #define RS_TIME_MAX 100000000000ll /* epoch seconds beyond this are garbage */
 
 /* The URI: where and how to connect (redis_uri.h), and the store's own
@@ -114,7 +119,7 @@ struct rs_circuit {
     struct rs_view cur, known;
     struct rs_write w, w_sent; /* latest unwritten transition; the one in flight */
     bool w_pending, w_inflight, w_queued;
-    bool r_inflight, r_again;
+    bool r_inflight, r_again, legacy_checked;
     bool p_inflight, p_pending, lease_mine, g_queued;
     int64_t p_opened_at, p_sent_opened_at, g_opened_at;
     uint32_t p_lease_s, p_sent_lease_s, g_lease_s;
@@ -123,7 +128,7 @@ struct rs_circuit {
 };
 
 enum rs_phase { RS_DOWN, RS_CONNECTING, RS_ONLINE };
-enum rs_script { RS_OPEN, RS_CLOSE, RS_PROBE, RS_NSCRIPTS };
+enum rs_script { RS_OPEN, RS_CLOSE, RS_PROBE, RS_MIGRATE, RS_NSCRIPTS };
 enum rs_err { RS_ERR_NOSCRIPT, RS_ERR_DATA, RS_ERR_CONN, RS_ERR_OTHER };
 
 struct rs_restore_item {
@@ -157,6 +162,7 @@ struct cbd_store {
         bool more;
         char cursor[32];
     } restore;
+    unsigned migrated; /* legacy keys renamed by this restore */
     bool closing, tearing;
     unsigned close_pending;
     void (*close_done)(void *arg);
@@ -212,6 +218,18 @@ static const char *const rs_scripts[RS_NSCRIPTS] = {
     "if ok then commit({'state', 'HALF_OPEN', 'failure_count', string.format('%d', tonumber(f[5]) or 0),"
     " 'opened_at', string.format('%d', opened), 'half_open_owner', ARGV[5],"
     " 'probe_lease_expiry', string.format('%d', now + tonumber(ARGV[4]))}, {}) end\n" LUA_RESULT,
+    /* migrate: KEYS[1] the circuit's hash, KEYS[2] its key before hash tags.
+     * Renames the old key if the new one does not exist; {moved (1/0), the
+     * hash...}, or {-1} if the old key is not a hash. Two keys in different
+     * slots: for the standalone and Sentinel deployments that have old keys. */
+    [RS_MIGRATE] = "local new, old = KEYS[1], KEYS[2]\n"
+    "local moved = 0\n"
+    "if redis.call('EXISTS', new) == 0 and redis.call('EXISTS', old) == 1 then\n"
+    "  if redis.call('TYPE', old).ok ~= 'hash' then return {-1} end\n"
+    "  redis.call('RENAME', old, new)\n"
+    "  moved = 1\n"
+    "end\n"
+    "return {moved, unpack(redis.call('HGETALL', new))}\n",
 };
 
 /* ---- URI ----------------------------------------------------------------------- */
@@ -335,7 +353,15 @@ static struct rs_circuit *get(struct cbd_store *s, const char *name)
     return c;
 }
 
+/* "<prefix>c:{<name>}": the braces are a Redis Cluster hash tag, so every
+ * key a script touches for one circuit hashes to the circuit's slot. */
 static int key_of(const struct cbd_store *s, const char *name, char *key)
+{
+    return snprintf(key, RS_KEY_MAX, "%sc:{%s}", s->uri.prefix, name);
+}
+
+/* "<prefix>c:<name>": the key before hash tags, migrated on read. */
+static int legacy_key_of(const struct cbd_store *s, const char *name, char *key)
 {
     return snprintf(key, RS_KEY_MAX, "%sc:%s", s->uri.prefix, name);
 }
@@ -544,6 +570,32 @@ static int eval(struct cbd_store *s, enum rs_script script, bool use_eval, cbd_r
     return command(s, fn, c, 6 + nargs, argv);
 }
 
+/* The migrate script for circuit name (EVAL when asked or not loaded). */
+static int send_migrate(struct cbd_store *s, const char *name, bool use_eval, cbd_redis_reply_fn *fn, void *priv)
+{
+    char key[RS_KEY_MAX], old[RS_KEY_MAX];
+    key_of(s, name, key);
+    legacy_key_of(s, name, old);
+    use_eval = use_eval || s->sha[RS_MIGRATE][0] == '\0';
+    const char *argv[5] = {use_eval ? "EVAL" : "EVALSHA", use_eval ? rs_scripts[RS_MIGRATE] : s->sha[RS_MIGRATE], "2",
+                           key, old};
+    return command(s, fn, priv, 5, argv);
+}
+
+/* The migrate script's answer: 1 with the hash's field/value list in
+ * *el[0..*n), 0 if the old key is not a hash, -1 if it makes no sense. */
+static int migrate_result(const redisReply *r, redisReply *const **el, size_t *n)
+{
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->element[0]->type != REDIS_REPLY_INTEGER ||
+        r->element[0]->integer < -1 || r->element[0]->integer > 1)
+        return -1;
+    if (r->element[0]->integer < 0)
+        return 0;
+    *el = r->element + 1;
+    *n = r->elements - 1;
+    return 1;
+}
+
 /* A script's answer {verdict, field, value, ...}: the hash as stored after
  * it into st. The verdict (0/1), or -1 if the answer makes no sense. */
 static int script_result(struct cbd_store *s, struct rs_circuit *c, const redisReply *r, struct cbd_store_state *st)
@@ -613,6 +665,10 @@ static void set_health(struct cbd_store *s, bool online, const char *why)
 
 static void finish_restore(struct cbd_store *s, int rc)
 {
+    if (s->migrated > 0)
+        cbd_log(CBD_LOG_INFO, "redis store: moved %u circuits from %sc:<name> to the hash-tagged %sc:{<name>}",
+                s->migrated, s->uri.prefix, s->uri.prefix);
+    s->migrated = 0;
     void (*done)(void *, int) = s->restore.done;
     s->restore.done = NULL;
     s->restore.more = false;
@@ -887,20 +943,25 @@ static void absent(struct cbd_store *s, struct rs_circuit *c)
     pump_writes(s);
 }
 
-static void apply_read(struct cbd_store *s, struct rs_circuit *c, const redisReply *r)
+static void on_migrate_read(struct cbd_redis_conn *conn, redisReply *r, void *arg);
+
+/* What redis holds for c (a field/value list) adopted. A missing hash may
+ * still be under the key before hash tags: checked once per circuit. */
+static void adopt_hash(struct cbd_store *s, struct rs_circuit *c, redisReply *const *el, size_t n)
 {
     struct cbd_store_state st;
-    const char *bad = "HGETALL answered something other than a list";
-    int rc = -1;
-    if (r->type == REDIS_REPLY_ERROR) {
-        reply_error(s, "read", c->name, r);
-        return;
-    }
-    if (r->type == REDIS_REPLY_ARRAY)
-        rc = parse_hash(r->element, r->elements, &st, &bad);
+    const char *bad = NULL;
+    int rc = parse_hash(el, n, &st, &bad);
     if (rc < 0) {
         malformed_circuit(s, c, bad); /* the circuit keeps its last good state */
         return;
+    }
+    if (rc == 0 && !c->legacy_checked) {
+        c->legacy_checked = true;
+        if (send_migrate(s, c->name, false, on_migrate_read, c) == 0) {
+            c->r_inflight = true;
+            return;
+        }
     }
     if (rc == 0) {
         absent(s, c);
@@ -917,6 +978,54 @@ static void apply_read(struct cbd_store *s, struct rs_circuit *c, const redisRep
     agreed(s, c);
 }
 
+static void apply_read(struct cbd_store *s, struct rs_circuit *c, const redisReply *r)
+{
+    if (r->type == REDIS_REPLY_ERROR)
+        reply_error(s, "read", c->name, r);
+    else if (r->type != REDIS_REPLY_ARRAY)
+        malformed_circuit(s, c, "HGETALL answered something other than a list");
+    else
+        adopt_hash(s, c, r->element, r->elements);
+}
+
+static void read_again_if_asked(struct cbd_store *s, struct rs_circuit *c)
+{
+    if (c->r_again) {
+        c->r_again = false;
+        request_read(s, c);
+    }
+}
+
+static void on_migrate_read(struct cbd_redis_conn *conn, redisReply *r, void *arg)
+{
+    struct cbd_store *s = cbd_redis_conn_data(conn);
+    struct rs_circuit *c = arg;
+    redisReply *const *el;
+    size_t n;
+    c->r_inflight = false;
+    if (r == NULL) {
+        c->r_again = false;
+        c->legacy_checked = false; /* asked again on the next connection */
+        return;
+    }
+    int rc = r->type == REDIS_REPLY_ERROR ? -2 : migrate_result(r, &el, &n);
+    if (rc == -2 && reply_error(s, "legacy key check", c->name, r) == RS_ERR_NOSCRIPT &&
+        send_migrate(s, c->name, true, on_migrate_read, c) == 0) {
+        c->r_inflight = true;
+        return;
+    }
+    if (rc == 1 && r->element[0]->integer == 1)
+        cbd_log(CBD_LOG_INFO, "redis store: circuit '%s' moved from %sc:%s to %sc:{%s} (hash-tagged layout)", c->name,
+                s->uri.prefix, c->name, s->uri.prefix, c->name);
+    if (rc == 1)
+        adopt_hash(s, c, el, n);
+    else if (rc == 0)
+        malformed_circuit(s, c, "its key from before hash tags (<prefix>c:<name>) is not a hash");
+    else if (rc == -1)
+        malformed_circuit(s, c, "the legacy key check answered something else");
+    read_again_if_asked(s, c);
+}
+
 static void on_read_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg)
 {
     struct cbd_store *s = cbd_redis_conn_data(conn);
@@ -927,10 +1036,7 @@ static void on_read_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg)
         return;
     }
     apply_read(s, c, r);
-    if (c->r_again) {
-        c->r_again = false;
-        request_read(s, c);
-    }
+    read_again_if_asked(s, c);
 }
 
 static void on_message(struct cbd_store *s, const char *name, size_t len)
@@ -1157,25 +1263,33 @@ static void restore_scan(struct cbd_store *s, const char *cursor)
     command(s, on_scan_reply, NULL, 6, argv);
 }
 
-static void restore_apply(struct cbd_store *s, const char *name, const redisReply *r)
+/* A circuit found by the restore, as a field/value list. */
+static void restore_fields(struct cbd_store *s, const char *name, redisReply *const *el, size_t n)
 {
     struct cbd_store_state st;
-    const char *bad = "not a hash";
-    if (r->type == REDIS_REPLY_ERROR) {
-        reply_error(s, "restore read", name, r);
-        return;
-    }
-    int rc = r->type == REDIS_REPLY_ARRAY ? parse_hash(r->element, r->elements, &st, &bad) : -1;
+    const char *bad = NULL;
+    int rc = parse_hash(el, n, &st, &bad);
     if (rc < 0)
         malformed(s, "circuit", name, strlen(name), bad);
     struct rs_circuit *c = rc > 0 ? get(s, name) : NULL; /* rc 0: deleted since the SCAN */
     if (c == NULL)
         return;
+    c->legacy_checked = true; /* the restore saw every key */
     memcpy(st.name, c->name, (size_t)c->name_len + 1);
     c->known = view_of(&st);
     if (!c->w_pending && !c->w_inflight)
         report(s, c, &st);
     agreed(s, c);
+}
+
+static void restore_apply(struct cbd_store *s, const char *name, const redisReply *r)
+{
+    if (r->type == REDIS_REPLY_ERROR)
+        reply_error(s, "restore read", name, r);
+    else if (r->type != REDIS_REPLY_ARRAY)
+        malformed(s, "circuit", name, strlen(name), "not a hash");
+    else
+        restore_fields(s, name, r->element, r->elements);
 }
 
 static void restore_next(struct cbd_store *s)
@@ -1200,24 +1314,55 @@ static void on_restore_read(struct cbd_redis_conn *conn, redisReply *r, void *ar
         restore_next(s);
 }
 
+static void on_restore_migrate(struct cbd_redis_conn *conn, redisReply *r, void *arg)
+{
+    struct cbd_store *s = cbd_redis_conn_data(conn);
+    struct rs_restore_item *it = arg;
+    redisReply *const *el;
+    size_t n;
+    int rc = r == NULL ? -3 : r->type == REDIS_REPLY_ERROR ? -2 : migrate_result(r, &el, &n);
+    if (rc == -2 && reply_error(s, "restore read", it->name, r) == RS_ERR_NOSCRIPT &&
+        send_migrate(s, it->name, true, on_restore_migrate, it) == 0)
+        return;
+    s->restore.inflight--;
+    if (rc == 1) {
+        s->migrated += r->element[0]->integer == 1;
+        restore_fields(s, it->name, el, n);
+    } else if (rc == 0) {
+        malformed(s, "key", it->name, strlen(it->name), "a key from before hash tags that is not a hash");
+    } else if (rc == -1) {
+        malformed(s, "circuit", it->name, strlen(it->name), "the migration answered something else");
+    }
+    free(it);
+    if (r != NULL)
+        restore_next(s);
+}
+
+/* A key found by the restore: <prefix>c:{<name>}, read; or <prefix>c:<name>
+ * from before hash tags, moved to the new key and read. */
 static void restore_key(struct cbd_store *s, const redisReply *k)
 {
-    size_t plen = strlen(s->uri.prefix) + 2;
+    size_t plen = strlen(s->uri.prefix) + 2, n = k->type == REDIS_REPLY_STRING ? k->len : 0;
+    const char *rest = k->type == REDIS_REPLY_STRING ? k->str + plen : NULL;
+    bool tagged = n > plen + 2 && rest[0] == '{' && k->str[n - 1] == '}';
+    size_t nlen = n < plen ? 0 : tagged ? n - plen - 2 : n - plen;
     struct rs_restore_item *it = NULL;
     if (k->type != REDIS_REPLY_STRING)
         return;
-    if (k->len > plen && k->len - plen <= CB_NAME_MAX && (it = malloc(sizeof *it)) != NULL) {
-        memcpy(it->name, k->str + plen, k->len - plen);
-        it->name[k->len - plen] = '\0';
+    if (nlen > 0 && nlen <= CB_NAME_MAX && (it = malloc(sizeof *it)) != NULL) {
+        memcpy(it->name, rest + tagged, nlen);
+        it->name[nlen] = '\0';
     }
-    if (it == NULL || memcmp(k->str, s->uri.prefix, plen - 2) != 0 || strlen(it->name) != k->len - plen ||
+    if (it == NULL || memcmp(k->str, s->uri.prefix, plen - 2) != 0 || memcmp(k->str + plen - 2, "c:", 2) != 0 ||
+        strlen(it->name) != nlen ||
         cb__name_check(it->name) < 0) {
-        malformed(s, "key", k->str, k->len, "not <prefix>c:<circuit name>");
+        malformed(s, "key", k->str, k->len, "not <prefix>c:{<circuit name>}");
         free(it);
         return;
     }
     const char *argv[2] = {"HGETALL", k->str};
-    if (command(s, on_restore_read, it, 2, argv) < 0) {
+    if ((tagged ? command(s, on_restore_read, it, 2, argv) : send_migrate(s, it->name, false, on_restore_migrate, it)) <
+        0) {
         free(it);
         return;
     }

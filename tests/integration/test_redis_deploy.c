@@ -60,7 +60,7 @@ static bool store_online(const struct tsup_daemon *d)
 static const char *circuit_key(const char *name)
 {
     static char key[256];
-    snprintf(key, sizeof key, "%sc:%s", prefix, name);
+    snprintf(key, sizeof key, "%sc:{%s}", prefix, name);
     return key;
 }
 

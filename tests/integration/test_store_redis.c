@@ -45,7 +45,7 @@ static const char *hget(const struct tsup_redis *r, const char *name, const char
     char *v = out[n++ % 4];
     redisContext *c = srv_connect(r);
     cr_assert(c != NULL && !c->err);
-    redisReply *rep = redisCommand(c, "HGET t:c:%s %s", name, field);
+    redisReply *rep = redisCommand(c, "HGET t:c:{%s} %s", name, field);
     cr_assert(rep != NULL);
     snprintf(v, sizeof out[0], "%s", rep->type == REDIS_REPLY_STRING ? rep->str : "");
     freeReplyObject(rep);
@@ -419,12 +419,12 @@ Test(store_redis, garbage_under_the_prefix_is_counted_and_ignored)
     char now[24];
     srv_init(&r, false, NULL);
     snprintf(now, sizeof now, "%ld", (long)time(NULL));
-    redis_do(&r, "SET t:c:strkey %s", "x", NULL);
-    redis_do(&r, "HSET t:c:banana state %s", "BANANA", NULL);
-    redis_do(&r, "HSET t:c:xyz state OPEN opened_at %s", "xyz", NULL);
-    redis_do(&r, "HSET %s state OPEN opened_at %s", "t:c:bad name", now);
-    redis_do(&r, "HSET t:c:half state HALF_OPEN opened_at %s", now, NULL);
-    redis_do(&r, "HSET t:c:good state OPEN opened_at %s failure_count 7", now, NULL);
+    redis_do(&r, "SET t:c:{strkey} %s", "x", NULL);
+    redis_do(&r, "HSET t:c:{banana} state %s", "BANANA", NULL);
+    redis_do(&r, "HSET t:c:{xyz} state OPEN opened_at %s", "xyz", NULL);
+    redis_do(&r, "HSET %s state OPEN opened_at %s", "t:c:{bad name}", now);
+    redis_do(&r, "HSET t:c:{half} state HALF_OPEN opened_at %s", now, NULL);
+    redis_do(&r, "HSET t:c:{good} state OPEN opened_at %s failure_count 7", now, NULL);
     host_open(&a, uri_of(&r, "A", ""));
     WAIT_FOR(a.restored, 5000);
     cr_assert_eq(a.restore_rc, 0);
@@ -434,7 +434,7 @@ Test(store_redis, garbage_under_the_prefix_is_counted_and_ignored)
     cr_assert_geq(stats_of(&a).malformed, 5);
     /* a tracked circuit turns to garbage: counted, last good state kept */
     uint64_t before = stats_of(&a).malformed;
-    redis_do(&r, "HSET t:c:good opened_at %s", "soon", NULL);
+    redis_do(&r, "HSET t:c:{good} opened_at %s", "soon", NULL);
     redis_do(&r, "PUBLISH t:transitions %s", "good", NULL);
     redis_do(&r, "PUBLISH t:transitions %s", "", NULL);
     struct cbd_store_state st = state_of("strkey", CB_OPEN, time(NULL));
@@ -446,6 +446,52 @@ Test(store_redis, garbage_under_the_prefix_is_counted_and_ignored)
     spin(300);
     cr_assert_str_eq(hget(&r, "fine", "state"), "OPEN");
     cr_assert(a.online);
+    hosts_stop(&r, &a, NULL);
+}
+
+static long long exists(const struct tsup_redis *r, const char *key)
+{
+    redisContext *c = srv_connect(r);
+    cr_assert(c != NULL && !c->err);
+    redisReply *rep = redisCommand(c, "EXISTS %s", key);
+    cr_assert(rep != NULL && rep->type == REDIS_REPLY_INTEGER);
+    long long n = rep->integer;
+    freeReplyObject(rep);
+    redisFree(c);
+    return n;
+}
+
+Test(store_redis, keys_from_before_hash_tags_are_moved_when_read)
+{
+    struct tsup_redis r;
+    struct host a;
+    char now[24];
+    srv_init(&r, false, NULL);
+    snprintf(now, sizeof now, "%ld", (long)time(NULL));
+    redis_do(&r, "HSET t:c:legacy state OPEN opened_at %s failure_count 4", now, NULL);
+    redis_do(&r, "SET t:c:notahash %s", "x", NULL);
+    host_open(&a, uri_of(&r, "A", ""));
+    WAIT_FOR(a.restored, 5000);
+    cr_assert_eq(a.restore_rc, 0);
+    cr_assert(remote_is(&a, "legacy", CB_OPEN), "the restore reads a key of the old layout");
+    cr_assert_eq(last_remote(&a, "legacy")->failure_count, 4);
+    cr_assert_str_eq(hget(&r, "legacy", "state"), "OPEN", "and moves it to t:c:{legacy}");
+    cr_assert_eq(exists(&r, "t:c:legacy"), 0);
+    cr_assert_geq(stats_of(&a).malformed, 1, "an old key that is not a hash is counted");
+    cr_assert_eq(exists(&r, "t:c:notahash"), 1, "and left alone");
+    /* an old host writes the old layout after the restore: read when tracked */
+    redis_do(&r, "HSET t:c:late state OPEN opened_at %s", now, NULL);
+    cbd_store_redis_ops.track(a.st, "late", NULL);
+    WAIT_FOR(remote_is(&a, "late", CB_OPEN), 3000);
+    cr_assert_str_eq(hget(&r, "late", "state"), "OPEN");
+    cr_assert_eq(exists(&r, "t:c:late"), 0);
+    /* both layouts: the new key wins and the old one is left for the operator */
+    redis_do(&r, "HSET t:c:{both} state %s failure_count %s", "CLOSED", "0");
+    redis_do(&r, "HSET t:c:both state OPEN opened_at %s", now, NULL);
+    cbd_store_redis_ops.track(a.st, "both", NULL);
+    spin(500);
+    cr_assert_null(last_remote(&a, "both"), "the stale old key is not adopted");
+    cr_assert_eq(exists(&r, "t:c:both"), 1);
     hosts_stop(&r, &a, NULL);
 }
 
@@ -525,7 +571,7 @@ Test(store_redis, password_acl_user_and_database_are_used_on_connect)
     spin(300);
     rep = redisCommand(c, "SELECT 3");
     freeReplyObject(rep);
-    rep = redisCommand(c, "HGET t:c:acl state");
+    rep = redisCommand(c, "HGET t:c:{acl} state");
     cr_assert(rep != NULL && rep->type == REDIS_REPLY_STRING && strcmp(rep->str, "OPEN") == 0);
     freeReplyObject(rep);
     redisFree(c);
