@@ -37,8 +37,10 @@ static void stop_all(void)
 {
     cb_client_close(client);
     client = NULL;
-    if (host.pid != 0)
-        cr_expect_eq(tsup_daemon_stop(&host), 0, "cbd did not exit 0 on SIGTERM");
+    if (host.pid != 0) {
+        int status = tsup_daemon_stop(&host);
+        cr_expect_eq(status, 0, "cbd did not exit 0 on SIGTERM (wait status %#x)", status);
+    }
     tsup_redis_proxy_stop(&proxy);
     tsup_redis_stop(&redis);
 }
@@ -198,8 +200,10 @@ static void stop_second(void)
 {
     cb_client_close(second_client);
     second_client = NULL;
-    if (second.pid != 0)
-        cr_expect_eq(tsup_daemon_stop(&second), 0, "the second cbd did not exit 0 on SIGTERM");
+    if (second.pid != 0) {
+        int status = tsup_daemon_stop(&second);
+        cr_expect_eq(status, 0, "the second cbd did not exit 0 on SIGTERM (wait status %#x)", status);
+    }
     stop_all();
 }
 
