@@ -57,7 +57,7 @@ __attribute__((format(printf, 2, 3))) static int bad(struct parse *p, const char
     return -EINVAL;
 }
 
-static bool parse_u32(const char *s, size_t len, uint32_t min, uint32_t max, uint32_t *out)
+bool cbd_redis_parse_u32(const char *s, size_t len, uint32_t min, uint32_t max, uint32_t *out)
 {
     uint64_t v = 0;
     if (len == 0 || len > 10)
@@ -156,7 +156,7 @@ static int user_option(struct parse *p, char *dst, size_t size, const char *name
 
 static int timeout_option(struct parse *p, const char *name, const char *val, uint32_t *out)
 {
-    if (!parse_u32(val, strlen(val), 10, 600000, out))
+    if (!cbd_redis_parse_u32(val, strlen(val), 10, 600000, out))
         return bad(p, "%s must be a number 10..600000", name);
     return 0;
 }
@@ -175,7 +175,7 @@ static int parse_option(struct parse *p, const char *k, size_t klen, const char 
     if (for_sentinel && !u->sentinel)
         return bad(p, "%s is for redis-sentinel:// URIs only", name);
     if (name_is(k, klen, "db")) {
-        if (!parse_u32(val, strlen(val), 0, 65535, &u->db))
+        if (!cbd_redis_parse_u32(val, strlen(val), 0, 65535, &u->db))
             return bad(p, "db must be a number 0..65535");
         return 0;
     }
@@ -265,41 +265,40 @@ static int parse_hostport(struct parse *p, const char *s, size_t len, uint16_t d
     memcpy(a->host, host, hlen);
     a->host[hlen] = '\0';
     uint32_t n = default_port;
-    if (port != NULL && !parse_u32(port, (size_t)(s + len - port), 1, 65535, &n))
+    if (port != NULL && !cbd_redis_parse_u32(port, (size_t)(s + len - port), 1, 65535, &n))
         return bad(p, "port must be a number 1..65535");
     a->port = (uint16_t)n;
     return 0;
 }
 
-/* The [user@] part of an authority in s[0..len); what follows in *rest. */
-static int parse_authority_user(struct parse *p, const char *s, size_t len, size_t *skip)
+/* The [user@] that may start the authority in *s (len bytes): parsed,
+ * and *s, *len moved past it. */
+static int strip_user(struct parse *p, const char **s, size_t *len)
 {
     const char *at = NULL;
-    for (size_t i = 0; i < len; i++)
-        if (s[i] == '@')
-            at = s + i; /* the last '@' */
-    *skip = 0;
+    for (size_t i = 0; i < *len; i++)
+        if ((*s)[i] == '@')
+            at = *s + i; /* the last '@' */
     if (at == NULL)
         return 0;
-    *skip = (size_t)(at + 1 - s);
-    return parse_userinfo(p, s, (size_t)(at - s));
+    int rc = parse_userinfo(p, *s, (size_t)(at - *s));
+    *len -= (size_t)(at + 1 - *s);
+    *s = at + 1;
+    return rc;
 }
 
 static int parse_db_path(struct parse *p, const char *s, size_t len)
 {
-    if (len > 0 && !parse_u32(s, len, 0, 65535, &p->u->db))
+    if (len > 0 && !cbd_redis_parse_u32(s, len, 0, 65535, &p->u->db))
         return bad(p, "the path must be a database number 0..65535 (redis://HOST:PORT/DB)");
     return 0;
 }
 
 static int parse_redis(struct parse *p, const char *s, size_t len)
 {
-    size_t skip;
-    int rc = parse_authority_user(p, s, len, &skip);
+    int rc = strip_user(p, &s, &len);
     if (rc < 0)
         return rc;
-    s += skip;
-    len -= skip;
     const char *slash = memchr(s, '/', len);
     size_t hp = slash != NULL ? (size_t)(slash - s) : len;
     if (hp == 0)
@@ -324,12 +323,9 @@ static bool is_master_name(const char *s, size_t len)
 static int parse_sentinel(struct parse *p, const char *s, size_t len)
 {
     struct cbd_redis_uri *u = p->u;
-    size_t skip;
-    int rc = parse_authority_user(p, s, len, &skip);
+    int rc = strip_user(p, &s, &len);
     if (rc < 0)
         return rc;
-    s += skip;
-    len -= skip;
     const char *slash = memchr(s, '/', len);
     size_t hosts = slash != NULL ? (size_t)(slash - s) : len;
     for (size_t at = 0; at < hosts || at == 0;) {

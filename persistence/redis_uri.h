@@ -82,6 +82,10 @@ extern const char cbd_redis_uri_unknown[];
 int cbd_redis_uri_parse(const char *uri, struct cbd_redis_uri *out, cbd_redis_uri_option_fn *option, void *arg,
                         const char *owner_options, char *why, size_t size);
 
+/* A decimal number of len bytes at s (no sign, at most 10 digits) within
+ * [min, max] into *out; false if it is not one. For owners' options too. */
+bool cbd_redis_parse_u32(const char *s, size_t len, uint32_t min, uint32_t max, uint32_t *out);
+
 /* true if uri starts with a scheme this parser takes. */
 bool cbd_redis_uri_scheme(const char *uri);
 

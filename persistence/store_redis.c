@@ -234,23 +234,6 @@ static const char *const rs_scripts[RS_NSCRIPTS] = {
 
 /* ---- URI ----------------------------------------------------------------------- */
 
-static bool parse_u32(const char *s, uint32_t min, uint32_t max, uint32_t *out)
-{
-    uint64_t v = 0;
-    size_t len = strlen(s);
-    if (len == 0 || len > 10)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return false;
-        v = v * 10 + (uint64_t)(s[i] - '0');
-    }
-    if (v < min || v > max)
-        return false;
-    *out = (uint32_t)v;
-    return true;
-}
-
 #define RS_OPTIONS "prefix, sync_ms, instance"
 
 /* The store's own URI options (redis_uri.c parses the connection's). */
@@ -266,7 +249,7 @@ static const char *store_option(void *arg, const char *name, const char *val)
             return "prefix must be 1..64 printable characters without spaces";
         memcpy(u->prefix, val, n + 1);
     } else if (strcmp(name, "sync_ms") == 0) {
-        if (!parse_u32(val, 100, 3600000, &u->sync_ms))
+        if (!cbd_redis_parse_u32(val, n, 100, 3600000, &u->sync_ms))
             return "sync_ms must be a number 100..3600000";
     } else if (strcmp(name, "instance") == 0) {
         if (cb__instance_check(val) < 0)
