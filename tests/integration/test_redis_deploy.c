@@ -15,6 +15,7 @@
  */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
+#include <criterion/parameterized.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,12 +36,7 @@ static char prefix[64];
 
 static void stop_all(void)
 {
-    cb_client_close(client);
-    client = NULL;
-    if (host.pid != 0) {
-        int status = tsup_daemon_stop(&host);
-        cr_expect_eq(status, 0, "cbd did not exit 0 on SIGTERM (wait status %#x)", status);
-    }
+    tsup_fixture_stop(&host, &client);
     tsup_redis_proxy_stop(&proxy);
     tsup_redis_stop(&redis);
 }
@@ -124,45 +120,33 @@ Test(redis_deploy, a_command_answered_twice_is_a_protocol_error_not_a_crash)
     survived(c, "twice", "unsolicited reply");
 }
 
-Test(redis_deploy, a_reply_nobody_asked_for_is_a_protocol_error_not_a_crash)
+/* What a misbehaving peer sends to both of cbd's connections, and what
+ * the log line must say. */
+struct bad_peer {
+    char circuit[16];
+    char bytes[64];
+    bool then_close;
+    char says[32];
+};
+
+ParameterizedTestParameters(redis_deploy, whatever_a_peer_sends_cbd_stays_up_counts_it_and_reconnects)
 {
-    cb_circuit *c = start_behind_proxy("unasked");
-    static const char ok[] = "+OK\r\n";
-    tsup_redis_proxy_inject(&proxy, ok, sizeof ok - 1, false); /* to the subscriber too */
-    survived(c, "unasked", "protocol error");
+    static struct bad_peer cases[] = {
+        {"unasked", "+OK\r\n", false, "protocol error"},                       /* a reply nobody asked for */
+        {"shape", "*1\r\n$7\r\nmessage\r\n", false, "protocol error"}, /* hiredis 0.14 asserts on it */
+        {"garbage", "HTTP/1.1 400 Bad Request\r\n\r\n", false, "bad reply type byte"},
+        {"oversized", "*3\r\n$7\r\nmessage\r\n$99999999999\r\n", false, "bulk length"},
+        {"cut", "*3\r\n$7\r\nmessage\r\n$5\r\nab", true, "mid-reply"},
+    };
+    return cr_make_param_array(struct bad_peer, cases, sizeof cases / sizeof cases[0]);
 }
 
-Test(redis_deploy, a_pubsub_message_of_the_wrong_shape_is_a_protocol_error_not_a_crash)
+ParameterizedTest(struct bad_peer *bad, redis_deploy, whatever_a_peer_sends_cbd_stays_up_counts_it_and_reconnects,
+                  .fini = stop_all, .timeout = 90)
 {
-    cb_circuit *c = start_behind_proxy("shape");
-    /* a one-element "message": hiredis 0.14 asserts on it */
-    static const char msg[] = "*1\r\n$7\r\nmessage\r\n";
-    tsup_redis_proxy_inject(&proxy, msg, sizeof msg - 1, false);
-    survived(c, "shape", "protocol error");
-}
-
-Test(redis_deploy, garbage_from_the_server_is_a_protocol_error)
-{
-    cb_circuit *c = start_behind_proxy("garbage");
-    static const char junk[] = "HTTP/1.1 400 Bad Request\r\n\r\n";
-    tsup_redis_proxy_inject(&proxy, junk, sizeof junk - 1, false);
-    survived(c, "garbage", "protocol error");
-}
-
-Test(redis_deploy, an_oversized_bulk_length_is_a_protocol_error)
-{
-    cb_circuit *c = start_behind_proxy("oversized");
-    static const char huge[] = "*3\r\n$7\r\nmessage\r\n$99999999999\r\n";
-    tsup_redis_proxy_inject(&proxy, huge, sizeof huge - 1, false);
-    survived(c, "oversized", "bulk length");
-}
-
-Test(redis_deploy, a_connection_closed_mid_reply_is_counted_and_reconnected)
-{
-    cb_circuit *c = start_behind_proxy("cut");
-    static const char part[] = "*3\r\n$7\r\nmessage\r\n$5\r\nab";
-    tsup_redis_proxy_inject(&proxy, part, sizeof part - 1, true);
-    survived(c, "cut", "mid-reply");
+    cb_circuit *c = start_behind_proxy(bad->circuit);
+    tsup_redis_proxy_inject(&proxy, bad->bytes, strlen(bad->bytes), bad->then_close);
+    survived(c, bad->circuit, bad->says);
 }
 
 /* ---- passwords and ACL users ---------------------------------------------------- */
@@ -198,12 +182,7 @@ static cb_client *second_client;
 
 static void stop_second(void)
 {
-    cb_client_close(second_client);
-    second_client = NULL;
-    if (second.pid != 0) {
-        int status = tsup_daemon_stop(&second);
-        cr_expect_eq(status, 0, "the second cbd did not exit 0 on SIGTERM (wait status %#x)", status);
-    }
+    tsup_fixture_stop(&second, &second_client);
     stop_all();
 }
 
