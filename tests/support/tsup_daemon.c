@@ -171,8 +171,11 @@ int tsup_daemon_stop(struct tsup_daemon *d)
 {
     if (d->pid == 0)
         return -ESRCH;
-    kill(d->pid, SIGTERM);
+    /* SIGCONT first (a stopped daemon acts on SIGTERM only once continued):
+     * one that arrives after SIGTERM can hit a sanitized cbd while
+     * LeakSanitizer stops the world at exit, which then never ends. */
     kill(d->pid, SIGCONT);
+    kill(d->pid, SIGTERM);
     struct tsup_deadline dl = tsup_deadline_in(STOP_TIMEOUT_MS);
     int status = 0, rc = -ETIMEDOUT;
     do {
