@@ -111,7 +111,7 @@ static void survived(cb_circuit *c, const char *circuit, const char *what)
     cr_assert(tsup_ping(&host));
 }
 
-TestSuite(redis_deploy, .fini = stop_all, .timeout = 90);
+TestSuite(redis_deploy, .fini = stop_all, .timeout = 180);
 
 Test(redis_deploy, a_command_answered_twice_is_a_protocol_error_not_a_crash)
 {
@@ -142,7 +142,7 @@ ParameterizedTestParameters(redis_deploy, whatever_a_peer_sends_cbd_stays_up_cou
 }
 
 ParameterizedTest(struct bad_peer *bad, redis_deploy, whatever_a_peer_sends_cbd_stays_up_counts_it_and_reconnects,
-                  .fini = stop_all, .timeout = 90)
+                  .fini = stop_all)
 {
     cb_circuit *c = start_behind_proxy(bad->circuit);
     tsup_redis_proxy_inject(&proxy, bad->bytes, strlen(bad->bytes), bad->then_close);
@@ -350,8 +350,7 @@ static void fleet_follows(cb_circuit *a_before, cb_circuit *b_before, const stru
     cr_assert(tsup_ping(&host) && tsup_ping(&second));
 }
 
-Test(redis_deploy, a_sentinel_failover_loses_no_circuit_and_both_hosts_follow_it, .fini = stop_sentinel_setup,
-     .timeout = 180)
+Test(redis_deploy, a_sentinel_failover_loses_no_circuit_and_both_hosts_follow_it, .fini = stop_sentinel_setup)
 {
     cb_circuit *a_before, *b_before;
     sentinel_fleet(&a_before, &b_before);
@@ -366,7 +365,7 @@ Test(redis_deploy, a_sentinel_failover_loses_no_circuit_and_both_hosts_follow_it
                   "no host heard of the failover from a sentinel");
 }
 
-Test(redis_deploy, a_killed_master_is_replaced_and_both_hosts_follow, .fini = stop_sentinel_setup, .timeout = 180)
+Test(redis_deploy, a_killed_master_is_replaced_and_both_hosts_follow, .fini = stop_sentinel_setup)
 {
     cb_circuit *a_before, *b_before;
     sentinel_fleet(&a_before, &b_before);
