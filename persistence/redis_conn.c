@@ -35,7 +35,8 @@
  * call of the owner: what an owner's call would have to end right away
  * (a failed write, a drop) is deferred to a zero timer. Writes are
  * coalesced: while one uv_write is in flight, new commands gather in a
- * buffer that goes out as one write when it completes.
+ * buffer that goes out as one write when it completes. Written buffers are
+ * wiped before they are freed: the first one carries AUTH and its password.
  */
 #include "redis_conn.h"
 
@@ -71,6 +72,7 @@ struct conn_write {
     uv_write_t req;
     struct conn_stream *stream;
     char *data;
+    size_t len;
 };
 
 struct conn_resolve {
@@ -219,6 +221,8 @@ static void ended(struct cbd_redis_conn *conn)
     detach_stream(conn);
     conn->phase = PH_IDLE;
     conn->next_ip = conn->nips;
+    if (conn->out != NULL)
+        explicit_bzero(conn->out, conn->out_len);
     conn->out_len = 0;
     conn->up_due = false;
     conn->down_due = true;
@@ -445,6 +449,7 @@ static void on_write(uv_write_t *req, int status)
 {
     struct conn_write *w = (struct conn_write *)req;
     struct conn_stream *s = w->stream;
+    explicit_bzero(w->data, w->len); /* an AUTH command carries a password */
     free(w->data);
     free(w);
     if (!s->live)
@@ -476,11 +481,13 @@ static void flush(struct cbd_redis_conn *conn)
     uv_buf_t buf = uv_buf_init(conn->out, (unsigned)conn->out_len);
     w->stream = conn->stream;
     w->data = conn->out;
+    w->len = conn->out_len;
     conn->out = NULL;
     conn->out_len = conn->out_cap = 0;
     int rc = uv_write(&w->req, &conn->stream->h.stream, &buf, 1, on_write);
     if (rc < 0) {
         char why[sizeof conn->down_why];
+        explicit_bzero(w->data, w->len);
         free(w->data);
         free(w);
         snprintf(why, sizeof why, "writing to %s failed: %s", conn->peer, uv_strerror(rc));
@@ -748,8 +755,13 @@ static int send_cmd(struct cbd_redis_conn *conn, cbd_redis_reply_fn *fn, void *p
     int len = w != NULL ? redisFormatCommandArgv(&cmd, argc, argv, argvlen) : -1;
     if (len >= 0 && conn->out_cap - conn->out_len < (size_t)len) {
         size_t cap = conn->out_cap * 2 > conn->out_len + (size_t)len ? conn->out_cap * 2 : conn->out_len + (size_t)len;
-        char *o = realloc(conn->out, cap);
+        char *o = malloc(cap); /* not realloc: the old buffer is wiped */
         if (o != NULL) {
+            if (conn->out != NULL) {
+                memcpy(o, conn->out, conn->out_len);
+                explicit_bzero(conn->out, conn->out_len);
+            }
+            free(conn->out);
             conn->out = o;
             conn->out_cap = cap;
         } else {
@@ -763,6 +775,7 @@ static int send_cmd(struct cbd_redis_conn *conn, cbd_redis_reply_fn *fn, void *p
     }
     memcpy(conn->out + conn->out_len, cmd, (size_t)len);
     conn->out_len += (size_t)len;
+    explicit_bzero(cmd, (size_t)len);
     redisFreeCommand(cmd);
     *w = (struct waiter){.fn = fn, .privdata = privdata, .kind = kind};
     if (conn->tail != NULL)
