@@ -58,16 +58,25 @@ static void check(bool ok, const char *what)
     }
 }
 
+static char sock_dir[64];
+
+static void remove_socket(void)
+{
+    unlink(sock_path);
+    rmdir(sock_dir);
+}
+
 static void init_once(void)
 {
     static bool done;
-    char dir[] = "/tmp/fuzz-redis-XXXXXX";
     if (done)
         return;
     done = true;
     cbd_log_threshold = CBD_LOG_ERROR + 1; /* silence: the store logs what it ignores */
-    check(uv_loop_init(&loop) == 0 && mkdtemp(dir) != NULL, "setup");
-    snprintf(sock_path, sizeof sock_path, "%s/redis.sock", dir);
+    snprintf(sock_dir, sizeof sock_dir, "/tmp/fuzz-redis-XXXXXX");
+    check(uv_loop_init(&loop) == 0 && mkdtemp(sock_dir) != NULL, "setup");
+    snprintf(sock_path, sizeof sock_path, "%s/redis.sock", sock_dir);
+    atexit(remove_socket);
     struct sockaddr_un a = {.sun_family = AF_UNIX};
     snprintf(a.sun_path, sizeof a.sun_path, "%s", sock_path);
     listener = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
