@@ -867,7 +867,8 @@ static int start(struct cbd *d)
     if (cbd_segment_open(&d->seg, &d->cfg) < 0 || cbd_timers_init(d) < 0 || load_adopted(d) < 0)
         return 1;
     if (d->store_ops == NULL || d->store_ops->create(&d->store, d->cfg.store, &hooks, &err) < 0) {
-        cbd_log(CBD_LOG_ERROR, "store %s: %s", d->cfg.store, err ? err : "unknown store scheme");
+        /* not the URI: a refused one may carry a password */
+        cbd_log(CBD_LOG_ERROR, "cannot use the store: %s", err ? err : "unknown store scheme");
         return 2;
     }
     if (cbd_hooks_create(&d->hooks, &d->loop, d->cfg.instance, d->cfg.hook_max_running, d->cfg.hook_timeout_ms,

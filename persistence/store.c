@@ -28,6 +28,7 @@ static const struct backend {
     {"local:", "local:PATH", "local", &cbd_store_local_ops},
     {"redis://", "redis://HOST:PORT", "redis", &cbd_store_redis_ops},
     {"unix://", "unix:///PATH/redis.sock", "redis", &cbd_store_redis_ops},
+    {"redis-sentinel://", "redis-sentinel://HOST:26379/MASTER", "redis", &cbd_store_redis_ops},
     {"dynamodb://", "dynamodb://TABLE", "dynamodb", &cbd_store_dynamodb_ops},
 };
 #define BACKENDS (sizeof backends / sizeof backends[0])

@@ -1,10 +1,15 @@
 /*
  * store_redis.c - the fleet store on redis (docs/store-redis.md).
  *
- * Layout: one hash per circuit, <prefix>c:<name>, with Powertools' fields
+ * Layout: one hash per circuit, <prefix>c:{<name>}, with Powertools' fields
  * (state, failure_count, opened_at, half_open_owner, probe_lease_expiry)
  * plus updated_ms (server TIME of the last write) and version (+1 per
  * write). Every write publishes the circuit's name on <prefix>transitions.
+ * The braces are a Redis Cluster hash tag: every key a script touches for a
+ * circuit hashes to one slot, so a cluster transport needs no migration.
+ * Keys from before the tags (<prefix>c:<name>) are renamed on read: every
+ * one the restore's SCAN finds, and a tracked circuit's when its new key
+ * is missing (checked once per circuit).
  *
  * Writes are three Lua scripts that read the hash and the server's TIME,
  * decide, and write-and-publish only if the comparison holds; each returns
@@ -29,10 +34,12 @@
  * daemon is OPEN on that same opening, are not news) and no write or
  * election of ours for the circuit is pending, whose answer will tell.
  *
- * Two connections: commands (writes, elections, reads) and a subscriber.
- * Both must be up (AUTH, SELECT, SCRIPT LOAD, SUBSCRIBE) for the store to
- * be online; either going down takes both down, reports health(false),
- * and reconnects with exponential backoff and full jitter (cap 5 s). While
+ Connections are the link's (redis_link.c): a command connection (writes,
+ * elections, reads) and a subscriber, found through the URI (directly or
+ * through Redis Sentinel), authenticated, checked to be on the master; the
+ * store adds SCRIPT LOAD to the preparation and is online when the link is.
+ * When the link goes down the store reports health(false); the link
+ * reconnects with exponential backoff and full jitter (cap 5 s). While
  * offline the daemon runs host-local: transitions are queued, latest state
  * per circuit (memory is bounded by the circuits), and elections are
  * granted host-local on the next loop turn - the fleet-wide probe bound
@@ -43,8 +50,11 @@
  * the next attempt, so a daemon that starts with circuits past their
  * recovery timeout, or a host that was hung and finds its connection timed
  * out, does not probe beside the fleet's holder. Once back: queued writes
- * first, then waiting elections, then a reconcile. hooks->synced (if set) follows every
- * answer that leaves redis and the daemon agreeing on a circuit.
+ * first, then waiting elections, then a reconcile. hooks->synced (if set)
+ * follows every answer that leaves redis and the daemon agreeing on a
+ * circuit. An answer saying this server cannot take our writes now
+ * (READONLY after a failover, LOADING, NOAUTH, ...) drops the link, which
+ * reconnects - to the new master, with a sentinel URI.
  *
  * Traffic: transitions, elections, one read per pub/sub message about a
  * tracked circuit, one read at registration, and the reconcile every
@@ -65,26 +75,26 @@
 #include <unistd.h>
 
 #include "log.h"
-#include "redis_glue.h"
+#include "redis_link.h"
+#include "redis_resp.h"
+#include "redis_uri.h"
 #include "segment.h"
 
 #define RS_PREFIX_MAX 64
 #define RS_WINDOW 128         /* reconcile and restore reads in flight */
 #define RS_WRITES_MAX 256     /* transition writes in flight */
 #define RS_SCAN_COUNT "256"
-#define RS_BACKOFF_BASE_MS 100u
-#define RS_BACKOFF_CAP_MS 5000u
-#define RS_KEY_MAX (RS_PREFIX_MAX + 2 + CB_NAME_MAX + 1)
+#define RS_KEY_MAX (RS_PREFIX_MAX + 4 + CB_NAME_MAX + 1)
 #define RS_TIME_MAX 100000000000ll /* epoch seconds beyond this are garbage */
 
+/* The URI: where and how to connect (redis_uri.h), and the store's own
+ * options. */
 struct rs_uri {
-    struct cbd_redis_addr addr;
-    char user[128], password[256];
-    uint32_t db;
+    struct cbd_redis_uri conn;
     char prefix[RS_PREFIX_MAX + 1];
     char instance[CB_INSTANCE_MAX + 1];
     bool instance_given; /* instance= was in the URI */
-    uint32_t sync_ms, connect_timeout_ms, command_timeout_ms;
+    uint32_t sync_ms;
 };
 
 /* A circuit's state, compactly (owner as a hash). */
@@ -109,7 +119,7 @@ struct rs_circuit {
     struct rs_view cur, known;
     struct rs_write w, w_sent; /* latest unwritten transition; the one in flight */
     bool w_pending, w_inflight, w_queued;
-    bool r_inflight, r_again;
+    bool r_inflight, r_again, legacy_checked;
     bool p_inflight, p_pending, lease_mine, g_queued;
     int64_t p_opened_at, p_sent_opened_at, g_opened_at;
     uint32_t p_lease_s, p_sent_lease_s, g_lease_s;
@@ -118,7 +128,7 @@ struct rs_circuit {
 };
 
 enum rs_phase { RS_DOWN, RS_CONNECTING, RS_ONLINE };
-enum rs_script { RS_OPEN, RS_CLOSE, RS_PROBE, RS_NSCRIPTS };
+enum rs_script { RS_OPEN, RS_CLOSE, RS_PROBE, RS_MIGRATE, RS_NSCRIPTS };
 enum rs_err { RS_ERR_NOSCRIPT, RS_ERR_DATA, RS_ERR_CONN, RS_ERR_OTHER };
 
 struct rs_restore_item {
@@ -131,16 +141,13 @@ struct cbd_store {
     char owner[sizeof(((struct cbd_store_state *)0)->probe_owner)];
     uint64_t owner_hash;
     char channel[RS_PREFIX_MAX + 16];
-    char endpoint[300]; /* for log lines: never carries the password */
-    struct cbd_redis_conn *cmd, *sub;
+    struct cbd_redis_link *link; /* connections, handshake, failover, backoff */
     enum rs_phase phase;
-    bool started, cmd_open, sub_open, cmd_ready, sub_ready;
-    unsigned handshake_left;
+    bool started;
+    unsigned scripts_left; /* SCRIPT LOADs of the attempt not answered yet */
     int health; /* -1 not reported yet, else the last reported value */
     char sha[RS_NSCRIPTS][41];
-    unsigned attempt;
-    uint64_t rng;
-    uv_timer_t retry_timer, sync_timer, grant_timer;
+    uv_timer_t sync_timer, grant_timer;
     struct rs_circuit **buckets, **list;
     size_t nbuckets, count, list_cap;
     struct rs_circuit *wq_head, *wq_tail, *g_head, *g_tail;
@@ -155,6 +162,7 @@ struct cbd_store {
         bool more;
         char cursor[32];
     } restore;
+    unsigned migrated; /* legacy keys renamed by this restore */
     bool closing, tearing;
     unsigned close_pending;
     void (*close_done)(void *arg);
@@ -210,207 +218,58 @@ static const char *const rs_scripts[RS_NSCRIPTS] = {
     "if ok then commit({'state', 'HALF_OPEN', 'failure_count', string.format('%d', tonumber(f[5]) or 0),"
     " 'opened_at', string.format('%d', opened), 'half_open_owner', ARGV[5],"
     " 'probe_lease_expiry', string.format('%d', now + tonumber(ARGV[4]))}, {}) end\n" LUA_RESULT,
+    /* migrate: KEYS[1] the circuit's hash, KEYS[2] its key before hash tags.
+     * Renames the old key if the new one does not exist; {moved (1/0), the
+     * hash...}, or {-1} if the old key is not a hash. Two keys in different
+     * slots: for the standalone and Sentinel deployments that have old keys. */
+    [RS_MIGRATE] = "local new, old = KEYS[1], KEYS[2]\n"
+    "local moved = 0\n"
+    "if redis.call('EXISTS', new) == 0 and redis.call('EXISTS', old) == 1 then\n"
+    "  if redis.call('TYPE', old).ok ~= 'hash' then return {-1} end\n"
+    "  redis.call('RENAME', old, new)\n"
+    "  moved = 1\n"
+    "end\n"
+    "return {moved, unpack(redis.call('HGETALL', new))}\n",
 };
 
 /* ---- URI ----------------------------------------------------------------------- */
 
-static bool parse_u32(const char *s, size_t len, uint32_t min, uint32_t max, uint32_t *out)
-{
-    uint64_t v = 0;
-    if (len == 0 || len > 10)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return false;
-        v = v * 10 + (uint64_t)(s[i] - '0');
-    }
-    if (v < min || v > max)
-        return false;
-    *out = (uint32_t)v;
-    return true;
-}
+#define RS_OPTIONS "prefix, sync_ms, instance"
 
-static int hexval(char c)
+/* The store's own URI options (redis_uri.c parses the connection's). */
+static const char *store_option(void *arg, const char *name, const char *val)
 {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* %XX-decode s[0..len) into dst; false if malformed or too long. */
-static bool pct_decode(const char *s, size_t len, char *dst, size_t size)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < len; i++) {
-        int c = (unsigned char)s[i];
-        if (c == '%') {
-            if (i + 2 >= len)
-                return false;
-            int hi = hexval(s[i + 1]), lo = hexval(s[i + 2]);
-            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
-                return false;
-            c = hi * 16 + lo;
-            i += 2;
-        }
-        if (n + 1 >= size)
-            return false;
-        dst[n++] = (char)c;
-    }
-    dst[n] = '\0';
-    return true;
-}
-
-static bool key_is(const char *k, size_t klen, const char *name)
-{
-    return strlen(name) == klen && memcmp(k, name, klen) == 0;
-}
-
-static const char *parse_option(struct rs_uri *u, const char *k, size_t klen, const char *v, size_t vlen)
-{
-    char val[256];
-    if (!pct_decode(v, vlen, val, sizeof val))
-        return "redis URI: an option value has a bad %-escape or is too long";
+    struct rs_uri *u = arg;
     size_t n = strlen(val);
-    if (key_is(k, klen, "prefix")) {
+    if (strcmp(name, "prefix") == 0) {
         for (size_t i = 0; i < n; i++)
             if (val[i] <= ' ' || val[i] > '~')
                 n = 0;
         if (n == 0 || n > RS_PREFIX_MAX)
-            return "redis URI: prefix must be 1..64 printable characters without spaces";
+            return "prefix must be 1..64 printable characters without spaces";
         memcpy(u->prefix, val, n + 1);
-    } else if (key_is(k, klen, "sync_ms")) {
-        if (!parse_u32(val, n, 100, 3600000, &u->sync_ms))
-            return "redis URI: sync_ms must be a number 100..3600000";
-    } else if (key_is(k, klen, "connect_timeout_ms")) {
-        if (!parse_u32(val, n, 10, 600000, &u->connect_timeout_ms))
-            return "redis URI: connect_timeout_ms must be a number 10..600000";
-    } else if (key_is(k, klen, "command_timeout_ms")) {
-        if (!parse_u32(val, n, 10, 600000, &u->command_timeout_ms))
-            return "redis URI: command_timeout_ms must be a number 10..600000";
-    } else if (key_is(k, klen, "db")) {
-        if (!parse_u32(val, n, 0, 65535, &u->db))
-            return "redis URI: db must be a number 0..65535";
-    } else if (key_is(k, klen, "instance")) {
+    } else if (strcmp(name, "sync_ms") == 0) {
+        if (!cbd_redis_parse_u32(val, n, 100, 3600000, &u->sync_ms))
+            return "sync_ms must be a number 100..3600000";
+    } else if (strcmp(name, "instance") == 0) {
         if (cb__instance_check(val) < 0)
-            return "redis URI: instance must be 1..32 characters of [A-Za-z0-9_-]";
+            return "instance must be 1..32 characters of [A-Za-z0-9_-]";
         memcpy(u->instance, val, n + 1);
         u->instance_given = true;
-    } else if (key_is(k, klen, "user") && n < sizeof u->user) {
-        memcpy(u->user, val, n + 1);
-    } else if (key_is(k, klen, "password") && n < sizeof u->password) {
-        memcpy(u->password, val, n + 1);
     } else {
-        return "redis URI: unknown option (known: prefix, sync_ms, connect_timeout_ms, command_timeout_ms, "
-               "db, instance, user, password)";
+        return cbd_redis_uri_unknown;
     }
     return NULL;
 }
 
-static const char *parse_query(struct rs_uri *u, const char *q)
+/* The whole URI into *u: 0, or -EINVAL with why. No I/O. */
+static int parse_uri(const char *uri, struct rs_uri *u, char *why, size_t size)
 {
-    while (*q != '\0') {
-        size_t len = strcspn(q, "&");
-        const char *eq = memchr(q, '=', len);
-        if (len > 0) {
-            if (eq == NULL)
-                return "redis URI: option without '=value' (expected ?name=value&...)";
-            const char *e = parse_option(u, q, (size_t)(eq - q), eq + 1, len - (size_t)(eq - q) - 1);
-            if (e != NULL)
-                return e;
-        }
-        q += len + (q[len] == '&');
-    }
-    return NULL;
-}
-
-static const char *parse_userinfo(struct rs_uri *u, const char *s, size_t len)
-{
-    const char *colon = memchr(s, ':', len);
-    size_t ulen = colon != NULL ? (size_t)(colon - s) : 0;
-    const char *pw = colon != NULL ? colon + 1 : s;
-    size_t pwlen = colon != NULL ? len - ulen - 1 : len;
-    if (!pct_decode(s, ulen, u->user, sizeof u->user) || !pct_decode(pw, pwlen, u->password, sizeof u->password))
-        return "redis URI: user or password has a bad %-escape or is too long";
-    return NULL;
-}
-
-/* host[:port] or [v6][:port], then an optional /db, in s[0..len). */
-static const char *parse_hostport(struct rs_uri *u, const char *s, size_t len)
-{
-    const char *slash = memchr(s, '/', len);
-    size_t hp = slash != NULL ? (size_t)(slash - s) : len;
-    const char *host = s, *port = NULL;
-    size_t hlen = hp;
-    if (hp > 0 && s[0] == '[') {
-        const char *rb = memchr(s, ']', hp);
-        if (rb == NULL)
-            return "redis URI: unterminated [IPv6] host";
-        host = s + 1;
-        hlen = (size_t)(rb - s) - 1;
-        if (rb + 1 < s + hp && rb[1] != ':')
-            return "redis URI: unexpected text after ]";
-        port = rb + 1 < s + hp ? rb + 2 : NULL;
-    } else {
-        const char *colon = memchr(s, ':', hp);
-        if (colon != NULL) {
-            hlen = (size_t)(colon - s);
-            port = colon + 1;
-        }
-    }
-    if (hlen == 0)
-        return "redis URI: missing host (redis://HOST:PORT)";
-    if (hlen >= sizeof u->addr.host)
-        return "redis URI: host name too long";
-    memcpy(u->addr.host, host, hlen);
-    u->addr.host[hlen] = '\0';
-    uint32_t p = 6379;
-    if (port != NULL && !parse_u32(port, (size_t)(s + hp - port), 1, 65535, &p))
-        return "redis URI: port must be a number 1..65535";
-    u->addr.port = (uint16_t)p;
-    if (slash != NULL && len - hp > 1 && !parse_u32(slash + 1, len - hp - 1, 0, 65535, &u->db))
-        return "redis URI: the path must be a database number 0..65535 (redis://HOST:PORT/DB)";
-    return NULL;
-}
-
-static const char *parse_uri(const char *uri, struct rs_uri *u)
-{
-    *u = (struct rs_uri){.sync_ms = 1000, .connect_timeout_ms = 1000, .command_timeout_ms = 1000};
+    *u = (struct rs_uri){.sync_ms = 1000};
     strcpy(u->prefix, "cbd:");
     const char *env = getenv("CB_INSTANCE");
     snprintf(u->instance, sizeof u->instance, "%s", env != NULL && cb__instance_check(env) == 0 ? env : "default");
-    const char *q = strchr(uri, '?');
-    size_t end = q != NULL ? (size_t)(q - uri) : strlen(uri);
-    const char *e = NULL;
-    if (strncasecmp(uri, "unix://", 7) == 0) {
-        if (end <= 7 || uri[7] != '/')
-            return "unix URI: the socket path must be absolute (unix:///path/to/redis.sock)";
-        if (end - 7 >= sizeof u->addr.path)
-            return "unix URI: the socket path is too long (at most 107 bytes)";
-        memcpy(u->addr.path, uri + 7, end - 7);
-    } else if (strncasecmp(uri, "redis://", 8) == 0) {
-        const char *s = uri + 8;
-        size_t len = end - 8;
-        const char *at = NULL;
-        for (size_t i = 0; i < len; i++)
-            if (s[i] == '@')
-                at = s + i; /* the last '@': passwords may carry one */
-        if (at != NULL) {
-            e = parse_userinfo(u, s, (size_t)(at - s));
-            len -= (size_t)(at + 1 - s);
-            s = at + 1;
-        }
-        if (e == NULL)
-            e = parse_hostport(u, s, len);
-    } else {
-        return "redis store URI must start with redis:// or unix://";
-    }
-    if (e == NULL && q != NULL)
-        e = parse_query(u, q + 1);
-    return e;
+    return cbd_redis_uri_parse(uri, &u->conn, store_option, u, RS_OPTIONS, why, size);
 }
 
 /* ---- circuits ------------------------------------------------------------------ */
@@ -477,7 +336,15 @@ static struct rs_circuit *get(struct cbd_store *s, const char *name)
     return c;
 }
 
+/* "<prefix>c:{<name>}": the braces are a Redis Cluster hash tag, so every
+ * key a script touches for one circuit hashes to the circuit's slot. */
 static int key_of(const struct cbd_store *s, const char *name, char *key)
+{
+    return snprintf(key, RS_KEY_MAX, "%sc:{%s}", s->uri.prefix, name);
+}
+
+/* "<prefix>c:<name>": the key before hash tags, migrated on read. */
+static int legacy_key_of(const struct cbd_store *s, const char *name, char *key)
 {
     return snprintf(key, RS_KEY_MAX, "%sc:%s", s->uri.prefix, name);
 }
@@ -536,7 +403,7 @@ static void agreed(struct cbd_store *s, const struct rs_circuit *c)
 
 static bool is_str(const redisReply *r, const char *lit)
 {
-    return r->type == REDIS_REPLY_STRING && key_is(r->str, r->len, lit);
+    return r->type == REDIS_REPLY_STRING && r->len == strlen(lit) && memcmp(r->str, lit, r->len) == 0;
 }
 
 static bool reply_int(const redisReply *r, int64_t max, int64_t *out)
@@ -639,17 +506,6 @@ static int parse_hash(redisReply *const *el, size_t n, struct cbd_store_state *s
     return 1;
 }
 
-/* Printable copy of possibly binary bytes, for log lines. */
-static void printable(char *dst, size_t size, const char *src, size_t len)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < len && n + 4 < size; i++)
-        dst[n++] = src[i] > ' ' && src[i] <= '~' ? src[i] : '?';
-    if (len > n)
-        memcpy(dst + n, "...", 3), n += 3;
-    dst[n] = '\0';
-}
-
 static void malformed(struct cbd_store *s, const char *what, const char *key, size_t klen, const char *why)
 {
     uint64_t suppressed;
@@ -657,7 +513,7 @@ static void malformed(struct cbd_store *s, const char *what, const char *key, si
     s->stats.malformed++;
     if (!cbd_ratelimit_pass(&s->rl_data, &suppressed))
         return;
-    printable(k, sizeof k, key, klen);
+    cbd_redis_printable(k, sizeof k, key, klen);
     cbd_log(CBD_LOG_WARN, "redis store: ignoring malformed %s '%s' under prefix '%s': %s (%" PRIu64 " more suppressed)",
             what, k, s->uri.prefix, why, suppressed);
 }
@@ -669,17 +525,13 @@ static void malformed_circuit(struct cbd_store *s, const struct rs_circuit *c, c
 
 /* ---- talking to redis ---------------------------------------------------------- */
 
-/* Send one command of C strings on conn; counts it. 0 or -ENOTCONN. */
-static int command(struct cbd_store *s, struct cbd_redis_conn *conn, cbd_redis_reply_fn *fn, void *priv, int argc,
-                   const char **argv)
+/* Send one command of C strings; 0 or -ENOTCONN. */
+static int command(struct cbd_store *s, cbd_redis_reply_fn *fn, void *priv, int argc, const char **argv)
 {
     size_t len[12];
     for (int i = 0; i < argc; i++)
         len[i] = strlen(argv[i]);
-    int rc = cbd_redis_conn_command(conn, fn, priv, argc, argv, len);
-    if (rc == 0)
-        s->stats.commands_sent++;
-    return rc;
+    return cbd_redis_link_command(s->link, fn, priv, argc, argv, len);
 }
 
 /* Run a script on circuit c (EVALSHA, or EVAL when asked or not loaded). */
@@ -698,7 +550,33 @@ static int eval(struct cbd_store *s, enum rs_script script, bool use_eval, cbd_r
     argv[5] = c->name;
     for (int i = 0; i < nargs; i++)
         argv[6 + i] = args[i];
-    return command(s, s->cmd, fn, c, 6 + nargs, argv);
+    return command(s, fn, c, 6 + nargs, argv);
+}
+
+/* The migrate script for circuit name (EVAL when asked or not loaded). */
+static int send_migrate(struct cbd_store *s, const char *name, bool use_eval, cbd_redis_reply_fn *fn, void *priv)
+{
+    char key[RS_KEY_MAX], old[RS_KEY_MAX];
+    key_of(s, name, key);
+    legacy_key_of(s, name, old);
+    use_eval = use_eval || s->sha[RS_MIGRATE][0] == '\0';
+    const char *argv[5] = {use_eval ? "EVAL" : "EVALSHA", use_eval ? rs_scripts[RS_MIGRATE] : s->sha[RS_MIGRATE], "2",
+                           key, old};
+    return command(s, fn, priv, 5, argv);
+}
+
+/* The migrate script's answer: 1 with the hash's field/value list in
+ * *el[0..*n), 0 if the old key is not a hash, -1 if it makes no sense. */
+static int migrate_result(const redisReply *r, redisReply *const **el, size_t *n)
+{
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->element[0]->type != REDIS_REPLY_INTEGER ||
+        r->element[0]->integer < -1 || r->element[0]->integer > 1)
+        return -1;
+    if (r->element[0]->integer < 0)
+        return 0;
+    *el = r->element + 1;
+    *n = r->elements - 1;
+    return 1;
 }
 
 /* A script's answer {verdict, field, value, ...}: the hash as stored after
@@ -734,7 +612,7 @@ static enum rs_err reply_error(struct cbd_store *s, const char *what, const char
         if (strncmp(r->str, conn_errors[i], strlen(conn_errors[i])) == 0) {
             /* this server cannot take our writes now (replica, loading,
              * lost auth): reconnect, perhaps to the new primary */
-            cbd_redis_conn_drop(s->cmd, -EIO, r->str);
+            cbd_redis_link_drop(s->link, -EIO, r->str);
             return RS_ERR_CONN;
         }
     return RS_ERR_OTHER;
@@ -770,6 +648,10 @@ static void set_health(struct cbd_store *s, bool online, const char *why)
 
 static void finish_restore(struct cbd_store *s, int rc)
 {
+    if (s->migrated > 0)
+        cbd_log(CBD_LOG_INFO, "redis store: moved %u circuits from %sc:<name> to the hash-tagged %sc:{<name>}",
+                s->migrated, s->uri.prefix, s->uri.prefix);
+    s->migrated = 0;
     void (*done)(void *, int) = s->restore.done;
     s->restore.done = NULL;
     s->restore.more = false;
@@ -779,12 +661,10 @@ static void finish_restore(struct cbd_store *s, int rc)
         reconcile_start(s);
 }
 
-static void go_online(struct cbd_store *s)
+static void go_online(void *arg, const char *why)
 {
-    char why[sizeof s->endpoint + 16];
+    struct cbd_store *s = arg;
     s->phase = RS_ONLINE;
-    s->attempt = 0;
-    snprintf(why, sizeof why, "connected to %s", s->endpoint);
     set_health(s, true, why);
     uv_timer_start(&s->sync_timer, on_sync_timer, s->uri.sync_ms, s->uri.sync_ms);
     for (size_t i = 0; i < s->count; i++)
@@ -798,196 +678,73 @@ static void go_online(struct cbd_store *s)
         reconcile_start(s);
 }
 
-static void maybe_online(struct cbd_store *s)
+/* The link went down (an attempt failed, or the connections were lost):
+ * host-local until it is back. */
+static void went_offline(void *arg, int err, const char *why, bool attempt_failed)
 {
-    if (s->phase == RS_CONNECTING && s->cmd_ready && s->sub_ready)
-        go_online(s);
-}
-
-/* One of the connections failed or ended: take the store offline. */
-static void went_offline(struct cbd_store *s, int err, const char *why)
-{
-    char msg[sizeof s->endpoint + 200];
-    bool attempt_failed = s->phase == RS_CONNECTING;
-    cbd_redis_conn_drop(s->cmd, err, why);
-    cbd_redis_conn_drop(s->sub, err, why);
-    if (s->phase == RS_DOWN)
-        return;
+    struct cbd_store *s = arg;
     s->phase = RS_DOWN;
     uv_timer_stop(&s->sync_timer);
     s->rec_running = false;
     s->rec_inflight = 0;
     s->stats.errors++;
-    snprintf(msg, sizeof msg, "%s: %s", s->endpoint, why);
-    set_health(s, false, msg);
+    set_health(s, false, why);
     ask_waiting(s, attempt_failed);
     if (s->restore.done != NULL)
         finish_restore(s, err);
-}
-
-static uint64_t rng_next(struct cbd_store *s)
-{
-    s->rng ^= s->rng >> 12; /* xorshift64*: jitter only, not secrets */
-    s->rng ^= s->rng << 25;
-    s->rng ^= s->rng >> 27;
-    return s->rng * 0x2545F4914F6CDD1Dull;
-}
-
-static void connect_now(struct cbd_store *s)
-{
-    s->phase = RS_CONNECTING;
-    s->cmd_ready = s->sub_ready = false;
-    s->handshake_left = 0;
-    /* both were down (we only get here then), so neither open can refuse */
-    s->cmd_open = cbd_redis_conn_open(s->cmd, &s->uri.addr) == 0;
-    s->sub_open = cbd_redis_conn_open(s->sub, &s->uri.addr) == 0;
-}
-
-static void on_retry(uv_timer_t *t)
-{
-    struct cbd_store *s = t->data;
-    s->stats.reconnects++;
-    connect_now(s);
-}
-
-/* Exponential backoff with full jitter: uniform in [0, min(cap, base*2^n)]. */
-static void schedule_retry(struct cbd_store *s)
-{
-    unsigned shift = s->attempt < 6 ? s->attempt : 6;
-    uint64_t cap = (uint64_t)RS_BACKOFF_BASE_MS << shift;
-    if (cap > RS_BACKOFF_CAP_MS)
-        cap = RS_BACKOFF_CAP_MS;
-    s->attempt++;
-    uv_timer_start(&s->retry_timer, on_retry, rng_next(s) % (cap + 1), 0);
 }
 
 static void start(struct cbd_store *s)
 {
     if (!s->started && !s->closing) {
         s->started = true;
-        connect_now(s);
+        s->phase = RS_CONNECTING;
+        cbd_redis_link_start(s->link);
     }
 }
 
-static void on_down(void *arg, struct cbd_redis_conn *conn, int err, const char *why)
-{
-    struct cbd_store *s = arg;
-    if (conn == s->cmd)
-        s->cmd_open = s->cmd_ready = false;
-    else
-        s->sub_open = s->sub_ready = false;
-    if (s->closing) {
-        teardown(s);
-        return;
-    }
-    went_offline(s, err, why);
-    if (!s->cmd_open && !s->sub_open)
-        schedule_retry(s);
-}
+/* ---- preparing a connection: the scripts ------------------------------------------ */
 
-/* ---- handshake ------------------------------------------------------------------ */
-
-/* true if the handshake cannot go on (the connection is or will be down). */
-static bool handshake_failed(struct cbd_store *s, struct cbd_redis_conn *conn, const char *what,
-                             const redisReply *r)
+static void on_script_loaded(struct cbd_redis_conn *conn, redisReply *r, void *sha)
 {
-    char why[256];
+    struct cbd_store *s = cbd_redis_conn_data(conn);
+    char why[300];
     if (r == NULL)
-        return true;
-    if (r->type != REDIS_REPLY_ERROR)
-        return false;
-    snprintf(why, sizeof why, "redis refused %s: %s", what, r->str);
-    s->stats.errors++;
-    cbd_redis_conn_drop(conn, -EACCES, why);
-    return true;
-}
-
-static void handshake_step(struct cbd_store *s)
-{
-    if (--s->handshake_left == 0) {
-        s->cmd_ready = true;
-        maybe_online(s);
-    }
-}
-
-static void on_hs_status(struct cbd_redis_conn *conn, redisReply *r, void *what)
-{
-    struct cbd_store *s = cbd_redis_conn_arg(conn);
-    if (!handshake_failed(s, conn, what, r) && conn == s->cmd)
-        handshake_step(s);
-}
-
-static void on_hs_script(struct cbd_redis_conn *conn, redisReply *r, void *sha)
-{
-    struct cbd_store *s = cbd_redis_conn_arg(conn);
-    if (handshake_failed(s, conn, "SCRIPT LOAD", r))
         return;
+    if (r->type == REDIS_REPLY_ERROR) {
+        snprintf(why, sizeof why, "%s refused SCRIPT LOAD: %s", cbd_redis_conn_peer(conn), r->str);
+        cbd_redis_link_drop(s->link, -EACCES, why);
+        return;
+    }
     if (r->type != REDIS_REPLY_STRING || r->len != 40) {
-        cbd_redis_conn_drop(conn, -EPROTO, "SCRIPT LOAD answered something other than a SHA1");
+        snprintf(why, sizeof why, "protocol error from %s: SCRIPT LOAD answered something other than a SHA1",
+                 cbd_redis_conn_peer(conn));
+        cbd_redis_link_drop(s->link, -EPROTO, why);
         return;
     }
     memcpy(sha, r->str, 40);
     ((char *)sha)[40] = '\0';
-    handshake_step(s);
+    if (--s->scripts_left == 0)
+        cbd_redis_link_prepared(s->link);
 }
 
-/* AUTH (and SELECT on the command connection); false if a send failed. */
-static bool auth_select(struct cbd_store *s, struct cbd_redis_conn *conn)
-{
-    char db[12];
-    const char *auth[3] = {"AUTH", s->uri.user, s->uri.password};
-    const char *select[2] = {"SELECT", db};
-    bool on_cmd = conn == s->cmd;
-    if (s->uri.password[0] != '\0') {
-        bool acl = s->uri.user[0] != '\0'; /* Redis 6 ACL: AUTH user password */
-        if (!acl)
-            auth[1] = s->uri.password;
-        if (command(s, conn, on_hs_status, "AUTH", acl ? 3 : 2, auth) < 0)
-            return false;
-        s->handshake_left += on_cmd;
-    }
-    if (on_cmd && s->uri.db != 0) {
-        snprintf(db, sizeof db, "%u", s->uri.db);
-        if (command(s, conn, on_hs_status, "SELECT", 2, select) < 0)
-            return false;
-        s->handshake_left++;
-    }
-    return true;
-}
-
-static void on_sub_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg)
+/* The command connection is ready for the scripts. */
+static void load_scripts(void *arg, struct cbd_redis_link *link)
 {
     struct cbd_store *s = arg;
-    (void)conn;
-    /* hiredis routes only pub/sub frames here: [kind, channel, payload] */
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 3)
-        return;
-    if (is_str(r->element[0], "subscribe")) {
-        s->sub_ready = true;
-        maybe_online(s);
-    } else if (is_str(r->element[0], "message") && r->element[2]->type == REDIS_REPLY_STRING) {
-        on_message(s, r->element[2]->str, r->element[2]->len);
-    }
-}
-
-static void on_up(void *arg, struct cbd_redis_conn *conn)
-{
-    struct cbd_store *s = arg;
-    if (!auth_select(s, conn))
-        return; /* the connection is going down; on_down follows */
-    if (conn == s->sub) {
-        if (cbd_redis_conn_subscribe(conn, on_sub_reply, s, s->channel) == 0)
-            s->stats.commands_sent++;
-        return;
-    }
-    s->handshake_left++; /* held until every SCRIPT LOAD is sent */
+    s->scripts_left = 0;
     for (int i = 0; i < RS_NSCRIPTS; i++) {
         const char *argv[3] = {"SCRIPT", "LOAD", rs_scripts[i]};
-        if (command(s, conn, on_hs_script, s->sha[i], 3, argv) < 0)
-            return;
-        s->handshake_left++;
+        if (command(s, on_script_loaded, s->sha[i], 3, argv) < 0)
+            return; /* the connection is going down; offline follows */
+        s->scripts_left++;
     }
-    handshake_step(s);
+    (void)link;
+}
+
+static void on_link_message(void *arg, const char *payload, size_t len)
+{
+    on_message(arg, payload, len);
 }
 
 /* ---- writes: transitions ----------------------------------------------------------- */
@@ -1065,7 +822,7 @@ static void keep_unwritten(struct rs_circuit *c)
 
 static void on_write_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg)
 {
-    struct cbd_store *s = cbd_redis_conn_arg(conn);
+    struct cbd_store *s = cbd_redis_conn_data(conn);
     struct rs_circuit *c = arg;
     struct cbd_store_state st;
     bool newer = c->w_pending; /* a transition came while this write was out */
@@ -1141,7 +898,7 @@ static int send_read(struct cbd_store *s, struct rs_circuit *c, cbd_redis_reply_
     char key[RS_KEY_MAX];
     const char *argv[2] = {"HGETALL", key};
     key_of(s, c->name, key);
-    int rc = command(s, s->cmd, fn, c, 2, argv);
+    int rc = command(s, fn, c, 2, argv);
     if (rc == 0)
         c->r_inflight = true;
     return rc;
@@ -1169,20 +926,25 @@ static void absent(struct cbd_store *s, struct rs_circuit *c)
     pump_writes(s);
 }
 
-static void apply_read(struct cbd_store *s, struct rs_circuit *c, const redisReply *r)
+static void on_migrate_read(struct cbd_redis_conn *conn, redisReply *r, void *arg);
+
+/* What redis holds for c (a field/value list) adopted. A missing hash may
+ * still be under the key before hash tags: checked once per circuit. */
+static void adopt_hash(struct cbd_store *s, struct rs_circuit *c, redisReply *const *el, size_t n)
 {
     struct cbd_store_state st;
-    const char *bad = "HGETALL answered something other than a list";
-    int rc = -1;
-    if (r->type == REDIS_REPLY_ERROR) {
-        reply_error(s, "read", c->name, r);
-        return;
-    }
-    if (r->type == REDIS_REPLY_ARRAY)
-        rc = parse_hash(r->element, r->elements, &st, &bad);
+    const char *bad = NULL;
+    int rc = parse_hash(el, n, &st, &bad);
     if (rc < 0) {
         malformed_circuit(s, c, bad); /* the circuit keeps its last good state */
         return;
+    }
+    if (rc == 0 && !c->legacy_checked) {
+        c->legacy_checked = true;
+        if (send_migrate(s, c->name, false, on_migrate_read, c) == 0) {
+            c->r_inflight = true;
+            return;
+        }
     }
     if (rc == 0) {
         absent(s, c);
@@ -1199,9 +961,57 @@ static void apply_read(struct cbd_store *s, struct rs_circuit *c, const redisRep
     agreed(s, c);
 }
 
+static void apply_read(struct cbd_store *s, struct rs_circuit *c, const redisReply *r)
+{
+    if (r->type == REDIS_REPLY_ERROR)
+        reply_error(s, "read", c->name, r);
+    else if (r->type != REDIS_REPLY_ARRAY)
+        malformed_circuit(s, c, "HGETALL answered something other than a list");
+    else
+        adopt_hash(s, c, r->element, r->elements);
+}
+
+static void read_again_if_asked(struct cbd_store *s, struct rs_circuit *c)
+{
+    if (c->r_again) {
+        c->r_again = false;
+        request_read(s, c);
+    }
+}
+
+static void on_migrate_read(struct cbd_redis_conn *conn, redisReply *r, void *arg)
+{
+    struct cbd_store *s = cbd_redis_conn_data(conn);
+    struct rs_circuit *c = arg;
+    redisReply *const *el;
+    size_t n;
+    c->r_inflight = false;
+    if (r == NULL) {
+        c->r_again = false;
+        c->legacy_checked = false; /* asked again on the next connection */
+        return;
+    }
+    int rc = r->type == REDIS_REPLY_ERROR ? -2 : migrate_result(r, &el, &n);
+    if (rc == -2 && reply_error(s, "legacy key check", c->name, r) == RS_ERR_NOSCRIPT &&
+        send_migrate(s, c->name, true, on_migrate_read, c) == 0) {
+        c->r_inflight = true;
+        return;
+    }
+    if (rc == 1 && r->element[0]->integer == 1)
+        cbd_log(CBD_LOG_INFO, "redis store: circuit '%s' moved from %sc:%s to %sc:{%s} (hash-tagged layout)", c->name,
+                s->uri.prefix, c->name, s->uri.prefix, c->name);
+    if (rc == 1)
+        adopt_hash(s, c, el, n);
+    else if (rc == 0)
+        malformed_circuit(s, c, "its key from before hash tags (<prefix>c:<name>) is not a hash");
+    else if (rc == -1)
+        malformed_circuit(s, c, "the legacy key check answered something else");
+    read_again_if_asked(s, c);
+}
+
 static void on_read_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg)
 {
-    struct cbd_store *s = cbd_redis_conn_arg(conn);
+    struct cbd_store *s = cbd_redis_conn_data(conn);
     struct rs_circuit *c = arg;
     c->r_inflight = false;
     if (r == NULL) {
@@ -1209,10 +1019,7 @@ static void on_read_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg)
         return;
     }
     apply_read(s, c, r);
-    if (c->r_again) {
-        c->r_again = false;
-        request_read(s, c);
-    }
+    read_again_if_asked(s, c);
 }
 
 static void on_message(struct cbd_store *s, const char *name, size_t len)
@@ -1248,7 +1055,7 @@ static void reconcile_step(struct cbd_store *s)
 
 static void on_sync_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg)
 {
-    struct cbd_store *s = cbd_redis_conn_arg(conn);
+    struct cbd_store *s = cbd_redis_conn_data(conn);
     on_read_reply(conn, r, arg);
     if (s->rec_inflight > 0)
         s->rec_inflight--;
@@ -1367,7 +1174,7 @@ static void probe_answer(struct cbd_store *s, struct rs_circuit *c, const struct
 
 static void on_probe_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg)
 {
-    struct cbd_store *s = cbd_redis_conn_arg(conn);
+    struct cbd_store *s = cbd_redis_conn_data(conn);
     struct rs_circuit *c = arg;
     struct cbd_store_state st;
     int granted = -1;
@@ -1436,28 +1243,36 @@ static void restore_scan(struct cbd_store *s, const char *cursor)
     memcpy(pattern + n, "c:*", 4);
     const char *argv[6] = {"SCAN", cursor, "MATCH", pattern, "COUNT", RS_SCAN_COUNT};
     /* if this fails the store is going down, and went_offline ends the restore */
-    command(s, s->cmd, on_scan_reply, NULL, 6, argv);
+    command(s, on_scan_reply, NULL, 6, argv);
 }
 
-static void restore_apply(struct cbd_store *s, const char *name, const redisReply *r)
+/* A circuit found by the restore, as a field/value list. */
+static void restore_fields(struct cbd_store *s, const char *name, redisReply *const *el, size_t n)
 {
     struct cbd_store_state st;
-    const char *bad = "not a hash";
-    if (r->type == REDIS_REPLY_ERROR) {
-        reply_error(s, "restore read", name, r);
-        return;
-    }
-    int rc = r->type == REDIS_REPLY_ARRAY ? parse_hash(r->element, r->elements, &st, &bad) : -1;
+    const char *bad = NULL;
+    int rc = parse_hash(el, n, &st, &bad);
     if (rc < 0)
         malformed(s, "circuit", name, strlen(name), bad);
     struct rs_circuit *c = rc > 0 ? get(s, name) : NULL; /* rc 0: deleted since the SCAN */
     if (c == NULL)
         return;
+    c->legacy_checked = true; /* the restore saw every key */
     memcpy(st.name, c->name, (size_t)c->name_len + 1);
     c->known = view_of(&st);
     if (!c->w_pending && !c->w_inflight)
         report(s, c, &st);
     agreed(s, c);
+}
+
+static void restore_apply(struct cbd_store *s, const char *name, const redisReply *r)
+{
+    if (r->type == REDIS_REPLY_ERROR)
+        reply_error(s, "restore read", name, r);
+    else if (r->type != REDIS_REPLY_ARRAY)
+        malformed(s, "circuit", name, strlen(name), "not a hash");
+    else
+        restore_fields(s, name, r->element, r->elements);
 }
 
 static void restore_next(struct cbd_store *s)
@@ -1472,7 +1287,7 @@ static void restore_next(struct cbd_store *s)
 
 static void on_restore_read(struct cbd_redis_conn *conn, redisReply *r, void *arg)
 {
-    struct cbd_store *s = cbd_redis_conn_arg(conn);
+    struct cbd_store *s = cbd_redis_conn_data(conn);
     struct rs_restore_item *it = arg;
     s->restore.inflight--;
     if (r != NULL)
@@ -1482,24 +1297,55 @@ static void on_restore_read(struct cbd_redis_conn *conn, redisReply *r, void *ar
         restore_next(s);
 }
 
+static void on_restore_migrate(struct cbd_redis_conn *conn, redisReply *r, void *arg)
+{
+    struct cbd_store *s = cbd_redis_conn_data(conn);
+    struct rs_restore_item *it = arg;
+    redisReply *const *el;
+    size_t n;
+    int rc = r == NULL ? -3 : r->type == REDIS_REPLY_ERROR ? -2 : migrate_result(r, &el, &n);
+    if (rc == -2 && reply_error(s, "restore read", it->name, r) == RS_ERR_NOSCRIPT &&
+        send_migrate(s, it->name, true, on_restore_migrate, it) == 0)
+        return;
+    s->restore.inflight--;
+    if (rc == 1) {
+        s->migrated += r->element[0]->integer == 1;
+        restore_fields(s, it->name, el, n);
+    } else if (rc == 0) {
+        malformed(s, "key", it->name, strlen(it->name), "a key from before hash tags that is not a hash");
+    } else if (rc == -1) {
+        malformed(s, "circuit", it->name, strlen(it->name), "the migration answered something else");
+    }
+    free(it);
+    if (r != NULL)
+        restore_next(s);
+}
+
+/* A key found by the restore: <prefix>c:{<name>}, read; or <prefix>c:<name>
+ * from before hash tags, moved to the new key and read. */
 static void restore_key(struct cbd_store *s, const redisReply *k)
 {
-    size_t plen = strlen(s->uri.prefix) + 2;
+    size_t plen = strlen(s->uri.prefix) + 2, n = k->type == REDIS_REPLY_STRING ? k->len : 0;
+    const char *rest = k->type == REDIS_REPLY_STRING ? k->str + plen : NULL;
+    bool tagged = n > plen + 2 && rest[0] == '{' && k->str[n - 1] == '}';
+    size_t nlen = n < plen ? 0 : tagged ? n - plen - 2 : n - plen;
     struct rs_restore_item *it = NULL;
     if (k->type != REDIS_REPLY_STRING)
         return;
-    if (k->len > plen && k->len - plen <= CB_NAME_MAX && (it = malloc(sizeof *it)) != NULL) {
-        memcpy(it->name, k->str + plen, k->len - plen);
-        it->name[k->len - plen] = '\0';
+    if (nlen > 0 && nlen <= CB_NAME_MAX && (it = malloc(sizeof *it)) != NULL) {
+        memcpy(it->name, rest + tagged, nlen);
+        it->name[nlen] = '\0';
     }
-    if (it == NULL || memcmp(k->str, s->uri.prefix, plen - 2) != 0 || strlen(it->name) != k->len - plen ||
+    if (it == NULL || memcmp(k->str, s->uri.prefix, plen - 2) != 0 || memcmp(k->str + plen - 2, "c:", 2) != 0 ||
+        strlen(it->name) != nlen ||
         cb__name_check(it->name) < 0) {
-        malformed(s, "key", k->str, k->len, "not <prefix>c:<circuit name>");
+        malformed(s, "key", k->str, k->len, "not <prefix>c:{<circuit name>}");
         free(it);
         return;
     }
     const char *argv[2] = {"HGETALL", k->str};
-    if (command(s, s->cmd, on_restore_read, it, 2, argv) < 0) {
+    if ((tagged ? command(s, on_restore_read, it, 2, argv) : send_migrate(s, it->name, false, on_restore_migrate, it)) <
+        0) {
         free(it);
         return;
     }
@@ -1508,7 +1354,7 @@ static void restore_key(struct cbd_store *s, const redisReply *k)
 
 static void on_scan_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg)
 {
-    struct cbd_store *s = cbd_redis_conn_arg(conn);
+    struct cbd_store *s = cbd_redis_conn_data(conn);
     (void)arg;
     if (r == NULL || s->restore.done == NULL)
         return;
@@ -1535,9 +1381,8 @@ static void rs_restore(struct cbd_store *s, void (*done)(void *arg, int rc), voi
         start(s); /* go_online scans; went_offline ends it with the error */
     } else if (s->phase == RS_ONLINE) {
         restore_scan(s, "0");
-    } else if (s->phase == RS_DOWN && !s->cmd_open && !s->sub_open) {
-        uv_timer_stop(&s->retry_timer); /* no need to wait out the backoff */
-        connect_now(s);
+    } else {
+        cbd_redis_link_retry_now(s->link); /* no need to wait out the backoff */
     }
 }
 
@@ -1564,7 +1409,7 @@ static void on_part_closed(struct cbd_store *s)
         done(arg);
 }
 
-static void on_conn_closed(void *arg) { on_part_closed(arg); }
+static void on_link_closed(void *arg) { on_part_closed(arg); }
 static void on_timer_closed(uv_handle_t *h) { on_part_closed(h->data); }
 
 static void teardown(struct cbd_store *s)
@@ -1574,10 +1419,8 @@ static void teardown(struct cbd_store *s)
     s->tearing = true;
     if (s->restore.done != NULL)
         finish_restore(s, -ECANCELED);
-    s->close_pending = 5;
-    cbd_redis_conn_close(s->cmd, on_conn_closed, s);
-    cbd_redis_conn_close(s->sub, on_conn_closed, s);
-    uv_close((uv_handle_t *)&s->retry_timer, on_timer_closed);
+    s->close_pending = 3;
+    cbd_redis_link_close(s->link, on_link_closed, s);
     uv_close((uv_handle_t *)&s->sync_timer, on_timer_closed);
     uv_close((uv_handle_t *)&s->grant_timer, on_timer_closed);
 }
@@ -1589,7 +1432,6 @@ static void rs_close(struct cbd_store *s, void (*done)(void *arg), void *arg)
     s->closing = true;
     s->close_done = done;
     s->close_arg = arg;
-    uv_timer_stop(&s->retry_timer);
     uv_timer_stop(&s->sync_timer);
     uv_timer_stop(&s->grant_timer);
     if (s->phase == RS_ONLINE && (s->wq_head != NULL || s->writes_inflight > 0))
@@ -1607,21 +1449,17 @@ static void identify(struct cbd_store *s)
     snprintf(s->owner, sizeof s->owner, "%.48s:%s:%ld", host, s->uri.instance, (long)getpid());
     s->owner_hash = owner_hash(s->owner);
     snprintf(s->channel, sizeof s->channel, "%stransitions", s->uri.prefix);
-    if (s->uri.addr.path[0] != '\0')
-        snprintf(s->endpoint, sizeof s->endpoint, "unix://%s (db %u)", s->uri.addr.path, s->uri.db);
-    else
-        snprintf(s->endpoint, sizeof s->endpoint, strchr(s->uri.addr.host, ':') ? "redis://[%s]:%u/%u" : "redis://%s:%u/%u",
-                 s->uri.addr.host, s->uri.addr.port, s->uri.db);
-    s->rng = ((uint64_t)getpid() << 32) ^ (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)s ^ s->owner_hash;
-    if (s->rng == 0)
-        s->rng = 1;
 }
+
+static char create_error[320]; /* create()'s message: the loop thread reads it at once */
 
 static int rs_create(struct cbd_store **out, const char *uri, const struct cbd_store_hooks *hooks, const char **err)
 {
     struct rs_uri u;
-    if ((*err = parse_uri(uri, &u)) != NULL)
+    if (parse_uri(uri, &u, create_error, sizeof create_error) < 0) {
+        *err = create_error;
         return -EINVAL;
+    }
     struct cbd_store *s = calloc(1, sizeof *s);
     if (s == NULL) {
         *err = "out of memory creating the redis store";
@@ -1636,27 +1474,36 @@ static int rs_create(struct cbd_store **out, const char *uri, const struct cbd_s
     s->buckets = calloc(s->nbuckets, sizeof *s->buckets);
     s->list = calloc(s->list_cap, sizeof *s->list);
     identify(s);
-    struct cbd_redis_conn_cbs cbs = {.arg = s, .up = on_up, .down = on_down};
+    struct cbd_redis_link_cbs cbs = {.arg = s, .prepare = load_scripts, .online = go_online,
+                                     .offline = went_offline, .message = on_link_message};
     if (s->buckets == NULL || s->list == NULL ||
-        cbd_redis_conn_new(&s->cmd, hooks->loop, &cbs, u.connect_timeout_ms, u.command_timeout_ms) < 0 ||
-        cbd_redis_conn_new(&s->sub, hooks->loop, &cbs, u.connect_timeout_ms, u.command_timeout_ms) < 0) {
-        if (s->cmd != NULL)
-            cbd_redis_conn_close(s->cmd, NULL, NULL); /* its timers close on the loop */
+        cbd_redis_link_new(&s->link, hooks->loop, &s->uri.conn, s->channel, &cbs) < 0) {
         free_store(s);
         *err = "out of memory creating the redis store";
         return -ENOMEM;
     }
-    uv_timer_init(hooks->loop, &s->retry_timer);
     uv_timer_init(hooks->loop, &s->sync_timer);
     uv_timer_init(hooks->loop, &s->grant_timer);
-    s->retry_timer.data = s->sync_timer.data = s->grant_timer.data = s;
+    s->sync_timer.data = s->grant_timer.data = s;
     *out = s;
     return 0;
 }
 
+static int rs_check_uri(const char *uri, char *why, size_t size)
+{
+    struct rs_uri u;
+    return parse_uri(uri, &u, why, size);
+}
+
 void cbd_store_redis_stats(const struct cbd_store *s, struct cbd_store_redis_stats *out)
 {
+    struct cbd_redis_link_stats ls;
+    cbd_redis_link_stats(s->link, &ls);
     *out = s->stats;
+    out->commands_sent = ls.commands_sent;
+    out->reconnects = ls.reconnects;
+    out->protocol_errors = ls.protocol_errors;
+    out->failovers = ls.failovers;
     out->online = s->phase == RS_ONLINE;
     out->queued = 0;
     for (size_t i = 0; i < s->count; i++)
@@ -1671,12 +1518,15 @@ static void rs_stats(const struct cbd_store *s, void (*emit)(void *arg, const ch
     emit(arg, "errors", st.errors);
     emit(arg, "malformed", st.malformed);
     emit(arg, "reconnects", st.reconnects);
+    emit(arg, "protocol_errors", st.protocol_errors);
+    emit(arg, "failovers", st.failovers);
     emit(arg, "queued", st.queued);
 }
 
 const struct cbd_store_ops cbd_store_redis_ops = {
     .scheme = "redis",
     .create = rs_create,
+    .check_uri = rs_check_uri,
     .restore = rs_restore,
     .track = rs_track,
     .transition = rs_transition,

@@ -1,14 +1,16 @@
 /*
  * store_redis.h - the redis fleet store (see store_redis.c and
- * docs/store-redis.md). URIs:
+ * docs/store-redis.md). URIs (redis_uri.h has the connection options:
+ * db, user, password_file, password_env, timeouts, sentinel auth):
  *
- *   redis://[user:password@]host[:port][/db][?option=value&...]
- *   unix:///path/to/redis.sock[?db=N&user=U&password=P&option=value&...]
+ *   redis://[user@]host[:port][/db][?option=value&...]
+ *   unix:///path/to/redis.sock[?option=value&...]
+ *   redis-sentinel://[user@]host[:port][,host[:port]...]/master[/db][?option=value&...]
  *
- * Options: prefix (key prefix, default "cbd:"), sync_ms (reconcile period,
- * default 1000), connect_timeout_ms and command_timeout_ms (default 1000),
- * instance (the middle part of this host's probe owner id
- * "<hostname>:<instance>:<pid>"; default: the daemon's instance).
+ * The store's own options: prefix (key prefix, default "cbd:"), sync_ms
+ * (reconcile period, default 1000), instance (the middle part of this
+ * host's probe owner id "<hostname>:<instance>:<pid>"; default: the
+ * daemon's instance).
  */
 #ifndef CBD_STORE_REDIS_H
 #define CBD_STORE_REDIS_H
@@ -26,6 +28,8 @@ struct cbd_store_redis_stats {
     uint64_t errors;        /* error replies and failed or lost connections */
     uint64_t malformed;     /* foreign or garbage data under the prefix, ignored */
     uint64_t reconnects;    /* connection attempts after the first */
+    uint64_t protocol_errors; /* connections dropped because the peer broke RESP or pub/sub */
+    uint64_t failovers;     /* master changes learnt from the sentinels */
     uint32_t queued;        /* circuits with a transition waiting to be written */
     bool online;            /* both connections up and ready */
 };

@@ -14,11 +14,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The install line of shared/ENVIRONMENT.md plus the INI parser, gnuplot and
-# socat. Never nodejs/npm: Node 20 comes with the machine, Debian's is too old.
+# The install line of shared/ENVIRONMENT.md plus the INI parser, gnuplot,
+# socat and redis-sentinel (the Sentinel tests of the redis store). Never nodejs/npm: Node 20 comes with the machine, Debian's is too old.
 PACKAGES=(build-essential cmake pkg-config libuv1-dev libhiredis-dev libmsgpack-dev libcriterion-dev
           libcurl4-openssl-dev libjansson-dev redis-server redis-tools clang libclang-rt-14-dev valgrind
-          libinih-dev gnuplot-nox socat)
+          libinih-dev gnuplot-nox socat redis-sentinel)
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }

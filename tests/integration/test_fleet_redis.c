@@ -84,7 +84,7 @@ static const char *fleet_field(const char *name, const char *field)
 {
     static char value[256];
     char key[256], *out = NULL;
-    snprintf(key, sizeof key, "%sc:%s", prefix, name);
+    snprintf(key, sizeof key, "%sc:{%s}", prefix, name);
     cr_assert_eq(tsup_redis_cli(&redis, &out, "HGET", key, field, NULL), 0, "redis-cli HGET %s %s", key, field);
     snprintf(value, sizeof value, "%s", out);
     value[strcspn(value, "\r\n")] = '\0';
@@ -422,7 +422,7 @@ Test(fleet_redis, a_restarted_host_adopts_a_close_it_missed_and_restores_an_open
     cr_assert_eq(atoll(fleet_field("solo", "opened_at")), tsup_info(solo).opened_at);
     /* and it follows the fleet for it again: a close written by hand reaches it */
     char key[128], channel[128];
-    snprintf(key, sizeof key, "%sc:solo", prefix);
+    snprintf(key, sizeof key, "%sc:{solo}", prefix);
     snprintf(channel, sizeof channel, "%stransitions", prefix);
     redis_ok("HDEL", key, "opened_at", NULL);
     redis_ok("HSET", key, "state", "CLOSED");
@@ -510,15 +510,15 @@ Test(fleet_redis, foreign_data_and_error_replies_are_counted_and_change_no_circu
     char key[128], channel[128];
     snprintf(channel, sizeof channel, "%stransitions", prefix);
 
-    snprintf(key, sizeof key, "%sc:g", prefix); /* a garbage field in a live circuit */
+    snprintf(key, sizeof key, "%sc:{g}", prefix); /* a garbage field in a live circuit */
     redis_ok("HSET", key, "opened_at", "soon");
     redis_ok("PUBLISH", channel, "g", NULL);
-    snprintf(key, sizeof key, "%sc:h", prefix); /* a circuit that is not a hash */
+    snprintf(key, sizeof key, "%sc:{h}", prefix); /* a circuit that is not a hash */
     redis_ok("DEL", key, NULL, NULL);
     redis_ok("SET", key, "CLOSED", NULL);
     redis_ok("PUBLISH", channel, "h", NULL);
     redis_ok("PUBLISH", channel, "", NULL); /* not a circuit name */
-    snprintf(key, sizeof key, "%sc:z", prefix);
+    snprintf(key, sizeof key, "%sc:{z}", prefix);
     redis_ok("HSET", key, "state", "BANANA");
     cr_assert(tsup_wait_until(tsup_stat(&host[1], "store_malformed") >= malformed + 3, TSUP_LIVENESS_MS),
               "malformed data was not counted");

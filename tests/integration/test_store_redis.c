@@ -45,7 +45,7 @@ static const char *hget(const struct tsup_redis *r, const char *name, const char
     char *v = out[n++ % 4];
     redisContext *c = srv_connect(r);
     cr_assert(c != NULL && !c->err);
-    redisReply *rep = redisCommand(c, "HGET t:c:%s %s", name, field);
+    redisReply *rep = redisCommand(c, "HGET t:c:{%s} %s", name, field);
     cr_assert(rep != NULL);
     snprintf(v, sizeof out[0], "%s", rep->type == REDIS_REPLY_STRING ? rep->str : "");
     freeReplyObject(rep);
@@ -419,12 +419,12 @@ Test(store_redis, garbage_under_the_prefix_is_counted_and_ignored)
     char now[24];
     srv_init(&r, false, NULL);
     snprintf(now, sizeof now, "%ld", (long)time(NULL));
-    redis_do(&r, "SET t:c:strkey %s", "x", NULL);
-    redis_do(&r, "HSET t:c:banana state %s", "BANANA", NULL);
-    redis_do(&r, "HSET t:c:xyz state OPEN opened_at %s", "xyz", NULL);
-    redis_do(&r, "HSET %s state OPEN opened_at %s", "t:c:bad name", now);
-    redis_do(&r, "HSET t:c:half state HALF_OPEN opened_at %s", now, NULL);
-    redis_do(&r, "HSET t:c:good state OPEN opened_at %s failure_count 7", now, NULL);
+    redis_do(&r, "SET t:c:{strkey} %s", "x", NULL);
+    redis_do(&r, "HSET t:c:{banana} state %s", "BANANA", NULL);
+    redis_do(&r, "HSET t:c:{xyz} state OPEN opened_at %s", "xyz", NULL);
+    redis_do(&r, "HSET %s state OPEN opened_at %s", "t:c:{bad name}", now);
+    redis_do(&r, "HSET t:c:{half} state HALF_OPEN opened_at %s", now, NULL);
+    redis_do(&r, "HSET t:c:{good} state OPEN opened_at %s failure_count 7", now, NULL);
     host_open(&a, uri_of(&r, "A", ""));
     WAIT_FOR(a.restored, 5000);
     cr_assert_eq(a.restore_rc, 0);
@@ -434,7 +434,7 @@ Test(store_redis, garbage_under_the_prefix_is_counted_and_ignored)
     cr_assert_geq(stats_of(&a).malformed, 5);
     /* a tracked circuit turns to garbage: counted, last good state kept */
     uint64_t before = stats_of(&a).malformed;
-    redis_do(&r, "HSET t:c:good opened_at %s", "soon", NULL);
+    redis_do(&r, "HSET t:c:{good} opened_at %s", "soon", NULL);
     redis_do(&r, "PUBLISH t:transitions %s", "good", NULL);
     redis_do(&r, "PUBLISH t:transitions %s", "", NULL);
     struct cbd_store_state st = state_of("strkey", CB_OPEN, time(NULL));
@@ -446,6 +446,52 @@ Test(store_redis, garbage_under_the_prefix_is_counted_and_ignored)
     spin(300);
     cr_assert_str_eq(hget(&r, "fine", "state"), "OPEN");
     cr_assert(a.online);
+    hosts_stop(&r, &a, NULL);
+}
+
+static long long exists(const struct tsup_redis *r, const char *key)
+{
+    redisContext *c = srv_connect(r);
+    cr_assert(c != NULL && !c->err);
+    redisReply *rep = redisCommand(c, "EXISTS %s", key);
+    cr_assert(rep != NULL && rep->type == REDIS_REPLY_INTEGER);
+    long long n = rep->integer;
+    freeReplyObject(rep);
+    redisFree(c);
+    return n;
+}
+
+Test(store_redis, keys_from_before_hash_tags_are_moved_when_read)
+{
+    struct tsup_redis r;
+    struct host a;
+    char now[24];
+    srv_init(&r, false, NULL);
+    snprintf(now, sizeof now, "%ld", (long)time(NULL));
+    redis_do(&r, "HSET t:c:legacy state OPEN opened_at %s failure_count 4", now, NULL);
+    redis_do(&r, "SET t:c:notahash %s", "x", NULL);
+    host_open(&a, uri_of(&r, "A", ""));
+    WAIT_FOR(a.restored, 5000);
+    cr_assert_eq(a.restore_rc, 0);
+    cr_assert(remote_is(&a, "legacy", CB_OPEN), "the restore reads a key of the old layout");
+    cr_assert_eq(last_remote(&a, "legacy")->failure_count, 4);
+    cr_assert_str_eq(hget(&r, "legacy", "state"), "OPEN", "and moves it to t:c:{legacy}");
+    cr_assert_eq(exists(&r, "t:c:legacy"), 0);
+    cr_assert_geq(stats_of(&a).malformed, 1, "an old key that is not a hash is counted");
+    cr_assert_eq(exists(&r, "t:c:notahash"), 1, "and left alone");
+    /* an old host writes the old layout after the restore: read when tracked */
+    redis_do(&r, "HSET t:c:late state OPEN opened_at %s", now, NULL);
+    cbd_store_redis_ops.track(a.st, "late", NULL);
+    WAIT_FOR(remote_is(&a, "late", CB_OPEN), 3000);
+    cr_assert_str_eq(hget(&r, "late", "state"), "OPEN");
+    cr_assert_eq(exists(&r, "t:c:late"), 0);
+    /* both layouts: the new key wins and the old one is left for the operator */
+    redis_do(&r, "HSET t:c:{both} state %s failure_count %s", "CLOSED", "0");
+    redis_do(&r, "HSET t:c:both state OPEN opened_at %s", now, NULL);
+    cbd_store_redis_ops.track(a.st, "both", NULL);
+    spin(500);
+    cr_assert_null(last_remote(&a, "both"), "the stale old key is not adopted");
+    cr_assert_eq(exists(&r, "t:c:both"), 1);
     hosts_stop(&r, &a, NULL);
 }
 
@@ -500,7 +546,7 @@ Test(store_redis, password_acl_user_and_database_are_used_on_connect)
 {
     struct tsup_redis r;
     struct host a, bad;
-    char uri[300];
+    char uri[400];
     static const char *const auth[] = {"--requirepass", "s3cret", NULL};
     srv_init(&r, false, auth);
     redisContext *c = srv_connect(&r);
@@ -509,9 +555,15 @@ Test(store_redis, password_acl_user_and_database_are_used_on_connect)
     rep = redisCommand(c, "ACL SETUSER alice on >p@ss ~* &* +@all");
     cr_assert(rep != NULL && rep->type != REDIS_REPLY_ERROR);
     freeReplyObject(rep);
-    snprintf(uri, sizeof uri, "redis://alice:p%%40ss@127.0.0.1:%d/3?prefix=t:&instance=A", r.port);
+    char wrong[256];
+    snprintf(wrong, sizeof wrong, "%s/wrong.pass", tsup_tmpdir());
+    FILE *f = fopen(wrong, "w");
+    cr_assert(f != NULL && fputs("wrong\n", f) >= 0 && fclose(f) == 0);
+    setenv("CBD_TEST_ALICE_PASSWORD", "p@ss", 1);
+    snprintf(uri, sizeof uri, "redis://alice@127.0.0.1:%d/3?prefix=t:&instance=A&password_env=CBD_TEST_ALICE_PASSWORD",
+             r.port);
     host_open(&a, uri);
-    snprintf(uri, sizeof uri, "redis://:wrong@127.0.0.1:%d?instance=B", r.port);
+    snprintf(uri, sizeof uri, "redis://127.0.0.1:%d?instance=B&password_file=%s", r.port, wrong);
     host_open(&bad, uri);
     WAIT_FOR(a.online && bad.health_false == 1, 5000);
     cr_assert(strstr(bad.why, "AUTH") != NULL, "why: %s", bad.why);
@@ -519,7 +571,7 @@ Test(store_redis, password_acl_user_and_database_are_used_on_connect)
     spin(300);
     rep = redisCommand(c, "SELECT 3");
     freeReplyObject(rep);
-    rep = redisCommand(c, "HGET t:c:acl state");
+    rep = redisCommand(c, "HGET t:c:{acl} state");
     cr_assert(rep != NULL && rep->type == REDIS_REPLY_STRING && strcmp(rep->str, "OPEN") == 0);
     freeReplyObject(rep);
     redisFree(c);
@@ -542,7 +594,7 @@ struct bad_uri {
 Test(store_redis, bad_uris_are_rejected_with_a_clear_message)
 {
     static const struct bad_uri cases[] = {
-        {"http://x", "must start with redis:// or unix://"},
+        {"http://x", "must start with redis://, redis-sentinel:// or unix://"},
         {"redis://", "missing host"},
         {"redis://:6379", "missing host"},
         {"redis://h:0", "port must be"},
@@ -558,7 +610,22 @@ Test(store_redis, bad_uris_are_rejected_with_a_clear_message)
         {"redis://h?instance=a.b", "instance must be"},
         {"redis://h?bogus=1", "unknown option"},
         {"redis://h?prefix", "without '=value'"},
-        {"redis://u:p%zz@h", "bad %-escape"},
+        {"redis://u:p@h", "a password in the URI is refused"},
+        {"redis://:p@h", "password_file=/path"},
+        {"redis://h?password=x", "or in an environment variable and give ?password_env=NAME"},
+        {"redis://u%zz@h?password_env=P", "bad %-escape"},
+        {"redis://u@h", "user 'u' needs password_file= or password_env="},
+        {"redis://h?password_file=rel/pass", "password_file must be an absolute path"},
+        {"redis://h?password_env=1BAD", "password_env must be an environment variable name"},
+        {"redis://h?password_env=P&password_file=/p", "give password_file or password_env, not both"},
+        {"redis://h?sentinel_user=u", "sentinel_user is for redis-sentinel:// URIs only"},
+        {"redis-sentinel://h1,h2", "missing master name"},
+        {"redis-sentinel://h1,/m", "missing sentinel host"},
+        {"redis-sentinel:///m", "missing sentinel host"},
+        {"redis-sentinel://h:26379/bad name", "the master name must be"},
+        {"redis-sentinel://h/m/99999", "database number"},
+        {"redis-sentinel://a,b,c,d,e,f,g,h,i/m", "more than 8 sentinels"},
+        {"redis-sentinel://h/m?sentinel_user=s", "sentinel_user needs sentinel_password_file="},
         {"unix://relative.sock", "must be absolute"},
         {"unix://", "must be absolute"},
     };
@@ -568,5 +635,12 @@ Test(store_redis, bad_uris_are_rejected_with_a_clear_message)
         const char *err = NULL;
         cr_assert_eq(cbd_store_redis_ops.create(&s, cases[i].uri, &hooks, &err), -EINVAL, "%s", cases[i].uri);
         cr_assert(err != NULL && strstr(err, cases[i].err) != NULL, "%s: %s", cases[i].uri, err ? err : "(null)");
+        char why[512];
+        cr_assert_eq(cbd_store_redis_ops.check_uri(cases[i].uri, why, sizeof why), -EINVAL, "check_uri(%s)",
+                     cases[i].uri);
+        cr_assert_str_eq(why, err, "check_uri says what create says");
     }
+    char why[512] = "";
+    cr_assert_eq(cbd_store_redis_ops.check_uri("redis-sentinel://h1,h2:26380/m/2?password_env=P&prefix=x:", why,
+                                               sizeof why), 0, "%s", why);
 }

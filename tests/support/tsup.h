@@ -162,6 +162,7 @@ struct tsup_redis {
     char sock[108];     /* unix socket path, or "" */
     char log[256];      /* its stdout/stderr, appended across restarts */
     const char *extra[TSUP_REDIS_EXTRA_MAX + 1]; /* more arguments, kept for restarts */
+    char conf[256];     /* a sentinel's configuration file, or "" for a server */
 };
 
 /* Start on a free loopback port and wait until it answers: 0 or -errno
@@ -171,6 +172,17 @@ int tsup_redis_start(struct tsup_redis *r);
  * extra redis-server arguments (NULL-terminated, at most
  * TSUP_REDIS_EXTRA_MAX; the strings must outlive r). */
 int tsup_redis_start_with(struct tsup_redis *r, bool unix_socket, const char *const *extra);
+/* A replica of master (--replicaof 127.0.0.1 PORT, with --masterauth
+ * password when not NULL; extra as for tsup_redis_start_with): 0 or -errno. */
+int tsup_redis_start_replica(struct tsup_redis *r, const struct tsup_redis *master, const char *password,
+                             const char *const *extra);
+/* A redis-sentinel watching master as `name` (quorum 1; down after 1 s
+ * without an answer; failover timeout 3 s), authenticating to the
+ * servers with master_password when not NULL; its own requirepass when
+ * sentinel_password is not NULL. Same struct, same kill/stop/ping/cli as
+ * a server. 0 or -errno. */
+int tsup_sentinel_start(struct tsup_redis *s, const char *name, const struct tsup_redis *master,
+                        const char *master_password, const char *sentinel_password);
 /* Start a killed or stopped server again on the same address: 0 or -errno. */
 int tsup_redis_restart(struct tsup_redis *r);
 /* Send sig; unless it is SIGSTOP or SIGCONT, reap the server (pid 0). */
@@ -189,6 +201,25 @@ const char *tsup_redis_uri(const struct tsup_redis *r, const char *options);
  * its exit status; the reply (raw format, stderr included) in *out
  * (malloc'd; the caller frees it) unless out is NULL. */
 int tsup_redis_cli(const struct tsup_redis *r, char **out, ...) __attribute__((sentinel));
+
+/* A proxy in front of a redis-server that misbehaves on request, as a
+ * broken server or middlebox would: a child process of the test on a free
+ * loopback port (redis://127.0.0.1:<port>), relaying every client it
+ * accepts to the server until told otherwise. */
+struct tsup_redis_proxy {
+    pid_t pid;  /* 0 when not running */
+    int port;   /* where clients connect */
+    int ctl;    /* the test's end of the order pipe */
+};
+/* Start relaying to target (a TCP server): 0 or -errno. */
+int tsup_redis_proxy_start(struct tsup_redis_proxy *p, const struct tsup_redis *target);
+/* The next chunk the server sends to any client is delivered twice: a
+ * client waiting for one reply gets its command answered twice. */
+void tsup_redis_proxy_duplicate_next(struct tsup_redis_proxy *p);
+/* Send len bytes (< 64 KiB) to every client as if the server had; then
+ * disconnect them all when then_close. Returns once done. */
+void tsup_redis_proxy_inject(struct tsup_redis_proxy *p, const void *bytes, size_t len, bool then_close);
+void tsup_redis_proxy_stop(struct tsup_redis_proxy *p);
 
 /* ---- the control socket (tsup_ctl.c) -------------------------------------- */
 

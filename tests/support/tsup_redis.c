@@ -36,6 +36,7 @@
 
 #define REDIS_SERVER "/usr/bin/redis-server"
 #define REDIS_CLI "/usr/bin/redis-cli"
+#define REDIS_SENTINEL "/usr/bin/redis-sentinel" /* Debian: package redis-sentinel */
 #define START_ATTEMPTS 3
 #define CLI_ARGS_MAX 32
 
@@ -94,6 +95,12 @@ static void build_argv(const struct tsup_redis *r, char port[8], const char *arg
 {
     int n = 0;
     snprintf(port, 8, "%d", r->port);
+    if (r->conf[0]) { /* a sentinel: everything is in its file, which it rewrites */
+        argv[n++] = REDIS_SENTINEL;
+        argv[n++] = r->conf;
+        argv[n] = NULL;
+        return;
+    }
     argv[n++] = REDIS_SERVER;
     argv[n++] = "--save";
     argv[n++] = "";
@@ -159,6 +166,63 @@ int tsup_redis_start_with(struct tsup_redis *r, bool unix_socket, const char *co
     }
     if (rc < 0)
         fprintf(stderr, "tsup: redis-server did not come up (%s); see %s\n", strerror(-rc), r->log);
+    return rc;
+}
+
+int tsup_redis_start_replica(struct tsup_redis *r, const struct tsup_redis *master, const char *password,
+                             const char *const *extra)
+{
+    /* the strings must outlive r: one set per test process is enough */
+    static char port[4][8];
+    static unsigned next;
+    const char *args[TSUP_REDIS_EXTRA_MAX + 1] = {"--replicaof", "127.0.0.1", port[next % 4]};
+    int n = 3;
+    snprintf(port[next++ % 4], sizeof port[0], "%d", master->port);
+    if (password != NULL) {
+        args[n++] = "--masterauth";
+        args[n++] = password;
+    }
+    for (int i = 0; extra != NULL && extra[i] != NULL && n < TSUP_REDIS_EXTRA_MAX; i++)
+        args[n++] = extra[i];
+    args[n] = NULL;
+    return tsup_redis_start_with(r, false, args);
+}
+
+/* The sentinel's configuration file for a start on r->port. */
+static int write_sentinel_conf(const struct tsup_redis *s, const char *name, const struct tsup_redis *master,
+                               const char *master_password, const char *sentinel_password)
+{
+    FILE *f = fopen(s->conf, "w");
+    if (f == NULL)
+        return -errno;
+    fprintf(f, "port %d\nbind 127.0.0.1\ndir %s\n", s->port, tsup_tmpdir());
+    fprintf(f, "sentinel monitor %s 127.0.0.1 %d 1\n", name, master->port);
+    fprintf(f, "sentinel down-after-milliseconds %s 1000\n", name);
+    fprintf(f, "sentinel failover-timeout %s 3000\n", name); /* a split election retries after 2x this */
+    if (master_password != NULL)
+        fprintf(f, "sentinel auth-pass %s %s\n", name, master_password);
+    if (sentinel_password != NULL)
+        fprintf(f, "requirepass %s\n", sentinel_password);
+    return fclose(f) == 0 ? 0 : -errno;
+}
+
+int tsup_sentinel_start(struct tsup_redis *s, const char *name, const struct tsup_redis *master,
+                        const char *master_password, const char *sentinel_password)
+{
+    int rc = -EINVAL;
+    memset(s, 0, sizeof *s);
+    const char *unique = tsup_unique("sentinel");
+    snprintf(s->log, sizeof s->log, "%s/%s.log", tsup_tmpdir(), unique);
+    snprintf(s->conf, sizeof s->conf, "%s/%s.conf", tsup_tmpdir(), unique);
+    for (int attempt = 0; attempt < START_ATTEMPTS; attempt++) {
+        if ((s->port = tsup_free_port()) < 0)
+            return s->port;
+        if ((rc = write_sentinel_conf(s, name, master, master_password, sentinel_password)) < 0 ||
+            (rc = spawn_and_wait(s)) != -ECHILD)
+            break;
+    }
+    if (rc < 0)
+        fprintf(stderr, "tsup: redis-sentinel did not come up (%s); see %s\n", strerror(-rc), s->log);
     return rc;
 }
 
@@ -231,4 +295,207 @@ int tsup_redis_cli(const struct tsup_redis *r, char **out, ...)
     else
         free(text);
     return status;
+}
+
+/* ---- a misbehaving proxy in front of a redis-server -------------------------- */
+
+/*
+ * The proxy is a child of the test (tsup_fork: it dies with the test) that
+ * accepts clients on a free loopback port and relays each to the server.
+ * The test steers it through a pipe, one order at a time:
+ *   'D'                       the next chunk the server sends to any client
+ *                             is delivered twice: a client that waits for
+ *                             one reply gets a command answered twice;
+ *   'I' <u32 len> <bytes>     the bytes go to every client now, as if the
+ *                             server had sent them;
+ *   'C' <u32 len> <bytes>     the same, then every client is disconnected
+ *                             (a reply cut off mid-way);
+ * and it acknowledges each order with one byte once it carried it out (for
+ * 'D': once it received the order, since the chunk comes later).
+ */
+#define PROXY_PAIRS 32
+
+struct proxy_pair {
+    int client, server;
+};
+
+static void proxy_close_pair(struct proxy_pair *p)
+{
+    close(p->client);
+    close(p->server);
+    p->client = p->server = -1;
+}
+
+static bool write_all(int fd, const void *buf, size_t len)
+{
+    const char *b = buf;
+    while (len > 0) {
+        ssize_t n = send(fd, b, len, MSG_NOSIGNAL);
+        if (n <= 0)
+            return false;
+        b += n;
+        len -= (size_t)n;
+    }
+    return true;
+}
+
+static bool read_all(int fd, void *buf, size_t len)
+{
+    char *b = buf;
+    while (len > 0) {
+        ssize_t n = read(fd, b, len);
+        if (n <= 0)
+            return false;
+        b += n;
+        len -= (size_t)n;
+    }
+    return true;
+}
+
+static void proxy_accept(int lfd, int target_port, struct proxy_pair *pairs)
+{
+    int c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (c < 0)
+        return;
+    struct tsup_redis target = {.port = target_port};
+    int s = connect_to(&target);
+    for (int i = 0; s >= 0 && i < PROXY_PAIRS; i++)
+        if (pairs[i].client < 0) {
+            pairs[i] = (struct proxy_pair){c, s};
+            return;
+        }
+    close(c);
+    if (s >= 0)
+        close(s);
+}
+
+/* One order from the test; false when the test went away. */
+static bool proxy_order(int ctl, struct proxy_pair *pairs, bool *duplicate)
+{
+    char op, ack = 1;
+    uint32_t len = 0;
+    static char bytes[1 << 16];
+    if (!read_all(ctl, &op, 1))
+        return false;
+    if (op == 'D') {
+        *duplicate = true;
+    } else {
+        if (!read_all(ctl, &len, sizeof len) || len > sizeof bytes || !read_all(ctl, bytes, len))
+            return false;
+        for (int i = 0; i < PROXY_PAIRS; i++) {
+            if (pairs[i].client < 0)
+                continue;
+            write_all(pairs[i].client, bytes, len);
+            if (op == 'C')
+                proxy_close_pair(&pairs[i]);
+        }
+    }
+    return write(ctl, &ack, 1) == 1;
+}
+
+/* Relays what is readable on one side of pair i; false when it closed. */
+static bool proxy_relay(struct proxy_pair *p, bool from_server, bool *duplicate)
+{
+    char buf[1 << 16];
+    int from = from_server ? p->server : p->client, to = from_server ? p->client : p->server;
+    ssize_t n = read(from, buf, sizeof buf);
+    if (n <= 0 || !write_all(to, buf, (size_t)n))
+        return false;
+    if (from_server && *duplicate) {
+        *duplicate = false;
+        return write_all(to, buf, (size_t)n);
+    }
+    return true;
+}
+
+static _Noreturn void proxy_main(int lfd, int ctl, int target_port)
+{
+    struct proxy_pair pairs[PROXY_PAIRS];
+    bool duplicate = false;
+    for (int i = 0; i < PROXY_PAIRS; i++)
+        pairs[i].client = pairs[i].server = -1;
+    for (;;) {
+        struct pollfd p[2 + 2 * PROXY_PAIRS] = {{.fd = lfd, .events = POLLIN}, {.fd = ctl, .events = POLLIN}};
+        for (int i = 0; i < PROXY_PAIRS; i++) {
+            p[2 + 2 * i] = (struct pollfd){.fd = pairs[i].client, .events = POLLIN};
+            p[3 + 2 * i] = (struct pollfd){.fd = pairs[i].server, .events = POLLIN};
+        }
+        if (poll(p, 2 + 2 * PROXY_PAIRS, -1) < 0)
+            continue;
+        if (p[1].revents && !proxy_order(ctl, pairs, &duplicate))
+            _exit(0);
+        if (p[0].revents & POLLIN)
+            proxy_accept(lfd, target_port, pairs);
+        for (int i = 0; i < PROXY_PAIRS; i++) {
+            if (pairs[i].client < 0)
+                continue;
+            bool ok = true;
+            if (p[3 + 2 * i].revents)
+                ok = proxy_relay(&pairs[i], true, &duplicate);
+            if (ok && p[2 + 2 * i].revents)
+                ok = proxy_relay(&pairs[i], false, &duplicate);
+            if (!ok)
+                proxy_close_pair(&pairs[i]);
+        }
+    }
+}
+
+int tsup_redis_proxy_start(struct tsup_redis_proxy *p, const struct tsup_redis *target)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    int ctl[2];
+    memset(p, 0, sizeof *p);
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (lfd < 0 || bind(lfd, (struct sockaddr *)&a, sizeof a) < 0 || listen(lfd, 16) < 0 ||
+        getsockname(lfd, (struct sockaddr *)&a, &len) < 0 || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) < 0) {
+        int rc = -errno;
+        if (lfd >= 0)
+            close(lfd);
+        return rc;
+    }
+    pid_t pid = tsup_fork();
+    if (pid == 0) {
+        close(ctl[0]);
+        proxy_main(lfd, ctl[1], target->port);
+    }
+    close(lfd);
+    close(ctl[1]);
+    if (pid < 0) {
+        close(ctl[0]);
+        return -errno;
+    }
+    p->pid = pid;
+    p->ctl = ctl[0];
+    p->port = ntohs(a.sin_port);
+    return 0;
+}
+
+/* Sends one order and waits for its acknowledgement. */
+static void proxy_send(struct tsup_redis_proxy *p, char op, const void *bytes, size_t len)
+{
+    uint32_t n = (uint32_t)len;
+    char ack;
+    cr_assert(p->pid > 0, "tsup: the proxy is not running");
+    cr_assert(len < (1u << 16), "tsup: at most 64 KiB per order");
+    bool sent = write_all(p->ctl, &op, 1) && (op == 'D' || (write_all(p->ctl, &n, sizeof n) && write_all(p->ctl, bytes, len)));
+    cr_assert(sent && read_all(p->ctl, &ack, 1), "tsup: the proxy went away");
+}
+
+void tsup_redis_proxy_duplicate_next(struct tsup_redis_proxy *p) { proxy_send(p, 'D', NULL, 0); }
+
+void tsup_redis_proxy_inject(struct tsup_redis_proxy *p, const void *bytes, size_t len, bool then_close)
+{
+    proxy_send(p, then_close ? 'C' : 'I', bytes, len);
+}
+
+void tsup_redis_proxy_stop(struct tsup_redis_proxy *p)
+{
+    if (p->pid <= 0)
+        return;
+    close(p->ctl);
+    kill(p->pid, SIGKILL);
+    waitpid(p->pid, NULL, 0);
+    tsup_untrack(p->pid);
+    p->pid = 0;
 }
