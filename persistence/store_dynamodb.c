@@ -622,7 +622,7 @@ static struct circ *item_adopt(struct cbd_store *s, json_t *item, struct circ *a
         else if (asked == NULL && (c = circ_find(s, it.name)) == NULL)
             fault = "it is about circuit '%s', which this host did not ask for";
         if (fault != NULL) {
-            snprintf(why, sizeof why, fault, cbd_ddb_quote(it.name, it.name_len, q, sizeof q));
+            snprintf(why, sizeof why, fault, fleet_quote(it.name, it.name_len, q, sizeof q));
             rc = -EBADMSG;
         }
     }
