@@ -53,7 +53,9 @@
  *
  * Outage. A transport reports down() when a connection attempt fails or a
  * connection is lost; the layer reports health(false), keeps the work
- * queued and calls connect() again after a full-jitter backoff (backoff.h).
+ * queued and calls connect() again after a full-jitter backoff (backoff.h)
+ * - unless the transport reconnects by itself (redis_link does, and knows
+ * when a Sentinel failover makes waiting pointless).
  * Elections asked while offline are granted host-local once a connection
  * attempt failed while they waited: one asked while the store connects, or
  * just after a connection dropped, waits for that attempt, so a host that
@@ -451,9 +453,16 @@ static struct fleet_circuit *get(struct cbd_store *s, const char *name, bool *fr
     return c;
 }
 
+/* Work of ours queued: its answer will be newer than any read's. */
 static bool has_work(const struct fleet_circuit *c)
 {
     return c->w_pending || c->rel_pending || c->e_pending;
+}
+
+/* Work that goes before a read (a held write waits for a reconcile). */
+static bool sendable_work(const struct fleet_circuit *c)
+{
+    return (c->w_pending && !c->w_hold) || c->rel_pending || c->e_pending;
 }
 
 /* An untracked circuit is forgotten once nothing of it is left to do. */
@@ -658,8 +667,8 @@ static void send_reads(struct cbd_store *s)
             if (s->rq_head == NULL)
                 s->rq_tail = NULL;
             c->rqueued = false;
-            if (!c->r_pending || c->busy != FLEET_IDLE || has_work(c)) {
-                if (c->busy == FLEET_IDLE && has_work(c))
+            if (!c->r_pending || c->busy != FLEET_IDLE || sendable_work(c)) {
+                if (c->busy == FLEET_IDLE && sendable_work(c))
                     mark_dirty(s, c);
                 maybe_free(s, c);
                 continue;
@@ -671,12 +680,13 @@ static void send_reads(struct cbd_store *s)
         }
         if (n == 0)
             break;
-        if (s->ops->read(s->t, names, n, on_read_answer, s) < 0) {
-            for (size_t i = 0; i < n; i++) /* going down: the next connection reads them */
-                batch[i]->busy = FLEET_IDLE;
+        int taken = s->ops->read(s->t, names, n, on_read_answer, s);
+        for (size_t i = taken > 0 ? (size_t)taken : 0; i < n; i++) /* going down: the next connection reads them */
+            batch[i]->busy = FLEET_IDLE;
+        if (taken > 0)
+            s->reads += (unsigned)taken;
+        if (taken < (int)n)
             break;
-        }
-        s->reads += (unsigned)n;
     }
 }
 
@@ -880,7 +890,7 @@ static void failed(struct cbd_store *s, struct fleet_circuit *c, const struct fl
 static void op_done(struct cbd_store *s, struct fleet_circuit *c)
 {
     c->busy = FLEET_IDLE;
-    if (has_work(c) || c->tell_synced)
+    if (sendable_work(c) || c->tell_synced)
         mark_dirty(s, c);
     else if (c->r_pending)
         queue_read(s, c);
@@ -1099,7 +1109,7 @@ static void fleet_went_offline(void *arg, int err, const char *why)
     restore_end(s, err < 0 ? err : -EIO);
     if (attempt_failed)
         grant_waiting(s);
-    if (!uv_is_active((uv_handle_t *)&s->retry_timer))
+    if (!s->set.reconnects && !uv_is_active((uv_handle_t *)&s->retry_timer))
         uv_timer_start(&s->retry_timer, on_retry,
                        cbd_backoff_ms(s->attempt++, s->set.backoff_base_ms, s->set.backoff_cap_ms, random_bits(s)), 0);
 }

@@ -176,8 +176,9 @@ struct fleet_settings {
     char where[200];          /* which data, for log lines: "prefix 'cbd:'", "table circuits" */
     uint32_t sync_ms;         /* reconcile period; 0: only when the daemon asks */
     uint32_t read_batch;      /* names per read(), 1..FLEET_READ_BATCH_MAX */
-    uint32_t backoff_base_ms; /* reconnection: full-jitter backoff from base ... */
-    uint32_t backoff_cap_ms;  /* ... doubling up to cap */
+    bool reconnects;          /* the transport reconnects by itself (redis_link); else: */
+    uint32_t backoff_base_ms; /* the fleet layer calls connect() again after a full-jitter */
+    uint32_t backoff_cap_ms;  /* backoff from base, doubling up to cap */
     uint32_t close_wait_ms;   /* close(): how long writes in flight may take to land */
 };
 
@@ -199,11 +200,13 @@ struct fleet_transport_ops {
                   const struct fleet_transport_cbs *cbs, char *why, size_t size);
     const char *(*owner)(const struct fleet_transport *t); /* this host's owner id */
     void (*settings)(const struct fleet_transport *t, struct fleet_settings *out);
-    /* (Re)connect now: up() or down() follows. A transport that also
-     * reconnects on its own (redis_link) takes it as "now is fine". */
+    /* (Re)connect now: up() or down() follows. Called at start, by a
+     * restore while offline, and after each down() on the backoff unless
+     * the transport reconnects by itself (settings.reconnects). */
     void (*connect)(struct fleet_transport *t);
     /* Read n names (n <= settings.read_batch; the names are copied):
-     * cb(arg, name, answer) once per name. */
+     * cb(arg, name, answer) once per name taken. Returns how many names it
+     * took, from the first (n unless it failed half-way); < 0: none. */
     int (*read)(struct fleet_transport *t, const char *const *names, size_t n, fleet_read_cb *cb, void *arg);
     /* The conditional write w, atomically as fleet_write_applies says. */
     int (*write)(struct fleet_transport *t, const struct fleet_write *w, fleet_write_cb *cb, void *arg);

@@ -506,7 +506,7 @@ Test(fleet_redis, foreign_data_and_error_replies_are_counted_and_change_no_circu
     cr_assert(tsup_wait_state(g[1], CB_OPEN));
     cr_assert(tsup_wait_until(all_in_sync("g") && all_in_sync("h"), TSUP_LIVENESS_MS));
     cb_info g_before[2] = {tsup_info(g[0]), tsup_info(g[1])};
-    uint64_t malformed = tsup_stat(&host[1], "store_malformed");
+    uint64_t malformed = tsup_stat(&host[1], "store_malformed") + tsup_stat(&host[1], "store_invalid_items");
     char key[128], channel[128];
     snprintf(channel, sizeof channel, "%stransitions", prefix);
 
@@ -520,9 +520,12 @@ Test(fleet_redis, foreign_data_and_error_replies_are_counted_and_change_no_circu
     redis_ok("PUBLISH", channel, "", NULL); /* not a circuit name */
     snprintf(key, sizeof key, "%sc:{z}", prefix);
     redis_ok("HSET", key, "state", "BANANA");
-    cr_assert(tsup_wait_until(tsup_stat(&host[1], "store_malformed") >= malformed + 3, TSUP_LIVENESS_MS),
+    cr_assert(tsup_wait_until(tsup_stat(&host[1], "store_malformed") + tsup_stat(&host[1], "store_invalid_items") >=
+                                  malformed + 3,
+                              TSUP_LIVENESS_MS),
               "malformed data was not counted");
-    cr_assert_gt(tsup_log_count(&host[1], "malformed"), 0, "malformed data was not logged");
+    cr_assert_gt(tsup_log_count(&host[1], "malformed"), 0, "a malformed message was not logged");
+    cr_assert_gt(tsup_log_count(&host[1], "ignoring its item"), 0, "an invalid item was not logged");
     usleep(500 * 1000); /* two reconcile rounds over the garbage */
     for (int i = 0; i < 2; i++) {
         cb_info now = tsup_info(g[i]);

@@ -198,11 +198,31 @@ static void trip(struct host *h, const char *name, int64_t opened_at)
     cbd_store_redis_ops.transition(h->st, &st, 0);
 }
 
-static struct cbd_store_redis_stats stats_of(const struct host *h)
+/* A counter of the store as cbd's stats show it (store_<name>), 0 if absent. */
+struct stat_lookup {
+    const char *name;
+    uint64_t value;
+};
+
+static void stat_emit(void *arg, const char *name, uint64_t value)
 {
-    struct cbd_store_redis_stats s;
-    cbd_store_redis_stats(h->st, &s);
-    return s;
+    struct stat_lookup *l = arg;
+    if (strcmp(name, l->name) == 0)
+        l->value = value;
+}
+
+static uint64_t store_stat(const struct host *h, const char *name)
+{
+    struct stat_lookup l = {.name = name};
+    cbd_store_redis_ops.stats(h->st, stat_emit, &l);
+    return l.value;
+}
+
+/* What the store counted as not its own: malformed answers, keys and
+ * messages (the transport's) and invalid items (the fleet layer's). */
+static uint64_t garbage(const struct host *h)
+{
+    return store_stat(h, "malformed") + store_stat(h, "invalid_items");
 }
 
 /* Two hosts online and tracking `name`. */
@@ -322,6 +342,23 @@ Test(store_redis, an_expired_lease_is_taken_over_by_another_host)
     hosts_stop(&r, &a, &b);
 }
 
+Test(store_redis, a_released_lease_is_back_to_open_without_owner_and_another_host_elects_at_once)
+{
+    struct tsup_redis r;
+    struct host a, b;
+    srv_init(&r, false, NULL);
+    int64_t t0 = a_holds_the_probe(&r, &a, &b, "release", 30);
+    cbd_store_redis_ops.release(a.st, "release", t0);
+    WAIT_FOR(strcmp(hget(&r, "release", "state"), "OPEN") == 0, 3000);
+    cr_assert_str_eq(hget(&r, "release", "half_open_owner"), "", "the owner is removed");
+    cr_assert_str_eq(hget(&r, "release", "probe_lease_expiry"), "", "and the lease");
+    cr_assert_eq(atoll(hget(&r, "release", "opened_at")), t0, "on the same opening");
+    cbd_store_redis_ops.try_probe(b.st, "release", t0, 30);
+    WAIT_FOR(b.nprobe == 1, 3000);
+    cr_assert(b.probe[0].granted, "B elects at once, long before A's lease would have ended");
+    hosts_stop(&r, &a, &b);
+}
+
 Test(store_redis, close_by_the_prober_closes_the_circuit_on_the_other_host)
 {
     struct tsup_redis r;
@@ -383,7 +420,7 @@ Test(store_redis, queued_transitions_are_written_when_redis_comes_back)
     cr_assert(a.health_false == 1);
     trip(&a, "billing", t0);
     trip(&a, "billing", t0 + 1); /* the latest state per circuit is kept */
-    cr_assert_eq(stats_of(&a).queued, 1);
+    cr_assert_eq(store_stat(&a, "queued"), 1);
     cbd_store_redis_ops.try_probe(a.st, "other", t0, 10);
     WAIT_FOR(a.nprobe == 1, 8000); /* once the next attempt to reconnect fails */
     cr_assert(a.probe[0].granted, "offline: elections are granted host-local");
@@ -394,8 +431,8 @@ Test(store_redis, queued_transitions_are_written_when_redis_comes_back)
     WAIT_FOR(remote_is(&b, "billing", CB_OPEN), 3000);
     cr_assert_eq(last_remote(&b, "billing")->opened_at, t0 + 1);
     cr_assert_eq(atoll(hget(&r, "billing", "opened_at")), t0 + 1);
-    cr_assert_eq(stats_of(&a).queued, 0);
-    cr_assert(stats_of(&a).reconnects > 0);
+    cr_assert_eq(store_stat(&a, "queued"), 0);
+    cr_assert(store_stat(&a, "reconnects") > 0);
     hosts_stop(&r, &a, &b);
 }
 
@@ -431,21 +468,70 @@ Test(store_redis, garbage_under_the_prefix_is_counted_and_ignored)
     cr_assert_eq(a.nremote, 1, "only the good circuit is reported");
     cr_assert(remote_is(&a, "good", CB_OPEN));
     cr_assert_eq(last_remote(&a, "good")->failure_count, 7);
-    cr_assert_geq(stats_of(&a).malformed, 5);
+    cr_assert_geq(garbage(&a), 5);
     /* a tracked circuit turns to garbage: counted, last good state kept */
-    uint64_t before = stats_of(&a).malformed;
+    uint64_t before = garbage(&a);
     redis_do(&r, "HSET t:c:{good} opened_at %s", "soon", NULL);
     redis_do(&r, "PUBLISH t:transitions %s", "good", NULL);
     redis_do(&r, "PUBLISH t:transitions %s", "", NULL);
     struct cbd_store_state st = state_of("strkey", CB_OPEN, time(NULL));
     cbd_store_redis_ops.transition(a.st, &st, 0);
-    WAIT_FOR(stats_of(&a).malformed >= before + 3, 3000);
+    WAIT_FOR(garbage(&a) >= before + 3, 3000);
     cr_assert_eq(a.nremote, 1);
     /* and the store still works */
     trip(&a, "fine", time(NULL));
     spin(300);
     cr_assert_str_eq(hget(&r, "fine", "state"), "OPEN");
     cr_assert(a.online);
+    hosts_stop(&r, &a, NULL);
+}
+
+/* HSET key field value ... with binary-safe values (argv form). */
+static void redis_hset(const struct tsup_redis *r, const char *key, int n, const char *const *fv)
+{
+    const char *argv[16];
+    size_t len[16];
+    redisContext *c = srv_connect(r);
+    cr_assert(c != NULL && !c->err && n <= 14);
+    argv[0] = "HSET";
+    argv[1] = key;
+    for (int i = 0; i < n; i++)
+        argv[2 + i] = fv[i];
+    for (int i = 0; i < n + 2; i++)
+        len[i] = strlen(argv[i]);
+    redisReply *rep = redisCommandArgv(c, n + 2, argv, len);
+    cr_assert(rep != NULL && rep->type != REDIS_REPLY_ERROR, "HSET %s: %s", key, rep ? rep->str : "no reply");
+    freeReplyObject(rep);
+    redisFree(c);
+}
+
+Test(store_redis, hashes_that_are_not_valid_items_are_never_adopted)
+{
+    struct tsup_redis r;
+    struct host a;
+    char now[24];
+    srv_init(&r, false, NULL);
+    snprintf(now, sizeof now, "%ld", (long)time(NULL));
+    char *huge = malloc(1 << 20); /* a 1 MB version field */
+    memset(huge, '7', (1 << 20) - 1);
+    huge[(1 << 20) - 1] = '\0';
+    redis_hset(&r, "t:c:{big-version}", 6, (const char *[]){"state", "OPEN", "opened_at", now, "version", huge});
+    free(huge);
+    redis_hset(&r, "t:c:{late-year}", 4, (const char *[]){"state", "OPEN", "opened_at", "9000000001"});
+    redis_hset(&r, "t:c:{bad-updated}", 6, (const char *[]){"state", "OPEN", "opened_at", now, "updated_ms", "x"});
+    redis_hset(&r, "t:c:{signed}", 4, (const char *[]){"state", "OPEN", "opened_at", "+1700000000"});
+    redis_hset(&r, "t:c:{lease-year}", 8, (const char *[]){"state", "HALF_OPEN", "opened_at", now,
+                                                           "half_open_owner", "h:A:1", "probe_lease_expiry",
+                                                           "99999999999"});
+    redis_hset(&r, "t:c:{no-opened}", 4, (const char *[]){"state", "OPEN", "failure_count", "5"});
+    redis_hset(&r, "t:c:{ok}", 4, (const char *[]){"state", "OPEN", "opened_at", now});
+    host_open(&a, uri_of(&r, "A", ""));
+    WAIT_FOR(a.restored, 5000);
+    cr_assert_eq(a.restore_rc, 0);
+    cr_assert_eq(a.nremote, 1, "%d circuits adopted, the first %s", a.nremote, a.remote[0].name);
+    cr_assert_str_eq(a.remote[0].name, "ok");
+    cr_assert_geq(store_stat(&a, "invalid_items"), 6, "invalid_items %llu",
+                  (unsigned long long)store_stat(&a, "invalid_items"));
     hosts_stop(&r, &a, NULL);
 }
 
@@ -477,7 +563,7 @@ Test(store_redis, keys_from_before_hash_tags_are_moved_when_read)
     cr_assert_eq(last_remote(&a, "legacy")->failure_count, 4);
     cr_assert_str_eq(hget(&r, "legacy", "state"), "OPEN", "and moves it to t:c:{legacy}");
     cr_assert_eq(exists(&r, "t:c:legacy"), 0);
-    cr_assert_geq(stats_of(&a).malformed, 1, "an old key that is not a hash is counted");
+    cr_assert_geq(garbage(&a), 1, "an old key that is not a hash is counted");
     cr_assert_eq(exists(&r, "t:c:notahash"), 1, "and left alone");
     /* an old host writes the old layout after the restore: read when tracked */
     redis_do(&r, "HSET t:c:late state OPEN opened_at %s", now, NULL);
@@ -505,7 +591,7 @@ Test(store_redis, refused_connection_reports_the_store_offline)
     cr_assert(a.restore_rc < 0);
     cr_assert(strstr(a.why, "refused") != NULL, "why: %s", a.why);
     spin(1500);
-    cr_assert(stats_of(&a).reconnects > 0, "it keeps retrying");
+    cr_assert(store_stat(&a, "reconnects") > 0, "it keeps retrying");
     cr_assert_eq(a.health_false, 1, "health is reported on change only");
     host_close(&a);
 }

@@ -147,7 +147,7 @@ static int mem_read(struct fleet_transport *t, const char *const *names, size_t 
         r->rcb = cb;
         r->arg = arg;
     }
-    return 0;
+    return (int)n;
 }
 
 static int mem_write(struct fleet_transport *t, const struct fleet_write *w, fleet_write_cb *cb, void *arg)
@@ -461,7 +461,7 @@ static void teardown_loop(void)
     cr_assert_eq(uv_loop_close(&loop), 0, "the fleet layer left a handle open");
 }
 
-TestSuite(fleet, .init = setup, .fini = teardown_loop);
+TestSuite(fleet, .init = setup, .fini = teardown_loop, .timeout = 20);
 
 /* ---- helpers ------------------------------------------------------------------------------------ */
 
@@ -908,6 +908,11 @@ Test(fleet, a_write_the_store_failed_waits_for_the_next_reconcile_and_a_malforme
     answer_error(0, -EIO);
     cr_assert_eq(queued(0), 0, "sent again at once: an error reply would loop");
     cr_assert_eq(store_stat(&hosts[0], "queued"), 1);
+    world.hosts[0]->cbs.changed(world.hosts[0]->cbs.arg, "k"); /* a read meanwhile goes, the write waits */
+    cr_assert_eq(queued(0), 1);
+    cr_assert(first(0)->read);
+    deliver_one(0);
+    cr_assert_eq(queued(0), 0);
     cr_assert_not(was_synced(&hosts[0], "k") && hosts[0].nsynced > 1, "a refused write shows as agreed");
     ops.sync(hosts[0].s);
     cr_assert_eq(first(0)->w.kind, FLEET_OPEN, "the reconcile sends it again");
