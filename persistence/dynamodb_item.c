@@ -24,7 +24,6 @@
 #include "dynamodb_item.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
@@ -36,16 +35,6 @@ const struct cbd_ddb_layout cbd_ddb_default_layout = {
     .opened_at = "opened_at", .owner = "half_open_owner", .lease = "probe_lease_expiry", .expiration = "expiration",
 };
 
-static int bad(char *why, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int bad(char *why, size_t size, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why, size, fmt, ap);
-    va_end(ap);
-    return -EBADMSG;
-}
-
 /* ---- attributes ------------------------------------------------------------------- */
 
 /* Attribute attr of item, of DynamoDB type want ("S" or "N", both carried
@@ -56,15 +45,15 @@ static int attr_typed(const json_t *item, const char *attr, const char *want, js
     if (a == NULL)
         return 0;
     if (!json_is_object(a) || json_object_size(a) != 1)
-        return bad(why, size, "attribute '%s' is not one DynamoDB attribute value (an object with one type tag)",
+        return fleet_fault(why, size, "attribute '%s' is not one DynamoDB attribute value (an object with one type tag)",
                    attr);
     void *it = json_object_iter((json_t *)a);
     const char *tag = json_object_iter_key(it);
     if (strcmp(tag, want) != 0)
-        return bad(why, size, "attribute '%s' is %.8s, expected %s", attr, tag, want);
+        return fleet_fault(why, size, "attribute '%s' is %.8s, expected %s", attr, tag, want);
     *value = json_object_iter_value(it);
     if (!json_is_string(*value))
-        return bad(why, size, "attribute '%s' is %s without a string%s", attr, want,
+        return fleet_fault(why, size, "attribute '%s' is %s without a string%s", attr, want,
                    want[0] == 'N' ? " of digits" : "");
     return 1;
 }
@@ -120,26 +109,26 @@ int cbd_ddb_key_decode(const struct cbd_ddb_layout *l, const json_t *key, char *
     *len = 0;
     name[0] = '\0';
     if (!json_is_object(key))
-        return bad(why, why_size, "not an object of attributes");
+        return fleet_fault(why, why_size, "not an object of attributes");
     if (l->sk[0]) {
         rc = attr_string(key, l->pk, &s, &n, why, why_size);
         if (rc == 0)
-            return bad(why, why_size, "no partition key attribute '%s'", l->pk);
+            return fleet_fault(why, why_size, "no partition key attribute '%s'", l->pk);
         if (rc < 0)
             return rc;
         if (n != strlen(l->static_pk) || memcmp(s, l->static_pk, n) != 0)
-            return bad(why, why_size, "partition key '%s' is '%s', not the circuits' '%s'", l->pk,
+            return fleet_fault(why, why_size, "partition key '%s' is '%s', not the circuits' '%s'", l->pk,
                        fleet_quote(s, n, q, sizeof q), l->static_pk);
     }
     rc = attr_string(key, attr, &s, &n, why, why_size);
     if (rc == 0)
-        return bad(why, why_size, "no key attribute '%s'", attr);
+        return fleet_fault(why, why_size, "no key attribute '%s'", attr);
     if (rc < 0)
         return rc;
     if (n == 0)
-        return bad(why, why_size, "key attribute '%s' is empty", attr);
+        return fleet_fault(why, why_size, "key attribute '%s' is empty", attr);
     if (n > max || n >= size)
-        return bad(why, why_size, "key attribute '%s' is %zu bytes, more than %zu", attr, n,
+        return fleet_fault(why, why_size, "key attribute '%s' is %zu bytes, more than %zu", attr, n,
                    n > max ? max : size - 1);
     memcpy(name, s, n);
     name[n] = '\0';
@@ -179,9 +168,9 @@ static int item_check(const struct cbd_ddb_layout *l, const struct cbd_ddb_item 
 {
     size_t max = l->sk[0] ? CBD_DDB_SK_MAX : CBD_DDB_PK_MAX;
     if (it->name_len == 0 || it->name_len > max)
-        return bad(why, size, "the circuit name is %zu bytes (1 to %zu)", it->name_len, max);
+        return fleet_fault(why, size, "the circuit name is %zu bytes (1 to %zu)", it->name_len, max);
     if (it->expiration < 0 || it->expiration > CBD_DDB_TIME_MAX)
-        return bad(why, size, "'%s' %lld is not epoch seconds from 0 to 9000000000", l->expiration,
+        return fleet_fault(why, size, "'%s' %lld is not epoch seconds from 0 to 9000000000", l->expiration,
                    (long long)it->expiration);
     struct fleet_item_names names = {.kind = "attribute", .state = l->state, .failure_count = l->failure_count,
                                      .opened_at = l->opened_at, .owner = l->owner, .lease = l->lease};
@@ -198,12 +187,12 @@ static int decode_state(const struct cbd_ddb_layout *l, const json_t *item, cb_s
     char q[48];
     int rc = attr_string(item, l->state, &s, &n, why, size);
     if (rc == 0)
-        return bad(why, size, "no '%s' attribute", l->state);
+        return fleet_fault(why, size, "no '%s' attribute", l->state);
     if (rc < 0)
         return rc;
     if (fleet_parse_state(s, n, out) == 0)
         return 0;
-    return bad(why, size, "attribute '%s' is '%s', not CLOSED, OPEN or HALF_OPEN", l->state,
+    return fleet_fault(why, size, "attribute '%s' is '%s', not CLOSED, OPEN or HALF_OPEN", l->state,
                fleet_quote(s, n, q, sizeof q));
 }
 
@@ -216,10 +205,10 @@ static int decode_owner(const struct cbd_ddb_layout *l, const json_t *item, char
     if (rc <= 0)
         return rc;
     if (n > CBD_DDB_OWNER_MAX)
-        return bad(why, size, "attribute '%s' is %zu bytes, more than the %d cbd holds ('%s')", l->owner, n,
+        return fleet_fault(why, size, "attribute '%s' is %zu bytes, more than the %d cbd holds ('%s')", l->owner, n,
                    CBD_DDB_OWNER_MAX, fleet_quote(s, n, q, sizeof q));
     if (memchr(s, '\0', n) != NULL)
-        return bad(why, size, "attribute '%s' holds a NUL byte ('%s')", l->owner, fleet_quote(s, n, q, sizeof q));
+        return fleet_fault(why, size, "attribute '%s' holds a NUL byte ('%s')", l->owner, fleet_quote(s, n, q, sizeof q));
     memcpy(owner, s, n);
     owner[n] = '\0';
     return 1;
@@ -233,7 +222,7 @@ int cbd_ddb_item_decode(const struct cbd_ddb_layout *l, const json_t *item, stru
     memset(out, 0, sizeof *out);
     out->state = CB_CLOSED;
     if (!json_is_object(item))
-        return bad(why, size, "the item is not an object of attributes");
+        return fleet_fault(why, size, "the item is not an object of attributes");
     if ((rc = cbd_ddb_key_decode(l, item, out->name, sizeof out->name, &out->name_len, why, size)) < 0 ||
         (rc = decode_state(l, item, &out->state, why, size)) < 0 ||
         (rc = attr_number(item, l->failure_count, UINT32_MAX, "more than 4294967295", &fc, why, size)) < 0 ||
@@ -274,7 +263,7 @@ json_t *cbd_ddb_item_encode(const struct cbd_ddb_layout *l, const struct cbd_ddb
         return item;
     json_decref(item);
 nomem:
-    bad(why, size, "out of memory");
+    fleet_fault(why, size, "out of memory");
     return NULL;
 }
 

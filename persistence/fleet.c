@@ -174,8 +174,7 @@ int fleet_parse_state(const char *s, size_t len, cb_state *out)
     return -EINVAL;
 }
 
-static int bad(char *why, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int bad(char *why, size_t size, const char *fmt, ...)
+int fleet_fault(char *why, size_t size, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -226,17 +225,17 @@ int fleet_parse_number(const char *kind, const char *name, const char *v, size_t
     uint64_t n = 0;
     fleet_quote(v, len, q, sizeof q);
     if (len == 0)
-        return bad(why, size, "%s '%s' is an empty number", kind, name);
+        return fleet_fault(why, size, "%s '%s' is an empty number", kind, name);
     if (v[0] == '-')
-        return bad(why, size, "%s '%s' is negative ('%s')", kind, name, q);
+        return fleet_fault(why, size, "%s '%s' is negative ('%s')", kind, name, q);
     for (size_t i = 0; i < len; i++) {
         if (v[i] == '.' || v[i] == 'e' || v[i] == 'E')
-            return bad(why, size, "%s '%s' is not a whole number ('%s')", kind, name, q);
+            return fleet_fault(why, size, "%s '%s' is not a whole number ('%s')", kind, name, q);
         if (v[i] < '0' || v[i] > '9')
-            return bad(why, size, "%s '%s' is not a number ('%s')", kind, name, q);
+            return fleet_fault(why, size, "%s '%s' is not a number ('%s')", kind, name, q);
         unsigned d = (unsigned)(v[i] - '0');
         if (n > (max - d) / 10)
-            return bad(why, size, "%s '%s' is %s ('%s')", kind, name, above, q);
+            return fleet_fault(why, size, "%s '%s' is %s ('%s')", kind, name, above, q);
         n = n * 10 + d;
     }
     *out = n;
@@ -246,20 +245,20 @@ int fleet_parse_number(const char *kind, const char *name, const char *v, size_t
 int fleet_item_check(const struct fleet_item_names *n, const struct fleet_item *it, char *why, size_t size)
 {
     if (it->state != CB_CLOSED && it->state != CB_OPEN && it->state != CB_HALF_OPEN)
-        return bad(why, size, "state %d is not CLOSED, OPEN or HALF_OPEN", (int)it->state);
+        return fleet_fault(why, size, "state %d is not CLOSED, OPEN or HALF_OPEN", (int)it->state);
     if (it->state == CB_CLOSED)
         return 0;
     if (it->opened_at < 1 || it->opened_at > CB_TIME_MAX_S)
-        return bad(why, size, "%s needs '%s' (epoch seconds, 1 to 9000000000)", state_names[it->state],
+        return fleet_fault(why, size, "%s needs '%s' (epoch seconds, 1 to 9000000000)", state_names[it->state],
                    n->opened_at);
     if (it->state == CB_OPEN)
         return 0;
     size_t owner = strnlen(it->owner, sizeof it->owner);
     if (owner == 0 || owner == sizeof it->owner)
-        return bad(why, size, "HALF_OPEN needs '%s' (the probe holder's id, 1 to %d bytes)", n->owner,
+        return fleet_fault(why, size, "HALF_OPEN needs '%s' (the probe holder's id, 1 to %d bytes)", n->owner,
                    FLEET_OWNER_MAX);
     if (it->lease_expiry < 0 || it->lease_expiry > CB_TIME_MAX_S)
-        return bad(why, size, "HALF_OPEN needs '%s' (epoch seconds, 0 to 9000000000)", n->lease);
+        return fleet_fault(why, size, "HALF_OPEN needs '%s' (epoch seconds, 0 to 9000000000)", n->lease);
     return 0;
 }
 
@@ -283,13 +282,16 @@ struct fleet_view {
 
 enum fleet_busy { FLEET_IDLE, FLEET_BUSY_WRITE, FLEET_BUSY_READ };
 
+/* The store's two FIFOs of circuits: work to send (fleet_send) and reads
+ * waiting to go in a batch (send_reads). */
+enum fleet_queue { Q_SEND, Q_READ, Q_COUNT };
+
 struct fleet_circuit {
     struct cbd_store *store;
     struct fleet_circuit *hnext;  /* hash chain */
-    struct fleet_circuit *dnext;  /* the dirty list: work to send */
-    struct fleet_circuit *rnext;  /* the read queue */
+    struct fleet_circuit *qnext[Q_COUNT];
+    bool queued[Q_COUNT];
     size_t pos;                   /* index in the store's list */
-    bool dirty, rqueued;
     bool tracked;                 /* false: untracked, kept until its work is done */
     bool restoring;               /* a read of the restore: reports what it finds */
     bool tell_synced;             /* agreement to tell from the kick */
@@ -336,7 +338,7 @@ struct cbd_store {
     unsigned attempt;             /* reconnection attempts since the last up */
     struct fleet_circuit **buckets, **list;
     size_t nbuckets, count, cap;
-    struct fleet_circuit *dirty_head, *dirty_tail, *rq_head, *rq_tail;
+    struct fleet_circuit *qhead[Q_COUNT], *qtail[Q_COUNT];
     unsigned requests, reads;     /* in flight */
     struct {
         void (*done)(void *arg, int rc);
@@ -468,8 +470,8 @@ static bool sendable_work(const struct fleet_circuit *c)
 /* An untracked circuit is forgotten once nothing of it is left to do. */
 static void maybe_free(struct cbd_store *s, struct fleet_circuit *c)
 {
-    if (c->tracked || c->busy != FLEET_IDLE || c->w_pending || c->rel_pending || c->dirty || c->rqueued ||
-        s->tearing)
+    if (c->tracked || c->busy != FLEET_IDLE || c->w_pending || c->rel_pending || c->queued[Q_SEND] ||
+        c->queued[Q_READ] || s->tearing)
         return;
     if (c->restoring) {
         c->restoring = false;
@@ -485,32 +487,42 @@ static void maybe_free(struct cbd_store *s, struct fleet_circuit *c)
     free(c);
 }
 
+static void enqueue(struct cbd_store *s, enum fleet_queue q, struct fleet_circuit *c)
+{
+    if (c->queued[q])
+        return;
+    c->queued[q] = true;
+    c->qnext[q] = NULL;
+    if (s->qtail[q] != NULL)
+        s->qtail[q]->qnext[q] = c;
+    else
+        s->qhead[q] = c;
+    s->qtail[q] = c;
+}
+
+static struct fleet_circuit *dequeue(struct cbd_store *s, enum fleet_queue q)
+{
+    struct fleet_circuit *c = s->qhead[q];
+    if (c == NULL)
+        return NULL;
+    s->qhead[q] = c->qnext[q];
+    if (s->qhead[q] == NULL)
+        s->qtail[q] = NULL;
+    c->queued[q] = false;
+    return c;
+}
+
+/* The circuit has work for fleet_send. */
 static void mark_dirty(struct cbd_store *s, struct fleet_circuit *c)
 {
-    if (!c->dirty) {
-        c->dirty = true;
-        c->dnext = NULL;
-        if (s->dirty_tail != NULL)
-            s->dirty_tail->dnext = c;
-        else
-            s->dirty_head = c;
-        s->dirty_tail = c;
-    }
+    enqueue(s, Q_SEND, c);
     kick(s);
 }
 
 static void queue_read(struct cbd_store *s, struct fleet_circuit *c)
 {
     c->r_pending = true;
-    if (!c->rqueued) {
-        c->rqueued = true;
-        c->rnext = NULL;
-        if (s->rq_tail != NULL)
-            s->rq_tail->rnext = c;
-        else
-            s->rq_head = c;
-        s->rq_tail = c;
-    }
+    enqueue(s, Q_READ, c);
     kick(s);
 }
 
@@ -659,14 +671,10 @@ static void send_reads(struct cbd_store *s)
     const char *names[FLEET_READ_BATCH_MAX];
     struct fleet_circuit *batch[FLEET_READ_BATCH_MAX];
     size_t max = s->set.read_batch;
-    while (s->link == LINK_UP && !s->closing && s->rq_head != NULL && s->reads < FLEET_READ_WINDOW) {
+    while (s->link == LINK_UP && !s->closing && s->qhead[Q_READ] != NULL && s->reads < FLEET_READ_WINDOW) {
         size_t n = 0;
-        while (s->rq_head != NULL && n < max) {
-            struct fleet_circuit *c = s->rq_head;
-            s->rq_head = c->rnext;
-            if (s->rq_head == NULL)
-                s->rq_tail = NULL;
-            c->rqueued = false;
+        struct fleet_circuit *c;
+        while (n < max && (c = dequeue(s, Q_READ)) != NULL) {
             if (!c->r_pending || c->busy != FLEET_IDLE || sendable_work(c)) {
                 if (c->busy == FLEET_IDLE && sendable_work(c))
                     mark_dirty(s, c);
@@ -717,12 +725,8 @@ static void on_kick(uv_timer_t *t)
     struct cbd_store *s = t->data;
     if (restore_can_begin(s))
         restore_begin(s);
-    while (s->dirty_head != NULL && s->requests < FLEET_REQUESTS_MAX) {
-        struct fleet_circuit *c = s->dirty_head;
-        s->dirty_head = c->dnext;
-        if (s->dirty_head == NULL)
-            s->dirty_tail = NULL;
-        c->dirty = false;
+    struct fleet_circuit *c;
+    while (s->requests < FLEET_REQUESTS_MAX && (c = dequeue(s, Q_SEND)) != NULL) {
         fleet_send(s, c);
         maybe_free(s, c);
     }
@@ -1323,11 +1327,8 @@ void fleet_close(struct cbd_store *s, void (*done)(void *arg), void *arg)
     uv_timer_stop(&s->sync_timer);
     uv_timer_stop(&s->retry_timer);
     restore_end(s, -ECANCELED);
-    while (s->rq_head != NULL) { /* reads are of no use any more */
-        s->rq_head->rqueued = false;
-        s->rq_head = s->rq_head->rnext;
+    while (dequeue(s, Q_READ) != NULL) { /* reads are of no use any more */
     }
-    s->rq_tail = NULL;
     if (s->link != LINK_UP || (s->requests == 0 && sendable_writes(s) == 0)) {
         teardown(s);
         return;

@@ -101,6 +101,10 @@ struct fleet_item_names {
     const char *state, *failure_count, *opened_at, *owner, *lease;
 };
 
+/* why (size bytes, always terminated) from fmt; returns -EBADMSG: the
+ * decoders' "this item is not valid, because ...". */
+int fleet_fault(char *why, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* "CLOSED", "OPEN", "HALF_OPEN"; "?" for anything else. */
 const char *fleet_state_name(cb_state state);
 /* The state spelt exactly (len bytes at s): 0 with *out, or -EINVAL. */
@@ -173,7 +177,7 @@ struct fleet_answer {
 /* How the fleet layer runs a transport. */
 struct fleet_settings {
     const char *log_name;     /* how log lines name the store: "redis store", "dynamodb" */
-    char where[200];          /* which data, for log lines: "prefix 'cbd:'", "table circuits" */
+    char where[200];          /* which data, for log lines: "table circuits" (cut to fit) */
     uint32_t sync_ms;         /* reconcile period; 0: only when the daemon asks */
     uint32_t read_batch;      /* names per read(), 1..FLEET_READ_BATCH_MAX */
     bool reconnects;          /* the transport reconnects by itself (redis_link); else: */
@@ -238,11 +242,16 @@ void fleet_reconcile(struct cbd_store *s);
 void fleet_close(struct cbd_store *s, void (*done)(void *arg), void *arg);
 void fleet_stats(const struct cbd_store *s, void (*emit)(void *arg, const char *name, uint64_t value), void *arg);
 
-/* A fleet store's cbd_store_ops: only the scheme, create (which names the
- * transport) and check_uri differ from one fleet store to another. */
-#define FLEET_STORE_OPS(scheme_, create_, check_uri_)                                                            \
+/* Defines name, a fleet store's cbd_store_ops: only the scheme, the
+ * transport and the URI check differ from one fleet store to another. */
+#define FLEET_STORE_DEFINE(name, scheme_, transport_, check_uri_)                                                \
+    static int name##_create(struct cbd_store **out, const char *uri, const struct cbd_store_hooks *hooks,       \
+                             const char **err)                                                                   \
     {                                                                                                            \
-        .scheme = (scheme_), .create = (create_), .check_uri = (check_uri_), .restore = fleet_restore,           \
+        return fleet_store_create(&(transport_), out, uri, hooks, err);                                          \
+    }                                                                                                            \
+    const struct cbd_store_ops name = {                                                                          \
+        .scheme = (scheme_), .create = name##_create, .check_uri = (check_uri_), .restore = fleet_restore,       \
         .track = fleet_track, .untrack = fleet_untrack, .transition = fleet_transition,                          \
         .try_probe = fleet_try_probe, .release = fleet_release, .sync = fleet_reconcile, .close = fleet_close,   \
         .stats = fleet_stats,                                                                                    \

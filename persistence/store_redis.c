@@ -58,7 +58,6 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -244,16 +243,6 @@ static bool is_str(const redisReply *r, const char *lit)
     return r->type == REDIS_REPLY_STRING && r->len == strlen(lit) && memcmp(r->str, lit, r->len) == 0;
 }
 
-static int bad(char *why, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int bad(char *why, size_t size, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why, size, fmt, ap);
-    va_end(ap);
-    return -EBADMSG;
-}
-
 static const struct fleet_item_names rs_names = {
     .kind = "field", .state = "state", .failure_count = "failure_count", .opened_at = "opened_at",
     .owner = "half_open_owner", .lease = "probe_lease_expiry",
@@ -282,19 +271,19 @@ static int decode_field(enum rs_field f, const redisReply *v, struct fleet_item 
     uint64_t n = 0;
     const char *name = rs_fields[f].name;
     if (v->type != REDIS_REPLY_STRING)
-        return bad(why, size, "field '%s' is not a string", name);
+        return fleet_fault(why, size, "field '%s' is not a string", name);
     if (f == F_STATE) {
         if (fleet_parse_state(v->str, v->len, &it->state) == 0)
             return 0;
-        return bad(why, size, "field 'state' is '%s', not CLOSED, OPEN or HALF_OPEN",
+        return fleet_fault(why, size, "field 'state' is '%s', not CLOSED, OPEN or HALF_OPEN",
                    fleet_quote(v->str, v->len, q, sizeof q));
     }
     if (f == F_OWNER) {
         if (v->len > FLEET_OWNER_MAX)
-            return bad(why, size, "field '%s' is %zu bytes, more than the %d cbd holds ('%s')", name, v->len,
+            return fleet_fault(why, size, "field '%s' is %zu bytes, more than the %d cbd holds ('%s')", name, v->len,
                        FLEET_OWNER_MAX, fleet_quote(v->str, v->len, q, sizeof q));
         if (memchr(v->str, '\0', v->len) != NULL)
-            return bad(why, size, "field '%s' holds a NUL byte ('%s')", name, fleet_quote(v->str, v->len, q, sizeof q));
+            return fleet_fault(why, size, "field '%s' holds a NUL byte ('%s')", name, fleet_quote(v->str, v->len, q, sizeof q));
         memcpy(it->owner, v->str, v->len);
         it->owner[v->len] = '\0';
         return 0;
@@ -320,17 +309,17 @@ int cbd_redis_item_decode(redisReply *const *el, size_t n, struct fleet_item *ou
     if (n == 0)
         return 0;
     if (n % 2 != 0)
-        return bad(why, size, "an odd field/value list (%zu elements)", n);
+        return fleet_fault(why, size, "an odd field/value list (%zu elements)", n);
     out->exists = true;
     out->lease_expiry = -1; /* absent, where 0 is a valid (long expired) lease: fleet_item_check says so */
     for (size_t i = 0; i < n; i += 2) {
         if (el[i]->type != REDIS_REPLY_STRING)
-            return bad(why, size, "a field name that is not a string");
+            return fleet_fault(why, size, "a field name that is not a string");
         for (enum rs_field f = 0; f < F_COUNT; f++) {
             if (!is_str(el[i], rs_fields[f].name))
                 continue;
             if (seen & (1u << f))
-                return bad(why, size, "field '%s' appears twice", rs_fields[f].name);
+                return fleet_fault(why, size, "field '%s' appears twice", rs_fields[f].name);
             seen |= 1u << f;
             int rc = decode_field(f, el[i + 1], out, why, size);
             if (rc < 0)
@@ -338,7 +327,7 @@ int cbd_redis_item_decode(redisReply *const *el, size_t n, struct fleet_item *ou
         }
     }
     if (!(seen & (1u << F_STATE)))
-        return bad(why, size, "no 'state' field");
+        return fleet_fault(why, size, "no 'state' field");
     if (out->state != CB_HALF_OPEN) {
         memset(out->owner, 0, sizeof out->owner);
         out->lease_expiry = 0;
@@ -828,21 +817,10 @@ static int rs_create(struct fleet_transport **out, uv_loop_t *loop, const char *
     return 0;
 }
 
-static const struct fleet_transport_ops redis_transport = {
+const struct fleet_transport_ops cbd_redis_transport_ops = {
     .scheme = "redis", .check_uri = rs_check_uri, .create = rs_create, .owner = rs_owner,
     .settings = rs_settings, .connect = rs_connect, .read = rs_read, .write = rs_write, .list = rs_list,
     .stats = rs_stats, .close = rs_close,
 };
 
-const struct fleet_transport_ops *cbd_redis_transport(void)
-{
-    return &redis_transport;
-}
-
-static int create_store(struct cbd_store **out, const char *uri, const struct cbd_store_hooks *hooks,
-                        const char **err)
-{
-    return fleet_store_create(&redis_transport, out, uri, hooks, err);
-}
-
-const struct cbd_store_ops cbd_store_redis_ops = FLEET_STORE_OPS("redis", create_store, rs_check_uri);
+FLEET_STORE_DEFINE(cbd_store_redis_ops, "redis", cbd_redis_transport_ops, rs_check_uri);

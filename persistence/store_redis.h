@@ -26,7 +26,7 @@ extern const struct cbd_store_ops cbd_store_redis_ops;
 
 /* The transport alone, for tests that drive it without the fleet layer
  * (tests/integration/test_fleet_contract.c). */
-const struct fleet_transport_ops *cbd_redis_transport(void);
+extern const struct fleet_transport_ops cbd_redis_transport_ops;
 
 /*
  * cbd_redis_item_decode - a circuit's hash, as the field/value list el[0..n)

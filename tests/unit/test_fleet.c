@@ -14,8 +14,8 @@
  * the fleet layer's clock is the virtual one, and its reconnection jitter
  * draws 0 (the retry comes on the next loop turn).
  *
- * Hosts are fleet stores made through the ops of a cbd_store_ops table
- * built with FLEET_STORE_OPS, exactly as the redis and dynamodb stores
+ * Hosts are fleet stores made through a cbd_store_ops table built
+ * with FLEET_STORE_DEFINE, exactly as the redis and dynamodb stores
  * are; the daemon is played by the test, which records every hook call.
  */
 #include <criterion/criterion.h>
@@ -29,6 +29,7 @@
 
 #include "fleet.h"
 #include "tsup.h"
+#include "tsup_store.h"
 
 #define MAX_ITEMS 64
 #define MAX_REQS 256
@@ -197,13 +198,7 @@ static const struct fleet_transport_ops mem_ops = {
     .stats = mem_stats, .close = mem_close,
 };
 
-static int mem_store_create(struct cbd_store **out, const char *uri, const struct cbd_store_hooks *hooks,
-                            const char **err)
-{
-    return fleet_store_create(&mem_ops, out, uri, hooks, err);
-}
-
-static const struct cbd_store_ops ops = FLEET_STORE_OPS("mem", mem_store_create, mem_check_uri);
+FLEET_STORE_DEFINE(mem_store_ops, "mem", mem_ops, mem_check_uri);
 
 /* ---- delivering -------------------------------------------------------------------------- */
 
@@ -338,66 +333,9 @@ static void mem_drop(int h, bool applied)
     turn();
 }
 
-/* ---- the daemon, as the test plays it ------------------------------------------------------- */
+/* ---- the daemon, as the test plays it: hosts recording their hooks ---------------------------- */
 
-struct probe {
-    char name[CB_NAME_MAX + 1];
-    int64_t opened_at, lease;
-    bool granted;
-};
-
-static struct host {
-    struct cbd_store *s;
-    int nremote, nprobe, nsynced, health_true, health_false;
-    struct cbd_store_state remote[64];
-    struct probe probe[64];
-    char synced[64][CB_NAME_MAX + 1];
-    bool online, restored, closed;
-    int restore_rc;
-} hosts[MAX_HOSTS];
-
-static void on_remote(void *arg, const struct cbd_store_state *st)
-{
-    struct host *h = arg;
-    h->remote[h->nremote++ % 64] = *st;
-}
-
-static void on_probe(void *arg, const char *name, int64_t opened_at, bool granted, int64_t lease)
-{
-    struct host *h = arg;
-    struct probe *p = &h->probe[h->nprobe++ % 64];
-    snprintf(p->name, sizeof p->name, "%s", name);
-    p->opened_at = opened_at;
-    p->granted = granted;
-    p->lease = lease;
-}
-
-static void on_health(void *arg, bool online, const char *why)
-{
-    struct host *h = arg;
-    (void)why;
-    h->online = online;
-    online ? h->health_true++ : h->health_false++;
-}
-
-static void on_synced(void *arg, const char *name, int64_t at_s)
-{
-    struct host *h = arg;
-    (void)at_s;
-    snprintf(h->synced[h->nsynced++ % 64], CB_NAME_MAX + 1, "%s", name);
-}
-
-static void on_restored(void *arg, int rc)
-{
-    struct host *h = arg;
-    h->restored = true;
-    h->restore_rc = rc;
-}
-
-static void on_closed(void *arg)
-{
-    ((struct host *)arg)->closed = true;
-}
+static struct tsup_store_host hosts[MAX_HOSTS];
 
 static int64_t clock_now(void *arg)
 {
@@ -412,37 +350,36 @@ static uint64_t clock_random(void *arg)
 }
 
 /* Host h ('A' + h) created; not connected yet. */
-static struct host *host_new(int h)
+static struct tsup_store_host *host_new(int h)
 {
     char uri[16];
     const char *err = NULL;
-    struct host *x = &hosts[h];
+    struct tsup_store_host *x = &hosts[h];
     memset(x, 0, sizeof *x);
     snprintf(uri, sizeof uri, "mem://%c", 'A' + h);
-    struct cbd_store_hooks hk = {.loop = &loop, .arg = x, .instance = "t", .remote = on_remote,
-                                 .probe_result = on_probe, .health = on_health, .synced = on_synced};
-    cr_assert_eq(ops.create(&x->s, uri, &hk, &err), 0, "%s", err ? err : "?");
+    struct cbd_store_hooks hk = tsup_store_hooks(x, &loop, "t");
+    cr_assert_eq(mem_store_ops.create(&x->s, uri, &hk, &err), 0, "%s", err ? err : "?");
     fleet_set_clock(x->s, &(struct fleet_clock){.now_s = clock_now, .random = clock_random});
     return x;
 }
 
 /* Host h created, restored and online. */
-static struct host *host_up(int h)
+static struct tsup_store_host *host_up(int h)
 {
-    struct host *x = host_new(h);
-    ops.restore(x->s, on_restored, x);
+    struct tsup_store_host *x = host_new(h);
+    mem_store_ops.restore(x->s, tsup_store_restored, &x->done);
     mem_connected(h, true);
     settle();
-    cr_assert(x->restored && x->restore_rc == 0 && x->online);
+    cr_assert(x->done.restored && x->done.restore_rc == 0 && x->online);
     return x;
 }
 
-static void host_close(struct host *x)
+static void host_close(struct tsup_store_host *x)
 {
-    ops.close(x->s, on_closed, x);
-    for (int i = 0; i < 100 && !x->closed; i++)
+    mem_store_ops.close(x->s, tsup_store_closed, &x->done);
+    for (int i = 0; i < 100 && !x->done.closed; i++)
         turn();
-    cr_assert(x->closed, "close never finished");
+    cr_assert(x->done.closed, "close never finished");
 }
 
 static void setup(void)
@@ -455,7 +392,7 @@ static void setup(void)
 static void teardown_loop(void)
 {
     for (int h = 0; h < MAX_HOSTS; h++)
-        if (hosts[h].s != NULL && !hosts[h].closed)
+        if (hosts[h].s != NULL && !hosts[h].done.closed)
             host_close(&hosts[h]);
     turn();
     cr_assert_eq(uv_loop_close(&loop), 0, "the fleet layer left a handle open");
@@ -472,10 +409,10 @@ static struct cbd_store_state state(const char *name, cb_state st, int64_t opene
     return s;
 }
 
-static void transition(struct host *x, const char *name, cb_state st, int64_t opened_at, int64_t prev)
+static void transition(struct tsup_store_host *x, const char *name, cb_state st, int64_t opened_at, int64_t prev)
 {
     struct cbd_store_state s = state(name, st, opened_at);
-    ops.transition(x->s, &s, prev);
+    mem_store_ops.transition(x->s, &s, prev);
 }
 
 static const struct fleet_item *stored(const char *name)
@@ -485,24 +422,26 @@ static const struct fleet_item *stored(const char *name)
     return &it->item;
 }
 
-static const struct cbd_store_state *last_remote(const struct host *x)
+static const struct cbd_store_state *last_remote(const struct tsup_store_host *x)
 {
-    cr_assert_gt(x->nremote, 0, "the daemon was told nothing");
-    return &x->remote[(x->nremote - 1) % 64];
+    const struct cbd_store_state *st = tsup_store_last_remote(x, NULL);
+    cr_assert_not_null(st, "the daemon was told nothing");
+    return st;
 }
 
-static const struct probe *last_probe(const struct host *x)
+static const struct tsup_probe *last_probe(const struct tsup_store_host *x)
 {
-    cr_assert_gt(x->nprobe, 0, "the election was never answered");
-    return &x->probe[(x->nprobe - 1) % 64];
+    const struct tsup_probe *p = tsup_store_last_probe(x);
+    cr_assert_not_null(p, "the election was never answered");
+    return p;
 }
 
 /* The daemon of host x asks for the probe of (name, opened_at) and, when
  * granted, goes HALF_OPEN as cbd does. Granted? */
-static bool elect(struct host *x, const char *name, int64_t opened_at, uint32_t lease_s)
+static bool elect(struct tsup_store_host *x, const char *name, int64_t opened_at, uint32_t lease_s)
 {
     int before = x->nprobe;
-    ops.try_probe(x->s, name, opened_at, lease_s);
+    mem_store_ops.try_probe(x->s, name, opened_at, lease_s);
     settle();
     cr_assert_eq(x->nprobe, before + 1, "the election was not answered once");
     if (last_probe(x)->granted)
@@ -511,36 +450,13 @@ static bool elect(struct host *x, const char *name, int64_t opened_at, uint32_t 
     return last_probe(x)->granted;
 }
 
-struct stat_lookup {
-    const char *name;
-    uint64_t v;
-    bool found;
-};
-
-static void stat_emit(void *arg, const char *n, uint64_t v)
-{
-    struct stat_lookup *l = arg;
-    if (strcmp(n, l->name) == 0) {
-        l->v = v;
-        l->found = true;
-    }
-}
-
 /* A counter of host x's store, as cbd's stats show it (without store_). */
-static uint64_t store_stat(const struct host *x, const char *name)
+static uint64_t store_stat(const struct tsup_store_host *x, const char *name)
 {
-    struct stat_lookup l = {.name = name};
-    ops.stats(x->s, stat_emit, &l);
-    cr_assert(l.found, "no counter %s", name);
-    return l.v;
-}
-
-static bool was_synced(const struct host *x, const char *name)
-{
-    for (int i = 0; i < x->nsynced && i < 64; i++)
-        if (strcmp(x->synced[i], name) == 0)
-            return true;
-    return false;
+    bool found;
+    uint64_t v = tsup_store_stat(&mem_store_ops, x->s, name, &found);
+    cr_assert(found, "no counter %s", name);
+    return v;
 }
 
 /* The first queued request of host h answered with an error (-EIO: the
@@ -658,8 +574,8 @@ Test(fleet, each_write_leaves_the_item_the_rules_say)
 
 static void both_track(const char *name)
 {
-    ops.track(hosts[0].s, name, NULL);
-    ops.track(hosts[1].s, name, NULL);
+    mem_store_ops.track(hosts[0].s, name, NULL);
+    mem_store_ops.track(hosts[1].s, name, NULL);
     settle();
 }
 
@@ -683,14 +599,14 @@ Test(fleet, a_trip_is_written_and_reaches_the_other_host_through_the_notificatio
     cr_assert(last_remote(&hosts[1])->state == CB_OPEN && last_remote(&hosts[1])->opened_at == t &&
               last_remote(&hosts[1])->failure_count == 5);
     cr_assert_eq(hosts[0].nremote, 0, "A's own write is no news to A");
-    cr_assert(was_synced(&hosts[0], "pay") && was_synced(&hosts[1], "pay"));
+    cr_assert(tsup_store_was_synced(&hosts[0], "pay") && tsup_store_was_synced(&hosts[1], "pay"));
 }
 
 Test(fleet, exactly_one_host_wins_the_election_and_the_other_learns_when_the_lease_ends)
 {
     int64_t t = a_trips("db");
-    ops.try_probe(hosts[0].s, "db", t, 10);
-    ops.try_probe(hosts[1].s, "db", t, 10);
+    mem_store_ops.try_probe(hosts[0].s, "db", t, 10);
+    mem_store_ops.try_probe(hosts[1].s, "db", t, 10);
     settle();
     cr_assert(last_probe(&hosts[0])->granted && !last_probe(&hosts[1])->granted);
     cr_assert_eq(last_probe(&hosts[0])->lease, world.now + 10);
@@ -705,7 +621,7 @@ Test(fleet, the_holder_renews_its_lease_and_nobody_takes_it_while_it_probes)
     int64_t t = a_trips("ledger");
     cr_assert(elect(&hosts[0], "ledger", t, 10));
     world.now += 6;
-    ops.try_probe(hosts[0].s, "ledger", t, 10);
+    mem_store_ops.try_probe(hosts[0].s, "ledger", t, 10);
     cr_assert_eq(first(0)->w.kind, FLEET_RENEW, "the holder renews, it does not elect");
     settle();
     cr_assert(last_probe(&hosts[0])->granted);
@@ -719,7 +635,7 @@ Test(fleet, a_released_lease_lets_another_host_or_a_powertools_function_elect_at
 {
     int64_t t = a_trips("quotes");
     cr_assert(elect(&hosts[0], "quotes", t, 10));
-    ops.release(hosts[0].s, "quotes", t);
+    mem_store_ops.release(hosts[0].s, "quotes", t);
     cr_assert_eq(first(0)->w.kind, FLEET_RELEASE);
     settle();
     const struct fleet_item *it = stored("quotes");
@@ -769,7 +685,7 @@ Test(fleet, a_refused_write_tells_the_daemon_what_the_fleet_holds)
 Test(fleet, agreement_is_told_only_once_no_newer_transition_waits)
 {
     host_up(0);
-    ops.track(hosts[0].s, "carts", NULL);
+    mem_store_ops.track(hosts[0].s, "carts", NULL);
     settle();
     transition(&hosts[0], "carts", CB_OPEN, world.now, 0);
     cr_assert_eq(first(0)->w.kind, FLEET_OPEN);
@@ -792,7 +708,7 @@ Test(fleet, a_transition_the_store_already_holds_is_not_written_again)
     transition(&hosts[1], "echo", CB_OPEN, t, 0); /* B's daemon on the opening it was told */
     settle();
     cr_assert_eq(world.hosts[1]->writes, writes);
-    cr_assert(was_synced(&hosts[1], "echo"));
+    cr_assert(tsup_store_was_synced(&hosts[1], "echo"));
 }
 
 /* ==== outages ========================================================================================= */
@@ -829,7 +745,7 @@ Test(fleet, queued_transitions_are_replayed_latest_only_and_the_outage_is_reconc
 Test(fleet, elections_while_offline_are_granted_host_local_only_after_a_connection_attempt_failed)
 {
     int64_t t = a_trips("mail");
-    ops.try_probe(hosts[0].s, "mail", t, 10);
+    mem_store_ops.try_probe(hosts[0].s, "mail", t, 10);
     cr_assert_eq(queued(0), 1);
     mem_drop(0, false); /* a dropped connection is no outage yet */
     cr_assert_eq(hosts[0].nprobe, 0, "granted before an attempt to reconnect failed");
@@ -837,13 +753,13 @@ Test(fleet, elections_while_offline_are_granted_host_local_only_after_a_connecti
     cr_assert_eq(hosts[0].nprobe, 1);
     cr_assert(last_probe(&hosts[0])->granted && last_probe(&hosts[0])->lease == world.now + 10);
     cr_assert_eq(store_stat(&hosts[0], "host_local_grants"), 1);
-    ops.try_probe(hosts[0].s, "mail", t, 10); /* a renewal during the outage */
+    mem_store_ops.try_probe(hosts[0].s, "mail", t, 10); /* a renewal during the outage */
     turn();
     cr_assert_eq(hosts[0].nprobe, 1, "granted without waiting for an attempt");
     mem_connected(0, false);
     cr_assert_eq(hosts[0].nprobe, 2);
     cr_assert(last_probe(&hosts[0])->granted);
-    ops.try_probe(hosts[0].s, "mail", t, 10);
+    mem_store_ops.try_probe(hosts[0].s, "mail", t, 10);
     mem_connected(0, true); /* the store is back before the attempt failed: the fleet decides */
     settle();
     cr_assert_eq(hosts[0].nprobe, 3);
@@ -853,9 +769,9 @@ Test(fleet, elections_while_offline_are_granted_host_local_only_after_a_connecti
 
 Test(fleet, an_election_asked_while_the_first_connection_is_made_waits_for_it)
 {
-    struct host *a = host_new(0);
-    ops.restore(a->s, on_restored, a);
-    ops.try_probe(a->s, "boot", 1700000000, 10);
+    struct tsup_store_host *a = host_new(0);
+    mem_store_ops.restore(a->s, tsup_store_restored, &a->done);
+    mem_store_ops.try_probe(a->s, "boot", 1700000000, 10);
     turn();
     cr_assert_eq(a->nprobe, 0);
     mem_connected(0, true);
@@ -867,7 +783,7 @@ Test(fleet, an_election_asked_while_the_first_connection_is_made_waits_for_it)
 Test(fleet, lost_answers_are_asked_again_on_the_next_connection)
 {
     int64_t t = a_trips("lost");
-    ops.try_probe(hosts[0].s, "lost", t, 10);
+    mem_store_ops.try_probe(hosts[0].s, "lost", t, 10);
     cr_assert_eq(queued(0), 1);
     mem_drop(0, true); /* the election won, its answer was lost */
     cr_assert_eq(hosts[0].nprobe, 0);
@@ -890,7 +806,7 @@ Test(fleet, lost_answers_are_asked_again_on_the_next_connection)
 Test(fleet, an_election_the_store_cannot_decide_while_online_is_granted_host_local)
 {
     int64_t t = a_trips("failopen");
-    ops.try_probe(hosts[0].s, "failopen", t, 10);
+    mem_store_ops.try_probe(hosts[0].s, "failopen", t, 10);
     answer_error(0, -EIO);
     cr_assert_eq(hosts[0].nprobe, 1);
     cr_assert(last_probe(&hosts[0])->granted, "an error is no lost condition: fail open");
@@ -901,7 +817,7 @@ Test(fleet, an_election_the_store_cannot_decide_while_online_is_granted_host_loc
 Test(fleet, a_write_the_store_failed_waits_for_the_next_reconcile_and_a_malformed_one_is_dropped)
 {
     host_up(0);
-    ops.track(hosts[0].s, "k", NULL);
+    mem_store_ops.track(hosts[0].s, "k", NULL);
     settle();
     int64_t t = world.now;
     transition(&hosts[0], "k", CB_OPEN, t, 0);
@@ -913,14 +829,14 @@ Test(fleet, a_write_the_store_failed_waits_for_the_next_reconcile_and_a_malforme
     cr_assert(first(0)->read);
     deliver_one(0);
     cr_assert_eq(queued(0), 0);
-    cr_assert_not(was_synced(&hosts[0], "k") && hosts[0].nsynced > 1, "a refused write shows as agreed");
-    ops.sync(hosts[0].s);
+    cr_assert_not(tsup_store_was_synced(&hosts[0], "k") && hosts[0].nsynced > 1, "a refused write shows as agreed");
+    mem_store_ops.sync(hosts[0].s);
     cr_assert_eq(first(0)->w.kind, FLEET_OPEN, "the reconcile sends it again");
     settle();
     cr_assert_eq(stored("k")->opened_at, t);
     transition(&hosts[0], "k", CB_CLOSED, 0, t);
     answer_error(0, -EINVAL);
-    ops.sync(hosts[0].s);
+    mem_store_ops.sync(hosts[0].s);
     settle();
     cr_assert_eq(stored("k")->state, CB_OPEN, "a write the store refused as malformed is not sent again");
     cr_assert_eq(store_stat(&hosts[0], "queued"), 0);
@@ -956,24 +872,24 @@ Test(fleet, invalid_items_are_counted_at_every_read_logged_once_and_never_adopte
     const char *log = capture_log();
     host_up(0);
     item_of("bad", true)->invalid = "field 'opened_at' is not a number ('soon')";
-    ops.track(hosts[0].s, "bad", NULL);
+    mem_store_ops.track(hosts[0].s, "bad", NULL);
     settle();
-    ops.sync(hosts[0].s);
+    mem_store_ops.sync(hosts[0].s);
     settle();
-    ops.sync(hosts[0].s);
+    mem_store_ops.sync(hosts[0].s);
     settle();
     cr_assert_eq(store_stat(&hosts[0], "invalid_items"), 3);
     cr_assert_eq(hosts[0].nremote, 0, "an invalid item was adopted");
     cr_assert_eq(log_lines(log, "circuit bad: ignoring its item in memory: field 'opened_at' is not a number"), 1);
     item_of("bad", false)->invalid = NULL;
     item_of("bad", false)->item = make_item(CB_OPEN, world.now, "", 0);
-    ops.sync(hosts[0].s);
+    mem_store_ops.sync(hosts[0].s);
     settle();
     cr_assert_eq(hosts[0].nremote, 1);
     cr_assert_eq(last_remote(&hosts[0])->state, CB_OPEN);
     cr_assert_eq(log_lines(log, "circuit bad: its item in memory is valid again"), 1);
     item_of("bad", false)->invalid = "state 'BANANA'";
-    ops.sync(hosts[0].s);
+    mem_store_ops.sync(hosts[0].s);
     settle();
     cr_assert_eq(log_lines(log, "circuit bad: ignoring its item"), 2, "logged again after it was valid");
 }
@@ -982,7 +898,7 @@ Test(fleet, an_election_over_an_invalid_item_is_granted_host_local)
 {
     host_up(0);
     item_of("junk", true)->invalid = "state 'BANANA'";
-    ops.try_probe(hosts[0].s, "junk", world.now, 10);
+    mem_store_ops.try_probe(hosts[0].s, "junk", world.now, 10);
     settle();
     cr_assert(last_probe(&hosts[0])->granted);
     cr_assert_eq(store_stat(&hosts[0], "invalid_items"), 1);
@@ -992,14 +908,14 @@ Test(fleet, an_opening_the_store_lost_is_written_again_and_one_expired_by_ttl_re
 {
     int64_t t = a_trips("queue");
     item_of("queue", false)->item.exists = false; /* flushed, failed over */
-    ops.sync(hosts[0].s);
+    mem_store_ops.sync(hosts[0].s);
     settle();
     cr_assert(stored("queue")->exists && stored("queue")->opened_at == t, "the lost opening is written again");
     cr_assert_eq(store_stat(&hosts[0], "rewrites"), 1);
     int remotes = hosts[1].nremote;
     world.now = t + 30 + FLEET_TTL_MARGIN_S + 1;
     item_of("queue", false)->item.exists = false; /* expired by its TTL */
-    ops.sync(hosts[1].s);
+    mem_store_ops.sync(hosts[1].s);
     settle();
     cr_assert_not(stored("queue")->exists, "an expired opening is not written again");
     cr_assert_eq(hosts[1].nremote, remotes + 1);
@@ -1016,12 +932,12 @@ Test(fleet, a_stale_copy_of_our_own_lease_is_no_news)
     struct fleet_item renewed = *stored("orders");
     item_of("orders", false)->item = old; /* an eventually consistent read returns the old copy */
     int remotes = hosts[0].nremote;
-    ops.sync(hosts[0].s);
+    mem_store_ops.sync(hosts[0].s);
     settle();
     cr_assert_eq(hosts[0].nremote, remotes, "the holder was told about its own lease");
     item_of("orders", false)->item = renewed;
     world.now += 4;
-    ops.try_probe(hosts[0].s, "orders", t, 10);
+    mem_store_ops.try_probe(hosts[0].s, "orders", t, 10);
     cr_assert_eq(first(0)->w.kind, FLEET_RENEW, "the holder still knows it holds the lease");
     settle();
 }
@@ -1031,9 +947,9 @@ Test(fleet, an_election_that_takes_over_a_lapsed_lease_of_another_opening_gives_
     host_up(0);
     int64_t t = world.now;
     item_of("geo", true)->item = make_item(CB_HALF_OPEN, t - 100, "host-C", t - 1);
-    ops.track(hosts[0].s, "geo", NULL);
+    mem_store_ops.track(hosts[0].s, "geo", NULL);
     settle();
-    ops.try_probe(hosts[0].s, "geo", t, 10); /* the daemon asks about another opening */
+    mem_store_ops.try_probe(hosts[0].s, "geo", t, 10); /* the daemon asks about another opening */
     settle();
     cr_assert_not(last_probe(&hosts[0])->granted, "a lease of another opening is no grant");
     const struct fleet_item *it = stored("geo");
@@ -1047,13 +963,13 @@ Test(fleet, restore_lists_the_store_and_reports_every_valid_item)
     item_of("a", true)->item = make_item(CB_OPEN, world.now - 5, "", 0);
     item_of("b", true)->item = make_item(CB_CLOSED, 0, "", 0);
     item_of("c", true)->invalid = "state 'BANANA'";
-    struct host *a = host_new(0);
-    ops.restore(a->s, on_restored, a);
+    struct tsup_store_host *a = host_new(0);
+    mem_store_ops.restore(a->s, tsup_store_restored, &a->done);
     turn();
-    cr_assert_not(a->restored, "done before the store was read");
+    cr_assert_not(a->done.restored, "done before the store was read");
     mem_connected(0, true);
     settle();
-    cr_assert(a->restored && a->restore_rc == 0);
+    cr_assert(a->done.restored && a->done.restore_rc == 0);
     cr_assert_eq(a->nremote, 2, "every valid item is reported");
     cr_assert_eq(store_stat(a, "invalid_items"), 1);
     cr_assert_eq(store_stat(a, "circuits"), 3, "every listed circuit is tracked");
@@ -1061,10 +977,10 @@ Test(fleet, restore_lists_the_store_and_reports_every_valid_item)
 
 Test(fleet, restore_fails_at_once_when_the_first_connection_attempt_fails)
 {
-    struct host *a = host_new(0);
-    ops.restore(a->s, on_restored, a);
+    struct tsup_store_host *a = host_new(0);
+    mem_store_ops.restore(a->s, tsup_store_restored, &a->done);
     mem_connected(0, false);
-    cr_assert(a->restored && a->restore_rc < 0);
+    cr_assert(a->done.restored && a->done.restore_rc < 0);
     cr_assert(!a->online && a->health_false == 1);
 }
 
@@ -1075,11 +991,11 @@ Test(fleet, reads_go_in_batches_of_the_transports_size)
     uint64_t calls = world.hosts[0]->read_calls;
     for (int i = 0; i < 10; i++) {
         snprintf(names[i], sizeof names[i], "c%d", i);
-        ops.track(hosts[0].s, names[i], NULL);
+        mem_store_ops.track(hosts[0].s, names[i], NULL);
     }
     settle();
     cr_assert_eq(world.hosts[0]->read_calls, calls + 3, "10 registrations in batches of 4");
-    ops.sync(hosts[0].s);
+    mem_store_ops.sync(hosts[0].s);
     settle();
     cr_assert_eq(world.hosts[0]->read_calls, calls + 6);
 }
@@ -1087,11 +1003,11 @@ Test(fleet, reads_go_in_batches_of_the_transports_size)
 Test(fleet, an_untracked_circuit_is_neither_read_nor_reported)
 {
     int64_t t = a_trips("gone");
-    ops.untrack(hosts[1].s, "gone");
+    mem_store_ops.untrack(hosts[1].s, "gone");
     uint64_t reads = world.hosts[1]->reads;
     int remotes = hosts[1].nremote;
     transition(&hosts[0], "gone", CB_CLOSED, 0, t);
-    ops.sync(hosts[1].s);
+    mem_store_ops.sync(hosts[1].s);
     settle();
     cr_assert_eq(world.hosts[1]->reads, reads);
     cr_assert_eq(hosts[1].nremote, remotes);
@@ -1104,12 +1020,12 @@ Test(fleet, close_writes_what_is_queued_and_then_tells_the_daemon_nothing)
     host_up(1);
     both_track("last");
     transition(&hosts[0], "last", CB_OPEN, world.now, 0);
-    ops.try_probe(hosts[0].s, "other", world.now, 10);
+    mem_store_ops.try_probe(hosts[0].s, "other", world.now, 10);
     int synced = hosts[0].nsynced, probes = hosts[0].nprobe;
-    ops.close(hosts[0].s, on_closed, &hosts[0]);
+    mem_store_ops.close(hosts[0].s, tsup_store_closed, &hosts[0].done);
     settle();
     turn();
-    cr_assert(hosts[0].closed);
+    cr_assert(hosts[0].done.closed);
     cr_assert_eq(stored("last")->state, CB_OPEN, "the queued trip was written before closing");
     cr_assert_eq(hosts[0].nsynced, synced);
     cr_assert_eq(hosts[0].nprobe, probes);

@@ -18,6 +18,17 @@
 
 #include "store_redis.h"
 
+/* The reply RESP text resp parses to. */
+static redisReply *reply_of(const char *resp)
+{
+    redisReader *rd = redisReaderCreate();
+    void *reply = NULL;
+    cr_assert_eq(redisReaderFeed(rd, resp, strlen(resp)), REDIS_OK);
+    cr_assert(redisReaderGetReply(rd, &reply) == REDIS_OK && reply != NULL, "not one reply: %s", resp);
+    redisReaderFree(rd);
+    return reply;
+}
+
 /* The reply to HGETALL of a hash holding the n strings fv (field, value,
  * ...); lens[i] 0 means strlen. */
 static redisReply *hash_reply(const char *const *fv, const size_t *lens, size_t n)
@@ -167,21 +178,12 @@ Test(redis_item, values_that_are_not_strings_and_nul_bytes_in_the_owner_are_refu
     cr_assert(strstr(why, "field 'half_open_owner' holds a NUL byte ('a\\x00b')"), "%s", why);
     freeReplyObject(r);
     /* a script answer can hold integers where strings belong */
-    redisReader *rd = redisReaderCreate();
-    void *reply = NULL;
-    static const char resp[] = "*4\r\n$5\r\nstate\r\n$4\r\nOPEN\r\n$9\r\nopened_at\r\n:1700000000\r\n";
-    cr_assert_eq(redisReaderFeed(rd, resp, sizeof resp - 1), REDIS_OK);
-    cr_assert(redisReaderGetReply(rd, &reply) == REDIS_OK && reply != NULL);
-    r = reply;
+    r = reply_of("*4\r\n$5\r\nstate\r\n$4\r\nOPEN\r\n$9\r\nopened_at\r\n:1700000000\r\n");
     cr_assert_eq(cbd_redis_item_decode(r->element, r->elements, &it, why, sizeof why), -EBADMSG);
     cr_assert(strstr(why, "field 'opened_at' is not a string"), "%s", why);
     freeReplyObject(r);
-    static const char resp2[] = "*2\r\n:1\r\n$4\r\nOPEN\r\n";
-    cr_assert_eq(redisReaderFeed(rd, resp2, sizeof resp2 - 1), REDIS_OK);
-    cr_assert(redisReaderGetReply(rd, &reply) == REDIS_OK && reply != NULL);
-    r = reply;
+    r = reply_of("*2\r\n:1\r\n$4\r\nOPEN\r\n");
     cr_assert_eq(cbd_redis_item_decode(r->element, r->elements, &it, why, sizeof why), -EBADMSG);
     cr_assert(strstr(why, "a field name that is not a string"), "%s", why);
     freeReplyObject(r);
-    redisReaderFree(rd);
 }
