@@ -608,28 +608,22 @@ static size_t batch_index(const struct ddb_req *q, const char *name, size_t len)
 
 static void batch_retry_due(uv_timer_t *tm);
 
-/* A BatchGetItem's answer: each item to its name; the names left
- * unprocessed are asked again later; the rest have no item. */
-static void got_batch(struct ddb_req *q, const struct cbd_aws_response *r)
+/* The items of a batch answer, each to the name it is about: false if one
+ * of them could not even say which (its key is unreadable). */
+static bool batch_items(struct ddb_req *q, json_t *items)
 {
     struct fleet_transport *t = q->t;
-    json_t *root, *items, *unproc, *v;
     char why[400], qn[200];
+    bool readable = true;
     size_t i;
-    bool *again = calloc(q->n ? q->n : 1, sizeof *again), unread = false;
-    if (again == NULL || cbd_ddb_answer_batch(r->body, r->body_len, t->o.table, &root, &items, &unproc) < 0) {
-        free(again);
-        malformed(t, "a %s answer that is not DynamoDB JSON", "BatchGetItem");
-        answer_error(q, -EIO, "a BatchGetItem answer that is not DynamoDB JSON");
-        return;
-    }
+    json_t *v;
     json_array_foreach(items, i, v) {
         struct cbd_ddb_item it;
         struct fleet_answer a;
         cbd_ddb_item_decode(&t->layout, v, &it, why, sizeof why);
         size_t at = it.name_len > 0 ? batch_index(q, it.name, it.name_len) : SIZE_MAX;
         if (it.name_len == 0) {
-            unread = true;
+            readable = false;
             malformed(t, "an item whose key cannot be read: %s", why);
         } else if (at == SIZE_MAX || !q->pending[at]) {
             snprintf(why, sizeof why, "an item about '%s', which was %s",
@@ -641,39 +635,36 @@ static void got_batch(struct ddb_req *q, const struct cbd_aws_response *r)
             q->rcb(q->arg, q->names[at], &a);
         }
     }
-    json_array_foreach(unproc, i, v) {
-        char name[CB_NAME_MAX + 1];
-        size_t len, at;
-        if (cbd_ddb_key_decode(&t->layout, v, name, sizeof name, &len, why, sizeof why) == 0 &&
-            (at = batch_index(q, name, len)) != SIZE_MAX && q->pending[at]) {
+    return readable;
+}
+
+/* Marks again[] the names DynamoDB left unprocessed; how many. */
+static size_t batch_unprocessed(struct ddb_req *q, json_t *keys, bool *again)
+{
+    char name[CB_NAME_MAX + 1], why[400];
+    size_t i, len, at, n = 0;
+    json_t *v;
+    json_array_foreach(keys, i, v) {
+        if (cbd_ddb_key_decode(&q->t->layout, v, name, sizeof name, &len, why, sizeof why) == 0 &&
+            (at = batch_index(q, name, len)) != SIZE_MAX && q->pending[at] && !again[at]) {
             again[at] = true;
-            t->unprocessed_keys++;
+            n++;
         }
     }
-    json_decref(root);
-    size_t left = 0;
-    for (i = 0; i < q->n; i++) {
-        if (!q->pending[i] || again[i]) {
-            left += again[i];
-            continue;
-        }
-        q->pending[i] = false;
-        struct fleet_answer a = unread ? (struct fleet_answer){.status = FLEET_ERROR, .err = -EIO,
-                                                               .why = "an item of the answer could not be read"}
-                                       : (struct fleet_answer){.status = FLEET_ABSENT};
-        q->rcb(q->arg, q->names[i], &a);
-    }
-    free(again);
-    if (left == 0 || t->closing) {
-        req_free(q);
-        return;
-    }
+    q->t->unprocessed_keys += n;
+    return n;
+}
+
+/* The names still pending go again later, with backoff (up to 5 tries). */
+static void batch_again(struct ddb_req *q)
+{
+    struct fleet_transport *t = q->t;
     if (q->attempt + 1 >= UNPROCESSED_ATTEMPTS) {
         answer_error(q, -EIO, "keys still unprocessed after 5 BatchGetItem tries");
         return;
     }
     json_t *keys = json_array();
-    for (i = 0; i < q->n; i++)
+    for (size_t i = 0; i < q->n; i++)
         if (q->pending[i])
             json_array_append_new(keys, key_json(t, q->names[i]));
     q->body = json_pack("{s:{s:{s:o, s:b}}}", "RequestItems", t->o.table, "Keys", keys, "ConsistentRead",
@@ -682,6 +673,39 @@ static void got_batch(struct ddb_req *q, const struct cbd_aws_response *r)
     q->next = t->batches;
     t->batches = q;
     uv_timer_start(&t->batch_timer, batch_retry_due, 0, 0);
+}
+
+/* A BatchGetItem's answer: each item to its name; the names left
+ * unprocessed are asked again later; the rest have no item (or, if an item
+ * of the answer was unreadable, no answer). */
+static void got_batch(struct ddb_req *q, const struct cbd_aws_response *r)
+{
+    struct fleet_transport *t = q->t;
+    json_t *root, *items, *unproc;
+    bool *again = calloc(q->n ? q->n : 1, sizeof *again);
+    if (again == NULL || cbd_ddb_answer_batch(r->body, r->body_len, t->o.table, &root, &items, &unproc) < 0) {
+        free(again);
+        malformed(t, "a %s answer that is not DynamoDB JSON", "BatchGetItem");
+        answer_error(q, -EIO, "a BatchGetItem answer that is not DynamoDB JSON");
+        return;
+    }
+    bool readable = batch_items(q, items);
+    size_t left = batch_unprocessed(q, unproc, again);
+    json_decref(root);
+    struct fleet_answer none = readable ? (struct fleet_answer){.status = FLEET_ABSENT}
+                                        : (struct fleet_answer){.status = FLEET_ERROR, .err = -EIO,
+                                                                .why = "an item of the answer could not be read"};
+    for (size_t i = 0; i < q->n; i++) {
+        if (q->pending[i] && !again[i]) {
+            q->pending[i] = false;
+            q->rcb(q->arg, q->names[i], &none);
+        }
+    }
+    free(again);
+    if (left == 0 || t->closing)
+        req_free(q);
+    else
+        batch_again(q);
 }
 
 /* The batches waiting to retry that are due go again; the timer waits for the rest. */

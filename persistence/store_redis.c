@@ -488,6 +488,40 @@ static bool check_once(struct fleet_transport *t, const char *name)
     }
 }
 
+/* The migrate script's answer {moved, field, value, ...} or {-1}. */
+static void migrated(struct rs_req *q, const redisReply *r)
+{
+    struct fleet_transport *t = q->t;
+    if (r->element[0]->integer < 0) {
+        answer(q, &(struct fleet_answer){.status = FLEET_INVALID,
+                                         .why = "its key from before hash tags (<prefix>c:<name>) is not a hash"});
+        return;
+    }
+    if (r->element[0]->integer == 1) {
+        t->migrated++;
+        cbd_log(CBD_LOG_INFO, "redis store: circuit '%s' moved from %sc:%s to %sc:{%s} (hash-tagged layout)", q->name,
+                t->uri.prefix, q->name, t->uri.prefix, q->name);
+    }
+    q->kind = REQ_READ;
+    answer_hash(q, r->element + 1, r->elements - 1, false, 0);
+}
+
+/* Does r have the shape of the request's answer? HGETALL: a list; the
+ * migrate script: {-1..1, ...}; the write script: {0/1, second, ...}. */
+static bool answer_shape(const struct rs_req *q, const redisReply *r)
+{
+    if (r->type != REDIS_REPLY_ARRAY)
+        return false;
+    if (q->kind == REQ_READ)
+        return true;
+    if (r->elements < 1 || r->element[0]->type != REDIS_REPLY_INTEGER)
+        return false;
+    long long v = r->element[0]->integer;
+    if (q->kind == REQ_MIGRATE)
+        return v >= -1 && v <= 1;
+    return v >= 0 && v <= 1 && r->elements >= 2 && r->element[1]->type == REDIS_REPLY_INTEGER;
+}
+
 static void on_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg)
 {
     struct rs_req *q = arg;
@@ -495,46 +529,24 @@ static void on_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg)
     (void)conn;
     if (r == NULL) {
         answer_error(q, -ENOTCONN, "the connection went before the answer came");
-        return;
-    }
-    if (r->type == REDIS_REPLY_ERROR) {
+    } else if (r->type == REDIS_REPLY_ERROR) {
         error_reply(q, r);
-        return;
-    }
-    if (q->kind == REQ_READ && r->type == REDIS_REPLY_ARRAY) {
-        if (r->elements == 0 && check_once(t, q->name)) { /* perhaps under its key from before hash tags */
-            q->kind = REQ_MIGRATE;
-            if (send_req(q) == 0)
-                return;
-            q->kind = REQ_READ;
-        }
-        answer_hash(q, r->element, r->elements, false, 0);
-        return;
-    }
-    bool script = q->kind != REQ_READ && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
-                  r->element[0]->type == REDIS_REPLY_INTEGER;
-    if (script && q->kind == REQ_MIGRATE && r->element[0]->integer >= -1 && r->element[0]->integer <= 1) {
-        if (r->element[0]->integer < 0) {
-            answer(q, &(struct fleet_answer){.status = FLEET_INVALID,
-                                             .why = "its key from before hash tags (<prefix>c:<name>) is not a hash"});
-            return;
-        }
-        if (r->element[0]->integer == 1) {
-            t->migrated++;
-            cbd_log(CBD_LOG_INFO, "redis store: circuit '%s' moved from %sc:%s to %sc:{%s} (hash-tagged layout)",
-                    q->name, t->uri.prefix, q->name, t->uri.prefix, q->name);
-        }
-        q->kind = REQ_READ;
-        answer_hash(q, r->element + 1, r->elements - 1, false, 0);
-        return;
-    }
-    if (script && q->kind == REQ_WRITE && r->elements >= 2 && r->element[1]->type == REDIS_REPLY_INTEGER &&
-        r->element[0]->integer >= 0 && r->element[0]->integer <= 1) {
+    } else if (!answer_shape(q, r)) {
+        malformed(t, "answer about circuit", q->name, strlen(q->name), "not the shape the command answers");
+        answer_error(q, -EIO, "an answer of another shape than the command's");
+    } else if (q->kind == REQ_MIGRATE) {
+        migrated(q, r);
+    } else if (q->kind == REQ_WRITE) {
         answer_hash(q, r->element + 2, r->elements - 2, r->element[0]->integer == 1, r->element[1]->integer);
-        return;
+    } else if (r->elements == 0 && check_once(t, q->name)) { /* perhaps under its key from before hash tags */
+        q->kind = REQ_MIGRATE;
+        if (send_req(q) < 0) {
+            q->kind = REQ_READ;
+            answer_hash(q, r->element, 0, false, 0);
+        }
+    } else {
+        answer_hash(q, r->element, r->elements, false, 0);
     }
-    malformed(t, "answer about circuit", q->name, strlen(q->name), "not the shape the command answers");
-    answer_error(q, -EIO, "an answer of another shape than the command's");
 }
 
 /* ---- the transport's ops ------------------------------------------------------------ */
