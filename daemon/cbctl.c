@@ -174,7 +174,7 @@ static int cmd_list(struct cbctl *c, int argc, char **argv)
         if (arr)
             json_array_append_new(arr, row_json(&row, false));
         else
-            printf("%-40s %-9s %-8s %8u %8u %11lld %s\n", row.info.name, state_name(row.info.state),
+            printf("%-40s %-9s %-8s %8u %8u %11lld %s\n", CB_NAME_SHOW(row.info.name), state_name(row.info.state),
                    flags_text(&row.info), row.info.epoch, row.info.failure_count, (long long)row.info.opened_at,
                    row.sync_state < 4 ? sync_names[row.sync_state] : "?");
     }
@@ -188,7 +188,7 @@ static int cmd_show(struct cbctl *c, int argc, char **argv)
     if (argc != 1)
         return fail(EXIT_USAGE, "usage: cbctl show NAME");
     if (cb__name_check(argv[0]) < 0)
-        return fail(EXIT_USAGE, "'%s' is not a valid circuit name (1..127 of A-Z a-z 0-9 . _ : / @ + = -)", argv[0]);
+        return fail(EXIT_USAGE, "%s is not a valid circuit name (1..127 bytes of UTF-8)", CB_NAME_SHOW(argv[0]));
     int rc = seg_map(c);
     if (rc)
         return rc;
@@ -196,7 +196,7 @@ static int cmd_show(struct cbctl *c, int argc, char **argv)
     int slot = cb__seg_lookup(c->seg, argv[0], len, cb__name_hash(argv[0], len), NULL);
     struct circuit_row row;
     if (slot < 0 || row_read(c, (uint32_t)slot, &row) < 0)
-        return fail(EXIT_NOT_FOUND, "no circuit named '%s' in instance '%s'", argv[0], c->instance);
+        return fail(EXIT_NOT_FOUND, "no circuit named %s in instance '%s'", CB_NAME_SHOW(argv[0]), c->instance);
     if (c->json) {
         json_print(row_json(&row, true));
         return EXIT_OK;
@@ -237,7 +237,7 @@ static void print_transition(const struct cbctl *c, const cb_transition *t)
                              (json_int_t)t->opened_at, "time_ns", (json_int_t)t->time_ns, "seq",
                              (json_int_t)t->seq));
     } else {
-        printf("%s %s %s -> %s epoch=%u failure_count=%u source=%s\n", when, t->name, state_name(t->from),
+        printf("%s %s %s -> %s epoch=%u failure_count=%u source=%s\n", when, CB_NAME_SHOW(t->name), state_name(t->from),
                state_name(t->to), t->epoch, t->failure_count, src);
     }
     fflush(stdout);
@@ -434,7 +434,7 @@ static int name_arg(int argc, char **argv, const char *usage)
     if (argc < 1)
         return fail(EXIT_USAGE, "usage: %s", usage);
     if (cb__name_check(argv[0]) < 0)
-        return fail(EXIT_USAGE, "'%s' is not a valid circuit name (1..127 of A-Z a-z 0-9 . _ : / @ + = -)", argv[0]);
+        return fail(EXIT_USAGE, "%s is not a valid circuit name (1..127 bytes of UTF-8)", CB_NAME_SHOW(argv[0]));
     return EXIT_OK;
 }
 
@@ -487,7 +487,7 @@ static void print_removed(const struct cbctl *c, const msgpack_object *reply)
     cb__mp_get_str(reply, "name", name, sizeof name);
     cb__mp_get_str(reply, "state", state, sizeof state);
     cb__mp_get_u64(reply, "slot", &slot);
-    printf("removed circuit %s (slot %llu, was %s) from instance '%s'\n", name, (unsigned long long)slot, state,
+    printf("removed circuit %s (slot %llu, was %s) from instance '%s'\n", CB_NAME_SHOW(name), (unsigned long long)slot, state,
            c->instance);
 }
 

@@ -668,8 +668,8 @@ static int circuit_section(struct parse_ctx *px, const char *text, char *why, si
     }
     snprintf(name, sizeof name, "%.*s", (int)(len - 2), q + 1);
     if (cb__name_check(name) < 0) {
-        snprintf(why, whysize, "'%s' is not a valid circuit %s (expected 1..%u of A-Z a-z 0-9 . _ : / @ + = -)",
-                 name, prefix ? "name prefix" : "name", CB_NAME_MAX);
+        snprintf(why, whysize, "%s is not a valid circuit %s (expected 1..%u bytes of UTF-8)", CB_NAME_SHOW(name),
+                 prefix ? "name prefix" : "name", CB_NAME_MAX);
         return -EINVAL;
     }
     int rc = override_index(px->cfg, name, prefix, px->line, &px->ovr);

@@ -411,7 +411,7 @@ static int get_circuit(struct cbd *d, const msgpack_object *req, struct reply *r
     if (get_name(req, name, r) < 0)
         return r->err;
     if ((*out = cbd_circuit_find(d, name)) == NULL)
-        return fail(r, -ENOENT, "no circuit named '%s'", name);
+        return fail(r, -ENOENT, "no circuit named '%s'", CB_NAME_SHOW(name));
     return 0;
 }
 
@@ -625,7 +625,7 @@ static int operator_op(struct cbd_conn *c, const msgpack_object *req, struct rep
     if (rc == -EINVAL || (rc == 0 && (for_ms < 1 || for_ms > 604800000)))
         return fail(r, -EINVAL, "field 'for_ms' must be an integer 1..604800000 (7 days)");
     cbd_log(CBD_LOG_INFO, "operator: %s circuit=%s%s%.0llu by uid %u pid %d", action_names[action],
-            circuit->rec->name, for_ms ? " for_ms=" : "", (unsigned long long)for_ms, c->uid, (int)c->pid);
+            CB_NAME_SHOW(circuit->rec->name), for_ms ? " for_ms=" : "", (unsigned long long)for_ms, c->uid, (int)c->pid);
     cbd_now(&now);
     cbd_policy_operator(&c->d->env, circuit, action, (uint32_t)for_ms, &now);
     cb__mp_kv_str(&r->pk, "state", cbd_state_name(circuit->state));
@@ -680,7 +680,7 @@ static int op_remove(struct cbd_conn *c, const msgpack_object *req, struct reply
     int rc = cbd_circuit_remove(c->d, name, r->message, sizeof r->message);
     if (rc < 0)
         return r->err = rc;
-    cbd_log(CBD_LOG_INFO, "operator: remove circuit=%s slot=%u state=%s by uid %u pid %d", name, slot, state, c->uid,
+    cbd_log(CBD_LOG_INFO, "operator: remove circuit=%s slot=%u state=%s by uid %u pid %d", CB_NAME_SHOW(name), slot, state, c->uid,
             (int)c->pid);
     cb__mp_kv_str(&r->pk, "name", name);
     field_u64(r, "slot", slot);

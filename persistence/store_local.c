@@ -398,14 +398,31 @@ __attribute__((format(printf, 2, 3))) static void text_printf(struct text *t, co
     t->len += n >= 0 && !t->oom ? (size_t)n : 0;
 }
 
+/* s as a JSON string, escaped as jansson escapes it: '"', '\\' and control
+ * characters; every name in the model is valid UTF-8 (cb__name_check), so
+ * the rest goes as it is. */
+static void text_json_string(struct text *t, const char *s)
+{
+    text_printf(t, "\"");
+    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++) {
+        if (*p == '"' || *p == '\\')
+            text_printf(t, "\\%c", *p);
+        else if (*p < 0x20)
+            text_printf(t, "\\u%04x", *p);
+        else
+            text_printf(t, "%c", *p);
+    }
+    text_printf(t, "\"");
+}
+
 /* One circuit's line, in the byte layout jansson's JSON_COMPACT gave it (so
- * files stay diffable across versions). Names need no escaping: every name
- * in the model passed cb__name_check, which admits no quote, backslash or
- * control byte. */
+ * files stay diffable across versions). */
 static void circuit_text(struct text *t, const struct circuit *c)
 {
     const struct circuit_line *l = &c->line;
-    text_printf(t, "{\"name\":\"%s\",\"state\":\"%s\",\"failure_count\":%" PRIu32 ",\"opened_at\":%" PRId64, c->name,
+    text_printf(t, "{\"name\":");
+    text_json_string(t, c->name);
+    text_printf(t, ",\"state\":\"%s\",\"failure_count\":%" PRIu32 ",\"opened_at\":%" PRId64,
                 state_names[l->state], l->failure_count, l->opened_at);
     if (l->opened_at_ns != 0)
         text_printf(t, ",\"opened_at_ns\":%" PRId64, l->opened_at_ns);
@@ -665,7 +682,7 @@ static int parse_circuit(const json_t *e, struct cbd_store_state *st, char *why,
     if (!json_is_object(e))
         return invalid(why, n, "entry must be an object");
     if (cb__name_check(name) != 0)
-        return invalid(why, n, "name must be a string of 1..%u bytes of [A-Za-z0-9._:/@+=-]", CB_NAME_MAX);
+        return invalid(why, n, "name must be a string of 1..%u bytes of UTF-8", CB_NAME_MAX);
     snprintf(st->name, sizeof st->name, "%s", name);
     if (parse_state(json_string_value(json_object_get(e, "state")), &st->state) != 0)
         return invalid(why, n, "state must be \"CLOSED\", \"OPEN\" or \"HALF_OPEN\"");

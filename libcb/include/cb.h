@@ -151,7 +151,7 @@ CB_EXPORT void cb_client_close(cb_client *client);
  * An existing circuit keeps the configuration it has (the daemon's config
  * file and operators decide); read it back with cb_info_get().
  *
- * Names are 1..127 bytes of [A-Za-z0-9._:/@+=-]. A name already in the
+ * Names are 1..127 bytes of UTF-8 (any text Powertools takes, but NUL). A name already in the
  * segment is found without the daemon; a new one is registered over the
  * control connection, waiting up to 2 s for the answer. If cbd later loses
  * the circuit (a replaced segment without it, a removal), the handle

@@ -10,6 +10,7 @@
 #include "segment.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -30,22 +31,72 @@ uint64_t cb__name_hash(const char *name, size_t len)
     return h;
 }
 
-static int name_byte_ok(unsigned char c)
+/* Length of the UTF-8 sequence at s (1..4) if it is well formed (shortest
+ * form, no surrogate, at most U+10FFFF), else 0. */
+static size_t utf8_sequence(const unsigned char *s)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           strchr("._:/@+=-", c) != NULL;
+    if (s[0] < 0x80)
+        return 1;
+    size_t n = s[0] >= 0xf0 ? 4 : s[0] >= 0xe0 ? 3 : s[0] >= 0xc0 ? 2 : 0;
+    if (n == 0 || s[0] > 0xf4 || (n == 2 && s[0] < 0xc2))
+        return 0;
+    uint32_t cp = s[0] & (0x7f >> n);
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return n;
 }
 
 int cb__name_check(const char *name)
 {
     if (name == NULL || name[0] == '\0')
         return -EINVAL;
+    const unsigned char *s = (const unsigned char *)name;
     size_t n = 0;
-    for (; name[n] != '\0'; n++) {
-        if (n >= CB_NAME_MAX || !name_byte_ok((unsigned char)name[n]))
+    while (s[n] != '\0') {
+        size_t k = utf8_sequence(s + n);
+        if (k == 0 || n + k > CB_NAME_MAX)
             return -EINVAL;
+        n += k;
     }
     return 0;
+}
+
+static bool plain_byte(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || strchr("._:/@+=-", c) != NULL;
+}
+
+const char *cb__name_display(const char *name, char *buf)
+{
+    const unsigned char *s = (const unsigned char *)name;
+    bool plain = s[0] != '\0';
+    for (size_t i = 0; plain && s[i] != '\0'; i++)
+        plain = plain_byte(s[i]);
+    if (plain)
+        return name;
+    char *o = buf;
+    *o++ = '"';
+    for (size_t i = 0; s[i] != '\0' && o < buf + CB_NAME_DISPLAY_MAX - 10; i++) {
+        /* C0 and C1 controls and DEL are escaped; other UTF-8 is shown as it is */
+        bool c1 = s[i] == 0xc2 && s[i + 1] >= 0x80 && s[i + 1] <= 0x9f;
+        if (s[i] < 0x20 || s[i] == 0x7f || c1) {
+            o += sprintf(o, "\\x%02x", s[i]);
+            if (c1)
+                o += sprintf(o, "\\x%02x", s[++i]);
+        } else {
+            if (s[i] == '"' || s[i] == '\\')
+                *o++ = '\\';
+            *o++ = (char)s[i];
+        }
+    }
+    *o++ = '"';
+    *o = '\0';
+    return buf;
 }
 
 int cb__instance_check(const char *name)

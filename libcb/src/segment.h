@@ -332,8 +332,18 @@ _Static_assert(sizeof(struct cb_lanes_header) <= CB_LANES_HEADER_SIZE, "lanes he
 
 /* 64-bit hash of a name (FNV-1a folded through a splitmix64 finaliser). */
 uint64_t cb__name_hash(const char *name, size_t len);
-/* 0 if name is a valid circuit name, else -EINVAL (empty, too long, bad byte). */
+/* 0 if name is a valid circuit name: 1..CB_NAME_MAX bytes of well-formed
+ * UTF-8 (any character but NUL, as DynamoDB keys and Powertools names
+ * allow), else -EINVAL. */
 int cb__name_check(const char *name);
+/* name as a log line, a table or an error message shows it: as it is when
+ * it is only [A-Za-z0-9._:/@+=-], else in double quotes with '"' and '\'
+ * escaped and control characters as \xNN, written into buf. Returns name or
+ * buf. CB_NAME_SHOW(name) gives a buffer that lives to the end of the
+ * enclosing block, for use right in a printf-style argument list. */
+#define CB_NAME_DISPLAY_MAX (4 * CB_NAME_MAX + 8)
+const char *cb__name_display(const char *name, char *buf);
+#define CB_NAME_SHOW(name) cb__name_display((name), (char[CB_NAME_DISPLAY_MAX]){0})
 /* 0 if name is a valid instance name ([A-Za-z0-9_-], 1..32), else -EINVAL. */
 int cb__instance_check(const char *name);
 /* "/cbd.<instance>" and "/cbd.<instance>.lanes" into buf (CB_SHM_NAME_MAX). */
