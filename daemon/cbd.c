@@ -125,6 +125,7 @@ static void announce(struct cbd *d, const struct cbd_circuit *c, cb_state from, 
 {
     struct cbd_hook_event ev = {
         .from = cbd_state_name(from), .to = cbd_state_name(c->state), .source = cbd_source_name(source),
+        .origin = source == CB_SOURCE_REMOTE || (source == CB_SOURCE_RESTORE && d->env.fleet) ? "fleet" : "local",
         .opened_at = c->opened_at, .failure_count = c->trip_failure_count, .epoch = c->epoch,
         .time_ns = now->real_ns,
     };

@@ -1092,6 +1092,8 @@ static const char md_intro[] =
     "Every transition runs each `[hooks] command`, then each `hook` of the circuit's section, as\n"
     "`/bin/sh -c CMD` with the transition in the environment: `CB_CIRCUIT`, `CB_FROM`, `CB_TO`\n"
     "(`CLOSED`, `OPEN`, `HALF_OPEN`), `CB_SOURCE` (`local`, `remote`, `operator`, `timer`, `restore`),\n"
+    "`CB_ORIGIN` (`local` when the transition started on this host, `fleet` when it came through the\n"
+    "store from another host or a Powertools function: a hook that acts once per fleet checks it),\n"
     "`CB_EPOCH`, `CB_FAILURE_COUNT`, `CB_OPENED_AT` (epoch seconds, 0 when closed), `CB_TIME` (RFC 3339,\n"
     "UTC), `CB_TIME_NS`, `CB_INSTANCE`, plus `PATH` and `LANG`. Hooks run off the daemon's loop: one\n"
     "circuit's hooks run one at a time in transition order, different circuits' hooks at once up to\n"

@@ -770,12 +770,13 @@ void cbd_control_publish(struct cbd *d, const struct cbd_hook_event *ev, unsigne
     msgpack_packer pk;
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 11);
+    msgpack_pack_map(&pk, 12);
     cb__mp_kv_str(&pk, "event", "transition");
     cb__mp_kv_str(&pk, "name", ev->circuit);
     cb__mp_kv_str(&pk, "from", ev->from);
     cb__mp_kv_str(&pk, "to", ev->to);
     cb__mp_kv_str(&pk, "source", ev->source);
+    cb__mp_kv_str(&pk, "origin", ev->origin ? ev->origin : "local");
     cb__mp_kv_u64(&pk, "epoch", ev->epoch);
     cb__mp_kv_u64(&pk, "failure_count", ev->failure_count);
     cb__mp_kv_i64(&pk, "opened_at", ev->opened_at);

@@ -4,7 +4,7 @@
  * A hook is a shell command (/bin/sh -c) that gets the transition in its
  * environment:
  *
- *   CB_CIRCUIT CB_FROM CB_TO CB_SOURCE CB_EPOCH CB_FAILURE_COUNT
+ *   CB_CIRCUIT CB_FROM CB_TO CB_SOURCE CB_ORIGIN CB_EPOCH CB_FAILURE_COUNT
  *   CB_OPENED_AT (epoch s, 0 when closed) CB_TIME (RFC 3339 UTC)
  *   CB_TIME_NS CB_INSTANCE, and PATH from the daemon.
  *
@@ -35,7 +35,7 @@
 #include "log.h"
 #include "segment.h"
 
-#define HOOK_ENV_COUNT 12
+#define HOOK_ENV_COUNT 13
 #define HOOK_LINE_MAX 1024
 #define HOOK_ENV_MAX 1024 /* bytes per variable: a long $PATH must not be cut */
 
@@ -325,6 +325,7 @@ static void build_env(const struct cbd_hooks *h, const struct cbd_hook_event *ev
     snprintf(storage[i++], HOOK_ENV_MAX, "CB_FROM=%s", ev->from);
     snprintf(storage[i++], HOOK_ENV_MAX, "CB_TO=%s", ev->to);
     snprintf(storage[i++], HOOK_ENV_MAX, "CB_SOURCE=%s", ev->source);
+    snprintf(storage[i++], HOOK_ENV_MAX, "CB_ORIGIN=%s", ev->origin ? ev->origin : "local");
     snprintf(storage[i++], HOOK_ENV_MAX, "CB_EPOCH=%u", ev->epoch);
     snprintf(storage[i++], HOOK_ENV_MAX, "CB_FAILURE_COUNT=%u", ev->failure_count);
     snprintf(storage[i++], HOOK_ENV_MAX, "CB_OPENED_AT=%lld", (long long)ev->opened_at);
