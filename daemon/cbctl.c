@@ -117,6 +117,15 @@ static int row_read(const struct cbctl *c, uint32_t slot, struct circuit_row *ro
     return 0;
 }
 
+/* The policy as a JSON object, one member per policy field. */
+static json_t *config_json(const cb_config *cfg)
+{
+    json_t *o = json_object();
+    for (unsigned k = 0; k < CB_POLICY_NFIELDS; k++)
+        json_object_set_new(o, cb__policy_fields[k].name, json_integer(*cb__config_field((cb_config *)cfg, k)));
+    return o;
+}
+
 static json_t *row_json(const struct circuit_row *row, bool detail)
 {
     const cb_info *i = &row->info;
@@ -127,12 +136,7 @@ static json_t *row_json(const struct circuit_row *row, bool detail)
     json_object_set_new(o, "synced_at", json_integer(row->synced_at));
     if (detail) {
         json_object_set_new(o, "config",
-                            json_pack("{s:I, s:I, s:I, s:I, s:I}", "failure_threshold",
-                                      (json_int_t)i->config.failure_threshold, "success_threshold",
-                                      (json_int_t)i->config.success_threshold, "half_open_max_probes",
-                                      (json_int_t)i->config.half_open_max_probes, "recovery_timeout_ms",
-                                      (json_int_t)i->config.recovery_timeout_ms, "probe_lease_ms",
-                                      (json_int_t)i->config.probe_lease_ms));
+                            config_json(&i->config));
         json_object_set_new(o, "total_successes", json_integer((json_int_t)i->total_successes));
         json_object_set_new(o, "total_failures", json_integer((json_int_t)i->total_failures));
         json_object_set_new(o, "total_ignored", json_integer((json_int_t)i->total_ignored));
@@ -207,10 +211,10 @@ static int cmd_show(struct cbctl *c, int argc, char **argv)
            i->failure_count);
     printf("opened_at:       %lld\nsync:            %s (synced_at %lld)\n", (long long)i->opened_at,
            row.sync_state < 4 ? sync_names[row.sync_state] : "?", (long long)row.synced_at);
-    printf("config:          failure_threshold=%u success_threshold=%u half_open_max_probes=%u "
-           "recovery_timeout_ms=%u probe_lease_ms=%u\n",
-           i->config.failure_threshold, i->config.success_threshold, i->config.half_open_max_probes,
-           i->config.recovery_timeout_ms, i->config.probe_lease_ms);
+    printf("config:         ");
+    for (unsigned k = 0; k < CB_POLICY_NFIELDS; k++)
+        printf(" %s=%u", cb__policy_fields[k].name, *cb__config_field((cb_config *)&i->config, k));
+    printf("\n");
     printf("totals:          successes=%llu failures=%llu ignored=%llu\n", (unsigned long long)i->total_successes,
            (unsigned long long)i->total_failures, (unsigned long long)i->total_ignored);
     return EXIT_OK;

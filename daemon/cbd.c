@@ -65,7 +65,7 @@
 
 #include "log.h"
 
-#define ALL_FIELDS ((1u << CBD_POLICY_NFIELDS) - 1)
+#define ALL_FIELDS ((1u << CB_POLICY_NFIELDS) - 1)
 
 struct cbd_circuit *cbd_circuit_find(struct cbd *d, const char *name)
 {
@@ -79,9 +79,9 @@ struct cbd_circuit *cbd_circuit_find(struct cbd *d, const char *name)
 static cb_config asked_filled(const struct cbd *d, const struct cbd_circuit *c)
 {
     cb_config out = d->cfg.defaults, asked = c->asked;
-    for (unsigned i = 0; i < CBD_POLICY_NFIELDS; i++) {
+    for (unsigned i = 0; i < CB_POLICY_NFIELDS; i++) {
         if (c->asked_mask & (1u << i))
-            *cbd_policy_field(&out, i) = *cbd_policy_field(&asked, i);
+            *cb__config_field(&out, i) = *cb__config_field(&asked, i);
     }
     return out;
 }
@@ -372,9 +372,9 @@ static int check_asked(const struct cbd *d, const cb_config *asked, unsigned mas
     const char *field;
     cb_config a = asked ? *asked : d->cfg.defaults;
     *want = d->cfg.defaults;
-    for (unsigned i = 0; i < CBD_POLICY_NFIELDS; i++) {
+    for (unsigned i = 0; i < CB_POLICY_NFIELDS; i++) {
         if (mask & (1u << i))
-            *cbd_policy_field(want, i) = *cbd_policy_field(&a, i);
+            *cb__config_field(want, i) = *cb__config_field(&a, i);
     }
     if (cb__config_check(want, &field) == 0)
         return 0;

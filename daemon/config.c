@@ -231,21 +231,12 @@ static const struct option_def options[] = {
      .def = "0", .min = 0, .max = 31536000, .reloadable = 1,
      .help = "a CLOSED circuit with no outcome and no registration for this long is removed (0: never); "
              "circuits named by a [circuit] section, forced or disabled ones never expire"},
-    {.name = "failure_threshold", .section = SEC_DEFAULTS, .type = OPT_UINT, .offset = C(failure_threshold),
-     .def = "5", .min = 1, .max = 1000000, .reloadable = 1, .per_circuit = 1,
-     .help = "consecutive counted failures that trip a circuit"},
-    {.name = "success_threshold", .section = SEC_DEFAULTS, .type = OPT_UINT, .offset = C(success_threshold),
-     .def = "3", .min = 1, .max = 1000000, .reloadable = 1, .per_circuit = 1,
-     .help = "consecutive probe successes that close a circuit"},
-    {.name = "half_open_max_probes", .section = SEC_DEFAULTS, .type = OPT_UINT, .offset = C(half_open_max_probes),
-     .def = "1", .min = 1, .max = 1024, .reloadable = 1, .per_circuit = 1,
-     .help = "probes admitted at once while HALF_OPEN"},
-    {.name = "recovery_timeout_ms", .section = SEC_DEFAULTS, .type = OPT_UINT, .offset = C(recovery_timeout_ms),
-     .def = "30000", .min = 1, .max = 604800000, .reloadable = 1, .per_circuit = 1,
-     .help = "how long a circuit stays OPEN before probing"},
-    {.name = "probe_lease_ms", .section = SEC_DEFAULTS, .type = OPT_UINT, .offset = C(probe_lease_ms),
-     .def = "0", .min = 0, .max = 604800000, .reloadable = 1, .per_circuit = 1,
-     .help = "a probe silent this long is reclaimed (0 = recovery_timeout_ms)"},
+    /* [defaults] and the per-circuit sections: the policy fields (cb.h) */
+#define POLICY_OPTION(n, d, lo, hi, h)                                                                           \
+    {.name = #n, .section = SEC_DEFAULTS, .type = OPT_UINT, .offset = C(n), .def = #d, .min = lo, .max = hi,       \
+     .reloadable = 1, .per_circuit = 1, .help = h},
+    CB_POLICY_FIELDS(POLICY_OPTION)
+#undef POLICY_OPTION
     {.name = "command", .section = SEC_HOOKS, .type = OPT_LIST, .offset = D(hook_commands),
      .def_doc = "none", .check = check_command, .accepts = CMD_ACCEPTS, .reloadable = 1,
      .help = "run for every transition of every circuit (repeatable: each line is one hook)"},
@@ -538,7 +529,7 @@ static void apply(struct parse_ctx *px, int i, const char *value)
         px->refused[i] |= !in_section;
         return;
     }
-    if (in_section && o->per_circuit) { /* bit i: cbd_policy_fields[i] given */
+    if (in_section && o->per_circuit) { /* bit i: cb__policy_fields[i].name given */
         size_t field = (o->offset - offsetof(struct cbd_config, defaults)) / sizeof(uint32_t);
         px->cfg->overrides[px->ovr].set |= 1u << field;
     } else if (!in_section) {
@@ -1470,11 +1461,11 @@ void cbd_config_effective(const struct cbd_config *cfg, const char *name, const 
     cb_config want = asked ? *asked : cfg->defaults, sect = o ? o->cfg : cfg->defaults;
     unsigned sect_mask = o ? o->set : 0;
     *out = cfg->defaults;
-    for (unsigned i = 0; i < CBD_POLICY_NFIELDS; i++) {
+    for (unsigned i = 0; i < CB_POLICY_NFIELDS; i++) {
         if (sect_mask & (1u << i))
-            *cbd_policy_field(out, i) = *cbd_policy_field(&sect, i);
+            *cb__config_field(out, i) = *cb__config_field(&sect, i);
         else if (asked_mask & (1u << i))
-            *cbd_policy_field(out, i) = *cbd_policy_field(&want, i);
+            *cb__config_field(out, i) = *cb__config_field(&want, i);
     }
     *section = o;
 }

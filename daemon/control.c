@@ -416,6 +416,10 @@ static int get_circuit(struct cbd *d, const msgpack_object *req, struct reply *r
 }
 
 /* The optional "config" map of register: the fields given go into *cfg and *mask. */
+/* "failure_threshold, success_threshold, ..." */
+#define POLICY_FIELD_NAME(n, d, lo, hi, h) ", " #n
+#define POLICY_FIELD_LIST (CB_POLICY_FIELDS(POLICY_FIELD_NAME) + 2)
+
 static int parse_config(const msgpack_object *m, cb_config *cfg, unsigned *mask, struct reply *r)
 {
     if (m->type != MSGPACK_OBJECT_MAP)
@@ -423,16 +427,15 @@ static int parse_config(const msgpack_object *m, cb_config *cfg, unsigned *mask,
     for (uint32_t i = 0; i < m->via.map.size; i++) {
         const msgpack_object *k = &m->via.map.ptr[i].key, *v = &m->via.map.ptr[i].val;
         unsigned f = 0;
-        while (f < CBD_POLICY_NFIELDS &&
-               !(k->type == MSGPACK_OBJECT_STR && k->via.str.size == strlen(cbd_policy_fields[f]) &&
-                 memcmp(k->via.str.ptr, cbd_policy_fields[f], k->via.str.size) == 0))
+        while (f < CB_POLICY_NFIELDS &&
+               !(k->type == MSGPACK_OBJECT_STR && k->via.str.size == strlen(cb__policy_fields[f].name) &&
+                 memcmp(k->via.str.ptr, cb__policy_fields[f].name, k->via.str.size) == 0))
             f++;
-        if (f == CBD_POLICY_NFIELDS)
-            return fail(r, -EINVAL, "unknown field in 'config' (expected failure_threshold, success_threshold, "
-                                    "half_open_max_probes, recovery_timeout_ms, probe_lease_ms)");
+        if (f == CB_POLICY_NFIELDS)
+            return fail(r, -EINVAL, "unknown field in 'config' (expected %s)", POLICY_FIELD_LIST);
         if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 > UINT32_MAX)
-            return fail(r, -EINVAL, "field 'config.%s' must be an unsigned 32-bit integer", cbd_policy_fields[f]);
-        *cbd_policy_field(cfg, f) = (uint32_t)v->via.u64;
+            return fail(r, -EINVAL, "field 'config.%s' must be an unsigned 32-bit integer", cb__policy_fields[f].name);
+        *cb__config_field(cfg, f) = (uint32_t)v->via.u64;
         *mask |= 1u << f;
     }
     return 0;
@@ -556,9 +559,9 @@ static void pack_circuit_fields(msgpack_packer *pk, const struct cbd_circuit *c)
     cb__mp_kv_str(pk, "sync", sync < 4 ? sync_names[sync] : "?");
     cb__mp_kv_i64(pk, "synced_at", c->pub.synced_at);
     cb__mp_pack_str(pk, "config");
-    msgpack_pack_map(pk, CBD_POLICY_NFIELDS);
-    for (unsigned i = 0; i < CBD_POLICY_NFIELDS; i++)
-        cb__mp_kv_u64(pk, cbd_policy_fields[i], *cbd_policy_field(&cfg, i));
+    msgpack_pack_map(pk, CB_POLICY_NFIELDS);
+    for (unsigned i = 0; i < CB_POLICY_NFIELDS; i++)
+        cb__mp_kv_u64(pk, cb__policy_fields[i].name, *cb__config_field(&cfg, i));
     cb__mp_kv_str(pk, "section", c->override ? c->override->name : "");
     cb__mp_kv_u64(pk, "total_successes", c->pub.total_successes);
     cb__mp_kv_u64(pk, "total_failures", c->pub.total_failures);

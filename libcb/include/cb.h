@@ -85,14 +85,26 @@ typedef enum cb_outcome {
 
 /* ---- configuration -------------------------------------------------------- */
 
-/* Per-circuit policy. Defaults equal Powertools' CircuitBreakerConfig. */
+/*
+ * The policy fields, declared once: X(name, default, min, max, help).
+ * cb_config, its defaults and bounds, the daemon's options ([defaults] and
+ * per-circuit sections), the control protocol, the segment's record, the
+ * local state file and cbctl's output all come from this list. Defaults
+ * equal Powertools' CircuitBreakerConfig.
+ */
+#define CB_POLICY_FIELDS(X)                                                                                  \
+    X(failure_threshold, 5, 1, 1000000, "consecutive counted failures that trip a circuit")                 \
+    X(success_threshold, 3, 1, 1000000, "consecutive probe successes that close a circuit")                 \
+    X(half_open_max_probes, 1, 1, 1024, "probes admitted at once while HALF_OPEN")                           \
+    X(recovery_timeout_ms, 30000, 1, 604800000, "how long a circuit stays OPEN before probing")             \
+    X(probe_lease_ms, 0, 0, 604800000, "a probe silent this long is reclaimed (0 = recovery_timeout_ms)")
+
+/* Per-circuit policy: one uint32_t per CB_POLICY_FIELDS entry, in order. */
 typedef struct cb_config {
-    uint32_t failure_threshold;   /* consecutive counted failures that trip (default 5, 1..1000000) */
-    uint32_t success_threshold;   /* consecutive probe successes that close (default 3, 1..1000000) */
-    uint32_t half_open_max_probes;/* probes admitted at once in HALF_OPEN (default 1, 1..1024) */
-    uint32_t recovery_timeout_ms; /* how long OPEN lasts (default 30000, 1..604800000 = 7 days) */
-    uint32_t probe_lease_ms;      /* a probe silent this long is reclaimed (default 0 = recovery_timeout_ms) */
-    uint32_t reserved[3];         /* zero */
+#define CB__CONFIG_MEMBER(name, def, min, max, help) uint32_t name;
+    CB_POLICY_FIELDS(CB__CONFIG_MEMBER)
+#undef CB__CONFIG_MEMBER
+    uint32_t reserved[3]; /* zero */
 } cb_config;
 
 /*

@@ -240,19 +240,26 @@ int cb__seg_lookup(const struct cb_seg_header *h, const char *name, size_t len, 
     return -ENOENT;
 }
 
+const struct cb_policy_field cb__policy_fields[CB_POLICY_NFIELDS] = {
+#define FIELD_ROW(n, d, lo, hi, h) {.name = #n, .help = h, .def = d, .min = lo, .max = hi, .offset = offsetof(cb_config, n)},
+    CB_POLICY_FIELDS(FIELD_ROW)
+#undef FIELD_ROW
+};
+
 int cb__config_check(const struct cb_config *cfg, const char **field)
 {
+    /* "name (min..max)" for the first field out of its bounds */
+    static const char *const bad_text[CB_POLICY_NFIELDS] = {
+#define FIELD_BAD(n, d, lo, hi, h) #n " (" #lo ".." #hi ")",
+        CB_POLICY_FIELDS(FIELD_BAD)
+#undef FIELD_BAD
+    };
     const char *bad = NULL;
-    if (cfg->failure_threshold < 1 || cfg->failure_threshold > 1000000)
-        bad = "failure_threshold (1..1000000)";
-    else if (cfg->success_threshold < 1 || cfg->success_threshold > 1000000)
-        bad = "success_threshold (1..1000000)";
-    else if (cfg->half_open_max_probes < 1 || cfg->half_open_max_probes > 1024)
-        bad = "half_open_max_probes (1..1024)";
-    else if (cfg->recovery_timeout_ms < 1 || cfg->recovery_timeout_ms > 604800000u)
-        bad = "recovery_timeout_ms (1..604800000)";
-    else if (cfg->probe_lease_ms > 604800000u)
-        bad = "probe_lease_ms (0..604800000; 0 = recovery_timeout_ms)";
+    for (unsigned i = 0; i < CB_POLICY_NFIELDS && bad == NULL; i++) {
+        uint32_t v = *cb__config_field((cb_config *)cfg, i);
+        if (v < cb__policy_fields[i].min || v > cb__policy_fields[i].max)
+            bad = bad_text[i];
+    }
     if (field)
         *field = bad;
     return bad ? -EINVAL : 0;
@@ -276,11 +283,8 @@ int cb__parse_bool(const char *s)
 void cb_config_init(cb_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
-    cfg->failure_threshold = 5;
-    cfg->success_threshold = 3;
-    cfg->half_open_max_probes = 1;
-    cfg->recovery_timeout_ms = 30000;
-    cfg->probe_lease_ms = 0;
+    for (unsigned i = 0; i < CB_POLICY_NFIELDS; i++)
+        *cb__config_field(cfg, i) = cb__policy_fields[i].def;
 }
 
 int cb__seg_snapshot(const struct cb_seg_header *h, uint32_t slot, struct cb_seg_snapshot *out)

@@ -74,6 +74,7 @@
 #define CB_SEG_MINOR 0u
 #define CB_SEG_HEADER_SIZE 4096u
 #define CB_SEG_RECORD_SIZE 512u
+#define CB_SEG_CFG_WORDS 22u        /* policy words a record holds (CB_POLICY_FIELDS and room) */
 #define CB_LANES_HEADER_SIZE 4096u
 #define CB_CACHELINE 64u
 
@@ -195,18 +196,16 @@ struct cb_seg_record {
      * change of policy (rare). */
     _Alignas(64) _Atomic uint64_t state_word;
     _Atomic uint64_t name_hash;
-    _Atomic uint32_t cfg_seq;             /* odd while the policy fields are written */
-    _Atomic uint32_t failure_threshold;
-    _Atomic uint32_t success_threshold;
-    _Atomic uint32_t half_open_max_probes;
-    _Atomic uint32_t recovery_timeout_ms;
-    _Atomic uint32_t probe_lease_ms;
     _Atomic uint16_t name_len;
     _Atomic uint16_t reserved0;
     _Atomic uint32_t owner_uid;           /* who registered it over the socket (UINT32_MAX: nobody counted) */
-    _Atomic uint32_t reserved1[4];
-    /* line 1: the current version's number (vseq of the current copy). */
-    _Alignas(64) _Atomic uint64_t vseq;
+    _Atomic uint32_t cfg_seq;             /* odd while the policy fields are written */
+    _Atomic uint32_t reserved1;
+    /* lines 0-1: the policy, CB_POLICY_FIELDS in order (room to grow), then
+     * the current version's number (vseq of the current copy), alone at the
+     * end of line 1: it changes on every publish, the policy rarely. */
+    _Atomic uint32_t cfg[CB_SEG_CFG_WORDS];
+    _Atomic uint64_t vseq;
     /* lines 2-5: the two copies; the current one is version[vseq & 1]. */
     _Alignas(64) struct cb_seg_version version[2];
     /* lines 6-7: the name, NUL terminated. */
@@ -241,6 +240,8 @@ _Static_assert(sizeof(struct cb_seg_version) == 128, "a version is two cache lin
 _Static_assert(sizeof(struct cb_seg_record) == CB_SEG_RECORD_SIZE, "record must be 512 bytes");
 _Static_assert(offsetof(struct cb_seg_record, state_word) == 0, "the state word is frozen at offset 0");
 _Static_assert(offsetof(struct cb_seg_record, version) == 128, "versions start on line 2");
+_Static_assert(offsetof(struct cb_seg_record, vseq) == 120, "vseq is the last word of line 1");
+_Static_assert(offsetof(cb_config, reserved) / sizeof(uint32_t) <= CB_SEG_CFG_WORDS, "the record holds every policy field");
 _Static_assert(sizeof(struct cb_seg_history) == 192, "history entries are three cache lines");
 
 /* ---- lanes region --------------------------------------------------------- */
@@ -525,26 +526,39 @@ static inline int cb_seg_cfg_read_retry(const struct cb_seg_record *r, uint32_t 
     return (begin & 1) || atomic_load_explicit((_Atomic uint32_t *)&r->cfg_seq, memory_order_relaxed) != begin;
 }
 
+/* ---- the policy fields: CB_POLICY_FIELDS as a table ------------------------ */
+
+struct cb_policy_field {
+    const char *name, *help;
+    uint32_t def, min, max;
+    size_t offset; /* in cb_config */
+};
+enum {
+#define CB__FIELD_INDEX(name, def, min, max, help) CB_FIELD_##name,
+    CB_POLICY_FIELDS(CB__FIELD_INDEX)
+#undef CB__FIELD_INDEX
+    CB_POLICY_NFIELDS
+};
+extern const struct cb_policy_field cb__policy_fields[CB_POLICY_NFIELDS];
+
+/* Field i of cfg. */
+static inline uint32_t *cb__config_field(cb_config *cfg, unsigned i)
+{
+    return (uint32_t *)((char *)cfg + cb__policy_fields[i].offset);
+}
+
 /* The policy fields of a record (relaxed loads; between cfg read_begin/retry). */
 static inline void cb_seg_cfg_load(const struct cb_seg_record *r, cb_config *cfg)
 {
-    cfg->failure_threshold = atomic_load_explicit((_Atomic uint32_t *)&r->failure_threshold, memory_order_relaxed);
-    cfg->success_threshold = atomic_load_explicit((_Atomic uint32_t *)&r->success_threshold, memory_order_relaxed);
-    cfg->half_open_max_probes =
-        atomic_load_explicit((_Atomic uint32_t *)&r->half_open_max_probes, memory_order_relaxed);
-    cfg->recovery_timeout_ms =
-        atomic_load_explicit((_Atomic uint32_t *)&r->recovery_timeout_ms, memory_order_relaxed);
-    cfg->probe_lease_ms = atomic_load_explicit((_Atomic uint32_t *)&r->probe_lease_ms, memory_order_relaxed);
+    for (unsigned i = 0; i < CB_POLICY_NFIELDS; i++)
+        *cb__config_field(cfg, i) = atomic_load_explicit((_Atomic uint32_t *)&r->cfg[i], memory_order_relaxed);
     for (size_t i = 0; i < sizeof cfg->reserved / sizeof cfg->reserved[0]; i++)
         cfg->reserved[i] = 0;
 }
 static inline void cb_seg_cfg_store(struct cb_seg_record *r, const cb_config *cfg)
 {
-    atomic_store_explicit(&r->failure_threshold, cfg->failure_threshold, memory_order_relaxed);
-    atomic_store_explicit(&r->success_threshold, cfg->success_threshold, memory_order_relaxed);
-    atomic_store_explicit(&r->half_open_max_probes, cfg->half_open_max_probes, memory_order_relaxed);
-    atomic_store_explicit(&r->recovery_timeout_ms, cfg->recovery_timeout_ms, memory_order_relaxed);
-    atomic_store_explicit(&r->probe_lease_ms, cfg->probe_lease_ms, memory_order_relaxed);
+    for (unsigned i = 0; i < CB_POLICY_NFIELDS; i++)
+        atomic_store_explicit(&r->cfg[i], *cb__config_field((cb_config *)cfg, i), memory_order_relaxed);
 }
 
 #endif /* CB_SEGMENT_H */
