@@ -60,14 +60,28 @@ extern "C" {
 
 /* ---- errors beyond errno ------------------------------------------------ */
 
-/* cb_call() without an on_open fallback returns this when the circuit rejects. */
-#define CB_EOPEN (-20001)
-/* The daemon answered a request with an error it did not map to an errno. */
-#define CB_EPROTO_DAEMON (-20002)
-/* The segment's shared-memory objects are damaged: smaller than their
- * headers say (truncated), or sizes and offsets that do not hold together.
- * Restarting cbd replaces such a segment. */
-#define CB_EDAMAGED (-20003)
+/*
+ * libcb's own error codes, declared once: X(name, value, text). Every other
+ * error is a negative errno. cb_strerror() gives the text, cb_err_name() the
+ * name; codes and names never change meaning.
+ *   CB_EOPEN          cb_call() without an on_open fallback: the circuit rejected the call
+ *   CB_EPROTO_DAEMON  the daemon answered with an error libcb cannot map to an errno
+ *   CB_EDAMAGED       the segment's objects are smaller than their headers say (truncated)
+ *                     or their sizes disagree; restarting cbd replaces such a segment
+ */
+#define CB_ERRORS(X)                                                                                         \
+    X(CB_EOPEN, -20001, "circuit is open")                                                                 \
+    X(CB_EPROTO_DAEMON, -20002,                                                                           \
+      "cbd answered with an error libcb does not understand (library and daemon versions differ?)")       \
+    X(CB_EDAMAGED, -20003,                                                                                \
+      "cbd's shared memory is damaged: an object is smaller than its header says (truncated?) or its "    \
+      "sizes disagree; restart cbd to replace it")
+
+enum cb_error {
+#define CB__ERROR_VALUE(name, value, text) name = (value),
+    CB_ERRORS(CB__ERROR_VALUE)
+#undef CB__ERROR_VALUE
+};
 
 /* ---- states and outcomes ------------------------------------------------ */
 
@@ -386,8 +400,13 @@ CB_EXPORT int cb_next_transition(cb_client *client, cb_transition *out);
  */
 CB_EXPORT unsigned cb_status(cb_client *client);
 
-/* cb_strerror - a static, human-readable name for a libcb error code. */
+/* cb_strerror - a static, human-readable text for a libcb error code (what
+ * is wrong with the deployment, for an operator). "unknown error" if none. */
 CB_EXPORT const char *cb_strerror(int err);
+
+/* cb_err_name - the code's stable name: "CB_EOPEN", "ENOENT", ...; for
+ * logs and metrics labels. "unknown" if none. */
+CB_EXPORT const char *cb_err_name(int err);
 
 /* cb_version - the runtime library's version as CB_VERSION_STRING. */
 CB_EXPORT const char *cb_version(void);
