@@ -315,7 +315,7 @@ static void fill_headers(struct cbd_segment *s, const struct cbd_config *cfg, co
     h->index_slots = g->index_slots;
     h->history_capacity = g->history_capacity;
     h->stale_policy = cfg->stale_policy;
-    h->features = CB_SEG_FEATURE_HISTORY | CB_SEG_FEATURE_PERMITS;
+    h->features = CB_SEG_FEATURES_USED;
     h->total_size = g->state_size;
     h->index_offset = g->index_offset;
     h->records_offset = g->records_offset;

@@ -160,7 +160,8 @@ int cb__seg_header_check(const struct cb_seg_header *h, uint64_t mapped_size)
 {
     if (mapped_size < CB_SEG_HEADER_SIZE || memcmp(h->magic, "CBD-SEGMENT-v", 13) != 0)
         return -EPROTO;
-    if (strncmp(h->magic, CB_SEG_MAGIC, sizeof h->magic) != 0 || h->major != CB_SEG_MAJOR)
+    if (strncmp(h->magic, CB_SEG_MAGIC, sizeof h->magic) != 0 || h->major != CB_SEG_MAJOR ||
+        (h->features & CB_SEG_FEATURES_USED) != CB_SEG_FEATURES_USED)
         return -EPROTO;
     struct cb_seg_geometry g;
     if (h->header_size != CB_SEG_HEADER_SIZE || h->record_size != CB_SEG_RECORD_SIZE ||

@@ -118,8 +118,12 @@ static inline uint32_t cb_seg_word_epoch(uint64_t w) { return (uint32_t)(w >> CB
 #define CB_STALE_FAIL_OPEN 0u   /* default: allow (BYPASS tickets) */
 #define CB_STALE_KEEP_STATE 1u  /* keep obeying the last published state */
 
+/* What a segment offers beyond its major layout: a minor version that adds
+ * something sets a bit, and a reader refuses a segment that lacks a bit it
+ * uses (cb__seg_header_check: CB_SEG_FEATURES_USED). */
 #define CB_SEG_FEATURE_HISTORY 0x1ull
 #define CB_SEG_FEATURE_PERMITS 0x2ull
+#define CB_SEG_FEATURES_USED (CB_SEG_FEATURE_HISTORY | CB_SEG_FEATURE_PERMITS)
 
 /* ---- state region --------------------------------------------------------- */
 
@@ -269,7 +273,7 @@ struct cb_lane_event {
  */
 struct cb_lane {
     _Alignas(64) _Atomic uint64_t owner;   /* 0 free; else (pid << 32) | lane state */
-    _Atomic uint64_t claims;               /* times claimed (diagnostics) */
+    uint64_t reserved0;
     /* producer's line */
     _Alignas(64) _Atomic uint64_t tail;    /* next event index to write; release by producer */
     _Atomic uint64_t dropped;              /* events dropped because the lane was full */
