@@ -117,6 +117,15 @@ static int row_read(const struct cbctl *c, uint32_t slot, struct circuit_row *ro
     return 0;
 }
 
+/* The policy as a JSON object, one member per policy field. */
+static json_t *config_json(const cb_config *cfg)
+{
+    json_t *o = json_object();
+    for (unsigned k = 0; k < CB_POLICY_NFIELDS; k++)
+        json_object_set_new(o, cb__policy_fields[k].name, json_integer(*cb__config_field((cb_config *)cfg, k)));
+    return o;
+}
+
 static json_t *row_json(const struct circuit_row *row, bool detail)
 {
     const cb_info *i = &row->info;
@@ -127,12 +136,7 @@ static json_t *row_json(const struct circuit_row *row, bool detail)
     json_object_set_new(o, "synced_at", json_integer(row->synced_at));
     if (detail) {
         json_object_set_new(o, "config",
-                            json_pack("{s:I, s:I, s:I, s:I, s:I}", "failure_threshold",
-                                      (json_int_t)i->config.failure_threshold, "success_threshold",
-                                      (json_int_t)i->config.success_threshold, "half_open_max_probes",
-                                      (json_int_t)i->config.half_open_max_probes, "recovery_timeout_ms",
-                                      (json_int_t)i->config.recovery_timeout_ms, "probe_lease_ms",
-                                      (json_int_t)i->config.probe_lease_ms));
+                            config_json(&i->config));
         json_object_set_new(o, "total_successes", json_integer((json_int_t)i->total_successes));
         json_object_set_new(o, "total_failures", json_integer((json_int_t)i->total_failures));
         json_object_set_new(o, "total_ignored", json_integer((json_int_t)i->total_ignored));
@@ -174,7 +178,7 @@ static int cmd_list(struct cbctl *c, int argc, char **argv)
         if (arr)
             json_array_append_new(arr, row_json(&row, false));
         else
-            printf("%-40s %-9s %-8s %8u %8u %11lld %s\n", row.info.name, state_name(row.info.state),
+            printf("%-40s %-9s %-8s %8u %8u %11lld %s\n", CB_NAME_SHOW(row.info.name), state_name(row.info.state),
                    flags_text(&row.info), row.info.epoch, row.info.failure_count, (long long)row.info.opened_at,
                    row.sync_state < 4 ? sync_names[row.sync_state] : "?");
     }
@@ -188,7 +192,7 @@ static int cmd_show(struct cbctl *c, int argc, char **argv)
     if (argc != 1)
         return fail(EXIT_USAGE, "usage: cbctl show NAME");
     if (cb__name_check(argv[0]) < 0)
-        return fail(EXIT_USAGE, "'%s' is not a valid circuit name (1..127 of A-Z a-z 0-9 . _ : / @ + = -)", argv[0]);
+        return fail(EXIT_USAGE, "%s is not a valid circuit name (1..127 bytes of UTF-8)", CB_NAME_SHOW(argv[0]));
     int rc = seg_map(c);
     if (rc)
         return rc;
@@ -196,7 +200,7 @@ static int cmd_show(struct cbctl *c, int argc, char **argv)
     int slot = cb__seg_lookup(c->seg, argv[0], len, cb__name_hash(argv[0], len), NULL);
     struct circuit_row row;
     if (slot < 0 || row_read(c, (uint32_t)slot, &row) < 0)
-        return fail(EXIT_NOT_FOUND, "no circuit named '%s' in instance '%s'", argv[0], c->instance);
+        return fail(EXIT_NOT_FOUND, "no circuit named %s in instance '%s'", CB_NAME_SHOW(argv[0]), c->instance);
     if (c->json) {
         json_print(row_json(&row, true));
         return EXIT_OK;
@@ -207,10 +211,10 @@ static int cmd_show(struct cbctl *c, int argc, char **argv)
            i->failure_count);
     printf("opened_at:       %lld\nsync:            %s (synced_at %lld)\n", (long long)i->opened_at,
            row.sync_state < 4 ? sync_names[row.sync_state] : "?", (long long)row.synced_at);
-    printf("config:          failure_threshold=%u success_threshold=%u half_open_max_probes=%u "
-           "recovery_timeout_ms=%u probe_lease_ms=%u\n",
-           i->config.failure_threshold, i->config.success_threshold, i->config.half_open_max_probes,
-           i->config.recovery_timeout_ms, i->config.probe_lease_ms);
+    printf("config:         ");
+    for (unsigned k = 0; k < CB_POLICY_NFIELDS; k++)
+        printf(" %s=%u", cb__policy_fields[k].name, *cb__config_field((cb_config *)&i->config, k));
+    printf("\n");
     printf("totals:          successes=%llu failures=%llu ignored=%llu\n", (unsigned long long)i->total_successes,
            (unsigned long long)i->total_failures, (unsigned long long)i->total_ignored);
     return EXIT_OK;
@@ -237,7 +241,7 @@ static void print_transition(const struct cbctl *c, const cb_transition *t)
                              (json_int_t)t->opened_at, "time_ns", (json_int_t)t->time_ns, "seq",
                              (json_int_t)t->seq));
     } else {
-        printf("%s %s %s -> %s epoch=%u failure_count=%u source=%s\n", when, t->name, state_name(t->from),
+        printf("%s %s %s -> %s epoch=%u failure_count=%u source=%s\n", when, CB_NAME_SHOW(t->name), state_name(t->from),
                state_name(t->to), t->epoch, t->failure_count, src);
     }
     fflush(stdout);
@@ -434,7 +438,7 @@ static int name_arg(int argc, char **argv, const char *usage)
     if (argc < 1)
         return fail(EXIT_USAGE, "usage: %s", usage);
     if (cb__name_check(argv[0]) < 0)
-        return fail(EXIT_USAGE, "'%s' is not a valid circuit name (1..127 of A-Z a-z 0-9 . _ : / @ + = -)", argv[0]);
+        return fail(EXIT_USAGE, "%s is not a valid circuit name (1..127 bytes of UTF-8)", CB_NAME_SHOW(argv[0]));
     return EXIT_OK;
 }
 
@@ -487,7 +491,7 @@ static void print_removed(const struct cbctl *c, const msgpack_object *reply)
     cb__mp_get_str(reply, "name", name, sizeof name);
     cb__mp_get_str(reply, "state", state, sizeof state);
     cb__mp_get_u64(reply, "slot", &slot);
-    printf("removed circuit %s (slot %llu, was %s) from instance '%s'\n", name, (unsigned long long)slot, state,
+    printf("removed circuit %s (slot %llu, was %s) from instance '%s'\n", CB_NAME_SHOW(name), (unsigned long long)slot, state,
            c->instance);
 }
 

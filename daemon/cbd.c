@@ -65,7 +65,7 @@
 
 #include "log.h"
 
-#define ALL_FIELDS ((1u << CBD_POLICY_NFIELDS) - 1)
+#define ALL_FIELDS ((1u << CB_POLICY_NFIELDS) - 1)
 
 struct cbd_circuit *cbd_circuit_find(struct cbd *d, const char *name)
 {
@@ -79,9 +79,9 @@ struct cbd_circuit *cbd_circuit_find(struct cbd *d, const char *name)
 static cb_config asked_filled(const struct cbd *d, const struct cbd_circuit *c)
 {
     cb_config out = d->cfg.defaults, asked = c->asked;
-    for (unsigned i = 0; i < CBD_POLICY_NFIELDS; i++) {
+    for (unsigned i = 0; i < CB_POLICY_NFIELDS; i++) {
         if (c->asked_mask & (1u << i))
-            *cbd_policy_field(&out, i) = *cbd_policy_field(&asked, i);
+            *cb__config_field(&out, i) = *cb__config_field(&asked, i);
     }
     return out;
 }
@@ -125,6 +125,7 @@ static void announce(struct cbd *d, const struct cbd_circuit *c, cb_state from, 
 {
     struct cbd_hook_event ev = {
         .from = cbd_state_name(from), .to = cbd_state_name(c->state), .source = cbd_source_name(source),
+        .origin = source == CB_SOURCE_REMOTE || (source == CB_SOURCE_RESTORE && d->env.fleet) ? "fleet" : "local",
         .opened_at = c->opened_at, .failure_count = c->trip_failure_count, .epoch = c->epoch,
         .time_ns = now->real_ns,
     };
@@ -160,7 +161,7 @@ static void on_transitioned(void *arg, const struct cbd_circuit *c, cb_state fro
     d->transitions++;
     cbd_segment_history_append(&d->seg, &e);
     cbd_log(CBD_LOG_INFO, "transition circuit=%s from=%s to=%s epoch=%u failure_count=%u opened_at=%lld source=%s "
-                          "flags=%s", c->rec->name, cbd_state_name(from), cbd_state_name(c->state), c->epoch,
+                          "flags=%s", CB_NAME_SHOW(c->rec->name), cbd_state_name(from), cbd_state_name(c->state), c->epoch,
             c->trip_failure_count, (long long)c->opened_at, cbd_source_name(source), flags_name(c->flags));
     if (!from_the_fleet(from, c->state, source))
         write_through(d, &d->circuits[c->slot], prev_opened_at);
@@ -170,7 +171,7 @@ static void on_transitioned(void *arg, const struct cbd_circuit *c, cb_state fro
 static void on_try_probe(void *arg, const struct cbd_circuit *c, uint32_t lease_s)
 {
     struct cbd *d = arg;
-    cbd_log(CBD_LOG_DEBUG, "asking the store for the probe lease of circuit=%s opened_at=%lld", c->rec->name,
+    cbd_log(CBD_LOG_DEBUG, "asking the store for the probe lease of circuit=%s opened_at=%lld", CB_NAME_SHOW(c->rec->name),
             (long long)c->opened_at);
     d->store_ops->try_probe(d->store, c->rec->name, c->opened_at, lease_s);
 }
@@ -197,7 +198,7 @@ static void on_electable(void *arg, uint32_t slot, int on)
             uint32_t cap = d->electable_cap ? d->electable_cap * 2 : 64;
             uint32_t *p = realloc(d->electable, (size_t)cap * sizeof *p);
             if (p == NULL) { /* out of memory: probe without waiting for demand */
-                cbd_log(CBD_LOG_ERROR, "out of memory listing circuit=%s as electable", c->rec->name);
+                cbd_log(CBD_LOG_ERROR, "out of memory listing circuit=%s as electable", CB_NAME_SHOW(c->rec->name));
                 return;
             }
             d->electable = p;
@@ -216,7 +217,7 @@ static void on_release(void *arg, const struct cbd_circuit *c)
 {
     struct cbd *d = arg;
     cbd_log(CBD_LOG_DEBUG, "giving back the probe lease of circuit=%s opened_at=%lld: nobody probes here",
-            c->rec->name, (long long)c->opened_at);
+            CB_NAME_SHOW(c->rec->name), (long long)c->opened_at);
     if (d->store_ops->release != NULL)
         d->store_ops->release(d->store, c->rec->name, c->opened_at);
 }
@@ -290,7 +291,7 @@ static void on_remote(void *arg, const struct cbd_store_state *st)
         int created;
         if (cbd_circuit_register(d, st->name, st->has_config ? &st->config : NULL, st->has_config ? ALL_FIELDS : 0,
                                  CBD_OWNER_NONE, &slot, &created, err, sizeof err) < 0) {
-            cbd_log(CBD_LOG_WARN, "store: cannot restore circuit %s: %s", st->name, err);
+            cbd_log(CBD_LOG_WARN, "store: cannot restore circuit %s: %s", CB_NAME_SHOW(st->name), err);
             return;
         }
         c = &d->circuits[slot];
@@ -300,7 +301,7 @@ static void on_remote(void *arg, const struct cbd_store_state *st)
     if (cbd_policy_apply(&d->env, c, st->state, c->flags, st->opened_at, st->opened_at_ns, st->failure_count,
                          st->lease_expiry, source, &now) < 0)
         cbd_log(CBD_LOG_WARN, "store %s: circuit %s: opened_at %lld / lease %lld are beyond what cbd holds "
-                              "(epoch second %lld): ignored", d->cfg.store, st->name, (long long)st->opened_at,
+                              "(epoch second %lld): ignored", d->cfg.store, CB_NAME_SHOW(st->name), (long long)st->opened_at,
                 (long long)st->lease_expiry, (long long)CB_TIME_MAX_S);
 }
 
@@ -371,9 +372,9 @@ static int check_asked(const struct cbd *d, const cb_config *asked, unsigned mas
     const char *field;
     cb_config a = asked ? *asked : d->cfg.defaults;
     *want = d->cfg.defaults;
-    for (unsigned i = 0; i < CBD_POLICY_NFIELDS; i++) {
+    for (unsigned i = 0; i < CB_POLICY_NFIELDS; i++) {
         if (mask & (1u << i))
-            *cbd_policy_field(want, i) = *cbd_policy_field(&a, i);
+            *cb__config_field(want, i) = *cb__config_field(&a, i);
     }
     if (cb__config_check(want, &field) == 0)
         return 0;
@@ -452,19 +453,19 @@ static void circuit_drop(struct cbd *d, struct cbd_circuit *c, const char *why)
     if (d->store_ops->untrack != NULL)
         d->store_ops->untrack(d->store, name);
     d->removals++;
-    cbd_log(CBD_LOG_INFO, "removed circuit=%s slot=%u (%s)", name, c->slot, why);
+    cbd_log(CBD_LOG_INFO, "removed circuit=%s slot=%u (%s)", CB_NAME_SHOW(name), c->slot, why);
 }
 
 int cbd_circuit_remove(struct cbd *d, const char *name, char *err, size_t errsize)
 {
     struct cbd_circuit *c = cbd_circuit_find(d, name);
     if (c == NULL) {
-        snprintf(err, errsize, "no circuit named %s", name);
+        snprintf(err, errsize, "no circuit named %s", CB_NAME_SHOW(name));
         return -ENOENT;
     }
     if (declared(d, name) != NULL) {
         snprintf(err, errsize, "circuit %s is declared by a [circuit \"%s\"] section of %s: remove the section and "
-                 "reload first", name, name, d->cfg.file[0] ? d->cfg.file : "the configuration");
+                 "reload first", CB_NAME_SHOW(name), CB_NAME_SHOW(name), d->cfg.file[0] ? d->cfg.file : "the configuration");
         return -EBUSY;
     }
     circuit_drop(d, c, "removed by an operator");
@@ -525,7 +526,7 @@ int cbd_circuit_register(struct cbd *d, const char *name, const cb_config *asked
     const struct cbd_override *section;
     struct cbd_circuit *c;
     if (cb__name_check(name) < 0) {
-        snprintf(err, errsize, "invalid circuit name (expected 1..%u bytes of A-Z a-z 0-9 . _ : / @ + = -)",
+        snprintf(err, errsize, "invalid circuit name (expected 1..%u bytes of UTF-8)",
                  CB_NAME_MAX);
         return -EINVAL;
     }
@@ -575,7 +576,7 @@ int cbd_circuit_register(struct cbd *d, const char *name, const cb_config *asked
     *created = 1;
     cbd_log(CBD_LOG_INFO, "registered circuit=%s slot=%u failure_threshold=%u success_threshold=%u "
                           "half_open_max_probes=%u recovery_timeout_ms=%u probe_lease_ms=%u%s%s",
-            name, *slot, use.failure_threshold, use.success_threshold, use.half_open_max_probes,
+            CB_NAME_SHOW(name), *slot, use.failure_threshold, use.success_threshold, use.half_open_max_probes,
             use.recovery_timeout_ms, use.probe_lease_ms, section ? " section=" : "", section ? section->name : "");
     d->store_ops->track(d->store, name, &want);
     return 0;
@@ -597,7 +598,7 @@ static uint32_t reconfigure_all(struct cbd *d)
             continue;
         cbd_log(CBD_LOG_INFO, "reconfigured circuit=%s failure_threshold=%u success_threshold=%u "
                               "half_open_max_probes=%u recovery_timeout_ms=%u probe_lease_ms=%u",
-                c->rec->name, use.failure_threshold, use.success_threshold, use.half_open_max_probes,
+                CB_NAME_SHOW(c->rec->name), use.failure_threshold, use.success_threshold, use.half_open_max_probes,
                 use.recovery_timeout_ms, use.probe_lease_ms);
         cbd_policy_set_config(&d->env, c, &use, &now);
         changed++;
@@ -633,7 +634,7 @@ static int load_adopted(struct cbd *d)
         owner_count(d, c->owner_uid, +1);
         if ((c->flags & CB_SEG_F_FORCED) && !(c->state == CB_OPEN && c->open_until_ns != 0))
             cbd_log(CBD_LOG_WARN, "circuit=%s is forced %s from before this start; it stays so until "
-                                  "`cbctl reset %s`", c->rec->name, cbd_state_name(c->state), c->rec->name);
+                                  "`cbctl reset %s`", CB_NAME_SHOW(c->rec->name), cbd_state_name(c->state), CB_NAME_SHOW(c->rec->name));
     }
     d->ncircuits = d->nadopted = n;
     return 0;
@@ -669,7 +670,7 @@ static void announce_rolled_forward(struct cbd *d)
         cb_state from = (cb_state)c->pub.from;
         cb_source source = (cb_source)c->pub.source;
         cbd_log(CBD_LOG_WARN, "completed the transition of circuit=%s from=%s to=%s epoch=%u that the previous "
-                              "daemon committed but did not publish", c->rec->name, cbd_state_name(from),
+                              "daemon committed but did not publish", CB_NAME_SHOW(c->rec->name), cbd_state_name(from),
                 cbd_state_name(c->state), c->epoch);
         d->transitions++;
         if (!c->removed && !from_the_fleet(from, c->state, source))

@@ -74,7 +74,7 @@ int cbd_run(const struct cbd_config *cfg);
  * Finds or creates the circuit called name. owner_uid: the peer that asks
  * (CBD_OWNER_NONE: not counted); a new circuit past that uid's
  * max_circuits_per_uid quota is -EDQUOT. asked: the config the worker
- * asked for, of which the fields in asked_mask (bit i: cbd_policy_fields[i])
+ * asked for, of which the fields in asked_mask (bit i: cb__policy_fields[i])
  * count; the circuit runs with cbd_config_effective of it, and a reload
  * recomputes that. An existing circuit keeps its config (*created = 0).
  * Errors, with an operator-readable message in err: -EINVAL (bad name or

@@ -231,21 +231,12 @@ static const struct option_def options[] = {
      .def = "0", .min = 0, .max = 31536000, .reloadable = 1,
      .help = "a CLOSED circuit with no outcome and no registration for this long is removed (0: never); "
              "circuits named by a [circuit] section, forced or disabled ones never expire"},
-    {.name = "failure_threshold", .section = SEC_DEFAULTS, .type = OPT_UINT, .offset = C(failure_threshold),
-     .def = "5", .min = 1, .max = 1000000, .reloadable = 1, .per_circuit = 1,
-     .help = "consecutive counted failures that trip a circuit"},
-    {.name = "success_threshold", .section = SEC_DEFAULTS, .type = OPT_UINT, .offset = C(success_threshold),
-     .def = "3", .min = 1, .max = 1000000, .reloadable = 1, .per_circuit = 1,
-     .help = "consecutive probe successes that close a circuit"},
-    {.name = "half_open_max_probes", .section = SEC_DEFAULTS, .type = OPT_UINT, .offset = C(half_open_max_probes),
-     .def = "1", .min = 1, .max = 1024, .reloadable = 1, .per_circuit = 1,
-     .help = "probes admitted at once while HALF_OPEN"},
-    {.name = "recovery_timeout_ms", .section = SEC_DEFAULTS, .type = OPT_UINT, .offset = C(recovery_timeout_ms),
-     .def = "30000", .min = 1, .max = 604800000, .reloadable = 1, .per_circuit = 1,
-     .help = "how long a circuit stays OPEN before probing"},
-    {.name = "probe_lease_ms", .section = SEC_DEFAULTS, .type = OPT_UINT, .offset = C(probe_lease_ms),
-     .def = "0", .min = 0, .max = 604800000, .reloadable = 1, .per_circuit = 1,
-     .help = "a probe silent this long is reclaimed (0 = recovery_timeout_ms)"},
+    /* [defaults] and the per-circuit sections: the policy fields (cb.h) */
+#define POLICY_OPTION(n, d, lo, hi, h)                                                                           \
+    {.name = #n, .section = SEC_DEFAULTS, .type = OPT_UINT, .offset = C(n), .def = #d, .min = lo, .max = hi,       \
+     .reloadable = 1, .per_circuit = 1, .help = h},
+    CB_POLICY_FIELDS(POLICY_OPTION)
+#undef POLICY_OPTION
     {.name = "command", .section = SEC_HOOKS, .type = OPT_LIST, .offset = D(hook_commands),
      .def_doc = "none", .check = check_command, .accepts = CMD_ACCEPTS, .reloadable = 1,
      .help = "run for every transition of every circuit (repeatable: each line is one hook)"},
@@ -538,7 +529,7 @@ static void apply(struct parse_ctx *px, int i, const char *value)
         px->refused[i] |= !in_section;
         return;
     }
-    if (in_section && o->per_circuit) { /* bit i: cbd_policy_fields[i] given */
+    if (in_section && o->per_circuit) { /* bit i: cb__policy_fields[i].name given */
         size_t field = (o->offset - offsetof(struct cbd_config, defaults)) / sizeof(uint32_t);
         px->cfg->overrides[px->ovr].set |= 1u << field;
     } else if (!in_section) {
@@ -668,8 +659,8 @@ static int circuit_section(struct parse_ctx *px, const char *text, char *why, si
     }
     snprintf(name, sizeof name, "%.*s", (int)(len - 2), q + 1);
     if (cb__name_check(name) < 0) {
-        snprintf(why, whysize, "'%s' is not a valid circuit %s (expected 1..%u of A-Z a-z 0-9 . _ : / @ + = -)",
-                 name, prefix ? "name prefix" : "name", CB_NAME_MAX);
+        snprintf(why, whysize, "%s is not a valid circuit %s (expected 1..%u bytes of UTF-8)", CB_NAME_SHOW(name),
+                 prefix ? "name prefix" : "name", CB_NAME_MAX);
         return -EINVAL;
     }
     int rc = override_index(px->cfg, name, prefix, px->line, &px->ovr);
@@ -1092,6 +1083,8 @@ static const char md_intro[] =
     "Every transition runs each `[hooks] command`, then each `hook` of the circuit's section, as\n"
     "`/bin/sh -c CMD` with the transition in the environment: `CB_CIRCUIT`, `CB_FROM`, `CB_TO`\n"
     "(`CLOSED`, `OPEN`, `HALF_OPEN`), `CB_SOURCE` (`local`, `remote`, `operator`, `timer`, `restore`),\n"
+    "`CB_ORIGIN` (`local` when the transition started on this host, `fleet` when it came through the\n"
+    "store from another host or a Powertools function: a hook that acts once per fleet checks it),\n"
     "`CB_EPOCH`, `CB_FAILURE_COUNT`, `CB_OPENED_AT` (epoch seconds, 0 when closed), `CB_TIME` (RFC 3339,\n"
     "UTC), `CB_TIME_NS`, `CB_INSTANCE`, plus `PATH` and `LANG`. Hooks run off the daemon's loop: one\n"
     "circuit's hooks run one at a time in transition order, different circuits' hooks at once up to\n"
@@ -1468,11 +1461,11 @@ void cbd_config_effective(const struct cbd_config *cfg, const char *name, const 
     cb_config want = asked ? *asked : cfg->defaults, sect = o ? o->cfg : cfg->defaults;
     unsigned sect_mask = o ? o->set : 0;
     *out = cfg->defaults;
-    for (unsigned i = 0; i < CBD_POLICY_NFIELDS; i++) {
+    for (unsigned i = 0; i < CB_POLICY_NFIELDS; i++) {
         if (sect_mask & (1u << i))
-            *cbd_policy_field(out, i) = *cbd_policy_field(&sect, i);
+            *cb__config_field(out, i) = *cb__config_field(&sect, i);
         else if (asked_mask & (1u << i))
-            *cbd_policy_field(out, i) = *cbd_policy_field(&want, i);
+            *cb__config_field(out, i) = *cb__config_field(&want, i);
     }
     *section = o;
 }

@@ -30,7 +30,7 @@ struct cbd_strlist {
 struct cbd_override {
     char *name;               /* the circuit name, or the prefix */
     int prefix;               /* 1: [prefix "..."] */
-    unsigned set;             /* bit i: cbd_policy_fields[i] given in cfg */
+    unsigned set;             /* bit i: cb__policy_fields[i] given in cfg */
     cb_config cfg;
     struct cbd_strlist hooks; /* hook = CMD lines */
     int line;                 /* of its header in the file */

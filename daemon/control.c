@@ -411,11 +411,15 @@ static int get_circuit(struct cbd *d, const msgpack_object *req, struct reply *r
     if (get_name(req, name, r) < 0)
         return r->err;
     if ((*out = cbd_circuit_find(d, name)) == NULL)
-        return fail(r, -ENOENT, "no circuit named '%s'", name);
+        return fail(r, -ENOENT, "no circuit named '%s'", CB_NAME_SHOW(name));
     return 0;
 }
 
 /* The optional "config" map of register: the fields given go into *cfg and *mask. */
+/* "failure_threshold, success_threshold, ..." */
+#define POLICY_FIELD_NAME(n, d, lo, hi, h) ", " #n
+#define POLICY_FIELD_LIST (CB_POLICY_FIELDS(POLICY_FIELD_NAME) + 2)
+
 static int parse_config(const msgpack_object *m, cb_config *cfg, unsigned *mask, struct reply *r)
 {
     if (m->type != MSGPACK_OBJECT_MAP)
@@ -423,16 +427,15 @@ static int parse_config(const msgpack_object *m, cb_config *cfg, unsigned *mask,
     for (uint32_t i = 0; i < m->via.map.size; i++) {
         const msgpack_object *k = &m->via.map.ptr[i].key, *v = &m->via.map.ptr[i].val;
         unsigned f = 0;
-        while (f < CBD_POLICY_NFIELDS &&
-               !(k->type == MSGPACK_OBJECT_STR && k->via.str.size == strlen(cbd_policy_fields[f]) &&
-                 memcmp(k->via.str.ptr, cbd_policy_fields[f], k->via.str.size) == 0))
+        while (f < CB_POLICY_NFIELDS &&
+               !(k->type == MSGPACK_OBJECT_STR && k->via.str.size == strlen(cb__policy_fields[f].name) &&
+                 memcmp(k->via.str.ptr, cb__policy_fields[f].name, k->via.str.size) == 0))
             f++;
-        if (f == CBD_POLICY_NFIELDS)
-            return fail(r, -EINVAL, "unknown field in 'config' (expected failure_threshold, success_threshold, "
-                                    "half_open_max_probes, recovery_timeout_ms, probe_lease_ms)");
+        if (f == CB_POLICY_NFIELDS)
+            return fail(r, -EINVAL, "unknown field in 'config' (expected %s)", POLICY_FIELD_LIST);
         if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 > UINT32_MAX)
-            return fail(r, -EINVAL, "field 'config.%s' must be an unsigned 32-bit integer", cbd_policy_fields[f]);
-        *cbd_policy_field(cfg, f) = (uint32_t)v->via.u64;
+            return fail(r, -EINVAL, "field 'config.%s' must be an unsigned 32-bit integer", cb__policy_fields[f].name);
+        *cb__config_field(cfg, f) = (uint32_t)v->via.u64;
         *mask |= 1u << f;
     }
     return 0;
@@ -556,9 +559,9 @@ static void pack_circuit_fields(msgpack_packer *pk, const struct cbd_circuit *c)
     cb__mp_kv_str(pk, "sync", sync < 4 ? sync_names[sync] : "?");
     cb__mp_kv_i64(pk, "synced_at", c->pub.synced_at);
     cb__mp_pack_str(pk, "config");
-    msgpack_pack_map(pk, CBD_POLICY_NFIELDS);
-    for (unsigned i = 0; i < CBD_POLICY_NFIELDS; i++)
-        cb__mp_kv_u64(pk, cbd_policy_fields[i], *cbd_policy_field(&cfg, i));
+    msgpack_pack_map(pk, CB_POLICY_NFIELDS);
+    for (unsigned i = 0; i < CB_POLICY_NFIELDS; i++)
+        cb__mp_kv_u64(pk, cb__policy_fields[i].name, *cb__config_field(&cfg, i));
     cb__mp_kv_str(pk, "section", c->override ? c->override->name : "");
     cb__mp_kv_u64(pk, "total_successes", c->pub.total_successes);
     cb__mp_kv_u64(pk, "total_failures", c->pub.total_failures);
@@ -625,7 +628,7 @@ static int operator_op(struct cbd_conn *c, const msgpack_object *req, struct rep
     if (rc == -EINVAL || (rc == 0 && (for_ms < 1 || for_ms > 604800000)))
         return fail(r, -EINVAL, "field 'for_ms' must be an integer 1..604800000 (7 days)");
     cbd_log(CBD_LOG_INFO, "operator: %s circuit=%s%s%.0llu by uid %u pid %d", action_names[action],
-            circuit->rec->name, for_ms ? " for_ms=" : "", (unsigned long long)for_ms, c->uid, (int)c->pid);
+            CB_NAME_SHOW(circuit->rec->name), for_ms ? " for_ms=" : "", (unsigned long long)for_ms, c->uid, (int)c->pid);
     cbd_now(&now);
     cbd_policy_operator(&c->d->env, circuit, action, (uint32_t)for_ms, &now);
     cb__mp_kv_str(&r->pk, "state", cbd_state_name(circuit->state));
@@ -680,7 +683,7 @@ static int op_remove(struct cbd_conn *c, const msgpack_object *req, struct reply
     int rc = cbd_circuit_remove(c->d, name, r->message, sizeof r->message);
     if (rc < 0)
         return r->err = rc;
-    cbd_log(CBD_LOG_INFO, "operator: remove circuit=%s slot=%u state=%s by uid %u pid %d", name, slot, state, c->uid,
+    cbd_log(CBD_LOG_INFO, "operator: remove circuit=%s slot=%u state=%s by uid %u pid %d", CB_NAME_SHOW(name), slot, state, c->uid,
             (int)c->pid);
     cb__mp_kv_str(&r->pk, "name", name);
     field_u64(r, "slot", slot);
@@ -770,12 +773,13 @@ void cbd_control_publish(struct cbd *d, const struct cbd_hook_event *ev, unsigne
     msgpack_packer pk;
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 11);
+    msgpack_pack_map(&pk, 12);
     cb__mp_kv_str(&pk, "event", "transition");
     cb__mp_kv_str(&pk, "name", ev->circuit);
     cb__mp_kv_str(&pk, "from", ev->from);
     cb__mp_kv_str(&pk, "to", ev->to);
     cb__mp_kv_str(&pk, "source", ev->source);
+    cb__mp_kv_str(&pk, "origin", ev->origin ? ev->origin : "local");
     cb__mp_kv_u64(&pk, "epoch", ev->epoch);
     cb__mp_kv_u64(&pk, "failure_count", ev->failure_count);
     cb__mp_kv_i64(&pk, "opened_at", ev->opened_at);

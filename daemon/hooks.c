@@ -4,7 +4,7 @@
  * A hook is a shell command (/bin/sh -c) that gets the transition in its
  * environment:
  *
- *   CB_CIRCUIT CB_FROM CB_TO CB_SOURCE CB_EPOCH CB_FAILURE_COUNT
+ *   CB_CIRCUIT CB_FROM CB_TO CB_SOURCE CB_ORIGIN CB_EPOCH CB_FAILURE_COUNT
  *   CB_OPENED_AT (epoch s, 0 when closed) CB_TIME (RFC 3339 UTC)
  *   CB_TIME_NS CB_INSTANCE, and PATH from the daemon.
  *
@@ -33,8 +33,9 @@
 #include <time.h>
 
 #include "log.h"
+#include "segment.h"
 
-#define HOOK_ENV_COUNT 12
+#define HOOK_ENV_COUNT 13
 #define HOOK_LINE_MAX 1024
 #define HOOK_ENV_MAX 1024 /* bytes per variable: a long $PATH must not be cut */
 
@@ -236,14 +237,14 @@ static void running_finish(struct running_hook *r)
     const struct cbd_hook_event *ev = &r->job->ev;
     if (r->timed_out) {
         h->stats.timed_out++;
-        cbd_log(CBD_LOG_WARN, "hook for circuit=%s %s->%s killed after its %u ms timeout: %s", ev->circuit,
+        cbd_log(CBD_LOG_WARN, "hook for circuit=%s %s->%s killed after its %u ms timeout: %s", CB_NAME_SHOW(ev->circuit),
                 ev->from, ev->to, h->timeout_ms, r->job->command);
     } else if (r->exited && r->exit_status == 0 && r->term_signal == 0) {
         h->stats.succeeded++;
-        cbd_log(CBD_LOG_DEBUG, "hook for circuit=%s %s->%s exited 0", ev->circuit, ev->from, ev->to);
+        cbd_log(CBD_LOG_DEBUG, "hook for circuit=%s %s->%s exited 0", CB_NAME_SHOW(ev->circuit), ev->from, ev->to);
     } else if (r->exited) {
         h->stats.failed++;
-        cbd_log(CBD_LOG_WARN, "hook for circuit=%s %s->%s failed (%s %lld): %s", ev->circuit, ev->from, ev->to,
+        cbd_log(CBD_LOG_WARN, "hook for circuit=%s %s->%s failed (%s %lld): %s", CB_NAME_SHOW(ev->circuit), ev->from, ev->to,
                 r->term_signal ? "signal" : "exit status",
                 (long long)(r->term_signal ? r->term_signal : r->exit_status), r->job->command);
     }
@@ -324,6 +325,7 @@ static void build_env(const struct cbd_hooks *h, const struct cbd_hook_event *ev
     snprintf(storage[i++], HOOK_ENV_MAX, "CB_FROM=%s", ev->from);
     snprintf(storage[i++], HOOK_ENV_MAX, "CB_TO=%s", ev->to);
     snprintf(storage[i++], HOOK_ENV_MAX, "CB_SOURCE=%s", ev->source);
+    snprintf(storage[i++], HOOK_ENV_MAX, "CB_ORIGIN=%s", ev->origin ? ev->origin : "local");
     snprintf(storage[i++], HOOK_ENV_MAX, "CB_EPOCH=%u", ev->epoch);
     snprintf(storage[i++], HOOK_ENV_MAX, "CB_FAILURE_COUNT=%u", ev->failure_count);
     snprintf(storage[i++], HOOK_ENV_MAX, "CB_OPENED_AT=%lld", (long long)ev->opened_at);
@@ -427,7 +429,7 @@ void cbd_hooks_fire(struct cbd_hooks *h, const char *command, const struct cbd_h
         free(job);
         free(cmd);
         h->stats.dropped++;
-        cbd_log(CBD_LOG_ERROR, "hook for circuit=%s dropped: out of memory", ev->circuit);
+        cbd_log(CBD_LOG_ERROR, "hook for circuit=%s dropped: out of memory", CB_NAME_SHOW(ev->circuit));
         return;
     }
     job->command = cmd;
@@ -440,7 +442,7 @@ void cbd_hooks_fire(struct cbd_hooks *h, const char *command, const struct cbd_h
         q->waiting--;
         h->stats.dropped++;
         cbd_log(CBD_LOG_WARN, "hook queue of circuit=%s full (%u waiting): dropped the %s->%s hook (epoch %u)",
-                ev->circuit, h->queue_max, oldest->ev.from, oldest->ev.to, oldest->ev.epoch);
+                CB_NAME_SHOW(ev->circuit), h->queue_max, oldest->ev.from, oldest->ev.to, oldest->ev.epoch);
         job_free(oldest);
     }
     if (q->tail)

@@ -11,6 +11,8 @@
 struct cbd_hook_event {
     char circuit[128];
     const char *from, *to, *source; /* static strings: "CLOSED", "local", ... */
+    const char *origin;             /* "local": it started on this host; "fleet": on another host
+                                     * (or a Powertools function), through the store */
     int64_t opened_at;              /* epoch seconds, 0 when closed */
     uint32_t failure_count;
     uint32_t epoch;

@@ -96,16 +96,6 @@ const char *cbd_source_name(cb_source s)
     return (unsigned)s < 5 ? names[s] : "?";
 }
 
-const char *const cbd_policy_fields[CBD_POLICY_NFIELDS] = {
-    "failure_threshold", "success_threshold", "half_open_max_probes", "recovery_timeout_ms", "probe_lease_ms",
-};
-
-uint32_t *cbd_policy_field(cb_config *cfg, unsigned i)
-{
-    _Static_assert(offsetof(cb_config, probe_lease_ms) == 4 * sizeof(uint32_t), "cb_config's fields moved");
-    return &cfg->failure_threshold + i;
-}
-
 uint32_t cbd_policy_lease_ms(const struct cbd_circuit *c)
 {
     return c->cfg.probe_lease_ms ? c->cfg.probe_lease_ms : c->cfg.recovery_timeout_ms;

@@ -58,7 +58,7 @@ struct cbd_circuit {
     /* The daemon's bookkeeping beside the policy (cbd.c; the policy never
      * reads these): what the registering worker asked for, so a reload can
      * recompute cfg, and the config file section that applies to it. */
-    cb_config asked;             /* fields named in asked_mask (bit i: cbd_policy_fields[i]) */
+    cb_config asked;             /* fields named in asked_mask (bit i: cb__policy_fields[i]) */
     unsigned asked_mask;
     const struct cbd_override *override; /* NULL: no [circuit]/[prefix] section matches */
     int restore_seen;            /* adopted, and the fleet store reported it during the restore */
@@ -67,12 +67,6 @@ struct cbd_circuit {
     int removed;                 /* the slot holds no circuit (removed, free for reuse) */
 };
 
-/* The five policy fields of cb_config, in its order, as the config file and
- * the control protocol name them. */
-#define CBD_POLICY_NFIELDS 5
-extern const char *const cbd_policy_fields[CBD_POLICY_NFIELDS];
-/* Field i of cfg (cb_config's five fields are consecutive uint32_t). */
-uint32_t *cbd_policy_field(cb_config *cfg, unsigned i);
 
 /* What the policy needs from the daemon. All calls happen on the loop. */
 struct cbd_policy_env {

@@ -315,7 +315,7 @@ static void fill_headers(struct cbd_segment *s, const struct cbd_config *cfg, co
     h->index_slots = g->index_slots;
     h->history_capacity = g->history_capacity;
     h->stale_policy = cfg->stale_policy;
-    h->features = CB_SEG_FEATURE_HISTORY | CB_SEG_FEATURE_PERMITS;
+    h->features = CB_SEG_FEATURES_USED;
     h->total_size = g->state_size;
     h->index_offset = g->index_offset;
     h->records_offset = g->records_offset;
@@ -696,7 +696,7 @@ static void repair_records(struct cbd_segment *s)
         uint32_t seq = atomic_load_explicit(&r->cfg_seq, memory_order_relaxed);
         if (seq & 1) {
             cbd_log(CBD_LOG_WARN, "record %u (%s): policy fields were being written when the previous daemon "
-                                  "stopped; repaired", i, r->name);
+                                  "stopped; repaired", i, CB_NAME_SHOW(r->name));
             atomic_store_explicit(&r->cfg_seq, seq + 1, memory_order_release);
         }
         struct cb_seg_vdata v;
@@ -714,7 +714,7 @@ static void repair_records(struct cbd_segment *s)
             continue;
         }
         if (pos < 0) {
-            cbd_log(CBD_LOG_WARN, "record %u (%s): its registration did not complete; removed", i, r->name);
+            cbd_log(CBD_LOG_WARN, "record %u (%s): its registration did not complete; removed", i, CB_NAME_SHOW(r->name));
             v.word = cb_seg_state_word(CB_CLOSED, CB_SEG_F_REMOVED, cb_seg_word_incarnation(v.word),
                                        cb_seg_word_epoch(v.word) + 1);
             cb_seg_version_publish(r, &v);

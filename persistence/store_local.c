@@ -14,8 +14,7 @@
  *   ]}
  *
  * One circuit per line, so an operator can grep and diff it; "config" holds
- * failure_threshold, success_threshold, half_open_max_probes,
- * recovery_timeout_ms and probe_lease_ms, as in cb_config.
+ * the policy fields of cb_config by name (CB_POLICY_FIELDS in cb.h).
  *
  * The model. Memory is the budget here (10,000 circuits must fit the
  * daemon in 32 MiB with the segment), so each tracked circuit is one small
@@ -173,19 +172,7 @@ struct cbd_store {
 static const char *const state_names[] = {[CB_CLOSED] = "CLOSED", [CB_OPEN] = "OPEN", [CB_HALF_OPEN] = "HALF_OPEN"};
 
 /* The config's fields in the file, in file order. */
-static const struct {
-    const char *key;
-    size_t offset;
-} config_fields[] = {
-    {"failure_threshold", offsetof(cb_config, failure_threshold)},
-    {"success_threshold", offsetof(cb_config, success_threshold)},
-    {"half_open_max_probes", offsetof(cb_config, half_open_max_probes)},
-    {"recovery_timeout_ms", offsetof(cb_config, recovery_timeout_ms)},
-    {"probe_lease_ms", offsetof(cb_config, probe_lease_ms)},
-};
-#define CONFIG_FIELDS (sizeof config_fields / sizeof config_fields[0])
-
-static uint32_t *config_field(cb_config *cfg, size_t i) { return (uint32_t *)((char *)cfg + config_fields[i].offset); }
+/* "config" holds the policy fields of cb.h (CB_POLICY_FIELDS), by name. */
 
 /* A message for the daemon's log; see "Messages" above. */
 __attribute__((format(printf, 2, 3))) static void notice(struct cbd_store *s, const char *fmt, ...)
@@ -215,8 +202,8 @@ static bool same_line(const struct circuit_line *a, const struct circuit_line *b
 static cb_config config_copy(const cb_config *cfg)
 {
     cb_config c = {0};
-    for (size_t i = 0; i < CONFIG_FIELDS; i++)
-        *config_field(&c, i) = *config_field((cb_config *)cfg, i);
+    for (size_t i = 0; i < CB_POLICY_NFIELDS; i++)
+        *cb__config_field(&c, i) = *cb__config_field((cb_config *)cfg, i);
     return c;
 }
 
@@ -398,20 +385,37 @@ __attribute__((format(printf, 2, 3))) static void text_printf(struct text *t, co
     t->len += n >= 0 && !t->oom ? (size_t)n : 0;
 }
 
+/* s as a JSON string, escaped as jansson escapes it: '"', '\\' and control
+ * characters; every name in the model is valid UTF-8 (cb__name_check), so
+ * the rest goes as it is. */
+static void text_json_string(struct text *t, const char *s)
+{
+    text_printf(t, "\"");
+    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++) {
+        if (*p == '"' || *p == '\\')
+            text_printf(t, "\\%c", *p);
+        else if (*p < 0x20)
+            text_printf(t, "\\u%04x", *p);
+        else
+            text_printf(t, "%c", *p);
+    }
+    text_printf(t, "\"");
+}
+
 /* One circuit's line, in the byte layout jansson's JSON_COMPACT gave it (so
- * files stay diffable across versions). Names need no escaping: every name
- * in the model passed cb__name_check, which admits no quote, backslash or
- * control byte. */
+ * files stay diffable across versions). */
 static void circuit_text(struct text *t, const struct circuit *c)
 {
     const struct circuit_line *l = &c->line;
-    text_printf(t, "{\"name\":\"%s\",\"state\":\"%s\",\"failure_count\":%" PRIu32 ",\"opened_at\":%" PRId64, c->name,
+    text_printf(t, "{\"name\":");
+    text_json_string(t, c->name);
+    text_printf(t, ",\"state\":\"%s\",\"failure_count\":%" PRIu32 ",\"opened_at\":%" PRId64,
                 state_names[l->state], l->failure_count, l->opened_at);
     if (l->opened_at_ns != 0)
         text_printf(t, ",\"opened_at_ns\":%" PRId64, l->opened_at_ns);
-    for (size_t i = 0; l->has_config && i < CONFIG_FIELDS; i++)
-        text_printf(t, "%s\"%s\":%" PRIu32, i == 0 ? ",\"config\":{" : ",", config_fields[i].key,
-                    *config_field((cb_config *)&l->config, i));
+    for (size_t i = 0; l->has_config && i < CB_POLICY_NFIELDS; i++)
+        text_printf(t, "%s\"%s\":%" PRIu32, i == 0 ? ",\"config\":{" : ",", cb__policy_fields[i].name,
+                    *cb__config_field((cb_config *)&l->config, i));
     text_printf(t, "%s", l->has_config ? "}}" : "}");
 }
 
@@ -634,10 +638,10 @@ static int parse_config(const json_t *c, cb_config *cfg, char *why, size_t n)
     memset(cfg, 0, sizeof *cfg);
     if (!json_is_object(c))
         return invalid(why, n, "config must be an object");
-    for (size_t i = 0; i < CONFIG_FIELDS; i++) {
-        if (int_field(c, "config.", config_fields[i].key, 0, UINT32_MAX, &v, why, n) != 0)
+    for (size_t i = 0; i < CB_POLICY_NFIELDS; i++) {
+        if (int_field(c, "config.", cb__policy_fields[i].name, 0, UINT32_MAX, &v, why, n) != 0)
             return -EINVAL;
-        *config_field(cfg, i) = (uint32_t)v;
+        *cb__config_field(cfg, i) = (uint32_t)v;
     }
     if (cb__config_check(cfg, &bad) != 0)
         return invalid(why, n, "config.%s is out of range", bad);
@@ -665,7 +669,7 @@ static int parse_circuit(const json_t *e, struct cbd_store_state *st, char *why,
     if (!json_is_object(e))
         return invalid(why, n, "entry must be an object");
     if (cb__name_check(name) != 0)
-        return invalid(why, n, "name must be a string of 1..%u bytes of [A-Za-z0-9._:/@+=-]", CB_NAME_MAX);
+        return invalid(why, n, "name must be a string of 1..%u bytes of UTF-8", CB_NAME_MAX);
     snprintf(st->name, sizeof st->name, "%s", name);
     if (parse_state(json_string_value(json_object_get(e, "state")), &st->state) != 0)
         return invalid(why, n, "state must be \"CLOSED\", \"OPEN\" or \"HALF_OPEN\"");

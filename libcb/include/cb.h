@@ -60,14 +60,28 @@ extern "C" {
 
 /* ---- errors beyond errno ------------------------------------------------ */
 
-/* cb_call() without an on_open fallback returns this when the circuit rejects. */
-#define CB_EOPEN (-20001)
-/* The daemon answered a request with an error it did not map to an errno. */
-#define CB_EPROTO_DAEMON (-20002)
-/* The segment's shared-memory objects are damaged: smaller than their
- * headers say (truncated), or sizes and offsets that do not hold together.
- * Restarting cbd replaces such a segment. */
-#define CB_EDAMAGED (-20003)
+/*
+ * libcb's own error codes, declared once: X(name, value, text). Every other
+ * error is a negative errno. cb_strerror() gives the text, cb_err_name() the
+ * name; codes and names never change meaning.
+ *   CB_EOPEN          cb_call() without an on_open fallback: the circuit rejected the call
+ *   CB_EPROTO_DAEMON  the daemon answered with an error libcb cannot map to an errno
+ *   CB_EDAMAGED       the segment's objects are smaller than their headers say (truncated)
+ *                     or their sizes disagree; restarting cbd replaces such a segment
+ */
+#define CB_ERRORS(X)                                                                                         \
+    X(CB_EOPEN, -20001, "circuit is open")                                                                 \
+    X(CB_EPROTO_DAEMON, -20002,                                                                           \
+      "cbd answered with an error libcb does not understand (library and daemon versions differ?)")       \
+    X(CB_EDAMAGED, -20003,                                                                                \
+      "cbd's shared memory is damaged: an object is smaller than its header says (truncated?) or its "    \
+      "sizes disagree; restart cbd to replace it")
+
+enum cb_error {
+#define CB__ERROR_VALUE(name, value, text) name = (value),
+    CB_ERRORS(CB__ERROR_VALUE)
+#undef CB__ERROR_VALUE
+};
 
 /* ---- states and outcomes ------------------------------------------------ */
 
@@ -85,14 +99,26 @@ typedef enum cb_outcome {
 
 /* ---- configuration -------------------------------------------------------- */
 
-/* Per-circuit policy. Defaults equal Powertools' CircuitBreakerConfig. */
+/*
+ * The policy fields, declared once: X(name, default, min, max, help).
+ * cb_config, its defaults and bounds, the daemon's options ([defaults] and
+ * per-circuit sections), the control protocol, the segment's record, the
+ * local state file and cbctl's output all come from this list. Defaults
+ * equal Powertools' CircuitBreakerConfig.
+ */
+#define CB_POLICY_FIELDS(X)                                                                                  \
+    X(failure_threshold, 5, 1, 1000000, "consecutive counted failures that trip a circuit")                 \
+    X(success_threshold, 3, 1, 1000000, "consecutive probe successes that close a circuit")                 \
+    X(half_open_max_probes, 1, 1, 1024, "probes admitted at once while HALF_OPEN")                           \
+    X(recovery_timeout_ms, 30000, 1, 604800000, "how long a circuit stays OPEN before probing")             \
+    X(probe_lease_ms, 0, 0, 604800000, "a probe silent this long is reclaimed (0 = recovery_timeout_ms)")
+
+/* Per-circuit policy: one uint32_t per CB_POLICY_FIELDS entry, in order. */
 typedef struct cb_config {
-    uint32_t failure_threshold;   /* consecutive counted failures that trip (default 5, 1..1000000) */
-    uint32_t success_threshold;   /* consecutive probe successes that close (default 3, 1..1000000) */
-    uint32_t half_open_max_probes;/* probes admitted at once in HALF_OPEN (default 1, 1..1024) */
-    uint32_t recovery_timeout_ms; /* how long OPEN lasts (default 30000, 1..604800000 = 7 days) */
-    uint32_t probe_lease_ms;      /* a probe silent this long is reclaimed (default 0 = recovery_timeout_ms) */
-    uint32_t reserved[3];         /* zero */
+#define CB__CONFIG_MEMBER(name, def, min, max, help) uint32_t name;
+    CB_POLICY_FIELDS(CB__CONFIG_MEMBER)
+#undef CB__CONFIG_MEMBER
+    uint32_t reserved[3]; /* zero */
 } cb_config;
 
 /*
@@ -151,7 +177,7 @@ CB_EXPORT void cb_client_close(cb_client *client);
  * An existing circuit keeps the configuration it has (the daemon's config
  * file and operators decide); read it back with cb_info_get().
  *
- * Names are 1..127 bytes of [A-Za-z0-9._:/@+=-]. A name already in the
+ * Names are 1..127 bytes of UTF-8 (any text Powertools takes, but NUL). A name already in the
  * segment is found without the daemon; a new one is registered over the
  * control connection, waiting up to 2 s for the answer. If cbd later loses
  * the circuit (a replaced segment without it, a removal), the handle
@@ -374,8 +400,13 @@ CB_EXPORT int cb_next_transition(cb_client *client, cb_transition *out);
  */
 CB_EXPORT unsigned cb_status(cb_client *client);
 
-/* cb_strerror - a static, human-readable name for a libcb error code. */
+/* cb_strerror - a static, human-readable text for a libcb error code (what
+ * is wrong with the deployment, for an operator). "unknown error" if none. */
 CB_EXPORT const char *cb_strerror(int err);
+
+/* cb_err_name - the code's stable name: "CB_EOPEN", "ENOENT", ...; for
+ * logs and metrics labels. "unknown" if none. */
+CB_EXPORT const char *cb_err_name(int err);
 
 /* cb_version - the runtime library's version as CB_VERSION_STRING. */
 CB_EXPORT const char *cb_version(void);

@@ -200,7 +200,6 @@ static void lane_claim(struct cb__map *m, struct lane_node *n)
             !atomic_compare_exchange_strong_explicit(&l->owner, &expect, want, memory_order_acquire,
                                                      memory_order_relaxed))
             continue;
-        atomic_fetch_add_explicit(&l->claims, 1, memory_order_relaxed);
         atomic_store_explicit(&m->mine[idx], 1, memory_order_relaxed);
         n->lane = l;
         n->events = CB_LANES_EVENTS(l);

@@ -88,7 +88,7 @@ Test(hooks, a_hook_gets_the_transition_in_its_environment)
     cr_assert_eq(tsup_record_n(c, CB_FAILURE, 3), 3);
     cr_assert(tsup_wait_state(c, CB_OPEN));
     char *env = wait_file("env.payments.1");
-    const char *want[] = {"CB_CIRCUIT=payments\n", "CB_FROM=CLOSED\n", "CB_TO=OPEN\n", "CB_SOURCE=local\n",
+    const char *want[] = {"CB_CIRCUIT=payments\n", "CB_FROM=CLOSED\n", "CB_TO=OPEN\n", "CB_SOURCE=local\n", "CB_ORIGIN=local\n",
                           "CB_EPOCH=1\n", "CB_FAILURE_COUNT=3\n", "CB_TIME=20", "CB_TIME_NS=", "CB_INSTANCE="};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         cr_assert_not_null(strstr(env, want[i]), "the hook's environment lacks %s:\n%s", want[i], env);

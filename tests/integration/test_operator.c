@@ -407,7 +407,7 @@ Test(operator, removing_an_unknown_circuit_is_enoent_naming_it)
     start();
     expect_no_such_circuit("remove", "remove");
     char out[4096];
-    cr_assert_eq(cbctl(out, sizeof out, "remove", "not a name", NULL, NULL), 2, "cbctl's exit for a bad name");
+    cr_assert_eq(cbctl(out, sizeof out, "remove", "not utf-8 \xff", NULL, NULL), 2, "cbctl's exit for a bad name");
     cr_assert_eq(cbctl(out, sizeof out, "remove", NULL, NULL, NULL), 2, "cbctl's exit without a name");
 }
 

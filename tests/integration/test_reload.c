@@ -181,7 +181,7 @@ Test(reload, a_restart_only_option_keeps_its_value_with_a_warning)
 
 Test(reload, check_config_reports_every_error_with_file_and_line)
 {
-    write_conf("[daemon]\nlanes = many\n[defaults]\nfailure_threshold = 0\n[circuit \"bad name!\"]\n");
+    write_conf("[daemon]\nlanes = many\n[defaults]\nfailure_threshold = 0\n[circuit \"\"]\n");
     char *out;
     char *argv[] = {(char *)tsup_cbd_path(), "--check-config", conf, NULL};
     cr_assert_eq(tsup_run(argv, &out, true), 2, "--check-config of a broken file: %s", out);
@@ -190,7 +190,7 @@ Test(reload, check_config_reports_every_error_with_file_and_line)
     cr_assert_not_null(strstr(out, want), "%s", out);
     snprintf(want, sizeof want, "%s:4: option 'failure_threshold'", conf);
     cr_assert_not_null(strstr(out, want), "%s", out);
-    snprintf(want, sizeof want, "%s:5: section [circuit \"bad name!\"]", conf);
+    snprintf(want, sizeof want, "%s:5: section [circuit \"\"]", conf);
     cr_assert_not_null(strstr(out, want), "%s", out);
     free(out);
     write_conf("[daemon]\nlanes = 8\n[hooks]\ncommand = true\ncommand = logger cbd\n[prefix \"a\"]\nhook = true\n");

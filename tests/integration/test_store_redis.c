@@ -392,7 +392,7 @@ Test(store_redis, garbage_under_the_prefix_is_counted_and_ignored)
     redis_do(&r, "SET t:c:{strkey} %s", "x", NULL);
     redis_do(&r, "HSET t:c:{banana} state %s", "BANANA", NULL);
     redis_do(&r, "HSET t:c:{xyz} state OPEN opened_at %s", "xyz", NULL);
-    redis_do(&r, "HSET %s state OPEN opened_at %s", "t:c:{bad name}", now);
+    redis_do(&r, "HSET %s state OPEN opened_at %s", "t:c:{bad\xffname}", now);
     redis_do(&r, "HSET t:c:{half} state HALF_OPEN opened_at %s", now, NULL);
     redis_do(&r, "HSET t:c:{good} state OPEN opened_at %s failure_count 7", now, NULL);
     host_open(&a, uri_of(&r, "A", ""));

@@ -405,7 +405,7 @@ Test(store_local, invalid_entries_are_skipped_and_counted)
                " {\"name\": \"good\", \"state\": \"OPEN\", \"failure_count\": 5, \"opened_at\": 1764240000,\n"
                "  \"config\": {\"failure_threshold\": 5, \"success_threshold\": 3, \"half_open_max_probes\": 1,\n"
                "             \"recovery_timeout_ms\": 30000, \"probe_lease_ms\": 0}},\n"
-               " {\"name\": \"bad name!\", \"state\": \"CLOSED\", \"failure_count\": 0, \"opened_at\": 0},\n"
+               " {\"name\": \"\", \"state\": \"CLOSED\", \"failure_count\": 0, \"opened_at\": 0},\n"
                " {\"name\": \"s1\", \"state\": \"AJAR\", \"failure_count\": 0, \"opened_at\": 0},\n"
                " {\"name\": \"s2\", \"state\": \"CLOSED\", \"failure_count\": -1, \"opened_at\": 0},\n"
                " {\"name\": \"s3\", \"state\": \"CLOSED\", \"failure_count\": 0, \"opened_at\": 0,\n"

@@ -74,6 +74,7 @@
 #define CB_SEG_MINOR 0u
 #define CB_SEG_HEADER_SIZE 4096u
 #define CB_SEG_RECORD_SIZE 512u
+#define CB_SEG_CFG_WORDS 22u        /* policy words a record holds (CB_POLICY_FIELDS and room) */
 #define CB_LANES_HEADER_SIZE 4096u
 #define CB_CACHELINE 64u
 
@@ -117,8 +118,12 @@ static inline uint32_t cb_seg_word_epoch(uint64_t w) { return (uint32_t)(w >> CB
 #define CB_STALE_FAIL_OPEN 0u   /* default: allow (BYPASS tickets) */
 #define CB_STALE_KEEP_STATE 1u  /* keep obeying the last published state */
 
+/* What a segment offers beyond its major layout: a minor version that adds
+ * something sets a bit, and a reader refuses a segment that lacks a bit it
+ * uses (cb__seg_header_check: CB_SEG_FEATURES_USED). */
 #define CB_SEG_FEATURE_HISTORY 0x1ull
 #define CB_SEG_FEATURE_PERMITS 0x2ull
+#define CB_SEG_FEATURES_USED (CB_SEG_FEATURE_HISTORY | CB_SEG_FEATURE_PERMITS)
 
 /* ---- state region --------------------------------------------------------- */
 
@@ -195,18 +200,16 @@ struct cb_seg_record {
      * change of policy (rare). */
     _Alignas(64) _Atomic uint64_t state_word;
     _Atomic uint64_t name_hash;
-    _Atomic uint32_t cfg_seq;             /* odd while the policy fields are written */
-    _Atomic uint32_t failure_threshold;
-    _Atomic uint32_t success_threshold;
-    _Atomic uint32_t half_open_max_probes;
-    _Atomic uint32_t recovery_timeout_ms;
-    _Atomic uint32_t probe_lease_ms;
     _Atomic uint16_t name_len;
     _Atomic uint16_t reserved0;
     _Atomic uint32_t owner_uid;           /* who registered it over the socket (UINT32_MAX: nobody counted) */
-    _Atomic uint32_t reserved1[4];
-    /* line 1: the current version's number (vseq of the current copy). */
-    _Alignas(64) _Atomic uint64_t vseq;
+    _Atomic uint32_t cfg_seq;             /* odd while the policy fields are written */
+    _Atomic uint32_t reserved1;
+    /* lines 0-1: the policy, CB_POLICY_FIELDS in order (room to grow), then
+     * the current version's number (vseq of the current copy), alone at the
+     * end of line 1: it changes on every publish, the policy rarely. */
+    _Atomic uint32_t cfg[CB_SEG_CFG_WORDS];
+    _Atomic uint64_t vseq;
     /* lines 2-5: the two copies; the current one is version[vseq & 1]. */
     _Alignas(64) struct cb_seg_version version[2];
     /* lines 6-7: the name, NUL terminated. */
@@ -241,6 +244,8 @@ _Static_assert(sizeof(struct cb_seg_version) == 128, "a version is two cache lin
 _Static_assert(sizeof(struct cb_seg_record) == CB_SEG_RECORD_SIZE, "record must be 512 bytes");
 _Static_assert(offsetof(struct cb_seg_record, state_word) == 0, "the state word is frozen at offset 0");
 _Static_assert(offsetof(struct cb_seg_record, version) == 128, "versions start on line 2");
+_Static_assert(offsetof(struct cb_seg_record, vseq) == 120, "vseq is the last word of line 1");
+_Static_assert(offsetof(cb_config, reserved) / sizeof(uint32_t) <= CB_SEG_CFG_WORDS, "the record holds every policy field");
 _Static_assert(sizeof(struct cb_seg_history) == 192, "history entries are three cache lines");
 
 /* ---- lanes region --------------------------------------------------------- */
@@ -268,7 +273,7 @@ struct cb_lane_event {
  */
 struct cb_lane {
     _Alignas(64) _Atomic uint64_t owner;   /* 0 free; else (pid << 32) | lane state */
-    _Atomic uint64_t claims;               /* times claimed (diagnostics) */
+    uint64_t reserved0;
     /* producer's line */
     _Alignas(64) _Atomic uint64_t tail;    /* next event index to write; release by producer */
     _Atomic uint64_t dropped;              /* events dropped because the lane was full */
@@ -332,8 +337,18 @@ _Static_assert(sizeof(struct cb_lanes_header) <= CB_LANES_HEADER_SIZE, "lanes he
 
 /* 64-bit hash of a name (FNV-1a folded through a splitmix64 finaliser). */
 uint64_t cb__name_hash(const char *name, size_t len);
-/* 0 if name is a valid circuit name, else -EINVAL (empty, too long, bad byte). */
+/* 0 if name is a valid circuit name: 1..CB_NAME_MAX bytes of well-formed
+ * UTF-8 (any character but NUL, as DynamoDB keys and Powertools names
+ * allow), else -EINVAL. */
 int cb__name_check(const char *name);
+/* name as a log line, a table or an error message shows it: as it is when
+ * it is only [A-Za-z0-9._:/@+=-], else in double quotes with '"' and '\'
+ * escaped and control characters as \xNN, written into buf. Returns name or
+ * buf. CB_NAME_SHOW(name) gives a buffer that lives to the end of the
+ * enclosing block, for use right in a printf-style argument list. */
+#define CB_NAME_DISPLAY_MAX (4 * CB_NAME_MAX + 8)
+const char *cb__name_display(const char *name, char *buf);
+#define CB_NAME_SHOW(name) cb__name_display((name), (char[CB_NAME_DISPLAY_MAX]){0})
 /* 0 if name is a valid instance name ([A-Za-z0-9_-], 1..32), else -EINVAL. */
 int cb__instance_check(const char *name);
 /* "/cbd.<instance>" and "/cbd.<instance>.lanes" into buf (CB_SHM_NAME_MAX). */
@@ -515,26 +530,39 @@ static inline int cb_seg_cfg_read_retry(const struct cb_seg_record *r, uint32_t 
     return (begin & 1) || atomic_load_explicit((_Atomic uint32_t *)&r->cfg_seq, memory_order_relaxed) != begin;
 }
 
+/* ---- the policy fields: CB_POLICY_FIELDS as a table ------------------------ */
+
+struct cb_policy_field {
+    const char *name, *help;
+    uint32_t def, min, max;
+    size_t offset; /* in cb_config */
+};
+enum {
+#define CB__FIELD_INDEX(name, def, min, max, help) CB_FIELD_##name,
+    CB_POLICY_FIELDS(CB__FIELD_INDEX)
+#undef CB__FIELD_INDEX
+    CB_POLICY_NFIELDS
+};
+extern const struct cb_policy_field cb__policy_fields[CB_POLICY_NFIELDS];
+
+/* Field i of cfg. */
+static inline uint32_t *cb__config_field(cb_config *cfg, unsigned i)
+{
+    return (uint32_t *)((char *)cfg + cb__policy_fields[i].offset);
+}
+
 /* The policy fields of a record (relaxed loads; between cfg read_begin/retry). */
 static inline void cb_seg_cfg_load(const struct cb_seg_record *r, cb_config *cfg)
 {
-    cfg->failure_threshold = atomic_load_explicit((_Atomic uint32_t *)&r->failure_threshold, memory_order_relaxed);
-    cfg->success_threshold = atomic_load_explicit((_Atomic uint32_t *)&r->success_threshold, memory_order_relaxed);
-    cfg->half_open_max_probes =
-        atomic_load_explicit((_Atomic uint32_t *)&r->half_open_max_probes, memory_order_relaxed);
-    cfg->recovery_timeout_ms =
-        atomic_load_explicit((_Atomic uint32_t *)&r->recovery_timeout_ms, memory_order_relaxed);
-    cfg->probe_lease_ms = atomic_load_explicit((_Atomic uint32_t *)&r->probe_lease_ms, memory_order_relaxed);
+    for (unsigned i = 0; i < CB_POLICY_NFIELDS; i++)
+        *cb__config_field(cfg, i) = atomic_load_explicit((_Atomic uint32_t *)&r->cfg[i], memory_order_relaxed);
     for (size_t i = 0; i < sizeof cfg->reserved / sizeof cfg->reserved[0]; i++)
         cfg->reserved[i] = 0;
 }
 static inline void cb_seg_cfg_store(struct cb_seg_record *r, const cb_config *cfg)
 {
-    atomic_store_explicit(&r->failure_threshold, cfg->failure_threshold, memory_order_relaxed);
-    atomic_store_explicit(&r->success_threshold, cfg->success_threshold, memory_order_relaxed);
-    atomic_store_explicit(&r->half_open_max_probes, cfg->half_open_max_probes, memory_order_relaxed);
-    atomic_store_explicit(&r->recovery_timeout_ms, cfg->recovery_timeout_ms, memory_order_relaxed);
-    atomic_store_explicit(&r->probe_lease_ms, cfg->probe_lease_ms, memory_order_relaxed);
+    for (unsigned i = 0; i < CB_POLICY_NFIELDS; i++)
+        atomic_store_explicit(&r->cfg[i], *cb__config_field((cb_config *)cfg, i), memory_order_relaxed);
 }
 
 #endif /* CB_SEGMENT_H */

@@ -10,6 +10,7 @@
 #include "segment.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -30,22 +31,72 @@ uint64_t cb__name_hash(const char *name, size_t len)
     return h;
 }
 
-static int name_byte_ok(unsigned char c)
+/* Length of the UTF-8 sequence at s (1..4) if it is well formed (shortest
+ * form, no surrogate, at most U+10FFFF), else 0. */
+static size_t utf8_sequence(const unsigned char *s)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           strchr("._:/@+=-", c) != NULL;
+    if (s[0] < 0x80)
+        return 1;
+    size_t n = s[0] >= 0xf0 ? 4 : s[0] >= 0xe0 ? 3 : s[0] >= 0xc0 ? 2 : 0;
+    if (n == 0 || s[0] > 0xf4 || (n == 2 && s[0] < 0xc2))
+        return 0;
+    uint32_t cp = s[0] & (0x7f >> n);
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return n;
 }
 
 int cb__name_check(const char *name)
 {
     if (name == NULL || name[0] == '\0')
         return -EINVAL;
+    const unsigned char *s = (const unsigned char *)name;
     size_t n = 0;
-    for (; name[n] != '\0'; n++) {
-        if (n >= CB_NAME_MAX || !name_byte_ok((unsigned char)name[n]))
+    while (s[n] != '\0') {
+        size_t k = utf8_sequence(s + n);
+        if (k == 0 || n + k > CB_NAME_MAX)
             return -EINVAL;
+        n += k;
     }
     return 0;
+}
+
+static bool plain_byte(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || strchr("._:/@+=-", c) != NULL;
+}
+
+const char *cb__name_display(const char *name, char *buf)
+{
+    const unsigned char *s = (const unsigned char *)name;
+    bool plain = s[0] != '\0';
+    for (size_t i = 0; plain && s[i] != '\0'; i++)
+        plain = plain_byte(s[i]);
+    if (plain)
+        return name;
+    char *o = buf;
+    *o++ = '"';
+    for (size_t i = 0; s[i] != '\0' && o < buf + CB_NAME_DISPLAY_MAX - 10; i++) {
+        /* C0 and C1 controls and DEL are escaped; other UTF-8 is shown as it is */
+        bool c1 = s[i] == 0xc2 && s[i + 1] >= 0x80 && s[i + 1] <= 0x9f;
+        if (s[i] < 0x20 || s[i] == 0x7f || c1) {
+            o += sprintf(o, "\\x%02x", s[i]);
+            if (c1)
+                o += sprintf(o, "\\x%02x", s[++i]);
+        } else {
+            if (s[i] == '"' || s[i] == '\\')
+                *o++ = '\\';
+            *o++ = (char)s[i];
+        }
+    }
+    *o++ = '"';
+    *o = '\0';
+    return buf;
 }
 
 int cb__instance_check(const char *name)
@@ -109,7 +160,8 @@ int cb__seg_header_check(const struct cb_seg_header *h, uint64_t mapped_size)
 {
     if (mapped_size < CB_SEG_HEADER_SIZE || memcmp(h->magic, "CBD-SEGMENT-v", 13) != 0)
         return -EPROTO;
-    if (strncmp(h->magic, CB_SEG_MAGIC, sizeof h->magic) != 0 || h->major != CB_SEG_MAJOR)
+    if (strncmp(h->magic, CB_SEG_MAGIC, sizeof h->magic) != 0 || h->major != CB_SEG_MAJOR ||
+        (h->features & CB_SEG_FEATURES_USED) != CB_SEG_FEATURES_USED)
         return -EPROTO;
     struct cb_seg_geometry g;
     if (h->header_size != CB_SEG_HEADER_SIZE || h->record_size != CB_SEG_RECORD_SIZE ||
@@ -189,19 +241,26 @@ int cb__seg_lookup(const struct cb_seg_header *h, const char *name, size_t len, 
     return -ENOENT;
 }
 
+const struct cb_policy_field cb__policy_fields[CB_POLICY_NFIELDS] = {
+#define FIELD_ROW(n, d, lo, hi, h) {.name = #n, .help = h, .def = d, .min = lo, .max = hi, .offset = offsetof(cb_config, n)},
+    CB_POLICY_FIELDS(FIELD_ROW)
+#undef FIELD_ROW
+};
+
 int cb__config_check(const struct cb_config *cfg, const char **field)
 {
+    /* "name (min..max)" for the first field out of its bounds */
+    static const char *const bad_text[CB_POLICY_NFIELDS] = {
+#define FIELD_BAD(n, d, lo, hi, h) #n " (" #lo ".." #hi ")",
+        CB_POLICY_FIELDS(FIELD_BAD)
+#undef FIELD_BAD
+    };
     const char *bad = NULL;
-    if (cfg->failure_threshold < 1 || cfg->failure_threshold > 1000000)
-        bad = "failure_threshold (1..1000000)";
-    else if (cfg->success_threshold < 1 || cfg->success_threshold > 1000000)
-        bad = "success_threshold (1..1000000)";
-    else if (cfg->half_open_max_probes < 1 || cfg->half_open_max_probes > 1024)
-        bad = "half_open_max_probes (1..1024)";
-    else if (cfg->recovery_timeout_ms < 1 || cfg->recovery_timeout_ms > 604800000u)
-        bad = "recovery_timeout_ms (1..604800000)";
-    else if (cfg->probe_lease_ms > 604800000u)
-        bad = "probe_lease_ms (0..604800000; 0 = recovery_timeout_ms)";
+    for (unsigned i = 0; i < CB_POLICY_NFIELDS && bad == NULL; i++) {
+        uint32_t v = *cb__config_field((cb_config *)cfg, i);
+        if (v < cb__policy_fields[i].min || v > cb__policy_fields[i].max)
+            bad = bad_text[i];
+    }
     if (field)
         *field = bad;
     return bad ? -EINVAL : 0;
@@ -225,11 +284,8 @@ int cb__parse_bool(const char *s)
 void cb_config_init(cb_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
-    cfg->failure_threshold = 5;
-    cfg->success_threshold = 3;
-    cfg->half_open_max_probes = 1;
-    cfg->recovery_timeout_ms = 30000;
-    cfg->probe_lease_ms = 0;
+    for (unsigned i = 0; i < CB_POLICY_NFIELDS; i++)
+        *cb__config_field(cfg, i) = cb__policy_fields[i].def;
 }
 
 int cb__seg_snapshot(const struct cb_seg_header *h, uint32_t slot, struct cb_seg_snapshot *out)
