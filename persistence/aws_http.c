@@ -43,6 +43,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backoff.h"
+
 #define RESP_MAX (4u << 20)   /* bytes; DynamoDB answers for <= 100 small items are far below */
 #define RETRY_BASE_MS 50u
 #define RETRY_CAP_MS 2000u
@@ -94,12 +96,7 @@ static void schedule_retries(struct cbd_aws_http *h);
 
 uint32_t cbd_aws_backoff_ms(uint32_t attempt, uint32_t base_ms, uint32_t cap_ms)
 {
-    uint64_t ceiling = base_ms;
-    for (uint32_t i = 0; i < attempt && ceiling < cap_ms; i++)
-        ceiling *= 2;
-    if (ceiling > cap_ms)
-        ceiling = cap_ms;
-    return arc4random_uniform((uint32_t)ceiling + 1);
+    return cbd_backoff_ms(attempt, base_ms, cap_ms, (uint64_t)arc4random() << 32 | arc4random());
 }
 
 /* ---- small parsers of AWS answers ----------------------------------------- */

@@ -4,10 +4,11 @@
  *
  * Design. Decoding is two steps: read each attribute the layout names into
  * the struct (checking only its DynamoDB type and number syntax), then one
- * check of the struct's meaning (item_check) - what a state needs, ranges,
- * owner bytes. Encoding runs the same item_check before it builds anything,
- * so the rules live once and what cbd writes is what cbd (and a strict
- * Powertools reader) accepts.
+ * check of the struct's meaning (item_check) - the key and the TTL here,
+ * what a state needs (ranges, owner bytes) in fleet.c's fleet_item_check,
+ * which the redis transport's decoder runs too. Encoding runs the same
+ * item_check before it builds anything, so the rules live once and what cbd
+ * writes is what cbd (and a strict Powertools reader) accepts.
  *
  * Every message names the attribute by its configured name and quotes the
  * offending value (cut, escaped): it ends up in a log line an operator reads
@@ -23,64 +24,16 @@
 #include "dynamodb_item.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "fleet.h"
+
 const struct cbd_ddb_layout cbd_ddb_default_layout = {
-    .pk = "id", .sk = "", .static_pk = "circuit_breaker#cbd", .state = "state", .failure_count = "failure_count",
+    .pk = "id", .sk = "", .static_pk = "circuit_breaker#", .state = "state", .failure_count = "failure_count",
     .opened_at = "opened_at", .owner = "half_open_owner", .lease = "probe_lease_expiry", .expiration = "expiration",
 };
-
-static const char *const state_names[] = {[CB_CLOSED] = "CLOSED", [CB_OPEN] = "OPEN", [CB_HALF_OPEN] = "HALF_OPEN"};
-
-static int bad(char *why, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int bad(char *why, size_t size, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why, size, fmt, ap);
-    va_end(ap);
-    return -EBADMSG;
-}
-
-/* ---- quoting ---------------------------------------------------------------------- */
-
-/* Length of the valid UTF-8 sequence of 2-4 bytes at s (at most n bytes), or 0. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    size_t need = s[0] >= 0xf0 && s[0] <= 0xf4 ? 4 : s[0] >= 0xe0 ? 3 : s[0] >= 0xc2 && s[0] < 0xe0 ? 2 : 0;
-    if (need == 0 || need > n)
-        return 0;
-    for (size_t i = 1; i < need; i++)
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-    return need;
-}
-
-const char *cbd_ddb_quote(const char *s, size_t len, char *buf, size_t size)
-{
-    const unsigned char *u = (const unsigned char *)s;
-    size_t o = 0, i = 0;
-    while (i < len) {
-        size_t seq = u[i] >= 0x80 ? utf8_seq(u + i, len - i) : 0;
-        bool plain = u[i] >= 0x20 && u[i] < 0x7f && u[i] != '\'' && u[i] != '\\';
-        size_t out = seq ? seq : plain ? 1 : 4;
-        if (o + out + 4 > size) /* room for "..." and the NUL */
-            break;
-        if (seq || plain)
-            memcpy(buf + o, s + i, out);
-        else
-            snprintf(buf + o, 5, "\\x%02x", u[i]);
-        o += out;
-        i += seq ? seq : 1;
-    }
-    if (i < len)
-        memcpy(buf + o, "...", 3), o += 3;
-    buf[o] = '\0';
-    return buf;
-}
 
 /* ---- attributes ------------------------------------------------------------------- */
 
@@ -92,15 +45,15 @@ static int attr_typed(const json_t *item, const char *attr, const char *want, js
     if (a == NULL)
         return 0;
     if (!json_is_object(a) || json_object_size(a) != 1)
-        return bad(why, size, "attribute '%s' is not one DynamoDB attribute value (an object with one type tag)",
+        return fleet_fault(why, size, "attribute '%s' is not one DynamoDB attribute value (an object with one type tag)",
                    attr);
     void *it = json_object_iter((json_t *)a);
     const char *tag = json_object_iter_key(it);
     if (strcmp(tag, want) != 0)
-        return bad(why, size, "attribute '%s' is %.8s, expected %s", attr, tag, want);
+        return fleet_fault(why, size, "attribute '%s' is %.8s, expected %s", attr, tag, want);
     *value = json_object_iter_value(it);
     if (!json_is_string(*value))
-        return bad(why, size, "attribute '%s' is %s without a string%s", attr, want,
+        return fleet_fault(why, size, "attribute '%s' is %s without a string%s", attr, want,
                    want[0] == 'N' ? " of digits" : "");
     return 1;
 }
@@ -118,31 +71,6 @@ static int attr_string(const json_t *item, const char *attr, const char **s, siz
     return rc;
 }
 
-/* Digits only, at most max: 0 with *out, else -EBADMSG naming the fault. */
-static int whole_number(const char *attr, const char *v, size_t len, uint64_t max, const char *above, uint64_t *out,
-                        char *why, size_t size)
-{
-    char q[48];
-    uint64_t n = 0;
-    cbd_ddb_quote(v, len, q, sizeof q);
-    if (len == 0)
-        return bad(why, size, "attribute '%s' is an empty number", attr);
-    if (v[0] == '-')
-        return bad(why, size, "attribute '%s' is negative ('%s')", attr, q);
-    for (size_t i = 0; i < len; i++) {
-        if (v[i] == '.' || v[i] == 'e' || v[i] == 'E')
-            return bad(why, size, "attribute '%s' is not a whole number ('%s')", attr, q);
-        if (v[i] < '0' || v[i] > '9')
-            return bad(why, size, "attribute '%s' is not a number ('%s')", attr, q);
-        unsigned d = (unsigned)(v[i] - '0');
-        if (n > (max - d) / 10)
-            return bad(why, size, "attribute '%s' is %s ('%s')", attr, above, q);
-        n = n * 10 + d;
-    }
-    *out = n;
-    return 0;
-}
-
 /* Attribute attr of item as a whole number of type N in [0, max]: 1 found
  * (*out), 0 absent, -EBADMSG. above says what a larger value means. */
 static int attr_number(const json_t *item, const char *attr, uint64_t max, const char *above, int64_t *out, char *why,
@@ -151,8 +79,8 @@ static int attr_number(const json_t *item, const char *attr, uint64_t max, const
     json_t *v;
     uint64_t n = 0;
     int rc = attr_typed(item, attr, "N", &v, why, size);
-    if (rc == 1 && (rc = whole_number(attr, json_string_value(v), json_string_length(v), max, above, &n, why,
-                                      size)) == 0) {
+    if (rc == 1 && (rc = fleet_parse_number("attribute", attr, json_string_value(v), json_string_length(v), max,
+                                            above, &n, why, size)) == 0) {
         *out = (int64_t)n;
         rc = 1;
     }
@@ -181,26 +109,26 @@ int cbd_ddb_key_decode(const struct cbd_ddb_layout *l, const json_t *key, char *
     *len = 0;
     name[0] = '\0';
     if (!json_is_object(key))
-        return bad(why, why_size, "not an object of attributes");
+        return fleet_fault(why, why_size, "not an object of attributes");
     if (l->sk[0]) {
         rc = attr_string(key, l->pk, &s, &n, why, why_size);
         if (rc == 0)
-            return bad(why, why_size, "no partition key attribute '%s'", l->pk);
+            return fleet_fault(why, why_size, "no partition key attribute '%s'", l->pk);
         if (rc < 0)
             return rc;
         if (n != strlen(l->static_pk) || memcmp(s, l->static_pk, n) != 0)
-            return bad(why, why_size, "partition key '%s' is '%s', not the circuits' '%s'", l->pk,
-                       cbd_ddb_quote(s, n, q, sizeof q), l->static_pk);
+            return fleet_fault(why, why_size, "partition key '%s' is '%s', not the circuits' '%s'", l->pk,
+                       fleet_quote(s, n, q, sizeof q), l->static_pk);
     }
     rc = attr_string(key, attr, &s, &n, why, why_size);
     if (rc == 0)
-        return bad(why, why_size, "no key attribute '%s'", attr);
+        return fleet_fault(why, why_size, "no key attribute '%s'", attr);
     if (rc < 0)
         return rc;
     if (n == 0)
-        return bad(why, why_size, "key attribute '%s' is empty", attr);
+        return fleet_fault(why, why_size, "key attribute '%s' is empty", attr);
     if (n > max || n >= size)
-        return bad(why, why_size, "key attribute '%s' is %zu bytes, more than %zu", attr, n,
+        return fleet_fault(why, why_size, "key attribute '%s' is %zu bytes, more than %zu", attr, n,
                    n > max ? max : size - 1);
     memcpy(name, s, n);
     name[n] = '\0';
@@ -234,31 +162,22 @@ json_t *cbd_ddb_key(const struct cbd_ddb_layout *l, const char *name, size_t len
 
 /* ---- the item ------------------------------------------------------------------------ */
 
-/* What the item means, whichever way it travels: 0 or -EBADMSG. */
+/* What the item means, whichever way it travels: its key and TTL here,
+ * what its state needs in fleet_item_check. 0 or -EBADMSG. */
 static int item_check(const struct cbd_ddb_layout *l, const struct cbd_ddb_item *it, char *why, size_t size)
 {
     size_t max = l->sk[0] ? CBD_DDB_SK_MAX : CBD_DDB_PK_MAX;
     if (it->name_len == 0 || it->name_len > max)
-        return bad(why, size, "the circuit name is %zu bytes (1 to %zu)", it->name_len, max);
-    if (it->state != CB_CLOSED && it->state != CB_OPEN && it->state != CB_HALF_OPEN)
-        return bad(why, size, "state %d is not CLOSED, OPEN or HALF_OPEN", (int)it->state);
+        return fleet_fault(why, size, "the circuit name is %zu bytes (1 to %zu)", it->name_len, max);
     if (it->expiration < 0 || it->expiration > CBD_DDB_TIME_MAX)
-        return bad(why, size, "'%s' %lld is not epoch seconds from 0 to 9000000000", l->expiration,
+        return fleet_fault(why, size, "'%s' %lld is not epoch seconds from 0 to 9000000000", l->expiration,
                    (long long)it->expiration);
-    if (it->state == CB_CLOSED)
-        return 0;
-    if (it->opened_at < 1 || it->opened_at > CBD_DDB_TIME_MAX)
-        return bad(why, size, "%s needs '%s' (epoch seconds, 1 to 9000000000)", state_names[it->state],
-                   l->opened_at);
-    if (it->state == CB_OPEN)
-        return 0;
-    size_t owner = strnlen(it->owner, sizeof it->owner);
-    if (owner == 0 || owner == sizeof it->owner)
-        return bad(why, size, "HALF_OPEN needs '%s' (the probe holder's id, 1 to %d bytes)", l->owner,
-                   CBD_DDB_OWNER_MAX);
-    if (it->lease_expiry < 0 || it->lease_expiry > CBD_DDB_TIME_MAX)
-        return bad(why, size, "HALF_OPEN needs '%s' (epoch seconds, 0 to 9000000000)", l->lease);
-    return 0;
+    struct fleet_item_names names = {.kind = "attribute", .state = l->state, .failure_count = l->failure_count,
+                                     .opened_at = l->opened_at, .owner = l->owner, .lease = l->lease};
+    struct fleet_item f = {.exists = true, .state = it->state, .failure_count = it->failure_count,
+                           .opened_at = it->opened_at, .lease_expiry = it->lease_expiry};
+    memcpy(f.owner, it->owner, sizeof f.owner);
+    return fleet_item_check(&names, &f, why, size);
 }
 
 static int decode_state(const struct cbd_ddb_layout *l, const json_t *item, cb_state *out, char *why, size_t size)
@@ -268,17 +187,13 @@ static int decode_state(const struct cbd_ddb_layout *l, const json_t *item, cb_s
     char q[48];
     int rc = attr_string(item, l->state, &s, &n, why, size);
     if (rc == 0)
-        return bad(why, size, "no '%s' attribute", l->state);
+        return fleet_fault(why, size, "no '%s' attribute", l->state);
     if (rc < 0)
         return rc;
-    for (cb_state st = CB_CLOSED; st <= CB_HALF_OPEN; st++) {
-        if (n == strlen(state_names[st]) && memcmp(s, state_names[st], n) == 0) {
-            *out = st;
-            return 0;
-        }
-    }
-    return bad(why, size, "attribute '%s' is '%s', not CLOSED, OPEN or HALF_OPEN", l->state,
-               cbd_ddb_quote(s, n, q, sizeof q));
+    if (fleet_parse_state(s, n, out) == 0)
+        return 0;
+    return fleet_fault(why, size, "attribute '%s' is '%s', not CLOSED, OPEN or HALF_OPEN", l->state,
+               fleet_quote(s, n, q, sizeof q));
 }
 
 static int decode_owner(const struct cbd_ddb_layout *l, const json_t *item, char *owner, char *why, size_t size)
@@ -290,10 +205,10 @@ static int decode_owner(const struct cbd_ddb_layout *l, const json_t *item, char
     if (rc <= 0)
         return rc;
     if (n > CBD_DDB_OWNER_MAX)
-        return bad(why, size, "attribute '%s' is %zu bytes, more than the %d cbd holds ('%s')", l->owner, n,
-                   CBD_DDB_OWNER_MAX, cbd_ddb_quote(s, n, q, sizeof q));
+        return fleet_fault(why, size, "attribute '%s' is %zu bytes, more than the %d cbd holds ('%s')", l->owner, n,
+                   CBD_DDB_OWNER_MAX, fleet_quote(s, n, q, sizeof q));
     if (memchr(s, '\0', n) != NULL)
-        return bad(why, size, "attribute '%s' holds a NUL byte ('%s')", l->owner, cbd_ddb_quote(s, n, q, sizeof q));
+        return fleet_fault(why, size, "attribute '%s' holds a NUL byte ('%s')", l->owner, fleet_quote(s, n, q, sizeof q));
     memcpy(owner, s, n);
     owner[n] = '\0';
     return 1;
@@ -307,7 +222,7 @@ int cbd_ddb_item_decode(const struct cbd_ddb_layout *l, const json_t *item, stru
     memset(out, 0, sizeof *out);
     out->state = CB_CLOSED;
     if (!json_is_object(item))
-        return bad(why, size, "the item is not an object of attributes");
+        return fleet_fault(why, size, "the item is not an object of attributes");
     if ((rc = cbd_ddb_key_decode(l, item, out->name, sizeof out->name, &out->name_len, why, size)) < 0 ||
         (rc = decode_state(l, item, &out->state, why, size)) < 0 ||
         (rc = attr_number(item, l->failure_count, UINT32_MAX, "more than 4294967295", &fc, why, size)) < 0 ||
@@ -335,7 +250,7 @@ json_t *cbd_ddb_item_encode(const struct cbd_ddb_layout *l, const struct cbd_ddb
     json_t *item = cbd_ddb_key(l, it->name, it->name_len);
     if (item == NULL)
         goto nomem;
-    bool ok = json_object_set_new(item, l->state, cbd_ddb_s(state_names[it->state])) == 0 &&
+    bool ok = json_object_set_new(item, l->state, cbd_ddb_s(fleet_state_name(it->state))) == 0 &&
               json_object_set_new(item, l->failure_count, cbd_ddb_n(it->failure_count)) == 0;
     if (it->state != CB_CLOSED)
         ok = ok && json_object_set_new(item, l->opened_at, cbd_ddb_n(it->opened_at)) == 0;
@@ -348,7 +263,7 @@ json_t *cbd_ddb_item_encode(const struct cbd_ddb_layout *l, const struct cbd_ddb
         return item;
     json_decref(item);
 nomem:
-    bad(why, size, "out of memory");
+    fleet_fault(why, size, "out of memory");
     return NULL;
 }
 

@@ -5,9 +5,9 @@
  * contract of POWERTOOLS.md ("DynamoDB item"); docs/store-dynamodb.md lists
  * what makes an item invalid.
  *
- * The store (store_dynamodb.c) reads every item through
- * cbd_ddb_item_decode and writes every item and key through
- * cbd_ddb_item_encode / cbd_ddb_key, so what cbd writes is what it accepts
+ * The dynamodb transport (store_dynamodb.c) reads every item through
+ * cbd_ddb_item_decode and writes every key through cbd_ddb_key; what a
+ * state needs is fleet.c's fleet_item_check, the same for every store
  * (tests/fuzz/fuzz_dynamodb_item.c checks that decode(encode(x)) == x).
  *
  * Names. Powertools accepts any string as a circuit name, so the codec
@@ -24,13 +24,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "segment.h"
-
 #include "cb.h"
+#include "fleet.h"
+#include "segment.h"
 
 #define CBD_DDB_PK_MAX 2048           /* bytes of a partition key value (DynamoDB's limit) */
 #define CBD_DDB_SK_MAX 1024           /* bytes of a sort key value */
-#define CBD_DDB_OWNER_MAX 95          /* bytes of a probe owner id (struct cbd_store_state) */
+#define CBD_DDB_OWNER_MAX FLEET_OWNER_MAX /* bytes of a probe owner id */
 #define CBD_DDB_TIME_MAX CB_TIME_MAX_S /* epoch seconds cbd can hold (segment.h: 2255-03-14) */
 
 /* Attribute names: Powertools makes them configurable, so does the URI. */
@@ -118,10 +118,5 @@ int cbd_ddb_answer_get(const char *body, size_t len, json_t **root, json_t **ite
  */
 int cbd_ddb_answer_batch(const char *body, size_t len, const char *table, json_t **root, json_t **items,
                          json_t **unprocessed);
-
-/* s (len bytes, any of them) quoted for a log line: printable ASCII and
- * UTF-8 as they are, other bytes, ' and \ as \xNN, cut with "..." to fit
- * size bytes (at least 8). Returns buf. */
-const char *cbd_ddb_quote(const char *s, size_t len, char *buf, size_t size);
 
 #endif /* CBD_DYNAMODB_ITEM_H */

@@ -45,6 +45,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backoff.h"
 #include "log.h"
 #include "redis_resp.h"
 #include "redis_sentinel.h"
@@ -79,11 +80,7 @@ struct cbd_redis_link {
 
 uint32_t cbd_redis_backoff_ms(unsigned attempt, uint64_t r)
 {
-    unsigned shift = attempt < 6 ? attempt : 6;
-    uint64_t cap = (uint64_t)CBD_REDIS_BACKOFF_BASE_MS << shift;
-    if (cap > CBD_REDIS_BACKOFF_CAP_MS)
-        cap = CBD_REDIS_BACKOFF_CAP_MS;
-    return (uint32_t)(r % (cap + 1));
+    return cbd_backoff_ms(attempt, CBD_REDIS_BACKOFF_BASE_MS, CBD_REDIS_BACKOFF_CAP_MS, r);
 }
 
 static uint64_t rng_next(struct cbd_redis_link *link)

@@ -26,6 +26,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "pct_decode.h"
+
 const char cbd_redis_uri_unknown[] = "unknown option";
 
 #define REDIS_PORT 6379
@@ -70,40 +72,6 @@ bool cbd_redis_parse_u32(const char *s, size_t len, uint32_t min, uint32_t max, 
     if (v < min || v > max)
         return false;
     *out = (uint32_t)v;
-    return true;
-}
-
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* %XX-decode s[0..len) into dst; false if malformed, NUL or too long. */
-static bool pct_decode(const char *s, size_t len, char *dst, size_t size)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < len; i++) {
-        int c = (unsigned char)s[i];
-        if (c == '%') {
-            if (i + 2 >= len)
-                return false;
-            int hi = hexval(s[i + 1]), lo = hexval(s[i + 2]);
-            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
-                return false;
-            c = hi * 16 + lo;
-            i += 2;
-        }
-        if (n + 1 >= size)
-            return false;
-        dst[n++] = (char)c;
-    }
-    dst[n] = '\0';
     return true;
 }
 
@@ -169,7 +137,7 @@ static int parse_option(struct parse *p, const char *k, size_t klen, const char 
     snprintf(name, sizeof name, "%.*s", (int)(klen < 32 ? klen : 32), k);
     if (name_is(k, klen, "password") || name_is(k, klen, "sentinel_password"))
         return bad(p, "%s", PASSWORD_REFUSED);
-    if (!pct_decode(v, vlen, val, sizeof val))
+    if (!cbd_pct_decode(v, vlen, val, sizeof val))
         return bad(p, "the value of option '%s' has a bad %%-escape or is too long", name);
     bool for_sentinel = strncmp(name, "sentinel_", 9) == 0;
     if (for_sentinel && !u->sentinel)
@@ -228,7 +196,7 @@ static int parse_userinfo(struct parse *p, const char *s, size_t len)
     char user[sizeof p->u->user];
     if (memchr(s, ':', len) != NULL)
         return bad(p, "%s", PASSWORD_REFUSED);
-    if (!pct_decode(s, len, user, sizeof user))
+    if (!cbd_pct_decode(s, len, user, sizeof user))
         return bad(p, "the user has a bad %%-escape or is too long");
     return user_option(p, p->u->user, sizeof p->u->user, "the user", user);
 }

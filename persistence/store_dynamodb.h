@@ -1,38 +1,22 @@
 /*
  * store_dynamodb.h - the `dynamodb` store: Powertools' circuit breaker table,
- * shared by every cbd host and every Lambda function using Powertools.
+ * shared by every cbd host and every Lambda function using Powertools. The
+ * fleet layer (fleet.h) over the dynamodb transport of store_dynamodb.c.
  * See docs/store-dynamodb.md for the URI, the item layout and IAM.
  */
 #ifndef CBD_STORE_DYNAMODB_H
 #define CBD_STORE_DYNAMODB_H
 
-#include <stdbool.h>
 #include <stddef.h>
-#include <stdint.h>
 
+#include "fleet.h"
 #include "store.h"
 
 extern const struct cbd_store_ops cbd_store_dynamodb_ops;
 
-/* Counters for cbd's stats, since the store was created. */
-struct cbd_dynamodb_stats {
-    uint64_t requests;           /* HTTP attempts sent, retries included */
-    uint64_t retries;            /* attempts that repeated a failed one */
-    uint64_t throttles;          /* answers that said "slow down" */
-    uint64_t timeouts;           /* attempts that hit timeout_ms */
-    uint64_t errors;             /* requests that failed after their retries */
-    uint64_t conditions_lost;    /* conditional writes refused: the fleet had newer state */
-    uint64_t malformed;          /* answers that are not DynamoDB JSON */
-    uint64_t invalid_items;      /* items read and not adopted (every read of one counts) */
-    uint64_t unprocessed_keys;   /* BatchGetItem keys DynamoDB asked us to retry */
-    uint64_t remote_reports;     /* hooks->remote calls */
-    uint32_t circuits;           /* tracked */
-    uint32_t pending_writes;     /* queued, not yet acknowledged by DynamoDB */
-    bool online;                 /* the last request reached DynamoDB */
-};
-
-/* s must come from cbd_store_dynamodb_ops.create. */
-void cbd_dynamodb_stats(const struct cbd_store *s, struct cbd_dynamodb_stats *out);
+/* The transport alone, for tests that drive it without the fleet layer
+ * (tests/integration/test_fleet_contract.c). */
+extern const struct fleet_transport_ops cbd_dynamodb_transport_ops;
 
 /*
  * cbd_dynamodb_create_table - create the table a dynamodb:// URI names, for

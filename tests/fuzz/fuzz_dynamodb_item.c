@@ -47,7 +47,7 @@ static void item(const struct cbd_ddb_layout *l, const json_t *v)
         round_trip(l, &it);
     else if (why[0] == '\0')
         abort(); /* a refusal names its fault */
-    cbd_ddb_quote(it.name, it.name_len, q, sizeof q);
+    fleet_quote(it.name, it.name_len, q, sizeof q);
 }
 
 static void layout(const struct cbd_ddb_layout *l, const uint8_t *data, size_t size)

@@ -233,8 +233,8 @@ static void handshake(struct side *cmd, struct side *sub)
     static const char subscribed[] = "*3\r\n$9\r\nsubscribe\r\n$13\r\nf:transitions\r\n:1\r\n";
     write_all(cmd->fd, (const uint8_t *)master, sizeof master - 1);
     write_all(sub->fd, (const uint8_t *)subscribed, sizeof subscribed - 1);
-    TURN_UNTIL((pump(cmd), count(cmd, "LOAD") == 4));
-    for (int i = 0; i < 4; i++) {
+    TURN_UNTIL((pump(cmd), count(cmd, "LOAD") == 2));
+    for (int i = 0; i < 2; i++) {
         char sha[64];
         int len = snprintf(sha, sizeof sha, "$40\r\n%040d\r\n", i);
         write_all(cmd->fd, (const uint8_t *)sha, (size_t)len);

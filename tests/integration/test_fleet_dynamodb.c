@@ -372,6 +372,43 @@ Test(fleet_dynamodb, idle_hosts_never_keep_a_powertools_function_from_probing)
     fleet_stop(&f);
 }
 
+/* The other half of probes on demand: a host whose worker wants a probe
+ * does take the lease, but a worker that then never takes the probe must
+ * not keep it. Within the grace (min(1 s, lease / 4)) the host gives it
+ * back: the item is OPEN again on the same opening, without an owner, and
+ * Powertools' own election wins at once. The lease asked for lasts 21 s:
+ * a lease that merely ran out would leave the item HALF_OPEN that long. */
+Test(fleet_dynamodb, a_lease_taken_for_a_call_that_never_probes_is_given_back_and_powertools_elects_at_once)
+{
+    struct fleet f;
+    cb_config cfg = tsup_config(5, 3, 1, 1000);
+    cfg.probe_lease_ms = 20000;
+    fleet_start(&f, "giveback", &cfg);
+    int64_t opened = (int64_t)time(NULL) - 1;
+    ddb_pt_trip(f.db.port, TABLE, f.name, opened);
+    cr_assert(tsup_wait_state(f.pa, CB_OPEN) && tsup_wait_state(f.pb, CB_OPEN));
+    cr_assert(tsup_wait_until(tsup_electable(f.pa), FLEET_LIVENESS_MS), "A's circuit never became electable");
+    cr_assert(!cb_permitted(cb_allow(f.pa)), "a call on an electable circuit is rejected, and wants a probe");
+    expect_transition(f.ca, f.name, CB_CLOSED, CB_OPEN);
+    cb_transition half = expect_transition(f.ca, f.name, CB_OPEN, CB_HALF_OPEN);
+    cr_assert_eq(half.opened_at, opened, "A took the lease of the fleet's opening");
+    expect_transition(f.ca, f.name, CB_HALF_OPEN, CB_OPEN); /* nobody took the probe */
+    cr_assert(tsup_wait_until(({
+                                  json_t *it = ddb_pt_get(f.db.port, TABLE, f.name);
+                                  bool back = item_is(f.db.port, f.name, "OPEN", opened) &&
+                                              !ddb_item_has(it, "half_open_owner") &&
+                                              !ddb_item_has(it, "probe_lease_expiry");
+                                  json_decref(it);
+                                  back;
+                              }),
+                              FLEET_LIVENESS_MS),
+              "the item did not go back to OPEN without an owner");
+    cr_assert_eq(ddb_pt_elect(f.db.port, TABLE, f.name, opened), 200,
+                 "the Powertools function's election failed after the host gave the lease back");
+    cr_assert_eq(tsup_info(f.pb).state, CB_OPEN, "B, idle, never competed");
+    fleet_stop(&f);
+}
+
 /* ---- the table goes away -------------------------------------------------------------------- */
 
 Test(fleet_dynamodb, with_the_table_gone_hosts_trip_alone_and_the_opening_reaches_the_table_when_it_returns)

@@ -375,6 +375,64 @@ Test(fleet_redis, redis_killed_mid_run_stops_no_host_and_they_reconcile_when_it_
               "sync states: A x %u, B x %u", sync_of(0, "x", NULL), sync_of(1, "x", NULL));
 }
 
+/* Powertools' election written for redis (fleet.h, ELECT): OPEN on the
+ * opening seen, without an owner, becomes HALF_OPEN held by owner for 30
+ * s of the server's clock. "1" won, "0" lost (redis-cli's answer). */
+static const char *other_client_elects(const char *name, int64_t opened_at, const char *owner)
+{
+    static char won[8];
+    static const char script[] =
+        "local f = redis.call('HMGET', KEYS[1], 'state', 'opened_at', 'half_open_owner')\n"
+        "if f[1] ~= 'OPEN' or f[3] or f[2] ~= ARGV[1] then return 0 end\n"
+        "local now = tonumber(redis.call('TIME')[1])\n"
+        "redis.call('HSET', KEYS[1], 'state', 'HALF_OPEN', 'half_open_owner', ARGV[2], 'probe_lease_expiry',"
+        " string.format('%d', now + 30))\n"
+        "return 1\n";
+    char key[128], seen[24], *out = NULL;
+    snprintf(key, sizeof key, "%sc:{%s}", prefix, name);
+    snprintf(seen, sizeof seen, "%lld", (long long)opened_at);
+    cr_assert_eq(tsup_redis_cli(&redis, &out, "EVAL", script, "1", key, seen, owner, NULL), 0, "redis-cli EVAL");
+    snprintf(won, sizeof won, "%.*s", (int)strcspn(out, "\r\n"), out);
+    free(out);
+    return won;
+}
+
+/* The other half of probes on demand: a host whose worker wants a probe
+ * takes the lease, but a worker that then never takes the probe must not
+ * keep it. Within the grace (min(1 s, lease / 4)) the host gives it back:
+ * the hash is OPEN again on the same opening, without an owner, and
+ * another client's election wins at once. The lease asked for lasts 21 s:
+ * one that merely ran out would leave the hash HALF_OPEN that long. */
+Test(fleet_redis, a_lease_taken_for_a_call_that_never_probes_is_given_back_and_another_client_elects_at_once)
+{
+    start_fleet(2, NULL);
+    cb_config cfg = tsup_config(1, 3, 1, 1000);
+    cfg.probe_lease_ms = 20000;
+    cb_circuit *c[2];
+    circuit_on_all("giveback", &cfg, c);
+    cr_assert(tsup_wait_until(all_in_sync("giveback"), TSUP_LIVENESS_MS));
+    trip(c[0]);
+    cr_assert(tsup_wait_state(c[0], CB_OPEN) && tsup_wait_state(c[1], CB_OPEN));
+    int64_t opened = tsup_info(c[0]).opened_at;
+    cr_assert(tsup_wait_until(tsup_electable(c[0]), TSUP_LIVENESS_MS), "A's circuit never became electable");
+    cr_assert_eq(tsup_ticket_kind(cb_allow(c[0])), CB_TICKET_REJECTED, "a call on an electable circuit is rejected");
+    cb_transition tr;
+    do
+        tr = tsup_next_transition(cl[0], "giveback");
+    while (tr.to != CB_HALF_OPEN);
+    cr_assert_eq(tr.opened_at, opened, "A took the lease of its opening");
+    tr = tsup_next_transition(cl[0], "giveback");
+    cr_assert(tr.from == CB_HALF_OPEN && tr.to == CB_OPEN, "nobody probed, yet A went %d -> %d", tr.from, tr.to);
+    cr_assert(tsup_wait_until(strcmp(fleet_field("giveback", "state"), "OPEN") == 0 &&
+                                  fleet_field("giveback", "half_open_owner")[0] == '\0',
+                              TSUP_LIVENESS_MS),
+              "the hash did not go back to OPEN without an owner");
+    cr_assert_eq(atoll(fleet_field("giveback", "opened_at")), opened, "on the same opening");
+    cr_assert_str_eq(other_client_elects("giveback", opened, "4242#0f8fad5b"), "1",
+                     "another client's election failed after the host gave the lease back");
+    cr_assert_eq(tsup_info(c[1]).state, CB_OPEN, "B, idle, never competed");
+}
+
 /* Sleeps until the epoch second after at_s has begun. */
 static void next_second_after(int64_t at_s)
 {
@@ -506,7 +564,7 @@ Test(fleet_redis, foreign_data_and_error_replies_are_counted_and_change_no_circu
     cr_assert(tsup_wait_state(g[1], CB_OPEN));
     cr_assert(tsup_wait_until(all_in_sync("g") && all_in_sync("h"), TSUP_LIVENESS_MS));
     cb_info g_before[2] = {tsup_info(g[0]), tsup_info(g[1])};
-    uint64_t malformed = tsup_stat(&host[1], "store_malformed");
+    uint64_t malformed = tsup_stat(&host[1], "store_malformed") + tsup_stat(&host[1], "store_invalid_items");
     char key[128], channel[128];
     snprintf(channel, sizeof channel, "%stransitions", prefix);
 
@@ -520,9 +578,12 @@ Test(fleet_redis, foreign_data_and_error_replies_are_counted_and_change_no_circu
     redis_ok("PUBLISH", channel, "", NULL); /* not a circuit name */
     snprintf(key, sizeof key, "%sc:{z}", prefix);
     redis_ok("HSET", key, "state", "BANANA");
-    cr_assert(tsup_wait_until(tsup_stat(&host[1], "store_malformed") >= malformed + 3, TSUP_LIVENESS_MS),
+    cr_assert(tsup_wait_until(tsup_stat(&host[1], "store_malformed") + tsup_stat(&host[1], "store_invalid_items") >=
+                                  malformed + 3,
+                              TSUP_LIVENESS_MS),
               "malformed data was not counted");
-    cr_assert_gt(tsup_log_count(&host[1], "malformed"), 0, "malformed data was not logged");
+    cr_assert_gt(tsup_log_count(&host[1], "malformed"), 0, "a malformed message was not logged");
+    cr_assert_gt(tsup_log_count(&host[1], "ignoring its item"), 0, "an invalid item was not logged");
     usleep(500 * 1000); /* two reconcile rounds over the garbage */
     for (int i = 0; i < 2; i++) {
         cb_info now = tsup_info(g[i]);

@@ -19,6 +19,7 @@
 
 #include "../dynamo/ddb_test_support.h"
 #include "store_dynamodb.h"
+#include "tsup_store.h"
 
 #define TABLE "cbd-circuits"
 #define LIVENESS_MS 10000
@@ -38,8 +39,7 @@ struct host {
     int health_calls;
     bool online;
     char why[512];
-    bool restored, closed;
-    int restore_rc;
+    struct tsup_store_done done;  /* what restore() and close() said */
     int synced;                   /* hooks->synced calls */
     char synced_name[128];        /* the last one's circuit */
     int64_t synced_at;
@@ -80,18 +80,6 @@ static void on_synced(void *arg, const char *name, int64_t at_s)
     h->synced_at = at_s;
 }
 
-static void on_restored(void *arg, int rc)
-{
-    struct host *h = arg;
-    h->restored = true;
-    h->restore_rc = rc;
-}
-
-static void on_closed(void *arg)
-{
-    ((struct host *)arg)->closed = true;
-}
-
 /* Run the loop until cond holds; false after ms. */
 #define RUN_UNTIL(cond, ms)                                                   \
     ({                                                                        \
@@ -121,8 +109,8 @@ static void host_open(struct host *h, const char *fmt, ...)
 
 static void host_close(struct host *h)
 {
-    cbd_store_dynamodb_ops.close(h->s, on_closed, h);
-    cr_assert(RUN_UNTIL(h->closed, LIVENESS_MS), "close never finished");
+    cbd_store_dynamodb_ops.close(h->s, tsup_store_closed, &h->done);
+    cr_assert(RUN_UNTIL(h->done.closed, LIVENESS_MS), "close never finished");
 }
 
 static void track(struct host *h, const char *name, uint32_t recovery_ms)
@@ -152,37 +140,16 @@ static void try_probe(struct host *h, const char *name, int64_t opened_at, uint3
     cbd_store_dynamodb_ops.try_probe(h->s, name, opened_at, lease_s);
 }
 
-static struct cbd_dynamodb_stats stats(const struct host *h)
-{
-    struct cbd_dynamodb_stats st;
-    cbd_dynamodb_stats(h->s, &st);
-    return st;
-}
-
 /* A counter as the daemon's stats show it (store_<name>): 0 if absent. */
-struct stat_lookup {
-    const char *name;
-    uint64_t value;
-};
-
-static void stat_emit(void *arg, const char *name, uint64_t value)
-{
-    struct stat_lookup *l = arg;
-    if (strcmp(name, l->name) == 0)
-        l->value = value;
-}
-
 static uint64_t store_stat(const struct host *h, const char *name)
 {
-    struct stat_lookup l = {.name = name};
-    cbd_store_dynamodb_ops.stats(h->s, stat_emit, &l);
-    return l.value;
+    return tsup_store_stat(&cbd_store_dynamodb_ops, h->s, name, NULL);
 }
 
 /* Written, acknowledged, nothing queued. */
 static bool settled(const struct host *h)
 {
-    return stats(h).pending_writes == 0;
+    return store_stat(h, "queued") == 0;
 }
 
 static void create_table(const char *endpoint, const char *extra)
@@ -354,7 +321,7 @@ Test(store_dynamodb, writes_never_clobber_a_live_lease_or_a_newer_opening)
     transition(&b, "geo", CB_CLOSED, 0, t);
     cr_assert(RUN_UNTIL(b.remotes == 2, LIVENESS_MS));
     cr_assert_eq(b.remote.state, CB_HALF_OPEN);
-    cr_assert_geq(stats(&b).conditions_lost, 2);
+    cr_assert_geq(store_stat(&b, "conditions_lost"), 2);
     json_t *it = ddb_pt_get(d.port, TABLE, "geo");
     cr_assert_str_eq(ddb_item_s(it, "state"), "HALF_OPEN");
     cr_assert_str_eq(ddb_item_s(it, "half_open_owner"), "host-a");
@@ -401,10 +368,10 @@ Test(store_dynamodb, registering_a_circuit_open_in_the_fleet_reads_it_at_once)
     cr_assert_eq(ddb_status(r), 200);
     json_decref(r);
     host_open(&c, "dynamodb://" TABLE "?endpoint=%s&sync_ms=0", d.endpoint); /* no periodic sync */
-    cbd_store_dynamodb_ops.restore(c.s, on_restored, &c);
-    cr_assert_not(c.restored, "done never runs inside restore()");
-    cr_assert(RUN_UNTIL(c.restored, LIVENESS_MS));
-    cr_assert_eq(c.restore_rc, 0);
+    cbd_store_dynamodb_ops.restore(c.s, tsup_store_restored, &c.done);
+    cr_assert_not(c.done.restored, "done never runs inside restore()");
+    cr_assert(RUN_UNTIL(c.done.restored, LIVENESS_MS));
+    cr_assert_eq(c.done.restore_rc, 0);
     cr_assert_eq(c.remotes, 0, "nothing tracked yet: restore reads nothing");
     track(&c, "billing", 30000);
     cr_assert(RUN_UNTIL(c.remotes == 1, LIVENESS_MS), "registration reads the circuit");
@@ -571,7 +538,7 @@ Test(store_dynamodb, invalid_items_are_not_adopted_but_counted_at_each_read_and_
               (unsigned long long)store_stat(&b, "invalid_items"));
     cr_assert_eq(a.remotes, 0, "A adopted %s as %d", a.remote.name, a.remote.state);
     cr_assert_eq(b.remotes, (int)BAD_ITEMS, "B adopted %s as %d", b.remote.name, b.remote.state);
-    cr_assert_eq(stats(&a).malformed + stats(&b).malformed, 0, "the answers themselves were fine");
+    cr_assert_eq(store_stat(&a, "malformed") + store_stat(&b, "malformed"), 0, "the answers themselves were fine");
     for (size_t i = 0; i < BAD_ITEMS; i++) {
         char who[64];
         snprintf(who, sizeof who, "circuit %s: ignoring its item", bad_items[i].name);
@@ -628,18 +595,34 @@ static struct scripted {
     int gets, puts, batches;
 } sc;
 
-static void open_item(char *body, size_t len, const char *name)
+/* An answer holding an OPEN item for name under member ("Item" of a
+ * GetItem, "Attributes" of an UpdateItem). */
+static void open_item_in(char *body, size_t len, const char *member, const char *name)
 {
-    snprintf(body, len, "{\"Item\":{\"id\":{\"S\":\"%s\"},\"state\":{\"S\":\"OPEN\"},\"failure_count\":{\"N\":"
-             "\"5\"},\"opened_at\":{\"N\":\"1700000000\"},\"expiration\":{\"N\":\"1700003630\"}}}", name);
+    snprintf(body, len, "{\"%s\":{\"id\":{\"S\":\"%s\"},\"state\":{\"S\":\"OPEN\"},\"failure_count\":{\"N\":"
+             "\"5\"},\"opened_at\":{\"N\":\"1700000000\"},\"expiration\":{\"N\":\"1700003630\"}}}", member, name);
 }
 
+static void open_item(char *body, size_t len, const char *name)
+{
+    open_item_in(body, len, "Item", name);
+}
+
+/* An endpoint that answers the way each test scripts it. Reads of the
+ * store's connection check (a key that is no circuit) are answered as a
+ * table without that item, except when the whole endpoint is down or
+ * slow; the scripts count the requests about the test's circuits. */
 static void scripted_handler(void *arg, const struct fake_req *rq, struct fake_resp *rs)
 {
     struct scripted *s = arg;
     char target[128] = "";
     fake_header(rq, "X-Amz-Target", target, sizeof target);
-    bool get = strstr(target, ".GetItem"), put = strstr(target, ".PutItem"), batch = strstr(target, ".BatchGetItem");
+    bool get = strstr(target, ".GetItem"), batch = strstr(target, ".BatchGetItem");
+    bool put = strstr(target, ".PutItem") || strstr(target, ".UpdateItem");
+    if (get && strstr(rq->body, "cbd-reachability-check") != NULL && s->mode != SC_DOWN) {
+        strcpy(rs->body, "{}");
+        return;
+    }
     int n = get ? ++s->gets : put ? ++s->puts : batch ? ++s->batches : 0;
     if (s->mode == SC_DOWN) {
         rs->status = 503;
@@ -664,6 +647,8 @@ static void scripted_handler(void *arg, const struct fake_req *rq, struct fake_r
         open_item(rs->body, sizeof rs->body, "inv");
     } else if (get) {
         open_item(rs->body, sizeof rs->body, "inv");
+    } else if (put) { /* the item as written: ReturnValues ALL_NEW */
+        open_item_in(rs->body, sizeof rs->body, "Attributes", "inv");
     } else if (batch) {
         strcpy(rs->body, "{\"Responses\":{\"" TABLE "\":[]},\"UnprocessedKeys\":{}}");
     }
@@ -695,11 +680,11 @@ Test(store_dynamodb, throttling_and_server_errors_are_retried_until_success)
     cr_assert_eq(h.remote.state, CB_OPEN);
     transition(&h, "inv", CB_OPEN, now_s(), 0);
     cr_assert(RUN_UNTIL(settled(&h), LIVENESS_MS), "the write succeeded in the end");
-    struct cbd_dynamodb_stats st = stats(&h);
-    cr_assert_eq(st.requests, 6);
-    cr_assert_eq(st.retries, 4);
-    cr_assert_eq(st.throttles, 2, "ThrottlingException and ProvisionedThroughputExceededException");
-    cr_assert_eq(st.errors, 0);
+    /* the connection check (one GetItem), then three attempts each for the read and the write */
+    cr_assert_eq(store_stat(&h, "requests"), 7);
+    cr_assert_eq(store_stat(&h, "retries"), 4);
+    cr_assert_eq(store_stat(&h, "throttles"), 2, "ThrottlingException and ProvisionedThroughputExceededException");
+    cr_assert_eq(store_stat(&h, "errors"), 0);
     cr_assert(h.online && h.health_calls == 1, "never reported offline");
     pthread_mutex_lock(&f->mu);
     cr_assert_eq(f->connections, 1, "one kept-alive connection for all six attempts");
@@ -712,12 +697,16 @@ Test(store_dynamodb, garbage_answers_are_counted_and_ignored)
     struct host h;
     scripted_start(SC_GARBAGE, &h, "1000");
     track(&h, "inv", 30000);
-    cr_assert(RUN_UNTIL(stats(&h).malformed >= 1, LIVENESS_MS));
+    cr_assert(RUN_UNTIL(store_stat(&h, "malformed") >= 1, LIVENESS_MS));
     track(&h, "other", 30000);
-    cr_assert(RUN_UNTIL(stats(&h).malformed >= 2, LIVENESS_MS), "two GetItem answers that are not DynamoDB JSON");
+    cr_assert(RUN_UNTIL(store_stat(&h, "malformed") >= 2, LIVENESS_MS), "two GetItem answers that are not DynamoDB JSON");
     cbd_store_dynamodb_ops.sync(h.s);
-    cr_assert(RUN_UNTIL(store_stat(&h, "invalid_items") >= 4, LIVENESS_MS), "invalid_items: %llu",
-              (unsigned long long)store_stat(&h, "invalid_items"));
+    /* the batch answer's four items: an invalid item for inv (invalid_items),
+     * a second item for inv, one about a name nobody asked for and one that
+     * is not an item (malformed answers) */
+    cr_assert(RUN_UNTIL(store_stat(&h, "invalid_items") >= 1 && store_stat(&h, "malformed") >= 5, LIVENESS_MS),
+              "invalid_items %llu, malformed %llu", (unsigned long long)store_stat(&h, "invalid_items"),
+              (unsigned long long)store_stat(&h, "malformed"));
     cr_assert_eq(h.remotes, 0, "nothing garbage is reported as a circuit");
     fleet_stop(&h, NULL);
 }
@@ -730,7 +719,7 @@ Test(store_dynamodb, an_item_for_another_key_than_the_one_asked_for_is_not_adopt
     cr_assert(RUN_UNTIL(store_stat(&h, "invalid_items") == 1, LIVENESS_MS), "the item was not counted");
     RUN_UNTIL(false, 300); /* a wrong report would come now */
     cr_assert_eq(h.remotes, 0, "circuit %s was reported from an item about 'other'", h.remote.name);
-    cr_assert_eq(stats(&h).malformed, 0, "the answer itself is DynamoDB JSON");
+    cr_assert_eq(store_stat(&h, "malformed"), 0, "the answer itself is DynamoDB JSON");
     fleet_stop(&h, NULL);
 }
 
@@ -740,10 +729,9 @@ Test(store_dynamodb, an_answer_slower_than_the_timeout_is_retried)
     scripted_start(SC_SLOW, &h, "300");
     track(&h, "inv", 30000);
     cr_assert(RUN_UNTIL(h.remotes == 1, LIVENESS_MS));
-    struct cbd_dynamodb_stats st = stats(&h);
-    cr_assert_geq(st.timeouts, 1);
-    cr_assert_geq(st.retries, 1);
-    cr_assert_eq(st.errors, 0);
+    cr_assert_geq(store_stat(&h, "timeouts"), 1);
+    cr_assert_geq(store_stat(&h, "retries"), 1);
+    cr_assert_eq(store_stat(&h, "errors"), 0);
     fleet_stop(&h, NULL);
 }
 
@@ -758,7 +746,7 @@ Test(store_dynamodb, an_unreachable_table_goes_host_local_and_comes_back)
     cr_assert(strstr(h.why, "HTTP 503") && strstr(h.why, "ServiceUnavailableException"), "%s", h.why);
     transition(&h, "inv", CB_OPEN, t, 0);
     cr_assert(probe(&h, "inv", t, 30), "the probe is granted host-local while the fleet is unreachable");
-    cr_assert_eq(stats(&h).pending_writes, 1, "the trip waits for the table");
+    cr_assert_eq(store_stat(&h, "queued"), 1, "the trip waits for the table");
     scripted_set(f, SC_UP);
     cr_assert(RUN_UNTIL(h.online, LIVENESS_MS), "back online");
     cr_assert(RUN_UNTIL(settled(&h), LIVENESS_MS), "the queued trip was written");
@@ -777,7 +765,7 @@ Test(store_dynamodb, dynalite_killed_and_restarted_gets_the_queued_trip)
     dynalite_kill(&d);
     transition(&a, "inventory", CB_OPEN, t, 0);
     cr_assert(RUN_UNTIL(!a.online, LIVENESS_MS), "the outage is reported");
-    cr_assert_eq(stats(&a).pending_writes, 1);
+    cr_assert_eq(store_stat(&a, "queued"), 1);
     dynalite_start(&d, d.port);
     create_table(d.endpoint, ""); /* dynalite keeps nothing: a fresh, empty table */
     cr_assert(RUN_UNTIL(a.online && settled(&a), LIVENESS_MS), "back online with the trip written");
@@ -857,4 +845,134 @@ Test(store_dynamodb, synced_follows_every_answer_that_agrees_with_the_table)
     cr_assert(RUN_UNTIL(a.probes == 1 && a.synced > 0, LIVENESS_MS), "the lost election was read back");
     cr_assert_not(a.granted);
     fleet_stop(&a, &b);
+}
+
+/* ---- release, keys, IAM ----------------------------------------------------------------- */
+
+Test(store_dynamodb, a_released_lease_is_back_to_open_without_owner_and_powertools_elects_at_once)
+{
+    struct dynalite d;
+    struct host a, b;
+    int64_t t = now_s() - 30;
+    a_holds_the_probe(&d, &a, &b, "giveback", t, 30);
+    cbd_store_dynamodb_ops.release(a.s, "giveback", t);
+    cr_assert(RUN_UNTIL(({
+                            json_t *it = ddb_pt_get(d.port, TABLE, "giveback");
+                            const char *st = ddb_item_s(it, "state");
+                            bool open = st != NULL && strcmp(st, "OPEN") == 0;
+                            json_decref(it);
+                            open;
+                        }),
+                        LIVENESS_MS),
+              "the release never reached the table");
+    json_t *it = ddb_pt_get(d.port, TABLE, "giveback");
+    cr_assert_eq(ddb_item_n(it, "opened_at"), t, "the same opening");
+    cr_assert(!ddb_item_has(it, "half_open_owner") && !ddb_item_has(it, "probe_lease_expiry"),
+              "no owner, no lease: %s", json_dumps(it, 0));
+    json_decref(it);
+    cr_assert_eq(ddb_pt_elect(d.port, TABLE, "giveback", t), 200,
+                 "Powertools' own election wins at once, long before A's lease would have ended");
+    fleet_stop(&a, &b);
+}
+
+/* The composite-key partition value by default: Powertools' own,
+ * circuit_breaker#<function name>. */
+static void default_static_pk_is(const char *function, const char *pk)
+{
+    struct dynalite d;
+    struct host a;
+    char key[256];
+    if (function != NULL)
+        setenv("AWS_LAMBDA_FUNCTION_NAME", function, 1);
+    else
+        unsetenv("AWS_LAMBDA_FUNCTION_NAME");
+    fleet_start(&d, "&sk=name");
+    host_open(&a, HOST_URI "&sk=name", d.endpoint, "host-a");
+    track(&a, "stock", 30000);
+    trip_written(&a, "stock", now_s());
+    snprintf(key, sizeof key, "{\"id\":{\"S\":\"%s\"},\"name\":{\"S\":\"stock\"}}", pk);
+    json_t *it = ddb_raw(d.port, "GetItem", "{\"TableName\":\"" TABLE "\",\"Key\":%s}", key);
+    cr_assert_str_eq(ddb_item_s(it, "state"), "OPEN", "no item under %s", key);
+    json_decref(it);
+    fleet_stop(&a, NULL);
+}
+
+Test(store_dynamodb, composite_keys_default_to_the_partition_value_of_powertools_in_this_function)
+{
+    default_static_pk_is("orders-api", "circuit_breaker#orders-api");
+}
+
+Test(store_dynamodb, composite_keys_default_to_powertools_partition_value_without_a_function)
+{
+    default_static_pk_is(NULL, "circuit_breaker#");
+}
+
+/* An endpoint whose IAM policy denies BatchGetItem: every GetItem finds an
+ * OPEN item for the key asked for. */
+static struct {
+    int batches, gets;
+} denied;
+
+static void batch_denied_handler(void *arg, const struct fake_req *rq, struct fake_resp *rs)
+{
+    char target[128] = "", name[64] = "";
+    (void)arg;
+    fake_header(rq, "X-Amz-Target", target, sizeof target);
+    if (strstr(target, ".BatchGetItem") != NULL) {
+        denied.batches++;
+        rs->status = 400;
+        strcpy(rs->body, "{\"__type\":\"com.amazon.coral.service#AccessDeniedException\",\"Message\":\"User: "
+                         "arn:aws:iam::123456789012:user/cbd is not authorized to perform: dynamodb:BatchGetItem\"}");
+        return;
+    }
+    const char *k = strstr(rq->body, "\"id\":{\"S\":\"");
+    if (strstr(target, ".GetItem") == NULL || k == NULL || sscanf(k + 11, "%63[^\"]", name) != 1 ||
+        strcmp(name, "cbd-reachability-check") == 0)
+        return; /* {} */
+    denied.gets++;
+    open_item(rs->body, sizeof rs->body, name);
+}
+
+Test(store_dynamodb, when_iam_denies_batchgetitem_each_circuit_is_read_with_getitem_and_it_is_said_once)
+{
+    struct host h;
+    const char *log = capture_log();
+    struct fake_http *f = fake_http_start(batch_denied_handler, NULL);
+    uv_loop_init(&loop);
+    host_open(&h, "dynamodb://" TABLE "?endpoint=http://127.0.0.1:%d&sync_ms=0&owner=host-f&timeout_ms=1000",
+              f->port);
+    const char *names[] = {"deny-a", "deny-b", "deny-c"};
+    for (int i = 0; i < 3; i++)
+        track(&h, names[i], 30000);
+    cr_assert(RUN_UNTIL(h.remotes == 3, LIVENESS_MS), "the reads at registration");
+    h.remotes = 0;
+    pthread_mutex_lock(&f->mu);
+    denied.gets = 0;
+    pthread_mutex_unlock(&f->mu);
+    int synced = h.synced;
+    cbd_store_dynamodb_ops.sync(h.s);
+    cr_assert(RUN_UNTIL(({
+                            pthread_mutex_lock(&f->mu);
+                            int gets = denied.gets;
+                            pthread_mutex_unlock(&f->mu);
+                            gets == 3 && h.synced >= synced + 3;
+                        }),
+                        LIVENESS_MS),
+              "the denied batch was not read circuit by circuit");
+    cbd_store_dynamodb_ops.sync(h.s);
+    cr_assert(RUN_UNTIL(({
+                            pthread_mutex_lock(&f->mu);
+                            int gets = denied.gets;
+                            pthread_mutex_unlock(&f->mu);
+                            gets == 6;
+                        }),
+                        LIVENESS_MS));
+    pthread_mutex_lock(&f->mu);
+    cr_assert_eq(denied.batches, 1, "BatchGetItem is not asked again once denied");
+    pthread_mutex_unlock(&f->mu);
+    cr_assert_eq(store_stat(&h, "batch_denied"), 1);
+    cr_assert(h.online && h.health_calls == 1, "a denied BatchGetItem is no outage");
+    cr_assert_eq(log_lines(log, "BatchGetItem on table " TABLE " is denied", "reading each circuit with GetItem"), 1,
+                 "the operator is told once (see %s)", log);
+    fleet_stop(&h, NULL);
 }

@@ -20,6 +20,7 @@
 
 #include "store_redis.h"
 #include "tsup.h"
+#include "tsup_store.h"
 
 /* ---- a redis-server of our own (tsup_redis) ------------------------------------ */
 
@@ -65,57 +66,7 @@ static void redis_do(const struct tsup_redis *r, const char *fmt, const char *a,
 
 /* ---- two hosts on one loop ------------------------------------------------------- */
 
-struct probe_answer {
-    char name[128];
-    int64_t opened_at, lease;
-    bool granted;
-};
-
-struct host {
-    struct cbd_store *st;
-    int nremote, nprobe, health_true, health_false;
-    struct cbd_store_state remote[256];
-    struct probe_answer probe[32];
-    bool online;
-    char why[256];
-    bool restored, closed;
-    int restore_rc;
-};
-
 static uv_loop_t loop;
-
-static void on_remote(void *arg, const struct cbd_store_state *st)
-{
-    struct host *h = arg;
-    h->remote[h->nremote++ % 256] = *st;
-}
-
-static void on_probe(void *arg, const char *name, int64_t opened_at, bool granted, int64_t lease)
-{
-    struct host *h = arg;
-    struct probe_answer *p = &h->probe[h->nprobe++ % 32];
-    snprintf(p->name, sizeof p->name, "%s", name);
-    p->opened_at = opened_at;
-    p->granted = granted;
-    p->lease = lease;
-}
-
-static void on_health(void *arg, bool online, const char *why)
-{
-    struct host *h = arg;
-    h->online = online;
-    online ? h->health_true++ : h->health_false++;
-    snprintf(h->why, sizeof h->why, "%s", why);
-}
-
-static void on_restored(void *arg, int rc)
-{
-    struct host *h = arg;
-    h->restored = true;
-    h->restore_rc = rc;
-}
-
-static void on_closed(void *arg) { ((struct host *)arg)->closed = true; }
 
 /* Run the loop until cond holds (the stores only move when it runs). */
 #define WAIT_FOR(cond, ms)                                                                  \
@@ -142,21 +93,20 @@ static const char *uri_of(const struct tsup_redis *r, const char *instance, cons
     return u;
 }
 
-static void host_open(struct host *h, const char *uri)
+static void host_open(struct tsup_store_host *h, const char *uri)
 {
     memset(h, 0, sizeof *h);
-    struct cbd_store_hooks hooks = {.loop = &loop, .arg = h, .remote = on_remote, .probe_result = on_probe,
-                                    .health = on_health};
+    struct cbd_store_hooks hooks = tsup_store_hooks(h, &loop, NULL);
     const char *err = NULL;
-    int rc = cbd_store_redis_ops.create(&h->st, uri, &hooks, &err);
+    int rc = cbd_store_redis_ops.create(&h->s, uri, &hooks, &err);
     cr_assert(rc == 0, "create(%s): %s", uri, err ? err : "?");
-    cbd_store_redis_ops.restore(h->st, on_restored, h);
+    cbd_store_redis_ops.restore(h->s, tsup_store_restored, &h->done);
 }
 
-static void host_close(struct host *h)
+static void host_close(struct tsup_store_host *h)
 {
-    cbd_store_redis_ops.close(h->st, on_closed, h);
-    WAIT_FOR(h->closed, 5000);
+    cbd_store_redis_ops.close(h->s, tsup_store_closed, &h->done);
+    WAIT_FOR(h->done.closed, 5000);
 }
 
 static void setup(void)
@@ -171,15 +121,12 @@ static void teardown_loop(void)
     cr_assert(uv_loop_close(&loop) == 0, "handles left open on the loop");
 }
 
-static const struct cbd_store_state *last_remote(const struct host *h, const char *name)
+static const struct cbd_store_state *last_remote(const struct tsup_store_host *h, const char *name)
 {
-    for (int i = h->nremote - 1; i >= 0 && i >= h->nremote - 256; i--)
-        if (strcmp(h->remote[i % 256].name, name) == 0)
-            return &h->remote[i % 256];
-    return NULL;
+    return tsup_store_last_remote(h, name);
 }
 
-static bool remote_is(const struct host *h, const char *name, cb_state state)
+static bool remote_is(const struct tsup_store_host *h, const char *name, cb_state state)
 {
     const struct cbd_store_state *st = last_remote(h, name);
     return st != NULL && st->state == state;
@@ -192,33 +139,39 @@ static struct cbd_store_state state_of(const char *name, cb_state state, int64_t
     return st;
 }
 
-static void trip(struct host *h, const char *name, int64_t opened_at)
+static void trip(struct tsup_store_host *h, const char *name, int64_t opened_at)
 {
     struct cbd_store_state st = state_of(name, CB_OPEN, opened_at);
-    cbd_store_redis_ops.transition(h->st, &st, 0);
+    cbd_store_redis_ops.transition(h->s, &st, 0);
 }
 
-static struct cbd_store_redis_stats stats_of(const struct host *h)
+/* A counter of the store as cbd's stats show it (store_<name>), 0 if absent. */
+static uint64_t store_stat(const struct tsup_store_host *h, const char *name)
 {
-    struct cbd_store_redis_stats s;
-    cbd_store_redis_stats(h->st, &s);
-    return s;
+    return tsup_store_stat(&cbd_store_redis_ops, h->s, name, NULL);
+}
+
+/* What the store counted as not its own: malformed answers, keys and
+ * messages (the transport's) and invalid items (the fleet layer's). */
+static uint64_t garbage(const struct tsup_store_host *h)
+{
+    return store_stat(h, "malformed") + store_stat(h, "invalid_items");
 }
 
 /* Two hosts online and tracking `name`. */
-static void two_hosts(const struct tsup_redis *r, struct host *a, struct host *b, const char *name)
+static void two_hosts(const struct tsup_redis *r, struct tsup_store_host *a, struct tsup_store_host *b, const char *name)
 {
     host_open(a, uri_of(r, "A", ""));
     host_open(b, uri_of(r, "B", ""));
-    WAIT_FOR(a->restored && b->restored && a->online && b->online, 5000);
-    cr_assert(a->restore_rc == 0 && b->restore_rc == 0, "restore: %d %d (%s / %s)", a->restore_rc, b->restore_rc,
+    WAIT_FOR(a->done.restored && b->done.restored && a->online && b->online, 5000);
+    cr_assert(a->done.restore_rc == 0 && b->done.restore_rc == 0, "restore: %d %d (%s / %s)", a->done.restore_rc, b->done.restore_rc,
               a->why, b->why);
-    cbd_store_redis_ops.track(a->st, name, NULL);
-    cbd_store_redis_ops.track(b->st, name, NULL);
+    cbd_store_redis_ops.track(a->s, name, NULL);
+    cbd_store_redis_ops.track(b->s, name, NULL);
 }
 
 /* Two hosts tracking `name`; A trips it now and B sees it. The opening's time. */
-static int64_t a_trips_and_b_sees(const struct tsup_redis *r, struct host *a, struct host *b, const char *name)
+static int64_t a_trips_and_b_sees(const struct tsup_redis *r, struct tsup_store_host *a, struct tsup_store_host *b, const char *name)
 {
     int64_t t0 = time(NULL);
     two_hosts(r, a, b, name);
@@ -228,20 +181,20 @@ static int64_t a_trips_and_b_sees(const struct tsup_redis *r, struct host *a, st
 }
 
 /* a_trips_and_b_sees, then A wins the election with lease_s. */
-static int64_t a_holds_the_probe(const struct tsup_redis *r, struct host *a, struct host *b, const char *name,
+static int64_t a_holds_the_probe(const struct tsup_redis *r, struct tsup_store_host *a, struct tsup_store_host *b, const char *name,
                                  uint32_t lease_s)
 {
     int64_t t0 = a_trips_and_b_sees(r, a, b, name);
-    cbd_store_redis_ops.try_probe(a->st, name, t0, lease_s);
+    cbd_store_redis_ops.try_probe(a->s, name, t0, lease_s);
     WAIT_FOR(a->nprobe == 1, 3000);
     cr_assert(a->probe[0].granted);
     struct cbd_store_state st = state_of(name, CB_HALF_OPEN, t0);
-    cbd_store_redis_ops.transition(a->st, &st, t0);
+    cbd_store_redis_ops.transition(a->s, &st, t0);
     return t0;
 }
 
 /* Closes the hosts (b may be NULL), then stops redis-server. */
-static void hosts_stop(struct tsup_redis *r, struct host *a, struct host *b)
+static void hosts_stop(struct tsup_redis *r, struct tsup_store_host *a, struct tsup_store_host *b)
 {
     host_close(a);
     if (b)
@@ -254,7 +207,7 @@ TestSuite(store_redis, .init = setup, .fini = teardown_loop, .timeout = 60);
 Test(store_redis, trip_on_one_host_opens_the_circuit_on_the_other)
 {
     struct tsup_redis r;
-    struct host a, b;
+    struct tsup_store_host a, b;
     srv_init(&r, false, NULL);
     int64_t t0 = a_trips_and_b_sees(&r, &a, &b, "payments");
     cr_assert_eq(last_remote(&b, "payments")->opened_at, t0);
@@ -268,14 +221,14 @@ Test(store_redis, trip_on_one_host_opens_the_circuit_on_the_other)
 Test(store_redis, both_hosts_probe_the_same_opening_and_exactly_one_wins)
 {
     struct tsup_redis r;
-    struct host a, b;
+    struct tsup_store_host a, b;
     srv_init(&r, false, NULL);
     int64_t t0 = a_trips_and_b_sees(&r, &a, &b, "db");
-    cbd_store_redis_ops.try_probe(a.st, "db", t0, 30);
-    cbd_store_redis_ops.try_probe(b.st, "db", t0, 30);
+    cbd_store_redis_ops.try_probe(a.s, "db", t0, 30);
+    cbd_store_redis_ops.try_probe(b.s, "db", t0, 30);
     WAIT_FOR(a.nprobe == 1 && b.nprobe == 1, 3000);
     cr_assert(a.probe[0].granted != b.probe[0].granted, "exactly one host holds the probe");
-    struct host *winner = a.probe[0].granted ? &a : &b, *loser = a.probe[0].granted ? &b : &a;
+    struct tsup_store_host *winner = a.probe[0].granted ? &a : &b, *loser = a.probe[0].granted ? &b : &a;
     cr_assert(winner->probe[0].lease >= t0 + 29);
     cr_assert_eq(loser->probe[0].lease, winner->probe[0].lease, "the loser learns when the lease ends");
     const char *owner = hget(&r, "db", "half_open_owner");
@@ -287,18 +240,18 @@ Test(store_redis, both_hosts_probe_the_same_opening_and_exactly_one_wins)
 Test(store_redis, a_host_learns_a_fleet_opening_when_it_registers_the_circuit)
 {
     struct tsup_redis r;
-    struct host a, b;
+    struct tsup_store_host a, b;
     char uri[256];
     srv_init(&r, false, NULL);
     host_open(&a, uri_of(&r, "A", ""));
     snprintf(uri, sizeof uri, "redis://localhost:%d?prefix=t:&sync_ms=200&instance=B", r.port);
     host_open(&b, uri); /* a host name: resolved off the loop */
-    WAIT_FOR(a.restored && b.restored && a.online && b.online, 5000);
+    WAIT_FOR(a.done.restored && b.done.restored && a.online && b.online, 5000);
     int64_t t0 = time(NULL);
     trip(&a, "inventory", t0);
     spin(500);
     cr_assert_null(last_remote(&b, "inventory"), "B does not use the circuit yet");
-    cbd_store_redis_ops.track(b.st, "inventory", NULL);
+    cbd_store_redis_ops.track(b.s, "inventory", NULL);
     WAIT_FOR(remote_is(&b, "inventory", CB_OPEN), 3000);
     cr_assert_eq(last_remote(&b, "inventory")->opened_at, t0);
     hosts_stop(&r, &a, &b);
@@ -307,14 +260,14 @@ Test(store_redis, a_host_learns_a_fleet_opening_when_it_registers_the_circuit)
 Test(store_redis, an_expired_lease_is_taken_over_by_another_host)
 {
     struct tsup_redis r;
-    struct host a, b;
+    struct tsup_store_host a, b;
     srv_init(&r, false, NULL);
     int64_t t0 = a_holds_the_probe(&r, &a, &b, "search", 2);
-    cbd_store_redis_ops.try_probe(b.st, "search", t0, 30);
+    cbd_store_redis_ops.try_probe(b.s, "search", t0, 30);
     WAIT_FOR(b.nprobe == 1, 3000);
     cr_assert(!b.probe[0].granted, "the lease is still live");
     spin(3200); /* lease_s 2, in whole seconds of server time */
-    cbd_store_redis_ops.try_probe(b.st, "search", t0, 30);
+    cbd_store_redis_ops.try_probe(b.s, "search", t0, 30);
     WAIT_FOR(b.nprobe == 2, 3000);
     cr_assert(b.probe[1].granted, "an expired lease is taken over");
     const char *owner = hget(&r, "search", "half_open_owner");
@@ -322,14 +275,31 @@ Test(store_redis, an_expired_lease_is_taken_over_by_another_host)
     hosts_stop(&r, &a, &b);
 }
 
+Test(store_redis, a_released_lease_is_back_to_open_without_owner_and_another_host_elects_at_once)
+{
+    struct tsup_redis r;
+    struct tsup_store_host a, b;
+    srv_init(&r, false, NULL);
+    int64_t t0 = a_holds_the_probe(&r, &a, &b, "release", 30);
+    cbd_store_redis_ops.release(a.s, "release", t0);
+    WAIT_FOR(strcmp(hget(&r, "release", "state"), "OPEN") == 0, 3000);
+    cr_assert_str_eq(hget(&r, "release", "half_open_owner"), "", "the owner is removed");
+    cr_assert_str_eq(hget(&r, "release", "probe_lease_expiry"), "", "and the lease");
+    cr_assert_eq(atoll(hget(&r, "release", "opened_at")), t0, "on the same opening");
+    cbd_store_redis_ops.try_probe(b.s, "release", t0, 30);
+    WAIT_FOR(b.nprobe == 1, 3000);
+    cr_assert(b.probe[0].granted, "B elects at once, long before A's lease would have ended");
+    hosts_stop(&r, &a, &b);
+}
+
 Test(store_redis, close_by_the_prober_closes_the_circuit_on_the_other_host)
 {
     struct tsup_redis r;
-    struct host a, b;
+    struct tsup_store_host a, b;
     srv_init(&r, false, NULL);
     int64_t t0 = a_holds_the_probe(&r, &a, &b, "mail", 30);
     struct cbd_store_state st = state_of("mail", CB_CLOSED, 0);
-    cbd_store_redis_ops.transition(a.st, &st, t0);
+    cbd_store_redis_ops.transition(a.s, &st, t0);
     WAIT_FOR(remote_is(&b, "mail", CB_CLOSED), 3000);
     cr_assert_str_eq(hget(&r, "mail", "state"), "CLOSED");
     cr_assert_str_eq(hget(&r, "mail", "half_open_owner"), "", "owner and lease are removed on close");
@@ -340,12 +310,12 @@ Test(store_redis, close_by_the_prober_closes_the_circuit_on_the_other_host)
 Test(store_redis, close_by_a_host_that_does_not_hold_the_lease_is_refused)
 {
     struct tsup_redis r;
-    struct host a, b;
+    struct tsup_store_host a, b;
     srv_init(&r, false, NULL);
     int64_t t0 = a_holds_the_probe(&r, &a, &b, "cache", 30);
     int seen = b.nremote;
     struct cbd_store_state st = state_of("cache", CB_CLOSED, 0);
-    cbd_store_redis_ops.transition(b.st, &st, t0);
+    cbd_store_redis_ops.transition(b.s, &st, t0);
     WAIT_FOR(b.nremote > seen, 3000);
     cr_assert(remote_is(&b, "cache", CB_HALF_OPEN), "B is told the fleet's state back");
     cr_assert(strstr(last_remote(&b, "cache")->probe_owner, ":A:") != NULL);
@@ -357,7 +327,7 @@ Test(store_redis, close_by_a_host_that_does_not_hold_the_lease_is_refused)
 Test(store_redis, trip_does_not_clobber_a_live_probe_lease)
 {
     struct tsup_redis r;
-    struct host a, b;
+    struct tsup_store_host a, b;
     srv_init(&r, false, NULL);
     int64_t t0 = a_holds_the_probe(&r, &a, &b, "ledger", 30);
     const char *lease = hget(&r, "ledger", "probe_lease_expiry");
@@ -374,7 +344,7 @@ Test(store_redis, trip_does_not_clobber_a_live_probe_lease)
 Test(store_redis, queued_transitions_are_written_when_redis_comes_back)
 {
     struct tsup_redis r;
-    struct host a, b;
+    struct tsup_store_host a, b;
     srv_init(&r, false, NULL);
     int64_t t0 = time(NULL);
     two_hosts(&r, &a, &b, "billing");
@@ -383,8 +353,8 @@ Test(store_redis, queued_transitions_are_written_when_redis_comes_back)
     cr_assert(a.health_false == 1);
     trip(&a, "billing", t0);
     trip(&a, "billing", t0 + 1); /* the latest state per circuit is kept */
-    cr_assert_eq(stats_of(&a).queued, 1);
-    cbd_store_redis_ops.try_probe(a.st, "other", t0, 10);
+    cr_assert_eq(store_stat(&a, "queued"), 1);
+    cbd_store_redis_ops.try_probe(a.s, "other", t0, 10);
     WAIT_FOR(a.nprobe == 1, 8000); /* once the next attempt to reconnect fails */
     cr_assert(a.probe[0].granted, "offline: elections are granted host-local");
     spin(300);
@@ -394,15 +364,15 @@ Test(store_redis, queued_transitions_are_written_when_redis_comes_back)
     WAIT_FOR(remote_is(&b, "billing", CB_OPEN), 3000);
     cr_assert_eq(last_remote(&b, "billing")->opened_at, t0 + 1);
     cr_assert_eq(atoll(hget(&r, "billing", "opened_at")), t0 + 1);
-    cr_assert_eq(stats_of(&a).queued, 0);
-    cr_assert(stats_of(&a).reconnects > 0);
+    cr_assert_eq(store_stat(&a, "queued"), 0);
+    cr_assert(store_stat(&a, "reconnects") > 0);
     hosts_stop(&r, &a, &b);
 }
 
 Test(store_redis, an_open_circuit_lost_by_redis_is_written_again)
 {
     struct tsup_redis r;
-    struct host a, b;
+    struct tsup_store_host a, b;
     srv_init(&r, false, NULL);
     int64_t t0 = a_trips_and_b_sees(&r, &a, &b, "queue");
     redis_do(&r, "FLUSHALL", NULL, NULL);
@@ -415,7 +385,7 @@ Test(store_redis, an_open_circuit_lost_by_redis_is_written_again)
 Test(store_redis, garbage_under_the_prefix_is_counted_and_ignored)
 {
     struct tsup_redis r;
-    struct host a;
+    struct tsup_store_host a;
     char now[24];
     srv_init(&r, false, NULL);
     snprintf(now, sizeof now, "%ld", (long)time(NULL));
@@ -426,26 +396,75 @@ Test(store_redis, garbage_under_the_prefix_is_counted_and_ignored)
     redis_do(&r, "HSET t:c:{half} state HALF_OPEN opened_at %s", now, NULL);
     redis_do(&r, "HSET t:c:{good} state OPEN opened_at %s failure_count 7", now, NULL);
     host_open(&a, uri_of(&r, "A", ""));
-    WAIT_FOR(a.restored, 5000);
-    cr_assert_eq(a.restore_rc, 0);
+    WAIT_FOR(a.done.restored, 5000);
+    cr_assert_eq(a.done.restore_rc, 0);
     cr_assert_eq(a.nremote, 1, "only the good circuit is reported");
     cr_assert(remote_is(&a, "good", CB_OPEN));
     cr_assert_eq(last_remote(&a, "good")->failure_count, 7);
-    cr_assert_geq(stats_of(&a).malformed, 5);
+    cr_assert_geq(garbage(&a), 5);
     /* a tracked circuit turns to garbage: counted, last good state kept */
-    uint64_t before = stats_of(&a).malformed;
+    uint64_t before = garbage(&a);
     redis_do(&r, "HSET t:c:{good} opened_at %s", "soon", NULL);
     redis_do(&r, "PUBLISH t:transitions %s", "good", NULL);
     redis_do(&r, "PUBLISH t:transitions %s", "", NULL);
     struct cbd_store_state st = state_of("strkey", CB_OPEN, time(NULL));
-    cbd_store_redis_ops.transition(a.st, &st, 0);
-    WAIT_FOR(stats_of(&a).malformed >= before + 3, 3000);
+    cbd_store_redis_ops.transition(a.s, &st, 0);
+    WAIT_FOR(garbage(&a) >= before + 3, 3000);
     cr_assert_eq(a.nremote, 1);
     /* and the store still works */
     trip(&a, "fine", time(NULL));
     spin(300);
     cr_assert_str_eq(hget(&r, "fine", "state"), "OPEN");
     cr_assert(a.online);
+    hosts_stop(&r, &a, NULL);
+}
+
+/* HSET key field value ... with binary-safe values (argv form). */
+static void redis_hset(const struct tsup_redis *r, const char *key, int n, const char *const *fv)
+{
+    const char *argv[16];
+    size_t len[16];
+    redisContext *c = srv_connect(r);
+    cr_assert(c != NULL && !c->err && n <= 14);
+    argv[0] = "HSET";
+    argv[1] = key;
+    for (int i = 0; i < n; i++)
+        argv[2 + i] = fv[i];
+    for (int i = 0; i < n + 2; i++)
+        len[i] = strlen(argv[i]);
+    redisReply *rep = redisCommandArgv(c, n + 2, argv, len);
+    cr_assert(rep != NULL && rep->type != REDIS_REPLY_ERROR, "HSET %s: %s", key, rep ? rep->str : "no reply");
+    freeReplyObject(rep);
+    redisFree(c);
+}
+
+Test(store_redis, hashes_that_are_not_valid_items_are_never_adopted)
+{
+    struct tsup_redis r;
+    struct tsup_store_host a;
+    char now[24];
+    srv_init(&r, false, NULL);
+    snprintf(now, sizeof now, "%ld", (long)time(NULL));
+    char *huge = malloc(1 << 20); /* a 1 MB version field */
+    memset(huge, '7', (1 << 20) - 1);
+    huge[(1 << 20) - 1] = '\0';
+    redis_hset(&r, "t:c:{big-version}", 6, (const char *[]){"state", "OPEN", "opened_at", now, "version", huge});
+    free(huge);
+    redis_hset(&r, "t:c:{late-year}", 4, (const char *[]){"state", "OPEN", "opened_at", "9000000001"});
+    redis_hset(&r, "t:c:{bad-updated}", 6, (const char *[]){"state", "OPEN", "opened_at", now, "updated_ms", "x"});
+    redis_hset(&r, "t:c:{signed}", 4, (const char *[]){"state", "OPEN", "opened_at", "+1700000000"});
+    redis_hset(&r, "t:c:{lease-year}", 8, (const char *[]){"state", "HALF_OPEN", "opened_at", now,
+                                                           "half_open_owner", "h:A:1", "probe_lease_expiry",
+                                                           "99999999999"});
+    redis_hset(&r, "t:c:{no-opened}", 4, (const char *[]){"state", "OPEN", "failure_count", "5"});
+    redis_hset(&r, "t:c:{ok}", 4, (const char *[]){"state", "OPEN", "opened_at", now});
+    host_open(&a, uri_of(&r, "A", ""));
+    WAIT_FOR(a.done.restored, 5000);
+    cr_assert_eq(a.done.restore_rc, 0);
+    cr_assert_eq(a.nremote, 1, "%d circuits adopted, the first %s", a.nremote, a.remote[0].name);
+    cr_assert_str_eq(a.remote[0].name, "ok");
+    cr_assert_geq(store_stat(&a, "invalid_items"), 6, "invalid_items %llu",
+                  (unsigned long long)store_stat(&a, "invalid_items"));
     hosts_stop(&r, &a, NULL);
 }
 
@@ -464,31 +483,31 @@ static long long exists(const struct tsup_redis *r, const char *key)
 Test(store_redis, keys_from_before_hash_tags_are_moved_when_read)
 {
     struct tsup_redis r;
-    struct host a;
+    struct tsup_store_host a;
     char now[24];
     srv_init(&r, false, NULL);
     snprintf(now, sizeof now, "%ld", (long)time(NULL));
     redis_do(&r, "HSET t:c:legacy state OPEN opened_at %s failure_count 4", now, NULL);
     redis_do(&r, "SET t:c:notahash %s", "x", NULL);
     host_open(&a, uri_of(&r, "A", ""));
-    WAIT_FOR(a.restored, 5000);
-    cr_assert_eq(a.restore_rc, 0);
+    WAIT_FOR(a.done.restored, 5000);
+    cr_assert_eq(a.done.restore_rc, 0);
     cr_assert(remote_is(&a, "legacy", CB_OPEN), "the restore reads a key of the old layout");
     cr_assert_eq(last_remote(&a, "legacy")->failure_count, 4);
     cr_assert_str_eq(hget(&r, "legacy", "state"), "OPEN", "and moves it to t:c:{legacy}");
     cr_assert_eq(exists(&r, "t:c:legacy"), 0);
-    cr_assert_geq(stats_of(&a).malformed, 1, "an old key that is not a hash is counted");
+    cr_assert_geq(garbage(&a), 1, "an old key that is not a hash is counted");
     cr_assert_eq(exists(&r, "t:c:notahash"), 1, "and left alone");
     /* an old host writes the old layout after the restore: read when tracked */
     redis_do(&r, "HSET t:c:late state OPEN opened_at %s", now, NULL);
-    cbd_store_redis_ops.track(a.st, "late", NULL);
+    cbd_store_redis_ops.track(a.s, "late", NULL);
     WAIT_FOR(remote_is(&a, "late", CB_OPEN), 3000);
     cr_assert_str_eq(hget(&r, "late", "state"), "OPEN");
     cr_assert_eq(exists(&r, "t:c:late"), 0);
     /* both layouts: the new key wins and the old one is left for the operator */
     redis_do(&r, "HSET t:c:{both} state %s failure_count %s", "CLOSED", "0");
     redis_do(&r, "HSET t:c:both state OPEN opened_at %s", now, NULL);
-    cbd_store_redis_ops.track(a.st, "both", NULL);
+    cbd_store_redis_ops.track(a.s, "both", NULL);
     spin(500);
     cr_assert_null(last_remote(&a, "both"), "the stale old key is not adopted");
     cr_assert_eq(exists(&r, "t:c:both"), 1);
@@ -497,15 +516,15 @@ Test(store_redis, keys_from_before_hash_tags_are_moved_when_read)
 
 Test(store_redis, refused_connection_reports_the_store_offline)
 {
-    struct host a;
+    struct tsup_store_host a;
     char uri[200];
     snprintf(uri, sizeof uri, "redis://127.0.0.1:%d?connect_timeout_ms=500&instance=A", tsup_free_port());
     host_open(&a, uri);
-    WAIT_FOR(a.restored && a.health_false == 1, 3000);
-    cr_assert(a.restore_rc < 0);
+    WAIT_FOR(a.done.restored && a.health_false == 1, 3000);
+    cr_assert(a.done.restore_rc < 0);
     cr_assert(strstr(a.why, "refused") != NULL, "why: %s", a.why);
     spin(1500);
-    cr_assert(stats_of(&a).reconnects > 0, "it keeps retrying");
+    cr_assert(store_stat(&a, "reconnects") > 0, "it keeps retrying");
     cr_assert_eq(a.health_false, 1, "health is reported on change only");
     host_close(&a);
 }
@@ -513,12 +532,12 @@ Test(store_redis, refused_connection_reports_the_store_offline)
 Test(store_redis, a_silent_server_times_out_and_the_store_recovers)
 {
     struct tsup_redis r;
-    struct host a, b;
+    struct tsup_store_host a, b;
     srv_init(&r, false, NULL);
     host_open(&a, uri_of(&r, "A", "&command_timeout_ms=500"));
     host_open(&b, uri_of(&r, "B", ""));
     WAIT_FOR(a.online && b.online, 5000);
-    cbd_store_redis_ops.track(b.st, "slow", NULL);
+    cbd_store_redis_ops.track(b.s, "slow", NULL);
     kill(r.pid, SIGSTOP);
     trip(&a, "slow", time(NULL));
     WAIT_FOR(!a.online, 3000);
@@ -532,7 +551,7 @@ Test(store_redis, a_silent_server_times_out_and_the_store_recovers)
 Test(store_redis, flushed_scripts_fall_back_to_eval)
 {
     struct tsup_redis r;
-    struct host a, b;
+    struct tsup_store_host a, b;
     srv_init(&r, false, NULL);
     two_hosts(&r, &a, &b, "noscript");
     redis_do(&r, "SCRIPT FLUSH", NULL, NULL);
@@ -545,7 +564,7 @@ Test(store_redis, flushed_scripts_fall_back_to_eval)
 Test(store_redis, password_acl_user_and_database_are_used_on_connect)
 {
     struct tsup_redis r;
-    struct host a, bad;
+    struct tsup_store_host a, bad;
     char uri[400];
     static const char *const auth[] = {"--requirepass", "s3cret", NULL};
     srv_init(&r, false, auth);
@@ -581,7 +600,7 @@ Test(store_redis, password_acl_user_and_database_are_used_on_connect)
 Test(store_redis, unix_socket_uri_reaches_the_server)
 {
     struct tsup_redis r;
-    struct host a, b;
+    struct tsup_store_host a, b;
     srv_init(&r, true, NULL);
     a_trips_and_b_sees(&r, &a, &b, "local");
     hosts_stop(&r, &a, &b);

@@ -280,6 +280,9 @@ unsigned tsup_ticket_kind(cb_ticket t);
 uint32_t tsup_ticket_epoch(cb_ticket t);
 /* Waits until the circuit is in state; false after TSUP_LIVENESS_MS. */
 bool tsup_wait_state(cb_circuit *c, cb_state state);
+/* OPEN past its recovery timeout on a fleet store, waiting for a call that
+ * wants a probe (the state word's CB_SEG_F_ELECTABLE), as a worker sees it. */
+bool tsup_electable(cb_circuit *c);
 /* Waits until cb_allow hands out a PROBE ticket; fails the test if it hands
  * out another permitting kind, or none within TSUP_LIVENESS_MS. */
 cb_ticket tsup_probe(cb_circuit *c);

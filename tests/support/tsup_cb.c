@@ -57,6 +57,14 @@ bool tsup_wait_state(cb_circuit *c, cb_state state)
     return tsup_wait_until(tsup_info(c).state == state, TSUP_LIVENESS_MS);
 }
 
+bool tsup_electable(cb_circuit *c)
+{
+    const struct cb__circuit_head *head = (const struct cb__circuit_head *)c;
+    /* Acquire: pairs with the daemon's release store of the word (as cb_allow). */
+    uint64_t w = __atomic_load_n(__atomic_load_n(&head->state_word, __ATOMIC_ACQUIRE), __ATOMIC_ACQUIRE);
+    return cb_seg_word_state(w) == CB_OPEN && (cb_seg_word_flags(w) & CB_SEG_F_ELECTABLE) != 0;
+}
+
 bool tsup_wait_drained(cb_circuit *c, uint64_t n)
 {
     return tsup_wait_until(({

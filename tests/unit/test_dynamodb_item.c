@@ -488,9 +488,9 @@ Test(dynamodb_item, keys_decode_to_the_circuit_they_name)
 Test(dynamodb_item, quoting_keeps_text_and_utf8_and_escapes_the_rest)
 {
     char q[64];
-    cr_assert_str_eq(cbd_ddb_quote("a b'c\\d\x01\xc3\xa9\xff", 11, q, sizeof q), "a b\\x27c\\x5cd\\x01\xc3\xa9\\xff");
-    cr_assert_str_eq(cbd_ddb_quote("a\0b", 3, q, sizeof q), "a\\x00b");
-    cr_assert_str_eq(cbd_ddb_quote("0123456789", 10, q, 10), "012345...");
-    cr_assert_str_eq(cbd_ddb_quote("\xc3\xa9\xc3\xa9\xc3\xa9", 6, q, 9), "\xc3\xa9\xc3\xa9...",
+    cr_assert_str_eq(fleet_quote("a b'c\\d\x01\xc3\xa9\xff", 11, q, sizeof q), "a b\\x27c\\x5cd\\x01\xc3\xa9\\xff");
+    cr_assert_str_eq(fleet_quote("a\0b", 3, q, sizeof q), "a\\x00b");
+    cr_assert_str_eq(fleet_quote("0123456789", 10, q, 10), "012345...");
+    cr_assert_str_eq(fleet_quote("\xc3\xa9\xc3\xa9\xc3\xa9", 6, q, 9), "\xc3\xa9\xc3\xa9...",
                      "never cut inside a character");
 }
