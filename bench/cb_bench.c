@@ -932,7 +932,7 @@ static void print_table(const struct bench *b)
 }
 
 
-static void json_scaling(FILE *f, const double v[SCALE_POINTS][2])
+static void json_scaling(FILE *f, const double (*v)[2]) /* SCALE_POINTS rows */
 {
     fprintf(f, "[");
     for (int i = 0; i < SCALE_POINTS; i++)
