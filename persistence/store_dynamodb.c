@@ -62,178 +62,17 @@
 #include "aws_credentials.h"
 #include "aws_http.h"
 #include "dynamodb_item.h"
+#include "dynamodb_uri.h"
 #include "fleet.h"
 #include "log.h"
 #include "pct_decode.h"
 #include "segment.h"
 
+_Static_assert(CBD_DDB_URI_OWNER_MAX == FLEET_OWNER_MAX, "the owner option holds a fleet owner id");
+
 #define BATCH_MAX 100u             /* keys per BatchGetItem: DynamoDB's limit */
 #define UNPROCESSED_ATTEMPTS 5u
-#define TARGET "DynamoDB_20120810."
-#define CREATE_POLLS 300u          /* DescribeTable polls, 1 s apart */
 #define PROBE_KEY "cbd-reachability-check" /* what connect() reads: no circuit */
-
-/* ---- options ------------------------------------------------------------------ */
-
-struct ddb_opts {
-    char table[256], region[64], endpoint[512];
-    char pk[64], sk[64], static_pk[256];
-    char a_state[64], a_fc[64], a_oa[64], a_owner[64], a_lease[64], a_exp[64];
-    char owner[FLEET_OWNER_MAX + 1]; /* "": the fleet layer's */
-    uint32_t sync_ms, timeout_ms, connect_timeout_ms, attempts, backoff_max_ms;
-    bool consistent, tls_verify, allow_http;
-};
-
-enum opt_type { OPT_STR, OPT_U32, OPT_BOOL };
-static const struct opt {
-    const char *name;
-    enum opt_type type;
-    size_t off, size;
-    uint32_t min, max;
-} opts_table[] = {
-#define S(n, f) {n, OPT_STR, offsetof(struct ddb_opts, f), sizeof(((struct ddb_opts *)0)->f), 0, 0}
-#define U(n, f, lo, hi) {n, OPT_U32, offsetof(struct ddb_opts, f), 0, lo, hi}
-#define B(n, f) {n, OPT_BOOL, offsetof(struct ddb_opts, f), 0, 0, 0}
-    S("region", region), S("endpoint", endpoint), S("pk", pk), S("sk", sk), S("static_pk", static_pk),
-    S("attr_state", a_state), S("attr_failure_count", a_fc), S("attr_opened_at", a_oa),
-    S("attr_owner", a_owner), S("attr_lease", a_lease), S("attr_expiration", a_exp), S("owner", owner),
-    U("sync_ms", sync_ms, 0, 86400000), U("timeout_ms", timeout_ms, 100, 60000),
-    U("connect_timeout_ms", connect_timeout_ms, 100, 60000), U("attempts", attempts, 1, 10),
-    U("backoff_max_ms", backoff_max_ms, 10, 300000), B("consistent", consistent),
-    B("tls_verify", tls_verify), B("allow_http", allow_http),
-#undef S
-#undef U
-#undef B
-};
-
-static char uri_err[512]; /* create()'s *err: names the bad part; the loop is single-threaded */
-
-static const char *fail(const char *fmt, const char *what)
-{
-    snprintf(uri_err, sizeof uri_err, fmt, what);
-    return uri_err;
-}
-
-static void opts_defaults(struct ddb_opts *o)
-{
-    const char *fn = getenv("AWS_LAMBDA_FUNCTION_NAME");
-    memset(o, 0, sizeof *o);
-    strcpy(o->pk, "id");
-    /* Powertools' own default: composite keys shared with a function by default */
-    snprintf(o->static_pk, sizeof o->static_pk, "circuit_breaker#%.200s", fn != NULL ? fn : "");
-    strcpy(o->a_state, "state");
-    strcpy(o->a_fc, "failure_count");
-    strcpy(o->a_oa, "opened_at");
-    strcpy(o->a_owner, "half_open_owner");
-    strcpy(o->a_lease, "probe_lease_expiry");
-    strcpy(o->a_exp, "expiration");
-    o->sync_ms = 1000;
-    o->timeout_ms = 2000;
-    o->connect_timeout_ms = 1000;
-    o->attempts = 3;
-    o->backoff_max_ms = 5000;
-    o->tls_verify = true;
-}
-
-static const char *opt_set(struct ddb_opts *o, const char *k, const char *ke, const char *v, const char *ve)
-{
-    char key[40], val[512];
-    if (!cbd_pct_decode(k, (size_t)(ke - k), key, sizeof key) || !cbd_pct_decode(v, (size_t)(ve - v), val, sizeof val))
-        return fail("dynamodb URI: bad percent-encoding or over-long value near '%.40s'", k);
-    for (size_t i = 0; i < sizeof opts_table / sizeof opts_table[0]; i++) {
-        const struct opt *t = &opts_table[i];
-        if (strcmp(key, t->name) != 0)
-            continue;
-        char *field = (char *)o + t->off, *end;
-        if (t->type == OPT_STR) {
-            if (strlen(val) >= t->size)
-                return fail("dynamodb URI: value of '%s' is too long", t->name);
-            strcpy(field, val);
-        } else if (t->type == OPT_BOOL) {
-            int b = cb__parse_bool(val);
-            if (b < 0)
-                return fail("dynamodb URI: '%s' must be true or false", t->name);
-            *(bool *)field = b;
-        } else {
-            errno = 0;
-            unsigned long n = strtoul(val, &end, 10);
-            if (errno || end == val || *end || val[0] == '-' || n < t->min || n > t->max)
-                return fail("dynamodb URI: '%s' is not a number in its range (see docs/store-dynamodb.md)",
-                            t->name);
-            *(uint32_t *)field = (uint32_t)n;
-        }
-        return NULL;
-    }
-    return fail("dynamodb URI: unknown option '%s' (see docs/store-dynamodb.md)", key);
-}
-
-static bool loopback_url(const char *url)
-{
-    CURLU *u = curl_url();
-    char *host = NULL;
-    bool ok = u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
-              curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
-              (strcmp(host, "localhost") == 0 || strncmp(host, "127.", 4) == 0 || strcmp(host, "[::1]") == 0);
-    curl_free(host);
-    curl_url_cleanup(u);
-    return ok;
-}
-
-static bool table_name_ok(const char *t)
-{
-    size_t n = strlen(t);
-    return n >= 3 && n <= 255 &&
-           strspn(t, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") == n;
-}
-
-/* Region and endpoint: the URI, else the SDK's environment and files. */
-static const char *opts_resolve(struct ddb_opts *o)
-{
-    if (!o->region[0] && cbd_aws_default_region(o->region, sizeof o->region) < 0) {
-        if (!o->endpoint[0] && !getenv("AWS_ENDPOINT_URL_DYNAMODB") && !getenv("AWS_ENDPOINT_URL"))
-            return fail("dynamodb URI: no region: add ?region=... or set AWS_REGION%s", "");
-        strcpy(o->region, "us-east-1"); /* a local endpoint ignores it, SigV4 needs one */
-    }
-    if (!o->endpoint[0] && cbd_aws_endpoint("DYNAMODB", "dynamodb", o->region, o->endpoint, sizeof o->endpoint) < 0)
-        return fail("dynamodb endpoint from AWS_ENDPOINT_URL%s is too long", "");
-    if (strncmp(o->endpoint, "https://", 8) != 0 && strncmp(o->endpoint, "http://", 7) != 0)
-        return fail("dynamodb endpoint '%.300s' must start with https:// (or http:// for a local endpoint)",
-                    o->endpoint);
-    if (strncmp(o->endpoint, "http://", 7) == 0 && !o->allow_http && !loopback_url(o->endpoint))
-        return fail("dynamodb endpoint '%.300s': plain http is only for loopback; add allow_http=true to mean it",
-                    o->endpoint);
-    return NULL;
-}
-
-static const char *opts_parse(struct ddb_opts *o, const char *uri)
-{
-    static const char scheme[] = "dynamodb://";
-    opts_defaults(o);
-    if (strncmp(uri, scheme, sizeof scheme - 1) != 0)
-        return fail("not a dynamodb URI: '%.200s' (expected dynamodb://TABLE?region=...)", uri);
-    const char *t = uri + sizeof scheme - 1, *q = strchr(t, '?');
-    const char *te = q ? q : t + strlen(t);
-    if (!cbd_pct_decode(t, (size_t)(te - t), o->table, sizeof o->table) || !table_name_ok(o->table))
-        return fail("dynamodb URI: table name '%.260s' must be 3-255 of [A-Za-z0-9_.-]", o->table);
-    for (const char *p = q ? q + 1 : te; *p;) {
-        const char *amp = strchr(p, '&'), *end = amp ? amp : p + strlen(p), *eq = memchr(p, '=', (size_t)(end - p));
-        if (!eq)
-            return fail("dynamodb URI: option '%.40s' has no '=value'", p);
-        const char *msg = opt_set(o, p, eq, eq + 1, end);
-        if (msg)
-            return msg;
-        p = amp ? amp + 1 : end;
-    }
-    const char *names[] = {o->pk, o->a_state, o->a_fc, o->a_oa, o->a_owner, o->a_lease, o->a_exp};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (!names[i][0])
-            return fail("dynamodb URI: attribute names and pk must not be empty%s", "");
-    if (strcmp(o->pk, o->sk) == 0)
-        return fail("dynamodb URI: pk and sk must differ (both '%s')", o->pk);
-    if (o->sk[0] && !o->static_pk[0])
-        return fail("dynamodb URI: static_pk must not be empty with sk=%s", o->sk);
-    return opts_resolve(o);
-}
 
 /* ---- the store ----------------------------------------------------------------- */
 
@@ -266,7 +105,7 @@ struct ddb_req {
 };
 
 struct fleet_transport {
-    struct ddb_opts o;
+    struct cbd_ddb_opts o;
     struct cbd_ddb_layout layout;   /* the item's attribute names, pointing into o */
     char sigv4[128];
     uv_loop_t *loop;
@@ -368,7 +207,7 @@ static int send_req(struct ddb_req *q, const char **why)
     if (rc < 0)
         return rc;
     char *text = json_dumps(q->body, JSON_COMPACT), target[96];
-    snprintf(target, sizeof target, "X-Amz-Target: " TARGET "%s", q->op);
+    snprintf(target, sizeof target, "X-Amz-Target: " CBD_DDB_TARGET "%s", q->op);
     const char *hdrs[] = {"Content-Type: application/x-amz-json-1.0", target, NULL};
     struct cbd_aws_request rq = {
         .method = "POST", .url = t->o.endpoint, .body = text, .body_len = text ? strlen(text) : 0,
@@ -971,8 +810,8 @@ static void dd_close(struct fleet_transport *t, void (*done)(void *arg), void *a
  * create() would give. The credential chain is create()'s alone. */
 static int dd_check_uri(const char *uri, char *why, size_t size)
 {
-    struct ddb_opts o;
-    const char *msg = uri != NULL ? opts_parse(&o, uri) : "no dynamodb URI given";
+    struct cbd_ddb_opts o;
+    const char *msg = uri != NULL ? cbd_ddb_uri_parse(&o, uri) : "no dynamodb URI given";
     if (msg == NULL)
         return 0;
     snprintf(why, size, "%s", msg);
@@ -988,16 +827,19 @@ static int dd_create(struct fleet_transport **out, uv_loop_t *loop, const char *
         snprintf(why, size, "out of memory");
         return -ENOMEM;
     }
-    const char *msg = opts_parse(&t->o, uri);
+    const char *msg = cbd_ddb_uri_parse(&t->o, uri);
     int rc = msg ? -EINVAL : cbd_aws_http_create(&t->http, loop);
-    if (rc == 0 && (rc = cbd_aws_credentials_create(&t->creds, t->http, t->o.region, on_creds_ready, t, cerr,
-                                                    sizeof cerr)) < 0)
-        msg = fail("dynamodb credentials: %s", cerr);
+    if (msg != NULL)
+        snprintf(why, size, "%s", msg);
+    else if (rc < 0)
+        snprintf(why, size, "out of memory");
+    else if ((rc = cbd_aws_credentials_create(&t->creds, t->http, t->o.region, on_creds_ready, t, cerr,
+                                              sizeof cerr)) < 0)
+        snprintf(why, size, "dynamodb credentials: %s", cerr);
     if (rc < 0) {
         if (t->http)
             cbd_aws_http_close(t->http, NULL, NULL);
         free(t);
-        snprintf(why, size, "%s", msg ? msg : "out of memory");
         return rc;
     }
     t->loop = loop;
@@ -1027,205 +869,3 @@ const struct fleet_transport_ops cbd_dynamodb_transport_ops = {
 };
 
 FLEET_STORE_DEFINE(cbd_store_dynamodb_ops, "dynamodb", cbd_dynamodb_transport_ops, dd_check_uri);
-
-/* ---- create-table (cbctl): blocking, on a private loop ------------------------- */
-
-enum ct_step { CT_CREATE, CT_DESCRIBE, CT_TTL, CT_DONE };
-
-struct ct {
-    struct ddb_opts o;
-    char sigv4[128];
-    uv_loop_t loop;
-    uv_timer_t timer;
-    struct cbd_aws_http *http;
-    struct cbd_aws_credentials *creds;
-    enum ct_step step;
-    unsigned polls;
-    int rc;
-    char *err;
-    size_t errlen;
-};
-
-static void ct_next(struct ct *t);
-
-static void ct_end(struct ct *t, int rc, const char *fmt, const char *a, const char *b)
-{
-    t->rc = rc;
-    t->step = CT_DONE;
-    snprintf(t->err, t->errlen, fmt, a, b);
-}
-
-static json_t *ct_body(const struct ct *t)
-{
-    const struct ddb_opts *o = &t->o;
-    if (t->step == CT_DESCRIBE)
-        return json_pack("{s:s}", "TableName", o->table);
-    if (t->step == CT_TTL)
-        return json_pack("{s:s, s:{s:s, s:b}}", "TableName", o->table, "TimeToLiveSpecification", "AttributeName",
-                         o->a_exp, "Enabled", 1);
-    json_t *defs = json_pack("[{s:s, s:s}]", "AttributeName", o->pk, "AttributeType", "S");
-    json_t *keys = json_pack("[{s:s, s:s}]", "AttributeName", o->pk, "KeyType", "HASH");
-    if (o->sk[0]) {
-        json_array_append_new(defs, json_pack("{s:s, s:s}", "AttributeName", o->sk, "AttributeType", "S"));
-        json_array_append_new(keys, json_pack("{s:s, s:s}", "AttributeName", o->sk, "KeyType", "RANGE"));
-    }
-    return json_pack("{s:s, s:o, s:o, s:s}", "TableName", o->table, "AttributeDefinitions", defs, "KeySchema",
-                     keys, "BillingMode", "PAY_PER_REQUEST");
-}
-
-/* The table's key schema equals the URI's: "" or what differs. */
-static const char *ct_schema_differs(const struct ct *t, json_t *table)
-{
-    const char *hash = NULL, *range = NULL;
-    size_t i;
-    json_t *k;
-    json_array_foreach(json_object_get(table, "KeySchema"), i, k) {
-        const char *type = json_string_value(json_object_get(k, "KeyType"));
-        const char *name = json_string_value(json_object_get(k, "AttributeName"));
-        if (type && strcmp(type, "HASH") == 0)
-            hash = name;
-        else if (type && strcmp(type, "RANGE") == 0)
-            range = name;
-    }
-    if (!hash || strcmp(hash, t->o.pk) != 0)
-        return "partition key";
-    if ((range ? range : "")[0] != t->o.sk[0] || (range && strcmp(range, t->o.sk) != 0))
-        return "sort key";
-    return "";
-}
-
-static void ct_on_timer(uv_timer_t *tm)
-{
-    ct_next(tm->data);
-}
-
-static void ct_describe(struct ct *t, const struct cbd_aws_response *r)
-{
-    json_t *j = json_loadb(r->body, r->body_len, 0, NULL), *table = json_object_get(j, "Table");
-    const char *status = json_string_value(json_object_get(table, "TableStatus"));
-    const char *diff = table ? ct_schema_differs(t, table) : "";
-    if (!status)
-        ct_end(t, -EBADMSG, "DescribeTable %s: answer without Table.TableStatus%s", t->o.table, "");
-    else if (diff[0])
-        ct_end(t, -EEXIST, "table %s exists with another %s than the URI's (pk/sk options)", t->o.table, diff);
-    else if (strcmp(status, "ACTIVE") == 0) {
-        t->step = CT_TTL;
-        ct_next(t);
-    } else if (++t->polls > CREATE_POLLS)
-        ct_end(t, -ETIMEDOUT, "table %s still %s after 5 minutes", t->o.table, status);
-    else
-        uv_timer_start(&t->timer, ct_on_timer, 1000, 0);
-    json_decref(j);
-}
-
-static void ct_answer(void *arg, const struct cbd_aws_response *r)
-{
-    struct ct *t = arg;
-    bool ok = r->status >= 200 && r->status <= 299;
-    int err = r->status == 400 || r->status == 403 ? -EACCES : -EIO;
-    if (r->cancelled)
-        return;
-    if (t->step == CT_CREATE) {
-        if (ok || strcmp(r->error_code, "ResourceInUseException") == 0) {
-            t->step = CT_DESCRIBE;
-            ct_next(t);
-        } else {
-            ct_end(t, err, "CreateTable %s: %s", t->o.table, r->why);
-        }
-    } else if (t->step == CT_DESCRIBE) {
-        if (ok)
-            ct_describe(t, r);
-        else
-            ct_end(t, err, "DescribeTable %s: %s", t->o.table, r->why);
-    } else if (ok || strstr(r->body, "already enabled")) {
-        ct_end(t, 0, "table %s ready, TTL on attribute %s", t->o.table, t->o.a_exp);
-    } else if (strcmp(r->error_code, "UnknownOperationException") == 0) {
-        ct_end(t, 1, "table %s ready; warning: the endpoint does not support UpdateTimeToLive (a local emulator?), "
-               "so expired items are not deleted (%s)", t->o.table, r->why);
-    } else {
-        ct_end(t, 1, "table %s ready; warning: could not enable TTL: %s", t->o.table, r->why);
-    }
-}
-
-static void ct_next(struct ct *t)
-{
-    static const char *const ops[] = {"CreateTable", "DescribeTable", "UpdateTimeToLive"};
-    struct cbd_aws_creds cr;
-    const char *why;
-    char target[96];
-    if (t->step == CT_DONE)
-        return;
-    int rc = cbd_aws_credentials_get(t->creds, &cr, &why);
-    if (rc == -EAGAIN)
-        return; /* ct_next again when they are in */
-    if (rc < 0) {
-        ct_end(t, rc, "AWS credentials: %s%s", why[0] ? why : "none found (environment, profile, container, "
-               "EC2 metadata)", "");
-        return;
-    }
-    json_t *body = ct_body(t);
-    char *text = json_dumps(body, JSON_COMPACT);
-    json_decref(body);
-    snprintf(target, sizeof target, "X-Amz-Target: " TARGET "%s", ops[t->step]);
-    const char *hdrs[] = {"Content-Type: application/x-amz-json-1.0", target, NULL};
-    struct cbd_aws_request q = {
-        .method = "POST", .url = t->o.endpoint, .body = text, .body_len = text ? strlen(text) : 0,
-        .headers = hdrs, .sigv4 = t->sigv4, .creds = &cr, .timeout_ms = t->o.timeout_ms,
-        .connect_timeout_ms = t->o.connect_timeout_ms, .max_attempts = t->o.attempts + 2,
-        .insecure_tls = !t->o.tls_verify, .cb = ct_answer, .arg = t,
-    };
-    rc = text ? cbd_aws_http_send(t->http, &q) : -ENOMEM;
-    explicit_bzero(&cr, sizeof cr);
-    free(text);
-    if (rc < 0)
-        ct_end(t, rc, "cannot send %s: %s", ops[t->step], strerror(-rc));
-}
-
-static void ct_on_creds(void *arg)
-{
-    ct_next(arg);
-}
-
-int cbd_dynamodb_create_table(const char *uri, char *err, size_t errlen)
-{
-    struct ct *t = calloc(1, sizeof *t);
-    char cerr[256];
-    if (!t) {
-        snprintf(err, errlen, "out of memory");
-        return -ENOMEM;
-    }
-    t->err = err;
-    t->errlen = errlen;
-    const char *msg = opts_parse(&t->o, uri);
-    if (msg) {
-        snprintf(err, errlen, "%s", msg);
-        free(t);
-        return -EINVAL;
-    }
-    snprintf(t->sigv4, sizeof t->sigv4, "aws:amz:%s:dynamodb", t->o.region);
-    uv_loop_init(&t->loop);
-    uv_timer_init(&t->loop, &t->timer);
-    t->timer.data = t;
-    int rc = cbd_aws_http_create(&t->http, &t->loop);
-    if (rc < 0) {
-        snprintf(err, errlen, "out of memory");
-    } else if ((rc = cbd_aws_credentials_create(&t->creds, t->http, t->o.region, ct_on_creds, t, cerr,
-                                                sizeof cerr)) < 0) {
-        ct_end(t, rc, "AWS credentials: %s%s", cerr, "");
-    } else {
-        ct_next(t);
-        uv_run(&t->loop, UV_RUN_DEFAULT); /* until no request or poll timer is left */
-        if (t->step != CT_DONE)
-            ct_end(t, -EIO, "create-table of %s stopped before it finished%s", t->o.table, "");
-        rc = t->rc;
-    }
-    cbd_aws_credentials_free(t->creds);
-    if (t->http)
-        cbd_aws_http_close(t->http, NULL, NULL);
-    uv_close((uv_handle_t *)&t->timer, NULL);
-    uv_run(&t->loop, UV_RUN_DEFAULT);
-    uv_loop_close(&t->loop);
-    free(t);
-    return rc;
-}
-

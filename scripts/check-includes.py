@@ -7,9 +7,11 @@ layers below, never above):
     common        the shared contract (layout, wire format, log) and libcb's
                   public cb.h
     libcb         the client library (libcb/src: private to libcb)
+    aws           the AWS client: signed HTTP on a loop, credentials,
+                  dynamodb:// URIs (beside libcb: neither uses the other)
     persistence   the stores and the fleet layer
     daemon        cbd
-    tools         cbctl and other clients: common and libcb only
+    tools         cbctl and other clients: common, libcb and aws only
 
 Besides the layers: libcb/src headers are private to libcb/src; and the
 module graph (a module is a .c file and its .h, an edge goes from a module
@@ -23,8 +25,8 @@ import re
 import sys
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-LAYERS = {"common": 0, "libcb/include": 0, "libcb/src": 1, "persistence": 2, "daemon": 3, "tools": 4}
-# tools sit on common and libcb only: nothing of the daemon or the stores
+LAYERS = {"common": 0, "libcb/include": 0, "libcb/src": 1, "aws": 1, "persistence": 2, "daemon": 3, "tools": 4}
+# tools sit on common, libcb and the AWS client only: nothing of the daemon or the stores
 FORBIDDEN = {"tools": {"daemon", "persistence"}}
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 

@@ -31,6 +31,7 @@
 
 #include "../dynamo/ddb_test_support.h"
 #include "fleet.h"
+#include "dynamodb_table.h"
 #include "store_dynamodb.h"
 #include "store_redis.h"
 
@@ -378,7 +379,7 @@ Test(fleet_contract, the_dynamodb_conditions_are_the_write_rule)
             seed);
     dynalite_start(&db, 0);
     snprintf(uri, sizeof uri, "dynamodb://" TABLE "?endpoint=%s&timeout_ms=2000", db.endpoint);
-    int rc = cbd_dynamodb_create_table(uri, err, sizeof err);
+    int rc = dynamodb_table_create(uri, err, sizeof err);
     cr_assert(rc == 0 || rc == 1, "create-table: %s", err);
     link_open(&cbd_dynamodb_transport_ops, uri);
     run_cases("dynamodb", cases_of_run(), dynamodb_prior);

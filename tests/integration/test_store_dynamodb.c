@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "../dynamo/ddb_test_support.h"
+#include "dynamodb_table.h"
 #include "store_dynamodb.h"
 #include "tsup_store.h"
 
@@ -156,7 +157,7 @@ static void create_table(const char *endpoint, const char *extra)
 {
     char uri[512], err[512];
     snprintf(uri, sizeof uri, "dynamodb://" TABLE "?endpoint=%s%s", endpoint, extra);
-    int rc = cbd_dynamodb_create_table(uri, err, sizeof err);
+    int rc = dynamodb_table_create(uri, err, sizeof err);
     cr_assert(rc == 0 || rc == 1, "create-table: %d %s", rc, err);
 }
 

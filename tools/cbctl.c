@@ -33,7 +33,7 @@
 #include "cb.h"
 #include "frame.h"
 #include "segment.h"
-#include "store_dynamodb.h"
+#include "dynamodb_table.h"
 
 enum { EXIT_OK = 0, EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_UNREACHABLE = 3, EXIT_NOT_FOUND = 4, EXIT_DENIED = 5 };
 
@@ -561,7 +561,7 @@ static int cmd_dynamodb(struct cbctl *c, int argc, char **argv)
     if (argc != 2 || strcmp(argv[0], "create-table") != 0)
         return fail(EXIT_USAGE, "usage: cbctl dynamodb create-table 'dynamodb://TABLE?region=R[&endpoint=URL]'");
     char err[512] = "";
-    int rc = cbd_dynamodb_create_table(argv[1], err, sizeof err);
+    int rc = dynamodb_table_create(argv[1], err, sizeof err);
     if (rc < 0)
         return fail(rc == -EINVAL ? EXIT_USAGE : EXIT_FAILED, "create-table failed: %s", err);
     printf("%s\n", err[0] ? err : "table is ACTIVE");

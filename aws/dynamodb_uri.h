@@ -1,0 +1,36 @@
+/*
+ * dynamodb_uri.h - what a dynamodb:// URI says: the table, where it is, its
+ * key layout and attribute names, and how to talk to it
+ * (docs/store-dynamodb.md lists every option). Read by the dynamodb store
+ * and by cbctl's table creation, so both see one table the same way.
+ */
+#ifndef CBD_DYNAMODB_URI_H
+#define CBD_DYNAMODB_URI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define CBD_DDB_URI_OWNER_MAX 95 /* bytes of the owner option: the fleet layer's FLEET_OWNER_MAX */
+#define CBD_DDB_TARGET "DynamoDB_20120810." /* X-Amz-Target prefix of the JSON API */
+
+/* A dynamodb:// URI, parsed, with the defaults of what it leaves out. */
+struct cbd_ddb_opts {
+    char table[256], region[64], endpoint[512];
+    char pk[64], sk[64], static_pk[256];
+    char a_state[64], a_fc[64], a_oa[64], a_owner[64], a_lease[64], a_exp[64];
+    char owner[CBD_DDB_URI_OWNER_MAX + 1]; /* "": the fleet layer's */
+    uint32_t sync_ms, timeout_ms, connect_timeout_ms, attempts, backoff_max_ms;
+    bool consistent, tls_verify, allow_http;
+};
+
+/*
+ * cbd_ddb_uri_parse - o from uri: the defaults (Powertools' attribute
+ * names; the composite key's static value Powertools' own,
+ * "circuit_breaker#$AWS_LAMBDA_FUNCTION_NAME"), then the URI's options,
+ * then region and endpoint from the AWS SDK's environment and files if the
+ * URI leaves them out. NULL, or a message naming the fault for an operator
+ * (valid until the next call; one thread only).
+ */
+const char *cbd_ddb_uri_parse(struct cbd_ddb_opts *o, const char *uri);
+
+#endif /* CBD_DYNAMODB_URI_H */
