@@ -6,7 +6,8 @@
  * check reads the same shared memory a worker on that host would.
  *
  *  - a trip on one host reaches the workers of the others (source remote,
- *    in history and hooks), and the prober's close comes back;
+ *    in history and hooks, CB_ORIGIN fleet), and the prober's close comes
+ *    back;
  *  - hosts hammering a circuit past its recovery timeout: one probe at a
  *    time fleet-wide, all of them on the election's winner;
  *  - a hung holder's lease is taken over once it expires, and the holder
@@ -182,7 +183,7 @@ static bool hook_saw(int h, const char *line)
 Test(fleet_redis, a_trip_on_one_host_reaches_the_workers_of_the_other_and_the_close_comes_back)
 {
     static char hook[300];
-    snprintf(hook, sizeof hook, "echo $CB_SOURCE $CB_FROM $CB_TO >> %s/hooks.$CB_INSTANCE", tsup_tmpdir());
+    snprintf(hook, sizeof hook, "echo $CB_SOURCE $CB_ORIGIN $CB_FROM $CB_TO >> %s/hooks.$CB_INSTANCE", tsup_tmpdir());
     struct tsup_daemon_opts o = {.extra = {"--hook-command", hook, NULL}};
     start_fleet(2, &o);
     cb_config cfg = tsup_config(3, 2, 1, 500);
@@ -213,10 +214,14 @@ Test(fleet_redis, a_trip_on_one_host_reaches_the_workers_of_the_other_and_the_cl
         tr = tsup_next_transition(cl[other], "payments");
     while (tr.to != CB_CLOSED);
     cr_assert_eq(tr.source, CB_SOURCE_REMOTE, "the close came from elsewhere");
-    cr_assert(tsup_wait_until(hook_saw(0, "local CLOSED OPEN\n") && hook_saw(1, "remote CLOSED OPEN\n") &&
-                                  hook_saw(other, "remote OPEN CLOSED\n") && hook_saw(p, "local HALF_OPEN CLOSED\n"),
+    /* CB_ORIGIN: an operator acts only where a transition started (local), not
+     * on every host it reached (fleet). */
+    cr_assert(tsup_wait_until(hook_saw(0, "local local CLOSED OPEN\n") && hook_saw(1, "remote fleet CLOSED OPEN\n") &&
+                                  hook_saw(other, "remote fleet OPEN CLOSED\n") &&
+                                  hook_saw(p, "local local HALF_OPEN CLOSED\n"),
                               TSUP_LIVENESS_MS),
-              "the hooks did not see the transitions with their sources (files hooks.* in %s)", tsup_tmpdir());
+              "the hooks did not see the transitions with their sources and origins (files hooks.* in %s)",
+              tsup_tmpdir());
     cr_assert(tsup_wait_until(all_in_sync("payments"), TSUP_LIVENESS_MS));
 }
 
