@@ -446,6 +446,13 @@ static bool renew_lease(const struct cbd_policy_env *env, struct cbd_circuit *c,
         transition(env, c, CB_OPEN, c->flags, CB_SOURCE_TIMER, now->real_ns, now);
         return true;
     }
+    if (!c->probe_asked && lease_idle(c) && c->grace_ns > now->mono_ns) {
+        /* Granted after its renewal time (a slow store): the workers get
+         * their grace first, or a busy host would give back every grant
+         * unused (tests/model: p2-slow-answers). Decide when it ends. */
+        c->renew_ns = c->grace_ns < c->lease_until_ns ? c->grace_ns : c->lease_until_ns;
+        return false;
+    }
     if (!c->probe_asked && lease_idle(c)) {
         release_lease(env, c, now);
         return true;

@@ -43,9 +43,10 @@
  *   BOUNDED_LATENCY    (liveness runs) a reachable store answers before the
  *                      next tick; SLOW_ANSWERS: an election or renewal up
  *                      to a tick later
- *   GRACE_FIRST        renew_lease gives an idle lease back only once the
- *                      grace after the grant has passed (policy.c gives it
- *                      back at the renewal time, grace or not)
+ *   RELEASE_BEFORE_GRACE renew_lease gives an idle lease back at the
+ *                      renewal time even when the grant came later and its
+ *                      grace has not passed (policy.c before the fix).
+ *                      With SLOW_ANSWERS it must violate P2.
  *   ELECT_AT_DEADLINE  the policy before probes on demand (still the local
  *                      store's): elect at the recovery deadline with or
  *                      without demand, renew halfway whatever runs. Must
@@ -306,10 +307,11 @@ inline store_apply(k, wop, who, lease_s, ok)
 /* ==== a cbd host: the daemon's policy (daemon/policy.c, daemon/cbd.c) ==== */
 
 /* renew_lease gives a lease nobody uses (lease_idle: no permit out) back
- * at the renewal time; a grant answered after the renewal time is then
- * given back at once, before a worker can take its permit. GRACE_FIRST:
- * only once the grace after the grant has passed. */
-#ifndef GRACE_FIRST
+ * at the renewal time, but only once the grace after the grant has passed
+ * (c->grace_ns): a grant answered after the renewal time waits for its
+ * grace. RELEASE_BEFORE_GRACE: the former code, which gave such a grant
+ * back at once, before a worker could take its permit. */
+#ifdef RELEASE_BEFORE_GRACE
 #define RELEASE_AT_RENEWAL(h) (lease_left[h] <= RENEW_AT)
 #else
 #define RELEASE_AT_RENEWAL(h) (false)

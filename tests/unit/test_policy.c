@@ -694,6 +694,46 @@ Test(policy, a_fleet_lease_nobody_probes_under_is_given_back_after_the_grace, .f
     cr_assert(flags() & CB_SEG_F_ELECTABLE, "electable again on that opening");
 }
 
+Test(policy, a_lease_granted_after_its_renewal_time_still_gives_the_workers_their_grace, .fini = teardown)
+{
+    /* A slow store: the election's answer comes 6 s after the ask, past the
+     * renewal time of a 10 s lease (halfway). The workers must still get the
+     * grace to take the probe, or a busy host would give back every grant
+     * unused and never probe (the fleet model's p2-slow-answers run). */
+    setup_circuit(config(5, 3, 1, 30000, 10000), 1);
+    trip();
+    advance_ms(30000);
+    demand_asks();
+    advance_ms(6000);
+    grant();
+    advance_ns(0); /* the renewal time has passed: the daemon runs its deadline at once */
+    cr_assert_eq(S.releases, 0, "the lease was given back before any worker could take the probe");
+    cr_assert_eq(state(), CB_HALF_OPEN);
+    advance_ms(500); /* within the grace */
+    struct ticket probe = allow();
+    cr_assert_eq(probe.kind, CB_TICKET_PROBE, "the worker that asked gets its probe");
+    size_t asks = S.nasks;
+    advance_ms(500); /* the grace ends with a probe out: renewed, not given back */
+    cr_assert_eq(S.releases, 0);
+    cr_assert_eq(S.nasks, asks + 1, "a used lease past its renewal time is renewed");
+    cr_assert_eq(last_ask()->state, CB_HALF_OPEN);
+}
+
+Test(policy, a_lease_granted_late_and_never_used_is_given_back_when_the_grace_ends, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 10000), 1);
+    trip();
+    advance_ms(30000);
+    demand_asks();
+    advance_ms(6000);
+    grant();
+    advance_ms(1000 - 1);
+    cr_assert_eq(S.releases, 0);
+    advance_ms(1);
+    cr_assert_eq(S.releases, 1, "nobody took the probe within the grace: given back");
+    cr_assert_eq(state(), CB_OPEN);
+}
+
 Test(policy, a_fleet_lease_whose_probes_stopped_is_given_back_instead_of_renewed, .fini = teardown)
 {
     setup_circuit(config(5, 1000000, 1, 30000, 10000), 1);
