@@ -14,21 +14,6 @@
 #include "frame.h"
 #include "tsup.h"
 
-/* VmRSS of pid in KiB, from /proc. */
-static long rss_kib(pid_t pid)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(f);
-    long kib = -1;
-    while (fgets(line, sizeof line, f))
-        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
-            break;
-    fclose(f);
-    return kib;
-}
-
 Test(capacity, a_million_circuit_segment_serves_ten_thousand_within_32_MiB_resident, .timeout = 120)
 {
     struct tsup_daemon d;
@@ -58,7 +43,7 @@ Test(capacity, a_million_circuit_segment_serves_ten_thousand_within_32_MiB_resid
     cr_expect_eq(circuits, N, "the daemon counts %llu circuits", (unsigned long long)circuits);
     tsup_reply_free(&r);
 
-    long kib = rss_kib(d.pid);
+    long kib = tsup_proc_status_kib(d.pid, "VmRSS");
     cr_log_info("cbd resident with %d circuits in a 1,000,000-circuit segment: %ld KiB", N, kib);
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
     /* A sanitizer build of cbd (built with these tests) carries shadow

@@ -299,24 +299,6 @@ Test(control_flood, an_idle_client_connection_is_closed_and_libcb_reconnects_on_
 
 /* ---- a flood ------------------------------------------------------------------- */
 
-/* The anonymous resident memory of pid in KiB (RssAnon): what its heap and
- * stacks hold. The shared segment's pages (RssShmem) are left out: the
- * segment has a fixed size, and when a periodic pass first touches its
- * pages does not depend on the flood. */
-static long rss_kib(pid_t pid)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(f);
-    long kib = -1;
-    while (fgets(line, sizeof line, f))
-        if (sscanf(line, "RssAnon: %ld kB", &kib) == 1)
-            break;
-    fclose(f);
-    return kib;
-}
-
 static struct peer_result flood_body(const void *arg)
 {
     struct peer_result res = {0};
@@ -341,7 +323,11 @@ Test(control_flood, ten_thousand_connection_attempts_cost_bounded_memory_and_log
     start(extra);
     flood(UID_C, 1000); /* the daemon's first refusals touch the pages it needs for any number */
     cr_assert(tsup_wait_until(tsup_stat(&d, "connections_refused_per_uid") == 1000 - PER_UID, TSUP_LIVENESS_MS));
-    long rss_before = rss_kib(d.pid);
+    /* The daemon's anonymous resident memory (RssAnon): what its heap and
+     * stacks hold. The shared segment's pages (RssShmem) are left out: the
+     * segment has a fixed size, and when a periodic pass first touches its
+     * pages does not depend on the flood. */
+    long rss_before = tsup_proc_status_kib(d.pid, "RssAnon");
     int lines_before = tsup_log_count(&d, "control:");
     int64_t t0 = tsup_now_ms();
     flood(UID_A, ATTEMPTS);
@@ -352,7 +338,7 @@ Test(control_flood, ten_thousand_connection_attempts_cost_bounded_memory_and_log
               "%llu of %d attempts refused, expected %d", (unsigned long long)refused, ATTEMPTS,
               ATTEMPTS - PER_UID);
     int64_t elapsed_s = (tsup_now_ms() - t0) / 1000;
-    long rss_after = rss_kib(d.pid);
+    long rss_after = tsup_proc_status_kib(d.pid, "RssAnon");
     int lines = tsup_log_count(&d, "control:") - lines_before;
     fprintf(stderr, "flood: %d attempts from uid %u, %llu refused (max_connections_per_uid), %d held; cbd anonymous resident "
                     "%ld KiB before, %ld KiB after; %d log lines in %lld s\n", ATTEMPTS, UID_A,

@@ -65,21 +65,6 @@ static char *wait_file(const char *name)
     return s;
 }
 
-static void op_ok(const char *op, const char *name)
-{
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    struct tsup_reply r;
-    int fd = tsup_ctl_connect(&d);
-    tsup_req_begin(&sb, &pk, op, 2);
-    cb__mp_kv_str(&pk, "name", name);
-    cr_assert_eq(tsup_ctl_call(fd, &sb, &r), 1);
-    cr_assert(tsup_reply_ok(&r), "%s %s: %lld", op, name, (long long)tsup_reply_error(&r));
-    tsup_reply_free(&r);
-    msgpack_sbuffer_destroy(&sb);
-    close(fd);
-}
-
 Test(hooks, a_hook_gets_the_transition_in_its_environment)
 {
     start("[hooks]\ncommand = env | grep -E '^CB_' | sort > %1$s/env.$CB_CIRCUIT.$CB_EPOCH\n");
@@ -95,7 +80,7 @@ Test(hooks, a_hook_gets_the_transition_in_its_environment)
     char opened[64];
     snprintf(opened, sizeof opened, "CB_OPENED_AT=%lld\n", (long long)tsup_info(c).opened_at);
     cr_assert_not_null(strstr(env, opened), "CB_OPENED_AT is not the circuit's opened_at:\n%s", env);
-    op_ok("reset", "payments");
+    tsup_ctl_named_op_ok(&d, "reset", "payments");
     env = wait_file("env.payments.2");
     cr_assert_not_null(strstr(env, "CB_SOURCE=operator\n"), "%s", env);
     cr_assert_not_null(strstr(env, "CB_FROM=OPEN\n"), "%s", env);
@@ -108,14 +93,14 @@ Test(hooks, global_then_circuit_hooks_run_in_transition_order)
           "[prefix \"pay\"]\nhook = echo section $CB_EPOCH >> %1$s/order\n"
           "hook = echo second $CB_EPOCH >> %1$s/order\n");
     tsup_circuit(cl, "payments", NULL);
-    op_ok("force_open", "payments");
-    op_ok("reset", "payments");
+    tsup_ctl_named_op_ok(&d, "force_open", "payments");
+    tsup_ctl_named_op_ok(&d, "reset", "payments");
     const char *want = "global 1\nsection 1\nsecond 1\nglobal 2\nsection 2\nsecond 2\n";
     cr_assert(tsup_wait_until(slurp("order") != NULL && strcmp(slurp("order"), want) == 0, TSUP_LIVENESS_MS),
               "hooks ran as\n%s\nnot\n%s", slurp("order") ? slurp("order") : "(nothing)", want);
     cr_assert(tsup_wait_until(tsup_stat(&d, "hooks_succeeded") == 6, TSUP_LIVENESS_MS));
     tsup_circuit(cl, "search", NULL);
-    op_ok("force_open", "search"); /* no section: the global hook only */
+    tsup_ctl_named_op_ok(&d, "force_open", "search"); /* no section: the global hook only */
     cr_assert(tsup_wait_until(tsup_stat(&d, "hooks_started") == 7, TSUP_LIVENESS_MS));
 }
 
@@ -123,7 +108,7 @@ Test(hooks, hook_output_goes_to_the_log_and_failures_are_counted)
 {
     start("[hooks]\ncommand = echo said $CB_CIRCUIT; echo complained >&2; exit 3\n");
     tsup_circuit(cl, "mail", NULL);
-    op_ok("force_open", "mail");
+    tsup_ctl_named_op_ok(&d, "force_open", "mail");
     cr_assert(tsup_wait_until(tsup_stat(&d, "hooks_failed") == 1, TSUP_LIVENESS_MS), "a failing hook not counted");
     cr_assert_eq(tsup_log_count(&d, "circuit=mail stdout: said mail"), 1);
     cr_assert_eq(tsup_log_count(&d, "circuit=mail stderr: complained"), 1);
@@ -137,14 +122,14 @@ Test(hooks, a_hanging_hook_is_killed_at_its_timeout_and_delays_nobody)
           "[circuit \"fast\"]\nhook = echo $CB_TO >> %1$s/fast\n");
     cb_circuit *slow = tsup_circuit(cl, "slow", NULL);
     tsup_circuit(cl, "fast", NULL);
-    op_ok("force_open", "slow");
+    tsup_ctl_named_op_ok(&d, "force_open", "slow");
     pid_t hung = (pid_t)atoi(wait_file("slow.pid"));
     cr_assert_gt(hung, 0);
     /* While it hangs: its own circuit transitions, and another circuit's hooks run. */
-    op_ok("reset", "slow");
+    tsup_ctl_named_op_ok(&d, "reset", "slow");
     cr_assert_eq(tsup_info(slow).state, CB_CLOSED);
     cr_assert_eq(tsup_ticket_kind(cb_allow(slow)), CB_TICKET_ALLOWED, "a hanging hook held up a check");
-    op_ok("force_open", "fast");
+    tsup_ctl_named_op_ok(&d, "force_open", "fast");
     cr_assert_str_eq(wait_file("fast"), "OPEN\n");
     cr_assert_eq(kill(hung, 0), 0, "the slow hook ended before its timeout: the test proves nothing");
     cr_assert_eq(tsup_stat(&d, "hooks_timed_out"), 0);

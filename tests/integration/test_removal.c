@@ -20,23 +20,6 @@ static void stop(void) { tsup_fixture_stop(&d, &cl); }
 
 TestSuite(removal, .fini = stop, .timeout = 60);
 
-static int remove_op(const char *name)
-{
-    int fd = tsup_ctl_connect(&d);
-    cr_assert_geq(fd, 0);
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    tsup_req_begin(&sb, &pk, "remove", 2);
-    cb__mp_kv_str(&pk, "name", name);
-    struct tsup_reply r;
-    cr_assert_eq(tsup_ctl_call(fd, &sb, &r), 1);
-    int rc = tsup_reply_ok(&r) ? 0 : (int)tsup_reply_error(&r);
-    tsup_reply_free(&r);
-    msgpack_sbuffer_destroy(&sb);
-    close(fd);
-    return rc;
-}
-
 /* The slot and incarnation of name in the segment, as a tool sees them. */
 static int slot_of(const char *name, uint32_t *incarnation)
 {
@@ -57,7 +40,7 @@ Test(removal, a_reused_slot_never_answers_for_the_removed_circuit)
     uint32_t inc_a, inc_b;
     int slot_a = slot_of("alpha", &inc_a);
     cr_assert_geq(slot_a, 0);
-    cr_assert_eq(remove_op("alpha"), 0);
+    cr_assert_eq(tsup_ctl_named_op(&d, "remove", "alpha"), 0);
     cr_assert_lt(slot_of("alpha", NULL), 0, "a removed name leaves the index");
     /* beta takes alpha's slot, one incarnation later, and trips */
     cb_client *other = tsup_client(&d);
@@ -95,9 +78,9 @@ Test(removal, removal_is_refused_for_a_declared_circuit_and_unknown_names)
     struct tsup_daemon_opts o = {.tag = "decl", .extra = {"-c", conf}};
     tsup_fixture_start(&d, &cl, &o);
     tsup_circuit(cl, "declared", NULL);
-    cr_assert_eq(remove_op("declared"), -EBUSY);
+    cr_assert_eq(tsup_ctl_named_op(&d, "remove", "declared"), -EBUSY);
     cr_assert_geq(slot_of("declared", NULL), 0);
-    cr_assert_eq(remove_op("nosuch"), -ENOENT);
+    cr_assert_eq(tsup_ctl_named_op(&d, "remove", "nosuch"), -ENOENT);
 }
 
 Test(removal, unused_closed_circuits_expire_and_the_rest_stay)

@@ -446,29 +446,11 @@ Test(replacement, a_circuit_removed_by_expiry_is_registered_again_by_a_worker_th
     cr_assert_eq(info.config.failure_threshold, 2, "the registration did not carry the handle's config");
 }
 
-/* {"op":"remove","name":name} as an operator: 0, or the daemon's error. */
-static int remove_circuit(const char *name)
-{
-    int fd = tsup_ctl_connect(&d);
-    cr_assert_geq(fd, 0);
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    tsup_req_begin(&sb, &pk, "remove", 2);
-    cb__mp_kv_str(&pk, "name", name);
-    struct tsup_reply r;
-    cr_assert_eq(tsup_ctl_call(fd, &sb, &r), 1);
-    int rc = tsup_reply_ok(&r) ? 0 : (int)tsup_reply_error(&r);
-    tsup_reply_free(&r);
-    msgpack_sbuffer_destroy(&sb);
-    close(fd);
-    return rc;
-}
-
 Test(replacement, a_removed_circuit_is_registered_again_by_the_workers_that_use_it)
 {
     tsup_fixture_start(&d, &cl, NULL);
     cb_circuit *c = open_circuit("inventory", 2);
-    int rc = remove_circuit("inventory");
+    int rc = tsup_ctl_named_op(&d, "remove", "inventory");
     if (rc == -EOPNOTSUPP)
         cr_skip_test("this cbd has no 'remove' operation (removal by circuit_expiry_s is tested above)");
     cr_assert_eq(rc, 0, "remove: %s", strerror(-rc));

@@ -246,10 +246,21 @@ bool tsup_reply_ok(const struct tsup_reply *r);
 /* The reply's "error" (a negative errno), or 0 if it has none. */
 int64_t tsup_reply_error(const struct tsup_reply *r);
 
+/* One-shot {"op": op, "name": name} on a fresh connection: 0 when the
+ * reply says ok, else its error (a negative errno); fails the test when no
+ * reply comes. */
+int tsup_ctl_named_op(const struct tsup_daemon *d, const char *op, const char *name);
+/* tsup_ctl_named_op that must succeed. */
+void tsup_ctl_named_op_ok(const struct tsup_daemon *d, const char *op, const char *name);
+
 /* true when the daemon answers ping on a fresh connection. */
 bool tsup_ping(const struct tsup_daemon *d);
 /* A counter from the stats op; fails the test if the op or field is missing. */
 uint64_t tsup_stat(const struct tsup_daemon *d, const char *field);
+
+/* A "<field>: N kB" line of /proc/<pid>/status (VmRSS, RssAnon, ...), in
+ * KiB; fails the test when the process or the field is missing. */
+long tsup_proc_status_kib(pid_t pid, const char *field);
 
 /* Start a request map of n entries with "op": op (n counts it). */
 void tsup_req_begin(msgpack_sbuffer *sb, msgpack_packer *pk, const char *op, uint32_t n);

@@ -11,6 +11,7 @@
 
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -111,6 +112,46 @@ int64_t tsup_reply_error(const struct tsup_reply *r)
     if (r->buf == NULL || cb__mp_get_i64(r->map, "error", &err) < 0)
         return 0;
     return err;
+}
+
+int tsup_ctl_named_op(const struct tsup_daemon *d, const char *op, const char *name)
+{
+    int fd = tsup_ctl_connect(d);
+    cr_assert_geq(fd, 0, "%s %s: cannot connect to %s", op, name, d->socket);
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    tsup_req_begin(&sb, &pk, op, 2);
+    cb__mp_kv_str(&pk, "name", name);
+    struct tsup_reply r;
+    int got = tsup_ctl_call(fd, &sb, &r);
+    msgpack_sbuffer_destroy(&sb);
+    close(fd);
+    cr_assert_eq(got, 1, "%s %s: no reply (%d)", op, name, got);
+    int rc = tsup_reply_ok(&r) ? 0 : (int)tsup_reply_error(&r);
+    tsup_reply_free(&r);
+    return rc;
+}
+
+void tsup_ctl_named_op_ok(const struct tsup_daemon *d, const char *op, const char *name)
+{
+    int rc = tsup_ctl_named_op(d, op, name);
+    cr_assert_eq(rc, 0, "%s %s: error %d (%s)", op, name, rc, cb_strerror(rc));
+}
+
+long tsup_proc_status_kib(pid_t pid, const char *field)
+{
+    char path[64], line[256];
+    size_t n = strlen(field);
+    long kib = -1;
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f, "cannot read %s", path);
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, field, n) == 0 && line[n] == ':' && sscanf(line + n + 1, "%ld kB", &kib) == 1)
+            break;
+    fclose(f);
+    cr_assert_geq(kib, 0, "%s has no %s line", path, field);
+    return kib;
 }
 
 bool tsup_ping(const struct tsup_daemon *d)
