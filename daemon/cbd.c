@@ -178,7 +178,17 @@ static void on_try_probe(void *arg, const struct cbd_circuit *c, uint32_t lease_
 
 static void on_arm(void *arg, uint32_t slot, uint32_t epoch, uint64_t at_ns)
 {
-    cbd_timers_add(arg, slot, epoch, at_ns);
+    struct cbd *d = arg;
+    cbd_timers_add(&d->timers, slot, epoch, at_ns);
+}
+
+/* A deadline the policy armed is due (entries for slots past the circuits
+ * are dropped). */
+static void on_deadline(void *arg, uint32_t slot, uint32_t epoch, uint64_t at_ns, const struct cbd_now *now)
+{
+    struct cbd *d = arg;
+    if (slot < d->ncircuits)
+        cbd_policy_on_deadline(&d->env, &d->circuits[slot], epoch, at_ns, now);
 }
 
 static uint64_t on_history_next(void *arg)
@@ -239,12 +249,6 @@ void cbd_check_demand(struct cbd *d)
     }
 }
 
-void cbd_env_init(struct cbd *d)
-{
-    d->env = (struct cbd_policy_env){.arg = d, .transitioned = on_transitioned, .try_probe = on_try_probe,
-                                     .arm = on_arm, .history_next = on_history_next,
-                                     .electable = on_electable, .release = on_release};
-}
 
 /* ---- the store's callbacks ------------------------------------------------ */
 
@@ -774,7 +778,7 @@ void cbd_stop(struct cbd *d, int exit_code)
     cbd_drain_stop(d);
     if (d->hooks != NULL)
         cbd_hooks_close(d->hooks, on_hooks_closed, d);
-    cbd_timers_close(d);
+    cbd_timers_close(&d->timers);
     cbd_segment_stop_heartbeat(&d->seg);
     if (d->watchdog_started)
         uv_close((uv_handle_t *)&d->watchdog, NULL);
@@ -857,6 +861,19 @@ static void start_signals(struct cbd *d)
     uv_signal_start(&d->sighup, on_sighup, SIGHUP);
 }
 
+int cbd_open(struct cbd *d)
+{
+    int rc;
+    d->env = (struct cbd_policy_env){.arg = d, .transitioned = on_transitioned, .try_probe = on_try_probe,
+                                     .arm = on_arm, .history_next = on_history_next,
+                                     .electable = on_electable, .release = on_release};
+    d->env.fleet = d->store_ops != NULL && strcmp(d->store_ops->scheme, "local") != 0;
+    if ((rc = cbd_segment_open(&d->seg, &d->cfg)) < 0 ||
+        (rc = cbd_timers_init(&d->timers, &d->loop, on_deadline, d)) < 0)
+        return rc;
+    return load_adopted(d);
+}
+
 /* Steps 1-2 of the start; 0, or the exit code. */
 static int start(struct cbd *d)
 {
@@ -864,8 +881,7 @@ static int start(struct cbd *d)
     struct cbd_store_hooks hooks = {.loop = &d->loop, .arg = d, .instance = d->cfg.instance, .remote = on_remote,
                                     .probe_result = on_probe_result, .health = on_health, .synced = on_synced};
     d->store_ops = cbd_store_find(d->cfg.store);
-    d->env.fleet = d->store_ops != NULL && strcmp(d->store_ops->scheme, "local") != 0;
-    if (cbd_segment_open(&d->seg, &d->cfg) < 0 || cbd_timers_init(d) < 0 || load_adopted(d) < 0)
+    if (cbd_open(d) < 0)
         return 1;
     if (d->store_ops == NULL || d->store_ops->create(&d->store, d->cfg.store, &hooks, &err) < 0) {
         /* not the URI: a refused one may carry a password */
@@ -892,7 +908,6 @@ int cbd_run(const struct cbd_config *cfg)
         return 1;
     }
     d->cfg = *cfg; /* the lists in cfg are the daemon's from here on */
-    cbd_env_init(d);
     d->store_health = -1;
     d->start_ns = mono_us() * 1000;
     signal(SIGPIPE, SIG_IGN); /* a client that hangs up is a write error, not a death */
@@ -909,7 +924,7 @@ int cbd_run(const struct cbd_config *cfg)
     if (rc != 0) {
         d->exit_code = rc;
         d->stopping = 1;
-        cbd_timers_close(d);
+        cbd_timers_close(&d->timers);
     }
     uv_run(&d->loop, UV_RUN_DEFAULT);
     rc = d->exit_code;

@@ -98,10 +98,14 @@ int cbd_circuit_register(struct cbd *d, const char *name, const cb_config *asked
  */
 int cbd_circuit_remove(struct cbd *d, const char *name, char *err, size_t errsize);
 
-/* Points d->env at the daemon's own callbacks (history, log, store, hooks,
- * subscribers, timers): what cbd_run does, for a test or a harness that
- * builds a struct cbd around a segment of its own. */
-void cbd_env_init(struct cbd *d);
+/*
+ * Step 1 of the start, for cbd_run and for a harness that drives a daemon
+ * in-process: points d->env at the daemon's own callbacks (history, log,
+ * store, hooks, subscribers, timers), opens or adopts the segment, puts
+ * the deadline heap on d->loop and loads every adopted circuit. d->cfg,
+ * d->loop and d->store_ops (NULL: none) are set. 0 or -errno.
+ */
+int cbd_open(struct cbd *d);
 
 /* After a drain: competes for the probe of every electable circuit whose
  * permit word says a worker wants one (policy.c: probes on demand). */

@@ -88,11 +88,11 @@ struct cbd *fuzz_daemon_new(void)
     if (d == NULL || cbd_config_parse_args(&d->cfg, nargs, args) != CBD_CONFIG_RUN)
         abort();
     cbd_log_threshold = (int)d->cfg.log_level;
-    cbd_env_init(d); /* the daemon's own transition handling: history, log, store, subscribers */
     d->store_ops = &null_store;
     d->store_health = -1;
     unlink_segment(); /* each input starts from a fresh segment */
-    if (uv_loop_init(&d->loop) < 0 || cbd_segment_open(&d->seg, &d->cfg) < 0 || cbd_timers_init(d) < 0)
+    /* the daemon's own transition handling: history, log, store, subscribers */
+    if (uv_loop_init(&d->loop) < 0 || cbd_open(d) < 0)
         abort();
     cbd_control_configure(d);
     return d;
@@ -129,7 +129,7 @@ void fuzz_daemon_check(struct cbd *d)
 
 void fuzz_daemon_free(struct cbd *d)
 {
-    cbd_timers_close(d);
+    cbd_timers_close(&d->timers);
     uv_run(&d->loop, UV_RUN_NOWAIT); /* the timer's close callback */
     if (uv_loop_close(&d->loop) != 0)
         abort();

@@ -146,7 +146,7 @@ Test(timers, an_entry_for_a_slot_beyond_the_circuits_is_dropped)
 {
     struct ucbd *u = ucbd_open(NULL, &(struct ucbd_opts){0});
     struct cbd_now back = hour_ago();
-    cbd_timers_add(&u->d, 1000, 3, back.mono_ns);
+    cbd_timers_add(&u->d.timers, 1000, 3, back.mono_ns);
     fire_due(u);
     cr_assert_eq(u->d.timers.n, 0);
     cr_assert_eq(u->nasks, 0);

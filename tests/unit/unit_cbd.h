@@ -88,7 +88,15 @@ static void ucbd_try_probe(void *arg, const struct cbd_circuit *c, uint32_t leas
 
 static void ucbd_arm(void *arg, uint32_t slot, uint32_t epoch, uint64_t at_ns)
 {
-    cbd_timers_add(&((struct ucbd *)arg)->d, slot, epoch, at_ns);
+    cbd_timers_add(&((struct ucbd *)arg)->d.timers, slot, epoch, at_ns);
+}
+
+/* A deadline the policy armed is due: as cbd.c's on_deadline. */
+static void ucbd_deadline(void *arg, uint32_t slot, uint32_t epoch, uint64_t at_ns, const struct cbd_now *now)
+{
+    struct ucbd *u = arg;
+    if (slot < u->d.ncircuits)
+        cbd_policy_on_deadline(&u->d.env, &u->d.circuits[slot], epoch, at_ns, now);
 }
 
 static uint64_t ucbd_history_next(void *arg)
@@ -140,7 +148,7 @@ static UCBD_UNUSED struct ucbd *ucbd_open(const char *instance, const struct ucb
                                      .arm = ucbd_arm, .history_next = ucbd_history_next};
     cr_assert_eq(uv_loop_init(&d->loop), 0);
     cr_assert_eq(cbd_segment_open(&d->seg, cfg), 0, "cbd_segment_open %s", cfg->instance);
-    cr_assert_eq(cbd_timers_init(d), 0);
+    cr_assert_eq(cbd_timers_init(&d->timers, &d->loop, ucbd_deadline, u), 0);
     uint32_t n = atomic_load(&d->seg.hdr->circuit_count);
     ucbd_grow(u, n);
     struct cbd_now now;
@@ -196,7 +204,7 @@ static void ucbd_free(struct ucbd *u, bool clean)
 {
     struct cbd *d = &u->d;
     cbd_drain_stop(d);
-    cbd_timers_close(d);
+    cbd_timers_close(&d->timers);
     uv_run(&d->loop, UV_RUN_DEFAULT); /* the close callbacks */
     cr_assert_eq(uv_loop_close(&d->loop), 0);
     if (clean) {
