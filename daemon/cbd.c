@@ -772,7 +772,7 @@ void cbd_stop(struct cbd *d, int exit_code)
     d->exit_code = exit_code;
     cbd_notify_send(&d->notify, "STOPPING=1");
     cbd_control_close(d);
-    cbd_doorbell_stop(d);
+    cbd_doorbell_stop(&d->bell);
     if (d->drain.started)
         cbd_drain_all(d); /* the final drain: outcomes recorded up to now count */
     cbd_drain_stop(d);
@@ -822,6 +822,18 @@ static int watchdog_start(struct cbd *d)
     return uv_timer_start(&d->watchdog, on_watchdog, ms, ms);
 }
 
+/* A worker rang: drain now. */
+static void on_doorbell(void *arg)
+{
+    cbd_drain_all(arg);
+}
+
+static int doorbell_start(struct cbd *d)
+{
+    return cbd_doorbell_start(&d->bell, &d->loop, &d->seg.lanes->doorbell, d->cfg.socket, d->cfg.socket_mode,
+                              d->cfg.socket_group, on_doorbell, d);
+}
+
 static void on_restored(void *arg, int rc)
 {
     struct cbd *d = arg;
@@ -834,7 +846,7 @@ static void on_restored(void *arg, int rc)
         return;
     fleet_adopt(d);
     reconfigure_all(d);
-    if (cbd_control_listen(d) < 0 || cbd_drain_start(d) < 0 || cbd_doorbell_start(d) < 0 ||
+    if (cbd_control_listen(d) < 0 || cbd_drain_start(d) < 0 || doorbell_start(d) < 0 ||
         cbd_segment_heartbeat_start(&d->seg, &d->loop, d->cfg.heartbeat_ms) < 0 || watchdog_start(d) < 0 ||
         expiry_start(d) < 0) {
         cbd_log(CBD_LOG_ERROR, "startup failed: stopping");
