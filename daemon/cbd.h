@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "circuits.h"
 #include "config.h"
 #include "control.h"
 #include "doorbell.h"
@@ -20,28 +21,15 @@
 #include "store.h"
 #include "timers.h"
 
-/* Circuits a uid registered over the socket (max_circuits_per_uid). */
-struct cbd_owner {
-    uint32_t uid, circuits;
-};
-
 struct cbd {
     struct cbd_config cfg;
     uv_loop_t loop;
     struct cbd_segment seg;
-    struct cbd_circuit *circuits;     /* by slot: [0, ncircuits) */
-    uint32_t ncircuits, circuits_cap;
-    uint32_t nadopted;                /* slots [0, nadopted) came with an adopted segment */
-    struct cbd_owner *owners;         /* registrations per uid */
-    size_t nowners;
-    uint32_t *free_slots;             /* removed circuits' slots, reused by registrations (last first) */
-    uint32_t nfree, free_cap;
+    struct cbd_circuits circuits;     /* by slot, per uid, free slots, electable */
     uint64_t removals, expired;       /* circuits removed (by an operator or expiry), expired */
     uv_timer_t expiry;                /* circuit_expiry_s sweep */
     int expiry_started;
     uint32_t rolled[8], nrolled;      /* adopted transitions completed at start, to announce */
-    uint32_t *electable;              /* slots of electable circuits (probes on demand) */
-    uint32_t nelectable, electable_cap;
     struct cbd_policy_env env;        /* the policy's way back into the daemon */
     const struct cbd_store_ops *store_ops;
     struct cbd_store *store;
@@ -83,11 +71,6 @@ int cbd_run(const struct cbd_config *cfg);
 int cbd_circuit_register(struct cbd *d, const char *name, const cb_config *asked, unsigned asked_mask,
                          uint32_t owner_uid, uint32_t *slot, int *created, char *err, size_t errsize);
 
-/* owner_uid of circuits nobody registered over the socket (the store, the
- * configuration file) and of admins' registrations: never counted against
- * max_circuits_per_uid. */
-#define CBD_OWNER_NONE UINT32_MAX
-
 /*
  * Removes the circuit called name: its record is retired (workers holding a
  * handle re-resolve it, and register it again if they still use it), its
@@ -106,13 +89,6 @@ int cbd_circuit_remove(struct cbd *d, const char *name, char *err, size_t errsiz
  * d->loop and d->store_ops (NULL: none) are set. 0 or -errno.
  */
 int cbd_open(struct cbd *d);
-
-/* After a drain: competes for the probe of every electable circuit whose
- * permit word says a worker wants one (policy.c: probes on demand). */
-void cbd_check_demand(struct cbd *d);
-
-/* The circuit called name, or NULL. */
-struct cbd_circuit *cbd_circuit_find(struct cbd *d, const char *name);
 
 /*
  * Reads the configuration again (SIGHUP, op reload) and applies it; see

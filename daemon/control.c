@@ -410,7 +410,7 @@ static int get_circuit(struct cbd *d, const msgpack_object *req, struct reply *r
     char name[CB_NAME_MAX + 1];
     if (get_name(req, name, r) < 0)
         return r->err;
-    if ((*out = cbd_circuit_find(d, name)) == NULL)
+    if ((*out = cbd_circuits_find(&d->circuits, name)) == NULL)
         return fail(r, -ENOENT, "no circuit named '%s'", CB_NAME_SHOW(name));
     return 0;
 }
@@ -518,7 +518,7 @@ static int op_stats(struct cbd_conn *c, const msgpack_object *req, struct reply 
         "uptime_s",
     };
     const uint64_t vals[] = {
-        d->ncircuits, d->drain.events_drained, d->drain.events_invalid, d->drain.events_stale,
+        d->circuits.n, d->drain.events_drained, d->drain.events_invalid, d->drain.events_stale,
         cbd_drain_lanes_in_use(d), d->drain.lanes_reclaimed, d->drain.lane_overruns, cbd_drain_lane_drops(d),
         d->control.frames_bad, d->control.nconns, d->control.connections_total, d->control.connections_refused,
         d->control.ends[CBD_CONN_REFUSED_PER_UID], d->control.ends[CBD_CONN_REFUSED_ADMIN_RESERVED],
@@ -591,12 +591,12 @@ static int op_list(struct cbd_conn *c, const msgpack_object *req, struct reply *
     msgpack_packer pk;
     msgpack_sbuffer_init(&items);
     msgpack_packer_init(&pk, &items, msgpack_sbuffer_write);
-    for (i = offset < d->ncircuits ? (uint32_t)offset : d->ncircuits; i < d->ncircuits; i++) {
+    for (i = offset < d->circuits.n ? (uint32_t)offset : d->circuits.n; i < d->circuits.n; i++) {
         size_t before = items.size;
-        if (d->circuits[i].removed)
+        if (d->circuits.by_slot[i].removed)
             continue;
         msgpack_pack_map(&pk, CIRCUIT_FIELDS);
-        pack_circuit_fields(&pk, &d->circuits[i]);
+        pack_circuit_fields(&pk, &d->circuits.by_slot[i]);
         if (items.size > CB_FRAME_MAX - 1024) { /* room for the rest of the reply */
             items.size = before;
             break;
@@ -609,7 +609,7 @@ static int op_list(struct cbd_conn *c, const msgpack_object *req, struct reply *
     msgpack_sbuffer_destroy(&items);
     r->nfields++;
     field_u64(r, "total", atomic_load_explicit(&d->seg.hdr->circuits_live, memory_order_relaxed));
-    if (i < d->ncircuits)
+    if (i < d->circuits.n)
         field_u64(r, "next", i);
     return 0;
 }

@@ -49,7 +49,7 @@ static void flush_dirty(struct cbd *d)
 {
     struct cbd_drain *dr = &d->drain;
     for (uint32_t i = 0; i < dr->ndirty; i++)
-        cbd_policy_flush(&d->circuits[dr->dirty[i]]);
+        cbd_policy_flush(&d->circuits.by_slot[dr->dirty[i]]);
     dr->ndirty = 0;
 }
 
@@ -73,7 +73,7 @@ static void mark_dirty(struct cbd *d, struct cbd_circuit *c)
 
 static int event_valid(const struct cbd *d, const struct cb_lane_event *e)
 {
-    return e->slot < d->ncircuits && e->check == (uint16_t)(CB_EVENT_CHECK ^ (e->slot & 0xffff)) &&
+    return e->slot < d->circuits.n && e->check == (uint16_t)(CB_EVENT_CHECK ^ (e->slot & 0xffff)) &&
            e->outcome <= CB_IGNORED && (e->kind == CB_TICKET_ALLOWED || e->kind == CB_TICKET_PROBE);
 }
 
@@ -82,7 +82,7 @@ static int event_valid(const struct cbd *d, const struct cb_lane_event *e)
  * not the daemon's to publish until it is reused). */
 static int event_removed(const struct cbd *d, const struct cb_lane_event *e)
 {
-    return d->circuits[e->slot].removed;
+    return d->circuits.by_slot[e->slot].removed;
 }
 
 static void warn_invalid(struct cbd *d, uint32_t lane_no, uint64_t owner, const struct cb_lane_event *e)
@@ -132,7 +132,7 @@ static void drain_lane(struct cbd *d, uint32_t lane_no, uint64_t owner, const st
                 warn_invalid(d, lane_no, owner, &e);
                 continue;
             }
-            struct cbd_circuit *c = &d->circuits[e.slot];
+            struct cbd_circuit *c = &d->circuits.by_slot[e.slot];
             if (event_removed(d, &e)) {
                 d->drain.events_stale++;
                 continue;
@@ -168,7 +168,7 @@ void cbd_drain_all(struct cbd *d)
         if (owner != 0) /* a free lane has been drained when it was freed */
             drain_lane(d, i, owner, &now);
     }
-    cbd_check_demand(d); /* a call that wants a probe rang the same doorbell */
+    cbd_circuits_check_demand(&d->circuits, &d->env); /* a call that wants a probe rang the same doorbell */
 }
 
 /* Why a lane's owner is gone, or NULL if it is alive. */
@@ -224,8 +224,8 @@ static void recover_unfinished_lanes(struct cbd *d)
     struct cb_lanes_header *l = d->seg.lanes;
     struct cbd_now now;
     cbd_now(&now);
-    for (uint32_t i = 0; i < d->ncircuits; i++) {
-        const struct cbd_circuit *c = &d->circuits[i];
+    for (uint32_t i = 0; i < d->circuits.n; i++) {
+        const struct cbd_circuit *c = &d->circuits.by_slot[i];
         uint32_t lane_no = c->pub.applied_lane - 1;
         if (c->removed || c->pub.applied_lane == 0 || lane_no >= l->lane_count)
             continue;

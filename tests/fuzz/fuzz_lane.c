@@ -33,10 +33,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 static uint64_t counted(struct cbd *d)
 {
     uint64_t n = 0;
-    for (uint32_t i = 0; i < d->ncircuits; i++) {
+    for (uint32_t i = 0; i < d->circuits.n; i++) {
         struct cb_seg_snapshot s;
         int rc = cb__seg_snapshot(d->seg.hdr, i, &s);
-        if (rc == -ENOENT && d->circuits[i].removed)
+        if (rc == -ENOENT && d->circuits.by_slot[i].removed)
             continue;
         if (rc < 0)
             abort(); /* a record the drain left unreadable */

@@ -107,7 +107,7 @@ Test(drain, a_daemon_killed_as_a_drained_failure_trips_the_circuit_is_followed_b
     cb_config cfg = threshold(3);
     uint32_t a = ucbd_add(u, "a", &cfg), b = ucbd_add(u, "b", &cfg);
     struct cb_lane *lane = ucbd_claim(u, 1);
-    uint32_t a_closed = u->d.circuits[a].epoch;
+    uint32_t a_closed = u->d.circuits.by_slot[a].epoch;
     ucbd_append_n(u, lane, a, CB_FAILURE, 2);
     ucbd_append_n(u, lane, b, CB_SUCCESS, 3);
     ucbd_append_n(u, lane, a, CB_FAILURE, 2); /* the first trips a, the second comes from a worker still in flight */

@@ -145,7 +145,7 @@ Test(lanes, garbage_and_torn_events_are_counted_invalid_and_the_rest_applied)
 {
     struct fixture f = open_fixture(4);
     struct cb_lane *lane = ucbd_claim(f.u, 2);
-    uint32_t e = f.u->d.circuits[f.slot].epoch;
+    uint32_t e = f.u->d.circuits.by_slot[f.slot].epoch;
     struct cb_lane_event bad_check = ucbd_event(f.slot, e, CB_FAILURE, CB_TICKET_ALLOWED);
     bad_check.check ^= 0x100;
     struct cb_lane_event torn = {.slot = f.slot, .epoch = e}; /* the second half never written */
@@ -172,7 +172,7 @@ Test(lanes, garbage_and_torn_events_are_counted_invalid_and_the_rest_applied)
     cr_assert_eq(v.total_successes, 1);
     cr_assert_eq(v.total_failures, 1);
     cr_assert_eq(atomic_load(&lane->head), atomic_load(&lane->tail), "garbage is consumed, not retried");
-    cr_assert_eq(f.u->d.circuits[f.slot].state, CB_CLOSED);
+    cr_assert_eq(f.u->d.circuits.by_slot[f.slot].state, CB_CLOSED);
     close_fixture(&f);
 }
 

@@ -38,7 +38,7 @@ static cb_config recovery(uint32_t ms)
 /* One failure in CLOSED at now trips slot (threshold 1). */
 static void trip_at(struct ucbd *u, uint32_t slot, const struct cbd_now *now)
 {
-    struct cbd_circuit *c = &u->d.circuits[slot];
+    struct cbd_circuit *c = &u->d.circuits.by_slot[slot];
     struct cb_lane_event e = ucbd_event(slot, c->epoch, CB_FAILURE, CB_TICKET_ALLOWED);
     cbd_policy_on_event(&u->d.env, c, &e, now);
     cbd_policy_flush(c);
@@ -90,12 +90,12 @@ Test(timers, an_entry_of_an_older_epoch_is_dropped_when_it_comes_up)
     struct cbd_now back = hour_ago();
     trip_at(u, a, &back);
     trip_at(u, b, &back);
-    cbd_policy_operator(&u->d.env, &u->d.circuits[a], CBD_RESET, 0, &back); /* a's entry is dead now */
+    cbd_policy_operator(&u->d.env, &u->d.circuits.by_slot[a], CBD_RESET, 0, &back); /* a's entry is dead now */
     cr_assert_eq(u->d.timers.n, 2, "deletion is lazy");
     fire_due(u);
     cr_assert_eq(u->nasks, 1);
     cr_assert_eq(u->asks[0].slot, b, "only the live entry asks for a probe");
-    cr_assert_eq(u->d.circuits[a].state, CB_CLOSED);
+    cr_assert_eq(u->d.circuits.by_slot[a].state, CB_CLOSED);
     cr_assert_eq(u->d.timers.n, 1, "the dead entry is gone, b waits for its next request");
     ucbd_close(u);
 }
@@ -108,7 +108,7 @@ Test(timers, an_earlier_deadline_in_the_same_epoch_fires_once)
     struct cbd_now back = hour_ago();
     trip_at(u, a, &back);
     cfg.recovery_timeout_ms = 600000; /* 50 minutes ago */
-    cbd_policy_set_config(&u->d.env, &u->d.circuits[a], &cfg, &back);
+    cbd_policy_set_config(&u->d.env, &u->d.circuits.by_slot[a], &cfg, &back);
     cr_assert_eq(u->d.timers.n, 2, "the earlier deadline is armed beside the later one");
     fire_due(u);
     cr_assert_eq(u->nasks, 1);
@@ -125,14 +125,14 @@ Test(timers, a_later_deadline_is_re_armed_when_the_earlier_entry_comes_up)
     struct cbd_now back = hour_ago();
     trip_at(u, a, &back);
     cfg.recovery_timeout_ms = 2 * 3600 * 1000;
-    cbd_policy_set_config(&u->d.env, &u->d.circuits[a], &cfg, &back);
+    cbd_policy_set_config(&u->d.env, &u->d.circuits.by_slot[a], &cfg, &back);
     cr_assert_eq(u->d.timers.n, 1, "a later deadline arms nothing yet");
     fire_due(u);
     cr_assert_eq(u->nasks, 0, "the recovery timeout moved an hour ahead");
     cr_assert_eq(u->d.timers.n, 1);
     struct cbd_deadline e = u->d.timers.heap[0];
     cr_assert_eq(e.slot, a);
-    cr_assert_eq(e.epoch, u->d.circuits[a].epoch);
+    cr_assert_eq(e.epoch, u->d.circuits.by_slot[a].epoch);
     cr_assert_eq(e.at_ns, back.mono_ns + 2 * HOUR, "re-armed at the new deadline");
     cr_assert(uv_is_active((uv_handle_t *)&u->d.timers.timer));
     uint64_t due_ms = uv_timer_get_due_in(&u->d.timers.timer);

@@ -95,8 +95,8 @@ static void ucbd_arm(void *arg, uint32_t slot, uint32_t epoch, uint64_t at_ns)
 static void ucbd_deadline(void *arg, uint32_t slot, uint32_t epoch, uint64_t at_ns, const struct cbd_now *now)
 {
     struct ucbd *u = arg;
-    if (slot < u->d.ncircuits)
-        cbd_policy_on_deadline(&u->d.env, &u->d.circuits[slot], epoch, at_ns, now);
+    if (slot < u->d.circuits.n)
+        cbd_policy_on_deadline(&u->d.env, &u->d.circuits.by_slot[slot], epoch, at_ns, now);
 }
 
 static uint64_t ucbd_history_next(void *arg)
@@ -106,16 +106,7 @@ static uint64_t ucbd_history_next(void *arg)
 
 static void ucbd_grow(struct ucbd *u, uint32_t need)
 {
-    struct cbd *d = &u->d;
-    if (need <= d->circuits_cap)
-        return;
-    uint32_t cap = d->circuits_cap ? d->circuits_cap : 64;
-    while (cap < need)
-        cap *= 2;
-    d->circuits = realloc(d->circuits, cap * sizeof *d->circuits);
-    cr_assert_not_null(d->circuits);
-    memset(d->circuits + d->circuits_cap, 0, (cap - d->circuits_cap) * sizeof *d->circuits);
-    d->circuits_cap = cap;
+    cr_assert_eq(cbd_circuits_grow(&u->d.circuits, need), 0);
 }
 
 /* A daemon of instance (NULL: a new unique one). On an instance a previous
@@ -146,6 +137,7 @@ static UCBD_UNUSED struct ucbd *ucbd_open(const char *instance, const struct ucb
     cbd_log_threshold = CBD_LOG_ERROR;
     d->env = (struct cbd_policy_env){.arg = u, .transitioned = ucbd_transitioned, .try_probe = ucbd_try_probe,
                                      .arm = ucbd_arm, .history_next = ucbd_history_next};
+    cbd_circuits_init(&d->circuits, &d->seg);
     cr_assert_eq(uv_loop_init(&d->loop), 0);
     cr_assert_eq(cbd_segment_open(&d->seg, cfg), 0, "cbd_segment_open %s", cfg->instance);
     cr_assert_eq(cbd_timers_init(&d->timers, &d->loop, ucbd_deadline, u), 0);
@@ -156,11 +148,11 @@ static UCBD_UNUSED struct ucbd *ucbd_open(const char *instance, const struct ucb
     for (uint32_t i = 0; i < n; i++) {
         struct cb_seg_vdata v;
         cbd_segment_roll_forward(&d->seg, i, &v);
-        cbd_policy_load(&d->env, &d->circuits[i], i, CB_SEG_RECORD(d->seg.hdr, i), CB_LANES_PERMIT(d->seg.lanes, i),
+        cbd_policy_load(&d->env, &d->circuits.by_slot[i], i, CB_SEG_RECORD(d->seg.hdr, i), CB_LANES_PERMIT(d->seg.lanes, i),
                         &now);
-        d->circuits[i].removed = (d->circuits[i].flags & CB_SEG_F_REMOVED) != 0;
+        d->circuits.by_slot[i].removed = (d->circuits.by_slot[i].flags & CB_SEG_F_REMOVED) != 0;
     }
-    d->ncircuits = d->nadopted = n;
+    d->circuits.n = d->circuits.nadopted = n;
     /* The drain's timers (run only when a test runs the loop); after an
      * adoption it first drains the lane a dead daemon was in the middle of. */
     cr_assert_eq(cbd_drain_start(d), 0);
@@ -176,10 +168,10 @@ static UCBD_UNUSED uint32_t ucbd_add(struct ucbd *u, const char *name, const cb_
     ucbd_grow(u, slot + 1);
     struct cbd_now now;
     cbd_now(&now);
-    cbd_policy_load(&d->env, &d->circuits[slot], slot, CB_SEG_RECORD(d->seg.hdr, slot),
+    cbd_policy_load(&d->env, &d->circuits.by_slot[slot], slot, CB_SEG_RECORD(d->seg.hdr, slot),
                     CB_LANES_PERMIT(d->seg.lanes, slot), &now);
-    if (slot >= d->ncircuits)
-        d->ncircuits = slot + 1;
+    if (slot >= d->circuits.n)
+        d->circuits.n = slot + 1;
     return slot;
 }
 
@@ -213,7 +205,7 @@ static void ucbd_free(struct ucbd *u, bool clean)
         munmap(d->seg.hdr, d->seg.state_size);
         munmap(d->seg.lanes, d->seg.lanes_size);
     }
-    free(d->circuits);
+    cbd_circuits_free(&d->circuits);
     free(u->asks);
     free(u);
 }
@@ -279,7 +271,7 @@ static UCBD_UNUSED void ucbd_append_n(const struct ucbd *u, struct cb_lane *lane
                                       int n)
 {
     for (int i = 0; i < n; i++)
-        ucbd_append(u, lane, ucbd_event(slot, u->d.circuits[slot].epoch, outcome, CB_TICKET_ALLOWED));
+        ucbd_append(u, lane, ucbd_event(slot, u->d.circuits.by_slot[slot].epoch, outcome, CB_TICKET_ALLOWED));
 }
 
 /* Claims lane_no for this process as a worker thread would. */
