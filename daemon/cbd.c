@@ -598,7 +598,7 @@ static void send_ready(struct cbd *d)
 static uint32_t apply_config(struct cbd *d)
 {
     cbd_log_threshold = (int)d->cfg.log_level;
-    cbd_drain_set_intervals(d);
+    cbd_drain_set_intervals(&d->drain);
     if (d->hooks != NULL)
         cbd_hooks_set_limits(d->hooks, d->cfg.hook_max_running, d->cfg.hook_timeout_ms, d->cfg.hook_queue_max);
     cbd_control_configure(d);
@@ -668,8 +668,8 @@ void cbd_stop(struct cbd *d, int exit_code)
     cbd_control_close(d);
     cbd_doorbell_stop(&d->bell);
     if (d->drain.started)
-        cbd_drain_all(d); /* the final drain: outcomes recorded up to now count */
-    cbd_drain_stop(d);
+        cbd_drain_all(&d->drain); /* the final drain: outcomes recorded up to now count */
+    cbd_drain_stop(&d->drain);
     if (d->hooks != NULL)
         cbd_hooks_close(d->hooks, on_hooks_closed, d);
     cbd_timers_close(&d->timers);
@@ -725,7 +725,7 @@ static void on_doorbell(void *arg)
 static int doorbell_start(struct cbd *d)
 {
     return cbd_doorbell_start(&d->bell, &d->loop, &d->seg.lanes->doorbell, d->cfg.socket, d->cfg.socket_mode,
-                              d->cfg.socket_group, on_doorbell, d);
+                              d->cfg.socket_group, on_doorbell, &d->drain);
 }
 
 static void on_restored(void *arg, int rc)
@@ -740,7 +740,7 @@ static void on_restored(void *arg, int rc)
         return;
     fleet_adopt(d);
     reconfigure_all(d);
-    if (cbd_control_listen(d) < 0 || cbd_drain_start(d) < 0 || doorbell_start(d) < 0 ||
+    if (cbd_control_listen(d) < 0 || cbd_drain_start(&d->drain) < 0 || doorbell_start(d) < 0 ||
         cbd_segment_heartbeat_start(&d->seg, &d->loop, d->cfg.heartbeat_ms) < 0 || watchdog_start(d) < 0 ||
         expiry_start(d) < 0) {
         cbd_log(CBD_LOG_ERROR, "startup failed: stopping");
@@ -775,6 +775,7 @@ int cbd_open(struct cbd *d)
                                      .electable = on_electable, .release = on_release};
     d->env.fleet = d->store_ops != NULL && strcmp(d->store_ops->scheme, "local") != 0;
     cbd_circuits_init(&d->circuits, &d->seg);
+    cbd_drain_init(&d->drain, &d->loop, &d->seg, &d->circuits, &d->env, &d->cfg);
     if ((rc = cbd_segment_open(&d->seg, &d->cfg)) < 0 ||
         (rc = cbd_timers_init(&d->timers, &d->loop, on_deadline, d)) < 0)
         return rc;

@@ -519,7 +519,7 @@ static int op_stats(struct cbd_conn *c, const msgpack_object *req, struct reply 
     };
     const uint64_t vals[] = {
         d->circuits.n, d->drain.events_drained, d->drain.events_invalid, d->drain.events_stale,
-        cbd_drain_lanes_in_use(d), d->drain.lanes_reclaimed, d->drain.lane_overruns, cbd_drain_lane_drops(d),
+        cbd_drain_lanes_in_use(&d->drain), d->drain.lanes_reclaimed, d->drain.lane_overruns, cbd_drain_lane_drops(&d->drain),
         d->control.frames_bad, d->control.nconns, d->control.connections_total, d->control.connections_refused,
         d->control.ends[CBD_CONN_REFUSED_PER_UID], d->control.ends[CBD_CONN_REFUSED_ADMIN_RESERVED],
         d->control.ends[CBD_CONN_REFUSED_MAX], d->control.nlingering, d->control.ends[CBD_CONN_FRAME_TIMEOUT],
