@@ -127,7 +127,7 @@ static void announce(struct cbd *d, const struct cbd_circuit *c, cb_state from, 
         cbd_hooks_fire(d->hooks, d->cfg.hook_commands.v[i], &ev);
     for (size_t i = 0; d->hooks != NULL && c->override != NULL && i < c->override->hooks.n; i++)
         cbd_hooks_fire(d->hooks, c->override->hooks.v[i], &ev);
-    cbd_control_publish(d, &ev, c->flags);
+    cbd_control_publish(&d->control, &ev, c->flags);
 }
 
 /* Transitions the store must not be told of: states that came from it
@@ -151,7 +151,7 @@ static void on_transitioned(void *arg, const struct cbd_circuit *c, cb_state fro
         .from = (uint8_t)from, .to = (uint8_t)c->state, .source = (uint8_t)source,
         .opened_at = c->opened_at, .time_ns = now->real_ns,
     };
-    d->transitions++;
+    d->counters.transitions++;
     cbd_segment_history_append(&d->seg, &e);
     cbd_log(CBD_LOG_INFO, "transition circuit=%s from=%s to=%s epoch=%u failure_count=%u opened_at=%lld source=%s "
                           "flags=%s", CB_NAME_SHOW(c->rec->name), cbd_state_name(from), cbd_state_name(c->state), c->epoch,
@@ -570,7 +570,7 @@ static void announce_rolled_forward(struct cbd *d)
         cbd_log(CBD_LOG_WARN, "completed the transition of circuit=%s from=%s to=%s epoch=%u that the previous "
                               "daemon committed but did not publish", CB_NAME_SHOW(c->rec->name), cbd_state_name(from),
                 cbd_state_name(c->state), c->epoch);
-        d->transitions++;
+        d->counters.transitions++;
         if (!c->removed && !from_the_fleet(from, c->state, source))
             write_through(d, c, 0);
         if (!c->removed)
@@ -601,7 +601,7 @@ static uint32_t apply_config(struct cbd *d)
     cbd_drain_set_intervals(&d->drain);
     if (d->hooks != NULL)
         cbd_hooks_set_limits(d->hooks, d->cfg.hook_max_running, d->cfg.hook_timeout_ms, d->cfg.hook_queue_max);
-    cbd_control_configure(d);
+    cbd_control_configure(&d->control);
     expiry_set_interval(d);
     return reconfigure_all(d);
 }
@@ -615,14 +615,14 @@ int cbd_reload(struct cbd *d, char *err, size_t errsize)
                      (unsigned long long)mono_us(), file);
     int rc = cbd_config_reload(&d->cfg, &next, err, errsize);
     if (rc < 0) {
-        d->reloads_failed++;
+        d->counters.reloads_failed++;
         cbd_log(CBD_LOG_ERROR, "reload of %s refused: the running configuration stays", file);
     } else {
         struct cbd_config old = d->cfg;
         d->cfg = next;
         rc = (int)apply_config(d); /* repoints every circuit's section into the new cfg ... */
         cbd_config_free(&old);     /* ... before the old one goes */
-        d->reloads++;
+        d->counters.reloads++;
         cbd_log(CBD_LOG_INFO, "reloaded %s: %d circuits reconfigured", file, rc);
     }
     send_ready(d);
@@ -665,7 +665,7 @@ void cbd_stop(struct cbd *d, int exit_code)
     d->stopping = 1;
     d->exit_code = exit_code;
     cbd_notify_send(&d->notify, "STOPPING=1");
-    cbd_control_close(d);
+    cbd_control_close(&d->control);
     cbd_doorbell_stop(&d->bell);
     if (d->drain.started)
         cbd_drain_all(&d->drain); /* the final drain: outcomes recorded up to now count */
@@ -740,7 +740,7 @@ static void on_restored(void *arg, int rc)
         return;
     fleet_adopt(d);
     reconfigure_all(d);
-    if (cbd_control_listen(d) < 0 || cbd_drain_start(&d->drain) < 0 || doorbell_start(d) < 0 ||
+    if (cbd_control_listen(&d->control) < 0 || cbd_drain_start(&d->drain) < 0 || doorbell_start(d) < 0 ||
         cbd_segment_heartbeat_start(&d->seg, &d->loop, d->cfg.heartbeat_ms) < 0 || watchdog_start(d) < 0 ||
         expiry_start(d) < 0) {
         cbd_log(CBD_LOG_ERROR, "startup failed: stopping");
@@ -767,6 +767,35 @@ static void start_signals(struct cbd *d)
     uv_signal_start(&d->sighup, on_sighup, SIGHUP);
 }
 
+/* ---- the control socket's operations ---------------------------------------- */
+
+static int ops_register(void *arg, const char *name, const cb_config *asked, unsigned asked_mask,
+                        uint32_t owner_uid, uint32_t *slot, int *created, char *err, size_t errsize)
+{
+    return cbd_circuit_register(arg, name, asked, asked_mask, owner_uid, slot, created, err, errsize);
+}
+
+static int ops_remove(void *arg, const char *name, char *err, size_t errsize)
+{
+    return cbd_circuit_remove(arg, name, err, errsize);
+}
+
+static int ops_reload(void *arg, char *err, size_t errsize)
+{
+    return cbd_reload(arg, err, errsize);
+}
+
+static void control_init(struct cbd *d)
+{
+    d->ops = (struct cbd_ops){
+        .circuits = &d->circuits, .seg = &d->seg, .env = &d->env, .control = &d->control, .drain = &d->drain,
+        .bell = &d->bell, .hooks = &d->hooks, .store_ops = &d->store_ops, .store = &d->store,
+        .store_health = &d->store_health, .counters = &d->counters, .register_circuit = ops_register,
+        .remove_circuit = ops_remove, .reload = ops_reload, .arg = d,
+    };
+    cbd_control_init(&d->control, &d->loop, &d->cfg, cbd_ops_table, cbd_ops_count, &d->ops);
+}
+
 int cbd_open(struct cbd *d)
 {
     int rc;
@@ -776,6 +805,7 @@ int cbd_open(struct cbd *d)
     d->env.fleet = d->store_ops != NULL && strcmp(d->store_ops->scheme, "local") != 0;
     cbd_circuits_init(&d->circuits, &d->seg);
     cbd_drain_init(&d->drain, &d->loop, &d->seg, &d->circuits, &d->env, &d->cfg);
+    control_init(d);
     if ((rc = cbd_segment_open(&d->seg, &d->cfg)) < 0 ||
         (rc = cbd_timers_init(&d->timers, &d->loop, on_deadline, d)) < 0)
         return rc;
@@ -817,7 +847,7 @@ int cbd_run(const struct cbd_config *cfg)
     }
     d->cfg = *cfg; /* the lists in cfg are the daemon's from here on */
     d->store_health = -1;
-    d->start_ns = mono_us() * 1000;
+    d->counters.start_ns = mono_us() * 1000;
     signal(SIGPIPE, SIG_IGN); /* a client that hangs up is a write error, not a death */
     int rc = cbd_notify_init(&d->notify);
     if (rc < 0)

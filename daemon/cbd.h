@@ -16,6 +16,7 @@
 #include "drain.h"
 #include "hooks.h"
 #include "notify.h"
+#include "ops.h"
 #include "policy.h"
 #include "segment_owner.h"
 #include "store.h"
@@ -37,14 +38,13 @@ struct cbd {
     struct cbd_doorbell bell;
     struct cbd_timers timers;
     struct cbd_control control;
+    struct cbd_ops ops;               /* what the control socket's requests do */
     struct cbd_hooks *hooks;          /* NULL once closed */
     struct cbd_notify notify;         /* sd_notify; a no-op outside systemd */
     uv_timer_t watchdog;
     int watchdog_started;
     uv_signal_t sigterm, sigint, sighup;
-    uint64_t transitions;             /* since start */
-    uint64_t reloads, reloads_failed;
-    uint64_t start_ns;                /* CLOCK_MONOTONIC at start, for uptime */
+    struct cbd_counters counters;     /* transitions, reloads, start time */
     int store_health;                 /* -1 not reported yet, else the store's last online value */
     int restoring;                    /* store restore in progress: remote states are RESTORE */
     int ready;                        /* segment published, READY=1 sent */

@@ -94,7 +94,7 @@ struct cbd *fuzz_daemon_new(void)
     /* the daemon's own transition handling: history, log, store, subscribers */
     if (uv_loop_init(&d->loop) < 0 || cbd_open(d) < 0)
         abort();
-    cbd_control_configure(d);
+    cbd_control_configure(&d->control);
     return d;
 }
 
