@@ -1,6 +1,13 @@
 /*
  * cbd.c - struct cbd: wiring the subsystems together, start, reload, stop.
  *
+ * Owns the wiring (which subsystem's callback calls which) and what spans
+ * several subsystems: registering and removing circuits (segment, registry,
+ * policy, store, quota), expiry, reload, the fan-out of each transition,
+ * the store's callbacks, and the start and stop order. It reaches into a
+ * subsystem only through its interface; the subsystems never reach back
+ * (none includes cbd.h).
+ *
  * Start, in this order (each step needs the one before):
  *   1. open or adopt the segment (a fresh one is not ready yet; an adopted
  *      one stays ready: its records are valid and workers keep using them);

@@ -1,6 +1,9 @@
 /*
- * cbd.h - struct cbd: one daemon, its loop and its subsystems. Passed to
- * every subsystem (no global singleton), so each can be driven alone.
+ * cbd.h - struct cbd: one daemon, its loop and its subsystems. No
+ * subsystem takes it: each gets its own struct and the pointers and
+ * callbacks it needs (cbd.c wires them), so each can be driven alone.
+ * What is left here is the wiring and the actions that span several
+ * subsystems: registration and removal, reload, start and stop.
  */
 #ifndef CBD_CBD_H
 #define CBD_CBD_H
