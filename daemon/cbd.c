@@ -1,6 +1,13 @@
 /*
  * cbd.c - struct cbd: wiring the subsystems together, start, reload, stop.
  *
+ * Owns the wiring (which subsystem's callback calls which) and what spans
+ * several subsystems: registering and removing circuits (segment, registry,
+ * policy, store, quota), expiry, reload, the fan-out of each transition,
+ * the store's callbacks, and the start and stop order. It reaches into a
+ * subsystem only through its interface; the subsystems never reach back
+ * (none includes cbd.h).
+ *
  * Start, in this order (each step needs the one before):
  *   1. open or adopt the segment (a fresh one is not ready yet; an adopted
  *      one stays ready: its records are valid and workers keep using them);
@@ -67,13 +74,6 @@
 
 #define ALL_FIELDS ((1u << CB_POLICY_NFIELDS) - 1)
 
-struct cbd_circuit *cbd_circuit_find(struct cbd *d, const char *name)
-{
-    size_t len = strlen(name);
-    int slot = cb__seg_lookup(d->seg.hdr, name, len, cb__name_hash(name, len), NULL);
-    return slot >= 0 && (uint32_t)slot < d->ncircuits && !d->circuits[slot].removed ? &d->circuits[slot] : NULL;
-}
-
 /* What the worker asked for, with [defaults] in the fields it left out:
  * what the store keeps, so that a restored circuit counts it as asked. */
 static cb_config asked_filled(const struct cbd *d, const struct cbd_circuit *c)
@@ -134,7 +134,7 @@ static void announce(struct cbd *d, const struct cbd_circuit *c, cb_state from, 
         cbd_hooks_fire(d->hooks, d->cfg.hook_commands.v[i], &ev);
     for (size_t i = 0; d->hooks != NULL && c->override != NULL && i < c->override->hooks.n; i++)
         cbd_hooks_fire(d->hooks, c->override->hooks.v[i], &ev);
-    cbd_control_publish(d, &ev, c->flags);
+    cbd_control_publish(&d->control, &ev, c->flags);
 }
 
 /* Transitions the store must not be told of: states that came from it
@@ -158,13 +158,13 @@ static void on_transitioned(void *arg, const struct cbd_circuit *c, cb_state fro
         .from = (uint8_t)from, .to = (uint8_t)c->state, .source = (uint8_t)source,
         .opened_at = c->opened_at, .time_ns = now->real_ns,
     };
-    d->transitions++;
+    d->counters.transitions++;
     cbd_segment_history_append(&d->seg, &e);
     cbd_log(CBD_LOG_INFO, "transition circuit=%s from=%s to=%s epoch=%u failure_count=%u opened_at=%lld source=%s "
                           "flags=%s", CB_NAME_SHOW(c->rec->name), cbd_state_name(from), cbd_state_name(c->state), c->epoch,
             c->trip_failure_count, (long long)c->opened_at, cbd_source_name(source), flags_name(c->flags));
     if (!from_the_fleet(from, c->state, source))
-        write_through(d, &d->circuits[c->slot], prev_opened_at);
+        write_through(d, &d->circuits.by_slot[c->slot], prev_opened_at);
     announce(d, c, from, source, now);
 }
 
@@ -178,7 +178,17 @@ static void on_try_probe(void *arg, const struct cbd_circuit *c, uint32_t lease_
 
 static void on_arm(void *arg, uint32_t slot, uint32_t epoch, uint64_t at_ns)
 {
-    cbd_timers_add(arg, slot, epoch, at_ns);
+    struct cbd *d = arg;
+    cbd_timers_add(&d->timers, slot, epoch, at_ns);
+}
+
+/* A deadline the policy armed is due (entries for slots past the circuits
+ * are dropped). */
+static void on_deadline(void *arg, uint32_t slot, uint32_t epoch, uint64_t at_ns, const struct cbd_now *now)
+{
+    struct cbd *d = arg;
+    if (slot < d->circuits.n)
+        cbd_policy_on_deadline(&d->env, &d->circuits.by_slot[slot], epoch, at_ns, now);
 }
 
 static uint64_t on_history_next(void *arg)
@@ -187,30 +197,10 @@ static uint64_t on_history_next(void *arg)
     return atomic_load_explicit(&d->seg.hdr->history_head, memory_order_relaxed); /* we are its only writer */
 }
 
-/* The electable circuits (policy.c: probes on demand), so that a drain
- * looks at their permit words only, not at every circuit's. */
 static void on_electable(void *arg, uint32_t slot, int on)
 {
     struct cbd *d = arg;
-    struct cbd_circuit *c = &d->circuits[slot];
-    if (on) {
-        if (d->nelectable == d->electable_cap) {
-            uint32_t cap = d->electable_cap ? d->electable_cap * 2 : 64;
-            uint32_t *p = realloc(d->electable, (size_t)cap * sizeof *p);
-            if (p == NULL) { /* out of memory: probe without waiting for demand */
-                cbd_log(CBD_LOG_ERROR, "out of memory listing circuit=%s as electable", CB_NAME_SHOW(c->rec->name));
-                return;
-            }
-            d->electable = p;
-            d->electable_cap = cap;
-        }
-        c->electable_pos = d->nelectable;
-        d->electable[d->nelectable++] = slot;
-        return;
-    }
-    uint32_t pos = c->electable_pos, last = d->electable[--d->nelectable];
-    d->electable[pos] = last;
-    d->circuits[last].electable_pos = pos;
+    cbd_circuits_set_electable(&d->circuits, slot, on);
 }
 
 static void on_release(void *arg, const struct cbd_circuit *c)
@@ -222,29 +212,6 @@ static void on_release(void *arg, const struct cbd_circuit *c)
         d->store_ops->release(d->store, c->rec->name, c->opened_at);
 }
 
-void cbd_check_demand(struct cbd *d)
-{
-    struct cbd_now now;
-    int have_now = 0;
-    for (uint32_t i = 0; i < d->nelectable; i++) {
-        struct cbd_circuit *c = &d->circuits[d->electable[i]];
-        /* Relaxed: the bit guards no data (libcb's want_probe). */
-        if (!(atomic_load_explicit(c->permit, memory_order_relaxed) & CB_PERMIT_DEMAND) || c->probe_asked)
-            continue;
-        if (!have_now) {
-            cbd_now(&now);
-            have_now = 1;
-        }
-        cbd_policy_on_demand(&d->env, c, &now);
-    }
-}
-
-void cbd_env_init(struct cbd *d)
-{
-    d->env = (struct cbd_policy_env){.arg = d, .transitioned = on_transitioned, .try_probe = on_try_probe,
-                                     .arm = on_arm, .history_next = on_history_next,
-                                     .electable = on_electable, .release = on_release};
-}
 
 /* ---- the store's callbacks ------------------------------------------------ */
 
@@ -272,9 +239,9 @@ static void on_remote(void *arg, const struct cbd_store_state *st)
 {
     struct cbd *d = arg;
     cb_source source = d->restoring ? CB_SOURCE_RESTORE : CB_SOURCE_REMOTE;
-    struct cbd_circuit *c = cbd_circuit_find(d, st->name);
+    struct cbd_circuit *c = cbd_circuits_find(&d->circuits, st->name);
     char err[256];
-    if (c != NULL && d->restoring && c->slot < d->nadopted) {
+    if (c != NULL && d->restoring && c->slot < d->circuits.nadopted) {
         if (st->has_config) { /* what the worker asked for is the store's */
             c->asked = st->config;
             c->asked_mask = ALL_FIELDS;
@@ -294,7 +261,7 @@ static void on_remote(void *arg, const struct cbd_store_state *st)
             cbd_log(CBD_LOG_WARN, "store: cannot restore circuit %s: %s", CB_NAME_SHOW(st->name), err);
             return;
         }
-        c = &d->circuits[slot];
+        c = &d->circuits.by_slot[slot];
     }
     struct cbd_now now;
     cbd_now(&now);
@@ -308,7 +275,7 @@ static void on_remote(void *arg, const struct cbd_store_state *st)
 static void on_probe_result(void *arg, const char *name, int64_t opened_at, bool granted, int64_t lease_expiry)
 {
     struct cbd *d = arg;
-    struct cbd_circuit *c = cbd_circuit_find(d, name);
+    struct cbd_circuit *c = cbd_circuits_find(&d->circuits, name);
     struct cbd_now now;
     if (c == NULL)
         return;
@@ -331,39 +298,24 @@ static void on_health(void *arg, bool online, const char *why)
         cbd_log(CBD_LOG_WARN, "store %s: %s; running host-local meanwhile", d->cfg.store, why);
     d->store_health = online;
     cbd_now(&now);
-    for (uint32_t i = 0; i < d->ncircuits; i++) {
-        if (d->circuits[i].removed)
+    for (uint32_t i = 0; i < d->circuits.n; i++) {
+        if (d->circuits.by_slot[i].removed)
             continue;
-        cbd_policy_set_sync(&d->circuits[i], sync_state(d), online ? now.real_ns / 1000000000 : 0);
+        cbd_policy_set_sync(&d->circuits.by_slot[i], sync_state(d), online ? now.real_ns / 1000000000 : 0);
         if (online)
-            cbd_policy_renew_now(&d->env, &d->circuits[i], &now);
+            cbd_policy_renew_now(&d->env, &d->circuits.by_slot[i], &now);
     }
 }
 
 static void on_synced(void *arg, const char *name, int64_t at_s)
 {
     struct cbd *d = arg;
-    struct cbd_circuit *c = cbd_circuit_find(d, name);
+    struct cbd_circuit *c = cbd_circuits_find(&d->circuits, name);
     if (c != NULL && d->env.fleet && d->store_health != 0)
         cbd_policy_set_sync(c, CB_SYNC_OK, at_s);
 }
 
 /* ---- registration and per-circuit config ----------------------------------- */
-
-static int grow_circuits(struct cbd *d, uint32_t need)
-{
-    if (need <= d->circuits_cap)
-        return 0;
-    uint32_t cap = d->circuits_cap ? d->circuits_cap : 64;
-    while (cap < need)
-        cap *= 2;
-    struct cbd_circuit *p = realloc(d->circuits, (size_t)cap * sizeof *p);
-    if (p == NULL)
-        return -ENOMEM;
-    d->circuits = p;
-    d->circuits_cap = cap;
-    return 0;
-}
 
 /* The worker's fields over [defaults], checked: 0 or -EINVAL with err. */
 static int check_asked(const struct cbd *d, const cb_config *asked, unsigned mask, cb_config *want, char *err,
@@ -382,38 +334,6 @@ static int check_asked(const struct cbd *d, const cb_config *asked, unsigned mas
     return -EINVAL;
 }
 
-/* Circuits registered per uid (for max_circuits_per_uid): a short list,
- * since a host has few uids that register circuits. */
-static void owner_count(struct cbd *d, uint32_t uid, int delta)
-{
-    if (uid == CBD_OWNER_NONE)
-        return;
-    for (size_t i = 0; i < d->nowners; i++) {
-        if (d->owners[i].uid == uid) {
-            d->owners[i].circuits += (uint32_t)delta;
-            return;
-        }
-    }
-    if (delta < 0)
-        return;
-    struct cbd_owner *p = realloc(d->owners, (d->nowners + 1) * sizeof *p);
-    if (p == NULL)
-        return; /* out of memory: this uid goes uncounted */
-    d->owners = p;
-    d->owners[d->nowners++] = (struct cbd_owner){.uid = uid, .circuits = (uint32_t)delta};
-}
-
-static bool quota_reached(const struct cbd *d, uint32_t uid)
-{
-    if (uid == CBD_OWNER_NONE || d->cfg.max_circuits_per_uid == 0)
-        return false;
-    for (size_t i = 0; i < d->nowners; i++) {
-        if (d->owners[i].uid == uid)
-            return d->owners[i].circuits >= d->cfg.max_circuits_per_uid;
-    }
-    return false;
-}
-
 /* A circuit named by a [circuit "NAME"] section exactly: the operator
  * declared it, so it is never removed or expired. */
 static const struct cbd_override *declared(const struct cbd *d, const char *name)
@@ -425,21 +345,6 @@ static const struct cbd_override *declared(const struct cbd *d, const char *name
     return NULL;
 }
 
-static void free_slot_push(struct cbd *d, uint32_t slot, uint32_t incarnation)
-{
-    if (incarnation >= CB_SEG_INCARNATION_MAX)
-        return; /* worn out: a handle's incarnation could come round again */
-    if (d->nfree == d->free_cap) {
-        uint32_t cap = d->free_cap ? d->free_cap * 2 : 64;
-        uint32_t *p = realloc(d->free_slots, (size_t)cap * sizeof *p);
-        if (p == NULL)
-            return; /* out of memory: the slot stays unused */
-        d->free_slots = p;
-        d->free_cap = cap;
-    }
-    d->free_slots[d->nfree++] = slot;
-}
-
 /* Takes the circuit out: segment, store, quota, free list. */
 static void circuit_drop(struct cbd *d, struct cbd_circuit *c, const char *why)
 {
@@ -448,8 +353,8 @@ static void circuit_drop(struct cbd *d, struct cbd_circuit *c, const char *why)
     cbd_segment_remove(&d->seg, c->slot);
     c->removed = 1;
     c->epoch = cb_seg_word_epoch(cbd_segment_slot_word(&d->seg, c->slot)); /* its timers are stale now */
-    owner_count(d, c->owner_uid, -1);
-    free_slot_push(d, c->slot, c->incarnation + 1);
+    cbd_circuits_owner_count(&d->circuits, c->owner_uid, -1);
+    cbd_circuits_free_push(&d->circuits, c->slot, c->incarnation + 1);
     if (d->store_ops->untrack != NULL)
         d->store_ops->untrack(d->store, name);
     d->removals++;
@@ -458,7 +363,7 @@ static void circuit_drop(struct cbd *d, struct cbd_circuit *c, const char *why)
 
 int cbd_circuit_remove(struct cbd *d, const char *name, char *err, size_t errsize)
 {
-    struct cbd_circuit *c = cbd_circuit_find(d, name);
+    struct cbd_circuit *c = cbd_circuits_find(&d->circuits, name);
     if (c == NULL) {
         snprintf(err, errsize, "no circuit named %s", CB_NAME_SHOW(name));
         return -ENOENT;
@@ -483,8 +388,8 @@ static void expire(uv_timer_t *t)
     if (limit == 0)
         return;
     cbd_now(&now);
-    for (uint32_t i = 0; i < d->ncircuits; i++) {
-        struct cbd_circuit *c = &d->circuits[i];
+    for (uint32_t i = 0; i < d->circuits.n; i++) {
+        struct cbd_circuit *c = &d->circuits.by_slot[i];
         if (c->removed || c->state != CB_CLOSED || c->flags != 0 || now.mono_ns - c->last_used_ns < limit ||
             declared(d, c->rec->name) != NULL)
             continue;
@@ -532,7 +437,7 @@ int cbd_circuit_register(struct cbd *d, const char *name, const cb_config *asked
     }
     if (check_asked(d, asked, asked_mask, &want, err, errsize) < 0)
         return -EINVAL;
-    if ((c = cbd_circuit_find(d, name)) != NULL) {
+    if ((c = cbd_circuits_find(&d->circuits, name)) != NULL) {
         struct cbd_now now;
         cbd_now(&now);
         c->last_used_ns = now.mono_ns; /* asked for: in use */
@@ -540,18 +445,18 @@ int cbd_circuit_register(struct cbd *d, const char *name, const cb_config *asked
         *created = 0;
         return 0;
     }
-    if (quota_reached(d, owner_uid)) {
+    if (cbd_circuits_quota_reached(&d->circuits, owner_uid, d->cfg.max_circuits_per_uid)) {
         snprintf(err, errsize, "uid %u already registered %u circuits, its quota (raise the "
                  "`max_circuits_per_uid` option, or `cbctl remove` circuits it no longer uses)",
                  owner_uid, d->cfg.max_circuits_per_uid);
         return -EDQUOT;
     }
-    if (grow_circuits(d, d->ncircuits + 1) < 0) {
+    if (cbd_circuits_grow(&d->circuits, d->circuits.n + 1) < 0) {
         snprintf(err, errsize, "out of memory registering a circuit");
         return -ENOMEM;
     }
     cbd_config_effective(&d->cfg, name, &want, asked_mask, &use, &section);
-    uint32_t reuse = d->nfree > 0 ? d->free_slots[d->nfree - 1] : UINT32_MAX;
+    uint32_t reuse = cbd_circuits_free_peek(&d->circuits);
     int rc = cbd_segment_add(&d->seg, name, &use, owner_uid, reuse, slot);
     if (rc < 0) {
         snprintf(err, errsize, "segment full: %u circuits (raise the `capacity` option, or `cbctl remove` "
@@ -559,19 +464,19 @@ int cbd_circuit_register(struct cbd *d, const char *name, const cb_config *asked
         return rc;
     }
     if (reuse != UINT32_MAX)
-        d->nfree--;
+        cbd_circuits_free_pop(&d->circuits);
     struct cbd_now now;
     cbd_now(&now);
-    if (*slot >= d->ncircuits)
-        d->ncircuits = *slot + 1;
-    c = &d->circuits[*slot];
+    if (*slot >= d->circuits.n)
+        d->circuits.n = *slot + 1;
+    c = &d->circuits.by_slot[*slot];
     cbd_policy_load(&d->env, c, *slot, CB_SEG_RECORD(d->seg.hdr, *slot), CB_LANES_PERMIT(d->seg.lanes, *slot), &now);
     c->asked = want;
     c->asked_mask = asked_mask;
     c->override = section;
     c->owner_uid = owner_uid;
     c->last_used_ns = now.mono_ns;
-    owner_count(d, owner_uid, +1);
+    cbd_circuits_owner_count(&d->circuits, owner_uid, +1);
     cbd_policy_set_sync(c, sync_state(d), 0);
     *created = 1;
     cbd_log(CBD_LOG_INFO, "registered circuit=%s slot=%u failure_threshold=%u success_threshold=%u "
@@ -588,8 +493,8 @@ static uint32_t reconfigure_all(struct cbd *d)
     struct cbd_now now;
     uint32_t changed = 0;
     cbd_now(&now);
-    for (uint32_t i = 0; i < d->ncircuits; i++) {
-        struct cbd_circuit *c = &d->circuits[i];
+    for (uint32_t i = 0; i < d->circuits.n; i++) {
+        struct cbd_circuit *c = &d->circuits.by_slot[i];
         cb_config use;
         if (c->removed)
             continue;
@@ -613,11 +518,11 @@ static int load_adopted(struct cbd *d)
     /* Relaxed: written by the daemon that made the segment, which has exited. */
     uint32_t n = atomic_load_explicit(&d->seg.hdr->circuit_count, memory_order_relaxed);
     struct cbd_now now;
-    if (grow_circuits(d, n) < 0)
+    if (cbd_circuits_grow(&d->circuits, n) < 0)
         return -ENOMEM;
     cbd_now(&now);
     for (uint32_t i = 0; i < n; i++) {
-        struct cbd_circuit *c = &d->circuits[i];
+        struct cbd_circuit *c = &d->circuits.by_slot[i];
         struct cb_seg_vdata v;
         if (cbd_segment_roll_forward(&d->seg, i, &v) && d->nrolled < sizeof d->rolled / sizeof d->rolled[0])
             d->rolled[d->nrolled++] = i;
@@ -625,18 +530,18 @@ static int load_adopted(struct cbd *d)
         c->last_used_ns = now.mono_ns;
         if (c->flags & CB_SEG_F_REMOVED) {
             c->removed = 1;
-            free_slot_push(d, i, c->incarnation + 1);
+            cbd_circuits_free_push(&d->circuits, i, c->incarnation + 1);
             continue;
         }
         c->asked = c->cfg;
         c->asked_mask = ALL_FIELDS;
         c->owner_uid = atomic_load_explicit(&c->rec->owner_uid, memory_order_relaxed);
-        owner_count(d, c->owner_uid, +1);
+        cbd_circuits_owner_count(&d->circuits, c->owner_uid, +1);
         if ((c->flags & CB_SEG_F_FORCED) && !(c->state == CB_OPEN && c->open_until_ns != 0))
             cbd_log(CBD_LOG_WARN, "circuit=%s is forced %s from before this start; it stays so until "
                                   "`cbctl reset %s`", CB_NAME_SHOW(c->rec->name), cbd_state_name(c->state), CB_NAME_SHOW(c->rec->name));
     }
-    d->ncircuits = d->nadopted = n;
+    d->circuits.n = d->circuits.nadopted = n;
     return 0;
 }
 
@@ -646,8 +551,8 @@ static int load_adopted(struct cbd *d)
  * fleet's changes reach it as they reach registered ones. */
 static void fleet_adopt(struct cbd *d)
 {
-    for (uint32_t i = 0; i < d->nadopted; i++) {
-        struct cbd_circuit *c = &d->circuits[i];
+    for (uint32_t i = 0; i < d->circuits.nadopted; i++) {
+        struct cbd_circuit *c = &d->circuits.by_slot[i];
         if (c->removed)
             continue;
         cb_config asked = asked_filled(d, c);
@@ -666,13 +571,13 @@ static void announce_rolled_forward(struct cbd *d)
     struct cbd_now now;
     cbd_now(&now);
     for (uint32_t k = 0; k < d->nrolled; k++) {
-        struct cbd_circuit *c = &d->circuits[d->rolled[k]];
+        struct cbd_circuit *c = &d->circuits.by_slot[d->rolled[k]];
         cb_state from = (cb_state)c->pub.from;
         cb_source source = (cb_source)c->pub.source;
         cbd_log(CBD_LOG_WARN, "completed the transition of circuit=%s from=%s to=%s epoch=%u that the previous "
                               "daemon committed but did not publish", CB_NAME_SHOW(c->rec->name), cbd_state_name(from),
                 cbd_state_name(c->state), c->epoch);
-        d->transitions++;
+        d->counters.transitions++;
         if (!c->removed && !from_the_fleet(from, c->state, source))
             write_through(d, c, 0);
         if (!c->removed)
@@ -692,7 +597,7 @@ static uint64_t mono_us(void)
 
 static void send_ready(struct cbd *d)
 {
-    cbd_notify_sendf(&d->notify, "READY=1\nSTATUS=serving %u circuits (instance %s)", d->ncircuits,
+    cbd_notify_sendf(&d->notify, "READY=1\nSTATUS=serving %u circuits (instance %s)", d->circuits.n,
                      d->cfg.instance);
 }
 
@@ -700,10 +605,10 @@ static void send_ready(struct cbd *d)
 static uint32_t apply_config(struct cbd *d)
 {
     cbd_log_threshold = (int)d->cfg.log_level;
-    cbd_drain_set_intervals(d);
+    cbd_drain_set_intervals(&d->drain);
     if (d->hooks != NULL)
         cbd_hooks_set_limits(d->hooks, d->cfg.hook_max_running, d->cfg.hook_timeout_ms, d->cfg.hook_queue_max);
-    cbd_control_configure(d);
+    cbd_control_configure(&d->control);
     expiry_set_interval(d);
     return reconfigure_all(d);
 }
@@ -717,14 +622,14 @@ int cbd_reload(struct cbd *d, char *err, size_t errsize)
                      (unsigned long long)mono_us(), file);
     int rc = cbd_config_reload(&d->cfg, &next, err, errsize);
     if (rc < 0) {
-        d->reloads_failed++;
+        d->counters.reloads_failed++;
         cbd_log(CBD_LOG_ERROR, "reload of %s refused: the running configuration stays", file);
     } else {
         struct cbd_config old = d->cfg;
         d->cfg = next;
         rc = (int)apply_config(d); /* repoints every circuit's section into the new cfg ... */
         cbd_config_free(&old);     /* ... before the old one goes */
-        d->reloads++;
+        d->counters.reloads++;
         cbd_log(CBD_LOG_INFO, "reloaded %s: %d circuits reconfigured", file, rc);
     }
     send_ready(d);
@@ -767,14 +672,14 @@ void cbd_stop(struct cbd *d, int exit_code)
     d->stopping = 1;
     d->exit_code = exit_code;
     cbd_notify_send(&d->notify, "STOPPING=1");
-    cbd_control_close(d);
-    cbd_doorbell_stop(d);
+    cbd_control_close(&d->control);
+    cbd_doorbell_stop(&d->bell);
     if (d->drain.started)
-        cbd_drain_all(d); /* the final drain: outcomes recorded up to now count */
-    cbd_drain_stop(d);
+        cbd_drain_all(&d->drain); /* the final drain: outcomes recorded up to now count */
+    cbd_drain_stop(&d->drain);
     if (d->hooks != NULL)
         cbd_hooks_close(d->hooks, on_hooks_closed, d);
-    cbd_timers_close(d);
+    cbd_timers_close(&d->timers);
     cbd_segment_stop_heartbeat(&d->seg);
     if (d->watchdog_started)
         uv_close((uv_handle_t *)&d->watchdog, NULL);
@@ -818,6 +723,18 @@ static int watchdog_start(struct cbd *d)
     return uv_timer_start(&d->watchdog, on_watchdog, ms, ms);
 }
 
+/* A worker rang: drain now. */
+static void on_doorbell(void *arg)
+{
+    cbd_drain_all(arg);
+}
+
+static int doorbell_start(struct cbd *d)
+{
+    return cbd_doorbell_start(&d->bell, &d->loop, &d->seg.lanes->doorbell, d->cfg.socket, d->cfg.socket_mode,
+                              d->cfg.socket_group, on_doorbell, &d->drain);
+}
+
 static void on_restored(void *arg, int rc)
 {
     struct cbd *d = arg;
@@ -830,7 +747,7 @@ static void on_restored(void *arg, int rc)
         return;
     fleet_adopt(d);
     reconfigure_all(d);
-    if (cbd_control_listen(d) < 0 || cbd_drain_start(d) < 0 || cbd_doorbell_start(d) < 0 ||
+    if (cbd_control_listen(&d->control) < 0 || cbd_drain_start(&d->drain) < 0 || doorbell_start(d) < 0 ||
         cbd_segment_heartbeat_start(&d->seg, &d->loop, d->cfg.heartbeat_ms) < 0 || watchdog_start(d) < 0 ||
         expiry_start(d) < 0) {
         cbd_log(CBD_LOG_ERROR, "startup failed: stopping");
@@ -841,7 +758,7 @@ static void on_restored(void *arg, int rc)
     d->ready = 1;
     send_ready(d);
     cbd_log(CBD_LOG_INFO, "ready: instance=%s segment=%s capacity=%u socket=%s store=%s circuits=%u",
-            d->cfg.instance, d->seg.state_name, d->cfg.capacity, d->cfg.socket, d->cfg.store, d->ncircuits);
+            d->cfg.instance, d->seg.state_name, d->cfg.capacity, d->cfg.socket, d->cfg.store, d->circuits.n);
     if (d->reload_pending)
         cbd_reload(d, err, sizeof err);
 }
@@ -857,6 +774,51 @@ static void start_signals(struct cbd *d)
     uv_signal_start(&d->sighup, on_sighup, SIGHUP);
 }
 
+/* ---- the control socket's operations ---------------------------------------- */
+
+static int ops_register(void *arg, const char *name, const cb_config *asked, unsigned asked_mask,
+                        uint32_t owner_uid, uint32_t *slot, int *created, char *err, size_t errsize)
+{
+    return cbd_circuit_register(arg, name, asked, asked_mask, owner_uid, slot, created, err, errsize);
+}
+
+static int ops_remove(void *arg, const char *name, char *err, size_t errsize)
+{
+    return cbd_circuit_remove(arg, name, err, errsize);
+}
+
+static int ops_reload(void *arg, char *err, size_t errsize)
+{
+    return cbd_reload(arg, err, errsize);
+}
+
+static void control_init(struct cbd *d)
+{
+    d->ops = (struct cbd_ops){
+        .circuits = &d->circuits, .seg = &d->seg, .env = &d->env, .control = &d->control, .drain = &d->drain,
+        .bell = &d->bell, .hooks = &d->hooks, .store_ops = &d->store_ops, .store = &d->store,
+        .store_health = &d->store_health, .counters = &d->counters, .register_circuit = ops_register,
+        .remove_circuit = ops_remove, .reload = ops_reload, .arg = d,
+    };
+    cbd_control_init(&d->control, &d->loop, &d->cfg, cbd_ops_table, cbd_ops_count, &d->ops);
+}
+
+int cbd_open(struct cbd *d)
+{
+    int rc;
+    d->env = (struct cbd_policy_env){.arg = d, .transitioned = on_transitioned, .try_probe = on_try_probe,
+                                     .arm = on_arm, .history_next = on_history_next,
+                                     .electable = on_electable, .release = on_release};
+    d->env.fleet = d->store_ops != NULL && strcmp(d->store_ops->scheme, "local") != 0;
+    cbd_circuits_init(&d->circuits, &d->seg);
+    cbd_drain_init(&d->drain, &d->loop, &d->seg, &d->circuits, &d->env, &d->cfg);
+    control_init(d);
+    if ((rc = cbd_segment_open(&d->seg, &d->cfg)) < 0 ||
+        (rc = cbd_timers_init(&d->timers, &d->loop, on_deadline, d)) < 0)
+        return rc;
+    return load_adopted(d);
+}
+
 /* Steps 1-2 of the start; 0, or the exit code. */
 static int start(struct cbd *d)
 {
@@ -864,8 +826,7 @@ static int start(struct cbd *d)
     struct cbd_store_hooks hooks = {.loop = &d->loop, .arg = d, .instance = d->cfg.instance, .remote = on_remote,
                                     .probe_result = on_probe_result, .health = on_health, .synced = on_synced};
     d->store_ops = cbd_store_find(d->cfg.store);
-    d->env.fleet = d->store_ops != NULL && strcmp(d->store_ops->scheme, "local") != 0;
-    if (cbd_segment_open(&d->seg, &d->cfg) < 0 || cbd_timers_init(d) < 0 || load_adopted(d) < 0)
+    if (cbd_open(d) < 0)
         return 1;
     if (d->store_ops == NULL || d->store_ops->create(&d->store, d->cfg.store, &hooks, &err) < 0) {
         /* not the URI: a refused one may carry a password */
@@ -892,9 +853,8 @@ int cbd_run(const struct cbd_config *cfg)
         return 1;
     }
     d->cfg = *cfg; /* the lists in cfg are the daemon's from here on */
-    cbd_env_init(d);
     d->store_health = -1;
-    d->start_ns = mono_us() * 1000;
+    d->counters.start_ns = mono_us() * 1000;
     signal(SIGPIPE, SIG_IGN); /* a client that hangs up is a write error, not a death */
     int rc = cbd_notify_init(&d->notify);
     if (rc < 0)
@@ -909,7 +869,7 @@ int cbd_run(const struct cbd_config *cfg)
     if (rc != 0) {
         d->exit_code = rc;
         d->stopping = 1;
-        cbd_timers_close(d);
+        cbd_timers_close(&d->timers);
     }
     uv_run(&d->loop, UV_RUN_DEFAULT);
     rc = d->exit_code;
@@ -919,10 +879,7 @@ int cbd_run(const struct cbd_config *cfg)
     cbd_log(CBD_LOG_INFO, "stopped (exit code %d)", rc);
     cbd_notify_close(&d->notify);
     cbd_config_free(&d->cfg);
-    free(d->circuits);
-    free(d->owners);
-    free(d->free_slots);
-    free(d->electable);
+    cbd_circuits_free(&d->circuits);
     free(d);
     return rc;
 }

@@ -1,6 +1,9 @@
 /*
- * cbd.h - struct cbd: one daemon, its loop and its subsystems. Passed to
- * every subsystem (no global singleton), so each can be driven alone.
+ * cbd.h - struct cbd: one daemon, its loop and its subsystems. No
+ * subsystem takes it: each gets its own struct and the pointers and
+ * callbacks it needs (cbd.c wires them), so each can be driven alone.
+ * What is left here is the wiring and the actions that span several
+ * subsystems: registration and removal, reload, start and stop.
  */
 #ifndef CBD_CBD_H
 #define CBD_CBD_H
@@ -9,39 +12,28 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "circuits.h"
 #include "config.h"
 #include "control.h"
 #include "doorbell.h"
 #include "drain.h"
 #include "hooks.h"
 #include "notify.h"
+#include "ops.h"
 #include "policy.h"
 #include "segment_owner.h"
 #include "store.h"
 #include "timers.h"
 
-/* Circuits a uid registered over the socket (max_circuits_per_uid). */
-struct cbd_owner {
-    uint32_t uid, circuits;
-};
-
 struct cbd {
     struct cbd_config cfg;
     uv_loop_t loop;
     struct cbd_segment seg;
-    struct cbd_circuit *circuits;     /* by slot: [0, ncircuits) */
-    uint32_t ncircuits, circuits_cap;
-    uint32_t nadopted;                /* slots [0, nadopted) came with an adopted segment */
-    struct cbd_owner *owners;         /* registrations per uid */
-    size_t nowners;
-    uint32_t *free_slots;             /* removed circuits' slots, reused by registrations (last first) */
-    uint32_t nfree, free_cap;
+    struct cbd_circuits circuits;     /* by slot, per uid, free slots, electable */
     uint64_t removals, expired;       /* circuits removed (by an operator or expiry), expired */
     uv_timer_t expiry;                /* circuit_expiry_s sweep */
     int expiry_started;
     uint32_t rolled[8], nrolled;      /* adopted transitions completed at start, to announce */
-    uint32_t *electable;              /* slots of electable circuits (probes on demand) */
-    uint32_t nelectable, electable_cap;
     struct cbd_policy_env env;        /* the policy's way back into the daemon */
     const struct cbd_store_ops *store_ops;
     struct cbd_store *store;
@@ -49,14 +41,13 @@ struct cbd {
     struct cbd_doorbell bell;
     struct cbd_timers timers;
     struct cbd_control control;
+    struct cbd_ops ops;               /* what the control socket's requests do */
     struct cbd_hooks *hooks;          /* NULL once closed */
     struct cbd_notify notify;         /* sd_notify; a no-op outside systemd */
     uv_timer_t watchdog;
     int watchdog_started;
     uv_signal_t sigterm, sigint, sighup;
-    uint64_t transitions;             /* since start */
-    uint64_t reloads, reloads_failed;
-    uint64_t start_ns;                /* CLOCK_MONOTONIC at start, for uptime */
+    struct cbd_counters counters;     /* transitions, reloads, start time */
     int store_health;                 /* -1 not reported yet, else the store's last online value */
     int restoring;                    /* store restore in progress: remote states are RESTORE */
     int ready;                        /* segment published, READY=1 sent */
@@ -83,11 +74,6 @@ int cbd_run(const struct cbd_config *cfg);
 int cbd_circuit_register(struct cbd *d, const char *name, const cb_config *asked, unsigned asked_mask,
                          uint32_t owner_uid, uint32_t *slot, int *created, char *err, size_t errsize);
 
-/* owner_uid of circuits nobody registered over the socket (the store, the
- * configuration file) and of admins' registrations: never counted against
- * max_circuits_per_uid. */
-#define CBD_OWNER_NONE UINT32_MAX
-
 /*
  * Removes the circuit called name: its record is retired (workers holding a
  * handle re-resolve it, and register it again if they still use it), its
@@ -98,17 +84,14 @@ int cbd_circuit_register(struct cbd *d, const char *name, const cb_config *asked
  */
 int cbd_circuit_remove(struct cbd *d, const char *name, char *err, size_t errsize);
 
-/* Points d->env at the daemon's own callbacks (history, log, store, hooks,
- * subscribers, timers): what cbd_run does, for a test or a harness that
- * builds a struct cbd around a segment of its own. */
-void cbd_env_init(struct cbd *d);
-
-/* After a drain: competes for the probe of every electable circuit whose
- * permit word says a worker wants one (policy.c: probes on demand). */
-void cbd_check_demand(struct cbd *d);
-
-/* The circuit called name, or NULL. */
-struct cbd_circuit *cbd_circuit_find(struct cbd *d, const char *name);
+/*
+ * Step 1 of the start, for cbd_run and for a harness that drives a daemon
+ * in-process: points d->env at the daemon's own callbacks (history, log,
+ * store, hooks, subscribers, timers), opens or adopts the segment, puts
+ * the deadline heap on d->loop and loads every adopted circuit. d->cfg,
+ * d->loop and d->store_ops (NULL: none) are set. 0 or -errno.
+ */
+int cbd_open(struct cbd *d);
 
 /*
  * Reads the configuration again (SIGHUP, op reload) and applies it; see

@@ -1,5 +1,5 @@
 /*
- * control.c - the control socket server.
+ * control.c - the control socket server: the connection layer.
  *
  * Framing: a 4-byte big-endian length N (1..CB_FRAME_MAX) and N bytes of one
  * msgpack map. Bytes from libuv are appended to the connection's buffer and
@@ -49,7 +49,7 @@
  * (unit tests, fuzzing) run the same code with time as an input.
  *
  * Replies: {"ok": true, ...} or {"ok": false, "error": -errno, "message":
- * "..."}, echoing "id" when the request had one. An operation writes its
+ * "..."}, echoing "id" when the request had one. An operation (ops.c) writes its
  * fields into a scratch buffer and counts them; the reply map's header is
  * written once the count is known.
  *
@@ -70,8 +70,12 @@
  * with a log line, once CBD_CONTROL_MAX_QUEUED bytes wait for it: a slow
  * watcher costs the daemon bounded memory and nobody else anything.
  *
- * list answers with as many circuits as fit in one frame and says where to
- * go on ("next"); show and list read the daemon's own view of a circuit.
+ * Owns the listening socket, the connections (buffers, timers, per-uid
+ * counts, lingering refusals) and the decision of who may run an admin op.
+ * What a request does is the operations table's (ops.c, given at
+ * cbd_control_init): the server must not touch circuits, the policy, the
+ * store or the configuration beyond the limits and the socket's own
+ * options it reads.
  */
 #define _GNU_SOURCE /* struct ucred */
 #include "control.h"
@@ -87,12 +91,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "cbd.h"
 
 struct cbd_conn {
     uv_pipe_t pipe;
     uv_timer_t timer;         /* its nearest deadline (conn_deadline) */
-    struct cbd *d;
+    struct cbd_control *ctl;
     struct cbd_conn *prev, *next;
     char *buf;
     size_t len, cap;
@@ -113,21 +116,13 @@ struct cbd_conn {
     int ngroups;
 };
 
-struct reply {
-    int err;                /* 0: ok; else -errno */
-    char message[1024];
-    msgpack_sbuffer body;   /* the operation's fields */
-    msgpack_packer pk;
-    uint32_t nfields;
-};
 
 struct write_req {
     uv_write_t req;
     uv_buf_t buf;
 };
 
-static int fail(struct reply *r, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(struct reply *r, int err, const char *fmt, ...)
+int cbd_reply_fail(struct cbd_reply *r, int err, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -137,7 +132,7 @@ static int fail(struct reply *r, int err, const char *fmt, ...)
     return err;
 }
 
-static void field_u64(struct reply *r, const char *key, uint64_t v)
+void cbd_reply_u64(struct cbd_reply *r, const char *key, uint64_t v)
 {
     cb__mp_kv_u64(&r->pk, key, v);
     r->nfields++;
@@ -258,7 +253,7 @@ static void on_handle_closed(uv_handle_t *h)
  * connection stays allocated until cbd_control_conn_free. */
 static void conn_close(struct cbd_conn *c, enum cbd_conn_end why)
 {
-    struct cbd_control *ctl = &c->d->control;
+    struct cbd_control *ctl = c->ctl;
     if (c->closed)
         return;
     c->closed = 1;
@@ -360,7 +355,7 @@ static void send_frame(struct cbd_conn *c, const char *payload, size_t len)
 }
 
 /* Packs and sends the reply to a request (with its id, if any). */
-static void send_reply(struct cbd_conn *c, struct reply *r, int has_id, uint64_t id)
+static void send_reply(struct cbd_conn *c, struct cbd_reply *r, int has_id, uint64_t id)
 {
     msgpack_sbuffer sb;
     msgpack_packer pk;
@@ -383,359 +378,43 @@ static void send_reply(struct cbd_conn *c, struct reply *r, int has_id, uint64_t
 /* An error reply that ends the connection (why) once it is written. */
 static void send_last(struct cbd_conn *c, int err, const char *what, enum cbd_conn_end why)
 {
-    struct reply r = {0};
-    fail(&r, err, "%s", what);
+    struct cbd_reply r = {0};
+    cbd_reply_fail(&r, err, "%s", what);
     send_reply(c, &r, 0, 0);
     conn_finish(c, why);
 }
 
-/* ---- operations ----------------------------------------------------------- */
-
-/* The request's "name": 0, or an error reply. */
-static int get_name(const msgpack_object *req, char *name, struct reply *r)
+/* The operation, if the peer may run it; else an -EPERM reply naming who may. */
+static void run_op(struct cbd_conn *c, const struct cbd_control_op *op, const msgpack_object *req,
+                   struct cbd_reply *r)
 {
-    int rc = cb__mp_get_str(req, "name", name, CB_NAME_MAX + 1);
-    if (rc == -ENOENT)
-        return fail(r, -EINVAL, "missing field 'name' (a circuit name)");
-    if (rc == -ENAMETOOLONG)
-        return fail(r, -EINVAL, "field 'name' is longer than %u bytes", CB_NAME_MAX);
-    if (rc < 0)
-        return fail(r, -EINVAL, "field 'name' must be a string");
-    return 0;
-}
-
-/* The circuit the request names: 0 and *out, or an error reply. */
-static int get_circuit(struct cbd *d, const msgpack_object *req, struct reply *r, struct cbd_circuit **out)
-{
-    char name[CB_NAME_MAX + 1];
-    if (get_name(req, name, r) < 0)
-        return r->err;
-    if ((*out = cbd_circuit_find(d, name)) == NULL)
-        return fail(r, -ENOENT, "no circuit named '%s'", CB_NAME_SHOW(name));
-    return 0;
-}
-
-/* The optional "config" map of register: the fields given go into *cfg and *mask. */
-/* "failure_threshold, success_threshold, ..." */
-#define POLICY_FIELD_NAME(n, d, lo, hi, h) ", " #n
-#define POLICY_FIELD_LIST (CB_POLICY_FIELDS(POLICY_FIELD_NAME) + 2)
-
-static int parse_config(const msgpack_object *m, cb_config *cfg, unsigned *mask, struct reply *r)
-{
-    if (m->type != MSGPACK_OBJECT_MAP)
-        return fail(r, -EINVAL, "field 'config' must be a map");
-    for (uint32_t i = 0; i < m->via.map.size; i++) {
-        const msgpack_object *k = &m->via.map.ptr[i].key, *v = &m->via.map.ptr[i].val;
-        unsigned f = 0;
-        while (f < CB_POLICY_NFIELDS &&
-               !(k->type == MSGPACK_OBJECT_STR && k->via.str.size == strlen(cb__policy_fields[f].name) &&
-                 memcmp(k->via.str.ptr, cb__policy_fields[f].name, k->via.str.size) == 0))
-            f++;
-        if (f == CB_POLICY_NFIELDS)
-            return fail(r, -EINVAL, "unknown field in 'config' (expected %s)", POLICY_FIELD_LIST);
-        if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 > UINT32_MAX)
-            return fail(r, -EINVAL, "field 'config.%s' must be an unsigned 32-bit integer", cb__policy_fields[f].name);
-        *cb__config_field(cfg, f) = (uint32_t)v->via.u64;
-        *mask |= 1u << f;
-    }
-    return 0;
-}
-
-static int is_admin(const struct cbd_control *ctl, const struct cbd_conn *c);
-
-static int op_register(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
-{
-    char name[CB_NAME_MAX + 1];
-    cb_config cfg = {0};
-    unsigned mask = 0;
-    uint32_t slot;
-    int created;
-    if (get_name(req, name, r) < 0)
-        return r->err;
-    const msgpack_object *m = cb__mp_get(req, "config");
-    if (m != NULL && m->type != MSGPACK_OBJECT_NIL && parse_config(m, &cfg, &mask, r) < 0)
-        return r->err;
-    uint32_t owner = is_admin(&c->d->control, c) ? CBD_OWNER_NONE : c->uid; /* admins have no quota */
-    int rc = cbd_circuit_register(c->d, name, &cfg, mask, owner, &slot, &created, r->message, sizeof r->message);
-    if (rc < 0)
-        return r->err = rc;
-    field_u64(r, "slot", slot);
-    cb__mp_kv_bool(&r->pk, "created", created);
-    r->nfields++;
-    return 0;
-}
-
-static int op_version(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
-{
-    (void)c;
-    (void)req;
-    cb__mp_kv_str(&r->pk, "version", CB_VERSION_STRING);
-    field_u64(r, "layout", CB_SEG_MAJOR);
-    r->nfields++;
-    return 0;
-}
-
-static int op_ping(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
-{
-    (void)c;
-    (void)req;
-    (void)r;
-    return 0;
-}
-
-static void kv_u64s(struct reply *r, const char *const *keys, const uint64_t *vals, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        field_u64(r, keys[i], vals[i]);
-}
-
-/* The store's own counters, as store_<name>. */
-static void emit_store_stat(void *arg, const char *name, uint64_t value)
-{
-    struct reply *r = arg;
-    char key[64];
-    snprintf(key, sizeof key, "store_%s", name);
-    cb__mp_kv_u64(&r->pk, key, value);
-    r->nfields++;
-}
-
-static int op_stats(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
-{
-    struct cbd *d = c->d;
-    struct cbd_hooks_stats hs = {0};
-    struct cbd_now now;
-    (void)req;
-    if (d->hooks != NULL)
-        cbd_hooks_stats_get(d->hooks, &hs);
-    cbd_now(&now);
-    static const char *const keys[] = {
-        "circuits", "events_drained", "events_invalid", "events_stale", "lanes_in_use", "lanes_reclaimed",
-        "lane_overruns", "lane_drops", "frames_bad", "connections", "connections_total", "connections_refused",
-        "connections_refused_per_uid", "connections_refused_admin_reserved", "connections_refused_max_connections",
-        "connections_lingering", "connections_closed_frame_timeout", "connections_closed_idle",
-        "connections_closed_bad_frame", "connections_closed_slow_reader", "accept_errors", "subscribers", "transitions", "hooks_started", "hooks_succeeded", "hooks_failed", "hooks_timed_out",
-        "hooks_dropped", "hooks_spawn_errors", "reloads", "reloads_failed", "doorbell_fifo", "doorbell_futex",
-        "uptime_s",
-    };
-    const uint64_t vals[] = {
-        d->ncircuits, d->drain.events_drained, d->drain.events_invalid, d->drain.events_stale,
-        cbd_drain_lanes_in_use(d), d->drain.lanes_reclaimed, d->drain.lane_overruns, cbd_drain_lane_drops(d),
-        d->control.frames_bad, d->control.nconns, d->control.connections_total, d->control.connections_refused,
-        d->control.ends[CBD_CONN_REFUSED_PER_UID], d->control.ends[CBD_CONN_REFUSED_ADMIN_RESERVED],
-        d->control.ends[CBD_CONN_REFUSED_MAX], d->control.nlingering, d->control.ends[CBD_CONN_FRAME_TIMEOUT],
-        d->control.ends[CBD_CONN_IDLE], d->control.ends[CBD_CONN_BAD_FRAME], d->control.ends[CBD_CONN_SLOW_READER],
-        d->control.accept_errors, d->control.nsubscribers, d->transitions, hs.started, hs.succeeded, hs.failed, hs.timed_out, hs.dropped,
-        hs.spawn_errors, d->reloads, d->reloads_failed, d->bell.rings_fifo, d->bell.rings_futex,
-        (now.mono_ns - d->start_ns) / 1000000000u,
-    };
-    _Static_assert(sizeof keys / sizeof keys[0] == sizeof vals / sizeof vals[0], "a stat without a name");
-    kv_u64s(r, keys, vals, sizeof vals / sizeof vals[0]);
-    cb__mp_kv_str(&r->pk, "store", d->store_ops->scheme);
-    cb__mp_kv_bool(&r->pk, "store_online", d->store_health != 0);
-    r->nfields += 2;
-    if (d->store_ops->stats != NULL && d->store != NULL)
-        d->store_ops->stats(d->store, emit_store_stat, r);
-    return 0;
-}
-
-/* One circuit as show and list give it: CIRCUIT_FIELDS pairs, from the
- * daemon's own view (the record's counters are its own stores). */
-#define CIRCUIT_FIELDS 16
-static void pack_circuit_fields(msgpack_packer *pk, const struct cbd_circuit *c)
-{
-    static const char *const sync_names[] = {"local", "ok", "pending", "offline"};
-    struct cb_seg_record *rec = c->rec;
-    unsigned sync = c->pub.sync_state;
-    cb_config cfg = c->cfg;
-    cb__mp_kv_str(pk, "name", rec->name);
-    cb__mp_kv_u64(pk, "slot", c->slot);
-    cb__mp_kv_str(pk, "state", cbd_state_name(c->state));
-    cb__mp_kv_u64(pk, "epoch", c->epoch);
-    cb__mp_kv_u64(pk, "failure_count", c->state == CB_CLOSED ? c->streak : c->trip_failure_count);
-    cb__mp_kv_i64(pk, "opened_at", c->opened_at);
-    cb__mp_kv_bool(pk, "forced", (c->flags & CB_SEG_F_FORCED) != 0);
-    cb__mp_kv_bool(pk, "disabled", (c->flags & CB_SEG_F_DISABLED) != 0);
-    cb__mp_kv_i64(pk, "forced_until", cbd_policy_forced_until_ms(c));
-    cb__mp_kv_str(pk, "sync", sync < 4 ? sync_names[sync] : "?");
-    cb__mp_kv_i64(pk, "synced_at", c->pub.synced_at);
-    cb__mp_pack_str(pk, "config");
-    msgpack_pack_map(pk, CB_POLICY_NFIELDS);
-    for (unsigned i = 0; i < CB_POLICY_NFIELDS; i++)
-        cb__mp_kv_u64(pk, cb__policy_fields[i].name, *cb__config_field(&cfg, i));
-    cb__mp_kv_str(pk, "section", c->override ? c->override->name : "");
-    cb__mp_kv_u64(pk, "total_successes", c->pub.total_successes);
-    cb__mp_kv_u64(pk, "total_failures", c->pub.total_failures);
-    cb__mp_kv_u64(pk, "total_ignored", c->pub.total_ignored);
-}
-
-static int op_show(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
-{
-    struct cbd_circuit *circuit;
-    if (get_circuit(c->d, req, r, &circuit) < 0)
-        return r->err;
-    pack_circuit_fields(&r->pk, circuit);
-    r->nfields += CIRCUIT_FIELDS;
-    return 0;
-}
-
-/* Circuits from "offset" on, as many as fit in one frame; "next" says where
- * to go on when they did not all fit. */
-static int op_list(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
-{
-    struct cbd *d = c->d;
-    uint64_t offset = 0;
-    uint32_t i, n = 0;
-    if (cb__mp_get_u64(req, "offset", &offset) == -EINVAL)
-        return fail(r, -EINVAL, "field 'offset' must be an unsigned integer");
-    msgpack_sbuffer items;
-    msgpack_packer pk;
-    msgpack_sbuffer_init(&items);
-    msgpack_packer_init(&pk, &items, msgpack_sbuffer_write);
-    for (i = offset < d->ncircuits ? (uint32_t)offset : d->ncircuits; i < d->ncircuits; i++) {
-        size_t before = items.size;
-        if (d->circuits[i].removed)
-            continue;
-        msgpack_pack_map(&pk, CIRCUIT_FIELDS);
-        pack_circuit_fields(&pk, &d->circuits[i]);
-        if (items.size > CB_FRAME_MAX - 1024) { /* room for the rest of the reply */
-            items.size = before;
-            break;
-        }
-        n++;
-    }
-    cb__mp_pack_str(&r->pk, "circuits");
-    msgpack_pack_array(&r->pk, n);
-    msgpack_sbuffer_write(&r->body, items.data, items.size);
-    msgpack_sbuffer_destroy(&items);
-    r->nfields++;
-    field_u64(r, "total", atomic_load_explicit(&d->seg.hdr->circuits_live, memory_order_relaxed));
-    if (i < d->ncircuits)
-        field_u64(r, "next", i);
-    return 0;
-}
-
-static const char *const action_names[] = {"force_open", "force_closed", "reset", "disable", "enable"};
-
-static int operator_op(struct cbd_conn *c, const msgpack_object *req, struct reply *r,
-                       enum cbd_operator_action action)
-{
-    struct cbd_circuit *circuit;
-    uint64_t for_ms = 0;
-    struct cbd_now now;
-    if (get_circuit(c->d, req, r, &circuit) < 0)
-        return r->err;
-    int rc = action == CBD_FORCE_OPEN ? cb__mp_get_u64(req, "for_ms", &for_ms) : -ENOENT;
-    if (rc == -EINVAL || (rc == 0 && (for_ms < 1 || for_ms > 604800000)))
-        return fail(r, -EINVAL, "field 'for_ms' must be an integer 1..604800000 (7 days)");
-    cbd_log(CBD_LOG_INFO, "operator: %s circuit=%s%s%.0llu by uid %u pid %d", action_names[action],
-            CB_NAME_SHOW(circuit->rec->name), for_ms ? " for_ms=" : "", (unsigned long long)for_ms, c->uid, (int)c->pid);
-    cbd_now(&now);
-    cbd_policy_operator(&c->d->env, circuit, action, (uint32_t)for_ms, &now);
-    cb__mp_kv_str(&r->pk, "state", cbd_state_name(circuit->state));
-    field_u64(r, "epoch", circuit->epoch);
-    cb__mp_kv_i64(&r->pk, "forced_until", cbd_policy_forced_until_ms(circuit));
-    r->nfields += 2;
-    return 0;
-}
-
-static int op_force_open(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
-{
-    return operator_op(c, req, r, CBD_FORCE_OPEN);
-}
-static int op_force_closed(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
-{
-    return operator_op(c, req, r, CBD_FORCE_CLOSED);
-}
-static int op_reset(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
-{
-    return operator_op(c, req, r, CBD_RESET);
-}
-static int op_disable(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
-{
-    return operator_op(c, req, r, CBD_DISABLE);
-}
-static int op_enable(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
-{
-    return operator_op(c, req, r, CBD_ENABLE);
-}
-
-/* After the {"ok": true} reply the connection only receives transitions. */
-static int op_subscribe(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
-{
-    (void)req;
-    (void)r;
-    c->subscribed = 1;
-    c->d->control.nsubscribers++;
-    cbd_log(CBD_LOG_DEBUG, "control: uid %u pid %d subscribed to transitions", c->uid, (int)c->pid);
-    return 0;
-}
-
-/* Reply: what was removed (name, slot, state), read before it goes. */
-static int op_remove(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
-{
-    struct cbd_circuit *circuit;
-    if (get_circuit(c->d, req, r, &circuit) < 0)
-        return r->err;
-    char name[CB_NAME_MAX + 1];
-    uint32_t slot = circuit->slot;
-    const char *state = cbd_state_name(circuit->state);
-    snprintf(name, sizeof name, "%s", circuit->rec->name);
-    int rc = cbd_circuit_remove(c->d, name, r->message, sizeof r->message);
-    if (rc < 0)
-        return r->err = rc;
-    cbd_log(CBD_LOG_INFO, "operator: remove circuit=%s slot=%u state=%s by uid %u pid %d", CB_NAME_SHOW(name), slot, state, c->uid,
-            (int)c->pid);
-    cb__mp_kv_str(&r->pk, "name", name);
-    field_u64(r, "slot", slot);
-    cb__mp_kv_str(&r->pk, "state", state);
-    r->nfields += 2;
-    return 0;
-}
-
-static int op_reload(struct cbd_conn *c, const msgpack_object *req, struct reply *r)
-{
-    (void)req;
-    cbd_log(CBD_LOG_INFO, "operator: reload by uid %u pid %d", c->uid, (int)c->pid);
-    int rc = cbd_reload(c->d, r->message, sizeof r->message);
-    if (rc < 0)
-        return r->err = rc;
-    field_u64(r, "circuits_reconfigured", (uint64_t)rc);
-    return 0;
-}
-
-
-static const struct {
-    const char *name;
-    int admin; /* needs root, the daemon's uid or admin_group */
-    int (*run)(struct cbd_conn *c, const msgpack_object *req, struct reply *r);
-} ops[] = {
-    {"register", 0, op_register},   {"version", 0, op_version},   {"ping", 0, op_ping},
-    {"stats", 0, op_stats},         {"list", 0, op_list},         {"show", 0, op_show},
-    {"subscribe", 0, op_subscribe}, {"force_open", 1, op_force_open}, {"force_closed", 1, op_force_closed},
-    {"reset", 1, op_reset},         {"disable", 1, op_disable},   {"enable", 1, op_enable},
-    {"remove", 1, op_remove},       {"reload", 1, op_reload},
-};
-
-
-static void run_op(struct cbd_conn *c, size_t i, const msgpack_object *req, struct reply *r)
-{
-    struct cbd_control *ctl = &c->d->control;
+    struct cbd_control *ctl = c->ctl;
     uint64_t suppressed;
-    if (!ops[i].admin || is_admin(ctl, c)) {
-        ops[i].run(c, req, r);
+    struct cbd_peer peer = {.uid = c->uid, .gid = c->gid, .pid = c->pid, .admin = is_admin(ctl, c)};
+    if (!op->admin || peer.admin) {
+        op->run(ctl->ops_arg, &peer, req, r);
         return;
     }
-    fail(r, -EPERM, "permission denied: '%s' needs %s", ops[i].name, ctl->admins);
+    cbd_reply_fail(r, -EPERM, "permission denied: '%s' needs %s", op->name, ctl->admins);
     if (cbd_ratelimit_pass(&ctl->deny_warn, &suppressed))
         cbd_log(CBD_LOG_WARN, "control: refused '%s' to uid %u gid %u pid %d: not an admin (%s); %llu more "
-                              "refusals since the last warning", ops[i].name, c->uid, c->gid, (int)c->pid,
+                              "refusals since the last warning", op->name, c->uid, c->gid, (int)c->pid,
                 ctl->admins, (unsigned long long)suppressed);
+}
+
+/* After the {"ok": true} reply to an op that asked for it, the connection
+ * only receives transitions. */
+static void subscribe(struct cbd_conn *c)
+{
+    c->subscribed = 1;
+    c->ctl->nsubscribers++;
+    cbd_log(CBD_LOG_DEBUG, "control: uid %u pid %d subscribed to transitions", c->uid, (int)c->pid);
 }
 
 /* Answers one well-formed request map. */
 static void dispatch(struct cbd_conn *c, const msgpack_object *req)
 {
-    struct reply r = {0};
+    struct cbd_reply r = {0};
     char op[32];
     uint64_t id = 0;
     msgpack_sbuffer_init(&r.body);
@@ -743,30 +422,32 @@ static void dispatch(struct cbd_conn *c, const msgpack_object *req)
     int id_rc = cb__mp_get_u64(req, "id", &id);
     int rc = cb__mp_get_str(req, "op", op, sizeof op);
     if (id_rc == -EINVAL)
-        fail(&r, -EINVAL, "field 'id' must be an unsigned integer");
+        cbd_reply_fail(&r, -EINVAL, "field 'id' must be an unsigned integer");
     else if (rc == -ENOENT)
-        fail(&r, -EINVAL, "missing field 'op' (register, list, show, stats, ... : see docs/protocol.md)");
+        cbd_reply_fail(&r, -EINVAL, "missing field 'op' (register, list, show, stats, ... : see docs/protocol.md)");
     else if (rc < 0)
-        fail(&r, -EINVAL, "field 'op' must be a short string");
+        cbd_reply_fail(&r, -EINVAL, "field 'op' must be a short string");
     else {
+        const struct cbd_control *ctl = c->ctl;
         size_t i = 0;
-        while (i < sizeof ops / sizeof ops[0] && strcmp(ops[i].name, op) != 0)
+        while (i < ctl->nops && strcmp(ctl->ops[i].name, op) != 0)
             i++;
-        if (i == sizeof ops / sizeof ops[0])
-            fail(&r, -EOPNOTSUPP, "unknown op '%s'", op);
+        if (i == ctl->nops)
+            cbd_reply_fail(&r, -EOPNOTSUPP, "unknown op '%s'", op);
         else
-            run_op(c, i, req, &r);
+            run_op(c, &ctl->ops[i], req, &r);
     }
-    c->d->control.requests++;
+    c->ctl->requests++;
+    if (r.err == 0 && r.subscribe)
+        subscribe(c);
     send_reply(c, &r, id_rc == 0, id);
     msgpack_sbuffer_destroy(&r.body);
 }
 
 /* ---- transitions to subscribers -------------------------------------------- */
 
-void cbd_control_publish(struct cbd *d, const struct cbd_hook_event *ev, unsigned flags)
+void cbd_control_publish(struct cbd_control *ctl, const struct cbd_hook_event *ev, unsigned flags)
 {
-    struct cbd_control *ctl = &d->control;
     if (ctl->nsubscribers == 0)
         return;
     msgpack_sbuffer sb;
@@ -828,8 +509,8 @@ static uint64_t conn_deadline(const struct cbd_conn *c, const struct cbd_config 
  * reply, an idle connection without one (see the top of the file). */
 static void conn_expire(struct cbd_conn *c, uint64_t now_ms)
 {
-    struct cbd_control *ctl = &c->d->control;
-    const struct cbd_config *cfg = &c->d->cfg;
+    struct cbd_control *ctl = c->ctl;
+    const struct cbd_config *cfg = c->ctl->cfg;
     enum cbd_conn_end why = CBD_CONN_OPEN;
     uint64_t suppressed;
     if (c->closed || (c->end != CBD_CONN_OPEN && !c->lingering) || now_ms < conn_deadline(c, cfg, &why))
@@ -860,7 +541,7 @@ static void conn_arm(struct cbd_conn *c, uint64_t now_ms)
     enum cbd_conn_end why;
     if (c->socketless || c->closed || (c->end != CBD_CONN_OPEN && !c->lingering))
         return;
-    uint64_t at = conn_deadline(c, &c->d->cfg, &why);
+    uint64_t at = conn_deadline(c, c->ctl->cfg, &why);
     if (at == UINT64_MAX)
         uv_timer_stop(&c->timer);
     else
@@ -870,7 +551,7 @@ static void conn_arm(struct cbd_conn *c, uint64_t now_ms)
 static void on_timer(uv_timer_t *t)
 {
     struct cbd_conn *c = t->data;
-    uint64_t now = uv_now(&c->d->loop);
+    uint64_t now = uv_now(c->ctl->loop);
     conn_expire(c, now);
     conn_arm(c, now); /* still open: a reload moved the deadline */
 }
@@ -891,7 +572,7 @@ static int process_frames(struct cbd_conn *c, uint64_t now_ms)
                 snprintf(what, sizeof what, "frame length 0 is invalid (expected 1..%u)", CB_FRAME_MAX);
             else
                 snprintf(what, sizeof what, "frame length %u exceeds %u", n, CB_FRAME_MAX);
-            c->d->control.frames_bad++;
+            c->ctl->frames_bad++;
             send_last(c, -EMSGSIZE, what, CBD_CONN_BAD_FRAME);
             return -1;
         }
@@ -900,7 +581,7 @@ static int process_frames(struct cbd_conn *c, uint64_t now_ms)
         msgpack_unpacked u;
         msgpack_object *req;
         if (cb__mp_unpack_map((const char *)p + 4, n, &u, &req) < 0) {
-            c->d->control.frames_bad++;
+            c->ctl->frames_bad++;
             send_last(c, -EBADMSG, "malformed msgpack frame", CBD_CONN_BAD_FRAME);
             return -1;
         }
@@ -973,7 +654,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     (void)suggested;
     /* One loop thread, and every read is consumed before the next alloc:
      * all connections can share one read buffer. */
-    *buf = uv_buf_init(c->d->control.readbuf, sizeof c->d->control.readbuf);
+    *buf = uv_buf_init(c->ctl->readbuf, sizeof c->ctl->readbuf);
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -984,7 +665,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread < 0) /* EOF or a reset: nothing more to answer (a lingering peer has read why) */
         conn_close(c, CBD_CONN_HANGUP);
     else if (!c->lingering)
-        conn_feed(c, buf->base, (size_t)nread, uv_now(&c->d->loop));
+        conn_feed(c, buf->base, (size_t)nread, uv_now(c->ctl->loop));
 }
 
 /* ---- accepting ------------------------------------------------------------- */
@@ -994,10 +675,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
  * if few others do, else it is closed once the frame is out. */
 static void refuse(struct cbd_conn *c, enum cbd_conn_end why, uint64_t now_ms)
 {
-    struct cbd_control *ctl = &c->d->control;
+    struct cbd_control *ctl = c->ctl;
     char what[160];
     uint64_t suppressed;
-    refusal_text(&c->d->cfg, why, c->uid, what, sizeof what);
+    refusal_text(c->ctl->cfg, why, c->uid, what, sizeof what);
     ctl->ends[why]++;
     ctl->connections_refused++;
     if (cbd_ratelimit_pass(&ctl->refuse_warn, &suppressed))
@@ -1011,8 +692,8 @@ static void refuse(struct cbd_conn *c, enum cbd_conn_end why, uint64_t now_ms)
         uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
         conn_arm(c, now_ms);
     }
-    struct reply r = {0};
-    fail(&r, -EUSERS, "%s", what);
+    struct cbd_reply r = {0};
+    cbd_reply_fail(&r, -EUSERS, "%s", what);
     send_reply(c, &r, 0, 0);
     conn_finish(c, why);
 }
@@ -1020,12 +701,12 @@ static void refuse(struct cbd_conn *c, enum cbd_conn_end why, uint64_t now_ms)
 /* A new connection, its peer's credentials read: admitted and served, or refused. */
 static void conn_start(struct cbd_conn *c, uint64_t now_ms)
 {
-    struct cbd_control *ctl = &c->d->control;
+    struct cbd_control *ctl = c->ctl;
     c->next = ctl->conns;
     if (c->next)
         c->next->prev = c;
     ctl->conns = c;
-    enum cbd_conn_end why = admit(ctl, &c->d->cfg, c->uid, is_admin(ctl, c));
+    enum cbd_conn_end why = admit(ctl, c->ctl->cfg, c->uid, is_admin(ctl, c));
     if (why != CBD_CONN_OPEN) {
         refuse(c, why, now_ms);
         return;
@@ -1075,44 +756,44 @@ static void free_unstarted(uv_handle_t *h)
 
 static void on_connection(uv_stream_t *server, int status)
 {
-    struct cbd *d = server->data;
+    struct cbd_control *ctl = server->data;
     uint64_t suppressed;
     if (status < 0) { /* EMFILE: libuv accepted and closed what was pending */
-        d->control.accept_errors++;
-        if (cbd_ratelimit_pass(&d->control.accept_warn, &suppressed))
+        ctl->accept_errors++;
+        if (cbd_ratelimit_pass(&ctl->accept_warn, &suppressed))
             cbd_log(CBD_LOG_WARN, "control: accept failed: %s; %llu more failures since the last warning",
                     uv_strerror(status), (unsigned long long)suppressed);
         return;
     }
     struct cbd_conn *c = calloc(1, sizeof *c);
-    if (c == NULL || uv_pipe_init(&d->loop, &c->pipe, 0) < 0) {
+    if (c == NULL || uv_pipe_init(ctl->loop, &c->pipe, 0) < 0) {
         free(c);
-        d->control.accept_errors++;
+        ctl->accept_errors++;
         cbd_log(CBD_LOG_WARN, "control: out of memory accepting a connection");
         return;
     }
     if (uv_accept(server, (uv_stream_t *)&c->pipe) < 0) {
-        d->control.accept_errors++;
+        ctl->accept_errors++;
         uv_close((uv_handle_t *)&c->pipe, free_unstarted);
         return;
     }
-    c->d = d;
+    c->ctl = ctl;
     msgpack_sbuffer_init(&c->out);
     read_peer(c);
     c->pipe.data = c->timer.data = c;
-    uv_timer_init(&d->loop, &c->timer);
+    uv_timer_init(ctl->loop, &c->timer);
     c->handles_open = 2;
-    conn_start(c, uv_now(&d->loop));
+    conn_start(c, uv_now(ctl->loop));
 }
 
 /* ---- connections without a socket (control.h) ------------------------------ */
 
-struct cbd_conn *cbd_control_conn_open(struct cbd *d, uint32_t uid, uint32_t gid, pid_t pid, uint64_t now_ms)
+struct cbd_conn *cbd_control_conn_open(struct cbd_control *ctl, uint32_t uid, uint32_t gid, pid_t pid, uint64_t now_ms)
 {
     struct cbd_conn *c = calloc(1, sizeof *c);
     if (c == NULL)
         return NULL;
-    c->d = d;
+    c->ctl = ctl;
     c->socketless = 1;
     msgpack_sbuffer_init(&c->out);
     c->uid = uid;
@@ -1214,42 +895,52 @@ static void make_room_for_connections(const struct cbd_config *cfg)
                 cfg->max_connections, (unsigned long long)need, (unsigned long long)rl.rlim_cur);
 }
 
-void cbd_control_configure(struct cbd *d)
+void cbd_control_init(struct cbd_control *ctl, uv_loop_t *loop, const struct cbd_config *cfg,
+                      const struct cbd_control_op *ops, size_t nops, void *ops_arg)
 {
-    struct cbd_control *ctl = &d->control;
+    memset(ctl, 0, sizeof *ctl);
+    ctl->loop = loop;
+    ctl->cfg = cfg;
+    ctl->ops = ops;
+    ctl->nops = nops;
+    ctl->ops_arg = ops_arg;
+    ctl->admin_gid = -1;
+}
+
+void cbd_control_configure(struct cbd_control *ctl)
+{
     const struct passwd *pw = getpwuid(geteuid());
     char self[96] = "";
     unsigned gid;
-    ctl->admin_gid = cbd_config_gid(d->cfg.admin_group, &gid) == 0 ? (long)gid : -1;
+    ctl->admin_gid = cbd_config_gid(ctl->cfg->admin_group, &gid) == 0 ? (long)gid : -1;
     if (geteuid() != 0)
         snprintf(self, sizeof self, ", uid %u (%s)", (unsigned)geteuid(), pw ? pw->pw_name : "?");
     if (ctl->admin_gid >= 0)
-        snprintf(ctl->admins, sizeof ctl->admins, "root%s or group '%s'", self, d->cfg.admin_group);
+        snprintf(ctl->admins, sizeof ctl->admins, "root%s or group '%s'", self, ctl->cfg->admin_group);
     else
         snprintf(ctl->admins, sizeof ctl->admins, "root%s (no admin_group is configured)", self);
-    if (d->cfg.admin_group[0] != '\0' && ctl->admin_gid < 0)
+    if (ctl->cfg->admin_group[0] != '\0' && ctl->admin_gid < 0)
         cbd_log(CBD_LOG_WARN, "admin_group '%s' does not exist (any more): only %s may use admin operations",
-                d->cfg.admin_group, ctl->admins);
-    make_room_for_connections(&d->cfg);
+                ctl->cfg->admin_group, ctl->admins);
+    make_room_for_connections(ctl->cfg);
 }
 
 /* Gives the socket file its mode and group. */
-static int set_socket_owner(struct cbd *d, const char *path)
+static int set_socket_owner(const struct cbd_config *cfg, const char *path)
 {
     unsigned gid;
-    if (chmod(path, d->cfg.socket_mode) < 0)
+    if (chmod(path, cfg->socket_mode) < 0)
         return -errno;
-    if (d->cfg.socket_group[0] == '\0')
+    if (cfg->socket_group[0] == '\0')
         return 0;
-    if (cbd_config_gid(d->cfg.socket_group, &gid) < 0)
+    if (cbd_config_gid(cfg->socket_group, &gid) < 0)
         return -ENOENT;
     return chown(path, (uid_t)-1, (gid_t)gid) < 0 ? -errno : 0;
 }
 
-int cbd_control_listen(struct cbd *d)
+int cbd_control_listen(struct cbd_control *ctl)
 {
-    struct cbd_control *ctl = &d->control;
-    const char *path = d->cfg.socket;
+    const char *path = ctl->cfg->socket;
     int rc = make_parent(path);
     if (rc < 0) {
         cbd_log(CBD_LOG_ERROR, "cannot create the directory of control socket %s: %s", path, strerror(-rc));
@@ -1257,36 +948,35 @@ int cbd_control_listen(struct cbd *d)
     }
     if ((rc = clear_stale(path)) < 0)
         return rc;
-    if ((rc = uv_pipe_init(&d->loop, &ctl->server, 0)) < 0)
+    if ((rc = uv_pipe_init(ctl->loop, &ctl->server, 0)) < 0)
         return rc;
-    ctl->server.data = d;
+    ctl->server.data = ctl;
     ctl->listening = 1;
     /* Mode and group before listen: nobody connects through the umask's mode. */
     if ((rc = uv_pipe_bind(&ctl->server, path)) < 0) {
         cbd_log(CBD_LOG_ERROR, "cannot bind control socket %s: %s", path, uv_strerror(rc));
         return rc;
     }
-    if ((rc = set_socket_owner(d, path)) < 0) {
+    if ((rc = set_socket_owner(ctl->cfg, path)) < 0) {
         cbd_log(CBD_LOG_ERROR, "cannot give control socket %s mode %04o and group '%s': %s", path,
-                d->cfg.socket_mode, d->cfg.socket_group[0] ? d->cfg.socket_group : "(unchanged)", strerror(-rc));
+                ctl->cfg->socket_mode, ctl->cfg->socket_group[0] ? ctl->cfg->socket_group : "(unchanged)", strerror(-rc));
         return rc;
     }
     if ((rc = uv_listen((uv_stream_t *)&ctl->server, 128, on_connection)) < 0) {
         cbd_log(CBD_LOG_ERROR, "cannot listen on control socket %s: %s", path, uv_strerror(rc));
         return rc;
     }
-    cbd_control_configure(d);
+    cbd_control_configure(ctl);
     return 0;
 }
 
 
-void cbd_control_close(struct cbd *d)
+void cbd_control_close(struct cbd_control *ctl)
 {
-    struct cbd_control *ctl = &d->control;
     if (ctl->listening) {
         ctl->listening = 0;
         uv_close((uv_handle_t *)&ctl->server, NULL);
-        unlink(d->cfg.socket);
+        unlink(ctl->cfg->socket);
     }
     while (ctl->conns != NULL)
         conn_close(ctl->conns, CBD_CONN_HANGUP);

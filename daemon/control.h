@@ -1,7 +1,10 @@
 /*
  * control.h - the control socket: length-prefixed msgpack maps over a Unix
  * stream socket (docs/protocol.md), with per-uid and total connection
- * limits and frame and idle timeouts (control.c explains them).
+ * limits, frame and idle timeouts and the admin check (control.c explains
+ * them). What each request does is not the socket's: it runs the
+ * operations of a table it is given (ops.c), each with the peer it came
+ * from and a reply to fill.
  */
 #ifndef CBD_CONTROL_H
 #define CBD_CONTROL_H
@@ -10,6 +13,7 @@
 #include <sys/types.h>
 #include <uv.h>
 
+#include "config.h"
 #include "frame.h"
 #include "hooks.h"
 #include "log.h"
@@ -18,8 +22,40 @@
 #define CBD_CONTROL_LINGER_MS 1000         /* a refused peer's time to send its request and read why */
 #define CBD_CONTROL_MAX_LINGERING 32       /* refused connections lingering at once; more close at once */
 
-struct cbd;
 struct cbd_conn;
+
+/* Who sent a request, as SO_PEERCRED read it at accept. */
+struct cbd_peer {
+    uint32_t uid, gid;  /* uid (uint32_t)-1 if unknown */
+    pid_t pid;
+    int admin;          /* root, the daemon's uid or admin_group: no quota */
+};
+
+/* What an operation answers: {"ok": true, fields...} or, once err is set,
+ * {"ok": false, "error": err, "message": message}. An operation packs its
+ * fields into pk and counts them in nfields. */
+struct cbd_reply {
+    int err;                /* 0: ok; else -errno */
+    char message[1024];
+    msgpack_sbuffer body;   /* the operation's fields */
+    msgpack_packer pk;
+    uint32_t nfields;
+    int subscribe;          /* set by an op: after an ok reply, the connection receives transitions */
+};
+
+/* Sets r's error and message; returns err. */
+int cbd_reply_fail(struct cbd_reply *r, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* One unsigned field. */
+void cbd_reply_u64(struct cbd_reply *r, const char *key, uint64_t v);
+
+/* An operation the socket answers: "op" names it; admin ones are refused
+ * with -EPERM to a peer that is not an admin, without running. run gets
+ * the table's arg; its return is r->err. */
+struct cbd_control_op {
+    const char *name;
+    int admin;
+    int (*run)(void *arg, const struct cbd_peer *peer, const msgpack_object *req, struct cbd_reply *r);
+};
 
 /* How a connection ended, or why it was refused (stats, logs, the seam). */
 enum cbd_conn_end {
@@ -41,6 +77,11 @@ struct cbd_uid_conns {
 };
 
 struct cbd_control {
+    uv_loop_t *loop;
+    const struct cbd_config *cfg;        /* limits and timeouts, read at each decision */
+    const struct cbd_control_op *ops;    /* what requests run */
+    size_t nops;
+    void *ops_arg;
     uv_pipe_t server;
     int listening;
     struct cbd_conn *conns;      /* open and lingering connections, doubly linked */
@@ -61,16 +102,21 @@ struct cbd_control {
     char readbuf[4 + CB_FRAME_MAX]; /* libuv reads land here, then move to the connection */
 };
 
+/* A server on loop with the configuration cfg (socket path, mode, group,
+ * limits; the pointer outlives ctl, its contents may change at a reload)
+ * that answers with ops[0..nops), called with ops_arg. Nothing opens yet. */
+void cbd_control_init(struct cbd_control *ctl, uv_loop_t *loop, const struct cbd_config *cfg,
+                      const struct cbd_control_op *ops, size_t nops, void *ops_arg);
 /* Creates the socket's directory if needed, replaces a stale socket file
  * (only if nobody answers on it), binds, chmods and listens. 0 or -errno
  * (logged). */
-int cbd_control_listen(struct cbd *d);
+int cbd_control_listen(struct cbd_control *ctl);
 /* Stops listening, closes every connection, removes the socket file. */
-void cbd_control_close(struct cbd *d);
-/* Looks up the admin group of d->cfg (listen and reload). */
-void cbd_control_configure(struct cbd *d);
+void cbd_control_close(struct cbd_control *ctl);
+/* Looks up the admin group of the configuration (listen and reload). */
+void cbd_control_configure(struct cbd_control *ctl);
 /* One transition to every subscriber (flags: CB_SEG_F_* of its state word). */
-void cbd_control_publish(struct cbd *d, const struct cbd_hook_event *ev, unsigned flags);
+void cbd_control_publish(struct cbd_control *ctl, const struct cbd_hook_event *ev, unsigned flags);
 
 /*
  * A connection without a socket, for unit tests and the fuzz harness: the
@@ -87,7 +133,7 @@ void cbd_control_publish(struct cbd *d, const struct cbd_hook_event *ev, unsigne
  * open). cbd_control_conn_free ends it (as a hang-up) if it is open, and
  * frees it.
  */
-struct cbd_conn *cbd_control_conn_open(struct cbd *d, uint32_t uid, uint32_t gid, pid_t pid, uint64_t now_ms);
+struct cbd_conn *cbd_control_conn_open(struct cbd_control *ctl, uint32_t uid, uint32_t gid, pid_t pid, uint64_t now_ms);
 enum cbd_conn_end cbd_control_conn_feed(struct cbd_conn *c, const void *bytes, size_t n, uint64_t now_ms);
 enum cbd_conn_end cbd_control_conn_tick(struct cbd_conn *c, uint64_t now_ms);
 /* The frames sent to c so far (length-prefixed, as on the wire). */

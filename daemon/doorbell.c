@@ -2,6 +2,10 @@
  * doorbell.c - how a worker's ring reaches the loop: a FIFO the loop polls,
  * and a futex waiter thread for clients that cannot use the FIFO.
  *
+ * Owns the FIFO, the thread and their two handles, and the doorbell word's
+ * reset; a ring ends in the callback it was given (the drain). It must not
+ * touch the lanes themselves or anything of the circuits.
+ *
  * The doorbell word lives in the lanes region: 0 means "the daemon will
  * look soon", 1 means "rung". A worker that recorded a failure or a probe
  * result does: if load == 0 and exchange(1) == 0, wake the daemon. Only the
@@ -59,7 +63,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cbd.h"
+#include "config.h"
 #include "log.h"
 
 #define WAIT_MS 200
@@ -78,16 +82,16 @@ static void futex_wake(_Atomic uint32_t *word)
 
 static void *waiter(void *arg)
 {
-    struct cbd *d = arg;
-    _Atomic uint32_t *bell = &d->seg.lanes->doorbell;
-    while (!atomic_load_explicit(&d->bell.stop, memory_order_acquire)) { /* pairs with cbd_doorbell_stop */
+    struct cbd_doorbell *b = arg;
+    _Atomic uint32_t *bell = b->word;
+    while (!atomic_load_explicit(&b->stop, memory_order_acquire)) { /* pairs with cbd_doorbell_stop */
         /* Acquire pairs with the ringing worker's exchange: the lane tail it
          * published before ringing is visible to the drain we trigger. */
         uint32_t v = atomic_load_explicit(bell, memory_order_acquire);
         if (v == 0) {
             futex_wait(bell, 0);
         } else {
-            uv_async_send(&d->bell.async);
+            uv_async_send(&b->async);
             futex_wait(bell, v); /* until the loop resets it (or a timeout) */
         }
     }
@@ -95,46 +99,46 @@ static void *waiter(void *arg)
 }
 
 /* Both paths end here, on the loop. */
-static void answer(struct cbd *d)
+static void answer(struct cbd_doorbell *b)
 {
     /* seq_cst store and full fence, then drain: pairs with the fence in the
      * worker's doorbell_ring (see the design comment on lost wakeups). */
-    atomic_store(&d->seg.lanes->doorbell, 0);
+    atomic_store(b->word, 0);
     atomic_thread_fence(memory_order_seq_cst);
-    cbd_drain_all(d);
+    b->ring(b->arg);
 }
 
 static void on_ring(uv_async_t *a)
 {
-    struct cbd *d = a->data;
-    d->bell.rings_futex++;
-    answer(d);
+    struct cbd_doorbell *b = a->data;
+    b->rings_futex++;
+    answer(b);
 }
 
 static void on_fifo(uv_poll_t *p, int status, int events)
 {
     (void)status; /* an error on our own FIFO: answering is still right */
     (void)events;
-    struct cbd *d = p->data;
+    struct cbd_doorbell *b = p->data;
     char buf[256];
     /* Until EAGAIN (we hold a write end too: never EOF). An EINTR leaves
      * bytes behind, and the level-triggered poll brings us back for them. */
-    while (read(d->bell.fifo_fd, buf, sizeof buf) > 0)
+    while (read(b->fifo_fd, buf, sizeof buf) > 0)
         ;
-    d->bell.rings_fifo++;
-    answer(d);
+    b->rings_fifo++;
+    answer(b);
 }
 
 /* Mode and group of the control socket, on the FIFO (fchmod: the umask
  * does not apply). */
-static int fifo_set_access(const struct cbd *d, int fd)
+static int fifo_set_access(int fd, unsigned mode, const char *group)
 {
     unsigned gid;
-    if (fchmod(fd, d->cfg.socket_mode) < 0)
+    if (fchmod(fd, mode) < 0)
         return -errno;
-    if (d->cfg.socket_group[0] == '\0')
+    if (group[0] == '\0')
         return 0;
-    if (cbd_config_gid(d->cfg.socket_group, &gid) < 0)
+    if (cbd_config_gid(group, &gid) < 0)
         return -ENOENT;
     return fchown(fd, (uid_t)-1, (gid_t)gid) < 0 ? -errno : 0;
 }
@@ -154,9 +158,8 @@ static int fifo_clear_stale(const char *path)
 }
 
 /* Creates, opens and polls the FIFO: 0 or -errno (nothing left behind). */
-static int fifo_start(struct cbd *d)
+static int fifo_start(struct cbd_doorbell *b, uv_loop_t *loop, unsigned mode, const char *group)
 {
-    struct cbd_doorbell *b = &d->bell;
     const char *path = b->fifo_path;
     int rc = fifo_clear_stale(path);
     if (rc < 0)
@@ -166,11 +169,11 @@ static int fifo_start(struct cbd *d)
     int fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         rc = -errno;
-    else if ((rc = fifo_set_access(d, fd)) < 0)
-        cbd_log(CBD_LOG_ERROR, "cannot give doorbell FIFO %s mode %04o and group '%s': %s", path,
-                d->cfg.socket_mode, d->cfg.socket_group[0] ? d->cfg.socket_group : "(unchanged)", strerror(-rc));
-    else if ((rc = uv_poll_init(&d->loop, &b->poll, fd)) == 0) {
-        b->poll.data = d;
+    else if ((rc = fifo_set_access(fd, mode, group)) < 0)
+        cbd_log(CBD_LOG_ERROR, "cannot give doorbell FIFO %s mode %04o and group '%s': %s", path, mode,
+                group[0] ? group : "(unchanged)", strerror(-rc));
+    else if ((rc = uv_poll_init(loop, &b->poll, fd)) == 0) {
+        b->poll.data = b;
         if ((rc = uv_poll_start(&b->poll, UV_READABLE, on_fifo)) < 0)
             uv_close((uv_handle_t *)&b->poll, NULL);
     }
@@ -184,9 +187,8 @@ static int fifo_start(struct cbd *d)
     return 0;
 }
 
-static void fifo_stop(struct cbd *d)
+static void fifo_stop(struct cbd_doorbell *b)
 {
-    struct cbd_doorbell *b = &d->bell;
     if (b->fifo_fd < 0)
         return;
     struct stat ours, now;
@@ -200,52 +202,55 @@ static void fifo_stop(struct cbd *d)
     b->fifo_fd = -1;
 }
 
-static int thread_start(struct cbd *d)
+static int thread_start(struct cbd_doorbell *b, uv_loop_t *loop)
 {
-    int rc = uv_async_init(&d->loop, &d->bell.async, on_ring);
+    int rc = uv_async_init(loop, &b->async, on_ring);
     if (rc < 0)
         return rc;
-    d->bell.async.data = d;
-    atomic_store_explicit(&d->bell.stop, 0, memory_order_relaxed); /* before the thread exists */
+    b->async.data = b;
+    atomic_store_explicit(&b->stop, 0, memory_order_relaxed); /* before the thread exists */
     /* The thread inherits a full signal mask: signals are the loop's
      * (uv_signal), never this thread's. */
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
-    rc = pthread_create(&d->bell.thread, NULL, waiter, d);
+    rc = pthread_create(&b->thread, NULL, waiter, b);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
-        uv_close((uv_handle_t *)&d->bell.async, NULL);
+        uv_close((uv_handle_t *)&b->async, NULL);
         cbd_log(CBD_LOG_ERROR, "cannot start the doorbell thread: %s", strerror(rc));
         return -rc;
     }
     return 0;
 }
 
-int cbd_doorbell_start(struct cbd *d)
+int cbd_doorbell_start(struct cbd_doorbell *b, uv_loop_t *loop, _Atomic uint32_t *word, const char *socket_path,
+                       unsigned mode, const char *group, void (*ring)(void *arg), void *arg)
 {
-    struct cbd_doorbell *b = &d->bell;
+    b->word = word;
+    b->ring = ring;
+    b->arg = arg;
     b->fifo_fd = -1;
-    int rc = thread_start(d);
+    int rc = thread_start(b, loop);
     if (rc < 0)
         return rc;
     b->started = 1;
-    snprintf(b->fifo_path, sizeof b->fifo_path, "%s%s", d->cfg.socket, CBD_BELL_SUFFIX);
-    if ((rc = fifo_start(d)) < 0)
+    snprintf(b->fifo_path, sizeof b->fifo_path, "%s%s", socket_path, CBD_BELL_SUFFIX);
+    if ((rc = fifo_start(b, loop, mode, group)) < 0)
         cbd_log(CBD_LOG_WARN, "no doorbell FIFO %s (%s): workers wake cbd through the futex thread (slower trips)",
                 b->fifo_path, strerror(-rc));
     return 0;
 }
 
-void cbd_doorbell_stop(struct cbd *d)
+void cbd_doorbell_stop(struct cbd_doorbell *b)
 {
-    if (!d->bell.started)
+    if (!b->started)
         return;
-    fifo_stop(d);
+    fifo_stop(b);
     /* Release pairs with the thread's acquire load of stop. */
-    atomic_store_explicit(&d->bell.stop, 1, memory_order_release);
-    futex_wake(&d->seg.lanes->doorbell);
-    pthread_join(d->bell.thread, NULL);
-    uv_close((uv_handle_t *)&d->bell.async, NULL); /* after the join: no uv_async_send can follow */
-    d->bell.started = 0;
+    atomic_store_explicit(&b->stop, 1, memory_order_release);
+    futex_wake(b->word);
+    pthread_join(b->thread, NULL);
+    uv_close((uv_handle_t *)&b->async, NULL); /* after the join: no uv_async_send can follow */
+    b->started = 0;
 }

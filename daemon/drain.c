@@ -34,6 +34,11 @@
  * drained one last time and freed. Limitation: pids are those of the
  * daemon's pid namespace; workers in another namespace need the daemon in
  * theirs.
+ *
+ * Owns the lanes' heads, the reclaim of their owner words, its two timers
+ * and its counters. It must not touch the state region except through the
+ * policy (which publishes), nor anything of the store, the hooks or the
+ * socket: a transition an event causes reaches those through the env.
  */
 #include "drain.h"
 
@@ -42,27 +47,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cbd.h"
 #include "fault.h"
 
-static void flush_dirty(struct cbd *d)
+static void flush_dirty(struct cbd_drain *dr)
 {
-    struct cbd_drain *dr = &d->drain;
     for (uint32_t i = 0; i < dr->ndirty; i++)
-        cbd_policy_flush(&d->circuits[dr->dirty[i]]);
+        cbd_policy_flush(&dr->circuits->by_slot[dr->dirty[i]]);
     dr->ndirty = 0;
 }
 
 /* Lists c for flush_dirty before its first event of the batch. */
-static void mark_dirty(struct cbd *d, struct cbd_circuit *c)
+static void mark_dirty(struct cbd_drain *dr, struct cbd_circuit *c)
 {
-    struct cbd_drain *dr = &d->drain;
     if (c->dirty)
         return; /* already listed (the policy clears it when it publishes) */
     if (dr->ndirty == dr->dirty_cap) {
         uint32_t *p = realloc(dr->dirty, (size_t)dr->dirty_cap * 2 * sizeof *p);
         if (p == NULL) /* out of memory: publish what is listed now, reuse the list */
-            flush_dirty(d);
+            flush_dirty(dr);
         else {
             dr->dirty = p;
             dr->dirty_cap *= 2;
@@ -71,24 +73,24 @@ static void mark_dirty(struct cbd *d, struct cbd_circuit *c)
     dr->dirty[dr->ndirty++] = c->slot;
 }
 
-static int event_valid(const struct cbd *d, const struct cb_lane_event *e)
+static int event_valid(const struct cbd_drain *dr, const struct cb_lane_event *e)
 {
-    return e->slot < d->ncircuits && e->check == (uint16_t)(CB_EVENT_CHECK ^ (e->slot & 0xffff)) &&
+    return e->slot < dr->circuits->n && e->check == (uint16_t)(CB_EVENT_CHECK ^ (e->slot & 0xffff)) &&
            e->outcome <= CB_IGNORED && (e->kind == CB_TICKET_ALLOWED || e->kind == CB_TICKET_PROBE);
 }
 
 /* An event for a slot whose circuit was removed: a late report of a
  * removed circuit, counted as stale and not applied (the slot's record is
  * not the daemon's to publish until it is reused). */
-static int event_removed(const struct cbd *d, const struct cb_lane_event *e)
+static int event_removed(const struct cbd_drain *dr, const struct cb_lane_event *e)
 {
-    return d->circuits[e->slot].removed;
+    return dr->circuits->by_slot[e->slot].removed;
 }
 
-static void warn_invalid(struct cbd *d, uint32_t lane_no, uint64_t owner, const struct cb_lane_event *e)
+static void warn_invalid(struct cbd_drain *dr, uint32_t lane_no, uint64_t owner, const struct cb_lane_event *e)
 {
     uint64_t suppressed;
-    if (!cbd_ratelimit_pass(&d->drain.invalid_warn, &suppressed))
+    if (!cbd_ratelimit_pass(&dr->invalid_warn, &suppressed))
         return;
     cbd_log(CBD_LOG_WARN,
             "lane %u (owner pid %u): invalid event ignored (slot %u, outcome %u, kind %u, check 0x%04x): "
@@ -98,9 +100,9 @@ static void warn_invalid(struct cbd *d, uint32_t lane_no, uint64_t owner, const 
 }
 
 /* Drains one lane completely. */
-static void drain_lane(struct cbd *d, uint32_t lane_no, uint64_t owner, const struct cbd_now *now)
+static void drain_lane(struct cbd_drain *dr, uint32_t lane_no, uint64_t owner, const struct cbd_now *now)
 {
-    struct cb_lanes_header *l = d->seg.lanes;
+    struct cb_lanes_header *l = dr->seg->lanes;
     struct cb_lane *lane = CB_LANES_LANE(l, lane_no);
     uint32_t cap = l->lane_capacity;
     /* Acquire pairs with the producer's release store of tail: the events
@@ -113,13 +115,13 @@ static void drain_lane(struct cbd *d, uint32_t lane_no, uint64_t owner, const st
         /* Garbage: positions only grow. The head stays where it is - moving
          * it back would hand positions the records' checkpoints already
          * name to the lane's next owner (reclaim resets the tail instead). */
-        d->drain.lane_overruns++;
+        dr->lane_overruns++;
         cbd_log(CBD_LOG_DEBUG, "lane %u (owner pid %u): tail %llu is behind head %llu: ignored", lane_no,
                 (uint32_t)(owner >> 32), (unsigned long long)tail, (unsigned long long)head);
         return;
     }
     if (tail - head > cap) {
-        d->drain.lane_overruns++;
+        dr->lane_overruns++;
         cbd_log(CBD_LOG_DEBUG, "lane %u (owner pid %u): tail %llu is a lane ahead of head %llu: skipped", lane_no,
                 (uint32_t)(owner >> 32), (unsigned long long)tail, (unsigned long long)head);
     } else {
@@ -127,48 +129,48 @@ static void drain_lane(struct cbd *d, uint32_t lane_no, uint64_t owner, const st
         for (uint64_t pos = head; pos != tail; pos++) {
             struct cb_lane_event e;
             memcpy(&e, &events[pos & (cap - 1)], sizeof e); /* one read of shared bytes, then checks */
-            if (!event_valid(d, &e)) {
-                d->drain.events_invalid++;
-                warn_invalid(d, lane_no, owner, &e);
+            if (!event_valid(dr, &e)) {
+                dr->events_invalid++;
+                warn_invalid(dr, lane_no, owner, &e);
                 continue;
             }
-            struct cbd_circuit *c = &d->circuits[e.slot];
-            if (event_removed(d, &e)) {
-                d->drain.events_stale++;
+            struct cbd_circuit *c = &dr->circuits->by_slot[e.slot];
+            if (event_removed(dr, &e)) {
+                dr->events_stale++;
                 continue;
             }
             if (c->pub.applied_lane == lane_no + 1 && pos < c->pub.applied_pos) {
-                d->drain.events_replayed++; /* counted by the daemon before a crash */
+                dr->events_replayed++; /* counted by the daemon before a crash */
                 continue;
             }
-            mark_dirty(d, c);
+            mark_dirty(dr, c);
             /* The checkpoint first: a transition this event causes publishes it. */
             c->pub.applied_lane = lane_no + 1;
             c->pub.applied_pos = pos + 1;
-            d->drain.events_drained++;
+            dr->events_drained++;
             c->last_used_ns = now->mono_ns;
-            if (cbd_policy_on_event(&d->env, c, &e, now) == CBD_EVENT_STALE)
-                d->drain.events_stale++;
+            if (cbd_policy_on_event(dr->env, c, &e, now) == CBD_EVENT_STALE)
+                dr->events_stale++;
         }
     }
-    flush_dirty(d);
+    flush_dirty(dr);
     CBD_FAULT("drain.before_head");
     /* Release pairs with the producer's acquire load of head: the slots
      * read above may be overwritten now. */
     atomic_store_explicit(&lane->head, tail, memory_order_release);
 }
 
-void cbd_drain_all(struct cbd *d)
+void cbd_drain_all(struct cbd_drain *dr)
 {
-    struct cb_lanes_header *l = d->seg.lanes;
+    struct cb_lanes_header *l = dr->seg->lanes;
     struct cbd_now now;
     cbd_now(&now);
     for (uint32_t i = 0; i < l->lane_count; i++) {
         uint64_t owner = atomic_load_explicit(&CB_LANES_LANE(l, i)->owner, memory_order_relaxed);
         if (owner != 0) /* a free lane has been drained when it was freed */
-            drain_lane(d, i, owner, &now);
+            drain_lane(dr, i, owner, &now);
     }
-    cbd_check_demand(d); /* a call that wants a probe rang the same doorbell */
+    cbd_circuits_check_demand(dr->circuits, dr->env); /* a call that wants a probe rang the same doorbell */
 }
 
 /* Why a lane's owner is gone, or NULL if it is alive. */
@@ -186,8 +188,8 @@ static const char *owner_gone(uint64_t owner)
 
 static void reclaim(uv_timer_t *t)
 {
-    struct cbd *d = t->data;
-    struct cb_lanes_header *l = d->seg.lanes;
+    struct cbd_drain *dr = t->data;
+    struct cb_lanes_header *l = dr->seg->lanes;
     struct cbd_now now;
     cbd_now(&now);
     for (uint32_t i = 0; i < l->lane_count; i++) {
@@ -198,7 +200,7 @@ static void reclaim(uv_timer_t *t)
         const char *why = owner != 0 ? owner_gone(owner) : NULL;
         if (why == NULL)
             continue;
-        drain_lane(d, i, owner, &now);
+        drain_lane(dr, i, owner, &now);
         /* A tail left behind the head by a buggy owner: the next owner
          * starts where the daemon is (no producer exists now). */
         uint64_t head = atomic_load_explicit(&lane->head, memory_order_relaxed);
@@ -210,7 +212,7 @@ static void reclaim(uv_timer_t *t)
          * next round. */
         if (atomic_compare_exchange_strong_explicit(&lane->owner, &owner, 0, memory_order_release,
                                                     memory_order_relaxed)) {
-            d->drain.lanes_reclaimed++;
+            dr->lanes_reclaimed++;
             cbd_log(CBD_LOG_DEBUG, "reclaimed lane %u of pid %u (%s)", i, (uint32_t)(owner >> 32), why);
         }
     }
@@ -219,13 +221,13 @@ static void reclaim(uv_timer_t *t)
 /* After adoption: drains first every lane that a record's checkpoint names
  * beyond the lane's head - the lane the previous daemon was draining when it
  * died - so that its events are skipped against the checkpoints they left. */
-static void recover_unfinished_lanes(struct cbd *d)
+static void recover_unfinished_lanes(struct cbd_drain *dr)
 {
-    struct cb_lanes_header *l = d->seg.lanes;
+    struct cb_lanes_header *l = dr->seg->lanes;
     struct cbd_now now;
     cbd_now(&now);
-    for (uint32_t i = 0; i < d->ncircuits; i++) {
-        const struct cbd_circuit *c = &d->circuits[i];
+    for (uint32_t i = 0; i < dr->circuits->n; i++) {
+        const struct cbd_circuit *c = &dr->circuits->by_slot[i];
         uint32_t lane_no = c->pub.applied_lane - 1;
         if (c->removed || c->pub.applied_lane == 0 || lane_no >= l->lane_count)
             continue;
@@ -234,48 +236,56 @@ static void recover_unfinished_lanes(struct cbd *d)
             continue;
         cbd_log(CBD_LOG_INFO, "lane %u was being drained when the previous daemon stopped: draining it first",
                 lane_no);
-        drain_lane(d, lane_no, atomic_load_explicit(&lane->owner, memory_order_relaxed), &now);
+        drain_lane(dr, lane_no, atomic_load_explicit(&lane->owner, memory_order_relaxed), &now);
     }
 }
 
 static void tick(uv_timer_t *t)
 {
-    struct cbd *d = t->data;
-    cbd_drain_all(d);
-    cbd_segment_lanes_check(&d->seg);
+    struct cbd_drain *dr = t->data;
+    cbd_drain_all(dr);
+    cbd_segment_lanes_check(dr->seg);
 }
 
-int cbd_drain_start(struct cbd *d)
+void cbd_drain_init(struct cbd_drain *dr, uv_loop_t *loop, struct cbd_segment *seg, struct cbd_circuits *circuits,
+                    const struct cbd_policy_env *env, const struct cbd_config *cfg)
 {
-    struct cbd_drain *dr = &d->drain;
+    memset(dr, 0, sizeof *dr);
+    dr->loop = loop;
+    dr->seg = seg;
+    dr->circuits = circuits;
+    dr->env = env;
+    dr->cfg = cfg;
+}
+
+int cbd_drain_start(struct cbd_drain *dr)
+{
     dr->dirty_cap = 256;
     if ((dr->dirty = malloc(dr->dirty_cap * sizeof *dr->dirty)) == NULL)
         return UV_ENOMEM;
-    int rc = uv_timer_init(&d->loop, &dr->tick);
+    int rc = uv_timer_init(dr->loop, &dr->tick);
     if (rc == 0)
-        rc = uv_timer_init(&d->loop, &dr->reclaim);
+        rc = uv_timer_init(dr->loop, &dr->reclaim);
     if (rc < 0)
         return rc;
-    dr->tick.data = dr->reclaim.data = d;
+    dr->tick.data = dr->reclaim.data = dr;
     dr->started = 1;
-    recover_unfinished_lanes(d);
-    cbd_drain_set_intervals(d);
+    recover_unfinished_lanes(dr);
+    cbd_drain_set_intervals(dr);
     return 0;
 }
 
-void cbd_drain_set_intervals(struct cbd *d)
+void cbd_drain_set_intervals(struct cbd_drain *dr)
 {
-    struct cbd_drain *dr = &d->drain;
     if (!dr->started)
         return;
     /* uv_timer_start on a running timer re-arms it with the new period. */
-    uv_timer_start(&dr->tick, tick, d->cfg.drain_interval_ms, d->cfg.drain_interval_ms);
-    uv_timer_start(&dr->reclaim, reclaim, d->cfg.reclaim_interval_ms, d->cfg.reclaim_interval_ms);
+    uv_timer_start(&dr->tick, tick, dr->cfg->drain_interval_ms, dr->cfg->drain_interval_ms);
+    uv_timer_start(&dr->reclaim, reclaim, dr->cfg->reclaim_interval_ms, dr->cfg->reclaim_interval_ms);
 }
 
-void cbd_drain_stop(struct cbd *d)
+void cbd_drain_stop(struct cbd_drain *dr)
 {
-    struct cbd_drain *dr = &d->drain;
     if (dr->started) {
         uv_close((uv_handle_t *)&dr->tick, NULL);
         uv_close((uv_handle_t *)&dr->reclaim, NULL);
@@ -286,18 +296,18 @@ void cbd_drain_stop(struct cbd *d)
     dr->ndirty = dr->dirty_cap = 0;
 }
 
-uint64_t cbd_drain_lanes_in_use(const struct cbd *d)
+uint64_t cbd_drain_lanes_in_use(const struct cbd_drain *dr)
 {
-    const struct cb_lanes_header *l = d->seg.lanes;
+    const struct cb_lanes_header *l = dr->seg->lanes;
     uint64_t n = 0;
     for (uint32_t i = 0; i < l->lane_count; i++)
         n += atomic_load_explicit(&CB_LANES_LANE(l, i)->owner, memory_order_relaxed) != 0;
     return n;
 }
 
-uint64_t cbd_drain_lane_drops(const struct cbd *d)
+uint64_t cbd_drain_lane_drops(const struct cbd_drain *dr)
 {
-    const struct cb_lanes_header *l = d->seg.lanes;
+    const struct cb_lanes_header *l = dr->seg->lanes;
     uint64_t n = atomic_load_explicit(&((struct cb_lanes_header *)l)->no_lane_drops, memory_order_relaxed);
     for (uint32_t i = 0; i < l->lane_count; i++)
         n += atomic_load_explicit(&CB_LANES_LANE(l, i)->dropped, memory_order_relaxed);

@@ -13,14 +13,9 @@
 #include <stdint.h>
 
 #include "cb.h"
+#include "clock.h"
 #include "fault.h"
 #include "segment.h"
-
-/* Both clocks, read once per loop turn by the caller. */
-struct cbd_now {
-    uint64_t mono_ns; /* CLOCK_MONOTONIC: deadlines */
-    int64_t real_ns;  /* CLOCK_REALTIME: opened_at, transition times */
-};
 
 struct cbd_override;
 

@@ -2,13 +2,17 @@
  * timers.c - every circuit deadline in one binary min-heap of
  * (deadline, slot, epoch), served by a single uv_timer armed at the earliest.
  *
+ * Owns the heap and its uv_timer, nothing else: a due entry goes to the
+ * fire callback as it was added. It must not look into circuits or the
+ * policy; what a (slot, epoch) means is the receiver's business.
+ *
  * Why not one uv_timer per circuit: 65536 OPEN circuits would be 65536
  * handles, each closed asynchronously; a heap is one allocation and one
- * handle. Deletion is lazy (the policy compares the entry's epoch and
- * deadline with the circuit's and drops what it outgrew), so the heap only
- * ever pushes and pops; the policy keeps at most one live entry per circuit,
- * which bounds the heap by the number of waiting circuits plus a few dead
- * entries waiting to be popped.
+ * handle. Deletion is lazy (the receiver, the policy, compares the entry's
+ * epoch and deadline with the circuit's and drops what it outgrew), so the
+ * heap only ever pushes and pops; the policy keeps at most one live entry
+ * per circuit, which bounds the heap by the number of waiting circuits plus
+ * a few dead entries waiting to be popped.
  *
  * Deadlines are CLOCK_MONOTONIC nanoseconds read directly, not uv_now()
  * (which is cached per loop turn and in milliseconds): the uv_timer is only
@@ -16,21 +20,9 @@
  */
 #include "timers.h"
 
-#include <errno.h>
 #include <stdlib.h>
-#include <time.h>
 
-#include "cbd.h"
 #include "log.h"
-
-void cbd_now(struct cbd_now *now)
-{
-    struct timespec m, r;
-    clock_gettime(CLOCK_MONOTONIC, &m);
-    clock_gettime(CLOCK_REALTIME, &r);
-    now->mono_ns = (uint64_t)m.tv_sec * 1000000000u + (uint64_t)m.tv_nsec;
-    now->real_ns = (int64_t)r.tv_sec * 1000000000 + r.tv_nsec;
-}
 
 static void swap(struct cbd_deadline *a, struct cbd_deadline *b)
 {
@@ -80,34 +72,32 @@ static void rearm(struct cbd_timers *tm)
 
 static void on_timer(uv_timer_t *t)
 {
-    struct cbd *d = t->data;
-    struct cbd_timers *tm = &d->timers;
+    struct cbd_timers *tm = t->data;
     struct cbd_now now;
     cbd_now(&now);
     while (tm->n > 0 && tm->heap[0].at_ns <= now.mono_ns) {
         struct cbd_deadline e = tm->heap[0];
         tm->heap[0] = tm->heap[--tm->n];
         sift_down(tm->heap, tm->n, 0);
-        if (e.slot < d->ncircuits) /* may push new entries: the heap is consistent here */
-            cbd_policy_on_deadline(&d->env, &d->circuits[e.slot], e.epoch, e.at_ns, &now);
+        tm->fire(tm->arg, e.slot, e.epoch, e.at_ns, &now); /* may push new entries: the heap is consistent here */
     }
     rearm(tm);
 }
 
-int cbd_timers_init(struct cbd *d)
+int cbd_timers_init(struct cbd_timers *tm, uv_loop_t *loop, cbd_deadline_fn *fire, void *arg)
 {
-    struct cbd_timers *tm = &d->timers;
-    int rc = uv_timer_init(&d->loop, &tm->timer);
+    int rc = uv_timer_init(loop, &tm->timer);
     if (rc < 0)
         return rc;
-    tm->timer.data = d;
+    tm->timer.data = tm;
+    tm->fire = fire;
+    tm->arg = arg;
     tm->started = 1;
     return 0;
 }
 
-void cbd_timers_add(struct cbd *d, uint32_t slot, uint32_t epoch, uint64_t at_ns)
+void cbd_timers_add(struct cbd_timers *tm, uint32_t slot, uint32_t epoch, uint64_t at_ns)
 {
-    struct cbd_timers *tm = &d->timers;
     if (tm->n == tm->cap) {
         size_t cap = tm->cap ? tm->cap * 2 : 64;
         struct cbd_deadline *h = realloc(tm->heap, cap * sizeof *h);
@@ -126,9 +116,8 @@ void cbd_timers_add(struct cbd *d, uint32_t slot, uint32_t epoch, uint64_t at_ns
         rearm(tm);
 }
 
-void cbd_timers_close(struct cbd *d)
+void cbd_timers_close(struct cbd_timers *tm)
 {
-    struct cbd_timers *tm = &d->timers;
     if (tm->started)
         uv_close((uv_handle_t *)&tm->timer, NULL);
     tm->started = 0;

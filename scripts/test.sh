@@ -2,6 +2,8 @@
 # test.sh - the second quick-start command: build cbd and run every check.
 #
 #   1. scripts/setup.sh (packages if missing, dynalite, configure, build)
+#      then scripts/check-includes.py: the include graph follows the
+#      layers and has no module cycle
 #   2. ctest in build (unit + integration tests; the tests start their own
 #      cbd, redis-server and dynalite on unique names and loopback ports)
 #   3. the demo against a throwaway cbd (its story must happen)
@@ -98,6 +100,7 @@ finish() {
 if ! check "build" build ""; then
     finish
 fi
+check "include graph" python3 scripts/check-includes.py
 run_ctest "ctest" "$base"
 check "demo" env CB_BUILD_DIR="$base" bench/with_cbd.sh demo "$base/cb_demo"
 check "bench smoke" env CB_BUILD_DIR="$base" bench/run.sh --quick

@@ -1,6 +1,6 @@
 /*
  * fuzz_control.c - what a peer sends on a control connection, through the
- * daemon's framing, cb__mp_unpack_map and every operation (control.c), on a
+ * daemon's framing, cb__mp_unpack_map and every operation (control.c, ops.c), on a
  * real struct cbd: a fresh segment of its own instance, the configuration
  * parsed from a file with a [circuit] and a [prefix] section (so reload,
  * quotas and sections run for real), the policy and its timers. The store
@@ -78,18 +78,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct cbd_conn *sub = NULL, *c;
     if (data[0] & 2) {
         static const char subscribe[] = "\0\0\0\x0e\x81\xa2op\xa9subscribe";
-        sub = cbd_control_conn_open(d, 1001, 1001, 1, now);
+        sub = cbd_control_conn_open(&d->control, 1001, 1001, 1, now);
         if (sub != NULL)
             cbd_control_conn_feed(sub, subscribe, sizeof subscribe - 1, now);
     }
-    c = cbd_control_conn_open(d, uid, uid, 2, now);
+    c = cbd_control_conn_open(&d->control, uid, uid, 2, now);
     for (size_t off = 2; off < size && c != NULL; off += chunk, now += step_ms) {
         size_t n = size - off < chunk ? size - off : chunk;
         if (cbd_control_conn_tick(c, now) == CBD_CONN_OPEN &&
             cbd_control_conn_feed(c, data + off, n, now) == CBD_CONN_OPEN)
             continue;
         conn_done(c); /* ended: the rest of the bytes go to a new connection */
-        c = cbd_control_conn_open(d, uid, uid, 2, now);
+        c = cbd_control_conn_open(&d->control, uid, uid, 2, now);
     }
     conn_done(c);
     conn_done(sub);

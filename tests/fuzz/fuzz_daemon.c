@@ -88,13 +88,13 @@ struct cbd *fuzz_daemon_new(void)
     if (d == NULL || cbd_config_parse_args(&d->cfg, nargs, args) != CBD_CONFIG_RUN)
         abort();
     cbd_log_threshold = (int)d->cfg.log_level;
-    cbd_env_init(d); /* the daemon's own transition handling: history, log, store, subscribers */
     d->store_ops = &null_store;
     d->store_health = -1;
     unlink_segment(); /* each input starts from a fresh segment */
-    if (uv_loop_init(&d->loop) < 0 || cbd_segment_open(&d->seg, &d->cfg) < 0 || cbd_timers_init(d) < 0)
+    /* the daemon's own transition handling: history, log, store, subscribers */
+    if (uv_loop_init(&d->loop) < 0 || cbd_open(d) < 0)
         abort();
-    cbd_control_configure(d);
+    cbd_control_configure(&d->control);
     return d;
 }
 
@@ -104,40 +104,38 @@ void fuzz_daemon_check(struct cbd *d)
     const struct cbd_control *ctl = &d->control;
     if (ctl->conns != NULL || ctl->nconns != 0 || ctl->nsubscribers != 0 || ctl->nuids != 0 || ctl->nlingering != 0)
         abort(); /* a connection freed and still counted */
-    if (atomic_load_explicit(&d->seg.hdr->circuit_count, memory_order_relaxed) != d->ncircuits ||
-        d->ncircuits > d->cfg.capacity)
+    if (atomic_load_explicit(&d->seg.hdr->circuit_count, memory_order_relaxed) != d->circuits.n ||
+        d->circuits.n > d->cfg.capacity)
         abort();
     uint64_t owned = 0, counted = 0;
-    for (uint32_t i = 0; i < d->ncircuits; i++) {
-        struct cbd_circuit *c = &d->circuits[i];
+    for (uint32_t i = 0; i < d->circuits.n; i++) {
+        struct cbd_circuit *c = &d->circuits.by_slot[i];
         if (c->slot != i)
             abort();
         if (c->removed) {
-            if (cbd_circuit_find(d, c->rec->name) == c)
+            if (cbd_circuits_find(&d->circuits, c->rec->name) == c)
                 abort(); /* a removed circuit is still found by name */
             continue;
         }
-        if (cbd_circuit_find(d, c->rec->name) != c)
+        if (cbd_circuits_find(&d->circuits, c->rec->name) != c)
             abort(); /* the index does not lead back to the circuit */
         owned += c->owner_uid != CBD_OWNER_NONE;
     }
-    for (size_t i = 0; i < d->nowners; i++)
-        counted += d->owners[i].circuits;
+    for (size_t i = 0; i < d->circuits.nowners; i++)
+        counted += d->circuits.owners[i].circuits;
     if (owned != counted)
         abort();
 }
 
 void fuzz_daemon_free(struct cbd *d)
 {
-    cbd_timers_close(d);
+    cbd_timers_close(&d->timers);
     uv_run(&d->loop, UV_RUN_NOWAIT); /* the timer's close callback */
     if (uv_loop_close(&d->loop) != 0)
         abort();
     cbd_segment_close(&d->seg);
     cbd_config_free(&d->cfg);
-    free(d->circuits);
-    free(d->owners);
-    free(d->free_slots);
+    cbd_circuits_free(&d->circuits);
     free(d);
 }
 

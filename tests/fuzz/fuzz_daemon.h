@@ -1,7 +1,7 @@
 /*
  * fuzz_daemon.h - a real struct cbd for fuzz harnesses: a fresh segment of
  * the harness's own instance per input, the configuration parsed from a
- * file, the daemon's own transition handling (cbd_env_init), the policy
+ * file, the daemon's own transition handling (cbd_open), the policy
  * and its timers; a store that accepts everything (stores have their own
  * harnesses), and no socket: harnesses feed the daemon directly.
  */

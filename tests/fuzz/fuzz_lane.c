@@ -33,10 +33,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 static uint64_t counted(struct cbd *d)
 {
     uint64_t n = 0;
-    for (uint32_t i = 0; i < d->ncircuits; i++) {
+    for (uint32_t i = 0; i < d->circuits.n; i++) {
         struct cb_seg_snapshot s;
         int rc = cb__seg_snapshot(d->seg.hdr, i, &s);
-        if (rc == -ENOENT && d->circuits[i].removed)
+        if (rc == -ENOENT && d->circuits.by_slot[i].removed)
             continue;
         if (rc < 0)
             abort(); /* a record the drain left unreadable */
@@ -56,7 +56,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (cbd_circuit_register(d, "trips", NULL, 0, CBD_OWNER_NONE, &slot, &created, err, sizeof err) < 0 ||
         cbd_circuit_register(d, "steady", NULL, 0, CBD_OWNER_NONE, &slot, &created, err, sizeof err) < 0 ||
         cbd_circuit_register(d, "gone", NULL, 0, CBD_OWNER_NONE, &slot, &created, err, sizeof err) < 0 ||
-        cbd_circuit_remove(d, "gone", err, sizeof err) < 0 || cbd_drain_start(d) < 0)
+        cbd_circuit_remove(d, "gone", err, sizeof err) < 0 || cbd_drain_start(&d->drain) < 0)
         abort();
     struct cb_lanes_header *l = d->seg.lanes;
     struct cb_lane *lane = CB_LANES_LANE(l, 0);
@@ -68,17 +68,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     atomic_store(&lane->head, head);
     atomic_store(&lane->tail, tail);
     atomic_store(&lane->owner, cb_lane_owner_word((uint32_t)getpid(), CB_LANE_OWNED));
-    cbd_drain_all(d);
+    cbd_drain_all(&d->drain);
     uint64_t first = counted(d);
     if (first > l->lane_capacity)
         abort(); /* more events counted than the lane holds */
-    cbd_drain_all(d); /* nothing new: nothing more is counted */
+    cbd_drain_all(&d->drain); /* nothing new: nothing more is counted */
     if (counted(d) != first)
         abort();
     atomic_store(&lane->owner, cb_lane_owner_word(0x7fffffffu, CB_LANE_OWNED)); /* no such process */
-    cbd_drain_all(d);
+    cbd_drain_all(&d->drain);
     fuzz_daemon_check(d);
-    cbd_drain_stop(d);
+    cbd_drain_stop(&d->drain);
     fuzz_daemon_free(d);
     return 0;
 }

@@ -5,8 +5,9 @@
  * deadline counted from the frame's first byte, the idle timeout and who
  * is exempt, and the frame each refusal or timeout leaves for the peer.
  *
- * The daemon here is a struct cbd with only its configuration and control
- * state: ping and subscribe, the operations used, touch nothing else. The
+ * The server here is the connection layer alone, with its configuration
+ * and the daemon's operations table: ping and subscribe, the operations
+ * used, touch nothing else. The
  * tests run as root, so uid 0 is an admin (as is the daemon's own uid, also
  * 0); uids from 1000 on are not.
  */
@@ -15,15 +16,23 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cbd.h"
+#include "control.h"
 #include "frame.h"
+#include "ops.h"
 
-static struct cbd *d;
+/* The server alone: its configuration and the daemon's operations table
+ * (ping and subscribe, the only ops these tests send, read nothing of it). */
+static struct {
+    struct cbd_config cfg;
+    struct cbd_control control;
+    struct cbd_ops ops;
+} *d;
 
 static void setup(void)
 {
     d = calloc(1, sizeof *d);
     cr_assert_not_null(d);
+    cbd_control_init(&d->control, NULL, &d->cfg, cbd_ops_table, cbd_ops_count, &d->ops);
     d->cfg.max_connections = 16;
     d->cfg.max_connections_per_uid = 3;
     d->cfg.admin_reserved_connections = 4;
@@ -78,7 +87,7 @@ static struct replies replies_of(const struct cbd_conn *c)
 
 static struct cbd_conn *open_as(uint32_t uid, uint64_t now_ms)
 {
-    struct cbd_conn *c = cbd_control_conn_open(d, uid, uid, 4242, now_ms);
+    struct cbd_conn *c = cbd_control_conn_open(&d->control, uid, uid, 4242, now_ms);
     cr_assert_not_null(c);
     return c;
 }

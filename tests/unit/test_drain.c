@@ -31,7 +31,7 @@ static void died_draining(struct ucbd *u, uint32_t slot, uint64_t successes, uin
     v.total_successes = successes;
     v.applied_lane = lane_no + 1;
     v.applied_pos = pos;
-    cb_seg_version_publish(CB_SEG_RECORD(u->d.seg.hdr, slot), &v);
+    cb_seg_version_publish(CB_SEG_RECORD(u->seg.hdr, slot), &v);
 }
 
 Test(drain, each_event_is_applied_once_and_the_head_moves_past_it)
@@ -43,14 +43,14 @@ Test(drain, each_event_is_applied_once_and_the_head_moves_past_it)
     ucbd_append_n(u, l0, a, CB_SUCCESS, 5);
     ucbd_append_n(u, l3, b, CB_FAILURE, 7);
     ucbd_append_n(u, l0, b, CB_IGNORED, 2);
-    cbd_drain_all(&u->d);
+    cbd_drain_all(&u->drain);
     cr_assert_eq(ucbd_version(u, a).total_successes, 5);
     cr_assert_eq(ucbd_version(u, b).total_failures, 7);
     cr_assert_eq(ucbd_version(u, b).failure_streak, 7);
     cr_assert_eq(ucbd_version(u, b).total_ignored, 2);
     cr_assert_eq(atomic_load(&l0->head), 7);
     cr_assert_eq(atomic_load(&l3->head), 7);
-    cbd_drain_all(&u->d);
+    cbd_drain_all(&u->drain);
     cr_assert_eq(ucbd_counted(u, a) + ucbd_counted(u, b), 14, "a second drain finds nothing new");
     struct cb_seg_vdata v = ucbd_version(u, b);
     cr_assert_eq(v.applied_lane, 3 + 1, "b's checkpoint names the lane drained last (lane 3)");
@@ -72,12 +72,12 @@ Test(drain, a_records_checkpoint_skips_its_events_before_the_position_and_the_re
      * published that, and died before the lane's head moved. */
     died_draining(u, a, 6, 2, 11);
     u = ucbd_successor(u); /* drains lane 2 first */
-    cbd_drain_all(&u->d);
+    cbd_drain_all(&u->drain);
     cr_assert_eq(ucbd_version(u, a).total_successes, 10, "6 counted before + 4 from position 11 on");
     cr_assert_eq(ucbd_version(u, b).total_successes, 10, "another record's events are all applied");
-    cr_assert_eq(u->d.drain.events_replayed, 6);
+    cr_assert_eq(u->drain.events_replayed, 6);
     cr_assert_eq(ucbd_version(u, a).applied_pos, 19);
-    cr_assert_eq(atomic_load(&CB_LANES_LANE(u->d.seg.lanes, 2)->head), 20);
+    cr_assert_eq(atomic_load(&CB_LANES_LANE(u->seg.lanes, 2)->head), 20);
     ucbd_close(u);
 }
 
@@ -94,10 +94,10 @@ Test(drain, the_lane_a_dead_daemon_was_draining_is_drained_before_any_other)
     died_draining(u, a, 4, 1, 4);
     ucbd_append_n(u, l0, a, CB_SUCCESS, 3);
     u = ucbd_successor(u);
-    cbd_drain_all(&u->d);
+    cbd_drain_all(&u->drain);
     cr_assert_eq(ucbd_version(u, a).total_successes, 6 + 3, "every event once (%llu counted)",
                  (unsigned long long)ucbd_version(u, a).total_successes);
-    cr_assert_eq(u->d.drain.events_replayed, 4);
+    cr_assert_eq(u->drain.events_replayed, 4);
     ucbd_close(u);
 }
 
@@ -107,7 +107,7 @@ Test(drain, a_daemon_killed_as_a_drained_failure_trips_the_circuit_is_followed_b
     cb_config cfg = threshold(3);
     uint32_t a = ucbd_add(u, "a", &cfg), b = ucbd_add(u, "b", &cfg);
     struct cb_lane *lane = ucbd_claim(u, 1);
-    uint32_t a_closed = u->d.circuits[a].epoch;
+    uint32_t a_closed = u->circuits.by_slot[a].epoch;
     ucbd_append_n(u, lane, a, CB_FAILURE, 2);
     ucbd_append_n(u, lane, b, CB_SUCCESS, 3);
     ucbd_append_n(u, lane, a, CB_FAILURE, 2); /* the first trips a, the second comes from a worker still in flight */
@@ -115,15 +115,15 @@ Test(drain, a_daemon_killed_as_a_drained_failure_trips_the_circuit_is_followed_b
     jmp_buf died;
     u->die_on_transition = &died;
     if (setjmp(died) == 0) {
-        cbd_drain_all(&u->d);
+        cbd_drain_all(&u->drain);
         cr_assert_fail("the drain should have tripped a");
     }
     cr_assert_eq(atomic_load(&lane->head), 0, "died before the head moved");
-    cr_assert_eq(atomic_load(&u->d.seg.hdr->history_head), 0, "and before the history entry");
+    cr_assert_eq(atomic_load(&u->seg.hdr->history_head), 0, "and before the history entry");
     u = ucbd_successor(u);
-    cr_assert_eq(atomic_load(&u->d.seg.hdr->history_head), 1, "the committed trip's history entry is completed");
-    cr_assert_eq(atomic_load(&CB_SEG_HISTORY(u->d.seg.hdr, 0)->to), CB_OPEN);
-    cbd_drain_all(&u->d);
+    cr_assert_eq(atomic_load(&u->seg.hdr->history_head), 1, "the committed trip's history entry is completed");
+    cr_assert_eq(atomic_load(&CB_SEG_HISTORY(u->seg.hdr, 0)->to), CB_OPEN);
+    cbd_drain_all(&u->drain);
     struct cb_seg_vdata va = ucbd_version(u, a), vb = ucbd_version(u, b);
     cr_assert_eq(cb_seg_word_state(va.word), CB_OPEN);
     cr_assert_eq(cb_seg_word_epoch(va.word), a_closed + 1, "tripped once");
@@ -132,8 +132,8 @@ Test(drain, a_daemon_killed_as_a_drained_failure_trips_the_circuit_is_followed_b
     cr_assert_eq(va.total_failures, 3, "the three failures before the trip count once");
     cr_assert_eq(va.total_stale_events, 1, "the in-flight failure is of the CLOSED epoch");
     cr_assert_eq(vb.total_successes, 5, "b's events, never published by the dead daemon, are applied now");
-    cr_assert_eq(u->d.drain.events_replayed, 3);
-    cr_assert_eq(atomic_load(&CB_LANES_LANE(u->d.seg.lanes, 1)->head), 9);
+    cr_assert_eq(u->drain.events_replayed, 3);
+    cr_assert_eq(atomic_load(&CB_LANES_LANE(u->seg.lanes, 1)->head), 9);
     ucbd_close(u);
 }
 
@@ -160,18 +160,18 @@ Test(drain, a_released_lane_is_drained_one_last_time_and_freed)
     uint32_t a;
     struct ucbd *u = reclaiming_daemon(&a);
     cb_client *cl;
-    cr_assert_eq(cb_client_open(&cl, u->d.cfg.instance), 0);
+    cr_assert_eq(cb_client_open(&cl, u->cfg.instance), 0);
     record_n(cl, 5);
     uint32_t n;
     struct cb_lane *lane = ucbd_my_lane(u, &n);
     cr_assert_not_null(lane);
     cb_client_close(cl);
     cr_assert_eq(atomic_load(&lane->owner), cb_lane_owner_word((uint32_t)getpid(), CB_LANE_RELEASED));
-    cr_assert(ucbd_run_until(u, u->d.drain.lanes_reclaimed == 1, 1000));
+    cr_assert(ucbd_run_until(u, u->drain.lanes_reclaimed == 1, 1000));
     cr_assert_eq(atomic_load(&lane->owner), 0, "free for the next thread");
     cr_assert_eq(ucbd_counted(u, a), 5, "nothing appended before the release is lost");
     cr_assert_eq(atomic_load(&lane->head), 5);
-    cr_assert_eq(cbd_drain_lanes_in_use(&u->d), 0);
+    cr_assert_eq(cbd_drain_lanes_in_use(&u->drain), 0);
     ucbd_close(u);
 }
 
@@ -183,7 +183,7 @@ Test(drain, a_dead_processs_lane_is_drained_one_last_time_and_freed)
     cr_assert_geq(pid, 0);
     if (pid == 0) { /* a worker that dies without closing its client */
         cb_client *cl;
-        if (cb_client_open(&cl, u->d.cfg.instance) < 0)
+        if (cb_client_open(&cl, u->cfg.instance) < 0)
             _exit(1);
         cb_circuit *c;
         if (cb_circuit_get(cl, "a", NULL, &c) < 0)
@@ -196,10 +196,10 @@ Test(drain, a_dead_processs_lane_is_drained_one_last_time_and_freed)
     cr_assert_eq(waitpid(pid, &status, 0), pid);
     tsup_untrack(pid);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the worker ran (status %d)", status);
-    cr_assert_eq(cbd_drain_lanes_in_use(&u->d), 1, "its lane is still owned by the dead pid");
-    cr_assert(ucbd_run_until(u, u->d.drain.lanes_reclaimed == 1, 1000));
+    cr_assert_eq(cbd_drain_lanes_in_use(&u->drain), 1, "its lane is still owned by the dead pid");
+    cr_assert(ucbd_run_until(u, u->drain.lanes_reclaimed == 1, 1000));
     cr_assert_eq(ucbd_version(u, a).total_failures, 7);
-    cr_assert_eq(cbd_drain_lanes_in_use(&u->d), 0);
+    cr_assert_eq(cbd_drain_lanes_in_use(&u->drain), 0);
     ucbd_close(u);
 }
 
@@ -208,16 +208,16 @@ Test(drain, a_live_owners_lane_is_never_reclaimed)
     uint32_t a;
     struct ucbd *u = reclaiming_daemon(&a);
     cb_client *cl;
-    cr_assert_eq(cb_client_open(&cl, u->d.cfg.instance), 0);
+    cr_assert_eq(cb_client_open(&cl, u->cfg.instance), 0);
     record_n(cl, 3);
     struct cb_lane *lane = ucbd_my_lane(u, NULL);
     uint64_t owner = atomic_load(&lane->owner);
     for (int turn = 0; turn < 10; turn++) /* ten reclaim rounds or more */
-        uv_run(&u->d.loop, UV_RUN_ONCE);
-    cr_assert_eq(u->d.drain.lanes_reclaimed, 0);
+        uv_run(&u->loop, UV_RUN_ONCE);
+    cr_assert_eq(u->drain.lanes_reclaimed, 0);
     cr_assert_eq(atomic_load(&lane->owner), owner);
     record_n(cl, 2);
-    cbd_drain_all(&u->d);
+    cbd_drain_all(&u->drain);
     cr_assert_eq(ucbd_counted(u, a), 5, "the thread keeps its lane");
     cb_client_close(cl);
     ucbd_close(u);
@@ -230,7 +230,7 @@ Test(drain, a_lane_with_a_nonsense_owner_word_is_drained_and_freed)
     struct cb_lane *lane = ucbd_claim(u, 2);
     ucbd_append_n(u, lane, a, CB_SUCCESS, 4);
     atomic_store(&lane->owner, cb_lane_owner_word((uint32_t)getpid(), 77));
-    cr_assert(ucbd_run_until(u, u->d.drain.lanes_reclaimed == 1, 1000));
+    cr_assert(ucbd_run_until(u, u->drain.lanes_reclaimed == 1, 1000));
     cr_assert_eq(atomic_load(&lane->owner), 0);
     cr_assert_eq(ucbd_counted(u, a), 4);
     ucbd_close(u);

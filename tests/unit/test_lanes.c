@@ -29,7 +29,7 @@ static struct fixture open_fixture(uint32_t lanes)
     cb_config_init(&cfg);
     cfg.failure_threshold = 1000000; /* these tests count outcomes; nothing trips */
     f.slot = ucbd_add(f.u, "downstream", &cfg);
-    cr_assert_eq(cb_client_open(&f.cl, f.u->d.cfg.instance), 0);
+    cr_assert_eq(cb_client_open(&f.cl, f.u->cfg.instance), 0);
     cr_assert_eq(cb_circuit_get(f.cl, "downstream", NULL, &f.c), 0, "found in the index, no daemon asked");
     return f;
 }
@@ -68,7 +68,7 @@ Test(lanes, events_go_round_the_ring_for_many_laps_and_each_is_counted_once)
     for (uint64_t batch = 1; total < 200 * LANE_CAP; batch = batch % LANE_CAP + 1) {
         record_n(&f, total, batch, counts); /* 1..16 at a time: every offset in the ring */
         total += batch;
-        cbd_drain_all(&f.u->d);
+        cbd_drain_all(&f.u->drain);
         expect_counts(&f, counts);
     }
     struct cb_lane *lane = ucbd_my_lane(f.u, NULL);
@@ -77,8 +77,8 @@ Test(lanes, events_go_round_the_ring_for_many_laps_and_each_is_counted_once)
     cr_assert_eq(atomic_load(&lane->head), total, "and the daemon's head followed it, %llu laps",
                  (unsigned long long)(total / LANE_CAP));
     cr_assert_eq(atomic_load(&lane->dropped), 0);
-    cr_assert_eq(f.u->d.drain.events_drained, total);
-    cr_assert_eq(f.u->d.drain.events_invalid, 0);
+    cr_assert_eq(f.u->drain.events_drained, total);
+    cr_assert_eq(f.u->drain.events_invalid, 0);
     close_fixture(&f);
 }
 
@@ -91,11 +91,11 @@ Test(lanes, a_full_lane_drops_what_does_not_fit_and_counts_it)
         cb_record(f.c, cb_allow(f.c), CB_FAILURE);
     struct cb_lane *lane = ucbd_my_lane(f.u, NULL);
     cr_assert_eq(atomic_load(&lane->dropped), 5);
-    cr_assert_eq(cbd_drain_lane_drops(&f.u->d), 5, "the daemon reports the drops");
-    cbd_drain_all(&f.u->d);
+    cr_assert_eq(cbd_drain_lane_drops(&f.u->drain), 5, "the daemon reports the drops");
+    cbd_drain_all(&f.u->drain);
     expect_counts(&f, counts);
     record_n(&f, LANE_CAP, LANE_CAP, counts);
-    cbd_drain_all(&f.u->d);
+    cbd_drain_all(&f.u->drain);
     expect_counts(&f, counts);
     cr_assert_eq(atomic_load(&lane->dropped), 5, "a drained lane takes a full lane's worth again");
     close_fixture(&f);
@@ -108,9 +108,9 @@ Test(lanes, a_thread_with_no_free_lane_drops_and_counts)
     atomic_store(&taken->owner, cb_lane_owner_word(1, CB_LANE_OWNED));
     for (int i = 0; i < 3; i++)
         cb_record(f.c, cb_allow(f.c), CB_FAILURE);
-    cr_assert_eq(atomic_load(&f.u->d.seg.lanes->no_lane_drops), 3);
-    cr_assert_eq(cbd_drain_lane_drops(&f.u->d), 3);
-    cbd_drain_all(&f.u->d);
+    cr_assert_eq(atomic_load(&f.u->seg.lanes->no_lane_drops), 3);
+    cr_assert_eq(cbd_drain_lane_drops(&f.u->drain), 3);
+    cbd_drain_all(&f.u->drain);
     cr_assert_eq(ucbd_counted(f.u, f.slot), 0);
     atomic_store(&taken->owner, 0);
     close_fixture(&f);
@@ -121,22 +121,22 @@ Test(lanes, head_and_tail_go_on_counting_when_a_lane_changes_hands)
     struct fixture f = open_fixture(1);
     uint64_t counts[3] = {0};
     record_n(&f, 0, 10, counts);
-    cbd_drain_all(&f.u->d);
+    cbd_drain_all(&f.u->drain);
     record_n(&f, 10, 10, counts);
     cb_client_close(f.cl); /* the lane is released with 10 events not yet drained */
     f.cl = NULL;
-    struct cb_lane *lane = CB_LANES_LANE(f.u->d.seg.lanes, 0);
+    struct cb_lane *lane = CB_LANES_LANE(f.u->seg.lanes, 0);
     cr_assert_eq(atomic_load(&lane->owner), cb_lane_owner_word((uint32_t)getpid(), CB_LANE_RELEASED));
-    cr_assert(ucbd_run_until(f.u, f.u->d.drain.lanes_reclaimed == 1, 1000));
+    cr_assert(ucbd_run_until(f.u, f.u->drain.lanes_reclaimed == 1, 1000));
     cr_assert_eq(atomic_load(&lane->owner), 0);
     cr_assert_eq(atomic_load(&lane->head), 20);
     cr_assert_eq(atomic_load(&lane->tail), 20, "a freed lane keeps its positions");
     expect_counts(&f, counts);
-    cr_assert_eq(cb_client_open(&f.cl, f.u->d.cfg.instance), 0);
+    cr_assert_eq(cb_client_open(&f.cl, f.u->cfg.instance), 0);
     cr_assert_eq(cb_circuit_get(f.cl, "downstream", NULL, &f.c), 0);
     record_n(&f, 20, 5, counts);
     cr_assert_eq(atomic_load(&lane->tail), 25, "the next owner appends after the last one's events");
-    cbd_drain_all(&f.u->d);
+    cbd_drain_all(&f.u->drain);
     expect_counts(&f, counts);
     close_fixture(&f);
 }
@@ -145,7 +145,7 @@ Test(lanes, garbage_and_torn_events_are_counted_invalid_and_the_rest_applied)
 {
     struct fixture f = open_fixture(4);
     struct cb_lane *lane = ucbd_claim(f.u, 2);
-    uint32_t e = f.u->d.circuits[f.slot].epoch;
+    uint32_t e = f.u->circuits.by_slot[f.slot].epoch;
     struct cb_lane_event bad_check = ucbd_event(f.slot, e, CB_FAILURE, CB_TICKET_ALLOWED);
     bad_check.check ^= 0x100;
     struct cb_lane_event torn = {.slot = f.slot, .epoch = e}; /* the second half never written */
@@ -165,14 +165,14 @@ Test(lanes, garbage_and_torn_events_are_counted_invalid_and_the_rest_applied)
         ucbd_append(f.u, lane, garbage[i]);
     ucbd_append(f.u, lane, ucbd_event(f.slot, e, CB_FAILURE, CB_TICKET_ALLOWED));
     atomic_store(&lane->tail, atomic_load(&lane->tail) + 2); /* a tail published before its events (zeros) */
-    cbd_drain_all(&f.u->d);
-    cr_assert_eq(f.u->d.drain.events_invalid, ngarbage + 2);
-    cr_assert_eq(f.u->d.drain.events_drained, 2);
+    cbd_drain_all(&f.u->drain);
+    cr_assert_eq(f.u->drain.events_invalid, ngarbage + 2);
+    cr_assert_eq(f.u->drain.events_drained, 2);
     struct cb_seg_vdata v = ucbd_version(f.u, f.slot);
     cr_assert_eq(v.total_successes, 1);
     cr_assert_eq(v.total_failures, 1);
     cr_assert_eq(atomic_load(&lane->head), atomic_load(&lane->tail), "garbage is consumed, not retried");
-    cr_assert_eq(f.u->d.circuits[f.slot].state, CB_CLOSED);
+    cr_assert_eq(f.u->circuits.by_slot[f.slot].state, CB_CLOSED);
     close_fixture(&f);
 }
 
@@ -181,8 +181,8 @@ Test(lanes, a_full_lane_written_by_hand_is_drained_whole)
     struct fixture f = open_fixture(4);
     struct cb_lane *lane = ucbd_claim(f.u, 1);
     ucbd_append_n(f.u, lane, f.slot, CB_SUCCESS, LANE_CAP);
-    cbd_drain_all(&f.u->d);
-    cr_assert_eq(f.u->d.drain.lane_overruns, 0, "tail exactly a lane ahead is a full lane, not an overrun");
+    cbd_drain_all(&f.u->drain);
+    cr_assert_eq(f.u->drain.lane_overruns, 0, "tail exactly a lane ahead is a full lane, not an overrun");
     cr_assert_eq(ucbd_counted(f.u, f.slot), LANE_CAP);
     close_fixture(&f);
 }
@@ -193,16 +193,16 @@ Test(lanes, a_lane_whose_tail_ran_more_than_a_lane_ahead_is_skipped_and_counted)
     struct cb_lane *lane = ucbd_claim(f.u, 1);
     ucbd_append_n(f.u, lane, f.slot, CB_FAILURE, LANE_CAP);
     atomic_store(&lane->tail, atomic_load(&lane->tail) + 1); /* one more than the ring holds */
-    cbd_drain_all(&f.u->d);
-    cr_assert_eq(f.u->d.drain.lane_overruns, 1);
+    cbd_drain_all(&f.u->drain);
+    cr_assert_eq(f.u->drain.lane_overruns, 1);
     cr_assert_eq(ucbd_counted(f.u, f.slot), 0, "nothing in an overrun lane is trusted");
     cr_assert_eq(atomic_load(&lane->head), LANE_CAP + 1, "the daemon skipped to the tail");
     atomic_store(&lane->tail, 5); /* behind the head */
-    cbd_drain_all(&f.u->d);
-    cr_assert_eq(f.u->d.drain.lane_overruns, 2, "a tail behind the head is an overrun too");
+    cbd_drain_all(&f.u->drain);
+    cr_assert_eq(f.u->drain.lane_overruns, 2, "a tail behind the head is an overrun too");
     cr_assert_eq(ucbd_counted(f.u, f.slot), 0);
     ucbd_append_n(f.u, lane, f.slot, CB_SUCCESS, 1);
-    cbd_drain_all(&f.u->d);
+    cbd_drain_all(&f.u->drain);
     cr_assert_eq(ucbd_counted(f.u, f.slot), 0, "a tail behind the head is never trusted: the head never moves back");
     cr_assert_eq(atomic_load(&lane->head), LANE_CAP + 1);
     close_fixture(&f);
@@ -221,15 +221,15 @@ Test(lanes, a_tail_written_behind_the_head_costs_the_lanes_next_owner_nothing)
     struct fixture f = open_fixture(1);
     struct cb_lane *lane = ucbd_claim(f.u, 0);
     ucbd_append_n(f.u, lane, f.slot, CB_SUCCESS, 12);
-    cbd_drain_all(&f.u->d);
+    cbd_drain_all(&f.u->drain);
     atomic_store(&lane->tail, 3); /* a buggy worker scribbles on its tail, then goes away */
-    cbd_drain_all(&f.u->d);
+    cbd_drain_all(&f.u->drain);
     atomic_store(&lane->owner, cb_lane_owner_word((uint32_t)getpid(), CB_LANE_RELEASED));
-    cr_assert(ucbd_run_until(f.u, f.u->d.drain.lanes_reclaimed == 1, 1000));
+    cr_assert(ucbd_run_until(f.u, f.u->drain.lanes_reclaimed == 1, 1000));
     uint64_t counts[3] = {0};
     record_n(&f, 0, 9, counts); /* a correct worker gets the lane */
-    cbd_drain_all(&f.u->d);
+    cbd_drain_all(&f.u->drain);
     cr_assert_eq(ucbd_counted(f.u, f.slot), 12 + 9, "%llu of the next owner's 9 events skipped as replayed",
-                 (unsigned long long)f.u->d.drain.events_replayed);
+                 (unsigned long long)f.u->drain.events_replayed);
     close_fixture(&f);
 }

@@ -1,7 +1,8 @@
 /*
  * unit_cbd.h - a daemon's state in the test process, for the unit tests of
- * what takes a struct cbd (drain.c, timers.c) and of the lane ring between
- * libcb and the drain.
+ * the drain, the deadline heap and the lane ring between libcb and the
+ * drain: the subsystems they need (config, loop, segment, circuits, policy
+ * env, timers, drain), wired here as cbd.c wires them, with no struct cbd.
  *
  * ucbd_open makes (or, on the instance a previous one left, adopts) a real
  * segment with cbd_segment_open on a unique instance, unlinked when the
@@ -28,7 +29,12 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "cbd.h"
+#include "circuits.h"
+#include "config.h"
+#include "drain.h"
+#include "policy.h"
+#include "segment_owner.h"
+#include "timers.h"
 #include "tsup.h"
 
 #define UCBD_UNUSED __attribute__((unused))
@@ -40,7 +46,14 @@ struct ucbd_ask {
 };
 
 struct ucbd {
-    struct cbd d;
+    /* The daemon's subsystems this fixture wires itself, as cbd.c does. */
+    struct cbd_config cfg;
+    uv_loop_t loop;
+    struct cbd_segment seg;
+    struct cbd_circuits circuits;
+    struct cbd_policy_env env;
+    struct cbd_timers timers;
+    struct cbd_drain drain;
     uint64_t transitions;
     struct ucbd_ask *asks;
     size_t nasks, asks_cap;
@@ -69,7 +82,7 @@ static void ucbd_transitioned(void *arg, const struct cbd_circuit *c, cb_state f
     struct cbd_history_entry e = {.slot = c->slot, .epoch = c->epoch, .failure_count = c->trip_failure_count,
                                   .from = (uint8_t)from, .to = (uint8_t)c->state, .source = (uint8_t)source,
                                   .opened_at = c->opened_at, .time_ns = now->real_ns};
-    cbd_segment_history_append(&u->d.seg, &e);
+    cbd_segment_history_append(&u->seg, &e);
 }
 
 static void ucbd_try_probe(void *arg, const struct cbd_circuit *c, uint32_t lease_s)
@@ -88,26 +101,25 @@ static void ucbd_try_probe(void *arg, const struct cbd_circuit *c, uint32_t leas
 
 static void ucbd_arm(void *arg, uint32_t slot, uint32_t epoch, uint64_t at_ns)
 {
-    cbd_timers_add(&((struct ucbd *)arg)->d, slot, epoch, at_ns);
+    cbd_timers_add(&((struct ucbd *)arg)->timers, slot, epoch, at_ns);
+}
+
+/* A deadline the policy armed is due: as cbd.c's on_deadline. */
+static void ucbd_deadline(void *arg, uint32_t slot, uint32_t epoch, uint64_t at_ns, const struct cbd_now *now)
+{
+    struct ucbd *u = arg;
+    if (slot < u->circuits.n)
+        cbd_policy_on_deadline(&u->env, &u->circuits.by_slot[slot], epoch, at_ns, now);
 }
 
 static uint64_t ucbd_history_next(void *arg)
 {
-    return atomic_load(&((struct ucbd *)arg)->d.seg.hdr->history_head);
+    return atomic_load(&((struct ucbd *)arg)->seg.hdr->history_head);
 }
 
 static void ucbd_grow(struct ucbd *u, uint32_t need)
 {
-    struct cbd *d = &u->d;
-    if (need <= d->circuits_cap)
-        return;
-    uint32_t cap = d->circuits_cap ? d->circuits_cap : 64;
-    while (cap < need)
-        cap *= 2;
-    d->circuits = realloc(d->circuits, cap * sizeof *d->circuits);
-    cr_assert_not_null(d->circuits);
-    memset(d->circuits + d->circuits_cap, 0, (cap - d->circuits_cap) * sizeof *d->circuits);
-    d->circuits_cap = cap;
+    cr_assert_eq(cbd_circuits_grow(&u->circuits, need), 0);
 }
 
 /* A daemon of instance (NULL: a new unique one). On an instance a previous
@@ -118,8 +130,7 @@ static UCBD_UNUSED struct ucbd *ucbd_open(const char *instance, const struct ucb
 {
     struct ucbd *u = calloc(1, sizeof *u);
     cr_assert_not_null(u);
-    struct cbd *d = &u->d;
-    struct cbd_config *cfg = &d->cfg;
+    struct cbd_config *cfg = &u->cfg;
     if (instance == NULL)
         instance = tsup_unique("u");
     snprintf(cfg->instance, sizeof cfg->instance, "%s", instance);
@@ -136,42 +147,43 @@ static UCBD_UNUSED struct ucbd *ucbd_open(const char *instance, const struct ucb
     cfg->drain_interval_ms = o->drain_interval_ms ? o->drain_interval_ms : 1000;
     cfg->reclaim_interval_ms = o->reclaim_interval_ms ? o->reclaim_interval_ms : 60000;
     cbd_log_threshold = CBD_LOG_ERROR;
-    d->env = (struct cbd_policy_env){.arg = u, .transitioned = ucbd_transitioned, .try_probe = ucbd_try_probe,
+    u->env = (struct cbd_policy_env){.arg = u, .transitioned = ucbd_transitioned, .try_probe = ucbd_try_probe,
                                      .arm = ucbd_arm, .history_next = ucbd_history_next};
-    cr_assert_eq(uv_loop_init(&d->loop), 0);
-    cr_assert_eq(cbd_segment_open(&d->seg, cfg), 0, "cbd_segment_open %s", cfg->instance);
-    cr_assert_eq(cbd_timers_init(d), 0);
-    uint32_t n = atomic_load(&d->seg.hdr->circuit_count);
+    cbd_circuits_init(&u->circuits, &u->seg);
+    cr_assert_eq(uv_loop_init(&u->loop), 0);
+    cr_assert_eq(cbd_segment_open(&u->seg, cfg), 0, "cbd_segment_open %s", cfg->instance);
+    cr_assert_eq(cbd_timers_init(&u->timers, &u->loop, ucbd_deadline, u), 0);
+    uint32_t n = atomic_load(&u->seg.hdr->circuit_count);
     ucbd_grow(u, n);
     struct cbd_now now;
     cbd_now(&now);
     for (uint32_t i = 0; i < n; i++) {
         struct cb_seg_vdata v;
-        cbd_segment_roll_forward(&d->seg, i, &v);
-        cbd_policy_load(&d->env, &d->circuits[i], i, CB_SEG_RECORD(d->seg.hdr, i), CB_LANES_PERMIT(d->seg.lanes, i),
+        cbd_segment_roll_forward(&u->seg, i, &v);
+        cbd_policy_load(&u->env, &u->circuits.by_slot[i], i, CB_SEG_RECORD(u->seg.hdr, i), CB_LANES_PERMIT(u->seg.lanes, i),
                         &now);
-        d->circuits[i].removed = (d->circuits[i].flags & CB_SEG_F_REMOVED) != 0;
+        u->circuits.by_slot[i].removed = (u->circuits.by_slot[i].flags & CB_SEG_F_REMOVED) != 0;
     }
-    d->ncircuits = d->nadopted = n;
+    u->circuits.n = u->circuits.nadopted = n;
     /* The drain's timers (run only when a test runs the loop); after an
      * adoption it first drains the lane a dead daemon was in the middle of. */
-    cr_assert_eq(cbd_drain_start(d), 0);
-    cbd_segment_publish(&d->seg);
+    cbd_drain_init(&u->drain, &u->loop, &u->seg, &u->circuits, &u->env, &u->cfg);
+    cr_assert_eq(cbd_drain_start(&u->drain), 0);
+    cbd_segment_publish(&u->seg);
     return u;
 }
 
 static UCBD_UNUSED uint32_t ucbd_add(struct ucbd *u, const char *name, const cb_config *cfg)
 {
-    struct cbd *d = &u->d;
     uint32_t slot;
-    cr_assert_eq(cbd_segment_add(&d->seg, name, cfg, CBD_OWNER_NONE, UINT32_MAX, &slot), 0, "add %s", name);
+    cr_assert_eq(cbd_segment_add(&u->seg, name, cfg, CBD_OWNER_NONE, UINT32_MAX, &slot), 0, "add %s", name);
     ucbd_grow(u, slot + 1);
     struct cbd_now now;
     cbd_now(&now);
-    cbd_policy_load(&d->env, &d->circuits[slot], slot, CB_SEG_RECORD(d->seg.hdr, slot),
-                    CB_LANES_PERMIT(d->seg.lanes, slot), &now);
-    if (slot >= d->ncircuits)
-        d->ncircuits = slot + 1;
+    cbd_policy_load(&u->env, &u->circuits.by_slot[slot], slot, CB_SEG_RECORD(u->seg.hdr, slot),
+                    CB_LANES_PERMIT(u->seg.lanes, slot), &now);
+    if (slot >= u->circuits.n)
+        u->circuits.n = slot + 1;
     return slot;
 }
 
@@ -179,7 +191,7 @@ static UCBD_UNUSED uint32_t ucbd_add(struct ucbd *u, const char *name, const cb_
 static UCBD_UNUSED struct cb_seg_vdata ucbd_version(const struct ucbd *u, uint32_t slot)
 {
     struct cb_seg_vdata v;
-    cr_assert_eq(cb_seg_version_try_read(CB_SEG_RECORD(u->d.seg.hdr, slot), &v, NULL), 0);
+    cr_assert_eq(cb_seg_version_try_read(CB_SEG_RECORD(u->seg.hdr, slot), &v, NULL), 0);
     return v;
 }
 
@@ -194,18 +206,17 @@ static UCBD_UNUSED uint64_t ucbd_counted(const struct ucbd *u, uint32_t slot)
  * where it stood (nothing more written to the segment). */
 static void ucbd_free(struct ucbd *u, bool clean)
 {
-    struct cbd *d = &u->d;
-    cbd_drain_stop(d);
-    cbd_timers_close(d);
-    uv_run(&d->loop, UV_RUN_DEFAULT); /* the close callbacks */
-    cr_assert_eq(uv_loop_close(&d->loop), 0);
+    cbd_drain_stop(&u->drain);
+    cbd_timers_close(&u->timers);
+    uv_run(&u->loop, UV_RUN_DEFAULT); /* the close callbacks */
+    cr_assert_eq(uv_loop_close(&u->loop), 0);
     if (clean) {
-        cbd_segment_close(&d->seg);
+        cbd_segment_close(&u->seg);
     } else {
-        munmap(d->seg.hdr, d->seg.state_size);
-        munmap(d->seg.lanes, d->seg.lanes_size);
+        munmap(u->seg.hdr, u->seg.state_size);
+        munmap(u->seg.lanes, u->seg.lanes_size);
     }
-    free(d->circuits);
+    cbd_circuits_free(&u->circuits);
     free(u->asks);
     free(u);
 }
@@ -217,10 +228,10 @@ static UCBD_UNUSED void ucbd_abandon(struct ucbd *u) { ucbd_free(u, false); }
 static UCBD_UNUSED struct ucbd *ucbd_successor(struct ucbd *u)
 {
     char instance[CB_INSTANCE_MAX + 1];
-    struct ucbd_opts o = {.capacity = u->d.cfg.capacity, .lanes = u->d.cfg.lanes,
-                          .lane_capacity = u->d.cfg.lane_capacity, .drain_interval_ms = u->d.cfg.drain_interval_ms,
-                          .reclaim_interval_ms = u->d.cfg.reclaim_interval_ms};
-    snprintf(instance, sizeof instance, "%s", u->d.cfg.instance);
+    struct ucbd_opts o = {.capacity = u->cfg.capacity, .lanes = u->cfg.lanes,
+                          .lane_capacity = u->cfg.lane_capacity, .drain_interval_ms = u->cfg.drain_interval_ms,
+                          .reclaim_interval_ms = u->cfg.reclaim_interval_ms};
+    snprintf(instance, sizeof instance, "%s", u->cfg.instance);
     ucbd_abandon(u);
     return ucbd_open(instance, &o);
 }
@@ -231,14 +242,14 @@ static UCBD_UNUSED struct ucbd *ucbd_successor(struct ucbd *u)
     ({                                                                      \
         int ucbd__n = 0;                                                    \
         while (!(cond) && ucbd__n++ < (turns))                              \
-            uv_run(&(u)->d.loop, UV_RUN_ONCE);                              \
+            uv_run(&(u)->loop, UV_RUN_ONCE);                              \
         (cond);                                                             \
     })
 
 /* The lane this process owns (the first one, in lane order), or NULL. */
 static UCBD_UNUSED struct cb_lane *ucbd_my_lane(const struct ucbd *u, uint32_t *lane_no)
 {
-    const struct cb_lanes_header *l = u->d.seg.lanes;
+    const struct cb_lanes_header *l = u->seg.lanes;
     uint64_t mine = cb_lane_owner_word((uint32_t)getpid(), CB_LANE_OWNED);
     for (uint32_t i = 0; i < l->lane_count; i++) {
         struct cb_lane *lane = CB_LANES_LANE(l, i);
@@ -262,7 +273,7 @@ static UCBD_UNUSED struct cb_lane_event ucbd_event(uint32_t slot, uint32_t epoch
 static UCBD_UNUSED void ucbd_append(const struct ucbd *u, struct cb_lane *lane, struct cb_lane_event e)
 {
     uint64_t tail = atomic_load(&lane->tail);
-    CB_LANES_EVENTS(lane)[tail & (u->d.seg.lanes->lane_capacity - 1)] = e;
+    CB_LANES_EVENTS(lane)[tail & (u->seg.lanes->lane_capacity - 1)] = e;
     atomic_store_explicit(&lane->tail, tail + 1, memory_order_release);
 }
 
@@ -271,13 +282,13 @@ static UCBD_UNUSED void ucbd_append_n(const struct ucbd *u, struct cb_lane *lane
                                       int n)
 {
     for (int i = 0; i < n; i++)
-        ucbd_append(u, lane, ucbd_event(slot, u->d.circuits[slot].epoch, outcome, CB_TICKET_ALLOWED));
+        ucbd_append(u, lane, ucbd_event(slot, u->circuits.by_slot[slot].epoch, outcome, CB_TICKET_ALLOWED));
 }
 
 /* Claims lane_no for this process as a worker thread would. */
 static UCBD_UNUSED struct cb_lane *ucbd_claim(const struct ucbd *u, uint32_t lane_no)
 {
-    struct cb_lane *lane = CB_LANES_LANE(u->d.seg.lanes, lane_no);
+    struct cb_lane *lane = CB_LANES_LANE(u->seg.lanes, lane_no);
     uint64_t free_word = 0;
     cr_assert(atomic_compare_exchange_strong(&lane->owner, &free_word,
                                              cb_lane_owner_word((uint32_t)getpid(), CB_LANE_OWNED)),
