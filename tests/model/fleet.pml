@@ -489,7 +489,7 @@ proctype host(byte h)
                 calling[h] = 0; call_left[h] = 0;           /* @unreached-in host */
                 printf("host%d: stale probe call ends\n", h) }   /* @unreached-in host */
 #ifndef ELECT_AT_DEADLINE
-    /* cbd_check_demand (cbd.c, after a drain) -> cbd_policy_on_demand:
+    /* cbd_circuits_check_demand (circuits.c, after a drain) -> cbd_policy_on_demand:
      * demand on an electable circuit: ask_lease (ELECT) */
     :: atomic { ELECTABLE(h) && demand[h] -> ask_lease(h, W_ELECT); printf("host%d: cbd_policy_on_demand: ELECT\n", h) }
     /* cbd_policy_on_deadline, grace_ns: no permit out when the grace
