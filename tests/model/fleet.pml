@@ -314,7 +314,7 @@ inline store_apply(k, wop, who, lease_s, ok)
 #ifdef RELEASE_BEFORE_GRACE
 #define RELEASE_AT_RENEWAL(h) (lease_left[h] <= RENEW_AT)
 #else
-#define RELEASE_AT_RENEWAL(h) (false)
+#define RELEASE_AT_RENEWAL(h) (lease_left[h] <= RENEW_AT && !grace[h])
 #endif
 
 /* make_electable (cbd_policy_on_deadline): OPEN on a fleet store, past the
