@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "aws_credentials.h"
 #include "pct_decode.h"
@@ -106,7 +107,8 @@ static bool loopback_url(const char *url)
     char *host = NULL;
     bool ok = u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
               curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
-              (strcmp(host, "localhost") == 0 || strncmp(host, "127.", 4) == 0 || strcmp(host, "[::1]") == 0);
+              (strcmp(host, "localhost") == 0 || strcmp(host, "[::1]") == 0 ||
+               (strncmp(host, "127.", 4) == 0 && host[strspn(host, "0123456789.")] == '\0'));
     curl_free(host);
     curl_url_cleanup(u);
     return ok;
@@ -142,7 +144,7 @@ const char *cbd_ddb_uri_parse(struct cbd_ddb_opts *o, const char *uri)
 {
     static const char scheme[] = "dynamodb://";
     opts_defaults(o);
-    if (strncmp(uri, scheme, sizeof scheme - 1) != 0)
+    if (strncasecmp(uri, scheme, sizeof scheme - 1) != 0) /* as persistence/store.c routes it */
         return fail("not a dynamodb URI: '%.200s' (expected dynamodb://TABLE?region=...)", uri);
     const char *t = uri + sizeof scheme - 1, *q = strchr(t, '?');
     const char *te = q ? q : t + strlen(t);

@@ -29,6 +29,8 @@ static inline int cbd_hex_digit(char c)
 static inline bool cbd_pct_decode(const char *s, size_t len, char *dst, size_t size)
 {
     size_t n = 0;
+    if (size == 0)
+        return false; /* no room for the NUL the result ends with */
     for (size_t i = 0; i < len; i++) {
         int c = (unsigned char)s[i];
         if (c == '%') {
