@@ -650,7 +650,7 @@ static bool host_allowed(const char *url)
     if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
         curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
         curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
-        ok = strcmp(scheme, "https") == 0 || strncmp(host, "127.", 4) == 0;
+        ok = strcmp(scheme, "https") == 0 || cbd_aws_loopback_host(host);
         for (size_t i = 0; i < sizeof hosts / sizeof hosts[0] && !ok; i++)
             ok = strcmp(scheme, "http") == 0 && strcmp(host, hosts[i]) == 0;
     }

@@ -611,6 +611,12 @@ static void curl_init_once(void)
     curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
+bool cbd_aws_loopback_host(const char *host)
+{
+    return strcmp(host, "localhost") == 0 || strcmp(host, "[::1]") == 0 ||
+           (strncmp(host, "127.", 4) == 0 && host[strspn(host, "0123456789.")] == '\0');
+}
+
 int cbd_aws_http_create(struct cbd_aws_http **out, uv_loop_t *loop)
 {
     static uv_once_t once = UV_ONCE_INIT;

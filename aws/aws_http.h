@@ -70,6 +70,11 @@ struct cbd_aws_http_stats {
     uint64_t errors;    /* requests whose final answer was not 2xx */
 };
 
+/* host (as a URL gives it: "localhost", "[::1]", "127.0.0.1") is this
+ * machine by its name alone: localhost, [::1], or a dotted 127.x address
+ * (not a name that merely starts with "127.", which resolves anywhere). */
+bool cbd_aws_loopback_host(const char *host);
+
 /* Prepare a client on loop: 0 or -ENOMEM. */
 int cbd_aws_http_create(struct cbd_aws_http **out, uv_loop_t *loop);
 

@@ -15,6 +15,7 @@
 #include <strings.h>
 
 #include "aws_credentials.h"
+#include "aws_http.h"
 #include "pct_decode.h"
 #include "segment.h" /* cb__parse_bool */
 
@@ -107,8 +108,7 @@ static bool loopback_url(const char *url)
     char *host = NULL;
     bool ok = u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
               curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
-              (strcmp(host, "localhost") == 0 || strcmp(host, "[::1]") == 0 ||
-               (strncmp(host, "127.", 4) == 0 && host[strspn(host, "0123456789.")] == '\0'));
+              cbd_aws_loopback_host(host);
     curl_free(host);
     curl_url_cleanup(u);
     return ok;

@@ -265,6 +265,16 @@ Test(aws_credentials, container_full_uri_on_a_foreign_host_is_refused)
     expect_create_error(-EINVAL, "AWS_CONTAINER_CREDENTIALS_FULL_URI");
 }
 
+Test(aws_credentials, container_full_uri_on_a_host_named_like_loopback_is_refused)
+{
+    /* 127.evil.example resolves anywhere: only a dotted 127.x address is
+     * loopback, or the token would travel over plain http to a remote host. */
+    setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.evil.example/creds", 1);
+    expect_create_error(-EINVAL, "AWS_CONTAINER_CREDENTIALS_FULL_URI");
+    setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1.nip.io/creds", 1);
+    expect_create_error(-EINVAL, "AWS_CONTAINER_CREDENTIALS_FULL_URI");
+}
+
 Test(aws_credentials, credentials_near_expiry_are_refreshed_in_the_background)
 {
     static struct container st;
