@@ -23,7 +23,7 @@
  *    through hooks->remote) so an OPEN is never lost.
  *  - Store traffic depends on transitions and on circuits / sync interval,
  *    never on the request rate: only transitions and periodic syncs call it.
- *  - Stores are part of the daemon and may log through daemon/log.h
+ *  - Stores are part of the daemon and may log through common/log.h
  *    (cbd_log); the daemon also logs every text given to hooks->health.
  */
 #ifndef CBD_STORE_H
