@@ -212,7 +212,6 @@ static void on_release(void *arg, const struct cbd_circuit *c)
         d->store_ops->release(d->store, c->rec->name, c->opened_at);
 }
 
-
 /* ---- the store's callbacks ------------------------------------------------ */
 
 /*
