@@ -65,7 +65,10 @@ Test(names, any_utf8_name_trips_survives_a_reboot_and_is_shown_escaped)
         cr_assert_eq(tsup_record_n(c, CB_FAILURE, 1), 1);
         cr_assert(tsup_wait_state(c, CB_OPEN), "%zu did not trip", i);
     }
-    /* The log shows every name quoted: the forged line stays inside its quotes. */
+    /* The log shows every name quoted: the forged line stays inside its quotes.
+     * A trip's log line follows the state workers see: wait for the last one. */
+    cr_assert(tsup_wait_until(tsup_log_count(&d, "forged\\x0a2026") >= 2, TSUP_LIVENESS_MS),
+              "the last trip was not logged");
     cr_assert_eq(tsup_log_count(&d, "circuit=\"orders #1\""), 2, "registration and trip");
     cr_assert_eq(tsup_log_count(&d, "2026-01-01T00:00:00Z cbd[1]"), 2, "the forged text stays on the real lines");
     cr_assert_eq(tsup_log_count(&d, "forged\\x0a2026"), 2, "the newline is escaped");
