@@ -21,7 +21,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "log.h"
 
 void cbd_circuits_init(struct cbd_circuits *t, const struct cbd_segment *seg)
 {
@@ -52,6 +51,12 @@ int cbd_circuits_grow(struct cbd_circuits *t, uint32_t need)
     uint32_t cap = t->cap ? t->cap : 64;
     while (cap < need)
         cap *= 2;
+    /* The electable list grows with the table, so that listing a circuit
+     * (on the policy's path) never allocates and never fails. */
+    uint32_t *e = realloc(t->electable, (size_t)cap * sizeof *e);
+    if (e == NULL)
+        return -ENOMEM;
+    t->electable = e;
     struct cbd_circuit *p = realloc(t->by_slot, (size_t)cap * sizeof *p);
     if (p == NULL)
         return -ENOMEM;
@@ -118,21 +123,12 @@ void cbd_circuits_free_pop(struct cbd_circuits *t)
 }
 
 /* The list lets a drain look at the permit words of electable circuits
- * only, not at every circuit's. */
+ * only, not at every circuit's. The policy lists a circuit once and takes
+ * it off once (c->electable). */
 void cbd_circuits_set_electable(struct cbd_circuits *t, uint32_t slot, int on)
 {
     struct cbd_circuit *c = &t->by_slot[slot];
-    if (on) {
-        if (t->nelectable == t->electable_cap) {
-            uint32_t cap = t->electable_cap ? t->electable_cap * 2 : 64;
-            uint32_t *p = realloc(t->electable, (size_t)cap * sizeof *p);
-            if (p == NULL) { /* out of memory: probe without waiting for demand */
-                cbd_log(CBD_LOG_ERROR, "out of memory listing circuit=%s as electable", CB_NAME_SHOW(c->rec->name));
-                return;
-            }
-            t->electable = p;
-            t->electable_cap = cap;
-        }
+    if (on) { /* room: the list has the table's capacity (cbd_circuits_grow) */
         c->electable_pos = t->nelectable;
         t->electable[t->nelectable++] = slot;
         return;

@@ -32,8 +32,8 @@ struct cbd_circuits {
     size_t nowners;
     uint32_t *free_slots;             /* removed circuits' slots, reused by registrations (last first) */
     uint32_t nfree, free_cap;
-    uint32_t *electable;              /* slots of electable circuits (probes on demand) */
-    uint32_t nelectable, electable_cap;
+    uint32_t *electable;              /* slots of electable circuits (probes on demand); cap entries */
+    uint32_t nelectable;
 };
 
 /* An empty table whose names are looked up in seg's index. */

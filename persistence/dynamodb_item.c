@@ -232,6 +232,12 @@ int cbd_ddb_item_decode(const struct cbd_ddb_layout *l, const json_t *item, stru
         (rc = attr_time(item, l->expiration, &out->expiration, why, size)) < 0)
         return rc;
     out->failure_count = (uint32_t)fc;
+    /* The election's condition is attribute_not_exists(owner): over such an
+     * item no host or function could ever elect, while the item reads as
+     * OPEN without owner. Powertools and cbd remove it when they reopen. */
+    if (out->state == CB_OPEN && json_object_get(item, l->owner) != NULL)
+        return fleet_fault(why, size, "an OPEN item with attribute '%s' (a reopen removes it; no election could "
+                           "succeed over it)", l->owner);
     if (out->state != CB_HALF_OPEN) { /* all of it: no stale bytes after the terminator */
         memset(out->owner, 0, sizeof out->owner);
         out->lease_expiry = 0;

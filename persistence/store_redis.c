@@ -328,6 +328,12 @@ int cbd_redis_item_decode(redisReply *const *el, size_t n, struct fleet_item *ou
     }
     if (!(seen & (1u << F_STATE)))
         return fleet_fault(why, size, "no 'state' field");
+    /* The script elects only when the field is absent ("not owner"): over
+     * such a hash no host could ever elect, while it reads as OPEN without
+     * owner. A reopen removes the field. */
+    if (out->state == CB_OPEN && (seen & (1u << F_OWNER)))
+        return fleet_fault(why, size, "an OPEN hash with field 'half_open_owner' (a reopen removes it; no election "
+                           "could succeed over it)");
     if (out->state != CB_HALF_OPEN) {
         memset(out->owner, 0, sizeof out->owner);
         out->lease_expiry = 0;

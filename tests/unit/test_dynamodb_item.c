@@ -92,10 +92,23 @@ Test(dynamodb_item, attributes_a_state_does_not_use_are_checked_then_dropped)
     cr_assert_str_eq(it.owner, "");
     cr_assert_eq(it.lease_expiry, 0);
     it = decode_ok("{\"id\":{\"S\":\"p\"},\"state\":{\"S\":\"OPEN\"},\"opened_at\":{\"N\":\"1700000000\"},"
-                   "\"half_open_owner\":{\"S\":\"owner\"},\"probe_lease_expiry\":{\"N\":\"1700000060\"}}");
-    static const char zeros[sizeof it.owner];
-    cr_assert_eq(memcmp(it.owner, zeros, sizeof zeros), 0, "no byte of the dropped owner is left in the struct");
+                   "\"probe_lease_expiry\":{\"N\":\"1700000060\"}}");
     cr_assert_eq(it.lease_expiry, 0);
+}
+
+Test(dynamodb_item, an_open_item_that_still_names_a_probe_owner_is_refused)
+{
+    /* The election's condition is attribute_not_exists(half_open_owner):
+     * adopted as "OPEN, no owner", every host would ask for the lease and be
+     * refused, forever. */
+    struct cbd_ddb_item it;
+    char why[256];
+    cr_assert_eq(decode_with(&cbd_ddb_default_layout,
+                             "{\"id\":{\"S\":\"p\"},\"state\":{\"S\":\"OPEN\"},\"opened_at\":{\"N\":"
+                             "\"1700000000\"},\"half_open_owner\":{\"S\":\"owner\"}}",
+                             &it, why, sizeof why),
+                 -EBADMSG);
+    cr_assert(strstr(why, "an OPEN item with attribute 'half_open_owner'") != NULL, "%s", why);
 }
 
 Test(dynamodb_item, a_missing_failure_count_or_expiration_reads_as_zero)

@@ -152,6 +152,18 @@ ParameterizedTest(struct bad_hash *b, redis_item, hashes_that_are_not_circuits_a
     cr_assert(strstr(why, b->why) != NULL, "%s: '%s' does not say '%s'", b->what, why, b->why);
 }
 
+Test(redis_item, an_open_hash_that_still_has_an_owner_field_is_refused)
+{
+    /* The script elects only where the field is absent (an empty value
+     * counts as present in Lua): adopted as "OPEN, no owner", every host
+     * would ask for the lease and be refused, forever. */
+    struct fleet_item it;
+    char why[300] = "";
+    cr_assert_eq(decode(FV("state", "OPEN", "opened_at", "1700000000", "half_open_owner", ""), &it, why, sizeof why),
+                 -EBADMSG);
+    cr_assert(strstr(why, "an OPEN hash with field 'half_open_owner'") != NULL, "%s", why);
+}
+
 Test(redis_item, a_one_megabyte_version_field_is_refused_quoted_short)
 {
     struct fleet_item it;
