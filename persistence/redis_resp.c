@@ -250,10 +250,12 @@ static int build(struct cbd_resp_reader *r, size_t size, redisReply **out)
 
 int cbd_resp_next(struct cbd_resp_reader *r, redisReply **out)
 {
-    const char *d = r->buf + r->start;
     *out = NULL;
     if (r->failed)
         return r->failed;
+    if (r->len == 0)
+        return 0; /* nothing buffered yet (and no buffer: buf may be NULL) */
+    const char *d = r->buf + r->start;
     for (;;) {
         size_t pos = r->scanned;
         int rc = scan_element(r, d, r->len, &pos);
