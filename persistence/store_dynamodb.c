@@ -264,16 +264,26 @@ static void resend(struct ddb_req *q)
     }
 }
 
+/* Sends every request of list again; an answer may close the transport
+ * on the way (it runs up to the daemon): the rest are then dropped. */
+static void resend_all(struct fleet_transport *t, struct ddb_req *list)
+{
+    while (list != NULL) {
+        struct ddb_req *q = list;
+        list = q->next;
+        if (t->closing)
+            req_free(q);
+        else
+            resend(q);
+    }
+}
+
 static void on_creds_ready(void *arg)
 {
     struct fleet_transport *t = arg;
     struct ddb_req *list = t->waiting;
     t->waiting = NULL;
-    while (list != NULL && !t->closing) {
-        struct ddb_req *q = list;
-        list = q->next;
-        resend(q);
-    }
+    resend_all(t, list);
 }
 
 /* ---- bodies -------------------------------------------------------------------------------- */
@@ -566,11 +576,7 @@ static void batch_retry_due(uv_timer_t *tm)
     }
     if (next != UINT64_MAX)
         uv_timer_start(&t->batch_timer, batch_retry_due, next - now, 0);
-    while (due != NULL) {
-        struct ddb_req *q = due;
-        due = q->next;
-        resend(q);
-    }
+    resend_all(t, due);
 }
 
 static int send_gets(struct fleet_transport *t, const char *const *names, size_t n, fleet_read_cb *cb, void *arg);

@@ -117,6 +117,7 @@ struct fleet_transport {
     size_t nchecked, checked_cap;
     uint64_t malformed, migrated;
     struct cbd_ratelimit rl_data;
+    bool closing;      /* close() called: nothing is answered any more (fleet.h) */
     void (*close_done)(void *arg);
     void *close_arg;
 };
@@ -404,9 +405,10 @@ static int send_req(struct rs_req *q)
 /* Answer the fleet layer and forget the request. */
 static void answer(struct rs_req *q, const struct fleet_answer *a)
 {
-    if (q->kind == REQ_WRITE)
+    /* After close() the link fails what is in flight: nothing is answered (fleet.h). */
+    if (!q->t->closing && q->kind == REQ_WRITE)
         q->wcb(q->arg, a);
-    else
+    else if (!q->t->closing)
         q->rcb(q->arg, q->name, a);
     free(q);
 }
@@ -797,6 +799,8 @@ static void rs_close(struct fleet_transport *t, void (*done)(void *arg), void *a
 {
     t->close_done = done;
     t->close_arg = arg;
+    t->closing = true;
+    t->scan.done = NULL; /* a listing in flight ends unanswered too */
     cbd_redis_link_close(t->link, on_link_closed, t);
 }
 
