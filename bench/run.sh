@@ -123,7 +123,7 @@ else
 fi
 scale_md=$out/scale.md
 part "scale_bench (${scale[1]} circuits, ${scale[3]} threads)" \
-    env CBD_ARGS="--capacity ${scale[5]} --lanes ${scale[7]} --lane-capacity 4096 --drain-interval-ms 1" \
+    env CBD_ARGS="--capacity ${scale[5]} --lanes ${scale[7]} --lane-capacity 4096" \
     bench/with_cbd.sh scale bash -c '"$@" >"$0"; rc=$?; cat "$0"; exit $rc' "$scale_md" \
     "$build/scale_bench" "${scale[@]}" --cbctl "$build/cbctl" --json "$out/scale.json"
 part "report" /usr/bin/python3 bench/report.py "$out"
