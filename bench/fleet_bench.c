@@ -370,11 +370,15 @@ static int bench_traffic(cb_client *cl[2], const struct opts *o, struct traffic 
 
 /* Circuit reads a second the design expects with no transitions: every
  * tracked circuit (the traffic ones and the propagation one) read once a
- * sync by each host; under a budget at most the budget. */
+ * sync by each host; under a budget B, per period of S the U busy ones
+ * (the hot ones and the propagation one) and q = (B*S - U) - floor((B*S -
+ * U) / 4) swept (docs/fleet.md, "Reads under a budget"). */
 static double expected_reads(const struct opts *o)
 {
     double all = 2.0 * (o->circuits + 1) * 1000.0 / o->sync_ms;
-    return o->budget > 0 && 2.0 * o->budget < all ? 2.0 * o->budget : all;
+    long long per = (long long)o->budget * o->sync_ms / 1000, busy = o->hot + 1, left = per - busy;
+    double budgeted = 2.0 * (double)(busy + (left > 0 ? left - left / 4 : 0)) * 1000.0 / o->sync_ms;
+    return o->budget > 0 && budgeted < all ? budgeted : all;
 }
 
 /* Requests for those reads: one HGETALL each from redis, 100 a
