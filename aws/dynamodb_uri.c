@@ -32,7 +32,7 @@ static const struct opt {
     S("region", region), S("endpoint", endpoint), S("pk", pk), S("sk", sk), S("static_pk", static_pk),
     S("attr_state", a_state), S("attr_failure_count", a_fc), S("attr_opened_at", a_oa),
     S("attr_owner", a_owner), S("attr_lease", a_lease), S("attr_expiration", a_exp), S("owner", owner),
-    U("sync_ms", sync_ms, 0, 86400000), U("timeout_ms", timeout_ms, 100, 60000),
+    U("sync_ms", sync_ms, 0, 86400000), U("read_budget", read_budget, 0, 1000000000), U("timeout_ms", timeout_ms, 100, 60000),
     U("connect_timeout_ms", connect_timeout_ms, 100, 60000), U("attempts", attempts, 1, 10),
     U("backoff_max_ms", backoff_max_ms, 10, 300000), B("consistent", consistent),
     B("tls_verify", tls_verify), B("allow_http", allow_http),

@@ -37,6 +37,12 @@
  *    a read round ends (redis' sync timer repeats), so there a round's own
  *    duration stretches the period: the measured rate sits below the
  *    expected one by that share, visibly at short intervals.
+ *    Beside the requests, both daemons' store_reads (circuits read, the
+ *    fleet layer's counter) are counted too. With --budget B (the hosts'
+ *    store URIs must carry read_budget=B) each host reads at most B
+ *    circuits a second whatever K, and --hot H makes the workers use only
+ *    the first H circuits, the busy ones the fleet layer reads every sync
+ *    (docs/fleet.md, "Reads under a budget").
  *
  * Output: a Markdown summary on stdout, and with --json FILE this run's
  * figures as one JSON object for bench/report.py (distributions in
@@ -75,7 +81,7 @@ static const char *const request_names[] = {"redis commands", "DynamoDB requests
 struct opts {
     const char *a, *b, *json, *redis_host, *cbctl;
     enum store store;
-    int redis_port, iterations, circuits, window_s, sync_ms;
+    int redis_port, iterations, circuits, window_s, sync_ms, budget, hot;
 };
 
 static int fail(const char *fmt, const char *what)
@@ -89,12 +95,16 @@ static int fail(const char *fmt, const char *what)
 static unsigned kind(cb_ticket t) { return (unsigned)(t.word & 0xff); }
 
 /* Checks c until its ticket is not of kind `not`; that ticket, or a
- * REJECTED-kind sentinel with *late set when SPIN_LIMIT_NS passed. */
+ * REJECTED-kind sentinel with *late set when SPIN_LIMIT_NS passed. An
+ * allowed call is recorded as a success, as a worker does after its call:
+ * the circuit has local traffic (a read budget reads it every sync). */
 static cb_ticket spin_until_not(cb_circuit *c, unsigned not, bool *late)
 {
     int64_t end = mono_ns() + SPIN_LIMIT_NS;
     cb_ticket t;
     while (kind(t = cb_allow(c)) == not) {
+        if (not == CB_TICKET_ALLOWED)
+            cb_record(c, t, CB_SUCCESS);
         if (mono_ns() > end) {
             *late = true;
             return t;
@@ -228,18 +238,26 @@ static long long counter_in(const char *text, const char *key)
     return at != NULL ? atoll(at + strlen(key)) : -1;
 }
 
-/* A daemon's store_requests, from `cbctl --instance I --json stats`; -1 if
- * cbctl fails or the store does not count requests. */
-static long long daemon_requests(const char *cbctl, const char *instance)
+/* A daemon's counter key ("\"store_requests\":"), from `cbctl --instance I
+ * --json stats`; -1 if cbctl fails or the store does not count it. */
+static long long daemon_counter(const char *cbctl, const char *instance, const char *key)
 {
-    char cmd[1024], out[8192];
+    char cmd[1024], out[16384];
     snprintf(cmd, sizeof cmd, "'%s' --instance '%s' --json stats", cbctl, instance);
     FILE *p = popen(cmd, "r");
     if (p == NULL)
         return -1;
     size_t n = fread(out, 1, sizeof out - 1, p);
     out[n] = '\0';
-    return pclose(p) == 0 ? counter_in(out, "\"store_requests\":") : -1;
+    return pclose(p) == 0 ? counter_in(out, key) : -1;
+}
+
+/* Circuits both daemons' fleet layers have read so far, or -1. */
+static long long fleet_reads(const struct opts *o)
+{
+    long long a = daemon_counter(o->cbctl, o->a, "\"store_reads\":"),
+              b = daemon_counter(o->cbctl, o->b, "\"store_reads\":");
+    return a < 0 || b < 0 ? -1 : a + b;
 }
 
 /* Where the fleet's store requests are counted. */
@@ -256,7 +274,8 @@ struct counter {
 static long long store_requests(struct counter *k)
 {
     if (k->store == STORE_DYNAMODB) {
-        long long a = daemon_requests(k->cbctl, k->instance[0]), b = daemon_requests(k->cbctl, k->instance[1]);
+        long long a = daemon_counter(k->cbctl, k->instance[0], "\"store_requests\":"),
+                  b = daemon_counter(k->cbctl, k->instance[1], "\"store_requests\":");
         return a < 0 || b < 0 ? -1 : a + b;
     }
     redisReply *r = redisCommand(k->redis, "INFO stats");
@@ -266,7 +285,7 @@ static long long store_requests(struct counter *k)
 }
 
 struct traffic {
-    double target, checks_per_s, requests_per_s;
+    double target, checks_per_s, requests_per_s, reads_per_s;
 };
 
 static int measure_traffic(struct counter *k, cb_circuit **c[2], const struct opts *o, double rate,
@@ -276,7 +295,7 @@ static int measure_traffic(struct counter *k, cb_circuit **c[2], const struct op
     int nw = rate > 0 ? 2 * THREADS_PER_HOST : 0;
     atomic_store(&stop_workers, false);
     for (int i = 0; i < nw; i++) {
-        w[i] = (struct worker){.c = c[i % 2], .n = o->circuits, .rate = rate / nw};
+        w[i] = (struct worker){.c = c[i % 2], .n = o->hot, .rate = rate / nw};
         if (pthread_create(&w[i].thread, NULL, worker, &w[i]) != 0)
             return fail("%s", "cannot start a worker thread");
     }
@@ -284,10 +303,10 @@ static int measure_traffic(struct counter *k, cb_circuit **c[2], const struct op
     uint64_t checks0 = 0, checks1 = 0;
     for (int i = 0; i < nw; i++) /* relaxed: off by a batch at most */
         checks0 += atomic_load_explicit(&w[i].checks, memory_order_relaxed);
-    long long r0 = store_requests(k);
+    long long r0 = store_requests(k), f0 = fleet_reads(o);
     int64_t t0 = mono_ns();
     sleep_us((long)o->window_s * 1000000);
-    long long r1 = store_requests(k);
+    long long r1 = store_requests(k), f1 = fleet_reads(o);
     double dt = (double)(mono_ns() - t0) / 1e9;
     for (int i = 0; i < nw; i++)
         checks1 += atomic_load_explicit(&w[i].checks, memory_order_relaxed);
@@ -298,7 +317,8 @@ static int measure_traffic(struct counter *k, cb_circuit **c[2], const struct op
         return fail("cannot count the store's requests (%s)", k->store == STORE_REDIS
                                                                   ? "INFO stats has no total_commands_processed"
                                                                   : "cbctl stats has no store_requests");
-    *out = (struct traffic){rate, (double)(checks1 - checks0) / dt, (double)(r1 - r0) / dt};
+    *out = (struct traffic){rate, (double)(checks1 - checks0) / dt, (double)(r1 - r0) / dt,
+                            f0 < 0 || f1 < 0 ? -1 : (double)(f1 - f0) / dt};
     return 0;
 }
 
@@ -329,7 +349,13 @@ static int bench_traffic(cb_client *cl[2], const struct opts *o, struct traffic 
     }
     if (rc == 0)
         rc = counter_open(&k, o);
-    if (rc == 0) /* registration reads settle, and a sync or two passes */
+    /* registration reads settle (under a budget they take K / B seconds), and a sync or two passes */
+    for (int64_t end = mono_ns() + 600 * 1000000000ll; rc == 0 && fleet_reads(o) < 2ll * o->circuits;) {
+        if (mono_ns() > end)
+            rc = fail("%s: the hosts did not read every circuit within 10 minutes", "traffic");
+        sleep_us(500 * 1000);
+    }
+    if (rc == 0)
         sleep_us(1000L * (1000 + 2 * o->sync_ms));
     for (int i = 0; rc == 0 && i < NRATES; i++)
         rc = measure_traffic(&k, c, o, rates[i], &t[i]);
@@ -342,27 +368,48 @@ static int bench_traffic(cb_client *cl[2], const struct opts *o, struct traffic 
 
 /* ---- output ------------------------------------------------------------------- */
 
-/* Requests a second the design expects with no transitions: every tracked
- * circuit (the traffic ones and the propagation one) read once a sync by
- * each host, one HGETALL each from redis, 100 a BatchGetItem from DynamoDB. */
+/* Circuit reads a second the design expects with no transitions: every
+ * tracked circuit (the traffic ones and the propagation one) read once a
+ * sync by each host; under a budget B, per period of S the U busy ones
+ * (the hot ones and the propagation one) and q = (B*S - U) - floor((B*S -
+ * U) / 4) swept (docs/fleet.md, "Reads under a budget"). */
+static double expected_reads(const struct opts *o)
+{
+    double all = 2.0 * (o->circuits + 1) * 1000.0 / o->sync_ms;
+    long long per = (long long)o->budget * o->sync_ms / 1000, busy = o->hot + 1, left = per - busy;
+    double budgeted = 2.0 * (double)(busy + (left > 0 ? left - left / 4 : 0)) * 1000.0 / o->sync_ms;
+    return o->budget > 0 && budgeted < all ? budgeted : all;
+}
+
+/* Requests for those reads: one HGETALL each from redis, 100 a
+ * BatchGetItem from DynamoDB (at best, without a budget's partial ones). */
 static double expected_requests(const struct opts *o)
 {
-    int tracked = o->circuits + 1;
-    int per_sync = o->store == STORE_REDIS ? tracked : (tracked + 99) / 100;
-    return 2.0 * per_sync * 1000.0 / o->sync_ms;
+    if (o->store == STORE_REDIS)
+        return expected_reads(o);
+    if (o->budget > 0)
+        return expected_reads(o) / 100.0;
+    return 2.0 * ((o->circuits + 1 + 99) / 100) * 1000.0 / o->sync_ms;
 }
 
 /* The run as Markdown on stdout. */
 static void print_markdown(const struct opts *o, const struct result *r[2], const struct traffic t[NRATES])
 {
-    printf("\n### Fleet through %s on loopback: 2 hosts, sync every %d ms\n\n", store_names[o->store], o->sync_ms);
+    printf("\n### Fleet through %s on loopback: 2 hosts, %d circuits, sync every %d ms, ", store_names[o->store],
+           o->circuits + 1, o->sync_ms);
+    if (o->budget > 0)
+        printf("read budget %d/s per host, workers on %d circuits\n\n", o->budget, o->hot);
+    else
+        printf("no read budget\n\n");
     printf("| propagation (%d rounds) | p50 ms | p99 ms |\n|---|---:|---:|\n", o->iterations);
     for (int i = 0; i < 2; i++)
         printf("| %s | %.2f | %.2f |\n", r[i]->label, r[i]->median / 1000.0, r[i]->p99 / 1000.0);
-    printf("\n| target checks/s | checks/s | %s/s | expected |\n|---:|---:|---:|---:|\n", request_names[o->store]);
+    printf("\n| target checks/s | checks/s | %s/s | expected | circuit reads/s | expected |\n"
+           "|---:|---:|---:|---:|---:|---:|\n", request_names[o->store]);
     for (int i = 0; i < NRATES; i++)
-        printf("| %.0f | %.0f | %.1f | %.1f |\n", t[i].target, t[i].checks_per_s, t[i].requests_per_s,
-               expected_requests(o));
+        printf("| %.0f | %.0f | %.1f | %s%.1f | %.1f | %s%.1f |\n", t[i].target, t[i].checks_per_s,
+               t[i].requests_per_s, o->budget > 0 ? "<= " : "", expected_requests(o), t[i].reads_per_s,
+               o->budget > 0 ? "<= " : "", expected_reads(o));
     printf("\nexpected: 2 hosts x %s / %d ms, %d circuits tracked per host (%d + the propagation one);\n"
            "%s\n\n",
            o->store == STORE_REDIS ? "circuits" : "ceil(circuits / 100)", o->sync_ms, o->circuits + 1,
@@ -380,15 +427,18 @@ static int write_json(const struct opts *o, const struct result *r[2], const str
         return fail("cannot write %s", o->json);
     fprintf(f,
             "{\n  \"store\": \"%s\", \"hosts\": 2, \"circuits\": %d, \"sync_ms\": %d, \"rounds\": %d,\n"
-            "  \"requests\": \"%s\", \"expected_requests_per_s\": %.1f,\n  \"propagation\": {\n",
-            store_names[o->store], o->circuits + 1, o->sync_ms, o->iterations, request_names[o->store],
-            expected_requests(o));
+            "  \"read_budget\": %d, \"hot_circuits\": %d,\n"
+            "  \"requests\": \"%s\", \"expected_requests_per_s\": %.1f, \"expected_reads_per_s\": %.1f,\n"
+            "  \"propagation\": {\n",
+            store_names[o->store], o->circuits + 1, o->sync_ms, o->iterations, o->budget, o->hot,
+            request_names[o->store], expected_requests(o), expected_reads(o));
     json_result(f, r[0], true);
     json_result(f, r[1], false);
     fprintf(f, "  },\n  \"store_traffic\": [\n");
     for (int i = 0; i < NRATES; i++)
-        fprintf(f, "    {\"target_checks_per_s\": %.0f, \"checks_per_s\": %.0f, \"requests_per_s\": %.1f}%s\n",
-                t[i].target, t[i].checks_per_s, t[i].requests_per_s, i + 1 < NRATES ? "," : "");
+        fprintf(f, "    {\"target_checks_per_s\": %.0f, \"checks_per_s\": %.0f, \"requests_per_s\": %.1f, "
+                   "\"reads_per_s\": %.1f}%s\n",
+                t[i].target, t[i].checks_per_s, t[i].requests_per_s, t[i].reads_per_s, i + 1 < NRATES ? "," : "");
     fprintf(f, "  ]\n}\n");
     return fclose(f) == 0 ? 0 : fail("cannot write %s", o->json);
 }
@@ -402,6 +452,7 @@ static int parse(int argc, char **argv, struct opts *o)
         {"iterations", required_argument, NULL, 'n'}, {"circuits", required_argument, NULL, 'k'},
         {"window-s", required_argument, NULL, 'w'},   {"sync-ms", required_argument, NULL, 's'},
         {"json", required_argument, NULL, 'j'},       {"quick", no_argument, NULL, 'q'},
+        {"budget", required_argument, NULL, 'B'},     {"hot", required_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     *o = (struct opts){.a = getenv("CB_INSTANCE_A"), .b = getenv("CB_INSTANCE"), .redis_host = "127.0.0.1",
@@ -423,12 +474,16 @@ static int parse(int argc, char **argv, struct opts *o)
         case 'w': o->window_s = atoi(optarg); break;
         case 's': o->sync_ms = atoi(optarg); break;
         case 'j': o->json = optarg; break;
+        case 'B': o->budget = atoi(optarg); break;
+        case 'h': o->hot = atoi(optarg); break;
         case 'q': o->iterations = 10, o->circuits = 10, o->window_s = 1; break; /* options after it win */
         default: return -1;
         }
     }
+    if (o->hot <= 0 || o->hot > o->circuits)
+        o->hot = o->circuits;
     if (o->a == NULL || o->b == NULL || (o->store == STORE_REDIS && o->redis_port <= 0) || o->iterations < 1 ||
-        o->circuits < 1 || o->window_s < 1 || o->sync_ms < 1)
+        o->circuits < 1 || o->window_s < 1 || o->sync_ms < 1 || o->budget < 0)
         return -1;
     return 0;
 }
@@ -446,6 +501,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: fleet_bench [--store redis|dynamodb] --a INSTANCE --b INSTANCE --sync-ms MS\n"
                         "       [--redis-port PORT [--redis-host H]] [--cbctl PATH] [--iterations N]\n"
                         "       [--circuits K] [--window-s S] [--json FILE] [--quick]\n"
+                        "       [--budget B (the URIs' read_budget) [--hot H (circuits the workers use)]]\n"
                         "(instances default to $CB_INSTANCE_A and $CB_INSTANCE; redis needs --redis-port;\n"
                         "dynamodb counts requests through cbctl's stats, default cbctl on $PATH)\n");
         return 2;

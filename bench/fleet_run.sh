@@ -3,7 +3,7 @@
 # this machine) sharing circuits through a store on loopback, first a
 # redis-server, then dynalite (DynamoDB) at two sync intervals.
 #
-#   bench/fleet_run.sh [--quick] [--json FILE]
+#   bench/fleet_run.sh [--quick] [--scale] [--json FILE]
 #
 # Builds cbd, cbctl and fleet_bench in $CB_BUILD_DIR (default build), starts
 # a redis-server without persistence and dynalite (tests/dynalite, `npm ci
@@ -23,17 +23,25 @@
 # gets {"hosts": 2, "runs": [...]} with one fleet_bench object per run.
 # --quick: redis with a few rounds and 1 s windows, dynamodb at 100 ms only
 # with 3 rounds, to see that everything runs.
+# --scale: instead, the store's cost at scale with and without a read budget
+# (docs/fleet.md, "Reads under a budget"), sync 1000 ms, workers on 100 hot
+# circuits when there is a budget:
+#   redis     100,000 circuits, no budget, then read_budget=5000;
+#   dynamodb  10,000 circuits, no budget, then read_budget=1000 (dynalite
+#             reads a few thousand items a second: 100,000 circuits without
+#             a budget would only measure how far behind it falls).
 #
 # Exit status: 0 when every run that could start ran, else 1.
 set -euo pipefail
 
-quick=() json=
+quick=() json= scale=
 while (($#)); do
     case $1 in
     --quick) quick=(--quick) ;;
+    --scale) scale=1 ;;
     --json) json=$(realpath -m "$2"); shift ;;
     --json=*) json=$(realpath -m "${1#--json=}") ;;
-    *) echo "usage: $0 [--quick] [--json FILE]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--quick] [--scale] [--json FILE]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -94,7 +102,7 @@ fleet() {
     local uri=$1 out=$tmp/run-${#runs[@]}.json
     shift
     # shellcheck disable=SC2016 # $CB_INSTANCE expands in the inner shell, on purpose
-    if CBD_ARGS="--store $uri --lanes 16 --lane-capacity 65536" \
+    if CBD_ARGS="--store $uri --lanes 16 --lane-capacity 65536 --capacity ${capacity:-16384}" \
         bench/with_cbd.sh fleet-a bash -c 'CB_INSTANCE_A=$CB_INSTANCE exec bench/with_cbd.sh fleet-b "$@"' _ \
         "$build/fleet_bench" --cbctl "$build/cbctl" --json "$out" "$@"; then
         runs+=("$out")
@@ -105,18 +113,30 @@ fleet() {
 }
 
 # ---- redis -------------------------------------------------------------------
-if serve redis-server start_redis; then
+if ! serve redis-server start_redis; then
+    rc=1
+elif [[ -n $scale ]]; then
+    capacity=110000
+    for budget in 0 5000; do
+        fleet "redis://127.0.0.1:$port?prefix=cbd-fleet-bench-$$-$budget:&sync_ms=1000&read_budget=$budget" \
+            --store redis --redis-port "$port" --sync-ms 1000 --iterations 5 --circuits 100000 --window-s 5 \
+            --budget "$budget" --hot 100
+    done
+    capacity=
+else
     fleet "redis://127.0.0.1:$port?prefix=cbd-fleet-bench-$$:&sync_ms=1000" \
         --store redis --redis-port "$port" --sync-ms 1000 "${quick[@]}"
-else
-    rc=1
 fi
 
 # ---- dynamodb (dynalite) -------------------------------------------------------
 # dynalite checks that requests are signed, not by whom.
 export AWS_ACCESS_KEY_ID=AKIDFLEETBENCH AWS_SECRET_ACCESS_KEY=fleet-bench-secret AWS_EC2_METADATA_DISABLED=true
 unset AWS_SESSION_TOKEN AWS_PROFILE
-if ((${#quick[@]})); then
+if [[ -n $scale ]]; then
+    ddb_runs=("1000 --iterations 5 --circuits 10000 --window-s 10 --budget 0 --hot 100"
+        "1000 --iterations 5 --circuits 10000 --window-s 10 --budget 1000 --hot 100")
+    capacity=16384
+elif ((${#quick[@]})); then
     ddb_runs=("100 --quick --iterations 3")
 else
     ddb_runs=("1000 --iterations 20 --circuits 250 --window-s 10" "100 --iterations 100 --circuits 250 --window-s 5")
@@ -126,10 +146,12 @@ if [[ ! -f $dynalite ]] || ! command -v node >/dev/null; then
 elif serve dynalite start_dynalite; then
     for r in "${ddb_runs[@]}"; do
         read -r sync_ms args <<<"$r"
-        uri="dynamodb://cbd-fleet-bench-$sync_ms?region=us-east-1&endpoint=http://127.0.0.1:$port"
+        budget=0
+        [[ $args =~ --budget\ ([0-9]+) ]] && budget=${BASH_REMATCH[1]}
+        uri="dynamodb://cbd-fleet-bench-$sync_ms-$budget?region=us-east-1&endpoint=http://127.0.0.1:$port"
         if "$build/cbctl" dynamodb create-table "$uri" >"$tmp/create-table.log" 2>&1; then
             # shellcheck disable=SC2086 # args is a list of options on purpose
-            fleet "$uri&sync_ms=$sync_ms" --store dynamodb --sync-ms "$sync_ms" $args
+            fleet "$uri&sync_ms=$sync_ms&read_budget=$budget" --store dynamodb --sync-ms "$sync_ms" $args
         else
             say "cannot create the table of $uri:"
             cat "$tmp/create-table.log" >&2

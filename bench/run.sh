@@ -16,6 +16,9 @@
 #      (full run only: valgrind cannot run sanitizer builds);
 #   4. cb_bench_remote: the Redis-per-call and DynamoDB-per-call baselines;
 #   5. the fleet propagation bench, bench/fleet_run.sh, when it exists;
+#   6. scale_bench: one host with 100,000 circuits and 1,024 worker threads
+#      (memory, registration rate, idle CPU, drain, cbctl, history storm),
+#      kept as DIR/scale.md and DIR/scale.json (quick: 2,000 and 64);
 # then bench/report.py writes DIR/results.md, DIR/results.json and the PNG
 # plots (gnuplot). Timings are reported, never asserted: the exit status
 # says whether every part ran.
@@ -52,7 +55,7 @@ trap 'exit 130' INT TERM
 
 # ---- build ----------------------------------------------------------------
 [[ -f $build/CMakeCache.txt ]] || ./scripts/setup.sh
-if ! log=$(cmake --build "$build" -j"$(nproc)" --target cbd cb_bench cb_bench_remote 2>&1); then
+if ! log=$(cmake --build "$build" -j"$(nproc)" --target cbd cbctl cb_bench cb_bench_remote scale_bench 2>&1); then
     printf '%s\n' "$log" >&2
     exit 1
 fi
@@ -112,6 +115,17 @@ if [[ -x bench/fleet_run.sh ]]; then
 else
     say "bench/fleet_run.sh not there yet: fleet propagation skipped"
 fi
+# ---- one host at scale ------------------------------------------------------
+if ((${#quick[@]})); then
+    scale=(--circuits 2000 --threads 64 --capacity 2048 --lanes 128 --window-s 1 --storm 500)
+else
+    scale=(--circuits 100000 --threads 1024 --capacity 100000 --lanes 1100 --window-s 10 --storm 10000)
+fi
+scale_md=$out/scale.md
+part "scale_bench (${scale[1]} circuits, ${scale[3]} threads)" \
+    env CBD_ARGS="--capacity ${scale[5]} --lanes ${scale[7]} --lane-capacity 4096" \
+    bench/with_cbd.sh scale bash -c '"$@" >"$0"; rc=$?; cat "$0"; exit $rc' "$scale_md" \
+    "$build/scale_bench" "${scale[@]}" --cbctl "$build/cbctl" --json "$out/scale.json"
 part "report" /usr/bin/python3 bench/report.py "$out"
 # results.json holds every part's figures: drop the parts and the logs.
 ((keep)) && rm -f "$out"/{libcb,throughput,remote,fleet}.json "$out"/{callgrind.txt,redis.log,dynalite.log}

@@ -314,6 +314,22 @@ static void on_synced(void *arg, const char *name, int64_t at_s)
         cbd_policy_set_sync(c, CB_SYNC_OK, at_s);
 }
 
+/* The circuits with an outcome drained or a registration since *mark (a
+ * CLOCK_MONOTONIC time; 0: since the start), for a store that reads busy
+ * circuits first. */
+static void on_used(void *arg, uint64_t *mark, void (*each)(void *each_arg, const char *name), void *each_arg)
+{
+    struct cbd *d = arg;
+    struct cbd_now now;
+    cbd_now(&now);
+    for (uint32_t i = 0; i < d->circuits.n; i++) {
+        const struct cbd_circuit *c = &d->circuits.by_slot[i];
+        if (!c->removed && c->last_used_ns >= *mark)
+            each(each_arg, c->rec->name);
+    }
+    *mark = now.mono_ns;
+}
+
 /* ---- registration and per-circuit config ----------------------------------- */
 
 /* The worker's fields over [defaults], checked: 0 or -EINVAL with err. */
@@ -823,7 +839,8 @@ static int start(struct cbd *d)
 {
     const char *err = NULL;
     struct cbd_store_hooks hooks = {.loop = &d->loop, .arg = d, .instance = d->cfg.instance, .remote = on_remote,
-                                    .probe_result = on_probe_result, .health = on_health, .synced = on_synced};
+                                    .probe_result = on_probe_result, .health = on_health, .synced = on_synced,
+                                    .used = on_used};
     d->store_ops = cbd_store_find(d->cfg.store);
     if (cbd_open(d) < 0)
         return 1;

@@ -68,6 +68,15 @@
  * Traffic: transitions, elections, one read per push notification about a
  * tracked circuit, one read at registration, and the reconcile every
  * sync_ms - never per request.
+ *
+ * Read budget (settings.read_budget > 0, docs/fleet.md "Reads under a
+ * budget"): the reconcile no longer reads every circuit. Each sync period
+ * may send budget * sync_ms reads; the circuits the daemon used since the
+ * last period (hooks.used) are queued first, and what they leave, less a
+ * quarter for reads that arrive during the period, goes to a sweep over
+ * the list of circuits (list[0..at) is the swept part of the round). Every
+ * read but a restore's waits for the budget; a restore's reads are a debt
+ * the next periods repay. O(busy + swept) work per period in this layer.
  */
 #define _GNU_SOURCE /* gethostname, arc4random */
 #include "fleet.h"
@@ -316,6 +325,7 @@ struct fleet_circuit {
     int64_t e_opened_at;
     uint32_t e_lease_s;
     bool r_pending;
+    uint64_t read_tick;           /* the budget's tick of its last read (budget_read) */
     /* the request in flight */
     enum fleet_busy busy;
     struct fleet_write sent;
@@ -339,7 +349,18 @@ struct cbd_store {
     struct fleet_circuit **buckets, **list;
     size_t nbuckets, count, cap;
     struct fleet_circuit *qhead[Q_COUNT], *qtail[Q_COUNT];
+    size_t qlen[Q_COUNT];
     unsigned requests, reads;     /* in flight */
+    bool any_held;                /* a write may wait for the next reconcile (w_hold) */
+    /* reads under a budget (settings.read_budget > 0): see budget_tick */
+    struct {
+        int64_t balance;          /* reads this period may still send (< 0: a restore's debt) */
+        uint64_t tick;            /* periods so far */
+        uint64_t used_mark;       /* the daemon's bookmark for hooks.used */
+        size_t at;                /* the sweep's place in list: list[0..at) swept this round */
+        size_t quota;             /* sweep reads left this period */
+        size_t scanned;           /* circuits the sweep looked at this period */
+    } budget;
     struct {
         void (*done)(void *arg, int rc);
         void *arg;
@@ -352,6 +373,7 @@ struct cbd_store {
     void *close_arg;
     struct {
         uint64_t conditions_lost, invalid_items, errors, remote_reports, host_local_grants, rewrites;
+        uint64_t reads, busy_reads, sweeps; /* circuits read; of them busy ones at a sync; full sweeps */
     } st;
     struct cbd_ratelimit rl_offline, rl_err;
 };
@@ -481,6 +503,12 @@ static void maybe_free(struct cbd_store *s, struct fleet_circuit *c)
     while (*pp != c)
         pp = &(*pp)->hnext;
     *pp = c->hnext;
+    if (c->pos < s->budget.at) { /* keep list[0..at) the swept part: its last one takes c's place */
+        struct fleet_circuit *swept = s->list[--s->budget.at];
+        s->list[c->pos] = swept;
+        swept->pos = c->pos;
+        c->pos = s->budget.at;
+    }
     struct fleet_circuit *last = s->list[--s->count];
     s->list[c->pos] = last;
     last->pos = c->pos;
@@ -492,6 +520,7 @@ static void enqueue(struct cbd_store *s, enum fleet_queue q, struct fleet_circui
     if (c->queued[q])
         return;
     c->queued[q] = true;
+    s->qlen[q]++;
     c->qnext[q] = NULL;
     if (s->qtail[q] != NULL)
         s->qtail[q]->qnext[q] = c;
@@ -509,6 +538,7 @@ static struct fleet_circuit *dequeue(struct cbd_store *s, enum fleet_queue q)
     if (s->qhead[q] == NULL)
         s->qtail[q] = NULL;
     c->queued[q] = false;
+    s->qlen[q]--;
     return c;
 }
 
@@ -641,7 +671,7 @@ static void fleet_send(struct cbd_store *s, struct fleet_circuit *c)
         if (send_write(s, c, c->w_kind, c->w_opened_at, c->w_failure_count, 0) == 0)
             c->w_pending = false;
         else
-            c->w_hold = true;
+            c->w_hold = s->any_held = true;
         return;
     }
     if (s->closing)
@@ -663,18 +693,52 @@ static void fleet_send(struct cbd_store *s, struct fleet_circuit *c)
 
 static void on_read_answer(void *arg, const char *name, const struct fleet_answer *a);
 
-/* Reads waiting in the queue, in batches, while the window has room. A
- * circuit with a request in flight or work queued is skipped: that
- * request's answer carries its item. */
+/* The queued read the budget lets go now: reads of a restore always go
+ * (their cost is a debt the next periods repay), others while this
+ * period's budget lasts. */
+static struct fleet_circuit *next_queued_read(struct cbd_store *s)
+{
+    struct fleet_circuit *c = s->qhead[Q_READ];
+    if (c == NULL || (s->set.read_budget > 0 && s->budget.balance <= 0 && !c->restoring))
+        return NULL;
+    return dequeue(s, Q_READ);
+}
+
+/* The sweep's next circuit to read this period under a budget: tracked,
+ * idle, with no read queued or made this period. NULL when the period's
+ * sweep quota is spent or every circuit was looked at. */
+static struct fleet_circuit *next_swept(struct cbd_store *s)
+{
+    while (s->set.read_budget > 0 && s->budget.quota > 0 && s->budget.balance > 0 && s->budget.scanned < s->count) {
+        if (s->budget.at >= s->count) {
+            s->budget.at = 0;
+            s->st.sweeps++;
+        }
+        struct fleet_circuit *c = s->list[s->budget.at++];
+        s->budget.scanned++;
+        if (c->tracked && c->busy == FLEET_IDLE && !c->queued[Q_READ] && !sendable_work(c) &&
+            c->read_tick != s->budget.tick) {
+            s->budget.quota--;
+            c->r_pending = true;
+            return c;
+        }
+    }
+    return NULL;
+}
+
+/* Reads waiting in the queue, then the sweep's, in batches, while the
+ * window (and the budget) has room. A queued circuit with a request in
+ * flight or work queued is skipped: that request's answer carries its
+ * item. */
 static void send_reads(struct cbd_store *s)
 {
     const char *names[FLEET_READ_BATCH_MAX];
     struct fleet_circuit *batch[FLEET_READ_BATCH_MAX];
     size_t max = s->set.read_batch;
-    while (s->link == LINK_UP && !s->closing && s->qhead[Q_READ] != NULL && s->reads < FLEET_READ_WINDOW) {
+    while (s->link == LINK_UP && !s->closing && s->reads < FLEET_READ_WINDOW) {
         size_t n = 0;
         struct fleet_circuit *c;
-        while (n < max && (c = dequeue(s, Q_READ)) != NULL) {
+        while (n < max && ((c = next_queued_read(s)) != NULL || (c = next_swept(s)) != NULL)) {
             if (!c->r_pending || c->busy != FLEET_IDLE || sendable_work(c)) {
                 if (c->busy == FLEET_IDLE && sendable_work(c))
                     mark_dirty(s, c);
@@ -683,14 +747,20 @@ static void send_reads(struct cbd_store *s)
             }
             c->r_pending = false;
             c->busy = FLEET_BUSY_READ;
+            c->read_tick = s->budget.tick;
+            s->budget.balance--;
+            s->st.reads++;
             batch[n] = c;
             names[n++] = c->name;
         }
         if (n == 0)
             break;
         int taken = s->ops->read(s->t, names, n, on_read_answer, s);
-        for (size_t i = taken > 0 ? (size_t)taken : 0; i < n; i++) /* going down: the next connection reads them */
+        for (size_t i = taken > 0 ? (size_t)taken : 0; i < n; i++) { /* going down: the next connection reads them */
             batch[i]->busy = FLEET_IDLE;
+            s->budget.balance++;
+            s->st.reads--;
+        }
         if (taken > 0)
             s->reads += (unsigned)taken;
         if (taken < (int)n)
@@ -850,7 +920,7 @@ static void requeue(struct cbd_store *s, struct fleet_circuit *c, const struct f
             cbd_log(CBD_LOG_ERROR, "%s: %s of circuit '%s' refused by the store as malformed: dropped",
                     s->set.log_name, fleet_write_kind_name(w->kind), c->name);
         } else if (!c->w_pending) { /* unless a newer transition replaced it */
-            c->w_pending = c->w_hold = true;
+            c->w_pending = c->w_hold = s->any_held = true;
             c->w_kind = w->kind;
             c->w_opened_at = w->opened_at;
             c->w_failure_count = w->failure_count;
@@ -1091,8 +1161,8 @@ static void fleet_came_online(void *arg, const char *why)
         c->w_hold = false;
         if (has_work(c))
             mark_dirty(s, c);
-        if (c->tracked && s->restore.done == NULL) /* a restore reads everything anyway */
-            queue_read(s, c);
+        if (c->tracked && s->restore.done == NULL && s->set.read_budget == 0) /* a restore reads everything; */
+            queue_read(s, c);                                                  /* a budget's sweep goes on */
     }
     kick(s);
 }
@@ -1235,8 +1305,45 @@ void fleet_release(struct cbd_store *s, const char *name, int64_t opened_at)
     mark_dirty(s, c);
 }
 
-/* fleet_reconcile: read every tracked circuit, and send again the writes
- * that failed. */
+/* A circuit the daemon used since the last period: read it first. */
+static void budget_busy(void *arg, const char *name)
+{
+    struct cbd_store *s = arg;
+    struct fleet_circuit *c = cb__name_check(name) == 0 ? find(s, name) : NULL;
+    if (c != NULL && c->tracked) {
+        s->st.busy_reads++;
+        queue_read(s, c);
+    }
+}
+
+/* Reads a period of the budget allows: budget * sync_ms (a second without
+ * a sync timer, when only sync() calls make periods), at least 1. */
+static int64_t budget_per_period(const struct cbd_store *s)
+{
+    int64_t per = (int64_t)s->set.read_budget * (s->set.sync_ms > 0 ? s->set.sync_ms : 1000) / 1000;
+    return per > 0 ? per : 1;
+}
+
+/* A period of the read budget begins (every sync): the period's reads
+ * (budget * period; a debt left by a restore first paid), the circuits
+ * the daemon used since the last period queued first, and what they leave
+ * of it, less a quarter kept for reads that come during the period (a
+ * registration, a push notification), for the sweep. */
+static void budget_tick(struct cbd_store *s)
+{
+    int64_t per = budget_per_period(s);
+    s->budget.tick++;
+    s->budget.balance = s->budget.balance + per < per ? s->budget.balance + per : per;
+    s->budget.scanned = 0;
+    if (s->hooks.used != NULL)
+        s->hooks.used(s->hooks.arg, &s->budget.used_mark, budget_busy, s);
+    int64_t left = s->budget.balance - (int64_t)s->qlen[Q_READ];
+    s->budget.quota = left > 0 ? (size_t)(left - left / 4) : 0;
+    kick(s);
+}
+
+/* fleet_reconcile: read every tracked circuit (under a budget: the busy
+ * ones and a part of the sweep), and send again the writes that failed. */
 void fleet_reconcile(struct cbd_store *s)
 {
     if (s->closing)
@@ -1244,14 +1351,17 @@ void fleet_reconcile(struct cbd_store *s)
     start(s);
     if (s->link != LINK_UP)
         return;
-    for (size_t i = 0; i < s->count; i++) {
+    for (size_t i = 0; (s->any_held || s->set.read_budget == 0) && i < s->count; i++) {
         struct fleet_circuit *c = s->list[i];
         c->w_hold = false;
         if (has_work(c))
             mark_dirty(s, c);
-        if (c->tracked)
+        if (c->tracked && s->set.read_budget == 0)
             queue_read(s, c);
     }
+    s->any_held = false;
+    if (s->set.read_budget > 0)
+        budget_tick(s);
 }
 
 /* ---- create, close, stats -------------------------------------------------------------------- */
@@ -1355,6 +1465,9 @@ void fleet_stats(const struct cbd_store *s, void (*emit)(void *arg, const char *
     emit(arg, "remote_reports", s->st.remote_reports);
     emit(arg, "host_local_grants", s->st.host_local_grants);
     emit(arg, "rewrites", s->st.rewrites);
+    emit(arg, "reads", s->st.reads);
+    emit(arg, "busy_reads", s->st.busy_reads);
+    emit(arg, "sweeps", s->st.sweeps);
     s->ops->stats(s->t, emit, arg);
 }
 
@@ -1391,6 +1504,7 @@ int fleet_store_create(const struct fleet_transport_ops *ops, struct cbd_store *
     ops->settings(s->t, &s->set);
     if (s->set.read_batch == 0 || s->set.read_batch > FLEET_READ_BATCH_MAX)
         s->set.read_batch = FLEET_READ_BATCH_MAX;
+    s->budget.balance = budget_per_period(s); /* the first period: registrations read at once */
     s->rng = ((uint64_t)arc4random() << 32 | arc4random()) | 1;
     uv_timer_t *timers[] = {&s->kick, &s->sync_timer, &s->retry_timer, &s->close_timer};
     for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++) {

@@ -179,6 +179,9 @@ struct fleet_settings {
     const char *log_name;     /* how log lines name the store: "redis store", "dynamodb" */
     char where[200];          /* which data, for log lines: "table circuits" (cut to fit) */
     uint32_t sync_ms;         /* reconcile period; 0: only when the daemon asks */
+    uint32_t read_budget;     /* circuit reads a second (the URI's read_budget): 0, every tracked
+                                 circuit each sync; else busy circuits first, the rest swept
+                                 within it (docs/fleet.md, "Reads under a budget") */
     uint32_t read_batch;      /* names per read(), 1..FLEET_READ_BATCH_MAX */
     bool reconnects;          /* the transport reconnects by itself (redis_link); else: */
     uint32_t backoff_base_ms; /* the fleet layer calls connect() again after a full-jitter */

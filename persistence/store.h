@@ -78,6 +78,13 @@ struct cbd_store_hooks {
      * pending. The daemon shows it as the record's sync_state OK and
      * synced_at; a local transition makes it PENDING until the next call. */
     void (*synced)(void *arg, const char *name, int64_t at_s);
+    /* Optional (NULL: the store tells busy circuits from idle ones by
+     * nothing): each(each_arg, name) for every circuit with local traffic
+     * (an outcome drained, or a registration) since *mark, then *mark =
+     * now. *mark is the daemon's opaque bookmark, kept by the store between
+     * calls, 0 at first (every circuit). A fleet store with a read budget
+     * calls it once per sync to read those circuits before the others. */
+    void (*used)(void *arg, uint64_t *mark, void (*each)(void *each_arg, const char *name), void *each_arg);
 };
 
 struct cbd_store_ops {

@@ -749,7 +749,8 @@ static const char *dd_owner(const struct fleet_transport *t)
 
 static void dd_settings(const struct fleet_transport *t, struct fleet_settings *out)
 {
-    *out = (struct fleet_settings){.log_name = "dynamodb", .sync_ms = t->o.sync_ms, .read_batch = BATCH_MAX,
+    *out = (struct fleet_settings){.log_name = "dynamodb", .sync_ms = t->o.sync_ms, .read_budget = t->o.read_budget,
+                                   .read_batch = BATCH_MAX,
                                    .backoff_base_ms = 200, .backoff_cap_ms = t->o.backoff_max_ms,
                                    .close_wait_ms = t->o.timeout_ms * t->o.attempts + 2000};
     snprintf(out->where, sizeof out->where, "table %.190s", t->o.table);

@@ -82,6 +82,7 @@ struct rs_uri {
     char instance[CB_INSTANCE_MAX + 1];
     bool instance_given; /* instance= was in the URI */
     uint32_t sync_ms;
+    uint32_t read_budget; /* passed to the fleet layer as it is */
 };
 
 enum rs_script { RS_WRITE, RS_MIGRATE, RS_NSCRIPTS };
@@ -188,7 +189,7 @@ static const char *const rs_scripts[RS_NSCRIPTS] = {[RS_WRITE] = script_write, [
 
 /* ---- URI -------------------------------------------------------------------------- */
 
-#define RS_OPTIONS "prefix, sync_ms, instance"
+#define RS_OPTIONS "prefix, sync_ms, read_budget, instance"
 
 /* The store's own URI options (redis_uri.c parses the connection's). */
 static const char *store_option(void *arg, const char *name, const char *val)
@@ -205,6 +206,9 @@ static const char *store_option(void *arg, const char *name, const char *val)
     } else if (strcmp(name, "sync_ms") == 0) {
         if (!cbd_redis_parse_u32(val, n, 100, 3600000, &u->sync_ms))
             return "sync_ms must be a number 100..3600000";
+    } else if (strcmp(name, "read_budget") == 0) {
+        if (!cbd_redis_parse_u32(val, n, 0, 1000000000, &u->read_budget))
+            return "read_budget must be a number 0..1000000000 (circuit reads a second; 0: no budget)";
     } else if (strcmp(name, "instance") == 0) {
         if (cb__instance_check(val) < 0)
             return "instance must be 1..32 characters of [A-Za-z0-9_-]";
@@ -763,7 +767,7 @@ static void rs_connect(struct fleet_transport *t)
 static void rs_settings(const struct fleet_transport *t, struct fleet_settings *out)
 {
     *out = (struct fleet_settings){.log_name = "redis store", .sync_ms = t->uri.sync_ms,
-                                   .read_batch = FLEET_READ_BATCH_MAX, .reconnects = true,
+                                   .read_budget = t->uri.read_budget, .read_batch = FLEET_READ_BATCH_MAX, .reconnects = true,
                                    .close_wait_ms = t->uri.conn.command_timeout_ms};
     snprintf(out->where, sizeof out->where, "redis under prefix '%s'", t->uri.prefix);
 }

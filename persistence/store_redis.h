@@ -9,7 +9,8 @@
  *   redis-sentinel://[user@]host[:port][,host[:port]...]/master[/db][?option=value&...]
  *
  * The store's own options: prefix (key prefix, default "cbd:"), sync_ms
- * (reconcile period, default 1000), instance (the instance part of this
+ * (reconcile period, default 1000), read_budget (circuit reads a second
+ * the reconcile may spend, default 0: every circuit each sync), instance (the instance part of this
  * host's probe owner id "<hostname>:<instance>:<pid>:<random>"; default:
  * the daemon's instance).
  */

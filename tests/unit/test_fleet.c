@@ -32,8 +32,9 @@
 #include "tsup_store.h"
 
 #define MAX_ITEMS 64
-#define MAX_REQS 256
+#define MAX_REQS 1024
 #define MAX_HOSTS 3
+#define MAX_SWEPT 4096 /* circuits "c<number>" whose reads the budget tests follow */
 
 /* ---- the in-memory store ------------------------------------------------------------- */
 
@@ -60,6 +61,7 @@ struct fleet_transport {
     struct fleet_transport_cbs cbs;
     char owner[FLEET_OWNER_MAX + 1];
     bool up, connecting, closed;
+    uint32_t read_budget; /* from the URI: mem://A?read_budget=N */
     struct mem_req q[MAX_REQS];
     size_t head, n;
     uint64_t reads, writes, read_calls;
@@ -70,6 +72,12 @@ static struct {
     size_t nitems;
     int64_t now;
     struct fleet_transport *hosts[MAX_HOSTS];
+    /* circuits "c<i>": the period (sync) of their last read by host A, and
+     * which of them host A's daemon uses (its hooks.used) */
+    uint64_t period;
+    uint64_t read_in[MAX_SWEPT];
+    unsigned reads_of[MAX_SWEPT];
+    bool used[MAX_SWEPT];
 } world;
 
 static struct mem_item *item_of(const char *name, bool add)
@@ -88,9 +96,10 @@ static struct mem_item *item_of(const char *name, bool add)
 
 static int mem_check_uri(const char *uri, char *why, size_t size)
 {
-    if (strncmp(uri, "mem://", 6) == 0 && uri[6] >= 'A' && uri[6] < 'A' + MAX_HOSTS && uri[7] == '\0')
+    if (strncmp(uri, "mem://", 6) == 0 && uri[6] >= 'A' && uri[6] < 'A' + MAX_HOSTS &&
+        (uri[7] == '\0' || strncmp(uri + 7, "?read_budget=", 13) == 0))
         return 0;
-    snprintf(why, size, "not mem://A..C");
+    snprintf(why, size, "not mem://A..C[?read_budget=N]");
     return -EINVAL;
 }
 
@@ -105,6 +114,7 @@ static int mem_create(struct fleet_transport **out, uv_loop_t *loop, const char 
     t->host = uri[6] - 'A';
     t->cbs = *cbs;
     snprintf(t->owner, sizeof t->owner, "host-%c", uri[6]);
+    t->read_budget = uri[7] == '?' ? (uint32_t)strtoul(uri + 20, NULL, 10) : 0;
     world.hosts[t->host] = t;
     *out = t;
     return 0;
@@ -117,9 +127,9 @@ static const char *mem_owner(const struct fleet_transport *t)
 
 static void mem_settings(const struct fleet_transport *t, struct fleet_settings *out)
 {
-    (void)t;
     *out = (struct fleet_settings){.log_name = "mem store", .where = "memory", .sync_ms = 0, .read_batch = 4,
-                                   .backoff_base_ms = 100, .backoff_cap_ms = 5000, .close_wait_ms = 1000};
+                                   .read_budget = t->read_budget, .backoff_base_ms = 100, .backoff_cap_ms = 5000,
+                                   .close_wait_ms = 1000};
 }
 
 static void mem_connect(struct fleet_transport *t)
@@ -224,6 +234,11 @@ static void execute(struct fleet_transport *t, struct mem_req *r, bool apply, bo
     }
     if (r->read) {
         t->reads++;
+        if (t->host == 0 && r->name[0] == 'c' && r->name[1] >= '0' && r->name[1] <= '9' &&
+            atoi(r->name + 1) < MAX_SWEPT) {
+            world.read_in[atoi(r->name + 1)] = world.period;
+            world.reads_of[atoi(r->name + 1)]++;
+        }
         if (it != NULL && it->invalid != NULL)
             a = (struct fleet_answer){.status = FLEET_INVALID, .why = it->invalid};
         else if (it == NULL || !it->item.exists)
@@ -1030,4 +1045,164 @@ Test(fleet, close_writes_what_is_queued_and_then_tells_the_daemon_nothing)
     cr_assert_eq(hosts[0].nsynced, synced);
     cr_assert_eq(hosts[0].nprobe, probes);
     cr_assert_eq(last_remote(&hosts[1])->state, CB_OPEN);
+}
+
+/* ==== reads under a budget ================================================================================ */
+
+/* Host A's daemon: the circuits it used since the last call (world.used). */
+static void daemon_used(void *arg, uint64_t *mark, void (*each)(void *each_arg, const char *name), void *each_arg)
+{
+    char name[16];
+    (void)arg;
+    for (int i = 0; i < MAX_SWEPT; i++) {
+        if (world.used[i]) {
+            snprintf(name, sizeof name, "c%d", i);
+            each(each_arg, name);
+        }
+    }
+    (*mark)++;
+}
+
+/* Host A with a read budget of budget reads a second (the mem store has
+ * no sync timer: each sync() is a period of one second), its daemon
+ * telling which circuits it uses, created and not connected yet. */
+static struct tsup_store_host *budget_host_new(unsigned budget)
+{
+    char uri[64];
+    const char *err = NULL;
+    struct tsup_store_host *x = &hosts[0];
+    memset(x, 0, sizeof *x);
+    snprintf(uri, sizeof uri, "mem://A?read_budget=%u", budget);
+    struct cbd_store_hooks hk = tsup_store_hooks(x, &loop, "t");
+    hk.used = daemon_used;
+    cr_assert_eq(mem_store_ops.create(&x->s, uri, &hk, &err), 0, "%s", err ? err : "?");
+    fleet_set_clock(x->s, &(struct fleet_clock){.now_s = clock_now, .random = clock_random});
+    return x;
+}
+
+/* n circuits c0..c(n-1) registered on host A. */
+static void track_many(struct tsup_store_host *x, int n)
+{
+    char name[16];
+    for (int i = 0; i < n; i++) {
+        snprintf(name, sizeof name, "c%d", i);
+        mem_store_ops.track(x->s, name, NULL);
+    }
+}
+
+/* One sync period of host A: the reconcile, everything answered. How
+ * many circuits it read. */
+static uint64_t period(struct tsup_store_host *x)
+{
+    uint64_t before = world.hosts[0]->reads;
+    world.period++;
+    world.now++;
+    mem_store_ops.sync(x->s);
+    settle();
+    return world.hosts[0]->reads - before;
+}
+
+Test(fleet, a_read_budget_is_never_exceeded_over_a_long_run)
+{
+    unsigned seed = (unsigned)getpid();
+    srandom(seed);
+    struct tsup_store_host *a = budget_host_new(50);
+    mem_store_ops.restore(a->s, tsup_store_restored, &a->done);
+    mem_connected(0, true);
+    settle();
+    track_many(a, 1000); /* 1000 registration reads: paced by the budget too */
+    settle();
+    cr_assert_leq(world.hosts[0]->reads, 50, "the first period read %llu (seed %u)",
+                  (unsigned long long)world.hosts[0]->reads, seed);
+    for (int p = 0; p < 400; p++) {
+        for (int i = 0; i < 1000; i++) /* the daemon's traffic moves from circuit to circuit */
+            world.used[i] = random() % 100 < (p % 50 < 25 ? 2 : 20);
+        if (random() % 10 == 0) /* and another host's transitions push reads */
+            world.hosts[0]->cbs.changed(world.hosts[0]->cbs.arg, "c7");
+        uint64_t n = period(a);
+        cr_assert_leq(n, 50, "period %d read %llu circuits on a budget of 50 (seed %u)", p, (unsigned long long)n,
+                      seed);
+    }
+    cr_assert_eq(store_stat(a, "reads"), world.hosts[0]->reads);
+}
+
+Test(fleet, under_a_budget_busy_circuits_are_read_every_sync)
+{
+    struct tsup_store_host *a = budget_host_new(100);
+    mem_store_ops.restore(a->s, tsup_store_restored, &a->done);
+    mem_connected(0, true);
+    settle();
+    track_many(a, 1000);
+    settle();
+    for (int i = 0; i < 1000; i += 50) /* 20 busy circuits */
+        world.used[i] = true;
+    for (int p = 0; p < 20; p++) /* the registrations' reads are done */
+        period(a);
+    for (int p = 0; p < 50; p++) {
+        period(a);
+        for (int i = 0; i < 1000; i += 50)
+            cr_assert_eq(world.read_in[i], world.period, "busy circuit c%d was not read in period %llu", i,
+                         (unsigned long long)world.period);
+    }
+    cr_assert_geq(store_stat(a, "busy_reads"), 50 * 20);
+}
+
+Test(fleet, under_a_budget_idle_circuits_are_all_read_within_the_sweep_time)
+{
+    enum { C = 1000, U = 20, B = 100 };
+    struct tsup_store_host *a = budget_host_new(B);
+    mem_store_ops.restore(a->s, tsup_store_restored, &a->done);
+    mem_connected(0, true);
+    settle();
+    track_many(a, C);
+    settle();
+    for (int i = 0; i < C; i += C / U)
+        world.used[i] = true;
+    for (int p = 0; p < 20; p++)
+        period(a);
+    /* docs/fleet.md: a period (S = 1 s) sweeps q = (B*S - U) - floor((B*S - U) / 4) circuits, so every
+     * circuit is read within ceil((C - U) / q) periods */
+    int q = (B - U) - (B - U) / 4, sweep = (C - U + q - 1) / q;
+    for (int round = 0; round < 3; round++) {
+        uint64_t from = world.period + 1;
+        for (int p = 0; p < sweep; p++)
+            period(a);
+        for (int i = 0; i < C; i++)
+            cr_assert_geq(world.read_in[i], from, "circuit c%d not read in the %d periods from %llu", i, sweep,
+                          (unsigned long long)from);
+    }
+    for (int i = 0; i < C; i++)
+        cr_assert_leq(world.reads_of[i], 20u + 3u * (world.used[i] ? (unsigned)sweep : 1u) + 2u,
+                      "circuit c%d read %u times: the sweep reads an idle circuit once a round", i, world.reads_of[i]);
+    cr_assert_geq(store_stat(a, "sweeps"), 3);
+}
+
+Test(fleet, a_restore_reads_every_circuit_at_once_and_later_periods_repay_it)
+{
+    struct tsup_store_host *a = budget_host_new(50);
+    track_many(a, 200); /* an adopted segment's circuits, tracked before the restore */
+    mem_store_ops.restore(a->s, tsup_store_restored, &a->done);
+    mem_connected(0, true);
+    settle();
+    cr_assert(a->done.restored && a->done.restore_rc == 0, "the restore waited for the budget");
+    cr_assert_eq(world.hosts[0]->reads, 200);
+    world.used[3] = true;
+    cr_assert_eq(period(a), 0, "a period that starts 150 reads in debt reads nothing");
+    cr_assert_eq(period(a), 0);
+    cr_assert_eq(period(a), 0);
+    cr_assert_gt(period(a), 0, "the debt is paid: reads again");
+    cr_assert_eq(world.read_in[3], world.period, "the busy circuit first");
+}
+
+Test(fleet, without_a_budget_every_tracked_circuit_is_read_every_sync)
+{
+    struct tsup_store_host *a = budget_host_new(0);
+    mem_store_ops.restore(a->s, tsup_store_restored, &a->done);
+    mem_connected(0, true);
+    settle();
+    track_many(a, 300);
+    settle();
+    cr_assert_eq(period(a), 300);
+    cr_assert_eq(period(a), 300);
+    cr_assert_eq(store_stat(a, "busy_reads"), 0, "the daemon is not asked what it uses");
 }
