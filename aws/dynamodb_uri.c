@@ -8,6 +8,7 @@
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,9 +44,13 @@ static const struct opt {
 
 static char uri_err[512]; /* the message cbd_ddb_uri_parse returns: one thread only */
 
-static const char *fail(const char *fmt, const char *what)
+static const char *fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static const char *fail(const char *fmt, ...)
 {
-    snprintf(uri_err, sizeof uri_err, fmt, what);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(uri_err, sizeof uri_err, fmt, ap);
+    va_end(ap);
     return uri_err;
 }
 
@@ -126,11 +131,11 @@ static const char *opts_resolve(struct cbd_ddb_opts *o)
 {
     if (!o->region[0] && cbd_aws_default_region(o->region, sizeof o->region) < 0) {
         if (!o->endpoint[0] && !getenv("AWS_ENDPOINT_URL_DYNAMODB") && !getenv("AWS_ENDPOINT_URL"))
-            return fail("dynamodb URI: no region: add ?region=... or set AWS_REGION%s", "");
+            return fail("dynamodb URI: no region: add ?region=... or set AWS_REGION");
         strcpy(o->region, "us-east-1"); /* a local endpoint ignores it, SigV4 needs one */
     }
     if (!o->endpoint[0] && cbd_aws_endpoint("DYNAMODB", "dynamodb", o->region, o->endpoint, sizeof o->endpoint) < 0)
-        return fail("dynamodb endpoint from AWS_ENDPOINT_URL%s is too long", "");
+        return fail("dynamodb endpoint from AWS_ENDPOINT_URL is too long");
     if (strncmp(o->endpoint, "https://", 8) != 0 && strncmp(o->endpoint, "http://", 7) != 0)
         return fail("dynamodb endpoint '%.300s' must start with https:// (or http:// for a local endpoint)",
                     o->endpoint);
@@ -162,10 +167,30 @@ const char *cbd_ddb_uri_parse(struct cbd_ddb_opts *o, const char *uri)
     const char *names[] = {o->pk, o->a_state, o->a_fc, o->a_oa, o->a_owner, o->a_lease, o->a_exp};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (!names[i][0])
-            return fail("dynamodb URI: attribute names and pk must not be empty%s", "");
+            return fail("dynamodb URI: attribute names and pk must not be empty");
     if (strcmp(o->pk, o->sk) == 0)
         return fail("dynamodb URI: pk and sk must differ (both '%s')", o->pk);
     if (o->sk[0] && !o->static_pk[0])
         return fail("dynamodb URI: static_pk must not be empty with sk=%s", o->sk);
     return opts_resolve(o);
+}
+
+int cbd_ddb_send(struct cbd_aws_http *http, const struct cbd_ddb_opts *o, const struct cbd_aws_creds *creds,
+                 const char *op, const json_t *body, uint32_t max_attempts, cbd_aws_http_cb cb, void *arg)
+{
+    char target[96], sigv4[128];
+    snprintf(target, sizeof target, "X-Amz-Target: " CBD_DDB_TARGET "%s", op);
+    snprintf(sigv4, sizeof sigv4, "aws:amz:%s:dynamodb", o->region);
+    const char *hdrs[] = {"Content-Type: application/x-amz-json-1.0", target, NULL};
+    char *text = json_dumps(body, JSON_COMPACT);
+    if (text == NULL)
+        return -ENOMEM;
+    struct cbd_aws_request q = {
+        .method = "POST", .url = o->endpoint, .body = text, .body_len = strlen(text), .headers = hdrs,
+        .sigv4 = sigv4, .creds = creds, .timeout_ms = o->timeout_ms, .connect_timeout_ms = o->connect_timeout_ms,
+        .max_attempts = max_attempts, .insecure_tls = !o->tls_verify, .cb = cb, .arg = arg,
+    };
+    int rc = cbd_aws_http_send(http, &q); /* copies what it keeps */
+    free(text);
+    return rc;
 }

@@ -1,14 +1,18 @@
 /*
  * dynamodb_uri.h - what a dynamodb:// URI says: the table, where it is, its
  * key layout and attribute names, and how to talk to it
- * (docs/store-dynamodb.md lists every option). Read by the dynamodb store
- * and by cbctl's table creation, so both see one table the same way.
+ * (docs/store-dynamodb.md lists every option); and one call of DynamoDB's
+ * JSON API made the way the URI says. Used by the dynamodb store and by
+ * cbctl's table creation, so both see one table the same way.
  */
 #ifndef CBD_DYNAMODB_URI_H
 #define CBD_DYNAMODB_URI_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
+
+#include "aws_http.h"
 
 #define CBD_DDB_URI_OWNER_MAX 95 /* bytes of the owner option: the fleet layer's FLEET_OWNER_MAX */
 #define CBD_DDB_TARGET "DynamoDB_20120810." /* X-Amz-Target prefix of the JSON API */
@@ -32,5 +36,15 @@ struct cbd_ddb_opts {
  * (valid until the next call; one thread only).
  */
 const char *cbd_ddb_uri_parse(struct cbd_ddb_opts *o, const char *uri);
+
+/*
+ * cbd_ddb_send - one call of DynamoDB's JSON API: op ("GetItem",
+ * "CreateTable", ...) with body (not consumed) to o's endpoint, signed
+ * with creds for o's region, with o's timeouts and TLS setting, tried at
+ * most max_attempts times. As cbd_aws_http_send: 0, and cb runs once on
+ * the loop; or -errno, and it will not.
+ */
+int cbd_ddb_send(struct cbd_aws_http *http, const struct cbd_ddb_opts *o, const struct cbd_aws_creds *creds,
+                 const char *op, const json_t *body, uint32_t max_attempts, cbd_aws_http_cb cb, void *arg);
 
 #endif /* CBD_DYNAMODB_URI_H */

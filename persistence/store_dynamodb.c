@@ -107,7 +107,6 @@ struct ddb_req {
 struct fleet_transport {
     struct cbd_ddb_opts o;
     struct cbd_ddb_layout layout;   /* the item's attribute names, pointing into o */
-    char sigv4[128];
     uv_loop_t *loop;
     struct fleet_transport_cbs cbs;
     struct cbd_aws_http *http;
@@ -206,18 +205,8 @@ static int send_req(struct ddb_req *q, const char **why)
     }
     if (rc < 0)
         return rc;
-    char *text = json_dumps(q->body, JSON_COMPACT), target[96];
-    snprintf(target, sizeof target, "X-Amz-Target: " CBD_DDB_TARGET "%s", q->op);
-    const char *hdrs[] = {"Content-Type: application/x-amz-json-1.0", target, NULL};
-    struct cbd_aws_request rq = {
-        .method = "POST", .url = t->o.endpoint, .body = text, .body_len = text ? strlen(text) : 0,
-        .headers = hdrs, .sigv4 = t->sigv4, .creds = &cr, .timeout_ms = t->o.timeout_ms,
-        .connect_timeout_ms = t->o.connect_timeout_ms, .max_attempts = t->o.attempts,
-        .insecure_tls = !t->o.tls_verify, .cb = on_answer, .arg = q,
-    };
-    rc = text ? cbd_aws_http_send(t->http, &rq) : -ENOMEM;
+    rc = cbd_ddb_send(t->http, &t->o, &cr, q->op, q->body, t->o.attempts, on_answer, q);
     explicit_bzero(&cr, sizeof cr);
-    free(text);
     if (rc < 0) {
         *why = "out of memory sending a request";
         return rc;
@@ -856,7 +845,6 @@ static int dd_create(struct fleet_transport **out, uv_loop_t *loop, const char *
     t->layout = (struct cbd_ddb_layout){
         .pk = t->o.pk, .sk = t->o.sk, .static_pk = t->o.static_pk, .state = t->o.a_state, .failure_count = t->o.a_fc,
         .opened_at = t->o.a_oa, .owner = t->o.a_owner, .lease = t->o.a_lease, .expiration = t->o.a_exp};
-    snprintf(t->sigv4, sizeof t->sigv4, "aws:amz:%s:dynamodb", t->o.region);
     uv_timer_init(loop, &t->defer);
     uv_timer_init(loop, &t->batch_timer);
     t->defer.data = t->batch_timer.data = t;

@@ -12,6 +12,7 @@
 #include "dynamodb_table.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,7 +29,6 @@ enum ct_step { CT_CREATE, CT_DESCRIBE, CT_TTL, CT_DONE };
 
 struct ct {
     struct cbd_ddb_opts o;
-    char sigv4[128];
     uv_loop_t loop;
     uv_timer_t timer;
     struct cbd_aws_http *http;
@@ -42,11 +42,15 @@ struct ct {
 
 static void ct_next(struct ct *t);
 
-static void ct_end(struct ct *t, int rc, const char *fmt, const char *a, const char *b)
+static void ct_end(struct ct *t, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void ct_end(struct ct *t, int rc, const char *fmt, ...)
 {
+    va_list ap;
     t->rc = rc;
     t->step = CT_DONE;
-    snprintf(t->err, t->errlen, fmt, a, b);
+    va_start(ap, fmt);
+    vsnprintf(t->err, t->errlen, fmt, ap);
+    va_end(ap);
 }
 
 static json_t *ct_body(const struct ct *t)
@@ -83,7 +87,7 @@ static const char *ct_schema_differs(const struct ct *t, json_t *table)
     }
     if (!hash || strcmp(hash, t->o.pk) != 0)
         return "partition key";
-    if ((range ? range : "")[0] != t->o.sk[0] || (range && strcmp(range, t->o.sk) != 0))
+    if (strcmp(range ? range : "", t->o.sk) != 0)
         return "sort key";
     return "";
 }
@@ -99,7 +103,7 @@ static void ct_describe(struct ct *t, const struct cbd_aws_response *r)
     const char *status = json_string_value(json_object_get(table, "TableStatus"));
     const char *diff = table ? ct_schema_differs(t, table) : "";
     if (!status)
-        ct_end(t, -EBADMSG, "DescribeTable %s: answer without Table.TableStatus%s", t->o.table, "");
+        ct_end(t, -EBADMSG, "DescribeTable %s: answer without Table.TableStatus", t->o.table);
     else if (diff[0])
         ct_end(t, -EEXIST, "table %s exists with another %s than the URI's (pk/sk options)", t->o.table, diff);
     else if (strcmp(status, "ACTIVE") == 0) {
@@ -146,31 +150,21 @@ static void ct_next(struct ct *t)
     static const char *const ops[] = {"CreateTable", "DescribeTable", "UpdateTimeToLive"};
     struct cbd_aws_creds cr;
     const char *why;
-    char target[96];
     if (t->step == CT_DONE)
         return;
     int rc = cbd_aws_credentials_get(t->creds, &cr, &why);
     if (rc == -EAGAIN)
         return; /* ct_next again when they are in */
     if (rc < 0) {
-        ct_end(t, rc, "AWS credentials: %s%s", why[0] ? why : "none found (environment, profile, container, "
-               "EC2 metadata)", "");
+        ct_end(t, rc, "AWS credentials: %s", why[0] ? why : "none found (environment, profile, container, "
+               "EC2 metadata)");
         return;
     }
     json_t *body = ct_body(t);
-    char *text = json_dumps(body, JSON_COMPACT);
+    rc = body != NULL ? cbd_ddb_send(t->http, &t->o, &cr, ops[t->step], body, t->o.attempts + 2, ct_answer, t)
+                      : -ENOMEM;
     json_decref(body);
-    snprintf(target, sizeof target, "X-Amz-Target: " CBD_DDB_TARGET "%s", ops[t->step]);
-    const char *hdrs[] = {"Content-Type: application/x-amz-json-1.0", target, NULL};
-    struct cbd_aws_request q = {
-        .method = "POST", .url = t->o.endpoint, .body = text, .body_len = text ? strlen(text) : 0,
-        .headers = hdrs, .sigv4 = t->sigv4, .creds = &cr, .timeout_ms = t->o.timeout_ms,
-        .connect_timeout_ms = t->o.connect_timeout_ms, .max_attempts = t->o.attempts + 2,
-        .insecure_tls = !t->o.tls_verify, .cb = ct_answer, .arg = t,
-    };
-    rc = text ? cbd_aws_http_send(t->http, &q) : -ENOMEM;
     explicit_bzero(&cr, sizeof cr);
-    free(text);
     if (rc < 0)
         ct_end(t, rc, "cannot send %s: %s", ops[t->step], strerror(-rc));
 }
@@ -196,7 +190,6 @@ int dynamodb_table_create(const char *uri, char *err, size_t errlen)
         free(t);
         return -EINVAL;
     }
-    snprintf(t->sigv4, sizeof t->sigv4, "aws:amz:%s:dynamodb", t->o.region);
     uv_loop_init(&t->loop);
     uv_timer_init(&t->loop, &t->timer);
     t->timer.data = t;
@@ -205,12 +198,12 @@ int dynamodb_table_create(const char *uri, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
     } else if ((rc = cbd_aws_credentials_create(&t->creds, t->http, t->o.region, ct_on_creds, t, cerr,
                                                 sizeof cerr)) < 0) {
-        ct_end(t, rc, "AWS credentials: %s%s", cerr, "");
+        ct_end(t, rc, "AWS credentials: %s", cerr);
     } else {
         ct_next(t);
         uv_run(&t->loop, UV_RUN_DEFAULT); /* until no request or poll timer is left */
         if (t->step != CT_DONE)
-            ct_end(t, -EIO, "create-table of %s stopped before it finished%s", t->o.table, "");
+            ct_end(t, -EIO, "create-table of %s stopped before it finished", t->o.table);
         rc = t->rc;
     }
     cbd_aws_credentials_free(t->creds);

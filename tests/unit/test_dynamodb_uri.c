@@ -36,7 +36,7 @@ TestSuite(dynamodb_uri, .init = plain_env);
 static struct cbd_ddb_opts o;
 
 /* uri parsed into o: asserts it is accepted. */
-static void accept(const char *uri)
+static void parse_ok(const char *uri)
 {
     const char *msg = cbd_ddb_uri_parse(&o, uri);
     cr_assert_null(msg, "%s: refused: %s", uri, msg);
@@ -53,7 +53,7 @@ static void refuse(const char *uri, const char *says)
 
 Test(dynamodb_uri, what_the_uri_leaves_out_is_powertools_layout_and_the_documented_defaults)
 {
-    accept("dynamodb://circuit-breakers?region=eu-west-1");
+    parse_ok("dynamodb://circuit-breakers?region=eu-west-1");
     cr_assert_str_eq(o.table, "circuit-breakers");
     cr_assert_str_eq(o.region, "eu-west-1");
     cr_assert_str_eq(o.endpoint, "https://dynamodb.eu-west-1.amazonaws.com");
@@ -80,7 +80,7 @@ Test(dynamodb_uri, what_the_uri_leaves_out_is_powertools_layout_and_the_document
 Test(dynamodb_uri, the_composite_key_value_names_the_lambda_function_as_powertools_does)
 {
     setenv("AWS_LAMBDA_FUNCTION_NAME", "checkout-api", 1);
-    accept("dynamodb://circuit-breakers?region=eu-west-1&sk=sk");
+    parse_ok("dynamodb://circuit-breakers?region=eu-west-1&sk=sk");
     cr_assert_str_eq(o.static_pk, "circuit_breaker#checkout-api");
     cr_assert_str_eq(o.sk, "sk");
 }
@@ -91,7 +91,7 @@ Test(dynamodb_uri, a_function_name_too_long_for_static_pk_is_cut_not_overflowed)
     memset(fn, 'f', 300);
     fn[300] = '\0';
     setenv("AWS_LAMBDA_FUNCTION_NAME", fn, 1);
-    accept("dynamodb://circuit-breakers?region=eu-west-1");
+    parse_ok("dynamodb://circuit-breakers?region=eu-west-1");
     cr_assert_eq(strlen(o.static_pk), strlen("circuit_breaker#") + 200);
     cr_assert_eq(strncmp(o.static_pk, "circuit_breaker#ffff", 20), 0);
 }
@@ -99,7 +99,7 @@ Test(dynamodb_uri, a_function_name_too_long_for_static_pk_is_cut_not_overflowed)
 Test(dynamodb_uri, static_pk_in_the_uri_wins_over_the_function_name)
 {
     setenv("AWS_LAMBDA_FUNCTION_NAME", "checkout-api", 1);
-    accept("dynamodb://circuit-breakers?region=eu-west-1&sk=sk&static_pk=circuit_breaker%23payments");
+    parse_ok("dynamodb://circuit-breakers?region=eu-west-1&sk=sk&static_pk=circuit_breaker%23payments");
     cr_assert_str_eq(o.static_pk, "circuit_breaker#payments");
 }
 
@@ -128,7 +128,7 @@ Test(dynamodb_uri, every_string_option_sets_its_own_field_percent_decoded)
         snprintf(uri, sizeof uri, "dynamodb://tbl?region=eu-west-1&%s=v%%23%s", string_opts[i].name,
                  string_opts[i].name);
         snprintf(want, sizeof want, "v#%s", string_opts[i].name);
-        accept(uri);
+        parse_ok(uri);
         cr_assert_str_eq((char *)&o + string_opts[i].off, want, "option %s", string_opts[i].name);
         for (size_t j = 0; j < sizeof string_opts / sizeof string_opts[0]; j++)
             cr_assert(j == i || strcmp((char *)&o + string_opts[j].off, want) != 0,
@@ -145,7 +145,7 @@ Test(dynamodb_uri, a_string_value_one_byte_too_long_for_its_field_is_refused_nam
         value[fits] = '\0';
         snprintf(uri, sizeof uri, "dynamodb://tbl?region=eu-west-1&sk=other&pk=id&%s=%s", string_opts[i].name,
                  value);
-        accept(uri);
+        parse_ok(uri);
         cr_assert_str_eq((char *)&o + string_opts[i].off, value, "the longest value that fits is kept whole");
         strcat(uri, "v");
         char says[64];
@@ -182,7 +182,7 @@ Test(dynamodb_uri, number_options_take_both_ends_of_their_range)
         for (int e = 0; e < 2; e++) {
             char uri[256];
             snprintf(uri, sizeof uri, "dynamodb://tbl?region=eu-west-1&%s=%lu", number_opts[i].name, ends[e]);
-            accept(uri);
+            parse_ok(uri);
             cr_assert_eq(*(uint32_t *)((char *)&o + number_opts[i].off), ends[e], "%s", uri);
         }
     }
@@ -217,13 +217,13 @@ Test(dynamodb_uri, bool_options_take_the_words_every_cbd_setting_takes)
         for (size_t i = 0; i < 5; i++) {
             char uri[256];
             snprintf(uri, sizeof uri, "dynamodb://tbl?region=eu-west-1&%s=%s", names[n], yes[i]);
-            accept(uri);
+            parse_ok(uri);
             cr_assert(*(bool *)((char *)&o + offs[n]), "%s", uri);
         }
         for (size_t i = 0; i < 4; i++) {
             char uri[256];
             snprintf(uri, sizeof uri, "dynamodb://tbl?region=eu-west-1&%s=%s", names[n], no[i]);
-            accept(uri);
+            parse_ok(uri);
             cr_assert_not(*(bool *)((char *)&o + offs[n]), "%s", uri);
         }
         char uri[256], says[64];
@@ -243,7 +243,7 @@ Test(dynamodb_uri, an_unknown_option_is_refused_by_its_decoded_name)
 
 Test(dynamodb_uri, option_names_are_percent_decoded_like_their_values)
 {
-    accept("dynamodb://tbl?region=eu-west-1&sync%5Fms=5");
+    parse_ok("dynamodb://tbl?region=eu-west-1&sync%5Fms=5");
     cr_assert_eq(o.sync_ms, 5);
 }
 
@@ -258,12 +258,12 @@ Test(dynamodb_uri, bad_percent_encoding_in_a_name_or_a_value_is_refused)
 Test(dynamodb_uri, table_names_are_3_to_255_of_dynamodb_s_characters)
 {
     char uri[600], name[300];
-    accept("dynamodb://a_b?region=eu-west-1");
-    accept("dynamodb://A.b-9?region=eu-west-1");
+    parse_ok("dynamodb://a_b?region=eu-west-1");
+    parse_ok("dynamodb://A.b-9?region=eu-west-1");
     memset(name, 't', 255);
     name[255] = '\0';
     snprintf(uri, sizeof uri, "dynamodb://%s?region=eu-west-1", name);
-    accept(uri);
+    parse_ok(uri);
     cr_assert_eq(strlen(o.table), 255);
     refuse("dynamodb://ab?region=eu-west-1", "table name 'ab' must be 3-255");
     refuse("dynamodb://?region=eu-west-1", "table name '' must be 3-255");
@@ -277,7 +277,7 @@ Test(dynamodb_uri, table_names_are_3_to_255_of_dynamodb_s_characters)
 
 Test(dynamodb_uri, the_table_name_is_percent_decoded_before_it_is_checked)
 {
-    accept("dynamodb://cb%2Dtable?region=eu-west-1");
+    parse_ok("dynamodb://cb%2Dtable?region=eu-west-1");
     cr_assert_str_eq(o.table, "cb-table");
     refuse("dynamodb://cb%2Ftable?region=eu-west-1", "table name 'cb/table'");
 }
@@ -293,7 +293,7 @@ Test(dynamodb_uri, the_scheme_is_case_insensitive_as_every_store_uri_s_is)
 {
     /* persistence/store.c routes DYNAMODB:// here (RFC 3986: schemes are
      * case-insensitive), so the parser must take it too */
-    accept("DynamoDB://circuit-breakers?region=eu-west-1");
+    parse_ok("DynamoDB://circuit-breakers?region=eu-west-1");
     cr_assert_str_eq(o.table, "circuit-breakers");
 }
 
@@ -301,7 +301,7 @@ Test(dynamodb_uri, pk_and_sk_must_differ)
 {
     refuse("dynamodb://tbl?region=eu-west-1&sk=id", "pk and sk must differ (both 'id')");
     refuse("dynamodb://tbl?region=eu-west-1&pk=key&sk=key", "pk and sk must differ (both 'key')");
-    accept("dynamodb://tbl?region=eu-west-1&pk=key&sk=sort");
+    parse_ok("dynamodb://tbl?region=eu-west-1&pk=key&sk=sort");
     cr_assert_str_eq(o.pk, "key");
     cr_assert_str_eq(o.sk, "sort");
 }
@@ -309,7 +309,7 @@ Test(dynamodb_uri, pk_and_sk_must_differ)
 Test(dynamodb_uri, a_composite_key_needs_a_static_pk_and_a_simple_key_does_not)
 {
     refuse("dynamodb://tbl?region=eu-west-1&sk=sk&static_pk=", "static_pk must not be empty with sk=sk");
-    accept("dynamodb://tbl?region=eu-west-1&static_pk=");
+    parse_ok("dynamodb://tbl?region=eu-west-1&static_pk=");
     cr_assert_str_eq(o.static_pk, "");
 }
 
@@ -332,13 +332,13 @@ Test(dynamodb_uri, an_option_without_a_value_is_refused)
 Test(dynamodb_uri, the_region_comes_from_aws_region_then_aws_default_region)
 {
     setenv("AWS_DEFAULT_REGION", "us-west-2", 1);
-    accept("dynamodb://tbl");
+    parse_ok("dynamodb://tbl");
     cr_assert_str_eq(o.region, "us-west-2");
     cr_assert_str_eq(o.endpoint, "https://dynamodb.us-west-2.amazonaws.com");
     setenv("AWS_REGION", "eu-central-1", 1);
-    accept("dynamodb://tbl");
+    parse_ok("dynamodb://tbl");
     cr_assert_str_eq(o.region, "eu-central-1", "AWS_REGION wins over AWS_DEFAULT_REGION");
-    accept("dynamodb://tbl?region=ap-south-1");
+    parse_ok("dynamodb://tbl?region=ap-south-1");
     cr_assert_str_eq(o.region, "ap-south-1", "the URI wins over the environment");
     cr_assert_str_eq(o.endpoint, "https://dynamodb.ap-south-1.amazonaws.com");
 }
@@ -352,17 +352,17 @@ Test(dynamodb_uri, the_region_comes_from_the_profile_s_config_file)
     cr_assert_eq(write(fd, text, sizeof text - 1), (ssize_t)(sizeof text - 1));
     close(fd);
     setenv("AWS_CONFIG_FILE", path, 1);
-    accept("dynamodb://tbl");
+    parse_ok("dynamodb://tbl");
     cr_assert_str_eq(o.region, "sa-east-1");
     setenv("AWS_PROFILE", "other", 1);
-    accept("dynamodb://tbl");
+    parse_ok("dynamodb://tbl");
     cr_assert_str_eq(o.region, "eu-north-1");
     unlink(path);
 }
 
 Test(dynamodb_uri, a_china_region_s_endpoint_is_under_amazonaws_com_cn)
 {
-    accept("dynamodb://tbl?region=cn-north-1");
+    parse_ok("dynamodb://tbl?region=cn-north-1");
     cr_assert_str_eq(o.endpoint, "https://dynamodb.cn-north-1.amazonaws.com.cn");
 }
 
@@ -374,11 +374,11 @@ Test(dynamodb_uri, no_region_anywhere_is_refused_saying_where_to_give_one)
 
 Test(dynamodb_uri, a_local_endpoint_without_a_region_signs_for_us_east_1)
 {
-    accept("dynamodb://tbl?endpoint=http://127.0.0.1:8000");
+    parse_ok("dynamodb://tbl?endpoint=http://127.0.0.1:8000");
     cr_assert_str_eq(o.region, "us-east-1");
     cr_assert_str_eq(o.endpoint, "http://127.0.0.1:8000");
     setenv("AWS_ENDPOINT_URL", "http://localhost:4566", 1);
-    accept("dynamodb://tbl");
+    parse_ok("dynamodb://tbl");
     cr_assert_str_eq(o.region, "us-east-1");
     cr_assert_str_eq(o.endpoint, "http://localhost:4566");
 }
@@ -387,12 +387,12 @@ Test(dynamodb_uri, the_endpoint_comes_from_the_uri_then_the_service_variable_the
 {
     setenv("AWS_ENDPOINT_URL", "http://localhost:4566", 1);
     setenv("AWS_ENDPOINT_URL_DYNAMODB", "http://localhost:8000", 1);
-    accept("dynamodb://tbl?region=eu-west-1");
+    parse_ok("dynamodb://tbl?region=eu-west-1");
     cr_assert_str_eq(o.endpoint, "http://localhost:8000");
     unsetenv("AWS_ENDPOINT_URL_DYNAMODB");
-    accept("dynamodb://tbl?region=eu-west-1");
+    parse_ok("dynamodb://tbl?region=eu-west-1");
     cr_assert_str_eq(o.endpoint, "http://localhost:4566");
-    accept("dynamodb://tbl?region=eu-west-1&endpoint=https://ddb.example.com");
+    parse_ok("dynamodb://tbl?region=eu-west-1&endpoint=https://ddb.example.com");
     cr_assert_str_eq(o.endpoint, "https://ddb.example.com");
 }
 
@@ -403,7 +403,7 @@ Test(dynamodb_uri, plain_http_is_taken_for_loopback_endpoints)
     for (size_t i = 0; i < sizeof loopback / sizeof loopback[0]; i++) {
         char uri[256];
         snprintf(uri, sizeof uri, "dynamodb://tbl?endpoint=%s", loopback[i]);
-        accept(uri);
+        parse_ok(uri);
         cr_assert_str_eq(o.endpoint, loopback[i]);
     }
 }
@@ -418,7 +418,7 @@ Test(dynamodb_uri, plain_http_to_another_host_is_refused_unless_allow_http_says_
         snprintf(uri, sizeof uri, "dynamodb://tbl?region=eu-west-1&endpoint=%s", remote[i]);
         refuse(uri, "plain http is only for loopback; add allow_http=true");
         strcat(uri, "&allow_http=true");
-        accept(uri);
+        parse_ok(uri);
         cr_assert(o.allow_http);
     }
 }
