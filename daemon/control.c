@@ -54,15 +54,12 @@
  * written once the count is known.
  *
  * Who may do what: the peer's uid, gid and pid (SO_PEERCRED) and its
- * supplementary groups (SO_PEERGROUPS) are read once, at accept. Anyone who
- * can connect (socket_mode, socket_group) may register, list, show,
- * subscribe, stats, version and ping; the admin ops (force_open,
- * force_closed, reset, disable, enable, remove, reload) need uid 0, the
- * daemon's own uid, or admin_group among the peer's groups, else -EPERM
- * with a message naming who may. The admin group's gid is looked up at
- * start and reload, never per request (NSS may block). Refusals and every
- * admin action are logged with the peer's uid and pid. Admins' circuits do
- * not count against max_circuits_per_uid.
+ * supplementary groups (SO_PEERGROUPS) are read once, at accept. A peer is
+ * an admin with uid 0, the daemon's own uid, or admin_group among its
+ * groups (the group's gid is looked up at start and reload, never per
+ * request: NSS may block). Which operations need an admin, and what each
+ * logs, is the operations table's (ops.c); a refusal is -EPERM with a
+ * message naming who may.
  *
  * Subscribers: after {"ok": true} to "subscribe", a connection receives one
  * frame per transition, in transition order (libuv writes in order), and

@@ -33,7 +33,9 @@
  * election or renewal, and a read. They go in that order, so the daemon's
  * transitions land before anything that depends on them. Entry points only
  * record work and arm a 0 ms timer (the kick); every hook runs from a loop
- * callback, never inside the daemon's call. Reads go in batches of the
+ * callback, never inside the daemon's call. (Starting and restoring call
+ * the transport's connect() at once; transports report up() or down() from
+ * the loop, never inside it.) Reads go in batches of the
  * transport's size, at most FLEET_READ_WINDOW circuits at a time; writes
  * and elections at most FLEET_REQUESTS_MAX at a time.
  *

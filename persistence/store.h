@@ -7,9 +7,11 @@
  *   local     the embedded default: one state file, written atomically
  *             (temp, fsync, rename, fsync dir) after transitions, read at
  *             start. Host-local: the fleet calls below grant at once.
- *   redis     hiredis async on the loop; Lua compare-and-write scripts,
- *             fleet probe election with a server-timed lease, pub/sub.
- *   dynamodb  libcurl multi on the loop, SigV4, Powertools' item layout.
+ *   redis     the fleet layer (fleet.c) over the redis transport: cbd's own
+ *             connections on the loop (redis_link.c, redis_conn.c; hiredis
+ *             only reads replies), Lua compare-and-write scripts, pub/sub.
+ *   dynamodb  the fleet layer over the dynamodb transport: libcurl multi on
+ *             the loop, SigV4, Powertools' item layout.
  *
  * Contract, the same for every backend:
  *  - Nothing here blocks the loop. Every call returns at once; results come
