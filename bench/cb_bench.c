@@ -86,7 +86,7 @@ struct opts {
 
 enum {
     R_BARE, R_CALL, R_ALLOW_CLOSED, R_ALLOW_OPEN, R_ALLOW_HALF, R_MUTEX_ALLOW, /* interleaved batches */
-    R_RECORD, R_CB_CALL, R_MUTEX_RECORD,                                     /* drained batches */
+    R_RECORD, R_RECORD_LATENCY, R_CB_CALL, R_MUTEX_RECORD,                   /* drained batches */
     R_WAKE, R_TRIP_SPIN, R_TRIP_PACED, R_TPUT_WALL, R_TPUT_CPU, R_COUNT
 };
 
@@ -293,6 +293,10 @@ static void drained_batch(struct bench *b, int which, uint32_t n, cb_ticket t)
         for (uint32_t k = 0; k < n; k++)
             cb_record(b->closed, t, CB_SUCCESS);
         break;
+    case R_RECORD_LATENCY: /* a duration the caller measured (a constant: the clock is the caller's cost) */
+        for (uint32_t k = 0; k < n; k++)
+            cb_record_latency(b->closed, t, CB_SUCCESS, 1234567);
+        break;
     case R_CB_CALL:
         for (uint32_t k = 0; k < n; k++)
             sink += (uint64_t)cb_call(b->closed, nop_fn, NULL, NULL);
@@ -311,7 +315,7 @@ static int measure_drained(struct bench *b)
     cb_record(b->closed, t, CB_SUCCESS); /* claims this thread's lane */
     uint32_t per_batch = b->lanes->lane_capacity / 2;
     int n = b->o.record_batches;
-    double *s = calloc((size_t)n * 3, sizeof *s);
+    double *s = calloc((size_t)n * (R_MUTEX_RECORD - R_RECORD + 1), sizeof *s);
     if (s == NULL)
         return -1;
     for (int i = -1; i < n; i++) { /* round -1 is the warm-up */
@@ -1096,6 +1100,8 @@ int main(int argc, char **argv)
               [R_ALLOW_HALF] = {.key = "allow_half_open", .label = "cb_allow, HALF_OPEN (no permit left)", .unit = "ns"},
               [R_MUTEX_ALLOW] = {.key = "inproc_allow", .label = "in-process mutex breaker: allow", .unit = "ns"},
               [R_RECORD] = {.key = "record", .label = "cb_record(SUCCESS)", .unit = "ns"},
+              [R_RECORD_LATENCY] = {.key = "record_latency", .label = "cb_record_latency(SUCCESS, measured)",
+                                    .unit = "ns"},
               [R_CB_CALL] = {.key = "cb_call", .label = "cb_call (empty fn, success)", .unit = "ns"},
               [R_MUTEX_RECORD] = {.key = "inproc_record", .label = "in-process mutex breaker: record", .unit = "ns"},
               [R_WAKE] = {.key = "process_wakeup", .label = "process wakeup through a pipe", .unit = "us"},

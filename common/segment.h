@@ -91,6 +91,9 @@
 #define CB_SEG_F_REMOVED 0x04u      /* no circuit here (removed, or the slot is being reused) */
 #define CB_SEG_F_ELECTABLE 0x08u    /* OPEN past its recovery timeout on a fleet store: a call
                                      * registers demand for a probe (CB_PERMIT_DEMAND) */
+#define CB_SEG_F_SHADOW 0x10u      /* shadow (metrics-only) circuit not CLOSED: a call the state
+                                     * would reject gets a BYPASS ticket instead; never set on a
+                                     * CLOSED word, so cb_allow's fast path is the same */
 #define CB_SEG_F_RETIRED 0x80u      /* the segment was replaced: remap (set by a newer cbd) */
 #define CB_SEG_INCARNATION_SHIFT 16
 #define CB_SEG_INCARNATION_MAX 0xffffu /* a slot at this incarnation is never reused again */
@@ -260,7 +263,8 @@ struct cb_lane_event {
     uint8_t outcome;    /* cb_outcome */
     uint8_t kind;       /* CB_TICKET_ALLOWED or CB_TICKET_PROBE */
     uint16_t check;     /* CB_EVENT_CHECK ^ (slot & 0xffff): catches torn or garbage events */
-    uint32_t latency_us;/* 0 when not measured */
+    uint32_t latency_us;/* the call's duration (cb_record_latency, cb_call on a circuit with a
+                         * slow-call rule), saturated; 0 when not measured */
 };
 #define CB_EVENT_CHECK 0xCB5Au
 

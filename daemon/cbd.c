@@ -69,6 +69,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "log.h"
 
@@ -163,7 +164,10 @@ static void on_transitioned(void *arg, const struct cbd_circuit *c, cb_state fro
     cbd_log(CBD_LOG_INFO, "transition circuit=%s from=%s to=%s epoch=%u failure_count=%u opened_at=%lld source=%s "
                           "flags=%s", CB_NAME_SHOW(c->rec->name), cbd_state_name(from), cbd_state_name(c->state), c->epoch,
             c->trip_failure_count, (long long)c->opened_at, cbd_source_name(source), flags_name(c->flags));
-    if (!from_the_fleet(from, c->state, source))
+    /* A shadow circuit's transitions are its own trial: the local state
+     * file keeps them (with shadow in the config it stores), a fleet store,
+     * where other hosts would obey them, never sees them. */
+    if (!from_the_fleet(from, c->state, source) && !(c->cfg.shadow && d->env.fleet))
         write_through(d, &d->circuits.by_slot[c->slot], prev_opened_at);
     announce(d, c, from, source, now);
 }
@@ -366,6 +370,7 @@ static void circuit_drop(struct cbd *d, struct cbd_circuit *c, const char *why)
     char name[CB_NAME_MAX + 1];
     snprintf(name, sizeof name, "%s", c->rec->name);
     cbd_segment_remove(&d->seg, c->slot);
+    cbd_policy_unload(c);
     c->removed = 1;
     c->epoch = cb_seg_word_epoch(cbd_segment_slot_word(&d->seg, c->slot)); /* its timers are stale now */
     cbd_circuits_owner_count(&d->circuits, c->owner_uid, -1);
@@ -374,6 +379,45 @@ static void circuit_drop(struct cbd *d, struct cbd_circuit *c, const char *why)
         d->store_ops->untrack(d->store, name);
     d->removals++;
     cbd_log(CBD_LOG_INFO, "removed circuit=%s slot=%u (%s)", CB_NAME_SHOW(name), c->slot, why);
+}
+
+/* The circuit's policy: cbd_config_effective of what its worker asked for,
+ * under what an operator set on it (cbctl set), which beats the file. */
+static void effective(const struct cbd *d, struct cbd_circuit *c, const cb_config *set, unsigned set_mask,
+                      cb_config *use)
+{
+    cbd_config_effective(&d->cfg, c->rec->name, &c->asked, c->asked_mask, use, &c->override);
+    for (unsigned i = 0; i < CB_POLICY_NFIELDS; i++) {
+        if (set_mask & (1u << i))
+            *cb__config_field(use, i) = *cb__config_field((cb_config *)set, i);
+    }
+}
+
+int cbd_circuit_configure(struct cbd *d, const char *name, const cb_config *set, unsigned set_mask,
+                          char *err, size_t errsize)
+{
+    struct cbd_circuit *c = cbd_circuits_find(&d->circuits, name);
+    cb_config use, merged = c != NULL ? c->set : (cb_config){0};
+    const char *bad;
+    struct cbd_now now;
+    if (c == NULL) {
+        snprintf(err, errsize, "no circuit named %s", CB_NAME_SHOW(name));
+        return -ENOENT;
+    }
+    for (unsigned i = 0; i < CB_POLICY_NFIELDS; i++) {
+        if (set_mask & (1u << i))
+            *cb__config_field(&merged, i) = *cb__config_field((cb_config *)set, i);
+    }
+    effective(d, c, &merged, c->set_mask | set_mask, &use);
+    if (cb__config_check(&use, &bad) != 0) {
+        snprintf(err, errsize, "config field %s is out of range", bad);
+        return -EINVAL;
+    }
+    c->set = merged;
+    c->set_mask |= set_mask;
+    cbd_now(&now);
+    cbd_policy_set_config(&d->env, c, &use, &now);
+    return 0;
 }
 
 int cbd_circuit_remove(struct cbd *d, const char *name, char *err, size_t errsize)
@@ -513,7 +557,7 @@ static uint32_t reconfigure_all(struct cbd *d)
         cb_config use;
         if (c->removed)
             continue;
-        cbd_config_effective(&d->cfg, c->rec->name, &c->asked, c->asked_mask, &use, &c->override);
+        effective(d, c, &c->set, c->set_mask, &use);
         if (memcmp(&use, &c->cfg, sizeof use) == 0)
             continue;
         cbd_log(CBD_LOG_INFO, "reconfigured circuit=%s failure_threshold=%u success_threshold=%u "
@@ -797,6 +841,12 @@ static int ops_register(void *arg, const char *name, const cb_config *asked, uns
     return cbd_circuit_register(arg, name, asked, asked_mask, owner_uid, slot, created, err, errsize);
 }
 
+static int ops_configure(void *arg, const char *name, const cb_config *set, unsigned set_mask, char *err,
+                         size_t errsize)
+{
+    return cbd_circuit_configure(arg, name, set, set_mask, err, errsize);
+}
+
 static int ops_remove(void *arg, const char *name, char *err, size_t errsize)
 {
     return cbd_circuit_remove(arg, name, err, errsize);
@@ -813,9 +863,21 @@ static void control_init(struct cbd *d)
         .circuits = &d->circuits, .seg = &d->seg, .env = &d->env, .control = &d->control, .drain = &d->drain,
         .bell = &d->bell, .hooks = &d->hooks, .store_ops = &d->store_ops, .store = &d->store,
         .store_health = &d->store_health, .counters = &d->counters, .register_circuit = ops_register,
-        .remove_circuit = ops_remove, .reload = ops_reload, .arg = d,
+        .remove_circuit = ops_remove, .configure_circuit = ops_configure, .reload = ops_reload, .arg = d,
     };
     cbd_control_init(&d->control, &d->loop, &d->cfg, cbd_ops_table, cbd_ops_count, &d->ops);
+}
+
+/* The jitter of backoff waits: the kernel's random bits (one call per
+ * opening with backoff; never blocks once the pool was initialised at
+ * boot). */
+static uint64_t random64(void *arg)
+{
+    uint64_t r = 0;
+    (void)arg;
+    if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r)
+        r = (uint64_t)rand() << 32 ^ (uint64_t)rand(); /* early boot: any spread will do */
+    return r;
 }
 
 int cbd_open(struct cbd *d)
@@ -823,7 +885,7 @@ int cbd_open(struct cbd *d)
     int rc;
     d->env = (struct cbd_policy_env){.arg = d, .transitioned = on_transitioned, .try_probe = on_try_probe,
                                      .arm = on_arm, .history_next = on_history_next,
-                                     .electable = on_electable, .release = on_release};
+                                     .electable = on_electable, .release = on_release, .random = random64};
     d->env.fleet = d->store_ops != NULL && strcmp(d->store_ops->scheme, "local") != 0;
     cbd_circuits_init(&d->circuits, &d->seg);
     cbd_drain_init(&d->drain, &d->loop, &d->seg, &d->circuits, &d->env, &d->cfg);
@@ -895,6 +957,8 @@ int cbd_run(const struct cbd_config *cfg)
     cbd_log(CBD_LOG_INFO, "stopped (exit code %d)", rc);
     cbd_notify_close(&d->notify);
     cbd_config_free(&d->cfg);
+    for (uint32_t i = 0; i < d->circuits.n; i++)
+        cbd_policy_unload(&d->circuits.by_slot[i]);
     cbd_circuits_free(&d->circuits);
     free(d);
     return rc;

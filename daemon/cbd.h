@@ -75,6 +75,17 @@ int cbd_circuit_register(struct cbd *d, const char *name, const cb_config *asked
                          uint32_t owner_uid, uint32_t *slot, int *created, char *err, size_t errsize);
 
 /*
+ * An operator's change of the circuit's policy (cbctl set): the fields in
+ * set_mask take set's values, over the config file and what the worker
+ * asked for, until the daemon stops (reloads keep them). Applied at once
+ * without a transition; the circuit keeps its state, streak and window
+ * (cbd_policy_set_config). -ENOENT (no such circuit) or -EINVAL (the
+ * resulting policy is out of bounds: nothing changes), with err.
+ */
+int cbd_circuit_configure(struct cbd *d, const char *name, const cb_config *set, unsigned set_mask,
+                          char *err, size_t errsize);
+
+/*
  * Removes the circuit called name: its record is retired (workers holding a
  * handle re-resolve it, and register it again if they still use it), its
  * name leaves the index and its slot is reused later. Refused with -EBUSY

@@ -5,7 +5,7 @@
  *
  * Anyone who can connect may register, list, show, subscribe, stats,
  * version and ping; the admin ops (force_open, force_closed, reset,
- * disable, enable, remove, reload) are marked so in the table, and the
+ * disable, enable, set, remove, reload) are marked so in the table, and the
  * server runs them for admins only. Admins' circuits do not count against
  * max_circuits_per_uid. Every admin action is logged with the peer's uid
  * and pid.
@@ -340,6 +340,36 @@ static int op_remove(void *arg, const struct cbd_peer *p, const msgpack_object *
     return 0;
 }
 
+/* An operator's policy fields for one circuit ("config": the fields to
+ * change); the reply carries the whole policy now in force. */
+static int op_set(void *arg, const struct cbd_peer *p, const msgpack_object *req, struct cbd_reply *r)
+{
+    const struct cbd_ops *o = arg;
+    struct cbd_circuit *circuit;
+    cb_config cfg = {0};
+    unsigned mask = 0;
+    if (get_circuit(arg, req, r, &circuit) < 0)
+        return r->err;
+    const msgpack_object *m = cb__mp_get(req, "config");
+    if (m == NULL)
+        return cbd_reply_fail(r, -EINVAL, "missing field 'config' (a map of policy fields: %s)", POLICY_FIELD_LIST);
+    if (parse_config(m, &cfg, &mask, r) < 0)
+        return r->err;
+    if (mask == 0)
+        return cbd_reply_fail(r, -EINVAL, "field 'config' names no policy field (expected %s)", POLICY_FIELD_LIST);
+    int rc = o->configure_circuit(o->arg, circuit->rec->name, &cfg, mask, r->message, sizeof r->message);
+    if (rc < 0)
+        return r->err = rc;
+    cbd_log(CBD_LOG_INFO, "operator: set circuit=%s (%u fields) by uid %u pid %d", CB_NAME_SHOW(circuit->rec->name),
+            (unsigned)__builtin_popcount(mask), p->uid, (int)p->pid);
+    cb__mp_pack_str(&r->pk, "config");
+    msgpack_pack_map(&r->pk, CB_POLICY_NFIELDS);
+    for (unsigned i = 0; i < CB_POLICY_NFIELDS; i++)
+        cb__mp_kv_u64(&r->pk, cb__policy_fields[i].name, *cb__config_field(&circuit->cfg, i));
+    r->nfields++;
+    return 0;
+}
+
 static int op_reload(void *arg, const struct cbd_peer *p, const msgpack_object *req, struct cbd_reply *r)
 {
     const struct cbd_ops *o = arg;
@@ -358,7 +388,7 @@ const struct cbd_control_op cbd_ops_table[] = {
     {"stats", 0, op_stats},         {"list", 0, op_list},         {"show", 0, op_show},
     {"subscribe", 0, op_subscribe}, {"force_open", 1, op_force_open}, {"force_closed", 1, op_force_closed},
     {"reset", 1, op_reset},         {"disable", 1, op_disable},   {"enable", 1, op_enable},
-    {"remove", 1, op_remove},       {"reload", 1, op_reload},
+    {"remove", 1, op_remove},       {"reload", 1, op_reload},     {"set", 1, op_set},
 };
 
 const size_t cbd_ops_count = sizeof cbd_ops_table / sizeof cbd_ops_table[0];

@@ -41,10 +41,13 @@ struct cbd_ops {
     const int *store_health;              /* -1 not reported yet, else the store's last online value */
     const struct cbd_counters *counters;
     /* What the daemon does for them (cbd.c): the same contracts as
-     * cbd_circuit_register, cbd_circuit_remove and cbd_reload, with arg. */
+     * cbd_circuit_register, cbd_circuit_remove, cbd_circuit_configure and
+     * cbd_reload, with arg. */
     int (*register_circuit)(void *arg, const char *name, const cb_config *asked, unsigned asked_mask,
                             uint32_t owner_uid, uint32_t *slot, int *created, char *err, size_t errsize);
     int (*remove_circuit)(void *arg, const char *name, char *err, size_t errsize);
+    int (*configure_circuit)(void *arg, const char *name, const cb_config *set, unsigned set_mask, char *err,
+                             size_t errsize);
     int (*reload)(void *arg, char *err, size_t errsize);
     void *arg;
 };

@@ -73,9 +73,12 @@
 #include "policy.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <string.h>
+
+#include "window.h"
 
 #define NS_PER_MS 1000000ull
 #define NS_PER_S 1000000000ll
@@ -108,10 +111,35 @@ static uint64_t mono_at(int64_t real_ns, const struct cbd_now *now)
     return now->mono_ns + (left > 0 ? (uint64_t)left : 0);
 }
 
-/* CLOCK_REALTIME (ns) the recovery timeout of an opening at opened_at_ns ends at. */
+#define BACKOFF_MAX_MS 604800000u /* open_backoff_max_ms 0: 7 days, the bound of every duration */
+
+/*
+ * How long an opening waits in OPEN (ms): recovery_timeout_ms, or with
+ * backoff (open_backoff_multiplier_pct > 100) for the opening that comes
+ * `step` reopenings after a stable close, a draw r spread uniformly over
+ * [recovery_timeout_ms, min(cap, recovery_timeout_ms x multiplier^step)]:
+ * full jitter over the growth, never shorter than the configured timeout,
+ * so hosts that opened together do not probe together. The first opening
+ * (step 0) waits recovery_timeout_ms exactly, as without backoff.
+ */
+uint64_t cbd_policy_open_wait_ms(const cb_config *cfg, uint32_t step, uint64_t r)
+{
+    uint64_t base = cfg->recovery_timeout_ms;
+    uint64_t cap = cfg->open_backoff_max_ms ? cfg->open_backoff_max_ms : BACKOFF_MAX_MS;
+    if (cfg->open_backoff_multiplier_pct <= 100 || step == 0 || cap <= base)
+        return base;
+    /* At most ~2000 steps (x1.01 from 1 ms to 7 days), then the cap. */
+    double ceiling = (double)base, factor = cfg->open_backoff_multiplier_pct / 100.0;
+    for (uint32_t i = 0; i < step && ceiling < (double)cap; i++)
+        ceiling *= factor;
+    uint64_t top = ceiling < (double)cap ? (uint64_t)ceiling : cap;
+    return base + r % (top - base + 1);
+}
+
+/* CLOCK_REALTIME (ns) the wait in OPEN of an opening at opened_at_ns ends at. */
 static int64_t recovery_end(const struct cbd_circuit *c, int64_t opened_at_ns)
 {
-    return opened_at_ns + (int64_t)c->cfg.recovery_timeout_ms * (int64_t)NS_PER_MS;
+    return opened_at_ns + (int64_t)cbd_policy_open_wait_ms(&c->cfg, c->open_step, c->open_jitter) * (int64_t)NS_PER_MS;
 }
 
 static uint64_t earliest(uint64_t a, uint64_t b)
@@ -180,7 +208,8 @@ void cbd_policy_load(const struct cbd_policy_env *env, struct cbd_circuit *c, ui
     cb_seg_version_try_read(rec, &c->pub, NULL);
     uint64_t w = c->pub.word;
     c->state = (cb_state)cb_seg_word_state(w);
-    c->flags = cb_seg_word_flags(w) & ~CB_SEG_F_ELECTABLE; /* electable again when its deadline passes */
+    /* electable again when its deadline passes; shadow follows the policy */
+    c->flags = cb_seg_word_flags(w) & ~(CB_SEG_F_ELECTABLE | CB_SEG_F_SHADOW);
     c->incarnation = cb_seg_word_incarnation(w);
     c->epoch = cb_seg_word_epoch(w);
     c->streak = c->pub.failure_streak;
@@ -206,12 +235,29 @@ void cbd_policy_load(const struct cbd_policy_env *env, struct cbd_circuit *c, ui
     schedule(env, c);
 }
 
+/* The state word's flags: the operator's, ELECTABLE, and SHADOW on a
+ * shadow circuit whose state would reject calls (never on CLOSED, so a
+ * shadow circuit's CLOSED word is the plain one cb_allow's fast path
+ * expects; never over FORCED: a forced open rejects even in shadow). */
+static unsigned shown_flags(const struct cbd_circuit *c)
+{
+    unsigned f = c->flags | (c->electable ? CB_SEG_F_ELECTABLE : 0);
+    if (c->cfg.shadow && c->state != CB_CLOSED && !(c->flags & CB_SEG_F_FORCED))
+        f |= CB_SEG_F_SHADOW;
+    return f;
+}
+
+void cbd_policy_unload(struct cbd_circuit *c)
+{
+    free(c->window);
+    c->window = NULL;
+}
+
 /* Publishes the circuit as the record's next version (see segment.h). */
 static void publish(struct cbd_circuit *c)
 {
     struct cb_seg_vdata *v = &c->pub;
-    v->word = cb_seg_state_word(c->state, c->flags | (c->electable ? CB_SEG_F_ELECTABLE : 0), c->incarnation,
-                                c->epoch);
+    v->word = cb_seg_state_word(c->state, shown_flags(c), c->incarnation, c->epoch);
     v->opened_at_ns = c->opened_at_ns;
     v->open_until_ns = c->open_until_ns;
     v->trip_failure_count = c->trip_failure_count;
@@ -262,7 +308,15 @@ static void transition(const struct cbd_policy_env *env, struct cbd_circuit *c, 
     if (to == CB_CLOSED) {
         c->opened_at = c->opened_at_ns = 0;
         c->trip_failure_count = 0;
+        if (from != CB_CLOSED)
+            c->closed_mono_ns = now->mono_ns; /* a stable close resets the backoff from here */
     }
+    /* Every state judges its own calls (resilience4j resets its metrics on
+     * each transition); a reclaim of probers keeps the probes' results. */
+    if (c->window != NULL)
+        cbd_window_clear(c->window);
+    if (from != CB_HALF_OPEN || to != CB_HALF_OPEN)
+        c->probe_calls = c->probe_failures = c->probe_slow = 0;
     if (to == CB_OPEN) {
         c->open_until_ns = open_until_ns;
         c->deadline_ns = open_until_ns != 0 && !(flags & CB_SEG_F_DISABLED) ? mono_at(open_until_ns, now) : 0;
@@ -297,6 +351,15 @@ static void transition(const struct cbd_policy_env *env, struct cbd_circuit *c, 
 static void open_now(const struct cbd_policy_env *env, struct cbd_circuit *c, uint32_t failures,
                      const struct cbd_now *now)
 {
+    /* Backoff: a trip after a close that held open_backoff_reset_ms starts
+     * over; a reopening from HALF_OPEN, or a trip soon after a close, waits
+     * one step longer. */
+    if (c->state == CB_CLOSED &&
+        now->mono_ns - c->closed_mono_ns >= (uint64_t)c->cfg.open_backoff_reset_ms * NS_PER_MS)
+        c->reopenings = 0;
+    c->open_step = c->reopenings;
+    c->reopenings += c->reopenings < UINT32_MAX;
+    c->open_jitter = c->cfg.open_backoff_multiplier_pct > 100 && env->random != NULL ? env->random(env->arg) : 0;
     c->opened_at_ns = now->real_ns;
     c->opened_at = now->real_ns / NS_PER_S;
     c->trip_failure_count = failures;
@@ -319,29 +382,117 @@ static void permit_back(struct cbd_circuit *c)
     }
 }
 
-static enum cbd_event_result on_closed(const struct cbd_policy_env *env, struct cbd_circuit *c, unsigned outcome,
-                                       const struct cbd_now *now)
+/* The circuit judges rates over a window (else consecutive failures). */
+static bool rate_rule(const struct cbd_circuit *c)
 {
+    return c->cfg.sliding_window_type == CBD_WINDOW_COUNT || c->cfg.sliding_window_type == CBD_WINDOW_TIME;
+}
+
+/* A call slower than slow_call_duration_threshold_ms (0: no slow-call rule;
+ * a call whose duration was not measured carries 0 and is never slow). */
+static bool slow_call(const struct cbd_circuit *c, const struct cb_lane_event *ev)
+{
+    uint64_t limit_us = (uint64_t)c->cfg.slow_call_duration_threshold_ms * 1000;
+    return limit_us != 0 && ev->latency_us > limit_us;
+}
+
+/* Failure rate or slow-call rate reached over calls (each judged alone, as
+ * resilience4j does; a rate is never judged on fewer calls than the caller
+ * says). */
+static bool rates_reached(const struct cbd_circuit *c, uint64_t calls, uint64_t failures, uint64_t slow)
+{
+    return cbd_rate_reached(failures, calls, c->cfg.failure_rate_threshold) ||
+           cbd_rate_reached(slow, calls, c->cfg.slow_call_rate_threshold);
+}
+
+/* The window's rates, once it holds minimum_number_of_calls (for a count
+ * window at most its size, as resilience4j caps it). */
+static bool window_trips(const struct cbd_circuit *c, const struct cbd_window *w)
+{
+    uint64_t min = c->cfg.minimum_number_of_calls;
+    if (w->type == CBD_WINDOW_COUNT && min > w->size)
+        min = w->size;
+    return w->calls >= (min ? min : 1) && rates_reached(c, w->calls, w->failures, w->slow);
+}
+
+/* The circuit's window in the shape its policy says, made on first use. */
+static struct cbd_window *window_of(struct cbd_circuit *c, const struct cbd_now *now)
+{
+    uint32_t type = c->cfg.sliding_window_type, size = c->cfg.sliding_window_size;
+    if (c->window == NULL || c->window->type != type || c->window->size != size) {
+        struct cbd_window *w = cbd_window_reshape(c->window, type, size, now->mono_ns);
+        if (w == NULL)
+            return c->window = NULL, NULL; /* out of memory (or a nonsense size): judged on the next call */
+        c->window = w;
+    }
+    return c->window;
+}
+
+static enum cbd_event_result on_closed(const struct cbd_policy_env *env, struct cbd_circuit *c,
+                                       const struct cb_lane_event *ev, const struct cbd_now *now)
+{
+    unsigned outcome = ev->outcome;
     if (outcome == CB_SUCCESS) {
         c->pub.total_successes++;
         c->streak = 0;
     } else if (outcome == CB_FAILURE) {
         c->pub.total_failures++;
-        if (!(c->flags & CB_SEG_F_FORCED) && ++c->streak >= c->cfg.failure_threshold)
-            open_now(env, c, c->streak, now);
+        c->streak += !(c->flags & CB_SEG_F_FORCED); /* forced closed: counted in the totals, never trips */
     } else {
-        c->pub.total_ignored++;
+        c->pub.total_ignored++; /* in no window, as resilience4j's ignored exceptions */
+        return CBD_EVENT_COUNTED;
     }
+    if (c->flags & CB_SEG_F_FORCED)
+        return CBD_EVENT_COUNTED;
+    if (!rate_rule(c)) {
+        if (outcome == CB_FAILURE && c->streak >= c->cfg.failure_threshold)
+            open_now(env, c, c->streak, now);
+        return CBD_EVENT_COUNTED;
+    }
+    struct cbd_window *w = window_of(c, now);
+    if (w == NULL)
+        return CBD_EVENT_COUNTED;
+    cbd_window_add(w, outcome == CB_FAILURE, slow_call(c, ev), now->mono_ns);
+    if (window_trips(c, w))
+        open_now(env, c, (uint32_t)(w->failures < UINT32_MAX ? w->failures : UINT32_MAX), now);
     return CBD_EVENT_COUNTED;
 }
 
-static enum cbd_event_result on_half_open(const struct cbd_policy_env *env, struct cbd_circuit *c,
-                                          unsigned outcome, const struct cbd_now *now)
+/* HALF_OPEN under a rate rule: permitted_number_of_calls_in_half_open_state
+ * probe results, then their failure and slow-call rates decide - reopen if
+ * either reaches its threshold, else close. An IGNORED result counts
+ * nothing and gives its permit back. */
+static void probe_by_rate(const struct cbd_policy_env *env, struct cbd_circuit *c, const struct cb_lane_event *ev,
+                          const struct cbd_now *now)
 {
+    uint32_t need = c->cfg.permitted_number_of_calls_in_half_open_state;
+    c->probe_calls++;
+    c->probe_failures += ev->outcome == CB_FAILURE;
+    c->probe_slow += slow_call(c, ev);
+    if (ev->outcome == CB_SUCCESS)
+        c->probe_successes++;
+    if (c->probe_calls < (need ? need : 1))
+        permit_back(c);
+    else if (rates_reached(c, c->probe_calls, c->probe_failures, c->probe_slow))
+        open_now(env, c, c->probe_failures, now);
+    else
+        transition(env, c, CB_CLOSED, c->flags, CB_SOURCE_LOCAL, 0, now);
+}
+
+static enum cbd_event_result on_half_open(const struct cbd_policy_env *env, struct cbd_circuit *c,
+                                          const struct cb_lane_event *ev, const struct cbd_now *now)
+{
+    unsigned outcome = ev->outcome;
     c->reported = 1;
     /* A report proves the probers are alive: the lease runs from here. */
     c->deadline_ns = now->mono_ns + cbd_policy_lease_ms(c) * NS_PER_MS;
-    if (outcome == CB_SUCCESS) {
+    if (outcome != CB_IGNORED && rate_rule(c) && !(c->flags & CB_SEG_F_FORCED)) {
+        if (outcome == CB_SUCCESS)
+            c->pub.total_successes++;
+        else
+            c->pub.total_failures++;
+        probe_by_rate(env, c, ev, now);
+    } else if (outcome == CB_SUCCESS) {
         c->pub.total_successes++;
         if (++c->probe_successes >= c->cfg.success_threshold)
             transition(env, c, CB_CLOSED, c->flags, CB_SOURCE_LOCAL, 0, now);
@@ -365,9 +516,9 @@ enum cbd_event_result cbd_policy_on_event(const struct cbd_policy_env *env, stru
      * CLOSED, PROBE only while HALF_OPEN, nothing while OPEN. Anything else
      * is from an older epoch (or made up) and must not count. */
     if (ev->epoch == c->epoch && c->state == CB_CLOSED && ev->kind == CB_TICKET_ALLOWED)
-        return on_closed(env, c, ev->outcome, now);
+        return on_closed(env, c, ev, now);
     if (ev->epoch == c->epoch && c->state == CB_HALF_OPEN && ev->kind == CB_TICKET_PROBE)
-        return on_half_open(env, c, ev->outcome, now);
+        return on_half_open(env, c, ev, now);
     c->pub.total_stale_events++;
     return CBD_EVENT_STALE;
 }
@@ -565,6 +716,7 @@ int cbd_policy_apply(const struct cbd_policy_env *env, struct cbd_circuit *c, cb
         c->opened_at_ns = latest = now->real_ns;
     c->opened_at = c->opened_at_ns / NS_PER_S;
     c->trip_failure_count = failure_count;
+    c->open_step = 0; /* the fleet's opening: its store keeps no backoff, every host waits the timeout */
     int64_t until = recovery_end(c, latest);
     if (state == CB_HALF_OPEN && lease_expiry * NS_PER_S > until)
         until = lease_expiry * NS_PER_S; /* the holder's lease runs: asking earlier is refused */
@@ -596,6 +748,7 @@ void cbd_policy_operator(const struct cbd_policy_env *env, struct cbd_circuit *c
         break;
     case CBD_RESET:
     case CBD_ENABLE:
+        c->reopenings = 0; /* the operator starts the backoff over */
         transition(env, c, CB_CLOSED, 0, CB_SOURCE_OPERATOR, 0, now);
         break;
     case CBD_DISABLE: /* the state stays underneath; OPEN keeps its opening and its end, but no deadline runs */
@@ -632,6 +785,10 @@ void cbd_policy_set_config(const struct cbd_policy_env *env, struct cbd_circuit 
     c->cfg = *cfg;
     if (c->state == CB_HALF_OPEN && cfg->half_open_max_probes < old_max)
         clamp_permits(c, old_max);
+    if (c->window != NULL && !rate_rule(c))
+        cbd_policy_unload(c);
+    else if (c->window != NULL)
+        window_of(c, now); /* reshaped, keeping its calls */
     /* Config fields are read under their own seqlock (segment.h). */
     cb_seg_cfg_begin(r);
     cb_seg_cfg_store(r, cfg);
@@ -644,6 +801,10 @@ void cbd_policy_set_config(const struct cbd_policy_env *env, struct cbd_circuit 
             stop_electable(env, c); /* a longer timeout: not yet */
         publish(c); /* the deadline shown is the real one */
         schedule(env, c);
+    }
+    if (shown_flags(c) != cb_seg_word_flags(atomic_load_explicit(&r->state_word, memory_order_relaxed))) {
+        publish(c); /* shadow turned on or off: same epoch, the word's flag follows */
+        atomic_store_explicit(&r->state_word, c->pub.word, memory_order_release); /* pairs with cb_allow */
     }
 }
 

@@ -47,6 +47,14 @@ struct cbd_circuit {
     uint64_t grace_ns;           /* HALF_OPEN on a fleet lease: give it back at if nobody probes */
     int reported;                /* HALF_OPEN: a probe reported since the grant or the last renewal */
     uint32_t electable_pos;      /* its place in the daemon's list of electable circuits */
+    /* Rules beyond Powertools' (sliding_window_type != 0, backoff): */
+    struct cbd_window *window;   /* CLOSED: the rate window (window.h); NULL until the first call
+                                  * of a circuit with a rate rule (or out of memory: no rate trips) */
+    uint32_t probe_calls, probe_failures, probe_slow; /* HALF_OPEN by rate: probe results so far */
+    uint32_t open_step;          /* OPEN: reopenings before this one since a stable close (backoff) */
+    uint32_t reopenings;         /* openings by outcomes since the last stable close */
+    uint64_t open_jitter;        /* OPEN: the random draw its wait took (backoff's jitter) */
+    uint64_t closed_mono_ns;     /* when it last closed (CLOCK_MONOTONIC); 0: never opened */
     int dirty;                   /* pub has changes not yet published */
     struct cb_seg_vdata pub;     /* the version published next: counters, sync state, drain
                                   * checkpoint (the state fields above are copied in) */
@@ -56,6 +64,8 @@ struct cbd_circuit {
     cb_config asked;             /* fields named in asked_mask (bit i: cb__policy_fields[i]) */
     unsigned asked_mask;
     const struct cbd_override *override; /* NULL: no [circuit]/[prefix] section matches */
+    cb_config set;               /* an operator's cbctl set: the fields in set_mask, over the rest */
+    unsigned set_mask;
     int restore_seen;            /* adopted, and the fleet store reported it during the restore */
     uint32_t owner_uid;          /* who registered it over the socket (CBD_OWNER_NONE: nobody counted) */
     uint64_t last_used_ns;       /* CLOCK_MONOTONIC of its last outcome or registration (expiry) */
@@ -88,6 +98,8 @@ struct cbd_policy_env {
     /* The store is shared by a fleet (not host-local): a probe lease is
      * then renewed while it is held, and given up when it lapses. */
     int fleet;
+    /* 64 random bits: the jitter of a backoff wait (open_backoff_*). */
+    uint64_t (*random)(void *arg);
 };
 
 enum cbd_event_result {
@@ -105,6 +117,10 @@ void cbd_policy_load(const struct cbd_policy_env *env, struct cbd_circuit *c, ui
 /* One validated lane event (slot, check, outcome and kind already checked). */
 enum cbd_event_result cbd_policy_on_event(const struct cbd_policy_env *env, struct cbd_circuit *c,
                                           const struct cb_lane_event *ev, const struct cbd_now *now);
+
+/* Frees what the policy allocated for the circuit (its window); the
+ * circuit is loaded again before any other use. */
+void cbd_policy_unload(struct cbd_circuit *c);
 
 /* Publishes the counters and streaks gathered since the last flush (one
  * seqlock section per circuit per drain batch). */
@@ -165,11 +181,14 @@ enum cbd_operator_action { CBD_FORCE_OPEN, CBD_FORCE_CLOSED, CBD_RESET, CBD_DISA
 void cbd_policy_operator(const struct cbd_policy_env *env, struct cbd_circuit *c, enum cbd_operator_action action,
                          uint32_t for_ms, const struct cbd_now *now);
 
-/* A new policy for the circuit (registration is done; this is a reload or
- * a config section that now applies). Published in the record at once; an
- * OPEN circuit's recovery deadline follows the new recovery_timeout_ms; a
- * failure streak keeps its count and is compared with the new threshold on
- * the next counted failure. No transition. */
+/* A new policy for the circuit (registration is done; this is a reload, a
+ * config section that now applies, or an operator's set). Published in the
+ * record at once; an OPEN circuit's recovery deadline follows the new
+ * recovery_timeout_ms and backoff (with the same jitter draw); a failure
+ * streak keeps its count and is compared with the new threshold on the
+ * next counted failure; a rate window keeps its calls (window.h:
+ * cbd_window_reshape) and is judged by the new thresholds on the next call;
+ * shadow applies to the state word at once. No transition. */
 void cbd_policy_set_config(const struct cbd_policy_env *env, struct cbd_circuit *c, const cb_config *cfg,
                            const struct cbd_now *now);
 
@@ -181,6 +200,11 @@ static inline int64_t cbd_policy_forced_until_ms(const struct cbd_circuit *c)
 {
     return c->state == CB_OPEN && (c->flags & CB_SEG_F_FORCED) ? c->open_until_ns / 1000000 : 0;
 }
+
+/* The wait in OPEN (ms) of an opening `step` reopenings after a stable
+ * close, r its random draw: recovery_timeout_ms, or with backoff a value
+ * in [recovery_timeout_ms, min(cap, recovery_timeout_ms x multiplier^step)]. */
+uint64_t cbd_policy_open_wait_ms(const cb_config *cfg, uint32_t step, uint64_t r);
 
 /* Probe lease in ms: probe_lease_ms, or recovery_timeout_ms when 0. */
 uint32_t cbd_policy_lease_ms(const struct cbd_circuit *c);

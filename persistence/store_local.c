@@ -14,7 +14,11 @@
  *   ]}
  *
  * One circuit per line, so an operator can grep and diff it; "config" holds
- * the policy fields of cb_config by name (CB_POLICY_FIELDS in cb.h).
+ * the policy fields of cb_config by name (CB_POLICY_FIELDS in cb.h): the
+ * first five (Powertools' rules) always, the later ones (rate windows,
+ * slow calls, backoff, shadow) only when they differ from their default, so
+ * a circuit that uses none of them has the line earlier versions wrote. A
+ * field the file leaves out reads as its default.
  *
  * The model. Memory is the budget here (10,000 circuits must fit the
  * daemon in 32 MiB with the segment), so each tracked circuit is one small
@@ -171,7 +175,9 @@ struct cbd_store {
 
 static const char *const state_names[] = {[CB_CLOSED] = "CLOSED", [CB_OPEN] = "OPEN", [CB_HALF_OPEN] = "HALF_OPEN"};
 
-/* The config's fields in the file, in file order. */
+/* The config's fields in the file, in file order: these always, the rest
+ * when not at their default. */
+#define FIELDS_ALWAYS_WRITTEN (CB_FIELD_probe_lease_ms + 1)
 /* "config" holds the policy fields of cb.h (CB_POLICY_FIELDS), by name. */
 
 /* A message for the daemon's log; see "Messages" above. */
@@ -413,9 +419,12 @@ static void circuit_text(struct text *t, const struct circuit *c)
                 state_names[l->state], l->failure_count, l->opened_at);
     if (l->opened_at_ns != 0)
         text_printf(t, ",\"opened_at_ns\":%" PRId64, l->opened_at_ns);
-    for (size_t i = 0; l->has_config && i < CB_POLICY_NFIELDS; i++)
-        text_printf(t, "%s\"%s\":%" PRIu32, i == 0 ? ",\"config\":{" : ",", cb__policy_fields[i].name,
-                    *cb__config_field((cb_config *)&l->config, i));
+    for (size_t i = 0; l->has_config && i < CB_POLICY_NFIELDS; i++) {
+        uint32_t v = *cb__config_field((cb_config *)&l->config, i);
+        if (i >= FIELDS_ALWAYS_WRITTEN && v == cb__policy_fields[i].def)
+            continue;
+        text_printf(t, "%s\"%s\":%" PRIu32, i == 0 ? ",\"config\":{" : ",", cb__policy_fields[i].name, v);
+    }
     text_printf(t, "%s", l->has_config ? "}}" : "}");
 }
 
@@ -639,7 +648,9 @@ static int parse_config(const json_t *c, cb_config *cfg, char *why, size_t n)
     if (!json_is_object(c))
         return invalid(why, n, "config must be an object");
     for (size_t i = 0; i < CB_POLICY_NFIELDS; i++) {
-        if (int_field(c, "config.", cb__policy_fields[i].name, 0, UINT32_MAX, &v, why, n) != 0)
+        if (i >= FIELDS_ALWAYS_WRITTEN && json_object_get(c, cb__policy_fields[i].name) == NULL)
+            v = cb__policy_fields[i].def; /* left out at its default (or by an earlier version) */
+        else if (int_field(c, "config.", cb__policy_fields[i].name, 0, UINT32_MAX, &v, why, n) != 0)
             return -EINVAL;
         *cb__config_field(cfg, i) = (uint32_t)v;
     }

@@ -340,32 +340,24 @@ static const char *default_socket(const struct cbctl *c, char *buf, size_t len)
  * Sends {op, name?, extra} and prints the reply. `print` decides the human
  * output of a successful reply (NULL: "ok").
  */
-static int request(struct cbctl *c, const char *op, const char *name, const char *extra_key, uint64_t extra_val,
-                   void (*print)(const struct cbctl *, const msgpack_object *))
+/* Sends the request packed in sb (and destroys sb), prints the reply. */
+static int send_request(struct cbctl *c, const char *op, msgpack_sbuffer *sb,
+                        void (*print)(const struct cbctl *, const msgpack_object *))
 {
     if (c->socket_path == NULL && seg_map(c) != EXIT_OK)
         fprintf(stderr, "cbctl: trying the default socket path\n");
     char defbuf[128];
     const char *path = c->socket_path ? c->socket_path : default_socket(c, defbuf, sizeof defbuf);
     int fd = cb__unix_connect(path);
-    if (fd < 0)
+    if (fd < 0) {
+        msgpack_sbuffer_destroy(sb);
         return fail(EXIT_UNREACHABLE, "cannot reach cbd at %s: %s", path, strerror(-fd));
-
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 1 + (name != NULL) + (extra_key != NULL));
-    cb__mp_kv_str(&pk, "op", op);
-    if (name)
-        cb__mp_kv_str(&pk, "name", name);
-    if (extra_key)
-        cb__mp_kv_u64(&pk, extra_key, extra_val);
+    }
     char *buf = NULL;
     msgpack_unpacked result;
     msgpack_object *reply;
-    int rc = cb__request(fd, sb.data, sb.size, c->timeout_ms, &buf, &result, &reply);
-    msgpack_sbuffer_destroy(&sb);
+    int rc = cb__request(fd, sb->data, sb->size, c->timeout_ms, &buf, &result, &reply);
+    msgpack_sbuffer_destroy(sb);
     close(fd);
     if (rc < 0)
         return fail(EXIT_UNREACHABLE, "no valid answer from cbd at %s: %s", path, strerror(-rc));
@@ -433,6 +425,23 @@ static int64_t parse_duration_ms(const char *s)
     return ms > 604800000.0 ? -1 : (int64_t)ms;
 }
 
+/* {"op": op, "name": name, extra_key: extra_val}, the last two optional. */
+static int request(struct cbctl *c, const char *op, const char *name, const char *extra_key, uint64_t extra_val,
+                   void (*print)(const struct cbctl *, const msgpack_object *))
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 1 + (name != NULL) + (extra_key != NULL));
+    cb__mp_kv_str(&pk, "op", op);
+    if (name)
+        cb__mp_kv_str(&pk, "name", name);
+    if (extra_key)
+        cb__mp_kv_u64(&pk, extra_key, extra_val);
+    return send_request(c, op, &sb, print);
+}
+
 static int name_arg(int argc, char **argv, const char *usage)
 {
     if (argc < 1)
@@ -481,6 +490,59 @@ static int cmd_disable(struct cbctl *c, int argc, char **argv)
 static int cmd_enable(struct cbctl *c, int argc, char **argv)
 {
     return cmd_simple_named(c, argc, argv, "enable", "cbctl enable NAME");
+}
+
+/* The policy now in force, as cbctl show prints it. */
+static void print_config(const struct cbctl *c, const msgpack_object *reply)
+{
+    const msgpack_object *m = cb__mp_get(reply, "config");
+    (void)c;
+    for (unsigned k = 0; k < CB_POLICY_NFIELDS; k++) {
+        uint64_t v = 0;
+        if (m != NULL)
+            cb__mp_get_u64(m, cb__policy_fields[k].name, &v);
+        printf("%s%s=%llu", k ? " " : "", cb__policy_fields[k].name, (unsigned long long)v);
+    }
+    printf("\n");
+}
+
+/* cbctl set NAME key=value...: the policy fields named, live. */
+static int cmd_set(struct cbctl *c, int argc, char **argv)
+{
+    const char *usage = "cbctl set NAME FIELD=VALUE...   (FIELD: a policy field, as in [defaults])";
+    int rc = name_arg(argc, argv, usage);
+    if (rc)
+        return rc;
+    if (argc < 2 || argc - 1 > CB_POLICY_NFIELDS)
+        return fail(EXIT_USAGE, "usage: %s", usage);
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 3);
+    cb__mp_kv_str(&pk, "op", "set");
+    cb__mp_kv_str(&pk, "name", argv[0]);
+    cb__mp_pack_str(&pk, "config");
+    msgpack_pack_map(&pk, (size_t)argc - 1);
+    for (int i = 1; i < argc; i++) {
+        const char *eq = strchr(argv[i], '=');
+        unsigned k = 0;
+        char *end;
+        while (eq != NULL && k < CB_POLICY_NFIELDS &&
+               !(strlen(cb__policy_fields[k].name) == (size_t)(eq - argv[i]) &&
+                 strncmp(cb__policy_fields[k].name, argv[i], (size_t)(eq - argv[i])) == 0))
+            k++;
+        errno = 0;
+        unsigned long long v = eq != NULL ? strtoull(eq + 1, &end, 10) : 0;
+        if (eq == NULL || k == CB_POLICY_NFIELDS || eq[1] == '\0' || *end != '\0' || errno != 0 || eq[1] == '-' ||
+            v > UINT32_MAX) {
+            msgpack_sbuffer_destroy(&sb);
+            return fail(EXIT_USAGE, "'%s' is not FIELD=VALUE with a policy field (cbctl show lists them) and an "
+                        "unsigned integer", argv[i]);
+        }
+        cb__mp_kv_u64(&pk, cb__policy_fields[k].name, v);
+    }
+    return send_request(c, "set", &sb, print_config);
 }
 
 /* "removed circuit NAME (slot S, was STATE)": what went, as the daemon saw it. */
@@ -581,6 +643,7 @@ static const struct command {
     {"disable", cmd_disable, "disable NAME             bypass the breaker for NAME (every call allowed)"},
     {"enable", cmd_enable, "enable NAME              undo disable"},
     {"remove", cmd_remove, "remove NAME              delete the circuit (workers using it register it again)"},
+    {"set", cmd_set, "set NAME FIELD=VALUE...  change policy fields live (state and window kept)"},
     {"watch", cmd_watch, "watch [--count N]        print transitions as they happen (like tail -f)"},
     {"stats", cmd_stats, "stats                    the daemon's counters"},
     {"reload", cmd_reload, "reload                   re-read the configuration file (like SIGHUP)"},

@@ -104,14 +104,33 @@ typedef enum cb_outcome {
  * cb_config, its defaults and bounds, the daemon's options ([defaults] and
  * per-circuit sections), the control protocol, the segment's record, the
  * local state file and cbctl's output all come from this list. Defaults
- * equal Powertools' CircuitBreakerConfig.
+ * equal Powertools' CircuitBreakerConfig: the rules beyond it (rate
+ * windows, slow calls, backoff, shadow) are off until a circuit asks for
+ * them. Names follow resilience4j's where the meaning is the same
+ * (docs/configuration.md has the table).
  */
 #define CB_POLICY_FIELDS(X)                                                                                  \
     X(failure_threshold, 5, 1, 1000000, "consecutive counted failures that trip a circuit")                 \
     X(success_threshold, 3, 1, 1000000, "consecutive probe successes that close a circuit")                 \
     X(half_open_max_probes, 1, 1, 1024, "probes admitted at once while HALF_OPEN")                           \
     X(recovery_timeout_ms, 30000, 1, 604800000, "how long a circuit stays OPEN before probing")             \
-    X(probe_lease_ms, 0, 0, 604800000, "a probe silent this long is reclaimed (0 = recovery_timeout_ms)")
+    X(probe_lease_ms, 0, 0, 604800000, "a probe silent this long is reclaimed (0 = recovery_timeout_ms)")   \
+    X(sliding_window_type, 0, 0, 2,                                                                          \
+      "what trips a circuit: 0 consecutive failures (failure_threshold), 1 rates over the last "             \
+      "sliding_window_size calls, 2 rates over the last sliding_window_size seconds")                        \
+    X(sliding_window_size, 100, 1, 10000, "calls (type 1) or seconds (type 2) the rate window covers")       \
+    X(minimum_number_of_calls, 100, 1, 10000, "calls the window must hold before its rates are judged")      \
+    X(failure_rate_threshold, 50, 1, 100, "percentage of failed calls in the window that trips a circuit")   \
+    X(slow_call_duration_threshold_ms, 0, 0, 604800000,                                                      \
+      "a call slower than this is slow (0 = no slow-call rule, and no clock read for it)")                   \
+    X(slow_call_rate_threshold, 100, 1, 100, "percentage of slow calls in the window that trips a circuit")  \
+    X(permitted_number_of_calls_in_half_open_state, 10, 1, 10000,                                            \
+      "with a rate rule: probe results HALF_OPEN judges by rate before closing or reopening")                \
+    X(open_backoff_multiplier_pct, 100, 100, 10000,                                                          \
+      "each reopening without a stable close waits this percentage of the previous wait (100 = no backoff)") \
+    X(open_backoff_max_ms, 0, 0, 604800000, "the longest wait in OPEN with backoff (0 = 7 days)")            \
+    X(open_backoff_reset_ms, 60000, 0, 604800000, "CLOSED this long, a circuit's backoff starts over")       \
+    X(shadow, 0, 0, 1, "1: the policy runs and transitions fire, but no call is ever rejected")
 
 /* Per-circuit policy: one uint32_t per CB_POLICY_FIELDS entry, in order. */
 typedef struct cb_config {
@@ -296,6 +315,16 @@ static inline bool cb_ticket_is_probe(cb_ticket t)
  * segment (its lane).
  */
 CB_EXPORT void cb_record(cb_circuit *c, cb_ticket ticket, cb_outcome outcome);
+
+/*
+ * cb_record_latency - cb_record() with the call's duration, measured by the
+ * caller (nanoseconds; microseconds travel in the event, up to ~71 minutes).
+ * A circuit with a slow-call rule (slow_call_duration_threshold_ms > 0)
+ * counts the call as slow when it took longer than that; a circuit without
+ * one ignores the duration. Costs what cb_record costs: the duration goes in
+ * the event's word that cb_record leaves zero. Thread safety: as cb_record.
+ */
+CB_EXPORT void cb_record_latency(cb_circuit *c, cb_ticket ticket, cb_outcome outcome, uint64_t latency_ns);
 
 /* ---- calls the Powertools way --------------------------------------------- */
 

@@ -158,12 +158,9 @@ static void pack_register(msgpack_packer *pk, uint64_t id, const cb_circuit *c)
     if (!c->has_cfg)
         return;
     cb__mp_pack_str(pk, "config");
-    msgpack_pack_map(pk, 5);
-    cb__mp_kv_u64(pk, "failure_threshold", c->cfg.failure_threshold);
-    cb__mp_kv_u64(pk, "success_threshold", c->cfg.success_threshold);
-    cb__mp_kv_u64(pk, "half_open_max_probes", c->cfg.half_open_max_probes);
-    cb__mp_kv_u64(pk, "recovery_timeout_ms", c->cfg.recovery_timeout_ms);
-    cb__mp_kv_u64(pk, "probe_lease_ms", c->cfg.probe_lease_ms);
+    msgpack_pack_map(pk, CB_POLICY_NFIELDS); /* every field of CB_POLICY_FIELDS, by name */
+    for (unsigned i = 0; i < CB_POLICY_NFIELDS; i++)
+        cb__mp_kv_u64(pk, cb__policy_fields[i].name, *cb__config_field((cb_config *)&c->cfg, i));
 }
 
 /* The connection failed: drop it, and connect again no sooner than 100 ms

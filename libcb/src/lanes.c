@@ -274,7 +274,7 @@ static inline void prefetch_for_write(const void *p)
 }
 
 static inline bool lane_append(struct lane_node *n, uint32_t slot, uint32_t epoch, unsigned outcome,
-                               unsigned kind)
+                               unsigned kind, uint32_t latency_us)
 {
     struct cb_lane *l = n->lane;
     uint64_t tail = atomic_load_explicit(&l->tail, memory_order_relaxed); /* we are its only writer */
@@ -291,7 +291,8 @@ static inline bool lane_append(struct lane_node *n, uint32_t slot, uint32_t epoc
     /* The event as two 8-byte stores (the layout of struct cb_lane_event on
      * a little-endian machine), not six narrow ones. */
     uint64_t ids = slot | (uint64_t)epoch << 32;
-    uint64_t what = outcome | kind << 8 | (uint64_t)(CB_EVENT_CHECK ^ (slot & 0xffff)) << 16; /* latency_us 0 */
+    uint64_t what = outcome | kind << 8 | (uint64_t)(CB_EVENT_CHECK ^ (slot & 0xffff)) << 16 |
+                    (uint64_t)latency_us << 32;
     char *e = (char *)&n->events[tail & n->mask];
     memcpy(e, &ids, 8);
     memcpy(e + 8, &what, 8);
@@ -341,7 +342,10 @@ static void doorbell_ring(struct cb__map *m)
     errno = saved_errno;
 }
 
-void cb_record(cb_circuit *c, cb_ticket t, cb_outcome outcome)
+/* cb_record and cb_record_latency; inlined into both, so cb_record's
+ * constant 0 costs nothing. */
+static inline __attribute__((always_inline)) void record(cb_circuit *c, cb_ticket t, cb_outcome outcome,
+                                                         uint32_t latency_us)
 {
     unsigned kind = (unsigned)(t.word & 0xff);
     if ((kind != CB_TICKET_ALLOWED && kind != CB_TICKET_PROBE) || (unsigned)outcome > CB_IGNORED)
@@ -360,9 +364,20 @@ void cb_record(cb_circuit *c, cb_ticket t, cb_outcome outcome)
         no_lane(m, n);
         return;
     }
-    if (lane_append(n, slot, (uint32_t)(t.word >> CB__EPOCH_SHIFT), (unsigned)outcome, kind) &&
+    if (lane_append(n, slot, (uint32_t)(t.word >> CB__EPOCH_SHIFT), (unsigned)outcome, kind, latency_us) &&
         (outcome == CB_FAILURE || kind == CB_TICKET_PROBE))
         doorbell_ring(m);
+}
+
+void cb_record(cb_circuit *c, cb_ticket t, cb_outcome outcome)
+{
+    record(c, t, outcome, 0);
+}
+
+void cb_record_latency(cb_circuit *c, cb_ticket t, cb_outcome outcome, uint64_t latency_ns)
+{
+    uint64_t us = latency_ns / 1000;
+    record(c, t, outcome, us > UINT32_MAX ? UINT32_MAX : (uint32_t)us);
 }
 
 static cb_ticket ticket(uint64_t w, unsigned kind)
@@ -422,12 +437,16 @@ static cb_ticket decide(struct cb__map *m, uint32_t slot, uint64_t w)
         return ticket(w, CB_TICKET_ALLOWED);
     if (m == NULL || (state != CB_OPEN && state != CB_HALF_OPEN) || fail_open(m->hdr))
         return ticket(w, CB_TICKET_BYPASS); /* a state we do not know is let through, uncounted */
-    if (state == CB_OPEN) {
-        if (cb_seg_word_flags(w) & CB_SEG_F_ELECTABLE)
-            want_probe(m, slot, w);
-        return ticket(w, CB_TICKET_REJECTED);
-    }
-    return take_permit(m, slot, w);
+    cb_ticket t = ticket(w, CB_TICKET_REJECTED);
+    if (state == CB_OPEN && (cb_seg_word_flags(w) & CB_SEG_F_ELECTABLE))
+        want_probe(m, slot, w);
+    else if (state == CB_HALF_OPEN)
+        t = take_permit(m, slot, w);
+    /* A shadow circuit lets through what it would reject, uncounted: only
+     * its probes (PROBE tickets) feed its policy. */
+    if ((t.word & 0xff) == CB_TICKET_REJECTED && (cb_seg_word_flags(w) & CB_SEG_F_SHADOW))
+        t = ticket(w, CB_TICKET_BYPASS);
+    return t;
 }
 
 cb_ticket cb__allow_slow(cb_circuit *c, uint64_t w)

@@ -30,6 +30,7 @@
 #include <string.h>
 
 #include "policy.h"
+#include "window.h"
 
 #define MS 1000000ull
 #define SEC 1000000000ull
@@ -81,6 +82,8 @@ static struct {
     int demands;           /* calls that set CB_PERMIT_DEMAND */
     uint32_t epoch;        /* of the last published word */
     uint64_t vseq;
+    uint64_t draw;         /* what env->random gives (the backoff's jitter) */
+    int draws;             /* env->random calls */
 } S;
 
 static const uint32_t SLOT = 7;
@@ -170,6 +173,13 @@ static void on_release(void *arg, const struct cbd_circuit *c)
     S.releases++;
 }
 
+static uint64_t on_random(void *arg)
+{
+    (void)arg;
+    S.draws++;
+    return S.draw;
+}
+
 static uint64_t on_history_next(void *arg)
 {
     (void)arg;
@@ -208,7 +218,9 @@ static void setup_circuit(cb_config cfg, int fleet)
     atomic_store(&S.rec->state_word, v.word);
     S.env = (struct cbd_policy_env){.transitioned = on_transitioned, .try_probe = on_try_probe, .arm = on_arm,
                                     .history_next = on_history_next, .electable = on_electable,
-                                    .release = on_release, .fleet = fleet};
+                                    .release = on_release, .fleet = fleet, .random = on_random};
+    S.draw = 0;
+    S.draws = 0;
     S.electable = 0;
     S.releases = 0;
     S.demands = 0;
@@ -216,7 +228,11 @@ static void setup_circuit(cb_config cfg, int fleet)
     load();
 }
 
-static void teardown(void) { free(S.rec); }
+static void teardown(void)
+{
+    cbd_policy_unload(&S.c);
+    free(S.rec);
+}
 
 static void set_mono(uint64_t m)
 {
@@ -283,21 +299,25 @@ static struct ticket allow(void)
             }
         }
     }
+    if (t.kind == CB_TICKET_REJECTED && (cb_seg_word_flags(w) & CB_SEG_F_SHADOW))
+        t.kind = CB_TICKET_BYPASS; /* a shadow circuit lets it through, uncounted */
     return t;
 }
 
 /* The ticket's outcome as one drained event; -1 when the ticket carries
  * nothing to report (rejected, bypass). */
-static int record(struct ticket t, cb_outcome outcome)
+static int record_latency(struct ticket t, cb_outcome outcome, uint32_t latency_us)
 {
     if (t.kind != CB_TICKET_ALLOWED && t.kind != CB_TICKET_PROBE)
         return -1;
     struct cb_lane_event ev = {.slot = SLOT, .epoch = t.epoch, .outcome = (uint8_t)outcome, .kind = (uint8_t)t.kind,
-                               .check = (uint16_t)(CB_EVENT_CHECK ^ SLOT)};
+                               .check = (uint16_t)(CB_EVENT_CHECK ^ SLOT), .latency_us = latency_us};
     enum cbd_event_result r = cbd_policy_on_event(&S.env, &S.c, &ev, &S.now);
     cbd_policy_flush(&S.c);
     return (int)r;
 }
+
+static int record(struct ticket t, cb_outcome outcome) { return record_latency(t, outcome, 0); }
 
 /* n calls through allow() that all report outcome. */
 static void calls(int n, cb_outcome outcome)
@@ -1312,3 +1332,478 @@ Test(policy, six_hours_of_random_traffic_keep_every_rule, .fini = teardown)
     cr_assert_gt(S.nasks, 100, "and the probe elections");
 }
 
+
+/* ---- rules beyond Powertools: rate windows ---------------------------------- */
+
+/* A circuit judged by rates: window type and size, minimum calls, failure
+ * and slow-call thresholds (slow_ms 0: no slow-call rule); half-open by
+ * rate over `probes` results; the rest Powertools' defaults. */
+static cb_config rates(uint32_t type, uint32_t size, uint32_t min_calls, uint32_t failure_pct, uint32_t slow_ms,
+                       uint32_t slow_pct, uint32_t probes)
+{
+    cb_config cfg;
+    cb_config_init(&cfg);
+    cfg.sliding_window_type = type;
+    cfg.sliding_window_size = size;
+    cfg.minimum_number_of_calls = min_calls;
+    cfg.failure_rate_threshold = failure_pct;
+    cfg.slow_call_duration_threshold_ms = slow_ms;
+    cfg.slow_call_rate_threshold = slow_pct;
+    cfg.permitted_number_of_calls_in_half_open_state = probes;
+    return cfg;
+}
+
+/* n calls reporting outcome, each taking latency_us. */
+static void timed_calls(int n, cb_outcome outcome, uint32_t latency_us)
+{
+    for (int i = 0; i < n; i++) {
+        struct ticket t = allow();
+        cr_assert_eq(t.kind, CB_TICKET_ALLOWED, "call %d of %d is allowed", i + 1, n);
+        cr_assert_eq(record_latency(t, outcome, latency_us), CBD_EVENT_COUNTED);
+    }
+}
+
+/* resilience4j's documentation: "If minimumNumberOfCalls is 10, then at
+ * least 10 calls must be recorded, before the failure rate can be
+ * calculated. If only 9 calls have been evaluated the CircuitBreaker will
+ * not transition to open even if all 9 calls have failed." */
+Test(policy, nine_failed_calls_do_not_trip_a_circuit_that_needs_ten_and_the_tenth_does, .fini = teardown)
+{
+    setup_circuit(rates(1, 100, 10, 50, 0, 100, 10), 0);
+    calls(9, CB_FAILURE);
+    cr_assert_eq(state(), CB_CLOSED, "all 9 failed, under the minimum number of calls");
+    cr_assert_eq(version().failure_streak, 9, "the streak is shown but is not the rule");
+    calls(1, CB_FAILURE);
+    cr_assert_eq(state(), CB_OPEN);
+    expect_transition(CB_CLOSED, CB_OPEN, CB_SOURCE_LOCAL);
+    cr_assert_eq(version().trip_failure_count, 10, "the failures in the window when it tripped");
+}
+
+Test(policy, a_failure_rate_trips_at_exactly_its_threshold_and_not_one_call_below, .fini = teardown)
+{
+    setup_circuit(rates(1, 10, 10, 50, 0, 100, 10), 0);
+    calls(6, CB_SUCCESS);
+    calls(4, CB_FAILURE); /* 40% of 10 */
+    cr_assert_eq(state(), CB_CLOSED);
+    calls(1, CB_FAILURE); /* a success leaves, 5 of 10 failed: 50% */
+    cr_assert_eq(state(), CB_OPEN, "50%% reaches a 50%% threshold");
+    cr_assert_eq(S.ntr, 1);
+}
+
+Test(policy, failures_never_consecutive_trip_a_rate_rule_that_the_streak_rule_never_sees, .fini = teardown)
+{
+    /* The point of rates host-wide: 40% failing, interleaved, no 5 in a row. */
+    setup_circuit(rates(1, 100, 20, 40, 0, 100, 10), 0);
+    for (int i = 0; i < 4; i++) {
+        calls(1, CB_FAILURE);
+        calls(1, CB_SUCCESS);
+        calls(1, CB_FAILURE);
+        calls(2, CB_SUCCESS);
+    }
+    cr_assert_eq(state(), CB_OPEN, "20 calls, 8 failed: 40%%");
+    cr_assert_eq(S.ntr, 1);
+}
+
+Test(policy, ignored_outcomes_are_in_no_window, .fini = teardown)
+{
+    setup_circuit(rates(1, 4, 4, 50, 0, 100, 10), 0);
+    calls(2, CB_FAILURE);
+    calls(10, CB_IGNORED);
+    cr_assert_eq(state(), CB_CLOSED, "two calls counted, under the minimum");
+    calls(2, CB_SUCCESS);
+    cr_assert_eq(state(), CB_OPEN, "2 of 4 failed");
+}
+
+Test(policy, a_count_windows_minimum_is_at_most_its_size, .fini = teardown)
+{
+    setup_circuit(rates(1, 4, 100, 50, 0, 100, 10), 0);
+    calls(2, CB_SUCCESS);
+    calls(2, CB_FAILURE);
+    cr_assert_eq(state(), CB_OPEN, "a full window of 4 is judged (resilience4j caps the minimum at the size)");
+}
+
+Test(policy, failures_older_than_a_time_window_leave_it, .fini = teardown)
+{
+    setup_circuit(rates(2, 10, 4, 50, 0, 100, 10), 0);
+    calls(3, CB_FAILURE);
+    advance_ms(10000); /* the failures' second is out */
+    calls(1, CB_FAILURE);
+    calls(3, CB_SUCCESS);
+    cr_assert_eq(state(), CB_CLOSED, "1 of 4 in the last 10 s");
+    calls(1, CB_FAILURE);
+    calls(1, CB_FAILURE);
+    cr_assert_eq(state(), CB_OPEN, "3 of 6");
+}
+
+Test(policy, a_time_window_counts_failures_until_their_last_second, .fini = teardown)
+{
+    setup_circuit(rates(2, 10, 4, 50, 0, 100, 10), 0);
+    uint64_t second = S.now.mono_ns / SEC;
+    calls(2, CB_FAILURE);
+    advance_to((second + 9) * SEC + SEC - 1); /* the last nanosecond of the window's last second */
+    calls(2, CB_SUCCESS);
+    cr_assert_eq(state(), CB_OPEN, "2 of 4 within 10 s");
+}
+
+Test(policy, a_circuit_with_a_rate_rule_ignores_the_failure_streak, .fini = teardown)
+{
+    cb_config cfg = rates(1, 100, 50, 90, 0, 100, 10);
+    cfg.failure_threshold = 1;
+    setup_circuit(cfg, 0);
+    calls(40, CB_FAILURE);
+    cr_assert_eq(state(), CB_CLOSED, "under the minimum: the streak rule is off");
+}
+
+Test(policy, a_closed_circuit_judges_a_fresh_window, .fini = teardown)
+{
+    setup_circuit(rates(1, 4, 4, 50, 0, 100, 1), 0);
+    calls(2, CB_FAILURE);
+    calls(2, CB_SUCCESS);
+    cr_assert_eq(state(), CB_OPEN);
+    advance_ms(30000);
+    grant();
+    record(allow(), CB_SUCCESS);
+    cr_assert_eq(state(), CB_CLOSED);
+    calls(3, CB_FAILURE);
+    cr_assert_eq(state(), CB_CLOSED, "the calls before the trip are not in the new window");
+}
+
+/* ---- slow calls ---------------------------------------------------------------- */
+
+Test(policy, a_slow_call_rate_trips_a_circuit_whose_calls_all_succeed, .fini = teardown)
+{
+    setup_circuit(rates(1, 10, 10, 50, 100, 30, 10), 0);
+    timed_calls(7, CB_SUCCESS, 90000);
+    timed_calls(2, CB_SUCCESS, 100000); /* exactly the threshold: not slower than it */
+    timed_calls(1, CB_SUCCESS, 100001);
+    cr_assert_eq(state(), CB_CLOSED, "1 slow call of 10");
+    timed_calls(2, CB_SUCCESS, 9000000);
+    cr_assert_eq(state(), CB_OPEN, "3 slow calls of 10: 30%%");
+    cr_assert_eq(version().trip_failure_count, 0, "no failure tripped it");
+}
+
+Test(policy, slow_calls_and_failures_are_judged_apart_never_added, .fini = teardown)
+{
+    setup_circuit(rates(1, 5, 5, 60, 100, 60, 10), 0);
+    timed_calls(2, CB_FAILURE, 1000);
+    timed_calls(1, CB_SUCCESS, 500000);
+    timed_calls(2, CB_SUCCESS, 1000);
+    cr_assert_eq(state(), CB_CLOSED, "40%% failed and 20%% slow: 60%% together, but neither reaches 60%%");
+    timed_calls(1, CB_FAILURE, 500000); /* a failed, slow call counts in both */
+    cr_assert_eq(state(), CB_CLOSED, "40%% failed, 40%% slow");
+    timed_calls(1, CB_FAILURE, 1000); /* the first failure leaves */
+    cr_assert_eq(state(), CB_CLOSED, "still 40%% failed");
+    timed_calls(1, CB_FAILURE, 1000); /* the first slow call leaves */
+    cr_assert_eq(state(), CB_OPEN, "60%% failed");
+}
+
+Test(policy, a_circuit_without_a_slow_call_rule_ignores_durations, .fini = teardown)
+{
+    setup_circuit(rates(1, 10, 10, 50, 0, 1, 10), 0);
+    timed_calls(10, CB_SUCCESS, UINT32_MAX);
+    cr_assert_eq(state(), CB_CLOSED);
+}
+
+/* ---- half-open judged by rate ----------------------------------------------------- */
+
+static void rate_trip(void)
+{
+    calls((int)S.c.cfg.sliding_window_size, CB_FAILURE);
+    cr_assert_eq(state(), CB_OPEN);
+}
+
+static void rate_half_open(void)
+{
+    rate_trip();
+    advance_ms(S.c.cfg.recovery_timeout_ms);
+    grant();
+    cr_assert_eq(state(), CB_HALF_OPEN);
+}
+
+Test(policy, half_open_by_rate_closes_when_its_probes_failure_rate_stays_under_the_threshold, .fini = teardown)
+{
+    setup_circuit(rates(1, 4, 4, 50, 0, 100, 4), 0);
+    rate_half_open();
+    record(allow(), CB_FAILURE);
+    cr_assert_eq(state(), CB_HALF_OPEN, "one probe failure does not reopen it: the rate decides");
+    cr_assert_eq(atomic_load(&S.permit), cb_permit_word(epoch(), 1), "its permit went back");
+    record(allow(), CB_SUCCESS);
+    record(allow(), CB_IGNORED); /* counts nothing */
+    record(allow(), CB_SUCCESS);
+    cr_assert_eq(state(), CB_HALF_OPEN, "three results of four");
+    record(allow(), CB_SUCCESS);
+    cr_assert_eq(state(), CB_CLOSED, "1 of 4 failed: 25%%");
+    expect_transition(CB_HALF_OPEN, CB_CLOSED, CB_SOURCE_LOCAL);
+}
+
+Test(policy, half_open_by_rate_reopens_when_its_probes_reach_the_threshold, .fini = teardown)
+{
+    setup_circuit(rates(1, 4, 4, 50, 0, 100, 4), 0);
+    rate_half_open();
+    record(allow(), CB_SUCCESS);
+    record(allow(), CB_FAILURE);
+    record(allow(), CB_SUCCESS);
+    record(allow(), CB_FAILURE);
+    cr_assert_eq(state(), CB_OPEN, "2 of 4 failed: 50%%");
+    expect_transition(CB_HALF_OPEN, CB_OPEN, CB_SOURCE_LOCAL);
+    cr_assert_eq(version().trip_failure_count, 2);
+}
+
+Test(policy, half_open_by_rate_reopens_on_slow_probes, .fini = teardown)
+{
+    setup_circuit(rates(1, 4, 4, 50, 100, 50, 2), 0);
+    rate_half_open();
+    record_latency(allow(), CB_SUCCESS, 200000);
+    record_latency(allow(), CB_SUCCESS, 1000);
+    cr_assert_eq(state(), CB_OPEN, "1 of 2 probes slow: 50%%");
+}
+
+Test(policy, half_open_by_rate_still_admits_no_more_probes_at_once_than_its_bound, .fini = teardown)
+{
+    cb_config cfg = rates(1, 4, 4, 50, 0, 100, 10);
+    cfg.half_open_max_probes = 2;
+    setup_circuit(cfg, 0);
+    rate_half_open();
+    struct ticket a = allow(), b = allow();
+    cr_assert(a.kind == CB_TICKET_PROBE && b.kind == CB_TICKET_PROBE);
+    cr_assert_eq(allow().kind, CB_TICKET_REJECTED, "ten results wanted, two at a time");
+    record(a, CB_SUCCESS);
+    cr_assert_eq(allow().kind, CB_TICKET_PROBE);
+}
+
+/* ---- backoff on repeated openings --------------------------------------------------- */
+
+static cb_config backoff(uint32_t recovery_ms, uint32_t pct, uint32_t max_ms, uint32_t reset_ms)
+{
+    cb_config cfg;
+    cb_config_init(&cfg);
+    cfg.failure_threshold = 1;
+    cfg.success_threshold = 1;
+    cfg.recovery_timeout_ms = recovery_ms;
+    cfg.open_backoff_multiplier_pct = pct;
+    cfg.open_backoff_max_ms = max_ms;
+    cfg.open_backoff_reset_ms = reset_ms;
+    return cfg;
+}
+
+Test(policy, the_backoff_wait_grows_by_its_multiplier_up_to_its_cap_with_jitter_over_the_growth)
+{
+    cb_config cfg = backoff(1000, 300, 20000, 60000);
+    cr_assert_eq(cbd_policy_open_wait_ms(&cfg, 0, 12345), 1000, "the first opening waits the timeout exactly");
+    uint64_t tops[] = {1000, 3000, 9000, 20000, 20000, 20000};
+    for (uint32_t step = 1; step < 6; step++) {
+        uint64_t top = tops[step];
+        cr_assert_eq(cbd_policy_open_wait_ms(&cfg, step, 0), 1000, "the least draw waits the timeout");
+        cr_assert_eq(cbd_policy_open_wait_ms(&cfg, step, top - 1000), top, "the greatest reaches %llu",
+                     (unsigned long long)top);
+        cr_assert_eq(cbd_policy_open_wait_ms(&cfg, step, top - 1000 + 1), 1000, "and the draw wraps");
+        for (uint64_t r = 0; r < 100000; r += 7919) {
+            uint64_t w = cbd_policy_open_wait_ms(&cfg, step, r * 2654435761u);
+            cr_assert(w >= 1000 && w <= top, "step %u: %llu in [1000, %llu]", step, (unsigned long long)w,
+                      (unsigned long long)top);
+        }
+    }
+    cr_assert_eq(cbd_policy_open_wait_ms(&cfg, UINT32_MAX, UINT64_MAX), 1000 + UINT64_MAX % 19001,
+                 "a huge step stops at the cap");
+    cfg.open_backoff_multiplier_pct = 100;
+    cr_assert_eq(cbd_policy_open_wait_ms(&cfg, 5, 777), 1000, "100%% is no backoff");
+    cfg = backoff(1000, 200, 0, 60000);
+    cr_assert_eq(cbd_policy_open_wait_ms(&cfg, 40, UINT64_MAX - 1), 1000 + (UINT64_MAX - 1) % 604799001,
+                 "no cap given: 7 days");
+}
+
+/* Reopens from HALF_OPEN: the published wait of each opening. */
+static int64_t open_wait_published(void)
+{
+    struct cb_seg_vdata v = version();
+    cr_assert_eq(v.word & CB_SEG_STATE_MASK, CB_OPEN);
+    return (v.open_until_ns - v.opened_at_ns) / (int64_t)MS;
+}
+
+static void probe_and_fail(void)
+{
+    advance_to_real(version().open_until_ns);
+    grant();
+    record(allow(), CB_FAILURE);
+    cr_assert_eq(state(), CB_OPEN);
+}
+
+Test(policy, each_reopening_without_a_stable_close_waits_longer_and_the_published_end_is_the_real_one,
+     .fini = teardown)
+{
+    setup_circuit(backoff(1000, 200, 5000, 60000), 0);
+    S.draw = UINT64_MAX; /* the draw decides where in the range: test both ends */
+    calls(1, CB_FAILURE);
+    cr_assert_eq(open_wait_published(), 1000);
+    int64_t expect[] = {1000 + (int64_t)(UINT64_MAX % 1001), 1000 + (int64_t)(UINT64_MAX % 3001),
+                        1000 + (int64_t)(UINT64_MAX % 4001), 1000 + (int64_t)(UINT64_MAX % 4001)};
+    for (int i = 0; i < 4; i++) {
+        probe_and_fail();
+        size_t asks = S.nasks;
+        int64_t w = open_wait_published();
+        cr_assert_eq(w, expect[i], "reopening %d waits %lld ms, expected %lld", i + 1, (long long)w,
+                     (long long)expect[i]);
+        advance_to_real(version().open_until_ns - 1);
+        cr_assert_eq(S.nasks, asks, "no probe before the published end");
+        advance_ns(1);
+        cr_assert_eq(S.nasks, asks + 1, "and one at it");
+    }
+    S.draw = 0;
+    probe_and_fail();
+    cr_assert_eq(open_wait_published(), 1000, "the least draw of a long backoff is the timeout itself");
+}
+
+Test(policy, the_backoff_starts_over_after_the_circuit_stayed_closed_its_reset_time, .fini = teardown)
+{
+    setup_circuit(backoff(1000, 200, 60000, 10000), 0);
+    S.draw = UINT64_MAX;
+    calls(1, CB_FAILURE);
+    probe_and_fail();
+    cr_assert_eq(open_wait_published(), 1000 + (int64_t)(UINT64_MAX % 1001));
+    advance_to_real(version().open_until_ns);
+    grant();
+    record(allow(), CB_SUCCESS);
+    cr_assert_eq(state(), CB_CLOSED);
+    advance_ms(9999);
+    calls(1, CB_FAILURE);
+    cr_assert_eq(open_wait_published(), 1000 + (int64_t)(UINT64_MAX % 3001),
+                 "closed 9.999 s of 10: the backoff goes on");
+    advance_to_real(version().open_until_ns);
+    grant();
+    record(allow(), CB_SUCCESS);
+    advance_ms(10000);
+    calls(1, CB_FAILURE);
+    cr_assert_eq(open_wait_published(), 1000, "closed 10 s: it starts over");
+}
+
+Test(policy, an_operator_reset_starts_the_backoff_over, .fini = teardown)
+{
+    setup_circuit(backoff(1000, 200, 60000, 3600000), 0);
+    S.draw = UINT64_MAX;
+    calls(1, CB_FAILURE);
+    probe_and_fail();
+    probe_and_fail();
+    cbd_policy_operator(&S.env, &S.c, CBD_RESET, 0, &S.now);
+    calls(1, CB_FAILURE);
+    cr_assert_eq(open_wait_published(), 1000);
+}
+
+Test(policy, without_backoff_no_random_bits_are_drawn, .fini = teardown)
+{
+    setup_circuit(backoff(1000, 100, 0, 0), 0);
+    calls(1, CB_FAILURE);
+    probe_and_fail();
+    probe_and_fail();
+    cr_assert_eq(S.draws, 0);
+    cr_assert_eq(open_wait_published(), 1000);
+}
+
+Test(policy, a_new_backoff_policy_moves_an_open_circuits_end_with_the_same_draw, .fini = teardown)
+{
+    setup_circuit(backoff(1000, 200, 60000, 60000), 0);
+    S.draw = 1500;
+    calls(1, CB_FAILURE);
+    probe_and_fail(); /* step 1: 1000 + 1500 % 1001 */
+    cr_assert_eq(open_wait_published(), 1000 + 1500 % 1001);
+    cb_config cfg = S.c.cfg;
+    cfg.open_backoff_multiplier_pct = 400; /* step 1 now reaches 4000 */
+    cbd_policy_set_config(&S.env, &S.c, &cfg, &S.now);
+    cr_assert_eq(open_wait_published(), 1000 + 1500 % 3001, "cbctl shows the new end");
+}
+
+/* ---- shadow (metrics-only) ------------------------------------------------------------ */
+
+static cb_config shadow(void)
+{
+    cb_config cfg = config(2, 1, 1, 1000, 0);
+    cfg.shadow = 1;
+    return cfg;
+}
+
+Test(policy, a_shadow_circuit_trips_and_recovers_as_usual_but_never_rejects_a_call, .fini = teardown)
+{
+    setup_circuit(shadow(), 0);
+    calls(2, CB_FAILURE);
+    cr_assert_eq(state(), CB_OPEN, "the policy ran");
+    expect_transition(CB_CLOSED, CB_OPEN, CB_SOURCE_LOCAL);
+    cr_assert(flags() & CB_SEG_F_SHADOW);
+    for (int i = 0; i < 100; i++) {
+        struct ticket t = allow();
+        cr_assert_eq(t.kind, CB_TICKET_BYPASS, "OPEN in shadow: the call goes through, uncounted");
+        cr_assert_eq(record(t, CB_FAILURE), -1);
+    }
+    advance_ms(1000);
+    grant();
+    cr_assert_eq(state(), CB_HALF_OPEN);
+    struct ticket probe = allow();
+    cr_assert_eq(probe.kind, CB_TICKET_PROBE, "a shadow circuit still probes");
+    cr_assert_eq(allow().kind, CB_TICKET_BYPASS, "the calls beside the probe go through too");
+    record(probe, CB_SUCCESS);
+    cr_assert_eq(state(), CB_CLOSED);
+    cr_assert_eq(word() & CB__STATE_SLOW_MASK, 0, "CLOSED in shadow is the plain word cb_allow's fast path expects");
+}
+
+Test(policy, an_operator_hold_beats_shadow, .fini = teardown)
+{
+    setup_circuit(shadow(), 0);
+    cbd_policy_operator(&S.env, &S.c, CBD_FORCE_OPEN, 0, &S.now);
+    cr_assert_eq(allow().kind, CB_TICKET_REJECTED, "forced open rejects even in shadow");
+    cr_assert(!(flags() & CB_SEG_F_SHADOW));
+    cbd_policy_operator(&S.env, &S.c, CBD_DISABLE, 0, &S.now);
+    cr_assert_eq(allow().kind, CB_TICKET_BYPASS);
+    cbd_policy_operator(&S.env, &S.c, CBD_FORCE_CLOSED, 0, &S.now);
+    calls(10, CB_FAILURE);
+    cr_assert_eq(state(), CB_CLOSED);
+}
+
+Test(policy, turning_shadow_on_lets_an_open_circuits_calls_through_at_once_without_a_transition,
+     .fini = teardown)
+{
+    setup_circuit(config(2, 1, 1, 60000, 0), 0);
+    calls(2, CB_FAILURE);
+    cr_assert_eq(allow().kind, CB_TICKET_REJECTED);
+    size_t transitions = S.ntr;
+    uint32_t ep = epoch();
+    cb_config cfg = S.c.cfg;
+    cfg.shadow = 1;
+    cbd_policy_set_config(&S.env, &S.c, &cfg, &S.now);
+    cr_assert_eq(allow().kind, CB_TICKET_BYPASS);
+    cr_assert_eq(epoch(), ep);
+    cr_assert_eq(S.ntr, transitions);
+    cr_assert_eq(version().word, word(), "the version carries the word");
+    cfg.shadow = 0;
+    cbd_policy_set_config(&S.env, &S.c, &cfg, &S.now);
+    cr_assert_eq(allow().kind, CB_TICKET_REJECTED, "and off again");
+}
+
+/* ---- live reconfiguration keeps the window ---------------------------------------------- */
+
+Test(policy, a_new_threshold_judges_the_calls_already_in_the_window, .fini = teardown)
+{
+    setup_circuit(rates(1, 10, 10, 50, 0, 100, 10), 0);
+    calls(7, CB_SUCCESS);
+    calls(3, CB_FAILURE);
+    cb_config cfg = S.c.cfg;
+    cfg.failure_rate_threshold = 40;
+    cbd_policy_set_config(&S.env, &S.c, &cfg, &S.now);
+    cr_assert_eq(state(), CB_CLOSED, "no transition on a new policy");
+    calls(1, CB_FAILURE); /* a success leaves: 4 of 10 */
+    cr_assert_eq(state(), CB_OPEN, "the calls before the change still count");
+}
+
+Test(policy, a_smaller_window_keeps_its_newest_calls_and_turning_rates_off_frees_it, .fini = teardown)
+{
+    setup_circuit(rates(1, 10, 4, 50, 0, 100, 10), 0);
+    calls(1, CB_FAILURE);
+    calls(2, CB_SUCCESS);
+    cb_config cfg = S.c.cfg;
+    cfg.sliding_window_size = 4;
+    cbd_policy_set_config(&S.env, &S.c, &cfg, &S.now);
+    cr_assert_eq(S.c.window->calls, 3);
+    calls(1, CB_FAILURE);
+    cr_assert_eq(state(), CB_OPEN, "2 of the last 4");
+    cbd_policy_operator(&S.env, &S.c, CBD_RESET, 0, &S.now);
+    cfg.sliding_window_type = 0;
+    cbd_policy_set_config(&S.env, &S.c, &cfg, &S.now);
+    cr_assert_null(S.c.window, "no rate rule, no window");
+}
