@@ -266,6 +266,27 @@ int cb__config_check(const struct cb_config *cfg, const char **field)
     return bad ? -EINVAL : 0;
 }
 
+const char *cb__state_name(unsigned state)
+{
+    static const char *const names[] = {[CB_CLOSED] = "CLOSED", [CB_OPEN] = "OPEN", [CB_HALF_OPEN] = "HALF_OPEN"};
+    return state < sizeof names / sizeof names[0] ? names[state] : "?";
+}
+
+const char *cb__source_name(unsigned source)
+{
+    static const char *const names[] = {[CB_SOURCE_LOCAL] = "local", [CB_SOURCE_REMOTE] = "remote",
+                                        [CB_SOURCE_OPERATOR] = "operator", [CB_SOURCE_TIMER] = "timer",
+                                        [CB_SOURCE_RESTORE] = "restore"};
+    return source < sizeof names / sizeof names[0] ? names[source] : "?";
+}
+
+const char *cb__sync_name(unsigned sync)
+{
+    static const char *const names[] = {[CB_SYNC_LOCAL] = "local", [CB_SYNC_OK] = "ok",
+                                        [CB_SYNC_PENDING] = "pending", [CB_SYNC_OFFLINE] = "offline"};
+    return sync < sizeof names / sizeof names[0] ? names[sync] : "?";
+}
+
 int cb__parse_bool(const char *s)
 {
     static const char *const yes[] = {"1", "true", "yes", "on"};

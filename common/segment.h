@@ -394,6 +394,14 @@ int cb__config_check(const struct cb_config *cfg, const char **field);
  * 1/true/yes/on -> 1, 0/false/no/off -> 0, else -EINVAL. Case-insensitive. */
 int cb__parse_bool(const char *s);
 
+/* The names every log line, reply, file and cbctl output spells: a
+ * cb_state ("CLOSED", "OPEN", "HALF_OPEN"), a cb_source ("local",
+ * "remote", "operator", "timer", "restore"), a CB_SYNC_* ("local", "ok",
+ * "pending", "offline"); "?" for a value out of range. */
+const char *cb__state_name(unsigned state);
+const char *cb__source_name(unsigned source);
+const char *cb__sync_name(unsigned sync);
+
 /* ---- versions: the snapshot protocol (writer is the daemon alone) --------- */
 
 /* A version's fields as plain values (struct cb_seg_version without vseq). */

@@ -125,7 +125,7 @@ static void announce(struct cbd *d, const struct cbd_circuit *c, cb_state from, 
                      const struct cbd_now *now)
 {
     struct cbd_hook_event ev = {
-        .from = cbd_state_name(from), .to = cbd_state_name(c->state), .source = cbd_source_name(source),
+        .from = cb__state_name(from), .to = cb__state_name(c->state), .source = cb__source_name(source),
         .origin = source == CB_SOURCE_REMOTE || (source == CB_SOURCE_RESTORE && d->env.fleet) ? "fleet" : "local",
         .opened_at = c->opened_at, .failure_count = c->trip_failure_count, .epoch = c->epoch,
         .time_ns = now->real_ns,
@@ -162,8 +162,8 @@ static void on_transitioned(void *arg, const struct cbd_circuit *c, cb_state fro
     d->counters.transitions++;
     cbd_segment_history_append(&d->seg, &e);
     cbd_log(CBD_LOG_INFO, "transition circuit=%s from=%s to=%s epoch=%u failure_count=%u opened_at=%lld source=%s "
-                          "flags=%s", CB_NAME_SHOW(c->rec->name), cbd_state_name(from), cbd_state_name(c->state), c->epoch,
-            c->trip_failure_count, (long long)c->opened_at, cbd_source_name(source), flags_name(c->flags));
+                          "flags=%s", CB_NAME_SHOW(c->rec->name), cb__state_name(from), cb__state_name(c->state), c->epoch,
+            c->trip_failure_count, (long long)c->opened_at, cb__source_name(source), flags_name(c->flags));
     /* A shadow circuit's transitions are its own trial: the local state
      * file keeps them (with shadow in the config it stores), a fleet store,
      * where other hosts would obey them, never sees them. */
@@ -598,7 +598,7 @@ static int load_adopted(struct cbd *d)
         cbd_circuits_owner_count(&d->circuits, c->owner_uid, +1);
         if ((c->flags & CB_SEG_F_FORCED) && !(c->state == CB_OPEN && c->open_until_ns != 0))
             cbd_log(CBD_LOG_WARN, "circuit=%s is forced %s from before this start; it stays so until "
-                                  "`cbctl reset %s`", CB_NAME_SHOW(c->rec->name), cbd_state_name(c->state), CB_NAME_SHOW(c->rec->name));
+                                  "`cbctl reset %s`", CB_NAME_SHOW(c->rec->name), cb__state_name(c->state), CB_NAME_SHOW(c->rec->name));
     }
     d->circuits.n = d->circuits.nadopted = n;
     return 0;
@@ -634,8 +634,8 @@ static void announce_rolled_forward(struct cbd *d)
         cb_state from = (cb_state)c->pub.from;
         cb_source source = (cb_source)c->pub.source;
         cbd_log(CBD_LOG_WARN, "completed the transition of circuit=%s from=%s to=%s epoch=%u that the previous "
-                              "daemon committed but did not publish", CB_NAME_SHOW(c->rec->name), cbd_state_name(from),
-                cbd_state_name(c->state), c->epoch);
+                              "daemon committed but did not publish", CB_NAME_SHOW(c->rec->name), cb__state_name(from),
+                cb__state_name(c->state), c->epoch);
         d->counters.transitions++;
         if (!c->removed && !from_the_fleet(from, c->state, source))
             write_through(d, c, 0);

@@ -186,20 +186,19 @@ static int op_stats(void *arg, const struct cbd_peer *p, const msgpack_object *r
 #define CIRCUIT_FIELDS 16
 static void pack_circuit_fields(msgpack_packer *pk, const struct cbd_circuit *c)
 {
-    static const char *const sync_names[] = {"local", "ok", "pending", "offline"};
     struct cb_seg_record *rec = c->rec;
     unsigned sync = c->pub.sync_state;
     cb_config cfg = c->cfg;
     cb__mp_kv_str(pk, "name", rec->name);
     cb__mp_kv_u64(pk, "slot", c->slot);
-    cb__mp_kv_str(pk, "state", cbd_state_name(c->state));
+    cb__mp_kv_str(pk, "state", cb__state_name(c->state));
     cb__mp_kv_u64(pk, "epoch", c->epoch);
     cb__mp_kv_u64(pk, "failure_count", c->state == CB_CLOSED ? c->streak : c->trip_failure_count);
     cb__mp_kv_i64(pk, "opened_at", c->opened_at);
     cb__mp_kv_bool(pk, "forced", (c->flags & CB_SEG_F_FORCED) != 0);
     cb__mp_kv_bool(pk, "disabled", (c->flags & CB_SEG_F_DISABLED) != 0);
     cb__mp_kv_i64(pk, "forced_until", cbd_policy_forced_until_ms(c));
-    cb__mp_kv_str(pk, "sync", sync < 4 ? sync_names[sync] : "?");
+    cb__mp_kv_str(pk, "sync", cb__sync_name(sync));
     cb__mp_kv_i64(pk, "synced_at", c->pub.synced_at);
     cb__mp_pack_str(pk, "config");
     msgpack_pack_map(pk, CB_POLICY_NFIELDS);
@@ -278,7 +277,7 @@ static int operator_op(void *arg, const struct cbd_peer *p, const msgpack_object
             CB_NAME_SHOW(circuit->rec->name), for_ms ? " for_ms=" : "", (unsigned long long)for_ms, p->uid, (int)p->pid);
     cbd_now(&now);
     cbd_policy_operator(o->env, circuit, action, (uint32_t)for_ms, &now);
-    cb__mp_kv_str(&r->pk, "state", cbd_state_name(circuit->state));
+    cb__mp_kv_str(&r->pk, "state", cb__state_name(circuit->state));
     cbd_reply_u64(r, "epoch", circuit->epoch);
     cb__mp_kv_i64(&r->pk, "forced_until", cbd_policy_forced_until_ms(circuit));
     r->nfields += 2;
@@ -326,7 +325,7 @@ static int op_remove(void *arg, const struct cbd_peer *p, const msgpack_object *
         return r->err;
     char name[CB_NAME_MAX + 1];
     uint32_t slot = circuit->slot;
-    const char *state = cbd_state_name(circuit->state);
+    const char *state = cb__state_name(circuit->state);
     snprintf(name, sizeof name, "%s", circuit->rec->name);
     int rc = o->remove_circuit(o->arg, name, r->message, sizeof r->message);
     if (rc < 0)

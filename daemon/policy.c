@@ -83,22 +83,6 @@
 #define NS_PER_MS 1000000ull
 #define NS_PER_S 1000000000ll
 
-const char *cbd_state_name(cb_state s)
-{
-    switch (s) {
-    case CB_CLOSED: return "CLOSED";
-    case CB_OPEN: return "OPEN";
-    case CB_HALF_OPEN: return "HALF_OPEN";
-    }
-    return "?";
-}
-
-const char *cbd_source_name(cb_source s)
-{
-    static const char *const names[] = {"local", "remote", "operator", "timer", "restore"};
-    return (unsigned)s < 5 ? names[s] : "?";
-}
-
 uint32_t cbd_policy_lease_ms(const struct cbd_circuit *c)
 {
     return c->cfg.probe_lease_ms ? c->cfg.probe_lease_ms : c->cfg.recovery_timeout_ms;

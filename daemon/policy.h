@@ -209,7 +209,4 @@ uint64_t cbd_policy_open_wait_ms(const cb_config *cfg, uint32_t step, uint64_t r
 /* Probe lease in ms: probe_lease_ms, or recovery_timeout_ms when 0. */
 uint32_t cbd_policy_lease_ms(const struct cbd_circuit *c);
 
-const char *cbd_state_name(cb_state s);
-const char *cbd_source_name(cb_source s);
-
 #endif /* CBD_POLICY_H */

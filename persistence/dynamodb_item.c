@@ -256,7 +256,7 @@ json_t *cbd_ddb_item_encode(const struct cbd_ddb_layout *l, const struct cbd_ddb
     json_t *item = cbd_ddb_key(l, it->name, it->name_len);
     if (item == NULL)
         goto nomem;
-    bool ok = json_object_set_new(item, l->state, cbd_ddb_s(fleet_state_name(it->state))) == 0 &&
+    bool ok = json_object_set_new(item, l->state, cbd_ddb_s(cb__state_name(it->state))) == 0 &&
               json_object_set_new(item, l->failure_count, cbd_ddb_n(it->failure_count)) == 0;
     if (it->state != CB_CLOSED)
         ok = ok && json_object_set_new(item, l->opened_at, cbd_ddb_n(it->opened_at)) == 0;

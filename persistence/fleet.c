@@ -167,17 +167,11 @@ const char *fleet_write_kind_name(enum fleet_write_kind kind)
 
 /* ==== validating items =========================================================== */
 
-static const char *const state_names[] = {[CB_CLOSED] = "CLOSED", [CB_OPEN] = "OPEN", [CB_HALF_OPEN] = "HALF_OPEN"};
-
-const char *fleet_state_name(cb_state state)
-{
-    return (unsigned)state <= CB_HALF_OPEN ? state_names[state] : "?";
-}
-
 int fleet_parse_state(const char *s, size_t len, cb_state *out)
 {
     for (cb_state st = CB_CLOSED; st <= CB_HALF_OPEN; st++) {
-        if (len == strlen(state_names[st]) && memcmp(s, state_names[st], len) == 0) {
+        const char *name = cb__state_name(st);
+        if (len == strlen(name) && memcmp(s, name, len) == 0) {
             *out = st;
             return 0;
         }
@@ -260,7 +254,7 @@ int fleet_item_check(const struct fleet_item_names *n, const struct fleet_item *
     if (it->state == CB_CLOSED)
         return 0;
     if (it->opened_at < 1 || it->opened_at > CB_TIME_MAX_S)
-        return fleet_fault(why, size, "%s needs '%s' (epoch seconds, 1 to 9000000000)", state_names[it->state],
+        return fleet_fault(why, size, "%s needs '%s' (epoch seconds, 1 to 9000000000)", cb__state_name(it->state),
                    n->opened_at);
     if (it->state == CB_OPEN)
         return 0;

@@ -105,9 +105,7 @@ struct fleet_item_names {
  * decoders' "this item is not valid, because ...". */
 int fleet_fault(char *why, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
-/* "CLOSED", "OPEN", "HALF_OPEN"; "?" for anything else. */
-const char *fleet_state_name(cb_state state);
-/* The state spelt exactly (len bytes at s): 0 with *out, or -EINVAL. */
+/* The state spelt exactly (cb__state_name's spelling) (len bytes at s): 0 with *out, or -EINVAL. */
 int fleet_parse_state(const char *s, size_t len, cb_state *out);
 
 /*

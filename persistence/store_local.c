@@ -173,8 +173,6 @@ struct cbd_store {
     void *close_arg;
 };
 
-static const char *const state_names[] = {[CB_CLOSED] = "CLOSED", [CB_OPEN] = "OPEN", [CB_HALF_OPEN] = "HALF_OPEN"};
-
 /* The config's fields in the file, in file order: these always, the rest
  * when not at their default. */
 #define FIELDS_ALWAYS_WRITTEN (CB_FIELD_probe_lease_ms + 1)
@@ -416,7 +414,7 @@ static void circuit_text(struct text *t, const struct circuit *c)
     text_printf(t, "{\"name\":");
     text_json_string(t, c->name);
     text_printf(t, ",\"state\":\"%s\",\"failure_count\":%" PRIu32 ",\"opened_at\":%" PRId64,
-                state_names[l->state], l->failure_count, l->opened_at);
+                cb__state_name(l->state), l->failure_count, l->opened_at);
     if (l->opened_at_ns != 0)
         text_printf(t, ",\"opened_at_ns\":%" PRId64, l->opened_at_ns);
     for (size_t i = 0; l->has_config && i < CB_POLICY_NFIELDS; i++) {
@@ -662,7 +660,7 @@ static int parse_config(const json_t *c, cb_config *cfg, char *why, size_t n)
 static int parse_state(const char *s, cb_state *out)
 {
     for (unsigned k = CB_CLOSED; s != NULL && k <= CB_HALF_OPEN; k++) {
-        if (strcmp(s, state_names[k]) == 0) {
+        if (strcmp(s, cb__state_name(k)) == 0) {
             *out = (cb_state)k;
             return 0;
         }
@@ -688,7 +686,7 @@ static int parse_circuit(const json_t *e, struct cbd_store_state *st, char *why,
         int_field(e, "", "opened_at", 0, OPENED_AT_MAX, &opened, why, n) != 0)
         return -EINVAL;
     if (st->state != CB_CLOSED && opened == 0)
-        return invalid(why, n, "opened_at must be set (> 0) when state is %s", state_names[st->state]);
+        return invalid(why, n, "opened_at must be set (> 0) when state is %s", cb__state_name(st->state));
     st->failure_count = (uint32_t)failures;
     st->opened_at = opened;
     /* Optional: the opening at full precision, within opened_at's second

@@ -46,11 +46,6 @@ struct cbctl {
     size_t seg_size;
 };
 
-static const char *const state_names[] = {"CLOSED", "OPEN", "HALF_OPEN"};
-static const char *const source_names[] = {"local", "remote", "operator", "timer", "restore"};
-static const char *const sync_names[] = {"local", "ok", "pending", "offline"};
-
-static const char *state_name(unsigned s) { return s < 3 ? state_names[s] : "UNKNOWN"; }
 
 static int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int fail(int code, const char *fmt, ...)
@@ -130,9 +125,9 @@ static json_t *row_json(const struct circuit_row *row, bool detail)
 {
     const cb_info *i = &row->info;
     json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:I, s:b, s:b, s:s}", "name", i->name, "state",
-                          state_name(i->state), "epoch", (json_int_t)i->epoch, "failure_count",
+                          cb__state_name(i->state), "epoch", (json_int_t)i->epoch, "failure_count",
                           (json_int_t)i->failure_count, "opened_at", (json_int_t)i->opened_at, "forced", i->forced,
-                          "disabled", i->disabled, "sync", row->sync_state < 4 ? sync_names[row->sync_state] : "?");
+                          "disabled", i->disabled, "sync", cb__sync_name(row->sync_state));
     json_object_set_new(o, "synced_at", json_integer(row->synced_at));
     if (detail) {
         json_object_set_new(o, "config",
@@ -178,9 +173,9 @@ static int cmd_list(struct cbctl *c, int argc, char **argv)
         if (arr)
             json_array_append_new(arr, row_json(&row, false));
         else
-            printf("%-40s %-9s %-8s %8u %8u %11lld %s\n", CB_NAME_SHOW(row.info.name), state_name(row.info.state),
+            printf("%-40s %-9s %-8s %8u %8u %11lld %s\n", CB_NAME_SHOW(row.info.name), cb__state_name(row.info.state),
                    flags_text(&row.info), row.info.epoch, row.info.failure_count, (long long)row.info.opened_at,
-                   row.sync_state < 4 ? sync_names[row.sync_state] : "?");
+                   cb__sync_name(row.sync_state));
     }
     if (arr)
         json_print(arr);
@@ -207,10 +202,10 @@ static int cmd_show(struct cbctl *c, int argc, char **argv)
     }
     const cb_info *i = &row.info;
     printf("name:            %s\nstate:           %s%s\nepoch:           %u\nfailure_count:   %u\n", i->name,
-           state_name(i->state), i->disabled ? " (disabled)" : i->forced ? " (forced)" : "", i->epoch,
+           cb__state_name(i->state), i->disabled ? " (disabled)" : i->forced ? " (forced)" : "", i->epoch,
            i->failure_count);
     printf("opened_at:       %lld\nsync:            %s (synced_at %lld)\n", (long long)i->opened_at,
-           row.sync_state < 4 ? sync_names[row.sync_state] : "?", (long long)row.synced_at);
+           cb__sync_name(row.sync_state), (long long)row.synced_at);
     printf("config:         ");
     for (unsigned k = 0; k < CB_POLICY_NFIELDS; k++)
         printf(" %s=%u", cb__policy_fields[k].name, *cb__config_field((cb_config *)&i->config, k));
@@ -233,16 +228,16 @@ static void print_transition(const struct cbctl *c, const cb_transition *t)
     gmtime_r(&s, &tm);
     size_t n = strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
     snprintf(when + n, sizeof when - n, ".%03dZ", (int)((t->time_ns / 1000000) % 1000));
-    const char *src = t->source < 5 ? source_names[t->source] : "?";
+    const char *src = cb__source_name(t->source);
     if (c->json) {
         json_print(json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I}", "time", when, "name", t->name,
-                             "from", state_name(t->from), "to", state_name(t->to), "source", src, "epoch",
+                             "from", cb__state_name(t->from), "to", cb__state_name(t->to), "source", src, "epoch",
                              (json_int_t)t->epoch, "failure_count", (json_int_t)t->failure_count, "opened_at",
                              (json_int_t)t->opened_at, "time_ns", (json_int_t)t->time_ns, "seq",
                              (json_int_t)t->seq));
     } else {
-        printf("%s %s %s -> %s epoch=%u failure_count=%u source=%s\n", when, CB_NAME_SHOW(t->name), state_name(t->from),
-               state_name(t->to), t->epoch, t->failure_count, src);
+        printf("%s %s %s -> %s epoch=%u failure_count=%u source=%s\n", when, CB_NAME_SHOW(t->name), cb__state_name(t->from),
+               cb__state_name(t->to), t->epoch, t->failure_count, src);
     }
     fflush(stdout);
 }

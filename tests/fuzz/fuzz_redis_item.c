@@ -19,6 +19,7 @@
 #include "fleet.h"
 #include "fuzz.h"
 #include "redis_resp.h"
+#include "segment.h"
 #include "store_redis.h"
 
 static const struct fleet_item_names names = {
@@ -34,7 +35,7 @@ static void round_trip(const struct fleet_item *it)
     snprintf(n[0], sizeof n[0], "%" PRIu32, it->failure_count);
     snprintf(n[1], sizeof n[1], "%" PRId64, it->opened_at);
     snprintf(n[2], sizeof n[2], "%" PRId64, it->lease_expiry);
-    const char *st = fleet_state_name(it->state);
+    const char *st = cb__state_name(it->state);
     len = snprintf(resp, sizeof resp, "*%d\r\n$5\r\nstate\r\n$%zu\r\n%s\r\n$13\r\nfailure_count\r\n$%zu\r\n%s\r\n",
                    2 * fields, strlen(st), st, strlen(n[0]), n[0]);
     if (fields > 2)

@@ -117,7 +117,7 @@ static const char *show(const struct fleet_item *it, char *buf, size_t size)
     if (!it->exists)
         snprintf(buf, size, "no item");
     else
-        snprintf(buf, size, "%s fc=%u opened_at=%lld owner='%s' lease=%lld", fleet_state_name(it->state),
+        snprintf(buf, size, "%s fc=%u opened_at=%lld owner='%s' lease=%lld", cb__state_name(it->state),
                  it->failure_count, (long long)it->opened_at, it->owner, (long long)it->lease_expiry);
     return buf;
 }

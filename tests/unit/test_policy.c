@@ -344,10 +344,10 @@ static const struct lease_request *last_ask(void)
 static void expect_transition(cb_state from, cb_state to, cb_source source)
 {
     const struct seen_transition *t = last_transition();
-    cr_assert_eq(t->from, from, "transition from %s, expected from %s", cbd_state_name(t->from),
-                 cbd_state_name(from));
-    cr_assert_eq(t->to, to, "transition to %s, expected to %s", cbd_state_name(t->to), cbd_state_name(to));
-    cr_assert_eq(t->source, source, "source %s, expected %s", cbd_source_name(t->source), cbd_source_name(source));
+    cr_assert_eq(t->from, from, "transition from %s, expected from %s", cb__state_name(t->from),
+                 cb__state_name(from));
+    cr_assert_eq(t->to, to, "transition to %s, expected to %s", cb__state_name(t->to), cb__state_name(to));
+    cr_assert_eq(t->source, source, "source %s, expected %s", cb__source_name(t->source), cb__source_name(source));
 }
 
 /* Fleet: the circuit is electable and asks for the probe lease only when a
