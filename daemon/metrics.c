@@ -18,10 +18,11 @@
  * double quote and line feed, as the format says; nothing else needs it.
  *
  * Endpoint. libmicrohttpd runs one internal thread that polls every
- * connection (epoll) and calls on_request once a request's headers are in;
- * a slow or stalled client costs a connection slot until
- * connection_timeout_s of inactivity, never the thread. For GET /metrics
- * the thread asks the loop for a rendering and waits for it:
+ * connection (epoll) and calls on_request once a request is in; a slow or
+ * stalled client costs a connection slot until connection_timeout_s of
+ * inactivity, never the thread. Connections stay open between scrapes
+ * (keep-alive). For GET /metrics the thread asks the loop for a rendering
+ * and waits for it:
  *
  *     HTTP thread                       loop
  *     asked++ (my = asked)
@@ -769,7 +770,12 @@ static char *const not_found = "cbd serves its metrics at /metrics\n";
 static char *const not_allowed = "only GET and HEAD are served\n";
 static char *const unavailable = "cbd could not render its metrics in time; try again\n";
 
-/* On the HTTP thread, once a request's headers are in. */
+/* On the HTTP thread: once when a request's headers are in (*req_cls NULL),
+ * then once per piece of body, then once more when the request is complete.
+ * A method we do not serve is answered at once, its body unread (the
+ * connection closes); the others are answered once complete, so the
+ * connection can carry the next scrape (a response queued early makes
+ * libmicrohttpd close it). */
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
                                   const char *version, const char *upload_data, size_t *upload_data_size,
                                   void **req_cls)
@@ -777,10 +783,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     struct cbd_metrics *m = cls;
     (void)version;
     (void)upload_data;
-    (void)upload_data_size;
-    (void)req_cls;
-    if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
-        return answer(m, conn, CBD_HTTP_405, not_allowed, strlen(not_allowed), false);
+    if (*req_cls == NULL) {
+        if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
+            return answer(m, conn, CBD_HTTP_405, not_allowed, strlen(not_allowed), false);
+        *req_cls = m; /* seen */
+        return MHD_YES;
+    }
+    if (*upload_data_size != 0)
+        return MHD_NO; /* a GET or HEAD with a body: close the connection */
     if (strcmp(url, "/metrics") != 0)
         return answer(m, conn, CBD_HTTP_404, not_found, strlen(not_found), false);
     size_t len = 0;

@@ -670,6 +670,30 @@ Test(endpoint, get_metrics_answers_the_rendering_of_what_the_daemon_fills)
     cr_expect_eq(atomic_load(&fills), 2);
 }
 
+static void do_two_scrapes_on_one_connection(void *arg)
+{
+    struct reply *r = arg;
+    int fd = connect_to(AF_INET, cbd_metrics_port(metrics));
+    cr_assert_geq(fd, 0);
+    const char *reqs = "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n"
+                       "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    cr_assert_eq(send(fd, reqs, strlen(reqs), MSG_NOSIGNAL), (ssize_t)strlen(reqs));
+    *r = read_reply(fd);
+    close(fd);
+}
+
+Test(endpoint, one_connection_carries_several_scrapes)
+{
+    start(8, 5, 10000);
+    struct reply r;
+    run_client(do_two_scrapes_on_one_connection, &r);
+    cr_assert_eq(r.status, 200, "%s", r.head);
+    cr_expect(strstr(r.head, "Connection: close") == NULL, "the first answer closes the connection:\n%s", r.head);
+    cr_expect(strstr(r.body, "HTTP/1.1 200 OK\r\n") != NULL, "no second answer on the connection");
+    cr_expect_eq(atomic_load(&fills), 2);
+    free(r.body);
+}
+
 Test(endpoint, head_answers_like_get_without_a_body)
 {
     start(8, 5, 10000);
@@ -702,6 +726,7 @@ Test(endpoint, garbage_requests_get_an_error_and_the_endpoint_stays_up)
 {
     start(8, 1, 10000);
     static const char *const garbage[] = {"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+                                          "GET /metrics HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello",
                                           "GET /metrics HTTP/9.9\r\n\r\n", "GET\r\n\r\n", "\r\n\r\n\r\n",
                                           "GET /metrics HTTP/1.1\r\nHost: t\r\nContent-Length: -5\r\n\r\n"};
     for (size_t i = 0; i < sizeof garbage / sizeof garbage[0]; i++) {
