@@ -15,11 +15,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The install line of shared/ENVIRONMENT.md plus the INI parser, gnuplot,
-# socat, redis-sentinel (the Sentinel tests of the redis store) and spin (the
-# fleet protocol's model, tests/model). Never nodejs/npm: Node 20 comes with the machine, Debian's is too old.
+# socat, redis-sentinel (the Sentinel tests of the redis store), spin (the
+# fleet protocol's model, tests/model), libmicrohttpd (the metrics endpoint)
+# and prometheus (promtool checks the metrics text in the tests; where
+# systemd runs, the package also starts a Prometheus server on :9090). Never
+# nodejs/npm: Node 20 comes with the machine, Debian's is too old.
 PACKAGES=(build-essential cmake pkg-config libuv1-dev libhiredis-dev libmsgpack-dev libcriterion-dev
           libcurl4-openssl-dev libjansson-dev redis-server redis-tools clang libclang-rt-14-dev valgrind
-          libinih-dev gnuplot-nox socat redis-sentinel spin)
+          libinih-dev gnuplot-nox socat redis-sentinel spin libmicrohttpd-dev prometheus)
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
