@@ -9,14 +9,14 @@ per circuit and nothing on the call path: a hook that sleeps delays only the
 hooks after it; one that raises is logged and skipped.
 
 Which process fires: the thread starts in a process on the first call of a
-decorated function there (or ``Client.start_transitions()``), so in a
-prefork server each worker that serves calls fires the hooks of its circuits
-for every transition on the host, whichever process caused it; the master
-that only imported the app does not. The reader's cursor is the client's: a
-worker forked from a master continues from where the master's cursor was
-(the client's opening if the master never read), so transitions between
-the fork and its first call are delivered too. For one action per host
-per transition use cbd's ``[hooks]`` commands instead.
+decorated function with a hook there (or ``Client.start_transitions()``),
+and from then on that process fires the hooks of its circuits for every
+transition on the host, whichever process caused it. In a prefork server
+that is each worker that serves calls; a master that only imported the app
+fires nothing. The reader starts at the newest history entry, so a process
+sees the transitions made from its first call on (the call that starts it
+included), not older ones. For one action per host per transition use
+cbd's ``[hooks]`` commands instead.
 """
 
 from __future__ import annotations
@@ -76,6 +76,11 @@ class TransitionDispatcher:
         with self._lock:
             if self._pid == pid and self._thread is not None and self._thread.is_alive():
                 return
+            # Start at the newest entry: hooks see what happens from now on
+            # in this process, not the history since the client was opened
+            # (or since the master's reader last looked, in a forked child).
+            while self._client.read_transitions(0.0)[0]:  # type: ignore[attr-defined]
+                pass
             self._stop = threading.Event()
             t = threading.Thread(target=self._run, args=(self._stop,), name="cbd-transitions", daemon=True)
             t.start()
