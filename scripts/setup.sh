@@ -19,7 +19,8 @@ cd "$(dirname "$0")/.."
 # fleet protocol's model, tests/model). Never nodejs/npm: Node 20 comes with the machine, Debian's is too old.
 PACKAGES=(build-essential cmake pkg-config libuv1-dev libhiredis-dev libmsgpack-dev libcriterion-dev
           libcurl4-openssl-dev libjansson-dev redis-server redis-tools clang libclang-rt-14-dev valgrind
-          libinih-dev gnuplot-nox socat redis-sentinel spin)
+          libinih-dev gnuplot-nox socat redis-sentinel spin
+          python3-dev python3-venv python3-pip python3-setuptools python3-pytest gunicorn)
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
