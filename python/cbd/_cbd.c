@@ -61,6 +61,7 @@ static PyObject *open_error;       /* (info) -> CircuitBreakerOpenError instance
 static PyObject *persistence_error; /* class: (message, code, code_name) */
 static PyObject *config_error;     /* class: (message) */
 static PyObject *circuit_kwname;   /* "circuit" */
+static PyObject *circuit_kwnames;  /* ("circuit",) */
 
 /* Bumped in every forked child; Breakers compare it with the generation
  * they started their hooks in. */
@@ -441,23 +442,27 @@ static PyObject *circuit_record(CircuitObject *co, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* (name, state, forced, disabled, failure_count, opened_at, epoch, {config},
- *  total_successes, total_failures, total_ignored, open_until_ns) */
-static PyObject *info_tuple(CircuitObject *co)
+static int info_get(CircuitObject *co, cb_info *info)
 {
-    cb_info info;
-    int rc = cb_info_get(co->c, &info);
+    int rc = cb_info_get(co->c, info);
     if (rc < 0) {
         char what[192];
         snprintf(what, sizeof what, "reading circuit '%s'", PyUnicode_AsUTF8(co->name));
-        return raise_code(rc, what);
+        raise_code(rc, what);
     }
+    return rc;
+}
+
+/* (name, state, forced, disabled, failure_count, opened_at, epoch, {config},
+ *  total_successes, total_failures, total_ignored, open_until_ns) */
+static PyObject *info_build(const cb_info *info)
+{
     PyObject *cfg = PyDict_New();
     if (cfg == NULL)
         return NULL;
     PyObject *v;
 #define CB__FIELD_TO_DICT(name, def, min, max, help)                                                        \
-    v = PyLong_FromUnsignedLong(info.config.name);                                                          \
+    v = PyLong_FromUnsignedLong(info->config.name);                                                         \
     if (v == NULL || PyDict_SetItemString(cfg, #name, v) < 0) {                                             \
         Py_XDECREF(v);                                                                                      \
         Py_DECREF(cfg);                                                                                     \
@@ -466,11 +471,29 @@ static PyObject *info_tuple(CircuitObject *co)
     Py_DECREF(v);
     CB_POLICY_FIELDS(CB__FIELD_TO_DICT)
 #undef CB__FIELD_TO_DICT
-    return Py_BuildValue("(siNNILINKKKL)", info.name, (int)info.state, PyBool_FromLong(info.forced),
-                         PyBool_FromLong(info.disabled), (unsigned)info.failure_count, (long long)info.opened_at,
-                         (unsigned)info.epoch, cfg, (unsigned long long)info.total_successes,
-                         (unsigned long long)info.total_failures, (unsigned long long)info.total_ignored,
-                         (long long)info.open_until_ns);
+    return Py_BuildValue("(siNNILINKKKL)", info->name, (int)info->state, PyBool_FromLong(info->forced),
+                         PyBool_FromLong(info->disabled), (unsigned)info->failure_count, (long long)info->opened_at,
+                         (unsigned)info->epoch, cfg, (unsigned long long)info->total_successes,
+                         (unsigned long long)info->total_failures, (unsigned long long)info->total_ignored,
+                         (long long)info->open_until_ns);
+}
+
+static PyObject *info_tuple(CircuitObject *co)
+{
+    cb_info info;
+    if (info_get(co, &info) < 0)
+        return NULL;
+    return info_build(&info);
+}
+
+/* Same snapshot, as far as a CircuitInfo shows it (the name is the handle's). */
+static int info_same(const cb_info *a, const cb_info *b)
+{
+    return a->state == b->state && a->forced == b->forced && a->disabled == b->disabled &&
+           a->failure_count == b->failure_count && a->opened_at == b->opened_at && a->epoch == b->epoch &&
+           memcmp(&a->config, &b->config, sizeof a->config) == 0 && a->total_successes == b->total_successes &&
+           a->total_failures == b->total_failures && a->total_ignored == b->total_ignored &&
+           a->open_until_ns == b->open_until_ns;
 }
 
 static PyObject *circuit_info(CircuitObject *co, PyObject *Py_UNUSED(ignored))
@@ -517,6 +540,8 @@ typedef struct {
     unsigned hook_generation;
     PyObject *binder;        /* () -> Circuit or None; tried once per second while unbound */
     double next_bind;        /* CLOCK_MONOTONIC seconds */
+    PyObject *info;          /* the last CircuitInfo handed out, for info_raw; or NULL */
+    cb_info info_raw;
     PyObject *dict;
     PyObject *weakrefs;
 } BreakerObject;
@@ -540,14 +565,35 @@ static double monotonic_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Calls on_open(*args, **kwargs, circuit=info) or raises the open error. */
-static PyObject *breaker_rejected(BreakerObject *b, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+/* The CircuitInfo of a rejection. CircuitInfo is immutable, so while the
+ * circuit stays as it was (an OPEN circuit rejecting call after call) the
+ * same object is handed out again: building one costs microseconds. */
+static PyObject *breaker_info(BreakerObject *b)
 {
-    PyObject *tuple = info_tuple(b->circuit);
+    cb_info raw;
+    if (info_get(b->circuit, &raw) < 0)
+        return NULL;
+    if (b->info != NULL && info_same(&raw, &b->info_raw)) {
+        Py_INCREF(b->info);
+        return b->info;
+    }
+    PyObject *tuple = info_build(&raw);
     if (tuple == NULL)
         return NULL;
     PyObject *info = PyObject_CallOneArg(info_factory, tuple);
     Py_DECREF(tuple);
+    if (info == NULL)
+        return NULL;
+    Py_INCREF(info);
+    Py_XSETREF(b->info, info);
+    b->info_raw = raw;
+    return info;
+}
+
+/* Calls on_open(*args, **kwargs, circuit=info) or raises the open error. */
+static PyObject *breaker_rejected(BreakerObject *b, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    PyObject *info = breaker_info(b);
     if (info == NULL)
         return NULL;
     if (b->on_open == NULL) {
@@ -561,6 +607,15 @@ static PyObject *breaker_rejected(BreakerObject *b, PyObject *const *args, size_
     }
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nkw == 0 && nargs < 8) { /* the usual shape: no allocation */
+        PyObject *small[9];
+        for (Py_ssize_t i = 0; i < nargs; i++)
+            small[i] = args[i];
+        small[nargs] = info;
+        PyObject *res = PyObject_Vectorcall(b->on_open, small, (size_t)nargs, circuit_kwnames);
+        Py_DECREF(info);
+        return res;
+    }
     PyObject **all = PyMem_Malloc(sizeof(PyObject *) * (size_t)(nargs + nkw + 1));
     PyObject *names = PyTuple_New(nkw + 1);
     PyObject *res = NULL;
@@ -679,6 +734,7 @@ static int breaker_traverse(BreakerObject *b, visitproc visit, void *arg)
     Py_VISIT(b->ignored);
     Py_VISIT(b->hook_starter);
     Py_VISIT(b->binder);
+    Py_VISIT(b->info);
     Py_VISIT(b->dict);
     return 0;
 }
@@ -692,6 +748,7 @@ static int breaker_clear(BreakerObject *b)
     Py_CLEAR(b->ignored);
     Py_CLEAR(b->hook_starter);
     Py_CLEAR(b->binder);
+    Py_CLEAR(b->info);
     Py_CLEAR(b->dict);
     return 0;
 }
@@ -826,7 +883,8 @@ PyMODINIT_FUNC PyInit__cbd(void)
     if (m == NULL)
         return NULL;
     circuit_kwname = PyUnicode_InternFromString("circuit");
-    if (circuit_kwname == NULL || PyModule_AddType(m, &ClientType) < 0 || PyModule_AddType(m, &CircuitType) < 0 ||
+    circuit_kwnames = circuit_kwname != NULL ? PyTuple_Pack(1, circuit_kwname) : NULL;
+    if (circuit_kwnames == NULL || PyModule_AddType(m, &ClientType) < 0 || PyModule_AddType(m, &CircuitType) < 0 ||
         PyModule_AddType(m, &BreakerType) < 0 || PyModule_AddObject(m, "POLICY_FIELDS", policy_fields()) < 0)
         goto fail;
     struct {
