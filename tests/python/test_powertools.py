@@ -462,3 +462,21 @@ def test_local_cache_max_age_is_accepted_and_persistence_store_is_ignored_with_a
         f = circuit_breaker(name, persistence_store=DynamoDBPersistence(),
                             config=CircuitBreakerConfig(local_cache_max_age=0))(flaky([]))
     assert f() == "downstream"
+
+
+def test_the_fallbacks_info_follows_the_circuit_across_a_reopen(client, name):
+    infos = []
+    cfg = CircuitBreakerConfig(failure_threshold=1, recovery_timeout=0.3, success_threshold=1)
+    f = circuit_breaker(name, on_circuit_open=lambda ok, circuit: infos.append(circuit) or "fallback",
+                        config=cfg)(flaky([]))
+    c = client.circuit(name)
+    first = open_then_wait_recovery(f, c, 1)
+    with pytest.raises(Down):  # the probe fails: OPEN again, a new epoch
+        f(False)
+    wait_for(lambda: c.info().state is CircuitState.OPEN)
+    assert f(True) == "fallback" and f(True) == "fallback"
+    assert infos[0] is infos[1]  # unchanged circuit: the same immutable snapshot
+    assert infos[0].epoch > first.epoch and infos[0].state is CircuitState.OPEN
+    assert infos[0].open_until > first.open_until
+    wait_for(lambda: c.info().state is CircuitState.HALF_OPEN)
+    assert f(True) == "downstream"
