@@ -366,7 +366,8 @@ def test_concurrent_failing_threads_trip_the_circuit_once(client, name):
     for t in threads:
         t.join()
     c = client.circuit(name)
-    assert c.info().state is CircuitState.OPEN and c.info().failure_count == 5
+    info = wait_for(lambda: (i := c.info()).state is CircuitState.OPEN and i, what="the trip")
+    assert info.failure_count == 5
     time.sleep(0.2)
     assert [(t.from_state, t.to_state) for t in seen] == [("CLOSED", "OPEN")]
 
