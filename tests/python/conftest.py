@@ -4,13 +4,15 @@ cbd is the one built with the tests ($CBD, else build/cbd; tests/python/run.sh
 sets it), started on a unique instance with its socket, local state file and
 log in a temporary directory, as tests/support/tsup_daemon.c does; stopped
 by its pid with SIGTERM and its shared-memory objects removed afterwards.
-Circuit names are unique per test, so the tests share one daemon.
+Circuit names are unique per test, so the tests share one daemon. The
+directory is removed after a clean stop unless CBD_KEEP is set.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,6 +66,8 @@ class Daemon:
                 os.unlink(f"/dev/shm/cbd.{self.instance}{suffix}")
             except FileNotFoundError:
                 pass
+        if rc == 0 and not os.environ.get("CBD_KEEP"):
+            shutil.rmtree(self.dir, ignore_errors=True)
         return rc
 
     def env(self) -> dict:

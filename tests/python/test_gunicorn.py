@@ -50,7 +50,9 @@ class Downstream(http.server.ThreadingHTTPServer):
         self.mode = "up"
         self.delay = 0.0
         self.lock = threading.Lock()
-        self.log = []  # (called_ns: when the worker's breaker let it through, end_ns, worker_pid, status)
+        # (called_ns: when the worker's breaker let it through, answered_ns: before the answer was
+        #  written, worker_pid, status)
+        self.log = []
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -61,12 +63,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if delay:
             time.sleep(delay)
         status, body = (200, b"downstream-ok") if mode == "up" else (500, b"downstream-down")
+        end = time.time_ns()  # before the worker can have the answer
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
         with s.lock:
-            s.log.append((start, time.time_ns(), int(self.headers.get("X-Worker-Pid", 0)), status))
+            s.log.append((start, end, int(self.headers.get("X-Worker-Pid", 0)), status))
 
     def log_message(self, *args) -> None:
         pass
@@ -79,10 +82,25 @@ class Load:
         self.url = url
         self.responses = []  # (status, body, worker_pid) or ("error", repr)
         self.stop = threading.Event()
+        self.go = threading.Event()  # cleared: threads hold before their next request
+        self.go.set()
+        self.holding = threading.Semaphore(0)
         self.threads = [threading.Thread(target=self.run) for _ in range(threads)]
+
+    def hold(self) -> None:
+        """Return once every thread finished its request and waits."""
+        self.go.clear()
+        for _ in self.threads:
+            assert self.holding.acquire(timeout=30)
+
+    def resume(self) -> None:
+        self.go.set()
 
     def run(self) -> None:
         while not self.stop.is_set():
+            if not self.go.is_set():
+                self.holding.release()
+                self.go.wait()
             try:
                 with urllib.request.urlopen(self.url, timeout=10) as r:
                     got = (r.status, r.read(), r.headers.get("X-Worker-Pid"))
@@ -99,6 +117,7 @@ class Load:
 
     def __exit__(self, *exc) -> None:
         self.stop.set()
+        self.go.set()
         for t in self.threads:
             t.join()
 
@@ -122,14 +141,24 @@ def test_gunicorn_workers_trip_probe_and_close_one_host_wide_circuit(daemon, nam
     url = f"http://127.0.0.1:{port}/"
     with cbd.Client(daemon.instance) as observer:
         try:
-            wait_for(lambda: _get(url) == 200, timeout=30, what="gunicorn to answer")
+            answered = []  # the readiness probes' successes count in cbd too
+            wait_for(lambda: _get(url, answered) == 200, timeout=30, what="gunicorn to answer")
             worker_pids = wait_for(lambda: _workers(gunicorn.pid), timeout=30, what=f"{WORKERS} workers")
             circuit = observer.circuit(name)
             observer.read_transitions()  # start after the app's registration
 
             with Load(url) as load:
                 time.sleep(0.5)
+                # No success in flight when the downstream goes down: cbd merges the
+                # lanes of different processes in no particular order, so a success
+                # answered before the switch but drained between two failures would
+                # restart the streak (the consecutive-failure rule) and let more
+                # failures through than the bound below.
+                load.hold()
+                successes = len(answered) + sum(1 for r in load.responses if r[0] == 200)
+                wait_for(lambda: circuit.info().total_successes == successes, what="cbd to count every success")
                 downstream.mode = "down"
+                load.resume()
                 wait_for(lambda: circuit.info().state is cbd.CircuitState.OPEN, timeout=10, what="the trip")
                 downstream.delay = 0.05  # overlapping probes would show
                 downstream.mode = "up"
@@ -179,9 +208,10 @@ def _rel(rows, t0):
     return [((a - t0.time * 1e9) / 1e6, (b - t0.time * 1e9) / 1e6, pid, st) for a, b, pid, st in rows]
 
 
-def _get(url: str):
+def _get(url: str, answered: list):
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
+            answered.append(r.status)
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
