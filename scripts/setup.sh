@@ -17,12 +17,14 @@ cd "$(dirname "$0")/.."
 # The install line of shared/ENVIRONMENT.md plus the INI parser, gnuplot,
 # socat, redis-sentinel (the Sentinel tests of the redis store), spin (the
 # fleet protocol's model, tests/model), libmicrohttpd (the metrics endpoint)
-# and prometheus (promtool checks the metrics text in the tests; where
-# systemd runs, the package also starts a Prometheus server on :9090). Never
+# prometheus (promtool checks the metrics text in the tests; where systemd
+# runs, the package also starts a Prometheus server on :9090), and Python's
+# headers, venv, pytest and gunicorn (the Python binding's tests). Never
 # nodejs/npm: Node 20 comes with the machine, Debian's is too old.
 PACKAGES=(build-essential cmake pkg-config libuv1-dev libhiredis-dev libmsgpack-dev libcriterion-dev
           libcurl4-openssl-dev libjansson-dev redis-server redis-tools clang libclang-rt-14-dev valgrind
-          libinih-dev gnuplot-nox socat redis-sentinel spin libmicrohttpd-dev prometheus)
+          libinih-dev gnuplot-nox socat redis-sentinel spin libmicrohttpd-dev prometheus
+          python3-dev python3-venv python3-pip python3-setuptools python3-pytest gunicorn)
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
