@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 # The install line of shared/ENVIRONMENT.md plus the INI parser, gnuplot,
 # socat, redis-sentinel (the Sentinel tests of the redis store), spin (the
-# fleet protocol's model, tests/model), libmicrohttpd (the metrics endpoint)
+# fleet protocol's model, tests/model), libmicrohttpd (the metrics endpoint),
 # prometheus (promtool checks the metrics text in the tests; where systemd
 # runs, the package also starts a Prometheus server on :9090), and Python's
 # headers, venv, pytest and gunicorn (the Python binding's tests). Never
