@@ -668,17 +668,25 @@ Test(fleet, a_trip_is_written_and_reaches_the_other_host_through_the_notificatio
     cr_assert(tsup_store_was_synced(&hosts[0], "pay") && tsup_store_was_synced(&hosts[1], "pay"));
 }
 
-/* Host A's backoff travels to B: the deadline in whole seconds, rounded up. */
-Test(fleet, a_backoff_deadline_is_written_rounded_up_and_reaches_the_other_host)
+/* A and B online, tracking name; A opens it now with a backoff deadline
+ * until_ns, and B has heard. The opening's second. */
+static int64_t a_opens_until(const char *name, int64_t until_ns)
 {
     host_up(0);
     host_up(1);
-    both_track("pay");
+    both_track(name);
     int64_t t = world.now;
-    struct cbd_store_state st = state("pay", CB_OPEN, t);
-    st.open_until_ns = (t + 95) * 1000000000ll + 1; /* a nanosecond into second t + 95 */
+    struct cbd_store_state st = state(name, CB_OPEN, t);
+    st.open_until_ns = until_ns;
     mem_store_ops.transition(hosts[0].s, &st, 0);
     settle();
+    return t;
+}
+
+/* Host A's backoff travels to B: the deadline in whole seconds, rounded up. */
+Test(fleet, a_backoff_deadline_is_written_rounded_up_and_reaches_the_other_host)
+{
+    int64_t t = a_opens_until("pay", (world.now + 95) * 1000000000ll + 1); /* a ns into second t + 95 */
     cr_assert(stored("pay")->open_until == t + 96 && stored("pay")->open_until_of == t,
               "stored %lld of %lld: never early", (long long)stored("pay")->open_until,
               (long long)stored("pay")->open_until_of);
@@ -692,14 +700,7 @@ Test(fleet, a_backoff_deadline_is_written_rounded_up_and_reaches_the_other_host)
 
 Test(fleet, a_deadline_left_by_a_powertools_reopen_is_not_the_new_openings)
 {
-    host_up(0);
-    host_up(1);
-    both_track("pay");
-    int64_t t = world.now;
-    struct cbd_store_state st = state("pay", CB_OPEN, t);
-    st.open_until_ns = (t + 95) * 1000000000ll;
-    mem_store_ops.transition(hosts[0].s, &st, 0);
-    settle();
+    int64_t t = a_opens_until("pay", (world.now + 95) * 1000000000ll);
     /* A function closes and reopens it with Powertools, which knows no deadline. */
     struct fleet_item *it = &item_of("pay", false)->item;
     it->opened_at = t + 40;
