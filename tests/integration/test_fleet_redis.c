@@ -472,7 +472,7 @@ static cb_ticket probe_after_backoff(cb_circuit *c)
     return t;
 }
 
-Test(fleet_redis, another_hosts_backoff_deadline_is_the_one_this_host_shows_and_waits_for, .timeout = 120)
+Test(fleet_redis, another_hosts_backoff_deadline_is_the_one_this_host_shows_and_waits_for)
 {
     start_fleet(2, NULL);
     cb_config cfg = tsup_config(1, 1, 1, 300);
