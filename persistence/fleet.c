@@ -25,7 +25,10 @@
  * any TTL the store could have given it (recovery timeout + 3600 s): that
  * item was lost (flushed, failed over), not expired, and is written again.
  * A restore reports every valid item it finds: the daemon's own state is
- * not known to the store yet.
+ * not known to the store yet. An opening's backoff deadline travels with it:
+ * an OPEN write carries the daemon's open_until_ns in whole seconds rounded
+ * up (no host reads it early), and a report gives the item's open_until
+ * (0 unless it belongs to that opening) back in ns.
  *
  * Work. Per circuit at most one request is in flight; behind it wait at
  * most the latest unwritten transition (a newer one replaces it: memory is

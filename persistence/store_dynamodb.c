@@ -5,7 +5,8 @@
  *
  * Design. Every circuit is one item laid out exactly as Powertools lays it
  * out (POWERTOOLS.md), so Lambda functions using Powertools and hosts running
- * cbd share one circuit per name. All I/O is DynamoDB's JSON API over
+ * cbd share one circuit per name; cbd adds only an opening's backoff
+ * deadline (cbd_open_until, cbd_open_until_of), which Powertools ignores. All I/O is DynamoDB's JSON API over
  * aws_http (libcurl multi on the loop, SigV4); credentials come from
  * aws_credentials (the SDK chain). Nothing blocks the loop. This file is
  * wire encoding only: item and key codec (dynamodb_item.c), request
