@@ -32,7 +32,8 @@ static const struct opt {
 #define B(n, f) {n, OPT_BOOL, offsetof(struct cbd_ddb_opts, f), 0, 0, 0}
     S("region", region), S("endpoint", endpoint), S("pk", pk), S("sk", sk), S("static_pk", static_pk),
     S("attr_state", a_state), S("attr_failure_count", a_fc), S("attr_opened_at", a_oa),
-    S("attr_owner", a_owner), S("attr_lease", a_lease), S("attr_expiration", a_exp), S("owner", owner),
+    S("attr_owner", a_owner), S("attr_lease", a_lease), S("attr_expiration", a_exp),
+    S("attr_open_until", a_until), S("attr_open_until_of", a_until_of), S("owner", owner),
     U("sync_ms", sync_ms, 0, 86400000), U("read_budget", read_budget, 0, 1000000000), U("timeout_ms", timeout_ms, 100, 60000),
     U("connect_timeout_ms", connect_timeout_ms, 100, 60000), U("attempts", attempts, 1, 10),
     U("backoff_max_ms", backoff_max_ms, 10, 300000), B("consistent", consistent),
@@ -67,6 +68,8 @@ static void opts_defaults(struct cbd_ddb_opts *o)
     strcpy(o->a_owner, "half_open_owner");
     strcpy(o->a_lease, "probe_lease_expiry");
     strcpy(o->a_exp, "expiration");
+    strcpy(o->a_until, "cbd_open_until"); /* cbd's own: Powertools ignores them */
+    strcpy(o->a_until_of, "cbd_open_until_of");
     o->sync_ms = 1000;
     o->timeout_ms = 2000;
     o->connect_timeout_ms = 1000;
@@ -164,7 +167,8 @@ const char *cbd_ddb_uri_parse(struct cbd_ddb_opts *o, const char *uri)
             return msg;
         p = amp ? amp + 1 : end;
     }
-    const char *names[] = {o->pk, o->a_state, o->a_fc, o->a_oa, o->a_owner, o->a_lease, o->a_exp};
+    const char *names[] = {o->pk, o->a_state, o->a_fc, o->a_oa, o->a_owner, o->a_lease, o->a_exp, o->a_until,
+                           o->a_until_of};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (!names[i][0])
             return fail("dynamodb URI: attribute names and pk must not be empty");

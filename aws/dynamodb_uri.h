@@ -21,7 +21,7 @@
 struct cbd_ddb_opts {
     char table[256], region[64], endpoint[512];
     char pk[64], sk[64], static_pk[256];
-    char a_state[64], a_fc[64], a_oa[64], a_owner[64], a_lease[64], a_exp[64];
+    char a_state[64], a_fc[64], a_oa[64], a_owner[64], a_lease[64], a_exp[64], a_until[64], a_until_of[64];
     char owner[CBD_DDB_URI_OWNER_MAX + 1]; /* "": the fleet layer's */
     uint32_t sync_ms, read_budget, timeout_ms, connect_timeout_ms, attempts, backoff_max_ms;
     bool consistent, tls_verify, allow_http;

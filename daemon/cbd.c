@@ -104,6 +104,8 @@ static void write_through(struct cbd *d, struct cbd_circuit *c, int64_t prev_ope
     struct cbd_store_state st = {
         .state = c->state, .failure_count = c->trip_failure_count, .opened_at = c->opened_at,
         .opened_at_ns = c->opened_at_ns, .has_config = true, .config = asked_filled(d, c),
+        /* the opening's real end (backoff); an operator's hold has none the fleet waits for */
+        .open_until_ns = c->state == CB_OPEN && !(c->flags & CB_SEG_F_FORCED) ? c->open_until_ns : 0,
     };
     snprintf(st.name, sizeof st.name, "%s", c->rec->name);
     /* HALF_OPEN: the election wrote it; the store's answer already agreed */
@@ -269,10 +271,11 @@ static void on_remote(void *arg, const struct cbd_store_state *st)
     struct cbd_now now;
     cbd_now(&now);
     if (cbd_policy_apply(&d->env, c, st->state, c->flags, st->opened_at, st->opened_at_ns, st->failure_count,
-                         st->lease_expiry, source, &now) < 0)
-        cbd_log(CBD_LOG_WARN, "store %s: circuit %s: opened_at %lld / lease %lld are beyond what cbd holds "
-                              "(epoch second %lld): ignored", d->cfg.store, CB_NAME_SHOW(st->name), (long long)st->opened_at,
-                (long long)st->lease_expiry, (long long)CB_TIME_MAX_S);
+                         st->lease_expiry, st->open_until_ns, source, &now) < 0)
+        cbd_log(CBD_LOG_WARN, "store %s: circuit %s: opened_at %lld / lease %lld / open_until %lld ns are beyond "
+                              "what cbd holds (epoch second %lld): ignored", d->cfg.store, CB_NAME_SHOW(st->name),
+                (long long)st->opened_at, (long long)st->lease_expiry, (long long)st->open_until_ns,
+                (long long)CB_TIME_MAX_S);
 }
 
 static void on_probe_result(void *arg, const char *name, int64_t opened_at, bool granted, int64_t lease_expiry)

@@ -120,10 +120,13 @@ uint64_t cbd_policy_open_wait_ms(const cb_config *cfg, uint32_t step, uint64_t r
     return base + r % (top - base + 1);
 }
 
-/* CLOCK_REALTIME (ns) the wait in OPEN of an opening at opened_at_ns ends at. */
+/* CLOCK_REALTIME (ns) the wait in OPEN of an opening at opened_at_ns ends
+ * at: its own wait, and never before the end a store gave an adopted one. */
 static int64_t recovery_end(const struct cbd_circuit *c, int64_t opened_at_ns)
 {
-    return opened_at_ns + (int64_t)cbd_policy_open_wait_ms(&c->cfg, c->open_step, c->open_jitter) * (int64_t)NS_PER_MS;
+    int64_t end = opened_at_ns + (int64_t)cbd_policy_open_wait_ms(&c->cfg, c->open_step, c->open_jitter) *
+                                     (int64_t)NS_PER_MS;
+    return end > c->adopted_until_ns ? end : c->adopted_until_ns;
 }
 
 static uint64_t earliest(uint64_t a, uint64_t b)
@@ -344,6 +347,7 @@ static void open_now(const struct cbd_policy_env *env, struct cbd_circuit *c, ui
     c->open_step = c->reopenings;
     c->reopenings += c->reopenings < UINT32_MAX;
     c->open_jitter = c->cfg.open_backoff_multiplier_pct > 100 && env->random != NULL ? env->random(env->arg) : 0;
+    c->adopted_until_ns = 0; /* this host's opening: its own backoff */
     c->opened_at_ns = now->real_ns;
     c->opened_at = now->real_ns / NS_PER_S;
     c->trip_failure_count = failures;
@@ -672,11 +676,12 @@ void cbd_policy_on_probe_result(const struct cbd_policy_env *env, struct cbd_cir
 
 int cbd_policy_apply(const struct cbd_policy_env *env, struct cbd_circuit *c, cb_state state, unsigned flags,
                      int64_t opened_at, int64_t opened_at_ns, uint32_t failure_count, int64_t lease_expiry,
-                     cb_source source, const struct cbd_now *now)
+                     int64_t open_until_ns, cb_source source, const struct cbd_now *now)
 {
     cb_state to = state == CB_CLOSED ? CB_CLOSED : CB_OPEN;
     if (opened_at < 0 || opened_at > CB_TIME_MAX_S || lease_expiry < 0 || lease_expiry > CB_TIME_MAX_S ||
-        opened_at_ns < 0 || (opened_at_ns != 0 && opened_at_ns / NS_PER_S != opened_at))
+        opened_at_ns < 0 || (opened_at_ns != 0 && opened_at_ns / NS_PER_S != opened_at) || open_until_ns < 0 ||
+        open_until_ns / NS_PER_S > CB_TIME_MAX_S)
         return -ERANGE; /* times cbd cannot hold: never adopted */
     if (c->flags & (CB_SEG_F_FORCED | CB_SEG_F_DISABLED))
         return 0; /* an operator holds it on this host */
@@ -700,7 +705,10 @@ int cbd_policy_apply(const struct cbd_policy_env *env, struct cbd_circuit *c, cb
         c->opened_at_ns = latest = now->real_ns;
     c->opened_at = c->opened_at_ns / NS_PER_S;
     c->trip_failure_count = failure_count;
-    c->open_step = 0; /* the fleet's opening: its store keeps no backoff, every host waits the timeout */
+    /* The fleet's opening: its own wait is the recovery timeout, and the
+     * opening host's backoff (open_until_ns) when its store keeps it. */
+    c->open_step = 0;
+    c->adopted_until_ns = open_until_ns;
     int64_t until = recovery_end(c, latest);
     if (state == CB_HALF_OPEN && lease_expiry * NS_PER_S > until)
         until = lease_expiry * NS_PER_S; /* the holder's lease runs: asking earlier is refused */

@@ -54,6 +54,8 @@ struct cbd_circuit {
     uint32_t open_step;          /* OPEN: reopenings before this one since a stable close (backoff) */
     uint32_t reopenings;         /* openings by outcomes since the last stable close */
     uint64_t open_jitter;        /* OPEN: the random draw its wait took (backoff's jitter) */
+    int64_t adopted_until_ns;    /* OPEN adopted from a store: the end its store keeps for the opening
+                                  * (the opening host's backoff), never waited less; 0: none */
     uint64_t closed_mono_ns;     /* when it last closed (CLOCK_MONOTONIC); 0: never opened */
     int dirty;                   /* pub has changes not yet published */
     struct cb_seg_vdata pub;     /* the version published next: counters, sync state, drain
@@ -152,16 +154,18 @@ void cbd_policy_on_probe_result(const struct cbd_policy_env *env, struct cbd_cir
  * of that second, so a probe is never early): the store's compare-and-write already decided
  * that it is the fleet's, even when its opened_at is older than ours.
  * CLOSED, or OPEN since opened_at. A HALF_OPEN elsewhere is OPEN here: the
- * probe belongs to its holder, and this host asks the store again once both
- * the recovery timeout and the holder's lease_expiry (epoch seconds; 0 for
- * other states) have passed - a HALF_OPEN of this host gives its probes up.
+ * probe belongs to its holder, and this host asks the store again once
+ * the recovery timeout, the opening's open_until_ns (CLOCK_REALTIME ns the
+ * opening host's backoff ends at; 0 none: the recovery timeout alone) and
+ * the holder's lease_expiry (epoch seconds; 0 for other states) have all
+ * passed - a HALF_OPEN of this host gives its probes up.
  * No-op if it is already the circuit's state, and while an operator holds
  * the circuit (forced or disabled): the operator's word beats the fleet's
  * on this host. 0, or -ERANGE (nothing applied) for a time beyond
  * CB_TIME_MAX_S or an opened_at_ns outside opened_at's second. */
 int cbd_policy_apply(const struct cbd_policy_env *env, struct cbd_circuit *c, cb_state state, unsigned flags,
                      int64_t opened_at, int64_t opened_at_ns, uint32_t failure_count, int64_t lease_expiry,
-                     cb_source source, const struct cbd_now *now);
+                     int64_t open_until_ns, cb_source source, const struct cbd_now *now);
 
 /* The fleet store is reachable again: a HALF_OPEN circuit renews its lease
  * now, so a probe granted host-local during the outage becomes the fleet's

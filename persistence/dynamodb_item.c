@@ -33,6 +33,7 @@
 const struct cbd_ddb_layout cbd_ddb_default_layout = {
     .pk = "id", .sk = "", .static_pk = "circuit_breaker#", .state = "state", .failure_count = "failure_count",
     .opened_at = "opened_at", .owner = "half_open_owner", .lease = "probe_lease_expiry", .expiration = "expiration",
+    .open_until = "cbd_open_until", .open_until_of = "cbd_open_until_of",
 };
 
 /* ---- attributes ------------------------------------------------------------------- */
@@ -164,16 +165,27 @@ json_t *cbd_ddb_key(const struct cbd_ddb_layout *l, const char *name, size_t len
 
 /* What the item means, whichever way it travels: its key and TTL here,
  * what its state needs in fleet_item_check. 0 or -EBADMSG. */
+/* How messages name the item's parts: the layout's attribute names. */
+static struct fleet_item_names names_of(const struct cbd_ddb_layout *l)
+{
+    return (struct fleet_item_names){.kind = "attribute", .state = l->state, .failure_count = l->failure_count,
+                                     .opened_at = l->opened_at, .owner = l->owner, .lease = l->lease,
+                                     .open_until = l->open_until, .open_until_of = l->open_until_of};
+}
+
 static int item_check(const struct cbd_ddb_layout *l, const struct cbd_ddb_item *it, char *why, size_t size)
 {
+    struct fleet_item_names names = names_of(l);
     size_t max = l->sk[0] ? CBD_DDB_SK_MAX : CBD_DDB_PK_MAX;
     if (it->name_len == 0 || it->name_len > max)
         return fleet_fault(why, size, "the circuit name is %zu bytes (1 to %zu)", it->name_len, max);
     if (it->expiration < 0 || it->expiration > CBD_DDB_TIME_MAX)
         return fleet_fault(why, size, "'%s' %lld is not epoch seconds from 0 to 9000000000", l->expiration,
                    (long long)it->expiration);
-    struct fleet_item_names names = {.kind = "attribute", .state = l->state, .failure_count = l->failure_count,
-                                     .opened_at = l->opened_at, .owner = l->owner, .lease = l->lease};
+    if (it->open_until < 0 || it->open_until > CBD_DDB_TIME_MAX || it->open_until_of < 0 ||
+        it->open_until_of > CBD_DDB_TIME_MAX || (it->open_until != 0 && it->open_until_of == 0))
+        return fleet_fault(why, size, "'%s' %lld / '%s' %lld are not an opening's end and its opened_at",
+                           l->open_until, (long long)it->open_until, l->open_until_of, (long long)it->open_until_of);
     struct fleet_item f = {.exists = true, .state = it->state, .failure_count = it->failure_count,
                            .opened_at = it->opened_at, .lease_expiry = it->lease_expiry};
     memcpy(f.owner, it->owner, sizeof f.owner);
@@ -217,7 +229,7 @@ static int decode_owner(const struct cbd_ddb_layout *l, const json_t *item, char
 int cbd_ddb_item_decode(const struct cbd_ddb_layout *l, const json_t *item, struct cbd_ddb_item *out, char *why,
                         size_t size)
 {
-    int64_t fc = 0;
+    int64_t fc = 0, until = -1, of = -1;
     int rc;
     memset(out, 0, sizeof *out);
     out->state = CB_CLOSED;
@@ -229,7 +241,9 @@ int cbd_ddb_item_decode(const struct cbd_ddb_layout *l, const json_t *item, stru
         (rc = attr_time(item, l->opened_at, &out->opened_at, why, size)) < 0 ||
         (rc = decode_owner(l, item, out->owner, why, size)) < 0 ||
         (rc = attr_time(item, l->lease, &out->lease_expiry, why, size)) < 0 ||
-        (rc = attr_time(item, l->expiration, &out->expiration, why, size)) < 0)
+        (rc = attr_time(item, l->expiration, &out->expiration, why, size)) < 0 ||
+        (rc = attr_time(item, l->open_until, &until, why, size)) < 0 ||
+        (rc = attr_time(item, l->open_until_of, &of, why, size)) < 0)
         return rc;
     out->failure_count = (uint32_t)fc;
     /* The election's condition is attribute_not_exists(owner): over such an
@@ -246,6 +260,12 @@ int cbd_ddb_item_decode(const struct cbd_ddb_layout *l, const json_t *item, stru
         out->opened_at = 0;
     if (out->state == CB_HALF_OPEN && json_object_get(item, l->lease) == NULL)
         out->lease_expiry = -1; /* absent, where 0 is a valid (long expired) lease: item_check says so */
+    struct fleet_item_names names = names_of(l);
+    struct fleet_item f = {.state = out->state, .opened_at = out->opened_at};
+    if ((rc = fleet_item_deadline(&names, &f, until, of, why, size)) < 0)
+        return rc;
+    out->open_until = f.open_until;
+    out->open_until_of = f.open_until_of;
     return item_check(l, out, why, size);
 }
 
@@ -265,6 +285,9 @@ json_t *cbd_ddb_item_encode(const struct cbd_ddb_layout *l, const struct cbd_ddb
              json_object_set_new(item, l->lease, cbd_ddb_n(it->lease_expiry)) == 0;
     if (it->expiration > 0)
         ok = ok && json_object_set_new(item, l->expiration, cbd_ddb_n(it->expiration)) == 0;
+    if (it->open_until_of > 0)
+        ok = ok && json_object_set_new(item, l->open_until, cbd_ddb_n(it->open_until)) == 0 &&
+             json_object_set_new(item, l->open_until_of, cbd_ddb_n(it->open_until_of)) == 0;
     if (ok)
         return item;
     json_decref(item);

@@ -39,6 +39,7 @@ struct cbd_ddb_layout {
     const char *sk;        /* sort key attribute; "" for simple keys */
     const char *static_pk; /* composite keys: the partition key value of every circuit */
     const char *state, *failure_count, *opened_at, *owner, *lease, *expiration;
+    const char *open_until, *open_until_of; /* cbd's own: an opening's end under backoff (fleet.h) */
 };
 
 /* Powertools' defaults: simple key "id", attributes as in POWERTOOLS.md. */
@@ -54,6 +55,9 @@ struct cbd_ddb_item {
     char owner[CBD_DDB_OWNER_MAX + 1]; /* HALF_OPEN: non-empty, no NUL; else "" */
     int64_t lease_expiry;          /* HALF_OPEN: 0..CBD_DDB_TIME_MAX; else 0 */
     int64_t expiration;            /* the TTL, 0..CBD_DDB_TIME_MAX; 0: absent (not written) */
+    int64_t open_until;            /* the opening's end (backoff), 0..CBD_DDB_TIME_MAX: only when
+                                    * open_until_of is this opened_at, else 0 (fleet_item_deadline) */
+    int64_t open_until_of;         /* the opened_at the pair was written for; 0: absent (not written) */
 };
 
 /*
@@ -67,6 +71,8 @@ struct cbd_ddb_item {
  * must be present: OPEN needs opened_at; HALF_OPEN needs opened_at,
  * half_open_owner and probe_lease_expiry. Attributes the state does not use
  * are checked and then dropped (a CLOSED item reads with opened_at 0).
+ * open_until and open_until_of come together or not at all; open_until
+ * reads 0 unless open_until_of is the item's opened_at (fleet_item_deadline).
  * Attributes the layout does not name are ignored. In composite mode the
  * partition key must hold static_pk.
  *
@@ -81,7 +87,8 @@ int cbd_ddb_item_decode(const struct cbd_ddb_layout *l, const json_t *item, stru
 /*
  * cbd_ddb_item_encode - the whole item for a PutItem: the key, state,
  * failure_count, opened_at (OPEN, HALF_OPEN), half_open_owner and
- * probe_lease_expiry (HALF_OPEN) and expiration (when non-zero). The item
+ * probe_lease_expiry (HALF_OPEN), expiration (when non-zero) and
+ * open_until with open_until_of (when open_until_of is non-zero). The item
  * must pass the checks decode applies: NULL with why set otherwise (and on
  * allocation failure).
  */

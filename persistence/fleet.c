@@ -25,7 +25,10 @@
  * any TTL the store could have given it (recovery timeout + 3600 s): that
  * item was lost (flushed, failed over), not expired, and is written again.
  * A restore reports every valid item it finds: the daemon's own state is
- * not known to the store yet.
+ * not known to the store yet. An opening's backoff deadline travels with it:
+ * an OPEN write carries the daemon's open_until_ns in whole seconds rounded
+ * up (no host reads it early), and a report gives the item's open_until
+ * (0 unless it belongs to that opening) back in ns.
  *
  * Work. Per circuit at most one request is in flight; behind it wait at
  * most the latest unwritten transition (a newer one replaces it: memory is
@@ -99,6 +102,7 @@
 #define FLEET_READ_WINDOW 256   /* circuits with a read in flight */
 #define FLEET_REQUESTS_MAX 256  /* writes, releases and elections in flight */
 #define FLEET_DEFAULT_RECOVERY_S 30
+#define NS_PER_S 1000000000ll
 
 /* ==== the write rules ========================================================== */
 
@@ -137,11 +141,14 @@ void fleet_write_result(const struct fleet_item *b, const struct fleet_write *w,
         after->state = CB_OPEN;
         after->failure_count = w->failure_count;
         after->opened_at = w->opened_at;
+        after->open_until = w->open_until;
+        after->open_until_of = w->open_until != 0 ? w->opened_at : 0;
         break;
     case FLEET_CLOSE:
         after->state = CB_CLOSED;
         after->failure_count = 0;
         after->opened_at = 0;
+        after->open_until = after->open_until_of = 0;
         break;
     case FLEET_ELECT:
         after->state = CB_HALF_OPEN;
@@ -267,6 +274,18 @@ int fleet_item_check(const struct fleet_item_names *n, const struct fleet_item *
     return 0;
 }
 
+int fleet_item_deadline(const struct fleet_item_names *n, struct fleet_item *it, int64_t until, int64_t of,
+                        char *why, size_t size)
+{
+    if ((until < 0) != (of < 0))
+        return fleet_fault(why, size, "%s '%s' without '%s' (the opening's end and the opened_at it belongs to "
+                           "come together)", n->kind, until < 0 ? n->open_until_of : n->open_until,
+                           until < 0 ? n->open_until : n->open_until_of);
+    it->open_until_of = of < 0 ? 0 : of;
+    it->open_until = of >= 0 && it->state != CB_CLOSED && of == it->opened_at ? until : 0;
+    return 0;
+}
+
 void fleet_owner_id(char *buf, size_t size, const char *instance)
 {
     char host[65] = "";
@@ -282,7 +301,8 @@ void fleet_owner_id(char *buf, size_t size, const char *instance)
 struct fleet_view {
     cb_state state;
     uint32_t failure_count;
-    int64_t opened_at; /* 0 when CLOSED */
+    int64_t opened_at;  /* 0 when CLOSED */
+    int64_t open_until; /* OPEN: epoch s its wait ends at (backoff); 0 none */
 };
 
 enum fleet_busy { FLEET_IDLE, FLEET_BUSY_WRITE, FLEET_BUSY_READ };
@@ -315,6 +335,7 @@ struct fleet_circuit {
     enum fleet_write_kind w_kind; /* FLEET_OPEN or FLEET_CLOSE */
     int64_t w_opened_at;
     uint32_t w_failure_count;
+    int64_t w_open_until;
     bool rel_pending;
     int64_t rel_opened_at;
     bool e_pending;
@@ -584,6 +605,7 @@ static void report(struct cbd_store *s, struct fleet_circuit *c, const struct fl
     if (st.state != CB_CLOSED) {
         st.failure_count = it->failure_count;
         st.opened_at = it->opened_at;
+        st.open_until_ns = it->open_until * NS_PER_S; /* 0 unless it is this opening's */
     }
     if (st.state == CB_HALF_OPEN) {
         snprintf(st.probe_owner, sizeof st.probe_owner, "%s", it->owner);
@@ -592,7 +614,8 @@ static void report(struct cbd_store *s, struct fleet_circuit *c, const struct fl
     st.updated_at = it->exists ? it->updated_at : 0;
     /* the daemon adopts it: OPEN (another's lease means "reject" here), or CLOSED */
     c->cur = (struct fleet_view){.state = st.state == CB_CLOSED ? CB_CLOSED : CB_OPEN,
-                                 .failure_count = st.failure_count, .opened_at = st.opened_at};
+                                 .failure_count = st.failure_count, .opened_at = st.opened_at,
+                                 .open_until = st.state == CB_CLOSED ? 0 : it->open_until};
     if (!c->tracked || s->closing)
         return;
     s->st.remote_reports++;
@@ -635,11 +658,11 @@ static void grant_waiting(struct cbd_store *s)
 static void on_write_answer(void *arg, const struct fleet_answer *a);
 
 static int send_write(struct cbd_store *s, struct fleet_circuit *c, enum fleet_write_kind kind, int64_t opened_at,
-                      uint32_t failure_count, uint32_t lease_s)
+                      uint32_t failure_count, int64_t open_until, uint32_t lease_s)
 {
     c->sent = (struct fleet_write){.kind = kind, .name = c->name, .opened_at = opened_at,
-                                   .failure_count = failure_count, .lease_s = lease_s, .owner = s->owner,
-                                   .recovery_s = c->recovery_s};
+                                   .failure_count = failure_count, .open_until = open_until, .lease_s = lease_s,
+                                   .owner = s->owner, .recovery_s = c->recovery_s};
     c->busy = FLEET_BUSY_WRITE;
     s->requests++;
     int rc = s->ops->write(s->t, &c->sent, on_write_answer, c);
@@ -664,7 +687,7 @@ static void fleet_send(struct cbd_store *s, struct fleet_circuit *c)
     if (s->link != LINK_UP)
         return;
     if (c->w_pending && !c->w_hold) {
-        if (send_write(s, c, c->w_kind, c->w_opened_at, c->w_failure_count, 0) == 0)
+        if (send_write(s, c, c->w_kind, c->w_opened_at, c->w_failure_count, c->w_open_until, 0) == 0)
             c->w_pending = false;
         else
             c->w_hold = s->any_held = true;
@@ -673,13 +696,13 @@ static void fleet_send(struct cbd_store *s, struct fleet_circuit *c)
     if (s->closing)
         return;
     if (c->rel_pending) {
-        if (send_write(s, c, FLEET_RELEASE, c->rel_opened_at, 0, 0) == 0)
+        if (send_write(s, c, FLEET_RELEASE, c->rel_opened_at, 0, 0, 0) == 0)
             c->rel_pending = false;
         return;
     }
     if (c->e_pending) {
         bool renew = c->lease_held && c->lease_opened_at == c->e_opened_at;
-        if (send_write(s, c, renew ? FLEET_RENEW : FLEET_ELECT, c->e_opened_at, 0, c->e_lease_s) == 0)
+        if (send_write(s, c, renew ? FLEET_RENEW : FLEET_ELECT, c->e_opened_at, 0, 0, c->e_lease_s) == 0)
             c->e_pending = false;
         return;
     }
@@ -841,6 +864,7 @@ static bool write_back_lost(struct cbd_store *s, struct fleet_circuit *c)
     c->w_kind = FLEET_OPEN;
     c->w_opened_at = c->cur.opened_at;
     c->w_failure_count = c->cur.failure_count;
+    c->w_open_until = c->cur.open_until;
     return true;
 }
 
@@ -920,6 +944,7 @@ static void requeue(struct cbd_store *s, struct fleet_circuit *c, const struct f
             c->w_kind = w->kind;
             c->w_opened_at = w->opened_at;
             c->w_failure_count = w->failure_count;
+            c->w_open_until = w->open_until;
         }
         break;
     case FLEET_RELEASE:
@@ -1251,8 +1276,10 @@ void fleet_transition(struct cbd_store *s, const struct cbd_store_state *st, int
         return;
     start(s);
     bool closed = st->state == CB_CLOSED;
+    /* Whole seconds rounded up: a host reading it never probes early. */
+    int64_t until = st->state == CB_OPEN && st->open_until_ns > 0 ? (st->open_until_ns + NS_PER_S - 1) / NS_PER_S : 0;
     c->cur = (struct fleet_view){.state = st->state, .failure_count = closed ? 0 : st->failure_count,
-                                 .opened_at = closed ? 0 : st->opened_at};
+                                 .opened_at = closed ? 0 : st->opened_at, .open_until = until};
     if (st->state == CB_HALF_OPEN)
         return;
     c->e_pending = false; /* a question about an opening the daemon has left */
@@ -1266,6 +1293,7 @@ void fleet_transition(struct cbd_store *s, const struct cbd_store_state *st, int
         c->w_kind = kind;
         c->w_opened_at = opening;
         c->w_failure_count = closed ? 0 : st->failure_count;
+        c->w_open_until = until;
     }
     mark_dirty(s, c);
 }
@@ -1294,7 +1322,8 @@ void fleet_release(struct cbd_store *s, const char *name, int64_t opened_at)
     if (c == NULL)
         return;
     start(s);
-    c->cur = (struct fleet_view){.state = CB_OPEN, .failure_count = c->cur.failure_count, .opened_at = opened_at};
+    c->cur = (struct fleet_view){.state = CB_OPEN, .failure_count = c->cur.failure_count, .opened_at = opened_at,
+                                 .open_until = c->cur.opened_at == opened_at ? c->cur.open_until : 0};
     c->e_pending = false;
     c->rel_pending = true;
     c->rel_opened_at = opened_at;

@@ -44,6 +44,12 @@ struct fleet_item {
     char owner[FLEET_OWNER_MAX + 1];   /* HALF_OPEN: the probe holder's id, "" otherwise */
     int64_t lease_expiry;              /* HALF_OPEN: epoch s; 0 otherwise */
     int64_t updated_at;                /* the store's clock of its last write, if it keeps one; else 0 */
+    /* The opening's end when the opening host's backoff made it later than
+     * opened_at + recovery timeout, tied to that opening: a Powertools
+     * function that reopens the circuit leaves the pair as it was, and an
+     * opened_at that is not open_until_of says the pair is stale. */
+    int64_t open_until;                /* epoch s (rounded up: never early) for opened_at; 0: none or stale */
+    int64_t open_until_of;             /* the opened_at the pair was written for, as stored; 0: absent */
 };
 
 enum fleet_write_kind { FLEET_OPEN, FLEET_CLOSE, FLEET_ELECT, FLEET_RENEW, FLEET_RELEASE };
@@ -53,6 +59,7 @@ struct fleet_write {
     const char *name;
     int64_t opened_at;        /* OPEN: the new opening; the others: the opening it is about */
     uint32_t failure_count;   /* OPEN */
+    int64_t open_until;       /* OPEN: epoch s the opening's wait ends at (backoff); 0: none */
     uint32_t lease_s;         /* ELECT, RENEW: lease length in seconds */
     const char *owner;        /* this host's owner id */
     uint32_t recovery_s;      /* the circuit's recovery timeout, for a store's TTL (DynamoDB's expiration) */
@@ -78,12 +85,15 @@ bool fleet_write_applies(const struct fleet_item *before, const struct fleet_wri
 
 /*
  * fleet_write_result - the item after w applied to before at now_s:
- *   OPEN     OPEN, w's failure_count and opening, no owner or lease
- *   CLOSE    CLOSED, failure_count 0, no opening, owner or lease
- *   ELECT    HALF_OPEN, owner w->owner, lease now_s + lease_s; opening and
- *            failure_count kept
+ *   OPEN     OPEN, w's failure_count and opening, no owner or lease;
+ *            open_until w->open_until and open_until_of w's opening (both
+ *            removed, reading 0, when w->open_until is 0)
+ *   CLOSE    CLOSED, failure_count 0, no opening, owner, lease or open_until
+ *   ELECT    HALF_OPEN, owner w->owner, lease now_s + lease_s; opening,
+ *            failure_count and open_until kept
  *   RENEW    lease now_s + lease_s
- *   RELEASE  OPEN, same opening and failure_count, no owner or lease
+ *   RELEASE  OPEN, same opening, failure_count and open_until, no owner or
+ *            lease
  * updated_at is now_s. Meaningful only where fleet_write_applies holds.
  */
 void fleet_write_result(const struct fleet_item *before, const struct fleet_write *w, int64_t now_s,
@@ -98,7 +108,7 @@ const char *fleet_write_kind_name(enum fleet_write_kind kind);
  * (DynamoDB) or "field" (redis), then each part's name in the store. */
 struct fleet_item_names {
     const char *kind;
-    const char *state, *failure_count, *opened_at, *owner, *lease;
+    const char *state, *failure_count, *opened_at, *owner, *lease, *open_until, *open_until_of;
 };
 
 /* why (size bytes, always terminated) from fmt; returns -EBADMSG: the
@@ -126,6 +136,18 @@ int fleet_parse_number(const char *kind, const char *name, const char *v, size_t
  * 'half_open_owner' (the probe holder's id, 1 to 95 bytes)").
  */
 int fleet_item_check(const struct fleet_item_names *names, const struct fleet_item *it, char *why, size_t size);
+
+/*
+ * fleet_item_deadline - the deadline pair a decoder read (each an epoch
+ * second 0..CB_TIME_MAX_S, or -1 absent) into it, after its state and
+ * opened_at: both absent, open_until 0; one without the other, -EBADMSG
+ * ("field 'open_until' without 'open_until_of' (...)"); both present,
+ * open_until_of as stored and open_until only when the pair is the
+ * opening's (open_until_of == opened_at, not CLOSED), else 0 (stale: left
+ * by a Powertools reopen, valid). Returns 0 or -EBADMSG with why.
+ */
+int fleet_item_deadline(const struct fleet_item_names *names, struct fleet_item *it, int64_t until, int64_t of,
+                        char *why, size_t size);
 
 /* s (len bytes, any of them) quoted for a log line: printable ASCII and
  * UTF-8 as they are, other bytes, ' and \ as \xNN, cut with "..." to fit

@@ -50,6 +50,8 @@ struct cbd_store_state {
     char probe_owner[96];   /* HALF_OPEN: the probe holder's id, "" otherwise */
     int64_t lease_expiry;   /* HALF_OPEN: epoch seconds; 0 otherwise */
     int64_t updated_at;     /* fleet stores: epoch seconds (store's clock) of its last write; 0 unknown */
+    int64_t open_until_ns;  /* OPEN: CLOCK_REALTIME ns its wait ends at (the opening host's backoff);
+                             * 0: none, it ends at opened_at + recovery_timeout */
     /* local store only: the policy, so registrations survive a reboot */
     bool has_config;
     cb_config config;

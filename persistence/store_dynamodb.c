@@ -5,7 +5,8 @@
  *
  * Design. Every circuit is one item laid out exactly as Powertools lays it
  * out (POWERTOOLS.md), so Lambda functions using Powertools and hosts running
- * cbd share one circuit per name. All I/O is DynamoDB's JSON API over
+ * cbd share one circuit per name; cbd adds only an opening's backoff
+ * deadline (cbd_open_until, cbd_open_until_of), which Powertools ignores. All I/O is DynamoDB's JSON API over
  * aws_http (libcurl multi on the loop, SigV4); credentials come from
  * aws_credentials (the SDK chain). Nothing blocks the loop. This file is
  * wire encoding only: item and key codec (dynamodb_item.c), request
@@ -293,14 +294,16 @@ static json_t *get_body(const struct fleet_transport *t, const char *name, bool 
 }
 
 /* The five writes: fleet_write_applies as a ConditionExpression,
- * fleet_write_result as an UpdateExpression. */
+ * fleet_write_result as an UpdateExpression (an OPEN without a deadline:
+ * open_without_deadline). */
 static const struct {
     const char *update, *condition;
 } write_exprs[] = {
-    [FLEET_OPEN] = {"SET #st = :open, #fc = :fc, #oa = :oa, #exp = :exp REMOVE #own, #lease",
+    [FLEET_OPEN] = {"SET #st = :open, #fc = :fc, #oa = :oa, #exp = :exp, #until = :until, #until_of = :oa "
+                    "REMOVE #own, #lease",
                     "attribute_not_exists(#pk) OR #st = :closed OR (#st = :open AND #oa < :oa) OR "
                     "(#st = :half AND (#own = :me OR (#lease <= :now AND #oa < :oa)))"},
-    [FLEET_CLOSE] = {"SET #st = :closed, #fc = :zero, #exp = :exp REMOVE #oa, #own, #lease",
+    [FLEET_CLOSE] = {"SET #st = :closed, #fc = :zero, #exp = :exp REMOVE #oa, #own, #lease, #until, #until_of",
                      "(#st = :half AND #own = :me) OR "
                      "(#oa = :oa AND ((#st = :open AND attribute_not_exists(#own)) OR (#st = :half AND #lease <= :now)))"},
     [FLEET_ELECT] = {"SET #st = :half, #own = :me, #lease = :lease, #exp = :exp",
@@ -309,6 +312,8 @@ static const struct {
     [FLEET_RENEW] = {"SET #lease = :lease, #exp = :exp", "#st = :half AND #own = :me AND #oa = :oa"},
     [FLEET_RELEASE] = {"SET #st = :open, #exp = :exp REMOVE #own, #lease", "#st = :half AND #own = :me AND #oa = :oa"},
 };
+static const char open_without_deadline[] =
+    "SET #st = :open, #fc = :fc, #oa = :oa, #exp = :exp REMOVE #own, #lease, #until, #until_of";
 
 /* Does expression e name placeholder p (":oa", "#own")? */
 static bool names_placeholder(const char *e, const char *p)
@@ -322,15 +327,18 @@ static bool names_placeholder(const char *e, const char *p)
 
 static json_t *write_body(const struct fleet_transport *t, const struct fleet_write *w, int64_t now)
 {
-    const char *u = write_exprs[w->kind].update, *c = write_exprs[w->kind].condition;
+    const char *u = w->kind == FLEET_OPEN && w->open_until == 0 ? open_without_deadline : write_exprs[w->kind].update;
+    const char *c = write_exprs[w->kind].condition;
     const struct { const char *ph, *attr; } attrs[] = {
         {"#pk", t->o.pk}, {"#st", t->o.a_state}, {"#fc", t->o.a_fc}, {"#oa", t->o.a_oa},
-        {"#own", t->o.a_owner}, {"#lease", t->o.a_lease}, {"#exp", t->o.a_exp},
+        {"#own", t->o.a_owner}, {"#lease", t->o.a_lease}, {"#exp", t->o.a_exp}, {"#until", t->o.a_until},
+        {"#until_of", t->o.a_until_of},
     };
     const struct { const char *ph; json_t *v; } vals[] = {
         {":open", S("OPEN")}, {":closed", S("CLOSED")}, {":half", S("HALF_OPEN")}, {":zero", N(0)},
         {":fc", N(w->failure_count)}, {":oa", N(w->opened_at)}, {":me", S(w->owner)}, {":now", N(now)},
         {":lease", N(now + w->lease_s)}, {":exp", N(now + (int64_t)w->recovery_s + FLEET_TTL_MARGIN_S)},
+        {":until", N(w->open_until)},
     };
     json_t *names = json_object(), *values = json_object();
     for (size_t i = 0; i < sizeof attrs / sizeof attrs[0]; i++)
@@ -370,7 +378,8 @@ static void item_answer(const struct fleet_transport *t, const json_t *item, con
     }
     a->status = FLEET_OK;
     a->item = (struct fleet_item){.exists = true, .state = it.state, .failure_count = it.failure_count,
-                                  .opened_at = it.opened_at, .lease_expiry = it.lease_expiry};
+                                  .opened_at = it.opened_at, .lease_expiry = it.lease_expiry,
+                                  .open_until = it.open_until, .open_until_of = it.open_until_of};
     memcpy(a->item.owner, it.owner, sizeof a->item.owner);
 }
 
@@ -844,7 +853,8 @@ static int dd_create(struct fleet_transport **out, uv_loop_t *loop, const char *
         snprintf(t->o.owner, sizeof t->o.owner, "%s", owner_hint);
     t->layout = (struct cbd_ddb_layout){
         .pk = t->o.pk, .sk = t->o.sk, .static_pk = t->o.static_pk, .state = t->o.a_state, .failure_count = t->o.a_fc,
-        .opened_at = t->o.a_oa, .owner = t->o.a_owner, .lease = t->o.a_lease, .expiration = t->o.a_exp};
+        .opened_at = t->o.a_oa, .owner = t->o.a_owner, .lease = t->o.a_lease, .expiration = t->o.a_exp,
+        .open_until = t->o.a_until, .open_until_of = t->o.a_until_of};
     uv_timer_init(loop, &t->defer);
     uv_timer_init(loop, &t->batch_timer);
     t->defer.data = t->batch_timer.data = t;

@@ -9,9 +9,14 @@
  *
  *   {"format":"cbd-state","version":1,"written_at":<epoch s>,"circuits":[
  *   {"name":"payments","state":"OPEN","failure_count":5,"opened_at":1764240000,
- *    "opened_at_ns":1764240000123456789,"config":{...}},
+ *    "opened_at_ns":1764240000123456789,"open_until_ns":1764240095000000000,"config":{...}},
  *   {"name":"search","state":"CLOSED","failure_count":0,"opened_at":0,"config":{...}}
  *   ]}
+ *
+ * "open_until_ns" (an OPEN circuit's end when backoff made it later than
+ * opened_at + recovery_timeout_ms) is written only when set, so lines
+ * without it keep the bytes earlier versions wrote, and their files load
+ * unchanged (absent: the recovery timeout alone).
  *
  * One circuit per line, so an operator can grep and diff it; "config" holds
  * the policy fields of cb_config by name (CB_POLICY_FIELDS in cb.h): the
@@ -114,6 +119,7 @@
 struct circuit_line {
     int64_t opened_at;
     int64_t opened_at_ns; /* the same opening at full precision; 0 if unknown (older files) */
+    int64_t open_until_ns; /* OPEN: the end of its wait (backoff); 0: opened_at + recovery timeout */
     uint32_t failure_count;
     uint8_t state;      /* cb_state */
     bool has_config;
@@ -198,7 +204,7 @@ static void schedule_write(struct cbd_store *s);
 static bool same_line(const struct circuit_line *a, const struct circuit_line *b)
 {
     return a->state == b->state && a->failure_count == b->failure_count && a->opened_at == b->opened_at &&
-           a->opened_at_ns == b->opened_at_ns &&
+           a->opened_at_ns == b->opened_at_ns && a->open_until_ns == b->open_until_ns &&
            a->has_config == b->has_config && (!a->has_config || memcmp(&a->config, &b->config, sizeof a->config) == 0);
 }
 
@@ -347,7 +353,8 @@ static void local_transition(struct cbd_store *s, const struct cbd_store_state *
         return;
     const struct circuit *old = model_get(s, st->name);
     struct circuit_line line = {.state = (uint8_t)st->state, .failure_count = st->failure_count,
-                                .opened_at = st->opened_at, .opened_at_ns = st->opened_at_ns};
+                                .opened_at = st->opened_at, .opened_at_ns = st->opened_at_ns,
+                                .open_until_ns = st->state == CB_OPEN ? st->open_until_ns : 0};
     if (st->has_config || (old != NULL && old->line.has_config)) {
         line.has_config = true;
         line.config = config_copy(st->has_config ? &st->config : &old->line.config);
@@ -417,6 +424,8 @@ static void circuit_text(struct text *t, const struct circuit *c)
                 cb__state_name(l->state), l->failure_count, l->opened_at);
     if (l->opened_at_ns != 0)
         text_printf(t, ",\"opened_at_ns\":%" PRId64, l->opened_at_ns);
+    if (l->open_until_ns != 0)
+        text_printf(t, ",\"open_until_ns\":%" PRId64, l->open_until_ns);
     for (size_t i = 0; l->has_config && i < CB_POLICY_NFIELDS; i++) {
         uint32_t v = *cb__config_field((cb_config *)&l->config, i);
         if (i >= FIELDS_ALWAYS_WRITTEN && v == cb__policy_fields[i].def)
@@ -698,6 +707,15 @@ static int parse_circuit(const json_t *e, struct cbd_store_state *st, char *why,
             return -EINVAL;
         st->opened_at_ns = opened != 0 ? ns : 0;
     }
+    /* Optional: an OPEN circuit's end when its backoff made it later. */
+    if (json_object_get(e, "open_until_ns") != NULL) {
+        if (st->state != CB_OPEN)
+            return invalid(why, n, "open_until_ns is only for an OPEN circuit (this one is %s)",
+                           cb__state_name(st->state));
+        if (int_field(e, "", "open_until_ns", 0, OPENED_AT_MAX * 1000000000ll + 999999999, &ns, why, n) != 0)
+            return -EINVAL;
+        st->open_until_ns = ns;
+    }
     st->has_config = json_object_get(e, "config") != NULL;
     return st->has_config ? parse_config(json_object_get(e, "config"), &st->config, why, n) : 0;
 }
@@ -728,7 +746,8 @@ static size_t restore_circuits(struct cbd_store *s, const json_t *list)
             continue;
         }
         struct circuit_line line = {.state = (uint8_t)st.state, .failure_count = st.failure_count,
-                                    .opened_at = st.opened_at, .has_config = st.has_config};
+                                    .opened_at = st.opened_at, .opened_at_ns = st.opened_at_ns,
+                                    .open_until_ns = st.open_until_ns, .has_config = st.has_config};
         if (st.has_config)
             line.config = config_copy(&st.config);
         /* What the file holds does not need writing back; only a circuit

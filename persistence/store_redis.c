@@ -4,8 +4,9 @@
  *
  * Layout: one hash per circuit, <prefix>c:{<name>}, with Powertools' fields
  * (state, failure_count, opened_at, half_open_owner, probe_lease_expiry)
- * plus updated_ms (server TIME of the last write) and version (+1 per
- * write). Every write publishes the circuit's name on <prefix>transitions.
+ * plus updated_ms (server TIME of the last write), version (+1 per write)
+ * and, for an opening whose backoff ends later than its recovery timeout,
+ * open_until (epoch s) with open_until_of (the opened_at it belongs to). Every write publishes the circuit's name on <prefix>transitions.
  * The braces are a Redis Cluster hash tag: every key a script touches for a
  * circuit hashes to one slot, so a cluster transport needs no migration.
  *
@@ -128,7 +129,9 @@ struct fleet_transport {
 /*
  * write: KEYS[1] the circuit's hash; ARGV: channel, name, kind (OPEN,
  * CLOSE, ELECT, RENEW, RELEASE), opened_at, failure_count, lease seconds,
- * owner id. fleet_write_applies, with before = the hash and now = TIME.
+ * owner id, open_until (OPEN; "0" none). fleet_write_applies, with before =
+ * the hash and now = TIME; fleet_write_result: OPEN sets open_until and
+ * open_until_of (or removes both), CLOSE removes both, the rest keep them.
  * Reads run before any write, so a wrong-typed key fails the script clean.
  */
 static const char script_write[] =
@@ -161,10 +164,13 @@ static const char script_write[] =
     "  redis.call('PUBLISH', ARGV[1], ARGV[2])\n"
     "end\n"
     "local lease_at = string.format('%d', now + (lease_s or 0))\n"
-    "if ok and kind == 'OPEN' then commit({'state', 'OPEN', 'failure_count', ARGV[5], 'opened_at', ARGV[4]},"
+    "if ok and kind == 'OPEN' and ARGV[8] ~= '0' then commit({'state', 'OPEN', 'failure_count', ARGV[5],"
+    " 'opened_at', ARGV[4], 'open_until', ARGV[8], 'open_until_of', ARGV[4]},"
     " {'half_open_owner', 'probe_lease_expiry'})\n"
+    "elseif ok and kind == 'OPEN' then commit({'state', 'OPEN', 'failure_count', ARGV[5], 'opened_at', ARGV[4]},"
+    " {'half_open_owner', 'probe_lease_expiry', 'open_until', 'open_until_of'})\n"
     "elseif ok and kind == 'CLOSE' then commit({'state', 'CLOSED', 'failure_count', '0'},"
-    " {'opened_at', 'half_open_owner', 'probe_lease_expiry'})\n"
+    " {'opened_at', 'half_open_owner', 'probe_lease_expiry', 'open_until', 'open_until_of'})\n"
     "elseif ok and kind == 'ELECT' then commit({'state', 'HALF_OPEN', 'half_open_owner', me,"
     " 'probe_lease_expiry', lease_at}, {})\n"
     "elseif ok and kind == 'RENEW' then commit({'probe_lease_expiry', lease_at}, {})\n"
@@ -250,10 +256,11 @@ static bool is_str(const redisReply *r, const char *lit)
 
 static const struct fleet_item_names rs_names = {
     .kind = "field", .state = "state", .failure_count = "failure_count", .opened_at = "opened_at",
-    .owner = "half_open_owner", .lease = "probe_lease_expiry",
+    .owner = "half_open_owner", .lease = "probe_lease_expiry", .open_until = "open_until",
+    .open_until_of = "open_until_of",
 };
 
-enum rs_field { F_STATE, F_FAILURES, F_OPENED, F_OWNER, F_LEASE, F_UPDATED, F_VERSION, F_COUNT };
+enum rs_field { F_STATE, F_FAILURES, F_OPENED, F_OWNER, F_LEASE, F_UPDATED, F_VERSION, F_UNTIL, F_UNTIL_OF, F_COUNT };
 
 static const struct {
     const char *name;
@@ -267,6 +274,8 @@ static const struct {
     [F_LEASE] = {"probe_lease_expiry", CB_TIME_MAX_S, "after 2255-03-14 (epoch second 9000000000)"},
     [F_UPDATED] = {"updated_ms", CB_TIME_MAX_S * 1000ull, "after 2255-03-14"},
     [F_VERSION] = {"version", RS_VERSION_MAX, "more than 9007199254740992"},
+    [F_UNTIL] = {"open_until", CB_TIME_MAX_S, "after 2255-03-14 (epoch second 9000000000)"},
+    [F_UNTIL_OF] = {"open_until_of", CB_TIME_MAX_S, "after 2255-03-14 (epoch second 9000000000)"},
 };
 
 /* The value v of field f into it: 0 or -EBADMSG. */
@@ -304,6 +313,10 @@ static int decode_field(enum rs_field f, const redisReply *v, struct fleet_item 
         it->lease_expiry = (int64_t)n;
     else if (f == F_UPDATED)
         it->updated_at = (int64_t)(n / 1000);
+    else if (f == F_UNTIL)
+        it->open_until = (int64_t)n; /* as stored: fleet_item_deadline decides */
+    else if (f == F_UNTIL_OF)
+        it->open_until_of = (int64_t)n;
     return 0;
 }
 
@@ -345,7 +358,10 @@ int cbd_redis_item_decode(redisReply *const *el, size_t n, struct fleet_item *ou
     }
     if (out->state == CB_CLOSED)
         out->opened_at = 0;
-    int rc = fleet_item_check(&rs_names, out, why, size);
+    int rc = fleet_item_deadline(&rs_names, out, seen & (1u << F_UNTIL) ? out->open_until : -1,
+                                 seen & (1u << F_UNTIL_OF) ? out->open_until_of : -1, why, size);
+    if (rc == 0)
+        rc = fleet_item_check(&rs_names, out, why, size);
     return rc < 0 ? rc : 1;
 }
 
@@ -378,7 +394,7 @@ static void on_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg);
 static int send_req(struct rs_req *q)
 {
     struct fleet_transport *t = q->t;
-    char key[RS_KEY_MAX], old[RS_KEY_MAX], a[3][24];
+    char key[RS_KEY_MAX], old[RS_KEY_MAX], a[4][24];
     const char *argv[12];
     key_of(t, q->name, key);
     if (q->kind == REQ_READ) {
@@ -400,10 +416,11 @@ static int send_req(struct rs_req *q)
     snprintf(a[0], sizeof a[0], "%" PRId64, q->w.opened_at);
     snprintf(a[1], sizeof a[1], "%" PRIu32, q->w.failure_count);
     snprintf(a[2], sizeof a[2], "%" PRIu32, q->w.lease_s);
+    snprintf(a[3], sizeof a[3], "%" PRId64, q->w.kind == FLEET_OPEN ? q->w.open_until : 0);
     const char *args[] = {"1", key, t->channel, q->name, fleet_write_kind_name(q->w.kind), a[0], a[1], a[2],
-                          t->owner};
+                          t->owner, a[3]};
     memcpy(argv + 2, args, sizeof args);
-    return command(t, on_reply, q, 11, argv);
+    return command(t, on_reply, q, 12, argv);
 }
 
 /* Answer the fleet layer and forget the request. */

@@ -32,8 +32,9 @@ extern const struct fleet_transport_ops cbd_redis_transport_ops;
 /*
  * cbd_redis_item_decode - a circuit's hash, as the field/value list el[0..n)
  * of HGETALL or of a script's answer, into *out. Known fields must be
- * strings; numbers digits only and in range (opened_at and
- * probe_lease_expiry up to CB_TIME_MAX_S, failure_count 32 bits,
+ * strings; numbers digits only and in range (opened_at,
+ * probe_lease_expiry, open_until and open_until_of up to CB_TIME_MAX_S,
+ * the last two together or not at all: fleet_item_deadline; failure_count 32 bits,
  * updated_ms up to CB_TIME_MAX_S * 1000, version up to 2^53);
  * half_open_owner at most FLEET_OWNER_MAX bytes without NUL; state exactly
  * CLOSED, OPEN or HALF_OPEN; each field at most once; and what the state

@@ -24,26 +24,33 @@
 
 static const struct fleet_item_names names = {
     .kind = "field", .state = "state", .failure_count = "failure_count", .opened_at = "opened_at",
-    .owner = "half_open_owner", .lease = "probe_lease_expiry",
+    .owner = "half_open_owner", .lease = "probe_lease_expiry", .open_until = "open_until",
+    .open_until_of = "open_until_of",
 };
 
 /* The item as the write script leaves it, as RESP, decoded again. */
 static void round_trip(const struct fleet_item *it)
 {
-    char resp[512], n[3][24];
+    char resp[640], n[5][24];
     int len, fields = it->state == CB_CLOSED ? 2 : it->state == CB_OPEN ? 3 : 5;
+    bool deadline = it->open_until_of != 0; /* written, or left by a Powertools reopen */
     snprintf(n[0], sizeof n[0], "%" PRIu32, it->failure_count);
     snprintf(n[1], sizeof n[1], "%" PRId64, it->opened_at);
     snprintf(n[2], sizeof n[2], "%" PRId64, it->lease_expiry);
+    snprintf(n[3], sizeof n[3], "%" PRId64, it->open_until);
+    snprintf(n[4], sizeof n[4], "%" PRId64, it->open_until_of);
     const char *st = cb__state_name(it->state);
     len = snprintf(resp, sizeof resp, "*%d\r\n$5\r\nstate\r\n$%zu\r\n%s\r\n$13\r\nfailure_count\r\n$%zu\r\n%s\r\n",
-                   2 * fields, strlen(st), st, strlen(n[0]), n[0]);
+                   2 * (fields + (deadline ? 2 : 0)), strlen(st), st, strlen(n[0]), n[0]);
     if (fields > 2)
         len += snprintf(resp + len, sizeof resp - (size_t)len, "$9\r\nopened_at\r\n$%zu\r\n%s\r\n", strlen(n[1]), n[1]);
     if (fields > 3)
         len += snprintf(resp + len, sizeof resp - (size_t)len,
                         "$15\r\nhalf_open_owner\r\n$%zu\r\n%s\r\n$18\r\nprobe_lease_expiry\r\n$%zu\r\n%s\r\n",
                         strlen(it->owner), it->owner, strlen(n[2]), n[2]);
+    if (deadline)
+        len += snprintf(resp + len, sizeof resp - (size_t)len, "$10\r\nopen_until\r\n$%zu\r\n%s\r\n"
+                        "$13\r\nopen_until_of\r\n$%zu\r\n%s\r\n", strlen(n[3]), n[3], strlen(n[4]), n[4]);
     struct cbd_resp_reader rd;
     redisReply *r = NULL;
     struct fleet_item back;
@@ -54,7 +61,8 @@ static void round_trip(const struct fleet_item *it)
         abort(); /* cbd's own writing is a reply */
     if (cbd_redis_item_decode(r->element, r->elements, &back, why, sizeof why) != 1 ||
         back.state != it->state || back.failure_count != it->failure_count || back.opened_at != it->opened_at ||
-        strcmp(back.owner, it->owner) != 0 || back.lease_expiry != it->lease_expiry)
+        strcmp(back.owner, it->owner) != 0 || back.lease_expiry != it->lease_expiry ||
+        back.open_until != it->open_until || back.open_until_of != it->open_until_of)
         abort(); /* and comes back the same */
     freeReplyObject(r);
     cbd_resp_free(&rd);

@@ -72,6 +72,8 @@ static unsigned cases_of_run(void)
 struct contract_case {
     struct fleet_item before; /* exists false: no item */
     bool garbage;             /* the prior item is not a circuit (state BANANA) */
+    int64_t stored_until;     /* before.open_until_of != 0: the open_until the prior item holds (what a
+                                 decoder reads of it, before.open_until, is 0 when it is stale) */
     struct fleet_write w;
 };
 
@@ -97,10 +99,19 @@ static struct contract_case random_case(const char *name, int64_t now)
             static const int64_t around[] = {-100, -2, -1, 0, 1, 2, 100};
             b->lease_expiry = now + around[pick(7)];
         }
+        /* a backoff deadline: none, this opening's, or one a Powertools reopen left behind */
+        int deadline = (int)pick(3);
+        if (deadline > 0) {
+            b->open_until_of = deadline == 1 && b->state != CB_CLOSED ? b->opened_at : BASE - 5;
+            k.stored_until = b->open_until_of + 60 + pick(100);
+            b->open_until = b->open_until_of == b->opened_at ? k.stored_until : 0;
+        }
     }
     k.w = (struct fleet_write){.kind = (enum fleet_write_kind)pick(5), .name = name, .opened_at = BASE + pick(3),
                                .failure_count = 1 + pick(9), .lease_s = pick(2) ? 1 : 30, .owner = ME,
                                .recovery_s = 30};
+    /* every kind carries one: only an OPEN may write it */
+    k.w.open_until = pick(2) ? 0 : k.w.opened_at + 30 + pick(100);
     return k;
 }
 
@@ -109,7 +120,8 @@ static bool same_item(const struct fleet_item *a, const struct fleet_item *b)
     if (!a->exists || !b->exists)
         return a->exists == b->exists;
     return a->state == b->state && a->failure_count == b->failure_count && a->opened_at == b->opened_at &&
-           strcmp(a->owner, b->owner) == 0 && a->lease_expiry == b->lease_expiry;
+           strcmp(a->owner, b->owner) == 0 && a->lease_expiry == b->lease_expiry && a->open_until == b->open_until &&
+           a->open_until_of == b->open_until_of;
 }
 
 static const char *show(const struct fleet_item *it, char *buf, size_t size)
@@ -117,8 +129,9 @@ static const char *show(const struct fleet_item *it, char *buf, size_t size)
     if (!it->exists)
         snprintf(buf, size, "no item");
     else
-        snprintf(buf, size, "%s fc=%u opened_at=%lld owner='%s' lease=%lld", cb__state_name(it->state),
-                 it->failure_count, (long long)it->opened_at, it->owner, (long long)it->lease_expiry);
+        snprintf(buf, size, "%s fc=%u opened_at=%lld owner='%s' lease=%lld open_until=%lld of %lld",
+                 cb__state_name(it->state), it->failure_count, (long long)it->opened_at, it->owner,
+                 (long long)it->lease_expiry, (long long)it->open_until, (long long)it->open_until_of);
     return buf;
 }
 
@@ -237,7 +250,7 @@ typedef void put_prior_fn(const char *name, const struct contract_case *k);
 /* Runs n cases through the open tr; put writes each prior. */
 static void run_cases(const char *backend, unsigned n, put_prior_fn *put)
 {
-    char a[200], b[200], c[200];
+    char a[300], b[300], c[300];
     unsigned applied = 0, refused = 0, invalid = 0;
     for (unsigned i = 0; i < n; i++) {
         char name[32];
@@ -263,9 +276,10 @@ static void run_cases(const char *backend, unsigned n, put_prior_fn *put)
         if (want)
             fleet_write_result(&k.before, &k.w, ans.at_s, &after);
         cr_assert_eq(ans.applied, want,
-                     "%s case %u (seed above): %s opened_at=%lld lease_s=%u over %s at store second %lld: "
-                     "the store %s it, the rule %s it",
-                     backend, i, what, (long long)k.w.opened_at, k.w.lease_s, show(&k.before, a, sizeof a),
+                     "%s case %u (seed above): %s opened_at=%lld lease_s=%u open_until=%lld over %s at store "
+                     "second %lld: the store %s it, the rule %s it",
+                     backend, i, what, (long long)k.w.opened_at, k.w.lease_s, (long long)k.w.open_until,
+                     show(&k.before, a, sizeof a),
                      (long long)ans.at_s, ans.applied ? "applied" : "refused", want ? "applies" : "refuses");
         cr_assert(same_item(&ans.item, &after), "%s case %u: %s over %s: the store holds %s, the rule says %s",
                   backend, i, what, show(&k.before, a, sizeof a), show(&ans.item, b, sizeof b),
@@ -315,6 +329,9 @@ static void redis_prior(const char *name, const struct contract_case *k)
     else
         redis_ok(redisCommand(raw, "HSET %s state HALF_OPEN failure_count %s opened_at %s half_open_owner %s "
                                    "probe_lease_expiry %s", key, fc, oa, b->owner, lease));
+    if (b->open_until_of != 0)
+        redis_ok(redisCommand(raw, "HSET %s open_until %lld open_until_of %lld", key, (long long)k->stored_until,
+                              (long long)b->open_until_of));
 }
 
 Test(fleet_contract, the_redis_script_is_the_write_rule)
@@ -368,6 +385,11 @@ static void dynamodb_prior(const char *name, const struct contract_case *k)
                        "\"state\":{\"S\":\"HALF_OPEN\"},\"failure_count\":{\"N\":\"%u\"},\"opened_at\":{\"N\":\"%lld\"},"
                        "\"half_open_owner\":{\"S\":\"%s\"},\"probe_lease_expiry\":{\"N\":\"%lld\"}}}",
                        name, b->failure_count, (long long)b->opened_at, b->owner, (long long)b->lease_expiry));
+    if (b->open_until_of != 0)
+        ddb_ok(ddb_raw(db.port, "UpdateItem", "{\"TableName\":\"" TABLE "\",\"Key\":{\"id\":{\"S\":\"%s\"}},"
+                       "\"UpdateExpression\":\"SET cbd_open_until = :u, cbd_open_until_of = :o\","
+                       "\"ExpressionAttributeValues\":{\":u\":{\"N\":\"%lld\"},\":o\":{\"N\":\"%lld\"}}}",
+                       name, (long long)k->stored_until, (long long)b->open_until_of));
 }
 
 Test(fleet_contract, the_dynamodb_conditions_are_the_write_rule)

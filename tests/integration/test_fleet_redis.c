@@ -18,6 +18,8 @@
  *    and they reconcile when it returns empty; nothing is lost;
  *  - conflicting transitions (trips that cross, a trip that lands after
  *    the fleet closed) settle on one opening, never dropping an OPEN;
+ *  - a host's backoff deadline travels with its opening: another host
+ *    shows it and does not probe before it;
  *  - foreign data under the prefix and error replies are counted and
  *    logged, and change no circuit.
  *
@@ -443,6 +445,88 @@ static void next_second_after(int64_t at_s)
 {
     while (time(NULL) <= at_s)
         usleep(20 * 1000);
+}
+
+/* ---- backoff across hosts ------------------------------------------------------ */
+
+#define NS_PER_S 1000000000ll
+
+static int64_t realtime_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return ts.tv_sec * NS_PER_S + ts.tv_nsec;
+}
+
+/* A probe of c, waiting as long as a backoff of up to 4 s may take. */
+static cb_ticket probe_after_backoff(cb_circuit *c)
+{
+    cb_ticket t = {0};
+    bool got = tsup_wait_until(({
+                                   t = cb_allow(c);
+                                   cr_assert(!cb_permitted(t) || cb_ticket_is_probe(t), "a call permitted while open");
+                                   cb_permitted(t);
+                               }),
+                               3 * TSUP_LIVENESS_MS);
+    cr_assert(got, "no probe after the backoff");
+    return t;
+}
+
+Test(fleet_redis, another_hosts_backoff_deadline_is_the_one_this_host_shows_and_waits_for)
+{
+    start_fleet(2, NULL);
+    cb_config cfg = tsup_config(1, 1, 1, 300);
+    cfg.open_backoff_multiplier_pct = 10000; /* x100 a step: a reopening waits 0.3 .. 4 s */
+    cfg.open_backoff_max_ms = 4000;
+    cfg.open_backoff_reset_ms = 600000;
+    cb_circuit *c[2];
+    circuit_on_all("backoff", &cfg, c);
+    cr_assert(tsup_wait_until(all_in_sync("backoff"), TSUP_LIVENESS_MS), "registration never synced");
+    trip(c[0]);
+    cr_assert(tsup_wait_state(c[0], CB_OPEN));
+
+    /* A probes and fails until a reopening, in a second of its own, drew a
+     * wait that ends after B's own (opened_at's second + recovery timeout):
+     * only A's deadline can make B wait that long. */
+    cb_info a = tsup_info(c[0]);
+    for (int i = 0;; i++) {
+        cr_assert_lt(i, 12, "no reopening drew a wait beyond the recovery timeout");
+        int64_t before = a.opened_at;
+        cb_ticket t = probe_after_backoff(c[0]);
+        cb_record(c[0], t, CB_FAILURE);
+        cr_assert(tsup_wait_until((a = tsup_info(c[0])).state == CB_OPEN && a.epoch > tsup_ticket_epoch(t),
+                                  TSUP_LIVENESS_MS), "the failed probe did not reopen A");
+        int64_t own_end_b = (a.opened_at + 1) * NS_PER_S - 1 + 300 * 1000000ll;
+        if (a.opened_at != before && a.open_until_ns > own_end_b)
+            break;
+    }
+    int64_t whole = (a.open_until_ns + NS_PER_S - 1) / NS_PER_S; /* the fleet keeps seconds, rounded up */
+    cr_assert(tsup_wait_until(tsup_info(c[1]).opened_at == a.opened_at, TSUP_LIVENESS_MS),
+              "B never adopted A's reopening");
+    cb_info b = tsup_info(c[1]);
+    cr_assert_eq(b.state, CB_OPEN);
+    cr_assert_eq(b.open_until_ns, whole * NS_PER_S, "B shows open_until %lld, A's deadline is %lld (wait %lld ms)",
+                 (long long)b.open_until_ns, (long long)a.open_until_ns,
+                 (long long)((a.open_until_ns - a.opened_at * NS_PER_S) / 1000000));
+    cr_assert_eq(atoll(fleet_field("backoff", "open_until")), whole);
+    cr_assert_eq(atoll(fleet_field("backoff", "open_until_of")), a.opened_at);
+
+    /* B's workers are rejected until A's deadline, then B probes. */
+    for (;;) {
+        cb_ticket t = cb_allow(c[1]);
+        int64_t after = realtime_ns();
+        if (cb_permitted(t)) {
+            cr_assert(cb_ticket_is_probe(t));
+            cr_assert_geq(after, a.open_until_ns, "B probed %lld ms before A's deadline",
+                          (long long)((a.open_until_ns - after) / 1000000));
+            cb_record(c[1], t, CB_SUCCESS);
+            break;
+        }
+        cr_assert_lt(after, a.open_until_ns + 3 * TSUP_LIVENESS_MS * 1000000ll, "B never probed");
+        usleep(2000);
+    }
+    cr_assert(tsup_wait_state(c[0], CB_CLOSED), "B's close never reached A");
+    cr_assert_str_eq(fleet_field("backoff", "open_until"), "", "a close removes the deadline");
 }
 
 Test(fleet_redis, a_restarted_host_adopts_a_close_it_missed_and_restores_an_opening_the_fleet_lost)

@@ -152,6 +152,34 @@ Test(dynamodb_item, configured_attribute_names_are_the_ones_read)
     cr_assert(strstr(why, "attribute 'oa' is S, expected N"), "%s", why);
 }
 
+/* cbd's deadline attributes: Powertools never writes them and ignores them. */
+Test(dynamodb_item, a_deadline_is_read_only_for_the_opening_it_belongs_to)
+{
+    struct cbd_ddb_item it = decode_ok("{\"id\":{\"S\":\"pay\"},\"state\":{\"S\":\"OPEN\"},\"opened_at\":{\"N\":"
+                                       "\"1700000000\"},\"cbd_open_until\":{\"N\":\"1700000095\"},"
+                                       "\"cbd_open_until_of\":{\"N\":\"1700000000\"}}");
+    cr_assert(it.open_until == 1700000095 && it.open_until_of == 1700000000);
+    /* A Powertools function reopened it and left the pair of the opening before. */
+    it = decode_ok("{\"id\":{\"S\":\"pay\"},\"state\":{\"S\":\"OPEN\"},\"opened_at\":{\"N\":\"1700000200\"},"
+                   "\"cbd_open_until\":{\"N\":\"1700000095\"},\"cbd_open_until_of\":{\"N\":\"1700000000\"}}");
+    cr_assert(it.open_until == 0 && it.open_until_of == 1700000000, "a stale deadline reads 0, and is valid");
+    it = decode_ok("{\"id\":{\"S\":\"pay\"},\"state\":{\"S\":\"OPEN\"},\"opened_at\":{\"N\":\"1700000000\"}}");
+    cr_assert(it.open_until == 0 && it.open_until_of == 0, "absent: none");
+}
+
+Test(dynamodb_item, configured_deadline_attribute_names_are_the_ones_read)
+{
+    struct cbd_ddb_layout l = cbd_ddb_default_layout;
+    l.open_until = "until";
+    l.open_until_of = "until_of";
+    struct cbd_ddb_item it;
+    char why[256];
+    cr_assert_eq(decode_with(&l, "{\"id\":{\"S\":\"p\"},\"state\":{\"S\":\"OPEN\"},\"opened_at\":{\"N\":\"10\"},"
+                                 "\"until\":{\"N\":\"95\"},\"until_of\":{\"N\":\"10\"},"
+                                 "\"cbd_open_until\":{\"S\":\"x\"}}", &it, why, sizeof why), 0, "%s", why);
+    cr_assert_eq(it.open_until, 95);
+}
+
 /* ---- names: any byte string a DynamoDB key holds -------------------------------------- */
 
 Test(dynamodb_item, names_powertools_accepts_are_carried_byte_for_byte)
@@ -278,6 +306,16 @@ ParameterizedTestParameters(dynamodb_item, bad_items_are_refused_with_a_message_
          "attribute 'half_open_owner' is 96 bytes, more than the 95 cbd holds", true},
         {"owner with a NUL byte", "{" ID OA LEASE "\"half_open_owner\":{\"S\":\"1#a\\u0000b\"}," HALF "}",
          "attribute 'half_open_owner' holds a NUL byte ('1#a\\x00b')", true},
+        {"deadline not a number", "{" ID OA "\"cbd_open_until\":{\"N\":\"soon\"},\"cbd_open_until_of\":{\"N\":"
+         "\"1700000000\"}," OPEN "}", "attribute 'cbd_open_until' is not a number ('soon')", true},
+        {"deadline as S", "{" ID OA "\"cbd_open_until\":{\"S\":\"1700000095\"},\"cbd_open_until_of\":{\"N\":"
+         "\"1700000000\"}," OPEN "}", "attribute 'cbd_open_until' is S, expected N", true},
+        {"deadline's opening negative", "{" ID OA "\"cbd_open_until\":{\"N\":\"1700000095\"},\"cbd_open_until_of\":"
+         "{\"N\":\"-1\"}," OPEN "}", "attribute 'cbd_open_until_of' is negative", true},
+        {"deadline without its opening", "{" ID OA "\"cbd_open_until\":{\"N\":\"1700000095\"}," OPEN "}",
+         "attribute 'cbd_open_until' without 'cbd_open_until_of'", true},
+        {"deadline's opening alone", "{" ID OA "\"cbd_open_until_of\":{\"N\":\"1700000000\"}," OPEN "}",
+         "attribute 'cbd_open_until_of' without 'cbd_open_until'", true},
         {"a number, not an item", "17", "not an object", false},
         {"an array, not an item", "[{" CLOSED "}]", "not an object", false},
     };
@@ -381,12 +419,17 @@ Test(dynamodb_item, a_closed_item_is_written_without_opening_owner_or_lease)
 
 Test(dynamodb_item, what_cbd_encodes_decodes_back_to_itself)
 {
-    const struct cbd_ddb_item items[] = {
+    struct cbd_ddb_item items[] = {
         item("payments", CB_OPEN, 1700000000, "", 0),
         item("payments", CB_HALF_OPEN, 1700000000, PT_OWNER, 1700000060),
         item("payments", CB_HALF_OPEN, CBD_DDB_TIME_MAX, "o", 0),
         item("checkout api#\xc3\xa9", CB_CLOSED, 0, "", 0),
+        item("payments", CB_OPEN, 1700000000, "", 0),
+        item("payments", CB_OPEN, 1700000200, "", 0),
     };
+    items[4].open_until = 1700000095; /* this opening's */
+    items[4].open_until_of = 1700000000;
+    items[5].open_until_of = 1700000000; /* the pair of an earlier one: kept, reading 0 */
     for (size_t i = 0; i < sizeof items / sizeof items[0]; i++) {
         char why[128];
         struct cbd_ddb_item back;

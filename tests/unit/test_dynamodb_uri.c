@@ -66,6 +66,8 @@ Test(dynamodb_uri, what_the_uri_leaves_out_is_powertools_layout_and_the_document
     cr_assert_str_eq(o.a_owner, "half_open_owner");
     cr_assert_str_eq(o.a_lease, "probe_lease_expiry");
     cr_assert_str_eq(o.a_exp, "expiration");
+    cr_assert_str_eq(o.a_until, "cbd_open_until");
+    cr_assert_str_eq(o.a_until_of, "cbd_open_until_of");
     cr_assert_str_eq(o.owner, "", "the fleet layer's owner id");
     cr_assert_eq(o.sync_ms, 1000);
     cr_assert_eq(o.timeout_ms, 2000);
@@ -117,6 +119,8 @@ static const struct {
     F("attr_owner", a_owner),
     F("attr_lease", a_lease),
     F("attr_expiration", a_exp),
+    F("attr_open_until", a_until),
+    F("attr_open_until_of", a_until_of),
     F("owner", owner),
 #undef F
 };
@@ -316,7 +320,8 @@ Test(dynamodb_uri, a_composite_key_needs_a_static_pk_and_a_simple_key_does_not)
 Test(dynamodb_uri, an_empty_pk_or_attribute_name_is_refused)
 {
     static const char *const names[] = {"pk", "attr_state", "attr_failure_count", "attr_opened_at",
-                                        "attr_owner", "attr_lease", "attr_expiration"};
+                                        "attr_owner", "attr_lease", "attr_expiration", "attr_open_until",
+                                        "attr_open_until_of"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         char uri[128];
         snprintf(uri, sizeof uri, "dynamodb://tbl?region=eu-west-1&%s=", names[i]);

@@ -585,6 +585,57 @@ Test(fleet, each_write_leaves_the_item_the_rules_say)
               after.lease_expiry == 0);
 }
 
+Test(fleet, an_opening_carries_its_deadline_which_close_removes_and_the_others_keep)
+{
+    struct fleet_write w = {.name = "x", .opened_at = 100, .failure_count = 7, .open_until = 190, .lease_s = 30,
+                            .owner = "me"};
+    struct fleet_item after, before = OPEN_AT(90), with;
+    w.kind = FLEET_OPEN;
+    fleet_write_result(&before, &w, NOW, &with);
+    cr_assert(with.open_until == 190 && with.open_until_of == 100, "OPEN sets the deadline tied to its opening");
+    struct fleet_write other = w;
+    other.open_until = 0;
+    other.opened_at = 200;
+    fleet_write_result(&with, &other, NOW, &after);
+    cr_assert(after.open_until == 0 && after.open_until_of == 0, "an OPEN without a deadline removes the old one");
+    w.open_until = 0; /* what the other kinds carry */
+    enum fleet_write_kind keep[] = {FLEET_ELECT, FLEET_RENEW, FLEET_RELEASE};
+    struct fleet_item half = with;
+    half.state = CB_HALF_OPEN;
+    snprintf(half.owner, sizeof half.owner, "me");
+    half.lease_expiry = NOW + 5;
+    for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++) {
+        w.kind = keep[i];
+        fleet_write_result(keep[i] == FLEET_ELECT ? &with : &half, &w, NOW, &after);
+        cr_expect(after.open_until == 190 && after.open_until_of == 100, "%s keeps the deadline",
+                  fleet_write_kind_name(keep[i]));
+    }
+    w.kind = FLEET_CLOSE;
+    fleet_write_result(&half, &w, NOW, &after);
+    cr_assert(after.open_until == 0 && after.open_until_of == 0, "CLOSE removes it");
+}
+
+Test(fleet, a_stale_or_half_deadline_pair_is_read_as_none_or_refused)
+{
+    struct fleet_item_names n = {.kind = "field", .open_until = "open_until", .open_until_of = "open_until_of"};
+    struct fleet_item it = OPEN_AT(100);
+    char why[200];
+    cr_assert_eq(fleet_item_deadline(&n, &it, 190, 100, why, sizeof why), 0);
+    cr_assert(it.open_until == 190 && it.open_until_of == 100);
+    cr_assert_eq(fleet_item_deadline(&n, &it, 190, 90, why, sizeof why), 0, "a Powertools reopen leaves it: valid");
+    cr_assert(it.open_until == 0 && it.open_until_of == 90, "of another opening: no deadline");
+    cr_assert_eq(fleet_item_deadline(&n, &it, -1, -1, why, sizeof why), 0);
+    cr_assert(it.open_until == 0 && it.open_until_of == 0);
+    cr_assert_eq(fleet_item_deadline(&n, &it, 190, -1, why, sizeof why), -EBADMSG);
+    cr_assert_str_eq(why, "field 'open_until' without 'open_until_of' (the opening's end and the opened_at it "
+                          "belongs to come together)");
+    cr_assert_eq(fleet_item_deadline(&n, &it, -1, 100, why, sizeof why), -EBADMSG);
+    cr_assert_not_null(strstr(why, "field 'open_until_of' without 'open_until'"), "%s", why);
+    struct fleet_item closed = CLOSED_ITEM;
+    cr_assert_eq(fleet_item_deadline(&n, &closed, 190, 0, why, sizeof why), 0);
+    cr_assert_eq(closed.open_until, 0, "a CLOSED item has no deadline");
+}
+
 /* ==== two hosts ====================================================================================== */
 
 static void both_track(const char *name)
@@ -615,6 +666,50 @@ Test(fleet, a_trip_is_written_and_reaches_the_other_host_through_the_notificatio
               last_remote(&hosts[1])->failure_count == 5);
     cr_assert_eq(hosts[0].nremote, 0, "A's own write is no news to A");
     cr_assert(tsup_store_was_synced(&hosts[0], "pay") && tsup_store_was_synced(&hosts[1], "pay"));
+}
+
+/* A and B online, tracking name; A opens it now with a backoff deadline
+ * until_ns, and B has heard. The opening's second. */
+static int64_t a_opens_until(const char *name, int64_t until_ns)
+{
+    host_up(0);
+    host_up(1);
+    both_track(name);
+    int64_t t = world.now;
+    struct cbd_store_state st = state(name, CB_OPEN, t);
+    st.open_until_ns = until_ns;
+    mem_store_ops.transition(hosts[0].s, &st, 0);
+    settle();
+    return t;
+}
+
+/* Host A's backoff travels to B: the deadline in whole seconds, rounded up. */
+Test(fleet, a_backoff_deadline_is_written_rounded_up_and_reaches_the_other_host)
+{
+    int64_t t = a_opens_until("pay", (world.now + 95) * 1000000000ll + 1); /* a ns into second t + 95 */
+    cr_assert(stored("pay")->open_until == t + 96 && stored("pay")->open_until_of == t,
+              "stored %lld of %lld: never early", (long long)stored("pay")->open_until,
+              (long long)stored("pay")->open_until_of);
+    cr_assert_eq(last_remote(&hosts[1])->open_until_ns, (t + 96) * 1000000000ll);
+    cr_assert(elect(&hosts[1], "pay", t, 30), "B probes once its own wait is over");
+    cr_assert_eq(stored("pay")->open_until, t + 96, "an election keeps the deadline");
+    transition(&hosts[1], "pay", CB_CLOSED, 0, t);
+    settle();
+    cr_assert(stored("pay")->state == CB_CLOSED && stored("pay")->open_until == 0 && stored("pay")->open_until_of == 0);
+}
+
+Test(fleet, a_deadline_left_by_a_powertools_reopen_is_not_the_new_openings)
+{
+    int64_t t = a_opens_until("pay", (world.now + 95) * 1000000000ll);
+    /* A function closes and reopens it with Powertools, which knows no deadline. */
+    struct fleet_item *it = &item_of("pay", false)->item;
+    it->opened_at = t + 40;
+    it->open_until = 0; /* what a decoder reads of a pair of another opening */
+    world.now = t + 40;
+    mem_store_ops.sync(hosts[1].s);
+    settle();
+    cr_assert(last_remote(&hosts[1])->opened_at == t + 40 && last_remote(&hosts[1])->open_until_ns == 0,
+              "B waits its own recovery timeout from the function's opening");
 }
 
 Test(fleet, exactly_one_host_wins_the_election_and_the_other_learns_when_the_lease_ends)

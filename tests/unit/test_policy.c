@@ -936,7 +936,7 @@ Test(policy, a_remote_opening_in_whole_seconds_counts_from_the_end_of_that_secon
 {
     setup_circuit(config(5, 3, 1, 30000, 0), 1);
     int64_t opened_s = S.now.real_ns / (int64_t)SEC - 2; /* another host tripped two seconds ago */
-    cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, opened_s, 0, 5, 0, CB_SOURCE_REMOTE, &S.now);
+    cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, opened_s, 0, 5, 0, 0, CB_SOURCE_REMOTE, &S.now);
     cr_assert_eq(state(), CB_OPEN);
     expect_transition(CB_CLOSED, CB_OPEN, CB_SOURCE_REMOTE);
     struct cb_seg_vdata v = version();
@@ -955,12 +955,67 @@ Test(policy, a_remote_opening_with_nanoseconds_counts_from_that_instant, .fini =
 {
     setup_circuit(config(5, 3, 1, 30000, 0), 1);
     int64_t opened_ns = S.now.real_ns - 1234567;
-    cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, opened_ns / (int64_t)SEC, opened_ns, 5, 0, CB_SOURCE_REMOTE, &S.now);
+    cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, opened_ns / (int64_t)SEC, opened_ns, 5, 0, 0, CB_SOURCE_REMOTE, &S.now);
     cr_assert_eq(version().open_until_ns, opened_ns + 30000 * (int64_t)MS);
     advance_to_real(opened_ns + 30000 * (int64_t)MS - 1);
     cr_assert_not(flags() & CB_SEG_F_ELECTABLE);
     advance_ns(1);
     demand_asks();
+}
+
+/* Another host's backoff: the store carries the opening's real end. */
+Test(policy, a_remote_opening_with_a_later_open_until_waits_until_it, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 1);
+    int64_t opened_ns = S.now.real_ns - 1234567;
+    int64_t until = opened_ns + 95000 * (int64_t)MS; /* the opening host drew 95 s */
+    cr_assert_eq(cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, opened_ns / (int64_t)SEC, opened_ns, 5, 0, until,
+                                  CB_SOURCE_REMOTE, &S.now), 0);
+    cr_assert_eq(version().open_until_ns, until, "shown: %lld, the store's: %lld",
+                 (long long)version().open_until_ns, (long long)until);
+    advance_to_real(opened_ns + 30000 * (int64_t)MS);
+    cr_assert_not(flags() & CB_SEG_F_ELECTABLE, "the recovery timeout alone is not the opening's end");
+    advance_to_real(until - 1);
+    cr_assert_not(flags() & CB_SEG_F_ELECTABLE);
+    advance_ns(1);
+    demand_asks();
+}
+
+Test(policy, a_remote_opening_with_an_earlier_open_until_waits_the_recovery_timeout, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 1);
+    int64_t opened_ns = S.now.real_ns - 1234567;
+    cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, opened_ns / (int64_t)SEC, opened_ns, 5, 0,
+                     opened_ns + 10000 * (int64_t)MS, CB_SOURCE_REMOTE, &S.now);
+    cr_assert_eq(version().open_until_ns, opened_ns + 30000 * (int64_t)MS, "never earlier than this host's timeout");
+    advance_to_real(opened_ns + 30000 * (int64_t)MS - 1);
+    cr_assert_not(flags() & CB_SEG_F_ELECTABLE);
+    advance_ns(1);
+    demand_asks();
+}
+
+Test(policy, a_restored_opening_keeps_its_open_until_through_a_config_change, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 1);
+    int64_t opened_ns = S.now.real_ns - 1234567, until = opened_ns + 95000 * (int64_t)MS;
+    cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, opened_ns / (int64_t)SEC, opened_ns, 5, 0, until, CB_SOURCE_RESTORE,
+                     &S.now);
+    cb_config shorter = config(5, 3, 1, 20000, 0), longer = config(5, 3, 1, 120000, 0);
+    cbd_policy_set_config(&S.env, &S.c, &shorter, &S.now);
+    cr_assert_eq(version().open_until_ns, until, "a shorter timeout does not cut the opening's backoff");
+    cbd_policy_set_config(&S.env, &S.c, &longer, &S.now);
+    cr_assert_eq(version().open_until_ns, opened_ns + 120000 * (int64_t)MS, "a longer one still applies");
+}
+
+Test(policy, an_open_until_beyond_the_time_range_is_refused, .fini = teardown)
+{
+    setup_circuit(config(5, 3, 1, 30000, 0), 1);
+    int64_t opened_s = S.now.real_ns / (int64_t)SEC;
+    cr_assert_eq(cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, opened_s, 0, 5, 0, (CB_TIME_MAX_S + 1) * (int64_t)SEC,
+                                  CB_SOURCE_REMOTE, &S.now), -ERANGE);
+    cr_assert_eq(cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, opened_s, 0, 5, 0, -1, CB_SOURCE_REMOTE, &S.now),
+                 -ERANGE);
+    cr_assert_eq(state(), CB_CLOSED, "a refused report changes nothing");
 }
 
 Test(policy, a_half_open_elsewhere_is_open_here_until_the_later_of_recovery_end_and_the_holders_lease,
@@ -969,7 +1024,7 @@ Test(policy, a_half_open_elsewhere_is_open_here_until_the_later_of_recovery_end_
     setup_circuit(config(5, 3, 1, 30000, 0), 1);
     int64_t opened_s = S.now.real_ns / (int64_t)SEC - 40; /* recovery ended 10 s ago there */
     int64_t lease_s = S.now.real_ns / (int64_t)SEC + 20;
-    cbd_policy_apply(&S.env, &S.c, CB_HALF_OPEN, 0, opened_s, 0, 5, lease_s, CB_SOURCE_REMOTE, &S.now);
+    cbd_policy_apply(&S.env, &S.c, CB_HALF_OPEN, 0, opened_s, 0, 5, lease_s, 0, CB_SOURCE_REMOTE, &S.now);
     cr_assert_eq(state(), CB_OPEN, "the probe is the holder's");
     cr_assert_eq(allow().kind, CB_TICKET_REJECTED);
     cr_assert_eq(version().open_until_ns, lease_s * (int64_t)SEC);
@@ -983,7 +1038,7 @@ Test(policy, a_half_open_elsewhere_with_a_short_lease_waits_for_the_recovery_end
 {
     setup_circuit(config(5, 3, 1, 30000, 0), 1);
     int64_t opened_s = S.now.real_ns / (int64_t)SEC;
-    cbd_policy_apply(&S.env, &S.c, CB_HALF_OPEN, 0, opened_s, 0, 5, opened_s + 3, CB_SOURCE_REMOTE, &S.now);
+    cbd_policy_apply(&S.env, &S.c, CB_HALF_OPEN, 0, opened_s, 0, 5, opened_s + 3, 0, CB_SOURCE_REMOTE, &S.now);
     int64_t end = (opened_s + 1) * (int64_t)SEC - 1 + 30000 * (int64_t)MS;
     cr_assert_eq(version().open_until_ns, end);
     advance_to_real(end - 1);
@@ -1002,7 +1057,7 @@ Test(policy, this_hosts_probes_give_way_to_another_hosts_lease_on_the_same_openi
     struct ticket probe = allow();
     cr_assert_eq(probe.kind, CB_TICKET_PROBE);
     int64_t lease_s = S.now.real_ns / (int64_t)SEC + 11;
-    cbd_policy_apply(&S.env, &S.c, CB_HALF_OPEN, 0, opened / (int64_t)SEC, 0, 5, lease_s, CB_SOURCE_REMOTE, &S.now);
+    cbd_policy_apply(&S.env, &S.c, CB_HALF_OPEN, 0, opened / (int64_t)SEC, 0, 5, lease_s, 0, CB_SOURCE_REMOTE, &S.now);
     cr_assert_eq(state(), CB_OPEN);
     expect_transition(CB_HALF_OPEN, CB_OPEN, CB_SOURCE_REMOTE);
     cr_assert_eq(allow().kind, CB_TICKET_REJECTED);
@@ -1014,12 +1069,12 @@ Test(policy, a_remote_close_closes_and_a_remote_state_already_held_changes_nothi
     setup_circuit(config(5, 3, 1, 30000, 0), 1);
     int64_t opened = trip();
     size_t n = S.ntr;
-    cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, opened / (int64_t)SEC, 0, 5, 0, CB_SOURCE_REMOTE, &S.now);
+    cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, opened / (int64_t)SEC, 0, 5, 0, 0, CB_SOURCE_REMOTE, &S.now);
     cr_assert_eq(S.ntr, n, "the fleet reports this host's own opening back");
-    cbd_policy_apply(&S.env, &S.c, CB_CLOSED, 0, 0, 0, 0, 0, CB_SOURCE_REMOTE, &S.now);
+    cbd_policy_apply(&S.env, &S.c, CB_CLOSED, 0, 0, 0, 0, 0, 0, CB_SOURCE_REMOTE, &S.now);
     cr_assert_eq(state(), CB_CLOSED);
     expect_transition(CB_OPEN, CB_CLOSED, CB_SOURCE_REMOTE);
-    cbd_policy_apply(&S.env, &S.c, CB_CLOSED, 0, 0, 0, 0, 0, CB_SOURCE_REMOTE, &S.now);
+    cbd_policy_apply(&S.env, &S.c, CB_CLOSED, 0, 0, 0, 0, 0, 0, CB_SOURCE_REMOTE, &S.now);
     cr_assert_eq(S.ntr, n + 1);
 }
 
@@ -1028,11 +1083,11 @@ Test(policy, the_fleets_word_is_ignored_while_an_operator_holds_the_circuit, .fi
     setup_circuit(config(5, 3, 1, 30000, 0), 1);
     cbd_policy_operator(&S.env, &S.c, CBD_FORCE_CLOSED, 0, &S.now);
     size_t n = S.ntr;
-    cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, S.now.real_ns / (int64_t)SEC, 0, 5, 0, CB_SOURCE_REMOTE, &S.now);
+    cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, S.now.real_ns / (int64_t)SEC, 0, 5, 0, 0, CB_SOURCE_REMOTE, &S.now);
     cr_assert_eq(state(), CB_CLOSED);
     cr_assert_eq(S.ntr, n);
     cbd_policy_operator(&S.env, &S.c, CBD_DISABLE, 0, &S.now);
-    cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, S.now.real_ns / (int64_t)SEC, 0, 5, 0, CB_SOURCE_REMOTE, &S.now);
+    cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, S.now.real_ns / (int64_t)SEC, 0, 5, 0, 0, CB_SOURCE_REMOTE, &S.now);
     cr_assert_eq(state(), CB_CLOSED);
     cr_assert_eq(S.ntr, n + 1);
 }
@@ -1202,15 +1257,15 @@ Test(policy, a_remote_opening_at_the_end_of_the_time_range_is_adopted_once_and_b
 {
     setup_circuit(config(5, 3, 1, 604800000, 0), 1);
     int64_t far = CB_TIME_MAX_S;
-    cr_assert_eq(cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, far, 0, 5, 0, CB_SOURCE_REMOTE, &S.now), 0);
+    cr_assert_eq(cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, far, 0, 5, 0, 0, CB_SOURCE_REMOTE, &S.now), 0);
     cr_assert_eq(state(), CB_OPEN);
     cr_assert_eq(last_transition()->v.opened_at_ns / (int64_t)SEC, far, "published opened_at %lld s, the store "
                  "said %lld s", (long long)(last_transition()->v.opened_at_ns / (int64_t)SEC), (long long)far);
     cr_assert_gt(last_transition()->v.open_until_ns, last_transition()->v.opened_at_ns, "no overflow");
-    cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, far, 0, 5, 0, CB_SOURCE_REMOTE, &S.now);
+    cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, far, 0, 5, 0, 0, CB_SOURCE_REMOTE, &S.now);
     cr_assert_eq(S.ntr, 1, "the same report again is no transition");
-    cr_assert_eq(cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, far + 1, 0, 5, 0, CB_SOURCE_REMOTE, &S.now), -ERANGE);
-    cr_assert_eq(cbd_policy_apply(&S.env, &S.c, CB_HALF_OPEN, 0, 1000, 0, 5, 99999999999ll, CB_SOURCE_REMOTE,
+    cr_assert_eq(cbd_policy_apply(&S.env, &S.c, CB_OPEN, 0, far + 1, 0, 5, 0, 0, CB_SOURCE_REMOTE, &S.now), -ERANGE);
+    cr_assert_eq(cbd_policy_apply(&S.env, &S.c, CB_HALF_OPEN, 0, 1000, 0, 5, 99999999999ll, 0, CB_SOURCE_REMOTE,
                                   &S.now), -ERANGE);
     cr_assert_eq(S.ntr, 1, "a refused report changes nothing");
 }
@@ -1312,7 +1367,7 @@ Test(policy, six_hours_of_random_traffic_keep_every_rule, .fini = teardown)
             cb_state st = (cb_state)below(3);
             int64_t at = S.now.real_ns / (int64_t)SEC - (int64_t)below(60);
             cbd_policy_apply(&S.env, &S.c, st, 0, st == CB_CLOSED ? 0 : at, 0, 4,
-                             st == CB_HALF_OPEN ? at + 30 : 0, CB_SOURCE_REMOTE, &S.now);
+                             st == CB_HALF_OPEN ? at + 30 : 0, 0, CB_SOURCE_REMOTE, &S.now);
         } else if (r < 995) { /* an operator */
             static const enum cbd_operator_action acts[] = {CBD_FORCE_OPEN, CBD_FORCE_CLOSED, CBD_RESET, CBD_DISABLE,
                                                             CBD_ENABLE, CBD_RESET, CBD_RESET};

@@ -137,6 +137,16 @@ ParameterizedTestParameters(redis_item, hashes_that_are_not_circuits_are_refused
          "field 'updated_ms' is after 2255-03-14"},
         {"an odd list", {"state", "OPEN", "opened_at"}, 3, "an odd field/value list (3 elements)"},
         {"a field twice", {"state", "OPEN", "opened_at", "1", "state", "CLOSED"}, 6, "field 'state' appears twice"},
+        {"open_until not a number", {"state", "OPEN", "opened_at", "1700000000", "open_until", "soon",
+                                     "open_until_of", "1700000000"}, 8, "field 'open_until' is not a number ('soon')"},
+        {"open_until_of negative", {"state", "OPEN", "opened_at", "1700000000", "open_until", "1700000095",
+                                    "open_until_of", "-1"}, 8, "field 'open_until_of' is negative ('-1')"},
+        {"open_until in 2255", {"state", "OPEN", "opened_at", "1700000000", "open_until", "9000000001",
+                                "open_until_of", "1700000000"}, 8, "field 'open_until' is after 2255-03-14"},
+        {"open_until without its opening", {"state", "OPEN", "opened_at", "1700000000", "open_until", "1700000095"},
+         6, "field 'open_until' without 'open_until_of'"},
+        {"open_until_of without open_until", {"state", "OPEN", "opened_at", "1700000000", "open_until_of",
+                                              "1700000000"}, 6, "field 'open_until_of' without 'open_until'"},
     };
     return cr_make_param_array(struct bad_hash, cases, sizeof cases / sizeof cases[0]);
 }
@@ -150,6 +160,28 @@ ParameterizedTest(struct bad_hash *b, redis_item, hashes_that_are_not_circuits_a
         fv[i] = b->fv[i];
     cr_assert_eq(decode(fv, b->n, &it, why, sizeof why), -EBADMSG, "%s: accepted", b->what);
     cr_assert(strstr(why, b->why) != NULL, "%s: '%s' does not say '%s'", b->what, why, b->why);
+}
+
+Test(redis_item, a_deadline_is_read_only_for_the_opening_it_belongs_to)
+{
+    struct fleet_item it;
+    char why[300];
+    cr_assert_eq(decode(FV("state", "OPEN", "opened_at", "1700000000", "open_until", "1700000095", "open_until_of",
+                           "1700000000"), &it, why, sizeof why), 1, "%s", why);
+    cr_assert(it.open_until == 1700000095 && it.open_until_of == 1700000000);
+    cr_assert_eq(decode(FV("state", "HALF_OPEN", "opened_at", "1700000000", "half_open_owner", "h:A:1",
+                           "probe_lease_expiry", "1700000130", "open_until", "1700000095", "open_until_of",
+                           "1700000000"), &it, why, sizeof why), 1, "%s", why);
+    cr_assert_eq(it.open_until, 1700000095, "an election keeps it");
+    /* Powertools reopened it: the pair of the earlier opening stays behind. */
+    cr_assert_eq(decode(FV("state", "OPEN", "opened_at", "1700000200", "open_until", "1700000095", "open_until_of",
+                           "1700000000"), &it, why, sizeof why), 1, "stale is valid: %s", why);
+    cr_assert(it.open_until == 0 && it.open_until_of == 1700000000, "a stale deadline reads 0");
+    cr_assert_eq(decode(FV("state", "CLOSED", "open_until", "1700000095", "open_until_of", "1700000000"), &it, why,
+                        sizeof why), 1, "%s", why);
+    cr_assert_eq(it.open_until, 0);
+    cr_assert_eq(decode(FV("state", "OPEN", "opened_at", "1700000000"), &it, why, sizeof why), 1, "%s", why);
+    cr_assert(it.open_until == 0 && it.open_until_of == 0, "absent: none");
 }
 
 Test(redis_item, an_open_hash_that_still_has_an_owner_field_is_refused)

@@ -689,6 +689,55 @@ Test(store_local, an_opening_ns_outside_its_second_is_refused)
     close_store();
 }
 
+Test(store_local, a_backoff_deadline_survives_a_restore)
+{
+    cr_assert_eq(open_and_restore(), 0);
+    cb_config cfg = test_config();
+    ops->track(T.s, "payments", &cfg);
+    struct cbd_store_state open = state_of("payments", CB_OPEN, 7, 1764240000);
+    open.opened_at_ns = 1764240000987654321ll;
+    open.open_until_ns = 1764240095123456789ll; /* a reopening's backoff: 95 s, past the 15 s timeout */
+    ops->transition(T.s, &open, 0);
+    close_store();
+    json_t *root = load_state();
+    cr_assert_eq(json_integer_value(json_object_get(circuit_in(root, "payments"), "open_until_ns")),
+                 1764240095123456789ll);
+    json_decref(root);
+    cr_assert_eq(open_and_restore(), 0);
+    cr_assert_eq(T.remote_n, 1);
+    cr_assert_eq(T.remote[0].open_until_ns, 1764240095123456789ll, "the deadline after a reboot is the real one");
+    close_store();
+}
+
+Test(store_local, a_file_without_deadlines_loads_with_none)
+{
+    write_text(T.path, "{\"format\":\"cbd-state\",\"version\":1,\"written_at\":0,\"circuits\":["
+                       "{\"name\":\"a\",\"state\":\"OPEN\",\"failure_count\":1,\"opened_at\":1764240000,"
+                       "\"opened_at_ns\":1764240000500000000}]}");
+    cr_assert_eq(open_and_restore(), 0);
+    cr_assert_eq(T.remote_n, 1);
+    cr_assert_eq(T.remote[0].open_until_ns, 0, "absent: opened_at + recovery timeout");
+    cr_assert_eq(T.log[0], '\0', "%s", T.log);
+    close_store();
+}
+
+Test(store_local, a_deadline_that_is_no_number_or_not_on_an_open_circuit_is_refused)
+{
+    write_text(T.path, "{\"format\":\"cbd-state\",\"version\":1,\"written_at\":0,\"circuits\":["
+                       "{\"name\":\"a\",\"state\":\"OPEN\",\"failure_count\":1,\"opened_at\":1764240000,"
+                       "\"open_until_ns\":\"soon\"},\n"
+                       "{\"name\":\"b\",\"state\":\"CLOSED\",\"failure_count\":0,\"opened_at\":0,"
+                       "\"open_until_ns\":1764240095000000000},\n"
+                       "{\"name\":\"c\",\"state\":\"OPEN\",\"failure_count\":1,\"opened_at\":1764240000,"
+                       "\"open_until_ns\":-5}]}");
+    cr_assert_eq(open_and_restore(), 0);
+    cr_assert_eq(T.remote_n, 0, "each entry is skipped");
+    cr_assert_not_null(strstr(T.log, "circuits[0] 'a': open_until_ns must be an integer"), "%s", T.log);
+    cr_assert_not_null(strstr(T.log, "open_until_ns is only for an OPEN circuit (this one is CLOSED)"), "%s", T.log);
+    cr_assert_not_null(strstr(T.log, "circuits[2] 'c': open_until_ns"), "%s", T.log);
+    close_store();
+}
+
 Test(store_local, untracked_circuits_leave_the_file_and_the_others_stay_findable)
 {
     cr_assert_eq(open_and_restore(), 0);
