@@ -174,10 +174,79 @@ static int op_stats(void *arg, const struct cbd_peer *p, const msgpack_object *r
     _Static_assert(sizeof keys / sizeof keys[0] == sizeof vals / sizeof vals[0], "a stat without a name");
     kv_u64s(r, keys, vals, sizeof vals / sizeof vals[0]);
     cb__mp_kv_str(&r->pk, "store", (*o->store_ops)->scheme);
-    cb__mp_kv_bool(&r->pk, "store_online", *o->store_health != 0);
+    cb__mp_kv_bool(&r->pk, "store_online", *o->store_health == 1); /* -1: not reported yet */
     r->nfields += 2;
     if ((*o->store_ops)->stats != NULL && *o->store != NULL)
         (*o->store_ops)->stats(*o->store, emit_store_stat, r);
+    return 0;
+}
+
+/* ---- metrics ----------------------------------------------------------------- */
+
+/* The store's error count, if it keeps one (its stats name it "errors"). */
+static void take_store_errors(void *arg, const char *name, uint64_t value)
+{
+    struct cbd_metrics_store *st = arg;
+    if (strcmp(name, "errors") == 0) {
+        st->counts_errors = true;
+        st->errors = value;
+    }
+}
+
+static int fill_circuit(struct cbd_metrics_snapshot *s, const struct cbd_circuit *c)
+{
+    struct cbd_metrics_circuit *row = cbd_metrics_snapshot_add_circuit(s);
+    if (row == NULL)
+        return -ENOMEM;
+    row->name = c->rec->name;
+    row->state = c->state;
+    row->forced = (c->flags & CB_SEG_F_FORCED) != 0;
+    row->disabled = (c->flags & CB_SEG_F_DISABLED) != 0;
+    row->consecutive_failures = c->state == CB_CLOSED ? c->streak : c->trip_failure_count;
+    row->opened_at_ns = c->state == CB_CLOSED ? 0 : c->opened_at_ns;
+    row->sync_state = c->pub.sync_state;
+    row->synced_at = c->pub.synced_at;
+    memcpy(row->transitions, c->transitions, sizeof row->transitions);
+    row->calls[CBD_CALL_SUCCEEDED] = c->pub.total_successes;
+    row->calls[CBD_CALL_FAILED] = c->pub.total_failures;
+    row->calls[CBD_CALL_IGNORED] = c->pub.total_ignored;
+    return 0;
+}
+
+int cbd_ops_metrics_fill(void *arg, struct cbd_metrics_snapshot *s)
+{
+    const struct cbd_ops *o = arg;
+    const struct cbd_control *ctl = o->control;
+    const struct cbd_drain *dr = o->drain;
+    struct cbd_now now;
+    if (!*o->ready)
+        return -EAGAIN;
+    cbd_now(&now);
+    s->now_ns = now.real_ns;
+    s->version = CB_VERSION_STRING;
+    s->layout = CB_SEG_MAJOR;
+    s->instance = o->seg->hdr->instance;
+    s->start_time_ns = now.real_ns - (int64_t)(now.mono_ns - o->counters->start_ns);
+    s->calls_counted = CBD_CALL_BIT(CBD_CALL_SUCCEEDED) | CBD_CALL_BIT(CBD_CALL_FAILED) | CBD_CALL_BIT(CBD_CALL_IGNORED);
+    for (uint32_t i = 0; i < o->circuits->n; i++) {
+        if (!o->circuits->by_slot[i].removed && fill_circuit(s, &o->circuits->by_slot[i]) < 0)
+            return -ENOMEM;
+    }
+    s->store.scheme = (*o->store_ops)->scheme;
+    s->store.online = *o->store_health < 0 ? -1 : *o->store_health == 1;
+    if ((*o->store_ops)->stats != NULL && *o->store != NULL)
+        (*o->store_ops)->stats(*o->store, take_store_errors, &s->store);
+    s->lanes = (struct cbd_metrics_lanes){
+        .drained = dr->events_drained, .invalid = dr->events_invalid, .stale = dr->events_stale,
+        .dropped = cbd_drain_lane_drops(dr), .reclaimed = dr->lanes_reclaimed,
+        .in_use = (uint32_t)cbd_drain_lanes_in_use(dr),
+    };
+    if (*o->hooks != NULL)
+        cbd_hooks_stats_get(*o->hooks, &s->hooks);
+    s->control = (struct cbd_metrics_control){
+        .open = ctl->nconns, .admitted = ctl->connections_total, .accept_errors = ctl->accept_errors,
+    };
+    memcpy(s->control.ends, ctl->ends, sizeof s->control.ends);
     return 0;
 }
 
