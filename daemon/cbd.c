@@ -891,7 +891,8 @@ static void control_init(struct cbd *d)
     d->ops = (struct cbd_ops){
         .circuits = &d->circuits, .seg = &d->seg, .env = &d->env, .control = &d->control, .drain = &d->drain,
         .bell = &d->bell, .hooks = &d->hooks, .store_ops = &d->store_ops, .store = &d->store,
-        .store_health = &d->store_health, .counters = &d->counters, .ready = &d->ready, .register_circuit = ops_register,
+        .store_health = &d->store_health, .counters = &d->counters, .ready = &d->ready, .metrics = &d->metrics,
+        .register_circuit = ops_register,
         .remove_circuit = ops_remove, .configure_circuit = ops_configure, .reload = ops_reload, .arg = d,
     };
     cbd_control_init(&d->control, &d->loop, &d->cfg, cbd_ops_table, cbd_ops_count, &d->ops);

@@ -1,7 +1,7 @@
 /*
  * ops.h - what each control request does: the operations table the control
  * server runs (register, list, show, stats, the operator's actions,
- * remove, reload, ...), over the pieces of the daemon they read or act on.
+ * remove, reload, metrics, ...), over the pieces of the daemon they read or act on.
  */
 #ifndef CBD_OPS_H
 #define CBD_OPS_H
@@ -42,6 +42,7 @@ struct cbd_ops {
     const int *store_health;              /* -1 not reported yet, else the store's last online value */
     const struct cbd_counters *counters;
     const int *ready;                     /* the daemon is serving (metrics: -EAGAIN before) */
+    struct cbd_metrics *const *metrics;   /* the /metrics endpoint; *metrics NULL: not running */
     /* What the daemon does for them (cbd.c): the same contracts as
      * cbd_circuit_register, cbd_circuit_remove, cbd_circuit_configure and
      * cbd_reload, with arg. */

@@ -32,6 +32,7 @@
 
 #include "cb.h"
 #include "frame.h"
+#include "metrics_text.h"
 #include "segment.h"
 #include "dynamodb_table.h"
 
@@ -335,18 +336,38 @@ static const char *default_socket(const struct cbctl *c, char *buf, size_t len)
  * Sends {op, name?, extra} and prints the reply. `print` decides the human
  * output of a successful reply (NULL: "ok").
  */
+/* A connection to the daemon's socket (--socket, else the segment's, else
+ * the default): EXIT_OK with *fd and *path, or EXIT_UNREACHABLE (said). */
+static int connect_daemon(struct cbctl *c, int *fd, const char **path, char *defbuf, size_t deflen)
+{
+    if (c->socket_path == NULL && seg_map(c) != EXIT_OK)
+        fprintf(stderr, "cbctl: trying the default socket path\n");
+    *path = c->socket_path ? c->socket_path : default_socket(c, defbuf, deflen);
+    if ((*fd = cb__unix_connect(*path)) < 0)
+        return fail(EXIT_UNREACHABLE, "cannot reach cbd at %s: %s", *path, strerror(-*fd));
+    return EXIT_OK;
+}
+
+/* A reply that is not ok: its message said, its exit code returned. */
+static int refusal(const msgpack_object *reply, const char *op)
+{
+    int64_t err = -EPROTO;
+    char msg[512] = "no message";
+    cb__mp_get_i64(reply, "error", &err);
+    cb__mp_get_str(reply, "message", msg, sizeof msg);
+    return fail(exit_for_error(err), "%s failed: %s", op, msg);
+}
+
 /* Sends the request packed in sb (and destroys sb), prints the reply. */
 static int send_request(struct cbctl *c, const char *op, msgpack_sbuffer *sb,
                         void (*print)(const struct cbctl *, const msgpack_object *))
 {
-    if (c->socket_path == NULL && seg_map(c) != EXIT_OK)
-        fprintf(stderr, "cbctl: trying the default socket path\n");
     char defbuf[128];
-    const char *path = c->socket_path ? c->socket_path : default_socket(c, defbuf, sizeof defbuf);
-    int fd = cb__unix_connect(path);
-    if (fd < 0) {
+    const char *path;
+    int fd;
+    if (connect_daemon(c, &fd, &path, defbuf, sizeof defbuf) != EXIT_OK) {
         msgpack_sbuffer_destroy(sb);
-        return fail(EXIT_UNREACHABLE, "cannot reach cbd at %s: %s", path, strerror(-fd));
+        return EXIT_UNREACHABLE;
     }
     char *buf = NULL;
     msgpack_unpacked result;
@@ -360,14 +381,9 @@ static int send_request(struct cbctl *c, const char *op, msgpack_sbuffer *sb,
     int ok = 0, code = EXIT_OK;
     cb__mp_get_bool(reply, "ok", &ok);
     if (!ok) {
-        int64_t err = -EPROTO;
-        char msg[512] = "no message";
-        cb__mp_get_i64(reply, "error", &err);
-        cb__mp_get_str(reply, "message", msg, sizeof msg);
-        code = exit_for_error(err);
         if (c->json)
             json_print(mp_to_json(reply));
-        fail(code, "%s failed: %s", op, msg);
+        code = refusal(reply, op);
     } else if (c->json) {
         json_print(mp_to_json(reply));
     } else if (print) {
@@ -625,6 +641,85 @@ static int cmd_dynamodb(struct cbctl *c, int argc, char **argv)
     return EXIT_OK;
 }
 
+/* ---- metrics ---------------------------------------------------------------- */
+
+/* One page of the `metrics` op into s: EXIT_OK and *next (0: the last
+ * page), or an exit code (said). */
+static int metrics_page(int fd, const char *path, int timeout_ms, uint64_t offset, struct cbd_metrics_snapshot *s,
+                        uint64_t *next)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 2);
+    cb__mp_kv_str(&pk, "op", "metrics");
+    cb__mp_kv_u64(&pk, "offset", offset);
+    char *buf = NULL;
+    msgpack_unpacked result;
+    msgpack_object *reply;
+    int rc = cb__request(fd, sb.data, sb.size, timeout_ms, &buf, &result, &reply), code = EXIT_OK, ok = 0;
+    msgpack_sbuffer_destroy(&sb);
+    if (rc < 0)
+        return fail(EXIT_UNREACHABLE, "no valid answer from cbd at %s: %s", path, strerror(-rc));
+    const msgpack_object *circuits = cb__mp_get(reply, "circuits");
+    cb__mp_get_bool(reply, "ok", &ok);
+    *next = 0;
+    if (!ok) {
+        code = refusal(reply, "metrics");
+    } else if (offset == 0 && cbd_metrics_unpack_daemon(cb__mp_get(reply, "daemon"), s) < 0) {
+        code = fail(EXIT_FAILED, "metrics: the daemon's numbers are not in the form this cbctl knows");
+    } else if (circuits == NULL || circuits->type != MSGPACK_OBJECT_ARRAY) {
+        code = fail(EXIT_FAILED, "metrics: the reply has no circuits");
+    } else {
+        for (uint32_t i = 0; i < circuits->via.array.size && code == EXIT_OK; i++)
+            if ((rc = cbd_metrics_unpack_circuit(&circuits->via.array.ptr[i], s)) < 0)
+                code = fail(EXIT_FAILED, "metrics: a circuit's numbers are not in the form this cbctl knows");
+        if (cb__mp_get_u64(reply, "next", next) == 0 && *next <= offset)
+            code = fail(EXIT_FAILED, "metrics: the daemon's pages do not move on");
+    }
+    msgpack_unpacked_destroy(&result);
+    free(buf);
+    return code;
+}
+
+/* Every page of the `metrics` op into s (cbd_metrics_snapshot_free it):
+ * what the daemon's /metrics endpoint would render now. */
+static int metrics_fetch(struct cbctl *c, struct cbd_metrics_snapshot *s)
+{
+    char defbuf[128];
+    const char *path;
+    int fd, code;
+    uint64_t offset = 0, next;
+    cbd_metrics_snapshot_init(s);
+    if ((code = connect_daemon(c, &fd, &path, defbuf, sizeof defbuf)) != EXIT_OK)
+        return code;
+    while ((code = metrics_page(fd, path, c->timeout_ms, offset, s, &next)) == EXIT_OK && next != 0)
+        offset = next;
+    close(fd);
+    return code;
+}
+
+/* The Prometheus text the daemon's /metrics endpoint serves, without HTTP. */
+static int cmd_metrics(struct cbctl *c, int argc, char **argv)
+{
+    struct cbd_metrics_snapshot s;
+    char *text;
+    size_t len;
+    (void)argv;
+    if (argc != 0)
+        return fail(EXIT_USAGE, "usage: cbctl metrics");
+    int code = metrics_fetch(c, &s);
+    if (code == EXIT_OK && cbd_metrics_render(&s, &text, &len) < 0)
+        code = fail(EXIT_FAILED, "metrics: out of memory");
+    if (code == EXIT_OK) {
+        fwrite(text, 1, len, stdout);
+        free(text);
+    }
+    cbd_metrics_snapshot_free(&s);
+    return code;
+}
+
 static const struct command {
     const char *name;
     int (*run)(struct cbctl *, int, char **);
@@ -641,6 +736,7 @@ static const struct command {
     {"set", cmd_set, "set NAME FIELD=VALUE...  change policy fields live (state and window kept)"},
     {"watch", cmd_watch, "watch [--count N]        print transitions as they happen (like tail -f)"},
     {"stats", cmd_stats, "stats                    the daemon's counters"},
+    {"metrics", cmd_metrics, "metrics                  the Prometheus metrics /metrics serves (no HTTP needed)"},
     {"reload", cmd_reload, "reload                   re-read the configuration file (like SIGHUP)"},
     {"check-config", cmd_check_config, "check-config FILE        validate a configuration file"},
     {"version", cmd_version, "version                  versions of cbctl, libcb and the daemon"},
