@@ -28,6 +28,11 @@
  * of (the only one whose head lags checkpoints that name it) is drained
  * first, before any other lane's events move those checkpoints on.
  *
+ * Call counts: each drained lane's rejections and probe permits (counted
+ * by its owner thread in its header) are folded into the circuits first,
+ * free: they share the cache lines of tail and head. A key that names no
+ * circuit now (removed, reused slot, garbage) is counted as unattributed.
+ *
  * Reclaim (every reclaim_interval_ms): a lane whose owner marked it
  * CB_LANE_RELEASED (thread exit, client close), whose owner process is gone
  * (kill(pid, 0) fails with ESRCH), or whose owner word is nonsense, is
@@ -99,12 +104,53 @@ static void warn_invalid(struct cbd_drain *dr, uint32_t lane_no, uint64_t owner,
             (unsigned long long)suppressed);
 }
 
-/* Drains one lane completely. */
+/* The circuit a lane's call-count key names now, or NULL (no circuit
+ * there any more, or garbage). */
+static struct cbd_circuit *call_key_circuit(const struct cbd_drain *dr, uint64_t key)
+{
+    uint32_t slot = (uint32_t)key - 1, incarnation = (uint32_t)(key >> 32);
+    if ((uint32_t)key == 0 || slot >= dr->circuits->n)
+        return NULL;
+    struct cbd_circuit *c = &dr->circuits->by_slot[slot];
+    return c->removed || c->incarnation != incarnation ? NULL : c;
+}
+
+/* Adds what the lane's owner counted since the last fold to the circuits
+ * its keys name (segment.h: call counts). The words are in the lines a
+ * drain reads anyway (tail's and head's). */
+static void fold_calls(struct cbd_drain *dr, struct cb_lane *lane)
+{
+    for (unsigned i = 0; i < CB_LANE_CALL_ENTRIES; i++) {
+        /* Acquire pairs with the worker's release store of counts: the key
+         * loaded next is the one these counts were made under. */
+        uint64_t counts = atomic_load_explicit(&lane->calls[i].counts, memory_order_acquire);
+        uint64_t seen = atomic_load_explicit(&lane->calls_seen[i], memory_order_relaxed);
+        if (counts == seen)
+            continue;
+        uint64_t key = atomic_load_explicit(&lane->calls[i].key, memory_order_relaxed);
+        uint64_t rejected = (counts - seen) & (CB_LANE_PROBE_ONE - 1);
+        uint64_t probes = (counts >> CB_LANE_REJECTED_BITS) - (seen >> CB_LANE_REJECTED_BITS);
+        probes &= (1ull << (64 - CB_LANE_REJECTED_BITS)) - 1;
+        struct cbd_circuit *c = call_key_circuit(dr, key);
+        if (c != NULL) {
+            c->rejected += rejected;
+            c->probes += probes;
+        } else {
+            dr->calls_unattributed += rejected + probes;
+        }
+        /* Release: the worker that sees counts == seen may give the entry
+         * to another circuit; everything of this key is folded by now. */
+        atomic_store_explicit(&lane->calls_seen[i], counts, memory_order_release);
+    }
+}
+
+/* Drains one lane completely, its call counts included. */
 static void drain_lane(struct cbd_drain *dr, uint32_t lane_no, uint64_t owner, const struct cbd_now *now)
 {
     struct cb_lanes_header *l = dr->seg->lanes;
     struct cb_lane *lane = CB_LANES_LANE(l, lane_no);
     uint32_t cap = l->lane_capacity;
+    fold_calls(dr, lane);
     /* Acquire pairs with the producer's release store of tail: the events
      * before it are written. */
     uint64_t tail = atomic_load_explicit(&lane->tail, memory_order_acquire);
@@ -240,6 +286,20 @@ static void recover_unfinished_lanes(struct cbd_drain *dr)
     }
 }
 
+/* Counters count from this daemon's start: call counts workers made
+ * before (a previous daemon folded them, or nobody will) are skipped. */
+static void skip_earlier_calls(struct cbd_drain *dr)
+{
+    struct cb_lanes_header *l = dr->seg->lanes;
+    for (uint32_t n = 0; n < l->lane_count; n++) {
+        struct cb_lane *lane = CB_LANES_LANE(l, n);
+        for (unsigned i = 0; i < CB_LANE_CALL_ENTRIES; i++)
+            atomic_store_explicit(&lane->calls_seen[i],
+                                  atomic_load_explicit(&lane->calls[i].counts, memory_order_relaxed),
+                                  memory_order_release);
+    }
+}
+
 static void tick(uv_timer_t *t)
 {
     struct cbd_drain *dr = t->data;
@@ -270,6 +330,7 @@ int cbd_drain_start(struct cbd_drain *dr)
         return rc;
     dr->tick.data = dr->reclaim.data = dr;
     dr->started = 1;
+    skip_earlier_calls(dr);
     recover_unfinished_lanes(dr);
     cbd_drain_set_intervals(dr);
     return 0;

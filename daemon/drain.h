@@ -28,6 +28,7 @@ struct cbd_drain {
     uint64_t events_replayed; /* drained again after a crash, already counted: skipped */
     uint64_t lane_overruns;   /* lanes whose tail ran more than a lane ahead: skipped */
     uint64_t lanes_reclaimed; /* lanes freed after their thread or process went away */
+    uint64_t calls_unattributed; /* call counts whose key names no circuit now (removed, garbage) */
     struct cbd_ratelimit invalid_warn;
     uv_timer_t tick, reclaim;
     int started;

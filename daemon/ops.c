@@ -153,7 +153,7 @@ static int op_stats(void *arg, const struct cbd_peer *p, const msgpack_object *r
     cbd_now(&now);
     static const char *const keys[] = {
         "circuits", "events_drained", "events_invalid", "events_stale", "lanes_in_use", "lanes_reclaimed",
-        "lane_overruns", "lane_drops", "frames_bad", "connections", "connections_total", "connections_refused",
+        "lane_overruns", "lane_drops", "calls_unattributed", "frames_bad", "connections", "connections_total", "connections_refused",
         "connections_refused_per_uid", "connections_refused_admin_reserved", "connections_refused_max_connections",
         "connections_lingering", "connections_closed_frame_timeout", "connections_closed_idle",
         "connections_closed_bad_frame", "connections_closed_slow_reader", "accept_errors", "subscribers", "transitions", "hooks_started", "hooks_succeeded", "hooks_failed", "hooks_timed_out",
@@ -163,6 +163,7 @@ static int op_stats(void *arg, const struct cbd_peer *p, const msgpack_object *r
     const uint64_t vals[] = {
         o->circuits->n, dr->events_drained, dr->events_invalid, dr->events_stale,
         cbd_drain_lanes_in_use(dr), dr->lanes_reclaimed, dr->lane_overruns, cbd_drain_lane_drops(dr),
+        dr->calls_unattributed,
         ctl->frames_bad, ctl->nconns, ctl->connections_total, ctl->connections_refused,
         ctl->ends[CBD_CONN_REFUSED_PER_UID], ctl->ends[CBD_CONN_REFUSED_ADMIN_RESERVED],
         ctl->ends[CBD_CONN_REFUSED_MAX], ctl->nlingering, ctl->ends[CBD_CONN_FRAME_TIMEOUT],
@@ -208,6 +209,11 @@ static void fill_circuit(struct cbd_metrics_circuit *row, const struct cbd_circu
     row->calls[CBD_CALL_SUCCEEDED] = c->pub.total_successes;
     row->calls[CBD_CALL_FAILED] = c->pub.total_failures;
     row->calls[CBD_CALL_IGNORED] = c->pub.total_ignored;
+    /* allowed: the calls whose outcome was recorded (probes' included);
+     * an allowed call never recorded is not known to the daemon */
+    row->calls[CBD_CALL_ALLOWED] = c->pub.total_successes + c->pub.total_failures + c->pub.total_ignored;
+    row->calls[CBD_CALL_REJECTED] = c->rejected;
+    row->calls[CBD_CALL_PROBES] = c->probes;
 }
 
 /* Everything but the circuits. */
@@ -222,7 +228,8 @@ static void fill_daemon(const struct cbd_ops *o, struct cbd_metrics_snapshot *s)
     s->layout = CB_SEG_MAJOR;
     s->instance = o->seg->hdr->instance;
     s->start_time_ns = now.real_ns - (int64_t)(now.mono_ns - o->counters->start_ns);
-    s->calls_counted = CBD_CALL_BIT(CBD_CALL_SUCCEEDED) | CBD_CALL_BIT(CBD_CALL_FAILED) | CBD_CALL_BIT(CBD_CALL_IGNORED);
+    s->calls_counted = CBD_CALL_BIT(CBD_CALL_SUCCEEDED) | CBD_CALL_BIT(CBD_CALL_FAILED) | CBD_CALL_BIT(CBD_CALL_IGNORED) |
+                       CBD_CALL_BIT(CBD_CALL_ALLOWED) | CBD_CALL_BIT(CBD_CALL_REJECTED) | CBD_CALL_BIT(CBD_CALL_PROBES);
     s->store.scheme = (*o->store_ops)->scheme;
     s->store.online = *o->store_health < 0 ? -1 : *o->store_health == 1;
     if ((*o->store_ops)->stats != NULL && *o->store != NULL)

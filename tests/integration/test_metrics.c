@@ -253,12 +253,21 @@ Test(metrics, a_scrape_shows_the_exact_counts_of_eight_worker_processes)
     }
     cr_assert(tsup_wait_drained(calls, (uint64_t)WORKERS * (SUCCESSES + FAILURES + IGNORED)),
               "the daemon did not drain every outcome the workers recorded");
+    /* The workers' lanes are drained (call counts folded) one last time when reclaimed. */
+    cr_assert(tsup_wait_until(tsup_stat(&d, "lanes_in_use") <= 1, TSUP_LIVENESS_MS),
+              "the exited workers' lanes were not reclaimed");
 
     char *text = scrape(port);
     assert_sample(text, "cbd_circuit_outcomes_total{circuit=\"calls\",outcome=\"success\"}", WORKERS * SUCCESSES);
     assert_sample(text, "cbd_circuit_outcomes_total{circuit=\"calls\",outcome=\"failure\"}", WORKERS * FAILURES);
     assert_sample(text, "cbd_circuit_outcomes_total{circuit=\"calls\",outcome=\"ignored\"}", WORKERS * IGNORED);
     assert_sample(text, "cbd_circuit_outcomes_total{circuit=\"tripped\",outcome=\"failure\"}", 3);
+    assert_sample(text, "cbd_circuit_calls_total{circuit=\"tripped\",decision=\"rejected\"}", WORKERS * REJECTS);
+    assert_sample(text, "cbd_circuit_calls_total{circuit=\"tripped\",decision=\"allowed\"}", 3);
+    assert_sample(text, "cbd_circuit_calls_total{circuit=\"calls\",decision=\"rejected\"}", 0);
+    assert_sample(text, "cbd_circuit_calls_total{circuit=\"calls\",decision=\"allowed\"}",
+                  WORKERS * (SUCCESSES + FAILURES + IGNORED));
+    assert_sample(text, "cbd_circuit_probes_total{circuit=\"tripped\"}", 0);
     assert_sample(text, "cbd_circuit_state{circuit=\"calls\",state=\"closed\"}", 1);
     assert_sample(text, "cbd_circuit_state{circuit=\"tripped\",state=\"open\"}", 1);
     assert_sample(text, "cbd_circuit_state{circuit=\"tripped\",state=\"closed\"}", 0);
@@ -345,4 +354,33 @@ Test(metrics, cbctl_metrics_prints_what_a_scrape_shows_every_circuit_in_pages)
     free(b);
     free(text);
     free(scraped);
+}
+
+Test(metrics, a_probe_permit_is_counted_once_and_rejections_beside_it)
+{
+    int port = start_with_metrics();
+    cb_config cfg = tsup_config(1, 1, 1, 200);
+    cb_circuit *c = tsup_circuit(cl, "probed", &cfg);
+    cr_assert_eq(tsup_record_n(c, CB_FAILURE, 1), 1);
+    cr_assert(tsup_wait_state(c, CB_OPEN));
+    int rejected = 0;
+    cb_ticket probe;
+    cr_assert(tsup_wait_until(({
+                                  probe = cb_allow(c);
+                                  rejected += !cb_permitted(probe);
+                                  cb_ticket_is_probe(probe);
+                              }),
+                              TSUP_LIVENESS_MS),
+              "no probe ticket");
+    cb_record(c, probe, CB_SUCCESS);
+    cr_assert(tsup_wait_state(c, CB_CLOSED));
+    char *text = NULL;
+    cr_assert(tsup_wait_until((free(text), text = scrape(port),
+                               sample(text, "cbd_circuit_probes_total{circuit=\"probed\"}") == 1),
+                              TSUP_LIVENESS_MS),
+              "the probe was not counted:\n%.4000s", text);
+    assert_sample(text, "cbd_circuit_calls_total{circuit=\"probed\",decision=\"rejected\"}", rejected);
+    assert_sample(text, "cbd_circuit_transitions_total{circuit=\"probed\",from=\"open\",to=\"half_open\"}", 1);
+    assert_sample(text, "cbd_circuit_transitions_total{circuit=\"probed\",from=\"half_open\",to=\"closed\"}", 1);
+    free(text);
 }
