@@ -338,6 +338,14 @@ static inline uint64_t cb_permit_word(uint32_t epoch, uint32_t permits) { return
  * whose workers do not call the circuit never competes. */
 #define CB_PERMIT_DEMAND 0x80000000u
 
+#define CB_LANE_GROUP 64u                                 /* lanes per bit of claimed_groups */
+#define CB_LANE_GROUP_WORDS (65536u / CB_LANE_GROUP / 64u) /* for the most lanes a segment has */
+static inline void cb_lane_group_of(uint32_t lane, uint32_t *word, uint64_t *bit)
+{
+    *word = lane / CB_LANE_GROUP / 64u;
+    *bit = 1ull << (lane / CB_LANE_GROUP % 64u);
+}
+
 struct cb_lanes_header {
     char magic[16];                 /* CB_LANES_MAGIC */
     uint32_t major, minor;
@@ -357,6 +365,14 @@ struct cb_lanes_header {
      * waiter thread. The daemon stores 0 (and fences) before it drains. */
     _Alignas(64) _Atomic uint32_t doorbell;
     _Alignas(64) _Atomic uint64_t no_lane_drops; /* events dropped because every lane was taken */
+    /* Minor 1: bit g of word g / 64 is set by a worker that claims a lane
+     * of group g (lanes g * CB_LANE_GROUP ...), after its claim (release);
+     * the daemon's drain tick visits only the lanes of groups whose bit is
+     * set, and clears a bit once every lane of its group is free, then
+     * looks at their owners again (acquire), so a claim is never missed.
+     * A worker that does not set it (libcb of minor 0) is found by the
+     * daemon's full passes (doorbell, reclaim). In minor 0's padding. */
+    _Alignas(64) _Atomic uint64_t claimed_groups[CB_LANE_GROUP_WORDS];
 };
 _Static_assert(sizeof(struct cb_lanes_header) <= CB_LANES_HEADER_SIZE, "lanes header grew past its size");
 

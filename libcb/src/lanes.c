@@ -208,6 +208,13 @@ static void lane_claim(struct cb__map *m, struct lane_node *n)
                                                      memory_order_relaxed))
             continue;
         atomic_store_explicit(&m->mine[idx], 1, memory_order_relaxed);
+        uint32_t word;
+        uint64_t bit;
+        cb_lane_group_of(idx, &word, &bit);
+        /* Release pairs with the daemon's acquire when it clears the bit:
+         * a daemon that clears it after this sees our owner word. Once per
+         * claim; a daemon of minor 0 never reads it. */
+        atomic_fetch_or_explicit(&m->lanes->claimed_groups[word], bit, memory_order_release);
         n->lane = l;
         n->events = CB_LANES_EVENTS(l);
         n->mask = m->lane_capacity - 1;
