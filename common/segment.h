@@ -71,7 +71,7 @@
 #define CB_SEG_MAGIC "CBD-SEGMENT-v2"  /* layout major 2; at offset 0 of the state region */
 #define CB_LANES_MAGIC "CBD-LANES-v2"  /* layout major 2; at offset 0 of the lanes region */
 #define CB_SEG_MAJOR 2u
-#define CB_SEG_MINOR 0u
+#define CB_SEG_MINOR 1u              /* 1: per-lane call counts (CB_SEG_FEATURE_CALL_COUNTS) */
 #define CB_SEG_HEADER_SIZE 4096u
 #define CB_SEG_RECORD_SIZE 512u
 #define CB_SEG_CFG_WORDS 22u        /* policy words a record holds (CB_POLICY_FIELDS and room) */
@@ -127,6 +127,10 @@ static inline uint32_t cb_seg_word_epoch(uint64_t w) { return (uint32_t)(w >> CB
 #define CB_SEG_FEATURE_HISTORY 0x1ull
 #define CB_SEG_FEATURE_PERMITS 0x2ull
 #define CB_SEG_FEATURES_USED (CB_SEG_FEATURE_HISTORY | CB_SEG_FEATURE_PERMITS)
+/* Minor 1: the daemon folds each lane's call counts (struct cb_lane's
+ * calls), so workers count rejections and probes there. A reader does not
+ * need it (older daemons lack it: workers then count nothing). */
+#define CB_SEG_FEATURE_CALL_COUNTS 0x4ull
 
 /* ---- state region --------------------------------------------------------- */
 
@@ -275,14 +279,42 @@ struct cb_lane_event {
  * head and tail count events since the segment was made and never reset, so
  * a lane passes from owner to owner without losing or replaying events.
  */
+/*
+ * Call counts (minor 1, CB_SEG_FEATURE_CALL_COUNTS): what cb_allow decided
+ * off the CLOSED path, counted by the thread that owns the lane in words
+ * only it writes, and folded by the daemon as it drains the lane. Entry i
+ * is a circuit (key: cb_lane_call_key; 0 none) and a counts word:
+ * rejections in the low CB_LANE_REJECTED_BITS, probe permits taken above.
+ * The counts word only grows, across keys and owners; the daemon adds
+ * counts - calls_seen[i] to the circuit the key names and then stores
+ * counts into calls_seen[i]. A thread takes entry i for another circuit
+ * only when counts == calls_seen[i] (all of it folded): key first, then
+ * counts with release, so a fold that loads the new counts (acquire) reads
+ * the new key. Space that minor 0 left as padding: the lane header keeps
+ * its size, and an older reader never looks there.
+ */
+#define CB_LANE_CALL_ENTRIES 3
+#define CB_LANE_REJECTED_BITS 40
+#define CB_LANE_PROBE_ONE (1ull << CB_LANE_REJECTED_BITS)
+struct cb_lane_calls {
+    _Atomic uint64_t key;
+    _Atomic uint64_t counts;
+};
+static inline uint64_t cb_lane_call_key(uint32_t slot, uint32_t incarnation)
+{
+    return (uint64_t)incarnation << 32 | ((uint64_t)slot + 1);
+}
+
 struct cb_lane {
     _Alignas(64) _Atomic uint64_t owner;   /* 0 free; else (pid << 32) | lane state */
     uint64_t reserved0;
     /* producer's line */
     _Alignas(64) _Atomic uint64_t tail;    /* next event index to write; release by producer */
     _Atomic uint64_t dropped;              /* events dropped because the lane was full */
+    struct cb_lane_calls calls[CB_LANE_CALL_ENTRIES]; /* minor 1: counted by the producer */
     /* consumer's line */
     _Alignas(64) _Atomic uint64_t head;    /* next event index to read; release by the daemon */
+    _Atomic uint64_t calls_seen[CB_LANE_CALL_ENTRIES]; /* minor 1: the counts the daemon folded */
     /* events follow: struct cb_lane_event[lane_capacity] at lane + CB_LANE_HEADER_SIZE */
 };
 #define CB_LANE_HEADER_SIZE 192u
@@ -290,6 +322,7 @@ struct cb_lane {
 #define CB_LANE_RELEASED 2u
 static inline uint64_t cb_lane_owner_word(uint32_t pid, unsigned state) { return ((uint64_t)pid << 32) | state; }
 _Static_assert(sizeof(struct cb_lane) == CB_LANE_HEADER_SIZE, "lane header is three cache lines");
+_Static_assert(offsetof(struct cb_lane, head) == 128, "the call counts fit the producer's line");
 
 /*
  * Half-open permit word, one per circuit slot: (epoch << 32) | permits left.
@@ -304,6 +337,14 @@ static inline uint64_t cb_permit_word(uint32_t epoch, uint32_t permits) { return
  * doorbell; the daemon then competes for the fleet's probe lease. A host
  * whose workers do not call the circuit never competes. */
 #define CB_PERMIT_DEMAND 0x80000000u
+
+#define CB_LANE_GROUP 64u                                 /* lanes per bit of claimed_groups */
+#define CB_LANE_GROUP_WORDS (65536u / CB_LANE_GROUP / 64u) /* for the most lanes a segment has */
+static inline void cb_lane_group_of(uint32_t lane, uint32_t *word, uint64_t *bit)
+{
+    *word = lane / CB_LANE_GROUP / 64u;
+    *bit = 1ull << (lane / CB_LANE_GROUP % 64u);
+}
 
 struct cb_lanes_header {
     char magic[16];                 /* CB_LANES_MAGIC */
@@ -324,6 +365,14 @@ struct cb_lanes_header {
      * waiter thread. The daemon stores 0 (and fences) before it drains. */
     _Alignas(64) _Atomic uint32_t doorbell;
     _Alignas(64) _Atomic uint64_t no_lane_drops; /* events dropped because every lane was taken */
+    /* Minor 1: bit g of word g / 64 is set by a worker that claims a lane
+     * of group g (lanes g * CB_LANE_GROUP ...), after its claim (release);
+     * the daemon's drain tick visits only the lanes of groups whose bit is
+     * set, and clears a bit once every lane of its group is free, then
+     * looks at their owners again (acquire), so a claim is never missed.
+     * A worker that does not set it (libcb of minor 0) is found by the
+     * daemon's full passes (doorbell, reclaim). In minor 0's padding. */
+    _Alignas(64) _Atomic uint64_t claimed_groups[CB_LANE_GROUP_WORDS];
 };
 _Static_assert(sizeof(struct cb_lanes_header) <= CB_LANES_HEADER_SIZE, "lanes header grew past its size");
 

@@ -29,7 +29,9 @@
  *      [circuit]/[prefix] section may have changed while it was down);
  *   4. listen on the control socket; start draining, the doorbell (FIFO and futex thread)
  *      and the heartbeat; publish ready = 1 (release); then READY=1 to the
- *      service manager and the watchdog pings.
+ *      service manager and the watchdog pings; then the metrics endpoint
+ *      (metrics_listen), which only observes: one that cannot listen is
+ *      logged, and the daemon serves circuits without it.
  *
  * Reload (SIGHUP, op reload): parse the same sources again; if anything is
  * wrong keep everything as it is. Else swap the configuration and apply
@@ -39,7 +41,7 @@
  * Circuit states, streaks and counters are never touched by a reload.
  *
  * Stop (SIGTERM/SIGINT, or a failure): STOPPING=1, stop accepting
- * connections, stop the doorbell (FIFO and futex thread), drain every lane one last time,
+ * connections and scrapes, stop the doorbell (FIFO and futex thread), drain every lane one last time,
  * kill running hooks, close timers, flush and close the store; when the
  * loop has no handles left, set daemon_pid = 0 and unmap. The shm objects
  * are kept on purpose: the next daemon adopts them, and workers keep their
@@ -152,6 +154,14 @@ static bool from_the_fleet(cb_state from, cb_state to, cb_source source)
            (source == CB_SOURCE_TIMER && from == CB_HALF_OPEN && to == CB_OPEN);
 }
 
+/* The daemon's count and the circuit's [from][to] count (metrics). */
+static void count_transition(struct cbd *d, uint32_t slot, cb_state from, cb_state to)
+{
+    d->counters.transitions++;
+    if ((unsigned)from < 3 && (unsigned)to < 3)
+        d->circuits.by_slot[slot].transitions[from][to]++;
+}
+
 static void on_transitioned(void *arg, const struct cbd_circuit *c, cb_state from, int64_t prev_opened_at,
                             cb_source source, const struct cbd_now *now)
 {
@@ -161,7 +171,7 @@ static void on_transitioned(void *arg, const struct cbd_circuit *c, cb_state fro
         .from = (uint8_t)from, .to = (uint8_t)c->state, .source = (uint8_t)source,
         .opened_at = c->opened_at, .time_ns = now->real_ns,
     };
-    d->counters.transitions++;
+    count_transition(d, c->slot, from, c->state);
     cbd_segment_history_append(&d->seg, &e);
     cbd_log(CBD_LOG_INFO, "transition circuit=%s from=%s to=%s epoch=%u failure_count=%u opened_at=%lld source=%s "
                           "flags=%s", CB_NAME_SHOW(c->rec->name), cb__state_name(from), cb__state_name(c->state), c->epoch,
@@ -639,7 +649,7 @@ static void announce_rolled_forward(struct cbd *d)
         cbd_log(CBD_LOG_WARN, "completed the transition of circuit=%s from=%s to=%s epoch=%u that the previous "
                               "daemon committed but did not publish", CB_NAME_SHOW(c->rec->name), cb__state_name(from),
                 cb__state_name(c->state), c->epoch);
-        d->counters.transitions++;
+        count_transition(d, c->slot, from, c->state);
         if (!c->removed && !from_the_fleet(from, c->state, source))
             write_through(d, c, 0);
         if (!c->removed)
@@ -735,6 +745,8 @@ void cbd_stop(struct cbd *d, int exit_code)
     d->exit_code = exit_code;
     cbd_notify_send(&d->notify, "STOPPING=1");
     cbd_control_close(&d->control);
+    cbd_metrics_stop(d->metrics); /* a scrape waiting for the loop is answered 503 */
+    d->metrics = NULL;
     cbd_doorbell_stop(&d->bell);
     if (d->drain.started)
         cbd_drain_all(&d->drain); /* the final drain: outcomes recorded up to now count */
@@ -797,6 +809,22 @@ static int doorbell_start(struct cbd *d)
                               d->cfg.socket_group, on_doorbell, &d->drain);
 }
 
+/* The /metrics endpoint, once the daemon serves. It is an observer: an
+ * address that cannot be bound is logged and the daemon serves circuits
+ * without it. */
+static void metrics_start(struct cbd *d)
+{
+    char why[256];
+    if (d->cfg.metrics_listen[0] == '\0')
+        return;
+    int rc = cbd_metrics_start(&d->metrics, &d->loop, d->cfg.metrics_listen, cbd_ops_metrics_fill, &d->ops, why,
+                               sizeof why);
+    if (rc < 0) {
+        d->metrics = NULL;
+        cbd_log(CBD_LOG_ERROR, "%s: serving circuits without the metrics endpoint", why);
+    }
+}
+
 static void on_restored(void *arg, int rc)
 {
     struct cbd *d = arg;
@@ -819,6 +847,7 @@ static void on_restored(void *arg, int rc)
     cbd_segment_publish(&d->seg);
     d->ready = 1;
     send_ready(d);
+    metrics_start(d);
     cbd_log(CBD_LOG_INFO, "ready: instance=%s segment=%s capacity=%u socket=%s store=%s circuits=%u",
             d->cfg.instance, d->seg.state_name, d->cfg.capacity, d->cfg.socket, d->cfg.store, d->circuits.n);
     if (d->reload_pending)
@@ -865,7 +894,8 @@ static void control_init(struct cbd *d)
     d->ops = (struct cbd_ops){
         .circuits = &d->circuits, .seg = &d->seg, .env = &d->env, .control = &d->control, .drain = &d->drain,
         .bell = &d->bell, .hooks = &d->hooks, .store_ops = &d->store_ops, .store = &d->store,
-        .store_health = &d->store_health, .counters = &d->counters, .register_circuit = ops_register,
+        .store_health = &d->store_health, .counters = &d->counters, .ready = &d->ready, .metrics = &d->metrics,
+        .register_circuit = ops_register,
         .remove_circuit = ops_remove, .configure_circuit = ops_configure, .reload = ops_reload, .arg = d,
     };
     cbd_control_init(&d->control, &d->loop, &d->cfg, cbd_ops_table, cbd_ops_count, &d->ops);
@@ -914,6 +944,11 @@ static int start(struct cbd *d)
         cbd_log(CBD_LOG_ERROR, "cannot use the store: %s", err ? err : "unknown store scheme");
         return 2;
     }
+    /* The local store starts online (its state file's directory is ours)
+     * and reports only a change: a fleet store's health is unknown (-1)
+     * until its first report. */
+    if (!d->env.fleet)
+        d->store_health = 1;
     if (cbd_hooks_create(&d->hooks, &d->loop, d->cfg.instance, d->cfg.hook_max_running, d->cfg.hook_timeout_ms,
                          d->cfg.hook_queue_max) < 0) {
         cbd_log(CBD_LOG_ERROR, "out of memory creating the hook runner");

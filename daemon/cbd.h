@@ -18,6 +18,7 @@
 #include "doorbell.h"
 #include "drain.h"
 #include "hooks.h"
+#include "metrics.h"
 #include "notify.h"
 #include "ops.h"
 #include "policy.h"
@@ -44,6 +45,7 @@ struct cbd {
     struct cbd_ops ops;               /* what the control socket's requests do */
     struct cbd_hooks *hooks;          /* NULL once closed */
     struct cbd_notify notify;         /* sd_notify; a no-op outside systemd */
+    struct cbd_metrics *metrics;      /* the /metrics endpoint; NULL: off (metrics_listen "") or stopped */
     uv_timer_t watchdog;
     int watchdog_started;
     uv_signal_t sigterm, sigint, sighup;

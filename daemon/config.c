@@ -82,6 +82,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "policy.h"
 #include "store.h"
 
@@ -143,6 +144,18 @@ static const char *check_group(const char *v, char *why, size_t size)
         return NULL;
     snprintf(why, size, "group '%.64s' does not exist on this host (expected a group name, or nothing for none)",
              v);
+    return why;
+}
+
+/* Empty (no endpoint), or an address cbd_metrics_parse_listen takes. */
+static const char *check_metrics_listen(const char *v, char *why, size_t size)
+{
+    struct sockaddr_storage addr;
+    socklen_t len;
+    if (v[0] == '\0' || cbd_metrics_parse_listen(v, &addr, &len, why, size) == 0)
+        return NULL;
+    snprintf(why, size, "'%.64s' is not a listen address (expected IPv4:PORT, [IPv6]:PORT or PORT, numeric, "
+             "e.g. 127.0.0.1:9464)", v);
     return why;
 }
 
@@ -231,6 +244,10 @@ static const struct option_def options[] = {
      .def = "0", .min = 0, .max = 31536000, .reloadable = 1,
      .help = "a CLOSED circuit with no outcome and no registration for this long is removed (0: never); "
              "circuits named by a [circuit] section, forced or disabled ones never expire"},
+    {.name = "metrics_listen", .section = SEC_DAEMON, .type = OPT_STR, .offset = D(metrics_listen),
+     .size = CBD_LISTEN_MAX, .def = "", .def_doc = "none (no endpoint, no socket)", .check = check_metrics_listen,
+     .accepts = "IPv4:PORT, [IPv6]:PORT, or PORT (127.0.0.1:PORT); numeric, no names",
+     .help = "serve Prometheus metrics at http://ADDRESS/metrics (docs/metrics.md); a change needs a restart"},
     /* [defaults] and the per-circuit sections: the policy fields (cb.h) */
 #define POLICY_OPTION(n, d, lo, hi, h)                                                                           \
     {.name = #n, .section = SEC_DEFAULTS, .type = OPT_UINT, .offset = C(n), .def = #d, .min = lo, .max = hi,       \

@@ -15,6 +15,7 @@
 #define CBD_STORE_URI_MAX 1024
 #define CBD_GROUP_MAX 64
 #define CBD_PATH_MAX 4096
+#define CBD_LISTEN_MAX 64 /* metrics_listen: "[IPv6]:PORT" fits */
 /* Bytes of one line of the file, without its line end: what libinih's line
  * buffer holds (INI_MAX_LINE, 200 in Debian's build) less its NUL. */
 #define CBD_CONFIG_LINE_MAX 4095
@@ -54,6 +55,7 @@ struct cbd_config {
     uint32_t frame_timeout_ms, idle_timeout_ms;           /* idle_timeout_ms 0: never */
     uint32_t max_circuits_per_uid;                        /* 0: no quota */
     uint32_t circuit_expiry_s;                            /* 0: circuits never expire */
+    char metrics_listen[CBD_LISTEN_MAX];                  /* "": no metrics endpoint */
     /* [defaults]: the policy of circuits, under what workers and sections say */
     cb_config defaults;
     /* [hooks] */

@@ -17,6 +17,7 @@
 #include "frame.h"
 #include "hooks.h"
 #include "log.h"
+#include "metrics_text.h" /* enum cbd_conn_end: how connections end, as counted */
 
 #define CBD_CONTROL_MAX_QUEUED (1u << 20)  /* unread replies that close a connection */
 #define CBD_CONTROL_LINGER_MS 1000         /* a refused peer's time to send its request and read why */
@@ -55,20 +56,6 @@ struct cbd_control_op {
     const char *name;
     int admin;
     int (*run)(void *arg, const struct cbd_peer *peer, const msgpack_object *req, struct cbd_reply *r);
-};
-
-/* How a connection ended, or why it was refused (stats, logs, the seam). */
-enum cbd_conn_end {
-    CBD_CONN_OPEN = 0,               /* not ended */
-    CBD_CONN_REFUSED_PER_UID,        /* its uid holds max_connections_per_uid */
-    CBD_CONN_REFUSED_ADMIN_RESERVED, /* only admin_reserved_connections are left */
-    CBD_CONN_REFUSED_MAX,            /* max_connections are open */
-    CBD_CONN_FRAME_TIMEOUT,          /* a frame not complete frame_timeout_ms after its first byte */
-    CBD_CONN_IDLE,                   /* no request for idle_timeout_ms */
-    CBD_CONN_BAD_FRAME,              /* bad length or msgpack: the stream is out of step */
-    CBD_CONN_SLOW_READER,            /* CBD_CONTROL_MAX_QUEUED bytes of replies or transitions unread */
-    CBD_CONN_HANGUP,                 /* the peer closed, an I/O error, out of memory, or the daemon stops */
-    CBD_CONN_NENDS
 };
 
 /* Connections one uid holds (max_connections_per_uid). */

@@ -3,8 +3,20 @@
  *
  * Each lane is a single-producer (one worker thread) / single-consumer (this
  * loop) ring; head and tail count events forever. The loop drains every
- * owned lane when the doorbell rings (a failure or probe result), every
- * drain_interval_ms (successes do not ring), and once more at shutdown.
+ * owned lane when the doorbell rings (a failure or probe result) and once
+ * more at shutdown; every drain_interval_ms (successes do not ring) it
+ * drains the lanes of claimed groups only (the lanes header's
+ * claimed_groups, a bit per 64 lanes that claimers set and reclaim
+ * clears), and of those a lane that had nothing for QUIET_TICKS ticks in a
+ * row only every QUIET_EVERY-th tick. An idle daemon so touches no lane
+ * nobody claimed, and a quiet claimed lane a tenth as often: each lane is
+ * a page apart from the next (its events), so a pass over all of them is a
+ * cache and TLB miss per lane. The cost of the skip: a success recorded in
+ * a quiet lane waits up to QUIET_EVERY ticks when nothing rings (a failure
+ * or probe anywhere drains every lane at once, as before). A hostile
+ * worker that sets group bits costs the tick their lanes' scan, nothing
+ * more; reclaim's pass (every reclaim_interval_ms) looks at every lane
+ * anyway and puts the bits right.
  *
  * Nothing in the lanes region is trusted: workers map it writable, so a
  * buggy one can write anything anywhere in it. Hence:
@@ -27,6 +39,11 @@
  * record has one checkpoint, so the lane the dead daemon was in the middle
  * of (the only one whose head lags checkpoints that name it) is drained
  * first, before any other lane's events move those checkpoints on.
+ *
+ * Call counts: each drained lane's rejections and probe permits (counted
+ * by its owner thread in its header) are folded into the circuits first,
+ * free: they share the cache lines of tail and head. A key that names no
+ * circuit now (removed, reused slot, garbage) is counted as unattributed.
  *
  * Reclaim (every reclaim_interval_ms): a lane whose owner marked it
  * CB_LANE_RELEASED (thread exit, client close), whose owner process is gone
@@ -99,18 +116,60 @@ static void warn_invalid(struct cbd_drain *dr, uint32_t lane_no, uint64_t owner,
             (unsigned long long)suppressed);
 }
 
-/* Drains one lane completely. */
-static void drain_lane(struct cbd_drain *dr, uint32_t lane_no, uint64_t owner, const struct cbd_now *now)
+/* The circuit a lane's call-count key names now, or NULL (no circuit
+ * there any more, or garbage). */
+static struct cbd_circuit *call_key_circuit(const struct cbd_drain *dr, uint64_t key)
+{
+    uint32_t slot = (uint32_t)key - 1, incarnation = (uint32_t)(key >> 32);
+    if ((uint32_t)key == 0 || slot >= dr->circuits->n)
+        return NULL;
+    struct cbd_circuit *c = &dr->circuits->by_slot[slot];
+    return c->removed || c->incarnation != incarnation ? NULL : c;
+}
+
+/* Adds what the lane's owner counted since the last fold to the circuits
+ * its keys name (segment.h: call counts). The words are in the lines a
+ * drain reads anyway (tail's and head's). */
+static void fold_calls(struct cbd_drain *dr, struct cb_lane *lane)
+{
+    for (unsigned i = 0; i < CB_LANE_CALL_ENTRIES; i++) {
+        /* Acquire pairs with the worker's release store of counts: the key
+         * loaded next is the one these counts were made under. */
+        uint64_t counts = atomic_load_explicit(&lane->calls[i].counts, memory_order_acquire);
+        uint64_t seen = atomic_load_explicit(&lane->calls_seen[i], memory_order_relaxed);
+        if (counts == seen)
+            continue;
+        uint64_t key = atomic_load_explicit(&lane->calls[i].key, memory_order_relaxed);
+        uint64_t rejected = (counts - seen) & (CB_LANE_PROBE_ONE - 1);
+        uint64_t probes = (counts >> CB_LANE_REJECTED_BITS) - (seen >> CB_LANE_REJECTED_BITS);
+        probes &= (1ull << (64 - CB_LANE_REJECTED_BITS)) - 1;
+        struct cbd_circuit *c = call_key_circuit(dr, key);
+        if (c != NULL) {
+            c->rejected += rejected;
+            c->probes += probes;
+        } else {
+            dr->calls_unattributed += rejected + probes;
+        }
+        /* Release: the worker that sees counts == seen may give the entry
+         * to another circuit; everything of this key is folded by now. */
+        atomic_store_explicit(&lane->calls_seen[i], counts, memory_order_release);
+    }
+}
+
+/* Drains one lane completely, its call counts included; whether it had
+ * events. */
+static bool drain_lane(struct cbd_drain *dr, uint32_t lane_no, uint64_t owner, const struct cbd_now *now)
 {
     struct cb_lanes_header *l = dr->seg->lanes;
     struct cb_lane *lane = CB_LANES_LANE(l, lane_no);
     uint32_t cap = l->lane_capacity;
+    fold_calls(dr, lane);
     /* Acquire pairs with the producer's release store of tail: the events
      * before it are written. */
     uint64_t tail = atomic_load_explicit(&lane->tail, memory_order_acquire);
     uint64_t head = atomic_load_explicit(&lane->head, memory_order_relaxed); /* we are its only writer */
     if (tail == head)
-        return;
+        return false;
     if (tail < head) {
         /* Garbage: positions only grow. The head stays where it is - moving
          * it back would hand positions the records' checkpoints already
@@ -118,7 +177,7 @@ static void drain_lane(struct cbd_drain *dr, uint32_t lane_no, uint64_t owner, c
         dr->lane_overruns++;
         cbd_log(CBD_LOG_DEBUG, "lane %u (owner pid %u): tail %llu is behind head %llu: ignored", lane_no,
                 (uint32_t)(owner >> 32), (unsigned long long)tail, (unsigned long long)head);
-        return;
+        return false;
     }
     if (tail - head > cap) {
         dr->lane_overruns++;
@@ -158,6 +217,7 @@ static void drain_lane(struct cbd_drain *dr, uint32_t lane_no, uint64_t owner, c
     /* Release pairs with the producer's acquire load of head: the slots
      * read above may be overwritten now. */
     atomic_store_explicit(&lane->head, tail, memory_order_release);
+    return true;
 }
 
 void cbd_drain_all(struct cbd_drain *dr)
@@ -171,6 +231,72 @@ void cbd_drain_all(struct cbd_drain *dr)
             drain_lane(dr, i, owner, &now);
     }
     cbd_circuits_check_demand(dr->circuits, dr->env); /* a call that wants a probe rang the same doorbell */
+}
+
+/* The drain tick: the lanes of claimed groups; one quiet for QUIET_TICKS
+ * ticks in a row only every QUIET_EVERY-th tick. */
+#define QUIET_TICKS 8u
+#define QUIET_EVERY 10u
+static void drain_claimed(struct cbd_drain *dr)
+{
+    struct cb_lanes_header *l = dr->seg->lanes;
+    struct cbd_now now;
+    bool every = ++dr->ticks % QUIET_EVERY == 0;
+    cbd_now(&now);
+    for (uint32_t w = 0; w < CB_LANE_GROUP_WORDS; w++) {
+        /* Relaxed: a bit set after this load is seen next tick. */
+        for (uint64_t bits = atomic_load_explicit(&l->claimed_groups[w], memory_order_relaxed); bits != 0;
+             bits &= bits - 1) {
+            uint64_t first = ((uint64_t)w * 64 + (unsigned)__builtin_ctzll(bits)) * CB_LANE_GROUP;
+            for (uint64_t n = first; n < first + CB_LANE_GROUP && n < l->lane_count; n++) {
+                if (dr->quiet[n] >= QUIET_TICKS && !every)
+                    continue;
+                uint64_t owner = atomic_load_explicit(&CB_LANES_LANE(l, n)->owner, memory_order_relaxed);
+                if (owner != 0 && drain_lane(dr, (uint32_t)n, owner, &now))
+                    dr->quiet[n] = 0;
+                else if (dr->quiet[n] < UINT8_MAX)
+                    dr->quiet[n]++;
+            }
+        }
+    }
+    cbd_circuits_check_demand(dr->circuits, dr->env);
+}
+
+/* Whether any lane of group g is owned. */
+static bool group_owned(const struct cb_lanes_header *l, uint32_t g)
+{
+    for (uint64_t n = (uint64_t)g * CB_LANE_GROUP; n < (uint64_t)(g + 1) * CB_LANE_GROUP && n < l->lane_count; n++) {
+        /* Acquire pairs with the claimer's release of the group bit (its
+         * owner word was stored before it). */
+        if (atomic_load_explicit(&CB_LANES_LANE(l, n)->owner, memory_order_acquire) != 0)
+            return true;
+    }
+    return false;
+}
+
+/* After a reclaim pass: every group with an owned lane has its bit (a
+ * worker of minor 0 does not set it), and a group with none loses it.
+ * Clearing first, looking again after: a claim that raced the clear is
+ * seen and its bit set back. */
+static void sync_groups(struct cbd_drain *dr)
+{
+    struct cb_lanes_header *l = dr->seg->lanes;
+    for (uint32_t g = 0; (uint64_t)g * CB_LANE_GROUP < l->lane_count; g++) {
+        uint32_t word;
+        uint64_t bit;
+        cb_lane_group_of(g * CB_LANE_GROUP, &word, &bit);
+        bool set = atomic_load_explicit(&l->claimed_groups[word], memory_order_relaxed) & bit;
+        if (group_owned(l, g)) {
+            if (!set)
+                atomic_fetch_or_explicit(&l->claimed_groups[word], bit, memory_order_relaxed);
+        } else if (set) {
+            /* Acquire pairs with a claimer's release fetch_or: if its bit
+             * was set before this clear, its owner word is seen below. */
+            atomic_fetch_and_explicit(&l->claimed_groups[word], ~bit, memory_order_acq_rel);
+            if (group_owned(l, g))
+                atomic_fetch_or_explicit(&l->claimed_groups[word], bit, memory_order_relaxed);
+        }
+    }
 }
 
 /* Why a lane's owner is gone, or NULL if it is alive. */
@@ -216,6 +342,7 @@ static void reclaim(uv_timer_t *t)
             cbd_log(CBD_LOG_DEBUG, "reclaimed lane %u of pid %u (%s)", i, (uint32_t)(owner >> 32), why);
         }
     }
+    sync_groups(dr);
 }
 
 /* After adoption: drains first every lane that a record's checkpoint names
@@ -240,10 +367,24 @@ static void recover_unfinished_lanes(struct cbd_drain *dr)
     }
 }
 
+/* Counters count from this daemon's start: call counts workers made
+ * before (a previous daemon folded them, or nobody will) are skipped. */
+static void skip_earlier_calls(struct cbd_drain *dr)
+{
+    struct cb_lanes_header *l = dr->seg->lanes;
+    for (uint32_t n = 0; n < l->lane_count; n++) {
+        struct cb_lane *lane = CB_LANES_LANE(l, n);
+        for (unsigned i = 0; i < CB_LANE_CALL_ENTRIES; i++)
+            atomic_store_explicit(&lane->calls_seen[i],
+                                  atomic_load_explicit(&lane->calls[i].counts, memory_order_relaxed),
+                                  memory_order_release);
+    }
+}
+
 static void tick(uv_timer_t *t)
 {
     struct cbd_drain *dr = t->data;
-    cbd_drain_all(dr);
+    drain_claimed(dr);
     cbd_segment_lanes_check(dr->seg);
 }
 
@@ -261,8 +402,12 @@ void cbd_drain_init(struct cbd_drain *dr, uv_loop_t *loop, struct cbd_segment *s
 int cbd_drain_start(struct cbd_drain *dr)
 {
     dr->dirty_cap = 256;
-    if ((dr->dirty = malloc(dr->dirty_cap * sizeof *dr->dirty)) == NULL)
+    dr->quiet = calloc(dr->seg->lanes->lane_count, sizeof *dr->quiet);
+    if (dr->quiet == NULL || (dr->dirty = malloc(dr->dirty_cap * sizeof *dr->dirty)) == NULL) {
+        free(dr->quiet);
+        dr->quiet = NULL;
         return UV_ENOMEM;
+    }
     int rc = uv_timer_init(dr->loop, &dr->tick);
     if (rc == 0)
         rc = uv_timer_init(dr->loop, &dr->reclaim);
@@ -270,6 +415,8 @@ int cbd_drain_start(struct cbd_drain *dr)
         return rc;
     dr->tick.data = dr->reclaim.data = dr;
     dr->started = 1;
+    skip_earlier_calls(dr);
+    sync_groups(dr); /* lanes claimed under a previous daemon */
     recover_unfinished_lanes(dr);
     cbd_drain_set_intervals(dr);
     return 0;
@@ -293,6 +440,8 @@ void cbd_drain_stop(struct cbd_drain *dr)
     dr->started = 0;
     free(dr->dirty);
     dr->dirty = NULL;
+    free(dr->quiet);
+    dr->quiet = NULL;
     dr->ndirty = dr->dirty_cap = 0;
 }
 

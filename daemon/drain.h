@@ -28,9 +28,12 @@ struct cbd_drain {
     uint64_t events_replayed; /* drained again after a crash, already counted: skipped */
     uint64_t lane_overruns;   /* lanes whose tail ran more than a lane ahead: skipped */
     uint64_t lanes_reclaimed; /* lanes freed after their thread or process went away */
+    uint64_t calls_unattributed; /* call counts whose key names no circuit now (removed, garbage) */
     struct cbd_ratelimit invalid_warn;
     uv_timer_t tick, reclaim;
     int started;
+    uint8_t *quiet;           /* per lane: drain ticks in a row it had nothing (saturates) */
+    uint64_t ticks;
     uint32_t *dirty;          /* slots with counters to publish after this batch */
     uint32_t ndirty, dirty_cap;
 };
@@ -42,8 +45,9 @@ void cbd_drain_init(struct cbd_drain *dr, uv_loop_t *loop, struct cbd_segment *s
 /* Drains first the lane a previous daemon left half-drained, then starts
  * the drain and reclaim timers. 0 or a libuv error. */
 int cbd_drain_start(struct cbd_drain *dr);
-/* Drains every owned lane now (doorbell, tick, shutdown), then looks for
- * workers' demand for probes. */
+/* Drains every owned lane now (doorbell, shutdown), then looks for
+ * workers' demand for probes. (The drain tick drains only the lanes of
+ * claimed groups, quiet ones less often: drain.c.) */
 void cbd_drain_all(struct cbd_drain *dr);
 void cbd_drain_stop(struct cbd_drain *dr);
 /* Restarts the drain and reclaim timers with the configured intervals (reload). */

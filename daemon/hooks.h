@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "metrics_text.h" /* struct cbd_hooks_stats */
+
 /* What a hook is told about one transition (copied; the caller keeps nothing). */
 struct cbd_hook_event {
     char circuit[128];
@@ -17,10 +19,6 @@ struct cbd_hook_event {
     uint32_t failure_count;
     uint32_t epoch;
     int64_t time_ns;                /* CLOCK_REALTIME of the transition */
-};
-
-struct cbd_hooks_stats {
-    uint64_t started, succeeded, failed, timed_out, dropped, spawn_errors;
 };
 
 struct cbd_hooks;

@@ -4,14 +4,14 @@
  * peer's rights, is mapped here to what it does, and its reply is filled.
  *
  * Anyone who can connect may register, list, show, subscribe, stats,
- * version and ping; the admin ops (force_open, force_closed, reset,
+ * metrics, version and ping; the admin ops (force_open, force_closed, reset,
  * disable, enable, set, remove, reload) are marked so in the table, and the
  * server runs them for admins only. Admins' circuits do not count against
  * max_circuits_per_uid. Every admin action is logged with the peer's uid
  * and pid.
  *
- * list answers with as many circuits as fit in one frame and says where to
- * go on ("next"); show and list read the daemon's own view of a circuit.
+ * list and metrics answer with as many circuits as fit in one frame and
+ * say where to go on ("next"); show and list read the daemon's own view of a circuit.
  *
  * Owns nothing but the table: it reads the circuits registry, the segment
  * and the subsystems' counters it is given (struct cbd_ops), sends the
@@ -153,7 +153,7 @@ static int op_stats(void *arg, const struct cbd_peer *p, const msgpack_object *r
     cbd_now(&now);
     static const char *const keys[] = {
         "circuits", "events_drained", "events_invalid", "events_stale", "lanes_in_use", "lanes_reclaimed",
-        "lane_overruns", "lane_drops", "frames_bad", "connections", "connections_total", "connections_refused",
+        "lane_overruns", "lane_drops", "calls_unattributed", "frames_bad", "connections", "connections_total", "connections_refused",
         "connections_refused_per_uid", "connections_refused_admin_reserved", "connections_refused_max_connections",
         "connections_lingering", "connections_closed_frame_timeout", "connections_closed_idle",
         "connections_closed_bad_frame", "connections_closed_slow_reader", "accept_errors", "subscribers", "transitions", "hooks_started", "hooks_succeeded", "hooks_failed", "hooks_timed_out",
@@ -163,6 +163,7 @@ static int op_stats(void *arg, const struct cbd_peer *p, const msgpack_object *r
     const uint64_t vals[] = {
         o->circuits->n, dr->events_drained, dr->events_invalid, dr->events_stale,
         cbd_drain_lanes_in_use(dr), dr->lanes_reclaimed, dr->lane_overruns, cbd_drain_lane_drops(dr),
+        dr->calls_unattributed,
         ctl->frames_bad, ctl->nconns, ctl->connections_total, ctl->connections_refused,
         ctl->ends[CBD_CONN_REFUSED_PER_UID], ctl->ends[CBD_CONN_REFUSED_ADMIN_RESERVED],
         ctl->ends[CBD_CONN_REFUSED_MAX], ctl->nlingering, ctl->ends[CBD_CONN_FRAME_TIMEOUT],
@@ -174,10 +175,144 @@ static int op_stats(void *arg, const struct cbd_peer *p, const msgpack_object *r
     _Static_assert(sizeof keys / sizeof keys[0] == sizeof vals / sizeof vals[0], "a stat without a name");
     kv_u64s(r, keys, vals, sizeof vals / sizeof vals[0]);
     cb__mp_kv_str(&r->pk, "store", (*o->store_ops)->scheme);
-    cb__mp_kv_bool(&r->pk, "store_online", *o->store_health != 0);
+    cb__mp_kv_bool(&r->pk, "store_online", *o->store_health == 1); /* -1: not reported yet */
     r->nfields += 2;
     if ((*o->store_ops)->stats != NULL && *o->store != NULL)
         (*o->store_ops)->stats(*o->store, emit_store_stat, r);
+    return 0;
+}
+
+/* ---- metrics ----------------------------------------------------------------- */
+
+/* The store's error count, if it keeps one (its stats name it "errors"). */
+static void take_store_errors(void *arg, const char *name, uint64_t value)
+{
+    struct cbd_metrics_store *st = arg;
+    if (strcmp(name, "errors") == 0) {
+        st->counts_errors = true;
+        st->errors = value;
+    }
+}
+
+static void fill_circuit(struct cbd_metrics_circuit *row, const struct cbd_circuit *c)
+{
+    memset(row, 0, sizeof *row);
+    row->name = c->rec->name;
+    row->state = c->state;
+    row->forced = (c->flags & CB_SEG_F_FORCED) != 0;
+    row->disabled = (c->flags & CB_SEG_F_DISABLED) != 0;
+    row->consecutive_failures = c->state == CB_CLOSED ? c->streak : c->trip_failure_count;
+    row->opened_at_ns = c->state == CB_CLOSED ? 0 : c->opened_at_ns;
+    row->sync_state = c->pub.sync_state;
+    row->synced_at = c->pub.synced_at;
+    memcpy(row->transitions, c->transitions, sizeof row->transitions);
+    row->calls[CBD_CALL_SUCCEEDED] = c->pub.total_successes;
+    row->calls[CBD_CALL_FAILED] = c->pub.total_failures;
+    row->calls[CBD_CALL_IGNORED] = c->pub.total_ignored;
+    /* allowed: the calls whose outcome was recorded (probes' included);
+     * an allowed call never recorded is not known to the daemon */
+    row->calls[CBD_CALL_ALLOWED] = c->pub.total_successes + c->pub.total_failures + c->pub.total_ignored;
+    row->calls[CBD_CALL_REJECTED] = c->rejected;
+    row->calls[CBD_CALL_PROBES] = c->probes;
+}
+
+/* Everything but the circuits. */
+static void fill_daemon(const struct cbd_ops *o, struct cbd_metrics_snapshot *s)
+{
+    const struct cbd_control *ctl = o->control;
+    const struct cbd_drain *dr = o->drain;
+    struct cbd_now now;
+    cbd_now(&now);
+    s->now_ns = now.real_ns;
+    s->version = CB_VERSION_STRING;
+    s->layout = CB_SEG_MAJOR;
+    s->instance = o->seg->hdr->instance;
+    s->start_time_ns = now.real_ns - (int64_t)(now.mono_ns - o->counters->start_ns);
+    s->calls_counted = CBD_CALL_BIT(CBD_CALL_SUCCEEDED) | CBD_CALL_BIT(CBD_CALL_FAILED) | CBD_CALL_BIT(CBD_CALL_IGNORED) |
+                       CBD_CALL_BIT(CBD_CALL_ALLOWED) | CBD_CALL_BIT(CBD_CALL_REJECTED) | CBD_CALL_BIT(CBD_CALL_PROBES);
+    s->store.scheme = (*o->store_ops)->scheme;
+    s->store.online = *o->store_health < 0 ? -1 : *o->store_health == 1;
+    if ((*o->store_ops)->stats != NULL && *o->store != NULL)
+        (*o->store_ops)->stats(*o->store, take_store_errors, &s->store);
+    s->lanes = (struct cbd_metrics_lanes){
+        .drained = dr->events_drained, .invalid = dr->events_invalid, .stale = dr->events_stale,
+        .dropped = cbd_drain_lane_drops(dr), .reclaimed = dr->lanes_reclaimed,
+        .in_use = (uint32_t)cbd_drain_lanes_in_use(dr),
+    };
+    if (*o->hooks != NULL)
+        cbd_hooks_stats_get(*o->hooks, &s->hooks);
+    s->control = (struct cbd_metrics_control){
+        .open = ctl->nconns, .admitted = ctl->connections_total, .accept_errors = ctl->accept_errors,
+    };
+    memcpy(s->control.ends, ctl->ends, sizeof s->control.ends);
+}
+
+int cbd_ops_metrics_fill(void *arg, struct cbd_metrics_snapshot *s)
+{
+    const struct cbd_ops *o = arg;
+    if (!*o->ready)
+        return -EAGAIN;
+    fill_daemon(o, s);
+    for (uint32_t i = 0; i < o->circuits->n; i++) {
+        struct cbd_metrics_circuit *row;
+        if (o->circuits->by_slot[i].removed)
+            continue;
+        if ((row = cbd_metrics_snapshot_add_circuit(s)) == NULL)
+            return -ENOMEM;
+        fill_circuit(row, &o->circuits->by_slot[i]);
+    }
+    return 0;
+}
+
+/* The snapshot the endpoint would render, in pages: "daemon" (the numbers
+ * of the whole daemon, with the endpoint's answers while it runs), the
+ * circuits from "offset" on as many as fit in one frame, and "next" when
+ * they did not all fit (docs/protocol.md). */
+static int op_metrics(void *arg, const struct cbd_peer *p, const msgpack_object *req, struct cbd_reply *r)
+{
+    const struct cbd_ops *o = arg;
+    const struct cbd_circuits *t = o->circuits;
+    struct cbd_metrics_snapshot s;
+    uint64_t offset = 0;
+    uint32_t i, n = 0;
+    (void)p;
+    if (cb__mp_get_u64(req, "offset", &offset) == -EINVAL)
+        return cbd_reply_fail(r, -EINVAL, "field 'offset' must be an unsigned integer");
+    if (!*o->ready)
+        return cbd_reply_fail(r, -EAGAIN, "the daemon is starting: try again");
+    cbd_metrics_snapshot_init(&s);
+    fill_daemon(o, &s);
+    if (*o->metrics != NULL) {
+        s.has_http = true;
+        cbd_metrics_responses(*o->metrics, s.http_responses);
+    }
+    cb__mp_pack_str(&r->pk, "daemon");
+    cbd_metrics_pack_daemon(&r->pk, &s);
+    r->nfields++;
+    msgpack_sbuffer rows;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&rows);
+    msgpack_packer_init(&pk, &rows, msgpack_sbuffer_write);
+    for (i = offset < t->n ? (uint32_t)offset : t->n; i < t->n; i++) {
+        struct cbd_metrics_circuit row;
+        size_t before = rows.size;
+        if (t->by_slot[i].removed)
+            continue;
+        fill_circuit(&row, &t->by_slot[i]);
+        cbd_metrics_pack_circuit(&pk, &row);
+        if (rows.size > CB_FRAME_MAX - 2048) { /* room for the daemon's numbers and the rest */
+            rows.size = before;
+            break;
+        }
+        n++;
+    }
+    cb__mp_pack_str(&r->pk, "circuits");
+    msgpack_pack_array(&r->pk, n);
+    msgpack_sbuffer_write(&r->body, rows.data, rows.size);
+    msgpack_sbuffer_destroy(&rows);
+    r->nfields++;
+    if (i < t->n)
+        cbd_reply_u64(r, "next", i);
     return 0;
 }
 
@@ -388,6 +523,7 @@ const struct cbd_control_op cbd_ops_table[] = {
     {"subscribe", 0, op_subscribe}, {"force_open", 1, op_force_open}, {"force_closed", 1, op_force_closed},
     {"reset", 1, op_reset},         {"disable", 1, op_disable},   {"enable", 1, op_enable},
     {"remove", 1, op_remove},       {"reload", 1, op_reload},     {"set", 1, op_set},
+    {"metrics", 0, op_metrics},
 };
 
 const size_t cbd_ops_count = sizeof cbd_ops_table / sizeof cbd_ops_table[0];

@@ -1,7 +1,7 @@
 /*
  * ops.h - what each control request does: the operations table the control
  * server runs (register, list, show, stats, the operator's actions,
- * remove, reload, ...), over the pieces of the daemon they read or act on.
+ * remove, reload, metrics, ...), over the pieces of the daemon they read or act on.
  */
 #ifndef CBD_OPS_H
 #define CBD_OPS_H
@@ -14,6 +14,7 @@
 #include "doorbell.h"
 #include "drain.h"
 #include "hooks.h"
+#include "metrics.h"
 #include "policy.h"
 #include "segment_owner.h"
 #include "store.h"
@@ -40,6 +41,8 @@ struct cbd_ops {
     struct cbd_store *const *store;       /* *store NULL once closed */
     const int *store_health;              /* -1 not reported yet, else the store's last online value */
     const struct cbd_counters *counters;
+    const int *ready;                     /* the daemon is serving (metrics: -EAGAIN before) */
+    struct cbd_metrics *const *metrics;   /* the /metrics endpoint; *metrics NULL: not running */
     /* What the daemon does for them (cbd.c): the same contracts as
      * cbd_circuit_register, cbd_circuit_remove, cbd_circuit_configure and
      * cbd_reload, with arg. */
@@ -51,6 +54,14 @@ struct cbd_ops {
     int (*reload)(void *arg, char *err, size_t errsize);
     void *arg;
 };
+
+/*
+ * cbd_ops_metrics_fill - the endpoint's fill callback (metrics.h), arg a
+ * struct cbd_ops: the daemon's numbers into s as they are now, circuit
+ * names pointing into the segment. 0, -EAGAIN while the daemon is not
+ * serving yet, or -ENOMEM.
+ */
+int cbd_ops_metrics_fill(void *arg, struct cbd_metrics_snapshot *s);
 
 /* The table for cbd_control_init, whose ops_arg is a struct cbd_ops. */
 extern const struct cbd_control_op cbd_ops_table[];

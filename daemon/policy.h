@@ -72,6 +72,8 @@ struct cbd_circuit {
     uint32_t owner_uid;          /* who registered it over the socket (CBD_OWNER_NONE: nobody counted) */
     uint64_t last_used_ns;       /* CLOCK_MONOTONIC of its last outcome or registration (expiry) */
     int removed;                 /* the slot holds no circuit (removed, free for reuse) */
+    uint64_t transitions[3][3];  /* [from][to] (cb_state) since it was loaded (metrics) */
+    uint64_t rejected, probes;   /* workers' call counts folded from the lanes since it was loaded */
 };
 
 

@@ -166,6 +166,13 @@ static void adopt(struct cbd_segment *s, const struct cbd_config *cfg)
     uint64_t gen = ((uint64_t)getpid() << 32) ^ mono_ns();
     h->stale_policy = cfg->stale_policy;
     h->stale_limit_ms = cfg->stale_limit_ms;
+    /* A minor-0 segment's lanes have zeroes where the call counts go (never
+     * written): this daemon folds them, so workers may count there. Set
+     * before the generation below, which libcb reads the header after. */
+    if (h->minor < CB_SEG_MINOR) {
+        h->minor = s->lanes->minor = CB_SEG_MINOR;
+        h->features |= CB_SEG_FEATURE_CALL_COUNTS;
+    }
     h->heartbeat_interval_ms = cfg->heartbeat_ms;
     if (strcmp(h->socket_path, cfg->socket) != 0)
         snprintf(h->socket_path, sizeof h->socket_path, "%s", cfg->socket);
@@ -315,7 +322,7 @@ static void fill_headers(struct cbd_segment *s, const struct cbd_config *cfg, co
     h->index_slots = g->index_slots;
     h->history_capacity = g->history_capacity;
     h->stale_policy = cfg->stale_policy;
-    h->features = CB_SEG_FEATURES_USED;
+    h->features = CB_SEG_FEATURES_USED | CB_SEG_FEATURE_CALL_COUNTS;
     h->total_size = g->state_size;
     h->index_offset = g->index_offset;
     h->records_offset = g->records_offset;

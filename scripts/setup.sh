@@ -19,12 +19,13 @@ cd "$(dirname "$0")/.."
 # fleet protocol's model, tests/model), libmicrohttpd (the metrics endpoint),
 # prometheus (promtool checks the metrics text in the tests; where systemd
 # runs, the package also starts a Prometheus server on :9090), and Python's
-# headers, venv, pytest and gunicorn (the Python binding's tests). Never
+# headers, venv, pytest and gunicorn (the Python binding's tests), tmux
+# (the test of `cbctl top` drives it in a terminal). Never
 # nodejs/npm: Node 20 comes with the machine, Debian's is too old.
 PACKAGES=(build-essential cmake pkg-config libuv1-dev libhiredis-dev libmsgpack-dev libcriterion-dev
           libcurl4-openssl-dev libjansson-dev redis-server redis-tools clang libclang-rt-14-dev valgrind
           libinih-dev gnuplot-nox socat redis-sentinel spin libmicrohttpd-dev prometheus
-          python3-dev python3-venv python3-pip python3-setuptools python3-pytest gunicorn)
+          python3-dev python3-venv python3-pip python3-setuptools python3-pytest gunicorn tmux)
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }

@@ -25,13 +25,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "cb.h"
 #include "frame.h"
+#include "metrics_text.h"
 #include "segment.h"
 #include "dynamodb_table.h"
 
@@ -335,18 +339,38 @@ static const char *default_socket(const struct cbctl *c, char *buf, size_t len)
  * Sends {op, name?, extra} and prints the reply. `print` decides the human
  * output of a successful reply (NULL: "ok").
  */
+/* A connection to the daemon's socket (--socket, else the segment's, else
+ * the default): EXIT_OK with *fd and *path, or EXIT_UNREACHABLE (said). */
+static int connect_daemon(struct cbctl *c, int *fd, const char **path, char *defbuf, size_t deflen)
+{
+    if (c->socket_path == NULL && seg_map(c) != EXIT_OK)
+        fprintf(stderr, "cbctl: trying the default socket path\n");
+    *path = c->socket_path ? c->socket_path : default_socket(c, defbuf, deflen);
+    if ((*fd = cb__unix_connect(*path)) < 0)
+        return fail(EXIT_UNREACHABLE, "cannot reach cbd at %s: %s", *path, strerror(-*fd));
+    return EXIT_OK;
+}
+
+/* A reply that is not ok: its message said, its exit code returned. */
+static int refusal(const msgpack_object *reply, const char *op)
+{
+    int64_t err = -EPROTO;
+    char msg[512] = "no message";
+    cb__mp_get_i64(reply, "error", &err);
+    cb__mp_get_str(reply, "message", msg, sizeof msg);
+    return fail(exit_for_error(err), "%s failed: %s", op, msg);
+}
+
 /* Sends the request packed in sb (and destroys sb), prints the reply. */
 static int send_request(struct cbctl *c, const char *op, msgpack_sbuffer *sb,
                         void (*print)(const struct cbctl *, const msgpack_object *))
 {
-    if (c->socket_path == NULL && seg_map(c) != EXIT_OK)
-        fprintf(stderr, "cbctl: trying the default socket path\n");
     char defbuf[128];
-    const char *path = c->socket_path ? c->socket_path : default_socket(c, defbuf, sizeof defbuf);
-    int fd = cb__unix_connect(path);
-    if (fd < 0) {
+    const char *path;
+    int fd;
+    if (connect_daemon(c, &fd, &path, defbuf, sizeof defbuf) != EXIT_OK) {
         msgpack_sbuffer_destroy(sb);
-        return fail(EXIT_UNREACHABLE, "cannot reach cbd at %s: %s", path, strerror(-fd));
+        return EXIT_UNREACHABLE;
     }
     char *buf = NULL;
     msgpack_unpacked result;
@@ -360,14 +384,9 @@ static int send_request(struct cbctl *c, const char *op, msgpack_sbuffer *sb,
     int ok = 0, code = EXIT_OK;
     cb__mp_get_bool(reply, "ok", &ok);
     if (!ok) {
-        int64_t err = -EPROTO;
-        char msg[512] = "no message";
-        cb__mp_get_i64(reply, "error", &err);
-        cb__mp_get_str(reply, "message", msg, sizeof msg);
-        code = exit_for_error(err);
         if (c->json)
             json_print(mp_to_json(reply));
-        fail(code, "%s failed: %s", op, msg);
+        code = refusal(reply, op);
     } else if (c->json) {
         json_print(mp_to_json(reply));
     } else if (print) {
@@ -625,6 +644,295 @@ static int cmd_dynamodb(struct cbctl *c, int argc, char **argv)
     return EXIT_OK;
 }
 
+/* ---- metrics ---------------------------------------------------------------- */
+
+/* One page of the `metrics` op into s: EXIT_OK and *next (0: the last
+ * page), or an exit code (said). */
+static int metrics_page(int fd, const char *path, int timeout_ms, uint64_t offset, struct cbd_metrics_snapshot *s,
+                        uint64_t *next)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 2);
+    cb__mp_kv_str(&pk, "op", "metrics");
+    cb__mp_kv_u64(&pk, "offset", offset);
+    char *buf = NULL;
+    msgpack_unpacked result;
+    msgpack_object *reply;
+    int rc = cb__request(fd, sb.data, sb.size, timeout_ms, &buf, &result, &reply), code = EXIT_OK, ok = 0;
+    msgpack_sbuffer_destroy(&sb);
+    if (rc < 0)
+        return fail(EXIT_UNREACHABLE, "no valid answer from cbd at %s: %s", path, strerror(-rc));
+    const msgpack_object *circuits = cb__mp_get(reply, "circuits");
+    cb__mp_get_bool(reply, "ok", &ok);
+    *next = 0;
+    if (!ok) {
+        code = refusal(reply, "metrics");
+    } else if (offset == 0 && cbd_metrics_unpack_daemon(cb__mp_get(reply, "daemon"), s) < 0) {
+        code = fail(EXIT_FAILED, "metrics: the daemon's numbers are not in the form this cbctl knows");
+    } else if (circuits == NULL || circuits->type != MSGPACK_OBJECT_ARRAY) {
+        code = fail(EXIT_FAILED, "metrics: the reply has no circuits");
+    } else {
+        for (uint32_t i = 0; i < circuits->via.array.size && code == EXIT_OK; i++)
+            if ((rc = cbd_metrics_unpack_circuit(&circuits->via.array.ptr[i], s)) < 0)
+                code = fail(EXIT_FAILED, "metrics: a circuit's numbers are not in the form this cbctl knows");
+        if (cb__mp_get_u64(reply, "next", next) == 0 && *next <= offset)
+            code = fail(EXIT_FAILED, "metrics: the daemon's pages do not move on");
+    }
+    msgpack_unpacked_destroy(&result);
+    free(buf);
+    return code;
+}
+
+/* Every page of the `metrics` op into s (cbd_metrics_snapshot_free it):
+ * what the daemon's /metrics endpoint would render now. */
+static int metrics_fetch(struct cbctl *c, struct cbd_metrics_snapshot *s)
+{
+    char defbuf[128];
+    const char *path;
+    int fd, code;
+    uint64_t offset = 0, next;
+    cbd_metrics_snapshot_init(s);
+    if ((code = connect_daemon(c, &fd, &path, defbuf, sizeof defbuf)) != EXIT_OK)
+        return code;
+    while ((code = metrics_page(fd, path, c->timeout_ms, offset, s, &next)) == EXIT_OK && next != 0)
+        offset = next;
+    close(fd);
+    return code;
+}
+
+/* The Prometheus text the daemon's /metrics endpoint serves, without HTTP. */
+static int cmd_metrics(struct cbctl *c, int argc, char **argv)
+{
+    struct cbd_metrics_snapshot s;
+    char *text;
+    size_t len;
+    (void)argv;
+    if (argc != 0)
+        return fail(EXIT_USAGE, "usage: cbctl metrics");
+    int code = metrics_fetch(c, &s);
+    if (code == EXIT_OK && cbd_metrics_render(&s, &text, &len) < 0)
+        code = fail(EXIT_FAILED, "metrics: out of memory");
+    if (code == EXIT_OK) {
+        fwrite(text, 1, len, stdout);
+        free(text);
+    }
+    cbd_metrics_snapshot_free(&s);
+    return code;
+}
+
+/* ---- top ------------------------------------------------------------------------ */
+
+/*
+ * `cbctl top`: the circuits live. Every interval it takes the `metrics`
+ * op's numbers (what a scrape would show) and, from the segment, when each
+ * circuit last changed state; rates are the counters' change since the
+ * previous refresh over the time between the two. Redrawn in place (clear,
+ * home); on a terminal, keys are read raw: s sorts by the next column, q
+ * (or ^C) quits.
+ */
+enum top_sort { SORT_NAME, SORT_STATE, SORT_ALLOWED, SORT_REJECTED, SORT_FAILURE, SORT_IN_STATE, TOP_NSORTS };
+static const char *const top_sort_names[TOP_NSORTS] = {"name", "state", "allowed", "rejected", "failure", "in_state"};
+
+struct top_row {
+    const char *name;
+    cb_state state;
+    double allowed_s, rejected_s, failure_pct; /* failure_pct < 0: no outcome in the interval */
+    int64_t in_state_ns, sync_age_ns;          /* sync_age_ns < 0: local store, or never synced */
+    uint32_t sync_state;
+};
+
+static enum top_sort top_sort_key;
+
+static int top_cmp(const void *a, const void *b)
+{
+    const struct top_row *x = a, *y = b;
+    double d = 0;
+    switch (top_sort_key) {
+    case SORT_STATE: d = (double)y->state - (double)x->state; break; /* open first */
+    case SORT_ALLOWED: d = y->allowed_s - x->allowed_s; break;
+    case SORT_REJECTED: d = y->rejected_s - x->rejected_s; break;
+    case SORT_FAILURE: d = y->failure_pct - x->failure_pct; break;
+    case SORT_IN_STATE: d = (double)(y->in_state_ns - x->in_state_ns); break;
+    default: break;
+    }
+    return d < 0 ? -1 : d > 0 ? 1 : strcmp(x->name, y->name);
+}
+
+/* "850ms", "42s", "7m03s", "5h12m", "3d04h" into buf. */
+static const char *age_text(int64_t ns, char *buf, size_t len)
+{
+    int64_t s = ns / 1000000000;
+    if (ns < 0)
+        snprintf(buf, len, "-");
+    else if (s < 1)
+        snprintf(buf, len, "%lldms", (long long)(ns / 1000000));
+    else if (s < 60)
+        snprintf(buf, len, "%llds", (long long)s);
+    else if (s < 3600)
+        snprintf(buf, len, "%lldm%02llds", (long long)(s / 60), (long long)(s % 60));
+    else if (s < 86400)
+        snprintf(buf, len, "%lldh%02lldm", (long long)(s / 3600), (long long)(s / 60 % 60));
+    else
+        snprintf(buf, len, "%lldd%02lldh", (long long)(s / 86400), (long long)(s / 3600 % 24));
+    return buf;
+}
+
+/* The row in prev with name (slot order rarely changes: try i first). */
+static const struct cbd_metrics_circuit *top_prev(const struct cbd_metrics_snapshot *prev, size_t i, const char *name)
+{
+    if (i < prev->ncircuits && strcmp(prev->circuits[i].name, name) == 0)
+        return &prev->circuits[i];
+    for (size_t k = 0; k < prev->ncircuits; k++)
+        if (strcmp(prev->circuits[k].name, name) == 0)
+            return &prev->circuits[k];
+    return NULL;
+}
+
+/* The rows of cur, rates against prev (NULL: the first refresh, no rate). */
+static void top_rows(const struct cbctl *c, const struct cbd_metrics_snapshot *cur,
+                     const struct cbd_metrics_snapshot *prev, struct top_row *rows)
+{
+    double secs = prev != NULL && cur->now_ns > prev->now_ns ? (double)(cur->now_ns - prev->now_ns) / 1e9 : 0;
+    for (size_t i = 0; i < cur->ncircuits; i++) {
+        const struct cbd_metrics_circuit *x = &cur->circuits[i], *p = prev ? top_prev(prev, i, x->name) : NULL;
+        struct top_row *r = &rows[i];
+        uint64_t d[CBD_METRICS_NCALLS] = {0};
+        for (unsigned k = 0; p != NULL && k < CBD_METRICS_NCALLS; k++)
+            d[k] = x->calls[k] >= p->calls[k] ? x->calls[k] - p->calls[k] : 0;
+        *r = (struct top_row){.name = x->name, .state = x->state, .sync_state = x->sync_state, .sync_age_ns = -1,
+                              .in_state_ns = -1, .failure_pct = -1};
+        if (secs > 0) {
+            r->allowed_s = (double)d[CBD_CALL_ALLOWED] / secs;
+            r->rejected_s = (double)d[CBD_CALL_REJECTED] / secs;
+        }
+        if (d[CBD_CALL_SUCCEEDED] + d[CBD_CALL_FAILED] > 0)
+            r->failure_pct = 100.0 * (double)d[CBD_CALL_FAILED] / (double)(d[CBD_CALL_SUCCEEDED] + d[CBD_CALL_FAILED]);
+        if (x->sync_state != CB_SYNC_LOCAL && x->synced_at > 0)
+            r->sync_age_ns = cur->now_ns - x->synced_at * 1000000000;
+        size_t len = strlen(x->name);
+        struct circuit_row seg;
+        int slot = c->seg != NULL ? cb__seg_lookup(c->seg, x->name, len, cb__name_hash(x->name, len), NULL) : -1;
+        if (slot >= 0 && row_read(c, (uint32_t)slot, &seg) == 0 && seg.last_transition_ns > 0)
+            r->in_state_ns = cur->now_ns - seg.last_transition_ns;
+    }
+}
+
+static void top_draw(const struct cbctl *c, const struct cbd_metrics_snapshot *cur, struct top_row *rows,
+                     unsigned height)
+{
+    char in_state[32], sync[32], fail_pct[16];
+    qsort(rows, cur->ncircuits, sizeof *rows, top_cmp);
+    printf("\033[H\033[2J"); /* home, clear */
+    printf("cbctl top - instance %s - %zu circuits - sorted by %s (s: sort, q: quit)\r\n", c->instance,
+           cur->ncircuits, top_sort_names[top_sort_key]);
+    printf("%-40s %-9s %11s %11s %7s %9s %9s\r\n", "NAME", "STATE", "ALLOWED/s", "REJECTED/s", "FAIL%",
+           "IN_STATE", "SYNC_AGE");
+    for (size_t i = 0; i < cur->ncircuits && i + 3 < height; i++) {
+        const struct top_row *r = &rows[i];
+        if (r->failure_pct < 0)
+            snprintf(fail_pct, sizeof fail_pct, "-");
+        else
+            snprintf(fail_pct, sizeof fail_pct, "%.1f", r->failure_pct);
+        if (r->sync_state == CB_SYNC_LOCAL)
+            snprintf(sync, sizeof sync, "local");
+        else
+            age_text(r->sync_age_ns, sync, sizeof sync);
+        printf("%-40.40s %-9s %11.1f %11.1f %7s %9s %9s\r\n", CB_NAME_SHOW(r->name), cb__state_name(r->state),
+               r->allowed_s, r->rejected_s, fail_pct, age_text(r->in_state_ns, in_state, sizeof in_state), sync);
+    }
+    fflush(stdout);
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Waits up to ms, reading keys when keys: 'q' (^C, end of input) -> false;
+ * 's' -> the next sort, redrawn at once. */
+static bool top_wait(int ms, bool keys)
+{
+    struct pollfd p = {.fd = keys ? STDIN_FILENO : -1, .events = POLLIN};
+    int64_t end = mono_ms() + ms;
+    for (int64_t left = ms; left > 0 && !stop_watch; left = end - mono_ms()) {
+        if (poll(&p, 1, (int)left) <= 0)
+            continue;
+        char k;
+        if (read(STDIN_FILENO, &k, 1) != 1 || k == 'q' || k == 3)
+            return false;
+        if (k == 's') {
+            top_sort_key = (top_sort_key + 1) % TOP_NSORTS;
+            return true;
+        }
+    }
+    return !stop_watch;
+}
+
+static int cmd_top(struct cbctl *c, int argc, char **argv)
+{
+    int interval_ms = 1000;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--interval") == 0 && i + 1 < argc && atoi(argv[i + 1]) >= 100)
+            interval_ms = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--sort") == 0 && i + 1 < argc) {
+            const char *key = argv[++i];
+            top_sort_key = TOP_NSORTS;
+            for (unsigned k = 0; k < TOP_NSORTS; k++)
+                if (strcmp(key, top_sort_names[k]) == 0)
+                    top_sort_key = k;
+            if (top_sort_key == TOP_NSORTS)
+                return fail(EXIT_USAGE, "--sort %s: expected name, state, allowed, rejected, failure or in_state", key);
+        } else
+            return fail(EXIT_USAGE, "usage: cbctl top [--interval MS (>= 100)] [--sort KEY]");
+    }
+    if (seg_map(c) != EXIT_OK)
+        return EXIT_UNREACHABLE;
+    struct termios saved, raw;
+    bool tty = isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &saved) == 0;
+    if (tty) {
+        raw = saved;
+        raw.c_lflag &= ~(tcflag_t)(ICANON | ECHO);
+        tcsetattr(STDIN_FILENO, TCSANOW, &raw);
+    }
+    signal(SIGINT, on_stop);
+    signal(SIGTERM, on_stop);
+    struct cbd_metrics_snapshot snaps[2];
+    int code = EXIT_OK, cur = 0;
+    bool have_prev = false;
+    struct top_row *rows = NULL;
+    do {
+        struct winsize ws;
+        unsigned height = ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_row > 3 ? ws.ws_row : 24;
+        if ((code = metrics_fetch(c, &snaps[cur])) != EXIT_OK)
+            break;
+        struct top_row *grown = realloc(rows, (snaps[cur].ncircuits + 1) * sizeof *rows);
+        if (grown == NULL) {
+            code = fail(EXIT_FAILED, "top: out of memory");
+            cbd_metrics_snapshot_free(&snaps[cur]);
+            break;
+        }
+        rows = grown;
+        top_rows(c, &snaps[cur], have_prev ? &snaps[!cur] : NULL, rows);
+        top_draw(c, &snaps[cur], rows, height);
+        if (have_prev)
+            cbd_metrics_snapshot_free(&snaps[!cur]);
+        have_prev = true;
+        cur = !cur;
+    } while (top_wait(interval_ms, tty));
+    if (have_prev)
+        cbd_metrics_snapshot_free(&snaps[!cur]);
+    free(rows);
+    if (tty)
+        tcsetattr(STDIN_FILENO, TCSANOW, &saved);
+    printf("\r\n");
+    return code;
+}
+
 static const struct command {
     const char *name;
     int (*run)(struct cbctl *, int, char **);
@@ -641,6 +949,8 @@ static const struct command {
     {"set", cmd_set, "set NAME FIELD=VALUE...  change policy fields live (state and window kept)"},
     {"watch", cmd_watch, "watch [--count N]        print transitions as they happen (like tail -f)"},
     {"stats", cmd_stats, "stats                    the daemon's counters"},
+    {"metrics", cmd_metrics, "metrics                  the Prometheus metrics /metrics serves (no HTTP needed)"},
+    {"top", cmd_top, "top [--sort KEY] [--interval MS]  circuits live: rates, failure %, time in state (s, q)"},
     {"reload", cmd_reload, "reload                   re-read the configuration file (like SIGHUP)"},
     {"check-config", cmd_check_config, "check-config FILE        validate a configuration file"},
     {"version", cmd_version, "version                  versions of cbctl, libcb and the daemon"},

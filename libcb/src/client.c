@@ -246,6 +246,7 @@ static int lanes_try_map(struct cb__map *m)
     m->lane_stride = geo.lane_stride;
     m->lane0 = (char *)lh + geo.lanes_offset;
     m->permits = (_Atomic uint64_t *)((char *)lh + geo.permits_offset);
+    m->call_counts = (m->hdr->features & CB_SEG_FEATURE_CALL_COUNTS) != 0;
     return 0;
 }
 

@@ -63,6 +63,7 @@ struct cb__map {
     uint32_t lane_count, lane_capacity, lane_stride;
     char *lane0;                      /* lane 0; lane n is lane_stride bytes further each */
     _Atomic uint64_t *permits;        /* permit word of slot 0 (capacity of them) */
+    bool call_counts;                 /* the daemon folds lanes' call counts (CB_SEG_FEATURE_CALL_COUNTS) */
     int state_fd, lanes_fd;           /* kept: st_nlink == 0 means the daemon replaced the segment */
     uintptr_t records;                /* address of record 0 */
     uint64_t records_bytes;           /* capacity * CB_SEG_RECORD_SIZE */

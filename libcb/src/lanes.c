@@ -35,6 +35,13 @@
  * generation is then a miss, so the child claims lanes of its own and
  * never releases (or writes) the parent's.
  *
+ * Call counts. cb_allow's slow path (OPEN, HALF_OPEN) counts each
+ * rejection and each probe permit it hands out in the calling thread's
+ * lane, per circuit, in words of the producer's cache line that only this
+ * thread writes (segment.h: struct cb_lane_calls): a load and a store, no
+ * RMW, no line another thread writes. The daemon folds them as it drains
+ * the lane. The CLOSED path is untouched: one load and a branch.
+ *
  * Doorbell. A failure or probe result may be what trips or closes a
  * circuit, so it wakes the daemon at once instead of waiting for its
  * drain tick: a relaxed peek first (a burst of failures costs one load
@@ -201,6 +208,13 @@ static void lane_claim(struct cb__map *m, struct lane_node *n)
                                                      memory_order_relaxed))
             continue;
         atomic_store_explicit(&m->mine[idx], 1, memory_order_relaxed);
+        uint32_t word;
+        uint64_t bit;
+        cb_lane_group_of(idx, &word, &bit);
+        /* Release pairs with the daemon's acquire when it clears the bit:
+         * a daemon that clears it after this sees our owner word. Once per
+         * claim; a daemon of minor 0 never reads it. */
+        atomic_fetch_or_explicit(&m->lanes->claimed_groups[word], bit, memory_order_release);
         n->lane = l;
         n->events = CB_LANES_EVENTS(l);
         n->mask = m->lane_capacity - 1;
@@ -427,6 +441,47 @@ static void want_probe(struct cb__map *m, uint32_t slot, uint64_t w)
     }
 }
 
+/*
+ * A rejection or a probe permit (kind REJECTED or PROBE) of the circuit of
+ * word w at slot, counted in this thread's lane (segment.h: call counts).
+ * Off the CLOSED path only. A thread without a lane claims one here, as its
+ * first cb_record would (a CAS; getpid/gettid syscalls once per thread and
+ * mapping); with no lane free, or its three entries all holding counts the
+ * daemon has not folded yet (a fourth circuit rejecting within one drain
+ * interval), the call goes uncounted.
+ */
+static void count_call(struct cb__map *m, uint32_t slot, uint64_t w, unsigned kind)
+{
+    unsigned gen = atomic_load_explicit(&fork_gen, memory_order_relaxed);
+    struct lane_node *n = tls_cur;
+    if (__builtin_expect(n == NULL || n->map_id != m->id || n->fork_gen != gen, 0) && (n = node_get(m, gen)) == NULL)
+        return;
+    struct cb_lane *l = n->lane;
+    if (l == NULL)
+        return;
+    uint64_t key = cb_lane_call_key(slot, cb_seg_word_incarnation(w)), add = kind == CB_TICKET_PROBE ? CB_LANE_PROBE_ONE : 1;
+    struct cb_lane_calls *take = NULL;
+    for (unsigned i = 0; i < CB_LANE_CALL_ENTRIES; i++) {
+        struct cb_lane_calls *e = &l->calls[i];
+        /* Relaxed loads of our own words; calls_seen is the daemon's (relaxed:
+         * a stale value only makes an entry look busy). */
+        uint64_t counts = atomic_load_explicit(&e->counts, memory_order_relaxed);
+        if (atomic_load_explicit(&e->key, memory_order_relaxed) == key) {
+            /* Release pairs with the daemon's acquire load of counts: a fold
+             * that sees this count sees the key it belongs to. */
+            atomic_store_explicit(&e->counts, counts + add, memory_order_release);
+            return;
+        }
+        if (take == NULL && counts == atomic_load_explicit(&l->calls_seen[i], memory_order_relaxed))
+            take = e;
+    }
+    if (take == NULL)
+        return;
+    atomic_store_explicit(&take->key, key, memory_order_relaxed);
+    atomic_store_explicit(&take->counts, atomic_load_explicit(&take->counts, memory_order_relaxed) + add,
+                          memory_order_release); /* pairs as above: the new key is read with this count */
+}
+
 /* What a call may do on word w of record slot in mapping m (NULL: none). */
 static cb_ticket decide(struct cb__map *m, uint32_t slot, uint64_t w)
 {
@@ -446,6 +501,8 @@ static cb_ticket decide(struct cb__map *m, uint32_t slot, uint64_t w)
      * its probes (PROBE tickets) feed its policy. */
     if ((t.word & 0xff) == CB_TICKET_REJECTED && (cb_seg_word_flags(w) & CB_SEG_F_SHADOW))
         t = ticket(w, CB_TICKET_BYPASS);
+    else if (m->call_counts)
+        count_call(m, slot, w, (unsigned)(t.word & 0xff));
     return t;
 }
 

@@ -35,7 +35,12 @@
  *     e or later (stored before the state word);
  *   - no more than MAX_PROBES permits of one epoch are held at once;
  *   - the daemon gets every event a worker appended once, in order and
- *     intact (sequence numbers, check word, kind, outcome, epoch).
+ *     intact (sequence numbers, check word, kind, outcome, epoch);
+ *   - call counts: every rejection and probe a worker counted in its lane
+ *     (lanes.c's count_call: CALL_KEYS circuits in turn for CB_LANE_CALL_ENTRIES
+ *     entries, so entries change circuits while the daemon folds) is
+ *     folded by the daemon (drain.c's fold_calls) once, to the circuit it
+ *     was counted for.
  *
  * Usage: tsan_stress [--seconds S] [--workers W] [--readers R]
  *                    [--break versions|permits|lanes]
@@ -67,6 +72,7 @@
 #define CALLS_PER_EPOCH 32u /* ... and this many calls per worker in each epoch, so every state is exercised */
 #define CFG_EVERY 64u       /* versions per policy rewrite */
 #define MAX_REPORTS 20
+#define CALL_KEYS 5u        /* circuits the workers count calls of: more than a lane's entries */
 
 enum breakage { BREAK_NONE, BREAK_VERSIONS, BREAK_PERMITS, BREAK_LANES };
 
@@ -88,6 +94,7 @@ struct tally {
     uint64_t versions, transitions, cfg_writes, permits_returned, drained, drain_batches;
     uint64_t reads, read_retries, cfg_reads, cfg_retries;
     uint64_t calls, probes, rejected, appended, dropped;
+    uint64_t counted[CALL_KEYS], uncounted; /* call counts (counts words' units) by circuit */
 };
 
 static void violation(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -185,11 +192,30 @@ static bool permit_back(uint32_t epoch)
     }
 }
 
+/* drain.c's fold_calls for worker w's lane, into t->counted by key. */
+static void fold_calls(unsigned w, struct tally *t)
+{
+    struct cb_lane *lane = lane_of(w);
+    for (unsigned i = 0; i < CB_LANE_CALL_ENTRIES; i++) {
+        uint64_t counts = atomic_load_explicit(&lane->calls[i].counts, memory_order_acquire); /* pairs with count_call */
+        uint64_t seen = atomic_load_explicit(&lane->calls_seen[i], memory_order_relaxed);
+        if (counts == seen)
+            continue;
+        uint32_t k = (uint32_t)atomic_load_explicit(&lane->calls[i].key, memory_order_relaxed) - 1;
+        if (k >= CALL_KEYS)
+            violation("lane %u entry %u: counts under key %u, which no worker counts", w, i, k + 1);
+        else
+            t->counted[k] += counts - seen;
+        atomic_store_explicit(&lane->calls_seen[i], counts, memory_order_release); /* the entry may change key */
+    }
+}
+
 /* drain.c's drain_lane for worker w's lane; expect[w] is the next sequence
  * number that worker appends. */
 static void drain_lane(unsigned w, uint32_t *expect, uint32_t now_epoch, struct tally *t)
 {
     struct cb_lane *lane = lane_of(w);
+    fold_calls(w, t);
     uint64_t tail = atomic_load_explicit(&lane->tail, memory_order_acquire);  /* pairs with the worker's release */
     uint64_t head = atomic_load_explicit(&lane->head, memory_order_relaxed); /* we are its only writer */
     if (tail == head)
@@ -415,10 +441,40 @@ static void unhold(uint32_t epoch)
     }
 }
 
-/* A rejected call; now and then a yield, so that a worker spinning on an
- * OPEN circuit does not keep the daemon from changing it. */
+/* lanes.c's count_call: one rejection (add 1) or probe (CB_LANE_PROBE_ONE)
+ * of circuit k in w's lane, tallied as counted or not. */
+static void count_call(struct worker *w, uint32_t k, uint64_t add)
+{
+    struct cb_lane *l = lane_of(w->id);
+    uint64_t key = cb_lane_call_key(k, 0);
+    struct cb_lane_calls *take = NULL;
+    for (unsigned i = 0; i < CB_LANE_CALL_ENTRIES; i++) {
+        struct cb_lane_calls *e = &l->calls[i];
+        uint64_t counts = atomic_load_explicit(&e->counts, memory_order_relaxed);
+        if (atomic_load_explicit(&e->key, memory_order_relaxed) == key) {
+            atomic_store_explicit(&e->counts, counts + add, memory_order_release);
+            w->t.counted[k] += add;
+            return;
+        }
+        if (take == NULL && counts == atomic_load_explicit(&l->calls_seen[i], memory_order_relaxed))
+            take = e;
+    }
+    if (take == NULL) {
+        w->t.uncounted++;
+        return;
+    }
+    atomic_store_explicit(&take->key, key, memory_order_relaxed);
+    atomic_store_explicit(&take->counts, atomic_load_explicit(&take->counts, memory_order_relaxed) + add,
+                          memory_order_release);
+    w->t.counted[k] += add;
+}
+
+/* A rejected call, counted for one of CALL_KEYS circuits in turn; now and
+ * then a yield, so that a worker spinning on an OPEN circuit does not keep
+ * the daemon from changing it. */
 static void rejected(struct worker *w)
 {
+    count_call(w, (uint32_t)(w->t.rejected % CALL_KEYS), 1);
     if (++w->t.rejected % 64 == 0)
         sched_yield();
 }
@@ -444,6 +500,7 @@ static void *worker_main(void *arg)
                 continue;
             }
             bool counted = hold(epoch);
+            count_call(w, (uint32_t)(w->t.probes % CALL_KEYS), CB_LANE_PROBE_ONE);
             w->t.probes++;
             if (next_random(w) % 4 == 0)
                 sched_yield(); /* a slow probe */
@@ -567,6 +624,9 @@ int main(int argc, char **argv)
         w.rejected += wk[i].t.rejected;
         w.appended += wk[i].t.appended;
         w.dropped += wk[i].t.dropped;
+        w.uncounted += wk[i].t.uncounted;
+        for (unsigned k = 0; k < CALL_KEYS; k++)
+            w.counted[k] += wk[i].t.counted[k];
     }
     printf("tsan_stress: %.1f s, %u workers, %u readers%s%s\n", seconds, G.workers, G.readers,
            G.breakage ? ", broken on purpose: " : "",
@@ -579,6 +639,13 @@ int main(int argc, char **argv)
            " retried)\n", r.reads, r.read_retries, r.cfg_reads, r.cfg_retries);
     printf("  workers: %" PRIu64 " calls, %" PRIu64 " probes, %" PRIu64 " rejected, %" PRIu64 " events appended, %"
            PRIu64 " dropped on a full lane\n", w.calls, w.probes, w.rejected, w.appended, w.dropped);
+    printf("  call counts: %" PRIu64 " rejections and probes not counted (every entry busy)\n", w.uncounted);
+    for (unsigned k = 0; k < CALL_KEYS; k++)
+        if (w.counted[k] != dt.counted[k])
+            violation("circuit %u: workers counted %" PRIu64 " rejections and %" PRIu64 " probes, the daemon folded %"
+                      PRIu64 " and %" PRIu64, k, (uint64_t)(w.counted[k] & (CB_LANE_PROBE_ONE - 1)),
+                      w.counted[k] >> CB_LANE_REJECTED_BITS, (uint64_t)(dt.counted[k] & (CB_LANE_PROBE_ONE - 1)),
+                      dt.counted[k] >> CB_LANE_REJECTED_BITS);
     uint64_t bad = atomic_load(&G.violations);
     if (bad == 0 && w.appended != dt.drained)
         violation("%" PRIu64 " events appended, %" PRIu64 " received", w.appended, dt.drained);

@@ -320,6 +320,7 @@ int tsup_run(char *const argv[], char **out, bool with_stderr)
         if (with_stderr)
             dup2(p[1], 2);
         close(p[0]);
+        close(p[1]); /* a daemon it starts keeps only 1 and 2 (if they are ours) */
         execv(argv[0], argv);
         _exit(127);
     }
