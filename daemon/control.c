@@ -36,7 +36,10 @@
  * connection) may be writing a request at that moment and must not take
  * a goodbye for the reply: it sees the close and reconnects. Every
  * refusal and close is counted by reason (stats), and logged with a rate
- * limit, so a flood costs bounded memory and log lines.
+ * limit; and connections accepted but not freed yet are bounded (admitted,
+ * lingering, and CBD_CONTROL_MAX_CLOSING more): at the bound the daemon
+ * stops accepting and new peers wait in the kernel's backlog. So a flood
+ * costs memory and log lines bounded by the configuration, not by its rate.
  *
  * Memory bounds per connection: the buffer never holds more than one
  * incomplete frame plus one read (the length is checked as soon as its four
@@ -230,12 +233,33 @@ static void refusal_text(const struct cbd_config *cfg, enum cbd_conn_end why, ui
 
 /* ---- connection lifetime -------------------------------------------------- */
 
+static void on_connection(uv_stream_t *server, int status);
+
+/* How many accepted connections may exist at once: every admitted one,
+ * the lingering refusals, and a few more refused or ended but not freed
+ * yet. Beyond it the daemon stops accepting, and connections wait in the
+ * kernel's backlog: a flood of connection attempts costs memory bounded by
+ * the configuration, not by the attempts' rate. */
+static uint32_t alive_bound(const struct cbd_control *ctl)
+{
+    return ctl->cfg->max_connections + CBD_CONTROL_MAX_LINGERING + CBD_CONTROL_MAX_CLOSING;
+}
+
 static void conn_free(struct cbd_conn *c)
 {
+    struct cbd_control *ctl = c->ctl;
+    int counted = !c->socketless;
     free(c->buf);
     free(c->groups);
     msgpack_sbuffer_destroy(&c->out);
     free(c);
+    if (!counted)
+        return;
+    ctl->nalive--;
+    if (ctl->accept_deferred && ctl->listening && ctl->nalive < alive_bound(ctl)) {
+        ctl->accept_deferred = 0;
+        on_connection((uv_stream_t *)&ctl->server, 0); /* the one libuv holds; it then polls again */
+    }
 }
 
 static void on_handle_closed(uv_handle_t *h)
@@ -762,10 +786,17 @@ static void on_connection(uv_stream_t *server, int status)
                     uv_strerror(status), (unsigned long long)suppressed);
         return;
     }
+    if (ctl->nalive >= alive_bound(ctl)) {
+        /* Not accepted: libuv keeps it and stops polling until conn_free
+         * calls here again (uv_accept restarts the polling). */
+        ctl->accept_deferred = 1;
+        return;
+    }
     struct cbd_conn *c = calloc(1, sizeof *c);
     if (c == NULL || uv_pipe_init(ctl->loop, &c->pipe, 0) < 0) {
         free(c);
         ctl->accept_errors++;
+        ctl->accept_deferred = ctl->nalive > 0; /* libuv holds it: tried again when a connection is freed */
         cbd_log(CBD_LOG_WARN, "control: out of memory accepting a connection");
         return;
     }
@@ -774,6 +805,7 @@ static void on_connection(uv_stream_t *server, int status)
         uv_close((uv_handle_t *)&c->pipe, free_unstarted);
         return;
     }
+    ctl->nalive++;
     c->ctl = ctl;
     msgpack_sbuffer_init(&c->out);
     read_peer(c);

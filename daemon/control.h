@@ -22,6 +22,7 @@
 #define CBD_CONTROL_MAX_QUEUED (1u << 20)  /* unread replies that close a connection */
 #define CBD_CONTROL_LINGER_MS 1000         /* a refused peer's time to send its request and read why */
 #define CBD_CONTROL_MAX_LINGERING 32       /* refused connections lingering at once; more close at once */
+#define CBD_CONTROL_MAX_CLOSING 64         /* connections refused or ended, not freed yet, beyond those two */
 
 struct cbd_conn;
 
@@ -74,6 +75,8 @@ struct cbd_control {
     struct cbd_conn *conns;      /* open and lingering connections, doubly linked */
     uint32_t nconns;             /* admitted and open */
     uint32_t nlingering;         /* refused, waiting (CBD_CONTROL_LINGER_MS) for the peer to read why */
+    uint32_t nalive;             /* accepted and not freed yet: admitted, lingering or closing */
+    int accept_deferred;         /* nalive at its bound: the next connection waits in the backlog */
     struct cbd_uid_conns *uids;  /* admitted connections per uid; entries at 0 are removed */
     size_t nuids, uids_cap;
     uint64_t connections_total;  /* admitted since start */

@@ -261,6 +261,11 @@ uint64_t tsup_stat(const struct tsup_daemon *d, const char *field);
 /* A "<field>: N kB" line of /proc/<pid>/status (VmRSS, RssAnon, ...), in
  * KiB; fails the test when the process or the field is missing. */
 long tsup_proc_status_kib(pid_t pid, const char *field);
+/* The anonymous memory pid has resident, in KiB, summed exactly over its
+ * mappings (/proc/PID/smaps_rollup "Anonymous"): unlike status' RssAnon,
+ * which the kernel updates lazily per thread, it is the same whenever it
+ * is read. Fails the test when it cannot be read. */
+long tsup_proc_anon_kib(pid_t pid);
 
 /* Start a request map of n entries with "op": op (n counts it). */
 void tsup_req_begin(msgpack_sbuffer *sb, msgpack_packer *pk, const char *op, uint32_t n);

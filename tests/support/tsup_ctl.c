@@ -154,6 +154,21 @@ long tsup_proc_status_kib(pid_t pid, const char *field)
     return kib;
 }
 
+long tsup_proc_anon_kib(pid_t pid)
+{
+    char path[64], line[256];
+    long kib = -1;
+    snprintf(path, sizeof path, "/proc/%d/smaps_rollup", (int)pid);
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f, "cannot read %s", path);
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "Anonymous: %ld kB", &kib) == 1)
+            break;
+    fclose(f);
+    cr_assert_geq(kib, 0, "%s has no Anonymous line", path);
+    return kib;
+}
+
 bool tsup_ping(const struct tsup_daemon *d)
 {
     struct tsup_reply r;
