@@ -122,11 +122,13 @@ static bool loopback_url(const char *url)
     return ok;
 }
 
+#define TABLE_CHARS "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
+
 static bool table_name_ok(const char *t)
 {
     size_t n = strlen(t);
     return n >= 3 && n <= 255 &&
-           strspn(t, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") == n;
+           strspn(t, TABLE_CHARS) == n;
 }
 
 /* Region and endpoint: the URI, else the SDK's environment and files. */
@@ -156,8 +158,15 @@ const char *cbd_ddb_uri_parse(struct cbd_ddb_opts *o, const char *uri)
         return fail("not a dynamodb URI: '%.200s' (expected dynamodb://TABLE?region=...)", uri);
     const char *t = uri + sizeof scheme - 1, *q = strchr(t, '?');
     const char *te = q ? q : t + strlen(t);
-    if (!cbd_pct_decode(t, (size_t)(te - t), o->table, sizeof o->table) || !table_name_ok(o->table))
-        return fail("dynamodb URI: table name '%.260s' must be 3-255 of [A-Za-z0-9_.-]", o->table);
+    if (!cbd_pct_decode(t, (size_t)(te - t), o->table, sizeof o->table))
+        return fail("dynamodb URI: the table name has bad percent-encoding or is longer than 255 bytes");
+    if (!table_name_ok(o->table)) {
+        size_t ok = strspn(o->table, TABLE_CHARS);
+        if (o->table[ok] != '\0') /* never quoted: the byte may be a newline or worse */
+            return fail("dynamodb URI: the table name has byte 0x%02x at position %zu; a table name is 3-255 of "
+                        "[A-Za-z0-9_.-]", (unsigned char)o->table[ok], ok + 1);
+        return fail("dynamodb URI: table name '%s' must be 3-255 of [A-Za-z0-9_.-]", o->table);
+    }
     for (const char *p = q ? q + 1 : te; *p;) {
         const char *amp = strchr(p, '&'), *end = amp ? amp : p + strlen(p), *eq = memchr(p, '=', (size_t)(end - p));
         if (!eq)

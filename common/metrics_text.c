@@ -343,8 +343,8 @@ static void render_build(struct text *t, const struct cbd_metrics_snapshot *s)
 /* The age of c's last store agreement (ns), or -1 when it has none to show. */
 static int64_t sync_age_ns(const struct cbd_metrics_snapshot *s, const struct cbd_metrics_circuit *c)
 {
-    if (c->sync_state == CB_SYNC_LOCAL || c->synced_at <= 0)
-        return -1;
+    if (c->sync_state == CB_SYNC_LOCAL || c->synced_at <= 0 || c->synced_at > CB_TIME_MAX_S)
+        return -1; /* none, or a time no clock of cbd's reaches (an unpacked snapshot may say anything) */
     int64_t age = s->now_ns - c->synced_at * 1000000000;
     return age > 0 ? age : 0;
 }

@@ -56,7 +56,7 @@ static int get_circuit(const struct cbd_ops *o, const msgpack_object *req, struc
 /* The optional "config" map of register: the fields given go into *cfg and *mask. */
 /* "failure_threshold, success_threshold, ..." */
 #define POLICY_FIELD_NAME(n, d, lo, hi, h) ", " #n
-#define POLICY_FIELD_LIST (CB_POLICY_FIELDS(POLICY_FIELD_NAME) + 2)
+#define POLICY_FIELD_LIST (&(CB_POLICY_FIELDS(POLICY_FIELD_NAME))[2]) /* without the first ", " */
 
 static int parse_config(const msgpack_object *m, cb_config *cfg, unsigned *mask, struct cbd_reply *r)
 {

@@ -271,19 +271,22 @@ Test(dynamodb_uri, table_names_are_3_to_255_of_dynamodb_s_characters)
     cr_assert_eq(strlen(o.table), 255);
     refuse("dynamodb://ab?region=eu-west-1", "table name 'ab' must be 3-255");
     refuse("dynamodb://?region=eu-west-1", "table name '' must be 3-255");
-    refuse("dynamodb://tbl/x?region=eu-west-1", "table name 'tbl/x'");
-    refuse("dynamodb://tb l?region=eu-west-1", "table name");
+    refuse("dynamodb://tbl/x?region=eu-west-1", "the table name has byte 0x2f at position 4");
+    refuse("dynamodb://tb l?region=eu-west-1", "byte 0x20 at position 3");
+    /* a decoded control byte is named, never copied into the message (a log line) */
+    refuse("dynamodb://cb%0Ax?region=eu-west-1", "byte 0x0a at position 3");
+    cr_assert_null(strchr(cbd_ddb_uri_parse(&o, "dynamodb://cb%0Ax?region=eu-west-1"), '\n'));
     name[255] = 't';
     name[256] = '\0';
     snprintf(uri, sizeof uri, "dynamodb://%s?region=eu-west-1", name);
-    refuse(uri, "must be 3-255");
+    refuse(uri, "longer than 255 bytes");
 }
 
 Test(dynamodb_uri, the_table_name_is_percent_decoded_before_it_is_checked)
 {
     parse_ok("dynamodb://cb%2Dtable?region=eu-west-1");
     cr_assert_str_eq(o.table, "cb-table");
-    refuse("dynamodb://cb%2Ftable?region=eu-west-1", "table name 'cb/table'");
+    refuse("dynamodb://cb%2Ftable?region=eu-west-1", "byte 0x2f at position 3"); /* decoded: %2F is the byte */
 }
 
 Test(dynamodb_uri, a_uri_of_another_scheme_is_not_a_dynamodb_uri)
