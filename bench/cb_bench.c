@@ -87,7 +87,7 @@ struct opts {
 enum {
     R_BARE, R_CALL, R_ALLOW_CLOSED, R_ALLOW_OPEN, R_ALLOW_HALF, R_MUTEX_ALLOW, /* interleaved batches */
     R_RECORD, R_RECORD_LATENCY, R_CB_CALL, R_MUTEX_RECORD,                   /* drained batches */
-    R_WAKE, R_TRIP_SPIN, R_TRIP_PACED, R_TPUT_WALL, R_TPUT_CPU, R_COUNT
+    R_WAKE, R_TRIP_SPIN, R_TRIP_PACED, R_TPUT_WALL, R_TPUT_CPU, R_TPUT_WIN_WALL, R_TPUT_WIN_CPU, R_COUNT
 };
 
 #define SCALE_POINTS 4
@@ -119,7 +119,7 @@ struct bench {
     double scale_one[SCALE_POINTS][2], scale_many[SCALE_POINTS][2]; /* checks/s: median, p99-low */
     int sem_fail[2][SCALE_POINTS], sem_probes[2][SCALE_POINTS];    /* [0] cbd, [1] in-process */
     int sem_ran;
-    double tput_cpu_share;
+    double tput_cpu_share, tput_window_cpu_share;
     int failed_runs;
 };
 
@@ -808,13 +808,22 @@ static int measure_semantics(struct bench *b)
 
 static _Atomic int tput_stop;
 
+struct tput_producer_arg {
+    cb_circuit *c;
+    bool latency; /* cb_record_latency (a slow-call rule reads it) instead of cb_record */
+};
+
 static void *tput_producer(void *arg)
 {
-    cb_circuit *c = arg;
-    cb_ticket t = cb_allow(c);
+    const struct tput_producer_arg *a = arg;
+    cb_ticket t = cb_allow(a->c);
     while (!atomic_load_explicit(&tput_stop, memory_order_relaxed))
-        for (int k = 0; k < 256; k++)
-            cb_record(c, t, CB_SUCCESS);
+        for (int k = 0; k < 256; k++) {
+            if (a->latency)
+                cb_record_latency(a->c, t, CB_SUCCESS, 1000);
+            else
+                cb_record(a->c, t, CB_SUCCESS);
+        }
     return NULL;
 }
 
@@ -835,14 +844,16 @@ static double daemon_cpu_s(pid_t pid)
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
-/* One producer thread floods cb_record; the main thread samples what the
- * daemon consumed from its lane (head) and the daemon's CPU time. */
-static int measure_throughput(struct bench *b)
+/* One producer thread floods outcomes of c; the main thread samples what
+ * the daemon consumed from its lane (head) and the daemon's CPU time into
+ * r[wall] and r[cpu]. Returns the daemon's share of a core, or < 0. */
+static double measure_drain(struct bench *b, cb_circuit *c, bool latency, int wall_r, int cpu_r)
 {
-    cb_circuit *c;
     pthread_t th;
     pid_t dpid = (pid_t)atomic_load(&b->seg->daemon_pid);
-    if (get_circuit(b, "tput", 1000000, 30000, 0, &c) < 0 || pthread_create(&th, NULL, tput_producer, c) != 0)
+    struct tput_producer_arg arg = {c, latency};
+    atomic_store(&tput_stop, 0);
+    if (pthread_create(&th, NULL, tput_producer, &arg) != 0)
         return -1;
     int reps = b->o.quick ? 2 : 9, got = 0, got_cpu = 0;
     double wall[16], cpu[16], share = 0;
@@ -862,12 +873,39 @@ static int measure_throughput(struct bench *b)
     }
     atomic_store(&tput_stop, 1);
     pthread_join(th, NULL);
-    summarise(&b->r[R_TPUT_WALL], wall, got);
-    if (got_cpu > 0) {
-        summarise(&b->r[R_TPUT_CPU], cpu, got_cpu);
-        b->tput_cpu_share = share / got_cpu;
+    summarise(&b->r[wall_r], wall, got);
+    if (got_cpu == 0)
+        return -1;
+    summarise(&b->r[cpu_r], cpu, got_cpu);
+    return share / got_cpu;
+}
+
+/* The drain rate for a circuit of Powertools' rule, then for one with a
+ * rate window and a slow-call rule (each outcome then also goes through
+ * the window, with its duration). */
+static int measure_throughput(struct bench *b)
+{
+    cb_circuit *c, *w;
+    char name[CB_NAME_MAX + 1];
+    cb_config cfg;
+    if (get_circuit(b, "tput", 1000000, 30000, 0, &c) < 0)
+        return -1;
+    b->tput_cpu_share = measure_drain(b, c, false, R_TPUT_WALL, R_TPUT_CPU);
+    cb_config_init(&cfg);
+    cfg.sliding_window_type = 1;
+    cfg.sliding_window_size = 1000;
+    cfg.minimum_number_of_calls = 1000;
+    cfg.failure_rate_threshold = 50;
+    cfg.slow_call_duration_threshold_ms = 60000;
+    cfg.slow_call_rate_threshold = 50;
+    snprintf(name, sizeof name, "bench.%d.tput-window", (int)getpid());
+    int rc = cb_circuit_get(b->client, name, &cfg, &w);
+    if (rc < 0) {
+        fprintf(stderr, "cb_bench: cannot register circuit '%s': %s\n", name, cb_strerror(rc));
+        return -1;
     }
-    return got_cpu > 0 ? 0 : -1;
+    b->tput_window_cpu_share = measure_drain(b, w, true, R_TPUT_WIN_WALL, R_TPUT_WIN_CPU);
+    return b->tput_cpu_share >= 0 && b->tput_window_cpu_share >= 0 ? 0 : -1;
 }
 
 /* ---- instruction counts (run under callgrind) ----------------------------------------------- */
@@ -972,6 +1010,8 @@ static int write_json(const struct bench *b, const char *path)
     fprintf(f, "  \"scale_reps\": %d,\n  \"scale_seconds\": %.3f,\n", b->o.scale_reps, (double)b->o.scale_ns / 1e9);
     if (b->tput_cpu_share > 0)
         fprintf(f, "  \"daemon_cpu_share\": %.4f,\n", b->tput_cpu_share);
+    if (b->tput_window_cpu_share > 0)
+        fprintf(f, "  \"daemon_cpu_share_window\": %.4f,\n", b->tput_window_cpu_share);
     if (b->scale_one[0][0] > 0) {
         fprintf(f, "  \"scaling_one_circuit\": ");
         json_scaling(f, b->scale_one);
@@ -1110,7 +1150,13 @@ int main(int argc, char **argv)
                                 .unit = "us"},
               [R_TPUT_WALL] = {.key = "drain_wall", .label = "daemon drain, events per second", .unit = "ev/s"},
               [R_TPUT_CPU] = {.key = "drain_cpu", .label = "daemon drain, events per daemon CPU second",
-                              .unit = "ev/s"}},
+                              .unit = "ev/s"},
+              [R_TPUT_WIN_WALL] = {.key = "drain_window_wall",
+                                   .label = "daemon drain, window and slow-call rules, events per second",
+                                   .unit = "ev/s"},
+              [R_TPUT_WIN_CPU] = {.key = "drain_window_cpu",
+                                  .label = "daemon drain, window and slow-call rules, events per daemon CPU second",
+                                  .unit = "ev/s"}},
     };
     parse_args(&b.o, argc, argv);
     const char *inst = b.o.instance ? b.o.instance : getenv("CB_INSTANCE");

@@ -180,6 +180,11 @@ if "drain_cpu" in R:
              % (R["drain_cpu"]["median"], R["drain_cpu"]["quantiles"][1]))
     L.append("- per second of wall time: median %.3g, with cbd using %.0f%% of a core (the producer is the limit)"
              % (R["drain_wall"]["median"], 100 * (tput or {}).get("daemon_cpu_share", 0)))
+    if "drain_window_cpu" in R:
+        L.append("- a circuit with a rate window (1,000 calls) and a slow-call rule, every outcome recorded with its "
+                 "duration: median %.3g per daemon CPU second (%.2fx the plain circuit's), %.3g per second of wall time"
+                 % (R["drain_window_cpu"]["median"], R["drain_window_cpu"]["median"] / R["drain_cpu"]["median"],
+                    R["drain_window_wall"]["median"]))
 
 L.append("\n### Fleet propagation\n")
 if fleet and fleet.get("runs"):
