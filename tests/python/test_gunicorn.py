@@ -179,8 +179,10 @@ def test_gunicorn_workers_trip_probe_and_close_one_host_wide_circuit(daemon, nam
 
     log = sorted(downstream.log)
     failures = [r for r in log if r[3] == 500]
-    # Failures counted before the trip, plus at most one call in flight in each other worker.
-    assert THRESHOLD <= len(failures) <= THRESHOLD + WORKERS - 1, failures
+    # At least the threshold reached the downstream. Calls that began while those failures were on
+    # their way to the daemon fail too: how many depends on how soon the daemon drains, a time no
+    # test asserts (none may start once it is OPEN: checked below).
+    assert len(failures) >= THRESHOLD, failures
     assert len({r[2] for r in failures}) >= 2  # counted across processes, not per process
     assert {r[2] for r in log} <= worker_pids
 
