@@ -827,23 +827,6 @@ static void *tput_producer(void *arg)
     return NULL;
 }
 
-/* The daemon's CPU time (all threads) in seconds, from /proc. */
-static double daemon_cpu_s(pid_t pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
-    if (f)
-        fclose(f);
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')'); /* the command name may hold spaces */
-    unsigned long ut, st;
-    if (p == NULL || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
-        return -1;
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
 /* One producer thread floods outcomes of c; the main thread samples what
  * the daemon consumed from its lane (head) and the daemon's CPU time into
  * r[wall] and r[cpu]. Returns the daemon's share of a core, or < 0. */
@@ -860,11 +843,11 @@ static double measure_drain(struct bench *b, cb_circuit *c, bool latency, int wa
     sleep_us(100000); /* the producer owns its lane and the daemon is busy */
     for (int r = 0; r < reps; r++) {
         uint64_t h0 = own_lanes_sum(b, false);
-        double c0 = daemon_cpu_s(dpid);
+        double c0 = proc_cpu_s(dpid);
         int64_t t0 = mono_ns();
         sleep_us(b->o.quick ? 50000 : 500000);
         uint64_t h1 = own_lanes_sum(b, false);
-        double c1 = daemon_cpu_s(dpid), secs = (double)(mono_ns() - t0) / 1e9;
+        double c1 = proc_cpu_s(dpid), secs = (double)(mono_ns() - t0) / 1e9;
         wall[got++] = (double)(h1 - h0) / secs;
         if (c0 >= 0 && c1 > c0) {
             cpu[got_cpu++] = (double)(h1 - h0) / (c1 - c0);

@@ -85,24 +85,6 @@ static pid_t daemon_pid(const char *instance)
     return found;
 }
 
-/* CPU seconds (user + system) the process has used, or -1. */
-static double cpu_s(pid_t pid)
-{
-    char path[64], buf[2048];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return -1;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    const char *p = strrchr(buf, ')'); /* fields after the command name: state is field 3 */
-    unsigned long long ut, st;
-    if (p == NULL || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
-        return -1;
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
 /* A kB line of /proc/PID/status ("RssAnon:"), in bytes, or -1. */
 static long long status_kb(pid_t pid, const char *key)
 {
@@ -129,10 +111,10 @@ static long long shm_bytes(const char *instance, const char *suffix)
 /* The daemon's share of one core over window_s seconds, in percent. */
 static double idle_cpu_pct(pid_t pid, int window_s)
 {
-    double c0 = cpu_s(pid);
+    double c0 = proc_cpu_s(pid);
     int64_t t0 = mono_ns();
     sleep_us((long)window_s * 1000000);
-    double c1 = cpu_s(pid);
+    double c1 = proc_cpu_s(pid);
     return 100.0 * (c1 - c0) / ((double)(mono_ns() - t0) / 1e9);
 }
 
