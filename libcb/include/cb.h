@@ -250,7 +250,9 @@ CB_EXPORT cb_ticket cb__allow_slow(cb_circuit *c, uint64_t state_word);
  * cb_allow - may a call to this circuit's downstream go ahead now?
  *
  * CLOSED: one acquire load of the state word, a compare and a branch. OPEN: rejected (the same load plus,
- * off the fast path, a coarse vDSO clock read to notice a dead daemon).
+ * off the fast path, a per-thread memo of the last refusal: the rejection is counted with a load and a
+ * store, and the daemon's heartbeat is judged by a coarse vDSO clock read at most every 64 refusals -
+ * every refusal for a thread calling slower than one per clock tick; see libcb/src/lanes.c, Memos).
  * HALF_OPEN: one CAS on the circuit's permit word; the winner gets a PROBE
  * ticket, the rest are rejected. If the daemon's heartbeat is stale past its
  * limit, non-CLOSED circuits fail open (BYPASS tickets; see cb_status()).

@@ -494,6 +494,7 @@ static int remap_locked(cb_client *cl, int wait_ms)
     /* Release pairs with the acquire load in cb__map_of() and cb_record():
      * whoever sees the new mapping sees its fields initialised. */
     atomic_store_explicit(&cl->map, m, memory_order_release);
+    cb__memos_invalidate(); /* threads' memos name the old mapping's lanes */
     cb__ctl_drop(cl, false); /* registrations in flight go to the new daemon, which may listen elsewhere */
     cl->remapped = true;
     cl->check_replaced = false;
@@ -571,14 +572,18 @@ unsigned cb_status(cb_client *cl)
     return st;
 }
 
+bool cb__heartbeat_stale_at(const struct cb_seg_header *h, int64_t now)
+{
+    /* Relaxed: the heartbeat is a lone timestamp that publishes nothing else. */
+    return now - (int64_t)atomic_load_explicit(&h->heartbeat_ns, memory_order_relaxed) >
+           (int64_t)h->stale_limit_ms * 1000000;
+}
+
 bool cb__heartbeat_stale(const struct cb_seg_header *h)
 {
     /* CLOCK_MONOTONIC_COARSE is read in the vDSO without a syscall; it lags
      * the daemon's CLOCK_MONOTONIC by at most a tick, which can only make us
      * later to call the daemon stale. cb_status and the hot path's fail-open
-     * both ask here, so STALE always means calls are let through. Relaxed:
-     * the heartbeat is a lone timestamp that publishes nothing else. */
-    int64_t age = cb__clock_ns(CLOCK_MONOTONIC_COARSE) -
-                  (int64_t)atomic_load_explicit(&h->heartbeat_ns, memory_order_relaxed);
-    return age > (int64_t)h->stale_limit_ms * 1000000;
+     * both ask here, so STALE always means calls are let through. */
+    return cb__heartbeat_stale_at(h, cb__clock_ns(CLOCK_MONOTONIC_COARSE));
 }

@@ -145,8 +145,9 @@ static inline int64_t cb__clock_ns(clockid_t clk)
 }
 
 /* True when the daemon's heartbeat is older than the segment's stale limit
- * (by the coarse vDSO clock: no syscall). */
+ * (by the coarse vDSO clock: no syscall); _at: at coarse time now. */
 bool cb__heartbeat_stale(const struct cb_seg_header *h);
+bool cb__heartbeat_stale_at(const struct cb_seg_header *h, int64_t now);
 
 /* The state word every handle of a bypass client points at. */
 extern const uint64_t cb__bypass_word;
@@ -255,5 +256,8 @@ int cb__lanes_init(void);
  * process claimed through it, before it is unmapped. */
 int cb__lanes_attach(struct cb__map *m);
 void cb__lanes_detach(struct cb__map *m);
+/* Every thread's hot-path memos (lanes.c: Memos) are to be made again: a
+ * new mapping was published, or a handle moved to another record. */
+void cb__memos_invalidate(void);
 
 #endif /* CB_CLIENT_H */

@@ -42,6 +42,26 @@
  * RMW, no line another thread writes. The daemon folds them as it drains
  * the lane. The CLOSED path is untouched: one load and a branch.
  *
+ * Memos. Each thread remembers, in initial-exec TLS, what it worked out
+ * for the last circuit it recorded on (its lane node, the slot, the
+ * event's check bits) and for the last circuit it was refused by (the
+ * state word value, the permit word value that left no probe, its
+ * call-count entry). A call whose handle, word and values match goes
+ * straight to the append or the counted rejection: no mapping lookup, no
+ * fork-generation walk, and for a rejection no clock read. A handle moved
+ * to another record (circuit.c) bumps memo_gen too. The staleness
+ * verdict is amortised: a rejection memo is good for a budget of calls
+ * (its count entry below a limit), after which the clock is read again; the budget doubles (1, 2, 4 ... 64)
+ * while every clock read falls within the same coarse clock tick as the
+ * one before, and drops back to 1 as soon as one does not. So a thread
+ * calling slower than that reads the clock on every rejection as before,
+ * and a thread calling faster notices a stale daemon at most 64 of its
+ * rejections late. memo_gen invalidates every thread's memos at once: a
+ * fork (the child's lanes are not the parent's), a new mapping published
+ * or one detached (a closed client's addresses may come back for a new
+ * one). A permit given back, a demand bit cleared or a count entry reused
+ * changes a value the memo compares, so the next call takes the slow path.
+ *
  * Doorbell. A failure or probe result may be what trips or closes a
  * circuit, so it wakes the daemon at once instead of waiting for its
  * drain tick: a relaxed peek first (a burst of failures costs one load
@@ -99,6 +119,62 @@ static int init_err;
 static __thread struct lane_node *tls_cur TLS_IE;   /* last node used: the hot-path cache */
 static __thread struct lane_node *tls_nodes TLS_IE; /* all of this thread's nodes */
 
+/* Bumped (release) whenever a memo may name what is no longer this thread's
+ * to use: a fork (in the child), a mapping published or detached. Alone on
+ * its line: the hot path reads it, nothing writes it often. */
+static struct {
+    _Alignas(64) _Atomic unsigned value;
+    char pad[60];
+} memo_gen;
+
+#define REJECT_BUDGET_MAX 64u /* rejections decided without reading the clock, at most */
+
+/* cb_record's: where this thread's events for one handle go. A handle
+ * rebound to another record bumps memo_gen (circuit.c), so the handle
+ * alone keys it. */
+struct record_memo {
+    const cb_circuit *circuit;
+    unsigned gen;                 /* memo_gen when it was made */
+    struct lane_node *node;       /* this thread's node for the word's mapping, with a lane */
+    uint64_t slot;                /* the word's slot: the event's first 4 bytes */
+    uint64_t check;               /* CB_EVENT_CHECK ^ (slot & 0xffff), shifted into place */
+};
+
+/* cb_allow's for a refused call: the circuit's state word had value w and
+ * its permit word permit_seen (no probe to give), and the rejection is
+ * counted in *counts, this thread's entry for the circuit. */
+struct reject_memo {
+    const uint64_t *word;
+    uint64_t w;
+    const _Atomic uint64_t *permit;
+    uint64_t permit_seen;
+    _Atomic uint64_t *counts;
+    unsigned gen;
+    uint64_t counts_limit;        /* the budget: *counts below this, no clock read */
+    uint32_t size;                /* the budget last granted */
+    int64_t checked_ns;           /* coarse clock of the last staleness check */
+};
+
+static __thread struct record_memo tls_record TLS_IE;
+static __thread struct reject_memo tls_reject TLS_IE;
+static __thread _Atomic uint64_t tls_uncounted TLS_IE; /* counts of a daemon that folds none */
+
+static void memo_invalidate_all(void)
+{
+    /* Release pairs with the acquire in the memo fills: a thread that sees
+     * the new generation sees the mapping published before it. */
+    atomic_fetch_add_explicit(&memo_gen.value, 1, memory_order_release);
+}
+
+void cb__memos_invalidate(void) { memo_invalidate_all(); }
+
+/* This thread's memos, when what they name may have changed under it. */
+static void memos_forget(void)
+{
+    tls_record.circuit = NULL;
+    tls_reject.word = NULL;
+}
+
 /* Lane n of m, by the geometry checked at mapping time (client.h). */
 static struct cb_lane *map_lane(const struct cb__map *m, uint32_t n)
 {
@@ -137,6 +213,7 @@ static void thread_exit(void *list)
     }
     pthread_mutex_unlock(&registry_lock);
     tls_cur = tls_nodes = NULL;
+    memos_forget();
 }
 
 static void fork_prepare(void) { pthread_mutex_lock(&registry_lock); }
@@ -144,6 +221,7 @@ static void fork_parent(void) { pthread_mutex_unlock(&registry_lock); }
 static void fork_child(void)
 {
     atomic_fetch_add_explicit(&fork_gen, 1, memory_order_relaxed);
+    memo_invalidate_all();
     pthread_mutex_unlock(&registry_lock);
 }
 
@@ -182,6 +260,7 @@ void cb__lanes_detach(struct cb__map *m)
         }
     }
     pthread_mutex_unlock(&registry_lock);
+    memo_invalidate_all(); /* before m is unmapped: its addresses may come back */
     /* Out of the registry: no thread-exit destructor touches m any more. */
     uint32_t pid = (uint32_t)getpid();
     for (uint32_t i = 0; i < m->lane_count; i++) {
@@ -228,6 +307,7 @@ static void lane_claim(struct cb__map *m, struct lane_node *n)
  * closed clients. */
 static void nodes_prune(unsigned gen)
 {
+    memos_forget(); /* they may name a node freed here */
     pthread_mutex_lock(&registry_lock);
     for (struct lane_node **pp = &tls_nodes; *pp != NULL;) {
         struct lane_node *n = *pp;
@@ -287,8 +367,9 @@ static inline void prefetch_for_write(const void *p)
 #endif
 }
 
-static inline bool lane_append(struct lane_node *n, uint32_t slot, uint32_t epoch, unsigned outcome,
-                               unsigned kind, uint32_t latency_us)
+/* Appends one event, given as its two 8-byte halves (the layout of struct
+ * cb_lane_event on a little-endian machine); false if it was dropped. */
+static inline bool lane_append(struct lane_node *n, uint64_t ids, uint64_t what)
 {
     struct cb_lane *l = n->lane;
     uint64_t tail = atomic_load_explicit(&l->tail, memory_order_relaxed); /* we are its only writer */
@@ -301,13 +382,10 @@ static inline bool lane_append(struct lane_node *n, uint32_t slot, uint32_t epoc
             return false;
         }
     }
-    prefetch_for_write(&n->events[(tail + 8) & n->mask]);
-    /* The event as two 8-byte stores (the layout of struct cb_lane_event on
-     * a little-endian machine), not six narrow ones. */
-    uint64_t ids = slot | (uint64_t)epoch << 32;
-    uint64_t what = outcome | kind << 8 | (uint64_t)(CB_EVENT_CHECK ^ (slot & 0xffff)) << 16 |
-                    (uint64_t)latency_us << 32;
     char *e = (char *)&n->events[tail & n->mask];
+    /* Two lines ahead; past the ring's end it touches the next lane's
+     * header, once a lap: a prefetch never faults. */
+    prefetch_for_write(e + 8 * sizeof(struct cb_lane_event));
     memcpy(e, &ids, 8);
     memcpy(e + 8, &what, 8);
     /* Release pairs with the daemon's acquire load of tail: the event's
@@ -356,6 +434,53 @@ static void doorbell_ring(struct cb__map *m)
     errno = saved_errno;
 }
 
+/* The record memo missed: this thread's lane for c's word p, by the
+ * client's current mapping, made the memo. False (the event is dropped)
+ * for a bypass handle, one still bound to a retired segment, or no lane. */
+static bool record_memo_fill(cb_circuit *c, const uint64_t *p)
+{
+    /* Acquire pairs with memo_invalidate_all(): the mapping we load next is
+     * at least the one published before this generation. */
+    unsigned memo = atomic_load_explicit(&memo_gen.value, memory_order_acquire);
+    /* Acquire pairs with the release store that published the mapping. */
+    struct cb__map *m = atomic_load_explicit(&c->client->map, memory_order_acquire);
+    uint32_t slot;
+    if (m == NULL || !cb__map_holds(m, p, &slot))
+        return false;
+    unsigned gen = atomic_load_explicit(&fork_gen, memory_order_relaxed);
+    struct lane_node *n = tls_cur;
+    if ((n == NULL || n->map_id != m->id || n->fork_gen != gen) && (n = node_get(m, gen)) == NULL)
+        return false;
+    if (n->lane == NULL) {
+        no_lane(m, n);
+        return false;
+    }
+    tls_record = (struct record_memo){.circuit = c, .gen = memo, .node = n, .slot = slot,
+                                      .check = (uint64_t)(CB_EVENT_CHECK ^ (slot & 0xffff)) << 16};
+    return true;
+}
+
+/* Appends the event of a ticket's outcome to the lane memo r names, and
+ * rings the doorbell for what may trip or close a circuit. */
+static inline __attribute__((always_inline)) void record_append(const struct record_memo *r, cb_ticket t,
+                                                                unsigned outcome, unsigned kind, uint32_t latency_us)
+{
+    /* The event: slot, the ticket's epoch; outcome, kind, check, latency. */
+    uint64_t ids = r->slot | (t.word & ~CB__STATE_SLOW_MASK);
+    uint64_t what = outcome | kind << 8 | r->check | (uint64_t)latency_us << 32;
+    if (lane_append(r->node, ids, what) && (outcome == CB_FAILURE || kind == CB_TICKET_PROBE))
+        doorbell_ring(r->node->map);
+}
+
+/* The record memo missed: make it, then append. Out of line, so that the
+ * memo's path saves no registers. */
+static __attribute__((noinline, cold)) void record_slow(cb_circuit *c, cb_ticket t, unsigned outcome, unsigned kind,
+                                                         uint32_t latency_us)
+{
+    if (record_memo_fill(c, cb__word_ptr(c)))
+        record_append(&tls_record, t, outcome, kind, latency_us);
+}
+
 /* cb_record and cb_record_latency; inlined into both, so cb_record's
  * constant 0 costs nothing. */
 static inline __attribute__((always_inline)) void record(cb_circuit *c, cb_ticket t, cb_outcome outcome,
@@ -364,23 +489,12 @@ static inline __attribute__((always_inline)) void record(cb_circuit *c, cb_ticke
     unsigned kind = (unsigned)(t.word & 0xff);
     if ((kind != CB_TICKET_ALLOWED && kind != CB_TICKET_PROBE) || (unsigned)outcome > CB_IGNORED)
         return;
-    const uint64_t *p = cb__word_ptr(c);
-    /* Acquire pairs with the release store that published the mapping. */
-    struct cb__map *m = atomic_load_explicit(&c->client->map, memory_order_acquire);
-    uint32_t slot;
-    if (m == NULL || !cb__map_holds(m, p, &slot))
-        return; /* a bypass handle, or one still bound to a retired segment */
-    unsigned gen = atomic_load_explicit(&fork_gen, memory_order_relaxed);
-    struct lane_node *n = tls_cur;
-    if (__builtin_expect(n == NULL || n->map_id != m->id || n->fork_gen != gen, 0) && (n = node_get(m, gen)) == NULL)
-        return;
-    if (n->lane == NULL) {
-        no_lane(m, n);
+    const struct record_memo *r = &tls_record;
+    if (__builtin_expect(r->circuit != c || r->gen != atomic_load_explicit(&memo_gen.value, memory_order_relaxed), 0)) {
+        record_slow(c, t, (unsigned)outcome, kind, latency_us);
         return;
     }
-    if (lane_append(n, slot, (uint32_t)(t.word >> CB__EPOCH_SHIFT), (unsigned)outcome, kind, latency_us) &&
-        (outcome == CB_FAILURE || kind == CB_TICKET_PROBE))
-        doorbell_ring(m);
+    record_append(r, t, (unsigned)outcome, kind, latency_us);
 }
 
 void cb_record(cb_circuit *c, cb_ticket t, cb_outcome outcome)
@@ -400,15 +514,16 @@ static cb_ticket ticket(uint64_t w, unsigned kind)
     return t;
 }
 
-/* True when the daemon's heartbeat is older than its limit and its policy
- * says to fail open. */
-static bool fail_open(const struct cb_seg_header *h)
+/* True when the daemon's heartbeat is older than its limit at coarse
+ * time now and its policy says to fail open. */
+static bool fail_open(const struct cb_seg_header *h, int64_t now)
 {
-    return cb__heartbeat_stale(h) && h->stale_policy == CB_STALE_FAIL_OPEN;
+    return cb__heartbeat_stale_at(h, now) && h->stale_policy == CB_STALE_FAIL_OPEN;
 }
 
-/* HALF_OPEN: one probe permit of the word's epoch, or a rejection. */
-static cb_ticket take_permit(const struct cb__map *m, uint32_t slot, uint64_t w)
+/* HALF_OPEN: one probe permit of the word's epoch, or a rejection; *seen is
+ * the permit word that gave none. */
+static cb_ticket take_permit(const struct cb__map *m, uint32_t slot, uint64_t w, uint64_t *seen)
 {
     _Atomic uint64_t *pw = &m->permits[slot]; /* slot < capacity: the handle points into m's records */
     uint32_t epoch = cb_seg_word_epoch(w);
@@ -421,24 +536,27 @@ static cb_ticket take_permit(const struct cb__map *m, uint32_t slot, uint64_t w)
         if (atomic_compare_exchange_weak_explicit(pw, &p, p - 1, memory_order_relaxed, memory_order_relaxed))
             return ticket(w, CB_TICKET_PROBE);
     }
+    *seen = p;
     return ticket(w, CB_TICKET_REJECTED);
 }
 
 /* OPEN and electable: say once per epoch that a call wants a probe (the
  * daemon competes for the fleet's lease only on demand); the call itself
  * is rejected. Relaxed: the bit guards no data; the doorbell's fence orders
- * it before the daemon's look. */
-static void want_probe(struct cb__map *m, uint32_t slot, uint64_t w)
+ * it before the daemon's look. The permit word as it is now, in *seen. */
+static void want_probe(struct cb__map *m, uint32_t slot, uint64_t w, uint64_t *seen)
 {
     _Atomic uint64_t *pw = &m->permits[slot];
     uint64_t p = atomic_load_explicit(pw, memory_order_relaxed);
     while ((uint32_t)(p >> 32) == cb_seg_word_epoch(w) && !(p & CB_PERMIT_DEMAND)) {
         if (atomic_compare_exchange_weak_explicit(pw, &p, p | CB_PERMIT_DEMAND, memory_order_relaxed,
                                                   memory_order_relaxed)) {
+            p |= CB_PERMIT_DEMAND;
             doorbell_ring(m);
-            return;
+            break;
         }
     }
+    *seen = p;
 }
 
 /*
@@ -448,17 +566,18 @@ static void want_probe(struct cb__map *m, uint32_t slot, uint64_t w)
  * first cb_record would (a CAS; getpid/gettid syscalls once per thread and
  * mapping); with no lane free, or its three entries all holding counts the
  * daemon has not folded yet (a fourth circuit rejecting within one drain
- * interval), the call goes uncounted.
+ * interval), the call goes uncounted. Returns the counts word it added to,
+ * or NULL.
  */
-static void count_call(struct cb__map *m, uint32_t slot, uint64_t w, unsigned kind)
+static _Atomic uint64_t *count_call(struct cb__map *m, uint32_t slot, uint64_t w, unsigned kind)
 {
     unsigned gen = atomic_load_explicit(&fork_gen, memory_order_relaxed);
     struct lane_node *n = tls_cur;
     if (__builtin_expect(n == NULL || n->map_id != m->id || n->fork_gen != gen, 0) && (n = node_get(m, gen)) == NULL)
-        return;
+        return NULL;
     struct cb_lane *l = n->lane;
     if (l == NULL)
-        return;
+        return NULL;
     uint64_t key = cb_lane_call_key(slot, cb_seg_word_incarnation(w)), add = kind == CB_TICKET_PROBE ? CB_LANE_PROBE_ONE : 1;
     struct cb_lane_calls *take = NULL;
     for (unsigned i = 0; i < CB_LANE_CALL_ENTRIES; i++) {
@@ -470,50 +589,85 @@ static void count_call(struct cb__map *m, uint32_t slot, uint64_t w, unsigned ki
             /* Release pairs with the daemon's acquire load of counts: a fold
              * that sees this count sees the key it belongs to. */
             atomic_store_explicit(&e->counts, counts + add, memory_order_release);
-            return;
+            return &e->counts;
         }
         if (take == NULL && counts == atomic_load_explicit(&l->calls_seen[i], memory_order_relaxed))
             take = e;
     }
     if (take == NULL)
-        return;
+        return NULL;
+    if (tls_reject.counts == &take->counts)
+        tls_reject.word = NULL; /* the memo's entry names another circuit now */
     atomic_store_explicit(&take->key, key, memory_order_relaxed);
     atomic_store_explicit(&take->counts, atomic_load_explicit(&take->counts, memory_order_relaxed) + add,
                           memory_order_release); /* pairs as above: the new key is read with this count */
+    return &take->counts;
 }
 
-/* What a call may do on word w of record slot in mapping m (NULL: none). */
-static cb_ticket decide(struct cb__map *m, uint32_t slot, uint64_t w)
+/* A counted rejection of word w (record p, permit word *permit seen as
+ * permit_seen) was decided with a clock read at coarse time now: remember
+ * it for the calls that follow (see Memos above). */
+static void reject_memo_fill(const uint64_t *p, uint64_t w, const _Atomic uint64_t *permit, uint64_t permit_seen,
+                             _Atomic uint64_t *counts, unsigned memo, int64_t now)
+{
+    struct reject_memo *r = &tls_reject;
+    uint32_t size = 1;
+    if (r->word == p && r->checked_ns == now && r->size < REJECT_BUDGET_MAX)
+        size = r->size * 2; /* the last budget was spent within this clock tick */
+    else if (r->word == p && r->checked_ns == now)
+        size = REJECT_BUDGET_MAX;
+    *r = (struct reject_memo){.word = p, .w = w, .permit = permit, .permit_seen = permit_seen,
+                              .counts = counts, .gen = memo, .size = size,
+                              .counts_limit = atomic_load_explicit(counts, memory_order_relaxed) + size - 1,
+                              .checked_ns = now};
+}
+
+/* What a call may do on word w of record p at slot in mapping m (NULL:
+ * none); memo is memo_gen as loaded before m; live: the word is the
+ * handle's live circuit (a refusal of it may be remembered). */
+static cb_ticket decide(struct cb__map *m, const uint64_t *p, uint32_t slot, uint64_t w, unsigned memo, bool live)
 {
     unsigned state = cb_seg_word_state(w);
     if (cb_seg_word_flags(w) & CB_SEG_F_DISABLED)
         return ticket(w, CB_TICKET_BYPASS);
     if (state == CB_CLOSED) /* forced closed, or flags a newer daemon added */
         return ticket(w, CB_TICKET_ALLOWED);
-    if (m == NULL || (state != CB_OPEN && state != CB_HALF_OPEN) || fail_open(m->hdr))
+    if (m == NULL || (state != CB_OPEN && state != CB_HALF_OPEN))
         return ticket(w, CB_TICKET_BYPASS); /* a state we do not know is let through, uncounted */
+    int64_t now = cb__clock_ns(CLOCK_MONOTONIC_COARSE);
+    if (fail_open(m->hdr, now))
+        return ticket(w, CB_TICKET_BYPASS);
     cb_ticket t = ticket(w, CB_TICKET_REJECTED);
+    uint64_t permit_seen = atomic_load_explicit(&m->permits[slot], memory_order_relaxed);
     if (state == CB_OPEN && (cb_seg_word_flags(w) & CB_SEG_F_ELECTABLE))
-        want_probe(m, slot, w);
+        want_probe(m, slot, w, &permit_seen);
     else if (state == CB_HALF_OPEN)
-        t = take_permit(m, slot, w);
+        t = take_permit(m, slot, w, &permit_seen);
+    bool rejected = (t.word & 0xff) == CB_TICKET_REJECTED;
     /* A shadow circuit lets through what it would reject, uncounted: only
      * its probes (PROBE tickets) feed its policy. */
-    if ((t.word & 0xff) == CB_TICKET_REJECTED && (cb_seg_word_flags(w) & CB_SEG_F_SHADOW))
-        t = ticket(w, CB_TICKET_BYPASS);
-    else if (m->call_counts)
-        count_call(m, slot, w, (unsigned)(t.word & 0xff));
+    if (rejected && (cb_seg_word_flags(w) & CB_SEG_F_SHADOW))
+        return ticket(w, CB_TICKET_BYPASS);
+    _Atomic uint64_t *counts = m->call_counts ? count_call(m, slot, w, (unsigned)(t.word & 0xff)) : &tls_uncounted;
+    if (rejected && counts != NULL && live)
+        reject_memo_fill(p, w, &m->permits[slot], permit_seen, counts, memo, now);
     return t;
 }
 
-cb_ticket cb__allow_slow(cb_circuit *c, uint64_t w)
+/* cb_allow's decision when the rejection memo does not answer. */
+static __attribute__((noinline)) cb_ticket allow_decide(cb_circuit *c, uint64_t w)
 {
-    if (!cb__word_live(w, __atomic_load_n(&c->head.expect, __ATOMIC_ACQUIRE))) {
+    const uint64_t *p = cb__word_ptr(c);
+    unsigned memo = atomic_load_explicit(&memo_gen.value, memory_order_acquire); /* pairs as in record_memo_fill */
+    bool live = cb__word_live(w, __atomic_load_n(&c->head.expect, __ATOMIC_ACQUIRE));
+    if (!live) {
         /* Retired (the segment was replaced), removed, or the slot holds
          * another circuit now. Move the handle if that can be done without
          * waiting (circuit.c); else decide on what it points at. */
-        if (cb__circuit_recover(c, false))
-            w = __atomic_load_n(cb__word_ptr(c), __ATOMIC_ACQUIRE); /* pairs with the daemon's release store */
+        if (cb__circuit_recover(c, false)) {
+            p = cb__word_ptr(c);
+            w = __atomic_load_n(p, __ATOMIC_ACQUIRE); /* pairs with the daemon's release store */
+        }
         if ((cb_seg_word_flags(w) & CB_SEG_F_REMOVED) ||
             cb_seg_word_incarnation(w) << CB_SEG_INCARNATION_SHIFT != __atomic_load_n(&c->head.expect, __ATOMIC_ACQUIRE))
             return ticket(w, CB_TICKET_BYPASS); /* the circuit is gone from here: nothing to go by */
@@ -521,6 +675,24 @@ cb_ticket cb__allow_slow(cb_circuit *c, uint64_t w)
          * published, under that segment's staleness policy. */
     }
     uint32_t slot = 0;
-    struct cb__map *m = cb__map_of(c->client, cb__word_ptr(c), &slot);
-    return decide(m, slot, w);
+    struct cb__map *m = cb__map_of(c->client, p, &slot);
+    return decide(m, p, slot, w, memo, live);
+}
+
+cb_ticket cb__allow_slow(cb_circuit *c, uint64_t w)
+{
+    /* A refusal like the last one: the same word value, no permit come
+     * back, budget left, no fork or mapping change since. Counted, no
+     * clock read (see Memos above). */
+    struct reject_memo *r = &tls_reject;
+    uint64_t n;
+    if (__builtin_expect(r->w == w && r->word == cb__word_ptr(c) &&
+                             r->gen == atomic_load_explicit(&memo_gen.value, memory_order_relaxed) &&
+                             atomic_load_explicit(r->permit, memory_order_relaxed) == r->permit_seen &&
+                             (n = atomic_load_explicit(r->counts, memory_order_relaxed)) < r->counts_limit, 1)) {
+        /* Release as in count_call: we are the counts word's only writer. */
+        atomic_store_explicit(r->counts, n + 1, memory_order_release);
+        return ticket(w, CB_TICKET_REJECTED);
+    }
+    return allow_decide(c, w);
 }
