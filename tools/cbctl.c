@@ -186,6 +186,50 @@ static int cmd_list(struct cbctl *c, int argc, char **argv)
     return EXIT_OK;
 }
 
+static const char *default_socket(const struct cbctl *c, char *buf, size_t len);
+
+/* The fleet's shadow marker of name (the daemon's show op, "fleet_shadow"),
+ * as a line "OPEN since 2026-12-07T00:12:31Z (host h)" or a JSON object:
+ * false when there is none or the daemon does not answer (show reads the
+ * segment; the marker is extra). */
+static bool fleet_shadow(struct cbctl *c, const char *name, char *line, size_t size, json_t **json)
+{
+    char defbuf[128], state[16] = "", host[128] = "", when[32] = "?";
+    int64_t since = 0;
+    int fd = cb__unix_connect(c->socket_path ? c->socket_path : default_socket(c, defbuf, sizeof defbuf));
+    if (fd < 0)
+        return false;
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 2);
+    cb__mp_kv_str(&pk, "op", "show");
+    cb__mp_kv_str(&pk, "name", name);
+    char *buf = NULL;
+    msgpack_unpacked result;
+    msgpack_object *reply;
+    int rc = cb__request(fd, sb.data, sb.size, c->timeout_ms, &buf, &result, &reply);
+    msgpack_sbuffer_destroy(&sb);
+    close(fd);
+    if (rc < 0)
+        return false;
+    const msgpack_object *m = cb__mp_get(reply, "fleet_shadow");
+    bool found = m != NULL && cb__mp_get_str(m, "state", state, sizeof state) >= 0 &&
+                 cb__mp_get_i64(m, "since", &since) >= 0 && cb__mp_get_str(m, "host", host, sizeof host) >= 0;
+    if (found) {
+        time_t t = (time_t)since;
+        struct tm tm;
+        if (gmtime_r(&t, &tm) != NULL)
+            strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        snprintf(line, size, "%s since %s (host %s)", state, when, host);
+        *json = json_pack("{s:s, s:I, s:s}", "state", state, "since", (json_int_t)since, "host", host);
+    }
+    msgpack_unpacked_destroy(&result);
+    free(buf);
+    return found;
+}
+
 static int cmd_show(struct cbctl *c, int argc, char **argv)
 {
     if (argc != 1)
@@ -200,10 +244,17 @@ static int cmd_show(struct cbctl *c, int argc, char **argv)
     struct circuit_row row;
     if (slot < 0 || row_read(c, (uint32_t)slot, &row) < 0)
         return fail(EXIT_NOT_FOUND, "no circuit named %s in instance '%s'", CB_NAME_SHOW(argv[0]), c->instance);
+    char shadow[256];
+    json_t *shadow_json = NULL;
+    bool has_shadow = fleet_shadow(c, argv[0], shadow, sizeof shadow, &shadow_json);
     if (c->json) {
-        json_print(row_json(&row, true));
+        json_t *j = row_json(&row, true);
+        if (has_shadow)
+            json_object_set_new(j, "fleet_shadow", shadow_json);
+        json_print(j);
         return EXIT_OK;
     }
+    json_decref(shadow_json);
     const cb_info *i = &row.info;
     printf("name:            %s\nstate:           %s%s\nepoch:           %u\nfailure_count:   %u\n", i->name,
            cb__state_name(i->state), i->disabled ? " (disabled)" : i->forced ? " (forced)" : "", i->epoch,
@@ -216,6 +267,8 @@ static int cmd_show(struct cbctl *c, int argc, char **argv)
     printf("\n");
     printf("totals:          successes=%llu failures=%llu ignored=%llu\n", (unsigned long long)i->total_successes,
            (unsigned long long)i->total_failures, (unsigned long long)i->total_ignored);
+    if (has_shadow)
+        printf("fleet shadow:    %s\n", shadow);
     return EXIT_OK;
 }
 

@@ -726,6 +726,15 @@ Test(fleet_redis, a_shadow_trip_is_marked_in_the_store_and_the_other_host_keeps_
         cr_assert_eq(tsup_info(b).state, CB_CLOSED, "B obeyed a trial");
         usleep(100 * 1000);
     }
+    /* B's operator sees the trial A runs */
+    char *show = NULL;
+    char *argv[] = {(char *)tsup_cbctl_path(), "--socket", host[1].socket, "--instance", host[1].instance, "show",
+                    (char *)name, NULL};
+    cr_assert_eq(tsup_run(argv, &show, true), 0, "%s", show);
+    const char *line = strstr(show, "fleet shadow:    OPEN since ");
+    cr_assert(line != NULL && strstr(line, host[0].instance) != NULL, "cbctl show on B: %s", show);
+    cr_assert_not_null(strstr(show, "state:           CLOSED"), "%s", show);
+    free(show);
     trip(b);
     cr_assert(tsup_wait_until(strcmp(fleet_field(name, "state"), "OPEN") == 0, TSUP_LIVENESS_MS), "B's trip");
     cr_assert_str_eq(fleet_field(name, "shadow_state"), "OPEN", "B's real write kept the marker");
