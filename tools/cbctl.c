@@ -13,6 +13,7 @@
  *   0 done   1 the daemon refused or failed the operation   2 usage error
  *   3 cbd is not running / not reachable   4 no such circuit   5 permission denied
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -36,6 +37,7 @@
 #include "cb.h"
 #include "frame.h"
 #include "metrics_text.h"
+#include "policy_names.h"
 #include "segment.h"
 #include "dynamodb_table.h"
 
@@ -576,7 +578,8 @@ static void print_config(const struct cbctl *c, const msgpack_object *reply)
 /* cbctl set NAME key=value...: the policy fields named, live. */
 static int cmd_set(struct cbctl *c, int argc, char **argv)
 {
-    const char *usage = "cbctl set NAME FIELD=VALUE...   (FIELD: a policy field, as in [defaults])";
+    const char *usage = "cbctl set NAME FIELD=VALUE...   (FIELD: a policy field, as in [defaults]; "
+                        "sliding_window_type also takes CONSECUTIVE, COUNT_BASED, TIME_BASED)";
     int rc = name_arg(argc, argv, usage);
     if (rc)
         return rc;
@@ -599,13 +602,24 @@ static int cmd_set(struct cbctl *c, int argc, char **argv)
                !(strlen(cb__policy_fields[k].name) == (size_t)(eq - argv[i]) &&
                  strncmp(cb__policy_fields[k].name, argv[i], (size_t)(eq - argv[i])) == 0))
             k++;
+        const struct cb_value_name *names = k < CB_POLICY_NFIELDS ? cb__policy_value_names(cb__policy_fields[k].name)
+                                                                   : NULL;
+        uint32_t named;
+        char list[128];
         errno = 0;
         unsigned long long v = eq != NULL ? strtoull(eq + 1, &end, 10) : 0;
-        if (eq == NULL || k == CB_POLICY_NFIELDS || eq[1] == '\0' || *end != '\0' || errno != 0 || eq[1] == '-' ||
-            v > UINT32_MAX) {
+        if (eq != NULL && names != NULL && !isdigit((unsigned char)eq[1])) {
+            if (cb__policy_value_parse(names, eq + 1, &named) < 0) {
+                msgpack_sbuffer_destroy(&sb);
+                return fail(EXIT_USAGE, "'%s': %s is a number or one of %s (any case)", argv[i],
+                            cb__policy_fields[k].name, cb__policy_value_list(names, list, sizeof list));
+            }
+            v = named;
+        } else if (eq == NULL || k == CB_POLICY_NFIELDS || eq[1] == '\0' || *end != '\0' || errno != 0 ||
+                   eq[1] == '-' || v > UINT32_MAX) {
             msgpack_sbuffer_destroy(&sb);
             return fail(EXIT_USAGE, "'%s' is not FIELD=VALUE with a policy field (cbctl show lists them) and an "
-                        "unsigned integer", argv[i]);
+                        "unsigned integer%s", argv[i], names != NULL ? " or a name of one" : "");
         }
         cb__mp_kv_u64(&pk, cb__policy_fields[k].name, v);
     }
