@@ -189,6 +189,8 @@ static int cmd_list(struct cbctl *c, int argc, char **argv)
 }
 
 static const char *default_socket(const struct cbctl *c, char *buf, size_t len);
+static void pack_request(msgpack_sbuffer *sb, const char *op, const char *name, const char *extra_key,
+                         uint64_t extra_val);
 
 /* The fleet's shadow marker of name (the daemon's show op, "fleet_shadow"),
  * as a line "OPEN since 2026-12-07T00:12:31Z (host h)" or a JSON object:
@@ -202,12 +204,7 @@ static bool fleet_shadow(struct cbctl *c, const char *name, char *line, size_t s
     if (fd < 0)
         return false;
     msgpack_sbuffer sb;
-    msgpack_packer pk;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 2);
-    cb__mp_kv_str(&pk, "op", "show");
-    cb__mp_kv_str(&pk, "name", name);
+    pack_request(&sb, "show", name, NULL, 0);
     char *buf = NULL;
     msgpack_unpacked result;
     msgpack_object *reply;
@@ -494,20 +491,28 @@ static int64_t parse_duration_ms(const char *s)
     return ms > 604800000.0 ? -1 : (int64_t)ms;
 }
 
-/* {"op": op, "name": name, extra_key: extra_val}, the last two optional. */
-static int request(struct cbctl *c, const char *op, const char *name, const char *extra_key, uint64_t extra_val,
-                   void (*print)(const struct cbctl *, const msgpack_object *))
+/* {"op": op, "name": name, extra_key: extra_val}, the last two optional,
+ * packed into sb (initialised here; the caller destroys it). */
+static void pack_request(msgpack_sbuffer *sb, const char *op, const char *name, const char *extra_key,
+                         uint64_t extra_val)
 {
-    msgpack_sbuffer sb;
     msgpack_packer pk;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_sbuffer_init(sb);
+    msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
     msgpack_pack_map(&pk, 1 + (name != NULL) + (extra_key != NULL));
     cb__mp_kv_str(&pk, "op", op);
     if (name)
         cb__mp_kv_str(&pk, "name", name);
     if (extra_key)
         cb__mp_kv_u64(&pk, extra_key, extra_val);
+}
+
+/* {"op": op, "name": name, extra_key: extra_val}, the last two optional, sent; the reply printed. */
+static int request(struct cbctl *c, const char *op, const char *name, const char *extra_key, uint64_t extra_val,
+                   void (*print)(const struct cbctl *, const msgpack_object *))
+{
+    msgpack_sbuffer sb;
+    pack_request(&sb, op, name, extra_key, extra_val);
     return send_request(c, op, &sb, print);
 }
 
