@@ -110,6 +110,12 @@ static void write_through(struct cbd *d, struct cbd_circuit *c, int64_t prev_ope
         .open_until_ns = c->state == CB_OPEN && !(c->flags & CB_SEG_F_FORCED) ? c->open_until_ns : 0,
     };
     snprintf(st.name, sizeof st.name, "%s", c->rec->name);
+    /* a shadow circuit's trial reaches a fleet store as its marker only */
+    st.shadow = c->cfg.shadow && d->env.fleet;
+    if (st.shadow) {
+        d->store_ops->transition(d->store, &st, prev_opened_at);
+        return;
+    }
     /* HALF_OPEN: the election wrote it; the store's answer already agreed */
     if (d->env.fleet && d->store_health != 0 && c->state != CB_HALF_OPEN)
         cbd_policy_set_sync(c, CB_SYNC_PENDING, 0);
@@ -177,9 +183,10 @@ static void on_transitioned(void *arg, const struct cbd_circuit *c, cb_state fro
                           "flags=%s", CB_NAME_SHOW(c->rec->name), cb__state_name(from), cb__state_name(c->state), c->epoch,
             c->trip_failure_count, (long long)c->opened_at, cb__source_name(source), flags_name(c->flags));
     /* A shadow circuit's transitions are its own trial: the local state
-     * file keeps them (with shadow in the config it stores), a fleet store,
-     * where other hosts would obey them, never sees them. */
-    if (!from_the_fleet(from, c->state, source) && !(c->cfg.shadow && d->env.fleet))
+     * file keeps them (with shadow in the config it stores); a fleet store
+     * gets them as the item's shadow marker (write_through), which no
+     * other host or Powertools function obeys. */
+    if (!from_the_fleet(from, c->state, source))
         write_through(d, &d->circuits.by_slot[c->slot], prev_opened_at);
     announce(d, c, from, source, now);
 }

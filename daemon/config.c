@@ -84,6 +84,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "policy.h"
+#include "policy_names.h"
 #include "store.h"
 
 enum opt_type { OPT_UINT, OPT_MODE, OPT_STR, OPT_ENUM, OPT_LIST };
@@ -407,13 +408,21 @@ static void *field_of(struct parse_ctx *px, const struct option_def *o)
 
 /* ---- values ---------------------------------------------------------------- */
 
+/* The names a policy option's value may be written with (policy_names.h), or NULL. */
+static const struct cb_value_name *value_names(const struct option_def *o)
+{
+    return o->section == SEC_DEFAULTS ? cb__policy_value_names(o->name) : NULL;
+}
+
 /* What the option accepts, for "(expected ...)" and the docs. */
 static void expected(const struct option_def *o, char *buf, size_t size)
 {
+    char names[128];
     switch (o->type) {
     case OPT_UINT:
-        snprintf(buf, size, "%s%llu..%llu", o->pow2 ? "a power of two " : "an integer ",
-                 (unsigned long long)o->min, (unsigned long long)o->max);
+        snprintf(buf, size, "%s%llu..%llu%s%s%s", o->pow2 ? "a power of two " : "an integer ",
+                 (unsigned long long)o->min, (unsigned long long)o->max, value_names(o) ? ", or " : "",
+                 cb__policy_value_list(value_names(o), names, sizeof names), value_names(o) ? " (any case)" : "");
         break;
     case OPT_MODE:
         snprintf(buf, size, "an octal mode %04llo..%04llo, such as 0660", (unsigned long long)o->min,
@@ -527,6 +536,15 @@ static const char *set_value(const struct option_def *o, void *field, const char
             }
         }
         snprintf(why, whysize, "'%.64s' is not a known value (expected %s)", v, exp);
+        return why;
+    }
+    uint32_t named;
+    if (!isdigit((unsigned char)v[0]) && cb__policy_value_parse(value_names(o), v, &named) == 0) {
+        *(uint32_t *)field = named;
+        return NULL;
+    }
+    if (value_names(o) != NULL && !isdigit((unsigned char)v[0]) && v[0] != '-') {
+        snprintf(why, whysize, "'%.64s' is not a number or a name of one (expected %s)", v, exp);
         return why;
     }
     if (number_error(o, v, exp, &n, why, whysize) != NULL)
@@ -1115,12 +1133,16 @@ static const char md_intro[] =
     "  and the deadline the opening host wrote with it (Powertools functions wait their own timeout).\n"
     "- **Shadow** (`shadow` 1): transitions happen, are logged, reach hooks, subscribers and the history, but\n"
     "  a call the state would reject is let through uncounted; probes still run. Forced open still rejects;\n"
-    "  disabled still bypasses. The local state file keeps it with `shadow` in its config; a fleet store\n"
-    "  (Redis, DynamoDB) never sees a shadow circuit's transitions, so other hosts do not obey a trial.\n\n"
+    "  disabled still bypasses. The local state file keeps it with `shadow` in its config. A fleet store\n"
+    "  (Redis, DynamoDB) gets a shadow circuit's transitions marked as shadow: the item's shadow marker\n"
+    "  (its state, since when, the writing host), written beside the real state and never over it, so other\n"
+    "  hosts and Powertools functions never obey a trial; `cbctl show` on any host prints the marker as\n"
+    "  `fleet shadow:` (docs/fleet.md, \"Shadow markers\").\n\n"
     "The names follow resilience4j's `CircuitBreakerConfig` where the meaning is the same:\n\n"
     "| resilience4j | cbd | note |\n"
     "|---|---|---|\n"
-    "| `slidingWindowType` | `sliding_window_type` | COUNT_BASED = 1, TIME_BASED = 2; 0 is Powertools' streak |\n"
+    "| `slidingWindowType` | `sliding_window_type` | `COUNT_BASED` (1), `TIME_BASED` (2), or `CONSECUTIVE` (0, "
+    "Powertools' streak): the names or the numbers, in any case, in the file and in `cbctl set` |\n"
     "| `slidingWindowSize` | `sliding_window_size` | calls, or seconds |\n"
     "| `minimumNumberOfCalls` | `minimum_number_of_calls` | |\n"
     "| `failureRateThreshold` | `failure_rate_threshold` | whole percent; reached at `>=` |\n"

@@ -345,14 +345,28 @@ static void pack_circuit_fields(msgpack_packer *pk, const struct cbd_circuit *c)
     cb__mp_kv_u64(pk, "total_ignored", c->pub.total_ignored);
 }
 
+/* show: the circuit, and the fleet's shadow marker of it when its store
+ * has one ("fleet_shadow": {state, since, host}: what a host that runs it
+ * in shadow last wrote; nobody obeys it). */
 static int op_show(void *arg, const struct cbd_peer *p, const msgpack_object *req, struct cbd_reply *r)
 {
+    const struct cbd_ops *o = arg;
     struct cbd_circuit *circuit;
+    struct cbd_store_shadow sh;
     (void)p;
     if (get_circuit(arg, req, r, &circuit) < 0)
         return r->err;
     pack_circuit_fields(&r->pk, circuit);
     r->nfields += CIRCUIT_FIELDS;
+    if ((*o->store_ops)->shadow != NULL && *o->store != NULL &&
+        (*o->store_ops)->shadow(*o->store, circuit->rec->name, &sh) == 1) {
+        cb__mp_pack_str(&r->pk, "fleet_shadow");
+        msgpack_pack_map(&r->pk, 3);
+        cb__mp_kv_str(&r->pk, "state", cb__state_name(sh.state));
+        cb__mp_kv_i64(&r->pk, "since", sh.since);
+        cb__mp_kv_str(&r->pk, "host", sh.host);
+        r->nfields++;
+    }
     return 0;
 }
 

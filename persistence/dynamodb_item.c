@@ -33,7 +33,8 @@
 const struct cbd_ddb_layout cbd_ddb_default_layout = {
     .pk = "id", .sk = "", .static_pk = "circuit_breaker#", .state = "state", .failure_count = "failure_count",
     .opened_at = "opened_at", .owner = "half_open_owner", .lease = "probe_lease_expiry", .expiration = "expiration",
-    .open_until = "cbd_open_until", .open_until_of = "cbd_open_until_of",
+    .open_until = "cbd_open_until", .open_until_of = "cbd_open_until_of", .shadow_state = CBD_DDB_SHADOW_STATE,
+    .shadow_since = CBD_DDB_SHADOW_SINCE, .shadow_host = CBD_DDB_SHADOW_HOST,
 };
 
 /* ---- attributes ------------------------------------------------------------------- */
@@ -170,7 +171,9 @@ static struct fleet_item_names names_of(const struct cbd_ddb_layout *l)
 {
     return (struct fleet_item_names){.kind = "attribute", .state = l->state, .failure_count = l->failure_count,
                                      .opened_at = l->opened_at, .owner = l->owner, .lease = l->lease,
-                                     .open_until = l->open_until, .open_until_of = l->open_until_of};
+                                     .open_until = l->open_until, .open_until_of = l->open_until_of,
+                                     .shadow_state = l->shadow_state, .shadow_since = l->shadow_since,
+                                     .shadow_host = l->shadow_host};
 }
 
 static int item_check(const struct cbd_ddb_layout *l, const struct cbd_ddb_item *it, char *why, size_t size)
@@ -186,6 +189,8 @@ static int item_check(const struct cbd_ddb_layout *l, const struct cbd_ddb_item 
         it->open_until_of > CBD_DDB_TIME_MAX || (it->open_until != 0 && it->open_until_of == 0))
         return fleet_fault(why, size, "'%s' %lld / '%s' %lld are not an opening's end and its opened_at",
                            l->open_until, (long long)it->open_until, l->open_until_of, (long long)it->open_until_of);
+    if (it->marker_only && (it->shadow.since == 0 || it->state != CB_CLOSED || it->failure_count != 0))
+        return fleet_fault(why, size, "an item without '%s' holds nothing but a shadow marker", l->state);
     struct fleet_item f = {.exists = true, .state = it->state, .failure_count = it->failure_count,
                            .opened_at = it->opened_at, .lease_expiry = it->lease_expiry};
     memcpy(f.owner, it->owner, sizeof f.owner);
@@ -226,6 +231,41 @@ static int decode_owner(const struct cbd_ddb_layout *l, const json_t *item, char
     return 1;
 }
 
+/* The shadow marker's attributes into out (a bad marker dropped and
+ * flagged: never a fault of the item). */
+static void decode_shadow(const struct cbd_ddb_layout *l, const json_t *item, struct cbd_ddb_item *out)
+{
+    const char *attrs[] = {l->shadow_state, l->shadow_since, l->shadow_host}, *tags[] = {"S", "N", "S"};
+    struct fleet_raw raw[3] = {{0}};
+    struct fleet_item_names names = names_of(l);
+    struct fleet_item f = {0};
+    char why[200];
+    bool bad = false;
+    for (size_t i = 0; i < 3; i++) {
+        json_t *v;
+        int rc = attrs[i] != NULL ? attr_typed(item, attrs[i], tags[i], &v, why, sizeof why) : 0;
+        bad |= rc < 0;
+        if (rc == 1)
+            raw[i] = (struct fleet_raw){.s = json_string_value(v), .len = json_string_length(v)};
+    }
+    if (!bad && fleet_item_shadow(&names, &f, raw[0], raw[1], raw[2], why, sizeof why) == 0)
+        out->shadow = f.shadow;
+    else
+        out->shadow_invalid = true;
+}
+
+/* Does the item hold nothing but its key, a valid shadow marker and the
+ * TTL? Then it is no circuit (a shadow trial's marker alone). */
+static bool shadow_alone(const struct cbd_ddb_layout *l, const json_t *item, const struct cbd_ddb_item *out)
+{
+    const char *real[] = {l->state, l->failure_count, l->opened_at, l->owner, l->lease, l->open_until,
+                          l->open_until_of};
+    for (size_t i = 0; i < sizeof real / sizeof real[0]; i++)
+        if (real[i] != NULL && json_object_get(item, real[i]) != NULL)
+            return false;
+    return out->shadow.since != 0;
+}
+
 int cbd_ddb_item_decode(const struct cbd_ddb_layout *l, const json_t *item, struct cbd_ddb_item *out, char *why,
                         size_t size)
 {
@@ -235,8 +275,15 @@ int cbd_ddb_item_decode(const struct cbd_ddb_layout *l, const json_t *item, stru
     out->state = CB_CLOSED;
     if (!json_is_object(item))
         return fleet_fault(why, size, "the item is not an object of attributes");
-    if ((rc = cbd_ddb_key_decode(l, item, out->name, sizeof out->name, &out->name_len, why, size)) < 0 ||
-        (rc = decode_state(l, item, &out->state, why, size)) < 0 ||
+    if ((rc = cbd_ddb_key_decode(l, item, out->name, sizeof out->name, &out->name_len, why, size)) < 0)
+        return rc;
+    decode_shadow(l, item, out);
+    if (shadow_alone(l, item, out)) {
+        out->marker_only = true;
+        return attr_time(item, l->expiration, &out->expiration, why, size) < 0 ? -EBADMSG
+                                                                               : item_check(l, out, why, size);
+    }
+    if ((rc = decode_state(l, item, &out->state, why, size)) < 0 ||
         (rc = attr_number(item, l->failure_count, UINT32_MAX, "more than 4294967295", &fc, why, size)) < 0 ||
         (rc = attr_time(item, l->opened_at, &out->opened_at, why, size)) < 0 ||
         (rc = decode_owner(l, item, out->owner, why, size)) < 0 ||
@@ -276,8 +323,9 @@ json_t *cbd_ddb_item_encode(const struct cbd_ddb_layout *l, const struct cbd_ddb
     json_t *item = cbd_ddb_key(l, it->name, it->name_len);
     if (item == NULL)
         goto nomem;
-    bool ok = json_object_set_new(item, l->state, cbd_ddb_s(cb__state_name(it->state))) == 0 &&
-              json_object_set_new(item, l->failure_count, cbd_ddb_n(it->failure_count)) == 0;
+    /* a shadow marker alone, no state (decode reads it back as no circuit) */
+    bool ok = it->marker_only || (json_object_set_new(item, l->state, cbd_ddb_s(cb__state_name(it->state))) == 0 &&
+                              json_object_set_new(item, l->failure_count, cbd_ddb_n(it->failure_count)) == 0);
     if (it->state != CB_CLOSED)
         ok = ok && json_object_set_new(item, l->opened_at, cbd_ddb_n(it->opened_at)) == 0;
     if (it->state == CB_HALF_OPEN)
@@ -288,6 +336,10 @@ json_t *cbd_ddb_item_encode(const struct cbd_ddb_layout *l, const struct cbd_ddb
     if (it->open_until_of > 0)
         ok = ok && json_object_set_new(item, l->open_until, cbd_ddb_n(it->open_until)) == 0 &&
              json_object_set_new(item, l->open_until_of, cbd_ddb_n(it->open_until_of)) == 0;
+    if (it->shadow.since > 0 && l->shadow_state != NULL)
+        ok = ok && json_object_set_new(item, l->shadow_state, cbd_ddb_s(cb__state_name(it->shadow.state))) == 0 &&
+             json_object_set_new(item, l->shadow_since, cbd_ddb_n(it->shadow.since)) == 0 &&
+             json_object_set_new(item, l->shadow_host, cbd_ddb_s(it->shadow.host)) == 0;
     if (ok)
         return item;
     json_decref(item);

@@ -40,7 +40,13 @@ struct cbd_ddb_layout {
     const char *static_pk; /* composite keys: the partition key value of every circuit */
     const char *state, *failure_count, *opened_at, *owner, *lease, *expiration;
     const char *open_until, *open_until_of; /* cbd's own: an opening's end under backoff (fleet.h) */
+    const char *shadow_state, *shadow_since, *shadow_host; /* cbd's own: a shadow trial's marker (fleet.h) */
 };
+
+/* The shadow marker's attributes (not configurable: cbd's own, beside Powertools' item). */
+#define CBD_DDB_SHADOW_STATE "cbd_shadow_state"
+#define CBD_DDB_SHADOW_SINCE "cbd_shadow_since"
+#define CBD_DDB_SHADOW_HOST "cbd_shadow_host"
 
 /* Powertools' defaults: simple key "id", attributes as in POWERTOOLS.md. */
 extern const struct cbd_ddb_layout cbd_ddb_default_layout;
@@ -58,6 +64,9 @@ struct cbd_ddb_item {
     int64_t open_until;            /* the opening's end (backoff), 0..CBD_DDB_TIME_MAX: only when
                                     * open_until_of is this opened_at, else 0 (fleet_item_deadline) */
     int64_t open_until_of;         /* the opened_at the pair was written for; 0: absent (not written) */
+    bool marker_only;              /* the item holds a shadow marker and no state: no circuit */
+    struct fleet_shadow shadow;    /* the shadow marker (since 0: none) */
+    bool shadow_invalid;           /* a bad marker was dropped */
 };
 
 /*
@@ -74,7 +83,10 @@ struct cbd_ddb_item {
  * open_until and open_until_of come together or not at all; open_until
  * reads 0 unless open_until_of is the item's opened_at (fleet_item_deadline).
  * Attributes the layout does not name are ignored. In composite mode the
- * partition key must hold static_pk.
+ * partition key must hold static_pk. The shadow marker (fleet_item_shadow)
+ * never makes the item invalid: a bad one is dropped with shadow_invalid
+ * set; an item with a marker and no state attribute at all decodes with
+ * marker_only (no circuit for real purposes).
  *
  * Returns 0, or -EBADMSG with why (size bytes, always terminated) naming the
  * fault the way an operator reads it ("attribute 'opened_at' is S, expected
@@ -88,7 +100,9 @@ int cbd_ddb_item_decode(const struct cbd_ddb_layout *l, const json_t *item, stru
  * cbd_ddb_item_encode - the whole item for a PutItem: the key, state,
  * failure_count, opened_at (OPEN, HALF_OPEN), half_open_owner and
  * probe_lease_expiry (HALF_OPEN), expiration (when non-zero) and
- * open_until with open_until_of (when open_until_of is non-zero). The item
+ * open_until with open_until_of (when open_until_of is non-zero), the
+ * shadow marker (when shadow.since is non-zero; a marker_only item is its
+ * key, marker and expiration alone). The item
  * must pass the checks decode applies: NULL with why set otherwise (and on
  * allocation failure).
  */

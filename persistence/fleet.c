@@ -70,6 +70,16 @@
  * the queued writes, releases and elections in that order per circuit, and
  * a reconcile of every tracked circuit.
  *
+ * Shadow. A shadow circuit's transitions (st->shadow) are a trial: they
+ * write the item's shadow marker (FLEET_SHADOW: state, time, this host's
+ * owner id) and nothing else - not cur, not the real state, version or
+ * lease - unconditionally (last writer wins: a marker, not a state other
+ * hosts obey). They go after the circuit's real work, one pending at a
+ * time (a newer one replaces it), and are not flushed at close. Every
+ * answer's marker is kept per circuit for the operator (fleet_shadow_of);
+ * a bad one is counted (invalid_shadows) and ignored, never making the
+ * item's real state unreadable.
+ *
  * Traffic: transitions, elections, one read per push notification about a
  * tracked circuit, one read at registration, and the reconcile every
  * sync_ms - never per request.
@@ -126,6 +136,8 @@ bool fleet_write_applies(const struct fleet_item *b, const struct fleet_write *w
     case FLEET_RENEW:
     case FLEET_RELEASE:
         return mine && same;
+    case FLEET_SHADOW:
+        return true;
     }
     return false;
 }
@@ -134,6 +146,12 @@ void fleet_write_result(const struct fleet_item *b, const struct fleet_write *w,
                         struct fleet_item *after)
 {
     *after = *b;
+    if (w->kind == FLEET_SHADOW) { /* the marker alone: the real state, exists included, as it was */
+        after->shadow = (struct fleet_shadow){.state = w->shadow_state, .since = w->shadow_since};
+        snprintf(after->shadow.host, sizeof after->shadow.host, "%s", w->owner);
+        after->shadow_invalid = false;
+        return;
+    }
     after->exists = true;
     after->updated_at = now_s;
     switch (w->kind) {
@@ -161,6 +179,8 @@ void fleet_write_result(const struct fleet_item *b, const struct fleet_write *w,
     case FLEET_RELEASE:
         after->state = CB_OPEN;
         break;
+    case FLEET_SHADOW:
+        return;
     }
     after->owner[0] = '\0';
     after->lease_expiry = 0;
@@ -168,7 +188,7 @@ void fleet_write_result(const struct fleet_item *b, const struct fleet_write *w,
 
 const char *fleet_write_kind_name(enum fleet_write_kind kind)
 {
-    static const char *const names[] = {"OPEN", "CLOSE", "ELECT", "RENEW", "RELEASE"};
+    static const char *const names[] = {"OPEN", "CLOSE", "ELECT", "RENEW", "RELEASE", "SHADOW"};
     return (unsigned)kind < sizeof names / sizeof names[0] ? names[kind] : "?";
 }
 
@@ -286,6 +306,40 @@ int fleet_item_deadline(const struct fleet_item_names *n, struct fleet_item *it,
     return 0;
 }
 
+int fleet_item_shadow(const struct fleet_item_names *n, struct fleet_item *it, struct fleet_raw state,
+                      struct fleet_raw since, struct fleet_raw host, char *why, size_t size)
+{
+    char q[48];
+    uint64_t at = 0;
+    int rc = 0;
+    it->shadow = (struct fleet_shadow){.state = CB_CLOSED};
+    it->shadow_invalid = false;
+    if (!state.s && !since.s && !host.s)
+        return 0;
+    if (!state.s || !since.s || !host.s)
+        rc = fleet_fault(why, size, "a shadow marker without %s '%s' (%s, %s and %s come together)", n->kind,
+                         !state.s ? n->shadow_state : !since.s ? n->shadow_since : n->shadow_host, n->shadow_state,
+                         n->shadow_since, n->shadow_host);
+    else if (fleet_parse_state(state.s, state.len, &it->shadow.state) < 0)
+        rc = fleet_fault(why, size, "%s '%s' is '%s', not CLOSED, OPEN or HALF_OPEN", n->kind, n->shadow_state,
+                         fleet_quote(state.s, state.len, q, sizeof q));
+    else if ((rc = fleet_parse_number(n->kind, n->shadow_since, since.s, since.len, CB_TIME_MAX_S,
+                                      "after 2255-03-14 (epoch second 9000000000)", &at, why, size)) == 0 && at == 0)
+        rc = fleet_fault(why, size, "%s '%s' is 0 (epoch seconds, 1 to 9000000000)", n->kind, n->shadow_since);
+    else if (rc == 0 && (host.len == 0 || host.len > FLEET_OWNER_MAX || memchr(host.s, '\0', host.len) != NULL))
+        rc = fleet_fault(why, size, "%s '%s' is not a host id of 1 to %d bytes without NUL ('%s')", n->kind,
+                         n->shadow_host, FLEET_OWNER_MAX, fleet_quote(host.s, host.len, q, sizeof q));
+    if (rc < 0) {
+        it->shadow = (struct fleet_shadow){.state = CB_CLOSED};
+        it->shadow_invalid = true;
+        return rc;
+    }
+    it->shadow.since = (int64_t)at;
+    memcpy(it->shadow.host, host.s, host.len);
+    it->shadow.host[host.len] = '\0';
+    return 0;
+}
+
 void fleet_owner_id(char *buf, size_t size, const char *instance)
 {
     char host[65] = "";
@@ -341,6 +395,10 @@ struct fleet_circuit {
     bool e_pending;
     int64_t e_opened_at;
     uint32_t e_lease_s;
+    bool sh_pending, sh_hold;     /* a shadow marker to write (hold: failed; the next reconcile sends it) */
+    cb_state sh_state;
+    int64_t sh_since;
+    struct fleet_shadow shadow;   /* the store's shadow marker, as last read or written */
     bool r_pending;
     uint64_t read_tick;           /* the budget's tick of its last read (budget_read) */
     /* the request in flight */
@@ -390,6 +448,7 @@ struct cbd_store {
     void *close_arg;
     struct {
         uint64_t conditions_lost, invalid_items, errors, remote_reports, host_local_grants, rewrites;
+        uint64_t shadow_writes, invalid_shadows; /* shadow markers written; bad ones read and ignored */
         uint64_t reads, busy_reads, sweeps; /* circuits read; of them busy ones at a sync; full sweeps */
     } st;
     struct cbd_ratelimit rl_offline, rl_err;
@@ -503,13 +562,13 @@ static bool has_work(const struct fleet_circuit *c)
 /* Work that goes before a read (a held write waits for a reconcile). */
 static bool sendable_work(const struct fleet_circuit *c)
 {
-    return (c->w_pending && !c->w_hold) || c->rel_pending || c->e_pending;
+    return (c->w_pending && !c->w_hold) || c->rel_pending || c->e_pending || (c->sh_pending && !c->sh_hold);
 }
 
 /* An untracked circuit is forgotten once nothing of it is left to do. */
 static void maybe_free(struct cbd_store *s, struct fleet_circuit *c)
 {
-    if (c->tracked || c->busy != FLEET_IDLE || c->w_pending || c->rel_pending || c->queued[Q_SEND] ||
+    if (c->tracked || c->busy != FLEET_IDLE || c->w_pending || c->rel_pending || c->sh_pending || c->queued[Q_SEND] ||
         c->queued[Q_READ] || s->tearing)
         return;
     if (c->restoring) {
@@ -657,12 +716,13 @@ static void grant_waiting(struct cbd_store *s)
 
 static void on_write_answer(void *arg, const struct fleet_answer *a);
 
-static int send_write(struct cbd_store *s, struct fleet_circuit *c, enum fleet_write_kind kind, int64_t opened_at,
-                      uint32_t failure_count, int64_t open_until, uint32_t lease_s)
+/* w (its name, owner and recovery_s filled in here) as c's request in flight. */
+static int send_request(struct cbd_store *s, struct fleet_circuit *c, struct fleet_write w)
 {
-    c->sent = (struct fleet_write){.kind = kind, .name = c->name, .opened_at = opened_at,
-                                   .failure_count = failure_count, .open_until = open_until, .lease_s = lease_s,
-                                   .owner = s->owner, .recovery_s = c->recovery_s};
+    w.name = c->name;
+    w.owner = s->owner;
+    w.recovery_s = c->recovery_s;
+    c->sent = w;
     c->busy = FLEET_BUSY_WRITE;
     s->requests++;
     int rc = s->ops->write(s->t, &c->sent, on_write_answer, c);
@@ -671,6 +731,13 @@ static int send_write(struct cbd_store *s, struct fleet_circuit *c, enum fleet_w
         s->requests--;
     }
     return rc;
+}
+
+static int send_write(struct cbd_store *s, struct fleet_circuit *c, enum fleet_write_kind kind, int64_t opened_at,
+                      uint32_t failure_count, int64_t open_until, uint32_t lease_s)
+{
+    return send_request(s, c, (struct fleet_write){.kind = kind, .opened_at = opened_at, .failure_count = failure_count,
+                                                   .open_until = open_until, .lease_s = lease_s});
 }
 
 /* fleet_send: the circuit's next request, in the order writes, release,
@@ -704,6 +771,14 @@ static void fleet_send(struct cbd_store *s, struct fleet_circuit *c)
         bool renew = c->lease_held && c->lease_opened_at == c->e_opened_at;
         if (send_write(s, c, renew ? FLEET_RENEW : FLEET_ELECT, c->e_opened_at, 0, 0, c->e_lease_s) == 0)
             c->e_pending = false;
+        return;
+    }
+    if (c->sh_pending && !c->sh_hold) {
+        if (send_request(s, c, (struct fleet_write){.kind = FLEET_SHADOW, .shadow_state = c->sh_state,
+                                                    .shadow_since = c->sh_since}) == 0)
+            c->sh_pending = false;
+        else
+            c->sh_hold = s->any_held = true;
         return;
     }
     if (c->r_pending)
@@ -843,6 +918,17 @@ static void invalid(struct cbd_store *s, struct fleet_circuit *c, const char *wh
             s->set.where, why);
 }
 
+/* The shadow marker an answer shows (a bad one counted, and kept out). */
+static void shadow_seen(struct cbd_store *s, struct fleet_circuit *c, const struct fleet_item *it)
+{
+    if (it->shadow_invalid) {
+        s->st.invalid_shadows++;
+        cbd_log(CBD_LOG_DEBUG, "%s: circuit %s: ignoring an invalid shadow marker in %s", s->set.log_name, c->name,
+                s->set.where);
+    }
+    c->shadow = it->shadow;
+}
+
 /* An opening younger than any TTL its item can have had: its item was
  * lost, not expired. */
 static bool young(const struct cbd_store *s, const struct fleet_circuit *c)
@@ -906,14 +992,15 @@ static void fleet_on_answer(struct cbd_store *s, struct fleet_circuit *c, const 
 {
     struct fleet_item it = a->item, before = c->known;
     bool was_seen = c->seen;
-    if (a->status == FLEET_ABSENT)
-        it = (struct fleet_item){.exists = false};
+    if (a->status == FLEET_ABSENT) /* no real item; a shadow marker may be there alone */
+        it = (struct fleet_item){.exists = false, .shadow = a->item.shadow, .shadow_invalid = a->item.shadow_invalid};
     if (c->invalid_logged) {
         c->invalid_logged = false;
         cbd_log(CBD_LOG_INFO, "%s: circuit %s: its item in %s is valid again", s->set.log_name, c->name,
                 s->set.where);
     }
     c->r_pending = false; /* this answer is as fresh as a read */
+    shadow_seen(s, c, &it);
     if (w != NULL && !a->applied)
         s->st.conditions_lost++;
     lease_seen(s, c, w, &it);
@@ -951,6 +1038,13 @@ static void requeue(struct cbd_store *s, struct fleet_circuit *c, const struct f
         if (lost && !c->rel_pending) { /* else the lease lapses */
             c->rel_pending = true;
             c->rel_opened_at = w->opened_at;
+        }
+        break;
+    case FLEET_SHADOW:
+        if (!refused && !c->sh_pending) { /* unless a newer shadow transition replaced it */
+            c->sh_pending = c->sh_hold = s->any_held = true;
+            c->sh_state = w->shadow_state;
+            c->sh_since = w->shadow_since;
         }
         break;
     case FLEET_ELECT:
@@ -994,6 +1088,21 @@ static void op_done(struct cbd_store *s, struct fleet_circuit *c)
 }
 
 
+/* The store's answer to c's shadow marker: it landed (the item's real
+ * state is no news of it: reads tell), or goes again. */
+static void shadow_answer(struct cbd_store *s, struct fleet_circuit *c, const struct fleet_write *w,
+                          const struct fleet_answer *a)
+{
+    if (a->status == FLEET_OK || a->status == FLEET_ABSENT) {
+        s->st.shadow_writes++;
+        shadow_seen(s, c, &a->item);
+    } else if (a->status == FLEET_INVALID) {
+        invalid(s, c, a->why ? a->why : "?"); /* the marker went in beside what is there */
+    } else {
+        failed(s, c, w, a);
+    }
+}
+
 /* The store's answer to c's write. */
 static void on_write_answer(void *arg, const struct fleet_answer *a)
 {
@@ -1004,7 +1113,9 @@ static void on_write_answer(void *arg, const struct fleet_answer *a)
     s->requests--;
     c->busy = FLEET_IDLE;
     c->restoring = false;
-    if (a->status == FLEET_OK || a->status == FLEET_ABSENT) {
+    if (w.kind == FLEET_SHADOW) {
+        shadow_answer(s, c, &w, a);
+    } else if (a->status == FLEET_OK || a->status == FLEET_ABSENT) {
         fleet_on_answer(s, c, &w, a, restoring);
     } else if (a->status == FLEET_INVALID) {
         invalid(s, c, a->why ? a->why : "?");
@@ -1179,8 +1290,8 @@ static void fleet_came_online(void *arg, const char *why)
         uv_timer_start(&s->sync_timer, on_sync_timer, s->set.sync_ms, s->set.sync_ms);
     for (size_t i = 0; i < s->count; i++) {
         struct fleet_circuit *c = s->list[i];
-        c->w_hold = false;
-        if (has_work(c))
+        c->w_hold = c->sh_hold = false;
+        if (has_work(c) || c->sh_pending)
             mark_dirty(s, c);
         if (c->tracked && s->restore.done == NULL && s->set.read_budget == 0) /* a restore reads everything; */
             queue_read(s, c);                                                  /* a budget's sweep goes on */
@@ -1250,7 +1361,7 @@ void fleet_untrack(struct cbd_store *s, const char *name)
     if (c == NULL)
         return;
     c->tracked = false;
-    c->e_pending = c->r_pending = false;
+    c->e_pending = c->r_pending = c->sh_pending = false;
     maybe_free(s, c);
 }
 
@@ -1275,6 +1386,14 @@ void fleet_transition(struct cbd_store *s, const struct cbd_store_state *st, int
     if (c == NULL)
         return;
     start(s);
+    if (st->shadow) { /* a trial: its marker only; cur, the real state as the store knows it, stays */
+        c->sh_pending = true;
+        c->sh_hold = false;
+        c->sh_state = st->state;
+        c->sh_since = now_s(s);
+        mark_dirty(s, c);
+        return;
+    }
     bool closed = st->state == CB_CLOSED;
     /* Whole seconds rounded up: a host reading it never probes early. */
     int64_t until = st->state == CB_OPEN && st->open_until_ns > 0 ? (st->open_until_ns + NS_PER_S - 1) / NS_PER_S : 0;
@@ -1378,8 +1497,8 @@ void fleet_reconcile(struct cbd_store *s)
         return;
     for (size_t i = 0; (s->any_held || s->set.read_budget == 0) && i < s->count; i++) {
         struct fleet_circuit *c = s->list[i];
-        c->w_hold = false;
-        if (has_work(c))
+        c->w_hold = c->sh_hold = false;
+        if (has_work(c) || c->sh_pending)
             mark_dirty(s, c);
         if (c->tracked && s->set.read_budget == 0)
             queue_read(s, c);
@@ -1493,7 +1612,19 @@ void fleet_stats(const struct cbd_store *s, void (*emit)(void *arg, const char *
     emit(arg, "reads", s->st.reads);
     emit(arg, "busy_reads", s->st.busy_reads);
     emit(arg, "sweeps", s->st.sweeps);
+    emit(arg, "shadow_writes", s->st.shadow_writes);
+    emit(arg, "invalid_shadows", s->st.invalid_shadows);
     s->ops->stats(s->t, emit, arg);
+}
+
+int fleet_shadow_of(const struct cbd_store *s, const char *name, struct cbd_store_shadow *out)
+{
+    const struct fleet_circuit *c = cb__name_check(name) == 0 ? find(s, name) : NULL;
+    if (c == NULL || !c->tracked || c->shadow.since == 0)
+        return 0;
+    *out = (struct cbd_store_shadow){.state = c->shadow.state, .since = c->shadow.since};
+    snprintf(out->host, sizeof out->host, "%s", c->shadow.host);
+    return 1;
 }
 
 int fleet_store_create(const struct fleet_transport_ops *ops, struct cbd_store **out, const char *uri,

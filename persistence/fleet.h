@@ -35,6 +35,14 @@
 
 /* ==== 1. the item and the write rules ==================================== */
 
+/* A shadow circuit's trial state in the fleet: written by a host that runs
+ * the circuit in shadow, read by everyone, obeyed by nobody. */
+struct fleet_shadow {
+    cb_state state;                    /* CLOSED, OPEN, HALF_OPEN */
+    int64_t since;                     /* epoch s of that transition; 0: no marker */
+    char host[FLEET_OWNER_MAX + 1];    /* the writing host's owner id */
+};
+
 /* A circuit's item as a transport reads and writes it, validated. */
 struct fleet_item {
     bool exists;                       /* false: no item for this name (reads as CLOSED) */
@@ -50,9 +58,14 @@ struct fleet_item {
      * opened_at that is not open_until_of says the pair is stale. */
     int64_t open_until;                /* epoch s (rounded up: never early) for opened_at; 0: none or stale */
     int64_t open_until_of;             /* the opened_at the pair was written for, as stored; 0: absent */
+    /* A shadow circuit's trial as the last host that ran it wrote it
+     * (FLEET_SHADOW): beside the item, never part of its real state. An
+     * item may hold the marker alone: it reads as absent (exists false). */
+    struct fleet_shadow shadow;
+    bool shadow_invalid;               /* the item had a bad shadow marker: ignored (shadow empty) */
 };
 
-enum fleet_write_kind { FLEET_OPEN, FLEET_CLOSE, FLEET_ELECT, FLEET_RENEW, FLEET_RELEASE };
+enum fleet_write_kind { FLEET_OPEN, FLEET_CLOSE, FLEET_ELECT, FLEET_RENEW, FLEET_RELEASE, FLEET_SHADOW };
 
 struct fleet_write {
     enum fleet_write_kind kind;
@@ -63,6 +76,8 @@ struct fleet_write {
     uint32_t lease_s;         /* ELECT, RENEW: lease length in seconds */
     const char *owner;        /* this host's owner id */
     uint32_t recovery_s;      /* the circuit's recovery timeout, for a store's TTL (DynamoDB's expiration) */
+    cb_state shadow_state;    /* SHADOW: the shadow circuit's state */
+    int64_t shadow_since;     /* SHADOW: epoch s of its transition */
 };
 
 /*
@@ -77,6 +92,7 @@ struct fleet_write {
  *            or lapsed (a takeover), or mine
  *   RENEW    mine on the same opening
  *   RELEASE  mine on the same opening
+ *   SHADOW   always (last writer wins: a trial's marker, not a state)
  *
  * The rule every transport encodes atomically, and the one the in-memory
  * transport of the unit tests executes.
@@ -94,12 +110,15 @@ bool fleet_write_applies(const struct fleet_item *before, const struct fleet_wri
  *   RENEW    lease now_s + lease_s
  *   RELEASE  OPEN, same opening, failure_count and open_until, no owner or
  *            lease
- * updated_at is now_s. Meaningful only where fleet_write_applies holds.
+ *   SHADOW   only the shadow marker: w's shadow_state, shadow_since and
+ *            owner; everything else as it was, exists and updated_at too
+ *            (an absent item stays absent for every real purpose)
+ * updated_at is now_s (but SHADOW). Meaningful only where fleet_write_applies holds.
  */
 void fleet_write_result(const struct fleet_item *before, const struct fleet_write *w, int64_t now_s,
                         struct fleet_item *after);
 
-/* "OPEN", "CLOSE", "ELECT", "RENEW", "RELEASE": for logs and wire encodings. */
+/* "OPEN", "CLOSE", "ELECT", "RENEW", "RELEASE", "SHADOW": for logs and wire encodings. */
 const char *fleet_write_kind_name(enum fleet_write_kind kind);
 
 /* ---- validating items: the helpers every transport's codec decodes with ---- */
@@ -109,6 +128,7 @@ const char *fleet_write_kind_name(enum fleet_write_kind kind);
 struct fleet_item_names {
     const char *kind;
     const char *state, *failure_count, *opened_at, *owner, *lease, *open_until, *open_until_of;
+    const char *shadow_state, *shadow_since, *shadow_host;
 };
 
 /* why (size bytes, always terminated) from fmt; returns -EBADMSG: the
@@ -148,6 +168,25 @@ int fleet_item_check(const struct fleet_item_names *names, const struct fleet_it
  */
 int fleet_item_deadline(const struct fleet_item_names *names, struct fleet_item *it, int64_t until, int64_t of,
                         char *why, size_t size);
+
+/* One part of a shadow marker as a decoder found it: absent (s NULL), or
+ * its bytes. */
+struct fleet_raw {
+    const char *s;
+    size_t len;
+};
+
+/*
+ * fleet_item_shadow - the shadow marker a decoder found (each part absent
+ * or its bytes: a state spelt exactly, epoch seconds 1..CB_TIME_MAX_S as
+ * digits, a host id of 1..FLEET_OWNER_MAX bytes without NUL) into
+ * it->shadow. All three absent: no marker, 0. Anything else wrong (a part
+ * without the others, a bad value): no marker, it->shadow_invalid, and
+ * -EBADMSG with why - the decoder keeps the item: a bad marker never
+ * makes the real state unreadable.
+ */
+int fleet_item_shadow(const struct fleet_item_names *names, struct fleet_item *it, struct fleet_raw state,
+                      struct fleet_raw since, struct fleet_raw host, char *why, size_t size);
 
 /* s (len bytes, any of them) quoted for a log line: printable ASCII and
  * UTF-8 as they are, other bytes, ' and \ as \xNN, cut with "..." to fit
@@ -264,6 +303,7 @@ void fleet_release(struct cbd_store *s, const char *name, int64_t opened_at);
 void fleet_reconcile(struct cbd_store *s);
 void fleet_close(struct cbd_store *s, void (*done)(void *arg), void *arg);
 void fleet_stats(const struct cbd_store *s, void (*emit)(void *arg, const char *name, uint64_t value), void *arg);
+int fleet_shadow_of(const struct cbd_store *s, const char *name, struct cbd_store_shadow *out);
 
 /* Defines name, a fleet store's cbd_store_ops: only the scheme, the
  * transport and the URI check differ from one fleet store to another. */
@@ -277,7 +317,7 @@ void fleet_stats(const struct cbd_store *s, void (*emit)(void *arg, const char *
         .scheme = (scheme_), .create = name##_create, .check_uri = (check_uri_), .restore = fleet_restore,       \
         .track = fleet_track, .untrack = fleet_untrack, .transition = fleet_transition,                          \
         .try_probe = fleet_try_probe, .release = fleet_release, .sync = fleet_reconcile, .close = fleet_close,   \
-        .stats = fleet_stats,                                                                                    \
+        .stats = fleet_stats, .shadow = fleet_shadow_of,                                                         \
     }
 
 /* Test seam: the epoch clock (leases, agreement times, the age of an

@@ -23,6 +23,9 @@
  *  - While a store is unreachable the daemon runs host-local; the store
  *    retries with backoff and, once back, reconciles (reports what it holds
  *    through hooks->remote) so an OPEN is never lost.
+ *  - A shadow circuit's transitions (st->shadow) reach a fleet store only
+ *    as the item's shadow marker, an unconditional write that never
+ *    changes what other hosts or Powertools obey.
  *  - Store traffic depends on transitions and on circuits / sync interval,
  *    never on the request rate: only transitions and periodic syncs call it.
  *  - Stores are part of the daemon and may log through common/log.h
@@ -40,6 +43,14 @@
 
 struct cbd_store;
 
+/* A shadow circuit's trial as a fleet store holds it (the last host that
+ * ran the circuit in shadow and had a transition wrote it). */
+struct cbd_store_shadow {
+    cb_state state;
+    int64_t since;     /* epoch seconds of that transition */
+    char host[96];     /* the writing host's owner id */
+};
+
 /* A circuit's shared state as the fleet sees it (Powertools' item). */
 struct cbd_store_state {
     char name[128];
@@ -52,6 +63,9 @@ struct cbd_store_state {
     int64_t updated_at;     /* fleet stores: epoch seconds (store's clock) of its last write; 0 unknown */
     int64_t open_until_ns;  /* OPEN: CLOCK_REALTIME ns its wait ends at (the opening host's backoff);
                              * 0: none, it ends at opened_at + recovery_timeout */
+    /* fleet stores only: a shadow circuit's transition, a trial other hosts
+     * must not obey: written as the item's shadow marker, never its state */
+    bool shadow;
     /* local store only: the policy, so registrations survive a reboot */
     bool has_config;
     cb_config config;
@@ -137,6 +151,10 @@ struct cbd_store_ops {
      * counter (name without prefix, e.g. "commands_sent"); the daemon shows
      * them in `stats` as store_<name>. */
     void (*stats)(const struct cbd_store *s, void (*emit)(void *arg, const char *name, uint64_t value), void *arg);
+    /* Optional (may be NULL): the shadow marker of circuit name as the
+     * store last read or wrote it: 1 with *out, 0 when there is none (or
+     * the circuit is not tracked). */
+    int (*shadow)(const struct cbd_store *s, const char *name, struct cbd_store_shadow *out);
 };
 
 /* Backend lookup by URI scheme ("local:PATH", "redis://...", "dynamodb://..."). */

@@ -6,7 +6,9 @@
  * Design. Every circuit is one item laid out exactly as Powertools lays it
  * out (POWERTOOLS.md), so Lambda functions using Powertools and hosts running
  * cbd share one circuit per name; cbd adds only an opening's backoff
- * deadline (cbd_open_until, cbd_open_until_of), which Powertools ignores. All I/O is DynamoDB's JSON API over
+ * deadline (cbd_open_until, cbd_open_until_of) and a shadow trial's marker
+ * (cbd_shadow_state, cbd_shadow_since, cbd_shadow_host), which Powertools
+ * ignores. All I/O is DynamoDB's JSON API over
  * aws_http (libcurl multi on the loop, SigV4); credentials come from
  * aws_credentials (the SDK chain). Nothing blocks the loop. This file is
  * wire encoding only: item and key codec (dynamodb_item.c), request
@@ -15,7 +17,9 @@
  *
  * Writes. Each of the five writes (fleet.h) is one UpdateItem whose
  * ConditionExpression encodes fleet_write_applies exactly and whose update
- * encodes fleet_write_result, with ReturnValues ALL_NEW: the answer is the
+ * encodes fleet_write_result (SHADOW: no condition, the marker only, and
+ * where no item exists Powertools' CLOSED item with it, so a Powertools
+ * reader never meets an item without a state), with ReturnValues ALL_NEW: the answer is the
  * item as stored afterwards. The election is Powertools' condition
  * verbatim, plus "or the lease is ours" (a renewal by election, or the
  * retry of an attempt whose answer was lost); RELEASE gives the lease back
@@ -311,6 +315,9 @@ static const struct {
                      "OR (#st = :half AND #own = :me)"},
     [FLEET_RENEW] = {"SET #lease = :lease, #exp = :exp", "#st = :half AND #own = :me AND #oa = :oa"},
     [FLEET_RELEASE] = {"SET #st = :open, #exp = :exp REMOVE #own, #lease", "#st = :half AND #own = :me AND #oa = :oa"},
+    /* the marker alone, unconditionally; where there is no item, Powertools' CLOSED item with it */
+    [FLEET_SHADOW] = {"SET #shst = :shst, #shsince = :shsince, #shhost = :me, #st = if_not_exists(#st, :closed), "
+                      "#fc = if_not_exists(#fc, :zero), #exp = if_not_exists(#exp, :exp)", NULL},
 };
 static const char open_without_deadline[] =
     "SET #st = :open, #fc = :fc, #oa = :oa, #exp = :exp REMOVE #own, #lease, #until, #until_of";
@@ -332,28 +339,33 @@ static json_t *write_body(const struct fleet_transport *t, const struct fleet_wr
     const struct { const char *ph, *attr; } attrs[] = {
         {"#pk", t->o.pk}, {"#st", t->o.a_state}, {"#fc", t->o.a_fc}, {"#oa", t->o.a_oa},
         {"#own", t->o.a_owner}, {"#lease", t->o.a_lease}, {"#exp", t->o.a_exp}, {"#until", t->o.a_until},
-        {"#until_of", t->o.a_until_of},
+        {"#until_of", t->o.a_until_of}, {"#shst", t->layout.shadow_state}, {"#shsince", t->layout.shadow_since},
+        {"#shhost", t->layout.shadow_host},
     };
     const struct { const char *ph; json_t *v; } vals[] = {
         {":open", S("OPEN")}, {":closed", S("CLOSED")}, {":half", S("HALF_OPEN")}, {":zero", N(0)},
         {":fc", N(w->failure_count)}, {":oa", N(w->opened_at)}, {":me", S(w->owner)}, {":now", N(now)},
         {":lease", N(now + w->lease_s)}, {":exp", N(now + (int64_t)w->recovery_s + FLEET_TTL_MARGIN_S)},
-        {":until", N(w->open_until)},
+        {":until", N(w->open_until)}, {":shst", S(cb__state_name(w->shadow_state))}, {":shsince", N(w->shadow_since)},
     };
     json_t *names = json_object(), *values = json_object();
     for (size_t i = 0; i < sizeof attrs / sizeof attrs[0]; i++)
-        if (names_placeholder(u, attrs[i].ph) || names_placeholder(c, attrs[i].ph))
+        if (names_placeholder(u, attrs[i].ph) || (c != NULL && names_placeholder(c, attrs[i].ph)))
             json_object_set_new(names, attrs[i].ph, json_string(attrs[i].attr));
     for (size_t i = 0; i < sizeof vals / sizeof vals[0]; i++) {
-        if (names_placeholder(u, vals[i].ph) || names_placeholder(c, vals[i].ph))
+        if (names_placeholder(u, vals[i].ph) || (c != NULL && names_placeholder(c, vals[i].ph)))
             json_object_set_new(values, vals[i].ph, vals[i].v);
         else
             json_decref(vals[i].v);
     }
-    return json_pack("{s:s, s:o, s:s, s:s, s:o, s:o, s:s}", "TableName", t->o.table, "Key",
-                     key_json(t, w->name), "UpdateExpression", u, "ConditionExpression", c,
-                     "ExpressionAttributeNames", names, "ExpressionAttributeValues", values, "ReturnValues",
-                     "ALL_NEW");
+    json_t *body = json_pack("{s:s, s:o, s:s, s:o, s:o, s:s}", "TableName", t->o.table, "Key", key_json(t, w->name),
+                             "UpdateExpression", u, "ExpressionAttributeNames", names, "ExpressionAttributeValues",
+                             values, "ReturnValues", "ALL_NEW");
+    if (body != NULL && c != NULL && json_object_set_new(body, "ConditionExpression", json_string(c)) < 0) {
+        json_decref(body);
+        return NULL;
+    }
+    return body;
 }
 
 #undef S
@@ -377,9 +389,10 @@ static void item_answer(const struct fleet_transport *t, const json_t *item, con
         return;
     }
     a->status = FLEET_OK;
-    a->item = (struct fleet_item){.exists = true, .state = it.state, .failure_count = it.failure_count,
+    a->item = (struct fleet_item){.exists = !it.marker_only, .state = it.state, .failure_count = it.failure_count,
                                   .opened_at = it.opened_at, .lease_expiry = it.lease_expiry,
-                                  .open_until = it.open_until, .open_until_of = it.open_until_of};
+                                  .open_until = it.open_until, .open_until_of = it.open_until_of,
+                                  .shadow = it.shadow, .shadow_invalid = it.shadow_invalid};
     memcpy(a->item.owner, it.owner, sizeof a->item.owner);
 }
 
@@ -854,7 +867,8 @@ static int dd_create(struct fleet_transport **out, uv_loop_t *loop, const char *
     t->layout = (struct cbd_ddb_layout){
         .pk = t->o.pk, .sk = t->o.sk, .static_pk = t->o.static_pk, .state = t->o.a_state, .failure_count = t->o.a_fc,
         .opened_at = t->o.a_oa, .owner = t->o.a_owner, .lease = t->o.a_lease, .expiration = t->o.a_exp,
-        .open_until = t->o.a_until, .open_until_of = t->o.a_until_of};
+        .open_until = t->o.a_until, .open_until_of = t->o.a_until_of, .shadow_state = CBD_DDB_SHADOW_STATE,
+        .shadow_since = CBD_DDB_SHADOW_SINCE, .shadow_host = CBD_DDB_SHADOW_HOST};
     uv_timer_init(loop, &t->defer);
     uv_timer_init(loop, &t->batch_timer);
     t->defer.data = t->batch_timer.data = t;

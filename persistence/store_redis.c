@@ -6,7 +6,10 @@
  * (state, failure_count, opened_at, half_open_owner, probe_lease_expiry)
  * plus updated_ms (server TIME of the last write), version (+1 per write)
  * and, for an opening whose backoff ends later than its recovery timeout,
- * open_until (epoch s) with open_until_of (the opened_at it belongs to). Every write publishes the circuit's name on <prefix>transitions.
+ * open_until (epoch s) with open_until_of (the opened_at it belongs to),
+ * and a shadow circuit's trial marker: shadow_state, shadow_since (epoch
+ * s), shadow_host (the writer's owner id) - a hash with only those reads
+ * as no item. Every write publishes the circuit's name on <prefix>transitions.
  * The braces are a Redis Cluster hash tag: every key a script touches for a
  * circuit hashes to one slot, so a cluster transport needs no migration.
  *
@@ -128,19 +131,28 @@ struct fleet_transport {
 
 /*
  * write: KEYS[1] the circuit's hash; ARGV: channel, name, kind (OPEN,
- * CLOSE, ELECT, RENEW, RELEASE), opened_at, failure_count, lease seconds,
- * owner id, open_until (OPEN; "0" none). fleet_write_applies, with before =
- * the hash and now = TIME; fleet_write_result: OPEN sets open_until and
- * open_until_of (or removes both), CLOSE removes both, the rest keep them.
+ * CLOSE, ELECT, RENEW, RELEASE, SHADOW), opened_at (SHADOW: its since),
+ * failure_count, lease seconds, owner id, open_until (OPEN; "0" none),
+ * shadow state (SHADOW). fleet_write_applies, with before = the hash (an
+ * item only if it has a state: a shadow marker alone is none) and now =
+ * TIME; fleet_write_result: OPEN sets open_until and open_until_of (or
+ * removes both), CLOSE removes both, the rest keep them. SHADOW sets the
+ * three shadow fields and nothing else (no version, no updated_ms): other
+ * hosts obey none of it.
  * Reads run before any write, so a wrong-typed key fails the script clean.
  */
 static const char script_write[] =
     "local k, kind, me = KEYS[1], ARGV[3], ARGV[7]\n"
     "local w_oa, lease_s = tonumber(ARGV[4]), tonumber(ARGV[6])\n"
-    "local exists = redis.call('HLEN', k) > 0\n"
+    "local exists = redis.call('HEXISTS', k, 'state') == 1\n"
     "local f = redis.call('HMGET', k, 'state', 'opened_at', 'half_open_owner', 'probe_lease_expiry', 'version')\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1])\n"
+    "if kind == 'SHADOW' then\n"
+    "  redis.call('HSET', k, 'shadow_state', ARGV[9], 'shadow_since', ARGV[4], 'shadow_host', me)\n"
+    "  redis.call('PUBLISH', ARGV[1], ARGV[2])\n"
+    "  return {1, now, unpack(redis.call('HGETALL', k))}\n"
+    "end\n"
     "local function num(x) if x and string.find(x, '^%d+$') then return tonumber(x) end return nil end\n"
     "local st, oa, owner, lease = f[1], num(f[2]), f[3], num(f[4])\n"
     "local open, half = st == 'OPEN', st == 'HALF_OPEN'\n"
@@ -257,10 +269,13 @@ static bool is_str(const redisReply *r, const char *lit)
 static const struct fleet_item_names rs_names = {
     .kind = "field", .state = "state", .failure_count = "failure_count", .opened_at = "opened_at",
     .owner = "half_open_owner", .lease = "probe_lease_expiry", .open_until = "open_until",
-    .open_until_of = "open_until_of",
+    .open_until_of = "open_until_of", .shadow_state = "shadow_state", .shadow_since = "shadow_since",
+    .shadow_host = "shadow_host",
 };
 
 enum rs_field { F_STATE, F_FAILURES, F_OPENED, F_OWNER, F_LEASE, F_UPDATED, F_VERSION, F_UNTIL, F_UNTIL_OF, F_COUNT };
+enum rs_shadow_field { SH_STATE, SH_SINCE, SH_HOST, SH_COUNT };
+static const char *const rs_shadow_fields[SH_COUNT] = {"shadow_state", "shadow_since", "shadow_host"};
 
 static const struct {
     const char *name;
@@ -320,9 +335,22 @@ static int decode_field(enum rs_field f, const redisReply *v, struct fleet_item 
     return 0;
 }
 
+/* The shadow marker's fields (each string, at most once) into out: a bad
+ * marker is dropped and flagged, never a fault of the hash. */
+static void decode_shadow(const struct fleet_raw sh[SH_COUNT], bool bad, struct fleet_item *out)
+{
+    char why[200];
+    if (bad || fleet_item_shadow(&rs_names, out, sh[SH_STATE], sh[SH_SINCE], sh[SH_HOST], why, sizeof why) < 0) {
+        out->shadow = (struct fleet_shadow){.state = CB_CLOSED};
+        out->shadow_invalid = true;
+    }
+}
+
 int cbd_redis_item_decode(redisReply *const *el, size_t n, struct fleet_item *out, char *why, size_t size)
 {
     unsigned seen = 0;
+    struct fleet_raw sh[SH_COUNT] = {{0}};
+    bool sh_bad = false;
     memset(out, 0, sizeof *out);
     if (n == 0)
         return 0;
@@ -333,6 +361,13 @@ int cbd_redis_item_decode(redisReply *const *el, size_t n, struct fleet_item *ou
     for (size_t i = 0; i < n; i += 2) {
         if (el[i]->type != REDIS_REPLY_STRING)
             return fleet_fault(why, size, "a field name that is not a string");
+        for (enum rs_shadow_field f = 0; f < SH_COUNT; f++) {
+            if (!is_str(el[i], rs_shadow_fields[f]))
+                continue;
+            sh_bad |= sh[f].s != NULL || el[i + 1]->type != REDIS_REPLY_STRING; /* twice, or not a string */
+            if (el[i + 1]->type == REDIS_REPLY_STRING)
+                sh[f] = (struct fleet_raw){.s = el[i + 1]->str, .len = el[i + 1]->len};
+        }
         for (enum rs_field f = 0; f < F_COUNT; f++) {
             if (!is_str(el[i], rs_fields[f].name))
                 continue;
@@ -343,6 +378,14 @@ int cbd_redis_item_decode(redisReply *const *el, size_t n, struct fleet_item *ou
             if (rc < 0)
                 return rc;
         }
+    }
+    decode_shadow(sh, sh_bad, out);
+    if (!(seen & (1u << F_STATE)) && out->shadow.since != 0 &&
+        (seen & ~(1u << F_VERSION | 1u << F_UPDATED)) == 0) {
+        /* a shadow marker alone (a shadow trial of a circuit no host wrote): no item for real purposes */
+        out->exists = false;
+        out->lease_expiry = 0;
+        return 0;
     }
     if (!(seen & (1u << F_STATE)))
         return fleet_fault(why, size, "no 'state' field");
@@ -382,7 +425,7 @@ static void malformed(struct fleet_transport *t, const char *what, const char *k
 /* Send one command of C strings; 0 or -ENOTCONN. */
 static int command(struct fleet_transport *t, cbd_redis_reply_fn *fn, void *priv, int argc, const char **argv)
 {
-    size_t len[12];
+    size_t len[13];
     for (int i = 0; i < argc; i++)
         len[i] = strlen(argv[i]);
     return cbd_redis_link_command(t->link, fn, priv, argc, argv, len);
@@ -395,7 +438,7 @@ static int send_req(struct rs_req *q)
 {
     struct fleet_transport *t = q->t;
     char key[RS_KEY_MAX], old[RS_KEY_MAX], a[4][24];
-    const char *argv[12];
+    const char *argv[13];
     key_of(t, q->name, key);
     if (q->kind == REQ_READ) {
         argv[0] = "HGETALL";
@@ -413,14 +456,14 @@ static int send_req(struct rs_req *q)
         argv[4] = old;
         return command(t, on_reply, q, 5, argv);
     }
-    snprintf(a[0], sizeof a[0], "%" PRId64, q->w.opened_at);
+    snprintf(a[0], sizeof a[0], "%" PRId64, q->w.kind == FLEET_SHADOW ? q->w.shadow_since : q->w.opened_at);
     snprintf(a[1], sizeof a[1], "%" PRIu32, q->w.failure_count);
     snprintf(a[2], sizeof a[2], "%" PRIu32, q->w.lease_s);
     snprintf(a[3], sizeof a[3], "%" PRId64, q->w.kind == FLEET_OPEN ? q->w.open_until : 0);
     const char *args[] = {"1", key, t->channel, q->name, fleet_write_kind_name(q->w.kind), a[0], a[1], a[2],
-                          t->owner, a[3]};
+                          t->owner, a[3], cb__state_name(q->w.shadow_state)};
     memcpy(argv + 2, args, sizeof args);
-    return command(t, on_reply, q, 12, argv);
+    return command(t, on_reply, q, 13, argv);
 }
 
 /* Answer the fleet layer and forget the request. */

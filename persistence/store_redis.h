@@ -39,7 +39,10 @@ extern const struct fleet_transport_ops cbd_redis_transport_ops;
  * half_open_owner at most FLEET_OWNER_MAX bytes without NUL; state exactly
  * CLOSED, OPEN or HALF_OPEN; each field at most once; and what the state
  * needs present (fleet_item_check). Fields the layout does not name are
- * ignored. Returns 1 with *out, 0 for an empty list (no such hash), or
+ * ignored. The shadow marker (shadow_state, shadow_since, shadow_host:
+ * fleet_item_shadow) never makes the hash invalid: a bad one is dropped
+ * with out->shadow_invalid set. Returns 1 with *out, 0 for an empty list
+ * or a hash holding only a valid shadow marker (no item; out->shadow), or
  * -EBADMSG with why (size bytes, always terminated) naming the fault the
  * way an operator reads it ("field 'opened_at' is not a number ('soon')").
  */

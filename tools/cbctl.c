@@ -13,6 +13,7 @@
  *   0 done   1 the daemon refused or failed the operation   2 usage error
  *   3 cbd is not running / not reachable   4 no such circuit   5 permission denied
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -36,6 +37,7 @@
 #include "cb.h"
 #include "frame.h"
 #include "metrics_text.h"
+#include "policy_names.h"
 #include "segment.h"
 #include "dynamodb_table.h"
 
@@ -186,6 +188,47 @@ static int cmd_list(struct cbctl *c, int argc, char **argv)
     return EXIT_OK;
 }
 
+static const char *default_socket(const struct cbctl *c, char *buf, size_t len);
+static void pack_request(msgpack_sbuffer *sb, const char *op, const char *name, const char *extra_key,
+                         uint64_t extra_val);
+
+/* The fleet's shadow marker of name (the daemon's show op, "fleet_shadow"),
+ * as a line "OPEN since 2026-12-07T00:12:31Z (host h)" or a JSON object:
+ * false when there is none or the daemon does not answer (show reads the
+ * segment; the marker is extra). */
+static bool fleet_shadow(struct cbctl *c, const char *name, char *line, size_t size, json_t **json)
+{
+    char defbuf[128], state[16] = "", host[128] = "", when[32] = "?";
+    int64_t since = 0;
+    int fd = cb__unix_connect(c->socket_path ? c->socket_path : default_socket(c, defbuf, sizeof defbuf));
+    if (fd < 0)
+        return false;
+    msgpack_sbuffer sb;
+    pack_request(&sb, "show", name, NULL, 0);
+    char *buf = NULL;
+    msgpack_unpacked result;
+    msgpack_object *reply;
+    int rc = cb__request(fd, sb.data, sb.size, c->timeout_ms, &buf, &result, &reply);
+    msgpack_sbuffer_destroy(&sb);
+    close(fd);
+    if (rc < 0)
+        return false;
+    const msgpack_object *m = cb__mp_get(reply, "fleet_shadow");
+    bool found = m != NULL && cb__mp_get_str(m, "state", state, sizeof state) >= 0 &&
+                 cb__mp_get_i64(m, "since", &since) >= 0 && cb__mp_get_str(m, "host", host, sizeof host) >= 0;
+    if (found) {
+        time_t t = (time_t)since;
+        struct tm tm;
+        if (gmtime_r(&t, &tm) != NULL)
+            strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        snprintf(line, size, "%s since %s (host %s)", state, when, host);
+        *json = json_pack("{s:s, s:I, s:s}", "state", state, "since", (json_int_t)since, "host", host);
+    }
+    msgpack_unpacked_destroy(&result);
+    free(buf);
+    return found;
+}
+
 static int cmd_show(struct cbctl *c, int argc, char **argv)
 {
     if (argc != 1)
@@ -200,10 +243,17 @@ static int cmd_show(struct cbctl *c, int argc, char **argv)
     struct circuit_row row;
     if (slot < 0 || row_read(c, (uint32_t)slot, &row) < 0)
         return fail(EXIT_NOT_FOUND, "no circuit named %s in instance '%s'", CB_NAME_SHOW(argv[0]), c->instance);
+    char shadow[256];
+    json_t *shadow_json = NULL;
+    bool has_shadow = fleet_shadow(c, argv[0], shadow, sizeof shadow, &shadow_json);
     if (c->json) {
-        json_print(row_json(&row, true));
+        json_t *j = row_json(&row, true);
+        if (has_shadow)
+            json_object_set_new(j, "fleet_shadow", shadow_json);
+        json_print(j);
         return EXIT_OK;
     }
+    json_decref(shadow_json);
     const cb_info *i = &row.info;
     printf("name:            %s\nstate:           %s%s\nepoch:           %u\nfailure_count:   %u\n", i->name,
            cb__state_name(i->state), i->disabled ? " (disabled)" : i->forced ? " (forced)" : "", i->epoch,
@@ -216,6 +266,8 @@ static int cmd_show(struct cbctl *c, int argc, char **argv)
     printf("\n");
     printf("totals:          successes=%llu failures=%llu ignored=%llu\n", (unsigned long long)i->total_successes,
            (unsigned long long)i->total_failures, (unsigned long long)i->total_ignored);
+    if (has_shadow)
+        printf("fleet shadow:    %s\n", shadow);
     return EXIT_OK;
 }
 
@@ -439,20 +491,28 @@ static int64_t parse_duration_ms(const char *s)
     return ms > 604800000.0 ? -1 : (int64_t)ms;
 }
 
-/* {"op": op, "name": name, extra_key: extra_val}, the last two optional. */
-static int request(struct cbctl *c, const char *op, const char *name, const char *extra_key, uint64_t extra_val,
-                   void (*print)(const struct cbctl *, const msgpack_object *))
+/* {"op": op, "name": name, extra_key: extra_val}, the last two optional,
+ * packed into sb (initialised here; the caller destroys it). */
+static void pack_request(msgpack_sbuffer *sb, const char *op, const char *name, const char *extra_key,
+                         uint64_t extra_val)
 {
-    msgpack_sbuffer sb;
     msgpack_packer pk;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_sbuffer_init(sb);
+    msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
     msgpack_pack_map(&pk, 1 + (name != NULL) + (extra_key != NULL));
     cb__mp_kv_str(&pk, "op", op);
     if (name)
         cb__mp_kv_str(&pk, "name", name);
     if (extra_key)
         cb__mp_kv_u64(&pk, extra_key, extra_val);
+}
+
+/* {"op": op, "name": name, extra_key: extra_val}, the last two optional, sent; the reply printed. */
+static int request(struct cbctl *c, const char *op, const char *name, const char *extra_key, uint64_t extra_val,
+                   void (*print)(const struct cbctl *, const msgpack_object *))
+{
+    msgpack_sbuffer sb;
+    pack_request(&sb, op, name, extra_key, extra_val);
     return send_request(c, op, &sb, print);
 }
 
@@ -523,7 +583,8 @@ static void print_config(const struct cbctl *c, const msgpack_object *reply)
 /* cbctl set NAME key=value...: the policy fields named, live. */
 static int cmd_set(struct cbctl *c, int argc, char **argv)
 {
-    const char *usage = "cbctl set NAME FIELD=VALUE...   (FIELD: a policy field, as in [defaults])";
+    const char *usage = "cbctl set NAME FIELD=VALUE...   (FIELD: a policy field, as in [defaults]; "
+                        "sliding_window_type also takes CONSECUTIVE, COUNT_BASED, TIME_BASED)";
     int rc = name_arg(argc, argv, usage);
     if (rc)
         return rc;
@@ -546,13 +607,24 @@ static int cmd_set(struct cbctl *c, int argc, char **argv)
                !(strlen(cb__policy_fields[k].name) == (size_t)(eq - argv[i]) &&
                  strncmp(cb__policy_fields[k].name, argv[i], (size_t)(eq - argv[i])) == 0))
             k++;
+        const struct cb_value_name *names = k < CB_POLICY_NFIELDS ? cb__policy_value_names(cb__policy_fields[k].name)
+                                                                   : NULL;
+        uint32_t named;
+        char list[128];
         errno = 0;
         unsigned long long v = eq != NULL ? strtoull(eq + 1, &end, 10) : 0;
-        if (eq == NULL || k == CB_POLICY_NFIELDS || eq[1] == '\0' || *end != '\0' || errno != 0 || eq[1] == '-' ||
-            v > UINT32_MAX) {
+        if (eq != NULL && names != NULL && !isdigit((unsigned char)eq[1])) {
+            if (cb__policy_value_parse(names, eq + 1, &named) < 0) {
+                msgpack_sbuffer_destroy(&sb);
+                return fail(EXIT_USAGE, "'%s': %s is a number or one of %s (any case)", argv[i],
+                            cb__policy_fields[k].name, cb__policy_value_list(names, list, sizeof list));
+            }
+            v = named;
+        } else if (eq == NULL || k == CB_POLICY_NFIELDS || eq[1] == '\0' || *end != '\0' || errno != 0 ||
+                   eq[1] == '-' || v > UINT32_MAX) {
             msgpack_sbuffer_destroy(&sb);
             return fail(EXIT_USAGE, "'%s' is not FIELD=VALUE with a policy field (cbctl show lists them) and an "
-                        "unsigned integer", argv[i]);
+                        "unsigned integer%s", argv[i], names != NULL ? " or a name of one" : "");
         }
         cb__mp_kv_u64(&pk, cb__policy_fields[k].name, v);
     }

@@ -28,12 +28,14 @@ static const struct cbd_ddb_layout composite = {
 
 static void round_trip(const struct cbd_ddb_layout *l, const struct cbd_ddb_item *it)
 {
-    static struct cbd_ddb_item back;
+    static struct cbd_ddb_item back, want;
     char why[256];
     json_t *enc = cbd_ddb_item_encode(l, it, why, sizeof why);
     if (enc == NULL)
         abort(); /* decoded, so it must encode */
-    if (cbd_ddb_item_decode(l, enc, &back, why, sizeof why) != 0 || memcmp(&back, it, sizeof back) != 0)
+    want = *it;
+    want.shadow_invalid = false; /* a bad shadow marker was dropped: it is not written back */
+    if (cbd_ddb_item_decode(l, enc, &back, why, sizeof why) != 0 || memcmp(&back, &want, sizeof back) != 0)
         abort(); /* and come back the same */
     json_decref(enc);
 }

@@ -78,6 +78,8 @@ static void decode(redisReply *const *el, size_t n)
         abort(); /* a refusal names its fault */
     if (rc == 1 && fleet_item_check(&names, &it, why, sizeof why) != 0)
         abort(); /* what decodes is an item */
+    if (rc == 0 && n > 0 && (it.exists || it.shadow.since < 1 || it.shadow.since > CB_TIME_MAX_S || !it.shadow.host[0]))
+        abort(); /* a hash that is no item holds a valid shadow marker alone */
     if (rc == 1)
         round_trip(&it);
 }

@@ -454,3 +454,56 @@ Test(fleet_dynamodb, with_the_table_gone_hosts_trip_alone_and_the_opening_reache
     cr_assert(item_is(f.db.port, f.name, "OPEN", ob), "nothing overwrote the newer opening");
     fleet_stop(&f);
 }
+
+/* ---- a shadow trial: marked in the table, obeyed by nobody ------------------------------------ */
+
+/* A runs the circuit in shadow, B for real. A's trip writes the item's
+ * shadow marker (and, with no item yet, Powertools' CLOSED item around
+ * it): a Powertools read of the item still says CLOSED, B keeps admitting
+ * calls through several syncs. */
+Test(fleet_dynamodb, a_shadow_trip_is_marked_in_the_table_and_powertools_and_the_other_host_still_read_closed)
+{
+    struct fleet f;
+    cb_config cfg = tsup_config(1, 1, 1, 600000), trial = cfg;
+    trial.shadow = 1;
+    dynalite_start(&f.db, 0);
+    snprintf(f.uri, sizeof f.uri,
+             "dynamodb://" TABLE "?region=us-east-1&endpoint=%s&sync_ms=200&timeout_ms=1000&backoff_max_ms=400",
+             f.db.endpoint);
+    create_table(&f);
+    start_host(&f.a, "hosta", f.uri);
+    start_host(&f.b, "hostb", f.uri);
+    f.ca = tsup_client(&f.a);
+    f.cb = tsup_client(&f.b);
+    f.name = tsup_unique("trial");
+    f.pa = tsup_circuit(f.ca, f.name, &trial);
+    f.pb = tsup_circuit(f.cb, f.name, &cfg);
+
+    int64_t before = (int64_t)time(NULL);
+    cr_assert_eq(tsup_record_n(f.pa, CB_FAILURE, 1), 1);
+    cr_assert(tsup_wait_state(f.pa, CB_OPEN), "the shadow circuit did not trip");
+    cr_assert(cb_permitted(cb_allow(f.pa)), "a shadow circuit rejected a call");
+    json_t *it = NULL;
+    cr_assert(tsup_wait_until(({
+                                  json_decref(it);
+                                  it = ddb_pt_get(f.db.port, TABLE, f.name);
+                                  const char *st = ddb_item_s(it, "cbd_shadow_state");
+                                  st != NULL && strcmp(st, "OPEN") == 0;
+                              }),
+                              FLEET_LIVENESS_MS),
+              "the trial's trip never reached the table");
+    int64_t since = ddb_item_n(it, "cbd_shadow_since");
+    cr_assert(since >= before && since <= (int64_t)time(NULL), "cbd_shadow_since %lld", (long long)since);
+    cr_assert_not_null(strstr(ddb_item_s(it, "cbd_shadow_host"), f.a.instance), "the marker names host A");
+    cr_assert_str_eq(ddb_item_s(it, "state"), "CLOSED", "Powertools reads the circuit CLOSED");
+    cr_assert_eq(ddb_item_n(it, "failure_count"), 0);
+    cr_assert_eq(ddb_item_n(it, "opened_at"), -1, "no opening was written");
+    json_decref(it);
+    for (int i = 0; i < 10; i++) { /* five syncs of B */
+        cr_assert(cb_permitted(cb_allow(f.pb)), "B rejected a call after A's shadow trip");
+        cr_assert_eq(tsup_info(f.pb).state, CB_CLOSED, "B obeyed a trial");
+        usleep(100 * 1000);
+    }
+    cr_assert(item_is(f.db.port, f.name, "CLOSED", 0), "the item's real state changed");
+    fleet_stop(&f);
+}

@@ -695,3 +695,47 @@ Test(fleet_redis, foreign_data_and_error_replies_are_counted_and_change_no_circu
     cr_assert(tsup_wait_until(all_in_sync("k"), TSUP_LIVENESS_MS));
     cr_assert(tsup_ping(&host[0]) && tsup_ping(&host[1]));
 }
+
+/* ---- a shadow trial: marked in the store, obeyed by nobody ------------------------------------ */
+
+/* A runs the circuit in shadow, B for real. A's trip writes the hash's
+ * shadow marker and nothing else: the fleet's state stays what B obeys
+ * (no state at all: CLOSED), B keeps admitting calls through several
+ * syncs; B's own trip later is written beside the marker. */
+Test(fleet_redis, a_shadow_trip_is_marked_in_the_store_and_the_other_host_keeps_admitting_calls)
+{
+    start_fleet(2, NULL);
+    const char *name = tsup_unique("trial");
+    cb_config cfg = tsup_config(1, 1, 1, 600000), trial = cfg;
+    trial.shadow = 1;
+    cb_circuit *a = tsup_circuit(cl[0], name, &trial), *b = tsup_circuit(cl[1], name, &cfg);
+    int64_t before = (int64_t)time(NULL);
+    trip(a);
+    cr_assert(tsup_wait_state(a, CB_OPEN), "the shadow circuit did not trip");
+    cr_assert(cb_permitted(cb_allow(a)), "a shadow circuit rejected a call");
+    cr_assert(tsup_wait_until(strcmp(fleet_field(name, "shadow_state"), "OPEN") == 0, TSUP_LIVENESS_MS),
+              "the trial's trip never reached the store");
+    int64_t since = strtoll(fleet_field(name, "shadow_since"), NULL, 10);
+    cr_assert(since >= before && since <= (int64_t)time(NULL), "shadow_since %lld", (long long)since);
+    cr_assert_not_null(strstr(fleet_field(name, "shadow_host"), host[0].instance), "the marker names host A: %s",
+                       fleet_field(name, "shadow_host"));
+    cr_assert_str_eq(fleet_field(name, "state"), "", "a real state was written");
+    cr_assert_str_eq(fleet_field(name, "version"), "", "the marker bumped the item's version");
+    for (int i = 0; i < 10; i++) { /* five syncs of B */
+        cr_assert(cb_permitted(cb_allow(b)), "B rejected a call after A's shadow trip");
+        cr_assert_eq(tsup_info(b).state, CB_CLOSED, "B obeyed a trial");
+        usleep(100 * 1000);
+    }
+    /* B's operator sees the trial A runs */
+    char *show = NULL;
+    char *argv[] = {(char *)tsup_cbctl_path(), "--socket", host[1].socket, "--instance", host[1].instance, "show",
+                    (char *)name, NULL};
+    cr_assert_eq(tsup_run(argv, &show, true), 0, "%s", show);
+    const char *line = strstr(show, "fleet shadow:    OPEN since ");
+    cr_assert(line != NULL && strstr(line, host[0].instance) != NULL, "cbctl show on B: %s", show);
+    cr_assert_not_null(strstr(show, "state:           CLOSED"), "%s", show);
+    free(show);
+    trip(b);
+    cr_assert(tsup_wait_until(strcmp(fleet_field(name, "state"), "OPEN") == 0, TSUP_LIVENESS_MS), "B's trip");
+    cr_assert_str_eq(fleet_field(name, "shadow_state"), "OPEN", "B's real write kept the marker");
+}

@@ -451,3 +451,25 @@ Test(operator, a_removed_circuit_is_gone_from_show_and_list)
     json_decref(arr);
     cr_assert_eq(cbctl(out, sizeof out, "remove", "payments", NULL, NULL), 4, "a second remove found it");
 }
+
+/* cbctl set takes resilience4j's names for the window type; only the
+ * number travels, and a word it does not know is refused before sending. */
+Test(operator, cbctl_set_takes_the_window_types_resilience4j_names)
+{
+    char out[4096];
+    start();
+    cb_config cfg = tsup_config(5, 1, 1, 30000);
+    cb_circuit *c = tsup_circuit(cl, "search", &cfg);
+    cr_assert_eq(cbctl(out, sizeof out, "set", "search", "sliding_window_type=TIME_BASED", NULL), 0, "%s", out);
+    cr_assert_eq(tsup_info(c).config.sliding_window_type, 2, "the circuit runs a time window");
+    cr_assert_eq(cbctl(out, sizeof out, "set", "search", "sliding_window_type=count_based", NULL), 0, "%s", out);
+    cr_assert_eq(tsup_info(c).config.sliding_window_type, 1);
+    char *argv[] = {(char *)tsup_cbctl_path(), "--instance", d.instance, "--socket", d.socket, "set", "search",
+                    "sliding_window_type=SLIDING", NULL};
+    char *text = NULL;
+    cr_assert_eq(tsup_run(argv, &text, true), 2, "a usage error: %s", text);
+    cr_assert_not_null(strstr(text, "'sliding_window_type=SLIDING': sliding_window_type is a number or one of "
+                                    "CONSECUTIVE | COUNT_BASED | TIME_BASED (any case)"), "%s", text);
+    free(text);
+    cr_assert_eq(tsup_info(c).config.sliding_window_type, 1, "nothing was sent");
+}

@@ -450,3 +450,35 @@ Test(config, a_section_over_what_was_asked_over_defaults_field_by_field)
     cr_assert_eq(out.failure_threshold, 9);
     cr_assert_eq(out.recovery_timeout_ms, 7);
 }
+
+/* ---- resilience4j's names for the window type ------------------------------------------------ */
+
+Test(config, the_window_type_takes_resilience4js_names_in_any_case_and_the_numbers)
+{
+    cr_assert_eq(load("[defaults]\nsliding_window_type = TIME_BASED\n"), 0, "%s", errs.text);
+    cr_assert_eq(cfg.defaults.sliding_window_type, 2);
+    cr_assert_eq(load("[defaults]\nsliding_window_type = count_based\n"), 0, "%s", errs.text);
+    cr_assert_eq(cfg.defaults.sliding_window_type, 1);
+    cr_assert_eq(load("[defaults]\nsliding_window_type = Consecutive\n"), 0, "%s", errs.text);
+    cr_assert_eq(cfg.defaults.sliding_window_type, 0);
+    cr_assert_eq(load("[defaults]\nsliding_window_type = 2\n[circuit \"pay\"]\nsliding_window_type = COUNT_BASED\n"), 0,
+                 "%s", errs.text);
+    cr_assert_eq(cfg.defaults.sliding_window_type, 2);
+    cr_assert(cfg.noverrides == 1 && cfg.overrides[0].cfg.sliding_window_type == 1, "a section takes the name too");
+    char *argv[] = {"cbd", "--sliding-window-type=time_based", NULL};
+    cr_assert_eq(load_n("", 0, 2, argv), 0, "%s", errs.text);
+    cr_assert_eq(cfg.defaults.sliding_window_type, 2, "the command line takes the name too");
+}
+
+Test(config, another_window_type_word_is_refused_naming_the_line_and_the_accepted_values)
+{
+    refused("[defaults]\nsliding_window_type = SLIDING\n",
+            "2: option 'sliding_window_type': 'SLIDING' is not a number or a name of one (expected an integer 0..2, "
+            "or CONSECUTIVE | COUNT_BASED | TIME_BASED (any case))");
+    refused("[defaults]\nsliding_window_type = 3\n",
+            "2: option 'sliding_window_type': 3 is out of range (expected an integer 0..2, or CONSECUTIVE | "
+            "COUNT_BASED | TIME_BASED (any case))");
+    refused("[defaults]\nsliding_window_type = TIME_BASED_\n", "2: option 'sliding_window_type': 'TIME_BASED_' is not");
+    refused("[defaults]\nfailure_threshold = TIME_BASED\n",
+            "2: option 'failure_threshold': 'TIME_BASED' is not a number (expected an integer 1..1000000)");
+}

@@ -550,3 +550,65 @@ Test(dynamodb_item, quoting_keeps_text_and_utf8_and_escapes_the_rest)
     cr_assert_str_eq(fleet_quote("\xc3\xa9\xc3\xa9\xc3\xa9", 6, q, 9), "\xc3\xa9\xc3\xa9...",
                      "never cut inside a character");
 }
+
+/* ---- a shadow trial's marker ------------------------------------------------------------ */
+
+Test(dynamodb_item, a_shadow_marker_beside_powertools_item_is_read_and_changes_nothing_real)
+{
+    struct cbd_ddb_item it = decode_ok("{\"id\":{\"S\":\"payments\"},\"state\":{\"S\":\"CLOSED\"},\"failure_count\":"
+                                       "{\"N\":\"0\"},\"expiration\":{\"N\":\"1700003630\"},\"cbd_shadow_state\":"
+                                       "{\"S\":\"OPEN\"},\"cbd_shadow_since\":{\"N\":\"1700000007\"},"
+                                       "\"cbd_shadow_host\":{\"S\":\"vm:A:12:0f\"}}");
+    cr_assert(!it.marker_only && it.state == CB_CLOSED && it.opened_at == 0, "the real state is CLOSED");
+    cr_assert(it.shadow.state == CB_OPEN && it.shadow.since == 1700000007 && strcmp(it.shadow.host, "vm:A:12:0f") == 0);
+    cr_assert_not(it.shadow_invalid);
+}
+
+Test(dynamodb_item, an_item_holding_only_a_shadow_marker_is_no_circuit)
+{
+    struct cbd_ddb_item it = decode_ok("{\"id\":{\"S\":\"payments\"},\"cbd_shadow_state\":{\"S\":\"HALF_OPEN\"},"
+                                       "\"cbd_shadow_since\":{\"N\":\"1700000007\"},\"cbd_shadow_host\":{\"S\":\"h\"}}");
+    cr_assert(it.marker_only && it.state == CB_CLOSED && it.shadow.state == CB_HALF_OPEN);
+    struct cbd_ddb_item bad;
+    char why[256];
+    cr_assert_eq(decode_with(&cbd_ddb_default_layout, "{\"id\":{\"S\":\"p\"},\"cbd_shadow_state\":{\"S\":\"OPEN\"}}",
+                             &bad, why, sizeof why), -EBADMSG, "a bad marker alone is no item of any kind");
+    cr_assert_str_eq(why, "no 'state' attribute");
+}
+
+Test(dynamodb_item, a_bad_shadow_marker_is_dropped_and_flagged_and_the_item_stays_valid)
+{
+    static const char *const markers[] = {
+        "\"cbd_shadow_state\":{\"S\":\"OPEN\"},\"cbd_shadow_since\":{\"S\":\"1700000007\"},\"cbd_shadow_host\":{\"S\":\"h\"}",
+        "\"cbd_shadow_state\":{\"S\":\"SHUT\"},\"cbd_shadow_since\":{\"N\":\"1700000007\"},\"cbd_shadow_host\":{\"S\":\"h\"}",
+        "\"cbd_shadow_state\":{\"S\":\"OPEN\"},\"cbd_shadow_since\":{\"N\":\"1.5\"},\"cbd_shadow_host\":{\"S\":\"h\"}",
+        "\"cbd_shadow_state\":{\"S\":\"OPEN\"},\"cbd_shadow_host\":{\"S\":\"h\"}",
+        "\"cbd_shadow_state\":{\"S\":\"OPEN\"},\"cbd_shadow_since\":{\"N\":\"1\"},\"cbd_shadow_host\":{\"S\":\"\"}",
+    };
+    for (size_t i = 0; i < sizeof markers / sizeof markers[0]; i++) {
+        char text[512];
+        snprintf(text, sizeof text, "{\"id\":{\"S\":\"pay\"},\"state\":{\"S\":\"OPEN\"},\"opened_at\":{\"N\":"
+                                    "\"1700000000\"},%s}", markers[i]);
+        struct cbd_ddb_item it = decode_ok(text);
+        cr_assert(it.state == CB_OPEN && it.opened_at == 1700000000, "marker %zu: the real state is read", i);
+        cr_assert(it.shadow_invalid && it.shadow.since == 0, "marker %zu: dropped and flagged", i);
+    }
+}
+
+Test(dynamodb_item, a_shadow_marker_encodes_and_decodes_back_to_itself)
+{
+    struct cbd_ddb_item items[] = {item("payments", CB_OPEN, 1700000000, "", 0), item("payments", CB_CLOSED, 0, "", 0)};
+    items[0].shadow = (struct fleet_shadow){.state = CB_CLOSED, .since = 1700000009, .host = "vm:B:7:aa"};
+    items[1] = (struct cbd_ddb_item){.name = "payments", .name_len = 8, .marker_only = true,
+                                     .shadow = {.state = CB_OPEN, .since = 1700000009, .host = "vm:B:7:aa"}};
+    for (size_t i = 0; i < sizeof items / sizeof items[0]; i++) {
+        char why[128];
+        struct cbd_ddb_item back;
+        json_t *enc = cbd_ddb_item_encode(&cbd_ddb_default_layout, &items[i], why, sizeof why);
+        cr_assert_not_null(enc, "item %zu: %s", i, why);
+        cr_assert_eq(cbd_ddb_item_decode(&cbd_ddb_default_layout, enc, &back, why, sizeof why), 0, "%s", why);
+        cr_assert_eq(memcmp(&back, &items[i], sizeof back), 0, "item %zu changed on the way", i);
+        cr_assert_eq(json_object_get(enc, "state") == NULL, items[i].marker_only);
+        json_decref(enc);
+    }
+}

@@ -242,7 +242,8 @@ static void execute(struct fleet_transport *t, struct mem_req *r, bool apply, bo
         if (it != NULL && it->invalid != NULL)
             a = (struct fleet_answer){.status = FLEET_INVALID, .why = it->invalid};
         else if (it == NULL || !it->item.exists)
-            a.status = FLEET_ABSENT;
+            a = (struct fleet_answer){.status = FLEET_ABSENT, .item.shadow = it != NULL ? it->item.shadow
+                                                                                     : (struct fleet_shadow){0}};
         else
             a.item = it->item;
     } else {
@@ -1300,4 +1301,160 @@ Test(fleet, without_a_budget_every_tracked_circuit_is_read_every_sync)
     cr_assert_eq(period(a), 300);
     cr_assert_eq(period(a), 300);
     cr_assert_eq(store_stat(a, "busy_reads"), 0, "the daemon is not asked what it uses");
+}
+
+/* ---- shadow circuits: a trial's marker, never the state others obey --------------------------- */
+
+/* Host x's daemon has name in shadow: its transition to st, as cbd.c tells a fleet store. */
+static void shadow_transition(struct tsup_store_host *x, const char *name, cb_state st, int64_t opened_at)
+{
+    struct cbd_store_state s = state(name, st, opened_at);
+    s.shadow = true;
+    mem_store_ops.transition(x->s, &s, 0);
+}
+
+/* The shadow marker host x's store has for name: its state, or -1 when none. */
+static int shadow_seen_by(const struct tsup_store_host *x, const char *name, struct cbd_store_shadow *out)
+{
+    return mem_store_ops.shadow(x->s, name, out) == 1 ? (int)out->state : -1;
+}
+
+Test(fleet, a_shadow_rule_applies_over_anything_and_writes_the_marker_alone)
+{
+    struct fleet_item befores[] = {ABSENT, CLOSED_ITEM, OPEN_AT(100), HALF(100, "other", NOW + 5)};
+    struct fleet_write w = {.kind = FLEET_SHADOW, .name = "c", .owner = "me", .shadow_state = CB_OPEN,
+                            .shadow_since = NOW};
+    for (size_t i = 0; i < sizeof befores / sizeof befores[0]; i++) {
+        struct fleet_item after, b = befores[i];
+        b.updated_at = NOW - 50;
+        cr_assert(fleet_write_applies(&b, &w, NOW), "case %zu: a marker is never refused", i);
+        fleet_write_result(&b, &w, NOW, &after);
+        cr_assert(after.shadow.state == CB_OPEN && after.shadow.since == NOW && strcmp(after.shadow.host, "me") == 0,
+                  "case %zu: the marker is written", i);
+        after.shadow = b.shadow;
+        cr_assert(memcmp(&after, &b, sizeof b) == 0, "case %zu: the real state, exists and updated_at are kept", i);
+    }
+}
+
+Test(fleet, a_shadow_trip_writes_the_marker_and_the_fleet_stays_closed_for_every_other_host)
+{
+    host_up(0);
+    host_up(1);
+    both_track("pay");
+    world.now += 7;
+    shadow_transition(&hosts[0], "pay", CB_OPEN, world.now);
+    cr_assert_eq(first(0)->w.kind, FLEET_SHADOW, "a shadow transition is written as the marker");
+    settle();
+    const struct fleet_item *it = stored("pay");
+    cr_assert_not(it->exists, "no real item was made: every reader reads CLOSED");
+    cr_assert(it->shadow.state == CB_OPEN && it->shadow.since == world.now && strcmp(it->shadow.host, "host-A") == 0);
+    mem_store_ops.sync(hosts[1].s);
+    settle();
+    cr_assert_eq(hosts[1].nremote, 0, "B is told nothing: it obeys no trial");
+    struct cbd_store_shadow sh;
+    cr_assert_eq(shadow_seen_by(&hosts[1], "pay", &sh), CB_OPEN, "B's reconcile read the marker");
+    cr_assert(sh.since == world.now && strcmp(sh.host, "host-A") == 0);
+    cr_assert_eq(shadow_seen_by(&hosts[0], "pay", &sh), CB_OPEN, "A knows what it wrote");
+    cr_assert_eq(store_stat(&hosts[0], "shadow_writes"), 1);
+    /* B trips for real: the marker stays beside the real opening */
+    transition(&hosts[1], "pay", CB_OPEN, world.now, 0);
+    settle();
+    cr_assert(stored("pay")->exists && stored("pay")->state == CB_OPEN && stored("pay")->shadow.state == CB_OPEN);
+}
+
+Test(fleet, a_shadow_close_never_closes_a_real_opening_nor_touches_its_lease)
+{
+    int64_t t = a_trips("db");
+    cr_assert(elect(&hosts[1], "db", t, 10));
+    struct fleet_item before = *stored("db");
+    world.now += 3;
+    shadow_transition(&hosts[0], "db", CB_CLOSED, 0);
+    settle();
+    struct fleet_item after = *stored("db");
+    cr_assert(after.shadow.state == CB_CLOSED && after.shadow.since == world.now);
+    after.shadow = before.shadow;
+    cr_assert(memcmp(&after, &before, sizeof before) == 0, "state, opening, owner, lease and updated_at are as they were");
+    cr_assert(last_probe(&hosts[1])->granted && store_stat(&hosts[1], "conditions_lost") == 0);
+}
+
+Test(fleet, a_shadow_marker_lost_with_the_connection_is_written_when_the_store_is_back)
+{
+    host_up(0);
+    mem_store_ops.track(hosts[0].s, "geo", NULL);
+    settle();
+    shadow_transition(&hosts[0], "geo", CB_OPEN, world.now);
+    turn();
+    mem_drop(0, false);
+    cr_assert_null(item_of("geo", false), "nothing reached the store");
+    mem_connected(0, true);
+    settle();
+    cr_assert_eq(stored("geo")->shadow.state, CB_OPEN, "written once the store is back");
+    cr_assert_not(stored("geo")->exists);
+}
+
+Test(fleet, a_newer_shadow_transition_replaces_one_not_yet_written)
+{
+    host_up(0);
+    mem_store_ops.track(hosts[0].s, "mail", NULL);
+    settle();
+    world.hosts[0]->up = false; /* requests wait: the store does not take them */
+    shadow_transition(&hosts[0], "mail", CB_OPEN, world.now);
+    shadow_transition(&hosts[0], "mail", CB_HALF_OPEN, world.now);
+    turn();
+    world.hosts[0]->up = true;
+    mem_store_ops.sync(hosts[0].s);
+    settle();
+    cr_assert_eq(stored("mail")->shadow.state, CB_HALF_OPEN);
+    cr_assert_eq(store_stat(&hosts[0], "shadow_writes"), 1, "one write: the latest");
+}
+
+Test(fleet, an_invalid_shadow_marker_is_counted_and_the_real_state_is_still_obeyed)
+{
+    host_up(0);
+    mem_store_ops.track(hosts[0].s, "pay", NULL);
+    settle();
+    struct mem_item *it = item_of("pay", true);
+    it->item = OPEN_AT(world.now);
+    it->item.shadow_invalid = true; /* what a decoder reads of a bad marker: none, flagged */
+    mem_store_ops.sync(hosts[0].s);
+    settle();
+    cr_assert(last_remote(&hosts[0])->state == CB_OPEN, "the real opening is adopted");
+    cr_assert_eq(store_stat(&hosts[0], "invalid_shadows"), 1);
+    cr_assert_eq(store_stat(&hosts[0], "invalid_items"), 0, "the item itself is valid");
+    struct cbd_store_shadow sh;
+    cr_assert_eq(shadow_seen_by(&hosts[0], "pay", &sh), -1);
+}
+
+/* fleet_item_shadow, the check every decoder runs on a marker. */
+Test(fleet, a_shadow_marker_is_all_three_parts_each_valid_or_none)
+{
+    static const struct fleet_item_names n = {.kind = "field", .shadow_state = "shadow_state",
+                                              .shadow_since = "shadow_since", .shadow_host = "shadow_host"};
+#define RAW(str) ((struct fleet_raw){.s = (str), .len = sizeof(str) - 1})
+    static const struct fleet_raw none = {0};
+    struct fleet_item it;
+    char why[200];
+    cr_assert_eq(fleet_item_shadow(&n, &it, none, none, none, why, sizeof why), 0);
+    cr_assert(it.shadow.since == 0 && !it.shadow_invalid, "no marker");
+    cr_assert_eq(fleet_item_shadow(&n, &it, RAW("OPEN"), RAW("1700000000"), RAW("h:1"), why, sizeof why), 0);
+    cr_assert(it.shadow.state == CB_OPEN && it.shadow.since == 1700000000 && strcmp(it.shadow.host, "h:1") == 0);
+    struct {
+        struct fleet_raw st, since, host;
+        const char *why;
+    } bad[] = {
+        {RAW("OPEN"), none, RAW("h"), "a shadow marker without field 'shadow_since'"},
+        {RAW("open"), RAW("1"), RAW("h"), "field 'shadow_state' is 'open', not CLOSED, OPEN or HALF_OPEN"},
+        {RAW("OPEN"), RAW("-1"), RAW("h"), "field 'shadow_since' is negative ('-1')"},
+        {RAW("OPEN"), RAW("0"), RAW("h"), "field 'shadow_since' is 0 (epoch seconds, 1 to 9000000000)"},
+        {RAW("OPEN"), RAW("9000000001"), RAW("h"), "field 'shadow_since' is after 2255-03-14"},
+        {RAW("OPEN"), RAW("1"), RAW(""), "field 'shadow_host' is not a host id of 1 to 95 bytes"},
+        {RAW("OPEN"), RAW("1"), RAW("a\0b"), "field 'shadow_host' is not a host id"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cr_assert_eq(fleet_item_shadow(&n, &it, bad[i].st, bad[i].since, bad[i].host, why, sizeof why), -EBADMSG,
+                     "case %zu", i);
+        cr_assert(it.shadow_invalid && it.shadow.since == 0 && it.shadow.host[0] == '\0', "case %zu: dropped", i);
+        cr_assert(strncmp(why, bad[i].why, strlen(bad[i].why)) == 0, "case %zu: '%s'", i, why);
+    }
+#undef RAW
 }

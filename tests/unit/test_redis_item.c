@@ -231,3 +231,39 @@ Test(redis_item, values_that_are_not_strings_and_nul_bytes_in_the_owner_are_refu
     cr_assert(strstr(why, "a field name that is not a string"), "%s", why);
     freeReplyObject(r);
 }
+
+/* ---- a shadow trial's marker ------------------------------------------------------------ */
+
+Test(redis_item, a_shadow_marker_beside_the_item_is_read_and_changes_nothing_real)
+{
+    struct fleet_item it;
+    char why[300];
+    cr_assert_eq(decode(FV("state", "OPEN", "opened_at", "1700000000", "shadow_state", "CLOSED", "shadow_since",
+                           "1700000009", "shadow_host", "vm:A:12:0f"), &it, why, sizeof why), 1, "%s", why);
+    cr_assert(it.exists && it.state == CB_OPEN && it.opened_at == 1700000000);
+    cr_assert(it.shadow.state == CB_CLOSED && it.shadow.since == 1700000009 && strcmp(it.shadow.host, "vm:A:12:0f") == 0);
+}
+
+Test(redis_item, a_hash_holding_only_a_shadow_marker_is_no_item)
+{
+    struct fleet_item it;
+    char why[300];
+    cr_assert_eq(decode(FV("shadow_state", "OPEN", "shadow_since", "1700000009", "shadow_host", "h"), &it, why,
+                        sizeof why), 0, "%s", why);
+    cr_assert(!it.exists && it.shadow.state == CB_OPEN && it.shadow.since == 1700000009);
+    cr_assert_eq(decode(FV("shadow_state", "OPEN", "shadow_host", "h"), &it, why, sizeof why), -EBADMSG,
+                 "a bad marker alone is no hash of any kind");
+    cr_assert_str_eq(why, "no 'state' field");
+}
+
+Test(redis_item, a_bad_shadow_marker_is_dropped_and_flagged_and_the_hash_stays_valid)
+{
+    struct fleet_item it;
+    char why[300];
+    cr_assert_eq(decode(FV("state", "OPEN", "opened_at", "1700000000", "shadow_state", "OPEN", "shadow_since", "soon",
+                           "shadow_host", "h"), &it, why, sizeof why), 1, "%s", why);
+    cr_assert(it.state == CB_OPEN && it.shadow_invalid && it.shadow.since == 0);
+    cr_assert_eq(decode(FV("state", "CLOSED", "shadow_state", "OPEN", "shadow_since", "5", "shadow_host", "h",
+                           "shadow_host", "g"), &it, why, sizeof why), 1, "%s", why);
+    cr_assert(it.shadow_invalid, "a part written twice");
+}
