@@ -160,7 +160,21 @@ static void ask_lease(const struct cbd_policy_env *env, struct cbd_circuit *c, c
 {
     c->probe_asked = 1;
     c->asked_ns = now->mono_ns;
+    if (env->fleet && c->cfg.shadow) {
+        /* A trial's probe is its own host's: the fleet's item never holds
+         * the trial's opening, so its election could never be won. */
+        cbd_policy_on_probe_result(env, c, c->opened_at, 1, 0, now);
+        return;
+    }
     env->try_probe(env->arg, c, (cbd_policy_lease_ms(c) + 999) / 1000 + 1);
+}
+
+/* The fleet's rules for probe leases apply to c: a fleet store, and not a
+ * shadow trial (whose transitions reach the fleet as a marker only, so its
+ * probes are its host's own, as with the local store). */
+static bool fleet_lease(const struct cbd_policy_env *env, const struct cbd_circuit *c)
+{
+    return env->fleet && !c->cfg.shadow;
 }
 
 /* The fleet granted (or renewed) the lease asked for at asked_ns: surely
@@ -168,7 +182,7 @@ static void ask_lease(const struct cbd_policy_env *env, struct cbd_circuit *c, c
 static void hold_lease(const struct cbd_policy_env *env, struct cbd_circuit *c)
 {
     uint64_t lease = (uint64_t)cbd_policy_lease_ms(c) * NS_PER_MS;
-    if (!env->fleet)
+    if (!fleet_lease(env, c))
         return; /* host-local: nobody else can take it */
     c->lease_until_ns = c->asked_ns + lease;
     c->renew_ns = c->asked_ns + lease / 2;
@@ -214,7 +228,7 @@ void cbd_policy_load(const struct cbd_policy_env *env, struct cbd_circuit *c, ui
     } else if (c->state == CB_HALF_OPEN && !(c->flags & CB_SEG_F_FORCED)) {
         /* probers in flight keep their permits for one more lease */
         c->deadline_ns = now->mono_ns + cbd_policy_lease_ms(c) * NS_PER_MS;
-        if (env->fleet) { /* the fleet lease was the previous process's: ask now whether it is ours */
+        if (fleet_lease(env, c)) { /* the fleet lease was the previous process's: ask now whether it is ours */
             c->lease_until_ns = c->deadline_ns;
             c->renew_ns = now->mono_ns;
         }
@@ -628,7 +642,7 @@ void cbd_policy_on_deadline(const struct cbd_policy_env *env, struct cbd_circuit
     uint32_t lease_ms = cbd_policy_lease_ms(c);
     if (c->flags & CB_SEG_F_FORCED) { /* only a force_open for_ms has a deadline: its end */
         transition(env, c, CB_CLOSED, c->flags & ~CB_SEG_F_FORCED, CB_SOURCE_TIMER, 0, now);
-    } else if (c->state == CB_OPEN && env->fleet) {
+    } else if (c->state == CB_OPEN && fleet_lease(env, c)) {
         c->probe_asked = 0; /* an unanswered election is asked again on the next demand */
         c->deadline_ns = 0;
         make_electable(env, c);
@@ -659,7 +673,7 @@ void cbd_policy_on_probe_result(const struct cbd_policy_env *env, struct cbd_cir
     if (granted) {
         transition(env, c, CB_HALF_OPEN, c->flags, CB_SOURCE_TIMER, 0, now);
         hold_lease(env, c);
-        if (env->fleet) {
+        if (fleet_lease(env, c)) {
             c->grace_ns = now->mono_ns + grace_ns(c);
             schedule(env, c);
         }
@@ -774,6 +788,7 @@ void cbd_policy_set_config(const struct cbd_policy_env *env, struct cbd_circuit 
 {
     struct cb_seg_record *r = c->rec;
     uint32_t old_max = c->cfg.half_open_max_probes;
+    bool was_shadow = c->cfg.shadow, held_lease = fleet_lease(env, c) && c->lease_until_ns != 0;
     c->cfg = *cfg;
     if (c->state == CB_HALF_OPEN && cfg->half_open_max_probes < old_max)
         clamp_permits(c, old_max);
@@ -797,6 +812,20 @@ void cbd_policy_set_config(const struct cbd_policy_env *env, struct cbd_circuit 
     if (shown_flags(c) != cb_seg_word_flags(atomic_load_explicit(&r->state_word, memory_order_relaxed))) {
         publish(c); /* shadow turned on or off: same epoch, the word's flag follows */
         atomic_store_explicit(&r->state_word, c->pub.word, memory_order_release); /* pairs with cb_allow */
+    }
+    if (!env->fleet || was_shadow == (bool)cfg->shadow || (c->flags & (CB_SEG_F_FORCED | CB_SEG_F_DISABLED)))
+        return;
+    if (cfg->shadow && held_lease) {
+        /* A trial from now on: the fleet's probe lease goes back to the
+         * fleet; this host's probes in flight go on as the trial's. */
+        env->release(env->arg, c);
+        c->lease_until_ns = c->renew_ns = c->grace_ns = 0;
+    } else if (!cfg->shadow && (c->state == CB_OPEN || c->state == CB_HALF_OPEN)) {
+        /* The trial becomes real: its opening is written to the fleet as
+         * an opening (the transition reaches the store), and the fleet
+         * elects its prober; a trial's own probe ends here. */
+        transition(env, c, CB_OPEN, c->flags, CB_SOURCE_OPERATOR,
+                   c->state == CB_OPEN ? c->open_until_ns : now->real_ns, now);
     }
 }
 

@@ -739,3 +739,28 @@ Test(fleet_redis, a_shadow_trip_is_marked_in_the_store_and_the_other_host_keeps_
     cr_assert(tsup_wait_until(strcmp(fleet_field(name, "state"), "OPEN") == 0, TSUP_LIVENESS_MS), "B's trip");
     cr_assert_str_eq(fleet_field(name, "shadow_state"), "OPEN", "B's real write kept the marker");
 }
+
+/* A shadow trial lives on its host: it recovers through its own probes
+ * after its own recovery timeout, though the fleet's item says CLOSED and
+ * its election there could never be won, and the fleet's CLOSED never
+ * ends the trial early. */
+Test(fleet_redis, a_shadow_trial_recovers_on_its_own_host_though_the_fleet_item_stays_closed)
+{
+    start_fleet(2, NULL);
+    const char *name = tsup_unique("trial");
+    cb_config trial = tsup_config(1, 1, 1, 1500);
+    trial.shadow = 1;
+    cb_circuit *a = tsup_circuit(cl[0], name, &trial);
+    trip(a);
+    cr_assert(tsup_wait_state(a, CB_OPEN), "the shadow circuit did not trip");
+    usleep(800 * 1000); /* several syncs reading the fleet's CLOSED item */
+    cr_assert_eq(tsup_info(a).state, CB_OPEN, "the fleet's CLOSED ended the trial before its recovery timeout");
+    cb_ticket t = {0};
+    cr_assert(tsup_wait_until(cb_ticket_is_probe(t = cb_allow(a)), TSUP_LIVENESS_MS),
+              "the trial never reached HALF_OPEN (ticket kind %u, state %d)", tsup_ticket_kind(t), tsup_info(a).state);
+    cb_record(a, t, CB_SUCCESS);
+    cr_assert(tsup_wait_state(a, CB_CLOSED), "the trial's probe did not close it");
+    cr_assert(tsup_wait_until(strcmp(fleet_field(name, "shadow_state"), "CLOSED") == 0, TSUP_LIVENESS_MS),
+              "the trial's close never reached the marker");
+    cr_assert_str_eq(fleet_field(name, "state"), "", "a real state was written");
+}

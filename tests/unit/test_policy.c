@@ -1831,6 +1831,66 @@ Test(policy, turning_shadow_on_lets_an_open_circuits_calls_through_at_once_witho
     cr_assert_eq(allow().kind, CB_TICKET_REJECTED, "and off again");
 }
 
+/* On a fleet store a trial's opening never reaches the item (only the
+ * shadow marker does), so the fleet's election could never be won: the
+ * trial probes on its own host, as with the local store. */
+Test(policy, a_shadow_trial_on_a_fleet_store_probes_on_its_own_host_never_through_the_election, .fini = teardown)
+{
+    setup_circuit(shadow(), 1);
+    calls(2, CB_FAILURE);
+    cr_assert_eq(state(), CB_OPEN);
+    advance_ms(1000);
+    cr_assert_eq(S.nasks, 0, "the trial asked the fleet for its probe lease");
+    cr_assert_eq(state(), CB_HALF_OPEN, "the trial never left OPEN");
+    cr_assert(!(flags() & CB_SEG_F_ELECTABLE));
+    struct ticket probe = allow();
+    cr_assert_eq(probe.kind, CB_TICKET_PROBE);
+    advance_ms(900); /* a fleet lease is renewed halfway through (500 ms) */
+    cr_assert_eq(S.nasks, 0, "the trial asked the fleet to renew a lease");
+    record(probe, CB_SUCCESS);
+    cr_assert_eq(state(), CB_CLOSED);
+}
+
+Test(policy, turning_shadow_off_on_a_fleet_store_makes_the_trial_s_opening_real_and_elects_through_the_fleet,
+     .fini = teardown)
+{
+    setup_circuit(shadow(), 1);
+    calls(2, CB_FAILURE);
+    int64_t opened_at = S.c.opened_at;
+    advance_ms(1000);
+    cr_assert_eq(state(), CB_HALF_OPEN, "the trial probes on its own");
+    cb_config cfg = S.c.cfg;
+    cfg.shadow = 0;
+    cbd_policy_set_config(&S.env, &S.c, &cfg, &S.now);
+    expect_transition(CB_HALF_OPEN, CB_OPEN, CB_SOURCE_OPERATOR); /* the store is told of the opening */
+    cr_assert_eq(S.c.opened_at, opened_at, "the same opening, now the fleet's");
+    cr_assert_eq(allow().kind, CB_TICKET_REJECTED, "enforced at once");
+    advance_ms(0);
+    demand_asks();
+    cr_assert_eq(last_ask()->opened_at, opened_at, "the fleet elects the prober of that opening");
+}
+
+Test(policy, turning_shadow_on_while_holding_the_fleet_s_lease_gives_it_back, .fini = teardown)
+{
+    setup_circuit(config(2, 1, 1, 1000, 0), 1);
+    calls(2, CB_FAILURE);
+    advance_ms(1000);
+    demand_asks();
+    grant();
+    cr_assert_eq(state(), CB_HALF_OPEN);
+    struct ticket probe = allow();
+    cr_assert_eq(probe.kind, CB_TICKET_PROBE);
+    cb_config cfg = S.c.cfg;
+    cfg.shadow = 1;
+    size_t asks = S.nasks;
+    cbd_policy_set_config(&S.env, &S.c, &cfg, &S.now);
+    cr_assert_eq(S.releases, 1, "the fleet's lease was kept by a trial");
+    advance_ms(900); /* past the renewal of a lease held from the grant */
+    cr_assert_eq(S.nasks, asks, "a trial renewed the fleet's lease");
+    record(probe, CB_SUCCESS);
+    cr_assert_eq(state(), CB_CLOSED, "the probe in flight finishes as the trial's");
+}
+
 /* ---- live reconfiguration keeps the window ---------------------------------------------- */
 
 Test(policy, a_new_threshold_judges_the_calls_already_in_the_window, .fini = teardown)
