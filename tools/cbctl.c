@@ -298,13 +298,27 @@ static void print_transition(const struct cbctl *c, const cb_transition *t)
     fflush(stdout);
 }
 
+/* A whole decimal number in [lo, hi] -> *out; false if s is anything else. */
+static bool parse_whole(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (!isdigit((unsigned char)s[0]) || *end != '\0' || errno != 0 || v < lo || v > hi)
+        return false;
+    *out = v;
+    return true;
+}
+
 static int cmd_watch(struct cbctl *c, int argc, char **argv)
 {
     long count = -1; /* --count N: exit after N transitions (scripts, tests) */
     for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--count") == 0 && i + 1 < argc)
-            count = strtol(argv[++i], NULL, 10);
-        else
+        if (strcmp(argv[i], "--count") == 0 && i + 1 < argc) {
+            if (!parse_whole(argv[++i], 1, LONG_MAX, &count))
+                return fail(EXIT_USAGE, "watch: --count '%s' is not a number of transitions (1 or more)",
+                            argv[i]);
+        } else
             return fail(EXIT_USAGE, "usage: cbctl watch [--count N]");
     }
     cb_client *cl;
@@ -466,14 +480,27 @@ static void print_map(const struct cbctl *c, const msgpack_object *reply)
     }
 }
 
-/* "90", "90s", "500ms", "5m", "2h", "1d" -> ms; -1 if not a duration. */
+/* "90", "90s", "500ms", "1.5m", "2h", "1d" -> ms; -1 if not a duration
+ * (decimal digits with at most one point, then the unit: no sign,
+ * exponent, hex, inf or nan, which strtod alone would take). */
 static int64_t parse_duration_ms(const char *s)
 {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || v < 0)
+    size_t n = strspn(s, "0123456789");
+    if (n == 0)
         return -1;
+    if (s[n] == '.') {
+        size_t frac = strspn(s + n + 1, "0123456789");
+        if (frac == 0)
+            return -1;
+        n += 1 + frac;
+    }
+    char number[32];
+    if (n >= sizeof number)
+        return -1;
+    memcpy(number, s, n);
+    number[n] = '\0';
+    double v = strtod(number, NULL);
+    const char *end = s + n;
     double mult = 1000;
     if (strcmp(end, "ms") == 0)
         mult = 1;
@@ -949,9 +976,13 @@ static int cmd_top(struct cbctl *c, int argc, char **argv)
 {
     int interval_ms = 1000;
     for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--interval") == 0 && i + 1 < argc && atoi(argv[i + 1]) >= 100)
-            interval_ms = atoi(argv[++i]);
-        else if (strcmp(argv[i], "--sort") == 0 && i + 1 < argc) {
+        long ms;
+        if (strcmp(argv[i], "--interval") == 0 && i + 1 < argc) {
+            if (!parse_whole(argv[++i], 100, 3600000, &ms))
+                return fail(EXIT_USAGE, "top: --interval '%s' is not a number of milliseconds from 100 to "
+                            "3600000", argv[i]);
+            interval_ms = (int)ms;
+        } else if (strcmp(argv[i], "--sort") == 0 && i + 1 < argc) {
             const char *key = argv[++i];
             top_sort_key = TOP_NSORTS;
             for (unsigned k = 0; k < TOP_NSORTS; k++)
@@ -1054,7 +1085,14 @@ int main(int argc, char **argv)
         case 'i': c.instance = optarg; break;
         case 's': c.socket_path = optarg; break;
         case 'j': c.json = true; break;
-        case 't': c.timeout_ms = atoi(optarg) > 0 ? atoi(optarg) : 5000; break;
+        case 't': {
+            long ms;
+            if (!parse_whole(optarg, 1, 3600000, &ms))
+                return fail(EXIT_USAGE, "--timeout '%s' is not a number of milliseconds from 1 to 3600000",
+                            optarg);
+            c.timeout_ms = (int)ms;
+            break;
+        }
         case 'h': usage(stdout); return EXIT_OK;
         default: usage(stderr); return EXIT_USAGE;
         }

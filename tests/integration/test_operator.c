@@ -452,6 +452,18 @@ Test(operator, a_removed_circuit_is_gone_from_show_and_list)
     cr_assert_eq(cbctl(out, sizeof out, "remove", "payments", NULL, NULL), 4, "a second remove found it");
 }
 
+/* cbctl a1 a2 a3 must fail with a usage error (2) whose message says
+ * expect. */
+static void usage_error(const char *a1, const char *a2, const char *a3, const char *expect)
+{
+    char *argv[] = {(char *)tsup_cbctl_path(), "--instance", d.instance, "--socket", d.socket,
+                    (char *)a1, (char *)a2, (char *)a3, NULL};
+    char *text = NULL;
+    cr_assert_eq(tsup_run(argv, &text, true), 2, "cbctl %s %s %s: %s", a1, a2, a3, text);
+    cr_assert_not_null(strstr(text, expect), "cbctl %s %s %s: %s", a1, a2, a3, text);
+    free(text);
+}
+
 /* cbctl set takes resilience4j's names for the window type; only the
  * number travels, and a word it does not know is refused before sending. */
 Test(operator, cbctl_set_takes_the_window_types_resilience4j_names)
@@ -464,12 +476,31 @@ Test(operator, cbctl_set_takes_the_window_types_resilience4j_names)
     cr_assert_eq(tsup_info(c).config.sliding_window_type, 2, "the circuit runs a time window");
     cr_assert_eq(cbctl(out, sizeof out, "set", "search", "sliding_window_type=count_based", NULL), 0, "%s", out);
     cr_assert_eq(tsup_info(c).config.sliding_window_type, 1);
-    char *argv[] = {(char *)tsup_cbctl_path(), "--instance", d.instance, "--socket", d.socket, "set", "search",
-                    "sliding_window_type=SLIDING", NULL};
-    char *text = NULL;
-    cr_assert_eq(tsup_run(argv, &text, true), 2, "a usage error: %s", text);
-    cr_assert_not_null(strstr(text, "'sliding_window_type=SLIDING': sliding_window_type is a number or one of "
-                                    "CONSECUTIVE | COUNT_BASED | TIME_BASED (any case)"), "%s", text);
-    free(text);
+    usage_error("set", "search", "sliding_window_type=SLIDING",
+                "'sliding_window_type=SLIDING': sliding_window_type is a number or one of "
+                "CONSECUTIVE | COUNT_BASED | TIME_BASED (any case)");
     cr_assert_eq(tsup_info(c).config.sliding_window_type, 1, "nothing was sent");
+}
+
+/* Numbers that are not plain decimals are usage errors naming what was
+ * wrong, and nothing is sent: strtod alone takes nan, hex and exponents. */
+Test(operator, cbctl_refuses_durations_and_counts_that_are_not_plain_numbers)
+{
+    char out[4096];
+    start();
+    cb_config cfg = tsup_config(5, 1, 1, 30000);
+    cb_circuit *c = tsup_circuit(cl, "search", &cfg);
+    static const char *const bad_for[] = {"nan", "inf", "0x10", "1e3", "-5s", "1.", ".5s", "5 s", "5w"};
+    for (size_t i = 0; i < sizeof bad_for / sizeof *bad_for; i++) {
+        cr_assert_eq(cbctl(out, sizeof out, "open", "search", "--for", bad_for[i]), 2, "--for %s: %s", bad_for[i],
+                     out);
+        cr_assert_eq(tsup_info(c).state, CB_CLOSED, "--for %s forced the circuit open", bad_for[i]);
+    }
+    cr_assert_eq(cbctl(out, sizeof out, "open", "search", "--for", "1.5s"), 0, "%s", out);
+    cr_assert_eq(tsup_info(c).state, CB_OPEN);
+    static const char *const bad_count[] = {"x", "0", "-1", "3x", ""};
+    for (size_t i = 0; i < sizeof bad_count / sizeof *bad_count; i++)
+        usage_error("watch", "--count", bad_count[i], "is not a number of transitions");
+    usage_error("top", "--interval", "50", "--interval '50' is not a number of milliseconds from 100");
+    usage_error("--timeout", "abc", "list", "--timeout 'abc' is not a number of milliseconds");
 }
