@@ -482,6 +482,45 @@ static void answer_error(struct rs_req *q, int err, const char *why)
     answer(q, &(struct fleet_answer){.status = FLEET_ERROR, .err = err, .why = why});
 }
 
+/* The set of names whose legacy key was checked (open addressing on the
+ * name's hash | 1): whether name is in it; with add, put it in (false if
+ * it was there already). A name goes in only once its migration was
+ * answered, so a check lost with its connection is made again; no memory
+ * to remember it only costs a check per read. */
+static bool legacy_checked(struct fleet_transport *t, const char *name, bool add)
+{
+    uint64_t h = cb__name_hash(name, strlen(name)) | 1;
+    if (add && 2 * (t->nchecked + 1) > t->checked_cap) {
+        size_t cap = t->checked_cap ? 2 * t->checked_cap : 256;
+        uint64_t *n = calloc(cap, sizeof *n);
+        if (n == NULL)
+            return false;
+        for (size_t i = 0; i < t->checked_cap; i++) {
+            for (size_t j = t->checked[i] % cap; t->checked[i] != 0; j = (j + 1) % cap) {
+                if (n[j] == 0) {
+                    n[j] = t->checked[i];
+                    break;
+                }
+            }
+        }
+        free(t->checked);
+        t->checked = n;
+        t->checked_cap = cap;
+    }
+    for (size_t j = t->checked_cap ? h % t->checked_cap : 0; t->checked_cap != 0; j = (j + 1) % t->checked_cap) {
+        if (t->checked[j] == h)
+            return !add;
+        if (t->checked[j] == 0) {
+            if (!add)
+                return false;
+            t->checked[j] = h;
+            t->nchecked++;
+            return true;
+        }
+    }
+    return false;
+}
+
 /* An error reply: the answer it makes (the request is resent instead after
  * NOSCRIPT). Answers that say this server cannot take our commands now drop
  * the link, which reconnects, perhaps to the new primary. */
@@ -496,6 +535,7 @@ static void error_reply(struct rs_req *q, const redisReply *r)
     if (q->kind == REQ_MIGRATE && strncmp(r->str, "NOPERM", 6) == 0) {
         /* an ACL user without the keyspace commands (EXISTS, TYPE, RENAME)
          * cannot have keys from before hash tags moved: none is looked for */
+        legacy_checked(q->t, q->name, true);
         answer(q, &(struct fleet_answer){.status = FLEET_ABSENT});
         return;
     }
@@ -526,44 +566,10 @@ static void answer_hash(struct rs_req *q, redisReply *const *el, size_t n, bool 
     answer(q, &a);
 }
 
-/* Insert name's hash into the set of names whose legacy key was checked:
- * false if it was there already (or there is no memory to remember it,
- * which only costs a check per read). */
-static bool check_once(struct fleet_transport *t, const char *name)
-{
-    uint64_t h = cb__name_hash(name, strlen(name)) | 1;
-    if (2 * (t->nchecked + 1) > t->checked_cap) {
-        size_t cap = t->checked_cap ? 2 * t->checked_cap : 256;
-        uint64_t *n = calloc(cap, sizeof *n);
-        if (n == NULL)
-            return true;
-        for (size_t i = 0; i < t->checked_cap; i++) {
-            for (size_t j = t->checked[i] % cap; t->checked[i] != 0; j = (j + 1) % cap) {
-                if (n[j] == 0) {
-                    n[j] = t->checked[i];
-                    break;
-                }
-            }
-        }
-        free(t->checked);
-        t->checked = n;
-        t->checked_cap = cap;
-    }
-    for (size_t j = h % t->checked_cap;; j = (j + 1) % t->checked_cap) {
-        if (t->checked[j] == h)
-            return false;
-        if (t->checked[j] == 0) {
-            t->checked[j] = h;
-            t->nchecked++;
-            return true;
-        }
-    }
-}
-
-/* The migrate script's answer {moved, field, value, ...} or {-1}. */
 static void migrated(struct rs_req *q, const redisReply *r)
 {
     struct fleet_transport *t = q->t;
+    legacy_checked(t, q->name, true); /* answered: moved, nothing to move, or not a hash */
     if (r->element[0]->integer < 0) {
         answer(q, &(struct fleet_answer){.status = FLEET_INVALID,
                                          .why = "its key from before hash tags (<prefix>c:<name>) is not a hash"});
@@ -610,7 +616,7 @@ static void on_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg)
         migrated(q, r);
     } else if (q->kind == REQ_WRITE) {
         answer_hash(q, r->element + 2, r->elements - 2, r->element[0]->integer == 1, r->element[1]->integer);
-    } else if (r->elements == 0 && check_once(t, q->name)) { /* perhaps under its key from before hash tags */
+    } else if (r->elements == 0 && !legacy_checked(t, q->name, false)) { /* perhaps under its key from before hash tags */
         q->kind = REQ_MIGRATE;
         if (send_req(q) < 0) {
             q->kind = REQ_READ;

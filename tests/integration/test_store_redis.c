@@ -514,6 +514,31 @@ Test(store_redis, keys_from_before_hash_tags_are_moved_when_read)
     hosts_stop(&r, &a, NULL);
 }
 
+/* A move of an old-layout key that fails (here: redis refuses writes for
+ * want of replicas for a while) is tried again on a later read, not given
+ * up for the life of the daemon. */
+Test(store_redis, a_key_from_before_hash_tags_whose_move_failed_is_moved_on_a_later_read)
+{
+    struct tsup_redis r;
+    struct tsup_store_host a;
+    char now[24];
+    srv_init(&r, false, NULL);
+    snprintf(now, sizeof now, "%ld", (long)time(NULL));
+    host_open(&a, uri_of(&r, "A", ""));
+    WAIT_FOR(a.done.restored, 5000);
+    redis_do(&r, "HSET t:c:lost state OPEN opened_at %s failure_count 3", now, NULL);
+    redis_do(&r, "CONFIG SET min-replicas-to-write %s", "1", NULL);
+    uint64_t errors = store_stat(&a, "errors");
+    cbd_store_redis_ops.track(a.s, "lost", NULL);
+    WAIT_FOR(store_stat(&a, "errors") > errors, 3000);
+    cr_assert_null(last_remote(&a, "lost"), "adopted while redis refused the move");
+    redis_do(&r, "CONFIG SET min-replicas-to-write %s", "0", NULL);
+    WAIT_FOR(remote_is(&a, "lost", CB_OPEN), 5000);
+    cr_assert_str_eq(hget(&r, "lost", "state"), "OPEN", "moved to t:c:{lost}");
+    cr_assert_eq(exists(&r, "t:c:lost"), 0);
+    hosts_stop(&r, &a, NULL);
+}
+
 Test(store_redis, refused_connection_reports_the_store_offline)
 {
     struct tsup_store_host a;
