@@ -585,11 +585,13 @@ static int measure_trip(struct bench *b, int which, int drain_which, int first_w
 static void describe_daemon_sched(struct bench *b)
 {
     pid_t pid = (pid_t)atomic_load(&b->seg->daemon_pid);
-    int policy = sched_getscheduler(pid);
     struct sched_param sp;
-    errno = 0;
-    int nice = getpriority(PRIO_PROCESS, (id_t)pid);
-    if (policy < 0 || sched_getparam(pid, &sp) < 0 || errno != 0) {
+    int policy = sched_getscheduler(pid), nice = 0;
+    if (policy >= 0 && sched_getparam(pid, &sp) == 0) {
+        errno = 0; /* -1 is a niceness too */
+        nice = getpriority(PRIO_PROCESS, (id_t)pid);
+    }
+    if (policy < 0 || errno != 0) {
         snprintf(b->daemon_sched, sizeof b->daemon_sched, "unknown (pid %d: %s)", (int)pid, strerror(errno));
         return;
     }
