@@ -3,6 +3,7 @@
  * the breaker a multi-process service would use without cbd.
  *
  *     cb_bench [--quick] [--json FILE] [--instance NAME]     the main run
+ *     cb_bench --trip-only [--quick] [--json FILE]           trip latency only
  *     cb_bench --throughput [--quick] [--json FILE]          daemon drain rate
  *     cb_bench --instr                                       for callgrind
  *
@@ -24,7 +25,16 @@
  *              last worker rejects: workers that spin on cb_allow (the worst
  *              case: they keep every core busy) and workers that pause 50 us
  *              after each check as a request would (the time counted is that
- *              of the first rejecting check); a pipe wakeup for scale.
+ *              of the first rejecting check); a pipe wakeup for scale. Each
+ *              trip is also cut in parts: until cbd began the drain that
+ *              published it (read back from the opening's recovery deadline,
+ *              which counts from that drain's clock reading) - the wait for
+ *              the daemon to get a CPU - and until the first worker rejected
+ *              (the publication is before it); the rest is the other workers
+ *              getting a CPU. The results name cbd's scheduling policy, as
+ *              the kernel reports it (bench/with_cbd.sh CBD_SCHED).
+ * --trip-only: the trip part alone (bench/run.sh: the comparison under
+ *   default scheduling).
  * --throughput: one thread floods cb_record while the daemon drains; events
  *   drained per second of wall time and per second of daemon CPU time (read
  *   from /proc), which is the rate one core sustains. Run it against a cbd
@@ -49,6 +59,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -57,6 +68,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -68,12 +80,13 @@
 #define MAX_WORKERS 64
 #define INSTR_CALLS 500u /* per instr_* function; half of the default lane */
 #define PACE_US 50       /* the realistic trip workers' pause after each check */
+#define TRIP_RECOVERY_MS 50 /* the trip circuit's OPEN time: long enough to read its opening back */
 
 enum mode { MODE_MAIN, MODE_THROUGHPUT, MODE_INSTR };
 
 struct opts {
     enum mode mode;
-    int quick;
+    int quick, trip_only;
     const char *json, *instance;
     int spin_workers, paced_workers, trip_runs;
     int batches;          /* timed batches per micro measurement */
@@ -87,7 +100,8 @@ struct opts {
 enum {
     R_BARE, R_CALL, R_ALLOW_CLOSED, R_ALLOW_OPEN, R_ALLOW_HALF, R_MUTEX_ALLOW, /* interleaved batches */
     R_RECORD, R_RECORD_LATENCY, R_CB_CALL, R_MUTEX_RECORD,                   /* drained batches */
-    R_WAKE, R_TRIP_SPIN, R_TRIP_PACED, R_TPUT_WALL, R_TPUT_CPU, R_TPUT_WIN_WALL, R_TPUT_WIN_CPU, R_COUNT
+    R_WAKE, R_TRIP_SPIN, R_TRIP_PACED, R_TRIP_SPIN_DRAIN, R_TRIP_PACED_DRAIN, R_TRIP_SPIN_FIRST,
+    R_TRIP_PACED_FIRST, R_TPUT_WALL, R_TPUT_CPU, R_TPUT_WIN_WALL, R_TPUT_WIN_CPU, R_COUNT
 };
 
 #define SCALE_POINTS 4
@@ -121,6 +135,7 @@ struct bench {
     int sem_ran;
     double tput_cpu_share, tput_window_cpu_share;
     int failed_runs;
+    char daemon_sched[64]; /* cbd's scheduling policy during the trip runs, as the kernel reports it */
 };
 
 static volatile uint64_t sink; /* every batch's sum lands here: the calls stay */
@@ -448,30 +463,63 @@ static int all_workers(int n, _Atomic int *field, int run, int64_t deadline)
     return 0;
 }
 
+static int64_t real_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* When cbd began the drain that opened the trip circuit (CLOCK_REALTIME
+ * ns), or -1: the opening's recovery deadline minus the recovery timeout
+ * (policy.c: the deadline counts from the drain's clock reading, taken
+ * when the doorbell's wakeup reached the loop). Read while it is still
+ * that opening's OPEN. */
+static int64_t trip_drain_began(cb_circuit *c, uint32_t epoch)
+{
+    cb_info info;
+    if (cb_info_get(c, &info) < 0 || info.state != CB_OPEN || info.epoch != epoch || info.open_until_ns == 0)
+        return -1;
+    return info.open_until_ns - (int64_t)TRIP_RECOVERY_MS * 1000000;
+}
+
+/* The parts of one trip, ns from just before the tripping failure's
+ * cb_record: cbd began its drain (-1: not known), the first worker
+ * rejected (the publication is before it), the last one did. */
+struct trip_times {
+    int64_t drain, first, last;
+};
+
 /* One run: trip with one failure, time it, then recover through one probe.
- * Returns the latency in ns, or -1. */
-static int64_t trip_once(struct bench *b, struct trip_page *p, int n, int run)
+ * Returns 0, or -1 when the run did not complete. */
+static int trip_once(struct bench *b, struct trip_page *p, int n, int run, struct trip_times *out)
 {
     cb_ticket t;
-    if (wait_ticket(b->trip, CB_TICKET_ALLOWED, &t) < 0)
+    cb_info before;
+    if (wait_ticket(b->trip, CB_TICKET_ALLOWED, &t) < 0 || cb_info_get(b->trip, &before) < 0)
         return -1;
     atomic_store(&p->run, run);
     if (all_workers(n, p->ready, run, mono_ns() + 2000000000) < 0)
         return -1;
     sleep_us(100 + p->pace_us); /* the workers are inside their check loops */
-    int64_t t0 = mono_ns();
+    int64_t t0_real = real_ns(), t0 = mono_ns();
     cb_record(b->trip, t, CB_FAILURE);
     if (all_workers(n, p->done, run, mono_ns() + 5000000000) < 0)
         return -1;
-    int64_t last = 0;
-    for (int w = 0; w < n; w++)
-        if (atomic_load(&p->seen_ns[w]) > last)
-            last = atomic_load(&p->seen_ns[w]);
+    int64_t began = trip_drain_began(b->trip, before.epoch + 1);
+    out->drain = began < 0 ? -1 : began - t0_real;
+    out->first = INT64_MAX;
+    out->last = 0;
+    for (int w = 0; w < n; w++) {
+        int64_t seen = atomic_load(&p->seen_ns[w]) - t0;
+        out->first = seen < out->first ? seen : out->first;
+        out->last = seen > out->last ? seen : out->last;
+    }
     /* Reset: after the short recovery timeout one probe success closes it. */
     if (wait_ticket(b->trip, CB_TICKET_PROBE, &t) < 0)
         return -1;
     cb_record(b->trip, t, CB_SUCCESS);
-    return last - t0;
+    return 0;
 }
 
 static int spawn_trip_workers(struct bench *b, struct trip_page *p, int n, pid_t *pids)
@@ -488,12 +536,15 @@ static int spawn_trip_workers(struct bench *b, struct trip_page *p, int n, pid_t
     return 0;
 }
 
-/* `runs` trips watched by n workers that pause pace_us after each check. */
-static int measure_trip(struct bench *b, int which, int n, int pace_us)
+/* `runs` trips watched by n workers that pause pace_us after each check:
+ * the latencies (last worker) into r[which], the times until cbd's drain
+ * began into r[drain_which], until the first worker rejected into
+ * r[first_which]. */
+static int measure_trip(struct bench *b, int which, int drain_which, int first_which, int n, int pace_us)
 {
     struct trip_page *p = mmap(NULL, sizeof *p, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    int runs = b->o.trip_runs, ok = 0;
-    double *s = calloc((size_t)runs, sizeof *s);
+    int runs = b->o.trip_runs, ok = 0, drains = 0;
+    double *s = calloc((size_t)runs * 3, sizeof *s), *d = s + runs, *f = d + runs;
     pid_t pids[MAX_WORKERS] = {0};
     if (p == MAP_FAILED || s == NULL) {
         fprintf(stderr, "cb_bench: trip latency: out of memory\n");
@@ -502,23 +553,55 @@ static int measure_trip(struct bench *b, int which, int n, int pace_us)
     p->pace_us = pace_us;
     int rc = spawn_trip_workers(b, p, n, pids);
     for (int run = 1; rc == 0 && run <= runs; run++) {
-        int64_t lat = trip_once(b, p, n, run);
-        if (lat < 0) {
+        struct trip_times t;
+        if (trip_once(b, p, n, run, &t) < 0) {
             b->failed_runs++;
             fprintf(stderr, "cb_bench: trip latency: run %d did not complete (circuit stuck?)\n", run);
             break;
         }
-        s[ok++] = (double)lat / 1000.0;
+        f[ok] = (double)t.first / 1000.0;
+        s[ok++] = (double)t.last / 1000.0;
+        if (t.drain >= 0) /* else the circuit left that OPEN before we looked: not known */
+            d[drains++] = (double)t.drain / 1000.0;
     }
     atomic_store(&p->run, -1);
     for (int w = 0; w < n; w++)
         if (pids[w] > 0)
             waitpid(pids[w], NULL, 0);
-    if (ok > 0)
+    if (ok > 0) {
         summarise(&b->r[which], s, ok);
+        summarise(&b->r[first_which], f, ok);
+    }
+    if (drains > 0)
+        summarise(&b->r[drain_which], d, drains);
     free(s);
     munmap(p, sizeof *p);
     return rc == 0 && ok == runs ? 0 : -1;
+}
+
+/* cbd's scheduling as the kernel reports it: what the trip figures were
+ * measured under (bench/with_cbd.sh starts cbd as systemd/cbd.service
+ * would, or with default scheduling when it may not raise it). */
+static void describe_daemon_sched(struct bench *b)
+{
+    pid_t pid = (pid_t)atomic_load(&b->seg->daemon_pid);
+    struct sched_param sp;
+    int policy = sched_getscheduler(pid), nice = 0;
+    if (policy >= 0 && sched_getparam(pid, &sp) == 0) {
+        errno = 0; /* -1 is a niceness too */
+        nice = getpriority(PRIO_PROCESS, (id_t)pid);
+    }
+    if (policy < 0 || errno != 0) {
+        snprintf(b->daemon_sched, sizeof b->daemon_sched, "unknown (pid %d: %s)", (int)pid, strerror(errno));
+        return;
+    }
+    const char *reset = policy & SCHED_RESET_ON_FORK ? ", reset-on-fork" : "";
+    policy &= ~SCHED_RESET_ON_FORK;
+    if (policy == SCHED_FIFO || policy == SCHED_RR)
+        snprintf(b->daemon_sched, sizeof b->daemon_sched, "SCHED_%s %d%s", policy == SCHED_FIFO ? "FIFO" : "RR",
+                 sp.sched_priority, reset);
+    else
+        snprintf(b->daemon_sched, sizeof b->daemon_sched, "SCHED_OTHER nice %d%s", nice, reset);
 }
 
 /* ---- scaling: checks per second from 1..8 processes ------------------------------------------ */
@@ -781,7 +864,11 @@ static int setup(struct bench *b)
         return -1;
     if (b->o.mode == MODE_THROUGHPUT)
         return 0;
-    return get_circuit(b, "trip", 1, 20, 0, &b->trip) < 0 || make_open_and_half(b) < 0 ? -1 : 0;
+    if (get_circuit(b, "trip", 1, TRIP_RECOVERY_MS, 0, &b->trip) < 0)
+        return -1;
+    if (b->o.trip_only)
+        return 0;
+    return make_open_and_half(b) < 0 ? -1 : 0;
 }
 
 static int measure_semantics(struct bench *b)
@@ -942,6 +1029,14 @@ static void print_table(const struct bench *b)
         if (r[i].ran)
             printf("| %s | %.4g %s | %.4g %s | %d |\n", r[i].label, r[i].median, r[i].unit, r[i].p99, r[i].unit,
                    r[i].samples);
+    if (b->r[R_TRIP_SPIN].ran || b->r[R_TRIP_PACED].ran) {
+        printf("\ntrip latency, cbd under %s (us):\n| workers | p50 | p99 | max | runs |\n|---|---|---|---|---|\n",
+               b->daemon_sched);
+        for (int i = R_TRIP_SPIN; i <= R_TRIP_PACED_FIRST; i++)
+            if (r[i].ran)
+                printf("| %s | %.0f | %.0f | %.0f | %d |\n", r[i].label, r[i].median, r[i].p99, r[i].q[N_QUANT - 1],
+                       r[i].samples);
+    }
     if (b->scale_one[0][0] > 0) {
         printf("\n| processes | checks/s, one circuit | checks/s, a circuit each |\n|---|---|---|\n");
         for (int i = 0; i < SCALE_POINTS; i++)
@@ -990,6 +1085,8 @@ static int write_json(const struct bench *b, const char *path)
             b->lanes->lane_capacity / 2, b->o.trip_runs, b->o.spin_workers);
     fprintf(f, "  \"trip_paced_workers\": %d,\n  \"trip_pace_us\": %d,\n  \"failed_runs\": %d,\n", b->o.paced_workers,
             PACE_US, b->failed_runs);
+    if (b->daemon_sched[0])
+        fprintf(f, "  \"trip_daemon_sched\": \"%s\",\n", b->daemon_sched);
     fprintf(f, "  \"scale_reps\": %d,\n  \"scale_seconds\": %.3f,\n", b->o.scale_reps, (double)b->o.scale_ns / 1e9);
     if (b->tput_cpu_share > 0)
         fprintf(f, "  \"daemon_cpu_share\": %.4f,\n", b->tput_cpu_share);
@@ -1025,9 +1122,10 @@ static int write_json(const struct bench *b, const char *path)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: cb_bench [--quick] [--throughput | --instr] [--json FILE] [--instance NAME]\n"
-               "                [--spin-workers M] [--paced-workers M] [--trip-runs N]\n"
+               "                [--spin-workers M] [--paced-workers M] [--trip-runs N] [--trip-only]\n"
                "  needs a running cbd for the instance (default: $CB_INSTANCE, else \"default\");\n"
-               "  bench/run.sh starts throwaway ones and runs everything.\n");
+               "  bench/run.sh starts throwaway ones and runs everything.\n"
+               "  --trip-only: only the trip latency (and the pipe wakeup for scale).\n");
 }
 
 static int parse_int(const char *opt, const char *s, int lo, int hi)
@@ -1041,8 +1139,9 @@ static int parse_int(const char *opt, const char *s, int lo, int hi)
     return (int)v;
 }
 
-/* Full: 201 interleaved batches of 1M calls, 300 drained rounds, 100 trips
- * per worker kind, 5 x 0.2 s per scaling point. Quick: a few of each. */
+/* Full: 201 interleaved batches of 1M calls, 300 drained rounds, 200 trips
+ * per worker kind (p99 is then the second worst), 5 x 0.2 s per scaling
+ * point. Quick: a few of each. */
 static void set_counts(struct opts *o)
 {
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -1056,7 +1155,7 @@ static void set_counts(struct opts *o)
     if (o->paced_workers == 0) /* a small prefork pool */
         o->paced_workers = o->quick ? 2 : 8;
     if (o->trip_runs == 0)
-        o->trip_runs = o->quick ? 3 : 100;
+        o->trip_runs = o->quick ? 3 : 200;
 }
 
 static void parse_args(struct opts *o, int argc, char **argv)
@@ -1066,10 +1165,11 @@ static void parse_args(struct opts *o, int argc, char **argv)
         {"instr", no_argument, NULL, 'I'},          {"json", required_argument, NULL, 'j'},
         {"instance", required_argument, NULL, 'i'}, {"spin-workers", required_argument, NULL, 's'},
         {"paced-workers", required_argument, NULL, 'p'}, {"trip-runs", required_argument, NULL, 'r'},
-        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
+        {"trip-only", no_argument, NULL, 't'},      {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     int c;
-    while ((c = getopt_long(argc, argv, "qTIj:i:s:p:r:h", longs, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "qTIj:i:s:p:r:th", longs, NULL)) != -1) {
         switch (c) {
         case 'q': o->quick = 1; break;
         case 'T': o->mode = MODE_THROUGHPUT; break;
@@ -1079,6 +1179,7 @@ static void parse_args(struct opts *o, int argc, char **argv)
         case 's': o->spin_workers = parse_int("--spin-workers", optarg, 1, MAX_WORKERS); break;
         case 'p': o->paced_workers = parse_int("--paced-workers", optarg, 1, MAX_WORKERS); break;
         case 'r': o->trip_runs = parse_int("--trip-runs", optarg, 1, 100000); break;
+        case 't': o->trip_only = 1; break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
         }
@@ -1088,6 +1189,20 @@ static void parse_args(struct opts *o, int argc, char **argv)
         exit(2);
     }
     set_counts(o);
+}
+
+/* The trip part: a wakeup for scale, then trips watched by spinning and
+ * by paced workers. */
+static int run_trip(struct bench *b)
+{
+    describe_daemon_sched(b);
+    int rc = measure_wakeup(b);
+    rc |= measure_trip(b, R_TRIP_SPIN, R_TRIP_SPIN_DRAIN, R_TRIP_SPIN_FIRST, b->o.spin_workers, 0);
+    rc |= measure_trip(b, R_TRIP_PACED, R_TRIP_PACED_DRAIN, R_TRIP_PACED_FIRST, b->o.paced_workers, PACE_US);
+    for (int i = R_WAKE; i <= R_TRIP_PACED; i++)
+        if (!b->r[i].ran)
+            rc = -1;
+    return rc;
 }
 
 static int run_main(struct bench *b)
@@ -1104,9 +1219,7 @@ static int run_main(struct bench *b)
     rc |= measure_scaling(b, many, b->scale_one, true);
     rc |= measure_scaling(b, many, b->scale_many, false);
     rc |= measure_semantics(b);
-    rc |= measure_wakeup(b);
-    rc |= measure_trip(b, R_TRIP_SPIN, b->o.spin_workers, 0);
-    rc |= measure_trip(b, R_TRIP_PACED, b->o.paced_workers, PACE_US);
+    rc |= run_trip(b);
     for (int i = 0; i <= R_TRIP_PACED; i++)
         if (!b->r[i].ran)
             rc = -1;
@@ -1131,6 +1244,18 @@ int main(int argc, char **argv)
               [R_TRIP_SPIN] = {.key = "trip_spin", .label = "trip latency, workers spinning", .unit = "us"},
               [R_TRIP_PACED] = {.key = "trip_paced", .label = "trip latency, workers pausing 50 us per check",
                                 .unit = "us"},
+              [R_TRIP_SPIN_DRAIN] = {.key = "trip_spin_drain",
+                                     .label = "trip, workers spinning: failure recorded -> cbd begins its drain",
+                                     .unit = "us"},
+              [R_TRIP_PACED_DRAIN] = {.key = "trip_paced_drain",
+                                      .label = "trip, workers pausing: failure recorded -> cbd begins its drain",
+                                      .unit = "us"},
+              [R_TRIP_SPIN_FIRST] = {.key = "trip_spin_first",
+                                     .label = "trip, workers spinning: failure recorded -> first worker rejects",
+                                     .unit = "us"},
+              [R_TRIP_PACED_FIRST] = {.key = "trip_paced_first",
+                                      .label = "trip, workers pausing: failure recorded -> first worker rejects",
+                                      .unit = "us"},
               [R_TPUT_WALL] = {.key = "drain_wall", .label = "daemon drain, events per second", .unit = "ev/s"},
               [R_TPUT_CPU] = {.key = "drain_cpu", .label = "daemon drain, events per daemon CPU second",
                               .unit = "ev/s"},
@@ -1148,6 +1273,7 @@ int main(int argc, char **argv)
         return 1;
     int rc = b.o.mode == MODE_INSTR        ? run_instr(&b)
              : b.o.mode == MODE_THROUGHPUT ? measure_throughput(&b)
+             : b.o.trip_only               ? run_trip(&b)
                                            : run_main(&b);
     if (b.o.mode != MODE_INSTR)
         print_table(&b);

@@ -6,11 +6,20 @@
 #                           nothing kept (unless --out); exit 0 = everything ran
 #   bench/run.sh [--quick] --out DIR
 #
+# Every cbd runs with the scheduling systemd/cbd.service gives it
+# (CBD_SCHED=unit, see bench/with_cbd.sh: SCHED_RR priority 1 today), so the
+# figures are a deployment's; CBD_SCHED=default (or inline directives)
+# overrides it. Without the privilege to raise cbd's priority (not root, no
+# CAP_SYS_NICE) cbd runs with the default scheduling and a warning says so;
+# the results say what cbd ran with (trip_daemon_sched).
+#
 # Builds cbd, cb_bench and cb_bench_remote in $CB_BUILD_DIR (default build;
 # configured by scripts/setup.sh when missing), starts a redis-server and
 # dynalite on free loopback ports, and runs, each against a throwaway cbd
 # (bench/with_cbd.sh):
 #   1. cb_bench: micro, in-process baseline, scaling, semantics, trip latency;
+#      then the trip latency once more under default scheduling, the
+#      comparison (trip_default.json);
 #   2. cb_bench --throughput under a cbd with big lanes and a 1 ms drain;
 #   3. cb_bench --instr under valgrind --tool=callgrind: instructions per call
 #      (full run only: valgrind cannot run sanitizer builds);
@@ -30,6 +39,7 @@ while (($#)); do
     --quick) quick=(--quick) ;;
     --out) out=$(realpath -m "$2"); shift ;;
     --out=*) out=$(realpath -m "${1#--out=}") ;;
+    -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) echo "usage: $0 [--quick] [--out DIR]" >&2; exit 2 ;;
     esac
     shift
@@ -37,6 +47,7 @@ done
 cd "$(dirname "$0")/.."
 build=${CB_BUILD_DIR:-build}
 export CB_BUILD_DIR=$build
+export CBD_SCHED=${CBD_SCHED:-unit}
 say() { printf 'bench: %s\n' "$*" >&2; }
 
 keep=1
@@ -96,6 +107,8 @@ part() { # name cmd...: run one part, remember a failure, go on
 }
 part "cb_bench (micro, scaling, semantics, trip latency)" \
     bench/with_cbd.sh bench "$build/cb_bench" "${quick[@]}" --json "$out/libcb.json"
+part "trip latency under default scheduling (the comparison)" \
+    env CBD_SCHED=default bench/with_cbd.sh trip "$build/cb_bench" --trip-only "${quick[@]}" --json "$out/trip_default.json"
 part "cb_bench --throughput (cbd with 16 lanes of 65536 events, 1 ms drain)" \
     env CBD_ARGS="--lanes 16 --lane-capacity 65536 --drain-interval-ms 1" \
     bench/with_cbd.sh tput "$build/cb_bench" --throughput "${quick[@]}" --json "$out/throughput.json"
@@ -128,7 +141,7 @@ part "scale_bench (${scale[1]} circuits, ${scale[3]} threads)" \
     "$build/scale_bench" "${scale[@]}" --cbctl "$build/cbctl" --json "$out/scale.json"
 part "report" /usr/bin/python3 bench/report.py "$out"
 # results.json holds every part's figures: drop the parts and the logs.
-((keep)) && rm -f "$out"/{libcb,throughput,remote,fleet}.json "$out"/{callgrind.txt,redis.log,dynalite.log}
+((keep)) && rm -f "$out"/{libcb,trip_default,throughput,remote,fleet}.json "$out"/{callgrind.txt,redis.log,dynalite.log}
 ((keep)) && say "results in $out (results.md, results.json, *.png)"
 ((keep)) || cat "$out/results.md"
 exit "$rc"

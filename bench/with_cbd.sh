@@ -18,6 +18,19 @@
 #   CBD_ARGS        extra options for cbd (word-split), e.g. "--log-level debug"
 #   CBD_SHOW_LOG    a grep pattern: matching lines of cbd's log are printed
 #                   after the run (the demo shows the transition lines)
+#   CBD_SCHED       cbd's CPU scheduling:
+#                     unset or "default": what this shell has (the tests, the demo);
+#                     "unit": what systemd/cbd.service gives it - its Nice=,
+#                       CPUSchedulingPolicy=, CPUSchedulingPriority= and
+#                       CPUSchedulingResetOnFork= lines, applied as systemd
+#                       applies them, before exec, so that every thread has
+#                       them (bench/run.sh: the bench measures what a
+#                       deployment gets);
+#                     else the same directives inline, e.g. "Nice=-10" or
+#                       "CPUSchedulingPolicy=fifo CPUSchedulingPriority=1".
+#                   Raising a priority needs root (or CAP_SYS_NICE, RLIMIT_NICE
+#                   / RLIMIT_RTPRIO): without it cbd runs with the default
+#                   scheduling and a warning says so.
 set -euo pipefail
 
 (($# >= 2)) || { echo "usage: $0 NAME CMD [ARGS...]" >&2; exit 2; }
@@ -33,6 +46,57 @@ log=$tmp/cbd.log
 pid=
 
 say() { printf '%s: %s\n' "$name" "$*" >&2; }
+
+# The directives CBD_SCHED names, one per line.
+sched_directives() {
+    case ${CBD_SCHED:-default} in
+    default) ;;
+    unit) grep -E '^(Nice|CPUScheduling[A-Za-z]+)=' "$(dirname "$0")/../systemd/cbd.service" || true ;;
+    *) tr -s ' ' '\n' <<<"$CBD_SCHED" ;;
+    esac
+}
+
+# Fills the array sched with the command prefix (nice, chrt) that starts
+# cbd under CBD_SCHED, or leaves it empty with a warning when this user may
+# not raise cbd's priority.
+sched=()
+sched_prefix() {
+    local line key value policy=other prio=0 nice= reset=no
+    while read -r line; do
+        [[ -n $line ]] || continue
+        key=${line%%=*} value=${line#*=}
+        case $key in
+        Nice) nice=$value ;;
+        CPUSchedulingPolicy) policy=$value ;;
+        CPUSchedulingPriority) prio=$value ;;
+        CPUSchedulingResetOnFork) reset=$value ;;
+        *) say "CBD_SCHED: unknown directive '$line'"; exit 2 ;;
+        esac
+    done < <(sched_directives)
+    local p=()
+    [[ -z $nice ]] || p+=(nice -n "$nice")
+    case $policy in
+    fifo | rr) ;;
+    other | batch | idle) prio=0 ;;
+    *) say "CBD_SCHED: unknown CPUSchedulingPolicy '$policy'"; exit 2 ;;
+    esac
+    if [[ $policy != other || $reset == yes ]]; then
+        p+=(chrt)
+        [[ $reset != yes ]] || p+=(--reset-on-fork)
+        p+=("--$policy" "$prio")
+    fi
+    ((${#p[@]})) || return 0
+    # nice only warns when it may not lower the niceness: compare what it got.
+    local want got
+    want=$(($(nice) + ${nice:-0})) want=$((want < -20 ? -20 : want > 19 ? 19 : want))
+    if got=$("${p[@]}" nice 2>/dev/null) && [[ $got == "$want" ]]; then
+        sched=("${p[@]}")
+        say "cbd's scheduling: ${p[*]}"
+    else
+        say "WARNING: cannot give cbd the scheduling '$(sched_directives | paste -sd' ')' (raising a priority needs" \
+            "root or CAP_SYS_NICE): cbd runs with the default scheduling, so its trip latencies are not a deployment's"
+    fi
+}
 
 show_log_tail() {
     say "last lines of cbd's log ($log):"
@@ -50,8 +114,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+sched_prefix
 # shellcheck disable=SC2086 # CBD_ARGS is a list of options on purpose
-"$cbd" --instance "$instance" --socket "$tmp/cbd.sock" --store "local:$tmp/cbd.state" ${CBD_ARGS:-} 2>"$log" &
+"${sched[@]}" "$cbd" --instance "$instance" --socket "$tmp/cbd.sock" --store "local:$tmp/cbd.state" ${CBD_ARGS:-} 2>"$log" &
 pid=$!
 say "started cbd (pid $pid, instance $instance, socket $tmp/cbd.sock)"
 

@@ -27,14 +27,16 @@ struct cbd_hooks;
  * timeout_ms: a hook still running after this is killed (SIGKILL to its
  * process group); queue_max: transitions waiting per circuit before the
  * oldest waiting one is dropped (counted and logged). instance goes into
- * CB_INSTANCE. Returns 0 or -ENOMEM. */
+ * CB_INSTANCE. Returns 0 or a negative errno. */
 int cbd_hooks_create(struct cbd_hooks **out, uv_loop_t *loop, const char *instance, unsigned max_running,
                      unsigned timeout_ms, unsigned queue_max);
 /* Limits may change on reload; running hooks keep their old timeout. */
 void cbd_hooks_set_limits(struct cbd_hooks *h, unsigned max_running, unsigned timeout_ms, unsigned queue_max);
-/* Queue `command` (run with /bin/sh -c) for ev. Never blocks; hooks of one
- * circuit run one at a time in transition order, hooks of different
- * circuits run concurrently up to max_running. */
+/* Queue `command` (run with /bin/sh -c) for ev. Never blocks, never starts
+ * a hook itself: queued hooks start on the loop's next idle turn, after the
+ * caller's callback has returned. Hooks of one circuit run one at a time in
+ * transition order, hooks of different circuits run concurrently up to
+ * max_running. */
 void cbd_hooks_fire(struct cbd_hooks *h, const char *command, const struct cbd_hook_event *ev);
 void cbd_hooks_stats_get(const struct cbd_hooks *h, struct cbd_hooks_stats *out);
 /* Kill what runs, drop what waits, close handles; done(arg) once all closed. */

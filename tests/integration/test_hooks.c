@@ -2,7 +2,9 @@
  * test_hooks.c - transition hooks: the environment a hook gets, global and
  * per-circuit hooks in order, output in the log, and isolation - a hook
  * that never ends is killed at its timeout (with what it started), while
- * its circuit keeps transitioning and other circuits' hooks keep running.
+ * its circuit keeps transitioning and other circuits' hooks keep running -
+ * and that no hook starts before the drain that fired it has published
+ * every circuit it trips.
  *
  * Hooks write what they see into files in the test's directory; the test
  * waits for those files (liveness bound), never for a time.
@@ -138,4 +140,41 @@ Test(hooks, a_hanging_hook_is_killed_at_its_timeout_and_delays_nobody)
     cr_assert_eq(tsup_log_count(&d, "killed after its 3000 ms timeout"), 1);
     /* The reset's hook waited behind the hung one, and runs (and hangs) next. */
     cr_assert(tsup_wait_until(tsup_stat(&d, "hooks_started") == 3, TSUP_LIVENESS_MS));
+}
+
+/* Forty circuits tripped by one drain (the daemon is stopped while a worker
+ * records their tripping failures in its lane, so that one doorbell finds
+ * them all), a hook each: the first circuit's hook looks at the last
+ * circuit and must find it OPEN - starting a hook forks the daemon, and
+ * started during the drain the first hooks held back the publication of
+ * the circuits after them by a millisecond each. */
+Test(hooks, every_circuit_one_drain_trips_is_published_before_the_first_hook_starts)
+{
+    enum { N = 40 };
+    char fmt[1024];
+    snprintf(fmt, sizeof fmt,
+             "[hooks]\nmax_running = 64\n"
+             "command = [ \"$CB_CIRCUIT\" != t.0 ] || { '%s' --instance \"$CB_INSTANCE\" show t.%d > %%1$s/seen.tmp"
+             " && mv %%1$s/seen.tmp %%1$s/seen; }\n",
+             tsup_cbctl_path(), N - 1);
+    start(fmt);
+    cb_config cfg = tsup_config(1, 1, 1, 600000);
+    cb_circuit *c[N];
+    cb_ticket t[N];
+    for (int i = 0; i < N; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "t.%d", i);
+        c[i] = tsup_circuit(cl, name, &cfg);
+        t[i] = cb_allow(c[i]);
+    }
+    cr_assert_eq(kill(d.pid, SIGSTOP), 0);
+    cr_assert(tsup_wait_until(tsup_proc_state(d.pid) == 'T', TSUP_LIVENESS_MS), "cbd did not stop");
+    for (int i = 0; i < N; i++)
+        cb_record(c[i], t[i], CB_FAILURE);
+    cr_assert_eq(kill(d.pid, SIGCONT), 0);
+    cr_assert(tsup_wait_state(c[N - 1], CB_OPEN));
+    char *seen = wait_file("seen");
+    cr_assert_not_null(strstr(seen, "state:           OPEN"), "the first hook ran before t.%d was published:\n%s",
+                       N - 1, seen);
+    cr_assert(tsup_wait_until(tsup_stat(&d, "hooks_started") == N, TSUP_LIVENESS_MS));
 }

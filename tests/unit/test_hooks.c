@@ -1,6 +1,7 @@
 /*
  * test_hooks.c - transition hooks (daemon/hooks.h) driven directly on a
- * loop of the test's own, without a daemon: the environment a hook gets,
+ * loop of the test's own, without a daemon: hooks start on the loop's next
+ * turn, never inside cbd_hooks_fire; the environment a hook gets,
  * one circuit's hooks one at a time in transition order, different
  * circuits concurrently, the oldest waiting transition dropped from a full
  * queue, failures and timeouts counted, and close() ending it all.
@@ -120,6 +121,25 @@ Test(hooks, a_hook_gets_the_transition_and_nothing_else_of_the_daemon_in_its_env
     close_hooks();
 }
 
+/* A hook starts (a fork of the daemon) only after the callback that fired
+ * it has returned: a drain publishes every circuit it trips first. */
+Test(hooks, a_fired_hook_starts_on_the_loop_s_next_turn_not_inside_fire)
+{
+    char cmd[256], out[64];
+    cr_assert_eq(cbd_hooks_create(&hooks, &loop, "prod", 4, 10000, 16), 0);
+    struct cbd_hook_event a = event("payments", 1), b = event("search", 1);
+    snprintf(cmd, sizeof cmd, "echo $CB_CIRCUIT >> '%s/ran'", dir);
+    cbd_hooks_fire(hooks, cmd, &a);
+    cbd_hooks_fire(hooks, cmd, &b);
+    cr_assert_eq(stats().started, 0, "a hook started inside cbd_hooks_fire");
+    uv_run(&loop, UV_RUN_NOWAIT);
+    cr_assert_eq(stats().started, 2, "the queued hooks did not start on the next turn");
+    run_until_ended(2);
+    cr_assert_eq(stats().succeeded, 2);
+    cr_assert_eq(strlen(read_file("ran", out, sizeof out)), strlen("payments\nsearch\n"));
+    close_hooks();
+}
+
 Test(hooks, one_circuit_s_hooks_run_one_at_a_time_in_transition_order)
 {
     char cmd[256], out[256];
@@ -159,10 +179,12 @@ Test(hooks, a_full_queue_drops_its_oldest_waiting_transition)
     char cmd[256], out[256];
     cr_assert_eq(cbd_hooks_create(&hooks, &loop, "prod", 4, 10000, 2), 0);
     snprintf(cmd, sizeof cmd, "echo $CB_EPOCH >> '%s/seen'", dir);
-    /* 1 starts at once; 2 and 3 wait; 4 and 5 push out 2 and 3 */
+    /* 1 starts on the next turn; 2 and 3 wait; 4 and 5 push out 2 and 3 */
     for (uint32_t epoch = 1; epoch <= 5; epoch++) {
         struct cbd_hook_event ev = event("payments", epoch);
         cbd_hooks_fire(hooks, cmd, &ev);
+        if (epoch == 1)
+            uv_run(&loop, UV_RUN_NOWAIT);
     }
     run_until_ended(3);
     cr_assert_str_eq(read_file("seen", out, sizeof out), "1\n4\n5\n");
@@ -219,8 +241,10 @@ Test(hooks, close_kills_what_runs_drops_what_waits_and_then_says_done)
     cr_assert_eq(cbd_hooks_create(&hooks, &loop, "prod", 1, 600000, 16), 0);
     struct cbd_hook_event first = event("payments", 1), second = event("payments", 2);
     cbd_hooks_fire(hooks, "sleep 600", &first);
+    uv_run(&loop, UV_RUN_NOWAIT);
     snprintf(cmd, sizeof cmd, "touch '%s/ran'", dir);
     cbd_hooks_fire(hooks, cmd, &second);
+    uv_run(&loop, UV_RUN_NOWAIT);
     cr_assert_eq(stats().started, 1);
     close_hooks(); /* returns only once done() was called and every handle closed */
     char path[128];
