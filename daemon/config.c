@@ -260,7 +260,8 @@ static const struct option_def options[] = {
      .help = "run for every transition of every circuit (repeatable: each line is one hook)"},
     {.name = "timeout_ms", .section = SEC_HOOKS, .type = OPT_UINT, .offset = D(hook_timeout_ms), .def = "10000",
      .min = 10, .max = 3600000, .reloadable = 1,
-     .help = "a hook still running after this is killed with its whole process group"},
+     .help = "a hook still running after this is killed with its whole process group (under the shipped unit "
+             "hooks run at cbd's SCHED_RR 1: keep them short)"},
     {.name = "max_running", .section = SEC_HOOKS, .type = OPT_UINT, .offset = D(hook_max_running), .def = "16",
      .min = 1, .max = 1024, .reloadable = 1, .help = "hooks running at once, across all circuits"},
     {.name = "queue_max", .section = SEC_HOOKS, .type = OPT_UINT, .offset = D(hook_queue_max), .def = "64",
