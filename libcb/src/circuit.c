@@ -106,8 +106,7 @@ struct binding {
     uint32_t expect;
 };
 
-/* Points c at b: pointer first, then expect, both release (then every
- * thread's memos are made again, lanes.c); cb_allow loads
+/* Points c at b: pointer first, then expect, both release; cb_allow loads
  * them in the other order (see cb.h), so it never pairs a new expect with
  * an old pointer. Release also pairs with the acquire in cb__word_ptr():
  * the mapping behind the word was published before. Client lock held: two
@@ -116,7 +115,6 @@ static void bind_handle(cb_circuit *c, const struct binding *b)
 {
     __atomic_store_n(&c->head.state_word, b->word, __ATOMIC_RELEASE);
     __atomic_store_n(&c->head.expect, b->expect, __ATOMIC_RELEASE);
-    cb__memos_invalidate(); /* threads' record memos key on the handle alone */
 }
 
 /* Where c's name is in the current mapping: its slot (and *b), -ENOENT,

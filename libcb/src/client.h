@@ -257,7 +257,7 @@ int cb__lanes_init(void);
 int cb__lanes_attach(struct cb__map *m);
 void cb__lanes_detach(struct cb__map *m);
 /* Every thread's hot-path memos (lanes.c: Memos) are to be made again: a
- * new mapping was published, or a handle moved to another record. */
+ * new mapping was published. */
 void cb__memos_invalidate(void);
 
 #endif /* CB_CLIENT_H */

@@ -43,13 +43,13 @@
  * the lane. The CLOSED path is untouched: one load and a branch.
  *
  * Memos. Each thread remembers, in initial-exec TLS, what it worked out
- * for the last circuit it recorded on (its lane node, the slot, the
- * event's check bits) and for the last circuit it was refused by (the
- * state word value, the permit word value that left no probe, its
- * call-count entry). A call whose handle, word and values match goes
- * straight to the append or the counted rejection: no mapping lookup, no
- * fork-generation walk, and for a rejection no clock read. A handle moved
- * to another record (circuit.c) bumps memo_gen too. The staleness
+ * for the mapping it last recorded through (its records' range and this
+ * thread's lane node there) and for the last circuit it was refused by
+ * (the state word value, the permit word value that left no probe, its
+ * call-count entry). A record whose handle points into that range, or a
+ * refusal whose words match, goes straight to the append or the counted
+ * rejection: no mapping lookup, no fork-generation walk, and for a
+ * rejection no clock read. The staleness
  * verdict is amortised: a rejection memo is good for a budget of calls
  * (its count entry below a limit), after which the clock is read again; the budget doubles (1, 2, 4 ... 64)
  * while every clock read falls within the same coarse clock tick as the
@@ -134,15 +134,15 @@ static struct {
 
 #define REJECT_BUDGET_MAX 64u /* rejections decided without reading the clock, at most */
 
-/* cb_record's: where this thread's events for one handle go. A handle
- * rebound to another record bumps memo_gen (circuit.c), so the handle
- * alone keys it. */
+/* cb_record's: this thread's lane in its client's current mapping. A
+ * handle whose word points into that mapping's records records there,
+ * whichever circuit it is: a thread calling many circuits in turn stays
+ * on the memo. */
 struct record_memo {
-    const cb_circuit *circuit;
+    uintptr_t records;            /* the mapping's record 0 */
+    uint64_t records_bytes;       /* 0: no memo */
     unsigned gen;                 /* memo_gen when it was made */
-    struct lane_node *node;       /* this thread's node for the word's mapping, with a lane */
-    uint64_t slot;                /* the word's slot: the event's first 4 bytes */
-    uint64_t check;               /* CB_EVENT_CHECK ^ (slot & 0xffff), shifted into place */
+    struct lane_node *node;       /* this thread's node for the mapping, with a lane */
 };
 
 /* cb_allow's for a refused call: the circuit's state word had value w and
@@ -176,7 +176,7 @@ void cb__memos_invalidate(void) { memo_invalidate_all(); }
 /* This thread's memos, when what they name may have changed under it. */
 static void memos_forget(void)
 {
-    tls_record.circuit = NULL;
+    tls_record.records_bytes = 0;
     tls_reject.word = NULL;
 }
 
@@ -463,19 +463,22 @@ static bool record_memo_fill(cb_circuit *c, const uint64_t *p)
         no_lane(m, n);
         return false;
     }
-    tls_record = (struct record_memo){.circuit = c, .gen = memo, .node = n, .slot = slot,
-                                      .check = (uint64_t)(CB_EVENT_CHECK ^ (slot & 0xffff)) << 16};
+    tls_record = (struct record_memo){.records = m->records, .records_bytes = m->records_bytes, .gen = memo,
+                                      .node = n};
     return true;
 }
 
-/* Appends the event of a ticket's outcome to the lane memo r names, and
- * rings the doorbell for what may trip or close a circuit. */
-static inline __attribute__((always_inline)) void record_append(const struct record_memo *r, cb_ticket t,
+/* Appends the event of a ticket's outcome for the record at offset off of
+ * the mapping memo r names to this thread's lane there, and rings the
+ * doorbell for what may trip or close a circuit. */
+static inline __attribute__((always_inline)) void record_append(const struct record_memo *r, uint64_t off, cb_ticket t,
                                                                 unsigned outcome, unsigned kind, uint32_t latency_us)
 {
     /* The event: slot, the ticket's epoch; outcome, kind, check, latency. */
-    uint64_t ids = r->slot | (t.word & ~CB__STATE_SLOW_MASK);
-    uint64_t what = outcome | kind << 8 | r->check | (uint64_t)latency_us << 32;
+    uint64_t slot = off / CB_SEG_RECORD_SIZE;
+    uint64_t ids = slot | (t.word & ~CB__STATE_SLOW_MASK);
+    uint64_t what = outcome | kind << 8 | (uint64_t)(CB_EVENT_CHECK ^ (slot & 0xffff)) << 16 |
+                    (uint64_t)latency_us << 32;
     if (lane_append(r->node, ids, what) && (outcome == CB_FAILURE || kind == CB_TICKET_PROBE))
         doorbell_ring(r->node->map);
 }
@@ -485,8 +488,9 @@ static inline __attribute__((always_inline)) void record_append(const struct rec
 static __attribute__((noinline, cold)) void record_slow(cb_circuit *c, cb_ticket t, unsigned outcome, unsigned kind,
                                                          uint32_t latency_us)
 {
-    if (record_memo_fill(c, cb__word_ptr(c)))
-        record_append(&tls_record, t, outcome, kind, latency_us);
+    const uint64_t *p = cb__word_ptr(c);
+    if (record_memo_fill(c, p))
+        record_append(&tls_record, (uintptr_t)p - tls_record.records, t, outcome, kind, latency_us);
 }
 
 /* cb_record and cb_record_latency; inlined into both, so cb_record's
@@ -498,11 +502,13 @@ static inline __attribute__((always_inline)) void record(cb_circuit *c, cb_ticke
     if ((kind != CB_TICKET_ALLOWED && kind != CB_TICKET_PROBE) || (unsigned)outcome > CB_IGNORED)
         return;
     const struct record_memo *r = &tls_record;
-    if (__builtin_expect(r->circuit != c || r->gen != atomic_load_explicit(&memo_gen.value, memory_order_relaxed), 0)) {
+    uint64_t off = (uintptr_t)cb__word_ptr(c) - r->records; /* wraps to a huge value below records */
+    if (__builtin_expect(off >= r->records_bytes ||
+                             r->gen != atomic_load_explicit(&memo_gen.value, memory_order_relaxed), 0)) {
         record_slow(c, t, (unsigned)outcome, kind, latency_us);
         return;
     }
-    record_append(r, t, (unsigned)outcome, kind, latency_us);
+    record_append(r, off, t, (unsigned)outcome, kind, latency_us);
 }
 
 void cb_record(cb_circuit *c, cb_ticket t, cb_outcome outcome)
