@@ -4,11 +4,11 @@
     /usr/bin/python3 bench/report.py DIR
 
 Reads what the run left in DIR (libcb.json, trip_default.json,
-throughput.json, remote.json, callgrind.txt, fleet.json: whichever exist),
+throughput.json, remote.json, callgrind.txt, fleet.json, scale.json: whichever exist),
 writes DIR/results.json (all of
 it, plus the machine, the date, the goals and the ratios), DIR/results.md (the
 table the README shows) and, with gnuplot, DIR/latency.png, DIR/trip.png and
-DIR/scaling.png. Every figure is read as a ratio to a floor or a baseline
+DIR/scaling.png and DIR/circuits.png (cost vs circuits, from scale.json). Every figure is read as a ratio to a floor or a baseline
 measured in the same run: absolute times on a shared machine are noisy,
 ratios much less so.
 """
@@ -24,6 +24,7 @@ def load(name):
 
 lib, tput, remote, fleet = load("libcb.json"), load("throughput.json"), load("remote.json"), load("fleet.json")
 trip_default = load("trip_default.json")
+scale = load("scale.json")
 R = dict(lib["results"]) if lib else {}
 R.update(tput["results"] if tput else {})
 R.update(remote["results"] if remote else {})
@@ -228,6 +229,17 @@ if "drain_cpu" in R:
                  % (R["drain_window_cpu"]["median"], R["drain_window_cpu"]["median"] / R["drain_cpu"]["median"],
                     R["drain_window_wall"]["median"]))
 
+if scale and scale.get("spread"):
+    L.append("\n### Cost vs circuits: one thread calling K circuits in a scattered order (scale_bench, ns per call)\n")
+    L.append("The floor is the two dependent loads cb_allow makes (handle -> state word pointer -> word), timed the "
+             "same way at each K: what a bigger working set costs in cache misses is the floor's too.\n")
+    L.append("| K circuits | floor | cb_allow CLOSED | vs floor | cb_record | vs floor |")
+    L.append("|---|---|---|---|---|---|")
+    for x in scale["spread"]:
+        L.append("| %d | %.2f | %.2f | %.2fx | %.2f | %.2fx |" % (
+            x["circuits"], x["floor_ns"], x["allow_ns"], x["allow_ns"] / x["floor_ns"], x["record_ns"],
+            x["record_ns"] / x["floor_ns"]))
+
 L.append("\n### Fleet propagation\n")
 if fleet and fleet.get("runs"):
     runs = fleet["runs"]
@@ -315,6 +327,13 @@ try:
         plot("scaling.png", ["set logscale xy", "set xtics (1,2,4,8)", "set xlabel 'worker processes'",
                              "set ylabel 'checks per second, total (log)'",
                              "set title 'Scaling on %d CPUs'" % meta["cpus"]], sc)
+    if scale and scale.get("spread"):
+        sp = scale["spread"]
+        plot("circuits.png", ["set logscale xy", "set xlabel 'circuits one thread calls in turn (log)'",
+                              "set ylabel 'ns per call (log)'", "set title 'Cost vs circuits, same run'"],
+             [("floor: 2 dependent loads", [(x["circuits"], x["floor_ns"]) for x in sp]),
+              ("cb_allow, CLOSED", [(x["circuits"], x["allow_ns"]) for x in sp]),
+              ("cb_record(SUCCESS)", [(x["circuits"], x["record_ns"]) for x in sp])])
 except (OSError, subprocess.CalledProcessError) as e:
     print("report.py: plots skipped: %s" % e, file=sys.stderr)
 print("report.py: wrote %s/results.md and results.json" % d, file=sys.stderr)

@@ -22,7 +22,14 @@
  *  5. cbctl list (every circuit) and show (one) wall times;
  *  6. history under a storm: a reader follows the history ring
  *     (cb_next_transition) while threads trip S circuits at once
- *     (failure_threshold 1): transitions made, read, and lost to overruns.
+ *     (failure_threshold 1): transitions made, read, and lost to overruns;
+ *  7. cost vs circuits (measured between 2 and 3, before any thread runs):
+ *     one thread calls cb_allow, then cb_record, on K circuits visited in a
+ *     scattered order, for K = 1, 10, 100 ... up to N: ns per call (median
+ *     of 7 rounds; records in batches of 1,024 with a pause for the drain),
+ *     against the floor at each K - the two dependent loads cb_allow makes
+ *     (handle -> state word pointer -> word) without its compare - so the
+ *     cache misses a bigger working set costs are the floor's too.
  *
  * Output: Markdown on stdout; with --json FILE the figures as one object.
  * Figures are reported, never judged: the exit status says whether
@@ -223,10 +230,112 @@ static void *trip_range(void *arg)
     return NULL;
 }
 
+/* ---- cost vs circuits -------------------------------------------------------------- */
+
+#define SPREAD_MAX 8         /* K = 1, 10, ... 10^7 at most */
+#define SPREAD_ROUNDS 7
+#define SPREAD_CALLS (1 << 20) /* per round, cb_allow and the floor */
+#define SPREAD_BATCH 1024      /* records between two drains (a lane holds 4,096) */
+
+struct spread {
+    int points;
+    int k[SPREAD_MAX];
+    double floor_ns[SPREAD_MAX], allow_ns[SPREAD_MAX], record_ns[SPREAD_MAX];
+};
+
+
+static volatile uint64_t sink;
+
+/* The handles of c[0..k) in a scattered order (a multiplicative step mod k
+ * visits far-apart circuits in turn), SPREAD_CALLS long. */
+static void scatter(cb_circuit **c, int k, cb_circuit **order)
+{
+    uint64_t step = 2654435761u % (uint64_t)k;
+    if (step == 0)
+        step = 1;
+    for (uint64_t i = 0, at = 0; i < SPREAD_CALLS; i++, at = (at + step) % (uint64_t)k)
+        order[i] = c[at];
+}
+
+static double median_of(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return v[n / 2];
+}
+
+/* The floor: cb_allow's two dependent loads, through the handle. */
+static double spread_floor_ns(cb_circuit *const *order)
+{
+    uint64_t acc = 0;
+    int64_t t0 = mono_ns();
+    for (int i = 0; i < SPREAD_CALLS; i++) {
+        const struct cb__circuit_head *h = (const struct cb__circuit_head *)order[i];
+        acc += __atomic_load_n(__atomic_load_n(&h->state_word, __ATOMIC_ACQUIRE), __ATOMIC_ACQUIRE);
+    }
+    sink += acc;
+    return (double)(mono_ns() - t0) / SPREAD_CALLS;
+}
+
+static double spread_allow_ns(cb_circuit *const *order)
+{
+    uint64_t acc = 0;
+    int64_t t0 = mono_ns();
+    for (int i = 0; i < SPREAD_CALLS; i++)
+        acc += cb_allow(order[i]).word;
+    sink += acc;
+    return (double)(mono_ns() - t0) / SPREAD_CALLS;
+}
+
+/* Records in batches the daemon drains in between (its tick is 10 ms):
+ * only the batches are timed. */
+static double spread_record_ns(cb_circuit *const *order)
+{
+    cb_ticket t[SPREAD_BATCH];
+    int64_t spent = 0;
+    int calls = 0;
+    for (int b = 0; b + SPREAD_BATCH <= SPREAD_CALLS / 16; b += SPREAD_BATCH) {
+        for (int i = 0; i < SPREAD_BATCH; i++)
+            t[i] = cb_allow(order[b + i]);
+        int64_t t0 = mono_ns();
+        for (int i = 0; i < SPREAD_BATCH; i++)
+            cb_record(order[b + i], t[i], CB_SUCCESS);
+        spent += mono_ns() - t0;
+        calls += SPREAD_BATCH;
+        sleep_us(12 * 1000);
+    }
+    return (double)spent / calls;
+}
+
+static int measure_spread(cb_circuit **c, int n, struct spread *sp)
+{
+    cb_circuit **order = malloc(SPREAD_CALLS * sizeof *order);
+    if (order == NULL)
+        return fail("%s", "out of memory");
+    sp->points = 0;
+    for (int k = 1; k <= n && sp->points < SPREAD_MAX; k *= 10) {
+        double fl[SPREAD_ROUNDS], al[SPREAD_ROUNDS], rec[SPREAD_ROUNDS];
+        scatter(c, k, order);
+        for (int r = 0; r < SPREAD_ROUNDS; r++) {
+            spread_floor_ns(order); /* the CPU back at speed after the records' pauses */
+            fl[r] = spread_floor_ns(order);
+            al[r] = spread_allow_ns(order);
+            rec[r] = spread_record_ns(order);
+        }
+        sp->k[sp->points] = k;
+        sp->floor_ns[sp->points] = median_of(fl, SPREAD_ROUNDS);
+        sp->allow_ns[sp->points] = median_of(al, SPREAD_ROUNDS);
+        sp->record_ns[sp->points] = median_of(rec, SPREAD_ROUNDS);
+        sp->points++;
+    }
+    free(order);
+    return 0;
+}
+
 /* ---- the run ----------------------------------------------------------------------- */
 
 struct figures {
     long long state_bytes, lanes_bytes, anon_before, anon_after;
+    struct spread spread;
     double reg_s, idle_empty, idle_circuits, idle_threads, drain_per_s, record_per_s, list_s, show_s;
     long long drops, storm_transitions;
     uint64_t storm_read, storm_overruns;
@@ -267,6 +376,8 @@ static int run(const struct opts *o, struct figures *f)
     sleep_us(500 * 1000);
     f->anon_after = status_kb(pid, "RssAnon:");
     f->idle_circuits = idle_cpu_pct(pid, o->window_s);
+    if ((rc = measure_spread(c + o->storm, o->circuits - o->storm, &f->spread)) != 0)
+        return rc; /* the storm's circuits stay CLOSED and untouched */
 
     /* threads: a lane each, then idle */
     int storm = o->storm < o->circuits ? o->storm : o->circuits;
@@ -357,6 +468,14 @@ static void print_markdown(const struct opts *o, const struct figures *f)
     printf("| history storm: %d trips at once | %lld transitions, %llu read by a follower, %llu overruns |\n",
            o->storm, f->storm_transitions, (unsigned long long)f->storm_read,
            (unsigned long long)f->storm_overruns);
+    printf("\n#### Cost vs circuits: one thread calling K circuits in a scattered order (ns per call, median of %d)\n\n",
+           SPREAD_ROUNDS);
+    printf("| K circuits | floor (2 dependent loads) | cb_allow CLOSED | vs floor | cb_record | vs floor |\n");
+    printf("|---:|---:|---:|---:|---:|---:|\n");
+    for (int i = 0; i < f->spread.points; i++)
+        printf("| %d | %.2f | %.2f | %.2fx | %.2f | %.2fx |\n", f->spread.k[i], f->spread.floor_ns[i],
+               f->spread.allow_ns[i], f->spread.allow_ns[i] / f->spread.floor_ns[i], f->spread.record_ns[i],
+               f->spread.record_ns[i] / f->spread.floor_ns[i]);
     printf("\n");
 }
 
@@ -365,17 +484,24 @@ static int write_json(const struct opts *o, const struct figures *f)
     FILE *j = fopen(o->json, "w");
     if (j == NULL)
         return fail("cannot write %s", o->json);
+    char spread[SPREAD_MAX * 128] = "";
+    for (int i = 0, at = 0; i < f->spread.points; i++)
+        at += snprintf(spread + at, sizeof spread - (size_t)at,
+                       "%s{\"circuits\": %d, \"floor_ns\": %.3f, \"allow_ns\": %.3f, \"record_ns\": %.3f}",
+                       i ? ", " : "", f->spread.k[i], f->spread.floor_ns[i], f->spread.allow_ns[i],
+                       f->spread.record_ns[i]);
     fprintf(j,
             "{\"circuits\": %d, \"threads\": %d, \"capacity\": %d, \"lanes\": %d,\n"
             " \"state_bytes\": %lld, \"lanes_bytes\": %lld, \"daemon_anon_bytes_per_circuit\": %.1f,\n"
             " \"registrations_per_s\": %.0f, \"idle_cpu_pct\": {\"empty\": %.3f, \"circuits\": %.3f, "
             "\"circuits_and_threads\": %.3f},\n"
+            " \"spread\": [%s],\n"
             " \"hammers\": %d, \"drained_per_s\": %.0f, \"recorded_per_s\": %.0f, \"lane_drops\": %lld,\n"
             " \"cbctl_list_s\": %.4f, \"cbctl_show_s\": %.4f,\n"
             " \"storm\": {\"trips\": %d, \"transitions\": %lld, \"read\": %llu, \"overruns\": %llu}}\n",
             o->circuits, o->threads, o->capacity, o->lanes, f->state_bytes, f->lanes_bytes,
             (double)(f->anon_after - f->anon_before) / o->circuits, o->circuits / f->reg_s, f->idle_empty,
-            f->idle_circuits, f->idle_threads, o->hammers, f->drain_per_s, f->record_per_s, f->drops, f->list_s, f->show_s,
+            f->idle_circuits, f->idle_threads, spread, o->hammers, f->drain_per_s, f->record_per_s, f->drops, f->list_s, f->show_s,
             o->storm, f->storm_transitions, (unsigned long long)f->storm_read,
             (unsigned long long)f->storm_overruns);
     return fclose(j) == 0 ? 0 : fail("cannot write %s", o->json);
