@@ -4,6 +4,7 @@
  *
  *     cb_bench [--quick] [--json FILE] [--instance NAME]     the main run
  *     cb_bench --trip-only [--quick] [--json FILE]           trip latency only
+ *     cb_bench --micro-only [--quick] [--json FILE]          the per-call figures only
  *     cb_bench --throughput [--quick] [--json FILE]          daemon drain rate
  *     cb_bench --instr                                       for callgrind
  *
@@ -86,7 +87,7 @@ enum mode { MODE_MAIN, MODE_THROUGHPUT, MODE_INSTR };
 
 struct opts {
     enum mode mode;
-    int quick, trip_only;
+    int quick, trip_only, micro_only;
     const char *json, *instance;
     int spin_workers, paced_workers, trip_runs;
     int batches;          /* timed batches per micro measurement */
@@ -1122,10 +1123,11 @@ static int write_json(const struct bench *b, const char *path)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: cb_bench [--quick] [--throughput | --instr] [--json FILE] [--instance NAME]\n"
-               "                [--spin-workers M] [--paced-workers M] [--trip-runs N] [--trip-only]\n"
+               "                [--spin-workers M] [--paced-workers M] [--trip-runs N] [--trip-only | --micro-only]\n"
                "  needs a running cbd for the instance (default: $CB_INSTANCE, else \"default\");\n"
                "  bench/run.sh starts throwaway ones and runs everything.\n"
-               "  --trip-only: only the trip latency (and the pipe wakeup for scale).\n");
+               "  --trip-only: only the trip latency (and the pipe wakeup for scale).\n"
+               "  --micro-only: only the per-call figures (an A/B of a hot-path change).\n");
 }
 
 static int parse_int(const char *opt, const char *s, int lo, int hi)
@@ -1165,11 +1167,12 @@ static void parse_args(struct opts *o, int argc, char **argv)
         {"instr", no_argument, NULL, 'I'},          {"json", required_argument, NULL, 'j'},
         {"instance", required_argument, NULL, 'i'}, {"spin-workers", required_argument, NULL, 's'},
         {"paced-workers", required_argument, NULL, 'p'}, {"trip-runs", required_argument, NULL, 'r'},
-        {"trip-only", no_argument, NULL, 't'},      {"help", no_argument, NULL, 'h'},
+        {"trip-only", no_argument, NULL, 't'},      {"micro-only", no_argument, NULL, 'm'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     int c;
-    while ((c = getopt_long(argc, argv, "qTIj:i:s:p:r:th", longs, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "qTIj:i:s:p:r:tmh", longs, NULL)) != -1) {
         switch (c) {
         case 'q': o->quick = 1; break;
         case 'T': o->mode = MODE_THROUGHPUT; break;
@@ -1180,6 +1183,7 @@ static void parse_args(struct opts *o, int argc, char **argv)
         case 'p': o->paced_workers = parse_int("--paced-workers", optarg, 1, MAX_WORKERS); break;
         case 'r': o->trip_runs = parse_int("--trip-runs", optarg, 1, 100000); break;
         case 't': o->trip_only = 1; break;
+        case 'm': o->micro_only = 1; break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
         }
@@ -1200,6 +1204,17 @@ static int run_trip(struct bench *b)
     rc |= measure_trip(b, R_TRIP_SPIN, R_TRIP_SPIN_DRAIN, R_TRIP_SPIN_FIRST, b->o.spin_workers, 0);
     rc |= measure_trip(b, R_TRIP_PACED, R_TRIP_PACED_DRAIN, R_TRIP_PACED_FIRST, b->o.paced_workers, PACE_US);
     for (int i = R_WAKE; i <= R_TRIP_PACED; i++)
+        if (!b->r[i].ran)
+            rc = -1;
+    return rc;
+}
+
+/* The per-call figures: interleaved and drained batches. */
+static int run_micro(struct bench *b)
+{
+    int rc = measure_batches(b);
+    rc |= measure_drained(b);
+    for (int i = 0; i <= R_MUTEX_RECORD; i++)
         if (!b->r[i].ran)
             rc = -1;
     return rc;
@@ -1274,6 +1289,7 @@ int main(int argc, char **argv)
     int rc = b.o.mode == MODE_INSTR        ? run_instr(&b)
              : b.o.mode == MODE_THROUGHPUT ? measure_throughput(&b)
              : b.o.trip_only               ? run_trip(&b)
+             : b.o.micro_only              ? run_micro(&b)
                                            : run_main(&b);
     if (b.o.mode != MODE_INSTR)
         print_table(&b);
