@@ -25,7 +25,7 @@
  *     (failure_threshold 1): transitions made, read, and lost to overruns;
  *  7. cost vs circuits (measured between 2 and 3, before any thread runs):
  *     one thread calls cb_allow, then cb_record, on K circuits visited in a
- *     scattered order, for K = 1, 10, 100 ... up to N: ns per call (median
+ *     scattered order, for K = 1, 10, 100 ... and all of them: ns per call (median
  *     of 7 rounds; records in batches of 1,024 with a pause for the drain),
  *     against the floor at each K - the two dependent loads cb_allow makes
  *     (handle -> state word pointer -> word) without its compare - so the
@@ -232,7 +232,7 @@ static void *trip_range(void *arg)
 
 /* ---- cost vs circuits -------------------------------------------------------------- */
 
-#define SPREAD_MAX 8         /* K = 1, 10, ... 10^7 at most */
+#define SPREAD_MAX 9         /* K = 1, 10, ... 10^7 and N at most */
 #define SPREAD_ROUNDS 7
 #define SPREAD_CALLS (1 << 20) /* per round, cb_allow and the floor */
 #define SPREAD_BATCH 1024      /* records between two drains (a lane holds 4,096) */
@@ -312,7 +312,7 @@ static int measure_spread(cb_circuit **c, int n, struct spread *sp)
     if (order == NULL)
         return fail("%s", "out of memory");
     sp->points = 0;
-    for (int k = 1; k <= n && sp->points < SPREAD_MAX; k *= 10) {
+    for (int k = 1; k <= n && sp->points < SPREAD_MAX; k = k < n && k * 10 > n ? n : k * 10) {
         double fl[SPREAD_ROUNDS], al[SPREAD_ROUNDS], rec[SPREAD_ROUNDS];
         scatter(c, k, order);
         for (int r = 0; r < SPREAD_ROUNDS; r++) {
