@@ -14,6 +14,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <ftw.h>
+#include <inttypes.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -769,4 +770,74 @@ Test(store_local, untracked_circuits_leave_the_file_and_the_others_stay_findable
     cr_assert_eq(open_and_restore(), 0);
     cr_assert_eq(T.remote_n, 200, "every remaining circuit is restored once");
     close_store();
+}
+
+/* ---- printing the file never takes the loop ----------------------------------------------- */
+
+struct storm {
+    uv_timer_t timer;
+    int n, next, ticks;
+    uint64_t started_ns, ended_ns;
+};
+
+static void stat_of(void *arg, const char *name, uint64_t value)
+{
+    uint64_t *out = arg;
+    if (strcmp(name, "print_us_total") == 0)
+        out[0] = value;
+    else if (strcmp(name, "writes") == 0)
+        out[1] = value;
+}
+
+/* A transition every millisecond, for a second: each makes the store dirty. */
+static void storm_tick(uv_timer_t *t)
+{
+    struct storm *st = t->data;
+    char name[32];
+    snprintf(name, sizeof name, "c%06d", st->next++ % st->n);
+    struct cbd_store_state s = state_of(name, st->ticks % 2 ? CB_CLOSED : CB_OPEN, 1, st->ticks % 2 ? 0 : 1700000000);
+    ops->transition(T.s, &s, 0);
+    if (++st->ticks == 1000) {
+        st->ended_ns = uv_hrtime();
+        uv_timer_stop(t);
+        uv_close((uv_handle_t *)t, NULL);
+    }
+}
+
+/* With tens of thousands of circuits a print of the file takes
+ * milliseconds on the loop; back to back under a storm of changes (a
+ * registration storm, say), it would leave the loop little time to answer
+ * workers. The store spaces its writes so printing takes at most a tenth
+ * of the loop's time, and still writes the newest state. */
+Test(store_local, under_a_storm_of_changes_printing_the_file_takes_a_tenth_of_the_loop_at_most)
+{
+    cr_assert_eq(open_and_restore(), 0);
+    cb_config cfg = test_config();
+    struct storm st = {.n = 50000};
+    char name[32];
+    for (int i = 0; i < st.n; i++) {
+        snprintf(name, sizeof name, "c%06d", i);
+        ops->track(T.s, name, &cfg);
+    }
+    uv_run(&T.loop, UV_RUN_NOWAIT); /* the first write starts */
+    uint64_t before[2] = {0, 0}, after[2] = {0, 0};
+    ops->stats(T.s, stat_of, before);
+    uv_timer_init(&T.loop, &st.timer);
+    st.timer.data = &st;
+    st.started_ns = uv_hrtime();
+    uv_timer_start(&st.timer, storm_tick, 1, 1);
+    while (st.ended_ns == 0)
+        uv_run(&T.loop, UV_RUN_ONCE);
+    ops->stats(T.s, stat_of, after);
+    double printing = (double)(after[0] - before[0]) * 1000.0, storm_ns = (double)(st.ended_ns - st.started_ns);
+    cr_assert_gt(after[1], before[1], "nothing was written during the storm");
+    cr_assert_leq(printing / storm_ns, 0.2, "printing took %.0f%% of the loop over the storm (%" PRIu64 " writes)",
+                  100.0 * printing / storm_ns, after[1] - before[1]);
+    close_store();
+    json_t *root = load_state();
+    snprintf(name, sizeof name, "c%06d", (st.next - 1) % st.n);
+    json_t *last = circuit_in(root, name);
+    cr_assert_str_eq(json_string_value(json_object_get(last, "state")), st.ticks % 2 ? "OPEN" : "CLOSED",
+                     "the file holds the newest state");
+    json_decref(root);
 }
