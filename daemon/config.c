@@ -215,7 +215,8 @@ static const struct option_def options[] = {
      .help = "what workers do with non-CLOSED circuits while the daemon is stale"},
     {.name = "drain_interval_ms", .section = SEC_DAEMON, .type = OPT_UINT, .offset = D(drain_interval_ms),
      .def = "10", .min = 1, .max = 1000, .reloadable = 1,
-     .help = "lanes are drained at least this often (failures also wake the daemon at once)"},
+     .help = "lanes with traffic are drained at least this often; a lane quiet for 8 intervals ten times less "
+             "often, and an idle daemon ticks at ten intervals (failures and probe results wake it at once)"},
     {.name = "reclaim_interval_ms", .section = SEC_DAEMON, .type = OPT_UINT, .offset = D(reclaim_interval_ms),
      .def = "1000", .min = 10, .max = 60000, .reloadable = 1,
      .help = "how often lanes of exited threads and dead processes are reclaimed"},

@@ -13,10 +13,18 @@
  * a page apart from the next (its events), so a pass over all of them is a
  * cache and TLB miss per lane. The cost of the skip: a success recorded in
  * a quiet lane waits up to QUIET_EVERY ticks when nothing rings (a failure
- * or probe anywhere drains every lane at once, as before). A hostile
- * worker that sets group bits costs the tick their lanes' scan, nothing
- * more; reclaim's pass (every reclaim_interval_ms) looks at every lane
- * anyway and puts the bits right.
+ * or probe anywhere drains every lane at once, as before). When every
+ * claimed lane is quiet (or none is claimed) the tick itself slows to
+ * QUIET_EVERY drain intervals - the pace a quiet lane was visited at
+ * already - and goes back to drain_interval_ms as soon as a drain finds an
+ * event: an idle daemon wakes ten times a second, not a hundred. Reclaim's
+ * pass (every reclaim_interval_ms) looks at the lanes of claimed groups,
+ * and every RECLAIM_FULL_EVERY-th pass at every lane, which puts the bits
+ * right (a claimer that died between its claim and its bit). The daemon
+ * keeps its own copy of the groups it has seen claimed (known_groups) and
+ * forgets one only when its own look finds the group empty, so a hostile
+ * worker that clears shared bits hides no lane the daemon knows of; one
+ * that sets bits costs the tick their lanes' scan, nothing more.
  *
  * Nothing in the lanes region is trusted: workers map it writable, so a
  * buggy one can write anything anywhere in it. Hence:
@@ -220,33 +228,60 @@ static bool drain_lane(struct cbd_drain *dr, uint32_t lane_no, uint64_t owner, c
     return true;
 }
 
+#define QUIET_TICKS 8u
+#define QUIET_EVERY 10u
+/* Reclaim passes: one in this many looks at every lane (a worker of layout
+ * minor 0 sets no group bit). */
+#define RECLAIM_FULL_EVERY 10u
+
+static void tick(uv_timer_t *t);
+
+/* The drain tick at drain_interval_ms, or slow: QUIET_EVERY times that. */
+static void set_tick(struct cbd_drain *dr, bool slow)
+{
+    uint64_t ms = (uint64_t)dr->cfg->drain_interval_ms * (slow ? QUIET_EVERY : 1);
+    dr->slow = slow;
+    /* uv_timer_start on a running timer re-arms it with the new period. */
+    uv_timer_start(&dr->tick, tick, ms, ms);
+}
+
 void cbd_drain_all(struct cbd_drain *dr)
 {
     struct cb_lanes_header *l = dr->seg->lanes;
     struct cbd_now now;
+    bool events = false;
     cbd_now(&now);
     for (uint32_t i = 0; i < l->lane_count; i++) {
         uint64_t owner = atomic_load_explicit(&CB_LANES_LANE(l, i)->owner, memory_order_relaxed);
-        if (owner != 0) /* a free lane has been drained when it was freed */
-            drain_lane(dr, i, owner, &now);
+        if (owner == 0)
+            continue; /* a free lane was drained when it was freed */
+        uint32_t word;
+        uint64_t bit;
+        cb_lane_group_of(i, &word, &bit);
+        dr->known_groups[word] |= bit; /* an owned lane: its group is claimed, whatever its bit says */
+        if (drain_lane(dr, i, owner, &now)) {
+            dr->quiet[i] = 0;
+            events = true;
+        }
     }
+    if (events && dr->slow && dr->started)
+        set_tick(dr, false); /* traffic again: successes drained at drain_interval_ms */
     cbd_circuits_check_demand(dr->circuits, dr->env); /* a call that wants a probe rang the same doorbell */
 }
 
 /* The drain tick: the lanes of claimed groups; one quiet for QUIET_TICKS
- * ticks in a row only every QUIET_EVERY-th tick. */
-#define QUIET_TICKS 8u
-#define QUIET_EVERY 10u
-static void drain_claimed(struct cbd_drain *dr)
+ * ticks in a row only every QUIET_EVERY-th tick (every tick when the tick
+ * is slow). True when every claimed lane is quiet now. */
+static bool drain_claimed(struct cbd_drain *dr)
 {
     struct cb_lanes_header *l = dr->seg->lanes;
     struct cbd_now now;
-    bool every = ++dr->ticks % QUIET_EVERY == 0;
+    bool every = ++dr->ticks % QUIET_EVERY == 0 || dr->slow, all_quiet = true;
     cbd_now(&now);
     for (uint32_t w = 0; w < CB_LANE_GROUP_WORDS; w++) {
         /* Relaxed: a bit set after this load is seen next tick. */
-        for (uint64_t bits = atomic_load_explicit(&l->claimed_groups[w], memory_order_relaxed); bits != 0;
-             bits &= bits - 1) {
+        dr->known_groups[w] |= atomic_load_explicit(&l->claimed_groups[w], memory_order_relaxed);
+        for (uint64_t bits = dr->known_groups[w]; bits != 0; bits &= bits - 1) {
             uint64_t first = ((uint64_t)w * 64 + (unsigned)__builtin_ctzll(bits)) * CB_LANE_GROUP;
             for (uint64_t n = first; n < first + CB_LANE_GROUP && n < l->lane_count; n++) {
                 if (dr->quiet[n] >= QUIET_TICKS && !every)
@@ -256,10 +291,13 @@ static void drain_claimed(struct cbd_drain *dr)
                     dr->quiet[n] = 0;
                 else if (dr->quiet[n] < UINT8_MAX)
                     dr->quiet[n]++;
+                if (owner != 0 && dr->quiet[n] < QUIET_TICKS)
+                    all_quiet = false;
             }
         }
     }
     cbd_circuits_check_demand(dr->circuits, dr->env);
+    return all_quiet;
 }
 
 /* Whether any lane of group g is owned. */
@@ -278,7 +316,7 @@ static bool group_owned(const struct cb_lanes_header *l, uint32_t g)
  * worker of minor 0 does not set it), and a group with none loses it.
  * Clearing first, looking again after: a claim that raced the clear is
  * seen and its bit set back. */
-static void sync_groups(struct cbd_drain *dr)
+static void sync_groups(struct cbd_drain *dr, bool full)
 {
     struct cb_lanes_header *l = dr->seg->lanes;
     for (uint32_t g = 0; (uint64_t)g * CB_LANE_GROUP < l->lane_count; g++) {
@@ -286,10 +324,16 @@ static void sync_groups(struct cbd_drain *dr)
         uint64_t bit;
         cb_lane_group_of(g * CB_LANE_GROUP, &word, &bit);
         bool set = atomic_load_explicit(&l->claimed_groups[word], memory_order_relaxed) & bit;
+        if (!set && !(dr->known_groups[word] & bit) && !full)
+            continue; /* a claimer sets its group's bit; the full pass finds a bit it never set */
         if (group_owned(l, g)) {
+            dr->known_groups[word] |= bit;
             if (!set)
                 atomic_fetch_or_explicit(&l->claimed_groups[word], bit, memory_order_relaxed);
-        } else if (set) {
+            continue;
+        }
+        dr->known_groups[word] &= ~bit;
+        if (set) {
             /* Acquire pairs with a claimer's release fetch_or: if its bit
              * was set before this clear, its owner word is seen below. */
             atomic_fetch_and_explicit(&l->claimed_groups[word], ~bit, memory_order_acq_rel);
@@ -317,8 +361,18 @@ static void reclaim(uv_timer_t *t)
     struct cbd_drain *dr = t->data;
     struct cb_lanes_header *l = dr->seg->lanes;
     struct cbd_now now;
+    bool full = dr->reclaim_passes++ % RECLAIM_FULL_EVERY == 0;
     cbd_now(&now);
     for (uint32_t i = 0; i < l->lane_count; i++) {
+        uint32_t word;
+        uint64_t bit;
+        cb_lane_group_of(i, &word, &bit);
+        /* Relaxed: a group claimed after this load is looked at next pass. */
+        if (!full && !((atomic_load_explicit(&l->claimed_groups[word], memory_order_relaxed) | dr->known_groups[word]) &
+                       bit)) {
+            i |= CB_LANE_GROUP - 1; /* the rest of this unclaimed group */
+            continue;
+        }
         struct cb_lane *lane = CB_LANES_LANE(l, i);
         /* Acquire pairs with the worker's release store of CB_LANE_RELEASED:
          * every event it appended before letting go is drained below. */
@@ -342,7 +396,7 @@ static void reclaim(uv_timer_t *t)
             cbd_log(CBD_LOG_DEBUG, "reclaimed lane %u of pid %u (%s)", i, (uint32_t)(owner >> 32), why);
         }
     }
-    sync_groups(dr);
+    sync_groups(dr, full);
 }
 
 /* After adoption: drains first every lane that a record's checkpoint names
@@ -384,8 +438,10 @@ static void skip_earlier_calls(struct cbd_drain *dr)
 static void tick(uv_timer_t *t)
 {
     struct cbd_drain *dr = t->data;
-    drain_claimed(dr);
+    bool quiet = drain_claimed(dr);
     cbd_segment_lanes_check(dr->seg);
+    if (quiet != dr->slow)
+        set_tick(dr, quiet);
 }
 
 void cbd_drain_init(struct cbd_drain *dr, uv_loop_t *loop, struct cbd_segment *seg, struct cbd_circuits *circuits,
@@ -416,7 +472,7 @@ int cbd_drain_start(struct cbd_drain *dr)
     dr->tick.data = dr->reclaim.data = dr;
     dr->started = 1;
     skip_earlier_calls(dr);
-    sync_groups(dr); /* lanes claimed under a previous daemon */
+    sync_groups(dr, true); /* lanes claimed under a previous daemon */
     recover_unfinished_lanes(dr);
     cbd_drain_set_intervals(dr);
     return 0;
@@ -426,8 +482,7 @@ void cbd_drain_set_intervals(struct cbd_drain *dr)
 {
     if (!dr->started)
         return;
-    /* uv_timer_start on a running timer re-arms it with the new period. */
-    uv_timer_start(&dr->tick, tick, dr->cfg->drain_interval_ms, dr->cfg->drain_interval_ms);
+    set_tick(dr, false);
     uv_timer_start(&dr->reclaim, reclaim, dr->cfg->reclaim_interval_ms, dr->cfg->reclaim_interval_ms);
 }
 

@@ -34,6 +34,9 @@ struct cbd_drain {
     int started;
     uint8_t *quiet;           /* per lane: drain ticks in a row it had nothing (saturates) */
     uint64_t ticks;
+    int slow;                 /* every claimed lane quiet: the tick runs QUIET_EVERY times slower */
+    uint32_t reclaim_passes;  /* one in RECLAIM_FULL_EVERY looks at every lane */
+    uint64_t known_groups[CB_LANE_GROUP_WORDS]; /* groups seen claimed, until a look finds them empty */
     uint32_t *dirty;          /* slots with counters to publish after this batch */
     uint32_t ndirty, dirty_cap;
 };

@@ -86,6 +86,7 @@ Test(lane_groups, a_lane_whose_group_is_not_marked_is_still_drained)
         atomic_store(&l->claimed_groups[w], 0);
     cr_assert_eq(tsup_record_n(c, CB_SUCCESS, 5), 5);
     cr_assert(tsup_wait_drained(c, 6), "successes in a lane of an unmarked group were never drained");
-    cr_assert_eq(groups_set(l), 1, "the reclaim pass marks the group of an owned lane again");
+    cr_assert(tsup_wait_until(groups_set(l) == 1, TSUP_LIVENESS_MS),
+              "the reclaim pass marks the group of an owned lane again");
     munmap(l, size);
 }

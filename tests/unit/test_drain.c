@@ -13,6 +13,8 @@
  */
 #include "unit_cbd.h"
 
+#include <inttypes.h>
+
 #include <sys/wait.h>
 
 static cb_config threshold(uint32_t failures)
@@ -233,5 +235,86 @@ Test(drain, a_lane_with_a_nonsense_owner_word_is_drained_and_freed)
     cr_assert(ucbd_run_until(u, u->drain.lanes_reclaimed == 1, 1000));
     cr_assert_eq(atomic_load(&lane->owner), 0);
     cr_assert_eq(ucbd_counted(u, a), 4);
+    ucbd_close(u);
+}
+
+/* ---- an idle daemon sleeps ------------------------------------------------------------ */
+
+/* Runs u's loop for about ms milliseconds of wall time. */
+static void run_for_ms(struct ucbd *u, int ms)
+{
+    uint64_t end = uv_hrtime() + (uint64_t)ms * 1000000;
+    while (uv_hrtime() < end)
+        uv_run(&u->loop, UV_RUN_ONCE);
+}
+
+/* With nothing to drain the tick slows to ten drain intervals (the pace a
+ * quiet lane is visited at anyway); a loaded machine can only make it
+ * tick less, so the bound below cannot be missed by a slow run. */
+Test(drain, an_idle_daemon_ticks_ten_times_slower_than_the_drain_interval)
+{
+    struct ucbd *u = ucbd_open(NULL, &(struct ucbd_opts){.drain_interval_ms = 10});
+    cb_config cfg = threshold(1000);
+    ucbd_add(u, "a", &cfg);
+    run_for_ms(u, 100); /* to the slow pace */
+    uint64_t ticks = u->drain.ticks;
+    run_for_ms(u, 1000);
+    cr_assert(u->drain.slow, "the tick of a daemon with nothing claimed is not slow");
+    cr_assert_leq(u->drain.ticks - ticks, 20, "%" PRIu64 " ticks in a second at a 10 ms drain interval",
+                  u->drain.ticks - ticks);
+    ucbd_close(u);
+}
+
+/* A success recorded while the tick is slow is drained within the slow
+ * tick, and the tick is back at drain_interval_ms for the traffic after it. */
+Test(drain, the_first_event_after_a_quiet_spell_brings_the_tick_back_to_pace)
+{
+    struct ucbd *u = ucbd_open(NULL, &(struct ucbd_opts){.drain_interval_ms = 10});
+    cb_config cfg = threshold(1000);
+    uint32_t a = ucbd_add(u, "a", &cfg);
+    cb_client *cl;
+    cr_assert_eq(cb_client_open(&cl, u->cfg.instance), 0);
+    record_n(cl, 1);
+    cr_assert(ucbd_run_until(u, ucbd_counted(u, a) == 1, 1000));
+    cr_assert(ucbd_run_until(u, u->drain.slow, 1000), "a quiet lane never slowed the tick");
+    record_n(cl, 1); /* a success: it rings no doorbell */
+    cr_assert(ucbd_run_until(u, ucbd_counted(u, a) == 2, 1000), "the success was never drained");
+    cr_assert(!u->drain.slow, "the tick stayed slow with traffic in a lane");
+    cb_client_close(cl);
+    ucbd_close(u);
+}
+
+/* Reclaim looks at claimed groups; a lane whose claimer died between its
+ * claim and setting its group's bit is found by the full pass. */
+Test(drain, a_dead_owners_lane_outside_every_claimed_group_is_reclaimed_by_the_full_pass)
+{
+    struct ucbd *u = ucbd_open(NULL, &(struct ucbd_opts){.lanes = 256, .reclaim_interval_ms = 10,
+                                                         .drain_interval_ms = 1000});
+    cr_assert(ucbd_run_until(u, u->drain.reclaim_passes >= 2, 1000), "reclaim never ran");
+    pid_t pid = tsup_fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0)
+        _exit(0);
+    cr_assert_eq(waitpid(pid, NULL, 0), pid);
+    tsup_untrack(pid);
+    struct cb_lane *lane = CB_LANES_LANE(u->seg.lanes, 130); /* group 2: nobody claimed it */
+    atomic_store(&lane->owner, cb_lane_owner_word((uint32_t)pid, CB_LANE_OWNED));
+    cr_assert(ucbd_run_until(u, u->drain.lanes_reclaimed == 1, 10000), "the dead owner's lane was never freed");
+    cr_assert_eq(atomic_load(&lane->owner), 0);
+    ucbd_close(u);
+}
+
+/* A worker of layout minor 0 claims lanes without setting its group's bit:
+ * the full reclaim pass finds its lane, and its successes are drained. */
+Test(drain, successes_in_a_lane_whose_group_was_never_marked_are_drained_after_a_full_pass)
+{
+    struct ucbd *u = ucbd_open(NULL, &(struct ucbd_opts){.lanes = 256, .reclaim_interval_ms = 10,
+                                                         .drain_interval_ms = 10});
+    cb_config cfg = threshold(1000);
+    uint32_t a = ucbd_add(u, "a", &cfg);
+    cr_assert(ucbd_run_until(u, u->drain.reclaim_passes >= 2, 1000), "reclaim never ran");
+    struct cb_lane *lane = ucbd_claim(u, 200); /* group 3, no bit: what an old worker leaves */
+    ucbd_append_n(u, lane, a, CB_SUCCESS, 3);
+    cr_assert(ucbd_run_until(u, ucbd_counted(u, a) == 3, 1000), "the old worker's successes were never drained");
     ucbd_close(u);
 }
