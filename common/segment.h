@@ -63,6 +63,7 @@
 
 #include <errno.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -322,6 +323,38 @@ struct cb_lane {
 #define CB_LANE_RELEASED 2u
 static inline uint64_t cb_lane_owner_word(uint32_t pid, unsigned state) { return ((uint64_t)pid << 32) | state; }
 _Static_assert(sizeof(struct cb_lane) == CB_LANE_HEADER_SIZE, "lane header is three cache lines");
+
+/* The producer's side of the call counts (see struct cb_lane_calls): adds
+ * add to the entry of key in lane l, taking an entry the daemon has folded
+ * whole when none holds key (*taken then true). Only the lane's owner
+ * thread calls it. The entry's counts word, or NULL when every entry holds
+ * counts not folded yet (the call goes uncounted). */
+static inline _Atomic uint64_t *cb_lane_count_call(struct cb_lane *l, uint64_t key, uint64_t add, bool *taken)
+{
+    struct cb_lane_calls *take = NULL;
+    *taken = false;
+    for (unsigned i = 0; i < CB_LANE_CALL_ENTRIES; i++) {
+        struct cb_lane_calls *e = &l->calls[i];
+        /* Relaxed loads of our own words; calls_seen is the daemon's (relaxed:
+         * a stale value only makes an entry look busy). */
+        uint64_t counts = atomic_load_explicit(&e->counts, memory_order_relaxed);
+        if (atomic_load_explicit(&e->key, memory_order_relaxed) == key) {
+            /* Release pairs with the daemon's acquire load of counts: a fold
+             * that sees this count sees the key it belongs to. */
+            atomic_store_explicit(&e->counts, counts + add, memory_order_release);
+            return &e->counts;
+        }
+        if (take == NULL && counts == atomic_load_explicit(&l->calls_seen[i], memory_order_relaxed))
+            take = e;
+    }
+    if (take == NULL)
+        return NULL;
+    *taken = true;
+    atomic_store_explicit(&take->key, key, memory_order_relaxed);
+    atomic_store_explicit(&take->counts, atomic_load_explicit(&take->counts, memory_order_relaxed) + add,
+                          memory_order_release); /* pairs as above: the new key is read with this count */
+    return &take->counts;
+}
 _Static_assert(offsetof(struct cb_lane, head) == 128, "the call counts fit the producer's line");
 
 /*

@@ -592,30 +592,12 @@ static _Atomic uint64_t *count_call(struct cb__map *m, uint32_t slot, uint64_t w
     struct cb_lane *l = n->lane;
     if (l == NULL)
         return NULL;
-    uint64_t key = cb_lane_call_key(slot, cb_seg_word_incarnation(w)), add = kind == CB_TICKET_PROBE ? CB_LANE_PROBE_ONE : 1;
-    struct cb_lane_calls *take = NULL;
-    for (unsigned i = 0; i < CB_LANE_CALL_ENTRIES; i++) {
-        struct cb_lane_calls *e = &l->calls[i];
-        /* Relaxed loads of our own words; calls_seen is the daemon's (relaxed:
-         * a stale value only makes an entry look busy). */
-        uint64_t counts = atomic_load_explicit(&e->counts, memory_order_relaxed);
-        if (atomic_load_explicit(&e->key, memory_order_relaxed) == key) {
-            /* Release pairs with the daemon's acquire load of counts: a fold
-             * that sees this count sees the key it belongs to. */
-            atomic_store_explicit(&e->counts, counts + add, memory_order_release);
-            return &e->counts;
-        }
-        if (take == NULL && counts == atomic_load_explicit(&l->calls_seen[i], memory_order_relaxed))
-            take = e;
-    }
-    if (take == NULL)
-        return NULL;
-    if (tls_reject.counts == &take->counts)
+    bool taken;
+    _Atomic uint64_t *counts = cb_lane_count_call(l, cb_lane_call_key(slot, cb_seg_word_incarnation(w)),
+                                                  kind == CB_TICKET_PROBE ? CB_LANE_PROBE_ONE : 1, &taken);
+    if (taken && tls_reject.counts == counts)
         tls_reject.word = NULL; /* the memo's entry names another circuit now */
-    atomic_store_explicit(&take->key, key, memory_order_relaxed);
-    atomic_store_explicit(&take->counts, atomic_load_explicit(&take->counts, memory_order_relaxed) + add,
-                          memory_order_release); /* pairs as above: the new key is read with this count */
-    return &take->counts;
+    return counts;
 }
 
 /* A counted rejection of word w (record p, permit word *permit seen as

@@ -442,31 +442,15 @@ static void unhold(uint32_t epoch)
 }
 
 /* lanes.c's count_call: one rejection (add 1) or probe (CB_LANE_PROBE_ONE)
- * of circuit k in w's lane, tallied as counted or not. */
+ * of circuit k in w's lane (segment.h's cb_lane_count_call, the code libcb
+ * runs), tallied as counted or not. */
 static void count_call(struct worker *w, uint32_t k, uint64_t add)
 {
-    struct cb_lane *l = lane_of(w->id);
-    uint64_t key = cb_lane_call_key(k, 0);
-    struct cb_lane_calls *take = NULL;
-    for (unsigned i = 0; i < CB_LANE_CALL_ENTRIES; i++) {
-        struct cb_lane_calls *e = &l->calls[i];
-        uint64_t counts = atomic_load_explicit(&e->counts, memory_order_relaxed);
-        if (atomic_load_explicit(&e->key, memory_order_relaxed) == key) {
-            atomic_store_explicit(&e->counts, counts + add, memory_order_release);
-            w->t.counted[k] += add;
-            return;
-        }
-        if (take == NULL && counts == atomic_load_explicit(&l->calls_seen[i], memory_order_relaxed))
-            take = e;
-    }
-    if (take == NULL) {
+    bool taken;
+    if (cb_lane_count_call(lane_of(w->id), cb_lane_call_key(k, 0), add, &taken) == NULL)
         w->t.uncounted++;
-        return;
-    }
-    atomic_store_explicit(&take->key, key, memory_order_relaxed);
-    atomic_store_explicit(&take->counts, atomic_load_explicit(&take->counts, memory_order_relaxed) + add,
-                          memory_order_release);
-    w->t.counted[k] += add;
+    else
+        w->t.counted[k] += add;
 }
 
 /* A rejected call, counted for one of CALL_KEYS circuits in turn; now and
