@@ -482,43 +482,47 @@ static void answer_error(struct rs_req *q, int err, const char *why)
     answer(q, &(struct fleet_answer){.status = FLEET_ERROR, .err = err, .why = why});
 }
 
-/* The set of names whose legacy key was checked (open addressing on the
- * name's hash | 1): whether name is in it; with add, put it in (false if
- * it was there already). A name goes in only once its migration was
- * answered, so a check lost with its connection is made again; no memory
- * to remember it only costs a check per read. */
-static bool legacy_checked(struct fleet_transport *t, const char *name, bool add)
+/* The set of names whose legacy key was checked: open addressing on the
+ * name's hash | 1, at most half full. A name goes in only once its move was
+ * answered, so a check lost with its connection is made again; no memory to
+ * remember it only costs a check per read. */
+static uint64_t legacy_hash(const char *name) { return cb__name_hash(name, strlen(name)) | 1; }
+
+/* h's slot in the set, or the empty slot where it would go (cap > 0). */
+static size_t legacy_slot(const uint64_t *set, size_t cap, uint64_t h)
 {
-    uint64_t h = cb__name_hash(name, strlen(name)) | 1;
-    if (add && 2 * (t->nchecked + 1) > t->checked_cap) {
+    size_t j = h % cap;
+    while (set[j] != 0 && set[j] != h)
+        j = (j + 1) % cap;
+    return j;
+}
+
+static bool legacy_checked(const struct fleet_transport *t, const char *name)
+{
+    return t->checked_cap != 0 && t->checked[legacy_slot(t->checked, t->checked_cap, legacy_hash(name))] != 0;
+}
+
+static void legacy_mark_checked(struct fleet_transport *t, const char *name)
+{
+    if (2 * (t->nchecked + 1) > t->checked_cap) {
         size_t cap = t->checked_cap ? 2 * t->checked_cap : 256;
         uint64_t *n = calloc(cap, sizeof *n);
         if (n == NULL)
-            return false;
+            return;
         for (size_t i = 0; i < t->checked_cap; i++) {
-            for (size_t j = t->checked[i] % cap; t->checked[i] != 0; j = (j + 1) % cap) {
-                if (n[j] == 0) {
-                    n[j] = t->checked[i];
-                    break;
-                }
-            }
+            if (t->checked[i] != 0)
+                n[legacy_slot(n, cap, t->checked[i])] = t->checked[i];
         }
         free(t->checked);
         t->checked = n;
         t->checked_cap = cap;
     }
-    for (size_t j = t->checked_cap ? h % t->checked_cap : 0; t->checked_cap != 0; j = (j + 1) % t->checked_cap) {
-        if (t->checked[j] == h)
-            return !add;
-        if (t->checked[j] == 0) {
-            if (!add)
-                return false;
-            t->checked[j] = h;
-            t->nchecked++;
-            return true;
-        }
+    uint64_t h = legacy_hash(name);
+    size_t j = legacy_slot(t->checked, t->checked_cap, h);
+    if (t->checked[j] == 0) {
+        t->checked[j] = h;
+        t->nchecked++;
     }
-    return false;
 }
 
 /* An error reply: the answer it makes (the request is resent instead after
@@ -535,7 +539,7 @@ static void error_reply(struct rs_req *q, const redisReply *r)
     if (q->kind == REQ_MIGRATE && strncmp(r->str, "NOPERM", 6) == 0) {
         /* an ACL user without the keyspace commands (EXISTS, TYPE, RENAME)
          * cannot have keys from before hash tags moved: none is looked for */
-        legacy_checked(q->t, q->name, true);
+        legacy_mark_checked(q->t, q->name);
         answer(q, &(struct fleet_answer){.status = FLEET_ABSENT});
         return;
     }
@@ -569,7 +573,7 @@ static void answer_hash(struct rs_req *q, redisReply *const *el, size_t n, bool 
 static void migrated(struct rs_req *q, const redisReply *r)
 {
     struct fleet_transport *t = q->t;
-    legacy_checked(t, q->name, true); /* answered: moved, nothing to move, or not a hash */
+    legacy_mark_checked(t, q->name); /* answered: moved, nothing to move, or not a hash */
     if (r->element[0]->integer < 0) {
         answer(q, &(struct fleet_answer){.status = FLEET_INVALID,
                                          .why = "its key from before hash tags (<prefix>c:<name>) is not a hash"});
@@ -616,7 +620,7 @@ static void on_reply(struct cbd_redis_conn *conn, redisReply *r, void *arg)
         migrated(q, r);
     } else if (q->kind == REQ_WRITE) {
         answer_hash(q, r->element + 2, r->elements - 2, r->element[0]->integer == 1, r->element[1]->integer);
-    } else if (r->elements == 0 && !legacy_checked(t, q->name, false)) { /* perhaps under its key from before hash tags */
+    } else if (r->elements == 0 && !legacy_checked(t, q->name)) { /* perhaps under its key from before hash tags */
         q->kind = REQ_MIGRATE;
         if (send_req(q) < 0) {
             q->kind = REQ_READ;
