@@ -152,6 +152,14 @@ static void schedule(const struct cbd_policy_env *env, struct cbd_circuit *c)
     env->arm(env->arg, c->slot, c->epoch, at);
 }
 
+/* The fleet's rules for probe leases apply to c: a fleet store, and not a
+ * shadow trial (whose transitions reach the fleet as a marker only, so its
+ * probes are its host's own, as with the local store). */
+static bool fleet_lease(const struct cbd_policy_env *env, const struct cbd_circuit *c)
+{
+    return env->fleet && !c->cfg.shadow;
+}
+
 /* Asks the store for the probe lease of the circuit's opening (OPEN: the
  * election; HALF_OPEN: a renewal). The lease asked for is one second more
  * than probe_lease_ms rounds up to: a store counts it in whole seconds from
@@ -160,7 +168,7 @@ static void ask_lease(const struct cbd_policy_env *env, struct cbd_circuit *c, c
 {
     c->probe_asked = 1;
     c->asked_ns = now->mono_ns;
-    if (env->fleet && c->cfg.shadow) {
+    if (env->fleet && !fleet_lease(env, c)) {
         /* A trial's probe is its own host's: the fleet's item never holds
          * the trial's opening, so its election could never be won. */
         cbd_policy_on_probe_result(env, c, c->opened_at, 1, 0, now);
@@ -169,13 +177,6 @@ static void ask_lease(const struct cbd_policy_env *env, struct cbd_circuit *c, c
     env->try_probe(env->arg, c, (cbd_policy_lease_ms(c) + 999) / 1000 + 1);
 }
 
-/* The fleet's rules for probe leases apply to c: a fleet store, and not a
- * shadow trial (whose transitions reach the fleet as a marker only, so its
- * probes are its host's own, as with the local store). */
-static bool fleet_lease(const struct cbd_policy_env *env, const struct cbd_circuit *c)
-{
-    return env->fleet && !c->cfg.shadow;
-}
 
 /* The fleet granted (or renewed) the lease asked for at asked_ns: surely
  * ours for probe_lease_ms from then; renewed halfway. */
